@@ -1,0 +1,123 @@
+"""Models wire networks, a posterior, the prior and a likelihood together.
+
+Shared interface (checked for every registered model by ``tests/test_contract.py``):
+
+- ``encode(x)``: (B, C, H, W) -> posterior over codes, with ``.mean`` (B, D) and ``.rsample(n)``
+- ``decode(z)``: (..., D) -> likelihood distribution over images (..., C, H, W)
+- ``sample(n)``: decode n codes drawn from the prior -> likelihood distribution
+- ``log_weights(x, k)``: (k, B) log p(x, z_k) - log q(z_k | x), z_k ~ q(z|x); only for
+  models with a density (``has_density``)
+- ``objective``: the name of the training objective in :data:`vaelab.objectives.OBJECTIVES`
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vaelab.config import ModelConfig
+from vaelab.distributions import LIKELIHOODS, DiagonalGaussian
+from vaelab.nets import NETS
+
+
+class PointMass:
+    """The 'posterior' of a deterministic autoencoder: all mass on one code (B, D)."""
+
+    def __init__(self, code: torch.Tensor) -> None:
+        self.mean = code
+
+    def rsample(self, n: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.mean if n is None else self.mean.expand(n, *self.mean.shape)
+
+
+class _Base(nn.Module):
+    has_density = False
+    objective = "elbo"
+
+    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int], encoder_out: int) -> None:
+        super().__init__()
+        self.cfg, self.image_shape, self.latent_dim = cfg, tuple(image_shape), cfg.latent_dim
+        encoder_cls, decoder_cls = NETS[cfg.net]
+        self.likelihood = LIKELIHOODS[cfg.likelihood](self.image_shape)
+        c, h, w = self.image_shape
+        self.encoder = encoder_cls(self.image_shape, cfg.hidden, encoder_out, cfg.activation)
+        self.decoder = decoder_cls(cfg.latent_dim, cfg.hidden, (c * self.likelihood.channels, h, w), cfg.activation)
+
+    def decode(self, z: torch.Tensor):
+        """(..., D) codes -> likelihood distribution over (..., C, H, W) images."""
+        lead = z.shape[:-1]
+        out = self.decoder(z.reshape(-1, self.latent_dim))
+        return self.likelihood(out.reshape(*lead, *out.shape[1:]))
+
+    def prior(self, n: int, device=None) -> DiagonalGaussian:
+        return DiagonalGaussian.standard((n, self.latent_dim), device=device)
+
+    def sample(self, n: int, generator: torch.Generator | None = None):
+        """Decode n codes drawn from N(0, I) -> likelihood distribution (n, C, H, W)."""
+        device = next(self.parameters()).device
+        return self.decode(self.prior(n, device).rsample(generator=generator))
+
+
+class VAE(_Base):
+    """Variational autoencoder (Kingma & Welling 2014; Rezende et al. 2014).
+
+    q(z|x) = N(mu(x), diag sigma(x)^2) from the encoder, p(z) = N(0, I), p(x|z) from
+    the configured likelihood. The encoder outputs (mu, log sigma).
+    """
+
+    has_density = True
+    objective = "elbo"
+
+    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int]) -> None:
+        super().__init__(cfg, image_shape, 2 * cfg.latent_dim)
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+        mean, log_std = self.encoder(x).chunk(2, dim=-1)
+        return DiagonalGaussian(mean, log_std)
+
+    def log_weights(self, x: torch.Tensor, k: int, q: DiagonalGaussian | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """log p(x|z) + log p(z) - log q(z|x) for k samples z ~ q(z|x): (B, C, H, W) -> (k, B).
+
+        Pass `q` (the result of ``encode(x)``) to reuse an encoding across chunks of k.
+        """
+        q = self.encode(x) if q is None else q
+        z = q.rsample(k, generator=generator)  # (k, B, D)
+        log_px_z = self.decode(z).log_prob(x)  # (k, B)
+        log_pz = -0.5 * (z.square().sum(-1) + self.latent_dim * 1.8378770664093453)  # log N(z; 0, I)
+        return log_px_z + log_pz - q.log_prob(z)
+
+
+class AE(_Base):
+    """Deterministic autoencoder (seeds 001/004): a code per image, no prior, no density.
+
+    Trained by maximising log p(x | z = f(x)) with the same likelihood families as the
+    VAE (Bernoulli log-likelihood = binary cross-entropy). ``sample`` decodes N(0, I)
+    codes only to show why that fails: nothing made the codes of real images look
+    like draws from N(0, I).
+    """
+
+    objective = "reconstruction"
+
+    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int]) -> None:
+        super().__init__(cfg, image_shape, cfg.latent_dim)
+
+    def encode(self, x: torch.Tensor) -> PointMass:
+        return PointMass(self.encoder(x))
+
+    def log_weights(self, x: torch.Tensor, k: int, **_) -> torch.Tensor:
+        raise TypeError(
+            "a plain autoencoder defines no density p(x), so it has no ELBO or log-likelihood; "
+            "train --model vae to evaluate one"
+        )
+
+
+MODELS: dict[str, type[_Base]] = {
+    "vae": VAE,
+    "ae": AE,
+}
+
+
+def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> _Base:
+    """The registered model `cfg.model`, built for images of `image_shape` (C, H, W)."""
+    return MODELS[cfg.model](cfg, tuple(image_shape))
