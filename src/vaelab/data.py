@@ -6,7 +6,7 @@ Python, no DataLoader workers (MNIST fits in 50 MB).
 
 Where files are looked for, in order (first hit wins):
 
-1. an explicit ``data_dir`` (``--data-dir``);
+1. an explicit ``data_dir`` (``--data-dir``), and only there if it is given;
 2. ``$VAELAB_DATA/<name>``;
 3. a system directory (Debian's ``dataset-fashion-mnist`` package for Fashion-MNIST);
 4. the user cache, ``$XDG_CACHE_HOME/vaelab/<name>`` (default ``~/.cache/vaelab/<name>``);
@@ -241,14 +241,16 @@ def locate(name: str, data_dir: str | Path | None = None, allow_download: bool =
     info = DATASETS[name]
     if info.embedded and data_dir is None:
         return Path(str(resources.files("vaelab") / "_data" / name))
-    searched = candidate_dirs(info, data_dir)
+    if data_dir is not None:
+        # An explicit directory is the user's intent: no silent fallback elsewhere.
+        if _complete(Path(data_dir), info):
+            return Path(data_dir)
+        wanted = ", ".join(f for pair in info.files.values() for f in pair)
+        raise DataError(f"--data-dir {data_dir} does not hold {name}'s files ({wanted}, optionally .gz)")
+    searched = candidate_dirs(info, None)
     for d in searched:
         if _complete(d, info):
             return d
-    if data_dir is not None:
-        # An explicit directory that lacks the files is a mistake worth stopping for.
-        wanted = ", ".join(f for pair in info.files.values() for f in pair)
-        raise DataError(f"--data-dir {data_dir} does not hold {name}'s files ({wanted}, optionally .gz)")
     problem = "downloads are disabled"
     if allow_download and info.mirrors:
         try:

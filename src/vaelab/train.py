@@ -18,14 +18,15 @@ from typing import Any
 
 import torch
 
-from vaelab import __version__
 from vaelab.checkpoint import RunError, load_checkpoint, load_config, save_checkpoint
-from vaelab.config import Config, TrainConfig, save as save_config
+from vaelab.config import Config, TrainConfig
+from vaelab.config import save as save_config
 from vaelab.data import Batches, eval_images, load_dataset
 from vaelab.models import build_model
 from vaelab.objectives import OBJECTIVES
 from vaelab.plots import image_grid, save_png
 from vaelab.runtime import resolve_device, tune_malloc
+
 
 def _fused(cls):
     """The optimizer with its fused (single-kernel) step where this PyTorch has one:
@@ -178,7 +179,7 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0) + v.detach().sum()
             if i % 25 == 0 or i == steps_per_epoch - 1:
-                value = float(loss)
+                value = float(loss.detach())
                 if not math.isfinite(value):
                     raise TrainingDiverged(
                         f"loss became {value} at epoch {epoch + 1}, step {step}; stopped. The last good "
@@ -217,10 +218,6 @@ def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = True
     cfg = load_config(run_dir)
     if epochs is not None:
         cfg = cfg.replace(train={"epochs": epochs})
-        from vaelab.config import save as _save
-
-        _save(cfg, Path(run_dir) / "config.json")
+        save_config(cfg, Path(run_dir) / "config.json")
     return train(cfg, run_dir, resume=True, progress=progress, dataset=dataset)
 
-
-__all__ = ["train", "resume", "learning_rate", "TrainingDiverged", "OPTIMIZERS", "SCHEDULES", "__version__"]

@@ -1,0 +1,250 @@
+"""Command line: parse -> config -> call one library function. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vaelab import __version__
+from vaelab.config import Config, ConfigError
+from vaelab.data import DATASETS
+
+# CLI flag -> (config section, field); a flag left unset keeps the config's value.
+_OVERRIDES = {
+    "dataset": ("data", "dataset"),
+    "data_dir": ("data", "data_dir"),
+    "binarization": ("data", "binarization"),
+    "model": ("model", "model"),
+    "net": ("model", "net"),
+    "latent_dim": ("model", "latent_dim"),
+    "hidden": ("model", "hidden"),
+    "activation": ("model", "activation"),
+    "likelihood": ("model", "likelihood"),
+    "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"),
+    "lr": ("train", "lr"),
+    "optimizer": ("train", "optimizer"),
+    "schedule": ("train", "schedule"),
+    "lr_decay": ("train", "lr_decay"),
+    "beta": ("train", "beta"),
+    "samples": ("train", "samples"),
+    "seed": ("train", "seed"),
+    "device": ("train", "device"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s}")
+    return v
+
+
+def _nonneg_float(s: str) -> float:
+    v = _positive_float(s) if s.strip() not in ("0", "0.0") else 0.0
+    return v
+
+
+def _hidden(s: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(p) for p in s.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes such as 512,512, got {s!r}") from None
+    if not sizes or any(v <= 0 for v in sizes):
+        raise argparse.ArgumentTypeError(f"layer sizes must be positive integers such as 512,512, got {s!r}")
+    return sizes
+
+
+def _run_dir(s: str) -> Path:
+    p = Path(s)
+    if not p.is_dir():
+        raise argparse.ArgumentTypeError(f"run folder {s} does not exist")
+    if not (p / "config.json").is_file():
+        raise argparse.ArgumentTypeError(f"{s} is not a vaelab run folder (no config.json)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vaelab.distributions import LIKELIHOODS
+    from vaelab.models import MODELS
+    from vaelab.nets import ACTIVATIONS, NETS
+    from vaelab.train import OPTIMIZERS, SCHEDULES
+
+    d = Config()
+    p = _Parser(prog="vaelab", description="Train, evaluate and explore variational autoencoders.")
+    p.add_argument("--version", action="version", version=f"vaelab {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model into a run folder",
+                       description="Train a model. Flags override --config, which overrides the defaults.")
+    t.add_argument("--config", metavar="FILE", help="JSON or TOML config (sections data/model/train)")
+    t.add_argument("--resume", metavar="RUN_DIR", type=_run_dir,
+                   help="continue this run from its last checkpoint (up to --epochs in total)")
+    t.add_argument("--out", metavar="DIR", help="run folder to create (default runs/<dataset>-<model>-<time>)")
+    g = t.add_argument_group("data")
+    g.add_argument("--dataset", choices=list(DATASETS), help=f"dataset (default {d.data.dataset})")
+    g.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset's IDX files")
+    g.add_argument("--binarization", choices=["dynamic", "fixed", "none"],
+                   help=f"dynamic: resample Bernoulli(pixel/255) each use; fixed: once, seeded; "
+                        f"none: grey levels (default {d.data.binarization})")
+    g = t.add_argument_group("model")
+    g.add_argument("--model", choices=list(MODELS), help=f"model (default {d.model.model})")
+    g.add_argument("--net", choices=list(NETS), help=f"encoder/decoder backbone (default {d.model.net})")
+    g.add_argument("--latent-dim", type=_positive_int, metavar="D", help=f"latent size (default {d.model.latent_dim})")
+    g.add_argument("--hidden", type=_hidden, metavar="H1,H2",
+                   help=f"encoder hidden sizes, mirrored by the decoder (default {','.join(map(str, d.model.hidden))})")
+    g.add_argument("--activation", choices=list(ACTIVATIONS), help=f"(default {d.model.activation})")
+    g.add_argument("--likelihood", choices=list(LIKELIHOODS), help=f"p(x|z) family (default {d.model.likelihood})")
+    g = t.add_argument_group("training")
+    g.add_argument("--epochs", type=_positive_int, help=f"total epochs (default {d.train.epochs})")
+    g.add_argument("--batch-size", type=_positive_int, help=f"(default {d.train.batch_size})")
+    g.add_argument("--lr", type=_positive_float, help=f"peak learning rate (default {d.train.lr})")
+    g.add_argument("--optimizer", choices=list(OPTIMIZERS), help=f"(default {d.train.optimizer})")
+    g.add_argument("--schedule", choices=list(SCHEDULES),
+                   help=f"exp: lr*decay^epoch; cosine: to 0 at --epochs; constant (default {d.train.schedule})")
+    g.add_argument("--lr-decay", type=_positive_float, metavar="G",
+                   help=f"per-epoch factor of the exp schedule (default {d.train.lr_decay})")
+    g.add_argument("--beta", type=_nonneg_float, help=f"KL weight (default {d.train.beta})")
+    g.add_argument("--samples", type=_positive_int, metavar="L",
+                   help=f"Monte-Carlo samples of z per image in the ELBO (default {d.train.samples})")
+    g.add_argument("--seed", type=int, help=f"(default {d.train.seed})")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"(default {d.train.device})")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="test ELBO and importance-sampled -log p(x)",
+                       description="Evaluate a run on its test set; writes RUN_DIR/eval.json.")
+    e.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
+    e.add_argument("--n", type=_positive_int, help="evaluate the first N test images (default all)")
+    e.add_argument("--k", type=_positive_int, default=1000, help="importance samples per image (default 1000)")
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default auto)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="draw images from the prior",
+                       description="Decode z ~ N(0, I) and write the images as a PNG grid.")
+    s.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
+    s.add_argument("--n", type=_positive_int, default=64, help="number of samples (default 64)")
+    s.add_argument("--out", metavar="FILE.png", help="output file (default RUN_DIR/prior_samples.png)")
+    s.add_argument("--mode", choices=["mean", "sample"], default="mean",
+                   help="mean: decoder means (pixel probabilities); sample: draws x ~ p(x|z) (default mean)")
+    s.add_argument("--seed", type=int, default=0, help="(default 0)")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default auto)")
+    return p
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    cfg = Config() if args.config is None else _load_config(args.config)
+    sections: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
+    for flag, (section, name) in _OVERRIDES.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            sections[section][name] = value
+    return cfg.replace(**sections)
+
+
+def _load_config(path: str) -> Config:
+    from vaelab.config import load
+
+    return load(path)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from vaelab.train import resume, train
+
+    if args.resume is not None:
+        given = [f for f in _OVERRIDES if getattr(args, f, None) is not None and f != "epochs"]
+        if given or args.config or args.out:
+            raise ConfigError(
+                f"--resume continues a run with its saved config; only --epochs may change "
+                f"(got {', '.join('--' + g.replace('_', '-') for g in given) or '--config/--out'})"
+            )
+        run = resume(args.resume, epochs=args.epochs, progress=not args.quiet)
+    else:
+        run = train(_config_from_args(args), args.out, progress=not args.quiet)
+    print(f"run folder: {run}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from vaelab.evaluate import evaluate
+
+    r = evaluate(args.run_dir, n=args.n, k=args.k, device=args.device, progress=not args.quiet)
+    rows = [("dataset", f"{r['dataset']} ({r['split']}, n={r['n']})"), ("binarization", r["binarization_detail"])]
+    if "nll" in r:
+        rows += [("ELBO (nats)", f"{r['elbo']:.2f} +- {r['elbo_stderr']:.2f}"),
+                 (f"-log p(x), IS k={r['k']} (nats)", f"{r['nll']:.2f} +- {r['nll_stderr']:.2f}")]
+    else:
+        rows += [("-log p(x|z=f(x)) (nats)", f"{r['recon_nll']:.2f} +- {r['recon_nll_stderr']:.2f}"),
+                 ("note", r["note"])]
+    rows.append(("seconds", f"{r['seconds']:.1f}"))
+    width = max(len(a) for a, _ in rows)
+    for a, b in rows:
+        print(f"{a:<{width}}  {b}")
+    print(f"(+- is the standard error over test images; written to {Path(args.run_dir) / 'eval.json'})")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import torch
+
+    from vaelab.checkpoint import load_run
+    from vaelab.plots import image_grid, save_png
+    from vaelab.runtime import resolve_device
+
+    _, model = load_run(args.run_dir, resolve_device(args.device))
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
+    with torch.no_grad():
+        dist = model.sample(args.n, generator=gen)
+        images = dist.mean if args.mode == "mean" else dist.sample(generator=gen)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "prior_samples.png"
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out must name a .png file, got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_png(image_grid(images), out)
+    print(f"wrote {out}")
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vaelab.checkpoint import RunError
+    from vaelab.data import DataError
+    from vaelab.runtime import DeviceError
+    from vaelab.train import TrainingDiverged
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (ConfigError, RunError, DataError, DeviceError) as e:
+        print(f"vaelab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"vaelab train: stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; the last completed epoch's checkpoint is kept (continue with --resume)",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Real MNIST from the shared read-only copy when it is there (CI, developer machines).
+# Set at import, before the skip markers below are evaluated.
+if "VAELAB_DATA" not in os.environ and (SHARED / "mnist").is_dir():
+    os.environ["VAELAB_DATA"] = str(SHARED)
+
+
+def pytest_configure(config):
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def have_mnist() -> bool:
+    from vaelab.data import DATASETS, candidate_dirs, _complete
+
+    return any(_complete(d, DATASETS["mnist"]) for d in candidate_dirs(DATASETS["mnist"], None))
+
+
+requires_mnist = pytest.mark.skipif(not have_mnist(), reason="full MNIST not available offline")
+
+
+@pytest.fixture
+def tiny_cfg():
+    from vaelab.config import Config
+
+    return Config().replace(data={"dataset": "mnist-sample"},
+                            model={"hidden": [32], "latent_dim": 4},
+                            train={"epochs": 2, "batch_size": 250, "warmup_steps": 0})

@@ -1,0 +1,86 @@
+"""Training loop: run folder contents, exact resume, divergence handling, checkpoints."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from vaelab import objectives
+from vaelab.checkpoint import load_checkpoint, load_run
+from vaelab.config import Config
+from vaelab.data import load_dataset
+from vaelab.train import TrainingDiverged, learning_rate, resume, train
+
+TIMING = {"seconds", "examples_per_s"}
+
+
+def metrics(run):
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_folder_is_self_describing(tmp_path, tiny_cfg):
+    run = train(tiny_cfg, tmp_path / "run", progress=False)
+    assert Config.from_dict(json.loads((run / "config.json").read_text())) == tiny_cfg
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("train_loss", "train_recon", "train_kl", "test_elbo", "seconds", "examples_per_s"):
+        assert key in rows[-1]
+    assert rows[-1]["test_elbo"] < 0
+    assert {"model.safetensors", "state.safetensors", "state.json"} <= set(os.listdir(run / "checkpoint"))
+    assert (run / "recon.png").stat().st_size > 0 and (run / "samples.png").stat().st_size > 0
+    with pytest.raises(Exception, match="already holds a run"):
+        train(tiny_cfg, run, progress=False)
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, tiny_cfg):
+    data = load_dataset("mnist-sample")
+    cfg = tiny_cfg.replace(train={"epochs": 4, "batch_size": 100, "warmup_steps": 7})
+    full = train(cfg, tmp_path / "full", progress=False, dataset=data)
+    part = train(cfg.replace(train={"epochs": 2}), tmp_path / "part", progress=False, dataset=data)
+    resume(part, epochs=4, progress=False, dataset=data)
+    assert metrics(part) == metrics(full)
+    _, a = load_run(full)
+    _, b = load_run(part)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_cfg, monkeypatch):
+    calls = {"n": 0}
+    real = objectives.OBJECTIVES["elbo"]
+
+    def poisoned(model, x, **kw):
+        calls["n"] += 1
+        terms = real(model, x, **kw)
+        if calls["n"] > 10:  # epoch 1 has 8 steps of 250; NaN from epoch 2 on
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "elbo", poisoned)
+    with pytest.raises(TrainingDiverged, match="last good checkpoint \\(epoch 1\\)"):
+        train(tiny_cfg.replace(train={"epochs": 3}), tmp_path / "run", progress=False)
+    info, _ = load_checkpoint(tmp_path / "run", load_run(tmp_path / "run")[1])
+    assert info["epoch"] == 1
+    assert all(torch.isfinite(p).all() for p in load_run(tmp_path / "run")[1].parameters())
+
+
+def test_checkpoint_survives_a_crash_between_renames(tmp_path, tiny_cfg):
+    run = train(tiny_cfg.replace(train={"epochs": 1}), tmp_path / "run", progress=False)
+    os.replace(run / "checkpoint", run / "checkpoint.old")  # as if killed mid-swap
+    _, model = load_run(run)
+    assert model is not None
+    shutil.rmtree(run / "checkpoint.old")
+    with pytest.raises(Exception, match="no checkpoint"):
+        load_run(run)
+
+
+def test_exp_schedule_does_not_depend_on_total_epochs():
+    a = Config().train
+    b = Config().replace(train={"epochs": 3}).train
+    assert [learning_rate(a, s, 50) for s in range(0, 400, 37)] == [learning_rate(b, s, 50) for s in range(0, 400, 37)]
+    assert learning_rate(a, 0, 50) < learning_rate(a, a.warmup_steps, 50)  # warm-up
+    cos = Config().replace(train={"schedule": "cosine", "epochs": 2, "warmup_steps": 0}).train
+    assert learning_rate(cos, 0, 50) == cos.lr and abs(learning_rate(cos, 100, 50)) < 1e-12
