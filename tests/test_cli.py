@@ -84,3 +84,20 @@ def test_help_documents_every_flag(capsys):
     for flag in ("--dataset", "--data-dir", "--model", "--latent-dim", "--hidden", "--epochs", "--batch-size",
                  "--lr", "--optimizer", "--seed", "--device", "--binarization", "--out", "--config", "--resume"):
         assert flag in out
+
+
+def _have_fashion() -> bool:
+    from vaelab.data import DATASETS, _complete, candidate_dirs
+
+    return any(_complete(d, DATASETS["fashion-mnist"]) for d in candidate_dirs(DATASETS["fashion-mnist"], None))
+
+
+@pytest.mark.skipif(not _have_fashion(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_train_on_fashion_mnist(tmp_path):
+    run = tmp_path / "f"
+    assert main(["train", "--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "1000", "--out", str(run),
+                 *TINY]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data"]["dataset"] == "fashion-mnist"
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["data_source"] == "/usr/share/datasets/fashion-mnist" or "fashion" in state["data_source"]

@@ -19,6 +19,7 @@ _OVERRIDES = {
     "net": ("model", "net"),
     "latent_dim": ("model", "latent_dim"),
     "hidden": ("model", "hidden"),
+    "decoder_hidden": ("model", "decoder_hidden"),
     "activation": ("model", "activation"),
     "likelihood": ("model", "likelihood"),
     "epochs": ("train", "epochs"),
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--latent-dim", type=_positive_int, metavar="D", help=f"latent size (default {d.model.latent_dim})")
     g.add_argument("--hidden", type=_hidden, metavar="H1,H2",
                    help=f"encoder hidden sizes, mirrored by the decoder (default {','.join(map(str, d.model.hidden))})")
+    g.add_argument("--decoder-hidden", type=_hidden, metavar="H1,H2",
+                   help="decoder hidden sizes from z outwards (default: the mirror of --hidden)")
     g.add_argument("--activation", choices=list(ACTIVATIONS), help=f"(default {d.model.activation})")
     g.add_argument("--likelihood", choices=list(LIKELIHOODS), help=f"p(x|z) family (default {d.model.likelihood})")
     g = t.add_argument_group("training")

@@ -41,7 +41,9 @@ class _Base(nn.Module):
         self.likelihood = LIKELIHOODS[cfg.likelihood](self.image_shape)
         c, h, w = self.image_shape
         self.encoder = encoder_cls(self.image_shape, cfg.hidden, encoder_out, cfg.activation)
-        self.decoder = decoder_cls(cfg.latent_dim, cfg.hidden, (c * self.likelihood.channels, h, w), cfg.activation)
+        # decoder_hidden is listed from z outwards; decoders take encoder order and reverse it.
+        dec_hidden = cfg.hidden if cfg.decoder_hidden is None else tuple(reversed(cfg.decoder_hidden))
+        self.decoder = decoder_cls(cfg.latent_dim, dec_hidden, (c * self.likelihood.channels, h, w), cfg.activation)
 
     def decode(self, z: torch.Tensor):
         """(..., D) codes -> likelihood distribution over (..., C, H, W) images."""

@@ -54,7 +54,8 @@ class MLPDecoder(nn.Module):
         return self.net(z).unflatten(-1, self.out_shape)
 
 
-# name -> (encoder class, decoder class); decoders mirror the encoder's hidden sizes.
+# name -> (encoder class, decoder class). Decoders take hidden sizes listed from the
+# input (encoder order) and reverse them, so the same tuple gives a mirrored pair.
 NETS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "mlp": (MLPEncoder, MLPDecoder),
 }
