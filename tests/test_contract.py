@@ -5,25 +5,38 @@ import torch
 
 from vaelab.checkpoint import load_checkpoint, save_checkpoint
 from vaelab.config import ModelConfig
+from vaelab.distributions import LIKELIHOODS, SCALES
 from vaelab.models import MODELS, build_model
 from vaelab.objectives import OBJECTIVES
 
 SHAPE = (1, 28, 28)
-CASES = [ModelConfig(model=name, hidden=(64, 32), latent_dim=3) for name in MODELS]
+CASES = [
+    ModelConfig(model=name, hidden=(64, 32), latent_dim=3, likelihood=lik, likelihood_scale=scale)
+    for name in MODELS
+    for lik in LIKELIHOODS
+    for scale in (SCALES if lik != "bernoulli" else ("pixel",))
+]
 
 
-def _x(n=6, seed=0):
-    return (torch.rand(n, *SHAPE, generator=torch.Generator().manual_seed(seed)) < 0.3).float()
+def _grey(model) -> bool:
+    return not type(model.likelihood).binary
 
 
-@pytest.fixture(params=CASES, ids=lambda c: f"{c.model}-{c.net}-{c.likelihood}")
+def _x(model, n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if _grey(model):  # grey levels k/255
+        return torch.randint(0, 256, (n, *SHAPE), generator=g).float() / 255
+    return (torch.rand(n, *SHAPE, generator=g) < 0.3).float()
+
+
+@pytest.fixture(params=CASES, ids=lambda c: f"{c.model}-{c.net}-{c.likelihood}-{c.likelihood_scale}")
 def model(request):
     torch.manual_seed(0)
     return build_model(request.param, SHAPE)
 
 
 def test_encode_decode_sample_shapes(model):
-    x = _x()
+    x = _x(model)
     q = model.encode(x)
     assert q.mean.shape == (6, 3)
     assert q.rsample(4).shape == (4, 6, 3)
@@ -32,11 +45,12 @@ def test_encode_decode_sample_shapes(model):
     assert dist.log_prob(x).shape == (4, 6)
     s = model.sample(5)
     assert s.mean.shape == (5, *SHAPE) and s.sample().shape == (5, *SHAPE)
-    assert ((s.mean >= 0) & (s.mean <= 1)).all()
+    if not _grey(model):
+        assert ((s.mean >= 0) & (s.mean <= 1)).all()
 
 
 def test_loss_is_finite_and_gradients_reach_every_parameter(model):
-    terms = OBJECTIVES[model.objective](model, _x(), samples=2, beta=0.5)
+    terms = OBJECTIVES[model.objective](model, _x(model), samples=2, beta=0.5)
     assert all(v.shape == (6,) and torch.isfinite(v).all() for v in terms.values())
     terms["loss"].mean().backward()
     for name, p in model.named_parameters():
@@ -44,21 +58,27 @@ def test_loss_is_finite_and_gradients_reach_every_parameter(model):
 
 
 def test_log_weights_contract(model):
-    x = _x()
+    x = _x(model)
     if not model.has_density:
         with pytest.raises(TypeError, match="density"):
             model.log_weights(x, 3)
         return
     lw = model.log_weights(x, 7)
     assert lw.shape == (7, 6) and torch.isfinite(lw).all()
-    # the mean log-weight is a Monte-Carlo ELBO: close to the analytic-KL ELBO
-    elbo = OBJECTIVES["elbo"](model, x, samples=200)["elbo"]
-    mc = model.log_weights(x, 4000).mean(0)
-    assert torch.allclose(mc, elbo, atol=1.5)
+    # the mean log-weight is a Monte-Carlo ELBO: it agrees with the analytic-KL ELBO
+    # within the Monte-Carlo error of both estimates
+    n = 4000
+    with torch.no_grad():
+        lw = model.log_weights(x, n)
+        q = model.encode(x)
+        recon = model.decode(q.rsample(n)).log_prob(x)  # (n, B)
+        elbo = recon.mean(0) - q.kl_standard_normal()
+    se = torch.sqrt((lw.var(0) + recon.var(0)) / n)
+    assert torch.all((lw.mean(0) - elbo).abs() < 5 * se + 1e-3)
 
 
 def test_save_load_round_trip_gives_identical_outputs(model, tmp_path):
-    x = _x()
+    x = _x(model)
     model.eval()
     save_checkpoint(tmp_path, model, None, {"epoch": 0, "image_shape": list(SHAPE)})
     torch.manual_seed(123)
@@ -66,5 +86,6 @@ def test_save_load_round_trip_gives_identical_outputs(model, tmp_path):
     load_checkpoint(tmp_path, clone)
     clone.eval()
     torch.testing.assert_close(clone.encode(x).mean, model.encode(x).mean, rtol=0, atol=0)
-    z = torch.randn(3, model.latent_dim)
+    z = torch.randn(6, model.latent_dim)
     torch.testing.assert_close(clone.decode(z).mean, model.decode(z).mean, rtol=0, atol=0)
+    torch.testing.assert_close(clone.decode(z).log_prob(x), model.decode(z).log_prob(x), rtol=0, atol=0)

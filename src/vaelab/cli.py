@@ -22,12 +22,18 @@ _OVERRIDES = {
     "decoder_hidden": ("model", "decoder_hidden"),
     "activation": ("model", "activation"),
     "likelihood": ("model", "likelihood"),
+    "scale": ("model", "likelihood_scale"),
+    "fixed_std": ("model", "likelihood_std"),
     "epochs": ("train", "epochs"),
     "batch_size": ("train", "batch_size"),
     "lr": ("train", "lr"),
     "optimizer": ("train", "optimizer"),
     "schedule": ("train", "schedule"),
     "lr_decay": ("train", "lr_decay"),
+    "flows": ("model", "flows"),
+    "flow_type": ("model", "flow_type"),
+    "objective": ("train", "objective"),
+    "kl": ("train", "kl"),
     "beta": ("train", "beta"),
     "samples": ("train", "samples"),
     "seed": ("train", "seed"),
@@ -60,6 +66,10 @@ def _positive_float(s: str) -> float:
     return v
 
 
+def _nonneg_int(s: str) -> int:
+    return 0 if s.strip() == "0" else _positive_int(s)
+
+
 def _nonneg_float(s: str) -> float:
     v = _positive_float(s) if s.strip() not in ("0", "0.0") else 0.0
     return v
@@ -85,7 +95,9 @@ def _run_dir(s: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vaelab.distributions import LIKELIHOODS
+    from vaelab.distributions import LIKELIHOODS, SCALES
+    from vaelab.flows import FLOWS
+    from vaelab.objectives import OBJECTIVES
     from vaelab.models import MODELS
     from vaelab.nets import ACTIVATIONS, NETS
     from vaelab.train import OPTIMIZERS, SCHEDULES
@@ -109,14 +121,27 @@ def build_parser() -> argparse.ArgumentParser:
                         f"none: grey levels (default {d.data.binarization})")
     g = t.add_argument_group("model")
     g.add_argument("--model", choices=list(MODELS), help=f"model (default {d.model.model})")
-    g.add_argument("--net", choices=list(NETS), help=f"encoder/decoder backbone (default {d.model.net})")
+    g.add_argument("--net", choices=list(NETS),
+                   help=f"mlp; conv (strided conv encoder, sub-pixel conv decoder); conv-transpose "
+                        f"(default {d.model.net})")
     g.add_argument("--latent-dim", type=_positive_int, metavar="D", help=f"latent size (default {d.model.latent_dim})")
     g.add_argument("--hidden", type=_hidden, metavar="H1,H2",
-                   help=f"encoder hidden sizes, mirrored by the decoder (default {','.join(map(str, d.model.hidden))})")
+                   help=f"encoder layer widths (mlp) or channels per level (conv), mirrored by the decoder "
+                        f"(default {','.join(map(str, d.model.hidden))})")
     g.add_argument("--decoder-hidden", type=_hidden, metavar="H1,H2",
                    help="decoder hidden sizes from z outwards (default: the mirror of --hidden)")
     g.add_argument("--activation", choices=list(ACTIVATIONS), help=f"(default {d.model.activation})")
-    g.add_argument("--likelihood", choices=list(LIKELIHOODS), help=f"p(x|z) family (default {d.model.likelihood})")
+    g.add_argument("--flows", type=_nonneg_int, metavar="K",
+                   help=f"normalizing flows in the posterior (default {d.model.flows})")
+    g.add_argument("--flow-type", choices=list(FLOWS), help=f"(default {d.model.flow_type})")
+    g.add_argument("--likelihood", choices=list(LIKELIHOODS),
+                   help=f"p(x|z): bernoulli for binarised data; gaussian (a density) or logistic (discretized, "
+                        f"256 levels) for --binarization none (default {d.model.likelihood})")
+    g.add_argument("--scale", choices=list(SCALES),
+                   help=f"gaussian/logistic scale: fixed (--fixed-std), one learned global, learned per pixel, "
+                        f"or predicted by the decoder (default {d.model.likelihood_scale})")
+    g.add_argument("--fixed-std", type=_positive_float, metavar="S",
+                   help=f"the fixed scale, and the initial value of learned ones (default {d.model.likelihood_std})")
     g = t.add_argument_group("training")
     g.add_argument("--epochs", type=_positive_int, help=f"total epochs (default {d.train.epochs})")
     g.add_argument("--batch-size", type=_positive_int, help=f"(default {d.train.batch_size})")
@@ -126,9 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"exp: lr*decay^epoch; cosine: to 0 at --epochs; constant (default {d.train.schedule})")
     g.add_argument("--lr-decay", type=_positive_float, metavar="G",
                    help=f"per-epoch factor of the exp schedule (default {d.train.lr_decay})")
+    g.add_argument("--objective", choices=["auto", *OBJECTIVES],
+                   help="elbo; iwae (importance-weighted bound with --samples k); auto: elbo for VAEs, "
+                        "reconstruction for the AE (default auto)")
+    g.add_argument("--kl", choices=["analytic", "mc"],
+                   help=f"KL term of the ELBO: closed form, or Monte Carlo (flows always use mc) (default {d.train.kl})")
     g.add_argument("--beta", type=_nonneg_float, help=f"KL weight (default {d.train.beta})")
-    g.add_argument("--samples", type=_positive_int, metavar="L",
-                   help=f"Monte-Carlo samples of z per image in the ELBO (default {d.train.samples})")
+    g.add_argument("--samples", type=_positive_int, metavar="N",
+                   help=f"samples of z per image: L for the ELBO, k for IWAE (default {d.train.samples})")
     g.add_argument("--seed", type=int, help=f"(default {d.train.seed})")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"(default {d.train.device})")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -193,6 +223,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if "nll" in r:
         rows += [("ELBO (nats)", f"{r['elbo']:.2f} +- {r['elbo_stderr']:.2f}"),
                  (f"-log p(x), IS k={r['k']} (nats)", f"{r['nll']:.2f} +- {r['nll_stderr']:.2f}")]
+        if "bits_per_dim" in r:
+            rows.append(("bits/dim", f"{r['bits_per_dim']:.4f}"))
+        if "nll_note" in r:
+            rows.append(("note", r["nll_note"]))
     else:
         rows += [("-log p(x|z=f(x)) (nats)", f"{r['recon_nll']:.2f} +- {r['recon_nll_stderr']:.2f}"),
                  ("note", r["note"])]

@@ -41,6 +41,13 @@ class ModelConfig:
     latent_dim: int = 50
     activation: str = "relu"
     likelihood: str = "bernoulli"
+    # gaussian/logistic only: fixed | global | pixel | decoder (see distributions.py)
+    likelihood_scale: str = "pixel"
+    # the scale of `fixed`, and the initial scale of the learned ones (data in [0, 1])
+    likelihood_std: float = 0.1
+    # normalizing flows in the posterior (VAE only): how many, and which kind
+    flows: int = 0
+    flow_type: str = "planar"
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,13 @@ class TrainConfig:
     schedule: str = "exp"
     lr_decay: float = 0.9
     warmup_steps: int = 100
+    # auto: the model's own (elbo for VAEs, reconstruction for the AE); or elbo | iwae
+    objective: str = "auto"
+    # analytic KL for diagonal Gaussian posteriors, or a Monte-Carlo estimate (mc);
+    # posteriors with flows always use mc
+    kl: str = "analytic"
     beta: float = 1.0
+    # L samples of z per image for the ELBO, k for the IWAE bound
     samples: int = 1
     seed: int = 0
     device: str = "auto"
@@ -148,9 +161,11 @@ def validate(cfg: Config) -> None:
     """Check values that have a valid range; names come from the registries."""
     # Imported here: the registries import this module.
     from vaelab.data import DATASETS
-    from vaelab.distributions import LIKELIHOODS
+    from vaelab.distributions import LIKELIHOODS, SCALES
     from vaelab.models import MODELS
+    from vaelab.flows import FLOWS
     from vaelab.nets import ACTIVATIONS, NETS
+    from vaelab.objectives import OBJECTIVES
     from vaelab.train import OPTIMIZERS, SCHEDULES
 
     def choice(value: str, options: Any, name: str) -> None:
@@ -164,7 +179,21 @@ def validate(cfg: Config) -> None:
     choice(m.net, NETS, "net")
     choice(m.activation, ACTIVATIONS, "activation")
     choice(m.likelihood, LIKELIHOODS, "likelihood")
+    choice(m.likelihood_scale, SCALES, "likelihood scale")
+    if not m.likelihood_std > 0:
+        raise ConfigError(f"model.likelihood_std must be positive, got {m.likelihood_std}")
     choice(t.optimizer, OPTIMIZERS, "optimizer")
+    choice(t.objective, ("auto", *OBJECTIVES), "objective")
+    choice(t.kl, ("analytic", "mc"), "kl")
+    choice(m.flow_type, FLOWS, "flow type")
+    if m.flows < 0:
+        raise ConfigError(f"model.flows must be >= 0, got {m.flows}")
+    if m.flows and m.model == "ae":
+        raise ConfigError("flows shape a posterior; the plain autoencoder has none (use --model vae)")
+    if t.objective == "iwae" and t.beta != 1.0:
+        raise ConfigError("the IWAE bound has no KL weight; use --objective elbo with --beta")
+    if m.model == "ae" and t.objective not in ("auto", "reconstruction"):
+        raise ConfigError(f"the plain autoencoder has no {t.objective} bound; it trains by reconstruction")
     choice(t.schedule, SCHEDULES, "schedule")
     choice(t.device, ("auto", "cpu", "cuda"), "device")
     for name, sizes in (("hidden", m.hidden), ("decoder_hidden", m.decoder_hidden or ())):

@@ -313,17 +313,22 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
 # ----------------------------------------------------------------------------- binarisation
 
 
-def binarize(images: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
+def binarize(images: torch.Tensor, mode: str, generator: torch.Generator | None = None,
+             dequantize: bool = False) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1].
 
     ``dynamic`` and ``fixed`` draw x ~ Bernoulli(pixel / 255) with `generator` (the
-    difference is only whether the caller draws again each time); ``none`` returns
-    the grey levels pixel / 255.
+    difference is only whether the caller draws again each time). ``none`` returns
+    grey levels pixel / 255, or with `dequantize` (for density likelihoods) the
+    uniformly dequantised (pixel + u) / 256, u ~ U(0, 1).
     """
-    x = images.float().div_(255.0)
     if mode == "none":
-        return x
+        if dequantize:
+            u = torch.rand(images.shape, generator=generator, device=images.device)
+            return images.float().add_(u).div_(256.0)
+        return images.float().div_(255.0)
     if mode in ("dynamic", "fixed"):
+        x = images.float().div_(255.0)
         u = torch.rand(x.shape, generator=generator, device=x.device)
         return (u < x).float()
     raise ValueError(f"unknown binarization {mode!r}; choose dynamic, fixed or none")
@@ -337,15 +342,18 @@ class Batches:
     """
 
     def __init__(self, split: Split, batch_size: int, binarization: str, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = True) -> None:
+                 shuffle: bool = True, drop_last: bool = True, dequantize: bool = False) -> None:
         self.split, self.batch_size = split, batch_size
         self.binarization, self.shuffle, self.drop_last = binarization, shuffle, drop_last
+        self.dequantize = dequantize and binarization == "none"
         device = split.images.device
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         if binarization == "fixed":
             g = torch.Generator(device=device).manual_seed(seed + 1)
             self.x = binarize(split.images, "fixed", g)
+        elif self.dequantize:
+            self.x = split.images.float()  # 0..255; noise added per batch
         else:
             # Probabilities (or grey levels) kept as float once: 4 bytes/pixel, so a
             # batch is one index_select plus, for dynamic, one comparison with U(0,1).
@@ -367,12 +375,15 @@ class Batches:
             x = self.x.index_select(0, idx)
             if self.binarization == "dynamic":
                 x = (torch.rand(x.shape, generator=self.generator, device=device) < x).float()
+            elif self.dequantize:
+                x = x.add_(torch.rand(x.shape, generator=self.generator, device=device)).div_(256.0)
             yield x, self.split.labels.index_select(0, idx)
 
 
-def eval_images(split: Split, binarization: str, seed: int = 0) -> torch.Tensor:
+def eval_images(split: Split, binarization: str, seed: int = 0, dequantize: bool = False) -> torch.Tensor:
     """The test images as the model is evaluated on them: binarised once with `seed`
     for ``dynamic`` and ``fixed`` (a stochastic binarisation of the test set, as in
-    Burda et al. 2016), grey levels for ``none``. Same seed -> same images."""
+    Burda et al. 2016); grey levels for ``none``, dequantised once with `seed` if
+    `dequantize`. Same seed -> same images."""
     g = torch.Generator(device=split.images.device).manual_seed(seed + 1)
-    return binarize(split.images, "none" if binarization == "none" else "fixed", g)
+    return binarize(split.images, "none" if binarization == "none" else "fixed", g, dequantize=dequantize)

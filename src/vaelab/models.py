@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from vaelab.config import ModelConfig
-from vaelab.distributions import LIKELIHOODS, DiagonalGaussian
+from vaelab.distributions import LIKELIHOODS, DiagonalGaussian, standard_normal_log_prob
+from vaelab.flows import FLOWS, FlowPosterior
 from vaelab.nets import NETS
 
 
@@ -38,7 +39,8 @@ class _Base(nn.Module):
         super().__init__()
         self.cfg, self.image_shape, self.latent_dim = cfg, tuple(image_shape), cfg.latent_dim
         encoder_cls, decoder_cls = NETS[cfg.net]
-        self.likelihood = LIKELIHOODS[cfg.likelihood](self.image_shape)
+        self.likelihood = LIKELIHOODS[cfg.likelihood](self.image_shape, scale=cfg.likelihood_scale,
+                                                      fixed_std=cfg.likelihood_std)
         c, h, w = self.image_shape
         self.encoder = encoder_cls(self.image_shape, cfg.hidden, encoder_out, cfg.activation)
         # decoder_hidden is listed from z outwards; decoders take encoder order and reverse it.
@@ -63,31 +65,33 @@ class _Base(nn.Module):
 class VAE(_Base):
     """Variational autoencoder (Kingma & Welling 2014; Rezende et al. 2014).
 
-    q(z|x) = N(mu(x), diag sigma(x)^2) from the encoder, p(z) = N(0, I), p(x|z) from
-    the configured likelihood. The encoder outputs (mu, log sigma).
+    q(z|x) = N(mu(x), diag sigma(x)^2) from the encoder, optionally pushed through
+    `cfg.flows` normalizing flows whose parameters the encoder also predicts
+    (Rezende & Mohamed 2015); p(z) = N(0, I); p(x|z) from the configured likelihood.
     """
 
     has_density = True
     objective = "elbo"
 
     def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int]) -> None:
-        super().__init__(cfg, image_shape, 2 * cfg.latent_dim)
+        flows = FLOWS[cfg.flow_type](cfg.latent_dim, cfg.flows) if cfg.flows else None
+        super().__init__(cfg, image_shape, 2 * cfg.latent_dim + (flows.num_params if flows else 0))
+        self.flows = flows
 
-    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        mean, log_std = self.encoder(x).chunk(2, dim=-1)
-        return DiagonalGaussian(mean, log_std)
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian | FlowPosterior:
+        out = self.encoder(x)
+        d = self.latent_dim
+        base = DiagonalGaussian(out[:, :d], out[:, d : 2 * d])
+        return base if self.flows is None else FlowPosterior(base, self.flows, out[:, 2 * d :])
 
-    def log_weights(self, x: torch.Tensor, k: int, q: DiagonalGaussian | None = None,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+    def log_weights(self, x: torch.Tensor, k: int, q=None, generator: torch.Generator | None = None) -> torch.Tensor:
         """log p(x|z) + log p(z) - log q(z|x) for k samples z ~ q(z|x): (B, C, H, W) -> (k, B).
 
         Pass `q` (the result of ``encode(x)``) to reuse an encoding across chunks of k.
         """
         q = self.encode(x) if q is None else q
-        z = q.rsample(k, generator=generator)  # (k, B, D)
-        log_px_z = self.decode(z).log_prob(x)  # (k, B)
-        log_pz = -0.5 * (z.square().sum(-1) + self.latent_dim * 1.8378770664093453)  # log N(z; 0, I)
-        return log_px_z + log_pz - q.log_prob(z)
+        z, log_q = q.rsample_with_log_prob(k, generator=generator)  # (k, B, D), (k, B)
+        return self.decode(z).log_prob(x) + standard_normal_log_prob(z) - log_q
 
 
 class AE(_Base):

@@ -1,5 +1,8 @@
 """Backbones: networks that map tensors to distribution *parameters*.
 
+``hidden`` means layer widths for MLPs and channel widths per downsampling level for
+conv nets.
+
 No probability code lives here; :mod:`vaelab.distributions` turns the outputs into
 distributions. Every encoder maps (B, C, H, W) -> (B, out_features); every decoder
 maps (B, latent_dim) -> (B, out_channels, H, W).
@@ -12,6 +15,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from vaelab.config import ConfigError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -54,8 +59,83 @@ class MLPDecoder(nn.Module):
         return self.net(z).unflatten(-1, self.out_shape)
 
 
+def _check_divisible(image_shape: Sequence[int], levels: int) -> tuple[int, int]:
+    _, h, w = image_shape
+    f = 2**levels
+    if h % f or w % f:
+        raise ConfigError(
+            f"a conv net with {levels} downsampling levels needs height and width divisible by {f}, "
+            f"got {h}x{w}; use fewer --hidden channel widths or --net mlp"
+        )
+    return h // f, w // f
+
+
+class ConvEncoder(nn.Module):
+    """Conv blocks as in seed 000: per level a 3x3 conv then a stride-2 3x3 conv, with
+    `hidden` channel widths per level; a linear layer maps the features to `out_features`.
+    (B, C, H, W) -> (B, out_features); H and W must be divisible by 2**len(hidden)."""
+
+    def __init__(self, image_shape: Sequence[int], hidden: Sequence[int], out_features: int,
+                 activation: str = "relu") -> None:
+        super().__init__()
+        h, w = _check_divisible(image_shape, len(hidden))
+        act = ACTIVATIONS[activation]
+        layers: list[nn.Module] = []
+        c_in = image_shape[0]
+        for c in hidden:
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), act(), nn.Conv2d(c, c, 3, stride=2, padding=1), act()]
+            c_in = c
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.head = nn.Linear(c_in * h * w, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class SubPixelDecoder(nn.Module):
+    """Mirror of ConvEncoder that upsamples by sub-pixel convolution (Shi et al. 2016):
+    at each level a 3x3 conv to 4 * C' channels and a pixel shuffle that rearranges
+    them into a 2x larger C'-channel map; a last 3x3 conv gives the output channels.
+    (B, D) -> (B, *out_shape)."""
+
+    def __init__(self, latent_dim: int, hidden: Sequence[int], out_shape: Sequence[int],
+                 activation: str = "relu") -> None:
+        super().__init__()
+        self.out_shape = tuple(out_shape)
+        h, w = _check_divisible(out_shape, len(hidden))
+        act = ACTIVATIONS[activation]
+        widths = list(reversed(hidden))  # deepest level first
+        self.start = (widths[0], h, w)
+        self.fc = nn.Sequential(nn.Linear(latent_dim, widths[0] * h * w), act())
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(widths, widths[1:] + widths[-1:]):
+            layers += [nn.Conv2d(c_in, 4 * c_out, 3, padding=1), act(), nn.PixelShuffle(2)]
+        layers.append(nn.Conv2d(widths[-1], out_shape[0], 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(self.fc(z).view(-1, *self.start))
+
+
+class TransposedConvDecoder(SubPixelDecoder):
+    """The same decoder upsampling with stride-2 transposed convolutions, for comparison."""
+
+    def __init__(self, latent_dim: int, hidden: Sequence[int], out_shape: Sequence[int],
+                 activation: str = "relu") -> None:
+        super().__init__(latent_dim, hidden, out_shape, activation)
+        act = ACTIVATIONS[activation]
+        widths = list(reversed(hidden))
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(widths, widths[1:] + widths[-1:]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), act()]
+        layers.append(nn.Conv2d(widths[-1], out_shape[0], 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+
 # name -> (encoder class, decoder class). Decoders take hidden sizes listed from the
 # input (encoder order) and reverse them, so the same tuple gives a mirrored pair.
 NETS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "mlp": (MLPEncoder, MLPDecoder),
+    "conv": (ConvEncoder, SubPixelDecoder),
+    "conv-transpose": (ConvEncoder, TransposedConvDecoder),
 }

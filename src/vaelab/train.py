@@ -70,8 +70,9 @@ def default_run_dir(cfg: Config) -> Path:
 
 
 @torch.no_grad()
-def test_elbo(model, x: torch.Tensor, objective: str, batch_size: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Mean per-image objective terms over images `x` (one z sample each, fixed seed)."""
+def test_elbo(model, x: torch.Tensor, objective: str, batch_size: int = 2000, seed: int = 0,
+              samples: int = 1, kl: str = "analytic") -> dict[str, float]:
+    """Mean per-image objective terms over images `x` (fixed seed; `samples` as in training)."""
     was_training = model.training
     model.eval()
     cpu_state = torch.get_rng_state()  # keep the training RNG stream untouched
@@ -79,7 +80,7 @@ def test_elbo(model, x: torch.Tensor, objective: str, batch_size: int = 2000, se
     torch.manual_seed(seed)
     sums: dict[str, float] = {}
     for i in range(0, len(x), batch_size):
-        terms = OBJECTIVES[objective](model, x[i : i + batch_size])
+        terms = OBJECTIVES[objective](model, x[i : i + batch_size], samples=samples, kl=kl)
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.sum())
     torch.set_rng_state(cpu_state)
@@ -138,10 +139,12 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
     data = dataset or load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
     model = build_model(cfg.model, data.image_shape).to(device)
     optimizer = OPTIMIZERS[t.optimizer](model.parameters(), t.lr)
-    batches = Batches(data.train.to(device), t.batch_size, cfg.data.binarization, seed=t.seed)
-    x_test = eval_images(data.test.to(device), cfg.data.binarization, seed=cfg.data.binarization_seed)
+    dequantize = not model.likelihood.discrete
+    batches = Batches(data.train.to(device), t.batch_size, cfg.data.binarization, seed=t.seed, dequantize=dequantize)
+    x_test = eval_images(data.test.to(device), cfg.data.binarization, seed=cfg.data.binarization_seed,
+                         dequantize=dequantize)
     z_fixed = torch.randn(64, cfg.model.latent_dim, generator=torch.Generator().manual_seed(t.seed)).to(device)
-    objective = model.objective
+    objective = model.objective if t.objective == "auto" else t.objective
 
     epoch, step = 0, 0
     if resume:
@@ -169,7 +172,7 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
             lr = learning_rate(t, step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            terms = OBJECTIVES[objective](model, x, samples=t.samples, beta=t.beta)
+            terms = OBJECTIVES[objective](model, x, samples=t.samples, beta=t.beta, kl=t.kl)
             loss = terms["loss"].mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -194,7 +197,8 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
                 f"a loss term became non-finite during epoch {epoch + 1}; stopped. The last good "
                 f"checkpoint (epoch {epoch}) is kept in {run_dir}/checkpoint. Try a lower --lr."
             )
-        test_terms = {f"test_{k}": v for k, v in test_elbo(model, x_test, objective).items()}
+        test_terms = {f"test_{k}": v for k, v in test_elbo(
+            model, x_test, objective, samples=t.samples if objective == "iwae" else 1, kl=t.kl).items()}
         epoch += 1
         if epoch % t.image_every == 0 or epoch == t.epochs:
             write_pictures(model, run_dir, x_test, z_fixed)

@@ -1,0 +1,108 @@
+"""Normalizing flows in the posterior (Rezende & Mohamed 2015).
+
+z_0 ~ q_0(z|x) = N(mu(x), sigma(x)^2) is pushed through K invertible maps; the density
+of z_K is log q_K(z_K) = log q_0(z_0) - sum_k log |det df_k/dz_{k-1}| (their eq. 7).
+Flow parameters are amortised: the encoder predicts them for each image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vaelab.distributions import DiagonalGaussian
+
+
+class PlanarFlows(nn.Module):
+    """K planar maps f(z) = z + u_hat h(w.z + b), h = tanh (their eq. 10).
+
+    f is invertible iff w.u_hat >= -1 (their appendix A). u_hat = u + (m(w.u) - w.u)
+    w / |w|^2 with m(a) = -1 + softplus(a) gives w.u_hat = softplus(w.u) - 1 > -1 for
+    any u, w, so log|det| = log(1 + h'(w.z + b) w.u_hat) is always finite.
+    """
+
+    def __init__(self, latent_dim: int, k: int) -> None:
+        super().__init__()
+        self.latent_dim, self.k = latent_dim, k
+        self.num_params = k * (2 * latent_dim + 1)
+
+    def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, num_params) -> u (B, K, D), w (B, K, D), b (B, K)."""
+        d = self.latent_dim
+        p = params.unflatten(-1, (self.k, 2 * d + 1))
+        return p[..., :d], p[..., d : 2 * d], p[..., 2 * d]
+
+    @staticmethod
+    def u_hat(u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u_hat, w.u_hat). w.u_hat is returned as softplus(w.u) - 1 exactly: recomputing
+        it as a float32 dot product can land just below -1 by cancellation when w.u is
+        very negative, and log1p of that is NaN."""
+        wu = (w * u).sum(-1, keepdim=True)
+        w_dot_u_hat = F.softplus(wu) - 1
+        u_hat = u + (w_dot_u_hat - wu) * w / w.square().sum(-1, keepdim=True).clamp_min(1e-12)
+        return u_hat, w_dot_u_hat.squeeze(-1)
+
+    def forward(self, z: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z_0 (..., B, D), params (B, num_params) -> z_K (..., B, D), sum_k log|det| (..., B)."""
+        u, w, b = self.split(params)
+        u, w_dot_u = self.u_hat(u, w)  # (B, K, D), (B, K) with w.u_hat > -1
+        log_det = torch.zeros(z.shape[:-1], device=z.device, dtype=z.dtype)
+        for i in range(self.k):
+            h = torch.tanh((z * w[:, i]).sum(-1) + b[:, i])  # (..., B)
+            z = z + h.unsqueeze(-1) * u[:, i]
+            log_det = log_det + torch.log1p((1 - h.square()) * w_dot_u[:, i])
+        return z, log_det
+
+
+class RadialFlows(nn.Module):
+    """K radial maps f(z) = z + beta h(alpha, r) (z - z0), h = 1 / (alpha + r), r = |z - z0|
+    (Rezende & Mohamed 2015, eq. 14). Invertible iff beta >= -alpha: alpha = softplus(a)
+    and beta = -alpha + softplus(b') enforce it.
+    """
+
+    def __init__(self, latent_dim: int, k: int) -> None:
+        super().__init__()
+        self.latent_dim, self.k = latent_dim, k
+        self.num_params = k * (latent_dim + 2)
+
+    def forward(self, z: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.latent_dim
+        p = params.unflatten(-1, (self.k, d + 2))
+        z0, alpha = p[..., :d], F.softplus(p[..., d])
+        beta = -alpha + F.softplus(p[..., d + 1])
+        log_det = torch.zeros(z.shape[:-1], device=z.device, dtype=z.dtype)
+        for i in range(self.k):
+            diff = z - z0[:, i]
+            r = diff.norm(dim=-1)
+            h = 1 / (alpha[:, i] + r)
+            bh = beta[:, i] * h
+            z = z + bh.unsqueeze(-1) * diff
+            # det = (1 + beta h)^(d-1) (1 + beta h + beta h'(r) r), h' = -h^2
+            log_det = log_det + (d - 1) * torch.log1p(bh) + torch.log1p(bh - beta[:, i] * h.square() * r)
+        return z, log_det
+
+
+FLOWS: dict[str, type[nn.Module]] = {"planar": PlanarFlows, "radial": RadialFlows}
+
+
+class FlowPosterior:
+    """q_K(z|x): a diagonal Gaussian base pushed through amortised flows."""
+
+    def __init__(self, base: DiagonalGaussian, flows: nn.Module, params: torch.Tensor) -> None:
+        self.base, self.flows, self.params = base, flows, params
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """The base mean pushed through the flows: a representative code (B, D)."""
+        return self.flows(self.base.mean, self.params)[0]
+
+    def rsample_with_log_prob(self, n: int, generator: torch.Generator | None = None):
+        """n reparameterised samples z_K (n, B, D) and log q_K(z_K | x) (n, B)."""
+        z0 = self.base.rsample(n, generator=generator)
+        z, log_det = self.flows(z0, self.params)
+        return z, self.base.log_prob(z0) - log_det
+
+    def rsample(self, n: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        z0 = self.base.rsample(n, generator=generator)
+        return self.flows(z0, self.params)[0]
