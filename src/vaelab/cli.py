@@ -180,7 +180,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mean: decoder means (pixel probabilities); sample: draws x ~ p(x|z) (default mean)")
     s.add_argument("--seed", type=int, default=0, help="(default 0)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default auto)")
+    pl = sub.add_parser("plot", help="figures of a trained model (PNG + JSON numbers)",
+                        description="Write NAME.png, and NAME.json with the numbers behind it, for each figure.")
+    pl.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
+    pl.add_argument("--what", default="recon,samples,curves",
+                    help="comma-separated: recon, samples, posterior, manifold, latents, interpolate, combine, "
+                         "denoise, curves, scale (default recon,samples,curves)")
+    pl.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/plots)")
+    pl.add_argument("--seed", type=int, default=0, help="(default 0)")
+    pl.add_argument("--noise", choices=["uniform", "salt-pepper", "gaussian"], help="denoise: noise kind")
+    pl.add_argument("--levels", type=_levels, help="denoise: comma-separated noise levels, e.g. 0.1,0.3,0.5")
+    pl.add_argument("--span", type=_positive_float, help="manifold: grid half-width (default 3)")
+    pl.add_argument("--steps", type=_positive_int, help="manifold/interpolate: points per axis or path")
+    pl.add_argument("--dims", type=_dims, help="manifold: two latent dims, e.g. 0,1 (default: top PCA directions)")
+    pl.add_argument("--weights", type=_levels, help="combine: weights of the codes, e.g. 0.5,0.5")
+    pl.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default auto)")
     return p
+
+
+def _levels(s: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in s.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+
+
+def _dims(s: str) -> tuple[int, int]:
+    try:
+        dims = tuple(int(v) for v in s.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 2 or min(dims) < 0:
+        raise argparse.ArgumentTypeError(f"expected two latent dimensions such as 0,1, got {s!r}")
+    return dims  # type: ignore[return-value]
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
@@ -257,7 +289,26 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample}
+def cmd_plot(args: argparse.Namespace) -> None:
+    from vaelab.explore import FIGURES, plot
+    from vaelab.runtime import resolve_device
+
+    what = [w.strip() for w in args.what.split(",") if w.strip()]
+    unknown = [w for w in what if w not in FIGURES]
+    if unknown:
+        raise ConfigError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}")
+    options = {"kind": args.noise, "levels": args.levels, "span": args.span, "steps": args.steps,
+               "dims": args.dims, "weights": args.weights}
+    try:
+        written = plot(args.run_dir, what, args.out, seed=args.seed, device=str(resolve_device(args.device)),
+                       **options)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for path in written:
+        print(f"wrote {path}")
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,3 +40,154 @@ def save_png(array: np.ndarray, path: str | Path, scale: int = 2) -> Path:
     img.save(tmp)
     os.replace(tmp, path)
     return path
+
+
+# ----------------------------------------------------------------------------- matplotlib figures
+
+
+def _plt():
+    """pyplot with the Agg backend: figures never need a display."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _show_image(ax, img: torch.Tensor) -> None:
+    img = img.detach().float().clamp(0, 1).cpu()
+    if img.shape[0] == 1:
+        ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def image_rows(rows: list[torch.Tensor], labels: list[str], title: str):
+    """One row per (N, C, H, W) tensor, labelled on the left."""
+    plt = _plt()
+    n = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.6, 1.15 * len(rows) + 0.6), squeeze=False)
+    for r, (row, label) in enumerate(zip(rows, labels)):
+        for c in range(n):
+            ax = axes[r][c]
+            if c < len(row):
+                _show_image(ax, row[c])
+            else:
+                ax.axis("off")
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid_figure(images: torch.Tensor, ncol: int, title: str, axis_labels: tuple[str, str] | None,
+                      span: tuple[float, float] | None, col_labels: list[str] | None = None):
+    """A grid of images in one axes (no gaps), with optional axis labels and extent."""
+    plt = _plt()
+    nrow = math.ceil(len(images) / ncol)
+    grid = image_grid(images, nrow=ncol, pad=0 if span else 2)
+    fig, ax = plt.subplots(figsize=(min(12, max(6.0, 0.55 * ncol + 2)), min(12, 0.55 * nrow + 1.5)))
+    extent = None if span is None else (span[0], span[1], span[0], span[1])
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest",
+              extent=extent)
+    if axis_labels:
+        ax.set_xlabel(axis_labels[0])
+        ax.set_ylabel(axis_labels[1])
+    else:
+        ax.set_yticks([])
+        if col_labels:
+            w = grid.shape[1] / ncol
+            ax.set_xticks([w * (i + 0.5) for i in range(ncol)], col_labels, fontsize=8, rotation=15)
+        else:
+            ax.set_xticks([])
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def scatter_by_label(xy: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...], title: str,
+                     axis_labels: tuple[str, str]):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    cmap = plt.get_cmap("tab10")
+    for c in range(len(classes)):
+        m = labels == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=4, alpha=0.6, color=cmap(c % 10), label=classes[c])
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    ax.set_title(title)
+    ax.legend(markerscale=3, fontsize=8, loc="best", title="label")
+    fig.tight_layout()
+    return fig
+
+
+def denoise_figure(rows: list[torch.Tensor], level: float, kind: str, table: list[dict], model: str):
+    plt = _plt()
+    n = len(rows[0])
+    fig = plt.figure(figsize=(max(8, 1.1 * n + 1.5), 6.2))
+    gs = fig.add_gridspec(2, 1, height_ratios=[3, 2.2])
+    top = gs[0].subgridspec(3, n)
+    for r, label in enumerate(["clean", f"noisy ({kind} {level:g})", "reconstructed"]):
+        for c in range(n):
+            ax = fig.add_subplot(top[r, c])
+            _show_image(ax, rows[r][c])
+            if c == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    ax = fig.add_subplot(gs[1])
+    levels = [t["level"] for t in table]
+    ax.plot(levels, [t["psnr_noisy"] for t in table], "o-", label="noisy input")
+    ax.plot(levels, [t["psnr_recon"] for t in table], "s-", label=f"{model} reconstruction")
+    ax.set_xlabel(f"{kind} noise level")
+    ax.set_ylabel("PSNR vs clean (dB)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"Denoising with a {model}: clean | noisy | reconstructed")
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(rows: list[dict], title: str):
+    plt = _plt()
+    epochs = [r["epoch"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in sorted(k for k in rows[0] if k.startswith(("train_", "test_"))):
+        values = [r[key] for r in rows]
+        (a if key.endswith(("kl",)) else b).plot(epochs, values, label=key)
+    a.set_title("KL term (nats)")
+    b.set_title("loss, reconstruction and bound terms (nats)")
+    for ax in (a, b):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("nats per image")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap(values: torch.Tensor, title: str):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4.6))
+    im = ax.imshow(values.numpy(), cmap="viridis", interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="scale (pixel units in [0, 1])")
+    ax.set_xlabel("pixel column")
+    ax.set_ylabel("pixel row")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Save atomically and close the figure."""
+    plt = _plt()
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.stem, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,285 @@
+"""Looking at a trained model: the notebooks' experiments as functions.
+
+Each ``figure_*`` function takes an :class:`Explorer` (a model with its test data) and
+returns ``(matplotlib Figure, numbers)``; ``numbers`` is a JSON-able dict of what the
+figure shows (empty where there is nothing numeric). ``vaelab plot`` writes both.
+All randomness comes from a generator seeded by ``Explorer.seed``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaelab import plots
+from vaelab.checkpoint import load_run
+from vaelab.data import eval_images, load_dataset
+
+
+@dataclass
+class Explorer:
+    model: Any
+    cfg: Any
+    x: torch.Tensor  # test images as evaluated (binarised / grey), (N, C, H, W)
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    run_dir: Path | None = None
+    seed: int = 0
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, n: int = 5000, seed: int = 0, device: str = "cpu") -> Explorer:
+        cfg, model = load_run(run_dir, device)
+        data = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+        test = data.test.head(n).to(device)
+        x = eval_images(test, cfg.data.binarization, seed=cfg.data.binarization_seed)
+        return cls(model, cfg, x, test.labels, data.classes, Path(run_dir), seed)
+
+    def gen(self, offset: int = 0) -> torch.Generator:
+        return torch.Generator(device=self.x.device).manual_seed(self.seed + offset)
+
+    @property
+    def binary(self) -> bool:
+        return self.cfg.data.binarization != "none"
+
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior means (the code, for an AE): (N, D)."""
+        return torch.cat([self.model.encode(x[i : i + 1000]).mean for i in range(0, len(x), 1000)])
+
+    @torch.no_grad()
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(z).mean.clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------- computations
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between codes a, b (D,) at fractions t (T,) -> (T, D)."""
+    cos = torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-12)
+    omega = torch.arccos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
+    s = torch.sin(omega)
+    return (torch.sin((1 - t) * omega)[:, None] * a + torch.sin(t * omega)[:, None] * b) / s
+
+
+def add_noise(x: torch.Tensor, kind: str, level: float, generator: torch.Generator) -> torch.Tensor:
+    """Corrupt images in [0, 1]: ``uniform`` replaces a fraction `level` of pixels by U(0, 1)
+    values, ``salt-pepper`` sets a fraction `level` to 0 or 1, ``gaussian`` adds N(0, level^2)
+    and clips (seed 004)."""
+    u = torch.rand(x.shape, generator=generator, device=x.device)
+    if kind == "uniform":
+        return torch.where(u < level, torch.rand(x.shape, generator=generator, device=x.device), x)
+    if kind == "salt-pepper":
+        coin = (torch.rand(x.shape, generator=generator, device=x.device) < 0.5).float()
+        return torch.where(u < level, coin, x)
+    if kind == "gaussian":
+        return (x + level * torch.randn(x.shape, generator=generator, device=x.device)).clamp(0, 1)
+    raise ValueError(f"unknown noise {kind!r}; choose uniform, salt-pepper or gaussian")
+
+
+def psnr(mse: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB for images in [0, 1]."""
+    return 10 * torch.log10(1 / mse.clamp_min(1e-12))
+
+
+def principal_axes(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean (D,), top-2 principal directions (2, D), their standard deviations (2,))."""
+    mean = codes.mean(0)
+    _, s, v = torch.linalg.svd(codes - mean, full_matrices=False)
+    return mean, v[:2], s[:2] / math.sqrt(max(1, len(codes) - 1))
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+@torch.no_grad()
+def figure_recon(ex: Explorer, n: int = 10):
+    """Test inputs above their reconstructions: the decoder mean and one sample."""
+    x = ex.x[:n]
+    q = ex.model.encode(x)
+    dist = ex.model.decode(q.mean)
+    rows = [x, dist.mean.clamp(0, 1), dist.sample(generator=ex.gen()).clamp(0, 1)]
+    mse = (rows[1] - x).square().flatten(1).mean(1)
+    fig = plots.image_rows(rows, ["input", "reconstruction (mean)", "reconstruction (sample)"],
+                           f"Reconstructions of test images ({ex.cfg.model.model})")
+    return fig, {"mse_per_image": mse.tolist(), "mse_mean": float(mse.mean())}
+
+
+@torch.no_grad()
+def figure_samples(ex: Explorer, n: int = 10):
+    """Prior samples z ~ N(0, I) and posterior-predictive samples z ~ q(z|x) (seed 002),
+    each shown as decoder means and as draws x ~ p(x|z)."""
+    g = ex.gen()
+    prior = ex.model.sample(n, generator=g)
+    z = ex.model.encode(ex.x[:n]).rsample(generator=g)
+    post = ex.model.decode(z)
+    rows = [prior.mean.clamp(0, 1), prior.sample(generator=g).clamp(0, 1), ex.x[:n], post.mean.clamp(0, 1),
+            post.sample(generator=g).clamp(0, 1)]
+    labels = ["prior: mean", "prior: sample", "test input", "posterior pred.: mean", "posterior pred.: sample"]
+    title = "Samples from the prior and the posterior predictive"
+    if not ex.model.has_density:
+        title += " (an AE has no prior: codes drawn from N(0, I))"
+    return plots.image_rows(rows, labels, title), {}
+
+
+@torch.no_grad()
+def figure_manifold(ex: Explorer, steps: int = 15, span: float = 3.0, dims: tuple[int, int] | None = None):
+    """Decode a regular grid of codes (seed 004). 2-D latents: the grid itself over
+    [-span, span]^2. More dims: a grid over two chosen dims (others 0), or by default
+    over the top two principal directions of the test codes, +-span standard deviations."""
+    d = ex.model.latent_dim
+    t = torch.linspace(-span, span, steps, device=ex.x.device)
+    gy, gx = torch.meshgrid(t.flip(0), t, indexing="ij")
+    if d == 2 or dims is not None:
+        i, j = dims or (0, 1)
+        z = torch.zeros(steps * steps, d, device=ex.x.device)
+        z[:, i], z[:, j] = gx.flatten(), gy.flatten()
+        axes = (f"z[{i}]", f"z[{j}]")
+        info = {"dims": [i, j], "span": span}
+    else:
+        mean, v, sd = principal_axes(ex.codes(ex.x))
+        z = mean + gx.flatten()[:, None] * sd[0] * v[0] + gy.flatten()[:, None] * sd[1] * v[1]
+        axes = ("1st principal direction (std)", "2nd principal direction (std)")
+        info = {"pca_std": sd.tolist(), "span_std": span}
+    images = ex.decode_mean(z)
+    fig = plots.image_grid_figure(images, steps, f"Latent manifold: decoded grid ({d}-D latent)",
+                                  axes, (-span, span))
+    return fig, {**info, "steps": steps}
+
+
+@torch.no_grad()
+def figure_latents(ex: Explorer):
+    """Test-set posterior means coloured by label (2-D directly, else PCA to 2-D)."""
+    codes = ex.codes(ex.x)
+    if codes.shape[1] == 2:
+        xy, axes = codes, ("z[0]", "z[1]")
+    else:
+        mean, v, _ = principal_axes(codes)
+        xy, axes = (codes - mean) @ v.T, ("PC 1", "PC 2")
+    fig = plots.scatter_by_label(xy.cpu(), ex.labels.cpu(), ex.classes,
+                                 f"Posterior means of {len(codes)} test images", axes)
+    return fig, {"n": len(codes), "projection": "identity" if codes.shape[1] == 2 else "pca"}
+
+
+@torch.no_grad()
+def figure_interpolate(ex: Explorer, pairs: int = 4, steps: int = 10):
+    """Decode straight-line and spherical paths between the codes of test images."""
+    codes = ex.codes(ex.x[: 2 * pairs])
+    t = torch.linspace(0, 1, steps, device=ex.x.device)
+    rows, labels = [], []
+    for p in range(pairs):
+        a, b = codes[2 * p], codes[2 * p + 1]
+        rows.append(ex.decode_mean(a + t[:, None] * (b - a)))
+        labels.append(f"pair {p + 1}: linear")
+        rows.append(ex.decode_mean(slerp(a, b, t)))
+        labels.append(f"pair {p + 1}: spherical")
+    fig = plots.image_rows(rows, labels, "Interpolation between encoded test images (left -> right)")
+    return fig, {"steps": steps, "pairs": pairs}
+
+
+@torch.no_grad()
+def figure_combine(ex: Explorer, weights: tuple[float, ...] = (0.5, 0.5), groups: int = 6):
+    """New images from weighted combinations of the codes of existing ones (seed 004
+    "new numbers"): each row shows the inputs and the decoded sum_i w_i z_i."""
+    k = len(weights)
+    w = torch.tensor(weights, device=ex.x.device)
+    x = ex.x[: groups * k]
+    codes = ex.codes(x).view(groups, k, -1)
+    combo = ex.decode_mean((w[None, :, None] * codes).sum(1))  # (groups, C, H, W)
+    cols = [x.view(groups, k, *x.shape[1:])[:, i] for i in range(k)] + [combo]
+    images = torch.stack(cols, 1).flatten(0, 1)
+    labels = [f"input {i + 1} (w={weights[i]:g})" for i in range(k)] + ["decoded combination"]
+    fig = plots.image_grid_figure(images, k + 1, "Combining codes: sum of weighted posterior means",
+                                  None, None, col_labels=labels)
+    return fig, {"weights": list(weights), "groups": groups}
+
+
+@torch.no_grad()
+def figure_denoise(ex: Explorer, kind: str = "salt-pepper", levels: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5),
+                   n_show: int = 8, n_eval: int = 1000):
+    """Corrupt test images, reconstruct them, compare with the clean image (seed 004):
+    rows clean | noisy | reconstructed at one level; MSE and PSNR against the clean
+    image for the noisy input and the reconstruction at every level."""
+    clean = ex.x[:n_eval]
+    table = []
+    shown = None
+    for i, level in enumerate(levels):
+        noisy = add_noise(clean, kind, level, ex.gen(i))
+        recon = torch.cat([ex.decode_mean(ex.model.encode(noisy[j : j + 500]).mean) for j in range(0, len(noisy), 500)])
+        mse_noisy = (noisy - clean).square().flatten(1).mean(1)
+        mse_recon = (recon - clean).square().flatten(1).mean(1)
+        table.append({"level": level, "mse_noisy": float(mse_noisy.mean()), "mse_recon": float(mse_recon.mean()),
+                      "psnr_noisy": float(psnr(mse_noisy).mean()), "psnr_recon": float(psnr(mse_recon).mean())})
+        if i == len(levels) // 2:
+            shown = (level, [clean[:n_show], noisy[:n_show], recon[:n_show]])
+    fig = plots.denoise_figure(shown[1], shown[0], kind, table, ex.cfg.model.model)
+    return fig, {"noise": kind, "n": len(clean), "levels": table}
+
+
+def figure_curves(ex: Explorer):
+    """Loss terms and test ELBO over epochs from metrics.jsonl."""
+    rows = [json.loads(line) for line in (ex.run_dir / "metrics.jsonl").read_text().splitlines()]
+    return plots.curves_figure(rows, f"Training curves ({ex.run_dir.name})"), {"epochs": len(rows)}
+
+
+@torch.no_grad()
+def figure_scale(ex: Explorer):
+    """The learned output scale of a Gaussian/logistic likelihood as an image (seed 000):
+    exp(log_scale) per pixel; for a decoder-predicted scale, its mean over test images."""
+    lik = ex.model.likelihood
+    scale_kind = getattr(lik, "scale", None)
+    if scale_kind is None:
+        raise ValueError(f"the {ex.cfg.model.likelihood} likelihood has no scale; train with "
+                         "--likelihood gaussian or logistic to get one")
+    if scale_kind == "decoder":
+        d = ex.model.decode(ex.model.encode(ex.x[:1000]).mean)
+        scale = d.log_scale.exp().mean(0)
+        what = "decoder-predicted scale, mean over 1000 test images"
+    else:
+        scale = lik.log_scale.exp().expand(lik.image_shape)
+        what = {"fixed": "fixed scale", "global": "learned global scale", "pixel": "learned per-pixel scale"}[scale_kind]
+    fig = plots.heatmap(scale[0].cpu(), f"Output scale exp(log_scale): {what}")
+    return fig, {"kind": scale_kind, "min": float(scale.min()), "max": float(scale.max()),
+                 "mean": float(scale.mean())}
+
+
+FIGURES = {
+    "recon": figure_recon,
+    "samples": figure_samples,
+    "posterior": figure_samples,
+    "manifold": figure_manifold,
+    "latents": figure_latents,
+    "interpolate": figure_interpolate,
+    "combine": figure_combine,
+    "denoise": figure_denoise,
+    "curves": figure_curves,
+    "scale": figure_scale,
+}
+
+
+def plot(run_dir: str | Path, what: list[str], out: str | Path | None = None, seed: int = 0,
+         device: str = "cpu", **options: Any) -> list[Path]:
+    """Write NAME.png (and NAME.json with the numbers behind it) for each NAME in `what`."""
+    unknown = [w for w in what if w not in FIGURES]
+    if unknown:
+        raise ValueError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}")
+    out = Path(out) if out is not None else Path(run_dir) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    ex = Explorer.from_run(run_dir, seed=seed, device=device)
+    written = []
+    for name in what:
+        fn = FIGURES[name]
+        params = inspect.signature(fn).parameters
+        kwargs = {k: v for k, v in options.items() if v is not None and k in params}
+        fig, numbers = fn(ex, **kwargs)
+        written.append(plots.save_figure(fig, out / f"{name}.png"))
+        if numbers:
+            (out / f"{name}.json").write_text(json.dumps(numbers, indent=2) + "\n")
+            written.append(out / f"{name}.json")
+    return written
