@@ -30,5 +30,5 @@ def tiny_cfg():
     from vaelab.config import Config
 
     return Config().replace(data={"dataset": "mnist-sample"},
-                            model={"hidden": [32], "latent_dim": 4},
+                            model={"hidden": [32], "decoder_hidden": None, "latent_dim": 4},
                             train={"epochs": 2, "batch_size": 250, "warmup_steps": 0})

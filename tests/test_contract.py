@@ -11,7 +11,8 @@ from vaelab.objectives import OBJECTIVES
 
 SHAPE = (1, 28, 28)
 CASES = [
-    ModelConfig(model=name, hidden=(64, 32), latent_dim=3, likelihood=lik, likelihood_scale=scale)
+    ModelConfig(model=name, hidden=(64, 32), decoder_hidden=None, latent_dim=3, likelihood=lik,
+                likelihood_scale=scale)
     for name in MODELS
     for lik in LIKELIHOODS
     for scale in (SCALES if lik != "bernoulli" else ("pixel",))

@@ -176,5 +176,5 @@ def test_binarization_modes():
 def test_batches_cover_split_without_repeats():
     split = vd.Split(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1), torch.arange(10))
     batches = Batches(split, 3, "none", seed=1, drop_last=False)
-    labels = torch.cat([y for _, y in batches])
+    labels = torch.cat([y for _, y, _ in batches])
     assert sorted(labels.tolist()) == list(range(10)) and len(batches) == 4

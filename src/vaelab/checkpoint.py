@@ -122,13 +122,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
     from vaelab.models import build_model
 
     cfg = load_config(run_dir)
-    shape = image_shape_of(run_dir)
-    model = build_model(cfg.model, shape).to(device)
+    info = json.loads((_ckpt_dir(Path(run_dir)) / "state.json").read_text())
+    model = build_model(cfg.model, tuple(info["image_shape"]), cond_dim=info.get("cond_dim", 0)).to(device)
     load_checkpoint(run_dir, model)
     model.eval()
     return cfg, model
 
-
-def image_shape_of(run_dir: str | Path) -> tuple[int, int, int]:
-    info = json.loads((_ckpt_dir(Path(run_dir)) / "state.json").read_text())
-    return tuple(info["image_shape"])  # type: ignore[return-value]

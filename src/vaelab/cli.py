@@ -31,6 +31,9 @@ _OVERRIDES = {
     "schedule": ("train", "schedule"),
     "lr_decay": ("train", "lr_decay"),
     "flows": ("model", "flows"),
+    "condition_encoder": ("model", "condition_encoder"),
+    "conditions": ("data", "conditions"),
+    "lam": ("train", "lam"),
     "flow_type": ("model", "flow_type"),
     "objective": ("train", "objective"),
     "kl": ("train", "kl"),
@@ -116,24 +119,29 @@ def build_parser() -> argparse.ArgumentParser:
     g = t.add_argument_group("data")
     g.add_argument("--dataset", choices=list(DATASETS), help=f"dataset (default {d.data.dataset})")
     g.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset's IDX files")
+    g.add_argument("--conditions", metavar="FILE.npz",
+                   help="cvae/icvae: side information c as float arrays 'train' and 'test' (default: one-hot labels)")
     g.add_argument("--binarization", choices=["dynamic", "fixed", "none"],
                    help=f"dynamic: resample Bernoulli(pixel/255) each use; fixed: once, seeded; "
                         f"none: grey levels (default {d.data.binarization})")
     g = t.add_argument_group("model")
     g.add_argument("--model", choices=list(MODELS), help=f"model (default {d.model.model})")
     g.add_argument("--net", choices=list(NETS),
-                   help=f"mlp; conv (strided conv encoder, sub-pixel conv decoder); conv-transpose "
-                        f"(default {d.model.net})")
+                   help=f"mlp; conv (strided conv encoder, sub-pixel conv decoder; channels 32,64 unless "
+                        f"--hidden); conv-transpose (default {d.model.net})")
     g.add_argument("--latent-dim", type=_positive_int, metavar="D", help=f"latent size (default {d.model.latent_dim})")
     g.add_argument("--hidden", type=_hidden, metavar="H1,H2",
-                   help=f"encoder layer widths (mlp) or channels per level (conv), mirrored by the decoder "
-                        f"(default {','.join(map(str, d.model.hidden))})")
+                   help=f"encoder layer widths (mlp) or channels per level (conv); given alone, the decoder "
+                        f"mirrors it (default {','.join(map(str, d.model.hidden))})")
     g.add_argument("--decoder-hidden", type=_hidden, metavar="H1,H2",
-                   help="decoder hidden sizes from z outwards (default: the mirror of --hidden)")
+                   help="decoder hidden sizes from z outwards (default "
+                        + ",".join(map(str, d.model.decoder_hidden or ())) + ", or the mirror of --hidden)")
     g.add_argument("--activation", choices=list(ACTIVATIONS), help=f"(default {d.model.activation})")
     g.add_argument("--flows", type=_nonneg_int, metavar="K",
                    help=f"normalizing flows in the posterior (default {d.model.flows})")
     g.add_argument("--flow-type", choices=list(FLOWS), help=f"(default {d.model.flow_type})")
+    g.add_argument("--condition-encoder", action="store_const", const=True,
+                   help="cvae/icvae: feed the condition to the encoder too (the decoder always gets it)")
     g.add_argument("--likelihood", choices=list(LIKELIHOODS),
                    help=f"p(x|z): bernoulli for binarised data; gaussian (a density) or logistic (discretized, "
                         f"256 levels) for --binarization none (default {d.model.likelihood})")
@@ -157,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kl", choices=["analytic", "mc"],
                    help=f"KL term of the ELBO: closed form, or Monte Carlo (flows always use mc) (default {d.train.kl})")
     g.add_argument("--beta", type=_nonneg_float, help=f"KL weight (default {d.train.beta})")
+    g.add_argument("--lambda", dest="lam", type=_nonneg_float,
+                   help=f"icvae: weight of KL(q(z|x) || q(z)) (default {d.train.lam})")
     g.add_argument("--samples", type=_positive_int, metavar="N",
                    help=f"samples of z per image: L for the ELBO, k for IWAE (default {d.train.samples})")
     g.add_argument("--seed", type=int, help=f"(default {d.train.seed})")
@@ -180,12 +190,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mean: decoder means (pixel probabilities); sample: draws x ~ p(x|z) (default mean)")
     s.add_argument("--seed", type=int, default=0, help="(default 0)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default auto)")
+    pr = sub.add_parser("probe", help="how much the codes know about the class (invariance)",
+                        description="Train a fresh classifier on the training set's posterior means to predict "
+                                    "the label; report its test accuracy, the majority-class rate and the "
+                                    "reconstruction MSE. Writes RUN_DIR/probe.json.")
+    pr.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
+    pr.add_argument("--probe-layers", type=int, choices=[0, 1, 2, 3], default=1,
+                    help="hidden layers of the probe classifier, 0 = logistic regression (default 1)")
+    pr.add_argument("--probe-hidden", type=_positive_int, default=256, help="probe layer width (default 256)")
+    pr.add_argument("--probe-epochs", type=_positive_int, default=30, help="(default 30)")
+    pr.add_argument("--seed", type=int, default=0, help="(default 0)")
+    pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default auto)")
+
     pl = sub.add_parser("plot", help="figures of a trained model (PNG + JSON numbers)",
                         description="Write NAME.png, and NAME.json with the numbers behind it, for each figure.")
     pl.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
     pl.add_argument("--what", default="recon,samples,curves",
                     help="comma-separated: recon, samples, posterior, manifold, latents, interpolate, combine, "
-                         "denoise, curves, scale (default recon,samples,curves)")
+                         "denoise, curves, scale, transfer (default recon,samples,curves)")
     pl.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/plots)")
     pl.add_argument("--seed", type=int, default=0, help="(default 0)")
     pl.add_argument("--noise", choices=["uniform", "salt-pepper", "gaussian"], help="denoise: noise kind")
@@ -222,6 +244,11 @@ def _config_from_args(args: argparse.Namespace) -> Config:
         value = getattr(args, flag, None)
         if value is not None:
             sections[section][name] = value
+    model = sections["model"]
+    if "hidden" in model and "decoder_hidden" not in model:
+        model["decoder_hidden"] = None  # --hidden alone: the decoder mirrors it
+    if model.get("net", "mlp") != "mlp" and "hidden" not in model and args.config is None:
+        model.update(hidden=(32, 64), decoder_hidden=None)  # conv widths, not the MLP's 512s
     return cfg.replace(**sections)
 
 
@@ -289,6 +316,21 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def cmd_probe(args: argparse.Namespace) -> None:
+    from vaelab.evaluate import probe
+
+    r = probe(args.run_dir, layers=args.probe_layers, hidden=args.probe_hidden, epochs=args.probe_epochs,
+              seed=args.seed, device=args.device)
+    rows = [("model", f"{r['model']} on {r['dataset']}"),
+            (f"probe accuracy ({r['probe_layers']} hidden layers)", f"{r['accuracy']:.4f}"),
+            ("majority-class rate", f"{r['majority']:.4f}"),
+            ("reconstruction MSE", f"{r['recon_mse']:.5f}")]
+    width = max(len(a) for a, _ in rows)
+    for a, b in rows:
+        print(f"{a:<{width}}  {b}")
+    print(f"(written to {Path(args.run_dir) / 'probe.json'})")
+
+
 def cmd_plot(args: argparse.Namespace) -> None:
     from vaelab.explore import FIGURES, plot
     from vaelab.runtime import resolve_device
@@ -308,7 +350,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "plot": cmd_plot}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "plot": cmd_plot,
+            "probe": cmd_probe}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -273,15 +273,25 @@ def locate(name: str, data_dir: str | Path | None = None, allow_download: bool =
 class Split:
     images: torch.Tensor  # (N, C, H, W) uint8
     labels: torch.Tensor  # (N,) int64
+    cond: torch.Tensor | None = None  # (N, C') float side information; None: one-hot labels
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def to(self, device: torch.device | str) -> Split:
-        return Split(self.images.to(device), self.labels.to(device))
+        return Split(self.images.to(device), self.labels.to(device),
+                     None if self.cond is None else self.cond.to(device))
 
     def head(self, n: int | None) -> Split:
-        return self if n is None else Split(self.images[:n], self.labels[:n])
+        if n is None:
+            return self
+        return Split(self.images[:n], self.labels[:n], None if self.cond is None else self.cond[:n])
+
+    def conditions(self, n_classes: int) -> torch.Tensor:
+        """The condition vectors c: user-supplied side information, or one-hot labels (N, n_classes)."""
+        if self.cond is not None:
+            return self.cond
+        return torch.nn.functional.one_hot(self.labels, n_classes).float()
 
 
 @dataclass
@@ -295,6 +305,30 @@ class Dataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def cond_dim(self) -> int:
+        return len(self.classes) if self.train.cond is None else self.train.cond.shape[1]
+
+
+def attach_conditions(data: Dataset, path: str | Path) -> Dataset:
+    """Replace the one-hot label conditions by user side information from an .npz file
+    holding float arrays ``train`` (N_train, C') and ``test`` (N_test, C')."""
+    path = Path(path)
+    try:
+        arrays = np.load(path, allow_pickle=False)
+        train, test = arrays["train"], arrays["test"]
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{path}: cannot read conditions ({e}); expected an .npz with arrays 'train' and 'test'") from None
+    for name, arr, split in (("train", train, data.train), ("test", test, data.test)):
+        if arr.ndim != 2 or len(arr) != len(split):
+            raise DataError(f"{path}: '{name}' must have shape ({len(split)}, C'), got {arr.shape}")
+    if train.shape[1] != test.shape[1]:
+        raise DataError(f"{path}: 'train' and 'test' conditions differ in width ({train.shape[1]} vs {test.shape[1]})")
+    tr = torch.from_numpy(train.astype(np.float32))
+    te = torch.from_numpy(test.astype(np.float32))
+    return Dataset(data.name, Split(data.train.images, data.train.labels, tr),
+                   Split(data.test.images, data.test.labels, te), data.classes, data.source)
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True) -> Dataset:
@@ -335,17 +369,20 @@ def binarize(images: torch.Tensor, mode: str, generator: torch.Generator | None 
 
 
 class Batches:
-    """Mini-batches of one split, gathered on the split's device from a permutation.
+    """Mini-batches (x, labels, conditions or None) of one split, gathered on the split's
+    device from a permutation.
 
     With ``binarization="fixed"`` the split is binarised once (seeded) and the same
     binary images are used every epoch; with ``dynamic`` each batch is re-sampled.
     """
 
     def __init__(self, split: Split, batch_size: int, binarization: str, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = True, dequantize: bool = False) -> None:
+                 shuffle: bool = True, drop_last: bool = True, dequantize: bool = False,
+                 cond: torch.Tensor | None = None) -> None:
         self.split, self.batch_size = split, batch_size
         self.binarization, self.shuffle, self.drop_last = binarization, shuffle, drop_last
         self.dequantize = dequantize and binarization == "none"
+        self.cond = cond  # (N, C') conditions to hand out with each batch, or None
         device = split.images.device
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
@@ -377,7 +414,8 @@ class Batches:
                 x = (torch.rand(x.shape, generator=self.generator, device=device) < x).float()
             elif self.dequantize:
                 x = x.add_(torch.rand(x.shape, generator=self.generator, device=device)).div_(256.0)
-            yield x, self.split.labels.index_select(0, idx)
+            c = None if self.cond is None else self.cond.index_select(0, idx)
+            yield x, self.split.labels.index_select(0, idx), c
 
 
 def eval_images(split: Split, binarization: str, seed: int = 0, dequantize: bool = False) -> torch.Tensor:

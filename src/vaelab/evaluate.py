@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from vaelab.checkpoint import load_run
-from vaelab.data import eval_images, load_dataset
+from vaelab.data import eval_images
 from vaelab.runtime import resolve_device, tune_malloc
 
 BINARIZATION_NOTE = {
@@ -35,10 +35,11 @@ BINARIZATION_NOTE = {
 
 @torch.inference_mode()
 def log_likelihood(model, x: torch.Tensor, k: int = 1000, rows: int = 1024, seed: int = 0,
-                   progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   progress: bool = False, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image (log p(x) estimate with k importance samples, ELBO estimate): (N,), (N,).
 
-    The ELBO estimate is the mean of the same k log-weights (a Monte-Carlo ELBO).
+    The ELBO estimate is the mean of the same k log-weights (a Monte-Carlo ELBO). For
+    conditional models pass the conditions c (N, C'): log p(x|c) is estimated.
     """
     if not getattr(model, "has_density", False):
         raise TypeError(f"{type(model).__name__} defines no density p(x); it has no log-likelihood")
@@ -54,11 +55,12 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, rows: int = 1024, seed
     bar = tqdm(total=len(x), desc=f"IS k={k}", disable=not progress, leave=False, dynamic_ncols=True)
     for i in range(0, len(x), per_batch):
         xb = x[i : i + per_batch]
-        q = model.encode(xb)
+        cb = None if c is None else c[i : i + per_batch]
+        q = model.encode(xb, cb)
         lse = torch.full((len(xb),), -math.inf, device=x.device)
         total = torch.zeros(len(xb), device=x.device)
         for j in range(0, k, chunk):
-            lw = model.log_weights(xb, min(chunk, k - j), q=q, generator=gen)  # (kc, B)
+            lw = model.log_weights(xb, min(chunk, k - j), q=q, generator=gen, c=cb)  # (kc, B)
             lse = torch.logaddexp(lse, torch.logsumexp(lw, 0))
             total += lw.sum(0)
         log_px[i : i + len(xb)] = lse - math.log(k)
@@ -85,13 +87,17 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
     tune_malloc()
     dev = resolve_device(device)
     cfg, model = load_run(run_dir, dev)
-    data = dataset or load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+    from vaelab.train import load_run_data
+
+    data = dataset or load_run_data(cfg)
     split = data.test.head(n)
     if n is not None and n <= 0:
         raise ValueError(f"--n must be positive, got {n}")
     seed = cfg.data.binarization_seed
     density = not model.likelihood.discrete
-    x = eval_images(split.to(dev), cfg.data.binarization, seed=seed, dequantize=density)
+    split = split.to(dev)
+    x = eval_images(split, cfg.data.binarization, seed=seed, dequantize=density)
+    c = split.conditions(len(data.classes)) if model.conditional else None
     protocol = "dequantized" if density and cfg.data.binarization == "none" else cfg.data.binarization
     start = time.perf_counter()
     result: dict[str, Any] = {
@@ -104,8 +110,10 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
         "likelihood": cfg.model.likelihood,
         "model": cfg.model.model,
     }
+    if model.conditional:
+        result["conditioned_on"] = "custom side information" if cfg.data.conditions else "class label"
     if model.has_density:
-        log_px, elbo = log_likelihood(model, x, k=k, progress=progress)
+        log_px, elbo = log_likelihood(model, x, k=k, progress=progress, c=c)
         dims = x[0].numel()
         if density:
             # A density on [0, 1): P(bin of width 1/256) >= (1/256)^D exp(E_u log p), so
@@ -121,7 +129,7 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
     else:
         with torch.inference_mode():
             recon = torch.cat([model.decode(model.encode(x[i : i + 1000]).mean).log_prob(x[i : i + 1000])
-                               for i in range(0, len(x), 1000)])
+                               for i in range(0, len(x), 1000)])  # the AE is never conditional
         result["recon_nll"], result["recon_nll_stderr"] = _mean_stderr(-recon)
         result["note"] = "a plain autoencoder has no density: only -log p(x | z = f(x)) is reported"
     result["seconds"] = round(time.perf_counter() - start, 2)
@@ -131,4 +139,73 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
         with os.fdopen(fd, "w") as fh:
             json.dump(result, fh, indent=2)
         os.replace(tmp, path)
+    return result
+
+
+# ----------------------------------------------------------------------------- invariance probe
+
+
+@torch.no_grad()
+def _codes(model, x: torch.Tensor, c: torch.Tensor | None, batch: int = 2000) -> torch.Tensor:
+    return torch.cat([model.encode(x[i : i + batch], None if c is None else c[i : i + batch]).mean
+                      for i in range(0, len(x), batch)])
+
+
+def probe(run_dir: str | Path, layers: int = 1, hidden: int = 256, epochs: int = 30, seed: int = 0,
+          device: str = "cpu", write: bool = True, dataset=None) -> dict[str, Any]:
+    """How much does z know about the class? (Moyer et al. 2018, section 5.)
+
+    A fresh classifier with `layers` hidden layers (0 = logistic regression) is trained
+    to predict the label from the posterior means of the training set, independently of
+    the model's own training, and its accuracy is measured on the test set next to the
+    majority-class rate. Also reported: the reconstruction MSE of the test images
+    (decoder mean, with the true condition for conditional models). Writes probe.json.
+    """
+    from torch import nn
+
+    from vaelab.nets import mlp
+    from vaelab.train import load_run_data
+
+    if not 0 <= layers <= 3:
+        raise ValueError(f"probe layers must be 0-3, got {layers}")
+    tune_malloc()
+    dev = resolve_device(device)
+    cfg, model = load_run(run_dir, dev)
+    data = dataset or load_run_data(cfg)
+    n_classes = len(data.classes)
+    split = {name: getattr(data, name).to(dev) for name in ("train", "test")}
+    density = not model.likelihood.discrete
+    xs = {k: eval_images(v, cfg.data.binarization, seed=cfg.data.binarization_seed, dequantize=density)
+          for k, v in split.items()}
+    cs = {k: v.conditions(n_classes) if model.conditional else None for k, v in split.items()}
+    z = {k: _codes(model, xs[k], cs[k]) for k in xs}
+    y = {k: v.labels for k, v in split.items()}
+    mean, std = z["train"].mean(0), z["train"].std(0).clamp_min(1e-6)  # standardise features
+    feats = {k: (v - mean) / std for k, v in z.items()}
+
+    torch.manual_seed(seed)
+    clf = mlp([feats["train"].shape[1], *([hidden] * layers), n_classes], "relu").to(dev)
+    opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    n = len(y["train"])
+    for _ in range(epochs):
+        for idx in torch.randperm(n, generator=g, device=dev).split(256):
+            loss = nn.functional.cross_entropy(clf(feats["train"][idx]), y["train"][idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        acc = float((clf(feats["test"]).argmax(1) == y["test"]).float().mean())
+        train_acc = float((clf(feats["train"]).argmax(1) == y["train"]).float().mean())
+        counts = torch.bincount(y["train"], minlength=n_classes)
+        majority = float((y["test"] == counts.argmax()).float().mean())
+        x, c = xs["test"], cs["test"]
+        recon = torch.cat([model.decode(z["test"][i : i + 2000], None if c is None else c[i : i + 2000]).mean
+                           for i in range(0, len(x), 2000)])
+        mse = float((recon.clamp(0, 1) - x).square().flatten(1).mean(1).mean())
+    result = {"accuracy": acc, "train_accuracy": train_acc, "majority": majority, "recon_mse": mse,
+              "probe_layers": layers, "probe_hidden": hidden, "probe_epochs": epochs, "model": cfg.model.model,
+              "dataset": data.name, "n_train": n, "n_test": len(y["test"]), "seed": seed}
+    if write:
+        (Path(run_dir) / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -19,7 +19,7 @@ import torch
 
 from vaelab import plots
 from vaelab.checkpoint import load_run
-from vaelab.data import eval_images, load_dataset
+from vaelab.data import eval_images
 
 
 @dataclass
@@ -31,14 +31,27 @@ class Explorer:
     classes: tuple[str, ...]
     run_dir: Path | None = None
     seed: int = 0
+    c: torch.Tensor | None = None  # conditions of the test images (conditional models), (N, C')
 
     @classmethod
     def from_run(cls, run_dir: str | Path, n: int = 5000, seed: int = 0, device: str = "cpu") -> Explorer:
+        from vaelab.train import load_run_data
+
         cfg, model = load_run(run_dir, device)
-        data = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+        data = load_run_data(cfg)
         test = data.test.head(n).to(device)
-        x = eval_images(test, cfg.data.binarization, seed=cfg.data.binarization_seed)
-        return cls(model, cfg, x, test.labels, data.classes, Path(run_dir), seed)
+        x = eval_images(test, cfg.data.binarization, seed=cfg.data.binarization_seed,
+                        dequantize=not model.likelihood.discrete)
+        c = test.conditions(len(data.classes)) if model.conditional else None
+        return cls(model, cfg, x, test.labels, data.classes, Path(run_dir), seed, c)
+
+    def cond(self, n: int) -> torch.Tensor | None:
+        """Conditions of the first n test images (None for unconditional models)."""
+        return None if self.c is None else self.c[:n]
+
+    def cond_like(self, n: int) -> torch.Tensor | None:
+        """For decoding n synthetic codes: the first test image's condition, repeated."""
+        return None if self.c is None else self.c[:1].expand(n, -1)
 
     def gen(self, offset: int = 0) -> torch.Generator:
         return torch.Generator(device=self.x.device).manual_seed(self.seed + offset)
@@ -48,13 +61,18 @@ class Explorer:
         return self.cfg.data.binarization != "none"
 
     @torch.no_grad()
-    def codes(self, x: torch.Tensor) -> torch.Tensor:
-        """Posterior means (the code, for an AE): (N, D)."""
-        return torch.cat([self.model.encode(x[i : i + 1000]).mean for i in range(0, len(x), 1000)])
+    def codes(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Posterior means (the code, for an AE) of images x with conditions c: (N, D)."""
+        if c is None and self.c is not None:
+            c = self.c[: len(x)]
+        return torch.cat([self.model.encode(x[i : i + 1000], None if c is None else c[i : i + 1000]).mean
+                          for i in range(0, len(x), 1000)])
 
     @torch.no_grad()
-    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(z).mean.clamp(0, 1)
+    def decode_mean(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        if c is None and self.c is not None:
+            c = self.cond_like(len(z))
+        return self.model.decode(z, c).mean.clamp(0, 1)
 
 
 # ----------------------------------------------------------------------------- computations
@@ -101,9 +119,9 @@ def principal_axes(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 @torch.no_grad()
 def figure_recon(ex: Explorer, n: int = 10):
     """Test inputs above their reconstructions: the decoder mean and one sample."""
-    x = ex.x[:n]
-    q = ex.model.encode(x)
-    dist = ex.model.decode(q.mean)
+    x, c = ex.x[:n], ex.cond(n)
+    q = ex.model.encode(x, c)
+    dist = ex.model.decode(q.mean, c)
     rows = [x, dist.mean.clamp(0, 1), dist.sample(generator=ex.gen()).clamp(0, 1)]
     mse = (rows[1] - x).square().flatten(1).mean(1)
     fig = plots.image_rows(rows, ["input", "reconstruction (mean)", "reconstruction (sample)"],
@@ -116,9 +134,10 @@ def figure_samples(ex: Explorer, n: int = 10):
     """Prior samples z ~ N(0, I) and posterior-predictive samples z ~ q(z|x) (seed 002),
     each shown as decoder means and as draws x ~ p(x|z)."""
     g = ex.gen()
-    prior = ex.model.sample(n, generator=g)
-    z = ex.model.encode(ex.x[:n]).rsample(generator=g)
-    post = ex.model.decode(z)
+    c = ex.cond(n)
+    prior = ex.model.sample(n, generator=g, c=c)
+    z = ex.model.encode(ex.x[:n], c).rsample(generator=g)
+    post = ex.model.decode(z, c)
     rows = [prior.mean.clamp(0, 1), prior.sample(generator=g).clamp(0, 1), ex.x[:n], post.mean.clamp(0, 1),
             post.sample(generator=g).clamp(0, 1)]
     labels = ["prior: mean", "prior: sample", "test input", "posterior pred.: mean", "posterior pred.: sample"]
@@ -211,7 +230,9 @@ def figure_denoise(ex: Explorer, kind: str = "salt-pepper", levels: tuple[float,
     shown = None
     for i, level in enumerate(levels):
         noisy = add_noise(clean, kind, level, ex.gen(i))
-        recon = torch.cat([ex.decode_mean(ex.model.encode(noisy[j : j + 500]).mean) for j in range(0, len(noisy), 500)])
+        codes = ex.codes(noisy, ex.cond(len(noisy)))
+        recon = torch.cat([ex.decode_mean(codes[j : j + 500], None if ex.c is None else ex.c[j : j + 500])
+                           for j in range(0, len(noisy), 500)])
         mse_noisy = (noisy - clean).square().flatten(1).mean(1)
         mse_recon = (recon - clean).square().flatten(1).mean(1)
         table.append({"level": level, "mse_noisy": float(mse_noisy.mean()), "mse_recon": float(mse_recon.mean()),
@@ -238,7 +259,8 @@ def figure_scale(ex: Explorer):
         raise ValueError(f"the {ex.cfg.model.likelihood} likelihood has no scale; train with "
                          "--likelihood gaussian or logistic to get one")
     if scale_kind == "decoder":
-        d = ex.model.decode(ex.model.encode(ex.x[:1000]).mean)
+        c = ex.cond(1000)
+        d = ex.model.decode(ex.model.encode(ex.x[:1000], c).mean, c)
         scale = d.log_scale.exp().mean(0)
         what = "decoder-predicted scale, mean over 1000 test images"
     else:
@@ -247,6 +269,30 @@ def figure_scale(ex: Explorer):
     fig = plots.heatmap(scale[0].cpu(), f"Output scale exp(log_scale): {what}")
     return fig, {"kind": scale_kind, "min": float(scale.min()), "max": float(scale.max()),
                  "mean": float(scale.mean())}
+
+
+@torch.no_grad()
+def figure_transfer(ex: Explorer, n: int = 8):
+    """Style transfer with a conditional model (seed 003): each row encodes one test
+    image (its handwriting) and decodes that z under every class; the last rows are
+    class-conditional prior samples, one z per row shared across classes."""
+    if not ex.model.conditional:
+        raise ValueError("transfer needs a conditional model: train with --model cvae or icvae")
+    if ex.cfg.data.conditions:
+        raise ValueError("transfer decodes under each class label, but this run was conditioned on custom data")
+    k = len(ex.classes)
+    eye = torch.eye(k, device=ex.x.device)
+    z = ex.codes(ex.x[:n])  # (n, D)
+    prior = ex.model.prior(3, ex.x.device).rsample(generator=ex.gen())
+    codes = torch.cat([z, prior])  # (n + 3, D)
+    imgs = ex.decode_mean(codes[:, None, :].expand(-1, k, -1).reshape(-1, codes.shape[1]), eye.repeat(len(codes), 1))
+    imgs = imgs.view(len(codes), k, *imgs.shape[1:])
+    rows = [torch.cat([ex.x[i : i + 1], imgs[i]]) for i in range(n)]
+    rows += [torch.cat([torch.zeros_like(ex.x[:1]), imgs[n + j]]) for j in range(3)]
+    labels = [f"test image {i + 1}" for i in range(n)] + [f"prior z {j + 1}" for j in range(3)]
+    fig = plots.image_rows(rows, labels, "Same z decoded under each class (column 1: the input; then classes "
+                           + ", ".join(ex.classes[:k]) + ")")
+    return fig, {"classes": list(ex.classes), "rows": n}
 
 
 FIGURES = {
@@ -260,6 +306,7 @@ FIGURES = {
     "denoise": figure_denoise,
     "curves": figure_curves,
     "scale": figure_scale,
+    "transfer": figure_transfer,
 }
 
 

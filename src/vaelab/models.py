@@ -33,33 +33,54 @@ class PointMass:
 
 class _Base(nn.Module):
     has_density = False
+    conditional = False
     objective = "elbo"
 
-    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int], encoder_out: int) -> None:
+    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int], encoder_out: int,
+                 cond_dim: int = 0) -> None:
         super().__init__()
         self.cfg, self.image_shape, self.latent_dim = cfg, tuple(image_shape), cfg.latent_dim
+        self.cond_dim = cond_dim if self.conditional else 0
         encoder_cls, decoder_cls = NETS[cfg.net]
         self.likelihood = LIKELIHOODS[cfg.likelihood](self.image_shape, scale=cfg.likelihood_scale,
                                                       fixed_std=cfg.likelihood_std)
         c, h, w = self.image_shape
-        self.encoder = encoder_cls(self.image_shape, cfg.hidden, encoder_out, cfg.activation)
+        self.encode_condition = self.conditional and cfg.condition_encoder
+        self.encoder = encoder_cls(self.image_shape, cfg.hidden, encoder_out, cfg.activation,
+                                   cond_dim=self.cond_dim if self.encode_condition else 0)
         # decoder_hidden is listed from z outwards; decoders take encoder order and reverse it.
         dec_hidden = cfg.hidden if cfg.decoder_hidden is None else tuple(reversed(cfg.decoder_hidden))
-        self.decoder = decoder_cls(cfg.latent_dim, dec_hidden, (c * self.likelihood.channels, h, w), cfg.activation)
+        self.decoder = decoder_cls(cfg.latent_dim + self.cond_dim, dec_hidden, (c * self.likelihood.channels, h, w),
+                                   cfg.activation)
 
-    def decode(self, z: torch.Tensor):
-        """(..., D) codes -> likelihood distribution over (..., C, H, W) images."""
+    def _condition(self, c: torch.Tensor | None, lead: tuple[int, ...]) -> torch.Tensor | None:
+        if not self.conditional:
+            return None
+        if c is None:
+            raise ValueError(f"{type(self).__name__} needs a condition c of shape (B, {self.cond_dim})")
+        if c.shape[-1] != self.cond_dim:
+            raise ValueError(f"condition has {c.shape[-1]} features, the model was built for {self.cond_dim}")
+        return c.expand(*lead, self.cond_dim)
+
+    def encoder_input(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        return self.encoder(x, self._condition(c, (len(x),)) if self.encode_condition else None)
+
+    def decode(self, z: torch.Tensor, c: torch.Tensor | None = None):
+        """(..., B, D) codes [+ conditions (B, C')] -> likelihood distribution over (..., B, C, H, W)."""
         lead = z.shape[:-1]
-        out = self.decoder(z.reshape(-1, self.latent_dim))
+        cond = self._condition(c, lead)
+        if cond is not None:
+            z = torch.cat([z, cond], -1)
+        out = self.decoder(z.reshape(-1, z.shape[-1]))
         return self.likelihood(out.reshape(*lead, *out.shape[1:]))
 
     def prior(self, n: int, device=None) -> DiagonalGaussian:
         return DiagonalGaussian.standard((n, self.latent_dim), device=device)
 
-    def sample(self, n: int, generator: torch.Generator | None = None):
-        """Decode n codes drawn from N(0, I) -> likelihood distribution (n, C, H, W)."""
+    def sample(self, n: int, generator: torch.Generator | None = None, c: torch.Tensor | None = None):
+        """Decode n codes drawn from N(0, I) [under conditions c (n, C')] -> distribution (n, C, H, W)."""
         device = next(self.parameters()).device
-        return self.decode(self.prior(n, device).rsample(generator=generator))
+        return self.decode(self.prior(n, device).rsample(generator=generator), c)
 
 
 class VAE(_Base):
@@ -73,25 +94,27 @@ class VAE(_Base):
     has_density = True
     objective = "elbo"
 
-    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int]) -> None:
+    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: int = 0) -> None:
         flows = FLOWS[cfg.flow_type](cfg.latent_dim, cfg.flows) if cfg.flows else None
-        super().__init__(cfg, image_shape, 2 * cfg.latent_dim + (flows.num_params if flows else 0))
+        super().__init__(cfg, image_shape, 2 * cfg.latent_dim + (flows.num_params if flows else 0), cond_dim)
         self.flows = flows
 
-    def encode(self, x: torch.Tensor) -> DiagonalGaussian | FlowPosterior:
-        out = self.encoder(x)
+    def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> DiagonalGaussian | FlowPosterior:
+        out = self.encoder_input(x, c)
         d = self.latent_dim
         base = DiagonalGaussian(out[:, :d], out[:, d : 2 * d])
         return base if self.flows is None else FlowPosterior(base, self.flows, out[:, 2 * d :])
 
-    def log_weights(self, x: torch.Tensor, k: int, q=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def log_weights(self, x: torch.Tensor, k: int, q=None, generator: torch.Generator | None = None,
+                    c: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x|z) + log p(z) - log q(z|x) for k samples z ~ q(z|x): (B, C, H, W) -> (k, B).
 
         Pass `q` (the result of ``encode(x)``) to reuse an encoding across chunks of k.
+        For conditional models every term is conditioned on c: log p(x|c) is estimated.
         """
-        q = self.encode(x) if q is None else q
+        q = self.encode(x, c) if q is None else q
         z, log_q = q.rsample_with_log_prob(k, generator=generator)  # (k, B, D), (k, B)
-        return self.decode(z).log_prob(x) + standard_normal_log_prob(z) - log_q
+        return self.decode(z, c).log_prob(x) + standard_normal_log_prob(z) - log_q
 
 
 class AE(_Base):
@@ -105,11 +128,11 @@ class AE(_Base):
 
     objective = "reconstruction"
 
-    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int]) -> None:
-        super().__init__(cfg, image_shape, cfg.latent_dim)
+    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: int = 0) -> None:
+        super().__init__(cfg, image_shape, cfg.latent_dim, cond_dim)
 
-    def encode(self, x: torch.Tensor) -> PointMass:
-        return PointMass(self.encoder(x))
+    def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> PointMass:
+        return PointMass(self.encoder_input(x, c))
 
     def log_weights(self, x: torch.Tensor, k: int, **_) -> torch.Tensor:
         raise TypeError(
@@ -118,12 +141,34 @@ class AE(_Base):
         )
 
 
+class CVAE(VAE):
+    """Conditional VAE (Sohn et al. 2015): the decoder sees [z, c]; with
+    ``condition_encoder`` the encoder sees [x, c] too. c is a one-hot class label by
+    default, or any side-information vector (see vaelab.data.conditions)."""
+
+    conditional = True
+
+
+class ICVAE(CVAE):
+    """Invariant conditional VAE (Moyer et al. 2018): a CVAE trained with the
+    ``icvae`` objective, which adds lambda * KL(q(z|x) || q(z)) to push the
+    information about c out of z (the decoder gets c anyway)."""
+
+    objective = "icvae"
+
+
 MODELS: dict[str, type[_Base]] = {
     "vae": VAE,
     "ae": AE,
+    "cvae": CVAE,
+    "icvae": ICVAE,
 }
 
 
-def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> _Base:
-    """The registered model `cfg.model`, built for images of `image_shape` (C, H, W)."""
-    return MODELS[cfg.model](cfg, tuple(image_shape))
+def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: int = 0) -> _Base:
+    """The registered model `cfg.model`, built for images of `image_shape` (C, H, W) and,
+    for conditional models, conditions of `cond_dim` features."""
+    model_cls = MODELS[cfg.model]
+    if model_cls.conditional and cond_dim <= 0:
+        raise ValueError(f"the {cfg.model} model needs conditions: pass cond_dim > 0 (the number of classes)")
+    return model_cls(cfg, tuple(image_shape), cond_dim)

@@ -1,5 +1,8 @@
 """Backbones: networks that map tensors to distribution *parameters*.
 
+Encoders take an optional condition vector c (appended to their input features);
+conditional decoders are ordinary decoders whose input is the concatenation [z, c].
+
 ``hidden`` means layer widths for MLPs and channel widths per downsampling level for
 conv nets.
 
@@ -39,13 +42,16 @@ def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
 
 
 class MLPEncoder(nn.Module):
-    def __init__(self, image_shape: Sequence[int], hidden: Sequence[int], out_features: int,
-                 activation: str = "relu") -> None:
-        super().__init__()
-        self.net = mlp([math.prod(image_shape), *hidden, out_features], activation)
+    """(B, C, H, W) [+ condition (B, cond_dim)] -> (B, out_features)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, out)
-        return self.net(x.flatten(1))
+    def __init__(self, image_shape: Sequence[int], hidden: Sequence[int], out_features: int,
+                 activation: str = "relu", cond_dim: int = 0) -> None:
+        super().__init__()
+        self.net = mlp([math.prod(image_shape) + cond_dim, *hidden, out_features], activation)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        h = x.flatten(1)
+        return self.net(h if c is None else torch.cat([h, c], 1))
 
 
 class MLPDecoder(nn.Module):
@@ -76,7 +82,7 @@ class ConvEncoder(nn.Module):
     (B, C, H, W) -> (B, out_features); H and W must be divisible by 2**len(hidden)."""
 
     def __init__(self, image_shape: Sequence[int], hidden: Sequence[int], out_features: int,
-                 activation: str = "relu") -> None:
+                 activation: str = "relu", cond_dim: int = 0) -> None:
         super().__init__()
         h, w = _check_divisible(image_shape, len(hidden))
         act = ACTIVATIONS[activation]
@@ -86,10 +92,11 @@ class ConvEncoder(nn.Module):
             layers += [nn.Conv2d(c_in, c, 3, padding=1), act(), nn.Conv2d(c, c, 3, stride=2, padding=1), act()]
             c_in = c
         self.features = nn.Sequential(*layers, nn.Flatten())
-        self.head = nn.Linear(c_in * h * w, out_features)
+        self.head = nn.Linear(c_in * h * w + cond_dim, out_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(x)
+        return self.head(h if c is None else torch.cat([h, c], 1))
 
 
 class SubPixelDecoder(nn.Module):

@@ -12,7 +12,8 @@ import torch
 from vaelab.distributions import standard_normal_log_prob
 
 
-def elbo(model, x: torch.Tensor, samples: int = 1, beta: float = 1.0, kl: str = "analytic") -> dict[str, torch.Tensor]:
+def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
+         kl: str = "analytic", lam: float = 0.0) -> dict[str, torch.Tensor]:
     """ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) (Kingma & Welling 2014, eq. 10).
 
     The reconstruction term averages `samples` reparameterised draws z ~ q(z|x). The
@@ -22,9 +23,9 @@ def elbo(model, x: torch.Tensor, samples: int = 1, beta: float = 1.0, kl: str = 
     log p(x, z_K) - log q_0(z_0) + sum log|det| (Rezende & Mohamed 2015, eq. 15).
     `beta` weights the KL (Higgins et al. 2017); ``elbo`` is reported with beta = 1.
     """
-    q = model.encode(x)
+    q = model.encode(x, c)
     z, log_q = q.rsample_with_log_prob(samples)  # (L, B, D), (L, B)
-    recon = model.decode(z).log_prob(x).mean(0)
+    recon = model.decode(z, c).log_prob(x).mean(0)
     if kl == "analytic" and hasattr(q, "kl_standard_normal"):
         kl_term = q.kl_standard_normal()
     else:
@@ -32,7 +33,8 @@ def elbo(model, x: torch.Tensor, samples: int = 1, beta: float = 1.0, kl: str = 
     return {"loss": -(recon - beta * kl_term), "recon": recon, "kl": kl_term, "elbo": recon - kl_term}
 
 
-def iwae(model, x: torch.Tensor, samples: int = 5, beta: float = 1.0, kl: str = "analytic") -> dict[str, torch.Tensor]:
+def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 5, beta: float = 1.0,
+         kl: str = "analytic", lam: float = 0.0) -> dict[str, torch.Tensor]:
     """Importance-weighted bound log (1/k) sum_k p(x, z_k) / q(z_k|x) (Burda et al. 2016, eq. 8).
 
     Built from per-sample log-weights (no analytic KL inside), with the weights kept in
@@ -42,19 +44,58 @@ def iwae(model, x: torch.Tensor, samples: int = 5, beta: float = 1.0, kl: str = 
     """
     if beta != 1.0:
         raise ValueError("the IWAE bound has no KL weight; use --objective elbo with --beta")
-    lw = model.log_weights(x, samples)  # (k, B)
+    lw = model.log_weights(x, samples, c=c)  # (k, B)
     bound = torch.logsumexp(lw, 0) - math.log(samples)
     return {"loss": -bound, "iwae": bound, "elbo": lw.mean(0)}
 
 
-def reconstruction(model, x: torch.Tensor, samples: int = 1, beta: float = 1.0, kl: str = "analytic") -> dict[str, torch.Tensor]:
+def reconstruction(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1,
+                   beta: float = 1.0, kl: str = "analytic", lam: float = 0.0) -> dict[str, torch.Tensor]:
     """Plain autoencoder: maximise log p(x | z = f(x)); no prior, no KL."""
-    recon = model.decode(model.encode(x).mean).log_prob(x)
+    recon = model.decode(model.encode(x, c).mean, c).log_prob(x)
     return {"loss": -recon, "recon": recon}
+
+
+def pairwise_gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """KL(q_i || q_j) for every pair of diagonal Gaussians in a batch: (B, D) -> (B, B).
+
+    0.5 * [tr(S_j^-1 S_i) + (m_i - m_j)^T S_j^-1 (m_i - m_j) + log|S_j| - log|S_i| - D],
+    each term a (B, D) x (D, B) product (as in seed 003), so memory is O(B^2), not O(B^2 D).
+    """
+    var, inv = torch.exp(2 * log_std), torch.exp(-2 * log_std)
+    trace = var @ inv.T
+    # sum_d (m_id - m_jd)^2 / v_jd expanded; clamped: rounding can dip just below 0
+    maha = (mean.square() @ inv.T - 2 * mean @ (mean * inv).T + (mean.square() * inv).sum(1)[None, :]).clamp_min(0)
+    log_det = 2 * log_std.sum(1)
+    return 0.5 * (trace + maha + log_det[None, :] - log_det[:, None] - mean.shape[1])
+
+
+def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
+          kl: str = "analytic", lam: float = 1.0) -> dict[str, torch.Tensor]:
+    """Invariant conditional VAE loss (Moyer et al. 2018, with the correction in seed 003):
+
+        (1 + lam) * E_q[-log p(x|z,c)] + beta * KL(q(z|x) || p(z)) + lam * KL(q(z|x) || q(z)).
+
+    q(z) is the batch's mixture of posteriors; by convexity of KL,
+    KL(q(z|x_i) || q(z)) <= mean_{j != i} KL(q(z|x_i) || q(z|x_j)), the pairwise
+    Gaussian KLs (the corrected form keeps the log-determinant terms).
+    """
+    q = model.encode(x, c)
+    if not hasattr(q, "log_std"):
+        raise ValueError("the invariance penalty needs a diagonal Gaussian posterior (no flows)")
+    z, _ = q.rsample_with_log_prob(samples)
+    recon = model.decode(z, c).log_prob(x).mean(0)
+    kl_prior = q.kl_standard_normal()
+    b = len(x)
+    pair = pairwise_gaussian_kl(q.mean, q.log_std)
+    kl_marginal = (pair.sum(1) - pair.diagonal()) / max(1, b - 1)
+    loss = -(1 + lam) * recon + beta * kl_prior + lam * kl_marginal
+    return {"loss": loss, "recon": recon, "kl": kl_prior, "kl_marginal": kl_marginal, "elbo": recon - kl_prior}
 
 
 OBJECTIVES: dict[str, Callable[..., dict[str, torch.Tensor]]] = {
     "elbo": elbo,
     "iwae": iwae,
+    "icvae": icvae,
     "reconstruction": reconstruction,
 }

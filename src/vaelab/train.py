@@ -21,7 +21,7 @@ import torch
 from vaelab.checkpoint import RunError, load_checkpoint, load_config, save_checkpoint
 from vaelab.config import Config, TrainConfig
 from vaelab.config import save as save_config
-from vaelab.data import Batches, eval_images, load_dataset
+from vaelab.data import Batches, attach_conditions, eval_images, load_dataset
 from vaelab.models import build_model
 from vaelab.objectives import OBJECTIVES
 from vaelab.plots import image_grid, save_png
@@ -64,6 +64,12 @@ def learning_rate(t: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return t.lr * warm
 
 
+def load_run_data(cfg: Config):
+    """The dataset a config names, with its custom conditions attached if it has any."""
+    data = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+    return attach_conditions(data, cfg.data.conditions) if cfg.data.conditions else data
+
+
 def default_run_dir(cfg: Config) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{cfg.data.dataset}-{cfg.model.model}-{stamp}"
@@ -71,7 +77,8 @@ def default_run_dir(cfg: Config) -> Path:
 
 @torch.no_grad()
 def test_elbo(model, x: torch.Tensor, objective: str, batch_size: int = 2000, seed: int = 0,
-              samples: int = 1, kl: str = "analytic") -> dict[str, float]:
+              samples: int = 1, kl: str = "analytic", c: torch.Tensor | None = None,
+              lam: float = 0.0) -> dict[str, float]:
     """Mean per-image objective terms over images `x` (fixed seed; `samples` as in training)."""
     was_training = model.training
     model.eval()
@@ -80,7 +87,8 @@ def test_elbo(model, x: torch.Tensor, objective: str, batch_size: int = 2000, se
     torch.manual_seed(seed)
     sums: dict[str, float] = {}
     for i in range(0, len(x), batch_size):
-        terms = OBJECTIVES[objective](model, x[i : i + batch_size], samples=samples, kl=kl)
+        cb = None if c is None else c[i : i + batch_size]
+        terms = OBJECTIVES[objective](model, x[i : i + batch_size], cb, samples=samples, kl=kl, lam=lam)
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.sum())
     torch.set_rng_state(cpu_state)
@@ -91,16 +99,20 @@ def test_elbo(model, x: torch.Tensor, objective: str, batch_size: int = 2000, se
 
 
 @torch.no_grad()
-def write_pictures(model, run_dir: Path, x_test: torch.Tensor, z_fixed: torch.Tensor) -> None:
+def write_pictures(model, run_dir: Path, x_test: torch.Tensor, z_fixed: torch.Tensor,
+                   c_test: torch.Tensor | None = None) -> None:
     """recon.png: 32 test images (odd rows) above their reconstructed means (even rows);
-    samples.png: decoded means of a fixed set of prior draws, so epochs compare."""
+    samples.png: decoded means of a fixed set of prior draws, so epochs compare
+    (conditional models: row r drawn under condition r mod C of the test set's first ones)."""
     was_training = model.training
     model.eval()
     x = x_test[:32]
-    recon = model.decode(model.encode(x).mean).mean
+    c = None if c_test is None else c_test[:32]
+    recon = model.decode(model.encode(x, c).mean, c).mean.clamp(0, 1)
     rows = torch.stack([x.view(4, 8, *x.shape[1:]), recon.view(4, 8, *x.shape[1:])], 1).flatten(0, 2)
     save_png(image_grid(rows, nrow=8), run_dir / "recon.png")
-    save_png(image_grid(model.decode(z_fixed).mean, nrow=8), run_dir / "samples.png")
+    cs = None if c_test is None else c_test[torch.arange(len(z_fixed), device=z_fixed.device) // 8 % len(c_test)]
+    save_png(image_grid(model.decode(z_fixed, cs).mean.clamp(0, 1), nrow=8), run_dir / "samples.png")
     model.train(was_training)
 
 
@@ -136,13 +148,15 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
     device = resolve_device(t.device)
     torch.manual_seed(t.seed)
 
-    data = dataset or load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
-    model = build_model(cfg.model, data.image_shape).to(device)
+    data = dataset or load_run_data(cfg)
+    model = build_model(cfg.model, data.image_shape, cond_dim=data.cond_dim).to(device)
     optimizer = OPTIMIZERS[t.optimizer](model.parameters(), t.lr)
     dequantize = not model.likelihood.discrete
-    batches = Batches(data.train.to(device), t.batch_size, cfg.data.binarization, seed=t.seed, dequantize=dequantize)
-    x_test = eval_images(data.test.to(device), cfg.data.binarization, seed=cfg.data.binarization_seed,
-                         dequantize=dequantize)
+    train_split, test_split = data.train.to(device), data.test.to(device)
+    cond = train_split.conditions(len(data.classes)) if model.conditional else None
+    c_test = test_split.conditions(len(data.classes)) if model.conditional else None
+    batches = Batches(train_split, t.batch_size, cfg.data.binarization, seed=t.seed, dequantize=dequantize, cond=cond)
+    x_test = eval_images(test_split, cfg.data.binarization, seed=cfg.data.binarization_seed, dequantize=dequantize)
     z_fixed = torch.randn(64, cfg.model.latent_dim, generator=torch.Generator().manual_seed(t.seed)).to(device)
     objective = model.objective if t.objective == "auto" else t.objective
 
@@ -158,7 +172,8 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
     steps_per_epoch = len(batches)
     if steps_per_epoch == 0:
         raise RunError(f"batch size {t.batch_size} exceeds the {len(data.train)} training images; lower --batch-size")
-    info = {"image_shape": list(data.image_shape), "dataset": data.name, "data_source": data.source}
+    info = {"image_shape": list(data.image_shape), "cond_dim": model.cond_dim, "dataset": data.name,
+            "data_source": data.source}
 
     from tqdm.auto import tqdm
 
@@ -168,11 +183,11 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
         sums: dict[str, torch.Tensor] = {}
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not progress, leave=False,
                    dynamic_ncols=True)
-        for i, (x, _) in enumerate(bar):
+        for i, (x, _, c) in enumerate(bar):
             lr = learning_rate(t, step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            terms = OBJECTIVES[objective](model, x, samples=t.samples, beta=t.beta, kl=t.kl)
+            terms = OBJECTIVES[objective](model, x, c, samples=t.samples, beta=t.beta, kl=t.kl, lam=t.lam)
             loss = terms["loss"].mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -198,10 +213,11 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
                 f"checkpoint (epoch {epoch}) is kept in {run_dir}/checkpoint. Try a lower --lr."
             )
         test_terms = {f"test_{k}": v for k, v in test_elbo(
-            model, x_test, objective, samples=t.samples if objective == "iwae" else 1, kl=t.kl).items()}
+            model, x_test, objective, samples=t.samples if objective == "iwae" else 1, kl=t.kl, c=c_test,
+            lam=t.lam).items()}
         epoch += 1
         if epoch % t.image_every == 0 or epoch == t.epochs:
-            write_pictures(model, run_dir, x_test, z_fixed)
+            write_pictures(model, run_dir, x_test, z_fixed, c_test)
         save_checkpoint(run_dir, model, optimizer, {**info, "epoch": epoch, "step": step},
                         rng=_rng_state(batches))
         seconds = time.perf_counter() - start
