@@ -26,11 +26,15 @@ def vaelab(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "vaelab.cli", *args, "--quiet"], check=True, stdout=subprocess.DEVNULL)
 
 
-def run_variant(name: str, flags: list[str], budget: float, n: int, k: int, work: Path, base: list[str]) -> dict:
-    probe = work / f"{name}-probe"
-    vaelab("train", *base, *flags, "--epochs", "1", "--out", str(probe))
-    epoch_s = json.loads((probe / "metrics.jsonl").read_text().splitlines()[0])["seconds"]
-    epochs = max(1, int(budget // epoch_s))
+def run_variant(name: str, flags: list[str], budget: float, n: int, k: int, work: Path, base: list[str],
+                fixed_epochs: int | None = None) -> dict:
+    if fixed_epochs:
+        epochs = fixed_epochs
+    else:
+        probe = work / f"{name}-probe"
+        vaelab("train", *base, *flags, "--epochs", "1", "--out", str(probe))
+        epoch_s = json.loads((probe / "metrics.jsonl").read_text().splitlines()[0])["seconds"]
+        epochs = max(1, int(budget // epoch_s))
     out = work / name
     vaelab("train", *base, *flags, "--epochs", str(epochs), "--out", str(out))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -45,6 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="equal-time comparison of vaelab variants")
     ap.add_argument("variants", nargs="+", help='NAME="flags for vaelab train"')
     ap.add_argument("--budget", type=float, default=170.0, help="training seconds per variant")
+    ap.add_argument("--epochs", type=int, help="train every variant for this many epochs instead of a time budget")
     ap.add_argument("--n", type=int, default=10000, help="test images for the IS-NLL")
     ap.add_argument("--k", type=int, default=1000)
     ap.add_argument("--dataset", default="mnist")
@@ -57,17 +62,19 @@ def main() -> None:
     rows = []
     for spec in args.variants:
         name, _, flags = spec.partition("=")
-        rows.append(run_variant(name, shlex.split(flags), args.budget, args.n, args.k, work, base))
+        rows.append(run_variant(name, shlex.split(flags), args.budget, args.n, args.k, work, base, args.epochs))
         print(json.dumps(rows[-1]), flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     path = Path(args.out) / f"{args.tag}-{date.today()}.json"
-    path.write_text(json.dumps({"date": str(date.today()), "budget_s": args.budget, "base": args.base,
+    path.write_text(json.dumps({"date": str(date.today()), "budget_s": None if args.epochs else args.budget,
+                                "epochs": args.epochs, "base": args.base,
                                 "rows": rows}, indent=2) + "\n")
-    print(f"\n| variant | flags | epochs in {args.budget:.0f} s | test ELBO | IS-NLL (k={args.k}, n={args.n}) |")
-    print("|---|---|---|---|---|")
+    budget = "epochs" if args.epochs else f"epochs in {args.budget:.0f} s"
+    print(f"\n| variant | flags | {budget} | train s | test ELBO | IS-NLL (k={args.k}, n={args.n}) |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         extra = f", {r['bits_per_dim']:.3f} bits/dim" if r.get("bits_per_dim") else ""
-        print(f"| {r['name']} | `{r['flags']}` | {r['epochs']} | {r['elbo']:.2f} | "
+        print(f"| {r['name']} | `{r['flags']}` | {r['epochs']} | {r['train_s']:.0f} | {r['elbo']:.2f} | "
               f"{r['nll']:.2f} +- {r['nll_stderr']:.2f}{extra} |")
     print(f"\nwritten to {path}")
 

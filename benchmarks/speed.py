@@ -60,7 +60,7 @@ def matmul_peak(reps: int = 5) -> float:
 
 def vaelab_train(batch: int, epochs: int, workdir: Path) -> dict:
     out = workdir / f"vaelab-b{batch}"
-    cmd = [sys.executable, "-m", "vaelab.cli", "train", "--dataset", "mnist", "--hidden", "512,512",
+    cmd = [sys.executable, "-m", "vaelab.cli", "train", "--dataset", "mnist", "--hidden", "512,512", "--activation", "relu",
            "--latent-dim", "50", "--batch-size", str(batch), "--epochs", str(epochs), "--lr", "1e-3",
            "--out", str(out), "--quiet"]
     t = time.perf_counter()
@@ -90,7 +90,8 @@ def vaelab_elbo_eval(batch: int) -> dict:
     from vaelab.runtime import tune_malloc
 
     tune_malloc()
-    model = build_model(ModelConfig(hidden=(512, 512), latent_dim=50), (1, 28, 28)).eval()
+    model = build_model(ModelConfig(hidden=(512, 512), decoder_hidden=None, latent_dim=50, activation="relu"),
+                        (1, 28, 28)).eval()
     x = (torch.rand(10000, 1, 28, 28) < 0.13).float()
     with torch.inference_mode():
         elbo(model, x[:batch])

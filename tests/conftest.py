@@ -17,7 +17,7 @@ def pytest_configure(config):
 
 
 def have_mnist() -> bool:
-    from vaelab.data import DATASETS, candidate_dirs, _complete
+    from vaelab.data import DATASETS, _complete, candidate_dirs
 
     return any(_complete(d, DATASETS["mnist"]) for d in candidate_dirs(DATASETS["mnist"], None))
 

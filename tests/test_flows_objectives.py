@@ -32,15 +32,20 @@ def test_planar_constraint_holds_for_any_parameters():
     w = torch.randn(1000, 8) * torch.logspace(-3, 3, 1000).unsqueeze(1)
     u = torch.randn(1000, 8) * 10
     u[:500] = -7.0 * w[:500]  # adversarial: u pointing against w
-    u_hat, w_dot = PlanarFlows.u_hat(u, w)
-    assert torch.all(w_dot >= -1)  # the value the log-det uses (the paper: w.u_hat >= -1)
+    u_hat, s = PlanarFlows.u_hat(u, w)
+    assert torch.all(s - 1 >= -1)  # w.u_hat as the log-det uses it (the paper: w.u_hat >= -1)
     # and the map itself satisfies it up to float32 rounding of the dot product
     exact = (w.double() * u_hat.double()).sum(-1)
     assert torch.all(exact >= -1 - 1e-6 * (w.double() * u.double()).sum(-1).abs().clamp_min(1))
-    # extreme parameters still give a finite log-det
+    # extreme parameters still give a finite log-det, also where w.u_hat rounds to -1
+    # and w.z + b = 0 exactly
     flow = PlanarFlows(8, 1)
     params = torch.cat([u[:1], w[:1], torch.zeros(1, 1)], 1) * 100
     _, log_det = flow(torch.randn(10, 1, 8), params)
+    assert torch.isfinite(log_det).all()
+    w1 = torch.ones(1, 8)
+    params = torch.cat([-30 * w1, w1, torch.zeros(1, 1)], 1)  # w.u = -240: softplus underflows
+    _, log_det = flow(torch.zeros(1, 1, 8), params)  # a = 0: h = 0
     assert torch.isfinite(log_det).all()
 
 

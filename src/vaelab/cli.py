@@ -38,6 +38,7 @@ _OVERRIDES = {
     "objective": ("train", "objective"),
     "kl": ("train", "kl"),
     "beta": ("train", "beta"),
+    "clip_grad": ("train", "clip_grad"),
     "samples": ("train", "samples"),
     "seed": ("train", "seed"),
     "device": ("train", "device"),
@@ -100,9 +101,9 @@ def _run_dir(s: str) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     from vaelab.distributions import LIKELIHOODS, SCALES
     from vaelab.flows import FLOWS
-    from vaelab.objectives import OBJECTIVES
     from vaelab.models import MODELS
     from vaelab.nets import ACTIVATIONS, NETS
+    from vaelab.objectives import OBJECTIVES
     from vaelab.train import OPTIMIZERS, SCHEDULES
 
     d = Config()
@@ -169,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"icvae: weight of KL(q(z|x) || q(z)) (default {d.train.lam})")
     g.add_argument("--samples", type=_positive_int, metavar="N",
                    help=f"samples of z per image: L for the ELBO, k for IWAE (default {d.train.samples})")
+    g.add_argument("--clip-grad", type=_nonneg_float, metavar="NORM",
+                   help="clip the gradient norm to NORM, 0 = off; steadies training with flows (default 0)")
     g.add_argument("--seed", type=int, help=f"(default {d.train.seed})")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"(default {d.train.device})")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -80,6 +80,8 @@ class TrainConfig:
     # icvae: weight of KL(q(z|x) || q(z)) (Moyer et al. 2018); the reconstruction is
     # weighted 1 + lam
     lam: float = 1.0
+    # clip the global gradient norm to this value (0: off); a guard for flows
+    clip_grad: float = 0.0
     # L samples of z per image for the ELBO, k for the IWAE bound
     samples: int = 1
     seed: int = 0
@@ -176,8 +178,8 @@ def validate(cfg: Config) -> None:
     # Imported here: the registries import this module.
     from vaelab.data import DATASETS
     from vaelab.distributions import LIKELIHOODS, SCALES
-    from vaelab.models import MODELS
     from vaelab.flows import FLOWS
+    from vaelab.models import MODELS
     from vaelab.nets import ACTIVATIONS, NETS
     from vaelab.objectives import OBJECTIVES
     from vaelab.train import OPTIMIZERS, SCHEDULES
@@ -229,6 +231,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.lr_decay must be in (0, 1], got {t.lr_decay}")
     if t.beta < 0:
         raise ConfigError(f"train.beta must be >= 0, got {t.beta}")
+    if t.clip_grad < 0:
+        raise ConfigError(f"train.clip_grad must be >= 0, got {t.clip_grad}")
     if t.lam < 0:
         raise ConfigError(f"train.lam must be >= 0, got {t.lam}")
     if t.warmup_steps < 0:

@@ -87,12 +87,12 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def add_noise(x: torch.Tensor, kind: str, level: float, generator: torch.Generator) -> torch.Tensor:
-    """Corrupt images in [0, 1]: ``uniform`` replaces a fraction `level` of pixels by U(0, 1)
-    values, ``salt-pepper`` sets a fraction `level` to 0 or 1, ``gaussian`` adds N(0, level^2)
-    and clips (seed 004)."""
+    """Corrupt images in [0, 1]: ``uniform`` adds U(0, 1) to a fraction `level` of the pixels
+    and clips at 1 (seed 004's exercise), ``salt-pepper`` sets a fraction `level` to 0 or 1,
+    ``gaussian`` adds N(0, level^2) to every pixel and clips."""
     u = torch.rand(x.shape, generator=generator, device=x.device)
     if kind == "uniform":
-        return torch.where(u < level, torch.rand(x.shape, generator=generator, device=x.device), x)
+        return torch.where(u < level, (x + torch.rand(x.shape, generator=generator, device=x.device)).clamp(max=1), x)
     if kind == "salt-pepper":
         coin = (torch.rand(x.shape, generator=generator, device=x.device) < 0.5).float()
         return torch.where(u < level, coin, x)

@@ -19,7 +19,7 @@ class PlanarFlows(nn.Module):
 
     f is invertible iff w.u_hat >= -1 (their appendix A). u_hat = u + (m(w.u) - w.u)
     w / |w|^2 with m(a) = -1 + softplus(a) gives w.u_hat = softplus(w.u) - 1 > -1 for
-    any u, w, so log|det| = log(1 + h'(w.z + b) w.u_hat) is always finite.
+    any u, w.
     """
 
     def __init__(self, latent_dim: int, k: int) -> None:
@@ -35,23 +35,27 @@ class PlanarFlows(nn.Module):
 
     @staticmethod
     def u_hat(u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(u_hat, w.u_hat). w.u_hat is returned as softplus(w.u) - 1 exactly: recomputing
-        it as a float32 dot product can land just below -1 by cancellation when w.u is
-        very negative, and log1p of that is NaN."""
+        """(u_hat, s) with s = softplus(w.u), so that w.u_hat = s - 1 >= -1 exactly (the
+        value is returned rather than recomputed: a float32 dot product can fall below -1)."""
         wu = (w * u).sum(-1, keepdim=True)
-        w_dot_u_hat = F.softplus(wu) - 1
-        u_hat = u + (w_dot_u_hat - wu) * w / w.square().sum(-1, keepdim=True).clamp_min(1e-12)
-        return u_hat, w_dot_u_hat.squeeze(-1)
+        # floored at the smallest normal float: exact wherever float32 can represent s
+        # (w.u >= -87); below, the map is singular to float precision anyway
+        s = F.softplus(wu).clamp_min(torch.finfo(wu.dtype).tiny)
+        u_hat = u + (s - 1 - wu) * w / w.square().sum(-1, keepdim=True).clamp_min(1e-12)
+        return u_hat, s.squeeze(-1)
 
     def forward(self, z: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z_0 (..., B, D), params (B, num_params) -> z_K (..., B, D), sum_k log|det| (..., B)."""
         u, w, b = self.split(params)
-        u, w_dot_u = self.u_hat(u, w)  # (B, K, D), (B, K) with w.u_hat > -1
+        u, s = self.u_hat(u, w)  # (B, K, D), (B, K) with w.u_hat = s - 1
         log_det = torch.zeros(z.shape[:-1], device=z.device, dtype=z.dtype)
         for i in range(self.k):
             h = torch.tanh((z * w[:, i]).sum(-1) + b[:, i])  # (..., B)
             z = z + h.unsqueeze(-1) * u[:, i]
-            log_det = log_det + torch.log1p((1 - h.square()) * w_dot_u[:, i])
+            # det = 1 + h'(a) w.u_hat = 1 + (1 - h^2)(s - 1) = h^2 + (1 - h^2) s: a sum of
+            # non-negative terms, finite even when s - 1 rounds to -1 and h = 0.
+            hh = h.square()
+            log_det = log_det + torch.log(hh + (1 - hh) * s[:, i])
         return z, log_det
 
 

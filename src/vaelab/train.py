@@ -191,6 +191,8 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
             loss = terms["loss"].mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if t.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
             optimizer.step()
             step += 1
             with torch.no_grad():
