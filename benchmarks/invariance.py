@@ -33,12 +33,15 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=1.0, help="KL weight, the same for all three")
     ap.add_argument("--probe-layers", type=int, default=2)
     ap.add_argument("--dataset", default="mnist")
+    ap.add_argument("--models", nargs="+", default=["vae", "cvae", "icvae"], choices=["vae", "cvae", "icvae"])
+    ap.add_argument("--tag", default="invariance")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vaelab-invariance-"))
     shared = ["--dataset", args.dataset, "--epochs", str(args.epochs), "--latent-dim", str(args.latent_dim),
               "--beta", str(args.beta), "--quiet"]
-    models = {"vae": [], "cvae": [], "icvae": ["--lambda", str(args.lam)]}
+    models = {name: flags for name, flags in {"vae": [], "cvae": [], "icvae": ["--lambda", str(args.lam)]}.items()
+              if name in args.models}
     rows = []
     for seed in args.seeds:
         for name, extra in models.items():
@@ -57,7 +60,7 @@ def main() -> None:
                        "recon_mse_mean": statistics.mean(mse), "recon_mse_std": statistics.stdev(mse) if len(mse) > 1 else 0.0,
                        "majority": mine[0]["majority"]}
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    path = Path(args.out) / f"invariance-{date.today()}.json"
+    path = Path(args.out) / f"{args.tag}-{date.today()}.json"
     path.write_text(json.dumps({"date": str(date.today()), "args": vars(args), "rows": rows, "table": table},
                                indent=2) + "\n")
     print(f"\n| model | probe accuracy ({args.probe_layers} hidden layers, {len(args.seeds)} seeds) | "
