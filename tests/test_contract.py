@@ -30,28 +30,36 @@ def _x(model, n=6, seed=0):
     return (torch.rand(n, *SHAPE, generator=g) < 0.3).float()
 
 
+COND = 10  # conditional models get one-hot conditions of 10 classes
+
+
 @pytest.fixture(params=CASES, ids=lambda c: f"{c.model}-{c.net}-{c.likelihood}-{c.likelihood_scale}")
 def model(request):
     torch.manual_seed(0)
-    return build_model(request.param, SHAPE)
+    return build_model(request.param, SHAPE, cond_dim=COND)
+
+
+def _c(model, n=6):
+    """Conditions for conditional models, None for the others."""
+    return torch.eye(COND)[torch.arange(n) % COND] if model.conditional else None
 
 
 def test_encode_decode_sample_shapes(model):
-    x = _x(model)
-    q = model.encode(x)
+    x, c = _x(model), _c(model)
+    q = model.encode(x, c)
     assert q.mean.shape == (6, 3)
     assert q.rsample(4).shape == (4, 6, 3)
-    dist = model.decode(q.rsample(4))
+    dist = model.decode(q.rsample(4), c)
     assert dist.mean.shape == (4, 6, *SHAPE)
     assert dist.log_prob(x).shape == (4, 6)
-    s = model.sample(5)
+    s = model.sample(5, c=_c(model, 5))
     assert s.mean.shape == (5, *SHAPE) and s.sample().shape == (5, *SHAPE)
     if not _grey(model):
         assert ((s.mean >= 0) & (s.mean <= 1)).all()
 
 
 def test_loss_is_finite_and_gradients_reach_every_parameter(model):
-    terms = OBJECTIVES[model.objective](model, _x(model), samples=2, beta=0.5)
+    terms = OBJECTIVES[model.objective](model, _x(model), _c(model), samples=2, beta=0.5)
     assert all(v.shape == (6,) and torch.isfinite(v).all() for v in terms.values())
     terms["loss"].mean().backward()
     for name, p in model.named_parameters():
@@ -59,34 +67,34 @@ def test_loss_is_finite_and_gradients_reach_every_parameter(model):
 
 
 def test_log_weights_contract(model):
-    x = _x(model)
+    x, c = _x(model), _c(model)
     if not model.has_density:
         with pytest.raises(TypeError, match="density"):
             model.log_weights(x, 3)
         return
-    lw = model.log_weights(x, 7)
+    lw = model.log_weights(x, 7, c=c)
     assert lw.shape == (7, 6) and torch.isfinite(lw).all()
     # the mean log-weight is a Monte-Carlo ELBO: it agrees with the analytic-KL ELBO
     # within the Monte-Carlo error of both estimates
     n = 4000
     with torch.no_grad():
-        lw = model.log_weights(x, n)
-        q = model.encode(x)
-        recon = model.decode(q.rsample(n)).log_prob(x)  # (n, B)
+        lw = model.log_weights(x, n, c=c)
+        q = model.encode(x, c)
+        recon = model.decode(q.rsample(n), c).log_prob(x)  # (n, B)
         elbo = recon.mean(0) - q.kl_standard_normal()
     se = torch.sqrt((lw.var(0) + recon.var(0)) / n)
     assert torch.all((lw.mean(0) - elbo).abs() < 5 * se + 1e-3)
 
 
 def test_save_load_round_trip_gives_identical_outputs(model, tmp_path):
-    x = _x(model)
+    x, c = _x(model), _c(model)
     model.eval()
-    save_checkpoint(tmp_path, model, None, {"epoch": 0, "image_shape": list(SHAPE)})
+    save_checkpoint(tmp_path, model, None, {"epoch": 0, "image_shape": list(SHAPE), "cond_dim": model.cond_dim})
     torch.manual_seed(123)
-    clone = build_model(model.cfg, SHAPE)  # different random init
+    clone = build_model(model.cfg, SHAPE, cond_dim=COND)  # different random init
     load_checkpoint(tmp_path, clone)
     clone.eval()
-    torch.testing.assert_close(clone.encode(x).mean, model.encode(x).mean, rtol=0, atol=0)
+    torch.testing.assert_close(clone.encode(x, c).mean, model.encode(x, c).mean, rtol=0, atol=0)
     z = torch.randn(6, model.latent_dim)
-    torch.testing.assert_close(clone.decode(z).mean, model.decode(z).mean, rtol=0, atol=0)
-    torch.testing.assert_close(clone.decode(z).log_prob(x), model.decode(z).log_prob(x), rtol=0, atol=0)
+    torch.testing.assert_close(clone.decode(z, c).mean, model.decode(z, c).mean, rtol=0, atol=0)
+    torch.testing.assert_close(clone.decode(z, c).log_prob(x), model.decode(z, c).log_prob(x), rtol=0, atol=0)

@@ -76,10 +76,10 @@ class LinearGaussian(torch.nn.Module):
         self.chol = torch.linalg.cholesky(self.post_cov) * inflate
         self.marginal = D.MultivariateNormal(self.b, self.W @ self.W.T + s**2 * torch.eye(dx, dtype=torch.float64))
 
-    def encode(self, x):
+    def encode(self, x, c=None):
         return FullGaussian((x - self.b) @ self.W @ self.post_cov.T / self.s**2, self.chol)
 
-    def log_weights(self, x, k, q=None, generator=None):
+    def log_weights(self, x, k, q=None, generator=None, c=None):
         q = self.encode(x) if q is None else q
         z = q.rsample(k, generator=generator)  # (k, B, dz)
         log_px_z = D.Normal(z @ self.W.T + self.b, self.s).log_prob(x).sum(-1)

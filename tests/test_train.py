@@ -52,9 +52,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_cfg, monke
     calls = {"n": 0}
     real = objectives.OBJECTIVES["elbo"]
 
-    def poisoned(model, x, **kw):
+    def poisoned(model, x, c=None, **kw):
         calls["n"] += 1
-        terms = real(model, x, **kw)
+        terms = real(model, x, c, **kw)
         if calls["n"] > 10:  # epoch 1 has 8 steps of 250; NaN from epoch 2 on
             terms["loss"] = terms["loss"] * float("nan")
         return terms
