@@ -206,6 +206,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.flows must be >= 0, got {m.flows}")
     if m.flows and m.model == "ae":
         raise ConfigError("flows shape a posterior; the plain autoencoder has none (use --model vae)")
+    if m.flows and m.model == "icvae":
+        raise ConfigError("the ICVAE penalty needs a diagonal Gaussian posterior; drop --flows or use --model cvae")
     if t.objective == "iwae" and t.beta != 1.0:
         raise ConfigError("the IWAE bound has no KL weight; use --objective elbo with --beta")
     if m.model == "ae" and t.objective not in ("auto", "reconstruction"):
