@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vaelab import __version__
 from vaelab.config import Config, ConfigError
+from vaelab.config import load as load_config_file
 from vaelab.data import DATASETS
 
 # CLI flag -> (config section, field); a flag left unset keeps the config's value.
@@ -241,7 +242,7 @@ def _dims(s: str) -> tuple[int, int]:
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
-    cfg = Config() if args.config is None else _load_config(args.config)
+    cfg = Config() if args.config is None else load_config_file(args.config)
     sections: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
     for flag, (section, name) in _OVERRIDES.items():
         value = getattr(args, flag, None)
@@ -253,12 +254,6 @@ def _config_from_args(args: argparse.Namespace) -> Config:
     if model.get("net", "mlp") != "mlp" and "hidden" not in model and args.config is None:
         model.update(hidden=(32, 64), decoder_hidden=None)  # conv widths, not the MLP's 512s
     return cfg.replace(**sections)
-
-
-def _load_config(path: str) -> Config:
-    from vaelab.config import load
-
-    return load(path)
 
 
 def cmd_train(args: argparse.Namespace) -> None:

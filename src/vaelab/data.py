@@ -24,9 +24,13 @@ import urllib.request
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from vaelab.config import DataConfig
 
 
 class DataError(RuntimeError):
@@ -329,6 +333,12 @@ def attach_conditions(data: Dataset, path: str | Path) -> Dataset:
     te = torch.from_numpy(test.astype(np.float32))
     return Dataset(data.name, Split(data.train.images, data.train.labels, tr),
                    Split(data.test.images, data.test.labels, te), data.classes, data.source)
+
+
+def load_configured(d: DataConfig) -> Dataset:
+    """The dataset a config's data section names, with its custom conditions if it has any."""
+    data = load_dataset(d.dataset, d.data_dir, d.download)
+    return attach_conditions(data, d.conditions) if d.conditions else data
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True) -> Dataset:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from vaelab.checkpoint import load_run
-from vaelab.data import eval_images
+from vaelab.data import eval_images, load_configured
 from vaelab.runtime import resolve_device, tune_malloc
 
 BINARIZATION_NOTE = {
@@ -31,6 +31,22 @@ BINARIZATION_NOTE = {
     "none": "none: grey levels pixel/255 (256 levels)",
     "dequantized": "none: grey levels, dequantised once as (pixel + u)/256, u ~ U(0,1), seed {seed}",
 }
+
+
+def model_inputs(model, cfg, split, n_classes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A split's images and conditions as `model` is trained and evaluated on them:
+    binarised once (or dequantised, for density likelihoods) with the config's seed, and
+    the condition vectors for conditional models (None otherwise)."""
+    x = eval_images(split, cfg.data.binarization, seed=cfg.data.binarization_seed,
+                    dequantize=not model.likelihood.discrete)
+    return x, split.conditions(n_classes) if model.conditional else None
+
+
+@torch.no_grad()
+def posterior_means(model, x: torch.Tensor, c: torch.Tensor | None = None, batch: int = 2000) -> torch.Tensor:
+    """Posterior means (the code, for an AE) of images x with conditions c, in batches: (N, D)."""
+    return torch.cat([model.encode(x[i : i + batch], None if c is None else c[i : i + batch]).mean
+                      for i in range(0, len(x), batch)])
 
 
 @torch.inference_mode()
@@ -84,20 +100,15 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
     (the k-sample importance-sampled estimate of -log p(x), nats), each with the
     standard error of the mean over test images, and the data protocol used.
     """
+    if n is not None and n <= 0:
+        raise ValueError(f"--n must be positive, got {n}")
     tune_malloc()
     dev = resolve_device(device)
     cfg, model = load_run(run_dir, dev)
-    from vaelab.train import load_run_data
-
-    data = dataset or load_run_data(cfg)
-    split = data.test.head(n)
-    if n is not None and n <= 0:
-        raise ValueError(f"--n must be positive, got {n}")
+    data = dataset or load_configured(cfg.data)
     seed = cfg.data.binarization_seed
     density = not model.likelihood.discrete
-    split = split.to(dev)
-    x = eval_images(split, cfg.data.binarization, seed=seed, dequantize=density)
-    c = split.conditions(len(data.classes)) if model.conditional else None
+    x, c = model_inputs(model, cfg, data.test.head(n).to(dev), len(data.classes))
     protocol = "dequantized" if density and cfg.data.binarization == "none" else cfg.data.binarization
     start = time.perf_counter()
     result: dict[str, Any] = {
@@ -145,12 +156,6 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
 # ----------------------------------------------------------------------------- invariance probe
 
 
-@torch.no_grad()
-def _codes(model, x: torch.Tensor, c: torch.Tensor | None, batch: int = 2000) -> torch.Tensor:
-    return torch.cat([model.encode(x[i : i + batch], None if c is None else c[i : i + batch]).mean
-                      for i in range(0, len(x), batch)])
-
-
 def probe(run_dir: str | Path, layers: int = 1, hidden: int = 256, epochs: int = 30, seed: int = 0,
           device: str = "cpu", write: bool = True, dataset=None) -> dict[str, Any]:
     """How much does z know about the class? (Moyer et al. 2018, section 5.)
@@ -164,21 +169,19 @@ def probe(run_dir: str | Path, layers: int = 1, hidden: int = 256, epochs: int =
     from torch import nn
 
     from vaelab.nets import mlp
-    from vaelab.train import load_run_data
 
     if not 0 <= layers <= 3:
         raise ValueError(f"probe layers must be 0-3, got {layers}")
     tune_malloc()
     dev = resolve_device(device)
     cfg, model = load_run(run_dir, dev)
-    data = dataset or load_run_data(cfg)
+    data = dataset or load_configured(cfg.data)
     n_classes = len(data.classes)
     split = {name: getattr(data, name).to(dev) for name in ("train", "test")}
-    density = not model.likelihood.discrete
-    xs = {k: eval_images(v, cfg.data.binarization, seed=cfg.data.binarization_seed, dequantize=density)
-          for k, v in split.items()}
-    cs = {k: v.conditions(n_classes) if model.conditional else None for k, v in split.items()}
-    z = {k: _codes(model, xs[k], cs[k]) for k in xs}
+    xs, cs = {}, {}
+    for k, v in split.items():
+        xs[k], cs[k] = model_inputs(model, cfg, v, n_classes)
+    z = {k: posterior_means(model, xs[k], cs[k]) for k in xs}
     y = {k: v.labels for k, v in split.items()}
     mean, std = z["train"].mean(0), z["train"].std(0).clamp_min(1e-6)  # standardise features
     feats = {k: (v - mean) / std for k, v in z.items()}

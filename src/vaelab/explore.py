@@ -19,7 +19,8 @@ import torch
 
 from vaelab import plots
 from vaelab.checkpoint import load_run
-from vaelab.data import eval_images
+from vaelab.data import load_configured
+from vaelab.evaluate import model_inputs, posterior_means
 
 
 @dataclass
@@ -35,14 +36,10 @@ class Explorer:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, n: int = 5000, seed: int = 0, device: str = "cpu") -> Explorer:
-        from vaelab.train import load_run_data
-
         cfg, model = load_run(run_dir, device)
-        data = load_run_data(cfg)
+        data = load_configured(cfg.data)
         test = data.test.head(n).to(device)
-        x = eval_images(test, cfg.data.binarization, seed=cfg.data.binarization_seed,
-                        dequantize=not model.likelihood.discrete)
-        c = test.conditions(len(data.classes)) if model.conditional else None
+        x, c = model_inputs(model, cfg, test, len(data.classes))
         return cls(model, cfg, x, test.labels, data.classes, Path(run_dir), seed, c)
 
     def cond(self, n: int) -> torch.Tensor | None:
@@ -56,17 +53,12 @@ class Explorer:
     def gen(self, offset: int = 0) -> torch.Generator:
         return torch.Generator(device=self.x.device).manual_seed(self.seed + offset)
 
-    @property
-    def binary(self) -> bool:
-        return self.cfg.data.binarization != "none"
-
     @torch.no_grad()
     def codes(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """Posterior means (the code, for an AE) of images x with conditions c: (N, D)."""
         if c is None and self.c is not None:
             c = self.c[: len(x)]
-        return torch.cat([self.model.encode(x[i : i + 1000], None if c is None else c[i : i + 1000]).mean
-                          for i in range(0, len(x), 1000)])
+        return posterior_means(self.model, x, c)
 
     @torch.no_grad()
     def decode_mean(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,7 +21,8 @@ import torch
 from vaelab.checkpoint import RunError, load_checkpoint, load_config, save_checkpoint
 from vaelab.config import Config, TrainConfig
 from vaelab.config import save as save_config
-from vaelab.data import Batches, attach_conditions, eval_images, load_dataset
+from vaelab.data import Batches, load_configured
+from vaelab.evaluate import model_inputs
 from vaelab.models import build_model
 from vaelab.objectives import OBJECTIVES
 from vaelab.plots import image_grid, save_png
@@ -62,12 +63,6 @@ def learning_rate(t: TrainConfig, step: int, steps_per_epoch: int) -> float:
         total = t.epochs * steps_per_epoch
         return t.lr * warm * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
     return t.lr * warm
-
-
-def load_run_data(cfg: Config):
-    """The dataset a config names, with its custom conditions attached if it has any."""
-    data = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
-    return attach_conditions(data, cfg.data.conditions) if cfg.data.conditions else data
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -148,15 +143,14 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
     device = resolve_device(t.device)
     torch.manual_seed(t.seed)
 
-    data = dataset or load_run_data(cfg)
+    data = dataset or load_configured(cfg.data)
     model = build_model(cfg.model, data.image_shape, cond_dim=data.cond_dim).to(device)
     optimizer = OPTIMIZERS[t.optimizer](model.parameters(), t.lr)
     dequantize = not model.likelihood.discrete
-    train_split, test_split = data.train.to(device), data.test.to(device)
+    train_split = data.train.to(device)
     cond = train_split.conditions(len(data.classes)) if model.conditional else None
-    c_test = test_split.conditions(len(data.classes)) if model.conditional else None
     batches = Batches(train_split, t.batch_size, cfg.data.binarization, seed=t.seed, dequantize=dequantize, cond=cond)
-    x_test = eval_images(test_split, cfg.data.binarization, seed=cfg.data.binarization_seed, dequantize=dequantize)
+    x_test, c_test = model_inputs(model, cfg, data.test.to(device), len(data.classes))
     z_fixed = torch.randn(64, cfg.model.latent_dim, generator=torch.Generator().manual_seed(t.seed)).to(device)
     objective = model.objective if t.objective == "auto" else t.objective
 
