@@ -116,9 +116,14 @@ class SubPixelDecoder(nn.Module):
         self.fc = nn.Sequential(nn.Linear(latent_dim, widths[0] * h * w), act())
         layers: list[nn.Module] = []
         for c_in, c_out in zip(widths, widths[1:] + widths[-1:]):
-            layers += [nn.Conv2d(c_in, 4 * c_out, 3, padding=1), act(), nn.PixelShuffle(2)]
+            layers += self.upsample(c_in, c_out, act)
         layers.append(nn.Conv2d(widths[-1], out_shape[0], 3, padding=1))
         self.net = nn.Sequential(*layers)
+
+    @staticmethod
+    def upsample(c_in: int, c_out: int, act: type[nn.Module]) -> list[nn.Module]:
+        """One 2x upsampling level: conv to 4 * c_out channels, then pixel shuffle."""
+        return [nn.Conv2d(c_in, 4 * c_out, 3, padding=1), act(), nn.PixelShuffle(2)]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(self.fc(z).view(-1, *self.start))
@@ -127,16 +132,9 @@ class SubPixelDecoder(nn.Module):
 class TransposedConvDecoder(SubPixelDecoder):
     """The same decoder upsampling with stride-2 transposed convolutions, for comparison."""
 
-    def __init__(self, latent_dim: int, hidden: Sequence[int], out_shape: Sequence[int],
-                 activation: str = "relu") -> None:
-        super().__init__(latent_dim, hidden, out_shape, activation)
-        act = ACTIVATIONS[activation]
-        widths = list(reversed(hidden))
-        layers: list[nn.Module] = []
-        for c_in, c_out in zip(widths, widths[1:] + widths[-1:]):
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), act()]
-        layers.append(nn.Conv2d(widths[-1], out_shape[0], 3, padding=1))
-        self.net = nn.Sequential(*layers)
+    @staticmethod
+    def upsample(c_in: int, c_out: int, act: type[nn.Module]) -> list[nn.Module]:
+        return [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), act()]
 
 
 # name -> (encoder class, decoder class). Decoders take hidden sizes listed from the
