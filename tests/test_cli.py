@@ -101,3 +101,16 @@ def test_train_on_fashion_mnist(tmp_path):
     assert cfg["data"]["dataset"] == "fashion-mnist"
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     assert state["data_source"] == "/usr/share/datasets/fashion-mnist" or "fashion" in state["data_source"]
+
+
+@pytest.mark.parametrize("flag, value, ok", [("--beta", "0.00", True), ("--beta", "0e0", True), ("--beta", "-0.5", False),
+                                             ("--beta", "nan", False), ("--flows", "00", True), ("--flows", "-1", False)])
+def test_non_negative_flags_accept_any_spelling_of_zero(flag, value, ok, capsys):
+    from vaelab.cli import build_parser
+
+    if ok:
+        build_parser().parse_args(["train", flag, value])
+    else:
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(["train", flag, value])
+        assert e.value.code == 2 and ">= 0" in capsys.readouterr().err

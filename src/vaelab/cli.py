@@ -72,11 +72,22 @@ def _positive_float(s: str) -> float:
 
 
 def _nonneg_int(s: str) -> int:
-    return 0 if s.strip() == "0" else _positive_int(s)
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
 
 
 def _nonneg_float(s: str) -> float:
-    v = _positive_float(s) if s.strip() not in ("0", "0.0") else 0.0
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
+    if not v >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s}")
     return v
 
 
