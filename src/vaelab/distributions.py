@@ -105,30 +105,52 @@ class Gaussian:
         return self.loc + torch.exp(self.log_scale) * eps
 
 
-class DiscretizedLogistic:
-    """A logistic(loc, exp(log_scale)) integrated over 256 grey-level bins (Salimans et al.
-    2017, PixelCNN++; seed 000). Pixels are the levels k/255; bin k is
-    [k/255 - 1/510, k/255 + 1/510], except that bin 0 takes all mass below and bin 255
-    all mass above, so the 256 probabilities sum to 1 for any loc and scale.
+HALF_BIN = 0.5 / 255
 
-    In log space, with a = (x - loc + 1/510)/s and b = (x - loc - 1/510)/s:
+
+def log_bin_mass(x: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log P(pixel = x) for a logistic(loc, exp(log_scale)) integrated over 256 grey-level
+    bins (Salimans et al. 2017, PixelCNN++, eq. 2), elementwise; the arguments broadcast.
+
+    Pixels are the levels k/255; bin k is [k/255 - 1/510, k/255 + 1/510], except that
+    bin 0 takes all mass below and bin 255 all mass above, so the 256 probabilities sum
+    to 1 for any loc and scale. In log space, with a = (x - loc + 1/510)/s and
+    b = (x - loc - 1/510)/s:
         log(sigmoid(a) - sigmoid(b)) = log sigmoid(a) + log sigmoid(-b) + log(1 - exp(b - a)),
     exact and stable for any a > b; the edge bins are log sigmoid(a) and log sigmoid(-b).
     """
+    inv = torch.exp(-log_scale)
+    centered = x - loc
+    a = (centered + HALF_BIN) * inv
+    b = (centered - HALF_BIN) * inv
+    interior = F.logsigmoid(a) + F.logsigmoid(-b) + torch.log(-torch.expm1(-2 * HALF_BIN * inv))
+    return torch.where(x < HALF_BIN, F.logsigmoid(a), torch.where(x > 1 - HALF_BIN, F.logsigmoid(-b), interior))
 
-    half_bin = 0.5 / 255
+
+def _quantise(y: torch.Tensor) -> torch.Tensor:
+    """Nearest grey level k/255 in [0, 1]: the bin that y falls in under `log_bin_mass`."""
+    return torch.round(y.clamp(0, 1) * 255) / 255
+
+
+def _logistic_noise(shape: torch.Size, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """Standard logistic samples log(u) - log(1 - u), u ~ U(0, 1) kept off 0 and 1."""
+    u = torch.rand(shape, generator=generator, device=like.device).clamp_(1e-6, 1 - 1e-6)
+    return torch.log(u) - torch.log1p(-u)
+
+
+class DiscretizedLogistic:
+    """A logistic(loc, exp(log_scale)) integrated over 256 grey-level bins (Salimans et al.
+    2017, PixelCNN++; seed 000), independently per pixel, shape (..., C, H, W). The bin
+    masses are `log_bin_mass`'s: bins k/255 +- 1/510, the edge bins take the tails.
+    """
+
+    half_bin = HALF_BIN
 
     def __init__(self, loc: torch.Tensor, log_scale: torch.Tensor) -> None:
         self.loc, self.log_scale = loc, log_scale
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        inv = torch.exp(-self.log_scale)
-        centered = x - self.loc
-        a = (centered + self.half_bin) * inv
-        b = (centered - self.half_bin) * inv
-        interior = F.logsigmoid(a) + F.logsigmoid(-b) + torch.log(-torch.expm1(-2 * self.half_bin * inv))
-        lp = torch.where(x < self.half_bin, F.logsigmoid(a), torch.where(x > 1 - self.half_bin, F.logsigmoid(-b), interior))
-        return lp.flatten(-3).sum(-1)
+        return log_bin_mass(x, self.loc, self.log_scale).flatten(-3).sum(-1)
 
     @property
     def mean(self) -> torch.Tensor:
@@ -136,9 +158,97 @@ class DiscretizedLogistic:
         return self.loc.clamp(0, 1)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        u = torch.rand(self.loc.shape, generator=generator, device=self.loc.device).clamp_(1e-6, 1 - 1e-6)
-        y = self.loc + torch.exp(self.log_scale) * (torch.log(u) - torch.log1p(-u))
-        return torch.round(y.clamp(0, 1) * 255) / 255
+        y = self.loc + torch.exp(self.log_scale) * _logistic_noise(self.loc.shape, generator, self.loc)
+        return _quantise(y)
+
+
+class DiscretizedLogisticMixture:
+    """A mixture of K discretized logistics per pixel (Salimans et al. 2017, PixelCNN++,
+    eqs. 2-3; the 8-bit colour likelihood of NVAE and VDVAE).
+
+    Each pixel draws one component, shared by its C channels. Within component k the
+    channels are discretized logistics (`log_bin_mass`); for RGB they are linearly
+    autoregressive (eq. 3), with alpha, beta, gamma bounded by tanh:
+        mean_R = mu_R,  mean_G = mu_G + alpha x_R,  mean_B = mu_B + beta x_R + gamma x_G,
+    so p(x) = sum_k pi_k p_k(x_R) p_k(x_G | x_R) p_k(x_B | x_R, x_G), which sums to 1
+    over the 256^C values of a pixel.
+
+    Shapes: logits (..., K, H, W), unnormalised log pi; loc and log_scale
+    (..., K, C, H, W); coeffs (..., K, 3, H, W), alpha, beta, gamma before the tanh
+    (the attribute holds them after it), only for C == 3, or None: channels independent
+    within a component.
+    """
+
+    def __init__(self, logits: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor,
+                 coeffs: torch.Tensor | None = None) -> None:
+        if coeffs is not None and loc.shape[-3] != 3:
+            raise ValueError(f"channel coefficients need 3 (RGB) channels, got {loc.shape[-3]}")
+        self.logits, self.loc, self.log_scale = logits, loc, log_scale
+        self.coeffs = None if coeffs is None else torch.tanh(coeffs)
+
+    @staticmethod
+    def _chain(loc: torch.Tensor, coeffs: torch.Tensor | None, realise):
+        """Channel means of eq. 3 and the values they condition on, channel by channel.
+
+        ``realise(channels, mean)`` gives the value of the image channels `channels` (an
+        index into dim -3) whose mean is `mean`: the observed pixel for log_prob, a
+        sample, or the mean itself. Returns (means, values), stacked on dim -3.
+        """
+        if coeffs is None:
+            return loc, realise(slice(None), loc)
+        mu_r, mu_g, mu_b = loc.unbind(-3)
+        alpha, beta, gamma = coeffs.unbind(-3)
+        x_r = realise(0, mu_r)
+        mean_g = mu_g + alpha * x_r
+        x_g = realise(1, mean_g)
+        mean_b = mu_b + beta * x_r + gamma * x_g
+        x_b = realise(2, mean_b)
+        # mu_R has the parameters' shape, the conditioned means also the values'
+        means = torch.stack(torch.broadcast_tensors(mu_r, mean_g, mean_b), -3)
+        return means, torch.stack(torch.broadcast_tensors(x_r, x_g, x_b), -3)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) in nats, summed over C, H, W: x (..., C, H, W) -> (...).
+
+        x broadcasts against the parameters' batch dimensions, so B images are scored
+        under (k, B) decodings without being copied k times.
+        """
+        x = x.unsqueeze(-4)  # a component axis of size 1, broadcast against K
+        means, _ = self._chain(self.loc, self.coeffs, lambda ch, mean: x[..., ch, :, :])
+        per_component = log_bin_mass(x, means, self.log_scale).sum(-3)
+        log_pi = F.log_softmax(self.logits, dim=-3)
+        return torch.logsumexp(log_pi + per_component, dim=-3).flatten(-2).sum(-1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """For display: the pi-weighted component means, each through eq. 3 on the
+        component's own means, clamped to [0, 1]: (..., C, H, W)."""
+        means, _ = self._chain(self.loc, self.coeffs, lambda ch, mean: mean)
+        pi = F.softmax(self.logits, dim=-3).unsqueeze(-3)
+        return (pi * means).sum(-4).clamp(0, 1)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One image per parameter set, (..., C, H, W), on the grid k/255 in [0, 1].
+
+        A component per pixel, then R, G, B in turn, each a quantised logistic sample
+        whose mean uses the channels already sampled (quantised, as log_prob conditions
+        on observed pixels), so samples follow exactly the law that log_prob scores.
+        """
+        probs = F.softmax(self.logits, dim=-3)
+        u = torch.rand(probs[..., :1, :, :].shape, generator=generator, device=probs.device)
+        # component j is drawn iff cdf(j - 1) <= u < cdf(j), so an empty one never is;
+        # the clamp catches a last cdf rounded below u
+        k = (probs.cumsum(-3) <= u).sum(-3, keepdim=True).clamp_(max=probs.shape[-3] - 1)
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            index = k.unsqueeze(-3).expand(*t.shape[:-4], 1, *t.shape[-3:])
+            return t.gather(-4, index).squeeze(-4)
+
+        loc, scale = pick(self.loc), pick(self.log_scale).exp()
+        coeffs = None if self.coeffs is None else pick(self.coeffs)
+        noise = _logistic_noise(loc.shape, generator, loc)
+        _, x = self._chain(loc, coeffs, lambda ch, mean: _quantise(mean + scale[..., ch, :, :] * noise[..., ch, :, :]))
+        return x
 
 
 class Likelihood(nn.Module):
@@ -156,9 +266,15 @@ class Likelihood(nn.Module):
     binary: bool = False
     discrete: bool = True
 
-    def __init__(self, image_shape: tuple[int, int, int], scale: str = "pixel", fixed_std: float = 0.1) -> None:
+    def __init__(self, image_shape: tuple[int, int, int], scale: str = "pixel", fixed_std: float = 0.1,
+                 mixture: int = 10) -> None:
         super().__init__()
         self.image_shape = image_shape
+
+    @property
+    def out_channels(self) -> int:
+        """Decoder output channels this family needs for images of `image_shape`."""
+        return self.image_shape[0] * self.channels
 
     @classmethod
     def check_binarization(cls, binarization: str) -> None:
@@ -167,7 +283,7 @@ class Likelihood(nn.Module):
         if cls.binary and binarization == "none":
             raise ConfigError(
                 f"the {cls.name} likelihood is defined on binary pixels only, but binarization "
-                "is 'none' (grey levels); use --binarization dynamic or fixed, or --likelihood gaussian/logistic"
+                "is 'none' (grey levels); use --binarization dynamic or fixed, or --likelihood gaussian/logistic/logistic-mixture"
             )
         if not cls.binary and binarization != "none":
             raise ConfigError(
@@ -197,7 +313,8 @@ class _LocationScale(Likelihood):
 
     dist: type
 
-    def __init__(self, image_shape: tuple[int, int, int], scale: str = "pixel", fixed_std: float = 0.1) -> None:
+    def __init__(self, image_shape: tuple[int, int, int], scale: str = "pixel", fixed_std: float = 0.1,
+                 mixture: int = 10) -> None:
         super().__init__(image_shape)
         if scale not in SCALES:
             raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
@@ -233,8 +350,47 @@ class LogisticLikelihood(_LocationScale):
     dist = DiscretizedLogistic
 
 
+class LogisticMixtureLikelihood(Likelihood):
+    """p(x|z) = prod_pixels a mixture of K = `mixture` discretized logistics over 256
+    levels (Salimans et al. 2017, PixelCNN++, eqs. 2-3, as in NVAE and VDVAE): see
+    `DiscretizedLogisticMixture`. For 8-bit grey or colour images.
+
+    The decoder predicts every parameter, scales included, so `scale` and `fixed_std`
+    are accepted (all families share one constructor) and ignored. Decoder output
+    (..., out_channels, H, W), along dim -3 in this order: K mixture logits (shared by
+    the channels of a pixel), K*C locations, K*C log-scales and, for C == 3 only, K*3
+    channel coefficients (alpha, beta, gamma); locations, log-scales and coefficients
+    are component-major (channel k*C + c is component k, image channel c). Hence
+    out_channels = K (1 + 2C), plus 3K when C == 3.
+    """
+
+    name = "logistic-mixture"
+
+    def __init__(self, image_shape: tuple[int, int, int], scale: str = "pixel", fixed_std: float = 0.1,
+                 mixture: int = 10) -> None:
+        super().__init__(image_shape)
+        if mixture < 1:
+            raise ValueError(f"a logistic mixture needs at least 1 component, got mixture={mixture}")
+        self.mixture = mixture
+
+    @property
+    def out_channels(self) -> int:
+        k, c = self.mixture, self.image_shape[0]
+        return k * (1 + 2 * c) + (3 * k if c == 3 else 0)
+
+    def forward(self, out: torch.Tensor) -> DiscretizedLogisticMixture:
+        if out.shape[-3] != self.out_channels:
+            raise ValueError(f"the {self.name} likelihood needs {self.out_channels} decoder channels "
+                             f"for {self.mixture} components and images {tuple(self.image_shape)}, got {out.shape[-3]}")
+        k, c = self.mixture, self.image_shape[0]
+        logits, loc, log_scale, coeffs = out.split([k, k * c, k * c, out.shape[-3] - k * (1 + 2 * c)], dim=-3)
+        return DiscretizedLogisticMixture(logits, loc.unflatten(-3, (k, c)), log_scale.unflatten(-3, (k, c)),
+                                          coeffs.unflatten(-3, (k, 3)) if c == 3 else None)
+
+
 LIKELIHOODS: dict[str, type[Likelihood]] = {
     "bernoulli": BernoulliLikelihood,
     "gaussian": GaussianLikelihood,
     "logistic": LogisticLikelihood,
+    "logistic-mixture": LogisticMixtureLikelihood,
 }
