@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from vaelab import data as vd
-from vaelab.data import Batches, DataError, binarize, eval_images, load_dataset, read_idx
+from vaelab.batches import Batches, SplitInputs, as_input
+from vaelab.data import DataError, load_dataset, read_idx
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:
@@ -159,22 +160,23 @@ def test_embedded_sample_is_real_mnist():
 def test_binarization_modes():
     images = torch.full((2000, 1, 2, 2), 64, dtype=torch.uint8)
     g = torch.Generator().manual_seed(0)
-    grey = binarize(images, "none")
+    grey = as_input(images, "none", False)
     assert torch.allclose(grey, torch.full_like(grey, 64 / 255))
-    b = binarize(images, "dynamic", g)
+    b = as_input(images, "dynamic", False, generator=g)
     assert set(b.unique().tolist()) <= {0.0, 1.0}
     assert abs(b.mean().item() - 64 / 255) < 0.02
     split = vd.Split(images, torch.zeros(2000, dtype=torch.int64))
-    dyn = Batches(split, 2000, "dynamic", seed=0, shuffle=False)
+    dyn = Batches(split, 2000, "dynamic", "cpu", seed=0, shuffle=False)
     first, second = next(iter(dyn))[0], next(iter(dyn))[0]
     assert not torch.equal(first, second)  # fresh sample every time an image is used
-    fixed = Batches(split, 2000, "fixed", seed=0, shuffle=False)
+    fixed = Batches(split, 2000, "fixed", "cpu", seed=0, shuffle=False)
     assert torch.equal(next(iter(fixed))[0], next(iter(fixed))[0])
-    assert torch.equal(eval_images(split, "dynamic", seed=5), eval_images(split, "dynamic", seed=5))
+    once = SplitInputs(split, "dynamic", 5, False, "cpu")
+    assert torch.equal(once.rows(0, 2000)[0], SplitInputs(split, "dynamic", 5, False, "cpu").rows(0, 2000)[0])
 
 
 def test_batches_cover_split_without_repeats():
     split = vd.Split(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1), torch.arange(10))
-    batches = Batches(split, 3, "none", seed=1, drop_last=False)
+    batches = Batches(split, 3, "none", "cpu", seed=1)
     labels = torch.cat([y for _, y, _ in batches])
     assert sorted(labels.tolist()) == list(range(10)) and len(batches) == 4

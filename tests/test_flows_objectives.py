@@ -7,7 +7,8 @@ import torch
 from torch.autograd.functional import jacobian
 
 from vaelab.config import Config
-from vaelab.data import eval_images, load_dataset
+from vaelab.batches import SplitInputs
+from vaelab.data import load_dataset
 from vaelab.flows import FLOWS, PlanarFlows
 from vaelab.models import build_model
 from vaelab.objectives import elbo, iwae
@@ -108,7 +109,7 @@ def test_iwae_bound_tightens_with_k_on_a_trained_model(tmp_path):
     from vaelab.checkpoint import load_run
 
     _, model = load_run(train(cfg, tmp_path / "run", progress=False, dataset=data))
-    x = eval_images(data.test, "dynamic")[:200]
+    x = SplitInputs(data.test, "dynamic", 0, False, "cpu").rows(0, 200)[0]
     torch.manual_seed(0)
     with torch.no_grad():
         bounds = {k: torch.stack([iwae(model, x, samples=k)["iwae"].mean() for _ in range(4)]).mean()

@@ -16,6 +16,14 @@ _OVERRIDES = {
     "dataset": ("data", "dataset"),
     "data_dir": ("data", "data_dir"),
     "binarization": ("data", "binarization"),
+    "image_size": ("data", "image_size"),
+    "channels": ("data", "channels"),
+    "background": ("data", "background"),
+    "test_fraction": ("data", "test_fraction"),
+    "skip_bad_images": ("data", "skip_bad_images"),
+    "memory_budget": ("data", "memory_budget_mb"),
+    "res_blocks": ("model", "res_blocks"),
+    "mixture": ("model", "mixture"),
     "model": ("model", "model"),
     "net": ("model", "net"),
     "latent_dim": ("model", "latent_dim"),
@@ -26,6 +34,7 @@ _OVERRIDES = {
     "scale": ("model", "likelihood_scale"),
     "fixed_std": ("model", "likelihood_std"),
     "epochs": ("train", "epochs"),
+    "warmup_steps": ("train", "warmup_steps"),
     "batch_size": ("train", "batch_size"),
     "lr": ("train", "lr"),
     "optimizer": ("train", "optimizer"),
@@ -101,6 +110,42 @@ def _hidden(s: str) -> tuple[int, ...]:
     return sizes
 
 
+def _image_size(s: str) -> tuple[int, int]:
+    parts = s.lower().split("x")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) == 1:
+        size = (size[0], size[0])
+    if len(size) != 2 or min(size) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size S or HxW such as 64 or 48x64, got {s!r}")
+    return size  # type: ignore[return-value]
+
+
+def _megabytes(s: str) -> int:
+    units = {"": 1, "m": 1, "mb": 1, "mib": 1, "g": 1024, "gb": 1024, "gib": 1024}
+    t = s.strip().lower()
+    num = t.rstrip("abgimk")
+    try:
+        v = float(num) * units[t[len(num):]]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"expected a size such as 500MB or 2GB, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 MB, got {s!r}")
+    return int(v)
+
+
+def _fraction(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        v = -1.0
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {s!r}")
+    return v
+
+
 def _run_dir(s: str) -> Path:
     p = Path(s)
     if not p.is_dir():
@@ -130,8 +175,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue this run from its last checkpoint (up to --epochs in total)")
     t.add_argument("--out", metavar="DIR", help="run folder to create (default runs/<dataset>-<model>-<time>)")
     g = t.add_argument_group("data")
-    g.add_argument("--dataset", choices=list(DATASETS), help=f"dataset (default {d.data.dataset})")
-    g.add_argument("--data-dir", metavar="DIR", help="directory holding the dataset's IDX files")
+    g.add_argument("--dataset", metavar="NAME|PATH",
+                   help=f"a named dataset ({', '.join(DATASETS)}), a folder of images (class subfolders give "
+                        f"labels; train/ and test/ give splits) or an .npy/.npz array file (default {d.data.dataset})")
+    g.add_argument("--data-dir", metavar="DIR", help="directory holding a named dataset's files")
+    g.add_argument("--image-size", type=_image_size, metavar="S|HxW",
+                   help="folders/arrays: resize the shorter side to fit, then centre-crop (default: the images' "
+                        "own size, which must then be the same for all)")
+    g.add_argument("--channels", type=int, choices=[1, 3],
+                   help="1 (grey) or 3 (RGB) (default: grey when every image is grey, else RGB)")
+    g.add_argument("--background", metavar="COLOUR",
+                   help=f"transparent pixels are composited on white, black, grey or #rrggbb "
+                        f"(default {d.data.background})")
+    g.add_argument("--test-fraction", type=_fraction, metavar="F",
+                   help=f"folders without train/ and test/: share of images held out for test, chosen by a stable "
+                        f"hash of each path (default {d.data.test_fraction})")
+    g.add_argument("--skip-bad-images", action="store_const", const=True,
+                   help="skip unreadable images (listed in RUN/skipped_images.txt) instead of stopping")
+    g.add_argument("--memory-budget", type=_megabytes, metavar="SIZE",
+                   help="training images up to this size (e.g. 2GB) are held on the device; larger ones are "
+                        "streamed from the disk cache (default: a quarter of RAM, half the free GPU memory)")
     g.add_argument("--conditions", metavar="FILE.npz",
                    help="cvae/icvae: side information c as float arrays 'train' and 'test' (default: one-hot labels)")
     g.add_argument("--binarization", choices=["dynamic", "fixed", "none"],
@@ -149,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--decoder-hidden", type=_hidden, metavar="H1,H2",
                    help="decoder hidden sizes from z outwards (default "
                         + ",".join(map(str, d.model.decoder_hidden or ())) + ", or the mirror of --hidden)")
+    g.add_argument("--res-blocks", type=_nonneg_int, metavar="R",
+                   help=f"conv nets: residual blocks per resolution level (default {d.model.res_blocks})")
     g.add_argument("--activation", choices=list(ACTIVATIONS), help=f"(default {d.model.activation})")
     g.add_argument("--flows", type=_nonneg_int, metavar="K",
                    help=f"normalizing flows in the posterior (default {d.model.flows})")
@@ -157,7 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cvae/icvae: feed the condition to the encoder too (the decoder always gets it)")
     g.add_argument("--likelihood", choices=list(LIKELIHOODS),
                    help=f"p(x|z): bernoulli for binarised data; gaussian (a density) or logistic (discretized, "
-                        f"256 levels) for --binarization none (default {d.model.likelihood})")
+                        f"256 levels) or logistic-mixture (Salimans et al. 2017; 8-bit colour) for --binarization "
+                        f"none (default {d.model.likelihood})")
+    g.add_argument("--mixture", type=_positive_int, metavar="K",
+                   help=f"logistic-mixture: number of components (default {d.model.mixture})")
     g.add_argument("--scale", choices=list(SCALES),
                    help=f"gaussian/logistic scale: fixed (--fixed-std), one learned global, learned per pixel, "
                         f"or predicted by the decoder (default {d.model.likelihood_scale})")
@@ -165,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the fixed scale, and the initial value of learned ones (default {d.model.likelihood_std})")
     g = t.add_argument_group("training")
     g.add_argument("--epochs", type=_positive_int, help=f"total epochs (default {d.train.epochs})")
+    g.add_argument("--warmup-steps", type=_nonneg_int, metavar="N",
+                   help=f"linear learning-rate warm-up, at most one epoch (default {d.train.warmup_steps})")
     g.add_argument("--batch-size", type=_positive_int, help=f"(default {d.train.batch_size})")
     g.add_argument("--lr", type=_positive_float, help=f"peak learning rate (default {d.train.lr})")
     g.add_argument("--optimizer", choices=list(OPTIMIZERS), help=f"(default {d.train.optimizer})")

@@ -3,6 +3,10 @@
 A run is fully described by a :class:`Config`; ``config.json`` in a run folder is
 ``Config.to_dict()`` and ``Config.from_dict`` rebuilds it, rejecting unknown keys so
 that a typo never silently falls back to a default.
+
+This module imports nothing from vaelab: it checks types and ranges only. Names
+(models, nets, likelihoods, datasets...) are checked where they are looked up, with
+:func:`choose`, so every registry stays next to what it registers.
 """
 
 from __future__ import annotations
@@ -18,10 +22,37 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the fix."""
 
 
+def choose(registry: Any, name: str, what: str) -> Any:
+    """``registry[name]``, or a ConfigError listing the choices (registries call this)."""
+    if name not in registry:
+        raise ConfigError(f"unknown {what} {name!r}; choose one of: {', '.join(registry)}")
+    return registry[name] if isinstance(registry, dict) else name
+
+
 @dataclass(frozen=True)
 class DataConfig:
+    # a named dataset (mnist, fashion-mnist, mnist-sample, cifar10) or the path of an
+    # image folder or a .npy/.npz array file (stored absolute once a run starts)
     dataset: str = "mnist"
     data_dir: str | None = None
+    # folders and arrays: resize the shorter side to fit (H, W), then centre-crop; None
+    # keeps the images' own size (they must then all have one size)
+    image_size: tuple[int, ...] | None = None
+    # 1 (grey) or 3 (RGB); 0: grey when every image is grey, else RGB
+    channels: int = 0
+    # transparent pixels are composited on this colour: white, black, grey or #rrggbb
+    background: str = "white"
+    # folders without train/ and test/ subfolders: the share of images held out for test,
+    # chosen by a stable hash of each file's relative path
+    test_fraction: float = 0.1
+    # skip (and list in the run folder) images that cannot be decoded, instead of stopping
+    skip_bad_images: bool = False
+    # a training split whose uint8 images fit in this many MiB is held in memory on the
+    # training device; a larger one is streamed from the memory-mapped cache. 0: auto
+    # (a quarter of the machine's memory on CPU, half the free GPU memory on CUDA)
+    memory_budget_mb: int = 0
+    # set by training: the data's identity (file names, sizes, times or content hash)
+    fingerprint: str | None = None
     # dynamic: fresh Bernoulli(pixel/255) sample each time an image is used;
     # fixed: one sample drawn with `binarization_seed`; none: grey levels in [0, 1].
     binarization: str = "dynamic"
@@ -56,6 +87,11 @@ class ModelConfig:
     flow_type: str = "planar"
     # cvae/icvae: also feed the condition to the encoder (the decoder always gets it)
     condition_encoder: bool = False
+    # conv nets: residual blocks per resolution level, after each downsampling and
+    # before each upsampling (0: plain strided convs as in seed 000)
+    res_blocks: int = 0
+    # logistic-mixture likelihood: number of mixture components (Salimans et al. 2017)
+    mixture: int = 10
 
 
 @dataclass(frozen=True)
@@ -137,10 +173,14 @@ def _build(sub_cls: type, values: dict[str, Any], section: str) -> Any:
     kwargs = {}
     for name, value in values.items():
         default = getattr(sub_cls(), name)
-        if name == "decoder_hidden" and value is None:
-            pass  # None: mirror the encoder
-        elif isinstance(default, tuple) or name == "decoder_hidden":
+        kind = str(known[name].type)
+        if value is None and kind.endswith("| None"):
+            pass  # an optional field left unset
+        elif kind.startswith("tuple"):
             value = _as_int_tuple(value, f"{section}.{name}")
+        elif kind.startswith("str"):
+            if not isinstance(value, str):
+                raise ConfigError(f"{section}.{name} must be a string, got {value!r}")
         elif isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ConfigError(f"{section}.{name} must be true or false, got {value!r}")
@@ -174,34 +214,10 @@ def _as_int_tuple(value: Any, name: str) -> tuple[int, ...]:
 
 
 def validate(cfg: Config) -> None:
-    """Check values that have a valid range; names come from the registries."""
-    # Imported here: the registries import this module.
-    from vaelab.data import DATASETS
-    from vaelab.distributions import LIKELIHOODS, SCALES
-    from vaelab.flows import FLOWS
-    from vaelab.models import MODELS
-    from vaelab.nets import ACTIVATIONS, NETS
-    from vaelab.objectives import OBJECTIVES
-    from vaelab.train import OPTIMIZERS, SCHEDULES
-
-    def choice(value: str, options: Any, name: str) -> None:
-        if value not in options:
-            raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(options)}")
-
+    """Check types' ranges and combinations; names are checked where they are looked up."""
     d, m, t = cfg.data, cfg.model, cfg.train
-    choice(d.dataset, DATASETS, "dataset")
-    choice(d.binarization, ("dynamic", "fixed", "none"), "binarization")
-    choice(m.model, MODELS, "model")
-    choice(m.net, NETS, "net")
-    choice(m.activation, ACTIVATIONS, "activation")
-    choice(m.likelihood, LIKELIHOODS, "likelihood")
-    choice(m.likelihood_scale, SCALES, "likelihood scale")
-    if not m.likelihood_std > 0:
-        raise ConfigError(f"model.likelihood_std must be positive, got {m.likelihood_std}")
-    choice(t.optimizer, OPTIMIZERS, "optimizer")
-    choice(t.objective, ("auto", *OBJECTIVES), "objective")
-    choice(t.kl, ("analytic", "mc"), "kl")
-    choice(m.flow_type, FLOWS, "flow type")
+    if d.binarization not in ("dynamic", "fixed", "none"):
+        raise ConfigError(f"unknown binarization {d.binarization!r}; choose one of: dynamic, fixed, none")
     if m.flows < 0:
         raise ConfigError(f"model.flows must be >= 0, got {m.flows}")
     if m.flows and m.model == "ae":
@@ -212,13 +228,24 @@ def validate(cfg: Config) -> None:
         raise ConfigError("the IWAE bound has no KL weight; use --objective elbo with --beta")
     if m.model == "ae" and t.objective not in ("auto", "reconstruction"):
         raise ConfigError(f"the plain autoencoder has no {t.objective} bound; it trains by reconstruction")
-    choice(t.schedule, SCHEDULES, "schedule")
-    choice(t.device, ("auto", "cpu", "cuda"), "device")
+    if t.kl not in ("analytic", "mc"):
+        raise ConfigError(f"unknown kl {t.kl!r}; choose one of: analytic, mc")
+    if t.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"unknown device {t.device!r}; choose one of: auto, cpu, cuda")
     for name, sizes in (("hidden", m.hidden), ("decoder_hidden", m.decoder_hidden or ())):
         if any(h <= 0 for h in sizes):
             raise ConfigError(f"{name} sizes must be positive, got {','.join(map(str, sizes))}")
+    if d.image_size is not None and (len(d.image_size) != 2 or min(d.image_size) <= 0):
+        raise ConfigError(f"data.image_size must be two positive integers (height, width), got {d.image_size}")
+    if d.channels not in (0, 1, 3):
+        raise ConfigError(f"data.channels must be 1 (grey), 3 (RGB) or 0 (auto), got {d.channels}")
+    if not 0 <= d.test_fraction < 1:
+        raise ConfigError(f"data.test_fraction must be in [0, 1), got {d.test_fraction}")
+    if not _is_colour(d.background):
+        raise ConfigError(f"data.background must be white, black, grey or #rrggbb, got {d.background!r}")
     positive = {
         "model.latent_dim": m.latent_dim,
+        "model.mixture": m.mixture,
         "train.epochs": t.epochs,
         "train.batch_size": t.batch_size,
         "train.samples": t.samples,
@@ -227,6 +254,12 @@ def validate(cfg: Config) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{name} must be a positive integer, got {value}")
+    for name, value in (("model.res_blocks", m.res_blocks), ("data.memory_budget_mb", d.memory_budget_mb),
+                        ("train.warmup_steps", t.warmup_steps)):
+        if value < 0:
+            raise ConfigError(f"{name} must be >= 0, got {value}")
+    if not m.likelihood_std > 0:
+        raise ConfigError(f"model.likelihood_std must be positive, got {m.likelihood_std}")
     if not t.lr > 0:
         raise ConfigError(f"train.lr must be positive, got {t.lr}")
     if not 0 < t.lr_decay <= 1:
@@ -237,9 +270,26 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.clip_grad must be >= 0, got {t.clip_grad}")
     if t.lam < 0:
         raise ConfigError(f"train.lam must be >= 0, got {t.lam}")
-    if t.warmup_steps < 0:
-        raise ConfigError(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
-    LIKELIHOODS[m.likelihood].check_binarization(d.binarization)
+
+
+BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (128, 128, 128), "gray": (128, 128, 128)}
+
+
+def _is_colour(s: str) -> bool:
+    try:
+        background_rgb(s)
+    except ValueError:
+        return False
+    return True
+
+
+def background_rgb(s: str) -> tuple[int, int, int]:
+    """A background name or #rrggbb -> (r, g, b) in 0..255."""
+    if s in BACKGROUNDS:
+        return BACKGROUNDS[s]
+    if len(s) == 7 and s[0] == "#":
+        return int(s[1:3], 16), int(s[3:5], 16), int(s[5:7], 16)
+    raise ValueError(f"not a colour: {s!r}")
 
 
 def load(path: str | Path) -> Config:

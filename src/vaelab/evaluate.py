@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +22,9 @@ from typing import Any
 
 import torch
 
+from vaelab.batches import SplitInputs, load_configured, memory_budget, model_inputs
 from vaelab.checkpoint import load_run
-from vaelab.data import eval_images, load_configured
+from vaelab.models import check_data_fit
 from vaelab.runtime import resolve_device, tune_malloc
 
 BINARIZATION_NOTE = {
@@ -33,36 +35,33 @@ BINARIZATION_NOTE = {
 }
 
 
-def model_inputs(model, cfg, split, n_classes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A split's images and conditions as `model` is trained and evaluated on them:
-    binarised once (or dequantised, for density likelihoods) with the config's seed, and
-    the condition vectors for conditional models (None otherwise)."""
-    x = eval_images(split, cfg.data.binarization, seed=cfg.data.binarization_seed,
-                    dequantize=not model.likelihood.discrete)
-    return x, split.conditions(n_classes) if model.conditional else None
-
-
 @torch.no_grad()
-def posterior_means(model, x: torch.Tensor, c: torch.Tensor | None = None, batch: int = 2000) -> torch.Tensor:
-    """Posterior means (the code, for an AE) of images x with conditions c, in batches: (N, D)."""
+def posterior_means(model, x: torch.Tensor | SplitInputs, c: torch.Tensor | None = None,
+                    batch: int = 2000) -> torch.Tensor:
+    """Posterior means (the code, for an AE) of images x with conditions c, or of a split's
+    inputs, in batches: (N, D)."""
+    if isinstance(x, SplitInputs):
+        return torch.cat([model.encode(xb, cb).mean for xb, cb, _ in x.chunks(batch)])
     return torch.cat([model.encode(x[i : i + batch], None if c is None else c[i : i + batch]).mean
                       for i in range(0, len(x), batch)])
 
 
 @torch.inference_mode()
 def log_likelihood(model, x: torch.Tensor, k: int = 1000, rows: int = 1024, seed: int = 0,
-                   progress: bool = False, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   progress: bool = False, c: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image (log p(x) estimate with k importance samples, ELBO estimate): (N,), (N,).
 
     The ELBO estimate is the mean of the same k log-weights (a Monte-Carlo ELBO). For
-    conditional models pass the conditions c (N, C'): log p(x|c) is estimated.
+    conditional models pass the conditions c (N, C'): log p(x|c) is estimated. Pass a
+    `generator` to continue one random stream across calls (then `seed` is unused).
     """
     if not getattr(model, "has_density", False):
         raise TypeError(f"{type(model).__name__} defines no density p(x); it has no log-likelihood")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     model.eval()
-    gen = torch.Generator(device=x.device).manual_seed(seed)
+    gen = generator if generator is not None else torch.Generator(device=x.device).manual_seed(seed)
     per_batch = max(1, rows // k)  # images per step
     chunk = min(k, max(1, rows // per_batch))  # samples per step
     log_px, elbo = torch.empty(len(x), device=x.device), torch.empty(len(x), device=x.device)
@@ -105,16 +104,20 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
     tune_malloc()
     dev = resolve_device(device)
     cfg, model = load_run(run_dir, dev)
-    data = dataset or load_configured(cfg.data)
+    check_data_fit(cfg.model, cfg.data.binarization)
+    data = dataset or load_configured(cfg.data, progress=progress)
     seed = cfg.data.binarization_seed
     density = not model.likelihood.discrete
-    x, c = model_inputs(model, cfg, data.test.head(n).to(dev), len(data.classes))
+    if cfg.data.fingerprint and data.fingerprint and data.fingerprint != cfg.data.fingerprint:
+        print(f"warning: the data in {data.source} differ from those the run trained on "
+              f"(fingerprint {data.fingerprint}, was {cfg.data.fingerprint})", file=sys.stderr)
+    inputs = model_inputs(model, cfg, data.test.head(n), len(data.classes), dev, memory_budget(cfg.data, dev))
     protocol = "dequantized" if density and cfg.data.binarization == "none" else cfg.data.binarization
     start = time.perf_counter()
     result: dict[str, Any] = {
         "dataset": data.name,
         "split": "test",
-        "n": len(x),
+        "n": len(inputs),
         "k": k,
         "binarization": cfg.data.binarization,
         "binarization_detail": BINARIZATION_NOTE[protocol].format(seed=seed),
@@ -123,9 +126,18 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
     }
     if model.conditional:
         result["conditioned_on"] = "custom side information" if cfg.data.conditions else "class label"
+    dims = math.prod(data.image_shape)
     if model.has_density:
-        log_px, elbo = log_likelihood(model, x, k=k, progress=progress, c=c)
-        dims = x[0].numel()
+        from tqdm.auto import tqdm
+
+        gen = torch.Generator(device=dev).manual_seed(0)
+        parts = []
+        bar = tqdm(total=len(inputs), desc=f"IS k={k}", disable=not progress, dynamic_ncols=True)
+        for xb, cb, _ in inputs.chunks(1000):
+            parts.append(log_likelihood(model, xb, k=k, c=cb, generator=gen))
+            bar.update(len(xb))
+        bar.close()
+        log_px, elbo = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         if density:
             # A density on [0, 1): P(bin of width 1/256) >= (1/256)^D exp(E_u log p), so
             # -log p + D log 256 is an upper bound on the discrete NLL (Theis et al. 2016).
@@ -136,11 +148,12 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
         nll, result["nll_stderr"] = _mean_stderr(-log_px)
         result["nll"] = nll
         if cfg.data.binarization == "none":
+            # D counts every channel of every pixel: grey-level and colour images alike
             result["bits_per_dim"] = nll / (dims * math.log(2))
+            result["dims"] = dims
     else:
-        with torch.inference_mode():
-            recon = torch.cat([model.decode(model.encode(x[i : i + 1000]).mean).log_prob(x[i : i + 1000])
-                               for i in range(0, len(x), 1000)])  # the AE is never conditional
+        with torch.inference_mode():  # the AE is never conditional
+            recon = torch.cat([model.decode(model.encode(xb).mean).log_prob(xb) for xb, _, _ in inputs.chunks(1000)])
         result["recon_nll"], result["recon_nll_stderr"] = _mean_stderr(-recon)
         result["note"] = "a plain autoencoder has no density: only -log p(x | z = f(x)) is reported"
     result["seconds"] = round(time.perf_counter() - start, 2)
@@ -176,13 +189,12 @@ def probe(run_dir: str | Path, layers: int = 1, hidden: int = 256, epochs: int =
     dev = resolve_device(device)
     cfg, model = load_run(run_dir, dev)
     data = dataset or load_configured(cfg.data)
+    data.require_labels("the probe")
     n_classes = len(data.classes)
-    split = {name: getattr(data, name).to(dev) for name in ("train", "test")}
-    xs, cs = {}, {}
-    for k, v in split.items():
-        xs[k], cs[k] = model_inputs(model, cfg, v, n_classes)
-    z = {k: posterior_means(model, xs[k], cs[k]) for k in xs}
-    y = {k: v.labels for k, v in split.items()}
+    inputs = {name: model_inputs(model, cfg, getattr(data, name), n_classes, dev, memory_budget(cfg.data, dev))
+              for name in ("train", "test")}
+    z = {k: posterior_means(model, v) for k, v in inputs.items()}
+    y = {k: v.labels for k, v in inputs.items()}
     mean, std = z["train"].mean(0), z["train"].std(0).clamp_min(1e-6)  # standardise features
     feats = {k: (v - mean) / std for k, v in z.items()}
 
@@ -202,10 +214,9 @@ def probe(run_dir: str | Path, layers: int = 1, hidden: int = 256, epochs: int =
         train_acc = float((clf(feats["train"]).argmax(1) == y["train"]).float().mean())
         counts = torch.bincount(y["train"], minlength=n_classes)
         majority = float((y["test"] == counts.argmax()).float().mean())
-        x, c = xs["test"], cs["test"]
-        recon = torch.cat([model.decode(z["test"][i : i + 2000], None if c is None else c[i : i + 2000]).mean
-                           for i in range(0, len(x), 2000)])
-        mse = float((recon.clamp(0, 1) - x).square().flatten(1).mean(1).mean())
+        se = torch.cat([(model.decode(z["test"][i : i + len(xb)], cb).mean.clamp(0, 1) - xb).square().flatten(1).mean(1)
+                        for i, (xb, cb, _) in zip(range(0, len(z["test"]), 2000), inputs["test"].chunks(2000))])
+        mse = float(se.mean())
     result = {"accuracy": acc, "train_accuracy": train_acc, "majority": majority, "recon_mse": mse,
               "probe_layers": layers, "probe_hidden": hidden, "probe_epochs": epochs, "model": cfg.model.model,
               "dataset": data.name, "n_train": n, "n_test": len(y["test"]), "seed": seed}

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from vaelab import plots
+from vaelab.batches import load_configured, model_inputs
 from vaelab.checkpoint import load_run
-from vaelab.data import load_configured
-from vaelab.evaluate import model_inputs, posterior_means
+from vaelab.evaluate import posterior_means
 
 
 @dataclass
@@ -38,9 +38,8 @@ class Explorer:
     def from_run(cls, run_dir: str | Path, n: int = 5000, seed: int = 0, device: str = "cpu") -> Explorer:
         cfg, model = load_run(run_dir, device)
         data = load_configured(cfg.data)
-        test = data.test.head(n).to(device)
-        x, c = model_inputs(model, cfg, test, len(data.classes))
-        return cls(model, cfg, x, test.labels, data.classes, Path(run_dir), seed, c)
+        x, c, labels = model_inputs(model, cfg, data.test.head(n), len(data.classes), device).rows(0, n)
+        return cls(model, cfg, x, labels, data.classes, Path(run_dir), seed, c)
 
     def cond(self, n: int) -> torch.Tensor | None:
         """Conditions of the first n test images (None for unconditional models)."""
@@ -181,6 +180,7 @@ def figure_latents(ex: Explorer):
 @torch.no_grad()
 def figure_interpolate(ex: Explorer, pairs: int = 4, steps: int = 10):
     """Decode straight-line and spherical paths between the codes of test images."""
+    pairs = max(1, min(pairs, len(ex.x) // 2))
     codes = ex.codes(ex.x[: 2 * pairs])
     t = torch.linspace(0, 1, steps, device=ex.x.device)
     rows, labels = [], []
@@ -199,6 +199,9 @@ def figure_combine(ex: Explorer, weights: tuple[float, ...] = (0.5, 0.5), groups
     """New images from weighted combinations of the codes of existing ones (seed 004
     "new numbers"): each row shows the inputs and the decoded sum_i w_i z_i."""
     k = len(weights)
+    groups = min(groups, len(ex.x) // k)
+    if groups == 0:
+        raise ValueError(f"combining {k} codes needs at least {k} test images, the test split has {len(ex.x)}")
     w = torch.tensor(weights, device=ex.x.device)
     x = ex.x[: groups * k]
     codes = ex.codes(x).view(groups, k, -1)
@@ -272,7 +275,10 @@ def figure_transfer(ex: Explorer, n: int = 8):
         raise ValueError("transfer needs a conditional model: train with --model cvae or icvae")
     if ex.cfg.data.conditions:
         raise ValueError("transfer decodes under each class label, but this run was conditioned on custom data")
+    if not ex.classes:
+        raise ValueError("transfer needs class labels; this dataset is unlabelled")
     k = len(ex.classes)
+    n = min(n, len(ex.x))
     eye = torch.eye(k, device=ex.x.device)
     z = ex.codes(ex.x[:n])  # (n, D)
     prior = ex.model.prior(3, ex.x.device).rsample(generator=ex.gen())

@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vaelab.config import ModelConfig
-from vaelab.distributions import LIKELIHOODS, DiagonalGaussian, standard_normal_log_prob
+from vaelab.config import ConfigError, ModelConfig, choose
+from vaelab.distributions import LIKELIHOODS, SCALES, DiagonalGaussian, standard_normal_log_prob
 from vaelab.flows import FLOWS, FlowPosterior
-from vaelab.nets import NETS
+from vaelab.nets import ACTIVATIONS, NETS
 
 
 class PointMass:
@@ -41,17 +41,21 @@ class _Base(nn.Module):
         super().__init__()
         self.cfg, self.image_shape, self.latent_dim = cfg, tuple(image_shape), cfg.latent_dim
         self.cond_dim = cond_dim if self.conditional else 0
-        encoder_cls, decoder_cls = NETS[cfg.net]
-        self.likelihood = LIKELIHOODS[cfg.likelihood](self.image_shape, scale=cfg.likelihood_scale,
-                                                      fixed_std=cfg.likelihood_std)
-        c, h, w = self.image_shape
+        encoder_cls, decoder_cls = choose(NETS, cfg.net, "net")
+        choose(ACTIVATIONS, cfg.activation, "activation")
+        choose(SCALES, cfg.likelihood_scale, "likelihood scale")
+        self.likelihood = choose(LIKELIHOODS, cfg.likelihood, "likelihood")(
+            self.image_shape, scale=cfg.likelihood_scale, fixed_std=cfg.likelihood_std, mixture=cfg.mixture)
+        _, h, w = self.image_shape
         self.encode_condition = self.conditional and cfg.condition_encoder
+        # conv nets take residual blocks per level; the MLP has no levels
+        extra = {} if cfg.net == "mlp" else {"res_blocks": cfg.res_blocks}
         self.encoder = encoder_cls(self.image_shape, cfg.hidden, encoder_out, cfg.activation,
-                                   cond_dim=self.cond_dim if self.encode_condition else 0)
+                                   cond_dim=self.cond_dim if self.encode_condition else 0, **extra)
         # decoder_hidden is listed from z outwards; decoders take encoder order and reverse it.
         dec_hidden = cfg.hidden if cfg.decoder_hidden is None else tuple(reversed(cfg.decoder_hidden))
-        self.decoder = decoder_cls(cfg.latent_dim + self.cond_dim, dec_hidden, (c * self.likelihood.channels, h, w),
-                                   cfg.activation)
+        self.decoder = decoder_cls(cfg.latent_dim + self.cond_dim, dec_hidden, (self.likelihood.out_channels, h, w),
+                                   cfg.activation, **extra)
 
     def _condition(self, c: torch.Tensor | None, lead: tuple[int, ...]) -> torch.Tensor | None:
         if not self.conditional:
@@ -95,7 +99,7 @@ class VAE(_Base):
     objective = "elbo"
 
     def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: int = 0) -> None:
-        flows = FLOWS[cfg.flow_type](cfg.latent_dim, cfg.flows) if cfg.flows else None
+        flows = choose(FLOWS, cfg.flow_type, "flow type")(cfg.latent_dim, cfg.flows) if cfg.flows else None
         super().__init__(cfg, image_shape, 2 * cfg.latent_dim + (flows.num_params if flows else 0), cond_dim)
         self.flows = flows
 
@@ -168,7 +172,13 @@ MODELS: dict[str, type[_Base]] = {
 def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: int = 0) -> _Base:
     """The registered model `cfg.model`, built for images of `image_shape` (C, H, W) and,
     for conditional models, conditions of `cond_dim` features."""
-    model_cls = MODELS[cfg.model]
+    model_cls = choose(MODELS, cfg.model, "model")
     if model_cls.conditional and cond_dim <= 0:
-        raise ValueError(f"the {cfg.model} model needs conditions: pass cond_dim > 0 (the number of classes)")
+        raise ConfigError(f"the {cfg.model} model needs conditions: a labelled dataset (class folders, "
+                          "'labels' in the array file) or --conditions FILE.npz")
     return model_cls(cfg, tuple(image_shape), cond_dim)
+
+
+def check_data_fit(cfg: ModelConfig, binarization: str) -> None:
+    """Refuse a likelihood that does not model the data as configured (binary vs grey levels)."""
+    choose(LIKELIHOODS, cfg.likelihood, "likelihood").check_binarization(binarization)

@@ -112,14 +112,17 @@ def scatter_by_label(xy: torch.Tensor, labels: torch.Tensor, classes: tuple[str,
                      axis_labels: tuple[str, str]):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 6))
-    cmap = plt.get_cmap("tab10")
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     for c in range(len(classes)):
         m = labels == c
-        ax.scatter(xy[m, 0], xy[m, 1], s=4, alpha=0.6, color=cmap(c % 10), label=classes[c])
+        ax.scatter(xy[m, 0], xy[m, 1], s=4, alpha=0.6, color=cmap(c % cmap.N), label=classes[c])
+    if not classes:  # an unlabelled dataset: one colour
+        ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.6, color="tab:blue")
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     ax.set_title(title)
-    ax.legend(markerscale=3, fontsize=8, loc="best", title="label")
+    if classes:
+        ax.legend(markerscale=3, fontsize=8, loc="best", title="label", ncol=1 + len(classes) // 12)
     fig.tight_layout()
     return fig
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -18,12 +19,11 @@ from typing import Any
 
 import torch
 
+from vaelab.batches import Batches, SplitInputs, is_path, load_configured, memory_budget, model_inputs
 from vaelab.checkpoint import RunError, load_checkpoint, load_config, save_checkpoint
-from vaelab.config import Config, TrainConfig
+from vaelab.config import Config, TrainConfig, choose
 from vaelab.config import save as save_config
-from vaelab.data import Batches, load_configured
-from vaelab.evaluate import model_inputs
-from vaelab.models import build_model
+from vaelab.models import build_model, check_data_fit
 from vaelab.objectives import OBJECTIVES
 from vaelab.plots import image_grid, save_png
 from vaelab.runtime import resolve_device, tune_malloc
@@ -48,6 +48,14 @@ OPTIMIZERS = {
     "rmsprop": _fused(torch.optim.RMSprop),  # seed 002 trains with RMSProp
 }
 SCHEDULES = ("exp", "cosine", "constant")
+# A training set smaller than this many batches trains with smaller batches instead: with
+# 200 images and batch 128 an epoch would be 2 steps, and 25 epochs too few to learn.
+MIN_STEPS_PER_EPOCH = 16
+
+
+def effective_batch_size(batch_size: int, n_train: int) -> int:
+    """`batch_size`, or ceil(n_train / MIN_STEPS_PER_EPOCH) when that is smaller."""
+    return max(1, min(batch_size, -(-n_train // MIN_STEPS_PER_EPOCH)))
 
 
 class TrainingDiverged(RuntimeError):
@@ -55,8 +63,10 @@ class TrainingDiverged(RuntimeError):
 
 
 def learning_rate(t: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up over `warmup_steps`, then the schedule, as a function of the step."""
-    warm = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else 1.0
+    """Linear warm-up over `warmup_steps` (at most one epoch, so that a small dataset with
+    a few steps per epoch is not held near lr 0 for many epochs), then the schedule."""
+    warmup = min(t.warmup_steps, steps_per_epoch)
+    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
     if t.schedule == "exp":
         return t.lr * warm * t.lr_decay ** (step / steps_per_epoch)
     if t.schedule == "cosine":
@@ -67,52 +77,55 @@ def learning_rate(t: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 def default_run_dir(cfg: Config) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg.data.dataset}-{cfg.model.model}-{stamp}"
+    name = Path(cfg.data.dataset).stem if is_path(cfg.data.dataset) else cfg.data.dataset
+    return Path("runs") / f"{name}-{cfg.model.model}-{stamp}"
 
 
 @torch.no_grad()
-def test_elbo(model, x: torch.Tensor, objective: str, batch_size: int = 2000, seed: int = 0,
-              samples: int = 1, kl: str = "analytic", c: torch.Tensor | None = None,
-              lam: float = 0.0) -> dict[str, float]:
-    """Mean per-image objective terms over images `x` (fixed seed; `samples` as in training)."""
+def test_elbo(model, inputs: SplitInputs, objective: str, batch_size: int = 2000, seed: int = 0,
+              samples: int = 1, kl: str = "analytic", lam: float = 0.0) -> dict[str, float]:
+    """Mean per-image objective terms over a split's inputs (fixed seed; `samples` as in training)."""
     was_training = model.training
     model.eval()
     cpu_state = torch.get_rng_state()  # keep the training RNG stream untouched
-    cuda_state = torch.cuda.get_rng_state_all() if x.is_cuda else None
+    cuda_state = torch.cuda.get_rng_state_all() if inputs.device.type == "cuda" else None
     torch.manual_seed(seed)
     sums: dict[str, float] = {}
-    for i in range(0, len(x), batch_size):
-        cb = None if c is None else c[i : i + batch_size]
-        terms = OBJECTIVES[objective](model, x[i : i + batch_size], cb, samples=samples, kl=kl, lam=lam)
+    for x, c, _ in inputs.chunks(batch_size):
+        terms = OBJECTIVES[objective](model, x, c, samples=samples, kl=kl, lam=lam)
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.sum())
     torch.set_rng_state(cpu_state)
     if cuda_state is not None:
         torch.cuda.set_rng_state_all(cuda_state)
     model.train(was_training)
-    return {k: v / len(x) for k, v in sums.items()}
+    return {k: v / len(inputs) for k, v in sums.items()}
 
 
 @torch.no_grad()
-def write_pictures(model, run_dir: Path, x_test: torch.Tensor, z_fixed: torch.Tensor,
-                   c_test: torch.Tensor | None = None) -> None:
-    """recon.png: 32 test images (odd rows) above their reconstructed means (even rows);
-    samples.png: decoded means of a fixed set of prior draws, so epochs compare
-    (conditional models: row r drawn under condition r mod C of the test set's first ones)."""
+def write_pictures(model, run_dir: Path, x: torch.Tensor, z_fixed: torch.Tensor,
+                   c: torch.Tensor | None = None) -> None:
+    """recon.png: up to 32 test images `x` in rows of 8, each row above its reconstructed
+    means; samples.png: decoded means of a fixed set of prior draws, so epochs compare
+    (conditional models: row r drawn under the condition of test image r mod n)."""
     was_training = model.training
     model.eval()
-    x = x_test[:32]
-    c = None if c_test is None else c_test[:32]
     recon = model.decode(model.encode(x, c).mean, c).mean.clamp(0, 1)
-    rows = torch.stack([x.view(4, 8, *x.shape[1:]), recon.view(4, 8, *x.shape[1:])], 1).flatten(0, 2)
-    save_png(image_grid(rows, nrow=8), run_dir / "recon.png")
-    cs = None if c_test is None else c_test[torch.arange(len(z_fixed), device=z_fixed.device) // 8 % len(c_test)]
+    width = min(8, len(x))
+    blank = torch.ones(width, *x.shape[1:], device=x.device)
+
+    def row(t: torch.Tensor) -> torch.Tensor:  # a row of `width` images, padded with white
+        return torch.cat([t, blank[len(t):]])
+
+    rows = torch.cat([torch.cat([row(x[i : i + 8]), row(recon[i : i + 8])]) for i in range(0, len(x), 8)])
+    save_png(image_grid(rows, nrow=width), run_dir / "recon.png")
+    cs = None if c is None else c[torch.arange(len(z_fixed), device=z_fixed.device) // 8 % len(c)]
     save_png(image_grid(model.decode(z_fixed, cs).mean.clamp(0, 1), nrow=8), run_dir / "samples.png")
     model.train(was_training)
 
 
 def _rng_state(batches: Batches) -> dict[str, torch.Tensor]:
-    state = {"torch_cpu": torch.get_rng_state(), "data": batches.generator.get_state()}
+    state = {"torch_cpu": torch.get_rng_state(), **batches.rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             state[f"torch_cuda_{i}"] = s
@@ -121,7 +134,7 @@ def _rng_state(batches: Batches) -> dict[str, torch.Tensor]:
 
 def _set_rng_state(batches: Batches, state: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(state["torch_cpu"])
-    batches.generator.set_state(state["data"])
+    batches.set_rng_state(state)
     cuda = [state[k] for k in sorted(state) if k.startswith("torch_cuda_")]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
@@ -142,17 +155,33 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
     tune_malloc()
     device = resolve_device(t.device)
     torch.manual_seed(t.seed)
+    check_data_fit(cfg.model, cfg.data.binarization)
+    make_optimizer = choose(OPTIMIZERS, t.optimizer, "optimizer")
+    choose(SCHEDULES, t.schedule, "schedule")
 
-    data = dataset or load_configured(cfg.data)
+    data = dataset or load_configured(cfg.data, progress=progress)
+    if resume and cfg.data.fingerprint and data.fingerprint and data.fingerprint != cfg.data.fingerprint:
+        print(f"warning: the data in {data.source} changed since this run started "
+              f"(fingerprint {data.fingerprint}, was {cfg.data.fingerprint})", file=sys.stderr)
+    if not resume:  # record where the data came from and what it was
+        where = str(Path(cfg.data.dataset).expanduser().resolve()) if is_path(cfg.data.dataset) else cfg.data.dataset
+        cfg = cfg.replace(data={"dataset": where, "fingerprint": data.fingerprint or None})
     model = build_model(cfg.model, data.image_shape, cond_dim=data.cond_dim).to(device)
-    optimizer = OPTIMIZERS[t.optimizer](model.parameters(), t.lr)
+    optimizer = make_optimizer(model.parameters(), t.lr)
     dequantize = not model.likelihood.discrete
-    train_split = data.train.to(device)
-    cond = train_split.conditions(len(data.classes)) if model.conditional else None
-    batches = Batches(train_split, t.batch_size, cfg.data.binarization, seed=t.seed, dequantize=dequantize, cond=cond)
-    x_test, c_test = model_inputs(model, cfg, data.test.to(device), len(data.classes))
+    budget = memory_budget(cfg.data, device)
+    cond = data.train.conditions(len(data.classes)) if model.conditional else None
+    batch_size = effective_batch_size(t.batch_size, len(data.train))
+    if batch_size < t.batch_size and progress and not resume:
+        print(f"note: {len(data.train)} training images: batches of {batch_size} instead of {t.batch_size}, "
+              f"so that an epoch has {MIN_STEPS_PER_EPOCH} steps", file=sys.stderr)
+    batches = Batches(data.train, batch_size, cfg.data.binarization, device, seed=t.seed, dequantize=dequantize,
+                      cond=cond, budget=budget, fixed_key=cfg.data.binarization_seed * 4)
+    test_inputs = model_inputs(model, cfg, data.test, len(data.classes), device, budget)
+    x_show, c_show, _ = test_inputs.rows(0, 32)
     z_fixed = torch.randn(64, cfg.model.latent_dim, generator=torch.Generator().manual_seed(t.seed)).to(device)
     objective = model.objective if t.objective == "auto" else t.objective
+    choose(OBJECTIVES, objective, "objective")
 
     epoch, step = 0, 0
     if resume:
@@ -162,12 +191,17 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
     else:
         save_config(cfg, run_dir / "config.json")
         (run_dir / "metrics.jsonl").write_text("")
+        if data.skipped:
+            (run_dir / "skipped_images.txt").write_text("\n".join(data.skipped) + "\n")
+            print(f"skipped {len(data.skipped)} unreadable image(s); listed in {run_dir / 'skipped_images.txt'}",
+                  file=sys.stderr)
+        if progress and not batches.resident:
+            print(f"streaming {len(data.train)} training images from {data.source} "
+                  f"({data.train.nbytes / 2**20:.0f} MiB > budget {budget / 2**20:.0f} MiB)", file=sys.stderr)
 
     steps_per_epoch = len(batches)
-    if steps_per_epoch == 0:
-        raise RunError(f"batch size {t.batch_size} exceeds the {len(data.train)} training images; lower --batch-size")
     info = {"image_shape": list(data.image_shape), "cond_dim": model.cond_dim, "dataset": data.name,
-            "data_source": data.source}
+            "data_source": data.source, "batch_size": batch_size, "classes": list(data.classes)}
 
     from tqdm.auto import tqdm
 
@@ -201,7 +235,7 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
                     )
                 bar.set_postfix(loss=f"{value:.2f}", lr=f"{lr:.2e}")
         bar.close()
-        n_seen = steps_per_epoch * t.batch_size
+        n_seen = len(data.train)
         train_terms = {f"train_{k}": float(v) / n_seen for k, v in sums.items()}
         if not all(math.isfinite(v) for v in train_terms.values()):
             raise TrainingDiverged(
@@ -209,11 +243,11 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
                 f"checkpoint (epoch {epoch}) is kept in {run_dir}/checkpoint. Try a lower --lr."
             )
         test_terms = {f"test_{k}": v for k, v in test_elbo(
-            model, x_test, objective, samples=t.samples if objective == "iwae" else 1, kl=t.kl, c=c_test,
+            model, test_inputs, objective, samples=t.samples if objective == "iwae" else 1, kl=t.kl,
             lam=t.lam).items()}
         epoch += 1
         if epoch % t.image_every == 0 or epoch == t.epochs:
-            write_pictures(model, run_dir, x_test, z_fixed, c_test)
+            write_pictures(model, run_dir, x_show, z_fixed, c_show)
         save_checkpoint(run_dir, model, optimizer, {**info, "epoch": epoch, "step": step},
                         rng=_rng_state(batches))
         seconds = time.perf_counter() - start

@@ -1,0 +1,306 @@
+"""Splits -> device batches, the model's view of the data.
+
+One path for every source: uint8 images (in memory, or rows of the on-disk cache) are
+gathered per batch and only then turned into floats on the training device:
+binarised, scaled to grey levels or dequantised. No float copy of a whole split exists.
+
+- **Resident**: a split whose uint8 images fit the memory budget lives as one tensor on
+  the device; a batch is one ``index_select``.
+- **Streamed**: a larger split stays on disk; a background thread reads each batch's
+  rows in sorted order (pinned memory for CUDA) while the previous batch trains.
+
+Both take the same permutation from a CPU generator and the same noise from a device
+generator, so they give the same batches for the same seed. Noise that must be the
+same every time an image is used (``fixed`` binarisation, the test set binarised or
+dequantised once) is a counter-based hash of (key, image index, pixel): it does not
+depend on the batch an image lands in, the device or the path.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaelab.config import DataConfig
+from vaelab.data import DATASETS, DataError, Dataset, Split, attach_conditions, load_dataset
+
+# ----------------------------------------------------------------------------- sources
+
+
+def is_path(dataset: str) -> bool:
+    """A dataset name that is a file or folder rather than a named dataset."""
+    return dataset not in DATASETS and ("/" in dataset or os.sep in dataset or Path(dataset).exists()
+                                        or dataset.endswith((".npy", ".npz")))
+
+
+def load_configured(d: DataConfig, progress: bool = True) -> Dataset:
+    """The dataset a config's data section names (a named dataset, a folder or an array
+    file), with its custom conditions if it has any."""
+    from vaelab.images import Transform, load_array, load_folder
+
+    if is_path(d.dataset):
+        t = Transform(tuple(d.image_size) if d.image_size else None, d.channels, d.background, d.test_fraction)
+        path = Path(d.dataset).expanduser()
+        if not path.exists():
+            raise DataError(f"{path} does not exist; --dataset takes a named dataset "
+                            f"({', '.join(DATASETS)}), an image folder or an .npy/.npz file")
+        if path.is_dir():
+            data = load_folder(path, t, skip_bad=d.skip_bad_images, progress=progress)
+        elif path.suffix in (".npy", ".npz"):
+            data = load_array(path, t, progress=progress)
+        else:
+            raise DataError(f"{path}: --dataset takes an image folder or an .npy/.npz array file")
+    else:
+        if d.dataset not in DATASETS:
+            raise DataError(f"unknown dataset {d.dataset!r}: not a named dataset ({', '.join(DATASETS)}) "
+                            "and no such file or folder")
+        data = load_dataset(d.dataset, d.data_dir, d.download)
+        if d.image_size or d.channels:
+            data = _reshape_named(data, d)
+    return attach_conditions(data, d.conditions) if d.conditions else data
+
+
+def _reshape_named(data: Dataset, d: DataConfig) -> Dataset:
+    """--image-size / --channels applied to an in-memory named dataset."""
+    from vaelab.config import background_rgb
+    from vaelab.images import _convert_chunk
+
+    c0, h0, w0 = data.image_shape
+    shape = (d.channels or c0, *(d.image_size or (h0, w0)))
+    out = []
+    for split in (data.train, data.test):
+        x = split.images.numpy()
+        conv = np.concatenate([_convert_chunk(x[i : i + 4096], shape, background_rgb(d.background))
+                               for i in range(0, len(x), 4096)])
+        out.append(Split(torch.from_numpy(conv), split.labels))
+    return Dataset(data.name, out[0], out[1], data.classes, data.source,
+                   f"{data.fingerprint}:{'x'.join(map(str, shape))}", data.skipped)
+
+
+def memory_budget(d: DataConfig, device: torch.device) -> int:
+    """Bytes of uint8 images a split may take to be held on `device` (DataConfig.memory_budget_mb)."""
+    if d.memory_budget_mb:
+        return d.memory_budget_mb << 20
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError):
+        return 4 << 30
+
+
+# ----------------------------------------------------------------------------- noise
+
+_GOLDEN, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def _i64(v: int) -> int:
+    v %= 1 << 64
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _lsr(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def counter_uniform(idx: torch.Tensor, numel: int, key: int) -> torch.Tensor:
+    """U[0, 1) numbers for pixels 0..numel-1 of images `idx` (B,) -> (B, numel), float32.
+
+    The splitmix64 finaliser (Steele et al. 2014) of the counter idx * numel + pixel,
+    offset by `key`: each image gets the same numbers whatever batch, device or process
+    it is drawn in. 24 random bits per number (float32's mantissa).
+    """
+    x = idx.to(torch.int64)[:, None] * numel + torch.arange(numel, device=idx.device)
+    x = x + _i64((key + 1) * _GOLDEN)
+    x = (x ^ _lsr(x, 30)) * _i64(_M1)
+    x = (x ^ _lsr(x, 27)) * _i64(_M2)
+    x = x ^ _lsr(x, 31)
+    return _lsr(x, 40).to(torch.float32) * 2.0**-24
+
+
+TRAIN_KEY, TEST_KEY = 0, 1  # noise streams of the fixed binarisation per split
+
+
+def as_input(u8: torch.Tensor, binarization: str, dequantize: bool, *, generator: torch.Generator | None = None,
+             idx: torch.Tensor | None = None, key: int = 0) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 model input in [0, 1] on the same device.
+
+    ``dynamic``/``fixed``: x ~ Bernoulli(pixel / 255); grey levels (``none``): pixel / 255,
+    or with `dequantize` (density likelihoods) (pixel + u) / 256, u ~ U(0, 1). The noise
+    comes from `generator`, or, when `idx` is given, from :func:`counter_uniform` keyed
+    by `key` (the same every time an image is used).
+    """
+    if binarization == "none" and not dequantize:
+        return u8.float().div_(255.0)
+    shape = u8.shape
+    if idx is not None:
+        u = counter_uniform(idx, int(np.prod(shape[1:])), key).view(shape)
+    else:
+        u = torch.rand(shape, generator=generator, device=u8.device)
+    if binarization == "none":
+        return u8.float().add_(u).div_(256.0)
+    if binarization in ("dynamic", "fixed"):
+        return (u < u8.float().div_(255.0)).float()
+    raise ValueError(f"unknown binarization {binarization!r}; choose dynamic, fixed or none")
+
+
+# ----------------------------------------------------------------------------- training batches
+
+
+class Batches:
+    """Mini-batches (x, labels, conditions or None) of one split for training.
+
+    Every image is used once per epoch (the last batch may be smaller). ``dynamic``
+    binarisation and dequantisation draw fresh noise per batch; ``fixed`` uses each
+    image's own counter-based noise, the same every epoch. `resident` None: decided
+    by the split's size against `budget` bytes.
+    """
+
+    def __init__(self, split: Split, batch_size: int, binarization: str, device: torch.device | str,
+                 seed: int = 0, dequantize: bool = False, cond: torch.Tensor | None = None,
+                 resident: bool | None = None, budget: int = 4 << 30, shuffle: bool = True,
+                 prefetch: int = 3, fixed_key: int = 0) -> None:
+        self.device = torch.device(device)
+        self.batch_size, self.binarization, self.shuffle = batch_size, binarization, shuffle
+        self.dequantize = dequantize and binarization == "none"
+        self.fixed_key, self.prefetch = fixed_key, prefetch
+        self.n = len(split)
+        if resident is None:
+            resident = split.nbytes <= budget
+        self.resident = resident
+        self.images = split.to(self.device).images if resident else split.images
+        if not resident and split.in_memory:
+            self.images = split.images.cpu()
+        self.labels = split.labels.to(self.device)
+        self.cond = None if cond is None else cond.to(self.device)
+        self.order_generator = torch.Generator().manual_seed(seed)  # CPU: the same order on any device
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def _order(self) -> torch.Tensor:
+        if self.shuffle:
+            return torch.randperm(self.n, generator=self.order_generator)
+        return torch.arange(self.n)
+
+    def _read(self, idx: torch.Tensor) -> torch.Tensor:
+        """uint8 rows `idx` from memory or the cache file, on the CPU (pinned for CUDA)."""
+        if torch.is_tensor(self.images):
+            rows = self.images.index_select(0, idx)
+        else:
+            rows = torch.from_numpy(self.images.read(idx.numpy()))
+        return rows.pin_memory() if self.device.type == "cuda" else rows
+
+    def _streamed(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(cpu idx, uint8 rows) per batch, read ahead by a background thread."""
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def work() -> None:
+            try:
+                for i in range(len(self)):
+                    if stop.is_set():
+                        return
+                    idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+                    q.put((idx, self._read(idx)))
+                q.put(None)
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                q.put(e)
+
+        thread = threading.Thread(target=work, daemon=True, name="vaelab-prefetch")
+        thread.start()
+        try:
+            while (item := q.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    thread.join(0.01)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        order = self._order()
+        if self.resident:
+            order_dev = order.to(self.device)
+            source = ((order_dev[i * self.batch_size : (i + 1) * self.batch_size], None) for i in range(len(self)))
+        else:
+            source = self._streamed(order)
+        for idx, rows in source:
+            if rows is None:
+                u8 = self.images.index_select(0, idx)
+            else:
+                u8 = rows.to(self.device, non_blocking=True)
+                idx = idx.to(self.device, non_blocking=True)
+            fixed = self.binarization == "fixed"
+            x = as_input(u8, self.binarization, self.dequantize, generator=self.generator,
+                         idx=idx if fixed else None, key=self.fixed_key)
+            c = None if self.cond is None else self.cond.index_select(0, idx)
+            yield x, self.labels.index_select(0, idx), c
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        return {"data_order": self.order_generator.get_state(), "data_noise": self.generator.get_state()}
+
+    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        if "data_order" in state:
+            self.order_generator.set_state(state["data_order"])
+            self.generator.set_state(state["data_noise"])
+
+
+# ----------------------------------------------------------------------------- evaluation inputs
+
+
+class SplitInputs:
+    """A split as a model is evaluated on it, in chunks of rows: test images binarised once
+    (x ~ Bernoulli(pixel/255), as in Burda et al. 2016) or dequantised once with noise
+    keyed by (`seed`, image index), or plain grey levels; plus conditions (conditional
+    models) and labels. The same rows give the same inputs in any chunking.
+    """
+
+    def __init__(self, split: Split, binarization: str, seed: int, dequantize: bool,
+                 device: torch.device | str, cond: torch.Tensor | None = None, budget: int = 4 << 30) -> None:
+        self.split, self.binarization, self.seed = split, binarization, seed
+        self.dequantize = dequantize and binarization == "none"
+        self.device = torch.device(device)
+        self.images = split.to(self.device).images if split.nbytes <= budget else split.images
+        self.labels = split.labels.to(self.device)
+        self.cond = None if cond is None else cond.to(self.device)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(x (n, C, H, W) float, conditions (n, C') or None, labels (n,)) of rows [start, stop)."""
+        idx = torch.arange(start, min(stop, len(self)), device=self.device)
+        if torch.is_tensor(self.images):
+            u8 = self.images[start:stop]
+        else:
+            u8 = torch.from_numpy(self.images.read(np.arange(start, min(stop, len(self))))).to(self.device)
+        x = as_input(u8, "fixed" if self.binarization == "dynamic" else self.binarization, self.dequantize,
+                     idx=idx, key=self.seed * 4 + TEST_KEY)
+        return x, None if self.cond is None else self.cond[start:stop], self.labels[start:stop]
+
+    def chunks(self, size: int = 2000) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+        for i in range(0, len(self), size):
+            yield self.rows(i, i + size)
+
+
+def model_inputs(model, cfg, split: Split, n_classes: int, device: torch.device | str | None = None,
+                 budget: int = 4 << 30) -> SplitInputs:
+    """A split's inputs as `model` (trained with config `cfg`) is evaluated on them."""
+    cond = split.conditions(n_classes) if model.conditional else None
+    dev = device if device is not None else next(model.parameters()).device
+    return SplitInputs(split, cfg.data.binarization, cfg.data.binarization_seed,
+                       not model.likelihood.discrete, dev, cond, budget)

@@ -1,0 +1,612 @@
+"""The user's own images -> a uint8 cache on disk, built once.
+
+Sources:
+
+- a **folder** of images in any format Pillow reads. ``train/`` and ``test/``
+  subfolders define the splits; otherwise each file goes to the test split when a
+  stable hash of its relative path falls below ``test_fraction``, so adding files never
+  moves existing ones. Images inside class folders (``cats/a.png``) get the folder name
+  as their label; a flat folder is unlabelled.
+- an **array file**: ``.npy`` (images only) or ``.npz`` with ``images`` [+ ``labels``],
+  optionally ``train``/``test`` masks or index arrays over them, or ``train``/``test``
+  image arrays [+ ``train_labels``/``test_labels``] (and an optional ``classes``). Images
+  are uint8 or float in [0, 1], as N x H x W, N x H x W x C or N x C x H x W; read with
+  ``allow_pickle=False``.
+
+Each image is decoded once (in parallel, with a progress bar), brought to one shape
+(shorter side resized to fit, centre crop; alpha composited on a background colour;
+grey or RGB) and written as a row of a raw uint8 file per split, ``train.u8`` and
+``test.u8`` (N, C, H, W), next to ``manifest.json`` (files with sizes and mtimes, the
+transform, labels) in ``$XDG_CACHE_HOME/vaelab/images/<hash of the path>/``. The
+cache is reused while the files and the transform are unchanged; otherwise it is
+rebuilt, re-decoding only files that are new or changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vaelab.config import background_rgb
+from vaelab.data import DataError, Dataset, ImageFile, Split, cache_dir
+
+CACHE_VERSION = 1
+_GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+@dataclass(frozen=True)
+class Transform:
+    """How every image is brought to one shape. `size` (H, W) or None; `channels` 1, 3 or 0 (auto)."""
+
+    size: tuple[int, int] | None
+    channels: int
+    background: str
+    test_fraction: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"size": list(self.size) if self.size else None, "channels": self.channels,
+                "background": self.background, "test_fraction": self.test_fraction}
+
+
+def image_extensions() -> set[str]:
+    """File extensions Pillow can open here (lower case, with the dot)."""
+    from PIL import Image
+
+    Image.init()
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def in_test_split(key: str, fraction: float) -> bool:
+    """Stable split: the first 8 bytes of BLAKE2b(key) as a fraction of 2^64, below `fraction`."""
+    h = int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big")
+    return h / 2.0**64 < fraction
+
+
+# ----------------------------------------------------------------------------- decoding one image
+
+
+def _to_rgb_or_grey(im, channels: int, background: tuple[int, int, int]):
+    """A Pillow image in any mode -> mode 'L' (channels 1) or 'RGB' (channels 3)."""
+    from PIL import Image
+
+    if im.mode in _SIXTEEN_BIT or im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        arr = arr / 257.0 if im.mode != "F" else arr * (255.0 if arr.max() <= 1.0 else 1.0)
+        im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        im = Image.alpha_composite(canvas, rgba).convert("RGB")
+    return im.convert("L" if channels == 1 else "RGB")
+
+
+def _resize_crop(im, size: tuple[int, int]):
+    """Scale so the image covers (H, W) (shorter side fits), then take the centre."""
+    from PIL import Image
+
+    h, w = size
+    scale = max(h / im.height, w / im.width)
+    nw, nh = max(w, round(im.width * scale)), max(h, round(im.height * scale))
+    if (nw, nh) != im.size:
+        im = im.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
+    left, top = (nw - w) // 2, (nh - h) // 2
+    return im.crop((left, top, left + w, top + h))
+
+
+def decode(path: str | Path, size: tuple[int, int] | None, channels: int,
+           background: tuple[int, int, int]) -> np.ndarray:
+    """One image file -> uint8 (C, H, W); the first frame of animations and multi-page files."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if size is not None and im.format == "JPEG":
+            # decode at the smallest 1/2^k scale still covering the target (libjpeg DCT scaling)
+            scale = max(size[0] / im.height, size[1] / im.width)
+            im.draft("L" if channels == 1 else "RGB", (int(im.width * scale) + 1, int(im.height * scale) + 1))
+        im.load()
+        im = _to_rgb_or_grey(im, channels, background)
+        if size is not None:
+            im = _resize_crop(im, size)
+        arr = np.asarray(im, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _header(path: Path) -> tuple[int, int, bool]:
+    """(height, width, is_grey) from the file's header, without decoding the pixels."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        grey = im.mode in _GREY_MODES
+        if im.mode in ("P", "PA"):
+            pal = np.asarray(im.getpalette() or [], dtype=np.int32).reshape(-1, 3)
+            grey = bool((pal[:, 0] == pal[:, 1]).all() and (pal[:, 1] == pal[:, 2]).all())
+        return im.height, im.width, grey
+
+
+# ----------------------------------------------------------------------------- parallel work
+
+
+def _headers_chunk(paths: list[str]) -> list[tuple[int, int, bool] | str]:
+    out: list[tuple[int, int, bool] | str] = []
+    for p in paths:
+        try:
+            out.append(_header(Path(p)))
+        except Exception as e:  # noqa: BLE001 - any failure means: this file is unreadable
+            out.append(f"{type(e).__name__}: {e}")
+    return out
+
+
+def _decode_chunk(job: tuple[str, tuple[int, ...], list[tuple[int, str]], tuple | None, int, tuple]) -> list[
+        tuple[int, str]]:
+    """Decode files into rows of the raw uint8 file `target`; return (row, error) for failures."""
+    target, shape, items, size, channels, background = job
+    out = np.memmap(target, dtype=np.uint8, mode="r+", shape=tuple(shape))
+    errors = []
+    for row, path in items:
+        try:
+            arr = decode(path, size, channels, background)
+            if arr.shape != tuple(shape[1:]):
+                raise ValueError(f"decoded to shape {arr.shape[1]}x{arr.shape[2]}, expected "
+                                 f"{shape[2]}x{shape[3]}; pass --image-size to resize every image")
+            out[row] = arr
+        except Exception as e:  # noqa: BLE001
+            errors.append((row, f"{type(e).__name__}: {e}"))
+    out.flush()
+    del out
+    return errors
+
+
+def _parallel(fn, jobs: list, desc: str, total: int, sizes: list[int], progress: bool) -> list:
+    """Run `fn` over `jobs` in worker processes (in-process for small work), in order, with a bar."""
+    from tqdm.auto import tqdm
+
+    workers = min(len(jobs), os.cpu_count() or 1)
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress or total < 500, dynamic_ncols=True)
+    results = []
+    try:
+        if workers <= 1 or total < 256:
+            for job, n in zip(jobs, sizes):
+                results.append(fn(job))
+                bar.update(n)
+        else:
+            # fork: workers start at once and need nothing but numpy and Pillow
+            with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+                for r, n in zip(pool.map(fn, jobs), sizes):
+                    results.append(r)
+                    bar.update(n)
+    finally:
+        bar.close()
+    return results
+
+
+def _chunks(items: list, n: int = 64) -> list[list]:
+    return [items[i : i + n] for i in range(0, len(items), n)]
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def scan(root: Path) -> list[tuple[str, int, int]]:
+    """Image files below `root` as sorted (relative path, size, mtime_ns); hidden entries skipped."""
+    exts = image_extensions()
+    found = []
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError as e:
+            raise DataError(f"cannot list {d}: {e.strerror}") from None
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir():
+                stack.append(Path(e.path))
+            elif os.path.splitext(e.name)[1].lower() in exts:
+                st = e.stat()
+                found.append((Path(e.path).relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    found.sort()
+    return found
+
+
+def _layout(files: list[str], fraction: float) -> tuple[list[str], list[int | None], list[str]]:
+    """Split and class name of each file (relative paths): (splits, label names or None, class names)."""
+    top = {f.split("/", 1)[0] for f in files}
+    by_folder = {"train", "test"} <= top and all(f.split("/", 1)[0] in ("train", "test") and "/" in f for f in files)
+    splits, names = [], []
+    for f in files:
+        parts = f.split("/")
+        if by_folder:
+            splits.append(parts[0])
+            parts = parts[1:]
+        else:
+            splits.append("test" if in_test_split(f, fraction) else "train")
+        names.append(parts[0] if len(parts) > 1 else None)
+    labelled = [n is not None for n in names]
+    if any(labelled) and not all(labelled):
+        loose = files[labelled.index(False)]
+        raise DataError(f"{loose} sits beside class folders: put every image in a class folder "
+                        "(labelled) or none (unlabelled)")
+    classes = sorted({n for n in names if n is not None})
+    index = {c: i for i, c in enumerate(classes)}
+    return splits, [index[n] if n is not None else None for n in names], classes
+
+
+def _decode_into(target: Path, shape: tuple[int, ...], paths: list[str], reuse: dict[str, tuple[Path, int]],
+                 size, channels: int, background: tuple[int, int, int], desc: str, progress: bool) -> dict[int, str]:
+    """Write the images of `paths` as rows of raw uint8 file `target` (N, C, H, W): rows of
+    unchanged files are copied from an old cache (`reuse`: path -> (raw file, row)), the
+    rest decoded in parallel. Returns {row: error} for files that failed to decode."""
+    if not paths:
+        target.write_bytes(b"")
+        return {}
+    out = np.memmap(target, dtype=np.uint8, mode="w+", shape=shape)
+    todo = []
+    for row, p in enumerate(paths):
+        if p in reuse:
+            raw, old_row = reuse[p]
+            out[row] = ImageFile(raw, (-1, *shape[1:])).read(np.array([old_row]))[0]
+        else:
+            todo.append((row, p))
+    out.flush()
+    del out
+    jobs = [(str(target), shape, c, size, channels, background) for c in _chunks(todo)]
+    results = _parallel(_decode_chunk, jobs, desc, len(todo), [len(j[2]) for j in jobs], progress)
+    return {row: msg for errs in results for row, msg in errs}
+
+
+def _resolve_shape(root: Path, rels: list[str], t: Transform, skip_bad: bool, progress: bool,
+                   bad: dict[str, str]) -> tuple[tuple[int, int, int], list[str]]:
+    """(C, H, W) of the cache and the files that can be used, reading headers only when needed."""
+    if t.size is not None and t.channels:
+        return (t.channels, *t.size), rels
+    paths = [str(root / r) for r in rels]
+    jobs = _chunks(paths, 256)
+    heads = [h for chunk in _parallel(_headers_chunk, jobs, "reading headers", len(paths),
+                                      [len(j) for j in jobs], progress) for h in chunk]
+    good, dims, grey = [], set(), True
+    for rel, h in zip(rels, heads):
+        if isinstance(h, str):
+            if not skip_bad:
+                raise DataError(f"{root / rel}: cannot read this image ({h}); remove it or pass --skip-bad-images")
+            bad[rel] = h
+            continue
+        good.append(rel)
+        dims.add(h[:2])
+        grey = grey and h[2]
+    if not good:
+        raise DataError(f"{root}: none of the {len(rels)} image files could be read")
+    channels = t.channels or (1 if grey else 3)
+    if t.size is not None:
+        return (channels, *t.size), good
+    if len(dims) > 1:
+        a, b = sorted(dims)[:2]
+        raise DataError(f"{root}: images differ in size ({a[0]}x{a[1]}, {b[0]}x{b[1]}, ...); "
+                        "pass --image-size S or HxW to resize them all")
+    return (channels, *dims.pop()), good
+
+
+def _compact(path: Path, shape: tuple[int, ...], kept: list[int]) -> None:
+    """Rewrite raw file `path` (shape) keeping rows `kept`, in chunks."""
+    src = ImageFile(path, shape)
+    tmp = path.with_suffix(".compact")
+    with open(tmp, "wb") as out:
+        for i in range(0, len(kept), 1024):
+            out.write(src.read(np.asarray(kept[i : i + 1024])).tobytes())
+    os.replace(tmp, path)
+
+
+def _cache_folder(source: Path) -> Path:
+    key = hashlib.blake2b(str(source).encode("utf-8"), digest_size=10).hexdigest()
+    return cache_dir() / "images" / key
+
+
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        m = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and m.get("version") == CACHE_VERSION else None
+
+
+def _fingerprint(files: list, transform: dict[str, Any]) -> str:
+    h = hashlib.sha256(json.dumps([files, transform], separators=(",", ":")).encode())
+    return h.hexdigest()[:16]
+
+
+def _install(tmp: Path, folder: Path) -> None:
+    """Swap a finished cache folder in with renames: a crash leaves the old or the new one."""
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def _dataset_from_cache(folder: Path, m: dict[str, Any]) -> Dataset:
+    shape = tuple(m["shape"])
+    classes = tuple(m["classes"])
+    splits = {}
+    for split in ("train", "test"):
+        info = m["splits"][split]
+        rows = len(info["labels"])
+        images = ImageFile(folder / f"{split}.u8", (rows, *shape))
+        if images.path.stat().st_size != images.nbytes:
+            raise DataError(f"{images.path}: cache file has the wrong size; delete {folder} to rebuild it")
+        labels = np.asarray([-1 if v is None else v for v in info["labels"]], dtype=np.int64)
+        splits[split] = Split(images, labels)
+    skipped = tuple(f"{rel}: {why}" for rel, why in m.get("bad", []))
+    return Dataset(Path(m["source"]).name, splits["train"], splits["test"], classes, m["source"],
+                   fingerprint=m["fingerprint"], skipped=skipped)
+
+
+def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, progress: bool = True) -> Dataset:
+    """The images below `root` as a Dataset backed by the on-disk cache (built or refreshed here)."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder")
+    files = scan(root)
+    if not files:
+        exts = ", ".join(sorted(e for e in image_extensions() if e in (".png", ".jpg", ".jpeg", ".bmp", ".gif",
+                                                                       ".webp", ".tif", ".tiff")))
+        raise DataError(f"{root} holds no image files ({exts}, ...)")
+    folder = _cache_folder(root)
+    spec = transform.to_json()
+    old = _read_manifest(folder)
+    listed = [list(f) for f in files]
+    if old and old["kind"] == "folder" and old["files"] == listed and old["transform"] == spec \
+            and old.get("skip_bad", False) == skip_bad:
+        return _dataset_from_cache(folder, old)
+
+    rels = [f[0] for f in files]
+    splits_of, labels_of, classes = _layout(rels, transform.test_fraction)
+    bad: dict[str, str] = {}
+    shape, good = _resolve_shape(root, rels, transform, skip_bad, progress, bad)
+    good_set = set(good)
+    # rows of unchanged files in an old cache with the same shape and transform are copied, not decoded
+    reuse: dict[str, tuple[Path, int]] = {}
+    if old and old["kind"] == "folder" and old["transform"] == spec and old["shape"] == list(shape):
+        then = {f[0]: f[1:] for f in old["files"]}
+        now = {f[0]: f[1:] for f in listed}
+        for split in ("train", "test"):
+            entry = old["splits"][split]
+            for row, rel in enumerate(entry["files"]):
+                if rel in now and then.get(rel) == now[rel]:
+                    reuse[str(root / rel)] = (folder / f"{split}.u8", row)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    try:
+        split_rels = {s: [r for r, sp in zip(rels, splits_of) if sp == s and r in good_set] for s in ("train", "test")}
+        label_of = dict(zip(rels, labels_of))
+        failed: dict[str, dict[int, str]] = {}
+        for split, v in split_rels.items():
+            failed[split] = _decode_into(tmp / f"{split}.u8", (len(v), *shape), [str(root / r) for r in v], reuse,
+                                         transform.size, shape[0], background_rgb(transform.background),
+                                         f"decoding {split}", progress)
+            for row, msg in sorted(failed[split].items()):
+                if not skip_bad:
+                    raise DataError(f"{root / v[row]}: cannot decode this image ({msg}); "
+                                    "remove it or pass --skip-bad-images")
+                bad[v[row]] = msg
+            if failed[split]:  # drop the rows of undecodable files
+                kept = [i for i in range(len(v)) if i not in failed[split]]
+                _compact(tmp / f"{split}.u8", (len(v), *shape), kept)
+                split_rels[split] = [v[i] for i in kept]
+        if not split_rels["test"]:
+            raise DataError(f"{root}: no image fell into the test split (test fraction {transform.test_fraction} "
+                            f"of {len(good)} images); raise --test-fraction or make train/ and test/ folders")
+        if not split_rels["train"]:
+            raise DataError(f"{root}: no training images; add images or lower --test-fraction")
+        manifest = {"version": CACHE_VERSION, "kind": "folder", "source": str(root), "transform": spec,
+                    "skip_bad": skip_bad, "shape": list(shape), "classes": classes, "files": listed,
+                    "bad": sorted([rel, why] for rel, why in bad.items()),
+                    "fingerprint": _fingerprint(listed, spec), "splits": {}}
+        for s, v in split_rels.items():
+            manifest["splits"][s] = {"files": v, "labels": [label_of[r] for r in v]}
+        _write_json(tmp / "manifest.json", manifest)
+        _install(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _dataset_from_cache(folder, manifest)
+
+
+# ----------------------------------------------------------------------------- arrays
+
+
+def _nchw(arr: np.ndarray, name: str, path: Path) -> np.ndarray:
+    """N x H x W, N x H x W x C or N x C x H x W -> a view (N, C, H, W)."""
+    if arr.ndim == 3:
+        return arr[:, None]
+    if arr.ndim == 4:
+        if arr.shape[-1] in (1, 2, 3, 4) and arr.shape[1] not in (1, 2, 3, 4):
+            return arr.transpose(0, 3, 1, 2)
+        if arr.shape[1] in (1, 2, 3, 4):
+            return arr
+        if arr.shape[-1] in (1, 2, 3, 4):
+            return arr.transpose(0, 3, 1, 2)
+    raise DataError(f"{path}: '{name}' has shape {arr.shape}; expected images as N x H x W, N x H x W x C "
+                    "or N x C x H x W with C in 1 (grey), 2 (grey+alpha), 3 (RGB), 4 (RGBA)")
+
+
+def _to_uint8(chunk: np.ndarray, name: str, path: Path) -> np.ndarray:
+    if chunk.dtype == np.uint8:
+        return chunk
+    if chunk.dtype.kind == "f":
+        if not np.isfinite(chunk).all() or chunk.min(initial=0) < 0 or chunk.max(initial=0) > 1:
+            raise DataError(f"{path}: float images in '{name}' must lie in [0, 1] (found values outside, or NaN)")
+        return np.rint(chunk * 255).astype(np.uint8)
+    if chunk.dtype.kind in "iu" and chunk.min(initial=0) >= 0 and chunk.max(initial=0) <= 255:
+        return chunk.astype(np.uint8)
+    raise DataError(f"{path}: '{name}' must hold uint8 images (0..255) or floats in [0, 1], got {chunk.dtype}")
+
+
+def _convert_chunk(x: np.ndarray, shape: tuple[int, int, int], background: tuple[int, int, int]) -> np.ndarray:
+    """uint8 (n, C0, H0, W0) -> (n, *shape): alpha composited, grey/RGB, resized + centre-cropped."""
+    c0 = x.shape[1]
+    c, h, w = shape
+    if c0 in (2, 4):  # composite the alpha channel on the background
+        alpha = x[:, -1:].astype(np.float32) / 255
+        colour = x[:, :-1].astype(np.float32)
+        bg = np.asarray(background if c0 == 4 else [sum(background) / 3], np.float32)[None, :, None, None]
+        x = np.rint(colour * alpha + bg * (1 - alpha)).astype(np.uint8)
+        c0 -= 1
+    if c == 1 and c0 == 3:  # ITU-R 601 luma, as Pillow's convert("L")
+        x = np.rint(x[:, 0] * 0.299 + x[:, 1] * 0.587 + x[:, 2] * 0.114).astype(np.uint8)[:, None]
+    elif c == 3 and c0 == 1:
+        x = np.repeat(x, 3, axis=1)
+    if x.shape[2:] != (h, w):
+        from PIL import Image
+
+        out = np.empty((len(x), c, h, w), np.uint8)
+        for i, img in enumerate(x):
+            im = Image.fromarray(img[0] if c == 1 else img.transpose(1, 2, 0))
+            arr = np.asarray(_resize_crop(im, (h, w)))
+            out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        x = out
+    return np.ascontiguousarray(x)
+
+
+def _array_sources(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None], tuple[str, ...]]:
+    """(images per split or {'all': ...}, labels per split, class names) from an .npy/.npz file."""
+    try:
+        if path.suffix == ".npy":
+            return {"all": np.load(path, mmap_mode="r", allow_pickle=False)}, {"all": None}, ()
+        z = np.load(path, allow_pickle=False)
+        keys = set(z.files)
+        classes = tuple(str(c) for c in z["classes"]) if "classes" in keys else ()
+        if "images" in keys:
+            images = z["images"]
+            labels = z["labels"] if "labels" in keys else None
+            if "train" in keys or "test" in keys:
+                if not {"train", "test"} <= keys:
+                    raise DataError(f"{path}: give both 'train' and 'test' selections over 'images', or neither")
+                out, lab = {}, {}
+                for s in ("train", "test"):
+                    sel = z[s]
+                    if sel.ndim != 1 or not (sel.dtype == bool or sel.dtype.kind in "iu"):
+                        raise DataError(f"{path}: '{s}' must be a 1-D boolean mask or index array over 'images'")
+                    if sel.dtype == bool and len(sel) != len(images):
+                        raise DataError(f"{path}: mask '{s}' has {len(sel)} entries for {len(images)} images")
+                    idx = np.flatnonzero(sel) if sel.dtype == bool else sel.astype(np.int64)
+                    if len(idx) and (idx.min() < 0 or idx.max() >= len(images)):
+                        raise DataError(f"{path}: '{s}' indexes outside the {len(images)} images")
+                    out[s] = images[idx]
+                    lab[s] = None if labels is None else labels[idx]
+                return out, lab, classes
+            return {"all": images}, {"all": labels}, classes
+        if {"train", "test"} <= keys:
+            return ({"train": z["train"], "test": z["test"]},
+                    {s: z[f"{s}_labels"] if f"{s}_labels" in keys else None for s in ("train", "test")}, classes)
+        raise DataError(f"{path}: expected an array 'images' (or arrays 'train' and 'test'); found {sorted(keys)}")
+    except DataError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise DataError(f"{path}: cannot read this array file ({e})") from None
+
+
+def load_array(path: str | Path, transform: Transform, progress: bool = True) -> Dataset:
+    """Images from an .npy/.npz file as a Dataset backed by the on-disk cache."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    st = path.stat()
+    listed = [[path.name, st.st_size, st.st_mtime_ns]]
+    spec = transform.to_json()
+    folder = _cache_folder(path)
+    old = _read_manifest(folder)
+    if old and old["kind"] == "array" and old["files"] == listed and old["transform"] == spec:
+        return _dataset_from_cache(folder, old)
+
+    arrays, labels, classes = _array_sources(path)
+    arrays = {k: _nchw(v, k if k != "all" else "images", path) for k, v in arrays.items()}
+    rows: dict[str, np.ndarray | None] = {s: None for s in arrays}
+    if "all" in arrays:  # a stable per-index split: appended rows never move earlier ones
+        n = len(arrays["all"])
+        test = np.array([in_test_split(f"{path.name}:{i}", transform.test_fraction) for i in range(n)], bool)
+        rows = {"train": np.flatnonzero(~test), "test": np.flatnonzero(test)}
+        lab = labels["all"]
+        arrays = {s: arrays["all"] for s in rows}
+        labels = {s: None if lab is None else lab[rows[s]] for s in rows}
+    sizes = {s: len(arrays[s]) if rows[s] is None else len(rows[s]) for s in ("train", "test")}
+    c0 = {v.shape[1] for v in arrays.values()}
+    hw = {v.shape[2:] for v in arrays.values()}
+    if len(c0) > 1 or (transform.size is None and len(hw) > 1):
+        raise DataError(f"{path}: the train and test images differ in shape")
+    channels = transform.channels or (1 if c0.pop() in (1, 2) else 3)
+    shape = (channels, *(transform.size or hw.pop()))
+    for s in ("train", "test"):
+        if sizes[s] == 0:
+            raise DataError(f"{path}: the {s} split is empty; add images, change --test-fraction or the "
+                            "'train'/'test' arrays")
+    label_sets = [v for v in labels.values() if v is not None]
+    if label_sets and len(label_sets) != 2:
+        raise DataError(f"{path}: labels are given for one split only; give them for both or neither")
+    n_classes = 0
+    for s, v in labels.items():
+        if v is None:
+            continue
+        if v.ndim != 1 or len(v) != sizes[s] or v.dtype.kind not in "iu":
+            raise DataError(f"{path}: labels of the {s} split must be {sizes[s]} integers, "
+                            f"got {v.dtype} {v.shape}")
+        if len(v) and v.min() < 0:
+            raise DataError(f"{path}: labels must be >= 0")
+        n_classes = max(n_classes, int(v.max()) + 1 if len(v) else 0)
+    if label_sets:
+        if classes and len(classes) < n_classes:
+            raise DataError(f"{path}: 'classes' names {len(classes)} classes but labels go up to {n_classes - 1}")
+        classes = classes or tuple(str(i) for i in range(n_classes))
+    else:
+        classes = ()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    bg = background_rgb(transform.background)
+    try:
+        from tqdm.auto import tqdm
+
+        total = sum(sizes.values())
+        bar = tqdm(total=total, desc="caching arrays", unit="img", disable=not progress or total < 5000,
+                   dynamic_ncols=True)
+        for s in ("train", "test"):
+            src, sel = arrays[s], rows[s]
+            out = np.memmap(tmp / f"{s}.u8", dtype=np.uint8, mode="w+", shape=(sizes[s], *shape))
+            for i in range(0, sizes[s], 1024):  # chunks: an .npy larger than memory stays on disk
+                chunk = src[i : i + 1024] if sel is None else src[sel[i : i + 1024]]
+                out[i : i + 1024] = _convert_chunk(_to_uint8(np.asarray(chunk), s, path), shape, bg)
+                bar.update(min(1024, sizes[s] - i))
+            out.flush()
+            del out
+        bar.close()
+        manifest = {"version": CACHE_VERSION, "kind": "array", "source": str(path), "transform": spec,
+                    "shape": list(shape), "classes": list(classes), "files": listed, "bad": [],
+                    "fingerprint": _fingerprint(listed, spec),
+                    "splits": {s: {"labels": None if labels[s] is None else labels[s].tolist()}
+                               for s in ("train", "test")}}
+        for s in ("train", "test"):
+            if manifest["splits"][s]["labels"] is None:
+                manifest["splits"][s]["labels"] = [None] * sizes[s]
+        _write_json(tmp / "manifest.json", manifest)
+        _install(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _dataset_from_cache(folder, manifest)
