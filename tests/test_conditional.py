@@ -58,7 +58,7 @@ def test_decoder_depends_on_the_condition_and_needs_it():
     assert not torch.allclose(a, b)
     with pytest.raises(ValueError, match="needs a condition"):
         m.decode(z)
-    with pytest.raises(ValueError, match="cond_dim"):
+    with pytest.raises(ValueError, match="needs conditions: a labelled dataset"):
         build_model(Config().replace(model={"model": "cvae"}).model, (1, 28, 28))
 
 

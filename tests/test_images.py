@@ -148,6 +148,20 @@ def test_resize_shorter_side_then_centre_crop(tmp_path):
     assert d2.image_shape == (1, 10, 30)  # non-square target: scale to cover, crop
 
 
+def test_exif_orientation_is_applied(tmp_path):
+    img = np.zeros((10, 20), np.uint8)
+    img[:, :10] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    (tmp_path / "p").mkdir()
+    Image.fromarray(img).save(tmp_path / "p" / "a.jpg", exif=exif, quality=100)
+    Image.fromarray(img.T.copy()).save(tmp_path / "p" / "b.png")  # 20 x 10 as stored
+    d = load_folder(tmp_path / "p", Transform(None, 1, "white", 0.5), progress=False)
+    assert d.image_shape == (1, 20, 10)  # displayed size of the photo matches the PNG
+    rows = np.concatenate([s.images.read(np.arange(len(s))) for s in (d.train, d.test)])
+    assert any(r[0, :10].mean() > 200 and r[0, 10:].mean() < 50 for r in rows)  # white on top after rotation
+
+
 def test_images_of_different_sizes_need_image_size(tmp_path):
     (tmp_path / "d").mkdir()
     Image.new("L", (8, 8)).save(tmp_path / "d" / "a.png")

@@ -117,6 +117,10 @@ def decode(path: str | Path, size: tuple[int, int] | None, channels: int,
             scale = max(size[0] / im.height, size[1] / im.width)
             im.draft("L" if channels == 1 else "RGB", (int(im.width * scale) + 1, int(im.height * scale) + 1))
         im.load()
+        if _rotated(im):  # camera photos: apply the EXIF orientation, as image viewers do
+            from PIL import ImageOps
+
+            im = ImageOps.exif_transpose(im)
         im = _to_rgb_or_grey(im, channels, background)
         if size is not None:
             im = _resize_crop(im, size)
@@ -124,11 +128,19 @@ def decode(path: str | Path, size: tuple[int, int] | None, channels: int,
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
+def _rotated(im) -> bool:
+    """Whether the EXIF orientation tag asks for anything but the identity."""
+    return im.format in ("JPEG", "TIFF", "WEBP", "PNG") and im.getexif().get(0x0112, 1) not in (1, None)
+
+
 def _header(path: Path) -> tuple[int, int, bool]:
-    """(height, width, is_grey) from the file's header, without decoding the pixels."""
+    """(height, width, is_grey) from the file's header, without decoding the pixels;
+    height and width as displayed (after the EXIF orientation)."""
     from PIL import Image
 
     with Image.open(path) as im:
+        if _rotated(im) and im.getexif().get(0x0112) in (5, 6, 7, 8):
+            return im.width, im.height, im.mode in _GREY_MODES
         grey = im.mode in _GREY_MODES
         if im.mode in ("P", "PA"):
             pal = np.asarray(im.getpalette() or [], dtype=np.int32).reshape(-1, 3)
