@@ -123,3 +123,23 @@ def test_array_file_trains_and_evaluates(tmp_path):
                "--epochs", "1", "--test-fraction", "0.2", "--out", out, "--quiet") == 0
     assert run("evaluate", out, "--k", "2", "--quiet") == 0
     assert json.loads((out / "eval.json").read_text())["n"] > 0
+
+
+def test_streamed_training_equals_resident_training(tmp_path):
+    """A training split over the memory budget streams from the cache: same losses as resident."""
+    from vaelab.config import Config
+    from vaelab.data import load_dataset
+    from vaelab.train import train
+
+    d = load_dataset("mnist-sample")
+    np.savez(tmp_path / "digits.npz", train=d.train.images.numpy(), test=d.test.images[:100].numpy())
+    cfg = Config().replace(data={"dataset": str(tmp_path / "digits.npz")},
+                           model={"hidden": [32], "decoder_hidden": None, "latent_dim": 4},
+                           train={"epochs": 2, "batch_size": 100})
+    resident = train(cfg, tmp_path / "resident", progress=False)
+    streamed = train(cfg.replace(data={"memory_budget_mb": 1}), tmp_path / "streamed", progress=False)
+
+    def losses(run):
+        return [(r["train_loss"], r["test_elbo"]) for r in map(json.loads, (run / "metrics.jsonl").open())]
+
+    assert losses(resident) == losses(streamed)  # 1.5 MB of training images > 1 MB budget
