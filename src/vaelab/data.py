@@ -385,8 +385,13 @@ class ImageFile:
         return out.reshape(len(idx), *self.shape[1:])
 
     def load(self) -> torch.Tensor:
-        """The whole array in memory as a uint8 tensor."""
-        return torch.from_numpy(self.read(np.arange(len(self))))
+        """The whole array in memory as a uint8 tensor (one sequential read)."""
+        n = len(self)
+        arr = np.fromfile(self.path, dtype=np.uint8, count=n * self.row_bytes)
+        if arr.size != n * self.row_bytes:
+            raise DataError(f"{self.path}: cache file is shorter than its manifest says; delete its folder to "
+                            "rebuild the cache")
+        return torch.from_numpy(arr.reshape(n, *self.shape[1:]))
 
 
 @dataclass
