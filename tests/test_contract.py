@@ -4,27 +4,46 @@ import pytest
 import torch
 
 from vaelab.checkpoint import load_checkpoint, save_checkpoint
-from vaelab.config import ModelConfig
+from vaelab.config import ConfigError, ModelConfig
 from vaelab.distributions import LIKELIHOODS, SCALES, standard_normal_log_prob
 from vaelab.flows import FLOWS
 from vaelab.models import MODELS, build_model
+from vaelab.nets import ResBlock
 from vaelab.objectives import OBJECTIVES
 
 SHAPE = (1, 28, 28)
+RGB = (3, 16, 24)  # colour and non-square: catches height/width and channel mix-ups
+# two mixture components: the same code paths as the default 10 at a fifth of the cost
+SMALL = dict(latent_dim=3, decoder_hidden=None, mixture=2)
+UNSCALED = ("bernoulli", "logistic-mixture")  # families that ignore likelihood_scale
+
+# (config, image shape (C, H, W)) pairs
 CASES = [
-    ModelConfig(model=name, hidden=(64, 32), decoder_hidden=None, latent_dim=3, likelihood=lik,
-                likelihood_scale=scale)
+    (ModelConfig(model=name, hidden=(64, 32), likelihood=lik, likelihood_scale=scale, **SMALL), SHAPE)
     for name in MODELS
     for lik in LIKELIHOODS
-    for scale in (SCALES if lik != "bernoulli" else ("pixel",))
+    for scale in (SCALES if lik not in UNSCALED else ("pixel",))
 ] + [
     # flows shape a posterior: every model that has one (the ICVAE penalty needs a plain
     # Gaussian, so it is excluded) x every flow type x every likelihood
-    ModelConfig(model=name, hidden=(64, 32), decoder_hidden=None, latent_dim=3, likelihood=lik, flows=2,
-                flow_type=flow)
+    (ModelConfig(model=name, hidden=(64, 32), likelihood=lik, flows=2, flow_type=flow, **SMALL), SHAPE)
     for name in ("vae", "cvae")
     for flow in FLOWS
     for lik in LIKELIHOODS
+]
+
+# conv nets: every model x both shapes x these likelihoods, with the four conv variants
+# (net x res_blocks) rotated Latin-square fashion so that each (likelihood, shape) meets
+# all four across the models without the full product
+CONV_VARIANTS = [(net, res) for net in ("conv", "conv-transpose") for res in (0, 1)]
+CONV_LIKELIHOODS = ["bernoulli", "gaussian"] + (["logistic-mixture"] if "logistic-mixture" in LIKELIHOODS else [])
+CASES += [
+    (ModelConfig(model=name, net=CONV_VARIANTS[(i + j + k) % 4][0], res_blocks=CONV_VARIANTS[(i + j + k) % 4][1],
+                 hidden=(8, 16), likelihood=lik, likelihood_scale="decoder" if lik == "gaussian" else "pixel",
+                 **SMALL), shape)
+    for i, name in enumerate(MODELS)
+    for j, shape in enumerate((RGB, SHAPE))
+    for k, lik in enumerate(CONV_LIKELIHOODS)
 ]
 
 
@@ -33,20 +52,28 @@ def _grey(model) -> bool:
 
 
 def _x(model, n=6, seed=0):
+    """(n, *model.image_shape) data the model's likelihood is defined on."""
     g = torch.Generator().manual_seed(seed)
     if _grey(model):  # grey levels k/255
-        return torch.randint(0, 256, (n, *SHAPE), generator=g).float() / 255
-    return (torch.rand(n, *SHAPE, generator=g) < 0.3).float()
+        return torch.randint(0, 256, (n, *model.image_shape), generator=g).float() / 255
+    return (torch.rand(n, *model.image_shape, generator=g) < 0.3).float()
 
 
 COND = 10  # conditional models get one-hot conditions of 10 classes
 
 
-@pytest.fixture(params=CASES, ids=lambda c: f"{c.model}-{c.net}-{c.likelihood}-{c.likelihood_scale}"
-                + (f"-{c.flows}{c.flow_type}" if c.flows else ""))
+def _id(case) -> str:
+    c, shape = case
+    return (f"{c.model}-{c.net}" + (f"-res{c.res_blocks}" if c.res_blocks else "")
+            + f"-{c.likelihood}-{c.likelihood_scale}" + (f"-{c.flows}{c.flow_type}" if c.flows else "")
+            + "-" + "x".join(map(str, shape)))
+
+
+@pytest.fixture(params=CASES, ids=_id)
 def model(request):
+    cfg, shape = request.param
     torch.manual_seed(0)
-    return build_model(request.param, SHAPE, cond_dim=COND)
+    return build_model(cfg, shape, cond_dim=COND)
 
 
 def _c(model, n=6):
@@ -60,20 +87,52 @@ def test_encode_decode_sample_shapes(model):
     assert q.mean.shape == (6, 3)
     assert q.rsample(4).shape == (4, 6, 3)
     dist = model.decode(q.rsample(4), c)
-    assert dist.mean.shape == (4, 6, *SHAPE)
+    assert dist.mean.shape == (4, 6, *model.image_shape)
     assert dist.log_prob(x).shape == (4, 6)
     s = model.sample(5, c=_c(model, 5))
-    assert s.mean.shape == (5, *SHAPE) and s.sample().shape == (5, *SHAPE)
+    assert s.mean.shape == (5, *model.image_shape) and s.sample().shape == (5, *model.image_shape)
     if not _grey(model):
         assert ((s.mean >= 0) & (s.mean <= 1)).all()
 
 
 def test_loss_is_finite_and_gradients_reach_every_parameter(model):
-    terms = OBJECTIVES[model.objective](model, _x(model), _c(model), samples=2, beta=0.5)
-    assert all(v.shape == (6,) and torch.isfinite(v).all() for v in terms.values())
-    terms["loss"].mean().backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+    def without_gradient() -> list[str]:
+        model.zero_grad()
+        terms = OBJECTIVES[model.objective](model, _x(model), _c(model), samples=2, beta=0.5)
+        assert all(v.shape == (6,) and torch.isfinite(v).all() for v in terms.values())
+        terms["loss"].mean().backward()
+        return [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+
+    missing = without_gradient()
+    if model.cfg.res_blocks:
+        # a zero-initialised residual branch passes no gradient to its first conv
+        # (branch.1) until one step moves its last conv off zero
+        assert all(".branch.1." in name for name in missing), missing
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p -= 1e-2 * p.grad
+        missing = without_gradient()
+    assert not missing, f"no gradient reaches {missing}"
+
+
+def test_residual_blocks_start_as_the_identity(model):
+    blocks = [m for m in model.modules() if isinstance(m, ResBlock)]
+    assert len(blocks) == 2 * model.cfg.res_blocks * len(model.cfg.hidden)  # encoder + decoder, per level
+    for block in blocks:
+        x = torch.randn(2, block.branch[1].in_channels, 3, 5)
+        torch.testing.assert_close(block(x), x, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("hidden, decoder_hidden, shape, size", [
+    ((8, 16), None, (3, 16, 26), "16x26"),  # both nets: 26 is not divisible by 4
+    ((8,), (16, 8, 4), (1, 28, 28), "28x28"),  # the 3-level decoder needs multiples of 8
+])
+@pytest.mark.parametrize("net", ["conv", "conv-transpose"])
+def test_conv_nets_refuse_sizes_not_divisible_by_their_downsampling(net, hidden, decoder_hidden, shape, size):
+    cfg = ModelConfig(net=net, hidden=hidden, decoder_hidden=decoder_hidden, latent_dim=3)
+    with pytest.raises(ConfigError, match=f"got {size}.*--hidden"):
+        build_model(cfg, shape)
 
 
 def test_log_weights_contract(model):
@@ -85,8 +144,9 @@ def test_log_weights_contract(model):
     lw = model.log_weights(x, 7, c=c)
     assert lw.shape == (7, 6) and torch.isfinite(lw).all()
     # the mean log-weight is a Monte-Carlo ELBO: it agrees with the analytic-KL ELBO
-    # within the Monte-Carlo error of both estimates
-    n = 4000
+    # within the Monte-Carlo error of both estimates. Conv decoders and mixtures cost far
+    # more per sample; the tolerance widens as 1/sqrt(n) for them.
+    n = 4000 if model.cfg.net == "mlp" and model.cfg.likelihood != "logistic-mixture" else 200
     with torch.no_grad():
         lw = model.log_weights(x, n, c=c)
         q = model.encode(x, c)
@@ -104,9 +164,10 @@ def test_log_weights_contract(model):
 def test_save_load_round_trip_gives_identical_outputs(model, tmp_path):
     x, c = _x(model), _c(model)
     model.eval()
-    save_checkpoint(tmp_path, model, None, {"epoch": 0, "image_shape": list(SHAPE), "cond_dim": model.cond_dim})
+    save_checkpoint(tmp_path, model, None, {"epoch": 0, "image_shape": list(model.image_shape),
+                                            "cond_dim": model.cond_dim})
     torch.manual_seed(123)
-    clone = build_model(model.cfg, SHAPE, cond_dim=COND)  # different random init
+    clone = build_model(model.cfg, model.image_shape, cond_dim=COND)  # different random init
     load_checkpoint(tmp_path, clone)
     clone.eval()
     torch.testing.assert_close(clone.encode(x, c).mean, model.encode(x, c).mean, rtol=0, atol=0)

@@ -3,8 +3,11 @@
 Encoders take an optional condition vector c (appended to their input features);
 conditional decoders are ordinary decoders whose input is the concatenation [z, c].
 
-``hidden`` means layer widths for MLPs and channel widths per downsampling level for
-conv nets.
+``hidden`` means layer widths for MLPs; for conv nets it gives the channel width of
+each 2x downsampling level, so ``len(hidden)`` is the depth in levels and H and W must
+each be divisible by 2**len(hidden) (any C x H x W, non-square included).
+``res_blocks`` (conv nets only) adds that many residual blocks per level at the level's
+resolution: in the encoder after its stride-2 conv, in the decoder before its upsampling.
 
 No probability code lives here; :mod:`vaelab.distributions` turns the outputs into
 distributions. Every encoder maps (B, C, H, W) -> (B, out_features); every decoder
@@ -76,13 +79,39 @@ def _check_divisible(image_shape: Sequence[int], levels: int) -> tuple[int, int]
     return h // f, w // f
 
 
+class ResBlock(nn.Module):
+    """Pre-activation residual block x + conv3x3(act(conv3x3(act(x)))): (B, C, H, W) -> same.
+
+    No normalisation, so training and evaluation modes compute the same function."""
+
+    def __init__(self, channels: int, act: type[nn.Module]) -> None:
+        super().__init__()
+        self.branch = nn.Sequential(act(), nn.Conv2d(channels, channels, 3, padding=1),
+                                    act(), nn.Conv2d(channels, channels, 3, padding=1))
+        # zero-init residual branch (Goyal et al. 2017; Fixup, Zhang et al. 2019): each
+        # block starts as the identity, so a deep net starts as the plain one
+        nn.init.zeros_(self.branch[-1].weight)
+        nn.init.zeros_(self.branch[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.branch(x)
+
+
+def _res_blocks(n: int, channels: int, act: type[nn.Module]) -> list[nn.Module]:
+    if n < 0:
+        raise ConfigError(f"res_blocks must be >= 0, got {n}")
+    return [ResBlock(channels, act) for _ in range(n)]
+
+
 class ConvEncoder(nn.Module):
     """Conv blocks as in seed 000: per level a 3x3 conv then a stride-2 3x3 conv, with
-    `hidden` channel widths per level; a linear layer maps the features to `out_features`.
-    (B, C, H, W) -> (B, out_features); H and W must be divisible by 2**len(hidden)."""
+    `hidden` channel widths per level, each level followed by `res_blocks` ResBlocks; a
+    linear layer maps the features [+ condition] to `out_features`.
+    (B, C, H, W) [+ (B, cond_dim)] -> (B, out_features); H and W must each be divisible
+    by 2**len(hidden)."""
 
     def __init__(self, image_shape: Sequence[int], hidden: Sequence[int], out_features: int,
-                 activation: str = "relu", cond_dim: int = 0) -> None:
+                 activation: str = "relu", cond_dim: int = 0, *, res_blocks: int = 0) -> None:
         super().__init__()
         h, w = _check_divisible(image_shape, len(hidden))
         act = ACTIVATIONS[activation]
@@ -90,6 +119,7 @@ class ConvEncoder(nn.Module):
         c_in = image_shape[0]
         for c in hidden:
             layers += [nn.Conv2d(c_in, c, 3, padding=1), act(), nn.Conv2d(c, c, 3, stride=2, padding=1), act()]
+            layers += _res_blocks(res_blocks, c, act)
             c_in = c
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.head = nn.Linear(c_in * h * w + cond_dim, out_features)
@@ -103,10 +133,12 @@ class SubPixelDecoder(nn.Module):
     """Mirror of ConvEncoder that upsamples by sub-pixel convolution (Shi et al. 2016):
     at each level a 3x3 conv to 4 * C' channels and a pixel shuffle that rearranges
     them into a 2x larger C'-channel map; a last 3x3 conv gives the output channels.
-    (B, D) -> (B, *out_shape)."""
+    `res_blocks` ResBlocks precede each upsampling, at the resolution of the matching
+    encoder level. (B, D) -> (B, *out_shape) with out_shape (C_out, H, W), any C_out;
+    H and W must each be divisible by 2**len(hidden)."""
 
     def __init__(self, latent_dim: int, hidden: Sequence[int], out_shape: Sequence[int],
-                 activation: str = "relu") -> None:
+                 activation: str = "relu", *, res_blocks: int = 0) -> None:
         super().__init__()
         self.out_shape = tuple(out_shape)
         h, w = _check_divisible(out_shape, len(hidden))
@@ -116,6 +148,7 @@ class SubPixelDecoder(nn.Module):
         self.fc = nn.Sequential(nn.Linear(latent_dim, widths[0] * h * w), act())
         layers: list[nn.Module] = []
         for c_in, c_out in zip(widths, widths[1:] + widths[-1:]):
+            layers += _res_blocks(res_blocks, c_in, act)
             layers += self.upsample(c_in, c_out, act)
         layers.append(nn.Conv2d(widths[-1], out_shape[0], 3, padding=1))
         self.net = nn.Sequential(*layers)
