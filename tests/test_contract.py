@@ -164,7 +164,7 @@ def test_log_weights_contract(model):
 def test_save_load_round_trip_gives_identical_outputs(model, tmp_path):
     x, c = _x(model), _c(model)
     model.eval()
-    save_checkpoint(tmp_path, model, None, {"epoch": 0, "image_shape": list(model.image_shape),
+    save_checkpoint(tmp_path, model, None, {"epoch": 0, "step": 0, "image_shape": list(model.image_shape),
                                             "cond_dim": model.cond_dim})
     torch.manual_seed(123)
     clone = build_model(model.cfg, model.image_shape, cond_dim=COND)  # different random init

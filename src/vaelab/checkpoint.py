@@ -17,28 +17,33 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from vaelab import __version__
 from vaelab.config import Config, ConfigError
+from vaelab.files import FileError, describe, dir_mode
 
 
 class RunError(RuntimeError):
-    """A run folder is missing or incomplete; the message says what to do."""
+    """A run folder is missing, incomplete or damaged; the message says what to do."""
 
 
-def _ckpt_dir(run_dir: Path) -> Path:
-    ckpt = run_dir / "checkpoint"
-    if (ckpt / "state.json").is_file():
-        return ckpt
-    old = run_dir / "checkpoint.old"  # a crash between the two renames of a swap
-    if (old / "state.json").is_file():
-        return old
-    raise RunError(f"{run_dir} has no checkpoint (expected {ckpt}/state.json); was training started there?")
+CHECKPOINT_FILES = ("state.json", "model.safetensors", "state.safetensors")
+
+
+def _ckpt_dirs(run_dir: Path) -> list[Path]:
+    """Checkpoint folders to try, newest first: a crash between the two renames of a swap
+    leaves the previous checkpoint as checkpoint.old."""
+    return [d for d in (run_dir / "checkpoint", run_dir / "checkpoint.old") if (d / "state.json").is_file()]
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    return bool(_ckpt_dirs(Path(run_dir)))
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -66,40 +71,111 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 
 def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     info: dict[str, Any], rng: dict[str, torch.Tensor] | None = None) -> None:
-    """Atomically write the checkpoint of `model` (+ optimizer, RNG states, `info`)."""
+    """Atomically write the checkpoint of `model` (+ optimizer, RNG states, `info`).
+
+    The files go into a fresh temporary folder, are synced, and the folder is swapped in
+    with two renames. Any failure (a full disk, a vanished folder) removes the temporary
+    folder and raises a FileError; the previous checkpoint stays whole and loadable."""
     run_dir = Path(run_dir)
-    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".checkpoint-"))
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, tmp / "model.safetensors", metadata={"vaelab": __version__})
-    state_tensors: dict[str, torch.Tensor] = {f"rng/{k}": v.cpu().contiguous() for k, v in (rng or {}).items()}
-    optim_meta = None
-    if optimizer is not None:
-        t, optim_meta = _flatten_optimizer(optimizer.state_dict())
-        state_tensors.update(t)
-    save_file(state_tensors, tmp / "state.safetensors")
-    record = {**info, "optimizer": optim_meta, "vaelab_version": __version__}
-    (tmp / "state.json").write_text(json.dumps(record, indent=2) + "\n")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    final, old = run_dir / "checkpoint", run_dir / "checkpoint.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".checkpoint-"))
+    except OSError as e:
+        raise FileError(describe(e, "cannot write the checkpoint in")) from None
+    try:
+        os.chmod(tmp, dir_mode())  # mkdtemp makes 0700; a checkpoint is as readable as any output
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, tmp / "model.safetensors", metadata={"vaelab": __version__})
+        state_tensors: dict[str, torch.Tensor] = {f"rng/{k}": v.cpu().contiguous() for k, v in (rng or {}).items()}
+        optim_meta = None
+        if optimizer is not None:
+            t, optim_meta = _flatten_optimizer(optimizer.state_dict())
+            state_tensors.update(t)
+        save_file(state_tensors, tmp / "state.safetensors")
+        record = {**info, "optimizer": optim_meta, "vaelab_version": __version__}
+        (tmp / "state.json").write_text(json.dumps(record, indent=2) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        final, old = run_dir / "checkpoint", run_dir / "checkpoint.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        raise FileError(describe(e, "cannot write the checkpoint; the previous one is kept. Writing")) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor],
+                                                   dict[str, torch.Tensor]]:
+    """(folder, info, weights, state tensors) of a run's checkpoint, read whole and
+    validated. All three files come from one folder: if training swaps a new checkpoint
+    in while they are read, the read starts again. Damage raises RunError naming the file."""
+    run_dir = Path(run_dir)
+    for attempt in range(20):
+        dirs = _ckpt_dirs(run_dir)
+        if not dirs:
+            raise RunError(f"{run_dir} has no checkpoint (expected {run_dir / 'checkpoint'}/state.json); "
+                           "was training started there?")
+        ckpt = dirs[0]
+        try:
+            raw = {name: (ckpt / name).read_bytes() for name in CHECKPOINT_FILES}
+        except FileNotFoundError:
+            time.sleep(0.05 * (attempt + 1))  # a swap in progress: try again
+            continue
+        except OSError as e:
+            raise RunError(f"cannot read {ckpt}: {e.strerror}") from None
+        return (ckpt, *_parse_checkpoint(ckpt, raw))
+    raise RunError(f"{run_dir / 'checkpoint'} kept changing while it was read; try again")
+
+
+def _parse_checkpoint(ckpt: Path, raw: dict[str, bytes]):
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_bytes
+
+    fix = "restore it from a backup or start a new run; vaelab does not overwrite it"
+    try:
+        info = json.loads(raw["state.json"])
+    except (UnicodeDecodeError, ValueError) as e:
+        raise RunError(f"{ckpt / 'state.json'} is damaged (not valid JSON: {e}); {fix}") from None
+    keys = {"epoch": int, "step": int, "image_shape": list}
+    if not isinstance(info, dict) or any(not isinstance(info.get(k), t) for k, t in keys.items()):
+        raise RunError(f"{ckpt / 'state.json'} is not a vaelab checkpoint record (needs epoch, step, "
+                       f"image_shape); {fix}")
+    tensors = []
+    for name in ("model.safetensors", "state.safetensors"):
+        try:
+            tensors.append(load_bytes(raw[name]))
+        except (SafetensorError, ValueError, RuntimeError) as e:
+            what = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RunError(f"{ckpt / name} is damaged or not a safetensors file ({what}); {fix}") from None
+    return info, tensors[0], tensors[1]
+
+
+def _written_by(info: dict[str, Any]) -> str:
+    v = info.get("vaelab_version")
+    return f" (written by vaelab {v}, this is {__version__})" if v and v != __version__ else ""
 
 
 def load_checkpoint(run_dir: str | Path, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Load weights into `model` (and state into `optimizer`); return (info, rng states)."""
-    ckpt = _ckpt_dir(Path(run_dir))
+    ckpt, info, weights, tensors = read_checkpoint(run_dir)
     device = next(model.parameters()).device
-    model.load_state_dict(load_file(ckpt / "model.safetensors", device=str(device)))
-    info = json.loads((ckpt / "state.json").read_text())
-    tensors = load_file(ckpt / "state.safetensors")
+    try:
+        model.load_state_dict({k: v.to(device) for k, v in weights.items()})
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise RunError(f"{ckpt / 'model.safetensors'} does not fit the model that config.json describes "
+                       f"({first}){_written_by(info)}; it belongs to another run or version") from None
     if optimizer is not None and info.get("optimizer") is not None:
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, info["optimizer"]))
+        try:
+            optimizer.load_state_dict(_unflatten_optimizer(tensors, info["optimizer"]))
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise RunError(f"{ckpt / 'state.safetensors'}: optimizer state does not fit ({e}){_written_by(info)}; "
+                           "it belongs to another run or version") from None
     rng = {k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/")}
     return info, rng
 
@@ -112,9 +188,23 @@ def load_config(run_dir: str | Path) -> Config:
     if not path.is_file():
         raise RunError(f"{run_dir} is not a vaelab run folder (no config.json)")
     try:
-        return Config.from_dict(json.loads(path.read_text()))
-    except (ValueError, ConfigError) as e:
-        raise RunError(f"{path}: {e}") from None
+        raw = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise RunError(f"{path} is damaged (not valid JSON: {e}); restore it, or rewrite it from "
+                       "'vaelab train --help' defaults") from None
+    except OSError as e:
+        raise RunError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return Config.from_dict(raw)
+    except ConfigError as e:
+        version = ""
+        prov = run_dir / "run.json"
+        try:
+            v = json.loads(prov.read_text()).get("vaelab_version")
+            version = f" (the run was made by vaelab {v}, this is {__version__})" if v and v != __version__ else ""
+        except (OSError, ValueError, AttributeError):
+            pass
+        raise RunError(f"{path} is not a valid config: {e}{version}") from None
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
@@ -122,9 +212,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
     from vaelab.models import build_model
 
     cfg = load_config(run_dir)
-    info = json.loads((_ckpt_dir(Path(run_dir)) / "state.json").read_text())
-    model = build_model(cfg.model, tuple(info["image_shape"]), cond_dim=info.get("cond_dim", 0)).to(device)
+    _, info, _, _ = read_checkpoint(run_dir)
+    try:
+        model = build_model(cfg.model, tuple(info["image_shape"]), cond_dim=info.get("cond_dim", 0)).to(device)
+    except (ConfigError, ValueError, TypeError) as e:
+        raise RunError(f"{Path(run_dir) / 'config.json'}: cannot build its model ({e})") from None
     load_checkpoint(run_dir, model)
     model.eval()
     return cfg, model
-

@@ -379,6 +379,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
     from vaelab.checkpoint import load_run
+    from vaelab.files import ensure_dir
     from vaelab.plots import image_grid, save_png
     from vaelab.runtime import resolve_device
 
@@ -390,7 +391,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(args.run_dir) / "prior_samples.png"
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out must name a .png file, got {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out.parent, "output folder")
     save_png(image_grid(images), out)
     print(f"wrote {out}")
 
@@ -436,22 +437,29 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, 
 def main(argv: list[str] | None = None) -> int:
     from vaelab.checkpoint import RunError
     from vaelab.data import DataError
+    from vaelab.files import FileError, describe
     from vaelab.runtime import DeviceError
-    from vaelab.train import TrainingDiverged
+    from vaelab.train import TrainingDiverged, TrainingStopped
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except (ConfigError, RunError, DataError, DeviceError) as e:
+    except (ConfigError, RunError, DataError, DeviceError, FileError) as e:
         print(f"vaelab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # anything the layers above did not name: still one line
+        print(f"vaelab {args.command}: error: {describe(e, 'file system error')}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
         print(f"vaelab train: stopped: {e}", file=sys.stderr)
         return 1
+    except TrainingStopped as e:
+        print(f"\nvaelab {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print("\ninterrupted; the last completed epoch's checkpoint is kept (continue with --resume)",
-              file=sys.stderr)
+        print(f"\nvaelab {args.command}: interrupted; a run's last completed epoch's checkpoint is kept "
+              "(continue with --resume)", file=sys.stderr)
         return 130
     return 0
 

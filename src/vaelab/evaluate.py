@@ -11,11 +11,8 @@ where CPU matmuls run fastest and the image broadcasts cheaply over its samples.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ import torch
 
 from vaelab.batches import SplitInputs, load_configured, memory_budget, model_inputs
 from vaelab.checkpoint import load_run
+from vaelab.files import write_json
 from vaelab.models import check_data_fit
 from vaelab.runtime import resolve_device, tune_malloc
 
@@ -158,11 +156,7 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
         result["note"] = "a plain autoencoder has no density: only -log p(x | z = f(x)) is reported"
     result["seconds"] = round(time.perf_counter() - start, 2)
     if write:
-        path = Path(run_dir) / "eval.json"
-        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".eval-", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(result, fh, indent=2)
-        os.replace(tmp, path)
+        write_json(Path(run_dir) / "eval.json", result)
     return result
 
 
@@ -221,5 +215,5 @@ def probe(run_dir: str | Path, layers: int = 1, hidden: int = 256, epochs: int =
               "probe_layers": layers, "probe_hidden": hidden, "probe_epochs": epochs, "model": cfg.model.model,
               "dataset": data.name, "n_train": n, "n_test": len(y["test"]), "seed": seed}
     if write:
-        (Path(run_dir) / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
+        write_json(Path(run_dir) / "probe.json", result)
     return result

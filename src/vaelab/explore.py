@@ -20,6 +20,7 @@ import torch
 from vaelab import plots
 from vaelab.batches import load_configured, model_inputs
 from vaelab.checkpoint import load_run
+from vaelab.files import FileError, ensure_dir, write_json
 from vaelab.evaluate import posterior_means
 
 
@@ -240,7 +241,15 @@ def figure_denoise(ex: Explorer, kind: str = "salt-pepper", levels: tuple[float,
 
 def figure_curves(ex: Explorer):
     """Loss terms and test ELBO over epochs from metrics.jsonl."""
-    rows = [json.loads(line) for line in (ex.run_dir / "metrics.jsonl").read_text().splitlines()]
+    path = ex.run_dir / "metrics.jsonl"
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+    except FileNotFoundError:
+        raise FileError(f"{path} is missing; the curves need the run's metrics") from None
+    except ValueError as e:
+        raise FileError(f"{path} is damaged ({e}); resuming the run rewrites it from its good lines") from None
+    if not rows or not all(isinstance(r, dict) and "epoch" in r for r in rows):
+        raise FileError(f"{path} holds no epoch records; train at least one epoch first")
     return plots.curves_figure(rows, f"Training curves ({ex.run_dir.name})"), {"epochs": len(rows)}
 
 
@@ -314,8 +323,7 @@ def plot(run_dir: str | Path, what: list[str], out: str | Path | None = None, se
     unknown = [w for w in what if w not in FIGURES]
     if unknown:
         raise ValueError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}")
-    out = Path(out) if out is not None else Path(run_dir) / "plots"
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(Path(out) if out is not None else Path(run_dir) / "plots", "plot folder")
     ex = Explorer.from_run(run_dir, seed=seed, device=device)
     written = []
     for name in what:
@@ -325,6 +333,6 @@ def plot(run_dir: str | Path, what: list[str], out: str | Path | None = None, se
         fig, numbers = fn(ex, **kwargs)
         written.append(plots.save_figure(fig, out / f"{name}.png"))
         if numbers:
-            (out / f"{name}.json").write_text(json.dumps(numbers, indent=2) + "\n")
+            write_json(out / f"{name}.json", numbers)
             written.append(out / f"{name}.json")
     return written

@@ -39,6 +39,7 @@ import numpy as np
 
 from vaelab.config import background_rgb
 from vaelab.data import DataError, Dataset, ImageFile, Split, cache_dir
+from vaelab.files import FileError, atomic_write, describe, dir_mode
 
 CACHE_VERSION = 1
 _GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -265,7 +266,7 @@ def _decode_into(target: Path, shape: tuple[int, ...], paths: list[str], reuse: 
     if not paths:
         target.write_bytes(b"")
         return {}
-    out = np.memmap(target, dtype=np.uint8, mode="w+", shape=shape)
+    out = _new_raw(target, shape)
     todo = []
     for row, p in enumerate(paths):
         if p in reuse:
@@ -311,6 +312,28 @@ def _resolve_shape(root: Path, rels: list[str], t: Transform, skip_bad: bool, pr
     return (channels, *dims.pop()), good
 
 
+def _new_build(folder: Path) -> Path:
+    """A temporary folder beside cache `folder` to build into (swapped in by _install)."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+        os.chmod(tmp, dir_mode())
+        return tmp
+    except OSError as e:
+        raise FileError(describe(e, "cannot create the image cache") + "; or set XDG_CACHE_HOME to a "
+                        "writable folder") from None
+
+
+def _new_raw(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A raw uint8 file of `shape` with its blocks reserved up front: a full disk is an
+    ENOSPC error here, not a SIGBUS when a memory-mapped page is written later."""
+    with open(path, "wb") as fh:
+        n = int(np.prod(shape))
+        if n:
+            os.posix_fallocate(fh.fileno(), 0, n)
+    return np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
+
+
 def _compact(path: Path, shape: tuple[int, ...], kept: list[int]) -> None:
     """Rewrite raw file `path` (shape) keeping rows `kept`, in chunks."""
     src = ImageFile(path, shape)
@@ -350,10 +373,7 @@ def _install(tmp: Path, folder: Path) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, separators=(",", ":"))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, separators=(",", ":")))
 
 
 def _dataset_from_cache(folder: Path, m: dict[str, Any]) -> Dataset:
@@ -406,8 +426,7 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
             for row, rel in enumerate(entry["files"]):
                 if rel in now and then.get(rel) == now[rel]:
                     reuse[str(root / rel)] = (folder / f"{split}.u8", row)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    tmp = _new_build(folder)
     try:
         split_rels = {s: [r for r, sp in zip(rels, splits_of) if sp == s and r in good_set] for s in ("train", "test")}
         label_of = dict(zip(rels, labels_of))
@@ -438,6 +457,9 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
             manifest["splits"][s] = {"files": v, "labels": [label_of[r] for r in v]}
         _write_json(tmp / "manifest.json", manifest)
         _install(tmp, folder)
+    except OSError as e:
+        raise FileError(describe(e, "cannot build the image cache") + "; or set XDG_CACHE_HOME to another "
+                        "folder") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _dataset_from_cache(folder, manifest)
@@ -590,8 +612,7 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
         classes = classes or tuple(str(i) for i in range(n_classes))
     else:
         classes = ()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    tmp = _new_build(folder)
     bg = background_rgb(transform.background)
     try:
         from tqdm.auto import tqdm
@@ -601,7 +622,7 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
                    dynamic_ncols=True)
         for s in ("train", "test"):
             src, sel = arrays[s], rows[s]
-            out = np.memmap(tmp / f"{s}.u8", dtype=np.uint8, mode="w+", shape=(sizes[s], *shape))
+            out = _new_raw(tmp / f"{s}.u8", (sizes[s], *shape))
             for i in range(0, sizes[s], 1024):  # chunks: an .npy larger than memory stays on disk
                 chunk = src[i : i + 1024] if sel is None else src[sel[i : i + 1024]]
                 out[i : i + 1024] = _convert_chunk(_to_uint8(np.asarray(chunk), s, path), shape, bg)
@@ -619,6 +640,9 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
                 manifest["splits"][s]["labels"] = [None] * sizes[s]
         _write_json(tmp / "manifest.json", manifest)
         _install(tmp, folder)
+    except OSError as e:
+        raise FileError(describe(e, "cannot build the image cache") + "; or set XDG_CACHE_HOME to another "
+                        "folder") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _dataset_from_cache(folder, manifest)

@@ -4,12 +4,12 @@ matplotlib is imported lazily, only by functions that draw figures."""
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from vaelab.files import atomic_path
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
@@ -31,15 +31,12 @@ def save_png(array: np.ndarray, path: str | Path, scale: int = 2) -> Path:
     """Write a uint8 grid as PNG (nearest-neighbour upscaled, no blur), atomically."""
     from PIL import Image
 
-    path = Path(path)
     img = Image.fromarray(array)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".png")
-    os.close(fd)
-    img.save(tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path, ".png") as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------- matplotlib figures
@@ -187,10 +184,9 @@ def heatmap(values: torch.Tensor, title: str):
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     """Save atomically and close the figure."""
     plt = _plt()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.stem, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
+    return Path(path)

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
+import signal
+import socket
+import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -19,10 +25,12 @@ from typing import Any
 
 import torch
 
+from vaelab import __version__
+
 from vaelab.batches import Batches, SplitInputs, is_path, load_configured, memory_budget, model_inputs
 from vaelab.checkpoint import RunError, load_checkpoint, load_config, save_checkpoint
 from vaelab.config import Config, TrainConfig, choose
-from vaelab.config import save as save_config
+from vaelab.files import RunLock, atomic_write, ensure_dir, write_json
 from vaelab.models import build_model, check_data_fit
 from vaelab.objectives import OBJECTIVES
 from vaelab.plots import image_grid, save_png
@@ -60,6 +68,104 @@ def effective_batch_size(batch_size: int, n_train: int) -> int:
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingStopped(RuntimeError):
+    """SIGINT or SIGTERM stopped training at a safe point; `exit_code` is 128 + the signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopSignals:
+    """While training, SIGINT (Ctrl-C) and SIGTERM (what schedulers send) only set a flag
+    that the loop checks after each step and each checkpoint, so no file is left half
+    written; a second Ctrl-C interrupts at once. Only installed in the main thread."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def check(self, run_dir: Path, epoch: int, step: int) -> None:
+        if self.signum is None:
+            return
+        name = signal.Signals(self.signum).name
+        kept = (f"the checkpoint of epoch {epoch} is kept; continue with: vaelab train --resume {run_dir}"
+                if epoch else "no epoch had finished, so there is no checkpoint yet; start the run again")
+        raise TrainingStopped(f"{name} received: stopped after step {step}; {kept}", self.signum)
+
+
+def _kept(run_dir: Path, epoch: int) -> str:
+    if epoch == 0:
+        return "No epoch had finished, so no checkpoint was written"
+    return f"The last good checkpoint (epoch {epoch}) is kept in {run_dir}/checkpoint"
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """What made this run: versions, the source's git commit, the machine and the command."""
+    here = Path(__file__).resolve().parent
+    commit = None
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            commit = out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            for line in open("/proc/cpuinfo"):
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+    return {"vaelab_version": __version__, "git_commit": commit, "torch_version": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "host": socket.gethostname(),
+            "device": f"{device.type}: {name}", "threads": torch.get_num_threads(), "command": sys.argv,
+            "started": datetime.now().isoformat(timespec="seconds")}
+
+
+def _read_metrics(run_dir: Path, upto: int) -> list[dict[str, Any]]:
+    """The records of epochs 1..upto from metrics.jsonl (a line written for a later epoch
+    by a run killed before its checkpoint landed is dropped: that epoch runs again)."""
+    records = []
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        lines = []
+    for line in lines:
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue  # a torn line from a version that appended in place
+        if isinstance(r, dict) and isinstance(r.get("epoch"), int) and r["epoch"] <= upto:
+            records.append(r)
+    return records
+
+
+def _write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
 
 
 def learning_rate(t: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -145,12 +251,18 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
     """Train `cfg` into run folder `out` (or continue it, with ``resume=True``).
 
     Returns the run folder. `dataset` (a :class:`vaelab.data.Dataset`) may be passed
-    to skip loading from disk.
+    to skip loading from disk. The folder is locked while training runs in it.
     """
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
-    if not resume and (run_dir / "checkpoint").exists():
-        raise RunError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(run_dir, "run folder")
+    with RunLock(run_dir), StopSignals() as stop:
+        if not resume and any((run_dir / d).exists() for d in ("checkpoint", "checkpoint.old")):
+            raise RunError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose "
+                           "another --out")
+        return _train(cfg, run_dir, resume, progress, dataset, stop)
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, dataset, stop: StopSignals) -> Path:
     t = cfg.train
     tune_malloc()
     device = resolve_device(t.device)
@@ -188,11 +300,21 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
         info, rng = load_checkpoint(run_dir, model, optimizer)
         epoch, step = info["epoch"], info["step"]
         _set_rng_state(batches, rng)
+        records = _read_metrics(run_dir, epoch)
+        try:
+            prov = json.loads((run_dir / "run.json").read_text())
+        except (OSError, ValueError):
+            prov = {}
+        prov = prov if isinstance(prov, dict) else {}
+        prov.setdefault("resumed", []).append({**provenance(device), "from_epoch": epoch})
+        write_json(run_dir / "run.json", prov)
     else:
-        save_config(cfg, run_dir / "config.json")
-        (run_dir / "metrics.jsonl").write_text("")
+        write_json(run_dir / "config.json", cfg.to_dict())
+        write_json(run_dir / "run.json", provenance(device))
+        records = []
+        _write_metrics(run_dir, records)
         if data.skipped:
-            (run_dir / "skipped_images.txt").write_text("\n".join(data.skipped) + "\n")
+            atomic_write(run_dir / "skipped_images.txt", "\n".join(data.skipped) + "\n")
             print(f"skipped {len(data.skipped)} unreadable image(s); listed in {run_dir / 'skipped_images.txt'}",
                   file=sys.stderr)
         if progress and not batches.resident:
@@ -223,51 +345,52 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
             optimizer.step()
             step += 1
+            stop.check(run_dir, epoch, step)
             with torch.no_grad():
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0) + v.detach().sum()
             if i % 25 == 0 or i == steps_per_epoch - 1:
                 value = float(loss.detach())
                 if not math.isfinite(value):
-                    raise TrainingDiverged(
-                        f"loss became {value} at epoch {epoch + 1}, step {step}; stopped. The last good "
-                        f"checkpoint (epoch {epoch}) is kept in {run_dir}/checkpoint. Try a lower --lr."
-                    )
+                    raise TrainingDiverged(f"loss became {value} at epoch {epoch + 1}, step {step}; stopped. "
+                                           f"{_kept(run_dir, epoch)}. Try a lower --lr.")
                 bar.set_postfix(loss=f"{value:.2f}", lr=f"{lr:.2e}")
         bar.close()
         n_seen = len(data.train)
         train_terms = {f"train_{k}": float(v) / n_seen for k, v in sums.items()}
         if not all(math.isfinite(v) for v in train_terms.values()):
-            raise TrainingDiverged(
-                f"a loss term became non-finite during epoch {epoch + 1}; stopped. The last good "
-                f"checkpoint (epoch {epoch}) is kept in {run_dir}/checkpoint. Try a lower --lr."
-            )
+            raise TrainingDiverged(f"a loss term became non-finite during epoch {epoch + 1}; stopped. "
+                                   f"{_kept(run_dir, epoch)}. Try a lower --lr.")
         test_terms = {f"test_{k}": v for k, v in test_elbo(
             model, test_inputs, objective, samples=t.samples if objective == "iwae" else 1, kl=t.kl,
             lam=t.lam).items()}
         epoch += 1
         if epoch % t.image_every == 0 or epoch == t.epochs:
             write_pictures(model, run_dir, x_show, z_fixed, c_show)
-        save_checkpoint(run_dir, model, optimizer, {**info, "epoch": epoch, "step": step},
-                        rng=_rng_state(batches))
         seconds = time.perf_counter() - start
         record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, **train_terms, **test_terms,
                                   "seconds": round(seconds, 3), "examples_per_s": round(n_seen / seconds, 1)}
-        with open(run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        # metrics first, then the checkpoint: a kill in between leaves a record for an epoch
+        # the checkpoint does not have, which resuming drops and recomputes identically
+        records.append(record)
+        _write_metrics(run_dir, records)
+        save_checkpoint(run_dir, model, optimizer, {**info, "epoch": epoch, "step": step},
+                        rng=_rng_state(batches))
         if progress:
             shown = test_terms.get("test_elbo", -test_terms["test_loss"])
             label = "test ELBO" if "test_elbo" in test_terms else "test log p(x|z)"
             tqdm.write(f"epoch {epoch:3d}  train loss {train_terms['train_loss']:8.2f}  "
                        f"{label} {shown:8.2f}  {n_seen / seconds:8.0f} ex/s")
+        stop.check(run_dir, epoch, step)
     return run_dir
 
 
 def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = True, dataset=None) -> Path:
     """Continue the run in `run_dir` up to `epochs` epochs in total (default: as configured)."""
     cfg = load_config(run_dir)
-    if epochs is not None:
+    if epochs is not None and epochs != cfg.train.epochs:
         cfg = cfg.replace(train={"epochs": epochs})
-        save_config(cfg, Path(run_dir) / "config.json")
+        with RunLock(run_dir):  # not while another process trains here
+            write_json(Path(run_dir) / "config.json", cfg.to_dict())
     return train(cfg, run_dir, resume=True, progress=progress, dataset=dataset)
 

@@ -1,0 +1,302 @@
+"""Faults end cleanly: damaged run files, bad output paths, full disks, kills, signals, locks.
+
+Every case checks the user-facing contract: exit code 2 (or the signal's code), one line
+on stderr naming the file and the fix, no traceback, nothing lost, and a run that resumes
+to the same metrics as an uninterrupted one.
+"""
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vaelab.cli import main
+
+TINY = ["--dataset", "mnist-sample", "--hidden", "32", "--latent-dim", "4", "--batch-size", "125"]
+TIMING = {"seconds", "examples_per_s"}
+
+
+def metrics(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def one_line_error(capsys, *needles: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.count("\n") == 0, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted 8-epoch run to compare resumed runs against."""
+    run = tmp_path_factory.mktemp("ref") / "run"
+    assert main(["train", *TINY, "--epochs", "8", "--out", str(run), "--quiet"]) == 0
+    return run
+
+
+@pytest.fixture
+def trained(tmp_path) -> Path:
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(run), "--quiet"]) == 0
+    return run
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+DAMAGE = {
+    "config-garbage": ("config.json", lambda p: p.write_bytes(b"\x00\xff{not json")),
+    "config-wrong-kind": ("config.json", lambda p: p.write_text("[1, 2, 3]")),
+    "config-other-version": ("config.json", lambda p: p.write_text(json.dumps(
+        {**json.loads(p.read_text()), "model": {**json.loads(p.read_text())["model"], "new_knob": 3}}))),
+    "config-wrong-type": ("config.json", lambda p: p.write_text(json.dumps(
+        {**json.loads(p.read_text()), "train": {"epochs": "many"}}))),
+    "state-garbage": ("checkpoint/state.json", lambda p: p.write_text("{\"epoch\": 1,")),
+    "state-foreign": ("checkpoint/state.json", lambda p: p.write_text('{"hello": "world"}')),
+    "model-truncated": ("checkpoint/model.safetensors", lambda p: p.write_bytes(p.read_bytes()[:100])),
+    "model-empty": ("checkpoint/model.safetensors", lambda p: p.write_bytes(b"")),
+    "model-foreign": ("checkpoint/model.safetensors", lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" * 50)),
+    "state-tensors-truncated": ("checkpoint/state.safetensors", lambda p: p.write_bytes(p.read_bytes()[:-7])),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_run_files_give_one_line_and_are_kept(trained, capsys, case):
+    name, damage = DAMAGE[case]
+    path = trained / name
+    damage(path)
+    before = {p: p.read_bytes() for p in (trained / "checkpoint").iterdir()}
+    for argv in (["evaluate", str(trained), "--k", "2", "--n", "5", "--quiet"],
+                 ["sample", str(trained), "--n", "4"],
+                 ["train", "--resume", str(trained), "--epochs", "2", "--quiet"]):
+        assert main(argv) == 2, argv
+        one_line_error(capsys, name.split("/")[-1])
+    after = {p: p.read_bytes() for p in (trained / "checkpoint").iterdir()}
+    assert before == after  # a checkpoint that fails to load is never replaced
+
+
+def test_weights_from_another_run_are_refused(trained, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert main(["train", *TINY, "--hidden", "48", "--epochs", "1", "--out", str(other), "--quiet"]) == 0
+    shutil.copy(other / "checkpoint" / "model.safetensors", trained / "checkpoint" / "model.safetensors")
+    assert main(["evaluate", str(trained), "--k", "2", "--n", "5", "--quiet"]) == 2
+    one_line_error(capsys, "model.safetensors does not fit the model", "another run")
+
+
+def test_missing_checkpoint_and_damaged_metrics(trained, capsys):
+    (trained / "metrics.jsonl").write_text("{torn")
+    assert main(["plot", str(trained), "--what", "curves"]) == 2
+    one_line_error(capsys, "metrics.jsonl is damaged")
+    shutil.rmtree(trained / "checkpoint")
+    assert main(["evaluate", str(trained), "--quiet"]) == 2
+    one_line_error(capsys, "has no checkpoint")
+
+
+def test_checkpoint_swap_leftover_is_read(trained):
+    from vaelab.checkpoint import read_checkpoint
+
+    os.replace(trained / "checkpoint", trained / "checkpoint.old")  # a crash between the two renames
+    ckpt, info, _, _ = read_checkpoint(trained)
+    assert ckpt.name == "checkpoint.old" and info["epoch"] == 1
+
+
+# ----------------------------------------------------------------------------- bad output places
+
+
+def test_output_paths_that_are_files(trained, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(blocker), "--quiet"]) == 2
+    one_line_error(capsys, "is a file, not a folder")
+    assert main(["plot", str(trained), "--what", "recon", "--out", str(blocker)]) == 2
+    one_line_error(capsys, "is a file, not a folder")
+    assert main(["sample", str(trained), "--out", str(blocker / "s.png")]) == 2
+    one_line_error(capsys, "is a file, not a folder")
+
+
+def test_unwritable_cache_folder(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    (tmp_path / "imgs").mkdir()
+    from PIL import Image
+
+    for i in range(20):
+        Image.new("L", (8, 8), i * 10).save(tmp_path / "imgs" / f"{i}.png")
+    assert main(["train", "--dataset", str(tmp_path / "imgs"), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    one_line_error(capsys, "image cache", "XDG_CACHE_HOME")
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, capsys, reference):
+    import vaelab.checkpoint as ck
+
+    real, calls = ck.save_file, []
+
+    def full_disk(tensors, path, **kw):
+        calls.append(path)
+        if len(calls) == 4:  # epoch 2's second file
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(tensors, path, **kw)
+
+    monkeypatch.setattr(ck, "save_file", full_disk)
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "8", "--out", str(run), "--quiet"]) == 2
+    one_line_error(capsys, "disk is full", "previous one is kept")
+    assert not [p for p in run.iterdir() if p.name.startswith(".checkpoint-")]  # temporary files cleaned up
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["epoch"] == 1
+    monkeypatch.setattr(ck, "save_file", real)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert metrics(run) == metrics(reference)
+
+
+def test_outputs_get_ordinary_permissions(trained):
+    assert main(["evaluate", str(trained), "--k", "2", "--n", "5", "--quiet"]) == 0
+    assert main(["plot", str(trained), "--what", "recon"]) == 0
+    expected = 0o666 & ~_umask()
+    for p in [trained / "eval.json", trained / "recon.png", trained / "metrics.jsonl", trained / "config.json",
+              trained / "run.json", trained / "plots" / "recon.png", trained / "checkpoint" / "state.json"]:
+        assert p.stat().st_mode & 0o777 == expected, p
+    assert (trained / "checkpoint").stat().st_mode & 0o777 == 0o777 & ~_umask()
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+# ----------------------------------------------------------------------------- processes
+
+CHILD = """
+import os, sys
+{patch}
+from vaelab.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+# os._exit in the middle of a checkpoint swap: after the old checkpoint was moved aside,
+# before the new one is renamed into place (the second os.replace of save_checkpoint).
+CRASH_IN_SWAP = """
+import vaelab.checkpoint as ck
+_real, _n = os.replace, [0]
+def _replace(a, b):
+    if str(b).endswith("checkpoint") and ".checkpoint-" in str(a):
+        _n[0] += 1
+        if _n[0] == {at}:
+            os._exit(137)
+    return _real(a, b)
+ck.os.replace = _replace
+"""
+
+
+def spawn(args: list[str], patch: str = "") -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-c", CHILD.format(patch=patch), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epoch(run: Path, epoch: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    end = time.time() + timeout
+    while time.time() < end and proc.poll() is None:
+        try:
+            if json.loads((run / "checkpoint" / "state.json").read_text())["epoch"] >= epoch:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.02)
+
+
+def test_kill_9_at_random_points_then_resume_gives_identical_metrics(tmp_path, reference):
+    rng = random.Random(1234)
+    for trial in range(3):
+        run = tmp_path / f"run{trial}"
+        proc = spawn(["train", *TINY, "--epochs", "8", "--out", str(run), "--quiet"])
+        wait_for_epoch(run, 1, proc)
+        time.sleep(rng.uniform(0.0, 0.8))  # somewhere in epochs 2-8, maybe inside a checkpoint write
+        assert proc.poll() is None, "the run ended before the kill; the trial would test nothing"
+        proc.kill()
+        proc.wait()
+        assert main(["train", "--resume", str(run), "--quiet"]) == 0
+        assert metrics(run) == metrics(reference), f"trial {trial}"
+
+
+@pytest.mark.parametrize("at", [1, 2])
+def test_crash_inside_a_checkpoint_swap_then_resume(tmp_path, reference, at):
+    run = tmp_path / "run"
+    proc = spawn(["train", *TINY, "--epochs", "8", "--out", str(run), "--quiet"], CRASH_IN_SWAP.format(at=at))
+    assert proc.wait(timeout=300) == 137
+    assert not (run / "checkpoint").exists() and (run / "checkpoint.old").exists() == (at > 1)
+    if at == 1:  # died writing the very first checkpoint: nothing to resume, start again
+        assert main(["train", "--resume", str(run), "--quiet"]) == 2
+        return
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert metrics(run) == metrics(reference)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signals_stop_at_a_safe_point_and_resume_exactly(tmp_path, reference, sig, code):
+    run = tmp_path / "run"
+    proc = spawn(["train", *TINY, "--epochs", "8", "--out", str(run), "--quiet"])
+    wait_for_epoch(run, 1, proc)
+    assert proc.poll() is None
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "received: stopped after step" in err and "--resume" in err and "Traceback" not in err
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert metrics(run) == metrics(reference)
+
+
+def test_second_trainer_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, capsys):
+    run = tmp_path / "run"
+    proc = spawn(["train", *TINY, "--epochs", "50", "--out", str(run), "--quiet"])
+    wait_for_epoch(run, 1, proc)
+    assert main(["train", "--resume", str(run), "--epochs", "60", "--quiet"]) == 2
+    one_line_error(capsys, "is in use by pid", str(proc.pid))
+    assert main(["evaluate", str(run), "--k", "2", "--n", "20", "--quiet"]) == 0  # reads a whole checkpoint
+    proc.kill()
+    proc.wait()
+    assert (run / ".lock").read_text().startswith(f"pid {proc.pid}")  # left behind by kill -9
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0  # stale: taken over
+
+
+def test_run_records_its_provenance(trained):
+    import torch
+
+    from vaelab import __version__
+
+    prov = json.loads((trained / "run.json").read_text())
+    assert prov["vaelab_version"] == __version__ and prov["torch_version"] == torch.__version__
+    assert prov["device"].startswith("cpu") and "git_commit" in prov
+    assert main(["train", "--resume", str(trained), "--epochs", "2", "--quiet"]) == 0
+    assert json.loads((trained / "run.json").read_text())["resumed"][0]["from_epoch"] == 1
+
+
+def test_evaluate_warns_when_the_data_changed(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(40):
+        Image.new("L", (8, 8), i * 5).save(tmp_path / "imgs" / f"{i}.png")
+    run = tmp_path / "r"
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    try:
+        assert main(["train", "--dataset", str(tmp_path / "imgs"), "--hidden", "8", "--latent-dim", "2",
+                     "--epochs", "1", "--binarization", "none", "--likelihood", "gaussian", "--out", str(run),
+                     "--quiet"]) == 0
+        Image.new("L", (8, 8), 255).save(tmp_path / "imgs" / "new.png")
+        capsys.readouterr()
+        assert main(["evaluate", str(run), "--k", "2", "--quiet"]) == 0
+        assert "differ from those the run trained on" in capsys.readouterr().err
+    finally:
+        del os.environ["XDG_CACHE_HOME"]
