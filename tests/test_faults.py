@@ -300,3 +300,11 @@ def test_evaluate_warns_when_the_data_changed(tmp_path, capsys):
         assert "differ from those the run trained on" in capsys.readouterr().err
     finally:
         del os.environ["XDG_CACHE_HOME"]
+
+
+def test_missing_config_is_one_line(trained, capsys):
+    (trained / "config.json").unlink()
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", str(trained)])
+    assert e.value.code == 2
+    one_line_error(capsys, "no config.json")
