@@ -178,5 +178,16 @@ def test_binarization_modes():
 def test_batches_cover_split_without_repeats():
     split = vd.Split(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1), torch.arange(10))
     batches = Batches(split, 3, "none", "cpu", seed=1)
-    labels = torch.cat([y for _, y, _ in batches])
+    labels = torch.cat([b.labels for b in batches])
     assert sorted(labels.tolist()) == list(range(10)) and len(batches) == 4
+
+
+def test_process_slices_make_up_the_single_process_batch():
+    """Each of 3 data-parallel processes keeps its slice of the same global batch, noise included."""
+    split = vd.Split(torch.randint(0, 256, (50, 1, 3, 3), dtype=torch.uint8), torch.arange(50))
+    one = list(Batches(split, 16, "dynamic", "cpu", seed=3))
+    parts = [list(Batches(split, 16, "dynamic", "cpu", seed=3, rank=r, world=3)) for r in range(3)]
+    for i, whole in enumerate(one):
+        assert torch.equal(torch.cat([p[i].x for p in parts]), whole.x)
+        assert torch.equal(torch.cat([p[i].idx for p in parts]), whole.idx)
+        assert {p[i].size for p in parts} == {whole.size}

@@ -14,7 +14,8 @@ from PIL import Image
 
 from vaelab import data as vd
 from vaelab import images as vi
-from vaelab.batches import Batches, SplitInputs, counter_uniform, load_configured
+from vaelab.batches import Batches, SplitInputs, load_configured
+from vaelab.batches import pixel_uniform as counter_uniform
 from vaelab.config import DataConfig
 from vaelab.data import DataError, ImageFile, Split
 from vaelab.images import Transform, load_array, load_folder
@@ -317,7 +318,7 @@ def test_streamed_and_resident_give_the_same_batches(tmp_path, binarization, deq
     streamed = Batches(on_disk, 16, binarization, "cpu", resident=False, **kw)
     assert resident.resident and not streamed.resident and len(resident) == 7
     for _ in range(2):  # two epochs: the generators advance alike
-        for (a, ya, _), (b, yb, _) in zip(resident, streamed, strict=True):
+        for (a, ya, *_), (b, yb, *_) in zip(resident, streamed, strict=True):
             assert torch.equal(ya, yb) and torch.equal(a, b)
     assert Batches(on_disk, 16, "none", "cpu", budget=10).resident is False
     assert Batches(on_disk, 16, "none", "cpu", budget=10**6).resident is True

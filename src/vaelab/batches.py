@@ -23,12 +23,14 @@ import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from vaelab.config import DataConfig
 from vaelab.data import DATASETS, DataError, Dataset, Split, attach_conditions, load_dataset
+from vaelab.distributions import counter_uniform
 
 # ----------------------------------------------------------------------------- sources
 
@@ -98,53 +100,35 @@ def memory_budget(d: DataConfig, device: torch.device) -> int:
 
 # ----------------------------------------------------------------------------- noise
 
-_GOLDEN, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
-
-
-def _i64(v: int) -> int:
-    v %= 1 << 64
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
-def _lsr(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Logical right shift of int64 (torch's >> is arithmetic)."""
-    return (x >> k) & ((1 << (64 - k)) - 1)
-
-
-def counter_uniform(idx: torch.Tensor, numel: int, key: int) -> torch.Tensor:
-    """U[0, 1) numbers for pixels 0..numel-1 of images `idx` (B,) -> (B, numel), float32.
-
-    The splitmix64 finaliser (Steele et al. 2014) of the counter idx * numel + pixel,
-    offset by `key`: each image gets the same numbers whatever batch, device or process
-    it is drawn in. 24 random bits per number (float32's mantissa).
-    """
-    x = idx.to(torch.int64)[:, None] * numel + torch.arange(numel, device=idx.device)
-    x = x + _i64((key + 1) * _GOLDEN)
-    x = (x ^ _lsr(x, 30)) * _i64(_M1)
-    x = (x ^ _lsr(x, 27)) * _i64(_M2)
-    x = x ^ _lsr(x, 31)
-    return _lsr(x, 40).to(torch.float32) * 2.0**-24
+def pixel_uniform(idx: torch.Tensor, numel: int, key: int) -> torch.Tensor:
+    """U[0, 1) numbers for pixels 0..numel-1 of images `idx` (B,) -> (B, numel), float32:
+    each image gets the same numbers whatever batch, device or process draws them."""
+    counters = idx.to(torch.int64)[:, None] * numel + torch.arange(numel, device=idx.device)
+    return counter_uniform(counters, key)
 
 
 TRAIN_KEY, TEST_KEY = 0, 1  # noise streams of the fixed binarisation per split
 
 
 def as_input(u8: torch.Tensor, binarization: str, dequantize: bool, *, generator: torch.Generator | None = None,
-             idx: torch.Tensor | None = None, key: int = 0) -> torch.Tensor:
+             idx: torch.Tensor | None = None, key: int = 0, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float32 model input in [0, 1] on the same device.
 
     ``dynamic``/``fixed``: x ~ Bernoulli(pixel / 255); grey levels (``none``): pixel / 255,
     or with `dequantize` (density likelihoods) (pixel + u) / 256, u ~ U(0, 1). The noise
     comes from `generator`, or, when `idx` is given, from :func:`counter_uniform` keyed
-    by `key` (the same every time an image is used).
+    by `key` (the same every time an image is used). `rows` = (total, offset): the
+    generator draws noise for `total` images and this batch takes rows offset.. of it,
+    so every process of a data-parallel job draws what a single process would.
     """
     if binarization == "none" and not dequantize:
         return u8.float().div_(255.0)
     shape = u8.shape
     if idx is not None:
-        u = counter_uniform(idx, int(np.prod(shape[1:])), key).view(shape)
+        u = pixel_uniform(idx, int(np.prod(shape[1:])), key).view(shape)
     else:
-        u = torch.rand(shape, generator=generator, device=u8.device)
+        total, offset = rows or (shape[0], 0)
+        u = torch.rand((total, *shape[1:]), generator=generator, device=u8.device)[offset : offset + shape[0]]
     if binarization == "none":
         return u8.float().add_(u).div_(256.0)
     if binarization in ("dynamic", "fixed"):
@@ -155,20 +139,30 @@ def as_input(u8: torch.Tensor, binarization: str, dequantize: bool, *, generator
 # ----------------------------------------------------------------------------- training batches
 
 
+class Batch(NamedTuple):
+    x: torch.Tensor  # (b, C, H, W) model input, this process's rows of the global batch
+    labels: torch.Tensor  # (b,)
+    cond: torch.Tensor | None  # (b, C') or None
+    idx: torch.Tensor  # (b,) indices of the images in the split
+    size: int  # images in the global batch (all processes)
+
+
 class Batches:
-    """Mini-batches (x, labels, conditions or None) of one split for training.
+    """Mini-batches of one split for training, as :class:`Batch` es.
 
     Every image is used once per epoch (the last batch may be smaller). ``dynamic``
     binarisation and dequantisation draw fresh noise per batch; ``fixed`` uses each
     image's own counter-based noise, the same every epoch. `resident` None: decided
-    by the split's size against `budget` bytes.
+    by the split's size against `budget` bytes. In a data-parallel job (`rank` of
+    `world`) every process draws the same global batch and keeps its contiguous slice.
     """
 
     def __init__(self, split: Split, batch_size: int, binarization: str, device: torch.device | str,
                  seed: int = 0, dequantize: bool = False, cond: torch.Tensor | None = None,
                  resident: bool | None = None, budget: int = 4 << 30, shuffle: bool = True,
-                 prefetch: int = 3, fixed_key: int = 0) -> None:
+                 prefetch: int = 3, fixed_key: int = 0, rank: int = 0, world: int = 1) -> None:
         self.device = torch.device(device)
+        self.rank, self.world = rank, world
         self.batch_size, self.binarization, self.shuffle = batch_size, binarization, shuffle
         self.dequantize = dequantize and binarization == "none"
         self.fixed_key, self.prefetch = fixed_key, prefetch
@@ -200,8 +194,15 @@ class Batches:
             rows = torch.from_numpy(self.images.read(idx.numpy()))
         return rows.pin_memory() if self.device.type == "cuda" else rows
 
+    def _slice(self, n: int) -> tuple[int, int]:
+        """This process's rows [a, b) of a global batch of n."""
+        base, extra = divmod(n, self.world)
+        a = self.rank * base + min(self.rank, extra)
+        return a, a + base + (self.rank < extra)
+
     def _streamed(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(cpu idx, uint8 rows) per batch, read ahead by a background thread."""
+        """(cpu idx of the global batch, uint8 rows of this process's slice) per batch,
+        read ahead by a background thread."""
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
@@ -211,7 +212,8 @@ class Batches:
                     if stop.is_set():
                         return
                     idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-                    q.put((idx, self._read(idx)))
+                    a, b = self._slice(len(idx))
+                    q.put((idx, self._read(idx[a:b])))
                 q.put(None)
             except BaseException as e:  # noqa: BLE001 - handed to the consumer
                 q.put(e)
@@ -231,24 +233,22 @@ class Batches:
                 except queue.Empty:
                     thread.join(0.01)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    def __iter__(self) -> Iterator[Batch]:
         order = self._order()
         if self.resident:
             order_dev = order.to(self.device)
             source = ((order_dev[i * self.batch_size : (i + 1) * self.batch_size], None) for i in range(len(self)))
         else:
             source = self._streamed(order)
-        for idx, rows in source:
-            if rows is None:
-                u8 = self.images.index_select(0, idx)
-            else:
-                u8 = rows.to(self.device, non_blocking=True)
-                idx = idx.to(self.device, non_blocking=True)
+        for gidx, rows in source:
+            a, b = self._slice(len(gidx))
+            idx = gidx[a:b].to(self.device, non_blocking=True)
+            u8 = self.images.index_select(0, idx) if rows is None else rows.to(self.device, non_blocking=True)
             fixed = self.binarization == "fixed"
             x = as_input(u8, self.binarization, self.dequantize, generator=self.generator,
-                         idx=idx if fixed else None, key=self.fixed_key)
+                         idx=idx if fixed else None, key=self.fixed_key, rows=(len(gidx), a))
             c = None if self.cond is None else self.cond.index_select(0, idx)
-            yield x, self.labels.index_select(0, idx), c
+            yield Batch(x, self.labels.index_select(0, idx), c, idx, len(gidx))
 
     def rng_state(self) -> dict[str, torch.Tensor]:
         return {"data_order": self.order_generator.get_state(), "data_noise": self.generator.get_state()}
@@ -280,6 +280,10 @@ class SplitInputs:
 
     def __len__(self) -> int:
         return len(self.split)
+
+    def index(self, start: int, stop: int) -> torch.Tensor:
+        """Indices of rows [start, stop) on the device: keys for per-image noise."""
+        return torch.arange(start, min(stop, len(self)), device=self.device)
 
     def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(x (n, C, H, W) float, conditions (n, C') or None, labels (n,)) of rows [start, stop)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -261,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="test ELBO and importance-sampled -log p(x)",
                        description="Evaluate a run on its test set; writes RUN_DIR/eval.json.")
     e.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
-    e.add_argument("--n", type=_positive_int, help="evaluate the first N test images (default all)")
+    e.add_argument("--n", "--n-images", dest="n", type=_positive_int,
+                   help="evaluate the first N test images (default all); under torchrun write --n-images, "
+                        "since torchrun takes --n as an abbreviation of its own options")
     e.add_argument("--k", type=_positive_int, default=1000, help="importance samples per image (default 1000)")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default auto)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -337,6 +340,11 @@ def _config_from_args(args: argparse.Namespace) -> Config:
     return cfg.replace(**sections)
 
 
+def _rank0() -> bool:
+    """Whether this process prints: the only one, or rank 0 of a torchrun job."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from vaelab.train import resume, train
 
@@ -350,13 +358,16 @@ def cmd_train(args: argparse.Namespace) -> None:
         run = resume(args.resume, epochs=args.epochs, progress=not args.quiet)
     else:
         run = train(_config_from_args(args), args.out, progress=not args.quiet)
-    print(f"run folder: {run}")
+    if _rank0():
+        print(f"run folder: {run}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from vaelab.evaluate import evaluate
 
     r = evaluate(args.run_dir, n=args.n, k=args.k, device=args.device, progress=not args.quiet)
+    if not _rank0():
+        return
     rows = [("dataset", f"{r['dataset']} ({r['split']}, n={r['n']})"), ("binarization", r["binarization_detail"])]
     if "nll" in r:
         rows += [("ELBO (nats)", f"{r['elbo']:.2f} +- {r['elbo_stderr']:.2f}"),

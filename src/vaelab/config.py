@@ -122,6 +122,11 @@ class TrainConfig:
     samples: int = 1
     seed: int = 0
     device: str = "auto"
+    # autocast dtype for the networks (log-densities, logsumexp and KL stay fp32):
+    # auto = bf16 on GPUs that support it, fp32 elsewhere; fp16 adds gradient scaling
+    precision: str = "auto"
+    # run the training step's forward through torch.compile
+    compile: bool = False
     # Grids of reconstructions / prior samples are refreshed every this many epochs.
     image_every: int = 1
 
@@ -230,6 +235,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"the plain autoencoder has no {t.objective} bound; it trains by reconstruction")
     if t.kl not in ("analytic", "mc"):
         raise ConfigError(f"unknown kl {t.kl!r}; choose one of: analytic, mc")
+    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"unknown precision {t.precision!r}; choose one of: auto, fp32, bf16, fp16")
     if t.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"unknown device {t.device!r}; choose one of: auto, cpu, cuda")
     for name, sizes in (("hidden", m.hidden), ("decoder_hidden", m.decoder_hidden or ())):

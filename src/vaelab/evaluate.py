@@ -23,7 +23,8 @@ from vaelab.batches import SplitInputs, load_configured, memory_budget, model_in
 from vaelab.checkpoint import load_run
 from vaelab.files import write_json
 from vaelab.models import check_data_fit
-from vaelab.runtime import resolve_device, tune_malloc
+from vaelab.distributions import ExampleNoise
+from vaelab.runtime import distributed, resolve_device, tune_malloc
 
 BINARIZATION_NOTE = {
     "dynamic": "stochastic: test images binarised once, x ~ Bernoulli(pixel/255), seed {seed}",
@@ -47,12 +48,15 @@ def posterior_means(model, x: torch.Tensor | SplitInputs, c: torch.Tensor | None
 @torch.inference_mode()
 def log_likelihood(model, x: torch.Tensor, k: int = 1000, rows: int = 1024, seed: int = 0,
                    progress: bool = False, c: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   generator: torch.Generator | None = None,
+                   index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image (log p(x) estimate with k importance samples, ELBO estimate): (N,), (N,).
 
     The ELBO estimate is the mean of the same k log-weights (a Monte-Carlo ELBO). For
     conditional models pass the conditions c (N, C'): log p(x|c) is estimated. Pass a
-    `generator` to continue one random stream across calls (then `seed` is unused).
+    `generator` to continue one random stream across calls (then `seed` is unused), or
+    the images' `index` (N,) to tie every image's k samples to the image and `seed`, so
+    any sharding or chunking of a test set gives the same estimates.
     """
     if not getattr(model, "has_density", False):
         raise TypeError(f"{type(model).__name__} defines no density p(x); it has no log-likelihood")
@@ -73,7 +77,8 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, rows: int = 1024, seed
         lse = torch.full((len(xb),), -math.inf, device=x.device)
         total = torch.zeros(len(xb), device=x.device)
         for j in range(0, k, chunk):
-            lw = model.log_weights(xb, min(chunk, k - j), q=q, generator=gen, c=cb)  # (kc, B)
+            g = gen if index is None else ExampleNoise(index[i : i + len(xb)], seed, first_sample=j)
+            lw = model.log_weights(xb, min(chunk, k - j), q=q, generator=g, c=cb)  # (kc, B)
             lse = torch.logaddexp(lse, torch.logsumexp(lw, 0))
             total += lw.sum(0)
         log_px[i : i + len(xb)] = lse - math.log(k)
@@ -100,13 +105,14 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
     if n is not None and n <= 0:
         raise ValueError(f"--n must be positive, got {n}")
     tune_malloc()
-    dev = resolve_device(device)
+    dist, dev = distributed(device)
+    progress = progress and dist.main
     cfg, model = load_run(run_dir, dev)
     check_data_fit(cfg.model, cfg.data.binarization)
     data = dataset or load_configured(cfg.data, progress=progress)
     seed = cfg.data.binarization_seed
     density = not model.likelihood.discrete
-    if cfg.data.fingerprint and data.fingerprint and data.fingerprint != cfg.data.fingerprint:
+    if cfg.data.fingerprint and data.fingerprint and data.fingerprint != cfg.data.fingerprint and dist.main:
         print(f"warning: the data in {data.source} differ from those the run trained on "
               f"(fingerprint {data.fingerprint}, was {cfg.data.fingerprint})", file=sys.stderr)
     inputs = model_inputs(model, cfg, data.test.head(n), len(data.classes), dev, memory_budget(cfg.data, dev))
@@ -121,6 +127,7 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
         "binarization_detail": BINARIZATION_NOTE[protocol].format(seed=seed),
         "likelihood": cfg.model.likelihood,
         "model": cfg.model.model,
+        "samples": "tied to each test image (seed 0): the same for any number of processes",
     }
     if model.conditional:
         result["conditioned_on"] = "custom side information" if cfg.data.conditions else "class label"
@@ -128,14 +135,19 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
     if model.has_density:
         from tqdm.auto import tqdm
 
-        gen = torch.Generator(device=dev).manual_seed(0)
+        # each process takes a contiguous share of the test images; results are gathered in order
+        first, last = dist.shard(len(inputs))
         parts = []
-        bar = tqdm(total=len(inputs), desc=f"IS k={k}", disable=not progress, dynamic_ncols=True)
-        for xb, cb, _ in inputs.chunks(1000):
-            parts.append(log_likelihood(model, xb, k=k, c=cb, generator=gen))
+        bar = tqdm(total=last - first, desc=f"IS k={k}", disable=not progress, dynamic_ncols=True)
+        for i in range(first, last, 1000):
+            j = min(last, i + 1000)
+            xb, cb, _ = inputs.rows(i, j)
+            parts.append(log_likelihood(model, xb, k=k, c=cb, index=inputs.index(i, j)))
             bar.update(len(xb))
         bar.close()
-        log_px, elbo = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        empty = torch.empty(0, device=dev)
+        log_px = dist.gather_rows(torch.cat([p[0] for p in parts]) if parts else empty, len(inputs))
+        elbo = dist.gather_rows(torch.cat([p[1] for p in parts]) if parts else empty, len(inputs))
         if density:
             # A density on [0, 1): P(bin of width 1/256) >= (1/256)^D exp(E_u log p), so
             # -log p + D log 256 is an upper bound on the discrete NLL (Theis et al. 2016).
@@ -150,12 +162,16 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
             result["bits_per_dim"] = nll / (dims * math.log(2))
             result["dims"] = dims
     else:
+        first, last = dist.shard(len(inputs))
         with torch.inference_mode():  # the AE is never conditional
-            recon = torch.cat([model.decode(model.encode(xb).mean).log_prob(xb) for xb, _, _ in inputs.chunks(1000)])
+            recon = torch.cat([torch.empty(0, device=dev)] + [
+                model.decode(model.encode(xb).mean).log_prob(xb)
+                for xb, _, _ in (inputs.rows(i, min(last, i + 1000)) for i in range(first, last, 1000))])
+        recon = dist.gather_rows(recon, len(inputs))
         result["recon_nll"], result["recon_nll_stderr"] = _mean_stderr(-recon)
         result["note"] = "a plain autoencoder has no density: only -log p(x | z = f(x)) is reported"
     result["seconds"] = round(time.perf_counter() - start, 2)
-    if write:
+    if write and dist.main:
         write_json(Path(run_dir) / "eval.json", result)
     return result
 

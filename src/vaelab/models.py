@@ -8,6 +8,9 @@ Shared interface (checked for every registered model by ``tests/test_contract.py
 - ``log_weights(x, k)``: (k, B) log p(x, z_k) - log q(z_k | x), z_k ~ q(z|x); only for
   models with a density (``has_density``)
 - ``objective``: the name of the training objective in :data:`vaelab.objectives.OBJECTIVES`
+- ``forward(x, c, **options)``: runs an objective and returns its per-example terms, so
+  that DistributedDataParallel, which synchronises gradients only for work done inside
+  the wrapped module's forward, sees all of it
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from vaelab.config import ConfigError, ModelConfig, choose
 from vaelab.distributions import LIKELIHOODS, SCALES, DiagonalGaussian, standard_normal_log_prob
 from vaelab.flows import FLOWS, FlowPosterior
 from vaelab.nets import ACTIVATIONS, NETS
+from vaelab.objectives import OBJECTIVES
 
 
 class PointMass:
@@ -57,6 +61,13 @@ class _Base(nn.Module):
         self.decoder = decoder_cls(cfg.latent_dim + self.cond_dim, dec_hidden, (self.likelihood.out_channels, h, w),
                                    cfg.activation, **extra)
 
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, *, objective: str | None = None,
+                samples: int = 1, beta: float = 1.0, kl: str = "analytic", lam: float = 0.0,
+                generator=None) -> dict[str, torch.Tensor]:
+        """Per-example terms (B,) of `objective` (default: the model's own) on images x (B, C, H, W)."""
+        fn = choose(OBJECTIVES, objective or self.objective, "objective")
+        return fn(self, x, c, samples=samples, beta=beta, kl=kl, lam=lam, generator=generator)
+
     def _condition(self, c: torch.Tensor | None, lead: tuple[int, ...]) -> torch.Tensor | None:
         if not self.conditional:
             return None
@@ -66,8 +77,28 @@ class _Base(nn.Module):
             raise ValueError(f"condition has {c.shape[-1]} features, the model was built for {self.cond_dim}")
         return c.expand(*lead, self.cond_dim)
 
+    amp_dtype: torch.dtype | None = None
+    channels_last = False
+
+    def set_precision(self, dtype: torch.dtype | None, channels_last: bool = False) -> None:
+        """Run the networks under autocast to `dtype` (None: fp32). Their outputs are cast
+        back to fp32 before any distribution sees them, so every log-density, logsumexp
+        and KL is computed in fp32. `channels_last`: conv nets' memory format on GPUs."""
+        self.amp_dtype, self.channels_last = dtype, channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def _net(self, net: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
+        if self.amp_dtype is None:
+            return net(*args)
+        device = next(self.parameters()).device.type
+        with torch.autocast(device, dtype=self.amp_dtype):
+            return net(*args).float()
+
     def encoder_input(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        return self.encoder(x, self._condition(c, (len(x),)) if self.encode_condition else None)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._net(self.encoder, x, self._condition(c, (len(x),)) if self.encode_condition else None)
 
     def decode(self, z: torch.Tensor, c: torch.Tensor | None = None):
         """(..., B, D) codes [+ conditions (B, C')] -> likelihood distribution over (..., B, C, H, W)."""
@@ -75,7 +106,7 @@ class _Base(nn.Module):
         cond = self._condition(c, lead)
         if cond is not None:
             z = torch.cat([z, cond], -1)
-        out = self.decoder(z.reshape(-1, z.shape[-1]))
+        out = self._net(self.decoder, z.reshape(-1, z.shape[-1]))
         return self.likelihood(out.reshape(*lead, *out.shape[1:]))
 
     def prior(self, n: int, device=None) -> DiagonalGaussian:

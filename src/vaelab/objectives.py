@@ -1,6 +1,10 @@
 """Training objectives. Each returns per-example terms, shape (B,), with ``loss``
 the quantity minimised (averaged over the batch by the training loop) and the other
-entries reported in the metrics. All terms are in nats per image."""
+entries reported in the metrics. All terms are in nats per image.
+
+`generator` is where reparameterisation noise comes from: a torch.Generator, None (the
+global RNG), or a :class:`vaelab.distributions.ExampleNoise` tied to the examples, which
+makes a data-parallel run draw what a single process draws."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from vaelab.distributions import standard_normal_log_prob
 
 
 def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
-         kl: str = "analytic", lam: float = 0.0) -> dict[str, torch.Tensor]:
+         kl: str = "analytic", lam: float = 0.0, generator=None) -> dict[str, torch.Tensor]:
     """ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) (Kingma & Welling 2014, eq. 10).
 
     The reconstruction term averages `samples` reparameterised draws z ~ q(z|x). The
@@ -24,7 +28,7 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
     `beta` weights the KL (Higgins et al. 2017); ``elbo`` is reported with beta = 1.
     """
     q = model.encode(x, c)
-    z, log_q = q.rsample_with_log_prob(samples)  # (L, B, D), (L, B)
+    z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, D), (L, B)
     recon = model.decode(z, c).log_prob(x).mean(0)
     if kl == "analytic" and hasattr(q, "kl_standard_normal"):
         kl_term = q.kl_standard_normal()
@@ -34,7 +38,7 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
 
 
 def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 5, beta: float = 1.0,
-         kl: str = "analytic", lam: float = 0.0) -> dict[str, torch.Tensor]:
+         kl: str = "analytic", lam: float = 0.0, generator=None) -> dict[str, torch.Tensor]:
     """Importance-weighted bound log (1/k) sum_k p(x, z_k) / q(z_k|x) (Burda et al. 2016, eq. 8).
 
     Built from per-sample log-weights (no analytic KL inside), with the weights kept in
@@ -44,13 +48,14 @@ def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
     """
     if beta != 1.0:
         raise ValueError("the IWAE bound has no KL weight; use --objective elbo with --beta")
-    lw = model.log_weights(x, samples, c=c)  # (k, B)
+    lw = model.log_weights(x, samples, c=c, generator=generator)  # (k, B)
     bound = torch.logsumexp(lw, 0) - math.log(samples)
     return {"loss": -bound, "iwae": bound, "elbo": lw.mean(0)}
 
 
 def reconstruction(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1,
-                   beta: float = 1.0, kl: str = "analytic", lam: float = 0.0) -> dict[str, torch.Tensor]:
+                   beta: float = 1.0, kl: str = "analytic", lam: float = 0.0,
+                   generator=None) -> dict[str, torch.Tensor]:
     """Plain autoencoder: maximise log p(x | z = f(x)); no prior, no KL."""
     recon = model.decode(model.encode(x, c).mean, c).log_prob(x)
     return {"loss": -recon, "recon": recon}
@@ -71,7 +76,7 @@ def pairwise_gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Ten
 
 
 def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
-          kl: str = "analytic", lam: float = 1.0) -> dict[str, torch.Tensor]:
+          kl: str = "analytic", lam: float = 1.0, generator=None) -> dict[str, torch.Tensor]:
     """Invariant conditional VAE loss (Moyer et al. 2018, with the correction in seed 003):
 
         (1 + lam) * E_q[-log p(x|z,c)] + beta * KL(q(z|x) || p(z)) + lam * KL(q(z|x) || q(z)).
@@ -83,7 +88,7 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
     q = model.encode(x, c)
     if not hasattr(q, "log_std"):
         raise ValueError("the invariance penalty needs a diagonal Gaussian posterior (no flows)")
-    z, _ = q.rsample_with_log_prob(samples)
+    z, _ = q.rsample_with_log_prob(samples, generator=generator)
     recon = model.decode(z, c).log_prob(x).mean(0)
     kl_prior = q.kl_standard_normal()
     b = len(x)
@@ -92,6 +97,14 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
     loss = -(1 + lam) * recon + beta * kl_prior + lam * kl_marginal
     return {"loss": loss, "recon": recon, "kl": kl_prior, "kl_marginal": kl_marginal, "elbo": recon - kl_prior}
 
+
+# the terms each objective returns (every process of a data-parallel job reduces the same keys)
+OBJECTIVE_TERMS: dict[str, tuple[str, ...]] = {
+    "elbo": ("loss", "recon", "kl", "elbo"),
+    "iwae": ("loss", "iwae", "elbo"),
+    "icvae": ("loss", "recon", "kl", "kl_marginal", "elbo"),
+    "reconstruction": ("loss", "recon"),
+}
 
 OBJECTIVES: dict[str, Callable[..., dict[str, torch.Tensor]]] = {
     "elbo": elbo,

@@ -1,9 +1,11 @@
-"""Process-level settings that make CPU training fast: device choice and malloc."""
+"""Process-level settings: device choice, malloc tuning, the torchrun process group, precision."""
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
+from dataclasses import dataclass
 
 import torch
 
@@ -43,3 +45,88 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise DeviceError("--device cuda requested but no CUDA device is available; use --device cpu or auto")
     return torch.device(name)
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 when not launched by torchrun).
+
+    Only rank 0 writes files; the helpers below are no-ops in a single process."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum `t` over all processes, in place."""
+        if self.active:
+            torch.distributed.all_reduce(t)
+        return t
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether `flag` is true on any process (every process gets the same answer)."""
+        if not self.active:
+            return flag
+        t = torch.tensor([float(flag)], device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+
+    def barrier(self) -> None:
+        if self.active:
+            torch.distributed.barrier()
+
+    def shard(self, n: int) -> tuple[int, int]:
+        """This process's contiguous share [start, stop) of n rows (sizes differ by at most 1)."""
+        base, extra = divmod(n, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return start, start + base + (self.rank < extra)
+
+    def gather_rows(self, t: torch.Tensor, n: int) -> torch.Tensor:
+        """Concatenate every process's shard (see `shard`) of an n-row tensor, in rank order."""
+        if not self.active:
+            return t
+        sizes = [Dist(r, self.world).shard(n) for r in range(self.world)]
+        width = max(b - a for a, b in sizes)
+        padded = torch.zeros(width, *t.shape[1:], dtype=t.dtype, device=t.device)
+        padded[: len(t)] = t
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, padded)
+        return torch.cat([p[: b - a] for p, (a, b) in zip(parts, sizes)])
+
+
+def distributed(device: str) -> tuple[Dist, torch.device]:
+    """Join the torchrun job this process belongs to, if any (NCCL on CUDA, gloo on CPU;
+    one GPU per process, by LOCAL_RANK), and return its Dist and device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or "RANK" not in os.environ:
+        return Dist(), resolve_device(device)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, local), dev
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for the networks, or None for fp32. auto: bf16 on GPUs that
+    support it, else fp32 (CPU autocast is slower than fp32 matmuls on most CPUs)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

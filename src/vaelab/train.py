@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,13 @@ from vaelab import __version__
 
 from vaelab.batches import Batches, SplitInputs, is_path, load_configured, memory_budget, model_inputs
 from vaelab.checkpoint import RunError, load_checkpoint, load_config, save_checkpoint
-from vaelab.config import Config, TrainConfig, choose
+from vaelab.config import Config, ConfigError, TrainConfig, choose
+from vaelab.distributions import ExampleNoise
 from vaelab.files import RunLock, atomic_write, ensure_dir, write_json
 from vaelab.models import build_model, check_data_fit
-from vaelab.objectives import OBJECTIVES
+from vaelab.objectives import OBJECTIVE_TERMS, OBJECTIVES
 from vaelab.plots import image_grid, save_png
-from vaelab.runtime import resolve_device, tune_malloc
+from vaelab.runtime import Dist, autocast_dtype, distributed, tune_malloc
 
 
 def _fused(cls):
@@ -117,7 +119,7 @@ def _kept(run_dir: Path, epoch: int) -> str:
     return f"The last good checkpoint (epoch {epoch}) is kept in {run_dir}/checkpoint"
 
 
-def provenance(device: torch.device) -> dict[str, Any]:
+def provenance(device: torch.device, dist: Dist = Dist()) -> dict[str, Any]:
     """What made this run: versions, the source's git commit, the machine and the command."""
     here = Path(__file__).resolve().parent
     commit = None
@@ -142,7 +144,8 @@ def provenance(device: torch.device) -> dict[str, Any]:
             pass
     return {"vaelab_version": __version__, "git_commit": commit, "torch_version": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(), "host": socket.gethostname(),
-            "device": f"{device.type}: {name}", "threads": torch.get_num_threads(), "command": sys.argv,
+            "device": f"{device.type}: {name}", "threads": torch.get_num_threads(), "processes": dist.world,
+            "command": sys.argv,
             "started": datetime.now().isoformat(timespec="seconds")}
 
 
@@ -187,25 +190,34 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{name}-{cfg.model.model}-{stamp}"
 
 
+TEST_NOISE_KEY = -1  # the test bound's per-image noise; training keys are (seed << 32) + step
+
+
+def noise_key(seed: int, step: int) -> int:
+    return (seed << 32) + step
+
+
 @torch.no_grad()
 def test_elbo(model, inputs: SplitInputs, objective: str, batch_size: int = 2000, seed: int = 0,
-              samples: int = 1, kl: str = "analytic", lam: float = 0.0) -> dict[str, float]:
-    """Mean per-image objective terms over a split's inputs (fixed seed; `samples` as in training)."""
+              samples: int = 1, kl: str = "analytic", lam: float = 0.0, dist: Dist = Dist()) -> dict[str, float]:
+    """Mean per-image objective terms over a split's inputs, with noise tied to each image
+    (`seed`): the same value whatever the number of processes sharing the rows."""
     was_training = model.training
     model.eval()
-    cpu_state = torch.get_rng_state()  # keep the training RNG stream untouched
-    cuda_state = torch.cuda.get_rng_state_all() if inputs.device.type == "cuda" else None
-    torch.manual_seed(seed)
-    sums: dict[str, float] = {}
-    for x, c, _ in inputs.chunks(batch_size):
-        terms = OBJECTIVES[objective](model, x, c, samples=samples, kl=kl, lam=lam)
+    start, stop = dist.shard(len(inputs))
+    sums: dict[str, torch.Tensor] = {}
+    for i in range(start, stop, batch_size):
+        j = min(stop, i + batch_size)
+        x, c, _ = inputs.rows(i, j)
+        noise = ExampleNoise(inputs.index(i, j), noise_key(seed, TEST_NOISE_KEY))
+        terms = model(x, c, objective=objective, samples=samples, kl=kl, lam=lam, generator=noise)
         for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + float(v.sum())
-    torch.set_rng_state(cpu_state)
-    if cuda_state is not None:
-        torch.cuda.set_rng_state_all(cuda_state)
+            sums[k] = sums.get(k, 0) + v.double().sum()
+    keys = sorted(OBJECTIVE_TERMS[objective])
+    total = dist.sum_(torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64, device=inputs.device)
+                                   for k in keys]))
     model.train(was_training)
-    return {k: v / len(inputs) for k, v in sums.items()}
+    return {k: float(v) / len(inputs) for k, v in zip(keys, total)}
 
 
 @torch.no_grad()
@@ -231,19 +243,8 @@ def write_pictures(model, run_dir: Path, x: torch.Tensor, z_fixed: torch.Tensor,
 
 
 def _rng_state(batches: Batches) -> dict[str, torch.Tensor]:
-    state = {"torch_cpu": torch.get_rng_state(), **batches.rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            state[f"torch_cuda_{i}"] = s
-    return state
-
-
-def _set_rng_state(batches: Batches, state: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(state["torch_cpu"])
-    batches.set_rng_state(state)
-    cuda = [state[k] for k in sorted(state) if k.startswith("torch_cuda_")]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
+    """The data generators: all of a run's randomness (model noise is tied to examples and steps)."""
+    return batches.rng_state()
 
 
 def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
@@ -252,34 +253,69 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
 
     Returns the run folder. `dataset` (a :class:`vaelab.data.Dataset`) may be passed
     to skip loading from disk. The folder is locked while training runs in it.
+
+    Launched by torchrun, every process trains on its slice of each global batch of
+    `batch_size` images with DistributedDataParallel (gloo on CPU, NCCL on CUDA); only
+    rank 0 writes. Data order, binarisation and reparameterisation noise are drawn per
+    global batch or per image, so N processes log what one process logs, and a
+    checkpoint resumes on any number of processes.
     """
+    dist, device = distributed(cfg.train.device)
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
-    ensure_dir(run_dir, "run folder")
-    with RunLock(run_dir), StopSignals() as stop:
-        if not resume and any((run_dir / d).exists() for d in ("checkpoint", "checkpoint.old")):
-            raise RunError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose "
-                           "another --out")
-        return _train(cfg, run_dir, resume, progress, dataset, stop)
+    if dist.active and out is None:
+        raise ConfigError("under torchrun pass --out (each process would otherwise name its own run folder)")
+    with ExitStack() as stack:
+        problem = None
+        if dist.main:
+            try:
+                ensure_dir(run_dir, "run folder")
+                stack.enter_context(RunLock(run_dir))
+                if not resume and any((run_dir / d).exists() for d in ("checkpoint", "checkpoint.old")):
+                    raise RunError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or "
+                                   "choose another --out")
+            except Exception as e:  # noqa: BLE001 - raised below, after telling the other processes
+                problem = e
+        if dist.any(problem is not None, device):
+            raise problem if problem is not None else RunError("rank 0 could not open the run folder (see its message)")
+        stop = stack.enter_context(StopSignals())
+        return _train(cfg, run_dir, resume, progress and dist.main, dataset, stop, dist, device)
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, dataset, stop: StopSignals) -> Path:
+def _load_data(cfg: Config, progress: bool, dist: Dist, device: torch.device):
+    """Every process loads the data; rank 0 first, so that only it builds an image cache."""
+    data, problem = None, None
+    if dist.main:
+        try:
+            data = load_configured(cfg.data, progress=progress)
+        except Exception as e:  # noqa: BLE001
+            problem = e
+    if dist.any(problem is not None, device):
+        raise problem if problem is not None else RunError("rank 0 could not load the data (see its message)")
+    return data if dist.main else load_configured(cfg.data, progress=False)
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, dataset, stop: StopSignals,
+           dist: Dist, device: torch.device) -> Path:
     t = cfg.train
     tune_malloc()
-    device = resolve_device(t.device)
     torch.manual_seed(t.seed)
     check_data_fit(cfg.model, cfg.data.binarization)
     make_optimizer = choose(OPTIMIZERS, t.optimizer, "optimizer")
     choose(SCHEDULES, t.schedule, "schedule")
 
-    data = dataset or load_configured(cfg.data, progress=progress)
-    if resume and cfg.data.fingerprint and data.fingerprint and data.fingerprint != cfg.data.fingerprint:
+    data = dataset or _load_data(cfg, progress, dist, device)
+    if resume and cfg.data.fingerprint and data.fingerprint and data.fingerprint != cfg.data.fingerprint \
+            and dist.main:
         print(f"warning: the data in {data.source} changed since this run started "
               f"(fingerprint {data.fingerprint}, was {cfg.data.fingerprint})", file=sys.stderr)
     if not resume:  # record where the data came from and what it was
         where = str(Path(cfg.data.dataset).expanduser().resolve()) if is_path(cfg.data.dataset) else cfg.data.dataset
         cfg = cfg.replace(data={"dataset": where, "fingerprint": data.fingerprint or None})
     model = build_model(cfg.model, data.image_shape, cond_dim=data.cond_dim).to(device)
+    amp = autocast_dtype(t.precision, device)
+    model.set_precision(amp, channels_last=device.type == "cuda" and cfg.model.net != "mlp")
     optimizer = make_optimizer(model.parameters(), t.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     dequantize = not model.likelihood.discrete
     budget = memory_budget(cfg.data, device)
     cond = data.train.conditions(len(data.classes)) if model.conditional else None
@@ -287,8 +323,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, dataset, st
     if batch_size < t.batch_size and progress and not resume:
         print(f"note: {len(data.train)} training images: batches of {batch_size} instead of {t.batch_size}, "
               f"so that an epoch has {MIN_STEPS_PER_EPOCH} steps", file=sys.stderr)
+    if batch_size < dist.world:
+        raise ConfigError(f"a global batch of {batch_size} cannot be split over {dist.world} processes; "
+                          "raise --batch-size or use fewer processes")
     batches = Batches(data.train, batch_size, cfg.data.binarization, device, seed=t.seed, dequantize=dequantize,
-                      cond=cond, budget=budget, fixed_key=cfg.data.binarization_seed * 4)
+                      cond=cond, budget=budget, fixed_key=cfg.data.binarization_seed * 4, rank=dist.rank,
+                      world=dist.world)
     test_inputs = model_inputs(model, cfg, data.test, len(data.classes), device, budget)
     x_show, c_show, _ = test_inputs.rows(0, 32)
     z_fixed = torch.randn(64, cfg.model.latent_dim, generator=torch.Generator().manual_seed(t.seed)).to(device)
@@ -299,24 +339,26 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, dataset, st
     if resume:
         info, rng = load_checkpoint(run_dir, model, optimizer)
         epoch, step = info["epoch"], info["step"]
-        _set_rng_state(batches, rng)
+        batches.set_rng_state(rng)
         records = _read_metrics(run_dir, epoch)
-        try:
-            prov = json.loads((run_dir / "run.json").read_text())
-        except (OSError, ValueError):
-            prov = {}
-        prov = prov if isinstance(prov, dict) else {}
-        prov.setdefault("resumed", []).append({**provenance(device), "from_epoch": epoch})
-        write_json(run_dir / "run.json", prov)
+        if dist.main:
+            try:
+                prov = json.loads((run_dir / "run.json").read_text())
+            except (OSError, ValueError):
+                prov = {}
+            prov = prov if isinstance(prov, dict) else {}
+            prov.setdefault("resumed", []).append({**provenance(device, dist), "from_epoch": epoch})
+            write_json(run_dir / "run.json", prov)
     else:
-        write_json(run_dir / "config.json", cfg.to_dict())
-        write_json(run_dir / "run.json", provenance(device))
         records = []
-        _write_metrics(run_dir, records)
-        if data.skipped:
-            atomic_write(run_dir / "skipped_images.txt", "\n".join(data.skipped) + "\n")
-            print(f"skipped {len(data.skipped)} unreadable image(s); listed in {run_dir / 'skipped_images.txt'}",
-                  file=sys.stderr)
+        if dist.main:
+            write_json(run_dir / "config.json", cfg.to_dict())
+            write_json(run_dir / "run.json", provenance(device, dist))
+            _write_metrics(run_dir, records)
+            if data.skipped:
+                atomic_write(run_dir / "skipped_images.txt", "\n".join(data.skipped) + "\n")
+                print(f"skipped {len(data.skipped)} unreadable image(s); listed in "
+                      f"{run_dir / 'skipped_images.txt'}", file=sys.stderr)
         if progress and not batches.resident:
             print(f"streaming {len(data.train)} training images from {data.source} "
                   f"({data.train.nbytes / 2**20:.0f} MiB > budget {budget / 2**20:.0f} MiB)", file=sys.stderr)
@@ -324,6 +366,15 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, dataset, st
     steps_per_epoch = len(batches)
     info = {"image_shape": list(data.image_shape), "cond_dim": model.cond_dim, "dataset": data.name,
             "data_source": data.source, "batch_size": batch_size, "classes": list(data.classes)}
+    # DDP synchronises gradients only for work inside the wrapped module's forward: the
+    # model's forward runs the whole objective (models.py)
+    step_model = model
+    if dist.active:
+        step_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile:
+        step_model = torch.compile(step_model)
+    options = {"objective": objective, "samples": t.samples, "beta": t.beta, "kl": t.kl, "lam": t.lam}
 
     from tqdm.auto import tqdm
 
@@ -333,55 +384,73 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, dataset, st
         sums: dict[str, torch.Tensor] = {}
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not progress, leave=False,
                    dynamic_ncols=True)
-        for i, (x, _, c) in enumerate(bar):
+        for i, batch in enumerate(bar):
             lr = learning_rate(t, step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            terms = OBJECTIVES[objective](model, x, c, samples=t.samples, beta=t.beta, kl=t.kl, lam=t.lam)
-            loss = terms["loss"].mean()
+            terms = step_model(batch.x, batch.cond, generator=ExampleNoise(batch.idx, noise_key(t.seed, step)),
+                               **options)
+            # the global batch mean: DDP averages the processes' gradients, so each
+            # contributes its sum scaled by world / global batch size
+            loss = terms["loss"].sum() * (dist.world / batch.size)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if t.clip_grad:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
-            stop.check(run_dir, epoch, step)
             with torch.no_grad():
                 for k, v in terms.items():
-                    sums[k] = sums.get(k, 0) + v.detach().sum()
+                    sums[k] = sums.get(k, 0) + v.detach().double().sum()
             if i % 25 == 0 or i == steps_per_epoch - 1:
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise TrainingDiverged(f"loss became {value} at epoch {epoch + 1}, step {step}; stopped. "
+                value = float(loss.detach()) / dist.world
+                if dist.any(not math.isfinite(value), device):
+                    raise TrainingDiverged(f"loss became non-finite at epoch {epoch + 1}, step {step}; stopped. "
                                            f"{_kept(run_dir, epoch)}. Try a lower --lr.")
                 bar.set_postfix(loss=f"{value:.2f}", lr=f"{lr:.2e}")
+            if dist.active:
+                if i % 25 == 0 or i == steps_per_epoch - 1:  # every process stops at the same step
+                    if dist.any(stop.signum is not None, device):
+                        stop.signum = stop.signum or signal.SIGTERM
+                        stop.check(run_dir, epoch, step)
+            else:
+                stop.check(run_dir, epoch, step)
         bar.close()
         n_seen = len(data.train)
-        train_terms = {f"train_{k}": float(v) / n_seen for k, v in sums.items()}
+        keys = sorted(sums)
+        totals = dist.sum_(torch.stack([sums[k] for k in keys]))
+        train_terms = {f"train_{k}": float(v) / n_seen for k, v in zip(keys, totals)}
         if not all(math.isfinite(v) for v in train_terms.values()):
             raise TrainingDiverged(f"a loss term became non-finite during epoch {epoch + 1}; stopped. "
                                    f"{_kept(run_dir, epoch)}. Try a lower --lr.")
         test_terms = {f"test_{k}": v for k, v in test_elbo(
-            model, test_inputs, objective, samples=t.samples if objective == "iwae" else 1, kl=t.kl,
-            lam=t.lam).items()}
+            model, test_inputs, objective, seed=t.seed, samples=t.samples if objective == "iwae" else 1, kl=t.kl,
+            lam=t.lam, dist=dist).items()}
         epoch += 1
-        if epoch % t.image_every == 0 or epoch == t.epochs:
-            write_pictures(model, run_dir, x_show, z_fixed, c_show)
         seconds = time.perf_counter() - start
         record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, **train_terms, **test_terms,
                                   "seconds": round(seconds, 3), "examples_per_s": round(n_seen / seconds, 1)}
-        # metrics first, then the checkpoint: a kill in between leaves a record for an epoch
-        # the checkpoint does not have, which resuming drops and recomputes identically
         records.append(record)
-        _write_metrics(run_dir, records)
-        save_checkpoint(run_dir, model, optimizer, {**info, "epoch": epoch, "step": step},
-                        rng=_rng_state(batches))
+        if dist.main:
+            if epoch % t.image_every == 0 or epoch == t.epochs:
+                write_pictures(model, run_dir, x_show, z_fixed, c_show)
+            # metrics first, then the checkpoint: a kill in between leaves a record for an epoch
+            # the checkpoint does not have, which resuming drops and recomputes identically
+            _write_metrics(run_dir, records)
+            save_checkpoint(run_dir, model, optimizer, {**info, "epoch": epoch, "step": step},
+                            rng=_rng_state(batches))
         if progress:
             shown = test_terms.get("test_elbo", -test_terms["test_loss"])
             label = "test ELBO" if "test_elbo" in test_terms else "test log p(x|z)"
+            procs = f" ({dist.world} processes)" if dist.active else ""
             tqdm.write(f"epoch {epoch:3d}  train loss {train_terms['train_loss']:8.2f}  "
-                       f"{label} {shown:8.2f}  {n_seen / seconds:8.0f} ex/s")
-        stop.check(run_dir, epoch, step)
+                       f"{label} {shown:8.2f}  {n_seen / seconds:8.0f} images/s{procs}")
+        dist.barrier()  # nobody starts the next epoch before rank 0's checkpoint is on disk
+        if dist.any(stop.signum is not None, device):
+            stop.signum = stop.signum or signal.SIGTERM
+            stop.check(run_dir, epoch, step)
     return run_dir
 
 

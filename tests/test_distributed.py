@@ -1,0 +1,86 @@
+"""Data-parallel training and evaluation with torchrun: 2 gloo processes on CPU give what
+one process gives, and checkpoints move between process counts."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vaelab.cli import main
+
+TINY = ["--dataset", "mnist-sample", "--hidden", "32", "--latent-dim", "4", "--batch-size", "100", "--quiet"]
+TORCHRUN = shutil.which("torchrun")
+pytestmark = pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
+
+
+def torchrun(*args: str, n: int = 2) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run([TORCHRUN, "--standalone", f"--nproc_per_node={n}", *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def vaelab_ddp(*args: str, n: int = 2) -> subprocess.CompletedProcess:
+    r = torchrun("-m", "vaelab", *map(str, args), n=n)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def elbos(run: Path) -> list[float]:
+    return [json.loads(line)["test_elbo"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("one") / "run"
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(run)]) == 0
+    return run
+
+
+def test_gradients_are_identical_across_ranks_and_match_one_process(tmp_path):
+    r = torchrun(str(Path(__file__).with_name("ddp_grads.py")), str(tmp_path / "g.json"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    g = json.loads((tmp_path / "g.json").read_text())
+    assert g["same_on_all_ranks"]
+    assert g["max_diff_vs_one_process"] < 1e-5 * g["grad_norm"]
+
+
+def test_two_processes_log_the_test_elbo_of_one(one_process, tmp_path):
+    run = tmp_path / "ddp"
+    r = vaelab_ddp("train", *TINY, "--epochs", "2", "--out", run)
+    assert r.stdout.count("run folder:") == 1  # only rank 0 speaks
+    a, b = elbos(one_process), elbos(run)
+    assert len(a) == len(b) == 2 and max(abs(x - y) for x, y in zip(a, b)) < 1e-3
+    assert json.loads((run / "run.json").read_text())["processes"] == 2
+
+
+def test_checkpoints_resume_on_another_number_of_processes(one_process, tmp_path):
+    two_then_one = tmp_path / "a"
+    vaelab_ddp("train", *TINY, "--epochs", "1", "--out", two_then_one)
+    assert main(["train", "--resume", str(two_then_one), "--epochs", "2", "--quiet"]) == 0
+    one_then_two = tmp_path / "b"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(one_then_two)]) == 0
+    vaelab_ddp("train", "--resume", one_then_two, "--epochs", "2", "--quiet")
+    for run in (two_then_one, one_then_two):
+        assert max(abs(x - y) for x, y in zip(elbos(run), elbos(one_process))) < 1e-3
+
+
+def test_distributed_evaluate_writes_the_same_eval_json(one_process, tmp_path):
+    assert main(["evaluate", str(one_process), "--k", "20", "--n", "101", "--quiet"]) == 0
+    single = json.loads((one_process / "eval.json").read_text())
+    vaelab_ddp("evaluate", one_process, "--k", "20", "--n-images", "101", "--quiet")
+    sharded = json.loads((one_process / "eval.json").read_text())
+    for key in single:
+        if isinstance(single[key], float) and key != "seconds":
+            assert sharded[key] == pytest.approx(single[key], rel=1e-6, abs=1e-6), key
+        elif key != "seconds":
+            assert sharded[key] == single[key], key
+
+
+def test_python_m_vaelab_runs_the_cli():
+    r = subprocess.run([sys.executable, "-m", "vaelab", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("vaelab ")
