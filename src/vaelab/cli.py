@@ -53,6 +53,8 @@ _OVERRIDES = {
     "samples": ("train", "samples"),
     "seed": ("train", "seed"),
     "device": ("train", "device"),
+    "precision": ("train", "precision"),
+    "compile": ("train", "compile"),
 }
 
 
@@ -162,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vaelab.models import MODELS
     from vaelab.nets import ACTIVATIONS, NETS
     from vaelab.objectives import OBJECTIVES
+    from vaelab.runtime import PRECISIONS
     from vaelab.train import OPTIMIZERS, SCHEDULES
 
     d = Config()
@@ -257,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clip the gradient norm to NORM, 0 = off; steadies training with flows (default 0)")
     g.add_argument("--seed", type=int, help=f"(default {d.train.seed})")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"(default {d.train.device})")
+    g.add_argument("--precision", choices=list(PRECISIONS),
+                   help="autocast dtype of the networks; log-densities, logsumexp and KL stay fp32; auto = bf16 "
+                        "on GPUs that support it, fp32 on CPU; fp16 adds gradient scaling (default auto)")
+    g.add_argument("--compile", action="store_const", const=True,
+                   help="run the training step's forward through torch.compile (a one-off compile time)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     e = sub.add_parser("evaluate", help="test ELBO and importance-sampled -log p(x)",

@@ -55,6 +55,8 @@ class ExampleNoise:
     def __init__(self, idx: torch.Tensor, key: int, first_sample: int = 0) -> None:
         self.idx, self.key, self.first_sample = idx.to(torch.int64), key, first_sample
 
+    # eager: inductor cannot lower the hash's 64-bit wrap-around constants
+    @torch.compiler.disable
     def randn(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """Noise of `shape` (B, D) or (n, B, D), B = len(idx), on `like`'s device and dtype."""
         n, (b, d) = (shape[0] if len(shape) == 3 else 1), shape[-2:]
