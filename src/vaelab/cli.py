@@ -197,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip-bad-images", action="store_const", const=True,
                    help="skip unreadable images (listed in RUN/skipped_images.txt) instead of stopping")
     g.add_argument("--memory-budget", type=_megabytes, metavar="SIZE",
-                   help="training images up to this size (e.g. 2GB) are held on the device; larger ones are "
-                        "streamed from the disk cache (default: a quarter of RAM, half the free GPU memory)")
+                   help="training images up to this size (e.g. 500MB or 2GB, binary units: MiB, GiB) are held on "
+                        "the device; larger ones are streamed from the disk cache (default: a quarter of RAM, "
+                        "half the free GPU memory)")
     g.add_argument("--conditions", metavar="FILE.npz",
                    help="cvae/icvae: side information c as float arrays 'train' and 'test' (default: one-hot labels)")
     g.add_argument("--binarization", choices=["dynamic", "fixed", "none"],

@@ -55,10 +55,11 @@ class ExampleNoise:
     def __init__(self, idx: torch.Tensor, key: int, first_sample: int = 0) -> None:
         self.idx, self.key, self.first_sample = idx.to(torch.int64), key, first_sample
 
-    # eager: inductor cannot lower the hash's 64-bit wrap-around constants
-    @torch.compiler.disable
     def randn(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """Noise of `shape` (B, D) or (n, B, D), B = len(idx), on `like`'s device and dtype."""
+        return _example_normal(self, shape, like)
+
+    def _randn(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         n, (b, d) = (shape[0] if len(shape) == 3 else 1), shape[-2:]
         if b != len(self.idx):
             raise ValueError(f"noise for {len(self.idx)} examples asked for a batch of {b}")
@@ -70,6 +71,21 @@ class ExampleNoise:
         u2 = counter_uniform(c, 2 * self.key + 1)
         z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
         return z.reshape(shape).to(like.dtype)
+
+
+def _eager_example_normal(noise: ExampleNoise, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    return noise._randn(shape, like)
+
+
+_example_normal = _eager_example_normal
+
+
+def keep_noise_out_of_compile() -> None:
+    """Run the noise hash eagerly inside torch.compile'd code (inductor cannot lower its
+    64-bit wrap-around constants). Called by training with --compile only: wrapping at
+    import would load torch._dynamo (~1 s) in every process."""
+    global _example_normal
+    _example_normal = torch.compiler.disable(_eager_example_normal)
 
 
 def normal_noise(shape: tuple[int, ...], like: torch.Tensor, generator=None) -> torch.Tensor:

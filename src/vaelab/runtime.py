@@ -23,6 +23,9 @@ def tune_malloc() -> bool:
     no-op off glibc. Returns whether the settings were applied.
     """
     global _TUNED
+    # Denormal floats (< 1e-38) appear in trained weights and Adam moments and make x86
+    # arithmetic on them 10-100x slower: a trained conv step took 1.2 s instead of 0.6 s.
+    torch.set_flush_denormal(True)
     if _TUNED or not sys.platform.startswith("linux"):
         return _TUNED
     try:

@@ -31,7 +31,7 @@ from vaelab import __version__
 from vaelab.batches import Batches, SplitInputs, is_path, load_configured, memory_budget, model_inputs
 from vaelab.checkpoint import RunError, load_checkpoint, load_config, save_checkpoint
 from vaelab.config import Config, ConfigError, TrainConfig, choose
-from vaelab.distributions import ExampleNoise
+from vaelab.distributions import ExampleNoise, keep_noise_out_of_compile
 from vaelab.files import RunLock, atomic_write, ensure_dir, write_json
 from vaelab.models import build_model, check_data_fit
 from vaelab.objectives import OBJECTIVE_TERMS, OBJECTIVES
@@ -206,6 +206,8 @@ def test_elbo(model, inputs: SplitInputs, objective: str, batch_size: int = 2000
     model.eval()
     start, stop = dist.shard(len(inputs))
     sums: dict[str, torch.Tensor] = {}
+    # chunks of at most 2000 images and about 4M input values (activations grow with them)
+    batch_size = max(1, min(batch_size, max(128, (1 << 22) // math.prod(inputs.images.shape[1:]))))
     for i in range(start, stop, batch_size):
         j = min(stop, i + batch_size)
         x, c, _ = inputs.rows(i, j)
@@ -373,6 +375,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, dataset, st
         step_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if t.compile:
+        keep_noise_out_of_compile()
         step_model = torch.compile(step_model)
     options = {"objective": objective, "samples": t.samples, "beta": t.beta, "kl": t.kl, "lam": t.lam}
 
