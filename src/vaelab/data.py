@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vaelab.files import file_mode
+
 
 class DataError(RuntimeError):
     """Data could not be found or read; the message names the file and the fix."""
@@ -248,6 +250,7 @@ def download(info: DatasetInfo, target: Path, timeout: float = 30.0) -> None:
                 got = _md5(Path(tmp))
                 if got != md5:
                     raise DataError(f"MD5 mismatch (got {got}, expected {md5})")
+                os.chmod(tmp, file_mode())  # mkstemp's 0600 -> what open() would give
                 os.replace(tmp, dest)
                 break
             except Exception as e:  # noqa: BLE001 - any failure means: try the next mirror
