@@ -308,3 +308,18 @@ def test_missing_config_is_one_line(trained, capsys):
         main(["evaluate", str(trained)])
     assert e.value.code == 2
     one_line_error(capsys, "no config.json")
+
+
+def test_overwrite_replaces_a_run_and_only_a_run(trained, tmp_path, capsys):
+    """The README's demo line must run twice: --overwrite replaces the previous run."""
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(trained), "--quiet"]) == 2
+    one_line_error(capsys, "already holds a run", "--overwrite")
+    (trained / "plots").mkdir()
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(trained), "--quiet", "--overwrite"]) == 0
+    assert len(metrics(trained)) == 2 and not (trained / "plots").exists()
+    stranger = tmp_path / "not-a-run"
+    (stranger / "checkpoint").mkdir(parents=True)
+    (stranger / "precious.txt").write_text("keep me")
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(stranger), "--quiet", "--overwrite"]) == 2
+    one_line_error(capsys, "not a vaelab run folder")
+    assert (stranger / "precious.txt").read_text() == "keep me"

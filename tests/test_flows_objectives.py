@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from vaelab.config import Config
 from vaelab.batches import SplitInputs
+from vaelab.config import Config
 from vaelab.data import load_dataset
 from vaelab.flows import FLOWS, PlanarFlows
 from vaelab.models import build_model

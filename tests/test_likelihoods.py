@@ -3,15 +3,20 @@
 import math
 
 import pytest
-
-from vaelab.models import check_data_fit
 import torch
 import torch.nn.functional as F
 from torch import distributions as D
 
 from vaelab.config import Config, ConfigError
-from vaelab.distributions import (LIKELIHOODS, DiscretizedLogistic, Gaussian, GaussianLikelihood, LogisticLikelihood,
-                                  LogisticMixtureLikelihood)
+from vaelab.distributions import (
+    LIKELIHOODS,
+    DiscretizedLogistic,
+    Gaussian,
+    GaussianLikelihood,
+    LogisticLikelihood,
+    LogisticMixtureLikelihood,
+)
+from vaelab.models import check_data_fit
 
 G = torch.Generator().manual_seed(0)
 

@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", type=_run_dir,
                    help="continue this run from its last checkpoint (up to --epochs in total)")
     t.add_argument("--out", metavar="DIR", help="run folder to create (default runs/<dataset>-<model>-<time>)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its checkpoint, metrics and pictures) instead of refusing")
     g = t.add_argument_group("data")
     g.add_argument("--dataset", metavar="NAME|PATH",
                    help=f"a named dataset ({', '.join(DATASETS)}), a folder of images (class subfolders give "
@@ -359,14 +361,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if args.resume is not None:
         given = [f for f in _OVERRIDES if getattr(args, f, None) is not None and f != "epochs"]
-        if given or args.config or args.out:
+        if given or args.config or args.out or args.overwrite:
             raise ConfigError(
                 f"--resume continues a run with its saved config; only --epochs may change "
                 f"(got {', '.join('--' + g.replace('_', '-') for g in given) or '--config/--out'})"
             )
         run = resume(args.resume, epochs=args.epochs, progress=not args.quiet)
     else:
-        run = train(_config_from_args(args), args.out, progress=not args.quiet)
+        run = train(_config_from_args(args), args.out, progress=not args.quiet, overwrite=args.overwrite)
     if _rank0():
         print(f"run folder: {run}")
 

@@ -21,9 +21,9 @@ import torch
 
 from vaelab.batches import SplitInputs, load_configured, memory_budget, model_inputs
 from vaelab.checkpoint import load_run
+from vaelab.distributions import ExampleNoise
 from vaelab.files import write_json
 from vaelab.models import check_data_fit
-from vaelab.distributions import ExampleNoise
 from vaelab.runtime import distributed, resolve_device, tune_malloc
 
 BINARIZATION_NOTE = {

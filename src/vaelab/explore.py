@@ -20,8 +20,8 @@ import torch
 from vaelab import plots
 from vaelab.batches import load_configured, model_inputs
 from vaelab.checkpoint import load_run
-from vaelab.files import FileError, ensure_dir, write_json
 from vaelab.evaluate import posterior_means
+from vaelab.files import FileError, ensure_dir, write_json
 
 
 @dataclass

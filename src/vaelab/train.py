@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +27,6 @@ from typing import Any
 import torch
 
 from vaelab import __version__
-
 from vaelab.batches import Batches, SplitInputs, is_path, load_configured, memory_budget, model_inputs
 from vaelab.checkpoint import RunError, load_checkpoint, load_config, save_checkpoint
 from vaelab.config import Config, ConfigError, TrainConfig, choose
@@ -136,10 +135,8 @@ def provenance(device: torch.device, dist: Dist = Dist()) -> dict[str, Any]:
     else:
         name = platform.processor() or platform.machine()
         try:
-            for line in open("/proc/cpuinfo"):
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
+            with open("/proc/cpuinfo") as fh:
+                name = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), name)
         except OSError:
             pass
     return {"vaelab_version": __version__, "git_commit": commit, "torch_version": torch.__version__,
@@ -250,11 +247,12 @@ def _rng_state(batches: Batches) -> dict[str, torch.Tensor]:
 
 
 def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
-          progress: bool = True, dataset=None) -> Path:
+          progress: bool = True, dataset=None, overwrite: bool = False) -> Path:
     """Train `cfg` into run folder `out` (or continue it, with ``resume=True``).
 
     Returns the run folder. `dataset` (a :class:`vaelab.data.Dataset`) may be passed
     to skip loading from disk. The folder is locked while training runs in it.
+    `overwrite` replaces a previous run in `out` (only a folder that holds a vaelab run).
 
     Launched by torchrun, every process trains on its slice of each global batch of
     `batch_size` images with DistributedDataParallel (gloo on CPU, NCCL on CUDA); only
@@ -272,15 +270,29 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
             try:
                 ensure_dir(run_dir, "run folder")
                 stack.enter_context(RunLock(run_dir))
-                if not resume and any((run_dir / d).exists() for d in ("checkpoint", "checkpoint.old")):
-                    raise RunError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or "
-                                   "choose another --out")
+                holds_run = any((run_dir / d).exists() for d in ("checkpoint", "checkpoint.old"))
+                if not resume and holds_run and overwrite:
+                    _clear_run(run_dir)
+                elif not resume and holds_run:
+                    raise RunError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, replace it "
+                                   "with --overwrite, or choose another --out")
             except Exception as e:  # noqa: BLE001 - raised below, after telling the other processes
                 problem = e
         if dist.any(problem is not None, device):
             raise problem if problem is not None else RunError("rank 0 could not open the run folder (see its message)")
         stop = stack.enter_context(StopSignals())
         return _train(cfg, run_dir, resume, progress and dist.main, dataset, stop, dist, device)
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Remove a previous run's files (for --overwrite); refuse a folder that is not a run."""
+    if not (run_dir / "config.json").is_file():
+        raise RunError(f"{run_dir} has a checkpoint but no config.json: not a vaelab run folder, so --overwrite "
+                       "will not delete it; choose another --out")
+    for p in run_dir.iterdir():
+        if p.name == ".lock":
+            continue
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def _load_data(cfg: Config, progress: bool, dist: Dist, device: torch.device):
