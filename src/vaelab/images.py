@@ -29,7 +29,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -326,6 +328,20 @@ def _new_build(folder: Path) -> Path:
                         "writable folder") from None
 
 
+@contextmanager
+def _building(folder: Path) -> Iterator[Path]:
+    """A temporary folder to build cache `folder` in; removed afterwards whatever happens,
+    and OS errors (a full disk) become one-line FileErrors."""
+    tmp = _new_build(folder)
+    try:
+        yield tmp
+    except OSError as e:
+        raise FileError(describe(e, "cannot build the image cache") + "; or set XDG_CACHE_HOME to another "
+                        "folder") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _new_raw(path: Path, shape: tuple[int, ...]) -> np.memmap:
     """A raw uint8 file of `shape` with its blocks reserved up front: a full disk is an
     ENOSPC error here, not a SIGBUS when a memory-mapped page is written later."""
@@ -452,8 +468,7 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
             for row, rel in enumerate(entry["files"]):
                 if rel in now and then.get(rel) == now[rel]:
                     reuse[str(root / rel)] = (folder / f"{split}.u8", row)
-    tmp = _new_build(folder)
-    try:
+    with _building(folder) as tmp:
         split_rels = {s: [r for r, sp in zip(rels, splits_of) if sp == s and r in good_set] for s in ("train", "test")}
         label_of = dict(zip(rels, labels_of))
         failed: dict[str, dict[int, str]] = {}
@@ -482,11 +497,6 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
         for s, v in split_rels.items():
             manifest["splits"][s] = {"files": v, "labels": [label_of[r] for r in v]}
         return _finish(tmp, folder, manifest, stamp)
-    except OSError as e:
-        raise FileError(describe(e, "cannot build the image cache") + "; or set XDG_CACHE_HOME to another "
-                        "folder") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -636,9 +646,8 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
         classes = classes or tuple(str(i) for i in range(n_classes))
     else:
         classes = ()
-    tmp = _new_build(folder)
     bg = background_rgb(transform.background)
-    try:
+    with _building(folder) as tmp:
         from tqdm.auto import tqdm
 
         total = sum(sizes.values())
@@ -663,8 +672,3 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
             if manifest["splits"][s]["labels"] is None:
                 manifest["splits"][s]["labels"] = [None] * sizes[s]
         return _finish(tmp, folder, manifest, stamp)
-    except OSError as e:
-        raise FileError(describe(e, "cannot build the image cache") + "; or set XDG_CACHE_HOME to another "
-                        "folder") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
