@@ -31,6 +31,7 @@ import torch
 from vaelab.config import DataConfig
 from vaelab.data import DATASETS, DataError, Dataset, Split, attach_conditions, load_dataset
 from vaelab.distributions import counter_uniform
+from vaelab.runtime import Dist
 
 # ----------------------------------------------------------------------------- sources
 
@@ -110,6 +111,11 @@ def pixel_uniform(idx: torch.Tensor, numel: int, key: int) -> torch.Tensor:
 TRAIN_KEY, TEST_KEY = 0, 1  # noise streams of the fixed binarisation per split
 
 
+def binarization_key(seed: int, split_key: int) -> int:
+    """The counter-noise key of a split's once-drawn binarisation (or dequantisation)."""
+    return seed * 4 + split_key
+
+
 def as_input(u8: torch.Tensor, binarization: str, dequantize: bool, *, generator: torch.Generator | None = None,
              idx: torch.Tensor | None = None, key: int = 0, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float32 model input in [0, 1] on the same device.
@@ -162,7 +168,7 @@ class Batches:
                  resident: bool | None = None, budget: int = 4 << 30, shuffle: bool = True,
                  prefetch: int = 3, fixed_key: int = 0, rank: int = 0, world: int = 1) -> None:
         self.device = torch.device(device)
-        self.rank, self.world = rank, world
+        self.dist = Dist(rank, world)
         self.batch_size, self.binarization, self.shuffle = batch_size, binarization, shuffle
         self.dequantize = dequantize and binarization == "none"
         self.fixed_key, self.prefetch = fixed_key, prefetch
@@ -194,12 +200,6 @@ class Batches:
             rows = torch.from_numpy(self.images.read(idx.numpy()))
         return rows.pin_memory() if self.device.type == "cuda" else rows
 
-    def _slice(self, n: int) -> tuple[int, int]:
-        """This process's rows [a, b) of a global batch of n."""
-        base, extra = divmod(n, self.world)
-        a = self.rank * base + min(self.rank, extra)
-        return a, a + base + (self.rank < extra)
-
     def _streamed(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(cpu idx of the global batch, uint8 rows of this process's slice) per batch,
         read ahead by a background thread."""
@@ -212,7 +212,7 @@ class Batches:
                     if stop.is_set():
                         return
                     idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-                    a, b = self._slice(len(idx))
+                    a, b = self.dist.shard(len(idx))
                     q.put((idx, self._read(idx[a:b])))
                 q.put(None)
             except BaseException as e:  # noqa: BLE001 - handed to the consumer
@@ -241,7 +241,7 @@ class Batches:
         else:
             source = self._streamed(order)
         for gidx, rows in source:
-            a, b = self._slice(len(gidx))
+            a, b = self.dist.shard(len(gidx))
             idx = gidx[a:b].to(self.device, non_blocking=True)
             u8 = self.images.index_select(0, idx) if rows is None else rows.to(self.device, non_blocking=True)
             fixed = self.binarization == "fixed"
@@ -287,13 +287,13 @@ class SplitInputs:
 
     def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(x (n, C, H, W) float, conditions (n, C') or None, labels (n,)) of rows [start, stop)."""
-        idx = torch.arange(start, min(stop, len(self)), device=self.device)
+        idx = self.index(start, stop)
         if torch.is_tensor(self.images):
             u8 = self.images[start:stop]
         else:
-            u8 = torch.from_numpy(self.images.read(np.arange(start, min(stop, len(self))))).to(self.device)
+            u8 = torch.from_numpy(self.images.read(idx.cpu().numpy())).to(self.device)
         x = as_input(u8, "fixed" if self.binarization == "dynamic" else self.binarization, self.dequantize,
-                     idx=idx, key=self.seed * 4 + TEST_KEY)
+                     idx=idx, key=binarization_key(self.seed, TEST_KEY))
         return x, None if self.cond is None else self.cond[start:stop], self.labels[start:stop]
 
     def chunks(self, size: int = 2000) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:

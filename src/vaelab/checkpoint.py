@@ -42,10 +42,6 @@ def _ckpt_dirs(run_dir: Path) -> list[Path]:
     return [d for d in (run_dir / "checkpoint", run_dir / "checkpoint.old") if (d / "state.json").is_file()]
 
 
-def has_checkpoint(run_dir: str | Path) -> bool:
-    return bool(_ckpt_dirs(Path(run_dir)))
-
-
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors, scalars = {}, {}
     for idx, per_param in state["state"].items():

@@ -109,19 +109,6 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
     return atomic_write(path, json.dumps(obj, indent=indent) + "\n")
 
 
-def read_json(path: str | Path, what: str) -> Any:
-    """Parse JSON file `path`; a missing or damaged file raises FileError naming it."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileError(f"{path} is missing ({what})") from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise FileError(f"{path} is damaged: not valid JSON ({e}); {what}") from None
-    except OSError as e:
-        raise FileError(describe(e, "cannot read")) from None
-
-
 # ----------------------------------------------------------------------------- locks
 
 

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from vaelab import __version__
-from vaelab.batches import Batches, SplitInputs, is_path, load_configured, memory_budget, model_inputs
+from vaelab.batches import (TRAIN_KEY, Batches, SplitInputs, binarization_key, is_path, load_configured,
+                            memory_budget, model_inputs)
 from vaelab.checkpoint import RunError, load_checkpoint, load_config, save_checkpoint
 from vaelab.config import Config, ConfigError, TrainConfig, choose
 from vaelab.distributions import ExampleNoise, keep_noise_out_of_compile
@@ -102,6 +103,13 @@ class StopSignals:
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+    def poll(self, dist: Dist, device: torch.device, run_dir: Path, epoch: int, step: int) -> None:
+        """Stop if any process got a signal (a collective under torchrun: every process
+        calls it at the same step, so all stop together)."""
+        if dist.any(self.signum is not None, device):
+            self.signum = self.signum or signal.SIGTERM
+            self.check(run_dir, epoch, step)
 
     def check(self, run_dir: Path, epoch: int, step: int) -> None:
         if self.signum is None:
@@ -241,11 +249,6 @@ def write_pictures(model, run_dir: Path, x: torch.Tensor, z_fixed: torch.Tensor,
     model.train(was_training)
 
 
-def _rng_state(batches: Batches) -> dict[str, torch.Tensor]:
-    """The data generators: all of a run's randomness (model noise is tied to examples and steps)."""
-    return batches.rng_state()
-
-
 def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
           progress: bool = True, dataset=None, overwrite: bool = False) -> Path:
     """Train `cfg` into run folder `out` (or continue it, with ``resume=True``).
@@ -265,21 +268,18 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
     if dist.active and out is None:
         raise ConfigError("under torchrun pass --out (each process would otherwise name its own run folder)")
     with ExitStack() as stack:
-        problem = None
-        if dist.main:
-            try:
-                ensure_dir(run_dir, "run folder")
-                stack.enter_context(RunLock(run_dir))
-                holds_run = any((run_dir / d).exists() for d in ("checkpoint", "checkpoint.old"))
-                if not resume and holds_run and overwrite:
-                    _clear_run(run_dir)
-                elif not resume and holds_run:
-                    raise RunError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, replace it "
-                                   "with --overwrite, or choose another --out")
-            except Exception as e:  # noqa: BLE001 - raised below, after telling the other processes
-                problem = e
-        if dist.any(problem is not None, device):
-            raise problem if problem is not None else RunError("rank 0 could not open the run folder (see its message)")
+
+        def open_run_folder() -> None:
+            ensure_dir(run_dir, "run folder")
+            stack.enter_context(RunLock(run_dir))
+            holds_run = any((run_dir / d).exists() for d in ("checkpoint", "checkpoint.old"))
+            if not resume and holds_run and overwrite:
+                _clear_run(run_dir)
+            elif not resume and holds_run:
+                raise RunError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, replace it "
+                               "with --overwrite, or choose another --out")
+
+        _rank0_first(dist, device, open_run_folder, "open the run folder")
         stop = stack.enter_context(StopSignals())
         return _train(cfg, run_dir, resume, progress and dist.main, dataset, stop, dist, device)
 
@@ -295,16 +295,23 @@ def _clear_run(run_dir: Path) -> None:
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
-def _load_data(cfg: Config, progress: bool, dist: Dist, device: torch.device):
-    """Every process loads the data; rank 0 first, so that only it builds an image cache."""
-    data, problem = None, None
+def _rank0_first(dist: Dist, device: torch.device, fn, what: str):
+    """Run `fn` on rank 0 only; if it raised, every process raises (rank 0 its own error),
+    so that no process waits forever in a collective the failed one never reaches."""
+    result, problem = None, None
     if dist.main:
         try:
-            data = load_configured(cfg.data, progress=progress)
-        except Exception as e:  # noqa: BLE001
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - raised below, after telling the other processes
             problem = e
     if dist.any(problem is not None, device):
-        raise problem if problem is not None else RunError("rank 0 could not load the data (see its message)")
+        raise problem if problem is not None else RunError(f"rank 0 could not {what} (see its message)")
+    return result
+
+
+def _load_data(cfg: Config, progress: bool, dist: Dist, device: torch.device):
+    """Every process loads the data; rank 0 first, so that only it builds an image cache."""
+    data = _rank0_first(dist, device, lambda: load_configured(cfg.data, progress=progress), "load the data")
     return data if dist.main else load_configured(cfg.data, progress=False)
 
 
@@ -341,7 +348,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, dataset, st
         raise ConfigError(f"a global batch of {batch_size} cannot be split over {dist.world} processes; "
                           "raise --batch-size or use fewer processes")
     batches = Batches(data.train, batch_size, cfg.data.binarization, device, seed=t.seed, dequantize=dequantize,
-                      cond=cond, budget=budget, fixed_key=cfg.data.binarization_seed * 4, rank=dist.rank,
+                      cond=cond, budget=budget, fixed_key=binarization_key(cfg.data.binarization_seed, TRAIN_KEY),
+                      rank=dist.rank,
                       world=dist.world)
     test_inputs = model_inputs(model, cfg, data.test, len(data.classes), device, budget)
     x_show, c_show, _ = test_inputs.rows(0, 32)
@@ -419,19 +427,15 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, dataset, st
             with torch.no_grad():
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0) + v.detach().double().sum()
-            if i % 25 == 0 or i == steps_per_epoch - 1:
+            periodic = i % 25 == 0 or i == steps_per_epoch - 1
+            if periodic:
                 value = float(loss.detach()) / dist.world
                 if dist.any(not math.isfinite(value), device):
                     raise TrainingDiverged(f"loss became non-finite at epoch {epoch + 1}, step {step}; stopped. "
                                            f"{_kept(run_dir, epoch)}. Try a lower --lr.")
                 bar.set_postfix(loss=f"{value:.2f}", lr=f"{lr:.2e}")
-            if dist.active:
-                if i % 25 == 0 or i == steps_per_epoch - 1:  # every process stops at the same step
-                    if dist.any(stop.signum is not None, device):
-                        stop.signum = stop.signum or signal.SIGTERM
-                        stop.check(run_dir, epoch, step)
-            else:
-                stop.check(run_dir, epoch, step)
+            if periodic or not dist.active:  # one process: after every step; several: all at the same steps
+                stop.poll(dist, device, run_dir, epoch, step)
         bar.close()
         n_seen = len(data.train)
         keys = sorted(sums)
@@ -454,8 +458,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, dataset, st
             # metrics first, then the checkpoint: a kill in between leaves a record for an epoch
             # the checkpoint does not have, which resuming drops and recomputes identically
             _write_metrics(run_dir, records)
+            # the data generators are all of a run's random state: model noise is tied to (step, image)
             save_checkpoint(run_dir, model, optimizer, {**info, "epoch": epoch, "step": step},
-                            rng=_rng_state(batches))
+                            rng=batches.rng_state())
         if progress:
             shown = test_terms.get("test_elbo", -test_terms["test_loss"])
             label = "test ELBO" if "test_elbo" in test_terms else "test log p(x|z)"
@@ -463,9 +468,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, dataset, st
             tqdm.write(f"epoch {epoch:3d}  train loss {train_terms['train_loss']:8.2f}  "
                        f"{label} {shown:8.2f}  {n_seen / seconds:8.0f} images/s{procs}")
         dist.barrier()  # nobody starts the next epoch before rank 0's checkpoint is on disk
-        if dist.any(stop.signum is not None, device):
-            stop.signum = stop.signum or signal.SIGTERM
-            stop.check(run_dir, epoch, step)
+        stop.poll(dist, device, run_dir, epoch, step)
     return run_dir
 
 
