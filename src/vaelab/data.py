@@ -313,27 +313,30 @@ def _cifar_records(raw: bytes, where: str, n_classes: int) -> tuple[np.ndarray, 
 def read_cifar(directory: Path, info: DatasetInfo) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The CIFAR-10 splits from `directory`: the extracted batches, or straight from the archive."""
     inner, archive = directory / CIFAR_DIR, directory / CIFAR_ARCHIVE
-    out = {}
-    if all((inner / f).is_file() for batch in info.files.values() for f in batch):
+
+    def splits(read) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """`read(name)` -> (bytes, where) for each batch file; concatenated per split."""
+        out = {}
         for split, names in info.files.items():
-            parts = [_cifar_records((inner / f).read_bytes(), str(inner / f), len(info.classes)) for f in names]
+            parts = [_cifar_records(*read(f), len(info.classes)) for f in names]
             out[split] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
         return out
+
+    if all((inner / f).is_file() for batch in info.files.values() for f in batch):
+        return splits(lambda f: ((inner / f).read_bytes(), str(inner / f)))
     try:
         with tarfile.open(archive, "r:gz") as tar:
             members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-            for split, names in info.files.items():
-                parts = []
-                for f in names:
-                    if f not in members:
-                        raise DataError(f"{archive}: {f} is missing from the archive; delete it so vaelab "
-                                        "fetches a fresh copy")
-                    raw = tar.extractfile(members[f]).read()
-                    parts.append(_cifar_records(raw, f"{archive}:{f}", len(info.classes)))
-                out[split] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+            def member(f: str) -> tuple[bytes, str]:
+                if f not in members:
+                    raise DataError(f"{archive}: {f} is missing from the archive; delete it so vaelab "
+                                    "fetches a fresh copy")
+                return tar.extractfile(members[f]).read(), f"{archive}:{f}"
+
+            return splits(member)
     except (OSError, EOFError, tarfile.TarError) as e:
         raise DataError(f"{archive}: cannot read the archive ({e}); delete it so vaelab fetches a fresh copy") from None
-    return out
 
 
 # ----------------------------------------------------------------------------- tensors

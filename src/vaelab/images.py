@@ -271,13 +271,18 @@ def _decode_into(target: Path, shape: tuple[int, ...], paths: list[str], reuse: 
         target.write_bytes(b"")
         return {}
     out = _new_raw(target, shape)
-    todo = []
+    todo, copies = [], {}  # copies: old raw file -> [(new row, old row)]
     for row, p in enumerate(paths):
         if p in reuse:
             raw, old_row = reuse[p]
-            out[row] = ImageFile(raw, (-1, *shape[1:])).read(np.array([old_row]))[0]
+            copies.setdefault(raw, []).append((row, old_row))
         else:
             todo.append((row, p))
+    for raw, pairs in copies.items():  # one sorted read per chunk, not a file open per image
+        old = ImageFile(raw, (-1, *shape[1:]))
+        for chunk in _chunks(pairs, 4096):
+            new_rows, old_rows = zip(*chunk)
+            out[list(new_rows)] = old.read(np.array(old_rows))
     out.flush()
     del out
     jobs = [(str(target), shape, c, size, channels, background) for c in _chunks(todo)]
@@ -375,9 +380,11 @@ def _read_manifest(folder: Path, name: str = "manifest.json") -> dict[str, Any] 
     return m if isinstance(m, dict) and m.get("version") == CACHE_VERSION else None
 
 
-def _stamp(listed: list, spec: dict[str, Any], skip_bad: bool) -> str:
-    """What the cache was built from: the file list with sizes and times, and the transform."""
-    return hashlib.sha256(json.dumps([listed, spec, skip_bad], separators=(",", ":")).encode()).hexdigest()
+def _identity(listed: list, spec: dict[str, Any], skip_bad: bool) -> tuple[str, str]:
+    """(fingerprint of the data: the file list with sizes and times, and the transform;
+    stamp of the cache: the same plus the skip-bad-images choice), from one hash."""
+    digest = hashlib.sha256(json.dumps([listed, spec], separators=(",", ":")).encode()).hexdigest()
+    return digest[:16], f"{digest}:{int(skip_bad)}"
 
 
 def _cached(folder: Path, stamp: str) -> Dataset | None:
@@ -397,11 +404,6 @@ def _finish(tmp: Path, folder: Path, manifest: dict[str, Any], stamp: str) -> Da
     _write_json(tmp / "index.json", index)
     _install(tmp, folder)
     return _dataset_from_cache(folder, index)
-
-
-def _fingerprint(files: list, transform: dict[str, Any]) -> str:
-    h = hashlib.sha256(json.dumps([files, transform], separators=(",", ":")).encode())
-    return h.hexdigest()[:16]
 
 
 def _install(tmp: Path, folder: Path) -> None:
@@ -448,7 +450,7 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
     folder = _cache_folder(root)
     spec = transform.to_json()
     listed = [list(f) for f in files]
-    stamp = _stamp(listed, spec, skip_bad)
+    fingerprint, stamp = _identity(listed, spec, skip_bad)
     if (cached := _cached(folder, stamp)) is not None:
         return cached
     old = _read_manifest(folder)
@@ -493,7 +495,7 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
         manifest = {"version": CACHE_VERSION, "kind": "folder", "source": str(root), "transform": spec,
                     "skip_bad": skip_bad, "shape": list(shape), "classes": classes, "files": listed,
                     "bad": sorted([rel, why] for rel, why in bad.items()),
-                    "fingerprint": _fingerprint(listed, spec), "splits": {}}
+                    "fingerprint": fingerprint, "splits": {}}
         for s, v in split_rels.items():
             manifest["splits"][s] = {"files": v, "labels": [label_of[r] for r in v]}
         return _finish(tmp, folder, manifest, stamp)
@@ -602,7 +604,7 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
     listed = [[path.name, st.st_size, st.st_mtime_ns]]
     spec = transform.to_json()
     folder = _cache_folder(path)
-    stamp = _stamp(listed, spec, False)
+    fingerprint, stamp = _identity(listed, spec, False)
     if (cached := _cached(folder, stamp)) is not None:
         return cached
 
@@ -665,10 +667,7 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
         bar.close()
         manifest = {"version": CACHE_VERSION, "kind": "array", "source": str(path), "transform": spec,
                     "shape": list(shape), "classes": list(classes), "files": listed, "bad": [],
-                    "fingerprint": _fingerprint(listed, spec),
-                    "splits": {s: {"labels": None if labels[s] is None else labels[s].tolist()}
+                    "fingerprint": fingerprint,
+                    "splits": {s: {"labels": [None] * sizes[s] if labels[s] is None else labels[s].tolist()}
                                for s in ("train", "test")}}
-        for s in ("train", "test"):
-            if manifest["splits"][s]["labels"] is None:
-                manifest["splits"][s]["labels"] = [None] * sizes[s]
         return _finish(tmp, folder, manifest, stamp)
