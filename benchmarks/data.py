@@ -62,6 +62,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vaelab.runtime import cpu_name
+
 ICONS = Path("/usr/share/icons/oxygen/base")
 SECTIONS = ("cache", "warm", "stream", "conv")
 GEN_VERSION = 1  # bump when the derived images change, so old scratch data are rebuilt
@@ -366,21 +368,28 @@ def median(xs):
 
 # ----------------------------------------------------------------------------- 1. cache build
 
-LOAD_FOLDER = """
+def _load_script(imports: str, call: str, extra: str = "") -> str:
+    """A child script that times `imports`, then `d = call` (wall and CPU time, the decoding
+    workers included), and prints the times, split sizes and image shape (+ `extra` fields) as JSON."""
+    return f"""
 import json, resource, sys, time
 t0 = time.perf_counter()
 def cpu():  # CPU seconds of this process and its waited-for children (the decoding workers)
     return sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
                for f in ("ru_utime", "ru_stime"))
-from vaelab.images import Transform, load_folder
+{imports}
 t1 = time.perf_counter()
 c1 = cpu()
-d = load_folder(sys.argv[1], Transform((64, 64), 0, "white", 0.1), progress=False)
+d = {call}
 t2 = time.perf_counter()
-print(json.dumps({"import_s": round(t1 - t0, 3), "load_s": round(t2 - t1, 3), "load_cpu_s": round(cpu() - c1, 3),
-                  "train": len(d.train),
-                  "test": len(d.test), "shape": list(d.image_shape), "classes": len(d.classes)}))
+print(json.dumps({{"import_s": round(t1 - t0, 3), "load_s": round(t2 - t1, 3), "load_cpu_s": round(cpu() - c1, 3),
+                  "train": len(d.train), "test": len(d.test), "shape": list(d.image_shape){extra}}}))
 """
+
+
+LOAD_FOLDER = _load_script("from vaelab.images import Transform, load_folder",
+                           'load_folder(sys.argv[1], Transform((64, 64), 0, "white", 0.1), progress=False)',
+                           ', "classes": len(d.classes)')
 
 
 def bench_cache(a, env: Env) -> dict:
@@ -415,23 +424,10 @@ def bench_cache(a, env: Env) -> dict:
 
 # ----------------------------------------------------------------------------- 2. warm start
 
-LOAD_CONFIGURED = """
-import json, resource, sys, time
-t0 = time.perf_counter()
-def cpu():  # CPU seconds of this process and its waited-for children (the decoding workers)
-    return sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-               for f in ("ru_utime", "ru_stime"))
-import vaelab.train
-from vaelab.batches import load_configured
-from vaelab.config import DataConfig
-t1 = time.perf_counter()
-c1 = cpu()
-d = load_configured(DataConfig(dataset=sys.argv[1], image_size=(16, 16)), progress=False)
-t2 = time.perf_counter()
-print(json.dumps({"dataset_at": time.time(), "import_s": round(t1 - t0, 3), "load_s": round(t2 - t1, 3),
-                  "load_cpu_s": round(cpu() - c1, 3), "train": len(d.train),
-                  "test": len(d.test), "shape": list(d.image_shape)}))
-"""
+LOAD_CONFIGURED = _load_script(
+    "import vaelab.train\nfrom vaelab.batches import load_configured\nfrom vaelab.config import DataConfig",
+    "load_configured(DataConfig(dataset=sys.argv[1], image_size=(16, 16)), progress=False)",
+    ', "dataset_at": time.time()')
 IMPORT_ONLY = """
 import json, time
 t0 = time.perf_counter()
@@ -477,22 +473,9 @@ def bench_warm(a, env: Env) -> dict:
 
 # ----------------------------------------------------------------------------- 3. streaming
 
-LOAD_ARRAY = """
-import json, resource, sys, time
-t0 = time.perf_counter()
-def cpu():  # CPU seconds of this process and its waited-for children (the decoding workers)
-    return sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-               for f in ("ru_utime", "ru_stime"))
-from vaelab.images import Transform, load_array
-t1 = time.perf_counter()
-c1 = cpu()
-d = load_array(sys.argv[1], Transform(None, 0, "white", 0.1), progress=False)
-t2 = time.perf_counter()
-print(json.dumps({"import_s": round(t1 - t0, 3), "load_s": round(t2 - t1, 3), "load_cpu_s": round(cpu() - c1, 3),
-                  "train": len(d.train),
-                  "test": len(d.test), "shape": list(d.image_shape), "train_mib": d.train.nbytes / 2**20,
-                  "test_mib": d.test.nbytes / 2**20}))
-"""
+LOAD_ARRAY = _load_script("from vaelab.images import Transform, load_array",
+                          'load_array(sys.argv[1], Transform(None, 0, "white", 0.1), progress=False)',
+                          ', "train_mib": d.train.nbytes / 2**20, "test_mib": d.test.nbytes / 2**20')
 MLP_FLAGS = ["--hidden", "512,512", "--decoder-hidden", "512,512", "--activation", "relu", "--latent-dim", "50",
              "--batch-size", "128"]
 CONV_FLAGS = ["--net", "conv", "--hidden", "32,64", "--binarization", "none", "--likelihood", "gaussian",
@@ -735,16 +718,6 @@ def report(sections: dict) -> str:
     return "\n".join(lines)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def summarise(sections: dict) -> dict:
     """The headline figure and target of every section in the results file."""
     out: dict = {}
@@ -858,7 +831,7 @@ def main() -> None:
         path.write_text(json.dumps(res, indent=2) + "\n")
         print(json.dumps(res["summary"], indent=2))
         return
-    res.update(date=a.date, machine=platform.machine(), cpu=_cpu_name(), cpu_count=CORES,
+    res.update(date=a.date, machine=platform.machine(), cpu=cpu_name(), cpu_count=CORES,
                python=platform.python_version(), commit=_commit(),
                commit_note="HEAD when the file was last written; other engineers were editing and committing src/ "
                            "while these ran: later sections record their own commit and the digest of the vaelab "

@@ -46,6 +46,8 @@ from pathlib import Path
 
 import torch
 
+from vaelab.runtime import cpu_name
+
 NET = ["--hidden", "512,512", "--decoder-hidden", "512,512", "--activation", "relu",
        "--latent-dim", "50", "--lr", "1e-3"]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -190,16 +192,6 @@ def run(name: str, launcher: list[str], extra_env: dict[str, str], args, work: P
             "other_busy_processes": intr.report(), "git_commit": prov.get("git_commit"), "run": str(out)}
 
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=3)
@@ -217,7 +209,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vaelab-scale-"))
     vaelab = [sys.executable, "-m", "vaelab"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vaelab"]
-    res: dict = {"date": args.date, "cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+    res: dict = {"date": args.date, "cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                  "python": platform.python_version(), "dataset": args.dataset, "batch_global": args.batch,
                  "epochs": args.epochs,
                  "vaelab_data": os.environ.get("VAELAB_DATA", "/work/shared/data"),

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from vaelab.runtime import cpu_name
+
 ENC = [784, 512, 512, 100]  # 100 = mean and log-std of a 50-d latent
 DEC = [50, 512, 512, 784]
 
@@ -175,7 +177,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vaelab-bench-"))
     peak_before = matmul_peak()
     res: dict = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
-                 "cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                 "cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                  "train_flops_per_example": TRAIN_FLOPS}
     res["train"] = [vaelab_train(b, args.epochs, work) for b in (128, 1024)]
     res["eval_is"] = vaelab_eval(res["train"][0]["run"], args.eval_n)
@@ -193,16 +195,6 @@ def main() -> None:
     path.write_text(json.dumps(res, indent=2) + "\n")
     print(report(res))
     print(f"\nwritten to {path}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def report(r: dict) -> str:

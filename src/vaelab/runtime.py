@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import sys
 from dataclasses import dataclass
 
@@ -48,6 +49,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise DeviceError("--device cuda requested but no CUDA device is available; use --device cpu or auto")
     return torch.device(name)
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (for run folders and benchmark reports)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 # ----------------------------------------------------------------------------- processes

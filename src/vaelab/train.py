@@ -36,7 +36,7 @@ from vaelab.files import RunLock, atomic_write, ensure_dir, write_json
 from vaelab.models import build_model, check_data_fit
 from vaelab.objectives import OBJECTIVE_TERMS, OBJECTIVES
 from vaelab.plots import image_grid, save_png
-from vaelab.runtime import Dist, autocast_dtype, distributed, tune_malloc
+from vaelab.runtime import Dist, autocast_dtype, cpu_name, distributed, tune_malloc
 
 
 def _fused(cls):
@@ -138,15 +138,7 @@ def provenance(device: torch.device, dist: Dist = Dist()) -> dict[str, Any]:
             commit = out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as fh:
-                name = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), name)
-        except OSError:
-            pass
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {"vaelab_version": __version__, "git_commit": commit, "torch_version": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(), "host": socket.gethostname(),
             "device": f"{device.type}: {name}", "threads": torch.get_num_threads(), "processes": dist.world,
