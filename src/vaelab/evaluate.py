@@ -132,20 +132,21 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
     if model.conditional:
         result["conditioned_on"] = "custom side information" if cfg.data.conditions else "class label"
     dims = math.prod(data.image_shape)
+    # each process takes a contiguous share of the test images, in chunks of 1000; results
+    # are gathered in order
+    first, last = dist.shard(len(inputs))
+    chunks = [(i, min(last, i + 1000)) for i in range(first, last, 1000)]
+    empty = torch.empty(0, device=dev)
     if model.has_density:
         from tqdm.auto import tqdm
 
-        # each process takes a contiguous share of the test images; results are gathered in order
-        first, last = dist.shard(len(inputs))
         parts = []
         bar = tqdm(total=last - first, desc=f"IS k={k}", disable=not progress, dynamic_ncols=True)
-        for i in range(first, last, 1000):
-            j = min(last, i + 1000)
+        for i, j in chunks:
             xb, cb, _ = inputs.rows(i, j)
             parts.append(log_likelihood(model, xb, k=k, c=cb, index=inputs.index(i, j)))
             bar.update(len(xb))
         bar.close()
-        empty = torch.empty(0, device=dev)
         log_px = dist.gather_rows(torch.cat([p[0] for p in parts]) if parts else empty, len(inputs))
         elbo = dist.gather_rows(torch.cat([p[1] for p in parts]) if parts else empty, len(inputs))
         if density:
@@ -162,11 +163,9 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
             result["bits_per_dim"] = nll / (dims * math.log(2))
             result["dims"] = dims
     else:
-        first, last = dist.shard(len(inputs))
         with torch.inference_mode():  # the AE is never conditional
-            recon = torch.cat([torch.empty(0, device=dev)] + [
-                model.decode(model.encode(xb).mean).log_prob(xb)
-                for xb, _, _ in (inputs.rows(i, min(last, i + 1000)) for i in range(first, last, 1000))])
+            recon = torch.cat([empty] + [model.decode(model.encode(xb).mean).log_prob(xb)
+                                         for xb, _, _ in (inputs.rows(i, j) for i, j in chunks)])
         recon = dist.gather_rows(recon, len(inputs))
         result["recon_nll"], result["recon_nll_stderr"] = _mean_stderr(-recon)
         result["note"] = "a plain autoencoder has no density: only -log p(x | z = f(x)) is reported"
