@@ -483,6 +483,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nvaelab {args.command}: interrupted; a run's last completed epoch's checkpoint is kept "
               "(continue with --resume)", file=sys.stderr)
         return 130
+    finally:
+        if "torch" in sys.modules:  # a command that never imported torch has no process group
+            from vaelab.runtime import leave_process_group
+
+            leave_process_group()
     return 0
 
 

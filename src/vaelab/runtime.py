@@ -137,6 +137,14 @@ def distributed(device: str) -> tuple[Dist, torch.device]:
     return Dist(rank, world, local), dev
 
 
+def leave_process_group() -> None:
+    """Shut the torchrun process group down before the interpreter exits: left to
+    interpreter teardown, gloo's threads can abort the process ("terminate called
+    without an active exception") after the work is done."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
