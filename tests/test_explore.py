@@ -1,12 +1,15 @@
 """Figures and the computations behind them."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from vaelab import plots
 from vaelab.cli import main
-from vaelab.explore import FIGURES, add_noise, psnr, slerp
+from vaelab.explore import FIGURES, Explorer, add_noise, figure_curves, figure_posterior, psnr, slerp
 
 
 @pytest.fixture(scope="module")
@@ -17,6 +20,7 @@ def runs(tmp_path_factory):
     assert main(["train", *common, "--latent-dim", "5", "--binarization", "none", "--likelihood", "logistic",
                  "--out", str(base / "logistic")]) == 0
     assert main(["train", *common, "--latent-dim", "5", "--model", "ae", "--out", str(base / "ae")]) == 0
+    assert main(["train", *common, "--latent-dim", "5", "--model", "cvae", "--out", str(base / "cvae")]) == 0
     return base
 
 
@@ -26,6 +30,7 @@ def test_every_figure_writes_png_and_numbers(runs, run, tmp_path):
     assert main(["plot", str(runs / run), "--what", ",".join(what), "--out", str(tmp_path)]) == 0
     for name in what:
         assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "samples.png").read_bytes() != (tmp_path / "posterior.png").read_bytes()
     denoise = json.loads((tmp_path / "denoise.json").read_text())
     noisy = [row["mse_noisy"] for row in denoise["levels"]]
     assert noisy == sorted(noisy)  # more noise, larger error
@@ -48,6 +53,72 @@ def test_plot_options_and_errors(runs, tmp_path, capsys):
     assert main(["plot", str(runs / "vae2d"), "--what", "scale"]) == 2
     assert main(["plot", str(runs / "vae2d"), "--what", "nonsense"]) == 2
     assert "unknown figure" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("run", ["vae2d", "ae"])
+def test_posterior_figure_has_a_row_per_test_image(runs, run):
+    fig, numbers = figure_posterior(Explorer.from_run(runs / run, n=100), n=5, draws=3)
+    cells = [ax.get_subplotspec() for ax in fig.axes]
+    assert len(cells) == 5 * (1 + 3)
+    assert sorted({c.rowspan.start for c in cells}) == list(range(5))
+    spread = numbers["pixel_std_per_image"]
+    assert len(spread) == 5
+    # q(z|x) of a VAE has spread, so its draws decode differently; an AE's code is a point
+    if run == "vae2d":
+        assert min(spread) > 1e-3
+    else:
+        assert max(spread) < 1e-6
+
+
+def test_curves_have_one_panel_per_term():
+    rows = [{"epoch": e, "lr": 1e-3, "train_loss": 100.0 / e, "train_kl": 5.0, "train_recon": -95.0,
+             "test_loss": 90.0 / e, "test_kl": 6.0, "test_recon": -84.0, "test_iwae": -88.0,
+             "seconds": 3.0, "examples_per_s": 2000.0} for e in (1, 2, 3)]
+    fig = plots.curves_figure(rows, "curves")
+    assert plots.curve_panels(rows) == ["loss", "iwae", "recon", "kl", "lr", "examples_per_s"]
+    assert len(fig.axes) == 6
+    assert [len(ax.lines) for ax in fig.axes] == [2, 1, 2, 2, 1, 1]  # train and test share a panel
+
+
+def test_curves_of_a_run(runs):
+    rows = [json.loads(line) for line in (runs / "vae2d" / "metrics.jsonl").read_text().splitlines()]
+    fig, numbers = figure_curves(Explorer.from_run(runs / "vae2d", n=10))
+    assert numbers["epochs"] == len(rows) == 2
+    assert len(fig.axes) == len(plots.curve_panels(rows)) >= 6  # loss, elbo, recon, kl, lr, images/s
+
+
+NO_PYPLOT = """
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("svg")  # a backend other than Agg, as a notebook or GUI would have set
+from vaelab.explore import FIGURES, Explorer, figure_recon, plot
+
+runs, out = Path(sys.argv[1]), Path(sys.argv[2])
+plot(runs / "vae2d", [w for w in FIGURES if w not in ("scale", "transfer")], out)
+plot(runs / "logistic", ["scale"], out)
+plot(runs / "cvae", ["transfer"], out)
+png = figure_recon(Explorer.from_run(runs / "vae2d", n=10))[0]._repr_png_()  # what Jupyter displays
+assert png[:4] == b"\\x89PNG"
+assert "matplotlib.pyplot" not in sys.modules, "a figure function imported pyplot"
+assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+"""
+
+
+def test_figures_leave_the_backend_alone_and_never_import_pyplot(runs, tmp_path):
+    r = subprocess.run([sys.executable, "-c", NO_PYPLOT, str(runs), str(tmp_path)], capture_output=True, text=True,
+                       timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {p.name for p in tmp_path.glob("*.png")} == {f"{w}.png" for w in FIGURES}
+
+
+def test_figures_display_in_ipython_without_pyplot():
+    formatters = pytest.importorskip("IPython.core.formatters")
+    fig = plots.image_rows([torch.rand(3, 1, 8, 8)], ["row"], "title")
+    data, _ = formatters.DisplayFormatter().format(fig)
+    assert data["image/png"][:4] == b"\x89PNG"
 
 
 def test_slerp_endpoints_and_norm():

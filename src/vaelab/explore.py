@@ -4,6 +4,13 @@ Each ``figure_*`` function takes an :class:`Explorer` (a model with its test dat
 returns ``(matplotlib Figure, numbers)``; ``numbers`` is a JSON-able dict of what the
 figure shows (empty where there is nothing numeric). ``vaelab plot`` writes both.
 All randomness comes from a generator seeded by ``Explorer.seed``.
+
+In a notebook (the figures never touch pyplot or the global backend, and display inline
+without ``%matplotlib inline``)::
+
+    from vaelab.explore import Explorer, figure_samples
+    ex = Explorer.from_run("runs/demo")
+    figure_samples(ex)[0]
 """
 
 from __future__ import annotations
@@ -122,21 +129,35 @@ def figure_recon(ex: Explorer, n: int = 10):
 
 
 @torch.no_grad()
-def figure_samples(ex: Explorer, n: int = 10):
-    """Prior samples z ~ N(0, I) and posterior-predictive samples z ~ q(z|x) (seed 002),
-    each shown as decoder means and as draws x ~ p(x|z)."""
+def figure_samples(ex: Explorer, n: int = 32, ncol: int = 8):
+    """Prior samples (seeds 001, 002): n codes z ~ N(0, I), each decoded to its mean
+    E[x|z] and to one draw x ~ p(x|z)."""
     g = ex.gen()
-    c = ex.cond(n)
-    prior = ex.model.sample(n, generator=g, c=c)
-    z = ex.model.encode(ex.x[:n], c).rsample(generator=g)
-    post = ex.model.decode(z, c)
-    rows = [prior.mean.clamp(0, 1), prior.sample(generator=g).clamp(0, 1), ex.x[:n], post.mean.clamp(0, 1),
-            post.sample(generator=g).clamp(0, 1)]
-    labels = ["prior: mean", "prior: sample", "test input", "posterior pred.: mean", "posterior pred.: sample"]
-    title = "Samples from the prior and the posterior predictive"
+    prior = ex.model.sample(n, generator=g, c=ex.cond(n))
+    panels = [("decoder mean E[x|z]", prior.mean), ("one draw x ~ p(x|z)", prior.sample(generator=g))]
+    title = f"{n} samples from the prior, z ~ N(0, I) ({ex.cfg.model.model})"
     if not ex.model.has_density:
-        title += " (an AE has no prior: codes drawn from N(0, I))"
-    return plots.image_rows(rows, labels, title), {}
+        title += "; an AE has no prior: its codes were never made to look like these"
+    if ex.c is not None:
+        title += f"; c: the conditions of test images 1-{n}"
+    return plots.image_panels(panels, ncol, title), {"n": n}
+
+
+@torch.no_grad()
+def figure_posterior(ex: Explorer, n: int = 8, draws: int = 6):
+    """The posterior predictive (seed 002): each row is a test image, then the decoder means
+    of `draws` independent codes z ~ q(z|x); how much they differ shows the posterior's spread."""
+    x, c = ex.x[:n], ex.cond(n)
+    z = ex.model.encode(x, c).rsample(draws, generator=ex.gen())  # (draws, n, D)
+    means = ex.model.decode(z, c).mean.clamp(0, 1).transpose(0, 1)  # (n, draws, C, H, W)
+    rows = [torch.cat([x[i : i + 1], means[i]]) for i in range(len(x))]
+    title = f"Posterior predictive: each test image, then E[x|z] for {draws} draws z ~ q(z|x)"
+    if not ex.model.has_density:
+        title += " (an AE's code is a point: all draws are equal)"
+    col_labels = ["test image"] + [f"draw {j + 1}" for j in range(draws)]
+    fig = plots.image_rows(rows, [f"{i + 1}" for i in range(len(x))], title, col_labels)
+    spread = means.std(1, unbiased=False).flatten(1).mean(1)  # (n,) mean pixel std across draws
+    return fig, {"draws": draws, "pixel_std_per_image": spread.tolist(), "pixel_std_mean": float(spread.mean())}
 
 
 @torch.no_grad()
@@ -159,8 +180,7 @@ def figure_manifold(ex: Explorer, steps: int = 15, span: float = 3.0, dims: tupl
         axes = ("1st principal direction (std)", "2nd principal direction (std)")
         info = {"pca_std": sd.tolist(), "span_std": span}
     images = ex.decode_mean(z)
-    fig = plots.image_grid_figure(images, steps, f"Latent manifold: decoded grid ({d}-D latent)",
-                                  axes, (-span, span))
+    fig = plots.manifold_figure(images, steps, f"Latent manifold: decoded grid ({d}-D latent)", axes, (-span, span))
     return fig, {**info, "steps": steps}
 
 
@@ -207,11 +227,10 @@ def figure_combine(ex: Explorer, weights: tuple[float, ...] = (0.5, 0.5), groups
     x = ex.x[: groups * k]
     codes = ex.codes(x).view(groups, k, -1)
     combo = ex.decode_mean((w[None, :, None] * codes).sum(1))  # (groups, C, H, W)
-    cols = [x.view(groups, k, *x.shape[1:])[:, i] for i in range(k)] + [combo]
-    images = torch.stack(cols, 1).flatten(0, 1)
-    labels = [f"input {i + 1} (w={weights[i]:g})" for i in range(k)] + ["decoded combination"]
-    fig = plots.image_grid_figure(images, k + 1, "Combining codes: sum of weighted posterior means",
-                                  None, None, col_labels=labels)
+    rows = list(torch.cat([x.view(groups, k, *x.shape[1:]), combo[:, None]], 1))  # groups x (k + 1) images
+    col_labels = [f"{'+ ' if i else ''}{w:g} × input {i + 1}" for i, w in enumerate(weights)] + ["= decoded"]
+    fig = plots.image_rows(rows, [""] * groups, "Decoding a weighted sum of the inputs' codes (posterior means)",
+                           col_labels, inch=1.1)
     return fig, {"weights": list(weights), "groups": groups}
 
 
@@ -295,17 +314,18 @@ def figure_transfer(ex: Explorer, n: int = 8):
     imgs = ex.decode_mean(codes[:, None, :].expand(-1, k, -1).reshape(-1, codes.shape[1]), eye.repeat(len(codes), 1))
     imgs = imgs.view(len(codes), k, *imgs.shape[1:])
     rows = [torch.cat([ex.x[i : i + 1], imgs[i]]) for i in range(n)]
-    rows += [torch.cat([torch.zeros_like(ex.x[:1]), imgs[n + j]]) for j in range(3)]
+    blank = torch.full_like(ex.x[:1], float("nan"))  # prior rows have no input image
+    rows += [torch.cat([blank, imgs[n + j]]) for j in range(3)]
     labels = [f"test image {i + 1}" for i in range(n)] + [f"prior z {j + 1}" for j in range(3)]
-    fig = plots.image_rows(rows, labels, "Same z decoded under each class (column 1: the input; then classes "
-                           + ", ".join(ex.classes[:k]) + ")")
+    fig = plots.image_rows(rows, labels, "One z per row decoded under every class: the input's code, then "
+                           "prior draws", ["input", *ex.classes[:k]], inch=0.75)
     return fig, {"classes": list(ex.classes), "rows": n}
 
 
 FIGURES = {
     "recon": figure_recon,
     "samples": figure_samples,
-    "posterior": figure_samples,
+    "posterior": figure_posterior,
     "manifold": figure_manifold,
     "latents": figure_latents,
     "interpolate": figure_interpolate,

@@ -1,9 +1,16 @@
 """Pictures. Image grids are written with Pillow (fast enough to refresh every epoch);
-matplotlib is imported lazily, only by functions that draw figures."""
+matplotlib is imported lazily, only by functions that draw figures.
+
+Figures are ``matplotlib.figure.Figure`` objects built without pyplot, so drawing one never
+changes the global backend (a notebook's inline backend, a GUI) and never opens a window.
+Sizes are in inches, chosen so that every image shows at about `inch` inches."""
 
 from __future__ import annotations
 
+import io
 import math
+import textwrap
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,20 +48,47 @@ def save_png(array: np.ndarray, path: str | Path, scale: int = 2) -> Path:
 
 # ----------------------------------------------------------------------------- matplotlib figures
 
+_PAD = 0.08  # inches between images and around a figure's edge
 
-def _plt():
-    """pyplot with the Agg backend: figures never need a display."""
-    import matplotlib
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+def new_figure(width: float, height: float, **kwargs):
+    """A Figure of `width` x `height` inches that pyplot does not track. Jupyter shows it inline
+    even where nothing imported pyplot or ran %matplotlib inline: IPython calls _repr_png_."""
+    from matplotlib.figure import Figure
 
-    return plt
+    fig = Figure(figsize=(width, height), **kwargs)
+    fig._repr_png_ = partial(_png_bytes, fig)
+    return fig
+
+
+def _png_bytes(fig, dpi: int = 100) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _text_width(labels: list[str], fontsize: float = 9) -> float:
+    """Inches taken by the longest line of `labels` (an average glyph is ~0.55 em wide)."""
+    longest = max((len(line) for s in labels for line in s.split("\n")), default=0)
+    return longest * 0.55 * fontsize / 72
+
+
+def _heading(title: str, width: float, fontsize: float = 11) -> tuple[str, float]:
+    """`title` wrapped to a figure `width` inches wide, and the inches it takes at the top."""
+    text = textwrap.fill(title, max(20, int(width * 72 / (0.55 * fontsize))))
+    return text, (text.count("\n") + 1) * 1.3 * fontsize / 72 + 2 * _PAD
+
+
+def _suptitle(fig, text: str, fontsize: float = 11) -> None:
+    fig.suptitle(text, fontsize=fontsize, y=1 - _PAD / fig.get_size_inches()[1], va="top")
 
 
 def _show_image(ax, img: torch.Tensor) -> None:
+    """One (C, H, W) image in [0, 1]; an all-NaN image leaves an empty cell (its label stays)."""
     img = img.detach().float().clamp(0, 1).cpu()
-    if img.shape[0] == 1:
+    if img.isnan().all():
+        ax.spines[:].set_visible(False)
+    elif img.shape[0] == 1:
         ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     else:
         ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
@@ -62,131 +96,197 @@ def _show_image(ax, img: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
-def image_rows(rows: list[torch.Tensor], labels: list[str], title: str):
-    """One row per (N, C, H, W) tensor, labelled on the left."""
-    plt = _plt()
+def _image_block(fig, rows: list[torch.Tensor], labels: list[str], col_labels: list[str] | None,
+                 left: float, top: float, inch: float) -> None:
+    """Rows of images, `inch` inches square, the block's top-left corner `left`, `top` inches
+    from the figure's left and top edges; labels left of the rows and above the columns."""
+    width, height = fig.get_size_inches()
     n = max(len(r) for r in rows)
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.6, 1.15 * len(rows) + 0.6), squeeze=False)
+    right, bottom = left + n * (inch + _PAD) - _PAD, top + len(rows) * (inch + _PAD) - _PAD
+    gs = fig.add_gridspec(len(rows), n, left=left / width, right=right / width, top=1 - top / height,
+                          bottom=1 - bottom / height, wspace=_PAD / inch, hspace=_PAD / inch)
     for r, (row, label) in enumerate(zip(rows, labels)):
         for c in range(n):
-            ax = axes[r][c]
+            ax = fig.add_subplot(gs[r, c])
             if c < len(row):
                 _show_image(ax, row[c])
             else:
                 ax.axis("off")
-        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-    fig.suptitle(title)
-    fig.tight_layout()
+            if c == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+            if r == 0 and col_labels:
+                ax.set_title(col_labels[c], fontsize=9)
+
+
+def image_rows(rows: list[torch.Tensor], labels: list[str], title: str, col_labels: list[str] | None = None,
+               inch: float = 0.9):
+    """One row of images per (N, C, H, W) tensor, `inch` inches per image, labelled on the
+    left (and, with `col_labels`, above the columns)."""
+    n = max(len(r) for r in rows)
+    left = _text_width(labels) + 2 * _PAD
+    width = left + n * (inch + _PAD) + _PAD
+    text, top = _heading(title, width)
+    top += 0.25 if col_labels else 0
+    fig = new_figure(width, top + len(rows) * (inch + _PAD) + _PAD)
+    _suptitle(fig, text)
+    _image_block(fig, rows, labels, col_labels, left, top, inch)
     return fig
 
 
-def image_grid_figure(images: torch.Tensor, ncol: int, title: str, axis_labels: tuple[str, str] | None,
-                      span: tuple[float, float] | None, col_labels: list[str] | None = None):
-    """A grid of images in one axes (no gaps), with optional axis labels and extent."""
-    plt = _plt()
+def image_panels(panels: list[tuple[str, torch.Tensor]], ncol: int, title: str, inch: float = 0.6):
+    """Grids of (N, C, H, W) images side by side, `ncol` images a row, one title per grid."""
+    nrow = max(math.ceil(len(images) / ncol) for _, images in panels)
+    gap = 0.3
+    width = len(panels) * (ncol * inch + gap) + gap
+    text, top = _heading(title, width)
+    top += 0.3  # the grids' titles
+    height = top + nrow * inch + _PAD
+    fig = new_figure(width, height)
+    _suptitle(fig, text)
+    for i, (name, images) in enumerate(panels):
+        ax = fig.add_axes(((gap + i * (ncol * inch + gap)) / width, _PAD / height, ncol * inch / width,
+                           nrow * inch / height))
+        grid = image_grid(images, nrow=ncol)
+        ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(name, fontsize=10)
+    return fig
+
+
+def manifold_figure(images: torch.Tensor, ncol: int, title: str, axis_labels: tuple[str, str],
+                    span: tuple[float, float], inch: float = 0.5):
+    """A square grid of decoded images drawn without gaps over [span[0], span[1]]^2."""
     nrow = math.ceil(len(images) / ncol)
-    grid = image_grid(images, nrow=ncol, pad=0 if span else 2)
-    fig, ax = plt.subplots(figsize=(min(12, max(6.0, 0.55 * ncol + 2)), min(12, 0.55 * nrow + 1.5)))
-    extent = None if span is None else (span[0], span[1], span[0], span[1])
+    grid = image_grid(images, nrow=ncol, pad=0)
+    fig = new_figure(ncol * inch + 1.0, nrow * inch + 1.1, layout="constrained")
+    ax = fig.add_subplot()
     ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest",
-              extent=extent)
-    if axis_labels:
-        ax.set_xlabel(axis_labels[0])
-        ax.set_ylabel(axis_labels[1])
-    else:
-        ax.set_yticks([])
-        if col_labels:
-            w = grid.shape[1] / ncol
-            ax.set_xticks([w * (i + 0.5) for i in range(ncol)], col_labels, fontsize=8, rotation=15)
-        else:
-            ax.set_xticks([])
+              extent=(span[0], span[1], span[0], span[1]))
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
     ax.set_title(title)
-    fig.tight_layout()
     return fig
 
 
 def scatter_by_label(xy: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...], title: str,
                      axis_labels: tuple[str, str]):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 6))
-    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    """Points (N, 2) coloured by their label (N,); the legend sits outside the axes."""
+    import matplotlib
+
+    fig = new_figure(8, 6.5, layout="constrained")
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
     for c in range(len(classes)):
         m = labels == c
-        ax.scatter(xy[m, 0], xy[m, 1], s=4, alpha=0.6, color=cmap(c % cmap.N), label=classes[c])
+        ax.scatter(xy[m, 0], xy[m, 1], s=4, alpha=0.6, color=cmap(c % cmap.N), label=classes[c], linewidths=0)
     if not classes:  # an unlabelled dataset: one colour
-        ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.6, color="tab:blue")
+        ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.6, color=cmap(0), linewidths=0)
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     ax.set_title(title)
     if classes:
-        ax.legend(markerscale=3, fontsize=8, loc="best", title="label", ncol=1 + len(classes) // 12)
-    fig.tight_layout()
+        legend = fig.legend(loc="outside right upper", markerscale=3, fontsize=9, title="label",
+                            ncols=1 + len(classes) // 25)
+        for handle in legend.legend_handles:
+            handle.set_alpha(1)
     return fig
 
 
-def denoise_figure(rows: list[torch.Tensor], level: float, kind: str, table: list[dict], model: str):
-    plt = _plt()
+def denoise_figure(rows: list[torch.Tensor], level: float, kind: str, table: list[dict], model: str,
+                   inch: float = 0.8):
+    """Clean, noisy and reconstructed images (3 rows) above PSNR against noise level."""
+    labels = ["clean", f"noisy\n({kind} {level:g})", "reconstructed"]
     n = len(rows[0])
-    fig = plt.figure(figsize=(max(8, 1.1 * n + 1.5), 6.2))
-    gs = fig.add_gridspec(2, 1, height_ratios=[3, 2.2])
-    top = gs[0].subgridspec(3, n)
-    for r, label in enumerate(["clean", f"noisy ({kind} {level:g})", "reconstructed"]):
-        for c in range(n):
-            ax = fig.add_subplot(top[r, c])
-            _show_image(ax, rows[r][c])
-            if c == 0:
-                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-    ax = fig.add_subplot(gs[1])
+    left = _text_width(labels) + 2 * _PAD
+    width = max(7.0, left + n * (inch + _PAD) + _PAD)
+    text, top = _heading(f"Denoising with a {model}: clean | noisy | reconstructed", width)
+    plot_top = top + 3 * (inch + _PAD) + 0.35  # inches from the top to the plot's frame
+    height = plot_top + 2.4 + 0.6
+    fig = new_figure(width, height)
+    _suptitle(fig, text)
+    _image_block(fig, rows, labels, None, left, top, inch)
+    ax = fig.add_axes((0.9 / width, 0.6 / height, (width - 1.1) / width, 2.4 / height))
     levels = [t["level"] for t in table]
     ax.plot(levels, [t["psnr_noisy"] for t in table], "o-", label="noisy input")
     ax.plot(levels, [t["psnr_recon"] for t in table], "s-", label=f"{model} reconstruction")
     ax.set_xlabel(f"{kind} noise level")
     ax.set_ylabel("PSNR vs clean (dB)")
-    ax.legend()
+    ax.legend(fontsize=9)
     ax.grid(alpha=0.3)
-    fig.suptitle(f"Denoising with a {model}: clean | noisy | reconstructed")
-    fig.tight_layout()
     return fig
 
 
+# what each logged term is, and its unit; a term missing here is shown under its key
+TERMS = {
+    "loss": ("loss (the minimised objective)", "nats per image"),
+    "elbo": ("ELBO: a lower bound on log p(x)", "nats per image"),
+    "iwae": ("IWAE bound on log p(x)", "nats per image"),
+    "recon": ("reconstruction E_q[log p(x|z)]", "nats per image"),
+    "kl": ("KL(q(z|x) || p(z))", "nats per image"),
+    "kl_marginal": ("KL(q(z|x) || q(z)): invariance penalty", "nats per image"),
+    "lr": ("learning rate at the end of the epoch", "learning rate"),
+    "examples_per_s": ("training throughput", "images per second"),
+}
+
+
+def curve_panels(rows: list[dict]) -> list[str]:
+    """The panels of :func:`curves_figure` for metrics rows: one per term (train and test
+    together), then the learning rate and throughput where logged."""
+    keys = {k for r in rows for k in r}
+    terms = {k.split("_", 1)[1] for k in keys if k.startswith(("train_", "test_"))}
+    order = list(TERMS)
+    panels = sorted(terms, key=lambda t: (order.index(t) if t in order else len(order), t))
+    return panels + [k for k in ("lr", "examples_per_s") if k in keys]
+
+
 def curves_figure(rows: list[dict], title: str):
-    plt = _plt()
-    epochs = [r["epoch"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in sorted(k for k in rows[0] if k.startswith(("train_", "test_"))):
-        values = [r[key] for r in rows]
-        (a if key.endswith(("kl",)) else b).plot(epochs, values, label=key)
-    a.set_title("KL term (nats)")
-    b.set_title("loss, reconstruction and bound terms (nats)")
-    for ax in (a, b):
+    """Small multiples of metrics.jsonl rows: one panel per term, train and test in one panel."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    panels = curve_panels(rows)
+    ncol = min(3, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    fig = new_figure(3.8 * ncol, 2.7 * nrow + 0.8, layout="constrained")
+    axes = fig.subplots(nrow, ncol, squeeze=False).flatten()
+    marker = "o" if len(rows) <= 30 else None
+    train, test = "tab:blue", "tab:orange"
+    for ax, term in zip(axes, panels):
+        # lr and throughput are logged once per epoch, for training: drawn in the train colour
+        for key, colour in ((f"train_{term}", train), (f"test_{term}", test), (term, train)):
+            points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), marker=marker, markersize=3, color=colour)
+        name, unit = TERMS.get(term, (term, "nats per image"))
+        ax.set_title(name, fontsize=10)
+        ax.set_ylabel(unit)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("nats per image")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.ticklabel_format(axis="y", scilimits=(-3, 4))  # a learning rate as 1.8 x 1e-3
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
+    for ax in axes[len(panels) :]:
+        ax.remove()
+    handles = [Line2D([], [], color=colour, marker=marker, markersize=3) for colour in (train, test)]
+    fig.legend(handles, ["train (mean over the epoch)", "test (after the epoch)"], loc="outside lower center",
+               ncols=2, fontsize=9)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
 def heatmap(values: torch.Tensor, title: str):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4.6))
+    """(H, W) values as an image with a colour bar."""
+    fig = new_figure(5.8, 4.8, layout="constrained")
+    ax = fig.add_subplot()
     im = ax.imshow(values.numpy(), cmap="viridis", interpolation="nearest")
     fig.colorbar(im, ax=ax, label="scale (pixel units in [0, 1])")
     ax.set_xlabel("pixel column")
     ax.set_ylabel("pixel row")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Save atomically and close the figure."""
-    plt = _plt()
-    try:
-        with atomic_path(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=dpi, format="png")
-    finally:
-        plt.close(fig)
+    """Write `fig` as PNG atomically."""
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
     return Path(path)
