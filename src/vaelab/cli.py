@@ -268,7 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "on GPUs that support it, fp32 on CPU; fp16 adds gradient scaling (default auto)")
     g.add_argument("--compile", action="store_const", const=True,
                    help="run the training step's forward through torch.compile (a one-off compile time)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar; the one-line epoch summaries still print (the bar is drawn only when "
+                        "stderr is a terminal or in Jupyter, so logs never fill with its redraws)")
+    t.add_argument("--quiet", action="store_true",
+                   help="no progress bar and no per-epoch lines or notes; warnings and errors still print")
 
     e = sub.add_parser("evaluate", help="test ELBO and importance-sampled -log p(x)",
                        description="Evaluate a run on its test set; writes RUN_DIR/eval.json.")
@@ -278,7 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "since torchrun takes --n as an abbreviation of its own options")
     e.add_argument("--k", type=_positive_int, default=1000, help="importance samples per image (default 1000)")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default auto)")
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (drawn only when stderr is a terminal or in Jupyter); the results "
+                        "still print")
+    e.add_argument("--quiet", action="store_true",
+                   help="no progress bar, as --no-progress (evaluate has no per-epoch lines); the results, "
+                        "warnings and errors still print")
 
     s = sub.add_parser("sample", help="draw images from the prior",
                        description="Decode z ~ N(0, I) and write the images as a PNG grid.")
@@ -316,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--dims", type=_dims, help="manifold: two latent dims, e.g. 0,1 (default: top PCA directions)")
     pl.add_argument("--weights", type=_levels, help="combine: weights of the codes, e.g. 0.5,0.5")
     pl.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default auto)")
+
     return p
 
 
@@ -366,9 +376,10 @@ def cmd_train(args: argparse.Namespace) -> None:
                 f"--resume continues a run with its saved config; only --epochs may change "
                 f"(got {', '.join('--' + g.replace('_', '-') for g in given) or '--config/--out'})"
             )
-        run = resume(args.resume, epochs=args.epochs, progress=not args.quiet)
+        run = resume(args.resume, epochs=args.epochs, progress=not args.no_progress, quiet=args.quiet)
     else:
-        run = train(_config_from_args(args), args.out, progress=not args.quiet, overwrite=args.overwrite)
+        run = train(_config_from_args(args), args.out, progress=not args.no_progress, quiet=args.quiet,
+                    overwrite=args.overwrite)
     if _rank0():
         print(f"run folder: {run}")
 
@@ -376,7 +387,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from vaelab.evaluate import evaluate
 
-    r = evaluate(args.run_dir, n=args.n, k=args.k, device=args.device, progress=not args.quiet)
+    r = evaluate(args.run_dir, n=args.n, k=args.k, device=args.device, progress=not (args.no_progress or args.quiet))
     if not _rank0():
         return
     rows = [("dataset", f"{r['dataset']} ({r['split']}, n={r['n']})"), ("binarization", r["binarization_detail"])]

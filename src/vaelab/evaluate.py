@@ -24,7 +24,7 @@ from vaelab.checkpoint import load_run
 from vaelab.distributions import ExampleNoise
 from vaelab.files import write_json
 from vaelab.models import check_data_fit
-from vaelab.runtime import distributed, resolve_device, tune_malloc
+from vaelab.runtime import distributed, progress_bar, resolve_device, tune_malloc
 
 BINARIZATION_NOTE = {
     "dynamic": "stochastic: test images binarised once, x ~ Bernoulli(pixel/255), seed {seed}",
@@ -67,9 +67,7 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, rows: int = 1024, seed
     per_batch = max(1, rows // k)  # images per step
     chunk = min(k, max(1, rows // per_batch))  # samples per step
     log_px, elbo = torch.empty(len(x), device=x.device), torch.empty(len(x), device=x.device)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(x), desc=f"IS k={k}", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(total=len(x), desc=f"IS k={k}", show=progress, leave=False)
     for i in range(0, len(x), per_batch):
         xb = x[i : i + per_batch]
         cb = None if c is None else c[i : i + per_batch]
@@ -138,10 +136,8 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
     chunks = [(i, min(last, i + 1000)) for i in range(first, last, 1000)]
     empty = torch.empty(0, device=dev)
     if model.has_density:
-        from tqdm.auto import tqdm
-
         parts = []
-        bar = tqdm(total=last - first, desc=f"IS k={k}", disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(total=last - first, desc=f"IS k={k}", show=progress)
         for i, j in chunks:
             xb, cb, _ = inputs.rows(i, j)
             parts.append(log_likelihood(model, xb, k=k, c=cb, index=inputs.index(i, j)))

@@ -42,6 +42,7 @@ import numpy as np
 from vaelab.config import background_rgb
 from vaelab.data import DataError, Dataset, ImageFile, Split, cache_dir
 from vaelab.files import FileError, atomic_write, describe, dir_mode
+from vaelab.runtime import progress_bar
 
 CACHE_VERSION = 1
 _GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -186,10 +187,8 @@ def _decode_chunk(job: tuple[str, tuple[int, ...], list[tuple[int, str]], tuple 
 
 def _parallel(fn, jobs: list, desc: str, total: int, sizes: list[int], progress: bool) -> list:
     """Run `fn` over `jobs` in worker processes (in-process for small work), in order, with a bar."""
-    from tqdm.auto import tqdm
-
     workers = min(len(jobs), os.cpu_count() or 1)
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress or total < 500, dynamic_ncols=True)
+    bar = progress_bar(total=total, desc=desc, unit="img", show=progress and total >= 500)
     results = []
     try:
         if workers <= 1 or total < 256:
@@ -650,11 +649,8 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
         classes = ()
     bg = background_rgb(transform.background)
     with _building(folder) as tmp:
-        from tqdm.auto import tqdm
-
         total = sum(sizes.values())
-        bar = tqdm(total=total, desc="caching arrays", unit="img", disable=not progress or total < 5000,
-                   dynamic_ncols=True)
+        bar = progress_bar(total=total, desc="caching arrays", unit="img", show=progress and total >= 5000)
         for s in ("train", "test"):
             src, sel = arrays[s], rows[s]
             out = _new_raw(tmp / f"{s}.u8", (sizes[s], *shape))

@@ -63,6 +63,31 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# ----------------------------------------------------------------------------- progress bars
+
+
+def bar_redraws() -> bool:
+    """Whether a progress bar can redraw in place: stderr is a terminal, or this is a
+    Jupyter kernel (tqdm.auto draws a widget there). Written to a log file (CI, nohup,
+    `!vaelab ...` in a notebook) every redraw would add a carriage-return line."""
+    try:
+        if sys.stderr.isatty():
+            return True
+    except (AttributeError, ValueError):  # no stderr, or a closed one
+        pass
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def progress_bar(iterable=None, *, show: bool = True, **kwargs):
+    """A tqdm.auto bar, disabled unless `show` and it can redraw in place (`bar_redraws`).
+    Keyword arguments go to tqdm (desc, total, unit, leave...)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=not (show and bar_redraws()), dynamic_ncols=True, **kwargs)
+
+
 # ----------------------------------------------------------------------------- processes
 
 

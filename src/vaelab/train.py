@@ -36,7 +36,7 @@ from vaelab.files import RunLock, atomic_write, ensure_dir, write_json
 from vaelab.models import build_model, check_data_fit
 from vaelab.objectives import OBJECTIVE_TERMS, OBJECTIVES
 from vaelab.plots import image_grid, save_png
-from vaelab.runtime import Dist, autocast_dtype, cpu_name, distributed, tune_malloc
+from vaelab.runtime import Dist, autocast_dtype, cpu_name, distributed, progress_bar, tune_malloc
 
 
 def _fused(cls):
@@ -221,10 +221,11 @@ def test_elbo(model, inputs: SplitInputs, objective: str, batch_size: int = 2000
 
 @torch.no_grad()
 def write_pictures(model, run_dir: Path, x: torch.Tensor, z_fixed: torch.Tensor,
-                   c: torch.Tensor | None = None) -> None:
+                   c: torch.Tensor | None = None) -> dict[str, Any]:
     """recon.png: up to 32 test images `x` in rows of 8, each row above its reconstructed
     means; samples.png: decoded means of a fixed set of prior draws, so epochs compare
-    (conditional models: row r drawn under the condition of test image r mod n)."""
+    (conditional models: row r drawn under the condition of test image r mod n).
+    Returns the two uint8 grids, {"recon": ..., "samples": ...}, (H, W) or (H, W, 3)."""
     was_training = model.training
     model.eval()
     recon = model.decode(model.encode(x, c).mean, c).mean.clamp(0, 1)
@@ -235,19 +236,73 @@ def write_pictures(model, run_dir: Path, x: torch.Tensor, z_fixed: torch.Tensor,
         return torch.cat([t, blank[len(t):]])
 
     rows = torch.cat([torch.cat([row(x[i : i + 8]), row(recon[i : i + 8])]) for i in range(0, len(x), 8)])
-    save_png(image_grid(rows, nrow=width), run_dir / "recon.png")
     cs = None if c is None else c[torch.arange(len(z_fixed), device=z_fixed.device) // 8 % len(c)]
-    save_png(image_grid(model.decode(z_fixed, cs).mean.clamp(0, 1), nrow=8), run_dir / "samples.png")
+    grids = {"recon": image_grid(rows, nrow=width),
+             "samples": image_grid(model.decode(z_fixed, cs).mean.clamp(0, 1), nrow=8)}
+    for name, grid in grids.items():
+        save_png(grid, run_dir / f"{name}.png")
     model.train(was_training)
+    return grids
+
+
+# ----------------------------------------------------------------------------- TensorBoard
+
+
+def open_tensorboard(run_dir: Path, first_epoch: int):
+    """A SummaryWriter on RUN/tensorboard (so `tensorboard --logdir runs` compares runs), or
+    None when tensorboard is not installed (``pip install "vaelab[tensorboard]"``).
+
+    Events are stepped by epoch. purge_step = `first_epoch`: TensorBoard hides the events a
+    killed run wrote for epochs after its last checkpoint, which this run redoes."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_epoch)
+
+
+def log_epoch(board, record: dict[str, Any], pictures: dict[str, Any]) -> None:
+    """An epoch's record at step = epoch: every loss term (train_kl -> train/kl, test_elbo ->
+    test/elbo), lr, images_per_s, and the picture grids written this epoch. Flushed, so
+    that an epoch's events are on disk before its checkpoint."""
+    epoch = record["epoch"]
+    for key, value in record.items():
+        split, _, term = key.partition("_")
+        if split in ("train", "test"):
+            board.add_scalar(f"{split}/{term}", value, epoch)
+    board.add_scalar("lr", record["lr"], epoch)
+    board.add_scalar("images_per_s", record["examples_per_s"], epoch)
+    for name, grid in pictures.items():
+        board.add_image(name, grid, epoch, dataformats="HW" if grid.ndim == 2 else "HWC")
+    board.flush()
+
+
+def log_hparams(board, cfg: Config, record: dict[str, Any]) -> None:
+    """The config (flattened: model.latent_dim, train.lr...) with the final test metrics
+    (hparam/test_elbo...), for TensorBoard's HPARAMS tab.
+
+    run_name "." writes them into the run's own tensorboard folder, so the tab has one row
+    per run folder, next to its curves (torch's default is a new timestamped subfolder per
+    call). TensorBoard keeps the first hyperparameters a folder records, so train.epochs,
+    which --resume may raise, is the metric hparam/epochs instead."""
+    hparams = {f"{section}.{name}": ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+               for section, values in cfg.to_dict().items() for name, value in values.items()
+               if (section, name) != ("train", "epochs")}
+    metrics = {f"hparam/{k}": v for k, v in record.items() if k.startswith("test_")}
+    metrics["hparam/epochs"] = record["epoch"]
+    board.add_hparams(hparams, metrics, run_name=".", global_step=record["epoch"])
 
 
 def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
-          progress: bool = True, dataset=None, overwrite: bool = False) -> Path:
+          progress: bool = True, quiet: bool = False, dataset=None, overwrite: bool = False) -> Path:
     """Train `cfg` into run folder `out` (or continue it, with ``resume=True``).
 
     Returns the run folder. `dataset` (a :class:`vaelab.data.Dataset`) may be passed
     to skip loading from disk. The folder is locked while training runs in it.
     `overwrite` replaces a previous run in `out` (only a folder that holds a vaelab run).
+    `progress=False` hides the progress bars (drawn only on a terminal or in Jupyter);
+    `quiet=True` also hides the one-line epoch summaries and notes (warnings still print).
+    With tensorboard installed, rank 0 also writes TensorBoard events to RUN/tensorboard.
 
     Launched by torchrun, every process trains on its slice of each global batch of
     `batch_size` images with DistributedDataParallel (gloo on CPU, NCCL on CUDA); only
@@ -273,7 +328,8 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
 
         _rank0_first(dist, device, open_run_folder, "open the run folder")
         stop = stack.enter_context(StopSignals())
-        return _train(cfg, run_dir, resume, progress and dist.main, dataset, stop, dist, device)
+        verbose = dist.main and not quiet
+        return _train(cfg, run_dir, resume, progress and verbose, verbose, dataset, stop, stack, dist, device)
 
 
 def _clear_run(run_dir: Path) -> None:
@@ -307,8 +363,8 @@ def _load_data(cfg: Config, progress: bool, dist: Dist, device: torch.device):
     return data if dist.main else load_configured(cfg.data, progress=False)
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, dataset, stop: StopSignals,
-           dist: Dist, device: torch.device) -> Path:
+def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bool, dataset, stop: StopSignals,
+           stack: ExitStack, dist: Dist, device: torch.device) -> Path:
     t = cfg.train
     tune_malloc()
     torch.manual_seed(t.seed)
@@ -333,7 +389,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, dataset, st
     budget = memory_budget(cfg.data, device)
     cond = data.train.conditions(len(data.classes)) if model.conditional else None
     batch_size = effective_batch_size(t.batch_size, len(data.train))
-    if batch_size < t.batch_size and progress and not resume:
+    if batch_size < t.batch_size and verbose and not resume:
         print(f"note: {len(data.train)} training images: batches of {batch_size} instead of {t.batch_size}, "
               f"so that an epoch has {MIN_STEPS_PER_EPOCH} steps", file=sys.stderr)
     if batch_size < dist.world:
@@ -373,7 +429,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, dataset, st
                 atomic_write(run_dir / "skipped_images.txt", "\n".join(data.skipped) + "\n")
                 print(f"skipped {len(data.skipped)} unreadable image(s); listed in "
                       f"{run_dir / 'skipped_images.txt'}", file=sys.stderr)
-        if progress and not batches.resident:
+        if verbose and not batches.resident:
             print(f"streaming {len(data.train)} training images from {data.source} "
                   f"({data.train.nbytes / 2**20:.0f} MiB > budget {budget / 2**20:.0f} MiB)", file=sys.stderr)
 
@@ -390,15 +446,16 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, dataset, st
         keep_noise_out_of_compile()
         step_model = torch.compile(step_model)
     options = {"objective": objective, "samples": t.samples, "beta": t.beta, "kl": t.kl, "lam": t.lam}
-
-    from tqdm.auto import tqdm
+    first_epoch = epoch + 1
+    board = open_tensorboard(run_dir, first_epoch) if dist.main else None
+    if board is not None:
+        stack.callback(board.close)  # flushes on every way out
 
     while epoch < t.epochs:
         model.train()
         start = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not progress, leave=False,
-                   dynamic_ncols=True)
+        bar = progress_bar(batches, desc=f"epoch {epoch + 1}/{t.epochs}", show=progress, leave=False)
         for i, batch in enumerate(bar):
             lr = learning_rate(t, step, steps_per_epoch)
             for group in optimizer.param_groups:
@@ -445,31 +502,39 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, dataset, st
                                   "seconds": round(seconds, 3), "examples_per_s": round(n_seen / seconds, 1)}
         records.append(record)
         if dist.main:
+            pictures = {}
             if epoch % t.image_every == 0 or epoch == t.epochs:
-                write_pictures(model, run_dir, x_show, z_fixed, c_show)
+                pictures = write_pictures(model, run_dir, x_show, z_fixed, c_show)
             # metrics first, then the checkpoint: a kill in between leaves a record for an epoch
             # the checkpoint does not have, which resuming drops and recomputes identically
+            # (and TensorBoard hides, by the resumed writer's purge_step)
             _write_metrics(run_dir, records)
+            if board is not None:
+                log_epoch(board, record, pictures)
             # the data generators are all of a run's random state: model noise is tied to (step, image)
             save_checkpoint(run_dir, model, optimizer, {**info, "epoch": epoch, "step": step},
                             rng=batches.rng_state())
-        if progress:
+        if verbose:
             shown = test_terms.get("test_elbo", -test_terms["test_loss"])
             label = "test ELBO" if "test_elbo" in test_terms else "test log p(x|z)"
             procs = f" ({dist.world} processes)" if dist.active else ""
-            tqdm.write(f"epoch {epoch:3d}  train loss {train_terms['train_loss']:8.2f}  "
-                       f"{label} {shown:8.2f}  {n_seen / seconds:8.0f} images/s{procs}")
+            print(f"epoch {epoch:3d}  train loss {train_terms['train_loss']:8.2f}  "
+                  f"{label} {shown:8.2f}  {n_seen / seconds:8.0f} images/s{procs}", flush=True)
         dist.barrier()  # nobody starts the next epoch before rank 0's checkpoint is on disk
         stop.poll(dist, device, run_dir, epoch, step)
+    if board is not None and epoch >= first_epoch:  # this call trained: the final metrics are new
+        log_hparams(board, cfg, records[-1])
     return run_dir
 
 
-def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = True, dataset=None) -> Path:
-    """Continue the run in `run_dir` up to `epochs` epochs in total (default: as configured)."""
+def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = True, dataset=None,
+           quiet: bool = False) -> Path:
+    """Continue the run in `run_dir` up to `epochs` epochs in total (default: as configured);
+    `progress` and `quiet` as for :func:`train`."""
     cfg = load_config(run_dir)
     if epochs is not None and epochs != cfg.train.epochs:
         cfg = cfg.replace(train={"epochs": epochs})
         with RunLock(run_dir):  # not while another process trains here
             write_json(Path(run_dir) / "config.json", cfg.to_dict())
-    return train(cfg, run_dir, resume=True, progress=progress, dataset=dataset)
+    return train(cfg, run_dir, resume=True, progress=progress, quiet=quiet, dataset=dataset)
 
