@@ -326,7 +326,30 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--weights", type=_levels, help="combine: weights of the codes, e.g. 0.5,0.5")
     pl.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default auto)")
 
+    sv = sub.add_parser("serve", help="explore a trained model in the browser",
+                        description="Serve a local web page for a run: the latent map (hover to decode), "
+                                    "drawing or uploading an image to see its code, per-dimension sliders, "
+                                    "interpolation, seed 004's noise experiment, class swaps and prior samples. "
+                                    "Needs the serve extra: pip install 'vaelab[serve]'.")
+    sv.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1: this machine only; another address warns, "
+                         "since the page has no login)")
+    sv.add_argument("--port", type=_port, default=8000, help="(default 8000; 0 picks a free port)")
+    sv.add_argument("--n-map", type=_positive_int, default=2000, metavar="N",
+                    help="test images shown on the latent map (default 2000)")
+    sv.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="(default cpu)")
     return p
+
+
+def _port(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        v = -1
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number in 0..65535, got {s!r}")
+    return v
 
 
 def _levels(s: str) -> tuple[float, ...]:
@@ -463,8 +486,27 @@ def cmd_plot(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ConfigError("vaelab serve needs the serve extra: pip install 'vaelab[serve]'") from None
+    from vaelab.runtime import resolve_device
+    from vaelab.serve import serve
+
+    def ready(url: str) -> None:
+        print(f"vaelab serve: open {url} in a browser (Ctrl-C stops)", flush=True)
+
+    try:
+        serve(args.run_dir, args.host, args.port, device=str(resolve_device(args.device)), n=args.n_map,
+              ready=ready)
+    except KeyboardInterrupt:
+        pass
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "plot": cmd_plot,
-            "probe": cmd_probe}
+            "probe": cmd_probe, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

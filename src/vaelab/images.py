@@ -121,14 +121,20 @@ def decode(path: str | Path, size: tuple[int, int] | None, channels: int,
             scale = max(size[0] / im.height, size[1] / im.width)
             im.draft("L" if channels == 1 else "RGB", (int(im.width * scale) + 1, int(im.height * scale) + 1))
         im.load()
-        if _rotated(im):  # camera photos: apply the EXIF orientation, as image viewers do
-            from PIL import ImageOps
+        return from_pil(im, size, channels, background)
 
-            im = ImageOps.exif_transpose(im)
-        im = _to_rgb_or_grey(im, channels, background)
-        if size is not None:
-            im = _resize_crop(im, size)
-        arr = np.asarray(im, dtype=np.uint8)
+
+def from_pil(im, size: tuple[int, int] | None, channels: int, background: tuple[int, int, int]) -> np.ndarray:
+    """An opened Pillow image -> uint8 (C, H, W): EXIF orientation applied, converted to grey
+    or RGB (transparency composited on `background`), resized to cover `size` and centre-cropped."""
+    if _rotated(im):  # camera photos: apply the EXIF orientation, as image viewers do
+        from PIL import ImageOps
+
+        im = ImageOps.exif_transpose(im)
+    im = _to_rgb_or_grey(im, channels, background)
+    if size is not None:
+        im = _resize_crop(im, size)
+    arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 

@@ -1,0 +1,490 @@
+"""A web page to explore a trained model: ``vaelab serve RUN_DIR``.
+
+Two layers. :class:`Session` holds the model and its test images and answers questions
+in plain Python (decode these codes, encode this image, add this noise, ...), validating
+every input and raising :class:`BadRequest` with a message for anything wrong.
+:func:`make_app` puts it behind a small Starlette app: JSON in, JSON out (images as PNG
+data URLs), the page itself from ``vaelab/_web`` (plain HTML/JS/CSS, no CDN). Decode
+requests that arrive together are run as one batch (:class:`DecodeBatcher`), so moving
+the mouse over the map stays responsive while other requests are served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import ipaddress
+import math
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vaelab.config import background_rgb
+from vaelab.explore import Explorer, add_noise, principal_axes, psnr, slerp
+from vaelab.images import from_pil
+
+WEB = Path(__file__).parent / "_web"
+NOISE_KINDS = ("uniform", "salt-pepper", "gaussian")
+MAX_BODY = 8 << 20  # bytes of one request: an uploaded photo fits, a flood does not
+MAX_CODES = 1024  # codes decoded by one request
+
+
+class BadRequest(ValueError):
+    """A request the session cannot answer; the message says why (HTTP 400)."""
+
+
+# ----------------------------------------------------------------------------- request values
+
+
+def _number(value: Any, name: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadRequest(f"{name} must be a finite number, got {value!r:.40}")
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be in [{lo:g}, {hi:g}], got {value:g}")
+    return float(value)
+
+
+def _integer(value: Any, name: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{name} must be an integer, got {value!r:.40}")
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _choice(value: Any, name: str, options: tuple[str, ...]) -> str:
+    if value not in options:
+        raise BadRequest(f"{name} must be one of {', '.join(options)}, got {value!r:.40}")
+    return value
+
+
+def _codes(value: Any, dim: int, name: str = "z") -> torch.Tensor:
+    """A code [D floats] or a list of codes -> (N, D) float tensor."""
+    rows = value if isinstance(value, list) and value and isinstance(value[0], list) else [value]
+    if not isinstance(value, list) or not value or len(rows) > MAX_CODES:
+        raise BadRequest(f"{name} must be a list of {dim} numbers or a list of up to {MAX_CODES} such lists")
+    for row in rows:
+        if not isinstance(row, list) or len(row) != dim:
+            raise BadRequest(f"{name} must hold codes of {dim} numbers (the latent size), got "
+                             f"{len(row) if isinstance(row, list) else type(row).__name__}")
+        for v in row:
+            _number(v, f"every entry of {name}", -1e4, 1e4)
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def png_data_url(image: torch.Tensor) -> str:
+    """(C, H, W) values in [0, 1] -> 'data:image/png;base64,...'."""
+    from PIL import Image
+
+    arr = (image.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    pil = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def read_data_url(value: Any, size: tuple[int, int], channels: int, background: tuple[int, int, int]) -> np.ndarray:
+    """An image sent by the page (a data URL or bare base64 of any Pillow format) -> uint8 (C, H, W)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(value, str) or not value:
+        raise BadRequest("image must be a data URL such as data:image/png;base64,...")
+    payload = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except ValueError:
+        raise BadRequest("image is not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            im.load()
+            return from_pil(im, size, channels, background)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise BadRequest(f"image could not be read ({str(e).splitlines()[0][:80] or type(e).__name__})") from None
+
+
+# ----------------------------------------------------------------------------- the model side
+
+
+class Session:
+    """A trained model with its test images, answering the page's questions.
+
+    Every method takes JSON-like values (as parsed from a request) and returns a
+    JSON-able dict; invalid input raises :class:`BadRequest`. Model calls hold a lock:
+    one at a time, so concurrent requests never oversubscribe the CPU.
+    """
+
+    def __init__(self, ex: Explorer, n_gallery: int = 24) -> None:
+        self.ex, self.model = ex, ex.model
+        self.lock = threading.Lock()
+        self.dim = self.model.latent_dim
+        self.shape = tuple(ex.x.shape[1:])
+        self.n_classes = len(ex.classes)
+        self.conditional = bool(self.model.conditional)
+        self.labelled_conditions = self.conditional and not ex.cfg.data.conditions and self.n_classes > 0
+        self.n_gallery = min(n_gallery, len(ex.x))
+        with torch.no_grad():
+            self.codes = ex.codes(ex.x)
+        self.maps: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, n: int = 2000, device: str = "cpu") -> Session:
+        return cls(Explorer.from_run(run_dir, n=n, device=device))
+
+    # -- conditions ---------------------------------------------------------
+
+    def _conditions(self, value: Any, n: int) -> torch.Tensor | None:
+        """The decoder's condition for n codes: class `value` (an index) for labelled
+        conditional models; unconditional models ignore it."""
+        if not self.conditional:
+            return None
+        if value is None:
+            return self.ex.cond_like(n)
+        if not self.labelled_conditions:
+            raise BadRequest("this model is conditioned on custom data, not on class labels: leave out 'class'")
+        k = _integer(value, "class", 0, self.n_classes - 1)
+        return torch.nn.functional.one_hot(torch.full((n,), k), self.n_classes).float().to(self.ex.x.device)
+
+    # -- what the page shows --------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        cfg = self.ex.cfg
+        return {"run": self.ex.run_dir.name if self.ex.run_dir else "", "model": cfg.model.model,
+                "net": cfg.model.net, "likelihood": cfg.model.likelihood, "dataset": Path(cfg.data.dataset).name,
+                "image_shape": list(self.shape), "latent_dim": self.dim, "classes": list(self.ex.classes),
+                "conditional": self.conditional, "class_selector": self.labelled_conditions,
+                "has_prior": bool(self.model.has_density), "n_test": len(self.ex.x), "n_gallery": self.n_gallery,
+                "noise_kinds": list(NOISE_KINDS)}
+
+    def map(self, dims: Any = None) -> dict[str, Any]:
+        """The latent map: test codes projected to 2-D, and the plane it spans in code space
+        (z = origin + x * axes[0] + y * axes[1]), so any point of the map is a code."""
+        d = self.dim
+        if dims in (None, "", "auto"):
+            dims = "pca" if d > 2 else "0,1" if d == 2 else "0"
+        if not isinstance(dims, str):
+            raise BadRequest("dims must be 'pca' or two latent dimensions such as '0,1'")
+        if dims not in self.maps:
+            self.maps[dims] = self._map(dims, d)
+        return self.maps[dims]
+
+    def _map(self, dims: str, d: int) -> dict[str, Any]:
+        codes = self.codes
+        if d == 1:  # a line: the map's y axis changes nothing
+            if dims != "0":
+                raise BadRequest("a 1-D latent has one map: dims '0'")
+            origin, axes, name = torch.zeros(1), torch.tensor([[1.0], [0.0]]), ("z[0]", "(none)")
+        elif dims == "pca":
+            origin, axes, _ = principal_axes(codes)
+            name = ("PC 1", "PC 2")
+        else:
+            try:
+                i, j = (int(v) for v in dims.split(","))
+            except ValueError:
+                raise BadRequest(f"dims must be 'pca' or two latent dimensions such as '0,1', got {dims!r:.40}") \
+                    from None
+            if not (0 <= i < d and 0 <= j < d and i != j):
+                raise BadRequest(f"dims must be two different dimensions in [0, {d - 1}], got {i},{j}")
+            origin = codes.mean(0)
+            origin[[i, j]] = 0
+            axes = torch.zeros(2, d)
+            axes[0, i] = axes[1, j] = 1
+            name = (f"z[{i}]", f"z[{j}]")
+        xy = (codes - origin) @ axes.T
+        lo = xy.quantile(0.005, 0)
+        span = (xy.quantile(0.995, 0) - lo).clamp_min(1.0)
+        pad, hi = span * 0.08, lo + span
+        return {"dims": dims, "axis_names": list(name), "origin": origin.tolist(), "axes": axes.tolist(),
+                "points": [[round(a, 4), round(b, 4)] for a, b in xy.tolist()],
+                "labels": self.ex.labels.tolist(), "extent": [float(lo[0] - pad[0]), float(hi[0] + pad[0]),
+                                                               float(lo[1] - pad[1]), float(hi[1] + pad[1])]}
+
+    @torch.no_grad()
+    def decode_many(self, requests: list[tuple[torch.Tensor, torch.Tensor | None]]) -> list[list[str]]:
+        """Decoder means of several requests' codes in one batch: one list of images per request."""
+        z = torch.cat([r[0] for r in requests]).to(self.ex.x.device)
+        c = None if not self.conditional else torch.cat([r[1] for r in requests])
+        with self.lock:
+            images = self.model.decode(z, c).mean
+        urls = [png_data_url(im) for im in images]
+        out, start = [], 0
+        for zr, _ in requests:
+            out.append(urls[start : start + len(zr)])
+            start += len(zr)
+        return out
+
+    def decode_request(self, body: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z = _codes(body.get("z"), self.dim)
+        return z, self._conditions(body.get("class"), len(z))
+
+    def decode(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"images": self.decode_many([self.decode_request(body)])[0]}
+
+    def _image(self, body: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
+        """The image a request names: 'index' of a test image, or an uploaded/drawn 'image'."""
+        if "index" in body and body["index"] is not None:
+            i = _integer(body["index"], "index", 0, len(self.ex.x) - 1)
+            c = None if self.ex.c is None else self.ex.c[i : i + 1]
+            if self.labelled_conditions and body.get("class") is not None:
+                c = self._conditions(body["class"], 1)
+            return self.ex.x[i : i + 1], c, i
+        if "image" not in body:
+            raise BadRequest("send 'index' (a test image) or 'image' (a data URL)")
+        size = (self.shape[1], self.shape[2])
+        u8 = read_data_url(body["image"], size, self.shape[0], background_rgb(self.ex.cfg.data.background))
+        x = torch.tensor(u8).float().div(255)[None].to(self.ex.x.device)
+        if self.conditional and body.get("class") is None and self.labelled_conditions:
+            raise BadRequest("this conditional model needs the 'class' of an uploaded image")
+        return x, self._conditions(body.get("class"), 1), None
+
+    @torch.no_grad()
+    def encode(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Posterior mean and spread of an image, its reconstruction, a posterior sample
+        (seeded by 'seed') and where they lie on the map."""
+        x, c, index = self._image(body)
+        seed = _integer(body.get("seed", 0), "seed", 0, 2**31 - 1)
+        view = self.map(body.get("dims"))
+        origin, axes = torch.tensor(view["origin"]), torch.tensor(view["axes"])
+        g = torch.Generator(device=x.device).manual_seed(seed)
+        with self.lock:
+            q = self.model.encode(x, c)
+            mean = q.mean[0]
+            draws = q.rsample(64, generator=g)[:, 0]  # (64, D): the spread, also for flows
+            z = draws[0]
+            decoded = self.model.decode(torch.stack([mean, z]), None if c is None else c.expand(2, -1)).mean
+        spread_xy = ((draws - draws.mean(0)) @ axes.T).std(0) if self.model.has_density else torch.zeros(2)
+        std = getattr(q, "std", None)
+        std = std[0] if std is not None else draws.std(0) if self.model.has_density else torch.zeros(self.dim)
+        return {"index": index, "input": png_data_url(x[0]), "mean": mean.tolist(), "std": std.tolist(),
+                "xy": ((mean - origin) @ axes.T).tolist(), "spread_xy": spread_xy.tolist(),
+                "recon": png_data_url(decoded[0]), "sample": png_data_url(decoded[1]), "sample_z": z.tolist(),
+                "sample_xy": ((z - origin) @ axes.T).tolist(), "seed": seed}
+
+    def gallery(self) -> dict[str, Any]:
+        """The first test images (as the model sees them) with their labels."""
+        n = self.n_gallery
+        names = [self.ex.classes[int(k)] if 0 <= int(k) < self.n_classes else "" for k in self.ex.labels[:n]]
+        return {"images": [png_data_url(im) for im in self.ex.x[:n]], "labels": names}
+
+    @torch.no_grad()
+    def interpolate(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Decode the path from code a to code b at fractions t, straight or spherical."""
+        a, b = _codes(body.get("a"), self.dim, "a"), _codes(body.get("b"), self.dim, "b")
+        if len(a) != 1 or len(b) != 1:
+            raise BadRequest("a and b must each be one code")
+        ts = body.get("t", 0.5)
+        ts = ts if isinstance(ts, list) else [ts]
+        if not 1 <= len(ts) <= 64:
+            raise BadRequest("t must be a fraction or a list of 1 to 64 fractions")
+        t = torch.tensor([_number(v, "t", 0, 1) for v in ts])
+        mode = _choice(body.get("mode", "linear"), "mode", ("linear", "spherical"))
+        z = a + t[:, None] * (b - a) if mode == "linear" else slerp(a[0], b[0], t)
+        return {"images": self.decode_many([(z, self._conditions(body.get("class"), len(z)))])[0],
+                "z": z.tolist()}
+
+    @torch.no_grad()
+    def noise(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Seed 004's experiment: clean | noisy | reconstruction of the noisy image, with PSNRs."""
+        x, c, _ = self._image(body)
+        kind = _choice(body.get("kind", "salt-pepper"), "kind", NOISE_KINDS)
+        level = _number(body.get("level", 0.2), "level", 0, 1)
+        seed = _integer(body.get("seed", 0), "seed", 0, 2**31 - 1)
+        noisy = add_noise(x, kind, level, torch.Generator(device=x.device).manual_seed(seed))
+        with self.lock:
+            recon = self.model.decode(self.model.encode(noisy, c).mean, c).mean
+        mse = lambda y: (y - x).square().mean()  # noqa: E731
+        return {"clean": png_data_url(x[0]), "noisy": png_data_url(noisy[0]), "recon": png_data_url(recon[0]),
+                "psnr_noisy": float(psnr(mse(noisy))), "psnr_recon": float(psnr(mse(recon)))}
+
+    def classes(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One code decoded under every class (conditional models with class labels)."""
+        if not self.labelled_conditions:
+            raise BadRequest("this model is not conditioned on class labels")
+        z = _codes(body.get("z"), self.dim)
+        if len(z) != 1:
+            raise BadRequest("z must be one code")
+        eye = torch.eye(self.n_classes, device=self.ex.x.device)
+        images = self.decode_many([(z.expand(self.n_classes, -1), eye)])[0]
+        return {"images": images, "classes": list(self.ex.classes)}
+
+    @torch.no_grad()
+    def prior(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Decoder means of n codes drawn from the prior (seeded)."""
+        n = _integer(body.get("n", 16), "n", 1, 256)
+        seed = _integer(body.get("seed", 0), "seed", 0, 2**31 - 1)
+        g = torch.Generator(device=self.ex.x.device).manual_seed(seed)
+        z = self.model.prior(n, self.ex.x.device).rsample(generator=g)
+        return {"images": self.decode_many([(z, self._conditions(body.get("class"), n))])[0], "z": z.tolist()}
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+class DecodeBatcher:
+    """Runs the decode requests waiting at the same moment as one batch, in a worker
+    thread: while one batch decodes, the next gathers, so no request waits on a timer."""
+
+    def __init__(self, session: Session, max_codes: int = MAX_CODES) -> None:
+        self.session, self.max_codes = session, max_codes
+        self.queue: asyncio.Queue | None = None
+        self.worker: asyncio.Task | None = None
+        self.batches = 0
+
+    async def __call__(self, z: torch.Tensor, c: torch.Tensor | None) -> list[str]:
+        if self.queue is None:
+            self.queue = asyncio.Queue()
+            self.worker = asyncio.get_running_loop().create_task(self._run())
+        done = asyncio.get_running_loop().create_future()
+        await self.queue.put(((z, c), done))
+        return await done
+
+    async def _run(self) -> None:
+        from starlette.concurrency import run_in_threadpool
+
+        while True:
+            items = [await self.queue.get()]
+            codes = len(items[0][0][0])
+            while not self.queue.empty() and codes < self.max_codes:
+                items.append(self.queue.get_nowait())
+                codes += len(items[-1][0][0])
+            self.batches += 1
+            try:
+                results = await run_in_threadpool(self.session.decode_many, [req for req, _ in items])
+            except Exception as e:  # noqa: BLE001 - handed to every waiting request
+                for _, done in items:
+                    if not done.done():
+                        done.set_exception(e)
+                continue
+            for (_, done), images in zip(items, results):
+                if not done.done():
+                    done.set_result(images)
+
+
+# ----------------------------------------------------------------------------- the web app
+
+
+def make_app(session: Session):
+    """The Starlette app serving the page and its JSON API for `session`."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, JSONResponse
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    batcher = DecodeBatcher(session)
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            raise BadRequest(f"request body over {MAX_BODY >> 20} MiB")
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY:
+                raise BadRequest(f"request body over {MAX_BODY >> 20} MiB")
+        import json
+
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError as e:
+            raise BadRequest(f"the body is not JSON ({e})") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        return body
+
+    def endpoint(method):
+        async def handle(request: Request):
+            try:
+                if request.method == "GET":
+                    result = await run_in_threadpool(method, dict(request.query_params))
+                else:
+                    result = await run_in_threadpool(method, await body_of(request))
+            except BadRequest as e:
+                return JSONResponse({"error": str(e)}, status_code=413 if "over" in str(e) else 400)
+            return JSONResponse(result)
+
+        return handle
+
+    async def decode(request: Request):
+        try:
+            z, c = session.decode_request(await body_of(request))
+        except BadRequest as e:
+            return JSONResponse({"error": str(e)}, status_code=413 if "over" in str(e) else 400)
+        return JSONResponse({"images": await batcher(z, c)})
+
+    async def index(request: Request):
+        return FileResponse(WEB / "index.html", media_type="text/html")
+
+    async def failed(request: Request, exc: Exception):  # a bug, not a user error: still one line
+        print(f"vaelab serve: error answering {request.url.path}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return JSONResponse({"error": f"the server could not answer ({type(exc).__name__}); see its log"},
+                            status_code=500)
+
+    routes = [
+        Route("/", index),
+        Route("/api/info", endpoint(lambda q: session.info())),
+        Route("/api/map", endpoint(lambda q: session.map(q.get("dims")))),
+        Route("/api/gallery", endpoint(lambda q: session.gallery())),
+        Route("/api/decode", decode, methods=["POST"]),
+        Route("/api/encode", endpoint(session.encode), methods=["POST"]),
+        Route("/api/interpolate", endpoint(session.interpolate), methods=["POST"]),
+        Route("/api/noise", endpoint(session.noise), methods=["POST"]),
+        Route("/api/classes", endpoint(session.classes), methods=["POST"]),
+        Route("/api/prior", endpoint(session.prior), methods=["POST"]),
+        Mount("/static", StaticFiles(directory=WEB), name="static"),
+    ]
+    app = Starlette(routes=routes, exception_handlers={Exception: failed})
+    app.state.batcher = batcher
+    return app
+
+
+def is_local(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A bound, listening socket; a taken port or unknown host is one clear error."""
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror:
+        raise OSError(f"cannot serve on host {host!r}: not an address of this machine") from None
+    sock = socket.socket(info[0], socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(info[4])
+    except OSError as e:
+        sock.close()
+        why = "is in use" if e.errno in (98, 48) else f"cannot be used ({e.strerror})"
+        raise OSError(f"port {port} on {host} {why}; choose another with --port") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", n: int = 2000,
+          ready=None) -> None:
+    """Serve the explorer page for `run_dir` until interrupted. `ready(url)` is called once
+    the page can be loaded (the CLI prints the address)."""
+    import uvicorn
+
+    if not is_local(host):
+        print(f"warning: serving on {host}: anyone who can reach this machine can use the page "
+              "(there is no login); use the default 127.0.0.1 to keep it local", file=sys.stderr)
+    sock = listen(host, port)
+    session = Session.from_run(run_dir, n=n, device=device)
+    bound = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(make_app(session), log_level="warning", lifespan="off"))
+    if ready is not None:  # the socket already listens: the page can be requested now
+        ready(f"http://{f'[{host}]' if ':' in host else host}:{bound}/")
+    server.run(sockets=[sock])

@@ -1,0 +1,296 @@
+"""The explorer's server: every endpoint against the model it serves, bad requests, batching, the CLI."""
+
+import asyncio
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("starlette")  # the serve extra; the test extra installs it, and httpx2 for the client
+
+from starlette.testclient import TestClient  # noqa: E402
+
+from vaelab.cli import main  # noqa: E402
+from vaelab.serve import DecodeBatcher, Session, is_local, make_app, png_data_url  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("serve")
+    common = ["--dataset", "mnist-sample", "--epochs", "1", "--batch-size", "250", "--hidden", "32", "--quiet"]
+    for name, extra in {"vae5": ["--latent-dim", "5"], "vae2": ["--latent-dim", "2"],
+                        "vae1": ["--latent-dim", "1"], "ae": ["--latent-dim", "3", "--model", "ae"],
+                        "cvae": ["--latent-dim", "3", "--model", "cvae"],
+                        "flows": ["--latent-dim", "3", "--flows", "2"]}.items():
+        assert main(["train", *common, *extra, "--out", str(base / name)]) == 0
+    return base
+
+
+@pytest.fixture(scope="module")
+def sessions(runs):
+    return {name: Session.from_run(runs / name, n=300) for name in ("vae5", "vae2", "vae1", "ae", "cvae", "flows")}
+
+
+@pytest.fixture(scope="module")
+def client(sessions):
+    with TestClient(make_app(sessions["vae5"])) as c:
+        yield c
+
+
+def pixels(url: str) -> np.ndarray:
+    from PIL import Image
+
+    assert url.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+
+
+def test_page_and_static_files_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "vaelab explorer" in page.text
+    for name in ("app.js", "style.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+    assert "http" not in client.get("/static/app.js").text.replace("HTTP ", "")  # no CDN: nothing fetched from outside
+
+
+def test_map_is_a_plane_of_codes(sessions):
+    for name, s in sessions.items():
+        m = s.map()
+        assert len(m["points"]) == len(m["labels"]) == len(s.codes)
+        origin, axes = torch.tensor(m["origin"]), torch.tensor(m["axes"])
+        xy = torch.tensor(m["points"])
+        torch.testing.assert_close(xy, (s.codes - origin) @ axes.T, atol=1e-4, rtol=0)
+        x0, x1, y0, y1 = m["extent"]
+        assert x0 < x1 and y0 < y1
+        if s.dim == 2:  # the map is the latent space itself
+            assert m["axis_names"] == ["z[0]", "z[1]"] and torch.equal(axes, torch.eye(2)) and not origin.any()
+    chosen = sessions["vae5"].map("3,1")
+    assert chosen["axis_names"] == ["z[3]", "z[1]"]
+    torch.testing.assert_close(torch.tensor(chosen["points"])[:, 0], sessions["vae5"].codes[:, 3], atol=1e-4, rtol=0)
+
+
+def test_decode_is_the_decoder_mean(sessions, client):
+    s = sessions["vae5"]
+    z = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
+    r = client.post("/api/decode", json={"z": z.tolist()})
+    assert r.status_code == 200
+    images = r.json()["images"]
+    with torch.no_grad():
+        expect = (s.model.decode(z).mean.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    for got, want in zip(images, expect):
+        assert np.array_equal(pixels(got), want[0].numpy())
+    one = client.post("/api/decode", json={"z": z[0].tolist()}).json()["images"]
+    assert one == images[:1]
+
+
+def test_encode_a_test_image_or_the_same_image_uploaded(sessions, client):
+    s = sessions["vae5"]
+    by_index = client.post("/api/encode", json={"index": 7, "seed": 3}).json()
+    torch.testing.assert_close(torch.tensor(by_index["mean"]), s.codes[7], atol=1e-5, rtol=0)
+    assert all(v > 0 for v in by_index["std"]) and by_index["index"] == 7
+    upload = client.post("/api/encode", json={"image": png_data_url(s.ex.x[7]), "seed": 3}).json()
+    torch.testing.assert_close(torch.tensor(upload["mean"]), s.codes[7], atol=1e-5, rtol=0)
+    assert upload["sample"] == by_index["sample"]  # same image, same seed, same posterior sample
+    other = client.post("/api/encode", json={"index": 7, "seed": 4}).json()
+    assert other["sample_z"] != by_index["sample_z"]  # resampling draws a new z
+    m = s.map()
+    xy = (torch.tensor(by_index["mean"]) - torch.tensor(m["origin"])) @ torch.tensor(m["axes"]).T
+    torch.testing.assert_close(torch.tensor(by_index["xy"]), xy, atol=1e-5, rtol=0)
+
+
+def test_encode_any_size_and_format(client):
+    from PIL import Image
+
+    for size, mode in [((100, 60), "RGB"), ((28, 28), "L"), ((13, 40), "RGBA")]:
+        buf = io.BytesIO()
+        Image.new(mode, size, "white").save(buf, format="JPEG" if mode == "RGB" else "PNG")
+        url = "data:image/x;base64," + base64.b64encode(buf.getvalue()).decode()
+        r = client.post("/api/encode", json={"image": url})
+        assert r.status_code == 200, r.text
+        assert pixels(r.json()["input"]).shape == (28, 28)
+
+
+def test_encode_models_without_a_gaussian_posterior(sessions):
+    ae = sessions["ae"].encode({"index": 0})
+    assert ae["std"] == [0.0] * 3 and ae["spread_xy"] == [0.0, 0.0] and ae["sample"] == ae["recon"]
+    flows = sessions["flows"].encode({"index": 0})
+    assert all(v > 0 for v in flows["std"]) and len(flows["mean"]) == 3
+
+
+def test_interpolation_ends_at_the_codes(sessions):
+    s = sessions["vae5"]
+    a, b = s.codes[0].tolist(), s.codes[1].tolist()
+    for mode in ("linear", "spherical"):
+        r = s.interpolate({"a": a, "b": b, "t": [0, 0.5, 1], "mode": mode})
+        torch.testing.assert_close(torch.tensor(r["z"])[[0, 2]], torch.tensor([a, b]), atol=1e-4, rtol=0)
+        ends = s.decode({"z": [a, b]})["images"]
+        assert [r["images"][0], r["images"][2]] == ends
+
+
+def test_noise_experiment(sessions):
+    s = sessions["vae5"]
+    clean = s.noise({"index": 2, "kind": "gaussian", "level": 0})
+    assert clean["noisy"] == clean["clean"] and clean["psnr_noisy"] > 100
+    rows = [s.noise({"index": 2, "kind": kind, "level": 0.3, "seed": 1}) for kind in ("uniform", "salt-pepper")]
+    for r in rows:
+        assert r["noisy"] != r["clean"] and 0 < r["psnr_noisy"] < 30 and r["psnr_recon"] > 0
+    assert s.noise({"index": 2, "kind": "uniform", "level": 0.3, "seed": 1}) == rows[0]  # seeded
+
+
+def test_conditional_models_decode_under_each_class(sessions, client):
+    c = sessions["cvae"]
+    assert c.info()["class_selector"]
+    z = c.codes[0].tolist()
+    r = c.classes({"z": z})
+    assert len(r["images"]) == len(r["classes"]) == 10 and len(set(r["images"])) > 1
+    assert c.decode({"z": z, "class": 4})["images"][0] == r["images"][4]
+    assert c.encode({"index": 0, "class": 3})["mean"] != c.encode({"index": 0, "class": 5})["mean"] or \
+        c.model.encode_condition is False
+    bad = client.post("/api/classes", json={"z": [0.0] * 5})
+    assert bad.status_code == 400 and "not conditioned" in bad.json()["error"]
+
+
+def test_prior_samples_are_seeded(client):
+    a = client.post("/api/prior", json={"n": 4, "seed": 1}).json()
+    b = client.post("/api/prior", json={"n": 4, "seed": 1}).json()
+    c = client.post("/api/prior", json={"n": 4, "seed": 2}).json()
+    assert a == b and a["images"] != c["images"] and len(a["images"]) == 4
+
+
+def test_one_dimensional_latent_has_a_line_map(sessions):
+    s = sessions["vae1"]
+    m = s.map()
+    assert m["axis_names"][0] == "z[0]" and all(p[1] == 0 for p in m["points"])
+    assert len(s.decode({"z": [0.5]})["images"]) == 1
+
+
+BAD = [
+    ("post", "/api/decode", b"not json", 400),
+    ("post", "/api/decode", b"[1, 2]", 400),
+    ("post", "/api/decode", {"z": [0.0] * 4}, 400),
+    ("post", "/api/decode", {"z": [[0.0] * 5, [0.0] * 4]}, 400),
+    ("post", "/api/decode", {"z": ["a"] * 5}, 400),
+    ("post", "/api/decode", {"z": [1e300] * 5}, 400),
+    ("post", "/api/decode", {"z": [True] * 5}, 400),
+    ("post", "/api/decode", {"z": []}, 400),
+    ("post", "/api/decode", {"z": [[0.0] * 5] * 5000}, 400),
+    ("post", "/api/decode", {}, 400),
+    ("post", "/api/encode", {}, 400),
+    ("post", "/api/encode", {"index": 10**9}, 400),
+    ("post", "/api/encode", {"index": -1}, 400),
+    ("post", "/api/encode", {"index": "3"}, 400),
+    ("post", "/api/encode", {"image": "data:image/png;base64,!!!"}, 400),
+    ("post", "/api/encode", {"image": "data:image/png;base64," + base64.b64encode(b"hello").decode()}, 400),
+    ("post", "/api/encode", {"image": 12}, 400),
+    ("post", "/api/encode", {"index": 0, "seed": -5}, 400),
+    ("post", "/api/encode", {"index": 0, "dims": "9,9"}, 400),
+    ("post", "/api/interpolate", {"a": [0.0] * 5, "b": [0.0] * 5, "t": 1.5}, 400),
+    ("post", "/api/interpolate", {"a": [0.0] * 5, "b": [0.0] * 5, "t": [], "mode": "linear"}, 400),
+    ("post", "/api/interpolate", {"a": [0.0] * 5, "b": [0.0] * 5, "mode": "curvy"}, 400),
+    ("post", "/api/interpolate", {"a": [0.0] * 5}, 400),
+    ("post", "/api/noise", {"index": 0, "kind": "fog"}, 400),
+    ("post", "/api/noise", {"index": 0, "level": 2}, 400),
+    ("post", "/api/noise", {"index": 0, "level": "nan"}, 400),
+    ("post", "/api/prior", {"n": 0}, 400),
+    ("post", "/api/prior", {"n": 100000}, 400),
+    ("get", "/api/map?dims=7,8", None, 400),
+    ("get", "/api/map?dims=1,1", None, 400),
+    ("get", "/api/map?dims=x", None, 400),
+    ("get", "/api/decode", None, 405),
+    ("get", "/api/nothing", None, 404),
+    ("post", "/api/decode", b"x" * (9 << 20), 413),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status", BAD, ids=[f"{m}{p}-{i}" for i, (m, p, _, _) in enumerate(BAD)])
+def test_bad_requests_get_4xx_with_a_message(client, method, path, body, status):
+    if method == "get":
+        r = client.get(path)
+    elif isinstance(body, bytes):
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+    else:
+        r = client.post(path, json=body)
+    assert r.status_code == status, r.text
+    if path.startswith("/api/") and status == 400:
+        message = r.json()["error"]
+        assert message and "\n" not in message and "Traceback" not in message
+
+
+def test_conditional_model_bad_class(sessions):
+    with TestClient(make_app(sessions["cvae"])) as c:
+        r = c.post("/api/decode", json={"z": [0.0] * 3, "class": 10})
+        assert r.status_code == 400 and "class" in r.json()["error"]
+        r = c.post("/api/encode", json={"image": png_data_url(torch.zeros(1, 28, 28))})
+        assert r.status_code == 400 and "class" in r.json()["error"]
+
+
+def test_concurrent_decodes_are_batched(sessions):
+    s = sessions["vae5"]
+    batcher = DecodeBatcher(s)
+    z = torch.randn(40, 5, generator=torch.Generator().manual_seed(1))
+
+    async def all_at_once():
+        return await asyncio.gather(*(batcher(z[i : i + 1], None) for i in range(40)))
+
+    results = asyncio.run(all_at_once())
+    assert [r[0] for r in results] == s.decode({"z": z.tolist()})["images"]
+    assert batcher.batches < 40  # requests waiting together ran together
+
+
+def test_is_local():
+    assert is_local("127.0.0.1") and is_local("localhost") and is_local("::1") and is_local("127.0.0.5")
+    assert not is_local("0.0.0.0") and not is_local("192.168.1.10") and not is_local("example.org")
+
+
+def _cli(*args):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "vaelab", "serve", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_cli_serves_until_interrupted(runs):
+    proc = _cli(runs / "vae2", "--port", "0", "--n-map", "100")
+    try:
+        line = proc.stdout.readline()
+        assert "open http://127.0.0.1:" in line, line + proc.stderr.read()
+        url = line.split("open ", 1)[1].split()[0]
+        for _ in range(50):
+            try:
+                info = json.loads(urllib.request.urlopen(url + "api/info", timeout=5).read())
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert info["latent_dim"] == 2 and info["n_test"] == 100
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_cli_errors_are_one_line(runs, tmp_path):
+    taken = socket.socket()
+    taken.bind(("0.0.0.0", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        proc = _cli(runs / "vae2", "--host", "0.0.0.0", "--port", port)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        taken.close()
+    assert proc.returncode == 2
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("warning: serving on 0.0.0.0") and f"port {port}" in lines[-1]
+    assert len(lines) == 2 and "--port" in lines[-1]
+    proc = _cli(tmp_path, "--port", "0")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "not a vaelab run folder" in err and len(err.strip().splitlines()) == 1
