@@ -459,7 +459,9 @@ def listen(host: str, port: int) -> socket.socket:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror:
         raise OSError(f"cannot serve on host {host!r}: not an address of this machine") from None
-    sock = socket.socket(info[0], socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say
+    # they are TCP, and with Nagle on every answer waits ~40 ms for the client's delayed ACK
+    sock = socket.socket(info[0], socket.SOCK_STREAM, info[2])
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(info[4])
