@@ -17,14 +17,20 @@ from vaelab.distributions import DiagonalGaussian
 class PlanarFlows(nn.Module):
     """K planar maps f(z) = z + u_hat h(w.z + b), h = tanh (their eq. 10).
 
-    f is invertible iff w.u_hat >= -1 (their appendix A). u_hat = u + (m(w.u) - w.u)
-    w / |w|^2 with m(a) = -1 + softplus(a) gives w.u_hat = softplus(w.u) - 1 > -1 for
-    any u, w.
+    f is invertible iff w.u_hat >= -1 (their appendix A), and their u_hat = u + (m(w.u) -
+    w.u) w / |w|^2 with m(a) = -1 + softplus(a) keeps w.u_hat > -1. But as w.u_hat
+    approaches -1 the map flattens the hyperplane w.z + b = 0: det df/dz = 1 + h'(a) w.u_hat
+    goes to 0 there, and the gradient of log det at a point a distance ~sqrt(s) from it grows
+    like 1/sqrt(s), with s = 1 + w.u_hat. With amortised parameters one such step in the first
+    epoch pushed w, u and b to hundreds and the posterior's log-std to -50 (loss 10^4, then
+    NaN; `--flows 10` at the default lr 2e-3). Here m(a) = -1 + `min_det` + softplus(a):
+    det >= min_det everywhere, so every step's log det, and its gradient, stay bounded; ten
+    maps can still contract a direction by min_det^10.
     """
 
-    def __init__(self, latent_dim: int, k: int) -> None:
+    def __init__(self, latent_dim: int, k: int, min_det: float = 0.1) -> None:
         super().__init__()
-        self.latent_dim, self.k = latent_dim, k
+        self.latent_dim, self.k, self.min_det = latent_dim, k, min_det
         self.num_params = k * (2 * latent_dim + 1)
 
     def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -33,14 +39,11 @@ class PlanarFlows(nn.Module):
         p = params.unflatten(-1, (self.k, 2 * d + 1))
         return p[..., :d], p[..., d : 2 * d], p[..., 2 * d]
 
-    @staticmethod
-    def u_hat(u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(u_hat, s) with s = softplus(w.u), so that w.u_hat = s - 1 >= -1 exactly (the
-        value is returned rather than recomputed: a float32 dot product can fall below -1)."""
+    def u_hat(self, u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u_hat, s) with s = min_det + softplus(w.u), so that w.u_hat = s - 1 > min_det - 1
+        (s is returned rather than recomputed from u_hat: a float32 dot product rounds)."""
         wu = (w * u).sum(-1, keepdim=True)
-        # floored at the smallest normal float: exact wherever float32 can represent s
-        # (w.u >= -87); below, the map is singular to float precision anyway
-        s = F.softplus(wu).clamp_min(torch.finfo(wu.dtype).tiny)
+        s = self.min_det + F.softplus(wu)
         u_hat = u + (s - 1 - wu) * w / w.square().sum(-1, keepdim=True).clamp_min(1e-12)
         return u_hat, s.squeeze(-1)
 
@@ -52,8 +55,8 @@ class PlanarFlows(nn.Module):
         for i in range(self.k):
             h = torch.tanh((z * w[:, i]).sum(-1) + b[:, i])  # (..., B)
             z = z + h.unsqueeze(-1) * u[:, i]
-            # det = 1 + h'(a) w.u_hat = 1 + (1 - h^2)(s - 1) = h^2 + (1 - h^2) s: a sum of
-            # non-negative terms, finite even when s - 1 rounds to -1 and h = 0.
+            # det = 1 + h'(a) w.u_hat = 1 + (1 - h^2)(s - 1) = h^2 + (1 - h^2) s >= min(1, s):
+            # a sum of non-negative terms, never below min_det
             hh = h.square()
             log_det = log_det + torch.log(hh + (1 - hh) * s[:, i])
         return z, log_det
@@ -61,24 +64,28 @@ class PlanarFlows(nn.Module):
 
 class RadialFlows(nn.Module):
     """K radial maps f(z) = z + beta h(alpha, r) (z - z0), h = 1 / (alpha + r), r = |z - z0|
-    (Rezende & Mohamed 2015, eq. 14). Invertible iff beta >= -alpha: alpha = softplus(a)
-    and beta = -alpha + softplus(b') enforce it.
+    (Rezende & Mohamed 2015, eq. 14). Invertible iff beta >= -alpha. As beta -> -alpha the map
+    collapses the neighbourhood of z0 (both factors of det, 1 + beta h and 1 + beta alpha /
+    (alpha + r)^2, go to 0 as r -> 0), the same singularity as a planar map's (see
+    PlanarFlows); alpha = softplus(a) and beta = -(1 - min_det) alpha + softplus(b') keep
+    both factors >= min_det (det >= min_det^d).
     """
 
-    def __init__(self, latent_dim: int, k: int) -> None:
+    def __init__(self, latent_dim: int, k: int, min_det: float = 0.1) -> None:
         super().__init__()
-        self.latent_dim, self.k = latent_dim, k
+        self.latent_dim, self.k, self.min_det = latent_dim, k, min_det
         self.num_params = k * (latent_dim + 2)
 
     def forward(self, z: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.latent_dim
         p = params.unflatten(-1, (self.k, d + 2))
-        z0, alpha = p[..., :d], F.softplus(p[..., d])
-        beta = -alpha + F.softplus(p[..., d + 1])
+        # alpha >= 1e-6: h = 1 / (alpha + r) stays finite at r = 0
+        z0, alpha = p[..., :d], F.softplus(p[..., d]) + 1e-6
+        beta = -(1 - self.min_det) * alpha + F.softplus(p[..., d + 1])
         log_det = torch.zeros(z.shape[:-1], device=z.device, dtype=z.dtype)
         for i in range(self.k):
             diff = z - z0[:, i]
-            r = diff.norm(dim=-1)
+            r = diff.square().sum(-1).add(1e-20).sqrt()  # |z - z0|, with a finite gradient at z = z0
             h = 1 / (alpha[:, i] + r)
             bh = beta[:, i] * h
             z = z + bh.unsqueeze(-1) * diff
