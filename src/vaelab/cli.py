@@ -281,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate the first N test images (default all); under torchrun write --n-images, "
                         "since torchrun takes --n as an abbreviation of its own options")
     e.add_argument("--k", type=_positive_int, default=1000, help="importance samples per image (default 1000)")
+    e.add_argument("--metrics", type=_metrics, default=("nll",), metavar="M[,M]",
+                   help="nll: ELBO and IS estimate of -log p(x); fd: Frechet distance of prior samples to the test "
+                        "images in the features of a classifier vaelab trains on the dataset's labels (cached; "
+                        "not comparable to Inception FID) (default nll)")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default auto)")
     e.add_argument("--no-progress", action="store_true",
                    help="no progress bar (drawn only when stderr is a terminal or in Jupyter); the results "
@@ -352,6 +356,15 @@ def _port(s: str) -> int:
     return v
 
 
+def _metrics(s: str) -> tuple[str, ...]:
+    from vaelab.evaluate import METRICS
+
+    names = tuple(dict.fromkeys(v.strip() for v in s.split(",") if v.strip()))
+    if not names or any(v not in METRICS for v in names):
+        raise argparse.ArgumentTypeError(f"expected metrics from {', '.join(METRICS)} such as nll,fd, got {s!r}")
+    return names
+
+
 def _levels(s: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in s.split(",") if v.strip())
@@ -410,7 +423,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from vaelab.evaluate import evaluate
 
-    r = evaluate(args.run_dir, n=args.n, k=args.k, device=args.device, progress=not (args.no_progress or args.quiet))
+    r = evaluate(args.run_dir, n=args.n, k=args.k, device=args.device, progress=not (args.no_progress or args.quiet),
+                 metrics=args.metrics)
     if not _rank0():
         return
     rows = [("dataset", f"{r['dataset']} ({r['split']}, n={r['n']})"), ("binarization", r["binarization_detail"])]
@@ -421,9 +435,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             rows.append(("bits/dim", f"{r['bits_per_dim']:.4f}"))
         if "nll_note" in r:
             rows.append(("note", r["nll_note"]))
-    else:
+    elif "recon_nll" in r:
         rows += [("-log p(x|z=f(x)) (nats)", f"{r['recon_nll']:.2f} +- {r['recon_nll_stderr']:.2f}"),
                  ("note", r["note"])]
+    if "fd" in r:
+        rows += [(f"FD, {r['fd_n']} prior samples", f"{r['fd']:.3f} (decoder means: {r['fd_mean']:.3f}; "
+                  f"training vs test images: {r['fd_train']:.3f})"), ("FD note", r["fd_note"])]
     rows.append(("seconds", f"{r['seconds']:.1f}"))
     width = max(len(a) for a, _ in rows)
     for a, b in rows:

@@ -1,0 +1,141 @@
+"""Sample quality: a Fréchet distance in the feature space of a classifier vaelab trains.
+
+FID (Heusel et al. 2017) compares Gaussian fits of Inception-v3 features of real and
+generated images. Inception weights cannot be fetched here and do not fit 28x28 grey
+digits anyway, so vaelab trains its own small convolutional classifier on the dataset's
+labels (once per dataset, cached) and measures
+
+    FD = |mu_r - mu_g|^2 + tr(S_r + S_g - 2 (S_r^1/2 S_g S_r^1/2)^1/2)
+
+between its penultimate-layer features of test images and of generated ones. Lower is
+better; 0 for identical feature statistics. The number is comparable between models
+evaluated with the same classifier (same dataset, image size and binarisation: the
+cache key), and NOT comparable to Inception-based FID values in papers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import torch
+from torch import nn
+
+from vaelab.batches import as_input
+from vaelab.data import Dataset, cache_dir
+from vaelab.files import atomic_path, ensure_dir, write_json
+from vaelab.runtime import progress_bar
+
+CLASSIFIER_VERSION = 1
+FEATURES = 128
+
+
+class FeatureNet(nn.Module):
+    """Three conv levels (32, 64, 128 channels; stride 2 between), global average pooling:
+    (B, C, H, W) of any size -> (B, 128) features; `head` maps them to class logits."""
+
+    def __init__(self, channels: int, n_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = channels
+        for i, c in enumerate((32, 64, FEATURES)):
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.ReLU()]
+            if i < 2:
+                layers += [nn.Conv2d(c, c, 3, stride=2, padding=1), nn.ReLU()]
+            c_in = c
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(FEATURES, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """FD between Gaussian fits of feature sets a (N, F) and b (M, F), in float64.
+
+    tr((S_a S_b)^1/2) is computed as the sum of square roots of the eigenvalues of the
+    symmetric PSD matrix S_a^1/2 S_b S_a^1/2 (same spectrum as S_a S_b), so no
+    non-symmetric matrix square root is needed."""
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
+    ev, vec = torch.linalg.eigh(s_a)
+    root_a = (vec * ev.clamp_min(0).sqrt()) @ vec.T
+    middle = root_a @ s_b @ root_a
+    tr_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
+    return float((mu_a - mu_b).square().sum() + s_a.trace() + s_b.trace() - 2 * tr_sqrt)
+
+
+def _key(data: Dataset, binarization: str, steps: int) -> str:
+    ident = json.dumps({"v": CLASSIFIER_VERSION, "dataset": data.name, "source": str(data.source),
+                        "fingerprint": data.fingerprint, "shape": list(data.image_shape),
+                        "n_train": len(data.train), "binarization": binarization, "steps": steps}, sort_keys=True)
+    return hashlib.blake2b(ident.encode(), digest_size=8).hexdigest()
+
+
+def classifier(data: Dataset, binarization: str, device: torch.device, steps: int = 2000, seed: int = 0,
+               progress: bool = True) -> tuple[FeatureNet, dict[str, Any]]:
+    """The feature classifier for `data` as models see it (binarised like the run, or grey
+    levels): `steps` Adam steps on batches of 128 training images (about 4 epochs of
+    MNIST), trained once and cached in $XDG_CACHE_HOME/vaelab/classifiers/<key>/ (weights
+    as safetensors: loading runs no code) with its test accuracy."""
+    from safetensors.torch import load_file, save_file
+
+    data.require_labels("the Fréchet distance (its feature classifier learns the labels)")
+    folder = cache_dir() / "classifiers" / _key(data, binarization, steps)
+    net = FeatureNet(data.image_shape[0], len(data.classes))
+    try:
+        info = json.loads((folder / "classifier.json").read_text())
+        net.load_state_dict(load_file(str(folder / "weights.safetensors")))
+        return net.to(device).eval(), info
+    except (OSError, ValueError, RuntimeError, KeyError):
+        pass  # not cached yet (or damaged): train it
+    torch.manual_seed(seed)
+    net = net.to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    g = torch.Generator(device=device).manual_seed(seed)  # binarisation noise
+    order = torch.Generator().manual_seed(seed)
+    train_u8, labels = data.train.images, data.train.labels
+    n = len(data.train)
+    bar = progress_bar(total=steps, desc="training the FD feature classifier", unit="step", show=progress)
+    done = 0
+    with torch.enable_grad():
+        while done < steps:
+            for idx in torch.randperm(n, generator=order).split(128)[: steps - done]:
+                u8 = _rows(train_u8, idx).to(device)
+                x = as_input(u8, binarization, False, generator=g)
+                loss = nn.functional.cross_entropy(net(x), labels[idx].to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                done += 1
+                bar.update(1)
+    bar.close()
+    net.eval()
+    with torch.no_grad():
+        correct = 0
+        for i in range(0, len(data.test), 1000):
+            u8 = _rows(data.test.images, torch.arange(i, min(i + 1000, len(data.test)))).to(device)
+            x = as_input(u8, binarization, False, generator=g)
+            correct += int((net(x).argmax(1).cpu() == data.test.labels[i : i + 1000]).sum())
+    info = {"test_accuracy": correct / len(data.test), "steps": steps, "seed": seed, "dataset": data.name,
+            "binarization": binarization, "features": FEATURES, "version": CLASSIFIER_VERSION}
+    ensure_dir(folder, "classifier cache")
+    with atomic_path(folder / "weights.safetensors", ".safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    write_json(folder / "classifier.json", info)
+    return net, info
+
+
+def _rows(images, idx: torch.Tensor) -> torch.Tensor:
+    """uint8 rows of a split's images, resident tensor or on-disk image file."""
+    if torch.is_tensor(images):
+        return images[idx]
+    return torch.from_numpy(images.read(idx.numpy()))
+
+
+@torch.no_grad()
+def features(net: FeatureNet, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """Penultimate-layer features (N, 128) of images (N, C, H, W) in [0, 1]."""
+    return torch.cat([net.features(images[i : i + batch]) for i in range(0, len(images), batch)]).cpu()
