@@ -58,6 +58,17 @@ def test_two_processes_log_the_test_elbo_of_one(one_process, tmp_path):
     assert json.loads((run / "run.json").read_text())["processes"] == 2
 
 
+def test_two_processes_corrupt_the_images_one_process_corrupts(tmp_path):
+    """--denoise draws its noise per (seed, step, image), so the training loss, which scores
+    clean images under codes of corrupted ones, is the same on 1 and 2 processes."""
+    flags = [*TINY, "--epochs", "1", "--denoise", "salt-pepper:0-0.5"]
+    assert main(["train", *flags, "--out", str(tmp_path / "one")]) == 0
+    vaelab_ddp("train", *flags, "--out", tmp_path / "two")
+    one, two = (json.loads((tmp_path / r / "metrics.jsonl").read_text()) for r in ("one", "two"))
+    assert two["train_loss"] == pytest.approx(one["train_loss"], abs=1e-3)
+    assert two["test_elbo"] == pytest.approx(one["test_elbo"], abs=1e-3)
+
+
 def test_checkpoints_resume_on_another_number_of_processes(one_process, tmp_path):
     two_then_one = tmp_path / "a"
     vaelab_ddp("train", *TINY, "--epochs", "1", "--out", two_then_one)

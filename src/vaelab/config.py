@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from typing import Any
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the fix."""
+
+
+NOISE_KINDS = ("uniform", "salt-pepper", "gaussian")  # the corruptions of vaelab.batches.add_noise
 
 
 def choose(registry: Any, name: str, what: str) -> Any:
@@ -129,6 +133,11 @@ class TrainConfig:
     compile: bool = False
     # Grids of reconstructions / prior samples are refreshed every this many epochs.
     image_every: int = 1
+    # denoising training, "KIND:LEVEL" (KIND one of NOISE_KINDS, 0 < LEVEL < 1) or
+    # "KIND:LOW-HIGH" (a level per image, uniform in [LOW, HIGH]): every step the encoder
+    # sees the batch corrupted with fresh noise and the likelihood scores the clean batch
+    # (Vincent et al. 2008; Im et al. 2017); None: plain training
+    denoise: str | None = None
 
 
 @dataclass(frozen=True)
@@ -277,6 +286,27 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.clip_grad must be >= 0, got {t.clip_grad}")
     if t.lam < 0:
         raise ConfigError(f"train.lam must be >= 0, got {t.lam}")
+    if t.denoise is not None:
+        parse_denoise(t.denoise)
+
+
+def parse_denoise(spec: str) -> tuple[str, float, float]:
+    """"KIND:LEVEL" -> (kind, level, level); "KIND:LOW-HIGH" -> (kind, low, high), a level
+    drawn per image uniformly in [low, high]; or a one-line ConfigError."""
+    kind, sep, levels = spec.partition(":")
+    if not sep:
+        raise ConfigError(f"train.denoise must be KIND:LEVEL or KIND:LOW-HIGH such as uniform:0.3, got {spec!r}")
+    if kind not in NOISE_KINDS:
+        raise ConfigError(f"unknown denoise noise {kind!r}; choose one of: {', '.join(NOISE_KINDS)}")
+    low, dash, high = levels.partition("-")
+    try:
+        lo, hi = float(low), float(high if dash else low)
+    except ValueError:
+        lo = hi = math.nan
+    if not (0 < hi < 1 and (0 <= lo < hi if dash else lo == hi)):
+        raise ConfigError(f"the denoise level must be a number in (0, 1) or a range LOW-HIGH with "
+                          f"0 <= LOW < HIGH < 1, got {levels!r}")
+    return kind, lo, hi
 
 
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (128, 128, 128), "gray": (128, 128, 128)}

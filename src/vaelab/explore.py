@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from vaelab import plots
-from vaelab.batches import load_configured, model_inputs
+from vaelab.batches import add_noise, load_configured, model_inputs  # add_noise: noise kinds live with the data
 from vaelab.checkpoint import load_run
 from vaelab.evaluate import posterior_means
 from vaelab.files import FileError, ensure_dir, write_json
@@ -83,21 +83,6 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     omega = torch.arccos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
     s = torch.sin(omega)
     return (torch.sin((1 - t) * omega)[:, None] * a + torch.sin(t * omega)[:, None] * b) / s
-
-
-def add_noise(x: torch.Tensor, kind: str, level: float, generator: torch.Generator) -> torch.Tensor:
-    """Corrupt images in [0, 1]: ``uniform`` adds U(0, 1) to a fraction `level` of the pixels
-    and clips at 1 (seed 004's exercise), ``salt-pepper`` sets a fraction `level` to 0 or 1,
-    ``gaussian`` adds N(0, level^2) to every pixel and clips."""
-    u = torch.rand(x.shape, generator=generator, device=x.device)
-    if kind == "uniform":
-        return torch.where(u < level, (x + torch.rand(x.shape, generator=generator, device=x.device)).clamp(max=1), x)
-    if kind == "salt-pepper":
-        coin = (torch.rand(x.shape, generator=generator, device=x.device) < 0.5).float()
-        return torch.where(u < level, coin, x)
-    if kind == "gaussian":
-        return (x + level * torch.randn(x.shape, generator=generator, device=x.device)).clamp(0, 1)
-    raise ValueError(f"unknown noise {kind!r}; choose uniform, salt-pepper or gaussian")
 
 
 def psnr(mse: torch.Tensor) -> torch.Tensor:
@@ -234,28 +219,60 @@ def figure_combine(ex: Explorer, weights: tuple[float, ...] = (0.5, 0.5), groups
     return fig, {"weights": list(weights), "groups": groups}
 
 
+def _denoise_label(ex: Explorer) -> str:
+    """Who a model in the denoising figure is: its run folder, kind and training noise."""
+    name = ex.run_dir.name if ex.run_dir is not None else ex.cfg.model.model
+    how = f"--denoise {ex.cfg.train.denoise}" if ex.cfg.train.denoise else "clean training"
+    return f"{name}\n({ex.cfg.model.model}, {how})"
+
+
+@torch.no_grad()
+def _reconstruct(ex: Explorer, x: torch.Tensor, chunk: int = 500) -> torch.Tensor:
+    """Decoder means of the posterior means of images x (N, C, H, W), in chunks."""
+    c = ex.cond(len(x))
+    return torch.cat([ex.decode_mean(ex.codes(x[j : j + chunk], None if c is None else c[j : j + chunk]),
+                                     None if c is None else c[j : j + chunk]) for j in range(0, len(x), chunk)])
+
+
 @torch.no_grad()
 def figure_denoise(ex: Explorer, kind: str = "salt-pepper", levels: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5),
-                   n_show: int = 8, n_eval: int = 1000):
+                   n_show: int = 8, n_eval: int = 1000, against: tuple[str | Path | Explorer, ...] = ()):
     """Corrupt test images, reconstruct them, compare with the clean image (seed 004):
     rows clean | noisy | reconstructed at one level; MSE and PSNR against the clean
-    image for the noisy input and the reconstruction at every level."""
+    image for the noisy input and the reconstruction at every level.
+
+    `against`: more models (run folders or Explorers) on the same test images and the same
+    noisy copies, drawn side by side: a reconstruction row and a PSNR curve each, e.g. a
+    model trained with ``--denoise`` next to one trained on clean images. The numbers
+    hold a table per model under ``models`` (with ``psnr_recon_clean``, the PSNR of its
+    reconstruction of the clean images); ``levels`` is the first model's table."""
+    models = [ex, *(o if isinstance(o, Explorer) else Explorer.from_run(o, n=len(ex.x), seed=ex.seed,
+                                                                        device=str(ex.x.device)) for o in against)]
     clean = ex.x[:n_eval]
-    table = []
+    for other in models[1:]:
+        if other.x.shape[1:] != clean.shape[1:] or not torch.equal(other.x[: len(clean)], clean):
+            raise ValueError(f"{other.run_dir} is evaluated on other test images than {ex.run_dir} (dataset or "
+                             "binarization differ); the denoising figure compares models on the same images")
+    tables: list[list[dict[str, float]]] = [[] for _ in models]
     shown = None
     for i, level in enumerate(levels):
         noisy = add_noise(clean, kind, level, ex.gen(i))
-        codes = ex.codes(noisy, ex.cond(len(noisy)))
-        recon = torch.cat([ex.decode_mean(codes[j : j + 500], None if ex.c is None else ex.c[j : j + 500])
-                           for j in range(0, len(noisy), 500)])
         mse_noisy = (noisy - clean).square().flatten(1).mean(1)
-        mse_recon = (recon - clean).square().flatten(1).mean(1)
-        table.append({"level": level, "mse_noisy": float(mse_noisy.mean()), "mse_recon": float(mse_recon.mean()),
-                      "psnr_noisy": float(psnr(mse_noisy).mean()), "psnr_recon": float(psnr(mse_recon).mean())})
+        recons = [_reconstruct(m, noisy) for m in models]
+        for table, recon in zip(tables, recons):
+            mse_recon = (recon - clean).square().flatten(1).mean(1)
+            table.append({"level": level, "mse_noisy": float(mse_noisy.mean()), "mse_recon": float(mse_recon.mean()),
+                          "psnr_noisy": float(psnr(mse_noisy).mean()), "psnr_recon": float(psnr(mse_recon).mean())})
         if i == len(levels) // 2:
-            shown = (level, [clean[:n_show], noisy[:n_show], recon[:n_show]])
-    fig = plots.denoise_figure(shown[1], shown[0], kind, table, ex.cfg.model.model)
-    return fig, {"noise": kind, "n": len(clean), "levels": table}
+            shown = (level, clean[:n_show], noisy[:n_show], [r[:n_show] for r in recons])
+    labels = [_denoise_label(m) for m in models]
+    fig = plots.denoise_figure(shown[1], shown[2], shown[3], labels, shown[0], kind, tables)
+    # the reconstruction of the clean image: about the best a model can do from a noisy one
+    clean_psnr = [float(psnr((_reconstruct(m, clean) - clean).square().flatten(1).mean(1)).mean()) for m in models]
+    per_model = [{"run": None if m.run_dir is None else str(m.run_dir), "model": m.cfg.model.model,
+                  "denoise": m.cfg.train.denoise, "psnr_recon_clean": p, "levels": t}
+                 for m, p, t in zip(models, clean_psnr, tables)]
+    return fig, {"noise": kind, "n": len(clean), "levels": tables[0], "models": per_model}
 
 
 def figure_curves(ex: Explorer):

@@ -8,7 +8,8 @@ Shared interface (checked for every registered model by ``tests/test_contract.py
 - ``log_weights(x, k)``: (k, B) log p(x, z_k) - log q(z_k | x), z_k ~ q(z|x); only for
   models with a density (``has_density``)
 - ``objective``: the name of the training objective in :data:`vaelab.objectives.OBJECTIVES`
-- ``forward(x, c, **options)``: runs an objective and returns its per-example terms, so
+- ``forward(x, c, **options)``: runs an objective and returns its per-example terms
+  (``x_in``: the encoder's input when it differs from x, for denoising), so
   that DistributedDataParallel, which synchronises gradients only for work done inside
   the wrapped module's forward, sees all of it
 """
@@ -63,10 +64,11 @@ class _Base(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, *, objective: str | None = None,
                 samples: int = 1, beta: float = 1.0, kl: str = "analytic", lam: float = 0.0,
-                generator=None) -> dict[str, torch.Tensor]:
-        """Per-example terms (B,) of `objective` (default: the model's own) on images x (B, C, H, W)."""
+                generator=None, x_in: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per-example terms (B,) of `objective` (default: the model's own) on images x (B, C, H, W).
+        `x_in` (B, C, H, W): what the encoder sees instead of x (denoising training)."""
         fn = choose(OBJECTIVES, objective or self.objective, "objective")
-        return fn(self, x, c, samples=samples, beta=beta, kl=kl, lam=lam, generator=generator)
+        return fn(self, x, c, samples=samples, beta=beta, kl=kl, lam=lam, generator=generator, x_in=x_in)
 
     def _condition(self, c: torch.Tensor | None, lead: tuple[int, ...]) -> torch.Tensor | None:
         if not self.conditional:

@@ -4,7 +4,11 @@ entries reported in the metrics. All terms are in nats per image.
 
 `generator` is where reparameterisation noise comes from: a torch.Generator, None (the
 global RNG), or a :class:`vaelab.distributions.ExampleNoise` tied to the examples, which
-makes a data-parallel run draw what a single process draws."""
+makes a data-parallel run draw what a single process draws.
+
+`x_in`, when given, is what the encoder sees instead of x (a corrupted copy, shape of
+x): the bound then scores the clean x under q(z|x_in), the denoising variational bound
+of Im et al. 2017 (for the autoencoder, the denoising criterion of Vincent et al. 2008)."""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from vaelab.distributions import standard_normal_log_prob
 
 
 def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
-         kl: str = "analytic", lam: float = 0.0, generator=None) -> dict[str, torch.Tensor]:
+         kl: str = "analytic", lam: float = 0.0, generator=None,
+         x_in: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) (Kingma & Welling 2014, eq. 10).
 
     The reconstruction term averages `samples` reparameterised draws z ~ q(z|x). The
@@ -27,7 +32,7 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
     log p(x, z_K) - log q_0(z_0) + sum log|det| (Rezende & Mohamed 2015, eq. 15).
     `beta` weights the KL (Higgins et al. 2017); ``elbo`` is reported with beta = 1.
     """
-    q = model.encode(x, c)
+    q = model.encode(x if x_in is None else x_in, c)
     z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, D), (L, B)
     recon = model.decode(z, c).log_prob(x).mean(0)
     if kl == "analytic" and hasattr(q, "kl_standard_normal"):
@@ -38,7 +43,8 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
 
 
 def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 5, beta: float = 1.0,
-         kl: str = "analytic", lam: float = 0.0, generator=None) -> dict[str, torch.Tensor]:
+         kl: str = "analytic", lam: float = 0.0, generator=None,
+         x_in: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Importance-weighted bound log (1/k) sum_k p(x, z_k) / q(z_k|x) (Burda et al. 2016, eq. 8).
 
     Built from per-sample log-weights (no analytic KL inside), with the weights kept in
@@ -48,16 +54,17 @@ def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
     """
     if beta != 1.0:
         raise ValueError("the IWAE bound has no KL weight; use --objective elbo with --beta")
-    lw = model.log_weights(x, samples, c=c, generator=generator)  # (k, B)
+    q = None if x_in is None else model.encode(x_in, c)
+    lw = model.log_weights(x, samples, q=q, c=c, generator=generator)  # (k, B)
     bound = torch.logsumexp(lw, 0) - math.log(samples)
     return {"loss": -bound, "iwae": bound, "elbo": lw.mean(0)}
 
 
 def reconstruction(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1,
                    beta: float = 1.0, kl: str = "analytic", lam: float = 0.0,
-                   generator=None) -> dict[str, torch.Tensor]:
+                   generator=None, x_in: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Plain autoencoder: maximise log p(x | z = f(x)); no prior, no KL."""
-    recon = model.decode(model.encode(x, c).mean, c).log_prob(x)
+    recon = model.decode(model.encode(x if x_in is None else x_in, c).mean, c).log_prob(x)
     return {"loss": -recon, "recon": recon}
 
 
@@ -76,7 +83,8 @@ def pairwise_gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Ten
 
 
 def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
-          kl: str = "analytic", lam: float = 1.0, generator=None) -> dict[str, torch.Tensor]:
+          kl: str = "analytic", lam: float = 1.0, generator=None,
+          x_in: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Invariant conditional VAE loss (Moyer et al. 2018, with the correction in seed 003):
 
         (1 + lam) * E_q[-log p(x|z,c)] + beta * KL(q(z|x) || p(z)) + lam * KL(q(z|x) || q(z)).
@@ -85,7 +93,7 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
     KL(q(z|x_i) || q(z)) <= mean_{j != i} KL(q(z|x_i) || q(z|x_j)), the pairwise
     Gaussian KLs (the corrected form keeps the log-determinant terms).
     """
-    q = model.encode(x, c)
+    q = model.encode(x if x_in is None else x_in, c)
     if not hasattr(q, "log_std"):
         raise ValueError("the invariance penalty needs a diagonal Gaussian posterior (no flows)")
     z, _ = q.rsample_with_log_prob(samples, generator=generator)

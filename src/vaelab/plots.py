@@ -192,26 +192,32 @@ def scatter_by_label(xy: torch.Tensor, labels: torch.Tensor, classes: tuple[str,
     return fig
 
 
-def denoise_figure(rows: list[torch.Tensor], level: float, kind: str, table: list[dict], model: str,
-                   inch: float = 0.8):
-    """Clean, noisy and reconstructed images (3 rows) above PSNR against noise level."""
-    labels = ["clean", f"noisy\n({kind} {level:g})", "reconstructed"]
-    n = len(rows[0])
-    left = _text_width(labels) + 2 * _PAD
+def denoise_figure(clean: torch.Tensor, noisy: torch.Tensor, recons: list[torch.Tensor], labels: list[str],
+                   level: float, kind: str, tables: list[list[dict]], inch: float = 0.8):
+    """Clean and noisy images (N, C, H, W), then one row of reconstructions per model
+    (`recons`, named by `labels`), above PSNR against noise level: the noisy input's and
+    each model's (`tables`, one list of per-level rows per model)."""
+    rows = [clean, noisy, *recons]
+    names = ["clean", f"noisy\n({kind} {level:g})", *(f"{label}\nreconstruction" for label in labels)]
+    n = len(clean)
+    left = _text_width(names) + 2 * _PAD
     width = max(7.0, left + n * (inch + _PAD) + _PAD)
-    text, top = _heading(f"Denoising with a {model}: clean | noisy | reconstructed", width)
-    plot_top = top + 3 * (inch + _PAD) + 0.35  # inches from the top to the plot's frame
+    title = ("Denoising: clean | noisy | each model's reconstruction" if len(recons) > 1 else
+             f"Denoising: clean | noisy | reconstructed ({labels[0].splitlines()[0]})")
+    text, top = _heading(title, width)
+    plot_top = top + len(rows) * (inch + _PAD) + 0.35  # inches from the top to the plot's frame
     height = plot_top + 2.4 + 0.6
     fig = new_figure(width, height)
     _suptitle(fig, text)
-    _image_block(fig, rows, labels, None, left, top, inch)
+    _image_block(fig, rows, names, None, left, top, inch)
     ax = fig.add_axes((0.9 / width, 0.6 / height, (width - 1.1) / width, 2.4 / height))
-    levels = [t["level"] for t in table]
-    ax.plot(levels, [t["psnr_noisy"] for t in table], "o-", label="noisy input")
-    ax.plot(levels, [t["psnr_recon"] for t in table], "s-", label=f"{model} reconstruction")
+    levels = [t["level"] for t in tables[0]]
+    ax.plot(levels, [t["psnr_noisy"] for t in tables[0]], "o--", color="grey", label="noisy input")
+    for label, table in zip(labels, tables):
+        ax.plot(levels, [t["psnr_recon"] for t in table], "s-", label=label.replace("\n", " "))
     ax.set_xlabel(f"{kind} noise level")
     ax.set_ylabel("PSNR vs clean (dB)")
-    ax.legend(fontsize=9)
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
 

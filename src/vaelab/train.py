@@ -27,10 +27,10 @@ from typing import Any
 import torch
 
 from vaelab import __version__
-from vaelab.batches import (TRAIN_KEY, Batches, SplitInputs, binarization_key, is_path, load_configured,
+from vaelab.batches import (TRAIN_KEY, Batches, SplitInputs, binarization_key, corrupt, is_path, load_configured,
                             memory_budget, model_inputs)
 from vaelab.checkpoint import RunError, load_checkpoint, load_config, save_checkpoint
-from vaelab.config import Config, ConfigError, TrainConfig, choose
+from vaelab.config import Config, ConfigError, TrainConfig, choose, parse_denoise
 from vaelab.distributions import ExampleNoise, keep_noise_out_of_compile
 from vaelab.files import RunLock, atomic_write, ensure_dir, write_json
 from vaelab.models import build_model, check_data_fit
@@ -446,6 +446,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
         keep_noise_out_of_compile()
         step_model = torch.compile(step_model)
     options = {"objective": objective, "samples": t.samples, "beta": t.beta, "kl": t.kl, "lam": t.lam}
+    denoise = parse_denoise(t.denoise) if t.denoise else None
     first_epoch = epoch + 1
     board = open_tensorboard(run_dir, first_epoch) if dist.main else None
     if board is not None:
@@ -460,8 +461,11 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
             lr = learning_rate(t, step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            # denoising: the encoder sees the batch (after binarisation) corrupted with noise
+            # tied to (seed, step, image), the likelihood scores the clean batch
+            x_in = None if denoise is None else corrupt(batch.x, batch.idx, denoise, noise_key(t.seed, step))
             terms = step_model(batch.x, batch.cond, generator=ExampleNoise(batch.idx, noise_key(t.seed, step)),
-                               **options)
+                               x_in=x_in, **options)
             # the global batch mean: DDP averages the processes' gradients, so each
             # contributes its sum scaled by world / global batch size
             loss = terms["loss"].sum() * (dist.world / batch.size)
