@@ -68,6 +68,16 @@ def main() -> None:
     args = p.parse_args()
     env = {**os.environ, "VAELAB_DATA": os.environ.get("VAELAB_DATA", "/work/shared/data")}
     rows = []
+    out = Path(args.out) / f"flows-{args.date}{args.tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write() -> dict:  # after every run: an interrupted benchmark keeps what it measured
+        result = {"date": args.date, "cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+                  "command": "python benchmarks/flows.py " + " ".join(sys.argv[1:]), "rows": rows,
+                  "all_finished": all(r["finished"] for r in rows)}
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        return result
+
     with tempfile.TemporaryDirectory() as tmp:
         for flow_type in args.types.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
@@ -78,13 +88,8 @@ def main() -> None:
                       f"last test ELBO {r['test_elbo'][-1] if r['test_elbo'] else None}"
                       + (f", IS-NLL {r['nll']}" if "nll" in r else "") + (f"  [{r['message']}]" if r["message"] else ""),
                       flush=True)
-    result = {"date": args.date, "cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
-              "command": "python benchmarks/flows.py " + " ".join(sys.argv[1:]), "rows": rows,
-              "all_finished": all(r["finished"] for r in rows)}
-    out = Path(args.out) / f"flows-{args.date}{args.tag}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}; all finished: {result['all_finished']}")
+                write()
+    print(f"wrote {out}; all finished: {write()['all_finished']}")
 
 
 if __name__ == "__main__":

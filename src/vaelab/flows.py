@@ -14,6 +14,13 @@ from torch import nn
 from vaelab.distributions import DiagonalGaussian
 
 
+def _shrink(v: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Factor (..., 1) that maps v to v * max_norm tanh(|v| / max_norm) / |v|: ~1 for short v,
+    norm at most max_norm."""
+    n = v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return max_norm * torch.tanh(n / max_norm) / n
+
+
 class PlanarFlows(nn.Module):
     """K planar maps f(z) = z + u_hat h(w.z + b), h = tanh (their eq. 10).
 
@@ -28,9 +35,9 @@ class PlanarFlows(nn.Module):
     maps can still contract a direction by min_det^10.
     """
 
-    def __init__(self, latent_dim: int, k: int, min_det: float = 0.1) -> None:
+    def __init__(self, latent_dim: int, k: int, min_det: float = 0.1, max_norm: float = 4.0) -> None:
         super().__init__()
-        self.latent_dim, self.k, self.min_det = latent_dim, k, min_det
+        self.latent_dim, self.k, self.min_det, self.max_norm = latent_dim, k, min_det, max_norm
         self.num_params = k * (2 * latent_dim + 1)
 
     def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -45,11 +52,14 @@ class PlanarFlows(nn.Module):
         wu = (w * u).sum(-1, keepdim=True)
         s = self.min_det + F.softplus(wu)
         u_hat = u + (s - 1 - wu) * w / w.square().sum(-1, keepdim=True).clamp_min(1e-12)
-        return u_hat, s.squeeze(-1)
+        # |u_hat| <= max_norm, smoothly; shrinking u_hat keeps w.u_hat = c (s - 1) >= min_det - 1
+        c = _shrink(u_hat, self.max_norm)
+        return u_hat * c, (1 + c * (s - 1)).squeeze(-1)
 
     def forward(self, z: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z_0 (..., B, D), params (B, num_params) -> z_K (..., B, D), sum_k log|det| (..., B)."""
         u, w, b = self.split(params)
+        w = w * _shrink(w, self.max_norm)
         u, s = self.u_hat(u, w)  # (B, K, D), (B, K) with w.u_hat = s - 1
         log_det = torch.zeros(z.shape[:-1], device=z.device, dtype=z.dtype)
         for i in range(self.k):
