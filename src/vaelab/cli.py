@@ -42,6 +42,8 @@ _OVERRIDES = {
     "schedule": ("train", "schedule"),
     "lr_decay": ("train", "lr_decay"),
     "flows": ("model", "flows"),
+    "prior": ("model", "prior"),
+    "prior_components": ("model", "prior_components"),
     "condition_encoder": ("model", "condition_encoder"),
     "conditions": ("data", "conditions"),
     "lam": ("train", "lam"),
@@ -172,7 +174,7 @@ def _run_dir(s: str) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     from vaelab.distributions import LIKELIHOODS, SCALES
     from vaelab.flows import FLOWS
-    from vaelab.models import MODELS
+    from vaelab.models import MODELS, PRIORS
     from vaelab.nets import ACTIVATIONS, NETS
     from vaelab.objectives import OBJECTIVES
     from vaelab.runtime import PRECISIONS
@@ -236,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--flows", type=_nonneg_int, metavar="K",
                    help=f"normalizing flows in the posterior (default {d.model.flows})")
     g.add_argument("--flow-type", choices=list(FLOWS), help=f"(default {d.model.flow_type})")
+    g.add_argument("--prior", choices=list(PRIORS),
+                   help="p(z): normal = N(0, I); mog = a learned mixture of Gaussians; vamp = the VampPrior, the "
+                        "mixture of the posteriors of learned pseudo-inputs (Tomczak & Welling 2018); KL by Monte "
+                        f"Carlo for mog and vamp (default {d.model.prior})")
+    g.add_argument("--prior-components", type=_nonneg_int, metavar="K",
+                   help="mog: components; vamp: pseudo-inputs (default 0: 10 for mog, 500 for vamp)")
     g.add_argument("--condition-encoder", action="store_const", const=True,
                    help="cvae/icvae: feed the condition to the encoder too (the decoder always gets it)")
     g.add_argument("--likelihood", choices=list(LIKELIHOODS),

@@ -88,6 +88,11 @@ class ModelConfig:
     likelihood_std: float = 0.1
     # normalizing flows in the posterior (VAE only): how many, and which kind
     flows: int = 0
+    # p(z): normal = N(0, I); mog = a learned mixture of Gaussians; vamp = the VampPrior
+    # (Tomczak & Welling 2018), a mixture of the posteriors of learned pseudo-inputs.
+    # prior_components = K of mog/vamp; 0 picks 10 for mog and 500 for vamp (the paper's)
+    prior: str = "normal"
+    prior_components: int = 0
     flow_type: str = "planar"
     # cvae/icvae: also feed the condition to the encoder (the decoder always gets it)
     condition_encoder: bool = False
@@ -238,6 +243,18 @@ def validate(cfg: Config) -> None:
         raise ConfigError("flows shape a posterior; the plain autoencoder has none (use --model vae)")
     if m.flows and m.model == "icvae":
         raise ConfigError("the ICVAE penalty needs a diagonal Gaussian posterior; drop --flows or use --model cvae")
+    if m.prior not in ("normal", "mog", "vamp"):
+        raise ConfigError(f"unknown prior {m.prior!r}; choose one of: normal, mog, vamp")
+    if m.prior != "normal" and m.model == "ae":
+        raise ConfigError("a prior needs a VAE; the plain autoencoder has none (use --model vae)")
+    if m.prior == "vamp" and m.flows:
+        raise ConfigError("the VampPrior evaluates the posterior's density at any z, which flows cannot; "
+                          "use --prior mog with --flows, or drop --flows")
+    if m.prior == "vamp" and m.model in ("cvae", "icvae"):
+        raise ConfigError("the VampPrior's pseudo-inputs carry no condition; use --prior mog with cvae/icvae")
+    if m.prior_components < 0:
+        raise ConfigError(f"model.prior_components must be >= 0 (0: 10 for mog, 500 for vamp), got "
+                          f"{m.prior_components}")
     if t.objective == "iwae" and t.beta != 1.0:
         raise ConfigError("the IWAE bound has no KL weight; use --objective elbo with --beta")
     if m.model == "ae" and t.objective not in ("auto", "reconstruction"):

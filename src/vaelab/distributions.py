@@ -137,6 +137,60 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z.square().sum(-1) + z.shape[-1] * LOG_2PI)
 
 
+# ----------------------------------------------------------------------------- priors
+
+
+class StandardNormal:
+    """p(z) = N(0, I) over D dims; its KL to a diagonal Gaussian has a closed form."""
+
+    closed_form_kl = True
+
+    def __init__(self, dim: int, device=None) -> None:
+        self.dim, self.device = dim, device
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return standard_normal_log_prob(z)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return DiagonalGaussian.standard((n, self.dim), device=self.device).rsample(generator=generator)
+
+
+class GaussianMixture:
+    """p(z) = sum_k w_k N(z; m_k, diag s_k^2) with weights softmax(`logits`) (K,), means and
+    log-stds (K, D). Its KL to q has no closed form: the ELBO estimates it by Monte Carlo."""
+
+    closed_form_kl = False
+
+    def __init__(self, means: torch.Tensor, log_std: torch.Tensor, logits: torch.Tensor) -> None:
+        self.means, self.log_std, self.logits = means, log_std, logits
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) for z (..., D) -> (...), a logsumexp over the K components."""
+        u = (z.unsqueeze(-2) - self.means) * torch.exp(-self.log_std)  # (..., K, D)
+        comp = -0.5 * (u.square() + LOG_2PI).sum(-1) - self.log_std.sum(-1)  # (..., K)
+        return torch.logsumexp(comp + torch.log_softmax(self.logits, -1), -1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        k = torch.multinomial(torch.softmax(self.logits.detach(), -1), n, replacement=True, generator=generator)
+        eps = torch.randn((n, self.means.shape[-1]), generator=generator, device=self.means.device)
+        return self.means[k] + torch.exp(self.log_std[k]) * eps
+
+
+class MixturePrior(nn.Module):
+    """A learned mixture-of-Gaussians prior with K components (trained with the model): means
+    spread as N(0, I) draws, unit scales and equal weights at the start."""
+
+    def __init__(self, dim: int, components: int, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.means = nn.Parameter(torch.randn(components, dim, generator=g))
+        self.log_std = nn.Parameter(torch.zeros(components, dim))
+        self.logits = nn.Parameter(torch.zeros(components))
+
+    def forward(self) -> GaussianMixture:
+        return GaussianMixture(self.means, self.log_std, self.logits)
+
+
 class Bernoulli:
     """Independent Bernoulli pixels parameterised by logits, shape (..., C, H, W)."""
 

@@ -326,7 +326,7 @@ def figure_transfer(ex: Explorer, n: int = 8):
     n = min(n, len(ex.x))
     eye = torch.eye(k, device=ex.x.device)
     z = ex.codes(ex.x[:n])  # (n, D)
-    prior = ex.model.prior(3, ex.x.device).rsample(generator=ex.gen())
+    prior = ex.model.prior().sample(3, generator=ex.gen())
     codes = torch.cat([z, prior])  # (n + 3, D)
     imgs = ex.decode_mean(codes[:, None, :].expand(-1, k, -1).reshape(-1, codes.shape[1]), eye.repeat(len(codes), 1))
     imgs = imgs.view(len(codes), k, *imgs.shape[1:])

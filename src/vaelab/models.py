@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from vaelab.config import ConfigError, ModelConfig, choose
-from vaelab.distributions import LIKELIHOODS, SCALES, DiagonalGaussian, standard_normal_log_prob
+from vaelab.distributions import LIKELIHOODS, SCALES, DiagonalGaussian, GaussianMixture, MixturePrior, StandardNormal
 from vaelab.flows import FLOWS, FlowPosterior
 from vaelab.nets import ACTIVATIONS, NETS
 from vaelab.objectives import OBJECTIVES
@@ -111,13 +111,14 @@ class _Base(nn.Module):
         out = self._net(self.decoder, z.reshape(-1, z.shape[-1]))
         return self.likelihood(out.reshape(*lead, *out.shape[1:]))
 
-    def prior(self, n: int, device=None) -> DiagonalGaussian:
-        return DiagonalGaussian.standard((n, self.latent_dim), device=device)
+    def prior(self) -> StandardNormal | GaussianMixture:
+        """p(z), with ``log_prob(z)`` and ``sample(n, generator)``: N(0, I) here (an AE has no
+        prior of its own: its 'samples' decode N(0, I) codes)."""
+        return StandardNormal(self.latent_dim, next(self.parameters()).device)
 
     def sample(self, n: int, generator: torch.Generator | None = None, c: torch.Tensor | None = None):
-        """Decode n codes drawn from N(0, I) [under conditions c (n, C')] -> distribution (n, C, H, W)."""
-        device = next(self.parameters()).device
-        return self.decode(self.prior(n, device).rsample(generator=generator), c)
+        """Decode n codes drawn from the prior [under conditions c (n, C')] -> distribution (n, C, H, W)."""
+        return self.decode(self.prior().sample(n, generator=generator), c)
 
 
 class VAE(_Base):
@@ -125,7 +126,9 @@ class VAE(_Base):
 
     q(z|x) = N(mu(x), diag sigma(x)^2) from the encoder, optionally pushed through
     `cfg.flows` normalizing flows whose parameters the encoder also predicts
-    (Rezende & Mohamed 2015); p(z) = N(0, I); p(x|z) from the configured likelihood.
+    (Rezende & Mohamed 2015); p(z) = N(0, I), a learned mixture of Gaussians (``mog``) or
+    the VampPrior (``vamp``: (1/K) sum_k q(z | u_k) over K learned pseudo-inputs u_k,
+    Tomczak & Welling 2018); p(x|z) from the configured likelihood.
     """
 
     has_density = True
@@ -135,6 +138,20 @@ class VAE(_Base):
         flows = choose(FLOWS, cfg.flow_type, "flow type")(cfg.latent_dim, cfg.flows) if cfg.flows else None
         super().__init__(cfg, image_shape, 2 * cfg.latent_dim + (flows.num_params if flows else 0), cond_dim)
         self.flows = flows
+        choose(PRIORS, cfg.prior, "prior")
+        k = cfg.prior_components or {"mog": 10, "vamp": 500}.get(cfg.prior, 0)
+        self.mixture_prior = MixturePrior(cfg.latent_dim, k) if cfg.prior == "mog" else None
+        # pseudo-inputs in logit space: sigmoid keeps them images in (0, 1); grey noise at the start
+        self.pseudo_inputs = nn.Parameter(0.1 * torch.randn(k, *self.image_shape, generator=torch.Generator()
+                                                            .manual_seed(0))) if cfg.prior == "vamp" else None
+
+    def prior(self) -> StandardNormal | GaussianMixture:
+        if self.mixture_prior is not None:
+            return self.mixture_prior()
+        if self.pseudo_inputs is not None:  # the posteriors of the pseudo-inputs, equally weighted
+            q = self.encode(torch.sigmoid(self.pseudo_inputs))
+            return GaussianMixture(q.mean, q.log_std, torch.zeros(len(q.mean), device=q.mean.device))
+        return super().prior()
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> DiagonalGaussian | FlowPosterior:
         out = self.encoder_input(x, c)
@@ -151,7 +168,7 @@ class VAE(_Base):
         """
         q = self.encode(x, c) if q is None else q
         z, log_q = q.rsample_with_log_prob(k, generator=generator)  # (k, B, D), (k, B)
-        return self.decode(z, c).log_prob(x) + standard_normal_log_prob(z) - log_q
+        return self.decode(z, c).log_prob(x) + self.prior().log_prob(z) - log_q
 
 
 class AE(_Base):
@@ -193,6 +210,9 @@ class ICVAE(CVAE):
 
     objective = "icvae"
 
+
+PRIORS = {"normal": "N(0, I)", "mog": "a learned mixture of Gaussians",
+          "vamp": "the VampPrior (Tomczak & Welling 2018)"}
 
 MODELS: dict[str, type[_Base]] = {
     "vae": VAE,

@@ -17,7 +17,6 @@ from collections.abc import Callable
 
 import torch
 
-from vaelab.distributions import standard_normal_log_prob
 
 
 def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
@@ -35,11 +34,18 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
     q = model.encode(x if x_in is None else x_in, c)
     z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, D), (L, B)
     recon = model.decode(z, c).log_prob(x).mean(0)
-    if kl == "analytic" and hasattr(q, "kl_standard_normal"):
-        kl_term = q.kl_standard_normal()
-    else:
-        kl_term = (log_q - standard_normal_log_prob(z)).mean(0)
+    kl_term = kl_to_prior(model, q, z, log_q, kl)
     return {"loss": -(recon - beta * kl_term), "recon": recon, "kl": kl_term, "elbo": recon - kl_term}
+
+
+def kl_to_prior(model, q, z: torch.Tensor, log_q: torch.Tensor, kl: str = "analytic") -> torch.Tensor:
+    """KL(q(z|x) || p(z)) per example (B,): in closed form when ``kl="analytic"``, q is a
+    diagonal Gaussian and p is N(0, I); otherwise mean(log q(z) - log p(z)) over the draws z
+    (L, B, D) whose log-densities are log_q (L, B) (flows; mixture and Vamp priors)."""
+    prior = model.prior()
+    if kl == "analytic" and prior.closed_form_kl and hasattr(q, "kl_standard_normal"):
+        return q.kl_standard_normal()
+    return (log_q - prior.log_prob(z)).mean(0)
 
 
 def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 5, beta: float = 1.0,
@@ -96,9 +102,9 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
     q = model.encode(x if x_in is None else x_in, c)
     if not hasattr(q, "log_std"):
         raise ValueError("the invariance penalty needs a diagonal Gaussian posterior (no flows)")
-    z, _ = q.rsample_with_log_prob(samples, generator=generator)
+    z, log_q = q.rsample_with_log_prob(samples, generator=generator)
     recon = model.decode(z, c).log_prob(x).mean(0)
-    kl_prior = q.kl_standard_normal()
+    kl_prior = kl_to_prior(model, q, z, log_q, kl)
     b = len(x)
     pair = pairwise_gaussian_kl(q.mean, q.log_std)
     kl_marginal = (pair.sum(1) - pair.diagonal()) / max(1, b - 1)

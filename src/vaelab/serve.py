@@ -318,7 +318,7 @@ class Session:
         n = _integer(body.get("n", 16), "n", 1, 256)
         seed = _integer(body.get("seed", 0), "seed", 0, 2**31 - 1)
         g = torch.Generator(device=self.ex.x.device).manual_seed(seed)
-        z = self.model.prior(n, self.ex.x.device).rsample(generator=g)
+        z = self.model.prior().sample(n, generator=g)
         return {"images": self.decode_many([(z, self._conditions(body.get("class"), n))])[0], "z": z.tolist()}
 
 
