@@ -360,6 +360,25 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--weights", type=_levels, help="combine: weights of the codes, e.g. 0.5,0.5")
     pl.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default auto)")
 
+    cp = sub.add_parser("compare", help="train and evaluate named variants x seeds, then a table and a figure",
+                        description="Train every variant (NAME=\"flags for vaelab train\") for every seed, one run "
+                                    "after another, evaluate each, and write OUT/compare.md, .csv, .json and .png "
+                                    "(mean +- std over seeds). Running the same command again resumes. Example: "
+                                    "vaelab compare --out runs/hidden --epochs 10 --base \"--dataset mnist\" "
+                                    "h256=\"--hidden 256,256\" h512=\"--hidden 512,512\"")
+    cp.add_argument("variants", nargs="+", metavar="NAME=FLAGS", help='e.g. iwae="--objective iwae --samples 5"')
+    cp.add_argument("--out", required=True, metavar="DIR", help="folder for the runs (DIR/NAME/seed-S) and tables")
+    budget = cp.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--epochs", type=_positive_int, help="equal epochs: every run trains this many")
+    budget.add_argument("--minutes", type=_positive_float,
+                        help="equal training time: each run's first epoch sets how many epochs fit in this many minutes")
+    cp.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="comma-separated seeds (default 0,1,2)")
+    cp.add_argument("--base", default="", metavar="FLAGS", help='flags every variant shares, e.g. "--dataset mnist"')
+    cp.add_argument("--metrics", type=_metrics, default=("nll",), metavar="M[,M]",
+                    help="what evaluate measures per run: nll, fd (default nll)")
+    cp.add_argument("--k", type=_positive_int, default=1000, help="importance samples for nll (default 1000)")
+    cp.add_argument("--n", type=_positive_int, help="evaluate the first N test images (default all)")
+
     sv = sub.add_parser("serve", help="explore a trained model in the browser",
                         description="Serve a local web page for a run: the latent map (hover to decode), "
                                     "drawing or uploading an image to see its code, per-dimension sliders, "
@@ -397,6 +416,16 @@ def _metrics(s: str) -> tuple[str, ...]:
     if not names or any(v not in METRICS for v in names):
         raise argparse.ArgumentTypeError(f"expected metrics from {', '.join(METRICS)} such as nll,fd, got {s!r}")
     return names
+
+
+def _seeds(s: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(dict.fromkeys(int(v) for v in s.split(",") if v.strip()))
+    except ValueError:
+        seeds = ()
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer seeds such as 0,1,2, got {s!r}")
+    return seeds
 
 
 def _levels(s: str) -> tuple[float, ...]:
@@ -537,6 +566,24 @@ def cmd_plot(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    import shlex
+
+    from vaelab.compare import compare, parse_variant
+
+    try:
+        variants = [parse_variant(v) for v in args.variants]
+        base = tuple(shlex.split(args.base))
+        result = compare(variants, args.out, seeds=args.seeds, epochs=args.epochs, minutes=args.minutes, base=base,
+                         k=args.k, n=args.n, metrics=args.metrics)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    print((Path(args.out) / "compare.md").read_text(), end="")
+    failed = sum("error" in r for r in result["rows"])
+    print(f"wrote {Path(args.out) / 'compare.md'}, compare.csv, compare.json, compare.png"
+          + (f"; {failed} run(s) failed (see compare.json)" if failed else ""))
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     try:
         import starlette  # noqa: F401
@@ -557,7 +604,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "plot": cmd_plot,
-            "probe": cmd_probe, "serve": cmd_serve}
+            "probe": cmd_probe, "serve": cmd_serve, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

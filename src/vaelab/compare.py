@@ -1,0 +1,227 @@
+"""Comparing variants: named flag sets x seeds, at equal epochs or equal training time.
+
+``vaelab compare --out DIR NAME="flags" NAME2="flags" ...`` trains every variant for every
+seed, one run after another, each as ``vaelab train`` in its own process (a crash or a
+divergence in one run is recorded and the others go on), evaluates each finished run, and
+writes a table of mean +- std over seeds per metric (DIR/compare.md, .csv, .json) and a
+figure (DIR/compare.png). Runs live in DIR/NAME/seed-S; running the same command again
+resumes: finished and evaluated runs are kept, interrupted ones continue from their last
+checkpoint.
+
+Equal time (``minutes``): a run first trains one epoch, its epoch time sets how many
+epochs fit in the budget, and it continues (an exact resume) to that many epochs, so every
+variant gets the same training time, not the same number of epochs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vaelab.files import atomic_write, ensure_dir, write_json
+
+METRICS = ("test_elbo", "nll", "gap", "fd", "epochs", "train_seconds")
+LOWER_IS_BETTER = {"nll": True, "gap": True, "fd": True, "test_elbo": False}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    flags: tuple[str, ...]
+
+
+def parse_variant(spec: str) -> Variant:
+    """'NAME=--flag value ...' -> Variant; a ValueError names what is wrong."""
+    name, sep, flags = spec.partition("=")
+    name = name.strip()
+    if not sep or not name or not all(ch.isalnum() or ch in "-_." for ch in name):
+        raise ValueError(f"a variant is NAME=\"flags\" with NAME of letters, digits, - _ . (got {spec!r})")
+    try:
+        parts = tuple(shlex.split(flags))
+    except ValueError as e:
+        raise ValueError(f"variant {name}: cannot split its flags ({e})") from None
+    for reserved in ("--out", "--seed", "--epochs", "--resume", "--overwrite"):
+        if reserved in parts:
+            raise ValueError(f"variant {name}: {reserved} is set by compare, leave it out")
+    return Variant(name, parts)
+
+
+def _vaelab(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vaelab", *args], capture_output=True, text=True)
+
+
+def _records(run: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def run_one(variant: Variant, seed: int, out: Path, base: list[str], epochs: int | None, minutes: float | None,
+            k: int, n: int | None, metrics: tuple[str, ...], log=print) -> dict[str, Any]:
+    """Train (or finish) and evaluate one run; returns its row (with 'error' if it failed)."""
+    run = out / variant.name / f"seed-{seed}"
+    row: dict[str, Any] = {"variant": variant.name, "seed": seed, "run": str(run)}
+    started = (run / "checkpoint").exists()
+    done = _records(run)
+    target = epochs
+    if minutes is not None:  # the budget's epoch count, fixed by the run's first epoch
+        plan = run / "compare_epochs.json"
+        if plan.exists():
+            target = json.loads(plan.read_text())["epochs"]
+        else:
+            if not started:
+                r = _vaelab(["train", *base, *variant.flags, "--seed", str(seed), "--epochs", "1", "--out", str(run),
+                             "--quiet"])
+                if r.returncode:
+                    return {**row, "error": _last_line(r)}
+                done = _records(run)
+            target = max(1, int(minutes * 60 // done[0]["seconds"]))
+            write_json(plan, {"epochs": target, "first_epoch_seconds": done[0]["seconds"], "minutes": minutes})
+    if len(done) < target:
+        args = ["train", "--resume", str(run), "--epochs", str(target)] if (run / "checkpoint").exists() else \
+            ["train", *base, *variant.flags, "--seed", str(seed), "--epochs", str(target), "--out", str(run)]
+        log(f"{variant.name} seed {seed}: training to {target} epochs" + (" (resumed)" if len(done) else ""))
+        r = _vaelab([*args, "--quiet"])
+        if r.returncode:
+            return {**row, "error": _last_line(r)}
+        done = _records(run)
+    row.update(epochs=len(done), train_seconds=round(sum(d["seconds"] for d in done), 1))
+    if "test_elbo" in done[-1]:
+        row["test_elbo"] = done[-1]["test_elbo"]
+    want = [m for m in metrics if m in ("nll", "fd")]
+    ev = _eval(run)
+    if want and not all(key in ev for key in want):
+        log(f"{variant.name} seed {seed}: evaluating ({','.join(want)})")
+        args = ["evaluate", str(run), "--metrics", ",".join(want), "--k", str(k), "--quiet"]
+        r = _vaelab(args + (["--n", str(n)] if n else []))
+        if r.returncode:
+            return {**row, "error": _last_line(r)}
+        ev = _eval(run)
+    if "nll" in ev:
+        row.update(nll=ev["nll"], elbo_is=ev["elbo"], gap=-ev["elbo"] - ev["nll"], k=ev["k"], n=ev["n"])
+    if "fd" in ev:
+        row["fd"] = ev["fd"]
+    return row
+
+
+def _eval(run: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run / "eval.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _last_line(r: subprocess.CompletedProcess) -> str:
+    lines = (r.stderr or r.stdout or "").strip().splitlines()
+    return lines[-1] if lines else f"exit code {r.returncode}"
+
+
+def summarise(rows: list[dict[str, Any]], variants: list[Variant]) -> list[dict[str, Any]]:
+    """Per variant: mean, std (sample, over seeds that finished) and count for each metric."""
+    table = []
+    for v in variants:
+        mine = [r for r in rows if r["variant"] == v.name and "error" not in r]
+        entry: dict[str, Any] = {"variant": v.name, "flags": " ".join(v.flags), "seeds": len(mine),
+                                 "failed": [r["seed"] for r in rows if r["variant"] == v.name and "error" in r]}
+        for m in METRICS:
+            values = [r[m] for r in mine if m in r]
+            if values:
+                entry[m] = {"mean": statistics.fmean(values),
+                            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+        table.append(entry)
+    return table
+
+
+def markdown(table: list[dict[str, Any]], header: str) -> str:
+    shown = [m for m in METRICS if any(m in t for t in table)]
+    lines = [header, "", "| variant | flags | seeds | " + " | ".join(shown) + " |",
+             "|---|---|---|" + "---|" * len(shown)]
+    for t in table:
+        cells = []
+        for m in shown:
+            if m not in t:
+                cells.append("")
+            elif m in ("epochs", "train_seconds"):
+                cells.append(f"{t[m]['mean']:.0f}" + (f" +- {t[m]['std']:.0f}" if t[m]["std"] else ""))
+            else:
+                cells.append(f"{t[m]['mean']:.2f} +- {t[m]['std']:.2f}")
+        failed = f" ({len(t['failed'])} failed: seeds {', '.join(map(str, t['failed']))})" if t["failed"] else ""
+        lines.append(f"| {t['variant']} | `{t['flags']}` | {t['seeds']}{failed} | " + " | ".join(cells) + " |")
+    lines += ["", "mean +- standard deviation over seeds. nll: -log p(x) by importance sampling (nats); gap: -ELBO "
+              "- nll, how loose the bound is; fd: Frechet distance of prior samples to the test images in "
+              "vaelab's own classifier features (lower is better; not Inception FID)."]
+    return "\n".join(lines) + "\n"
+
+
+def figure(table: list[dict[str, Any]], rows: list[dict[str, Any]], title: str):
+    """One panel per metric measured: each variant's mean with its std, and each seed as a dot."""
+    from vaelab.plots import new_figure
+
+    shown = [m for m in ("nll", "test_elbo", "gap", "fd") if any(m in t for t in table)]
+    fig = new_figure(3.2 * max(1, len(shown)) + 0.6, 3.6)
+    axes = fig.subplots(1, max(1, len(shown)), squeeze=False)[0]
+    names = [t["variant"] for t in table]
+    for ax, m in zip(axes, shown):
+        means = [t[m]["mean"] if m in t else float("nan") for t in table]
+        stds = [t[m]["std"] if m in t else 0 for t in table]
+        # mean +- std as a marker with error bars (no bars: their length would depend on an
+        # arbitrary axis start), each seed as a small dot beside it
+        ax.errorbar(range(len(names)), means, yerr=stds, fmt="s", color="#3182bd", capsize=5, ms=7,
+                    label="mean +- std")
+        for i, name in enumerate(names):
+            values = [r[m] for r in rows if r["variant"] == name and m in r]
+            ax.plot([i + 0.12] * len(values), values, "o", color="#08306b", ms=3, alpha=0.7)
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+        ax.set_xlim(-0.5, len(names) - 0.5)
+        better = "lower is better" if LOWER_IS_BETTER.get(m, False) else "higher is better"
+        ax.set_title(f"{m} ({better})", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def compare(variants: list[Variant], out: str | Path, seeds: tuple[int, ...] = (0, 1, 2), epochs: int | None = None,
+            minutes: float | None = None, base: tuple[str, ...] = (), k: int = 1000, n: int | None = None,
+            metrics: tuple[str, ...] = ("nll",), log=print) -> dict[str, Any]:
+    """Run every variant x seed (resuming what an earlier call did), then write the table and
+    figure into `out`; returns the summary."""
+    from vaelab.plots import save_figure
+
+    if (epochs is None) == (minutes is None):
+        raise ValueError("give exactly one of --epochs N (equal epochs) or --minutes M (equal training time)")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"variant names must be given and distinct, got {', '.join(names) or 'none'}")
+    out = ensure_dir(Path(out), "compare folder")
+    rows = []
+    for v in variants:
+        for seed in seeds:
+            rows.append(run_one(v, seed, out, list(base), epochs, minutes, k, n, metrics, log))
+            if "error" in rows[-1]:
+                log(f"{v.name} seed {seed}: FAILED: {rows[-1]['error']}")
+    table = summarise(rows, variants)
+    budget = (f"{epochs} epoch{'s' * (epochs != 1)} each" if epochs else f"{minutes:g} training minutes each")
+    header = f"# vaelab compare: {', '.join(names)} ({budget}; seeds {', '.join(map(str, seeds))})"
+    result = {"budget": {"epochs": epochs, "minutes": minutes}, "seeds": list(seeds), "base": list(base),
+              "k": k, "n": n, "rows": rows, "table": table}
+    write_json(out / "compare.json", result)
+    atomic_write(out / "compare.md", markdown(table, header))
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["variant", "flags", "seeds", *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")]])
+    for t in table:
+        writer.writerow([t["variant"], t["flags"], t["seeds"],
+                         *[f"{t[m][s]:.6g}" if m in t else "" for m in METRICS for s in ("mean", "std")]])
+    atomic_write(out / "compare.csv", buf.getvalue())
+    save_figure(figure(table, rows, header.lstrip("# ")), out / "compare.png")
+    return result

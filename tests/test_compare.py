@@ -1,0 +1,59 @@
+"""vaelab compare: variants x seeds, resumable, a table with mean +- std, failures recorded."""
+
+import json
+
+import pytest
+
+from vaelab.cli import main
+from vaelab.compare import Variant, markdown, parse_variant, summarise
+
+BASE = "--dataset=mnist-sample --latent-dim 4 --batch-size 250"
+
+
+def test_parse_variant():
+    assert parse_variant('h64=--hidden 64 --activation relu') == Variant("h64", ("--hidden", "64", "--activation", "relu"))
+    assert parse_variant("plain=") == Variant("plain", ())
+    for bad, words in (("no-equals", "NAME="), ("=--hidden 3", "NAME="), ("a b=--x", "NAME="),
+                       ("x=--seed 3", "--seed"), ("x=--out d", "--out"), ('x=--hidden "64', "split")):
+        with pytest.raises(ValueError, match=words):
+            parse_variant(bad)
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+    rows = [{"variant": "a", "seed": 0, "nll": 90.0}, {"variant": "a", "seed": 1, "nll": 92.0},
+            {"variant": "a", "seed": 2, "error": "diverged"}, {"variant": "b", "seed": 0, "nll": 80.0}]
+    table = summarise(rows, [Variant("a", ()), Variant("b", ())])
+    assert table[0]["nll"] == {"mean": 91.0, "std": pytest.approx(2 ** 0.5), "n": 2} and table[0]["failed"] == [2]
+    assert table[1]["nll"]["std"] == 0.0
+    text = markdown(table, "# t")
+    assert "| a |" in text and "91.00 +- 1.41" in text and "1 failed: seeds 2" in text
+
+
+def test_compare_runs_resumes_and_records_failures(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--out", str(out), "--epochs", "1", "--seeds", "0,1", f"--base={BASE}", "--k", "5",
+            "--n", "40", "h16=--hidden 16", "h32=--hidden 32", "broken=--lr -1"]
+    assert main(args) == 0
+    shown = capsys.readouterr().out
+    assert "| h16 |" in shown and "| h32 |" in shown and "2 failed" in shown
+    result = json.loads((out / "compare.json").read_text())
+    good = [r for r in result["rows"] if "error" not in r]
+    assert len(good) == 4 and all(r["epochs"] == 1 and r["n"] == 40 and r["gap"] >= 0 for r in good)
+    assert all("lr" in r["error"] for r in result["rows"] if r["variant"] == "broken")
+    for name in ("compare.md", "compare.csv", "compare.png"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "compare.csv").read_text().splitlines()[0].startswith("variant,flags,seeds,test_elbo_mean")
+    stamp = (out / "h16" / "seed-0" / "eval.json").stat().st_mtime_ns
+    assert main(args[:-1]) == 0  # again: nothing retrained or re-evaluated
+    assert (out / "h16" / "seed-0" / "eval.json").stat().st_mtime_ns == stamp
+    assert "training" not in capsys.readouterr().out
+
+
+def test_equal_time_budget_sets_epochs_from_the_first(tmp_path):
+    out = tmp_path / "t"
+    assert main(["compare", "--out", str(out), "--minutes", "0.001", "--seeds", "0", f"--base={BASE}",
+                 "--metrics", "nll", "--k", "2", "--n", "20", "tiny=--hidden 8"]) == 0
+    plan = json.loads((out / "tiny" / "seed-0" / "compare_epochs.json").read_text())
+    assert plan["epochs"] == 1 and plan["first_epoch_seconds"] > 0
+    with pytest.raises(SystemExit):  # exactly one budget
+        main(["compare", "--out", str(out), "--seeds", "0", "x=--hidden 8"])
