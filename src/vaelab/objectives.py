@@ -18,7 +18,6 @@ from collections.abc import Callable
 import torch
 
 
-
 def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
          kl: str = "analytic", lam: float = 0.0, generator=None,
          x_in: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
