@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from vaelab.config import NOISE_KINDS, DataConfig
-from vaelab.data import DATASETS, DataError, Dataset, Split, attach_conditions, load_dataset
+from vaelab.data import DATASETS, DataError, Dataset, Split, attach_conditions, load_dataset, read_rows
 from vaelab.distributions import counter_uniform
 from vaelab.runtime import Dist
 
@@ -268,10 +268,7 @@ class Batches:
 
     def _read(self, idx: torch.Tensor) -> torch.Tensor:
         """uint8 rows `idx` from memory or the cache file, on the CPU (pinned for CUDA)."""
-        if torch.is_tensor(self.images):
-            rows = self.images.index_select(0, idx)
-        else:
-            rows = torch.from_numpy(self.images.read(idx.numpy()))
+        rows = read_rows(self.images, idx)
         return rows.pin_memory() if self.device.type == "cuda" else rows
 
     def _streamed(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -362,10 +359,7 @@ class SplitInputs:
     def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(x (n, C, H, W) float, conditions (n, C') or None, labels (n,)) of rows [start, stop)."""
         idx = self.index(start, stop)
-        if torch.is_tensor(self.images):
-            u8 = self.images[start:stop]
-        else:
-            u8 = torch.from_numpy(self.images.read(idx.cpu().numpy())).to(self.device)
+        u8 = read_rows(self.images, idx).to(self.device)
         x = as_input(u8, "fixed" if self.binarization == "dynamic" else self.binarization, self.dequantize,
                      idx=idx, key=binarization_key(self.seed, TEST_KEY))
         return x, None if self.cond is None else self.cond[start:stop], self.labels[start:stop]

@@ -400,6 +400,14 @@ class ImageFile:
         return torch.from_numpy(arr.reshape(n, *self.shape[1:]))
 
 
+def read_rows(images: torch.Tensor | ImageFile, idx: torch.Tensor) -> torch.Tensor:
+    """uint8 rows `idx` (N,) of a split's images, held in memory (on its device) or in an
+    image file (read into CPU memory)."""
+    if torch.is_tensor(images):
+        return images.index_select(0, idx.to(images.device))
+    return torch.from_numpy(images.read(idx.cpu().numpy()))
+
+
 @dataclass
 class Split:
     images: torch.Tensor | ImageFile  # (N, C, H, W) uint8, in memory or in a raw file

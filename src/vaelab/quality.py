@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from vaelab.batches import as_input
-from vaelab.data import Dataset, cache_dir
+from vaelab.data import Dataset, cache_dir, read_rows
 from vaelab.files import atomic_path, ensure_dir, write_json
 from vaelab.runtime import progress_bar
 
@@ -103,7 +103,7 @@ def classifier(data: Dataset, binarization: str, device: torch.device, steps: in
     with torch.enable_grad():
         while done < steps:
             for idx in torch.randperm(n, generator=order).split(128)[: steps - done]:
-                u8 = _rows(train_u8, idx).to(device)
+                u8 = read_rows(train_u8, idx).to(device)
                 x = as_input(u8, binarization, False, generator=g)
                 loss = nn.functional.cross_entropy(net(x), labels[idx].to(device))
                 opt.zero_grad(set_to_none=True)
@@ -116,7 +116,7 @@ def classifier(data: Dataset, binarization: str, device: torch.device, steps: in
     with torch.no_grad():
         correct = 0
         for i in range(0, len(data.test), 1000):
-            u8 = _rows(data.test.images, torch.arange(i, min(i + 1000, len(data.test)))).to(device)
+            u8 = read_rows(data.test.images, torch.arange(i, min(i + 1000, len(data.test)))).to(device)
             x = as_input(u8, binarization, False, generator=g)
             correct += int((net(x).argmax(1).cpu() == data.test.labels[i : i + 1000]).sum())
     info = {"test_accuracy": correct / len(data.test), "steps": steps, "seed": seed, "dataset": data.name,
@@ -126,13 +126,6 @@ def classifier(data: Dataset, binarization: str, device: torch.device, steps: in
         save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
     write_json(folder / "classifier.json", info)
     return net, info
-
-
-def _rows(images, idx: torch.Tensor) -> torch.Tensor:
-    """uint8 rows of a split's images, resident tensor or on-disk image file."""
-    if torch.is_tensor(images):
-        return images[idx]
-    return torch.from_numpy(images.read(idx.numpy()))
 
 
 @torch.no_grad()
