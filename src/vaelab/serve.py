@@ -15,6 +15,7 @@ import asyncio
 import base64
 import io
 import ipaddress
+import json
 import math
 import socket
 import sys
@@ -36,7 +37,13 @@ MAX_CODES = 1024  # codes decoded by one request
 
 
 class BadRequest(ValueError):
-    """A request the session cannot answer; the message says why (HTTP 400)."""
+    """A request the session cannot answer; the message says why (HTTP `status`)."""
+
+    status = 400
+
+
+class TooLarge(BadRequest):
+    status = 413
 
 
 # ----------------------------------------------------------------------------- request values
@@ -382,14 +389,12 @@ def make_app(session: Session):
     async def body_of(request: Request) -> dict[str, Any]:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            raise BadRequest(f"request body over {MAX_BODY >> 20} MiB")
+            raise TooLarge(f"request body over {MAX_BODY >> 20} MiB")
         raw = b""
         async for chunk in request.stream():
             raw += chunk
             if len(raw) > MAX_BODY:
-                raise BadRequest(f"request body over {MAX_BODY >> 20} MiB")
-        import json
-
+                raise TooLarge(f"request body over {MAX_BODY >> 20} MiB")
         try:
             body = json.loads(raw or b"{}")
         except ValueError as e:
@@ -406,7 +411,7 @@ def make_app(session: Session):
                 else:
                     result = await run_in_threadpool(method, await body_of(request))
             except BadRequest as e:
-                return JSONResponse({"error": str(e)}, status_code=413 if "over" in str(e) else 400)
+                return JSONResponse({"error": str(e)}, status_code=e.status)
             return JSONResponse(result)
 
         return handle
@@ -415,7 +420,7 @@ def make_app(session: Session):
         try:
             z, c = session.decode_request(await body_of(request))
         except BadRequest as e:
-            return JSONResponse({"error": str(e)}, status_code=413 if "over" in str(e) else 400)
+            return JSONResponse({"error": str(e)}, status_code=e.status)
         return JSONResponse({"images": await batcher(z, c)})
 
     async def index(request: Request):
