@@ -147,9 +147,7 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
     first, last = dist.shard(len(inputs))
     chunks = [(i, min(last, i + 1000)) for i in range(first, last, 1000)]
     empty = torch.empty(0, device=dev)
-    if "nll" not in metrics:
-        pass
-    elif model.has_density:
+    if "nll" in metrics and model.has_density:
         parts = []
         bar = progress_bar(total=last - first, desc=f"IS k={k}", show=progress)
         for i, j in chunks:
@@ -172,7 +170,7 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int = 1000, device: s
             # D counts every channel of every pixel: grey-level and colour images alike
             result["bits_per_dim"] = nll / (dims * math.log(2))
             result["dims"] = dims
-    else:
+    elif "nll" in metrics:
         with torch.inference_mode():  # the AE is never conditional
             recon = torch.cat([empty] + [model.decode(model.encode(xb).mean).log_prob(xb)
                                          for xb, _, _ in (inputs.rows(i, j) for i, j in chunks)])
