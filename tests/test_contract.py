@@ -6,7 +6,7 @@ import torch
 from vaelab.batches import PixelNoise, add_noise
 from vaelab.checkpoint import load_checkpoint, save_checkpoint
 from vaelab.config import ConfigError, ModelConfig
-from vaelab.distributions import LIKELIHOODS, SCALES, ExampleNoise, standard_normal_log_prob
+from vaelab.distributions import LIKELIHOODS, SCALES, ExampleNoise
 from vaelab.flows import FLOWS
 from vaelab.models import MODELS, build_model
 from vaelab.nets import ResBlock
@@ -85,8 +85,10 @@ def _c(model, n=6):
 def test_encode_decode_sample_shapes(model):
     x, c = _x(model), _c(model)
     q = model.encode(x, c)
-    assert q.mean.shape == (6, 3)
-    assert q.rsample(4).shape == (4, 6, 3)
+    d = model.latent_dim  # 3, or the sum of a hierarchy's layer sizes
+    assert q.mean.shape == (6, d) and q.rsample().shape == (6, d)
+    assert q.rsample(4).shape == (4, 6, d)
+    assert model.prior().sample(5).shape == (5, d)
     dist = model.decode(q.rsample(4), c)
     assert dist.mean.shape == (4, 6, *model.image_shape)
     assert dist.log_prob(x).shape == (4, 6)
@@ -193,10 +195,10 @@ def test_log_weights_contract(model):
         q = model.encode(x, c)
         z, log_q = q.rsample_with_log_prob(n)
         recon = model.decode(z, c).log_prob(x)  # (n, B)
-        if hasattr(q, "kl_standard_normal"):
+        if hasattr(q, "kl_standard_normal") and model.prior().closed_form_kl:
             kl = q.kl_standard_normal()
-        else:  # flows: Monte-Carlo KL from separate draws
-            kl = (log_q - standard_normal_log_prob(z)).mean(0)
+        else:  # flows, hierarchies: Monte-Carlo KL from separate draws
+            kl = (log_q - model.prior().log_prob(z)).mean(0)
         elbo = recon.mean(0) - kl
     se = torch.sqrt((lw.var(0) + (recon - log_q).var(0)) / n)
     assert torch.all((lw.mean(0) - elbo).abs() < 5 * se + 1e-3)

@@ -48,6 +48,8 @@ _OVERRIDES = {
     "conditions": ("data", "conditions"),
     "lam": ("train", "lam"),
     "flow_type": ("model", "flow_type"),
+    "lower_latents": ("model", "lower_latents"),
+    "latent_hidden": ("model", "latent_hidden"),
     "objective": ("train", "objective"),
     "kl": ("train", "kl"),
     "beta": ("train", "beta"),
@@ -244,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"Carlo for mog and vamp (default {d.model.prior})")
     g.add_argument("--prior-components", type=_nonneg_int, metavar="K",
                    help="mog: components; vamp: pseudo-inputs (default 0: 10 for mog, 500 for vamp)")
+    g.add_argument("--lower-latents", type=_hidden, metavar="D1,..",
+                   help="hvae: sizes of the stochastic layers below the top one (--latent-dim), from the data up "
+                        f"(default {','.join(map(str, d.model.lower_latents))})")
+    g.add_argument("--latent-hidden", type=_hidden, metavar="H1,H2",
+                   help="hvae: deterministic layer widths between two stochastic layers "
+                        f"(default {','.join(map(str, d.model.latent_hidden))})")
     g.add_argument("--condition-encoder", action="store_const", const=True,
                    help="cvae/icvae: feed the condition to the encoder too (the decoder always gets it)")
     g.add_argument("--likelihood", choices=list(LIKELIHOODS),

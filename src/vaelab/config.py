@@ -94,6 +94,12 @@ class ModelConfig:
     prior: str = "normal"
     prior_components: int = 0
     flow_type: str = "planar"
+    # hvae: the stochastic layers below the top one (which has latent_dim units), listed
+    # from the data up, and the widths of the deterministic layers of every network between
+    # two stochastic layers; the defaults give Burda et al. 2016's two-layer model
+    # x -> z1 (100) -> z2 (latent_dim 50), with 100-100 between z1 and z2
+    lower_latents: tuple[int, ...] = (100,)
+    latent_hidden: tuple[int, ...] = (100, 100)
     # cvae/icvae: also feed the condition to the encoder (the decoder always gets it)
     condition_encoder: bool = False
     # conv nets: residual blocks per resolution level, after each downsampling and
@@ -265,7 +271,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"unknown precision {t.precision!r}; choose one of: auto, fp32, bf16, fp16")
     if t.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"unknown device {t.device!r}; choose one of: auto, cpu, cuda")
-    for name, sizes in (("hidden", m.hidden), ("decoder_hidden", m.decoder_hidden or ())):
+    if m.model == "hvae" and not m.lower_latents:
+        raise ConfigError("the hvae model needs at least one stochastic layer below the top one, "
+                          "e.g. --lower-latents 100")
+    if m.model == "hvae" and (m.flows or m.prior != "normal"):
+        raise ConfigError("the hvae model's prior is its own top-down chain and its posterior a bottom-up one: "
+                          "drop --flows and --prior (or use --model vae)")
+    for name, sizes in (("hidden", m.hidden), ("decoder_hidden", m.decoder_hidden or ()),
+                        ("lower_latents", m.lower_latents), ("latent_hidden", m.latent_hidden)):
         if any(h <= 0 for h in sizes):
             raise ConfigError(f"{name} sizes must be positive, got {','.join(map(str, sizes))}")
     if d.image_size is not None and (len(d.image_size) != 2 or min(d.image_size) <= 0):

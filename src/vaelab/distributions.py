@@ -191,6 +191,67 @@ class MixturePrior(nn.Module):
         return GaussianMixture(self.means, self.log_std, self.logits)
 
 
+class GaussianChain:
+    """A chain of stochastic layers z_1 -> z_2 -> ... -> z_L: z_1 ~ `first`, then z_j ~
+    ``steps[j-2](z_{j-1})`` (each a callable returning a DiagonalGaussian), so that
+    log p(z) = log first(z_1) + sum_j log N(z_j; step(z_{j-1})). Hierarchical VAEs use one
+    bottom-up (the posterior q(z_1|x) q(z_2|z_1)...) and one top-down (the prior
+    p(z_L) p(z_{L-1}|z_L)...). A code is the concatenation of the layers (..., sum(sizes)),
+    in chain order, or reversed with ``reverse=True``, so both chains share one layout.
+    Its KL to anything has no closed form: the ELBO estimates it by Monte Carlo."""
+
+    closed_form_kl = False
+
+    def __init__(self, first: DiagonalGaussian, steps, sizes: tuple[int, ...], reverse: bool = False) -> None:
+        self.first, self.steps, self.sizes, self.reverse = first, list(steps), tuple(sizes), reverse
+
+    def _join(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts[::-1] if self.reverse else parts, -1)
+
+    def _split(self, z: torch.Tensor) -> list[torch.Tensor]:
+        if self.reverse:
+            return list(z.split(self.sizes[::-1], -1))[::-1]
+        return list(z.split(self.sizes, -1))
+
+    def rsample_with_log_prob(self, n: int, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """n reparameterised codes (n, ..., D) and their log-density (n, ...). One noise draw
+        of all D dims per sample, so noise tied to examples differs between layers."""
+        lead = (n, *self.first.mean.shape[:-1])
+        eps = normal_noise((*lead, sum(self.sizes)), self.first.mean, generator).split(self.sizes, -1)
+        g, parts, log_p = self.first, [], 0
+        for j, e in enumerate(eps):
+            if j:
+                g = self.steps[j - 1](parts[-1])
+            z = g.mean + g.std * e
+            parts.append(z)
+            log_p = log_p + g.log_prob(z)
+        return self._join(parts), log_p
+
+    def rsample(self, n: int | None = None, generator=None) -> torch.Tensor:
+        z = self.rsample_with_log_prob(1 if n is None else n, generator=generator)[0]
+        return z[0] if n is None else z
+
+    def sample(self, n: int, generator=None) -> torch.Tensor:
+        """n codes (n, D) from a chain whose first layer has no batch dims (a prior)."""
+        return self.rsample_with_log_prob(n, generator=generator)[0]
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log-density of codes (..., D) -> (...)."""
+        parts = self._split(z)
+        log_p = self.first.log_prob(parts[0])
+        for step, prev, cur in zip(self.steps, parts[:-1], parts[1:]):
+            log_p = log_p + step(prev).log_prob(cur)
+        return log_p
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Each layer's mean given the mean of the layer before: a representative code."""
+        parts = [self.first.mean]
+        for step in self.steps:
+            parts.append(step(parts[-1]).mean)
+        return self._join(parts)
+
+
 class Bernoulli:
     """Independent Bernoulli pixels parameterised by logits, shape (..., C, H, W)."""
 

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from vaelab.config import ConfigError, ModelConfig, choose
-from vaelab.distributions import LIKELIHOODS, SCALES, DiagonalGaussian, GaussianMixture, MixturePrior, StandardNormal
+from vaelab.distributions import (LIKELIHOODS, SCALES, DiagonalGaussian, GaussianChain, GaussianMixture, MixturePrior,
+                                  StandardNormal)
 from vaelab.flows import FLOWS, FlowPosterior
-from vaelab.nets import ACTIVATIONS, NETS
+from vaelab.nets import ACTIVATIONS, NETS, mlp
 from vaelab.objectives import OBJECTIVES
 
 
@@ -42,7 +43,7 @@ class _Base(nn.Module):
     objective = "elbo"
 
     def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int], encoder_out: int,
-                 cond_dim: int = 0) -> None:
+                 cond_dim: int = 0, decoder_in: int | None = None) -> None:
         super().__init__()
         self.cfg, self.image_shape, self.latent_dim = cfg, tuple(image_shape), cfg.latent_dim
         self.cond_dim = cond_dim if self.conditional else 0
@@ -59,7 +60,8 @@ class _Base(nn.Module):
                                    cond_dim=self.cond_dim if self.encode_condition else 0, **extra)
         # decoder_hidden is listed from z outwards; decoders take encoder order and reverse it.
         dec_hidden = cfg.hidden if cfg.decoder_hidden is None else tuple(reversed(cfg.decoder_hidden))
-        self.decoder = decoder_cls(cfg.latent_dim + self.cond_dim, dec_hidden, (self.likelihood.out_channels, h, w),
+        decoder_in = cfg.latent_dim if decoder_in is None else decoder_in
+        self.decoder = decoder_cls(decoder_in + self.cond_dim, dec_hidden, (self.likelihood.out_channels, h, w),
                                    cfg.activation, **extra)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, *, objective: str | None = None,
@@ -111,7 +113,7 @@ class _Base(nn.Module):
         out = self._net(self.decoder, z.reshape(-1, z.shape[-1]))
         return self.likelihood(out.reshape(*lead, *out.shape[1:]))
 
-    def prior(self) -> StandardNormal | GaussianMixture:
+    def prior(self) -> StandardNormal | GaussianMixture | GaussianChain:
         """p(z), with ``log_prob(z)`` and ``sample(n, generator)``: N(0, I) here (an AE has no
         prior of its own: its 'samples' decode N(0, I) codes)."""
         return StandardNormal(self.latent_dim, next(self.parameters()).device)
@@ -119,6 +121,17 @@ class _Base(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None, c: torch.Tensor | None = None):
         """Decode n codes drawn from the prior [under conditions c (n, C')] -> distribution (n, C, H, W)."""
         return self.decode(self.prior().sample(n, generator=generator), c)
+
+    def log_weights(self, x: torch.Tensor, k: int, q=None, generator: torch.Generator | None = None,
+                    c: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x|z) + log p(z) - log q(z|x) for k samples z ~ q(z|x): (B, C, H, W) -> (k, B).
+
+        Pass `q` (the result of ``encode(x)``) to reuse an encoding across chunks of k.
+        For conditional models every term is conditioned on c: log p(x|c) is estimated.
+        """
+        q = self.encode(x, c) if q is None else q
+        z, log_q = q.rsample_with_log_prob(k, generator=generator)  # (k, B, D), (k, B)
+        return self.decode(z, c).log_prob(x) + self.prior().log_prob(z) - log_q
 
 
 class VAE(_Base):
@@ -159,16 +172,50 @@ class VAE(_Base):
         base = DiagonalGaussian(out[:, :d], out[:, d : 2 * d])
         return base if self.flows is None else FlowPosterior(base, self.flows, out[:, 2 * d :])
 
-    def log_weights(self, x: torch.Tensor, k: int, q=None, generator: torch.Generator | None = None,
-                    c: torch.Tensor | None = None) -> torch.Tensor:
-        """log p(x|z) + log p(z) - log q(z|x) for k samples z ~ q(z|x): (B, C, H, W) -> (k, B).
 
-        Pass `q` (the result of ``encode(x)``) to reuse an encoding across chunks of k.
-        For conditional models every term is conditioned on c: log p(x|c) is estimated.
-        """
-        q = self.encode(x, c) if q is None else q
-        z, log_q = q.rsample_with_log_prob(k, generator=generator)  # (k, B, D), (k, B)
-        return self.decode(z, c).log_prob(x) + self.prior().log_prob(z) - log_q
+class HVAE(_Base):
+    """VAE with a hierarchy of stochastic layers z_1 (next to the data) ... z_L (top), as in
+    Burda et al. 2016's two-layer MNIST model (their section 5): the generative path is
+    top-down, p(z_L) = N(0, I), p(z_j | z_{j+1}) and p(x | z_1); inference is bottom-up,
+    q(z_1 | x) q(z_2 | z_1) ..., every conditional a diagonal Gaussian from an MLP.
+
+    A code is [z_1, ..., z_L] (D = the sum of the layer sizes): ``decode`` reads z_1, the
+    prior is the top-down chain (its log-density is the sum over layers), so ELBO, IWAE and
+    IS-NLL cover all layers, with the KL by Monte Carlo. x -> z_1 uses the configured net
+    and z_1 -> x the configured decoder; between layers MLPs of ``latent_hidden`` widths.
+    """
+
+    has_density = True
+    objective = "elbo"
+
+    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: int = 0) -> None:
+        sizes = (*cfg.lower_latents, cfg.latent_dim)
+        super().__init__(cfg, image_shape, 2 * sizes[0], cond_dim, decoder_in=sizes[0])
+        self.sizes, self.latent_dim = sizes, sum(sizes)
+        pairs = list(zip(sizes[:-1], sizes[1:]))
+        # up[j]: z_{j+1} -> q(z_{j+2} | z_{j+1}); down[j]: z_{j+2} -> p(z_{j+1} | z_{j+2})
+        self.up = nn.ModuleList(mlp([a, *cfg.latent_hidden, 2 * b], cfg.activation) for a, b in pairs)
+        self.down = nn.ModuleList(mlp([b, *reversed(cfg.latent_hidden), 2 * a], cfg.activation) for a, b in pairs)
+
+    def _gaussian(self, net: nn.Module):
+        def step(z: torch.Tensor) -> DiagonalGaussian:
+            return DiagonalGaussian(*self._net(net, z).chunk(2, -1))
+        return step
+
+    def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> GaussianChain:
+        out = self.encoder_input(x, c)
+        d = self.sizes[0]
+        return GaussianChain(DiagonalGaussian(out[:, :d], out[:, d:]), [self._gaussian(n) for n in self.up],
+                             self.sizes)
+
+    def prior(self) -> GaussianChain:
+        top = DiagonalGaussian.standard((self.sizes[-1],), device=next(self.parameters()).device)
+        return GaussianChain(top, [self._gaussian(n) for n in reversed(self.down)], self.sizes[::-1],
+                             reverse=True)
+
+    def decode(self, z: torch.Tensor, c: torch.Tensor | None = None):
+        """Codes [z_1, ..., z_L] (..., D) -> p(x | z_1) over (..., C, H, W)."""
+        return super().decode(z[..., : self.sizes[0]], c)
 
 
 class AE(_Base):
@@ -216,6 +263,7 @@ PRIORS = {"normal": "N(0, I)", "mog": "a learned mixture of Gaussians",
 
 MODELS: dict[str, type[_Base]] = {
     "vae": VAE,
+    "hvae": HVAE,
     "ae": AE,
     "cvae": CVAE,
     "icvae": ICVAE,

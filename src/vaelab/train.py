@@ -220,10 +220,11 @@ def test_elbo(model, inputs: SplitInputs, objective: str, batch_size: int = 2000
 
 
 @torch.no_grad()
-def write_pictures(model, run_dir: Path, x: torch.Tensor, z_fixed: torch.Tensor,
+def write_pictures(model, run_dir: Path, x: torch.Tensor, sample_seed: int,
                    c: torch.Tensor | None = None) -> dict[str, Any]:
     """recon.png: up to 32 test images `x` in rows of 8, each row above its reconstructed
-    means; samples.png: decoded means of a fixed set of prior draws, so epochs compare
+    means; samples.png: decoded means of 64 draws from the model's prior, always drawn
+    with `sample_seed`, so epochs compare
     (conditional models: row r drawn under the condition of test image r mod n).
     Returns the two uint8 grids, {"recon": ..., "samples": ...}, (H, W) or (H, W, 3)."""
     was_training = model.training
@@ -236,9 +237,11 @@ def write_pictures(model, run_dir: Path, x: torch.Tensor, z_fixed: torch.Tensor,
         return torch.cat([t, blank[len(t):]])
 
     rows = torch.cat([torch.cat([row(x[i : i + 8]), row(recon[i : i + 8])]) for i in range(0, len(x), 8)])
-    cs = None if c is None else c[torch.arange(len(z_fixed), device=z_fixed.device) // 8 % len(c)]
+    # a learned prior (mog, vamp, hvae) moves during training: draw from the current one
+    z = model.prior().sample(64, generator=torch.Generator(x.device).manual_seed(sample_seed))
+    cs = None if c is None else c[torch.arange(len(z), device=z.device) // 8 % len(c)]
     grids = {"recon": image_grid(rows, nrow=width),
-             "samples": image_grid(model.decode(z_fixed, cs).mean.clamp(0, 1), nrow=8)}
+             "samples": image_grid(model.decode(z, cs).mean.clamp(0, 1), nrow=8)}
     for name, grid in grids.items():
         save_png(grid, run_dir / f"{name}.png")
     model.train(was_training)
@@ -401,7 +404,6 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
                       world=dist.world)
     test_inputs = model_inputs(model, cfg, data.test, len(data.classes), device, budget)
     x_show, c_show, _ = test_inputs.rows(0, 32)
-    z_fixed = torch.randn(64, cfg.model.latent_dim, generator=torch.Generator().manual_seed(t.seed)).to(device)
     objective = model.objective if t.objective == "auto" else t.objective
     choose(OBJECTIVES, objective, "objective")
 
@@ -508,7 +510,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
         if dist.main:
             pictures = {}
             if epoch % t.image_every == 0 or epoch == t.epochs:
-                pictures = write_pictures(model, run_dir, x_show, z_fixed, c_show)
+                pictures = write_pictures(model, run_dir, x_show, t.seed, c_show)
             # metrics first, then the checkpoint: a kill in between leaves a record for an epoch
             # the checkpoint does not have, which resuming drops and recomputes identically
             # (and TensorBoard hides, by the resumed writer's purge_step)
