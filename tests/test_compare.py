@@ -40,7 +40,7 @@ def test_compare_runs_resumes_and_records_failures(tmp_path, capsys):
     good = [r for r in result["rows"] if "error" not in r]
     assert len(good) == 4 and all(r["epochs"] == 1 and r["n"] == 40 and r["gap"] >= 0 for r in good)
     assert all("lr" in r["error"] for r in result["rows"] if r["variant"] == "broken")
-    for name in ("compare.md", "compare.csv", "compare.png"):
+    for name in ("compare.md", "compare.csv", "compare.png", "samples.png"):
         assert (out / name).stat().st_size > 0
     assert (out / "compare.csv").read_text().splitlines()[0].startswith("variant,flags,seeds,test_elbo_mean")
     stamp = (out / "h16" / "seed-0" / "eval.json").stat().st_mtime_ns

@@ -3,8 +3,8 @@
 ``vaelab compare --out DIR NAME="flags" NAME2="flags" ...`` trains every variant for every
 seed, one run after another, each as ``vaelab train`` in its own process (a crash or a
 divergence in one run is recorded and the others go on), evaluates each finished run, and
-writes a table of mean +- std over seeds per metric (DIR/compare.md, .csv, .json) and a
-figure (DIR/compare.png). Runs live in DIR/NAME/seed-S; running the same command again
+writes a table of mean +- std over seeds per metric (DIR/compare.md, .csv, .json), a
+figure (DIR/compare.png) and the variants' prior samples side by side (DIR/samples.png). Runs live in DIR/NAME/seed-S; running the same command again
 resumes: finished and evaluated runs are kept, interrupted ones continue from their last
 checkpoint.
 
@@ -25,6 +25,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from vaelab.files import atomic_write, ensure_dir, write_json
 
@@ -190,6 +192,25 @@ def figure(table: list[dict[str, Any]], rows: list[dict[str, Any]], title: str):
     return fig
 
 
+@torch.no_grad()
+def sample_figure(rows: list[dict[str, Any]], variants: list[Variant], title: str, n: int = 36):
+    """Each variant's prior samples side by side (decoded means of `n` draws, the same
+    generator seed for all), from its first run that finished; None if none did."""
+    from vaelab.checkpoint import load_run
+    from vaelab.plots import image_panels
+
+    panels = []
+    for v in variants:
+        run = next((r["run"] for r in rows if r["variant"] == v.name and "error" not in r), None)
+        if run is None:
+            continue
+        _, model = load_run(run)
+        c = torch.eye(model.cond_dim)[torch.arange(n) % model.cond_dim] if model.conditional else None
+        images = model.sample(n, generator=torch.Generator().manual_seed(0), c=c).mean
+        panels.append((v.name, images))
+    return image_panels(panels, 6, title) if panels else None
+
+
 def compare(variants: list[Variant], out: str | Path, seeds: tuple[int, ...] = (0, 1, 2), epochs: int | None = None,
             minutes: float | None = None, base: tuple[str, ...] = (), k: int = 1000, n: int | None = None,
             metrics: tuple[str, ...] = ("nll",), log=print) -> dict[str, Any]:
@@ -224,4 +245,7 @@ def compare(variants: list[Variant], out: str | Path, seeds: tuple[int, ...] = (
                          *[f"{t[m][s]:.6g}" if m in t else "" for m in METRICS for s in ("mean", "std")]])
     atomic_write(out / "compare.csv", buf.getvalue())
     save_figure(figure(table, rows, header.lstrip("# ")), out / "compare.png")
+    samples = sample_figure(rows, variants, "Prior samples (first finished seed of each variant)")
+    if samples is not None:
+        save_figure(samples, out / "samples.png")
     return result
