@@ -75,3 +75,57 @@ def test_evaluate_fd(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as stop:
         main(["evaluate", str(run), "--metrics", "nll,bogus"])
     assert stop.value.code == 2
+
+
+def _fake_torchmetrics(monkeypatch, updates: list, fail: Exception | None = None):
+    """Stand-in for torchmetrics.image.fid: records what vaelab passes to the metric."""
+    import sys
+    import types
+
+    class FrechetInceptionDistance:
+        def __init__(self, feature, normalize):
+            if fail is not None:
+                raise fail
+            assert feature == 2048 and normalize is True
+
+        def to(self, device):
+            return self
+
+        def update(self, images, real):
+            updates.append((images.clone(), real))
+
+        def compute(self):
+            return torch.tensor(12.5)
+
+    fid = types.ModuleType("torchmetrics.image.fid")
+    fid.FrechetInceptionDistance = FrechetInceptionDistance
+    for name, module in (("torchmetrics", types.ModuleType("torchmetrics")),
+                         ("torchmetrics.image", types.ModuleType("torchmetrics.image")),
+                         ("torchmetrics.image.fid", fid)):
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_inception_fid_feeds_rgb_images_in_unit_range_and_says_what_is_missing(tmp_path, monkeypatch):
+    import sys
+
+    from vaelab.config import ConfigError
+    from vaelab.evaluate import evaluate
+
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "mnist-sample", "--epochs", "1", "--hidden", "32", "--latent-dim", "4",
+                 "--quiet", "--out", str(run)]) == 0
+    updates: list = []
+    _fake_torchmetrics(monkeypatch, updates)
+    r = evaluate(run, metrics=("fid",), n=120, progress=False)
+    assert r["fid"] == 12.5 and r["fid_n"] == 120 and "Inception" in r["fid_note"]
+    real = torch.cat([x for x, is_real in updates if is_real])
+    fake = torch.cat([x for x, is_real in updates if not is_real])
+    assert real.shape == fake.shape == (120, 3, 28, 28)
+    assert torch.equal(real[:, 0], real[:, 2]) and fake.min() >= 0 and fake.max() <= 1
+    assert not torch.equal(real, fake)
+    _fake_torchmetrics(monkeypatch, updates, fail=RuntimeError("no network"))
+    with pytest.raises(ConfigError, match="weights .*no network"):
+        evaluate(run, metrics=("fid",), n=10, progress=False)
+    monkeypatch.setitem(sys.modules, "torchmetrics.image.fid", None)  # import fails
+    with pytest.raises(ConfigError, match=r"vaelab\[inception\]"):
+        evaluate(run, metrics=("fid",), n=10, progress=False)

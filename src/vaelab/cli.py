@@ -318,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--metrics", type=_metrics, default=("nll",), metavar="M[,M]",
                    help="nll: ELBO and IS estimate of -log p(x); fd: Frechet distance of prior samples to the test "
                         "images in the features of a classifier vaelab trains on the dataset's labels (cached; "
-                        "not comparable to Inception FID) (default nll)")
+                        "not comparable to Inception FID); fid: Inception-v3 FID through torchmetrics, needs the "
+                        "vaelab[inception] extra and its weights (default nll)")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default auto)")
     e.add_argument("--no-progress", action="store_true",
                    help="no progress bar (drawn only when stderr is a terminal or in Jupyter); the results "

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from vaelab.batches import as_input
+from vaelab.config import ConfigError
 from vaelab.data import Dataset, cache_dir, read_rows
 from vaelab.files import atomic_path, ensure_dir, write_json
 from vaelab.runtime import progress_bar
@@ -132,3 +133,28 @@ def classifier(data: Dataset, binarization: str, device: torch.device, steps: in
 def features(net: FeatureNet, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
     """Penultimate-layer features (N, 128) of images (N, C, H, W) in [0, 1]."""
     return torch.cat([net.features(images[i : i + batch]) for i in range(0, len(images), batch)]).cpu()
+
+
+def inception_metric(device: torch.device):
+    """torchmetrics' FrechetInceptionDistance (2048-D Inception-v3 pool features, float
+    images in [0, 1]) on `device`: the FID of papers, for machines that can have it. A
+    ConfigError names the extra when the library is missing and says where the weights come
+    from when they cannot be loaded."""
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+    except ImportError:
+        raise ConfigError("--metrics fid needs torchmetrics' Inception-v3 (it also needs torchvision): "
+                          "pip install 'vaelab[inception]', or use --metrics fd") from None
+    try:
+        return FrechetInceptionDistance(feature=2048, normalize=True).to(device)
+    except Exception as e:  # noqa: BLE001 - the weights are fetched on first use; any failure is one line
+        raise ConfigError(f"--metrics fid could not load the Inception-v3 weights ({type(e).__name__}: {e}); "
+                          "torch-fidelity downloads them on first use, so run it once with network access") from None
+
+
+def as_rgb(images: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) in [0, 1] -> (N, 3, H, W): grey images repeated over three channels (the
+    library resizes to 299 x 299 itself)."""
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"Inception FID takes grey or RGB images, got {images.shape[1]} channels")
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
