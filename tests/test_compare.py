@@ -54,6 +54,13 @@ def test_equal_time_budget_sets_epochs_from_the_first(tmp_path):
     assert main(["compare", "--out", str(out), "--minutes", "0.001", "--seeds", "0", f"--base={BASE}",
                  "--metrics", "nll", "--k", "2", "--n", "20", "tiny=--hidden 8"]) == 0
     plan = json.loads((out / "tiny" / "seed-0" / "compare_epochs.json").read_text())
-    assert plan["epochs"] == 1 and plan["first_epoch_seconds"] > 0
+    assert plan["epochs"] == 1 and len(plan["probe_epoch_seconds"]) == 1  # no room for a second probe epoch
+    # a budget of several epochs: two probe epochs, the second one's pace plans the rest
+    out2 = tmp_path / "t2"
+    assert main(["compare", "--out", str(out2), "--minutes", "0.15", "--seeds", "0", f"--base={BASE}",
+                 "--metrics", "nll", "--k", "2", "--n", "20", "tiny=--hidden 8"]) == 0
+    plan = json.loads((out2 / "tiny" / "seed-0" / "compare_epochs.json").read_text())
+    first, second = plan["probe_epoch_seconds"]
+    assert plan["epochs"] == max(2, 2 + int((9 - first - second) // second))
     with pytest.raises(SystemExit):  # exactly one budget
         main(["compare", "--out", str(out), "--seeds", "0", "x=--hidden 8"])

@@ -8,9 +8,10 @@ figure (DIR/compare.png) and the variants' prior samples side by side (DIR/sampl
 resumes: finished and evaluated runs are kept, interrupted ones continue from their last
 checkpoint.
 
-Equal time (``minutes``): a run first trains one epoch, its epoch time sets how many
-epochs fit in the budget, and it continues (an exact resume) to that many epochs, so every
-variant gets the same training time, not the same number of epochs.
+Equal time (``minutes``): a run first trains one epoch and, when the budget holds at least
+three of those, a second; the second epoch's time (the first also pays one-time costs) sets
+how many more epochs fit in the budget, and the run continues (an exact resume) to that many
+epochs, so every variant gets the same training time, not the same number of epochs.
 """
 
 from __future__ import annotations
@@ -75,19 +76,24 @@ def run_one(variant: Variant, seed: int, out: Path, base: list[str], epochs: int
     started = (run / "checkpoint").exists()
     done = _records(run)
     target = epochs
-    if minutes is not None:  # the budget's epoch count, fixed by the run's first epoch
+    if minutes is not None:  # the budget's epoch count, fixed by the run's first epochs
         plan = run / "compare_epochs.json"
         if plan.exists():
             target = json.loads(plan.read_text())["epochs"]
         else:
-            if not started:
-                r = _vaelab(["train", *base, *variant.flags, "--seed", str(seed), "--epochs", "1", "--out", str(run),
-                             "--quiet"])
+            budget = minutes * 60
+            for probe in (1, 2):  # the first epoch pays one-time costs; a second one is the steady pace
+                if len(done) >= probe or (probe == 2 and budget < 3 * done[0]["seconds"]):
+                    continue
+                args = ["train", "--resume", str(run)] if started else \
+                    ["train", *base, *variant.flags, "--seed", str(seed), "--out", str(run)]
+                r = _vaelab([*args, "--epochs", str(probe), "--quiet"])
                 if r.returncode:
                     return {**row, "error": _last_line(r)}
-                done = _records(run)
-            target = max(1, int(minutes * 60 // done[0]["seconds"]))
-            write_json(plan, {"epochs": target, "first_epoch_seconds": done[0]["seconds"], "minutes": minutes})
+                done, started = _records(run), True
+            seconds = [d["seconds"] for d in done[:2]]
+            target = max(len(seconds), len(seconds) + int((budget - sum(seconds)) // seconds[-1]))
+            write_json(plan, {"epochs": target, "probe_epoch_seconds": seconds, "minutes": minutes})
     if len(done) < target:
         args = ["train", "--resume", str(run), "--epochs", str(target)] if (run / "checkpoint").exists() else \
             ["train", *base, *variant.flags, "--seed", str(seed), "--epochs", str(target), "--out", str(run)]
