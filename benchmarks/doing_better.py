@@ -2,7 +2,7 @@
 closing questions, at equal epochs and at equal training time, 3 seeds each.
 
     python benchmarks/doing_better.py [--parts target,epochs,time] [--work runs/doing-better]
-                                      [--out benchmarks/results] [--date YYYY-MM-DD]
+                                      [--out benchmarks/results] [--date YYYY-MM-DD] [--report]
 
 Parts (each one `vaelab compare` command, printed before it runs; run again to resume):
 - target: the default recipe given 3 minutes of training, IS-NLL with k=1000 on the full
@@ -16,8 +16,10 @@ OUT/doing-better-DATE/PART/.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from datetime import date
@@ -44,6 +46,36 @@ PARTS = {
 }
 
 
+def _cell(entry: dict, metric: str, digits: int = 2) -> str:
+    if metric not in entry:
+        return ""
+    m, sd = entry[metric]["mean"], entry[metric]["std"]
+    return f"{m:.{digits}f} +- {sd:.{digits}f}"
+
+
+def report(work: Path) -> str:
+    """One markdown table of both budgets (docs/doing-better.md), from the parts' compare.json.
+    Seconds per epoch: the median over every epoch of every seed's metrics.jsonl, robust to the
+    odd epoch slowed by other work on a shared machine."""
+    parts = {}
+    for part in ("epochs", "time"):
+        path = work / part / "compare.json"
+        if path.exists():
+            parts[part] = json.loads(path.read_text())
+    lines = ["| variant | flags | s/epoch | 10 epochs: test ELBO | IS-NLL | gap | FD | 1 minute: epochs | IS-NLL | gap |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, flags in VARIANTS.items():
+        cells = {part: next((t for t in r["table"] if t["variant"] == name), {}) for part, r in parts.items()}
+        seconds = [json.loads(line)["seconds"] for part in parts for seed_dir in (work / part / name).glob("seed-*")
+                   for line in (seed_dir / "metrics.jsonl").read_text().splitlines() if line.strip()] \
+            if any((work / part / name).exists() for part in parts) else []
+        e, t = cells.get("epochs", {}), cells.get("time", {})
+        lines.append(f"| {name} | `{flags}` | {statistics.median(seconds):.1f} | " if seconds else f"| {name} | `{flags}` | | ")
+        lines[-1] += " | ".join([_cell(e, "test_elbo"), _cell(e, "nll"), _cell(e, "gap"), _cell(e, "fd", 1),
+                                 _cell(t, "epochs", 0), _cell(t, "nll"), _cell(t, "gap")]) + " |"
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--parts", default="target,epochs,time")
@@ -51,7 +83,11 @@ def main() -> None:
     p.add_argument("--work", default="runs/doing-better", help="where the runs live (kept, so a rerun resumes)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--date", default=date.today().isoformat())
+    p.add_argument("--report", action="store_true", help="only print the docs table from finished parts")
     args = p.parse_args()
+    if args.report:
+        print(report(Path(args.work)), end="")
+        return
     env = {**os.environ, "VAELAB_DATA": os.environ.get("VAELAB_DATA", "/work/shared/data")}
     for part in args.parts.split(","):
         budget, names = PARTS[part]
