@@ -40,9 +40,10 @@ VARIANTS = {
 PARTS = {
     "target": (["--minutes", "3", "--metrics", "nll,fd"], ["vae"]),
     "epochs": (["--epochs", "10", "--n", "2000", "--metrics", "nll,fd"], list(VARIANTS)),
-    # nll only: FD at equal epochs answers the sample-quality question; most-asked first
+    # nll only: FD at equal epochs answers the sample-quality question; the variants that
+    # differ most in cost per epoch (mog, deeper and ladder cost about what vae, wider and hvae do)
     "time": (["--minutes", "1", "--n", "2000", "--metrics", "nll"],
-             ["vae", "iwae5", "hvae", "planar10", "mog10", "vamp100", "wider", "deeper", "ladder"]),
+             ["vae", "iwae5", "hvae", "planar10", "vamp100", "wider"]),
 }
 
 
