@@ -31,10 +31,6 @@ CASES = [
     for name in ("vae", "cvae")
     for flow in FLOWS
     for lik in LIKELIHOODS
-] + [
-    # the hierarchical model's top-down (ladder) inference
-    (ModelConfig(model="hvae", inference="ladder", hidden=(64, 32), likelihood=lik, **SMALL), SHAPE)
-    for lik in LIKELIHOODS
 ]
 
 # conv nets: every model x both shapes x these likelihoods, with the four conv variants
@@ -70,7 +66,7 @@ COND = 10  # conditional models get one-hot conditions of 10 classes
 def _id(case) -> str:
     c, shape = case
     return (f"{c.model}-{c.net}" + (f"-res{c.res_blocks}" if c.res_blocks else "")
-            + ("-ladder" if c.inference == "ladder" else "") + f"-{c.likelihood}-{c.likelihood_scale}" + (f"-{c.flows}{c.flow_type}" if c.flows else "")
+            + f"-{c.likelihood}-{c.likelihood_scale}" + (f"-{c.flows}{c.flow_type}" if c.flows else "")
             + "-" + "x".join(map(str, shape)))
 
 

@@ -8,8 +8,7 @@ import torch
 
 from vaelab.cli import main
 from vaelab.config import Config, ConfigError, validate
-from vaelab.distributions import (DiagonalGaussian, ExampleNoise, GaussianChain, precision_weighted,
-                                  standard_normal_log_prob)
+from vaelab.distributions import DiagonalGaussian, ExampleNoise, GaussianChain, standard_normal_log_prob
 from vaelab.models import build_model
 from vaelab.objectives import elbo
 
@@ -71,38 +70,10 @@ def test_noise_tied_to_examples_differs_between_layers():
     assert abs(corr.item()) < 0.1
 
 
-def test_precision_weighted_product_is_the_normalised_product_of_densities():
-    g = torch.Generator().manual_seed(3)
-    a = DiagonalGaussian(torch.randn(4, generator=g), 0.5 * torch.randn(4, generator=g))
-    b = DiagonalGaussian(torch.randn(4, generator=g), 0.5 * torch.randn(4, generator=g))
-    c = precision_weighted(a, b)
-    z = torch.randn(9, 4, generator=g)
-    # log a(z) + log b(z) - log c(z) is constant in z: c is proportional to the product
-    diff = a.log_prob(z) + b.log_prob(z) - c.log_prob(z)
-    torch.testing.assert_close(diff, diff[:1].expand(9))
-    va, vb = a.std**2, b.std**2
-    torch.testing.assert_close(c.std**2, va * vb / (va + vb))
-    torch.testing.assert_close(c.mean, (a.mean * vb + b.mean * va) / (va + vb))
-
-
-def test_ladder_posterior_combines_bottom_up_statistics_with_the_prior():
-    m = _hvae("ladder")
-    x = (torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1)) < 0.3).float()
-    with torch.no_grad():
-        q = m.encode(x)
-        h = DiagonalGaussian(*m.encoder(x).chunk(2, -1))  # bottom-up statistics of z1
-        top = DiagonalGaussian(*m.up[0](torch.cat([h.mean, h.log_std], -1)).chunk(2, -1))
-        z = q.rsample(5, generator=torch.Generator().manual_seed(2))
-        z1, z2 = z[..., :5], z[..., 5:]
-        prior1 = DiagonalGaussian(*m.down[0](z2).chunk(2, -1))
-        expected = top.log_prob(z2) + precision_weighted(h, prior1).log_prob(z1)
-        torch.testing.assert_close(q.log_prob(z), expected)
-
-
-def _hvae(inference="bottom-up"):
+def _hvae():
     torch.manual_seed(0)
     cfg = Config().replace(model={"model": "hvae", "hidden": [32], "decoder_hidden": None, "latent_dim": 3,
-                                  "lower_latents": [5], "latent_hidden": [16], "inference": inference})
+                                  "lower_latents": [5], "latent_hidden": [16]})
     return build_model(cfg.model, (1, 28, 28))
 
 
@@ -129,8 +100,7 @@ def test_hvae_prior_and_bound_cover_both_layers():
 
 def test_hvae_settings_that_cannot_work_are_refused():
     for extra, words in (({"lower_latents": []}, "below the top"), ({"flows": 2}, "drop --flows"),
-                         ({"prior": "mog"}, "drop --flows and --prior"), ({"latent_hidden": [0]}, "positive"),
-                         ({"inference": "sideways"}, "unknown inference")):
+                         ({"prior": "mog"}, "drop --flows and --prior"), ({"latent_hidden": [0]}, "positive")):
         with pytest.raises(ConfigError, match=words):
             validate(Config().replace(model={"model": "hvae", **extra}))
 
@@ -139,7 +109,6 @@ def test_train_evaluate_sample_plot_a_two_layer_model(tmp_path):
     run = tmp_path / "hvae"
     assert main(["train", "--dataset", "mnist-sample", "--model", "hvae", "--epochs", "1", "--hidden", "32",
                  "--latent-dim", "4", "--lower-latents", "6", "--latent-hidden", "16", "--objective", "iwae",
-                 "--inference", "ladder",
                  "--samples", "3", "--quiet", "--out", str(run)]) == 0
     assert main(["evaluate", str(run), "--k", "20", "--n", "50", "--quiet"]) == 0
     assert main(["sample", str(run), "--n", "8", "--out", str(tmp_path / "s.png")]) == 0
@@ -147,4 +116,4 @@ def test_train_evaluate_sample_plot_a_two_layer_model(tmp_path):
     from vaelab.checkpoint import load_run
 
     cfg, model = load_run(run)
-    assert cfg.model.lower_latents == (6,) and cfg.model.inference == "ladder" and model.latent_dim == 10
+    assert cfg.model.lower_latents == (6,) and model.latent_dim == 10

@@ -50,7 +50,6 @@ _OVERRIDES = {
     "flow_type": ("model", "flow_type"),
     "lower_latents": ("model", "lower_latents"),
     "latent_hidden": ("model", "latent_hidden"),
-    "inference": ("model", "inference"),
     "objective": ("train", "objective"),
     "kl": ("train", "kl"),
     "beta": ("train", "beta"),
@@ -253,9 +252,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--latent-hidden", type=_hidden, metavar="H1,H2",
                    help="hvae: deterministic layer widths between two stochastic layers "
                         f"(default {','.join(map(str, d.model.latent_hidden))})")
-    g.add_argument("--inference", choices=["bottom-up", "ladder"],
-                   help="hvae: bottom-up q(z1|x) q(z2|z1) (Burda et al. 2016) or ladder, top-down and sharing the "
-                        f"generative networks (Sonderby et al. 2016) (default {d.model.inference})")
     g.add_argument("--condition-encoder", action="store_const", const=True,
                    help="cvae/icvae: feed the condition to the encoder too (the decoder always gets it)")
     g.add_argument("--likelihood", choices=list(LIKELIHOODS),

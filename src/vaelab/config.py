@@ -100,9 +100,6 @@ class ModelConfig:
     # x -> z1 (100) -> z2 (latent_dim 50), with 100-100 between z1 and z2
     lower_latents: tuple[int, ...] = (100,)
     latent_hidden: tuple[int, ...] = (100, 100)
-    # hvae inference: bottom-up (q(z_1|x) q(z_2|z_1)..., Burda et al. 2016) or ladder
-    # (top-down, sharing the generative path: Sønderby et al. 2016)
-    inference: str = "bottom-up"
     # cvae/icvae: also feed the condition to the encoder (the decoder always gets it)
     condition_encoder: bool = False
     # conv nets: residual blocks per resolution level, after each downsampling and
@@ -279,8 +276,6 @@ def validate(cfg: Config) -> None:
     if m.model == "hvae" and not m.lower_latents:
         raise ConfigError("the hvae model needs at least one stochastic layer below the top one, "
                           "e.g. --lower-latents 100")
-    if m.inference not in ("bottom-up", "ladder"):
-        raise ConfigError(f"unknown inference {m.inference!r}; choose one of: bottom-up, ladder")
     if m.model == "hvae" and (m.flows or m.prior != "normal"):
         raise ConfigError("the hvae model's prior is its own top-down chain and its posterior a bottom-up one: "
                           "drop --flows and --prior (or use --model vae)")

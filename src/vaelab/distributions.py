@@ -132,15 +132,6 @@ class DiagonalGaussian:
         return 0.5 * (self.mean.square() + torch.exp(2 * self.log_std) - 1 - 2 * self.log_std).sum(-1)
 
 
-def precision_weighted(a: DiagonalGaussian, b: DiagonalGaussian) -> DiagonalGaussian:
-    """The normalised product of two diagonal Gaussians: precisions add, means are averaged
-    by precision (the ladder VAE's posterior, Sønderby et al. 2016, eq. 17-19). In log space:
-    log s = -log(s_a^-2 + s_b^-2) / 2, mean = w m_a + (1 - w) m_b, w = s_a^-2 / (s_a^-2 + s_b^-2)."""
-    log_std = -0.5 * torch.logaddexp(-2 * a.log_std, -2 * b.log_std)
-    w = torch.sigmoid(2 * (b.log_std - a.log_std))
-    return DiagonalGaussian(w * a.mean + (1 - w) * b.mean, log_std)
-
-
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) summed over the last dimension: (..., D) -> (...)."""
     return -0.5 * (z.square().sum(-1) + z.shape[-1] * LOG_2PI)

@@ -23,7 +23,7 @@ from torch import nn
 
 from vaelab.config import ConfigError, ModelConfig, choose
 from vaelab.distributions import (LIKELIHOODS, SCALES, DiagonalGaussian, GaussianChain, GaussianMixture, MixturePrior,
-                                  StandardNormal, precision_weighted)
+                                  StandardNormal)
 from vaelab.flows import FLOWS, FlowPosterior
 from vaelab.nets import ACTIVATIONS, NETS, mlp
 from vaelab.objectives import OBJECTIVES
@@ -179,13 +179,10 @@ class HVAE(_Base):
     """VAE with a hierarchy of stochastic layers z_1 (next to the data) ... z_L (top), as in
     Burda et al. 2016's two-layer MNIST model (their section 5): the generative path is
     top-down, p(z_L) = N(0, I), p(z_j | z_{j+1}) and p(x | z_1), every conditional a
-    diagonal Gaussian from an MLP. Inference (``cfg.inference``):
-
-    - ``bottom-up``: q(z_1 | x) q(z_2 | z_1) ... (Burda et al.);
-    - ``ladder``: a deterministic bottom-up pass gives Gaussian statistics N(m^_j, s^_j^2) for
-      every layer; sampling runs top-down, q(z_L | x) = N(m^_L, s^_L^2) and q(z_j | z_{j+1}, x)
-      the precision-weighted product of N(m^_j, s^_j^2) with the prior's p(z_j | z_{j+1}),
-      whose networks the posterior shares (Sønderby et al. 2016).
+    diagonal Gaussian from an MLP; inference is bottom-up, q(z_1 | x) q(z_2 | z_1) ....
+    (A ladder-style top-down posterior, Sønderby et al. 2016, was built and measured: without
+    their batch norm and KL warm-up it trained far slower and diverged on 3 of 3 seeds at the
+    default learning rate; docs/doing-better.md.)
 
     A code is [z_1, ..., z_L] (D = the sum of the layer sizes): ``decode`` reads z_1, the
     prior is the top-down chain (its log-density is the sum over layers), so ELBO, IWAE and
@@ -199,12 +196,10 @@ class HVAE(_Base):
     def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: int = 0) -> None:
         sizes = (*cfg.lower_latents, cfg.latent_dim)
         super().__init__(cfg, image_shape, 2 * sizes[0], cond_dim, decoder_in=sizes[0])
-        self.sizes, self.latent_dim, self.ladder = sizes, sum(sizes), cfg.inference == "ladder"
+        self.sizes, self.latent_dim = sizes, sum(sizes)
         pairs = list(zip(sizes[:-1], sizes[1:]))
-        # up[j]: layer j+1 -> statistics of layer j+2 (bottom-up: from a sample of z_{j+1};
-        # ladder: from layer j+1's bottom-up statistics); down[j]: z_{j+2} -> p(z_{j+1} | z_{j+2})
-        fan_in = 2 if self.ladder else 1
-        self.up = nn.ModuleList(mlp([fan_in * a, *cfg.latent_hidden, 2 * b], cfg.activation) for a, b in pairs)
+        # up[j]: z_{j+1} -> q(z_{j+2} | z_{j+1}); down[j]: z_{j+2} -> p(z_{j+1} | z_{j+2})
+        self.up = nn.ModuleList(mlp([a, *cfg.latent_hidden, 2 * b], cfg.activation) for a, b in pairs)
         self.down = nn.ModuleList(mlp([b, *reversed(cfg.latent_hidden), 2 * a], cfg.activation) for a, b in pairs)
 
     def _gaussian(self, net: nn.Module, h: torch.Tensor) -> DiagonalGaussian:
@@ -216,17 +211,7 @@ class HVAE(_Base):
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> GaussianChain:
         first = DiagonalGaussian(*self.encoder_input(x, c).chunk(2, -1))
-        if not self.ladder:
-            return GaussianChain(first, [partial(self._gaussian, net) for net in self.up], self.sizes)
-        stats = [first]  # the deterministic bottom-up pass: statistics for every layer
-        for net in self.up:
-            stats.append(self._gaussian(net, torch.cat([stats[-1].mean, stats[-1].log_std], -1)))
-
-        def combined(prior_step, bottom_up: DiagonalGaussian):
-            return lambda z: precision_weighted(bottom_up, prior_step(z))
-
-        steps = [combined(p, s) for p, s in zip(self._priors(), reversed(stats[:-1]))]
-        return GaussianChain(stats[-1], steps, self.sizes[::-1], reverse=True)
+        return GaussianChain(first, [partial(self._gaussian, net) for net in self.up], self.sizes)
 
     def prior(self) -> GaussianChain:
         top = DiagonalGaussian.standard((self.sizes[-1],), device=next(self.parameters()).device)
