@@ -111,9 +111,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # 40 epochs of MNIST take ~2.5 minutes on the 2-core Xeon hosts (3.5-4 s an epoch; the
-    # EPYC hosts of README "Numbers" are ~1.8x slower): the 3-minute budget of README
-    # "The default MNIST recipe", where 32-47 epochs gave IS-NLL 90.03-90.51
+    # 40 epochs of MNIST take 2.5-4 minutes on the 2-core Xeon hosts (3.7-5.7 s an epoch as
+    # the shared host's speed varies; EPYC hosts are slower): README "The default MNIST
+    # recipe", where 3 minutes (32-47 epochs) gave IS-NLL 90.03-90.51 and 40 epochs 90.15-90.22
     epochs: int = 40
     batch_size: int = 128
     lr: float = 2e-3
