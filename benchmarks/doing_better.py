@@ -25,6 +25,8 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from vaelab.compare import _records
+
 VARIANTS = {
     "vae": "",
     "iwae5": "--objective iwae --samples 5",
@@ -68,13 +70,13 @@ def report(work: Path) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, flags in VARIANTS.items():
         cells = {part: next((t for t in r["table"] if t["variant"] == name), {}) for part, r in parts.items()}
-        seconds = [json.loads(line)["seconds"] for part in parts for seed_dir in (work / part / name).glob("seed-*")
-                   for line in (seed_dir / "metrics.jsonl").read_text().splitlines() if line.strip()] \
-            if any((work / part / name).exists() for part in parts) else []
+        seconds = [record["seconds"] for r in parts.values() for row in r["rows"] if row["variant"] == name
+                   for record in _records(Path(row["run"]))]
+        pace = f"{statistics.median(seconds):.1f}" if seconds else ""
         e, t = cells.get("epochs", {}), cells.get("time", {})
-        lines.append(f"| {name} | `{flags}` | {statistics.median(seconds):.1f} | " if seconds else f"| {name} | `{flags}` | | ")
-        lines[-1] += " | ".join([_cell(e, "test_elbo"), _cell(e, "nll"), _cell(e, "gap"), _cell(e, "fd", 1),
-                                 _cell(t, "epochs", 0), _cell(t, "nll"), _cell(t, "gap")]) + " |"
+        lines.append(f"| {name} | `{flags}` | {pace} | " + " | ".join(
+            [_cell(e, "test_elbo"), _cell(e, "nll"), _cell(e, "gap"), _cell(e, "fd", 1),
+             _cell(t, "epochs", 0), _cell(t, "nll"), _cell(t, "gap")]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -4,9 +4,9 @@
 seed, one run after another, each as ``vaelab train`` in its own process (a crash or a
 divergence in one run is recorded and the others go on), evaluates each finished run, and
 writes a table of mean +- std over seeds per metric (DIR/compare.md, .csv, .json), a
-figure (DIR/compare.png) and the variants' prior samples side by side (DIR/samples.png). Runs live in DIR/NAME/seed-S; running the same command again
-resumes: finished and evaluated runs are kept, interrupted ones continue from their last
-checkpoint.
+figure (DIR/compare.png) and the variants' prior samples side by side (DIR/samples.png).
+Runs live in DIR/NAME/seed-S; running the same command again resumes: finished and
+evaluated runs are kept, interrupted ones continue from their last checkpoint.
 
 Equal time (``minutes``): a run first trains one epoch and, when the budget holds at least
 three of those, a second; the second epoch's time (the first also pays one-time costs) sets

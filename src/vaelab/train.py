@@ -238,10 +238,9 @@ def write_pictures(model, run_dir: Path, x: torch.Tensor, sample_seed: int,
 
     rows = torch.cat([torch.cat([row(x[i : i + 8]), row(recon[i : i + 8])]) for i in range(0, len(x), 8)])
     # a learned prior (mog, vamp, hvae) moves during training: draw from the current one
-    z = model.prior().sample(64, generator=torch.Generator(x.device).manual_seed(sample_seed))
-    cs = None if c is None else c[torch.arange(len(z), device=z.device) // 8 % len(c)]
-    grids = {"recon": image_grid(rows, nrow=width),
-             "samples": image_grid(model.decode(z, cs).mean.clamp(0, 1), nrow=8)}
+    cs = None if c is None else c[torch.arange(64, device=x.device) // 8 % len(c)]
+    samples = model.sample(64, generator=torch.Generator(x.device).manual_seed(sample_seed), c=cs)
+    grids = {"recon": image_grid(rows, nrow=width), "samples": image_grid(samples.mean.clamp(0, 1), nrow=8)}
     for name, grid in grids.items():
         save_png(grid, run_dir / f"{name}.png")
     model.train(was_training)
