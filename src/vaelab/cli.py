@@ -617,14 +617,27 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code = _run(args)
+    if "torch" in sys.modules:  # a command that never imported torch has no process group
+        from vaelab.runtime import leave_process_group
+
+        if leave_process_group():  # a torchrun worker whose work is done and on disk
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run one command; errors become one line on stderr and an exit code."""
     from vaelab.checkpoint import RunError
     from vaelab.data import DataError
     from vaelab.files import FileError, describe
     from vaelab.runtime import DeviceError
     from vaelab.train import TrainingDiverged, TrainingStopped
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
         COMMANDS[args.command](args)
     except (ConfigError, RunError, DataError, DeviceError, FileError) as e:
@@ -643,11 +656,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nvaelab {args.command}: interrupted; a run's last completed epoch's checkpoint is kept "
               "(continue with --resume)", file=sys.stderr)
         return 130
-    finally:
-        if "torch" in sys.modules:  # a command that never imported torch has no process group
-            from vaelab.runtime import leave_process_group
-
-            leave_process_group()
     return 0
 
 

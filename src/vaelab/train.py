@@ -420,6 +420,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
             prov = prov if isinstance(prov, dict) else {}
             prov.setdefault("resumed", []).append({**provenance(device, dist), "from_epoch": epoch})
             write_json(run_dir / "run.json", prov)
+            write_json(run_dir / "config.json", cfg.to_dict())  # resume() may have changed the epochs
     else:
         records = []
         if dist.main:
@@ -538,8 +539,6 @@ def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = True
     `progress` and `quiet` as for :func:`train`."""
     cfg = load_config(run_dir)
     if epochs is not None and epochs != cfg.train.epochs:
-        cfg = cfg.replace(train={"epochs": epochs})
-        with RunLock(run_dir):  # not while another process trains here
-            write_json(Path(run_dir) / "config.json", cfg.to_dict())
+        cfg = cfg.replace(train={"epochs": epochs})  # rank 0 writes it, under the run lock
     return train(cfg, run_dir, resume=True, progress=progress, quiet=quiet, dataset=dataset)
 
