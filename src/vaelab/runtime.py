@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import gc
 import os
 import platform
 import sys
@@ -173,9 +172,7 @@ def leave_process_group() -> bool:
     after the work is done, which torchrun reports as a failed job."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return False
-    gc.collect()  # free what still holds the group (a DDP wrapper in a reference cycle)
     torch.distributed.destroy_process_group()
-    gc.collect()
     return True
 
 
