@@ -65,6 +65,8 @@ def test_train_on_full_mnist_and_ae(tmp_path):
         (["train", "--dataset", "mnist-sample", "--binarization", "none", "--epochs", "1"], "binary pixels only"),
         (["train", "--config", "missing.json"], "does not exist"),
         (["train", "--dataset", "mnist", "--data-dir", "/nonexistent"], "does not hold"),
+        (["train", "--minutes", "5", "--schedule", "cosine"], "use --schedule exp or constant"),
+        (["train", "--minutes", "-1"], "expected a number >= 0"),
     ],
 )
 def test_bad_input_is_a_one_line_error_with_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):

@@ -80,6 +80,14 @@ def test_checkpoints_resume_on_another_number_of_processes(one_process, tmp_path
         assert max(abs(x - y) for x, y in zip(elbos(run), elbos(one_process))) < 1e-3
 
 
+def test_two_processes_stop_together_on_the_time_budget(tmp_path):
+    """Under torchrun the budget stops every rank after the same epoch (rank 0 decides and
+    shares it), and the job ends cleanly."""
+    run = tmp_path / "budget"
+    vaelab_ddp("train", *TINY, "--epochs", "3", "--minutes", "0.0001", "--out", run)
+    assert len(elbos(run)) == 1
+
+
 def test_distributed_evaluate_writes_the_same_eval_json(one_process, tmp_path):
     assert main(["evaluate", str(one_process), "--k", "20", "--n", "101", "--quiet"]) == 0
     single = json.loads((one_process / "eval.json").read_text())

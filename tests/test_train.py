@@ -50,6 +50,39 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, tiny_cfg):
         assert torch.equal(p, q), name
 
 
+class TenSecondEpochs:
+    """A clock for vaelab.train in which every epoch takes 10 s."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 10.0  # read at an epoch's start and at its end only
+        return self.now
+
+
+def test_time_budget_stops_before_an_epoch_that_would_overrun_and_resume_extends_it(tmp_path, tiny_cfg,
+                                                                                     monkeypatch, capsys):
+    monkeypatch.setattr("vaelab.train.time", TenSecondEpochs())
+    data = load_dataset("mnist-sample")
+    cfg = tiny_cfg.replace(train={"epochs": 10, "batch_size": 100})
+    # 27 s: after 2 epochs (20 s) a third would end at 30 s, so the run stops at 2
+    run = train(cfg.replace(train={"minutes": 0.45}), tmp_path / "run", progress=False, dataset=data)
+    assert [r["epoch"] for r in metrics(run)] == [1, 2]
+    assert "stops after epoch 2 of 10" in capsys.readouterr().out
+    assert (run / "samples.png").exists()  # the last epoch's pictures, though not epoch 10
+    # the budget counts the earlier session's epochs: 45 s allow 2 more, and the result is
+    # the uninterrupted run's
+    resume(run, minutes=0.75, progress=False, dataset=data)
+    assert [r["epoch"] for r in metrics(run)] == [1, 2, 3, 4]
+    assert json.loads((run / "config.json").read_text())["train"]["minutes"] == 0.75
+    full = train(cfg.replace(train={"epochs": 4}), tmp_path / "full", progress=False, dataset=data)
+    assert metrics(run) == metrics(full)
+    # an exhausted budget trains no further epoch
+    resume(run, progress=False, dataset=data)
+    assert len(metrics(run)) == 4
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_cfg, monkeypatch):
     calls = {"n": 0}
     real = objectives.OBJECTIVES["elbo"]

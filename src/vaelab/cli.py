@@ -35,6 +35,7 @@ _OVERRIDES = {
     "scale": ("model", "likelihood_scale"),
     "fixed_std": ("model", "likelihood_std"),
     "epochs": ("train", "epochs"),
+    "minutes": ("train", "minutes"),
     "warmup_steps": ("train", "warmup_steps"),
     "batch_size": ("train", "batch_size"),
     "lr": ("train", "lr"),
@@ -267,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the fixed scale, and the initial value of learned ones (default {d.model.likelihood_std})")
     g = t.add_argument_group("training")
     g.add_argument("--epochs", type=_positive_int, help=f"total epochs (default {d.train.epochs})")
+    g.add_argument("--minutes", type=_nonneg_float, metavar="M",
+                   help="a budget of training time: stop before an epoch that would go past M minutes of "
+                        "summed epoch time (at --epochs at the latest); not with --schedule cosine (default 0: none)")
     g.add_argument("--warmup-steps", type=_nonneg_int, metavar="N",
                    help=f"linear learning-rate warm-up, at most one epoch (default {d.train.warmup_steps})")
     g.add_argument("--batch-size", type=_positive_int, help=f"(default {d.train.batch_size})")
@@ -478,13 +482,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     from vaelab.train import resume, train
 
     if args.resume is not None:
-        given = [f for f in _OVERRIDES if getattr(args, f, None) is not None and f != "epochs"]
+        given = [f for f in _OVERRIDES if getattr(args, f, None) is not None and f not in ("epochs", "minutes")]
         if given or args.config or args.out or args.overwrite:
             raise ConfigError(
-                f"--resume continues a run with its saved config; only --epochs may change "
+                f"--resume continues a run with its saved config; only --epochs and --minutes may change "
                 f"(got {', '.join('--' + g.replace('_', '-') for g in given) or '--config/--out'})"
             )
-        run = resume(args.resume, epochs=args.epochs, progress=not args.no_progress, quiet=args.quiet)
+        run = resume(args.resume, epochs=args.epochs, minutes=args.minutes, progress=not args.no_progress,
+                     quiet=args.quiet)
     else:
         run = train(_config_from_args(args), args.out, progress=not args.no_progress, quiet=args.quiet,
                     overwrite=args.overwrite)

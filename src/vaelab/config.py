@@ -115,6 +115,10 @@ class TrainConfig:
     # the shared host's speed varies; EPYC hosts are slower): README "The default MNIST
     # recipe", where 3 minutes (32-47 epochs) gave IS-NLL 90.03-90.51 and 40 epochs 90.15-90.22
     epochs: int = 40
+    # a budget of training time in minutes (0: none): the run stops before an epoch that
+    # would take it past the budget (paced by the slowest of its last few epochs), at
+    # `epochs` at the latest; the summed epoch times of all its sessions count
+    minutes: float = 0.0
     batch_size: int = 128
     lr: float = 2e-3
     optimizer: str = "adam"
@@ -267,6 +271,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError("the IWAE bound has no KL weight; use --objective elbo with --beta")
     if m.model == "ae" and t.objective not in ("auto", "reconstruction"):
         raise ConfigError(f"the plain autoencoder has no {t.objective} bound; it trains by reconstruction")
+    if t.minutes < 0:
+        raise ConfigError(f"train.minutes must be >= 0 (0: no time budget), got {t.minutes}")
+    if t.minutes and t.schedule == "cosine":
+        raise ConfigError("a time budget (--minutes) cannot tell the cosine schedule when training ends; "
+                          "use --schedule exp or constant, or give --epochs alone")
     if t.kl not in ("analytic", "mc"):
         raise ConfigError(f"unknown kl {t.kl!r}; choose one of: analytic, mc")
     if t.precision not in ("auto", "fp32", "bf16", "fp16"):

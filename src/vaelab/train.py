@@ -120,6 +120,27 @@ class StopSignals:
         raise TrainingStopped(f"{name} received: stopped after step {step}; {kept}", self.signum)
 
 
+PACE_EPOCHS = 5
+
+
+def _spent_and_pace(records: list[dict[str, Any]]) -> tuple[float, float]:
+    """Seconds of training so far (all sessions) and the slowest of the last PACE_EPOCHS epochs."""
+    return sum(r["seconds"] for r in records), max((r["seconds"] for r in records[-PACE_EPOCHS:]), default=0.0)
+
+
+def _out_of_time(t: TrainConfig, records: list[dict[str, Any]], dist: Dist, device: torch.device) -> bool:
+    """Whether another epoch would likely take the run past its budget of `t.minutes`.
+    Rank 0 decides for every process (their clocks differ), so all stop together."""
+    spent, pace = _spent_and_pace(records)
+    return dist.any(dist.main and bool(t.minutes) and bool(records) and spent + pace > t.minutes * 60, device)
+
+
+def _budget_note(t: TrainConfig, records: list[dict[str, Any]], epoch: int) -> str:
+    spent, pace = _spent_and_pace(records)
+    return (f"time budget: {spent / 60:.1f} of {t.minutes:g} minutes trained and an epoch takes up to {pace:.0f} s, "
+            f"so training stops after epoch {epoch} of {t.epochs} (--resume with a larger --minutes continues)")
+
+
 def _kept(run_dir: Path, epoch: int) -> str:
     if epoch == 0:
         return "No epoch had finished, so no checkpoint was written"
@@ -454,7 +475,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
     if board is not None:
         stack.callback(board.close)  # flushes on every way out
 
-    while epoch < t.epochs:
+    stopping = epoch >= t.epochs or _out_of_time(t, records, dist, device)
+    if stopping and epoch < t.epochs and verbose:
+        print(_budget_note(t, records, epoch), flush=True)
+    while not stopping:
         model.train()
         start = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
@@ -507,9 +531,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
         record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, **train_terms, **test_terms,
                                   "seconds": round(seconds, 3), "examples_per_s": round(n_seen / seconds, 1)}
         records.append(record)
+        stopping = epoch >= t.epochs or _out_of_time(t, records, dist, device)
         if dist.main:
             pictures = {}
-            if epoch % t.image_every == 0 or epoch == t.epochs:
+            if epoch % t.image_every == 0 or stopping:
                 pictures = write_pictures(model, run_dir, x_show, t.seed, c_show)
             # metrics first, then the checkpoint: a kill in between leaves a record for an epoch
             # the checkpoint does not have, which resuming drops and recomputes identically
@@ -526,6 +551,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
             procs = f" ({dist.world} processes)" if dist.active else ""
             print(f"epoch {epoch:3d}  train loss {train_terms['train_loss']:8.2f}  "
                   f"{label} {shown:8.2f}  {n_seen / seconds:8.0f} images/s{procs}", flush=True)
+            if stopping and epoch < t.epochs:
+                print(_budget_note(t, records, epoch), flush=True)
         dist.barrier()  # nobody starts the next epoch before rank 0's checkpoint is on disk
         stop.poll(dist, device, run_dir, epoch, step)
     if board is not None and epoch >= first_epoch:  # this call trained: the final metrics are new
@@ -534,11 +561,14 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
 
 
 def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = True, dataset=None,
-           quiet: bool = False) -> Path:
-    """Continue the run in `run_dir` up to `epochs` epochs in total (default: as configured);
+           quiet: bool = False, minutes: float | None = None) -> Path:
+    """Continue the run in `run_dir` up to `epochs` epochs in total (default: as configured)
+    and within `minutes` of training in total (default: as configured; 0: no budget);
     `progress` and `quiet` as for :func:`train`."""
     cfg = load_config(run_dir)
-    if epochs is not None and epochs != cfg.train.epochs:
-        cfg = cfg.replace(train={"epochs": epochs})  # rank 0 writes it, under the run lock
+    changed = {k: v for k, v in (("epochs", epochs), ("minutes", minutes))
+               if v is not None and v != getattr(cfg.train, k)}
+    if changed:
+        cfg = cfg.replace(train=changed)  # rank 0 writes it, under the run lock
     return train(cfg, run_dir, resume=True, progress=progress, quiet=quiet, dataset=dataset)
 
