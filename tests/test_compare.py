@@ -64,3 +64,16 @@ def test_equal_time_budget_sets_epochs_from_the_first(tmp_path):
     assert plan["epochs"] == max(2, 2 + int((9 - first - second) // second))
     with pytest.raises(SystemExit):  # exactly one budget
         main(["compare", "--out", str(out), "--seeds", "0", "x=--hidden 8"])
+
+
+def test_a_variant_with_its_own_time_budget_stops_early_and_stays_stopped(tmp_path, capsys):
+    out = tmp_path / "m"
+    args = ["compare", "--out", str(out), "--epochs", "3", "--seeds", "0", f"--base={BASE}", "--metrics", "nll",
+            "--k", "2", "--n", "20", "capped=--hidden 8 --minutes 0.0001"]
+    assert main(args) == 0
+    result = json.loads((out / "compare.json").read_text())
+    assert result["rows"][0]["epochs"] == 1  # vaelab train's --minutes ended it after epoch 1
+    assert "(at most 3 epochs each" in (out / "compare.md").read_text()
+    capsys.readouterr()
+    assert main(args) == 0  # again: the spent budget trains nothing more
+    assert json.loads((out / "compare.json").read_text())["rows"][0]["epochs"] == 1

@@ -237,7 +237,10 @@ def compare(variants: list[Variant], out: str | Path, seeds: tuple[int, ...] = (
             if "error" in rows[-1]:
                 log(f"{v.name} seed {seed}: FAILED: {rows[-1]['error']}")
     table = summarise(rows, variants)
-    budget = (f"{epochs} epoch{'s' * (epochs != 1)} each" if epochs else f"{minutes:g} training minutes each")
+    # a variant's own --minutes (vaelab train's time budget) can stop its runs earlier
+    cut = epochs and any(r.get("epochs", epochs) < epochs for r in rows)
+    budget = (f"{'at most ' * bool(cut)}{epochs} epoch{'s' * (epochs != 1)} each" if epochs
+              else f"{minutes:g} training minutes each")
     header = f"# vaelab compare: {', '.join(names)} ({budget}; seeds {', '.join(map(str, seeds))})"
     result = {"budget": {"epochs": epochs, "minutes": minutes}, "seeds": list(seeds), "base": list(base),
               "k": k, "n": n, "rows": rows, "table": table}
