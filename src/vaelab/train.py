@@ -476,8 +476,6 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
         stack.callback(board.close)  # flushes on every way out
 
     stopping = epoch >= t.epochs or _out_of_time(t, records, dist, device)
-    if stopping and epoch < t.epochs and verbose:
-        print(_budget_note(t, records, epoch), flush=True)
     while not stopping:
         model.train()
         start = time.perf_counter()
@@ -551,10 +549,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
             procs = f" ({dist.world} processes)" if dist.active else ""
             print(f"epoch {epoch:3d}  train loss {train_terms['train_loss']:8.2f}  "
                   f"{label} {shown:8.2f}  {n_seen / seconds:8.0f} images/s{procs}", flush=True)
-            if stopping and epoch < t.epochs:
-                print(_budget_note(t, records, epoch), flush=True)
         dist.barrier()  # nobody starts the next epoch before rank 0's checkpoint is on disk
         stop.poll(dist, device, run_dir, epoch, step)
+    if epoch < t.epochs and verbose:  # the loop ended early: the time budget is spent
+        print(_budget_note(t, records, epoch), flush=True)
     if board is not None and epoch >= first_epoch:  # this call trained: the final metrics are new
         log_hparams(board, cfg, records[-1])
     return run_dir
