@@ -181,7 +181,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for the networks, or None for fp32. auto: bf16 on GPUs that
-    support it, else fp32 (CPU autocast is slower than fp32 matmuls on most CPUs)."""
+    support it, else fp32: CPU autocast is slower than fp32 on CPUs without bf16 matrix
+    units, and where they exist (AMX) it speeds up only the larger batches (README)."""
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
