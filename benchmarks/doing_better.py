@@ -52,13 +52,14 @@ VARIANTS = {
 # `compare --minutes` was not used: its planner paces from one probe epoch, and on this noisy
 # host a fast probe (7.7 s) planned 233 epochs that would have taken ~37 min. long30 gives
 # the budget to `vaelab train --minutes` instead, which paces by the slowest recent epoch.
-LONG = "--model hvae --objective iwae --samples 5 --lr-decay 0.98"
+TWO_LAYER_IWAE = "--model hvae --objective iwae --samples 5"
+LONG = TWO_LAYER_IWAE + " --lr-decay 0.98"
 # The same model trained faster per image on CPUs with bf16 matrix units (AMX, e.g. the
 # Xeon of these measurements, Sapphire Rapids or later): with bf16 autocast at batch 256, 4-epoch
 # `vaelab train` processes took 0.75x the wall time of fp32 at batch 128 (paired, 3 each);
 # the lr is raised for the larger batch and decays more slowly for the extra epochs. The
 # networks' parameters, the distributions and the evaluation stay fp32.
-FAST = "--model hvae --objective iwae --samples 5 --precision bf16 --batch-size 256 --lr 3e-3 --lr-decay 0.985"
+FAST = TWO_LAYER_IWAE + " --precision bf16 --batch-size 256 --lr 3e-3 --lr-decay 0.985"
 RECIPES = {**VARIANTS, "long": LONG, "long30": LONG + " --minutes 30", "fast30": FAST + " --minutes 30"}
 
 PARTS = {
