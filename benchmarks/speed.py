@@ -1,7 +1,7 @@
 """Training and evaluation speed of the 784-512-512-50 MLP VAE, as fractions of this
 machine's fp32 matmul peak measured in the same run, and against pythae 0.1.2.
 
-    python benchmarks/speed.py [--epochs 4] [--no-pythae] [--out benchmarks/results]
+    python benchmarks/speed.py [--epochs 4] [--precisions fp32,bf16] [--no-pythae] [--out benchmarks/results]
 
 Training is timed as a user sees it: `vaelab train` runs as a subprocess and the
 marginal cost of an epoch is the median `seconds` of epochs 2.. in metrics.jsonl, which
@@ -12,6 +12,12 @@ epoch starts (its training steps plus its per-epoch evaluation).
 
 FLOPs count matmuls only: forward 2*in*out per layer and example; backward twice that,
 less the input gradient of the first layer (pixels need none).
+
+Every training row, in any precision, is also stated as a fraction of the fp32 peak (the
+issue's yardstick). `--precisions fp32,bf16` adds `vaelab train --precision bf16` rows
+(networks under bf16 autocast, log-densities and the optimiser in fp32) and the bf16
+matmul peak; bf16 is fast only on CPUs with bf16 matrix units (AMX: `amx_bf16` in
+/proc/cpuinfo), and the report says whether this one has them.
 """
 
 from __future__ import annotations
@@ -45,11 +51,11 @@ TRAIN_FLOPS = 3 * FWD - 2 * ENC[0] * ENC[1]  # per example
 IS_FLOPS_PER_SAMPLE = layer_flops(DEC)  # decoder once per importance sample
 
 
-def matmul_peak(reps: int = 5) -> float:
-    """Best fp32 GFLOP/s over square matmuls of 1024..4096 (the highest we can observe)."""
+def matmul_peak(reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s over square matmuls of 1024..4096 (the highest we can observe)."""
     best = 0.0
     for n in (1024, 2048, 4096):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b
         inner = max(1, int(4e10 // (2 * n**3)))
         for _ in range(reps):
@@ -60,19 +66,28 @@ def matmul_peak(reps: int = 5) -> float:
     return best
 
 
-def vaelab_train(batch: int, epochs: int, workdir: Path) -> dict:
-    out = workdir / f"vaelab-b{batch}"
+def has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return "amx_bf16" in fh.read()
+    except OSError:
+        return False
+
+
+def vaelab_train(batch: int, epochs: int, workdir: Path, precision: str = "fp32") -> dict:
+    out = workdir / f"vaelab-b{batch}-{precision}"
     cmd = [sys.executable, "-m", "vaelab.cli", "train", "--dataset", "mnist", "--hidden", "512,512", "--activation", "relu",
            "--latent-dim", "50", "--batch-size", str(batch), "--epochs", str(epochs), "--lr", "1e-3",
-           "--out", str(out), "--quiet"]
+           "--precision", precision, "--out", str(out), "--quiet"]
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     sec = statistics.median(r["seconds"] for r in rows[1:])
     n = rows[0]["step"] * batch
-    return {"batch": batch, "epoch_seconds": sec, "examples_per_s": n / sec, "process_wall_s": round(wall, 1),
-            "gflops": n * TRAIN_FLOPS / sec / 1e9, "run": str(out)}
+    return {"batch": batch, "precision": precision, "epoch_seconds": sec, "examples_per_s": n / sec,
+            "process_wall_s": round(wall, 1), "gflops": n * TRAIN_FLOPS / sec / 1e9,
+            "test_elbo_last": rows[-1]["test_elbo"], "run": str(out)}
 
 
 def vaelab_eval(run: str, n: int) -> dict:
@@ -169,26 +184,37 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--eval-n", type=int, default=1000, help="test images for the IS timing (k=1000)")
+    ap.add_argument("--precisions", default="fp32", help="comma-separated: fp32 and/or bf16 training rows")
     ap.add_argument("--no-pythae", action="store_true")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    precisions = args.precisions.split(",")
+    if not set(precisions) <= {"fp32", "bf16"} or "fp32" not in precisions:
+        ap.error("--precisions: fp32, optionally with bf16 (e.g. fp32,bf16)")
 
     work = Path(tempfile.mkdtemp(prefix="vaelab-bench-"))
     peak_before = matmul_peak()
     res: dict = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
                  "cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                 "train_flops_per_example": TRAIN_FLOPS}
-    res["train"] = [vaelab_train(b, args.epochs, work) for b in (128, 1024)]
+                 "train_flops_per_example": TRAIN_FLOPS, "amx_bf16": has_amx()}
+    res["train"] = [vaelab_train(b, args.epochs, work, p) for p in precisions for b in (128, 1024)]
     res["eval_is"] = vaelab_eval(res["train"][0]["run"], args.eval_n)
     res["eval_elbo"] = [vaelab_elbo_eval(b) for b in (128, 1024)]
     if not args.no_pythae:
         res["pythae"] = pythae_train(128, max(3, args.epochs - 1), work)
     peak = max(peak_before, matmul_peak())
     res["peak_gflops"] = peak
+    if "bf16" in precisions:
+        res["peak_gflops_bf16"] = matmul_peak(dtype=torch.bfloat16)
     for r in [*res["train"], res["eval_is"], *res["eval_elbo"], *([res["pythae"]] if res.get("pythae") else [])]:
         r["fraction_of_peak"] = r["gflops"] / peak
+        if r.get("precision") == "bf16":
+            r["fraction_of_bf16_peak"] = r["gflops"] / res["peak_gflops_bf16"]
     if res.get("pythae"):
+        for t in res["train"]:
+            if t["batch"] == 128:
+                t["epoch_time_vs_pythae"] = t["epoch_seconds"] / res["pythae"]["epoch_seconds"]
         res["speedup_vs_pythae_b128"] = res["train"][0]["examples_per_s"] / res["pythae"]["examples_per_s"]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     path = Path(args.out) / f"speed-{res['date']}.json"
@@ -198,12 +224,15 @@ def main() -> None:
 
 
 def report(r: dict) -> str:
+    bf16 = (f"; bf16 matmul peak {r['peak_gflops_bf16']:.0f} GFLOP/s "
+            f"({'with' if r.get('amx_bf16') else 'without'} AMX)" if "peak_gflops_bf16" in r else "")
     lines = [f"{r['cpu']}, {r['threads']} threads, torch {r['torch']}, {r['date']}; "
-             f"fp32 matmul peak {r['peak_gflops']:.0f} GFLOP/s", "",
-             "| what | batch | examples or images/s | GFLOP/s | of peak |", "|---|---|---|---|---|"]
+             f"fp32 matmul peak {r['peak_gflops']:.0f} GFLOP/s{bf16}", "",
+             "| what | batch | examples or images/s | GFLOP/s | of fp32 peak |", "|---|---|---|---|---|"]
     for t in r["train"]:
-        lines.append(f"| vaelab train (per extra epoch, {t['epoch_seconds']:.2f} s) | {t['batch']} | "
-                     f"{t['examples_per_s']:.0f} | {t['gflops']:.0f} | {t['fraction_of_peak']:.0%} |")
+        extra = (f" ({t['fraction_of_bf16_peak']:.0%} of the bf16 peak)" if "fraction_of_bf16_peak" in t else "")
+        lines.append(f"| vaelab train {t.get('precision', 'fp32')} (per extra epoch, {t['epoch_seconds']:.2f} s) | "
+                     f"{t['batch']} | {t['examples_per_s']:.0f} | {t['gflops']:.0f} | {t['fraction_of_peak']:.0%}{extra} |")
     if r.get("pythae"):
         p = r["pythae"]
         lines.append(f"| pythae 0.1.2 train (per extra epoch, {p['epoch_seconds']:.2f} s) | {p['batch']} | "
@@ -216,6 +245,10 @@ def report(r: dict) -> str:
                  f"{e['images_per_s']:.1f} | {e['gflops']:.0f} | {e['fraction_of_peak']:.0%} |")
     if "speedup_vs_pythae_b128" in r:
         lines.append(f"\nvaelab / pythae training throughput at batch 128: {r['speedup_vs_pythae_b128']:.2f}x")
+        for t in r["train"]:
+            if "epoch_time_vs_pythae" in t:
+                lines.append(f"vaelab {t.get('precision', 'fp32')} epoch time / pythae epoch time at batch 128: "
+                             f"{t['epoch_time_vs_pythae']:.2f}")
     return "\n".join(lines)
 
 

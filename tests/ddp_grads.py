@@ -2,7 +2,8 @@
 
 Writes, from rank 0, whether every rank ended with the same gradients and whether they
 equal the gradient of the whole batch in one process (the DDP forward trap: work done
-outside the wrapped module's forward would not be synchronised)."""
+outside the wrapped module's forward would not be synchronised), for a VAE and for the
+icvae, whose batch-level penalty needs the other processes' rows and their gradients."""
 
 import json
 import os
@@ -21,28 +22,40 @@ def grads(model) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
-def main(out: str) -> None:
-    d, device = distributed("cpu")
+def step(d, kind: str) -> dict:
+    """One DDP step of `kind` (vae, or icvae, whose pairwise penalty spans the global batch)."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(hidden=(16,), decoder_hidden=None, latent_dim=3), (1, 6, 6))
+    cfg = ModelConfig(model=kind, hidden=(16,), decoder_hidden=None, latent_dim=3)
+    cond_dim = 4 if kind == "icvae" else 0
+    model = build_model(cfg, (1, 6, 6), cond_dim=cond_dim)
     x = (torch.rand(10, 1, 6, 6, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+    c = torch.eye(4)[torch.arange(10) % 4] if cond_dim else None
     idx = torch.arange(10)
     a, b = d.shard(10)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
-    terms = ddp(x[a:b], generator=ExampleNoise(idx[a:b], 7))
+    terms = ddp(x[a:b], None if c is None else c[a:b], generator=ExampleNoise(idx[a:b], 7), lam=2.0,
+                peers=d.batch_peers(10))
     (terms["loss"].sum() * d.world / 10).backward()
     mine = grads(model)
     everyone = [torch.empty_like(mine) for _ in range(d.world)]
     dist.all_gather(everyone, mine)
+    if not d.main:
+        return {}
+    reference = build_model(cfg, (1, 6, 6), cond_dim=cond_dim)
+    reference.load_state_dict(model.state_dict())
+    reference.zero_grad()
+    reference(x, c, generator=ExampleNoise(idx, 7), lam=2.0)["loss"].mean().backward()
+    return {"same_on_all_ranks": all(torch.equal(g, everyone[0]) for g in everyone),
+            "max_diff_vs_one_process": float((everyone[0] - grads(reference)).abs().max()),
+            "grad_norm": float(grads(reference).norm())}
+
+
+def main(out: str) -> None:
+    d, _ = distributed("cpu")
+    results = {kind: step(d, kind) for kind in ("vae", "icvae")}
     if d.main:
-        reference = build_model(ModelConfig(hidden=(16,), decoder_hidden=None, latent_dim=3), (1, 6, 6))
-        reference.load_state_dict(model.state_dict())
-        reference.zero_grad()
-        reference(x, generator=ExampleNoise(idx, 7))["loss"].mean().backward()
         with open(out, "w") as f:  # closed here: os._exit below flushes nothing
-            json.dump({"same_on_all_ranks": all(torch.equal(g, everyone[0]) for g in everyone),
-                       "max_diff_vs_one_process": float((everyone[0] - grads(reference)).abs().max()),
-                       "grad_norm": float(grads(reference).norm())}, f)
+            json.dump(results, f)
     d.barrier()
     # As the command line does (runtime.leave_process_group): skip interpreter teardown,
     # where a gloo thread can abort the finished process and fail the torchrun job.

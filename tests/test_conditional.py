@@ -25,6 +25,15 @@ def test_pairwise_kl_matches_direct_computation():
     assert torch.allclose(ours.diagonal(), torch.zeros(7), atol=1e-4)
 
 
+def test_pairwise_kl_against_a_second_set_is_a_block_of_the_full_matrix():
+    """Rows of one process's slice against the whole batch (data-parallel icvae)."""
+    g = torch.Generator().manual_seed(2)
+    mean, log_std = torch.randn(9, 4, generator=g), 0.5 * torch.randn(9, 4, generator=g)
+    full = pairwise_gaussian_kl(mean, log_std)
+    torch.testing.assert_close(pairwise_gaussian_kl(mean[3:5], log_std[3:5], mean, log_std), full[3:5])
+    torch.testing.assert_close(pairwise_gaussian_kl(mean[:2], log_std[:2], mean[6:], log_std[6:]), full[:2, 6:])
+
+
 def test_pairwise_kl_is_stable_for_large_close_means():
     mean = torch.full((5, 3), 50.0) + 1e-3 * torch.arange(15.0).view(5, 3)
     kl = pairwise_gaussian_kl(mean, torch.zeros(5, 3))

@@ -68,11 +68,13 @@ class _Base(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, *, objective: str | None = None,
                 samples: int = 1, beta: float = 1.0, kl: str = "analytic", lam: float = 0.0,
-                generator=None, x_in: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
         """Per-example terms (B,) of `objective` (default: the model's own) on images x (B, C, H, W).
-        `x_in` (B, C, H, W): what the encoder sees instead of x (denoising training)."""
+        `x_in` (B, C, H, W): what the encoder sees instead of x (denoising training).
+        `peers`: the rest of the global batch in a data-parallel job (objectives.py)."""
         fn = choose(OBJECTIVES, objective or self.objective, "objective")
-        return fn(self, x, c, samples=samples, beta=beta, kl=kl, lam=lam, generator=generator, x_in=x_in)
+        return fn(self, x, c, samples=samples, beta=beta, kl=kl, lam=lam, generator=generator, x_in=x_in,
+                  peers=peers)
 
     def _condition(self, c: torch.Tensor | None, lead: tuple[int, ...]) -> torch.Tensor | None:
         if not self.conditional:

@@ -8,7 +8,13 @@ makes a data-parallel run draw what a single process draws.
 
 `x_in`, when given, is what the encoder sees instead of x (a corrupted copy, shape of
 x): the bound then scores the clean x under q(z|x_in), the denoising variational bound
-of Im et al. 2017 (for the autoencoder, the denoising criterion of Vincent et al. 2008)."""
+of Im et al. 2017 (for the autoencoder, the denoising criterion of Vincent et al. 2008).
+
+`peers`, in a data-parallel job, gives a batch-level term the whole global batch: a
+function from this process's rows (B, ...) to (all rows of the global batch in order,
+offset of this process's rows among them), with gradients flowing back to the process
+that owns each row (:meth:`vaelab.runtime.Dist.batch_peers`). None: the rows given are
+the whole batch. Only icvae's pairwise term uses it; per-example objectives ignore it."""
 
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import torch
 
 def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
          kl: str = "analytic", lam: float = 0.0, generator=None,
-         x_in: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+         x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
     """ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) (Kingma & Welling 2014, eq. 10).
 
     The reconstruction term averages `samples` reparameterised draws z ~ q(z|x). The
@@ -49,7 +55,7 @@ def kl_to_prior(model, q, z: torch.Tensor, log_q: torch.Tensor, kl: str = "analy
 
 def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 5, beta: float = 1.0,
          kl: str = "analytic", lam: float = 0.0, generator=None,
-         x_in: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+         x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
     """Importance-weighted bound log (1/k) sum_k p(x, z_k) / q(z_k|x) (Burda et al. 2016, eq. 8).
 
     Built from per-sample log-weights (no analytic KL inside), with the weights kept in
@@ -67,36 +73,42 @@ def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
 
 def reconstruction(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1,
                    beta: float = 1.0, kl: str = "analytic", lam: float = 0.0,
-                   generator=None, x_in: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                   generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
     """Plain autoencoder: maximise log p(x | z = f(x)); no prior, no KL."""
     recon = model.decode(model.encode(x if x_in is None else x_in, c).mean, c).log_prob(x)
     return {"loss": -recon, "recon": recon}
 
 
-def pairwise_gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """KL(q_i || q_j) for every pair of diagonal Gaussians in a batch: (B, D) -> (B, B).
+def pairwise_gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor, mean_j: torch.Tensor | None = None,
+                         log_std_j: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(q_i || q_j) for every pair of diagonal Gaussians: (B, D) -> (B, B), or, given
+    a second set (mean_j, log_std_j) (M, D), q_i from the first and q_j from it: (B, M).
 
     0.5 * [tr(S_j^-1 S_i) + (m_i - m_j)^T S_j^-1 (m_i - m_j) + log|S_j| - log|S_i| - D],
-    each term a (B, D) x (D, B) product (as in seed 003), so memory is O(B^2), not O(B^2 D).
+    each term a (B, D) x (D, M) product (as in seed 003), so memory is O(BM), not O(BMD).
     """
-    var, inv = torch.exp(2 * log_std), torch.exp(-2 * log_std)
+    if mean_j is None:
+        mean_j, log_std_j = mean, log_std
+    var, inv = torch.exp(2 * log_std), torch.exp(-2 * log_std_j)
     trace = var @ inv.T
     # sum_d (m_id - m_jd)^2 / v_jd expanded; clamped: rounding can dip just below 0
-    maha = (mean.square() @ inv.T - 2 * mean @ (mean * inv).T + (mean.square() * inv).sum(1)[None, :]).clamp_min(0)
-    log_det = 2 * log_std.sum(1)
-    return 0.5 * (trace + maha + log_det[None, :] - log_det[:, None] - mean.shape[1])
+    maha = (mean.square() @ inv.T - 2 * mean @ (mean_j * inv).T
+            + (mean_j.square() * inv).sum(1)[None, :]).clamp_min(0)
+    return 0.5 * (trace + maha + 2 * log_std_j.sum(1)[None, :] - 2 * log_std.sum(1)[:, None] - mean.shape[1])
 
 
 def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
           kl: str = "analytic", lam: float = 1.0, generator=None,
-          x_in: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+          x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
     """Invariant conditional VAE loss (Moyer et al. 2018, with the correction in seed 003):
 
         (1 + lam) * E_q[-log p(x|z,c)] + beta * KL(q(z|x) || p(z)) + lam * KL(q(z|x) || q(z)).
 
     q(z) is the batch's mixture of posteriors; by convexity of KL,
     KL(q(z|x_i) || q(z)) <= mean_{j != i} KL(q(z|x_i) || q(z|x_j)), the pairwise
-    Gaussian KLs (the corrected form keeps the log-determinant terms).
+    Gaussian KLs (the corrected form keeps the log-determinant terms). The batch is the
+    global one in a data-parallel job (`peers`), so the penalty, and the optimisation,
+    do not depend on the number of processes.
     """
     q = model.encode(x if x_in is None else x_in, c)
     if not hasattr(q, "log_std"):
@@ -104,9 +116,10 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
     z, log_q = q.rsample_with_log_prob(samples, generator=generator)
     recon = model.decode(z, c).log_prob(x).mean(0)
     kl_prior = kl_to_prior(model, q, z, log_q, kl)
-    b = len(x)
-    pair = pairwise_gaussian_kl(q.mean, q.log_std)
-    kl_marginal = (pair.sum(1) - pair.diagonal()) / max(1, b - 1)
+    (mean_j, offset), (log_std_j, _) = (peers(q.mean), peers(q.log_std)) if peers else ((q.mean, 0), (q.log_std, 0))
+    pair = pairwise_gaussian_kl(q.mean, q.log_std, mean_j, log_std_j)  # (B, whole batch)
+    rows = torch.arange(len(x), device=pair.device)
+    kl_marginal = (pair.sum(1) - pair[rows, offset + rows]) / max(1, len(mean_j) - 1)
     loss = -(1 + lam) * recon + beta * kl_prior + lam * kl_marginal
     return {"loss": loss, "recon": recon, "kl": kl_prior, "kl_marginal": kl_marginal, "elbo": recon - kl_prior}
 

@@ -134,16 +134,30 @@ class Dist:
         return start, start + base + (self.rank < extra)
 
     def gather_rows(self, t: torch.Tensor, n: int) -> torch.Tensor:
-        """Concatenate every process's shard (see `shard`) of an n-row tensor, in rank order."""
+        """Concatenate every process's shard (see `shard`) of an n-row tensor, in rank order.
+        When `t` needs a gradient, the gather is differentiable: each process receives the
+        gradient that every process's use of its rows produced (summed), as in one process."""
         if not self.active:
             return t
         sizes = [Dist(r, self.world).shard(n) for r in range(self.world)]
         width = max(b - a for a, b in sizes)
-        padded = torch.zeros(width, *t.shape[1:], dtype=t.dtype, device=t.device)
-        padded[: len(t)] = t
-        parts = [torch.empty_like(padded) for _ in range(self.world)]
-        torch.distributed.all_gather(parts, padded)
+        padded = torch.cat([t, t.new_zeros(width - len(t), *t.shape[1:])])
+        if t.requires_grad and torch.is_grad_enabled():
+            from torch.distributed.nn.functional import all_gather
+
+            parts = all_gather(padded)
+        else:
+            parts = [torch.empty_like(padded) for _ in range(self.world)]
+            torch.distributed.all_gather(parts, padded)
         return torch.cat([p[: b - a] for p, (a, b) in zip(parts, sizes)])
+
+    def batch_peers(self, n: int):
+        """The `peers` argument of the objectives for a global batch of n rows that this
+        process holds its shard of: None in a single process."""
+        if not self.active:
+            return None
+        start = self.shard(n)[0]
+        return lambda t: (self.gather_rows(t, n), start)
 
 
 def distributed(device: str) -> tuple[Dist, torch.device]:

@@ -219,18 +219,22 @@ def noise_key(seed: int, step: int) -> int:
 def test_elbo(model, inputs: SplitInputs, objective: str, batch_size: int = 2000, seed: int = 0,
               samples: int = 1, kl: str = "analytic", lam: float = 0.0, dist: Dist = Dist()) -> dict[str, float]:
     """Mean per-image objective terms over a split's inputs, with noise tied to each image
-    (`seed`): the same value whatever the number of processes sharing the rows."""
+    (`seed`): the same value whatever the number of processes sharing the rows. The rows
+    go in chunks, each split over the processes as a training batch is, so batch-level
+    terms (icvae's) see the same chunks on any number of processes."""
     was_training = model.training
     model.eval()
-    start, stop = dist.shard(len(inputs))
     sums: dict[str, torch.Tensor] = {}
     # chunks of at most 2000 images and about 4M input values (activations grow with them)
     batch_size = max(1, min(batch_size, max(128, (1 << 22) // math.prod(inputs.images.shape[1:]))))
-    for i in range(start, stop, batch_size):
-        j = min(stop, i + batch_size)
+    for chunk in range(0, len(inputs), batch_size):
+        size = min(len(inputs) - chunk, batch_size)
+        a, b = dist.shard(size)
+        i, j = chunk + a, chunk + b
         x, c, _ = inputs.rows(i, j)
         noise = ExampleNoise(inputs.index(i, j), noise_key(seed, TEST_NOISE_KEY))
-        terms = model(x, c, objective=objective, samples=samples, kl=kl, lam=lam, generator=noise)
+        terms = model(x, c, objective=objective, samples=samples, kl=kl, lam=lam, generator=noise,
+                      peers=dist.batch_peers(size))
         for k, v in terms.items():
             sums[k] = sums.get(k, 0) + v.double().sum()
     keys = sorted(OBJECTIVE_TERMS[objective])
@@ -489,7 +493,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
             # tied to (seed, step, image), the likelihood scores the clean batch
             x_in = None if denoise is None else corrupt(batch.x, batch.idx, denoise, noise_key(t.seed, step))
             terms = step_model(batch.x, batch.cond, generator=ExampleNoise(batch.idx, noise_key(t.seed, step)),
-                               x_in=x_in, **options)
+                               x_in=x_in, peers=dist.batch_peers(batch.size), **options)
             # the global batch mean: DDP averages the processes' gradients, so each
             # contributes its sum scaled by world / global batch size
             loss = terms["loss"].sum() * (dist.world / batch.size)
