@@ -24,8 +24,10 @@ def torchrun(*args: str, n: int = 2) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def vaelab_ddp(*args: str, n: int = 2) -> subprocess.CompletedProcess:
-    r = torchrun("-m", "vaelab", *map(str, args), n=n)
+def vaelab_ddp(*args: str, n: int = 2, script: bool = False) -> subprocess.CompletedProcess:
+    """`torchrun -m vaelab ...`, or with `script` the installed command: `torchrun --no-python vaelab ...`."""
+    launch = ("--no-python", shutil.which("vaelab") or "vaelab") if script else ("-m", "vaelab")
+    r = torchrun(*launch, *map(str, args), n=n)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -63,7 +65,7 @@ def test_two_processes_corrupt_the_images_one_process_corrupts(tmp_path):
     clean images under codes of corrupted ones, is the same on 1 and 2 processes."""
     flags = [*TINY, "--epochs", "1", "--denoise", "salt-pepper:0-0.5"]
     assert main(["train", *flags, "--out", str(tmp_path / "one")]) == 0
-    vaelab_ddp("train", *flags, "--out", tmp_path / "two")
+    vaelab_ddp("train", *flags, "--out", tmp_path / "two", script=True)  # the `vaelab` command under torchrun
     one, two = (json.loads((tmp_path / r / "metrics.jsonl").read_text()) for r in ("one", "two"))
     assert two["train_loss"] == pytest.approx(one["train_loss"], abs=1e-3)
     assert two["test_elbo"] == pytest.approx(one["test_elbo"], abs=1e-3)
