@@ -4,8 +4,10 @@ one process gives, and checkpoints move between process counts."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,31 @@ def test_two_processes_stop_together_on_the_time_budget(tmp_path):
     run = tmp_path / "budget"
     vaelab_ddp("train", *TINY, "--epochs", "3", "--minutes", "0.0001", "--out", run)
     assert len(elbos(run)) == 1
+
+
+def test_sigterm_to_torchrun_stops_every_rank_once_and_resumes_exactly(tmp_path):
+    """A scheduler's SIGTERM reaches torchrun, which passes it to the workers: they stop at
+    the same step, rank 0 alone says so, the checkpoint is kept, and the run resumes (on
+    one process) to the metrics of a run never stopped."""
+    run = tmp_path / "stopped"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    job = subprocess.Popen([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "vaelab", "train", *TINY,
+                            "--epochs", "500", "--out", str(run)], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and job.poll() is None:
+        if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=120)
+    assert err.count("SIGTERM received") == 1, err[-2000:]
+    done = len(elbos(run))
+    assert 2 <= done < 500
+    assert main(["train", "--resume", str(run), "--epochs", str(done + 1), "--quiet"]) == 0
+    ref = tmp_path / "ref"
+    assert main(["train", *TINY, "--epochs", str(done + 1), "--out", str(ref)]) == 0
+    assert max(abs(x - y) for x, y in zip(elbos(run), elbos(ref))) < 1e-3
 
 
 def test_distributed_evaluate_writes_the_same_eval_json(one_process, tmp_path):

@@ -651,11 +651,15 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as e:  # anything the layers above did not name: still one line
         print(f"vaelab {args.command}: error: {describe(e, 'file system error')}", file=sys.stderr)
         return 2
+    # every process of a torchrun job stops at the same step with the same message
+    # (the checks are reduced across processes): rank 0 alone says it
     except TrainingDiverged as e:
-        print(f"vaelab train: stopped: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"vaelab train: stopped: {e}", file=sys.stderr)
         return 1
     except TrainingStopped as e:
-        print(f"\nvaelab {args.command}: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"\nvaelab {args.command}: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"\nvaelab {args.command}: interrupted; a run's last completed epoch's checkpoint is kept "
