@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import sys
@@ -153,11 +154,15 @@ class Dist:
 
     def batch_peers(self, n: int):
         """The `peers` argument of the objectives for a global batch of n rows that this
-        process holds its shard of: None in a single process."""
-        if not self.active:
-            return None
-        start = self.shard(n)[0]
-        return lambda t: (self.gather_rows(t, n), start)
+        process holds its shard of: None in a single process. One function per (process,
+        n), so a compiled training step sees the same argument at every step."""
+        return _batch_peers(self, n) if self.active else None
+
+
+@functools.cache
+def _batch_peers(dist: Dist, n: int):
+    start = dist.shard(n)[0]
+    return lambda t: (dist.gather_rows(t, n), start)
 
 
 def distributed(device: str) -> tuple[Dist, torch.device]:
