@@ -128,6 +128,12 @@ def test_sigterm_to_torchrun_stops_every_rank_once_and_resumes_exactly(tmp_path)
     assert max(abs(x - y) for x, y in zip(elbos(run), elbos(ref))) < 1e-3
 
 
+def test_a_settings_error_under_torchrun_is_one_line_from_rank_0(tmp_path):
+    r = torchrun("-m", "vaelab", "train", *TINY, "--batch-size", "1", "--out", str(tmp_path / "r"))
+    assert r.returncode != 0
+    assert r.stderr.count("vaelab train: error: a global batch of 1 cannot be split over 2 processes") == 1
+
+
 def test_distributed_evaluate_writes_the_same_eval_json(one_process, tmp_path):
     assert main(["evaluate", str(one_process), "--k", "20", "--n", "101", "--quiet"]) == 0
     single = json.loads((one_process / "eval.json").read_text())

@@ -643,22 +643,27 @@ def _run(args: argparse.Namespace) -> int:
     from vaelab.runtime import DeviceError
     from vaelab.train import TrainingDiverged, TrainingStopped
 
+    # the same on every process of a torchrun job (the settings, or a check reduced across
+    # processes): rank 0 alone says it; other errors may differ by process (or machine)
+    rank0 = os.environ.get("RANK", "0") == "0"
     try:
         COMMANDS[args.command](args)
-    except (ConfigError, RunError, DataError, DeviceError, FileError) as e:
+    except ConfigError as e:
+        if rank0:
+            print(f"vaelab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (RunError, DataError, DeviceError, FileError) as e:
         print(f"vaelab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # anything the layers above did not name: still one line
         print(f"vaelab {args.command}: error: {describe(e, 'file system error')}", file=sys.stderr)
         return 2
-    # every process of a torchrun job stops at the same step with the same message
-    # (the checks are reduced across processes): rank 0 alone says it
     except TrainingDiverged as e:
-        if os.environ.get("RANK", "0") == "0":
+        if rank0:
             print(f"vaelab train: stopped: {e}", file=sys.stderr)
         return 1
     except TrainingStopped as e:
-        if os.environ.get("RANK", "0") == "0":
+        if rank0:
             print(f"\nvaelab {args.command}: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
