@@ -43,22 +43,23 @@ def vaelab(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "vaelab", *map(str, args), "--quiet"], check=True, stdout=subprocess.DEVNULL)
 
 
-def epoch_seconds(run: Path) -> tuple[float, dict]:
+def later_epochs(run: Path) -> tuple[dict[str, float], dict]:
+    """Medians of `seconds` and `examples_per_s` over epochs 2.. of a run, and its last record."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return statistics.median(r["seconds"] for r in rows[1:] or rows), rows[-1]
+    later = rows[1:] or rows
+    return {k: statistics.median(r[k] for r in later) for k in ("seconds", "examples_per_s")}, rows[-1]
 
 
 def recipe(precision: str, a, work: Path) -> dict:
     run = work / f"recipe-{precision}"
-    flags = ["--compile"] if a.compile else []
     t = time.perf_counter()
     vaelab("train", "--dataset", a.dataset, "--device", a.device, "--precision", precision, "--epochs", a.epochs,
-           "--out", run, *flags)
+           "--out", run, *a.train_flags)
     wall = time.perf_counter() - t
-    sec, last = epoch_seconds(run)
+    med, last = later_epochs(run)
     vaelab("evaluate", run, "--k", a.k, "--device", a.device)
     ev = json.loads((run / "eval.json").read_text())
-    return {"precision": precision, "epochs": a.epochs, "epoch_seconds": sec, "train_wall_s": round(wall, 1),
+    return {"precision": precision, "epochs": a.epochs, "epoch_seconds": med["seconds"], "train_wall_s": round(wall, 1),
             "test_elbo": last["test_elbo"], "nll": ev["nll"], "nll_stderr": ev["nll_stderr"], "k": ev["k"],
             "n": ev["n"], "eval_seconds": ev["seconds"]}
 
@@ -82,14 +83,12 @@ def colour_digits(n: int, seed: int = 0) -> np.ndarray:
 
 def conv32(precision: str, a, work: Path, array: Path) -> dict:
     run = work / f"conv32-{precision}"
-    flags = ["--compile"] if a.compile else []
     vaelab("train", "--dataset", array, "--net", "conv", "--hidden", "64,128,256", "--binarization", "none",
            "--likelihood", "logistic", "--batch-size", a.conv_batch, "--epochs", a.conv_epochs, "--device", a.device,
-           "--precision", precision, "--out", run, *flags)
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    later = rows[1:] or rows
-    return {"precision": precision, "batch": a.conv_batch, "epoch_seconds": statistics.median(r["seconds"] for r in later),
-            "images_per_s": statistics.median(r["examples_per_s"] for r in later), "test_elbo": rows[-1]["test_elbo"]}
+           "--precision", precision, "--out", run, *a.train_flags)
+    med, last = later_epochs(run)
+    return {"precision": precision, "batch": a.conv_batch, "epoch_seconds": med["seconds"],
+            "images_per_s": med["examples_per_s"], "test_elbo": last["test_elbo"]}
 
 
 def main() -> None:
@@ -103,6 +102,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     a = ap.parse_args()
     a.dataset, a.k, n_colour = "mnist", 1000, 50_000
+    a.train_flags = ["--compile"] if a.compile else []
     if a.quick:
         a.dataset, a.k, n_colour, a.epochs, a.conv_epochs, a.conv_batch = "mnist-sample", 20, 2000, 2, 2, 128
     work = Path(tempfile.mkdtemp(prefix="vaelab-gpu-"))

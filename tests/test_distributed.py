@@ -19,11 +19,16 @@ TORCHRUN = shutil.which("torchrun")
 pytestmark = pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
 
 
-def torchrun(*args: str, n: int = 2) -> subprocess.CompletedProcess:
+def torchrun_command(*args: str, n: int = 2) -> tuple[list[str], dict[str, str]]:
+    """The torchrun command line and environment (no inherited rank, one thread per process)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([TORCHRUN, "--standalone", f"--nproc_per_node={n}", *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+    return [TORCHRUN, "--standalone", f"--nproc_per_node={n}", *args], env
+
+
+def torchrun(*args: str, n: int = 2) -> subprocess.CompletedProcess:
+    cmd, env = torchrun_command(*args, n=n)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def vaelab_ddp(*args: str, n: int = 2, script: bool = False) -> subprocess.CompletedProcess:
@@ -108,10 +113,8 @@ def test_sigterm_to_torchrun_stops_every_rank_once_and_resumes_exactly(tmp_path)
     the same step, rank 0 alone says so, the checkpoint is kept, and the run resumes (on
     one process) to the metrics of a run never stopped."""
     run = tmp_path / "stopped"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    job = subprocess.Popen([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "vaelab", "train", *TINY,
-                            "--epochs", "500", "--out", str(run)], env=env, stderr=subprocess.PIPE, text=True)
+    cmd, env = torchrun_command("-m", "vaelab", "train", *TINY, "--epochs", "500", "--out", str(run))
+    job = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and job.poll() is None:
         if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 2:
