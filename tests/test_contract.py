@@ -36,12 +36,12 @@ CASES = [
 # conv nets: every model x both shapes x these likelihoods, with the four conv variants
 # (net x res_blocks) rotated Latin-square fashion so that each (likelihood, shape) meets
 # all four across the models without the full product
-CONV_VARIANTS = [(net, res) for net in ("conv", "conv-transpose") for res in (0, 1)]
-CONV_LIKELIHOODS = ["bernoulli", "gaussian"] + (["logistic-mixture"] if "logistic-mixture" in LIKELIHOODS else [])
+CONV_VARIANTS = [(net, res) for net in ("conv", "conv-transpose", "resnet") for res in (0, 1)]
+CONV_LIKELIHOODS = ["bernoulli", "gaussian", "logistic", "logistic-mixture"]
 CASES += [
-    (ModelConfig(model=name, net=CONV_VARIANTS[(i + j + k) % 4][0], res_blocks=CONV_VARIANTS[(i + j + k) % 4][1],
-                 hidden=(8, 16), likelihood=lik, likelihood_scale="decoder" if lik == "gaussian" else "pixel",
-                 **SMALL), shape)
+    (ModelConfig(model=name, net=CONV_VARIANTS[(i + j + k) % len(CONV_VARIANTS)][0],
+                 res_blocks=CONV_VARIANTS[(i + j + k) % len(CONV_VARIANTS)][1], hidden=(8, 16), likelihood=lik,
+                 likelihood_scale="decoder" if lik in ("gaussian", "logistic") else "pixel", **SMALL), shape)
     for i, name in enumerate(MODELS)
     for j, shape in enumerate((RGB, SHAPE))
     for k, lik in enumerate(CONV_LIKELIHOODS)
@@ -131,7 +131,7 @@ def test_residual_blocks_start_as_the_identity(model):
     ((8, 16), None, (3, 16, 26), "16x26"),  # both nets: 26 is not divisible by 4
     ((8,), (16, 8, 4), (1, 28, 28), "28x28"),  # the 3-level decoder needs multiples of 8
 ])
-@pytest.mark.parametrize("net", ["conv", "conv-transpose"])
+@pytest.mark.parametrize("net", ["conv", "conv-transpose", "resnet"])
 def test_conv_nets_refuse_sizes_not_divisible_by_their_downsampling(net, hidden, decoder_hidden, shape, size):
     cfg = ModelConfig(net=net, hidden=hidden, decoder_hidden=decoder_hidden, latent_dim=3)
     with pytest.raises(ConfigError, match=f"got {size}.*--hidden"):

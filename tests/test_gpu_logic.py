@@ -21,6 +21,21 @@ def test_auto_precision_is_bf16_on_gpus_that_have_it_and_fp32_on_cpu(monkeypatch
     assert autocast_dtype("fp16", CUDA) == torch.float16 and autocast_dtype("fp32", CUDA) is None
 
 
+@pytest.mark.parametrize("flags, conv, expected", [
+    ("fpu avx512f avx512_bf16", True, torch.bfloat16), ("fpu amx_bf16 amx_tile", True, torch.bfloat16),
+    ("fpu avx512f avx2", True, None), ("fpu avx512f avx512_bf16", False, None)])
+def test_auto_precision_on_cpus_is_bf16_for_conv_nets_where_the_cpu_has_bf16(monkeypatch, tmp_path, flags, conv,
+                                                                           expected):
+    from vaelab import runtime
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: a CPU\nflags\t\t: {flags}\n\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: real_open(cpuinfo if f == "/proc/cpuinfo" else f, *a, **k))
+    assert runtime.autocast_dtype("auto", torch.device("cpu"), conv) == expected
+    assert runtime.autocast_dtype("fp32", torch.device("cpu"), conv) is None
+
+
 def test_data_may_take_half_the_free_gpu_memory_unless_a_budget_is_given(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 << 30, 80 << 30))
     assert memory_budget(DataConfig(), CUDA) == 5 << 30

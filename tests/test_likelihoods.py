@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import distributions as D
 
+from vaelab import distributions
 from vaelab.config import Config, ConfigError
 from vaelab.distributions import (
     LIKELIHOODS,
@@ -209,7 +210,9 @@ def test_logistic_mixture_scores_k_decodings_per_image(c):
 
 
 @pytest.mark.parametrize("c", [1, 3])
-def test_logistic_mixture_samples_grey_levels_following_the_channel_chain(c):
+def test_logistic_mixture_samples_grey_levels_following_the_channel_chain(c, monkeypatch):
+    # a scale far below the floor that training uses, so each draw is exactly its quantised mean
+    monkeypatch.setattr(distributions, "LOG_SCALE_MIN", -40.0)
     k, lik = 4, LogisticMixtureLikelihood((c, 5, 6), mixture=4)
     out = mixture_out(k, c, (2, 3), hw=(5, 6), loc=(-0.3, 1.3), logit=1.0, coeff=1.5, dtype=torch.float32)
     s = lik(out).sample(torch.Generator().manual_seed(2))
@@ -242,7 +245,8 @@ def test_logistic_mixture_samples_grey_levels_following_the_channel_chain(c):
     torch.testing.assert_close(d.mean, own.clamp(0, 1))
 
 
-def test_logistic_mixture_draws_components_by_their_weights():
+def test_logistic_mixture_draws_components_by_their_weights(monkeypatch):
+    monkeypatch.setattr(distributions, "LOG_SCALE_MIN", -40.0)  # draws land on their component's mean
     out = torch.tensor([math.log(0.3), math.log(0.7), 0.2, 0.8, -9.0, -9.0]).view(1, 6, 1, 1).expand(20000, 6, 1, 1)
     s = LogisticMixtureLikelihood((1, 1, 1), mixture=2)(out).sample(torch.Generator().manual_seed(4))
     assert set(torch.unique(torch.round(s * 255)).tolist()) == {51.0, 204.0}
@@ -260,3 +264,38 @@ def test_logistic_mixture_gradients_are_finite_for_extreme_parameters(c):
     lp = LogisticMixtureLikelihood((c, 4, 4), mixture=k)(out).log_prob(x)
     lp.sum().backward()
     assert torch.isfinite(lp).all() and torch.isfinite(out.grad).all()
+
+
+@pytest.mark.parametrize("c", [1, 3])
+@pytest.mark.parametrize("lead", [(5,), (3, 5)])
+def test_fused_mixture_log_prob_and_gradients_equal_plain_autograd(c, lead, monkeypatch):
+    # chunks of 2 images, so that several chunks, and a short last one, are exercised
+    monkeypatch.setattr(distributions, "MIXTURE_CHUNK", 2 * 4 * c * 3 * 4)
+    k = 4
+    out = mixture_out(k, c, lead, hw=(3, 4), log_scale=(-9.0, 1.0), coeff=2.0).requires_grad_()
+    x = torch.randint(0, 256, (5, c, 3, 4), generator=G).double() / 255
+    x[0], x[1] = 0.0, 1.0  # the edge bins
+    d = LogisticMixtureLikelihood((c, 3, 4), mixture=k)(out)
+    fused, plain = d.log_prob(x), d.log_prob_reference(x)
+    torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-9)
+    w = torch.randn(fused.shape, generator=G, dtype=torch.float64)
+    (g_fused,) = torch.autograd.grad((fused * w).sum(), out, retain_graph=True)
+    (g_plain,) = torch.autograd.grad((plain * w).sum(), out)
+    torch.testing.assert_close(g_fused, g_plain, rtol=1e-9, atol=1e-9)
+
+
+def test_log_scales_below_the_floor_give_finite_densities_and_gradients():
+    loc = torch.tensor([0.2, 0.9]).view(1, 1, 2).requires_grad_()
+    log_scale = torch.full((1, 1, 2), -60.0, requires_grad=True)
+    d = DiscretizedLogistic(loc, log_scale)
+    assert float(d.log_scale.detach().min()) == pytest.approx(distributions.LOG_SCALE_MIN)
+    lp = d.log_prob(torch.tensor([0.2, 0.0]).view(1, 1, 2))  # one pixel on its mean, one far off
+    assert torch.isfinite(lp) and -2 < float(lp) - float(log_bin_far(0.9)) < 2
+    lp.backward()
+    assert torch.isfinite(loc.grad).all()
+
+
+def log_bin_far(loc: float) -> float:
+    """log P(x = 0) for a logistic at `loc` with the floor scale: the bottom bin's tail."""
+    a = (loc - 0.5 / 255) / math.exp(distributions.LOG_SCALE_MIN)
+    return -(a + math.log1p(math.exp(-a)))  # log sigmoid(-a)

@@ -1,6 +1,7 @@
 """Training loop: run folder contents, exact resume, divergence handling, checkpoints."""
 
 import json
+import math
 import os
 import shutil
 
@@ -9,7 +10,7 @@ import torch
 
 from vaelab import objectives
 from vaelab.checkpoint import load_checkpoint, load_run
-from vaelab.config import Config
+from vaelab.config import Config, resolve
 from vaelab.data import load_dataset
 from vaelab.train import TrainingDiverged, learning_rate, resume, train
 
@@ -24,7 +25,9 @@ def metrics(run):
 def test_run_folder_is_self_describing(tmp_path, tiny_cfg):
     run = train(tiny_cfg, tmp_path / "run", progress=False)
     saved = Config.from_dict(json.loads((run / "config.json").read_text()))
-    assert saved.replace(data={"fingerprint": None}) == tiny_cfg
+    # the config as given, with every setting left to the data chosen, and the precision used
+    chosen, _ = resolve(tiny_cfg, load_dataset("mnist-sample").facts())
+    assert saved.replace(data={"fingerprint": None}) == chosen.replace(train={"precision": "fp32"})
     assert len(saved.data.fingerprint) == 16  # the data's identity is recorded with the run
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -103,6 +106,25 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_cfg, monke
     assert all(torch.isfinite(p).all() for p in load_run(tmp_path / "run")[1].parameters())
 
 
+def test_a_few_non_finite_steps_are_skipped_and_counted(tmp_path, tiny_cfg, monkeypatch, capsys):
+    calls = {"n": 0}
+    real = objectives.OBJECTIVES["elbo"]
+
+    def poisoned(model, x, c=None, **kw):
+        calls["n"] += 1
+        terms = real(model, x, c, **kw)
+        if calls["n"] in (3, 5):  # two training steps of epoch 1
+            terms["loss"] = terms["loss"] * float("inf")
+        return terms
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "elbo", poisoned)
+    run = train(tiny_cfg.replace(train={"epochs": 2}), tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["skipped_steps"] == 2 and "skipped_steps" not in records[1]
+    assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["test_elbo"]) for r in records)
+    assert "epoch 1 skipped 2 step(s)" in capsys.readouterr().err
+
+
 def test_checkpoint_survives_a_crash_between_renames(tmp_path, tiny_cfg):
     run = train(tiny_cfg.replace(train={"epochs": 1}), tmp_path / "run", progress=False)
     os.replace(run / "checkpoint", run / "checkpoint.old")  # as if killed mid-swap
@@ -114,9 +136,9 @@ def test_checkpoint_survives_a_crash_between_renames(tmp_path, tiny_cfg):
 
 
 def test_exp_schedule_does_not_depend_on_total_epochs():
-    a = Config().train
-    b = Config().replace(train={"epochs": 3}).train
+    a = Config().replace(train={"lr": 2e-3, "lr_decay": 0.92}).train
+    b = Config().replace(train={"lr": 2e-3, "lr_decay": 0.92, "epochs": 3}).train
     assert [learning_rate(a, s, 50) for s in range(0, 400, 37)] == [learning_rate(b, s, 50) for s in range(0, 400, 37)]
     assert learning_rate(a, 0, 50) < learning_rate(a, a.warmup_steps, 50)  # warm-up
-    cos = Config().replace(train={"schedule": "cosine", "epochs": 2, "warmup_steps": 0}).train
+    cos = Config().replace(train={"schedule": "cosine", "epochs": 2, "warmup_steps": 0, "lr": 2e-3}).train
     assert learning_rate(cos, 0, 50) == cos.lr and abs(learning_rate(cos, 100, 50)) < 1e-12

@@ -83,7 +83,7 @@ def _reshape_named(data: Dataset, d: DataConfig) -> Dataset:
                                for i in range(0, len(x), 4096)])
         out.append(Split(torch.from_numpy(conv), split.labels))
     return Dataset(data.name, out[0], out[1], data.classes, data.source,
-                   f"{data.fingerprint}:{'x'.join(map(str, shape))}", data.skipped)
+                   f"{data.fingerprint}:{'x'.join(map(str, shape))}", data.skipped, data.binary_benchmark)
 
 
 def memory_budget(d: DataConfig, device: torch.device) -> int:

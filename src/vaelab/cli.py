@@ -55,6 +55,7 @@ _OVERRIDES = {
     "kl": ("train", "kl"),
     "beta": ("train", "beta"),
     "clip_grad": ("train", "clip_grad"),
+    "kl_warmup": ("train", "kl_warmup"),
     "samples": ("train", "samples"),
     "seed": ("train", "seed"),
     "device": ("train", "device"),
@@ -174,6 +175,9 @@ def _run_dir(s: str) -> Path:
     return p
 
 
+AUTO_HELP = "default: chosen from the data"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vaelab.distributions import LIKELIHOODS, SCALES
     from vaelab.flows import FLOWS
@@ -220,23 +224,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "half the free GPU memory)")
     g.add_argument("--conditions", metavar="FILE.npz",
                    help="cvae/icvae: side information c as float arrays 'train' and 'test' (default: one-hot labels)")
-    g.add_argument("--binarization", choices=["dynamic", "fixed", "none"],
-                   help=f"dynamic: resample Bernoulli(pixel/255) each use; fixed: once, seeded; "
-                        f"none: grey levels (default {d.data.binarization})")
+    g.add_argument("--binarization", choices=["auto", "dynamic", "fixed", "none"],
+                   help="dynamic: resample Bernoulli(pixel/255) each use; fixed: once, seeded; none: the 256 grey "
+                        "levels; auto: dynamic for the MNIST family and black-and-white images, none for other "
+                        f"data ({AUTO_HELP})")
     g = t.add_argument_group("model")
     g.add_argument("--model", choices=list(MODELS), help=f"model (default {d.model.model})")
-    g.add_argument("--net", choices=list(NETS),
-                   help=f"mlp; conv (strided conv encoder, sub-pixel conv decoder; channels 32,64 unless "
-                        f"--hidden); conv-transpose (default {d.model.net})")
-    g.add_argument("--latent-dim", type=_positive_int, metavar="D", help=f"latent size (default {d.model.latent_dim})")
+    g.add_argument("--net", choices=["auto", *NETS],
+                   help="mlp; conv (strided conv encoder, sub-pixel conv decoder; channels 32,64 unless --hidden); "
+                        "conv-transpose; resnet (residual conv net with a 1x1 output head, widths sized for the "
+                        f"images); auto: mlp for the MNIST family, resnet for other images ({AUTO_HELP})")
+    g.add_argument("--latent-dim", type=_positive_int, metavar="D", help=f"latent size ({AUTO_HELP})")
     g.add_argument("--hidden", type=_hidden, metavar="H1,H2",
-                   help=f"encoder layer widths (mlp) or channels per level (conv); given alone, the decoder "
-                        f"mirrors it (default {','.join(map(str, d.model.hidden))})")
+                   help="encoder layer widths (mlp) or channels per level (conv nets); given alone, the decoder "
+                        f"mirrors it ({AUTO_HELP}: 512,512 for the MLP, 32,64 for conv, resnet by image size)")
     g.add_argument("--decoder-hidden", type=_hidden, metavar="H1,H2",
-                   help="decoder hidden sizes from z outwards (default "
-                        + ",".join(map(str, d.model.decoder_hidden or ())) + ", or the mirror of --hidden)")
+                   help="decoder hidden sizes from z outwards (default: the mirror of --hidden; the MLP's "
+                        "default pairs a 512,512 encoder with a 256,256 decoder)")
     g.add_argument("--res-blocks", type=_nonneg_int, metavar="R",
-                   help=f"conv nets: residual blocks per resolution level (default {d.model.res_blocks})")
+                   help=f"conv nets: residual blocks per resolution level ({AUTO_HELP})")
     g.add_argument("--activation", choices=list(ACTIVATIONS), help=f"(default {d.model.activation})")
     g.add_argument("--flows", type=_nonneg_int, metavar="K",
                    help=f"normalizing flows in the posterior (default {d.model.flows})")
@@ -255,31 +261,35 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {','.join(map(str, d.model.latent_hidden))})")
     g.add_argument("--condition-encoder", action="store_const", const=True,
                    help="cvae/icvae: feed the condition to the encoder too (the decoder always gets it)")
-    g.add_argument("--likelihood", choices=list(LIKELIHOODS),
-                   help=f"p(x|z): bernoulli for binarised data; gaussian (a density) or logistic (discretized, "
-                        f"256 levels) or logistic-mixture (Salimans et al. 2017; 8-bit colour) for --binarization "
-                        f"none (default {d.model.likelihood})")
+    g.add_argument("--likelihood", choices=["auto", *LIKELIHOODS],
+                   help="p(x|z): bernoulli for binarised data; gaussian (a density) or logistic (discretized, "
+                        "256 levels) or logistic-mixture (Salimans et al. 2017) for --binarization none; auto: "
+                        f"bernoulli for binarised data, logistic otherwise ({AUTO_HELP})")
     g.add_argument("--mixture", type=_positive_int, metavar="K",
                    help=f"logistic-mixture: number of components (default {d.model.mixture})")
-    g.add_argument("--scale", choices=list(SCALES),
-                   help=f"gaussian/logistic scale: fixed (--fixed-std), one learned global, learned per pixel, "
-                        f"or predicted by the decoder (default {d.model.likelihood_scale})")
+    g.add_argument("--scale", choices=["auto", *SCALES],
+                   help="gaussian/logistic scale: fixed (--fixed-std), one learned global, learned per pixel, "
+                        "or predicted by the decoder per pixel and image; auto: pixel for the MNIST family, "
+                        f"decoder for other images ({AUTO_HELP})")
     g.add_argument("--fixed-std", type=_positive_float, metavar="S",
                    help=f"the fixed scale, and the initial value of learned ones (default {d.model.likelihood_std})")
     g = t.add_argument_group("training")
-    g.add_argument("--epochs", type=_positive_int, help=f"total epochs (default {d.train.epochs})")
+    g.add_argument("--epochs", type=_positive_int,
+                   help=f"total epochs ({AUTO_HELP}: 40 for the MNIST family; for other images about 200,000 "
+                        "32x32 images' worth of pixels)")
     g.add_argument("--minutes", type=_nonneg_float, metavar="M",
                    help="a budget of training time: stop before an epoch that would go past M minutes of "
                         "summed epoch time (at --epochs at the latest); not with --schedule cosine (default 0: none)")
     g.add_argument("--warmup-steps", type=_nonneg_int, metavar="N",
                    help=f"linear learning-rate warm-up, at most one epoch (default {d.train.warmup_steps})")
-    g.add_argument("--batch-size", type=_positive_int, help=f"(default {d.train.batch_size})")
-    g.add_argument("--lr", type=_positive_float, help=f"peak learning rate (default {d.train.lr})")
+    g.add_argument("--batch-size", type=_positive_int, help=f"({AUTO_HELP})")
+    g.add_argument("--lr", type=_positive_float, help=f"peak learning rate ({AUTO_HELP})")
     g.add_argument("--optimizer", choices=list(OPTIMIZERS), help=f"(default {d.train.optimizer})")
     g.add_argument("--schedule", choices=list(SCHEDULES),
                    help=f"exp: lr*decay^epoch; cosine: to 0 at --epochs; constant (default {d.train.schedule})")
     g.add_argument("--lr-decay", type=_positive_float, metavar="G",
-                   help=f"per-epoch factor of the exp schedule (default {d.train.lr_decay})")
+                   help=f"per-epoch factor of the exp schedule ({AUTO_HELP}: 0.92 for the MNIST family; for other "
+                        "images a tenfold fall over the epochs)")
     g.add_argument("--objective", choices=["auto", *OBJECTIVES],
                    help="elbo; iwae (importance-weighted bound with --samples k); auto: elbo for VAEs, "
                         "reconstruction for the AE (default auto)")
@@ -291,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--samples", type=_positive_int, metavar="N",
                    help=f"samples of z per image: L for the ELBO, k for IWAE (default {d.train.samples})")
     g.add_argument("--clip-grad", type=_nonneg_float, metavar="NORM",
-                   help="clip the gradient norm to NORM, 0 = off; steadies training with flows (default 0)")
+                   help=f"clip the gradient norm to NORM, 0 = off; steadies training with flows ({AUTO_HELP})")
+    g.add_argument("--kl-warmup", type=_nonneg_float, metavar="EPOCHS",
+                   help=f"raise the KL weight linearly from 0 to --beta over this many epochs, 0 = off ({AUTO_HELP})")
     g.add_argument("--seed", type=int, help=f"(default {d.train.seed})")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"(default {d.train.device})")
     g.add_argument("--precision", choices=list(PRECISIONS),
@@ -318,7 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n", "--n-images", dest="n", type=_positive_int,
                    help="evaluate the first N test images (default all); under torchrun write --n-images, "
                         "since torchrun takes --n as an abbreviation of its own options")
-    e.add_argument("--k", type=_positive_int, default=1000, help="importance samples per image (default 1000)")
+    e.add_argument("--k", type=_positive_int,
+                   help="importance samples per image (default 1000 for images of up to 1,024 values, such as "
+                        "MNIST; 100 for larger ones)")
     e.add_argument("--metrics", type=_metrics, default=("nll",), metavar="M[,M]",
                    help="nll: ELBO and IS estimate of -log p(x); fd: Frechet distance of prior samples to the test "
                         "images in the features of a classifier vaelab trains on the dataset's labels (cached; "
@@ -468,8 +482,6 @@ def _config_from_args(args: argparse.Namespace) -> Config:
     model = sections["model"]
     if "hidden" in model and "decoder_hidden" not in model:
         model["decoder_hidden"] = None  # --hidden alone: the decoder mirrors it
-    if model.get("net", "mlp") != "mlp" and "hidden" not in model and args.config is None:
-        model.update(hidden=(32, 64), decoder_hidden=None)  # conv widths, not the MLP's 512s
     return cfg.replace(**sections)
 
 
@@ -510,6 +522,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                  (f"-log p(x), IS k={r['k']} (nats)", f"{r['nll']:.2f} +- {r['nll_stderr']:.2f}")]
         if "bits_per_dim" in r:
             rows.append(("bits/dim", f"{r['bits_per_dim']:.4f}"))
+        if "recon_psnr" in r:
+            rows.append(("reconstruction PSNR (dB)", f"{r['recon_psnr']:.2f} +- {r['recon_psnr_stderr']:.2f}"))
+        if "active_units" in r:
+            rows.append(("active latent units", f"{r['active_units']} of {r['latent_dim']}"))
         if "nll_note" in r:
             rows.append(("note", r["nll_note"]))
     elif "recon_nll" in r:

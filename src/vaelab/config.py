@@ -23,6 +23,9 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the fix."""
 
 
+AUTO = "auto"  # a name field left for `resolve` to choose from the data (numbers use None)
+
+
 NOISE_KINDS = ("uniform", "salt-pepper", "gaussian")  # the corruptions of vaelab.batches.add_noise
 
 
@@ -58,8 +61,10 @@ class DataConfig:
     # set by training: the data's identity (file names, sizes, times or content hash)
     fingerprint: str | None = None
     # dynamic: fresh Bernoulli(pixel/255) sample each time an image is used;
-    # fixed: one sample drawn with `binarization_seed`; none: grey levels in [0, 1].
-    binarization: str = "dynamic"
+    # fixed: one sample drawn with `binarization_seed`; none: grey levels in [0, 1];
+    # auto: dynamic for the binary benchmarks (MNIST family) and images whose pixels are
+    # all 0 or 255, none (8-bit pixels) for every other dataset (see `resolve`)
+    binarization: str = AUTO
     binarization_seed: int = 0
     download: bool = True
     # cvae/icvae: an .npz with float arrays `train` and `test` of side information, used
@@ -70,20 +75,24 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     model: str = "vae"
-    net: str = "mlp"
-    # Encoder hidden sizes. The decoder mirrors them unless `decoder_hidden` is given
-    # (listed from z outwards). The default pairs a 512-512 encoder with a 256-256
+    # mlp | conv | conv-transpose | resnet; auto: the recipe's (see `resolve`)
+    net: str = AUTO
+    # Encoder hidden sizes (MLP) or channel widths per 2x downsampling level (conv nets).
+    # The decoder mirrors them unless `decoder_hidden` is given (listed from z outwards).
+    # None: the recipe's. The binary recipe pairs a 512-512 encoder with a 256-256
     # decoder: k=1000 importance sampling decodes every test image 1000 times, so the
-    # decoder sets evaluation cost, while the encoder runs once per image. See README
-    # "Choosing the default recipe" for the measurements behind it.
-    hidden: tuple[int, ...] = (512, 512)
-    decoder_hidden: tuple[int, ...] | None = (256, 256)
-    latent_dim: int = 50
+    # decoder sets evaluation cost, while the encoder runs once per image (docs/benchmarks.md).
+    hidden: tuple[int, ...] | None = None
+    decoder_hidden: tuple[int, ...] | None = None
+    latent_dim: int | None = None
     # ELU beat ReLU by ~2.4 nats of test NLL in a 3-minute MNIST budget (README)
     activation: str = "elu"
-    likelihood: str = "bernoulli"
-    # gaussian/logistic only: fixed | global | pixel | decoder (see distributions.py)
-    likelihood_scale: str = "pixel"
+    # bernoulli | gaussian | logistic | logistic-mixture; auto: bernoulli for binarised
+    # data, the recipe's 8-bit likelihood otherwise
+    likelihood: str = AUTO
+    # gaussian/logistic only: fixed | global | pixel | decoder (see distributions.py); auto:
+    # pixel in the binary recipe, decoder (a scale per pixel and image) in the 8-bit one
+    likelihood_scale: str = AUTO
     # the scale of `fixed`, and the initial scale of the learned ones (data in [0, 1])
     likelihood_std: float = 0.1
     # normalizing flows in the posterior (VAE only): how many, and which kind
@@ -103,30 +112,30 @@ class ModelConfig:
     # cvae/icvae: also feed the condition to the encoder (the decoder always gets it)
     condition_encoder: bool = False
     # conv nets: residual blocks per resolution level, after each downsampling and
-    # before each upsampling (0: plain strided convs as in seed 000)
-    res_blocks: int = 0
+    # before each upsampling (0: plain strided convs); None: the recipe's
+    res_blocks: int | None = None
     # logistic-mixture likelihood: number of mixture components (Salimans et al. 2017)
     mixture: int = 10
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # 40 epochs of MNIST take 2.5-4 minutes on the 2-core Xeon hosts (3.7-5.7 s an epoch as
-    # the shared host's speed varies; EPYC hosts are slower): README "The default MNIST
-    # recipe", where 3 minutes (32-47 epochs) gave IS-NLL 90.03-90.51 and 40 epochs 90.15-90.22
-    epochs: int = 40
+    # None: the recipe's. The binary recipe's 40 epochs of MNIST take 2.5-4 minutes on 2
+    # CPU cores and give IS-NLL 90.15-90.22 (docs/benchmarks.md); the 8-bit recipe sets
+    # epochs from the number of training images (`eight_bit_epochs`)
+    epochs: int | None = None
     # a budget of training time in minutes (0: none): the run stops before an epoch that
     # would take it past the budget (paced by the slowest of its last few epochs), at
     # `epochs` at the latest; the summed epoch times of all its sessions count
     minutes: float = 0.0
-    batch_size: int = 128
-    lr: float = 2e-3
+    batch_size: int | None = None
+    lr: float | None = None
     optimizer: str = "adam"
     # exp: lr * decay**(epochs done), smooth per step; its value at a step does not
     # depend on the total number of epochs, so `--resume --epochs N` continues the same
     # curve an uninterrupted N-epoch run follows. cosine anneals to 0 at `epochs`.
     schedule: str = "exp"
-    lr_decay: float = 0.92
+    lr_decay: float | None = None
     warmup_steps: int = 100
     # auto: the model's own (elbo for VAEs, reconstruction for the AE); or elbo | iwae
     objective: str = "auto"
@@ -137,8 +146,11 @@ class TrainConfig:
     # icvae: weight of KL(q(z|x) || q(z)) (Moyer et al. 2018); the reconstruction is
     # weighted 1 + lam
     lam: float = 1.0
-    # clip the global gradient norm to this value (0: off); a guard for flows
-    clip_grad: float = 0.0
+    # clip the global gradient norm to this value (0: off); None: the recipe's
+    clip_grad: float | None = None
+    # KL warm-up (Sønderby et al. 2016): the KL weight rises linearly from 0 to `beta` over
+    # this many epochs (0: off); None: the recipe's
+    kl_warmup: float | None = None
     # L samples of z per image for the ELBO, k for the IWAE bound
     samples: int = 1
     seed: int = 0
@@ -203,26 +215,28 @@ def _build(sub_cls: type, values: dict[str, Any], section: str) -> Any:
         )
     kwargs = {}
     for name, value in values.items():
-        default = getattr(sub_cls(), name)
         kind = str(known[name].type)
-        if value is None and kind.endswith("| None"):
-            pass  # an optional field left unset
+        optional = kind.endswith("| None")
+        kind = kind.removesuffix(" | None")
+        where = f"{section}.{name}"
+        if value is None and optional:
+            pass  # an optional field left unset (for the recipe fields: chosen from the data)
         elif kind.startswith("tuple"):
-            value = _as_int_tuple(value, f"{section}.{name}")
-        elif kind.startswith("str"):
+            value = _as_int_tuple(value, where)
+        elif kind == "str":
             if not isinstance(value, str):
-                raise ConfigError(f"{section}.{name} must be a string, got {value!r}")
-        elif isinstance(default, bool):
+                raise ConfigError(f"{where} must be a string, got {value!r}")
+        elif kind == "bool":
             if not isinstance(value, bool):
-                raise ConfigError(f"{section}.{name} must be true or false, got {value!r}")
-        elif isinstance(default, int) and not isinstance(default, bool):
+                raise ConfigError(f"{where} must be true or false, got {value!r}")
+        elif kind == "int":
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{section}.{name} must be an integer, got {value!r}")
-        elif isinstance(default, float):
+                raise ConfigError(f"{where} must be an integer, got {value!r}")
+        elif kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{section}.{name} must be a number, got {value!r}")
+                raise ConfigError(f"{where} must be a number, got {value!r}")
             value = float(value)
         kwargs[name] = value
     return sub_cls(**kwargs)
@@ -247,8 +261,8 @@ def _as_int_tuple(value: Any, name: str) -> tuple[int, ...]:
 def validate(cfg: Config) -> None:
     """Check types' ranges and combinations; names are checked where they are looked up."""
     d, m, t = cfg.data, cfg.model, cfg.train
-    if d.binarization not in ("dynamic", "fixed", "none"):
-        raise ConfigError(f"unknown binarization {d.binarization!r}; choose one of: dynamic, fixed, none")
+    if d.binarization not in (AUTO, "dynamic", "fixed", "none"):
+        raise ConfigError(f"unknown binarization {d.binarization!r}; choose one of: auto, dynamic, fixed, none")
     if m.flows < 0:
         raise ConfigError(f"model.flows must be >= 0, got {m.flows}")
     if m.flows and m.model == "ae":
@@ -288,7 +302,7 @@ def validate(cfg: Config) -> None:
     if m.model == "hvae" and (m.flows or m.prior != "normal"):
         raise ConfigError("the hvae model's prior is its own top-down chain and its posterior a bottom-up one: "
                           "drop --flows and --prior (or use --model vae)")
-    for name, sizes in (("hidden", m.hidden), ("decoder_hidden", m.decoder_hidden or ()),
+    for name, sizes in (("hidden", m.hidden or ()), ("decoder_hidden", m.decoder_hidden or ()),
                         ("lower_latents", m.lower_latents), ("latent_hidden", m.latent_hidden)):
         if any(h <= 0 for h in sizes):
             raise ConfigError(f"{name} sizes must be positive, got {','.join(map(str, sizes))}")
@@ -309,26 +323,166 @@ def validate(cfg: Config) -> None:
         "train.image_every": t.image_every,
     }
     for name, value in positive.items():
-        if value <= 0:
+        if value is not None and value <= 0:
             raise ConfigError(f"{name} must be a positive integer, got {value}")
     for name, value in (("model.res_blocks", m.res_blocks), ("data.memory_budget_mb", d.memory_budget_mb),
-                        ("train.warmup_steps", t.warmup_steps)):
-        if value < 0:
+                        ("train.warmup_steps", t.warmup_steps), ("train.clip_grad", t.clip_grad),
+                        ("train.kl_warmup", t.kl_warmup)):
+        if value is not None and not value >= 0:  # also rejects nan
             raise ConfigError(f"{name} must be >= 0, got {value}")
     if not m.likelihood_std > 0:
         raise ConfigError(f"model.likelihood_std must be positive, got {m.likelihood_std}")
-    if not t.lr > 0:
+    if t.lr is not None and not t.lr > 0:
         raise ConfigError(f"train.lr must be positive, got {t.lr}")
-    if not 0 < t.lr_decay <= 1:
+    if t.lr_decay is not None and not 0 < t.lr_decay <= 1:
         raise ConfigError(f"train.lr_decay must be in (0, 1], got {t.lr_decay}")
     if t.beta < 0:
         raise ConfigError(f"train.beta must be >= 0, got {t.beta}")
-    if t.clip_grad < 0:
-        raise ConfigError(f"train.clip_grad must be >= 0, got {t.clip_grad}")
+    if t.kl_warmup and t.objective == "iwae":
+        raise ConfigError("the IWAE bound has no KL term to warm up; use --objective elbo with --kl-warmup, "
+                          "or --kl-warmup 0")
     if t.lam < 0:
         raise ConfigError(f"train.lam must be >= 0, got {t.lam}")
     if t.denoise is not None:
         parse_denoise(t.denoise)
+
+
+# ----------------------------------------------------------------------------- recipes
+#
+# Fields left unset (AUTO names, None numbers) are chosen from the data by `resolve`, once,
+# when a run starts; config.json records the values chosen. Two recipes:
+#
+# - binary: the MNIST-family benchmarks, and images whose pixels are all 0 or 255. Dynamic
+#   binarisation, a Bernoulli likelihood, an MLP (docs/benchmarks.md has its measurements).
+# - 8-bit: every other dataset (grey or colour folders and arrays, CIFAR-10). The pixels'
+#   256 levels are modelled by a discretized logistic likelihood (Salimans et al. 2017)
+#   whose location and scale the decoder predicts per pixel, with a residual conv net sized
+#   for the images (docs/colour.md has the measurements behind each choice).
+
+BINARY_RECIPE: dict[str, dict[str, Any]] = {
+    "data": {"binarization": "dynamic"},
+    "model": {"likelihood": "bernoulli", "likelihood_scale": "pixel", "net": "mlp", "latent_dim": 50,
+              "res_blocks": 0},
+    "train": {"epochs": 40, "batch_size": 128, "lr": 2e-3, "lr_decay": 0.92, "clip_grad": 0.0, "kl_warmup": 0.0},
+}
+EIGHT_BIT_RECIPE: dict[str, dict[str, Any]] = {
+    "data": {"binarization": "none"},
+    "model": {"likelihood": "logistic", "likelihood_scale": "decoder", "net": "resnet", "latent_dim": 128,
+              "res_blocks": 0},
+    "train": {"batch_size": 64, "lr": 1e-3, "clip_grad": 0.0, "kl_warmup": 0.0},
+}
+# default widths per net when `hidden` is unset (resnet: `resnet_widths`)
+NET_WIDTHS = {"mlp": ((512, 512), (256, 256)), "conv": ((32, 64), None), "conv-transpose": ((32, 64), None)}
+# The 8-bit recipe trains on about this many pixels in all (200,000 images of 32x32, 50,000 of
+# 64x64), whatever the number of images: about 8 minutes on 2 CPU cores (docs/colour.md).
+EIGHT_BIT_PIXELS = 200_000 * 32 * 32
+# Over its epochs, the 8-bit recipe's learning rate decays by this factor in all.
+EIGHT_BIT_LR_FALL = 0.1
+BINARY_PIXELS = frozenset({0, 255})
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What `resolve` needs to know of a dataset."""
+
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    n_train: int
+    # a binary benchmark (MNIST family), or images whose pixels are all 0 or 255
+    binary: bool
+
+
+def resnet_levels(height: int, width: int) -> int:
+    """2x downsampling levels of the recipe's resnet: as many as keep both sides divisible
+    and the smaller side >= 4 at the bottom (32x32 -> 3, 64x64 -> 4, 28x28 -> 2), at most 6."""
+    levels = 0
+    while levels < 6 and height % 2 ** (levels + 1) == 0 and width % 2 ** (levels + 1) == 0 \
+            and min(height, width) // 2 ** (levels + 1) >= 4:
+        levels += 1
+    return levels
+
+
+def resnet_widths(height: int, width: int) -> tuple[int, ...]:
+    """Channel widths per level, full resolution first: 128 at the deepest level, halving
+    towards the image, at least 16 (32x32 -> 32,64,128; 64x64 -> 16,32,64,128)."""
+    levels = resnet_levels(height, width)
+    return tuple(max(16, 128 >> (levels - 1 - i)) for i in range(levels))
+
+
+def eight_bit_epochs(facts: DataFacts) -> int:
+    """Epochs of the 8-bit recipe: EIGHT_BIT_PIXELS pixels in all, between 1 and 1000 epochs."""
+    _, h, w = facts.image_shape
+    return max(1, min(1000, round(EIGHT_BIT_PIXELS / (facts.n_train * h * w))))
+
+
+def resolve(cfg: Config, facts: DataFacts) -> tuple[Config, dict[str, str]]:
+    """Fill every field left to the recipe (AUTO names, None numbers) from the data.
+
+    Returns the complete config and, for each field chosen here, a short description
+    ("model.net": "resnet 32,64,128"). Fields the user set are kept, and the recipe's
+    other choices follow them: an explicit Bernoulli likelihood makes the binarisation
+    dynamic, an explicit binarisation picks the likelihood that models it.
+    """
+    d, m, t = cfg.data, cfg.model, cfg.train
+    recipe = BINARY_RECIPE if facts.binary else EIGHT_BIT_RECIPE
+    chosen: dict[str, str] = {}
+    data, model, train = {}, {}, {}
+
+    def pick(section: dict[str, Any], name: str, value: Any, where: str) -> None:
+        section[name] = value
+        chosen[where] = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+    binary_likelihood = m.likelihood == "bernoulli"
+    if d.binarization == AUTO:
+        if m.likelihood != AUTO:
+            pick(data, "binarization", "dynamic" if binary_likelihood else "none", "data.binarization")
+        else:
+            pick(data, "binarization", recipe["data"]["binarization"], "data.binarization")
+    binarization = data.get("binarization", d.binarization)
+    if m.likelihood == AUTO:
+        pick(model, "likelihood", "bernoulli" if binarization != "none" else
+             EIGHT_BIT_RECIPE["model"]["likelihood"], "model.likelihood")
+    if m.likelihood_scale == AUTO:
+        pick(model, "likelihood_scale", recipe["model"]["likelihood_scale"], "model.likelihood_scale")
+    _, h, w = facts.image_shape
+    if m.net == AUTO:
+        net = recipe["model"]["net"]
+        if net == "resnet" and resnet_levels(h, w) < 2:
+            net = "mlp"  # too small, or sides not divisible by 4: no conv levels fit
+        pick(model, "net", net, "model.net")
+    net = model.get("net", m.net)
+    if m.hidden is None:
+        if net == "resnet":
+            widths, mirror = resnet_widths(h, w), None
+        else:
+            widths, mirror = NET_WIDTHS.get(net, NET_WIDTHS["mlp"])
+        pick(model, "hidden", widths, "model.hidden")
+        if m.decoder_hidden is None and mirror is not None:
+            pick(model, "decoder_hidden", mirror, "model.decoder_hidden")
+    for name in ("latent_dim", "res_blocks"):
+        if getattr(m, name) is None:
+            pick(model, name, recipe["model"][name], f"model.{name}")
+    for name in ("batch_size", "lr", "clip_grad", "kl_warmup"):
+        if getattr(t, name) is None:
+            pick(train, name, recipe["train"][name], f"train.{name}")
+    if t.epochs is None:
+        pick(train, "epochs", recipe["train"]["epochs"] if facts.binary else eight_bit_epochs(facts), "train.epochs")
+    if t.lr_decay is None:
+        epochs = train.get("epochs", t.epochs)
+        decay = recipe["train"]["lr_decay"] if facts.binary else round(EIGHT_BIT_LR_FALL ** (1 / epochs), 6)
+        pick(train, "lr_decay", decay, "train.lr_decay")
+    return cfg.replace(data=data, model=model, train=train), chosen
+
+
+def unresolved(cfg: Config) -> list[str]:
+    """The fields still left to the recipe (empty once `resolve` has run)."""
+    d, m, t = cfg.data, cfg.model, cfg.train
+    names = {"data.binarization": d.binarization == AUTO, "model.net": m.net == AUTO,
+             "model.likelihood": m.likelihood == AUTO, "model.likelihood_scale": m.likelihood_scale == AUTO,
+             "model.hidden": m.hidden is None, "model.latent_dim": m.latent_dim is None,
+             "model.res_blocks": m.res_blocks is None}
+    names.update({f"train.{n}": getattr(t, n) is None
+                  for n in ("epochs", "batch_size", "lr", "lr_decay", "clip_grad", "kl_warmup")})
+    return [n for n, unset in names.items() if unset]
 
 
 def parse_denoise(spec: str) -> tuple[str, float, float]:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vaelab.config import DataFacts
 from vaelab.files import file_mode
 
 
@@ -51,6 +52,8 @@ class DatasetInfo:
     attribution: str
     embedded: bool = False  # shipped inside the package
     kind: str = "idx"  # idx | cifar
+    # a binary benchmark: modelled binarised by default, as the literature does (config.resolve)
+    binary: bool = False
 
 
 _MNIST_FILES = {
@@ -76,6 +79,7 @@ DATASETS: dict[str, DatasetInfo] = {
         system_dirs=(),
         classes=tuple(str(i) for i in range(10)),
         attribution="MNIST by Yann LeCun, Corinna Cortes and Christopher J.C. Burges, CC BY-SA 3.0",
+        binary=True,
     ),
     "fashion-mnist": DatasetInfo(
         name="fashion-mnist",
@@ -96,6 +100,7 @@ DATASETS: dict[str, DatasetInfo] = {
             "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
         ),
         attribution="Fashion-MNIST by Zalando Research, MIT licence",
+        binary=True,
     ),
     # 2,000 training and 500 test digits of MNIST shipped with vaelab, so that the demo
     # and the tests run without a network (see vaelab/_data/README.md).
@@ -108,6 +113,7 @@ DATASETS: dict[str, DatasetInfo] = {
         classes=tuple(str(i) for i in range(10)),
         attribution="first 2,000 train / 500 test images of MNIST (LeCun, Cortes, Burges), CC BY-SA 3.0",
         embedded=True,
+        binary=True,
     ),
     # the official "binary version" (Krizhevsky 2009): 5 training batches and 1 test batch
     # of 10,000 records, each 1 label byte + 3,072 bytes (1024 R, then G, then B, row-major)
@@ -456,10 +462,21 @@ class Dataset:
     source: str  # where the files were read from
     fingerprint: str = ""  # changes when the data change
     skipped: tuple[str, ...] = field(default_factory=tuple)  # unreadable images left out, "name: reason"
+    binary_benchmark: bool = False  # a named binary benchmark (DatasetInfo.binary)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    def binary_pixels(self, rows: int = 4096) -> bool:
+        """Whether the first `rows` training images hold only the values 0 and 255."""
+        n = min(rows, len(self.train))
+        x = read_rows(self.train.images, torch.arange(n))
+        return bool(((x == 0) | (x == 255)).all())
+
+    def facts(self) -> DataFacts:
+        """What the recipe is chosen from (vaelab.config.resolve)."""
+        return DataFacts(self.image_shape, len(self.train), self.binary_benchmark or self.binary_pixels())
 
     @property
     def labelled(self) -> bool:
@@ -493,7 +510,7 @@ def attach_conditions(data: Dataset, path: str | Path) -> Dataset:
     te = torch.from_numpy(test.astype(np.float32))
     return Dataset(data.name, Split(data.train.images, data.train.labels, tr),
                    Split(data.test.images, data.test.labels, te), data.classes, data.source,
-                   data.fingerprint, data.skipped)
+                   data.fingerprint, data.skipped, data.binary_benchmark)
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True) -> Dataset:
@@ -512,4 +529,5 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         for a in arrays[split]:
             h.update(np.ascontiguousarray(a).data)
     splits = {s: Split(torch.from_numpy(np.array(im)), torch.from_numpy(lab)) for s, (im, lab) in arrays.items()}
-    return Dataset(name, splits["train"], splits["test"], info.classes, str(directory), h.hexdigest()[:16])
+    return Dataset(name, splits["train"], splits["test"], info.classes, str(directory), h.hexdigest()[:16],
+                   binary_benchmark=info.binary)

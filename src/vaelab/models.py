@@ -21,7 +21,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from vaelab.config import ConfigError, ModelConfig, choose
+from vaelab.config import AUTO, Config, ConfigError, DataFacts, ModelConfig, choose, resolve, unresolved
 from vaelab.distributions import (LIKELIHOODS, SCALES, DiagonalGaussian, GaussianChain, GaussianMixture, MixturePrior,
                                   StandardNormal)
 from vaelab.flows import FLOWS, FlowPosterior
@@ -91,7 +91,8 @@ class _Base(nn.Module):
     def set_precision(self, dtype: torch.dtype | None, channels_last: bool = False) -> None:
         """Run the networks under autocast to `dtype` (None: fp32). Their outputs are cast
         back to fp32 before any distribution sees them, so every log-density, logsumexp
-        and KL is computed in fp32. `channels_last`: conv nets' memory format on GPUs."""
+        and KL is computed in fp32. `channels_last`: conv nets' memory format (faster with
+        cuDNN and with oneDNN on CPUs)."""
         self.amp_dtype, self.channels_last = dtype, channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -278,7 +279,14 @@ MODELS: dict[str, type[_Base]] = {
 
 def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: int = 0) -> _Base:
     """The registered model `cfg.model`, built for images of `image_shape` (C, H, W) and,
-    for conditional models, conditions of `cond_dim` features."""
+    for conditional models, conditions of `cond_dim` features.
+
+    Fields left to the recipe are filled as training fills them (vaelab.config.resolve),
+    from the image shape alone: the binary recipe when the likelihood is Bernoulli or unset,
+    the 8-bit recipe otherwise. Training resolves against the data first."""
+    if unresolved(Config(model=cfg)):
+        binary = cfg.likelihood in (AUTO, "bernoulli")
+        cfg = resolve(Config(model=cfg), DataFacts(tuple(image_shape), 1, binary))[0].model
     model_cls = choose(MODELS, cfg.model, "model")
     if model_cls.conditional and cond_dim <= 0:
         raise ConfigError(f"the {cfg.model} model needs conditions: a labelled dataset (class folders, "

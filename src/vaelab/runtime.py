@@ -198,10 +198,28 @@ def leave_process_group() -> bool:
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+def cpu_bf16() -> str | None:
+    """The bf16 matrix instructions of this CPU, as /proc/cpuinfo names them: "amx_bf16"
+    (Intel AMX tiles), "avx512_bf16" (AVX-512 BF16 dot products), or None."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), None)
+    except OSError:
+        pass
+    return None
+
+
+def autocast_dtype(precision: str, device: torch.device, conv: bool = False) -> torch.dtype | None:
     """The autocast dtype for the networks, or None for fp32. auto: bf16 on GPUs that
-    support it, else fp32: CPU autocast is slower than fp32 on CPUs without bf16 matrix
-    units, and where they exist (AMX) it speeds up only the larger batches (README)."""
+    support it; on CPUs, bf16 for conv nets when the CPU has bf16 instructions (AMX or
+    AVX512-BF16: oneDNN's bf16 convolutions ran a 32x32 colour VAE 1.3-1.4x faster on a
+    2-core AVX512-BF16 EPYC, docs/colour.md), else fp32. MLPs stay fp32 on CPUs: bf16
+    matmuls at MNIST's batch sizes were slower without AMX (docs/benchmarks.md)."""
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if conv and cpu_bf16() else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -30,13 +30,13 @@ from vaelab import __version__
 from vaelab.batches import (TRAIN_KEY, Batches, SplitInputs, binarization_key, corrupt, is_path, load_configured,
                             memory_budget, model_inputs)
 from vaelab.checkpoint import RunError, load_checkpoint, load_config, save_checkpoint
-from vaelab.config import Config, ConfigError, TrainConfig, choose, parse_denoise
+from vaelab.config import Config, ConfigError, TrainConfig, choose, parse_denoise, resolve
 from vaelab.distributions import ExampleNoise, keep_noise_out_of_compile
 from vaelab.files import RunLock, atomic_write, ensure_dir, write_json
 from vaelab.models import build_model, check_data_fit
 from vaelab.objectives import OBJECTIVE_TERMS, OBJECTIVES
 from vaelab.plots import image_grid, save_png
-from vaelab.runtime import Dist, autocast_dtype, cpu_name, distributed, progress_bar, tune_malloc
+from vaelab.runtime import Dist, autocast_dtype, bar_redraws, cpu_bf16, cpu_name, distributed, progress_bar, tune_malloc
 
 
 def _fused(cls):
@@ -202,6 +202,108 @@ def learning_rate(t: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return t.lr * warm
 
 
+def kl_weight(t: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The KL weight at `step`: `beta`, reached linearly over the first `kl_warmup` epochs
+    (KL annealing, Bowman et al. 2016; Sønderby et al. 2016)."""
+    if not t.kl_warmup:
+        return t.beta
+    return t.beta * min(1.0, step / (t.kl_warmup * steps_per_epoch))
+
+
+class SkippedSteps:
+    """Counts the steps skipped for a non-finite loss or gradient; MAX_IN_A_ROW in a row stop
+    the run as diverged (the last checkpoint is kept)."""
+
+    MAX_IN_A_ROW = 10
+
+    def __init__(self) -> None:
+        self.in_a_row, self.epoch_count = 0, 0
+
+    def skip(self, epoch: int, step: int, run_dir: Path) -> None:
+        self.in_a_row += 1
+        self.epoch_count += 1
+        if self.in_a_row >= self.MAX_IN_A_ROW:
+            raise TrainingDiverged(f"the loss was not finite for {self.in_a_row} steps in a row (epoch {epoch + 1}, "
+                                   f"step {step + 1}); stopped. {_kept(run_dir, epoch)}. Try a lower --lr or "
+                                   "--clip-grad.")
+
+    def took(self) -> None:
+        self.in_a_row = 0
+
+
+# Progress lines for logs: the first after FIRST_LINE_S seconds of an epoch, then every LINE_S.
+FIRST_LINE_S, LINE_S = 5.0, 30.0
+
+
+class ProgressLog:
+    """When no progress bar can be drawn (stdout to a file, CI, nohup), print a line every
+    LINE_S seconds of a long epoch: step, images/s, the mean loss and KL so far, and the time
+    left in the epoch and in the run. `clock` is replaceable, so tests need no real waiting."""
+
+    clock = staticmethod(time.monotonic)
+
+    def __init__(self, epochs: int, steps_per_epoch: int, batch_size: int, show: bool) -> None:
+        self.epochs, self.steps, self.batch, self.show = epochs, steps_per_epoch, batch_size, show
+        self.epoch, self.sums, self.count = 0, {}, 0
+        self.run_start = self.clock()
+        self.steps_done = 0
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch, self.sums, self.count = epoch, {}, 0
+        self.epoch_start = self.clock()
+        self.next_line = self.epoch_start + FIRST_LINE_S
+
+    def step(self, i: int, terms: dict[str, torch.Tensor]) -> None:
+        """After step i (1-based) of the epoch, with its per-example terms."""
+        self.steps_done += 1
+        if not self.show:
+            return
+        for k in ("loss", "kl"):
+            if k in terms:
+                self.sums[k] = self.sums.get(k, 0.0) + float(terms[k].detach().sum())
+        self.count += len(terms["loss"])
+        now = self.clock()
+        if now < self.next_line or i == self.steps:
+            return
+        self.next_line = now + LINE_S
+        elapsed = max(now - self.epoch_start, 1e-9)
+        per_step = max(now - self.run_start, 1e-9) / self.steps_done
+        left_epoch = (self.steps - i) * elapsed / i
+        left_run = left_epoch + (self.epochs - self.epoch) * self.steps * per_step
+        kl = f"  KL {self.sums['kl'] / self.count:.2f}" if "kl" in self.sums else ""
+        print(f"epoch {self.epoch}/{self.epochs}  step {i}/{self.steps}  loss {self.sums['loss'] / self.count:.2f}"
+              f"{kl}  {i * self.batch / elapsed:.0f} images/s  epoch left {_clock_time(left_epoch)}  "
+              f"run left ~{_clock_time(left_run)}", flush=True)
+
+
+def _clock_time(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+@torch.no_grad()
+def active_units(model, inputs: SplitInputs, dist: Dist = Dist(), threshold: float = 0.01) -> int:
+    """Latent dimensions whose posterior mean varies across the split's images with variance
+    above `threshold` (Burda et al. 2016, section 5.2): the units the model uses. A
+    collapsed posterior, q(z|x) = p(z) for every x, has none."""
+    was_training = model.training
+    model.eval()
+    n, s1, s2 = 0, 0.0, 0.0
+    a, b = dist.shard(len(inputs))
+    for i in range(a, b, 1000):
+        x, c, _ = inputs.rows(i, min(b, i + 1000))
+        mean = model.encode(x, c).mean.double()
+        n, s1, s2 = n + len(mean), s1 + mean.sum(0), s2 + mean.square().sum(0)
+    model.train(was_training)
+    d = model.latent_dim
+    total = dist.sum_(torch.cat([torch.as_tensor(s1, dtype=torch.float64, device=inputs.device).expand(d),
+                                 torch.as_tensor(s2, dtype=torch.float64, device=inputs.device).expand(d)]).clone())
+    count = len(inputs)
+    mean, square = total[:d] / count, total[d:] / count
+    return int(((square - mean.square()) > threshold).sum())
+
+
 def default_run_dir(cfg: Config) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = Path(cfg.data.dataset).stem if is_path(cfg.data.dataset) else cfg.data.dataset
@@ -299,6 +401,8 @@ def log_epoch(board, record: dict[str, Any], pictures: dict[str, Any]) -> None:
             board.add_scalar(f"{split}/{term}", value, epoch)
     board.add_scalar("lr", record["lr"], epoch)
     board.add_scalar("images_per_s", record["examples_per_s"], epoch)
+    if "active_units" in record:
+        board.add_scalar("active_units", record["active_units"], epoch)
     for name, grid in pictures.items():
         board.add_image(name, grid, epoch, dataformats="HW" if grid.ndim == 2 else "HWC")
     board.flush()
@@ -390,16 +494,33 @@ def _load_data(cfg: Config, progress: bool, dist: Dist, device: torch.device):
     return data if dist.main else load_configured(cfg.data, progress=False)
 
 
+def _print_choices(chosen: dict[str, str], facts) -> None:
+    """One line naming every setting chosen from the data (config.json records them all)."""
+    if not chosen:
+        return
+    c, h, w = facts.image_shape
+    kind = "binary" if facts.binary else ("8-bit grey" if c == 1 else "8-bit colour")
+    parts = ", ".join(f"{name.split('.', 1)[1]} {value}" for name, value in chosen.items())
+    print(f"chosen from the data ({facts.n_train} {kind} training images of {c}x{h}x{w}): {parts}", flush=True)
+
+
 def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bool, dataset, stop: StopSignals,
            stack: ExitStack, dist: Dist, device: torch.device) -> Path:
-    t = cfg.train
     tune_malloc()
-    torch.manual_seed(t.seed)
-    check_data_fit(cfg.model, cfg.data.binarization)
-    make_optimizer = choose(OPTIMIZERS, t.optimizer, "optimizer")
-    choose(SCHEDULES, t.schedule, "schedule")
+    torch.manual_seed(cfg.train.seed)
+    make_optimizer = choose(OPTIMIZERS, cfg.train.optimizer, "optimizer")
+    choose(SCHEDULES, cfg.train.schedule, "schedule")
 
     data = dataset or _load_data(cfg, progress, dist, device)
+    facts = data.facts()
+    cfg, chosen = resolve(cfg, facts)
+    t = cfg.train
+    if verbose and not resume:
+        _print_choices(chosen, facts)
+        if cfg.data.binarization != "none" and not facts.binary and "data.binarization" not in chosen:
+            print(f"note: binarising 8-bit images as asked ({cfg.data.binarization}): each pixel becomes 0 or 1 "
+                  "with probability pixel/255; leave --binarization unset to model the 256 levels",
+                  file=sys.stderr)
     if resume and cfg.data.fingerprint and data.fingerprint and data.fingerprint != cfg.data.fingerprint \
             and dist.main:
         print(f"warning: the data in {data.source} changed since this run started "
@@ -407,9 +528,17 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
     if not resume:  # record where the data came from and what it was
         where = str(Path(cfg.data.dataset).expanduser().resolve()) if is_path(cfg.data.dataset) else cfg.data.dataset
         cfg = cfg.replace(data={"dataset": where, "fingerprint": data.fingerprint or None})
+    check_data_fit(cfg.model, cfg.data.binarization)
     model = build_model(cfg.model, data.image_shape, cond_dim=data.cond_dim).to(device)
-    amp = autocast_dtype(t.precision, device)
-    model.set_precision(amp, channels_last=device.type == "cuda" and cfg.model.net != "mlp")
+    conv = cfg.model.net != "mlp"
+    amp = autocast_dtype(t.precision, device, conv)
+    if t.precision == "auto" and not resume:  # recorded, so that the config reruns the same way
+        cfg = cfg.replace(train={"precision": {None: "fp32", torch.bfloat16: "bf16"}[amp]})
+        t = cfg.train
+        if verbose and amp is not None and device.type == "cpu":
+            print(f"precision: bf16 autocast for the networks, as this CPU has {cpu_bf16()} instructions "
+                  "(densities and the optimiser stay fp32; --precision fp32 turns it off)", flush=True)
+    model.set_precision(amp, channels_last=conv)
     optimizer = make_optimizer(model.parameters(), t.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     dequantize = not model.likelihood.discrete
@@ -480,15 +609,21 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
         stack.callback(board.close)  # flushes on every way out
 
     stopping = epoch >= t.epochs or _out_of_time(t, records, dist, device)
+    log = ProgressLog(t.epochs, steps_per_epoch, batch_size, show=progress and not bar_redraws())
+    skips = SkippedSteps()
     while not stopping:
         model.train()
         start = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
         bar = progress_bar(batches, desc=f"epoch {epoch + 1}/{t.epochs}", show=progress, leave=False)
+        log.start_epoch(epoch + 1)
+        n_used = 0  # images of the steps taken
         for i, batch in enumerate(bar):
             lr = learning_rate(t, step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            if t.kl_warmup:
+                options["beta"] = kl_weight(t, step, steps_per_epoch)
             # denoising: the encoder sees the batch (after binarisation) corrupted with noise
             # tied to (seed, step, image), the likelihood scores the clean batch
             x_in = None if denoise is None else corrupt(batch.x, batch.idx, denoise, noise_key(t.seed, step))
@@ -499,39 +634,57 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
             loss = terms["loss"].sum() * (dist.world / batch.size)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            norm = None
             if t.clip_grad:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
+            value = float(loss.detach()) / dist.world
+            # a step whose loss or gradient is not finite is skipped, not taken (as VDVAE skips
+            # outlier updates); a run of them means divergence. fp16's scaler skips on its own.
+            bad = not (math.isfinite(value) and (norm is None or math.isfinite(float(norm))))
+            if not scaler.is_enabled() and (dist.any(bad, device) if dist.active else bad):
+                skips.skip(epoch, step, run_dir)
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                continue
+            skips.took()
             scaler.step(optimizer)
             scaler.update()
             step += 1
+            n_used += len(terms["loss"])  # this process's rows
             with torch.no_grad():
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0) + v.detach().double().sum()
             periodic = i % 25 == 0 or i == steps_per_epoch - 1
             if periodic:
-                value = float(loss.detach()) / dist.world
-                if dist.any(not math.isfinite(value), device):
-                    raise TrainingDiverged(f"loss became non-finite at epoch {epoch + 1}, step {step}; stopped. "
-                                           f"{_kept(run_dir, epoch)}. Try a lower --lr.")
                 bar.set_postfix(loss=f"{value:.2f}", lr=f"{lr:.2e}")
             if periodic or not dist.active:  # one process: after every step; several: all at the same steps
                 stop.poll(dist, device, run_dir, epoch, step)
+            log.step(i + 1, terms)
         bar.close()
         n_seen = len(data.train)
         keys = sorted(sums)
-        totals = dist.sum_(torch.stack([sums[k] for k in keys]))
-        train_terms = {f"train_{k}": float(v) / n_seen for k, v in zip(keys, totals)}
+        totals = dist.sum_(torch.stack([sums[k] for k in keys] + [torch.tensor(float(n_used), dtype=torch.float64,
+                                                                               device=device)]))
+        train_terms = {f"train_{k}": float(v) / float(totals[-1]) for k, v in zip(keys, totals)}
         if not all(math.isfinite(v) for v in train_terms.values()):
             raise TrainingDiverged(f"a loss term became non-finite during epoch {epoch + 1}; stopped. "
                                    f"{_kept(run_dir, epoch)}. Try a lower --lr.")
         test_terms = {f"test_{k}": v for k, v in test_elbo(
             model, test_inputs, objective, seed=t.seed, samples=t.samples if objective == "iwae" else 1, kl=t.kl,
             lam=t.lam, dist=dist).items()}
+        if model.has_density:
+            test_terms["active_units"] = active_units(model, test_inputs, dist)
         epoch += 1
         seconds = time.perf_counter() - start
         record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, **train_terms, **test_terms,
                                   "seconds": round(seconds, 3), "examples_per_s": round(n_seen / seconds, 1)}
+        if skips.epoch_count:
+            record["skipped_steps"] = skips.epoch_count
+            if verbose:
+                print(f"note: epoch {epoch} skipped {skips.epoch_count} step(s) whose loss or gradient was not "
+                      "finite", file=sys.stderr)
+            skips.epoch_count = 0
         records.append(record)
         stopping = epoch >= t.epochs or _out_of_time(t, records, dist, device)
         if dist.main:
@@ -551,8 +704,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
             shown = test_terms.get("test_elbo", -test_terms["test_loss"])
             label = "test ELBO" if "test_elbo" in test_terms else "test log p(x|z)"
             procs = f" ({dist.world} processes)" if dist.active else ""
+            latent = ""
+            if "test_kl" in test_terms:
+                latent = (f"  KL {test_terms['test_kl']:7.2f}  active units "
+                          f"{test_terms['active_units']}/{model.latent_dim}")
             print(f"epoch {epoch:3d}  train loss {train_terms['train_loss']:8.2f}  "
-                  f"{label} {shown:8.2f}  {n_seen / seconds:8.0f} images/s{procs}", flush=True)
+                  f"{label} {shown:8.2f}{latent}  {n_seen / seconds:8.0f} images/s{procs}", flush=True)
         dist.barrier()  # nobody starts the next epoch before rank 0's checkpoint is on disk
         stop.poll(dist, device, run_dir, epoch, step)
     if epoch < t.epochs and verbose:  # the loop ended early: the time budget is spent
