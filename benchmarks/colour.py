@@ -256,15 +256,15 @@ def quality(args) -> dict:
     data = args.root / args.data
     work = Path(tempfile.mkdtemp(prefix="vaelab-colour-"))
     result = {"date": str(date.today()), "machine": machine(), "data": args.data, "size": args.size,
-              "minutes": args.minutes, "recipe": [], "baseline": []}
+              "minutes": args.minutes, "extra_flags": args.extra, "recipe": [], "baseline": []}
     for seed in args.seeds:
         run = work / f"recipe-{seed}"
         vaelab("train", "--dataset", str(data), "--image-size", str(args.size), "--minutes", str(args.minutes),
-               "--seed", str(seed), "--out", str(run))
+               "--seed", str(seed), "--out", str(run), *args.extra.split())
         cfg = json.loads((run / "config.json").read_text())
         result["recipe"].append({"seed": seed, **measure(run, args.k)})
         print(json.dumps(result["recipe"][-1]), flush=True)
-        if seed == args.seeds[0]:
+        if seed == args.seeds[0] and not args.extra:
             PICTURES.mkdir(parents=True, exist_ok=True)
             vaelab("plot", str(run), "--what", "recon,samples,interpolate", "--out", str(work / "plots"))
             for name in ("recon", "samples", "interpolate"):
@@ -327,6 +327,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
     ap.add_argument("--no-baseline", dest="baseline", action="store_false")
+    ap.add_argument("--extra", default="", help='quality: more `vaelab train` flags, e.g. --extra="--precision fp32"')
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--n", type=int, default=1000)
     args = ap.parse_args()
@@ -339,7 +340,9 @@ def main() -> None:
     if args.what != "cifar10" and not (args.root / "icons").is_dir():
         build(args.root)
     result = {"speed": speed, "quality": quality, "evaluate": evaluation, "cifar10": cifar10}[args.what](args)
-    tag = f"{args.what}-{args.data}{args.size}" if args.what == "quality" else args.what
+    tag = args.what
+    if args.what == "quality":
+        tag += f"-{args.data}{args.size}" + "".join(args.extra.replace("--", "-").split())
     print(f"-> {save(tag, result)}")
 
 

@@ -125,3 +125,19 @@ def test_progress_bar_is_drawn_on_a_terminal_or_in_jupyter_only(monkeypatch):
     kernel = types.SimpleNamespace(config={"IPKernelApp": {}})
     monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: kernel))
     assert bar_redraws()
+
+
+def test_progress_lines_go_to_logs_but_not_to_a_terminal_with_a_bar_or_to_jupyter(monkeypatch):
+    from vaelab.runtime import progress_lines
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    assert not progress_lines()  # the bar shows the progress
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # `vaelab train > train.log`
+    assert progress_lines()
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # no bar: lines on the terminal instead
+    assert progress_lines()
+    kernel = types.SimpleNamespace(config={"IPKernelApp": {}})
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: kernel))
+    assert not progress_lines()

@@ -10,7 +10,7 @@ import torch
 
 from vaelab import train as train_module
 from vaelab.cli import main
-from vaelab.config import (AUTO, EIGHT_BIT_PIXELS, Config, ConfigError, DataFacts, eight_bit_epochs, resnet_levels,
+from vaelab.config import (AUTO, EIGHT_BIT_IMAGES, Config, ConfigError, DataFacts, eight_bit_epochs, resnet_levels,
                            resnet_widths, resolve, unresolved)
 from vaelab.models import build_model
 from vaelab.train import ProgressLog, kl_weight
@@ -36,7 +36,7 @@ def test_colour_images_get_the_eight_bit_recipe_sized_for_them():
     m, t = cfg.model, cfg.train
     assert cfg.data.binarization == "none" and (m.likelihood, m.likelihood_scale) == ("logistic", "decoder")
     assert m.net == "resnet" and m.hidden == (32, 64, 128) and m.decoder_hidden is None
-    assert t.epochs == round(EIGHT_BIT_PIXELS / (2000 * 32 * 32)) == 100
+    assert t.epochs == round(EIGHT_BIT_IMAGES / 2000) == 100
     assert t.lr_decay ** t.epochs == pytest.approx(0.1, rel=1e-4)  # a tenfold fall over the run
     assert chosen["model.hidden"] == "32,64,128" and chosen["train.epochs"] == "100"
     assert resolve(Config(), DataFacts((3, 64, 64), 2000, False))[0].model.hidden == (16, 32, 64, 128)
@@ -75,11 +75,11 @@ def test_explicit_settings_are_kept_and_the_rest_follows_them():
     assert again == cfg and chosen == {}
 
 
-def test_eight_bit_epochs_follow_the_number_of_pixels():
+def test_eight_bit_epochs_follow_the_number_of_images():
     assert eight_bit_epochs(DataFacts((3, 32, 32), 50000, False)) == 4
-    assert eight_bit_epochs(DataFacts((3, 64, 64), 2000, False)) == 25
+    assert eight_bit_epochs(DataFacts((3, 64, 64), 2000, False)) == 100
     assert eight_bit_epochs(DataFacts((1, 8, 8), 10, False)) == 1000
-    assert eight_bit_epochs(DataFacts((3, 512, 512), 100000, False)) == 1
+    assert eight_bit_epochs(DataFacts((3, 512, 512), 1000000, False)) == 1
 
 
 def test_unset_fields_load_from_config_files_and_bad_values_are_refused():
@@ -198,15 +198,6 @@ def test_training_prints_progress_lines_when_no_bar_is_drawn(tiny_cfg, tmp_path,
     assert lines and all(line.startswith("epoch 1/1  step ") and "images/s" in line for line in lines)
     train_module.train(tiny_cfg.replace(train={"epochs": 1, "batch_size": 50}), tmp_path / "quiet", progress=False)
     assert "step" not in capsys.readouterr().out
-
-
-def test_icnr_starts_the_sub_pixel_upsampling_as_nearest_neighbour():
-    from vaelab.nets import ResNetDecoder
-
-    dec = ResNetDecoder(8, (8, 16), (3, 16, 16))
-    up = dec.net(dec.fc(torch.randn(2, 8)).view(-1, *dec.start))  # (2, 8, 16, 16) before the head
-    blocks = up.unfold(2, 2, 2).unfold(3, 2, 2)  # each 2x2 block that one shuffle produced
-    torch.testing.assert_close(blocks, blocks[..., :1, :1].expand_as(blocks))
 
 
 def test_active_units_count_the_dimensions_the_encoder_uses():

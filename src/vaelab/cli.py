@@ -275,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the fixed scale, and the initial value of learned ones (default {d.model.likelihood_std})")
     g = t.add_argument_group("training")
     g.add_argument("--epochs", type=_positive_int,
-                   help=f"total epochs ({AUTO_HELP}: 40 for the MNIST family; for other images about 200,000 "
-                        "32x32 images' worth of pixels)")
+                   help=f"total epochs ({AUTO_HELP}: 40 for the MNIST family; for other images 200,000 images "
+                        "seen in all)")
     g.add_argument("--minutes", type=_nonneg_float, metavar="M",
                    help="a budget of training time: stop before an epoch that would go past M minutes of "
                         "summed epoch time (at --epochs at the latest); not with --schedule cosine (default 0: none)")

@@ -42,7 +42,7 @@ import numpy as np
 from vaelab.config import background_rgb
 from vaelab.data import DataError, Dataset, ImageFile, Split, cache_dir
 from vaelab.files import FileError, atomic_write, describe, dir_mode
-from vaelab.runtime import progress_bar
+from vaelab.runtime import progress_bar, progress_lines
 
 CACHE_VERSION = 1
 _GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -195,6 +195,8 @@ def _parallel(fn, jobs: list, desc: str, total: int, sizes: list[int], progress:
     """Run `fn` over `jobs` in worker processes (in-process for small work), in order, with a bar."""
     workers = min(len(jobs), os.cpu_count() or 1)
     bar = progress_bar(total=total, desc=desc, unit="img", show=progress and total >= 500)
+    if progress and total >= 500 and progress_lines():  # a log gets one line, not a silent wait
+        print(f"{desc}: {total} images, {workers} worker process(es); later runs reuse the cache", flush=True)
     results = []
     try:
         if workers <= 1 or total < 256:

@@ -67,18 +67,31 @@ def cpu_name() -> str:
 # ----------------------------------------------------------------------------- progress bars
 
 
+def _jupyter() -> bool:
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no stream, or a closed one
+        return False
+
+
 def bar_redraws() -> bool:
     """Whether a progress bar can redraw in place: stderr is a terminal, or this is a
     Jupyter kernel (tqdm.auto draws a widget there). Written to a log file (CI, nohup,
     `!vaelab ...` in a notebook) every redraw would add a carriage-return line."""
-    try:
-        if sys.stderr.isatty():
-            return True
-    except (AttributeError, ValueError):  # no stderr, or a closed one
-        pass
-    ipython = sys.modules.get("IPython")
-    shell = getattr(ipython, "get_ipython", lambda: None)()
-    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+    return _isatty(sys.stderr) or _jupyter()
+
+
+def progress_lines() -> bool:
+    """Whether long work should also print plain progress lines on stdout: when stdout goes
+    to a file or a pipe (a log followed with `tail -f`) or no bar can be drawn; never in
+    Jupyter, whose bar is a widget."""
+    return not _jupyter() and (not _isatty(sys.stdout) or not bar_redraws())
 
 
 def progress_bar(iterable=None, *, show: bool = True, **kwargs):

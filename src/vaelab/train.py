@@ -36,7 +36,8 @@ from vaelab.files import RunLock, atomic_write, ensure_dir, write_json
 from vaelab.models import build_model, check_data_fit
 from vaelab.objectives import OBJECTIVE_TERMS, OBJECTIVES
 from vaelab.plots import image_grid, save_png
-from vaelab.runtime import Dist, autocast_dtype, bar_redraws, cpu_bf16, cpu_name, distributed, progress_bar, tune_malloc
+from vaelab.runtime import (Dist, autocast_dtype, cpu_bf16, cpu_name, distributed, progress_bar, progress_lines,
+                             tune_malloc)
 
 
 def _fused(cls):
@@ -236,7 +237,7 @@ FIRST_LINE_S, LINE_S = 5.0, 30.0
 
 
 class ProgressLog:
-    """When no progress bar can be drawn (stdout to a file, CI, nohup), print a line every
+    """When stdout goes to a log (a file, CI, nohup) or no bar can be drawn, print a line every
     LINE_S seconds of a long epoch: step, images/s, the mean loss and KL so far, and the time
     left in the epoch and in the run. `clock` is replaceable, so tests need no real waiting."""
 
@@ -609,7 +610,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
         stack.callback(board.close)  # flushes on every way out
 
     stopping = epoch >= t.epochs or _out_of_time(t, records, dist, device)
-    log = ProgressLog(t.epochs, steps_per_epoch, batch_size, show=progress and not bar_redraws())
+    log = ProgressLog(t.epochs, steps_per_epoch, batch_size, show=progress and progress_lines())
     skips = SkippedSteps()
     while not stopping:
         model.train()
