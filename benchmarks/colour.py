@@ -3,6 +3,7 @@ colour artwork that Debian ships.
 
     python benchmarks/colour.py build [--root DIR]
     python benchmarks/colour.py speed [--sizes 32,64] [--precisions fp32,bf16] [--epochs 4]
+    python benchmarks/colour.py pythae [--sizes 32,64]    (in an environment with pythae 0.1.2)
     python benchmarks/colour.py quality [--data icons] [--size 32] [--minutes 10] [--seeds 0,1,2]
     python benchmarks/colour.py evaluate [--k 100] [--n 1000]
     python benchmarks/colour.py cifar10        (when CIFAR-10's files are present)
@@ -93,19 +94,26 @@ def _split(key: str) -> str:
     return "test" if h / 2.0**64 < TEST_FRACTION else "train"
 
 
-def _write(files: dict[str, bytes], folder: Path, split=_split) -> int:
+def _unique(files: dict[str, bytes]) -> dict[str, bytes]:
+    """The files whose bytes no file earlier by name has."""
     seen: set[str] = set()
-    if folder.exists():
-        shutil.rmtree(folder)
+    out = {}
     for key in sorted(files):
         digest = hashlib.sha1(files[key]).hexdigest()
-        if digest in seen:
-            continue
-        seen.add(digest)
+        if digest not in seen:
+            seen.add(digest)
+            out[key] = files[key]
+    return out
+
+
+def _write(files: dict[str, bytes], folder: Path, split=_split) -> int:
+    if folder.exists():
+        shutil.rmtree(folder)
+    for key, data in files.items():
         target = folder / split(key) / key
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(files[key])
-    return len(seen)
+        target.write_bytes(data)
+    return len(files)
 
 
 def build(root: Path) -> dict[str, int]:
@@ -113,16 +121,17 @@ def build(root: Path) -> dict[str, int]:
     if missing or not TEXTURES.is_file():
         sys.exit(f"missing Debian packages ({', '.join(missing) or 'nexuiz-textures'}): "
                  f"apt-get install {PACKAGES}")
-    icons = {key: p.read_bytes() for theme, path in THEMES.items() for key, p in _icons(theme, Path(path)).items()}
+    icons = _unique({key: p.read_bytes() for theme, path in THEMES.items()
+                     for key, p in _icons(theme, Path(path)).items()})
     counts = {"icons": _write(icons, root / "icons")}
     first = set(sorted(icons)[:1000])
     counts["eval1000"] = _write(icons, root / "eval1000", split=lambda k: "test" if k in first else "train")
     with zipfile.ZipFile(TEXTURES) as z:
-        textures = {name.replace("/", "-"): z.read(name) for name in z.namelist()
-                    if name.lower().endswith((".jpg", ".tga", ".png"))
-                    and not name.rsplit("/", 1)[-1].rsplit(".", 1)[0].endswith(TEXTURE_MAPS)}
+        textures = _unique({name.replace("/", "-"): z.read(name) for name in z.namelist()
+                            if name.lower().endswith((".jpg", ".tga", ".png"))
+                            and not name.rsplit("/", 1)[-1].rsplit(".", 1)[0].endswith(TEXTURE_MAPS)})
     counts["textures"] = _write(textures, root / "textures")
-    for name in counts:
+    for name in list(counts):
         counts[f"{name}_test"] = sum(1 for _ in (root / name / "test").iterdir())
     return counts
 
@@ -225,6 +234,72 @@ def speed(args) -> dict:
     return {"date": str(date.today()), "machine": machine(), "epochs": args.epochs, "rows": rows}
 
 
+def pythae_speed(args) -> dict:
+    """pythae 0.1.2 (where importable) training vaelab's recipe networks as its own VAE: the same
+    encoder and decoder (the decoder's head giving 3 channels, the mean), pythae's MSE
+    reconstruction loss (it has no discretized logistic), its trainer, Adam, the same batch;
+    images/s from its epoch boundaries (its training steps plus its per-epoch evaluation)."""
+    import torch
+    from pythae.models import VAE, VAEConfig
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDecoder, BaseEncoder
+    from pythae.pipelines import TrainingPipeline
+    from pythae.trainers import BaseTrainerConfig
+    from pythae.trainers.training_callbacks import TrainingCallback
+
+    from vaelab.config import Config, resolve
+    from vaelab.images import Transform, load_folder
+    from vaelab.nets import ResNetDecoder, ResNetEncoder
+
+    rows = []
+    for size in args.sizes:
+        ds = load_folder(args.root / "icons", Transform((size, size), 0, "white", 0.1), progress=False)
+        cfg, _ = resolve(Config(), ds.facts())
+        m, d = cfg.model, cfg.model.latent_dim
+
+        class Encoder(BaseEncoder):
+            def __init__(self):
+                super().__init__()
+                self.net = ResNetEncoder(ds.image_shape, m.hidden, 2 * d, m.activation, res_blocks=m.res_blocks)
+
+            def forward(self, x):
+                mu, log_var = self.net(x).chunk(2, -1)
+                return ModelOutput(embedding=mu, log_covariance=log_var)
+
+        class Decoder(BaseDecoder):
+            def __init__(self):
+                super().__init__()
+                self.net = ResNetDecoder(d, m.hidden, ds.image_shape, m.activation, res_blocks=m.res_blocks)
+
+            def forward(self, z):
+                return ModelOutput(reconstruction=self.net(z))
+
+        class Clock(TrainingCallback):
+            def __init__(self):
+                self.starts = []
+
+            def on_epoch_begin(self, training_config, **kw):
+                self.starts.append(time.perf_counter())
+
+            def on_train_end(self, training_config, **kw):
+                self.starts.append(time.perf_counter())
+
+        train = (ds.train.images.load() if not ds.train.in_memory else ds.train.images).float().numpy() / 255
+        test = (ds.test.images.load() if not ds.test.in_memory else ds.test.images).float().numpy() / 255
+        model = VAE(VAEConfig(input_dim=ds.image_shape, latent_dim=d, reconstruction_loss="mse"),
+                    encoder=Encoder(), decoder=Decoder())
+        with tempfile.TemporaryDirectory() as tmp:
+            tc = BaseTrainerConfig(output_dir=tmp, num_epochs=args.epochs, learning_rate=cfg.train.lr,
+                                   per_device_train_batch_size=cfg.train.batch_size,
+                                   per_device_eval_batch_size=cfg.train.batch_size, optimizer_cls="Adam", no_cuda=True)
+            clock = Clock()
+            TrainingPipeline(training_config=tc, model=model)(train_data=train, eval_data=test, callbacks=[clock])
+        secs = [b - a for a, b in zip(clock.starts[:-1], clock.starts[1:])]
+        rows.append({"size": size, "pythae_images_per_s": len(train) / statistics.median(secs[1:])})
+        print(json.dumps(rows[-1]), flush=True)
+    return {"date": str(date.today()), "machine": machine(), "epochs": args.epochs, "rows": rows}
+
+
 # ----------------------------------------------------------------------------- quality
 
 
@@ -315,7 +390,7 @@ def cifar10(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["build", "speed", "quality", "evaluate", "cifar10", "plain"])
+    ap.add_argument("what", choices=["build", "speed", "pythae", "quality", "evaluate", "cifar10", "plain"])
     ap.add_argument("--root", type=Path, default=ROOT)
     ap.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[32, 64])
     ap.add_argument("--size", type=int, default=32)
@@ -339,7 +414,8 @@ def main() -> None:
         return
     if args.what != "cifar10" and not (args.root / "icons").is_dir():
         build(args.root)
-    result = {"speed": speed, "quality": quality, "evaluate": evaluation, "cifar10": cifar10}[args.what](args)
+    result = {"speed": speed, "pythae": pythae_speed, "quality": quality, "evaluate": evaluation,
+              "cifar10": cifar10}[args.what](args)
     tag = args.what
     if args.what == "quality":
         tag += f"-{args.data}{args.size}" + "".join(args.extra.replace("--", "-").split())

@@ -395,6 +395,18 @@ def test_cifar10_from_official_archive_and_extracted_folder(tmp_path):
     assert torch.equal(e.train.images, d.train.images)
 
 
+def test_cifar10_trains_with_the_eight_bit_recipe(tmp_path, capsys):
+    from vaelab.cli import main
+
+    cifar_archive(tmp_path / vd.CIFAR_ARCHIVE, n=40)
+    assert main(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--epochs", "1",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert "8-bit colour training images of 3x32x32" in capsys.readouterr().out
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (cfg["data"]["binarization"], cfg["model"]["net"], cfg["model"]["hidden"]) == ("none", "resnet",
+                                                                                          [32, 64, 128])
+
+
 @pytest.mark.parametrize("corrupt,message", [("truncate", "not a whole number of 3073-byte"),
                                              ("label", "label 12 outside 0..9")])
 def test_cifar10_damaged_files_are_named(tmp_path, corrupt, message):

@@ -172,8 +172,20 @@ def load_checkpoint(run_dir: str | Path, model: torch.nn.Module,
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
             raise RunError(f"{ckpt / 'state.safetensors'}: optimizer state does not fit ({e}){_written_by(info)}; "
                            "it belongs to another run or version") from None
+        _match_layouts(optimizer)
     rng = {k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/")}
     return info, rng
+
+
+def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each parameter's state tensors (Adam's moments) the parameter's memory layout.
+    Loaded state is contiguous; a channels-last conv weight's fused Adam step reads its
+    moments as if they had its own layout, so without this a resumed run would diverge
+    from an uninterrupted one."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def load_config(run_dir: str | Path) -> Config:

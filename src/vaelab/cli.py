@@ -308,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"(default {d.train.device})")
     g.add_argument("--precision", choices=list(PRECISIONS),
                    help="autocast dtype of the networks; log-densities, logsumexp and KL stay fp32; auto = bf16 "
-                        "on GPUs that support it, fp32 on CPU; fp16 adds gradient scaling (default auto)")
+                        "on GPUs that support it and for conv nets on CPUs with bf16 instructions (AMX or "
+                        "AVX512-BF16), fp32 otherwise; fp16 adds gradient scaling (default auto; the value used "
+                        "is recorded in config.json)")
     g.add_argument("--compile", action="store_const", const=True,
                    help="run the training step's forward through torch.compile (a one-off compile time)")
     g.add_argument("--denoise", type=_denoise, metavar="KIND:LEVEL",
@@ -403,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--base", default="", metavar="FLAGS", help='flags every variant shares, e.g. "--dataset mnist"')
     cp.add_argument("--metrics", type=_metrics, default=("nll",), metavar="M[,M]",
                     help="what evaluate measures per run: nll, fd (default nll)")
-    cp.add_argument("--k", type=_positive_int, default=1000, help="importance samples for nll (default 1000)")
+    cp.add_argument("--k", type=_positive_int,
+                    help="importance samples for nll (default: as vaelab evaluate, 1000 for MNIST-sized images, "
+                         "100 for larger ones)")
     cp.add_argument("--n", type=_positive_int, help="evaluate the first N test images (default all)")
 
     sv = sub.add_parser("serve", help="explore a trained model in the browser",

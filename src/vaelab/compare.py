@@ -69,7 +69,7 @@ def _records(run: Path) -> list[dict[str, Any]]:
 
 
 def run_one(variant: Variant, seed: int, out: Path, base: list[str], epochs: int | None, minutes: float | None,
-            k: int, n: int | None, metrics: tuple[str, ...], log=print) -> dict[str, Any]:
+            k: int | None, n: int | None, metrics: tuple[str, ...], log=print) -> dict[str, Any]:
     """Train (or finish) and evaluate one run; returns its row (with 'error' if it failed)."""
     run = out / variant.name / f"seed-{seed}"
     row: dict[str, Any] = {"variant": variant.name, "seed": seed, "run": str(run)}
@@ -109,7 +109,7 @@ def run_one(variant: Variant, seed: int, out: Path, base: list[str], epochs: int
     ev = _eval(run)
     if want and not all(key in ev for key in want):
         log(f"{variant.name} seed {seed}: evaluating ({','.join(want)})")
-        args = ["evaluate", str(run), "--metrics", ",".join(want), "--k", str(k), "--quiet"]
+        args = ["evaluate", str(run), "--metrics", ",".join(want), *(["--k", str(k)] if k else []), "--quiet"]
         r = _vaelab(args + (["--n", str(n)] if n else []))
         if r.returncode:
             return {**row, "error": _last_line(r)}
@@ -218,7 +218,7 @@ def sample_figure(rows: list[dict[str, Any]], variants: list[Variant], title: st
 
 
 def compare(variants: list[Variant], out: str | Path, seeds: tuple[int, ...] = (0, 1, 2), epochs: int | None = None,
-            minutes: float | None = None, base: tuple[str, ...] = (), k: int = 1000, n: int | None = None,
+            minutes: float | None = None, base: tuple[str, ...] = (), k: int | None = None, n: int | None = None,
             metrics: tuple[str, ...] = ("nll",), log=print) -> dict[str, Any]:
     """Run every variant x seed (resuming what an earlier call did), then write the table and
     figure into `out`; returns the summary."""

@@ -367,7 +367,7 @@ BINARY_RECIPE: dict[str, dict[str, Any]] = {
 }
 EIGHT_BIT_RECIPE: dict[str, dict[str, Any]] = {
     "data": {"binarization": "none"},
-    "model": {"likelihood": "logistic", "likelihood_scale": "decoder", "net": "resnet", "latent_dim": 64,
+    "model": {"likelihood": "logistic", "likelihood_scale": "decoder", "net": "resnet", "latent_dim": 128,
               "res_blocks": 0},
     "train": {"batch_size": 64, "lr": 1e-3, "clip_grad": 0.0, "kl_warmup": 0.0},
 }
@@ -377,9 +377,10 @@ NET_WIDTHS = {"mlp": ((512, 512), (256, 256)), "conv": ((32, 64), None), "conv-t
 # 3-5 minutes at 32x32 or 64x64 on 2 CPU cores, where the test bound of a 2,000-image folder
 # levels off (docs/colour.md).
 EIGHT_BIT_IMAGES = 200_000
-# Over its epochs, the 8-bit recipe's learning rate decays by this factor in all.
+# Over the recipe's own number of epochs (`eight_bit_epochs`), its learning rate falls by this
+# factor. The per-epoch decay does not depend on --epochs, so that a run resumed to more epochs
+# follows the curve an uninterrupted run of that length follows (it keeps falling past them).
 EIGHT_BIT_LR_FALL = 0.1
-BINARY_PIXELS = frozenset({0, 255})
 
 
 @dataclass(frozen=True)
@@ -417,8 +418,8 @@ def eight_bit_epochs(facts: DataFacts) -> int:
 def resolve(cfg: Config, facts: DataFacts) -> tuple[Config, dict[str, str]]:
     """Fill every field left to the recipe (AUTO names, None numbers) from the data.
 
-    Returns the complete config and, for each field chosen here, a short description
-    ("model.net": "resnet 32,64,128"). Fields the user set are kept, and the recipe's
+    Returns the complete config and, for each field chosen here, its value as text
+    ("model.hidden": "32,64,128"). Fields the user set are kept, and the recipe's
     other choices follow them: an explicit Bernoulli likelihood makes the binarisation
     dynamic, an explicit binarisation picks the likelihood that models it.
     """
@@ -450,6 +451,9 @@ def resolve(cfg: Config, facts: DataFacts) -> tuple[Config, dict[str, str]]:
             net = "mlp"  # too small, or sides not divisible by 4: no conv levels fit
         pick(model, "net", net, "model.net")
     net = model.get("net", m.net)
+    if net == "resnet" and m.hidden is None and not resnet_levels(h, w):
+        raise ConfigError(f"the resnet net needs image sides divisible by 2 and at least 8 pixels, got {h}x{w}; "
+                          "pick an --image-size such as 32, or --net mlp")
     if m.hidden is None:
         if net == "resnet":
             widths, mirror = resnet_widths(h, w), None
@@ -467,8 +471,8 @@ def resolve(cfg: Config, facts: DataFacts) -> tuple[Config, dict[str, str]]:
     if t.epochs is None:
         pick(train, "epochs", recipe["train"]["epochs"] if facts.binary else eight_bit_epochs(facts), "train.epochs")
     if t.lr_decay is None:
-        epochs = train.get("epochs", t.epochs)
-        decay = recipe["train"]["lr_decay"] if facts.binary else round(EIGHT_BIT_LR_FALL ** (1 / epochs), 6)
+        decay = recipe["train"]["lr_decay"] if facts.binary else \
+            round(EIGHT_BIT_LR_FALL ** (1 / eight_bit_epochs(facts)), 6)
         pick(train, "lr_decay", decay, "train.lr_decay")
     return cfg.replace(data=data, model=model, train=train), chosen
 

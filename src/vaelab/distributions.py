@@ -513,17 +513,9 @@ class DiscretizedLogisticMixture:
         """log p(x) in nats, summed over C, H, W: x (..., C, H, W) -> (...).
 
         x broadcasts against the parameters' batch dimensions, so B images are scored
-        under (k, B) decodings without being copied k times.
+        under (k, B) decodings (each chunk of rows copies its images).
         """
         return mixture_log_prob(x, self.logits, self.loc, self.log_scale, self.coeffs)
-
-    def log_prob_reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The same log p(x) through plain autograd ops (the definition `log_prob` is tested against)."""
-        x = x.unsqueeze(-4)  # a component axis of size 1, broadcast against K
-        means, _ = self._chain(self.loc, self.coeffs, lambda ch, mean: x[..., ch, :, :])
-        per_component = log_bin_mass(x, means, self.log_scale).sum(-3)
-        log_pi = F.log_softmax(self.logits, dim=-3)
-        return torch.logsumexp(log_pi + per_component, dim=-3).flatten(-2).sum(-1)
 
     @property
     def mean(self) -> torch.Tensor:

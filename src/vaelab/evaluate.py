@@ -23,9 +23,8 @@ from vaelab.batches import SplitInputs, load_configured, memory_budget, model_in
 from vaelab.checkpoint import load_run
 from vaelab.distributions import ExampleNoise
 from vaelab.files import write_json
-from vaelab.models import check_data_fit
+from vaelab.models import active_units, check_data_fit
 from vaelab.runtime import distributed, progress_bar, resolve_device, tune_malloc
-from vaelab.train import active_units
 
 BINARIZATION_NOTE = {
     "dynamic": "stochastic: test images binarised once, x ~ Bernoulli(pixel/255), seed {seed}",
@@ -66,7 +65,7 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, rows: int | None = Non
         raise ValueError(f"k must be >= 1, got {k}")
     model.eval()
     gen = generator if generator is not None else torch.Generator(device=x.device).manual_seed(seed)
-    rows = rows or decode_rows(x[0].numel())
+    rows = rows or decode_rows(math.prod(x.shape[1:]))
     per_batch = max(1, rows // k)  # images per step
     chunk = min(k, max(1, rows // per_batch))  # samples per step
     log_px, elbo = torch.empty(len(x), device=x.device), torch.empty(len(x), device=x.device)

@@ -21,12 +21,14 @@ from functools import partial
 import torch
 from torch import nn
 
+from vaelab.batches import SplitInputs
 from vaelab.config import AUTO, Config, ConfigError, DataFacts, ModelConfig, choose, resolve, unresolved
 from vaelab.distributions import (LIKELIHOODS, SCALES, DiagonalGaussian, GaussianChain, GaussianMixture, MixturePrior,
                                   StandardNormal)
 from vaelab.flows import FLOWS, FlowPosterior
 from vaelab.nets import ACTIVATIONS, NETS, mlp
 from vaelab.objectives import OBJECTIVES
+from vaelab.runtime import Dist
 
 
 class PointMass:
@@ -297,3 +299,21 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: i
 def check_data_fit(cfg: ModelConfig, binarization: str) -> None:
     """Refuse a likelihood that does not model the data as configured (binary vs grey levels)."""
     choose(LIKELIHOODS, cfg.likelihood, "likelihood").check_binarization(binarization)
+
+
+@torch.no_grad()
+def active_units(model: _Base, inputs: SplitInputs, dist: Dist = Dist(), threshold: float = 0.01) -> int:
+    """Latent dimensions whose posterior mean varies across the split's images with variance
+    above `threshold` (Burda et al. 2016, section 5.2): the units the model uses. A
+    collapsed posterior, q(z|x) = p(z) for every x, has none."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(2, model.latent_dim, dtype=torch.float64, device=inputs.device)  # sum of m, of m^2
+    a, b = dist.shard(len(inputs))
+    for i in range(a, b, 1000):
+        x, c, _ = inputs.rows(i, min(b, i + 1000))
+        mean = model.encode(x, c).mean.double()
+        sums += torch.stack([mean.sum(0), mean.square().sum(0)])
+    model.train(was_training)
+    mean, square = dist.sum_(sums) / len(inputs)
+    return int(((square - mean.square()) > threshold).sum())

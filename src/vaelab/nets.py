@@ -70,6 +70,8 @@ class MLPDecoder(nn.Module):
 
 def _check_divisible(image_shape: Sequence[int], levels: int) -> tuple[int, int]:
     _, h, w = image_shape
+    if levels < 1:
+        raise ConfigError("a conv net needs at least one channel width in --hidden, e.g. --hidden 32,64")
     f = 2**levels
     if h % f or w % f:
         raise ConfigError(

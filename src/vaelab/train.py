@@ -33,7 +33,7 @@ from vaelab.checkpoint import RunError, load_checkpoint, load_config, save_check
 from vaelab.config import Config, ConfigError, TrainConfig, choose, parse_denoise, resolve
 from vaelab.distributions import ExampleNoise, keep_noise_out_of_compile
 from vaelab.files import RunLock, atomic_write, ensure_dir, write_json
-from vaelab.models import build_model, check_data_fit
+from vaelab.models import active_units, build_model, check_data_fit
 from vaelab.objectives import OBJECTIVE_TERMS, OBJECTIVES
 from vaelab.plots import image_grid, save_png
 from vaelab.runtime import (Dist, autocast_dtype, cpu_bf16, cpu_name, distributed, progress_bar, progress_lines,
@@ -211,6 +211,14 @@ def kl_weight(t: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return t.beta * min(1.0, step / (t.kl_warmup * steps_per_epoch))
 
 
+def gradient_norm(model: torch.nn.Module, clip: float) -> torch.Tensor:
+    """The global gradient norm, after clipping it to `clip` when that is not 0."""
+    if clip:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), clip).detach()
+    grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
 class SkippedSteps:
     """Counts the steps skipped for a non-finite loss or gradient; MAX_IN_A_ROW in a row stop
     the run as diverged (the last checkpoint is kept)."""
@@ -281,28 +289,6 @@ def _clock_time(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
-
-
-@torch.no_grad()
-def active_units(model, inputs: SplitInputs, dist: Dist = Dist(), threshold: float = 0.01) -> int:
-    """Latent dimensions whose posterior mean varies across the split's images with variance
-    above `threshold` (Burda et al. 2016, section 5.2): the units the model uses. A
-    collapsed posterior, q(z|x) = p(z) for every x, has none."""
-    was_training = model.training
-    model.eval()
-    n, s1, s2 = 0, 0.0, 0.0
-    a, b = dist.shard(len(inputs))
-    for i in range(a, b, 1000):
-        x, c, _ = inputs.rows(i, min(b, i + 1000))
-        mean = model.encode(x, c).mean.double()
-        n, s1, s2 = n + len(mean), s1 + mean.sum(0), s2 + mean.square().sum(0)
-    model.train(was_training)
-    d = model.latent_dim
-    total = dist.sum_(torch.cat([torch.as_tensor(s1, dtype=torch.float64, device=inputs.device).expand(d),
-                                 torch.as_tensor(s2, dtype=torch.float64, device=inputs.device).expand(d)]).clone())
-    count = len(inputs)
-    mean, square = total[:d] / count, total[d:] / count
-    return int(((square - mean.square()) > threshold).sum())
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -518,7 +504,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
     t = cfg.train
     if verbose and not resume:
         _print_choices(chosen, facts)
-        if cfg.data.binarization != "none" and not facts.binary and "data.binarization" not in chosen:
+        if cfg.data.binarization != "none" and not facts.binary:
             print(f"note: binarising 8-bit images as asked ({cfg.data.binarization}): each pixel becomes 0 or 1 "
                   "with probability pixel/255; leave --binarization unset to model the 256 levels",
                   file=sys.stderr)
@@ -532,7 +518,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
     check_data_fit(cfg.model, cfg.data.binarization)
     model = build_model(cfg.model, data.image_shape, cond_dim=data.cond_dim).to(device)
     conv = cfg.model.net != "mlp"
-    amp = autocast_dtype(t.precision, device, conv)
+    # a run resumed with "auto" was started by a version that kept CPUs in fp32: it stays there
+    amp = autocast_dtype(t.precision, device, conv and not resume)
     if t.precision == "auto" and not resume:  # recorded, so that the config reruns the same way
         cfg = cfg.replace(train={"precision": {None: "fp32", torch.bfloat16: "bf16"}[amp]})
         t = cfg.train
@@ -635,15 +622,13 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
             loss = terms["loss"].sum() * (dist.world / batch.size)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            norm = None
-            if t.clip_grad:
-                scaler.unscale_(optimizer)
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
-            value = float(loss.detach()) / dist.world
+            scaler.unscale_(optimizer)
+            norm = gradient_norm(model, t.clip_grad)
+            value, norm = torch.stack([loss.detach() / dist.world, norm.to(loss.dtype)]).tolist()  # one sync
             # a step whose loss or gradient is not finite is skipped, not taken (as VDVAE skips
             # outlier updates); a run of them means divergence. fp16's scaler skips on its own.
-            bad = not (math.isfinite(value) and (norm is None or math.isfinite(float(norm))))
-            if not scaler.is_enabled() and (dist.any(bad, device) if dist.active else bad):
+            bad = not (math.isfinite(value) and math.isfinite(norm))
+            if not scaler.is_enabled() and dist.any(bad, device):
                 skips.skip(epoch, step, run_dir)
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
@@ -663,6 +648,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
                 stop.poll(dist, device, run_dir, epoch, step)
             log.step(i + 1, terms)
         bar.close()
+        if dist.sum_(torch.tensor(float(n_used), device=device)) == 0:
+            raise TrainingDiverged(f"every step of epoch {epoch + 1} had a non-finite loss or gradient; stopped. "
+                                   f"{_kept(run_dir, epoch)}. Try a lower --lr or --clip-grad.")
         n_seen = len(data.train)
         keys = sorted(sums)
         totals = dist.sum_(torch.stack([sums[k] for k in keys] + [torch.tensor(float(n_used), dtype=torch.float64,
