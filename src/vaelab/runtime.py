@@ -228,8 +228,8 @@ def cpu_bf16() -> str | None:
 def autocast_dtype(precision: str, device: torch.device, conv: bool = False) -> torch.dtype | None:
     """The autocast dtype for the networks, or None for fp32. auto: bf16 on GPUs that
     support it; on CPUs, bf16 for conv nets when the CPU has bf16 instructions (AMX or
-    AVX512-BF16: oneDNN's bf16 convolutions ran a 32x32 colour VAE 1.3-1.4x faster on a
-    2-core AVX512-BF16 EPYC, docs/colour.md), else fp32. MLPs stay fp32 on CPUs: bf16
+    AVX512-BF16: oneDNN's bf16 convolutions trained the colour recipe's net 1.3-1.6x faster
+    on a 2-core AVX512-BF16 EPYC, docs/colour.md), else fp32. MLPs stay fp32 on CPUs: bf16
     matmuls at MNIST's batch sizes were slower without AMX (docs/benchmarks.md)."""
     if precision == "auto":
         if device.type == "cuda":
