@@ -348,10 +348,12 @@ def quality(args) -> dict:
         if args.baseline:
             base = work / f"baseline-{seed}"
             m, t = cfg["model"], cfg["train"]
+            # the same training time as the recipe's run (which stops at its epoch count)
+            minutes = result["recipe"][-1]["train_s"] / 60
             vaelab("train", "--dataset", str(data), "--image-size", str(args.size), *BASELINE,
                    "--hidden", ",".join(map(str, m["hidden"])), "--latent-dim", str(m["latent_dim"]),
                    "--lr", str(t["lr"]), "--batch-size", str(t["batch_size"]), "--epochs", "100000",
-                   "--schedule", "constant", "--minutes", str(args.minutes), "--seed", str(seed), "--out", str(base))
+                   "--schedule", "constant", "--minutes", f"{minutes:.3f}", "--seed", str(seed), "--out", str(base))
             result["baseline"].append({"seed": seed, **measure(base, args.k)})
             print("baseline", json.dumps(result["baseline"][-1]), flush=True)
     result["recipe_summary"] = summary(result["recipe"])
