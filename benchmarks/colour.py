@@ -239,7 +239,6 @@ def pythae_speed(args) -> dict:
     encoder and decoder (the decoder's head giving 3 channels, the mean), pythae's MSE
     reconstruction loss (it has no discretized logistic), its trainer, Adam, the same batch;
     images/s from its epoch boundaries (its training steps plus its per-epoch evaluation)."""
-    import torch
     from pythae.models import VAE, VAEConfig
     from pythae.models.base.base_utils import ModelOutput
     from pythae.models.nn import BaseDecoder, BaseEncoder
@@ -251,43 +250,44 @@ def pythae_speed(args) -> dict:
     from vaelab.images import Transform, load_folder
     from vaelab.nets import ResNetDecoder, ResNetEncoder
 
+    class Encoder(BaseEncoder):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            mu, log_var = self.net(x).chunk(2, -1)
+            return ModelOutput(embedding=mu, log_covariance=log_var)
+
+    class Decoder(BaseDecoder):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=self.net(z))
+
+    class Clock(TrainingCallback):
+        def __init__(self):
+            self.starts = []
+
+        def on_epoch_begin(self, training_config, **kw):
+            self.starts.append(time.perf_counter())
+
+        def on_train_end(self, training_config, **kw):
+            self.starts.append(time.perf_counter())
+
     rows = []
     for size in args.sizes:
         ds = load_folder(args.root / "icons", Transform((size, size), 0, "white", 0.1), progress=False)
         cfg, _ = resolve(Config(), ds.facts())
         m, d = cfg.model, cfg.model.latent_dim
-
-        class Encoder(BaseEncoder):
-            def __init__(self):
-                super().__init__()
-                self.net = ResNetEncoder(ds.image_shape, m.hidden, 2 * d, m.activation, res_blocks=m.res_blocks)
-
-            def forward(self, x):
-                mu, log_var = self.net(x).chunk(2, -1)
-                return ModelOutput(embedding=mu, log_covariance=log_var)
-
-        class Decoder(BaseDecoder):
-            def __init__(self):
-                super().__init__()
-                self.net = ResNetDecoder(d, m.hidden, ds.image_shape, m.activation, res_blocks=m.res_blocks)
-
-            def forward(self, z):
-                return ModelOutput(reconstruction=self.net(z))
-
-        class Clock(TrainingCallback):
-            def __init__(self):
-                self.starts = []
-
-            def on_epoch_begin(self, training_config, **kw):
-                self.starts.append(time.perf_counter())
-
-            def on_train_end(self, training_config, **kw):
-                self.starts.append(time.perf_counter())
-
+        encoder = Encoder(ResNetEncoder(ds.image_shape, m.hidden, 2 * d, m.activation, res_blocks=m.res_blocks))
+        decoder = Decoder(ResNetDecoder(d, m.hidden, ds.image_shape, m.activation, res_blocks=m.res_blocks))
         train = (ds.train.images.load() if not ds.train.in_memory else ds.train.images).float().numpy() / 255
         test = (ds.test.images.load() if not ds.test.in_memory else ds.test.images).float().numpy() / 255
         model = VAE(VAEConfig(input_dim=ds.image_shape, latent_dim=d, reconstruction_loss="mse"),
-                    encoder=Encoder(), decoder=Decoder())
+                    encoder=encoder, decoder=decoder)
         with tempfile.TemporaryDirectory() as tmp:
             tc = BaseTrainerConfig(output_dir=tmp, num_epochs=args.epochs, learning_rate=cfg.train.lr,
                                    per_device_train_batch_size=cfg.train.batch_size,

@@ -425,7 +425,7 @@ def bench_cache(a, env: Env) -> dict:
 # ----------------------------------------------------------------------------- 2. warm start
 
 LOAD_CONFIGURED = _load_script(
-    "import vaelab.train\nfrom vaelab.batches import load_configured\nfrom vaelab.config import DataConfig",
+    "import vaelab.train\nfrom vaelab.images import load_configured\nfrom vaelab.config import DataConfig",
     "load_configured(DataConfig(dataset=sys.argv[1], image_size=(16, 16)), progress=False)",
     ', "dataset_at": time.time()')
 IMPORT_ONLY = """

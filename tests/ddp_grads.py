@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 
 from vaelab.config import ModelConfig
-from vaelab.distributions import ExampleNoise
 from vaelab.models import build_model
+from vaelab.noise import ExampleNoise
 from vaelab.runtime import distributed, leave_process_group
 
 

@@ -3,13 +3,14 @@
 import pytest
 import torch
 
-from vaelab.batches import PixelNoise, add_noise
 from vaelab.checkpoint import load_checkpoint, save_checkpoint
 from vaelab.config import ConfigError, ModelConfig
-from vaelab.distributions import LIKELIHOODS, SCALES, ExampleNoise
+from vaelab.corruption import PixelNoise, add_noise
+from vaelab.distributions import LIKELIHOODS, SCALES
 from vaelab.flows import FLOWS
 from vaelab.models import MODELS, build_model
 from vaelab.nets import ResBlock
+from vaelab.noise import ExampleNoise
 from vaelab.objectives import OBJECTIVES
 
 SHAPE = (1, 28, 28)

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from vaelab.batches import PixelNoise, add_noise, corrupt
 from vaelab.checkpoint import load_config
 from vaelab.cli import main
 from vaelab.config import Config, ConfigError, parse_denoise
+from vaelab.corruption import PixelNoise, add_noise, corrupt
 from vaelab.explore import Explorer, figure_denoise
 
 TINY = ["--dataset", "mnist-sample", "--epochs", "1", "--batch-size", "250", "--hidden", "32", "--latent-dim", "4",

@@ -8,8 +8,9 @@ import torch
 
 from vaelab.cli import main
 from vaelab.config import Config, ConfigError, validate
-from vaelab.distributions import DiagonalGaussian, ExampleNoise, GaussianChain, standard_normal_log_prob
+from vaelab.distributions import DiagonalGaussian, GaussianChain, standard_normal_log_prob
 from vaelab.models import build_model
+from vaelab.noise import ExampleNoise
 from vaelab.objectives import elbo
 
 A, B, T = torch.tensor([2.0, -0.5]), torch.tensor([1.0, 0.3]), torch.tensor([0.5, 1.5])  # z2 = A z1 + B + T eps

@@ -14,11 +14,11 @@ from PIL import Image
 
 from vaelab import data as vd
 from vaelab import images as vi
-from vaelab.batches import Batches, SplitInputs, load_configured
-from vaelab.batches import pixel_uniform as counter_uniform
+from vaelab.batches import Batches, SplitInputs
 from vaelab.config import DataConfig
 from vaelab.data import DataError, ImageFile, Split
-from vaelab.images import Transform, load_array, load_folder
+from vaelab.images import Transform, load_array, load_configured, load_folder
+from vaelab.noise import pixel_uniform as counter_uniform
 
 T = Transform(None, 0, "white", 0.1)
 

@@ -10,8 +10,18 @@ import torch
 
 from vaelab import train as train_module
 from vaelab.cli import main
-from vaelab.config import (AUTO, EIGHT_BIT_IMAGES, Config, ConfigError, DataFacts, eight_bit_epochs, resnet_levels,
-                           resnet_widths, resolve, unresolved)
+from vaelab.config import (
+    AUTO,
+    EIGHT_BIT_IMAGES,
+    Config,
+    ConfigError,
+    DataFacts,
+    eight_bit_epochs,
+    resnet_levels,
+    resnet_widths,
+    resolve,
+    unresolved,
+)
 from vaelab.models import build_model
 from vaelab.train import ProgressLog, kl_weight
 

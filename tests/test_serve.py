@@ -63,7 +63,7 @@ def test_page_and_static_files_are_served(client):
 
 
 def test_map_is_a_plane_of_codes(sessions):
-    for name, s in sessions.items():
+    for s in sessions.values():
         m = s.map()
         assert len(m["points"]) == len(m["labels"]) == len(s.codes)
         origin, axes = torch.tensor(m["origin"]), torch.tensor(m["axes"])

@@ -22,68 +22,17 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from vaelab.config import NOISE_KINDS, DataConfig
-from vaelab.data import DATASETS, DataError, Dataset, Split, attach_conditions, load_dataset, read_rows
-from vaelab.distributions import counter_uniform
+from vaelab.config import DataConfig
+from vaelab.data import Split, read_rows
+from vaelab.noise import pixel_uniform
 from vaelab.runtime import Dist
 
 # ----------------------------------------------------------------------------- sources
-
-
-def is_path(dataset: str) -> bool:
-    """A dataset name that is a file or folder rather than a named dataset."""
-    return dataset not in DATASETS and ("/" in dataset or os.sep in dataset or Path(dataset).exists()
-                                        or dataset.endswith((".npy", ".npz")))
-
-
-def load_configured(d: DataConfig, progress: bool = True) -> Dataset:
-    """The dataset a config's data section names (a named dataset, a folder or an array
-    file), with its custom conditions if it has any."""
-    from vaelab.images import Transform, load_array, load_folder
-
-    if is_path(d.dataset):
-        t = Transform(tuple(d.image_size) if d.image_size else None, d.channels, d.background, d.test_fraction)
-        path = Path(d.dataset).expanduser()
-        if not path.exists():
-            raise DataError(f"{path} does not exist; --dataset takes a named dataset "
-                            f"({', '.join(DATASETS)}), an image folder or an .npy/.npz file")
-        if path.is_dir():
-            data = load_folder(path, t, skip_bad=d.skip_bad_images, progress=progress)
-        elif path.suffix in (".npy", ".npz"):
-            data = load_array(path, t, progress=progress)
-        else:
-            raise DataError(f"{path}: --dataset takes an image folder or an .npy/.npz array file")
-    else:
-        if d.dataset not in DATASETS:
-            raise DataError(f"unknown dataset {d.dataset!r}: not a named dataset ({', '.join(DATASETS)}) "
-                            "and no such file or folder")
-        data = load_dataset(d.dataset, d.data_dir, d.download)
-        if d.image_size or d.channels:
-            data = _reshape_named(data, d)
-    return attach_conditions(data, d.conditions) if d.conditions else data
-
-
-def _reshape_named(data: Dataset, d: DataConfig) -> Dataset:
-    """--image-size / --channels applied to an in-memory named dataset."""
-    from vaelab.config import background_rgb
-    from vaelab.images import _convert_chunk
-
-    c0, h0, w0 = data.image_shape
-    shape = (d.channels or c0, *(d.image_size or (h0, w0)))
-    out = []
-    for split in (data.train, data.test):
-        x = split.images.numpy()
-        conv = np.concatenate([_convert_chunk(x[i : i + 4096], shape, background_rgb(d.background))
-                               for i in range(0, len(x), 4096)])
-        out.append(Split(torch.from_numpy(conv), split.labels))
-    return Dataset(data.name, out[0], out[1], data.classes, data.source,
-                   f"{data.fingerprint}:{'x'.join(map(str, shape))}", data.skipped, data.binary_benchmark)
 
 
 def memory_budget(d: DataConfig, device: torch.device) -> int:
@@ -99,14 +48,7 @@ def memory_budget(d: DataConfig, device: torch.device) -> int:
         return 4 << 30
 
 
-# ----------------------------------------------------------------------------- noise
-
-def pixel_uniform(idx: torch.Tensor, numel: int, key: int) -> torch.Tensor:
-    """U[0, 1) numbers for pixels 0..numel-1 of images `idx` (B,) -> (B, numel), float32:
-    each image gets the same numbers whatever batch, device or process draws them."""
-    counters = idx.to(torch.int64)[:, None] * numel + torch.arange(numel, device=idx.device)
-    return counter_uniform(counters, key)
-
+# ----------------------------------------------------------------------------- uint8 -> model input
 
 TRAIN_KEY, TEST_KEY = 0, 1  # noise streams of the fixed binarisation per split
 
@@ -122,7 +64,7 @@ def as_input(u8: torch.Tensor, binarization: str, dequantize: bool, *, generator
 
     ``dynamic``/``fixed``: x ~ Bernoulli(pixel / 255); grey levels (``none``): pixel / 255,
     or with `dequantize` (density likelihoods) (pixel + u) / 256, u ~ U(0, 1). The noise
-    comes from `generator`, or, when `idx` is given, from :func:`counter_uniform` keyed
+    comes from `generator`, or, when `idx` is given, from :func:`pixel_uniform` keyed
     by `key` (the same every time an image is used). `rows` = (total, offset): the
     generator draws noise for `total` images and this batch takes rows offset.. of it,
     so every process of a data-parallel job draws what a single process would.
@@ -140,80 +82,6 @@ def as_input(u8: torch.Tensor, binarization: str, dequantize: bool, *, generator
     if binarization in ("dynamic", "fixed"):
         return (u < u8.float().div_(255.0)).float()
     raise ValueError(f"unknown binarization {binarization!r}; choose dynamic, fixed or none")
-
-
-# ----------------------------------------------------------------------------- corruption
-
-
-class PixelNoise:
-    """Noise tied to images: the numbers for image `idx[b]`, pixel p and stream s depend only
-    on those and `key`, not on the batch the image lands in or the process that draws it.
-    Streams 0-1: uniforms for `add_noise`, 2-3: its normals (Box-Muller), 4: per image."""
-
-    STREAMS = 8
-
-    def __init__(self, idx: torch.Tensor, key: int) -> None:
-        self.idx, self.key = idx.to(torch.int64), key
-
-    def _key(self, stream: int) -> int:
-        # a key range of its own (bit 63), apart from the binarisation keys (seed * 4 + split)
-        # and the reparameterisation keys (2 * ((seed << 32) + step) + 0 or 1)
-        return (1 << 63) + self.STREAMS * self.key + stream
-
-    def rand(self, like: torch.Tensor, stream: int) -> torch.Tensor:
-        """U[0, 1) numbers of `like`'s shape (B, C, H, W) and dtype, from stream `stream`."""
-        u = pixel_uniform(self.idx.to(like.device), like[0].numel(), self._key(stream))
-        return u.view(like.shape).to(like.dtype)
-
-    def randn(self, like: torch.Tensor) -> torch.Tensor:
-        """N(0, 1) numbers of `like`'s shape, Box-Muller on streams 2 and 3."""
-        r = torch.sqrt(-2.0 * torch.log1p(-self.rand(like, 2)))  # log(1 - u), u in [0, 1): finite
-        return r * torch.cos(2 * torch.pi * self.rand(like, 3))
-
-    def per_image(self) -> torch.Tensor:
-        """One U[0, 1) number per image (B,), on idx's device."""
-        return counter_uniform(self.idx, self._key(4))
-
-
-def _rand(x: torch.Tensor, generator: torch.Generator | PixelNoise | None, stream: int) -> torch.Tensor:
-    if isinstance(generator, PixelNoise):
-        return generator.rand(x, stream)
-    return torch.rand(x.shape, generator=generator, device=x.device)
-
-
-def add_noise(x: torch.Tensor, kind: str, level: float | torch.Tensor,
-              generator: torch.Generator | PixelNoise | None = None) -> torch.Tensor:
-    """Corrupt images x (B, C, H, W) in [0, 1]: ``uniform`` adds U(0, 1) to a fraction `level`
-    of the pixels and clips at 1 (seed 004's ``uniform_noise``), ``salt-pepper`` sets a
-    fraction `level` to 0 or 1 (a fair coin each), ``gaussian`` adds N(0, level^2) to every
-    pixel and clips to [0, 1].
-
-    `level`: a number, or one per image (B,). The noise comes from a torch.Generator (or
-    the global RNG) or from a :class:`PixelNoise` tied to the images.
-    """
-    if kind not in NOISE_KINDS:
-        raise ValueError(f"unknown noise {kind!r}; choose {', '.join(NOISE_KINDS)}")
-    if torch.is_tensor(level):
-        level = level.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))  # (B, 1, 1, 1)
-    if kind == "gaussian":
-        eps = generator.randn(x) if isinstance(generator, PixelNoise) else torch.randn(
-            x.shape, generator=generator, device=x.device)
-        return (x + level * eps).clamp(0, 1)
-    hit = _rand(x, generator, 0) < level
-    if kind == "uniform":
-        return torch.where(hit, (x + _rand(x, generator, 1)).clamp(max=1), x)
-    return torch.where(hit, (_rand(x, generator, 1) < 0.5).to(x.dtype), x)  # salt-pepper
-
-
-def corrupt(x: torch.Tensor, idx: torch.Tensor, denoise: tuple[str, float, float], key: int) -> torch.Tensor:
-    """The encoder's input in denoising training: images x (B, C, H, W) with indices idx (B,)
-    in their split (on x's device), corrupted by `denoise` = (kind, low, high) noise at a
-    level drawn per image uniformly in [low, high] (low == high: that level). All of it is
-    tied to (key, image), so an image is corrupted alike in any batch or process."""
-    kind, low, high = denoise
-    noise = PixelNoise(idx, key)
-    level = low if low == high else low + (high - low) * noise.per_image()
-    return add_noise(x, kind, level, noise)
 
 
 # ----------------------------------------------------------------------------- training batches

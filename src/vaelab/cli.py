@@ -315,11 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the training step's forward through torch.compile (a one-off compile time)")
     g.add_argument("--denoise", type=_denoise, metavar="KIND:LEVEL",
                    help="denoising training: the encoder sees each batch corrupted with fresh KIND noise "
-                        "(uniform: U(0,1) added to a fraction LEVEL of the pixels, as in seed 004; salt-pepper: "
+                        "(uniform: U(0,1) added to a fraction LEVEL of the pixels; salt-pepper: "
                         "a fraction LEVEL set to 0 or 1; gaussian: N(0, LEVEL^2) added), the likelihood scores "
                         "the clean image; KIND:LOW-HIGH draws a level per image uniformly in that range, e.g. "
-                        "uniform:0-0.4, which beat the noisy input's PSNR at every level 0.1-0.4 (README "
-                        "'Denoising') (default off)")
+                        "uniform:0-0.4, which beat the noisy input's PSNR at every level 0.1-0.4 "
+                        "(docs/benchmarks.md) (default off)")
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar; the one-line epoch summaries still print (the bar is drawn only when "
                         "stderr is a terminal or in Jupyter, so logs never fill with its redraws)")
@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="explore a trained model in the browser",
                         description="Serve a local web page for a run: the latent map (hover to decode), "
                                     "drawing or uploading an image to see its code, per-dimension sliders, "
-                                    "interpolation, seed 004's noise experiment, class swaps and prior samples. "
+                                    "interpolation, the noise-removal experiment, class swaps and prior samples. "
                                     "Needs the serve extra: pip install 'vaelab[serve]'.")
     sv.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
     sv.add_argument("--host", default="127.0.0.1",
@@ -635,6 +635,34 @@ def cmd_serve(args: argparse.Namespace) -> None:
               ready=ready)
     except KeyboardInterrupt:
         pass
+
+
+def reference(parser: argparse.ArgumentParser | None = None) -> str:
+    """docs/cli.md: every command and flag with its help, written from the parser itself
+    (tests/test_cli.py checks the file against it)."""
+    parser = parser or build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    out = ["# Command-line reference", "",
+           "Written from vaelab's argument parser: `python -c \"from vaelab.cli import reference; "
+           "print(reference(), end='')\" > docs/cli.md` rewrites it, and the test suite fails when it is stale.", ""]
+    for name, p in sub.choices.items():
+        out += [f"## `vaelab {name}`", "", (p.description or helps.get(name) or "").strip(), ""]
+        for group in p._action_groups:
+            rows = [a for a in group._group_actions if a.help != argparse.SUPPRESS and not isinstance(a, argparse._HelpAction)]
+            if not rows:
+                continue
+            out += [f"**{group.title}**", "", "| flag | meaning |", "|---|---|"]
+            for a in rows:
+                flag = ", ".join(a.option_strings) or a.dest
+                if a.nargs != 0:
+                    meta = a.metavar or ("{" + ",".join(map(str, a.choices)) + "}" if a.choices else a.dest.upper())
+                    flag += f" {meta}"
+                text = (a.help or "") % {"default": a.default, "prog": p.prog}
+                flag, text = flag.replace("|", "\\|"), text.replace("|", "\\|")
+                out.append(f"| `{flag}` | {text} |")
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "plot": cmd_plot,

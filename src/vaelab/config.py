@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 AUTO = "auto"  # a name field left for `resolve` to choose from the data (numbers use None)
 
 
-NOISE_KINDS = ("uniform", "salt-pepper", "gaussian")  # the corruptions of vaelab.batches.add_noise
+NOISE_KINDS = ("uniform", "salt-pepper", "gaussian")  # the corruptions of vaelab.corruption.add_noise
 
 
 def choose(registry: Any, name: str, what: str) -> Any:
@@ -85,7 +85,7 @@ class ModelConfig:
     hidden: tuple[int, ...] | None = None
     decoder_hidden: tuple[int, ...] | None = None
     latent_dim: int | None = None
-    # ELU beat ReLU by ~2.4 nats of test NLL in a 3-minute MNIST budget (README)
+    # ELU beat ReLU by ~2.4 nats of test NLL in a 3-minute MNIST budget (docs/benchmarks.md)
     activation: str = "elu"
     # bernoulli | gaussian | logistic | logistic-mixture; auto: bernoulli for binarised
     # data, the recipe's 8-bit likelihood otherwise

@@ -19,11 +19,12 @@ from typing import Any
 
 import torch
 
-from vaelab.batches import SplitInputs, load_configured, memory_budget, model_inputs
+from vaelab.batches import SplitInputs, memory_budget, model_inputs
 from vaelab.checkpoint import load_run
-from vaelab.distributions import ExampleNoise
 from vaelab.files import write_json
+from vaelab.images import load_configured
 from vaelab.models import active_units, check_data_fit
+from vaelab.noise import ExampleNoise
 from vaelab.runtime import distributed, progress_bar, resolve_device, tune_malloc
 
 BINARIZATION_NOTE = {

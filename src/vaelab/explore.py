@@ -25,10 +25,12 @@ from typing import Any
 import torch
 
 from vaelab import plots
-from vaelab.batches import add_noise, load_configured, model_inputs  # add_noise: noise kinds live with the data
+from vaelab.batches import model_inputs
 from vaelab.checkpoint import load_run
+from vaelab.corruption import add_noise
 from vaelab.evaluate import posterior_means
 from vaelab.files import FileError, ensure_dir, write_json
+from vaelab.images import load_configured
 
 
 @dataclass
@@ -130,7 +132,7 @@ def figure_samples(ex: Explorer, n: int = 32, ncol: int = 8):
 
 @torch.no_grad()
 def figure_posterior(ex: Explorer, n: int = 8, draws: int = 6):
-    """The posterior predictive (seed 002): each row is a test image, then the decoder means
+    """The posterior predictive: each row is a test image, then the decoder means
     of `draws` independent codes z ~ q(z|x); how much they differ shows the posterior's spread."""
     x, c = ex.x[:n], ex.cond(n)
     z = ex.model.encode(x, c).rsample(draws, generator=ex.gen())  # (draws, n, D)
@@ -147,7 +149,7 @@ def figure_posterior(ex: Explorer, n: int = 8, draws: int = 6):
 
 @torch.no_grad()
 def figure_manifold(ex: Explorer, steps: int = 15, span: float = 3.0, dims: tuple[int, int] | None = None):
-    """Decode a regular grid of codes (seed 004). 2-D latents: the grid itself over
+    """Decode a regular grid of codes. 2-D latents: the grid itself over
     [-span, span]^2. More dims: a grid over two chosen dims (others 0), or by default
     over the top two principal directions of the test codes, +-span standard deviations."""
     d = ex.model.latent_dim
@@ -202,8 +204,8 @@ def figure_interpolate(ex: Explorer, pairs: int = 4, steps: int = 10):
 
 @torch.no_grad()
 def figure_combine(ex: Explorer, weights: tuple[float, ...] = (0.5, 0.5), groups: int = 6):
-    """New images from weighted combinations of the codes of existing ones (seed 004
-    "new numbers"): each row shows the inputs and the decoded sum_i w_i z_i."""
+    """New images from weighted combinations of the codes of existing ones ("new
+    numbers"): each row shows the inputs and the decoded sum_i w_i z_i."""
     k = len(weights)
     groups = min(groups, len(ex.x) // k)
     if groups == 0:
@@ -237,7 +239,7 @@ def _reconstruct(ex: Explorer, x: torch.Tensor, chunk: int = 500) -> torch.Tenso
 @torch.no_grad()
 def figure_denoise(ex: Explorer, kind: str = "salt-pepper", levels: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5),
                    n_show: int = 8, n_eval: int = 1000, against: tuple[str | Path | Explorer, ...] = ()):
-    """Corrupt test images, reconstruct them, compare with the clean image (seed 004):
+    """Corrupt test images, reconstruct them, compare with the clean image:
     rows clean | noisy | reconstructed at one level; MSE and PSNR against the clean
     image for the noisy input and the reconstruction at every level.
 
@@ -291,7 +293,7 @@ def figure_curves(ex: Explorer):
 
 @torch.no_grad()
 def figure_scale(ex: Explorer):
-    """The learned output scale of a Gaussian/logistic likelihood as an image (seed 000):
+    """The learned output scale of a Gaussian/logistic likelihood as an image:
     exp(log_scale) per pixel; for a decoder-predicted scale, its mean over test images."""
     lik = ex.model.likelihood
     scale_kind = getattr(lik, "scale", None)
@@ -313,7 +315,7 @@ def figure_scale(ex: Explorer):
 
 @torch.no_grad()
 def figure_transfer(ex: Explorer, n: int = 8):
-    """Style transfer with a conditional model (seed 003): each row encodes one test
+    """Style transfer with a conditional model: each row encodes one test
     image (its handwriting) and decodes that z under every class; the last rows are
     class-conditional prior samples, one z per row shared across classes."""
     if not ex.model.conditional:

@@ -41,7 +41,7 @@ class PlanarFlows(nn.Module):
     e^12, and the Monte-Carlo KL overflowed (NaN at step 1952). `max_norm` bounds |w| and
     |u_hat| smoothly (v -> v max_norm tanh(|v| / max_norm) / |v|); at 2 each map stretches by
     at most 5, the same run's largest gradient norm stayed at 2.3x its median, and the test
-    ELBO after 8 epochs was 1 nat better than other seeds' at max_norm 4 (README, flows).
+    ELBO after 8 epochs was 1 nat better than other seeds' at max_norm 4 (docs/benchmarks.md, flows).
     """
 
     def __init__(self, latent_dim: int, k: int, min_det: float = 0.1, max_norm: float = 2.0) -> None:

@@ -20,6 +20,9 @@ grey or RGB) and written as a row of a raw uint8 file per split, ``train.u8`` an
 transform, labels) in ``$XDG_CACHE_HOME/vaelab/images/<hash of the path>/``. The
 cache is reused while the files and the transform are unchanged; otherwise it is
 rebuilt, re-decoding only files that are new or changed.
+
+:func:`load_configured` is the data layer's one entry point: a config's data section ->
+the named dataset, folder or array file it names.
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from vaelab.config import background_rgb
-from vaelab.data import DataError, Dataset, ImageFile, Split, cache_dir
+from vaelab.config import DataConfig, background_rgb
+from vaelab.data import DATASETS, DataError, Dataset, ImageFile, Split, attach_conditions, cache_dir, load_dataset
 from vaelab.files import FileError, atomic_write, describe, dir_mode
 from vaelab.runtime import progress_bar, progress_lines
 
@@ -675,3 +678,53 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
                     "splits": {s: {"labels": [None] * sizes[s] if labels[s] is None else labels[s].tolist()}
                                for s in ("train", "test")}}
         return _finish(tmp, folder, manifest, stamp)
+
+
+# ----------------------------------------------------------------------------- a config's dataset
+
+
+def is_path(dataset: str) -> bool:
+    """A dataset name that is a file or folder rather than a named dataset."""
+    return dataset not in DATASETS and ("/" in dataset or os.sep in dataset or Path(dataset).exists()
+                                        or dataset.endswith((".npy", ".npz")))
+
+
+def load_configured(d: DataConfig, progress: bool = True) -> Dataset:
+    """The dataset a config's data section names (a named dataset, a folder or an array
+    file), with its custom conditions if it has any."""
+    if is_path(d.dataset):
+        t = Transform(tuple(d.image_size) if d.image_size else None, d.channels, d.background, d.test_fraction)
+        path = Path(d.dataset).expanduser()
+        if not path.exists():
+            raise DataError(f"{path} does not exist; --dataset takes a named dataset "
+                            f"({', '.join(DATASETS)}), an image folder or an .npy/.npz file")
+        if path.is_dir():
+            data = load_folder(path, t, skip_bad=d.skip_bad_images, progress=progress)
+        elif path.suffix in (".npy", ".npz"):
+            data = load_array(path, t, progress=progress)
+        else:
+            raise DataError(f"{path}: --dataset takes an image folder or an .npy/.npz array file")
+    else:
+        if d.dataset not in DATASETS:
+            raise DataError(f"unknown dataset {d.dataset!r}: not a named dataset ({', '.join(DATASETS)}) "
+                            "and no such file or folder")
+        data = load_dataset(d.dataset, d.data_dir, d.download)
+        if d.image_size or d.channels:
+            data = _reshape_named(data, d)
+    return attach_conditions(data, d.conditions) if d.conditions else data
+
+
+def _reshape_named(data: Dataset, d: DataConfig) -> Dataset:
+    """--image-size / --channels applied to an in-memory named dataset."""
+    import torch  # not at the top: the cache's decoding workers import this module
+
+    c0, h0, w0 = data.image_shape
+    shape = (d.channels or c0, *(d.image_size or (h0, w0)))
+    out = []
+    for split in (data.train, data.test):
+        x = split.images.numpy()
+        conv = np.concatenate([_convert_chunk(x[i : i + 4096], shape, background_rgb(d.background))
+                               for i in range(0, len(x), 4096)])
+        out.append(Split(torch.from_numpy(conv), split.labels))
+    return Dataset(data.name, out[0], out[1], data.classes, data.source,
+                   f"{data.fingerprint}:{'x'.join(map(str, shape))}", data.skipped, data.binary_benchmark)

@@ -23,8 +23,15 @@ from torch import nn
 
 from vaelab.batches import SplitInputs
 from vaelab.config import AUTO, Config, ConfigError, DataFacts, ModelConfig, choose, resolve, unresolved
-from vaelab.distributions import (LIKELIHOODS, SCALES, DiagonalGaussian, GaussianChain, GaussianMixture, MixturePrior,
-                                  StandardNormal)
+from vaelab.distributions import (
+    LIKELIHOODS,
+    SCALES,
+    DiagonalGaussian,
+    GaussianChain,
+    GaussianMixture,
+    MixturePrior,
+    StandardNormal,
+)
 from vaelab.flows import FLOWS, FlowPosterior
 from vaelab.nets import ACTIVATIONS, NETS, mlp
 from vaelab.objectives import OBJECTIVES

@@ -106,7 +106,7 @@ def _res_blocks(n: int, channels: int, act: type[nn.Module]) -> list[nn.Module]:
 
 
 class ConvEncoder(nn.Module):
-    """Conv blocks as in seed 000: per level a 3x3 conv then a stride-2 3x3 conv, with
+    """Conv blocks: per level a 3x3 conv then a stride-2 3x3 conv, with
     `hidden` channel widths per level, each level followed by `res_blocks` ResBlocks; a
     linear layer maps the features [+ condition] to `out_features`.
     (B, C, H, W) [+ (B, cond_dim)] -> (B, out_features); H and W must each be divisible

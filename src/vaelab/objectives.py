@@ -3,7 +3,7 @@ the quantity minimised (averaged over the batch by the training loop) and the ot
 entries reported in the metrics. All terms are in nats per image.
 
 `generator` is where reparameterisation noise comes from: a torch.Generator, None (the
-global RNG), or a :class:`vaelab.distributions.ExampleNoise` tied to the examples, which
+global RNG), or a :class:`vaelab.noise.ExampleNoise` tied to the examples, which
 makes a data-parallel run draw what a single process draws.
 
 `x_in`, when given, is what the encoder sees instead of x (a corrupted copy, shape of
@@ -85,7 +85,7 @@ def pairwise_gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor, mean_j: torc
     a second set (mean_j, log_std_j) (M, D), q_i from the first and q_j from it: (B, M).
 
     0.5 * [tr(S_j^-1 S_i) + (m_i - m_j)^T S_j^-1 (m_i - m_j) + log|S_j| - log|S_i| - D],
-    each term a (B, D) x (D, M) product (as in seed 003), so memory is O(BM), not O(BMD).
+    each term a (B, D) x (D, M) product, so memory is O(BM), not O(BMD).
     """
     if mean_j is None:
         mean_j, log_std_j = mean, log_std
@@ -100,7 +100,8 @@ def pairwise_gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor, mean_j: torc
 def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
           kl: str = "analytic", lam: float = 1.0, generator=None,
           x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
-    """Invariant conditional VAE loss (Moyer et al. 2018, with the correction in seed 003):
+    """Invariant conditional VAE loss (Moyer et al. 2018, without the erroneous extra term
+    of the paper's first version):
 
         (1 + lam) * E_q[-log p(x|z,c)] + beta * KL(q(z|x) || p(z)) + lam * KL(q(z|x) || q(z)).
 

@@ -296,7 +296,7 @@ class Session:
 
     @torch.no_grad()
     def noise(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Seed 004's experiment: clean | noisy | reconstruction of the noisy image, with PSNRs."""
+        """The noise-removal experiment: clean | noisy | reconstruction of the noisy image, with PSNRs."""
         x, c, _ = self._image(body)
         kind = _choice(body.get("kind", "salt-pepper"), "kind", NOISE_KINDS)
         level = _number(body.get("level", 0.2), "level", 0, 1)

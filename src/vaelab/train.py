@@ -27,17 +27,26 @@ from typing import Any
 import torch
 
 from vaelab import __version__
-from vaelab.batches import (TRAIN_KEY, Batches, SplitInputs, binarization_key, corrupt, is_path, load_configured,
-                            memory_budget, model_inputs)
+from vaelab.batches import TRAIN_KEY, Batches, SplitInputs, binarization_key, memory_budget, model_inputs
 from vaelab.checkpoint import RunError, load_checkpoint, load_config, save_checkpoint
 from vaelab.config import Config, ConfigError, TrainConfig, choose, parse_denoise, resolve
-from vaelab.distributions import ExampleNoise, keep_noise_out_of_compile
+from vaelab.corruption import corrupt
 from vaelab.files import RunLock, atomic_write, ensure_dir, write_json
+from vaelab.images import is_path, load_configured
 from vaelab.models import active_units, build_model, check_data_fit
+from vaelab.noise import ExampleNoise, keep_noise_out_of_compile
 from vaelab.objectives import OBJECTIVE_TERMS, OBJECTIVES
 from vaelab.plots import image_grid, save_png
-from vaelab.runtime import (Dist, autocast_dtype, cpu_bf16, cpu_name, distributed, progress_bar, progress_lines,
-                             tune_malloc)
+from vaelab.runtime import (
+    Dist,
+    autocast_dtype,
+    cpu_bf16,
+    cpu_name,
+    distributed,
+    progress_bar,
+    progress_lines,
+    tune_malloc,
+)
 
 
 def _fused(cls):
@@ -56,7 +65,7 @@ def _fused(cls):
 
 OPTIMIZERS = {
     "adam": _fused(torch.optim.Adam),
-    "rmsprop": _fused(torch.optim.RMSprop),  # seed 002 trains with RMSProp
+    "rmsprop": _fused(torch.optim.RMSprop),  # RMSProp: the optimiser of many VAE tutorials
 }
 SCHEDULES = ("exp", "cosine", "constant")
 # A training set smaller than this many batches trains with smaller batches instead: with
