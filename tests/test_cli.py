@@ -1,11 +1,12 @@
 """The command line, end to end, on real data."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import requires_mnist
-from vaelab.cli import main
+from vaelab.cli import build_parser, main
 
 TINY = ["--hidden", "32", "--latent-dim", "4", "--quiet"]
 
@@ -109,11 +110,24 @@ def test_train_on_fashion_mnist(tmp_path):
 @pytest.mark.parametrize("flag, value, ok", [("--beta", "0.00", True), ("--beta", "0e0", True), ("--beta", "-0.5", False),
                                              ("--beta", "nan", False), ("--flows", "00", True), ("--flows", "-1", False)])
 def test_non_negative_flags_accept_any_spelling_of_zero(flag, value, ok, capsys):
-    from vaelab.cli import build_parser
-
     if ok:
         build_parser().parse_args(["train", flag, value])
     else:
         with pytest.raises(SystemExit) as e:
             build_parser().parse_args(["train", flag, value])
         assert e.value.code == 2 and ">= 0" in capsys.readouterr().err
+
+
+def test_the_command_line_reference_is_current():
+    """docs/cli.md is written from the parser; a flag added, removed or reworded without
+    rewriting it fails here (the fix: the command at the top of docs/cli.md)."""
+    from vaelab.cli import reference
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+    text = reference()
+    assert path.read_text() == text, "docs/cli.md is stale: rewrite it with the command at its top"
+    parser = build_parser()
+    train = next(a for a in parser._actions if a.dest == "command").choices["train"]
+    for action in train._actions:  # every train flag is in the reference, with its help
+        if action.option_strings and action.help and action.dest != "help":
+            assert f"`{action.option_strings[0]}" in text
