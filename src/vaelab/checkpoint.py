@@ -228,3 +228,71 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
     load_checkpoint(run_dir, model)
     model.eval()
     return cfg, model
+
+
+class Run:
+    """One reader of a run folder, used by training, evaluation, the figures, compare,
+    the web page and the benchmarks.
+
+    ``metrics.jsonl`` has one rule for damage: a line that is not a JSON object with an
+    integer ``epoch`` (a torn line left by a killed process of an older version) is
+    skipped; a file with lines but no good record is named as damaged. ``eval.json`` is a
+    result that `vaelab evaluate` can write again: missing or damaged, it reads as ``{}``.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def config(self) -> Config:
+        return load_config(self.path)
+
+    def metrics(self, upto: int | None = None) -> list[dict[str, Any]]:
+        """The per-epoch records, in order; with `upto`, those of epochs 1..upto only (a
+        line written for a later epoch by a run killed before its checkpoint landed)."""
+        path = self.path / "metrics.jsonl"
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise RunError(describe(e, "cannot read")) from None
+        records = []
+        for line in lines:
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(r, dict) and type(r.get("epoch")) is int and (upto is None or r["epoch"] <= upto):
+                records.append(r)
+        if not records and any(line.strip() for line in lines) and upto is None:
+            raise RunError(f"{path} is damaged (no line is an epoch record); resuming the run rewrites it "
+                           "from its checkpoint")
+        return records
+
+    def eval(self) -> dict[str, Any]:
+        """eval.json as written by `vaelab evaluate`, or {} when it is missing or damaged."""
+        try:
+            result = json.loads((self.path / "eval.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return result if isinstance(result, dict) else {}
+
+    @property
+    def checkpoint_epoch(self) -> int | None:
+        """The epoch of the last completed checkpoint, or None before the first."""
+        for ckpt in _ckpt_dirs(self.path):
+            try:
+                epoch = json.loads((ckpt / "state.json").read_text()).get("epoch")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if type(epoch) is int:
+                return epoch
+        return None
+
+    def model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """The trained model, in eval mode."""
+        return load_run(self.path, device)[1]

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from vaelab.checkpoint import Run, RunError
 from vaelab.files import atomic_write, ensure_dir, write_json
 
 METRICS = ("test_elbo", "nll", "gap", "fd", "epochs", "train_seconds")
@@ -62,9 +63,10 @@ def _vaelab(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def _records(run: Path) -> list[dict[str, Any]]:
+    """A variant's finished epochs; a run whose metrics are unreadable trains again."""
     try:
-        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
+        return Run(run).metrics()
+    except RunError:
         return []
 
 
@@ -106,14 +108,14 @@ def run_one(variant: Variant, seed: int, out: Path, base: list[str], epochs: int
     if "test_elbo" in done[-1]:
         row["test_elbo"] = done[-1]["test_elbo"]
     want = [m for m in metrics if m in ("nll", "fd")]
-    ev = _eval(run)
+    ev = Run(run).eval()
     if want and not all(key in ev for key in want):
         log(f"{variant.name} seed {seed}: evaluating ({','.join(want)})")
         args = ["evaluate", str(run), "--metrics", ",".join(want), *(["--k", str(k)] if k else []), "--quiet"]
         r = _vaelab(args + (["--n", str(n)] if n else []))
         if r.returncode:
             return {**row, "error": _last_line(r)}
-        ev = _eval(run)
+        ev = Run(run).eval()
     if "nll" in ev:
         row.update(nll=ev["nll"], elbo_is=ev["elbo"], gap=-ev["elbo"] - ev["nll"], k=ev["k"], n=ev["n"])
     if "fd" in ev:
@@ -121,11 +123,6 @@ def run_one(variant: Variant, seed: int, out: Path, base: list[str], epochs: int
     return row
 
 
-def _eval(run: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run / "eval.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _last_line(r: subprocess.CompletedProcess) -> str:

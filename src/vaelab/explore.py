@@ -16,7 +16,6 @@ without ``%matplotlib inline``)::
 from __future__ import annotations
 
 import inspect
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 
 from vaelab import plots
 from vaelab.batches import model_inputs
-from vaelab.checkpoint import load_run
+from vaelab.checkpoint import Run, load_run
 from vaelab.corruption import add_noise
 from vaelab.evaluate import posterior_means
 from vaelab.files import FileError, ensure_dir, write_json
@@ -279,15 +278,9 @@ def figure_denoise(ex: Explorer, kind: str = "salt-pepper", levels: tuple[float,
 
 def figure_curves(ex: Explorer):
     """Loss terms and test ELBO over epochs from metrics.jsonl."""
-    path = ex.run_dir / "metrics.jsonl"
-    try:
-        rows = [json.loads(line) for line in path.read_text().splitlines()]
-    except FileNotFoundError:
-        raise FileError(f"{path} is missing; the curves need the run's metrics") from None
-    except ValueError as e:
-        raise FileError(f"{path} is damaged ({e}); resuming the run rewrites it from its good lines") from None
-    if not rows or not all(isinstance(r, dict) and "epoch" in r for r in rows):
-        raise FileError(f"{path} holds no epoch records; train at least one epoch first")
+    rows = Run(ex.run_dir).metrics()
+    if not rows:
+        raise FileError(f"{ex.run_dir / 'metrics.jsonl'} holds no epoch records; train at least one epoch first")
     return plots.curves_figure(rows, f"Training curves ({ex.run_dir.name})"), {"epochs": len(rows)}
 
 

@@ -28,7 +28,7 @@ import torch
 
 from vaelab import __version__
 from vaelab.batches import TRAIN_KEY, Batches, SplitInputs, binarization_key, memory_budget, model_inputs
-from vaelab.checkpoint import RunError, load_checkpoint, load_config, save_checkpoint
+from vaelab.checkpoint import Run, RunError, load_checkpoint, load_config, save_checkpoint
 from vaelab.config import Config, ConfigError, TrainConfig, choose, parse_denoise, resolve
 from vaelab.corruption import corrupt
 from vaelab.files import RunLock, atomic_write, ensure_dir, write_json
@@ -175,24 +175,6 @@ def provenance(device: torch.device, dist: Dist = Dist()) -> dict[str, Any]:
             "device": f"{device.type}: {name}", "threads": torch.get_num_threads(), "processes": dist.world,
             "command": sys.argv,
             "started": datetime.now().isoformat(timespec="seconds")}
-
-
-def _read_metrics(run_dir: Path, upto: int) -> list[dict[str, Any]]:
-    """The records of epochs 1..upto from metrics.jsonl (a line written for a later epoch
-    by a run killed before its checkpoint landed is dropped: that epoch runs again)."""
-    records = []
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        lines = []
-    for line in lines:
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue  # a torn line from a version that appended in place
-        if isinstance(r, dict) and isinstance(r.get("epoch"), int) and r["epoch"] <= upto:
-            records.append(r)
-    return records
 
 
 def _write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
@@ -562,7 +544,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
         info, rng = load_checkpoint(run_dir, model, optimizer)
         epoch, step = info["epoch"], info["step"]
         batches.set_rng_state(rng)
-        records = _read_metrics(run_dir, epoch)
+        records = Run(run_dir).metrics(upto=epoch)
         if dist.main:
             try:
                 prov = json.loads((run_dir / "run.json").read_text())

@@ -1,0 +1,69 @@
+"""What every benchmark script shares: running vaelab's command line in a fresh process,
+reading its run folders, and describing the machine a result came from.
+
+    from common import Run, machine, vaelab
+
+    vaelab("train", "--dataset", "mnist", "--epochs", "2", "--out", str(run))
+    seconds = [r["seconds"] for r in Run(run).metrics()]
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from vaelab.checkpoint import Run
+from vaelab.runtime import cpu_name
+
+__all__ = ["Run", "machine", "vaelab", "VaelabFailed"]
+
+
+class VaelabFailed(RuntimeError):
+    """A vaelab command exited non-zero; the message holds its command and its last lines."""
+
+
+def vaelab(*args: object, quiet: bool = True, env: dict[str, str] | None = None, threads: int | None = None,
+           check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
+    """Run `python -m vaelab ARGS` in a fresh process (so each run pays its own start-up, as a
+    user's does). quiet: `--quiet` for train/evaluate and stdout discarded; threads: sets
+    OMP_NUM_THREADS; capture: keep stdout and stderr in the result. With check, a failure
+    raises VaelabFailed with the command's last lines of output."""
+    cmd = [sys.executable, "-m", "vaelab", *map(str, args)]
+    if quiet and cmd[3] in ("train", "evaluate", "compare") and "--quiet" not in cmd:
+        cmd.append("--quiet")
+    full_env = {**os.environ, **(env or {})}
+    if threads:
+        full_env["OMP_NUM_THREADS"] = str(threads)
+    p = subprocess.run(cmd, env=full_env, text=True,
+                       stdout=subprocess.PIPE if capture else (subprocess.DEVNULL if quiet else None),
+                       stderr=subprocess.PIPE if capture or check else None)
+    if check and p.returncode:
+        tail = "\n".join((p.stderr or p.stdout or "").strip().splitlines()[-5:])
+        raise VaelabFailed(f"{' '.join(cmd[2:])} exited with {p.returncode}:\n{tail}")
+    return p
+
+
+def machine() -> dict[str, object]:
+    """The host a figure was measured on: CPU and its bf16 units, cores, threads, load, versions."""
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+    try:
+        load = list(os.getloadavg())
+    except OSError:
+        load = None
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags, "load_average": load,
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def median_epoch_seconds(run: str | Path, skip: int = 1) -> float:
+    """The median `seconds` of a run's epochs after the first `skip` (which pay one-time costs)."""
+    import statistics
+
+    seconds = [r["seconds"] for r in Run(run).metrics()]
+    return statistics.median(seconds[skip:] or seconds)
