@@ -56,6 +56,8 @@ import zipfile
 from datetime import date
 from pathlib import Path
 
+from common import Run, machine, vaelab
+
 ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vaelab" / "colour-benchmark"
 RESULTS = Path(__file__).resolve().parent / "results"
 PICTURES = Path(__file__).resolve().parent.parent / "docs" / "images" / "colour"
@@ -139,31 +141,11 @@ def build(root: Path) -> dict[str, int]:
 # ----------------------------------------------------------------------------- helpers
 
 
-def vaelab(*args: str, quiet: bool = True) -> None:
-    cmd = [sys.executable, "-m", "vaelab.cli", *args] + (["--quiet"] if quiet and args[0] == "train" else [])
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if quiet else None)
-
-
-def records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
 def save(what: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"colour-{what}-{date.today()}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
-
-
-def machine() -> dict:
-    import torch
-
-    from vaelab.runtime import cpu_name
-
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
-            "load_average": os.getloadavg()}
 
 
 # ----------------------------------------------------------------------------- speed
@@ -221,7 +203,7 @@ def speed(args) -> dict:
                 with tempfile.TemporaryDirectory() as tmp:
                     vaelab("train", "--dataset", str(args.root / "icons"), "--image-size", str(size),
                            "--epochs", str(args.epochs), "--precision", precision, "--out", tmp)
-                    vaelab_runs.append(statistics.median(r["examples_per_s"] for r in records(Path(tmp))[1:]))
+                    vaelab_runs.append(statistics.median(r["examples_per_s"] for r in Run(tmp).metrics()[1:]))
                 out = subprocess.run([sys.executable, __file__, "plain", "--root", str(args.root), "--size", str(size),
                                       "--precision", precision, "--epochs", str(args.epochs)],
                                      check=True, capture_output=True, text=True).stdout
@@ -308,9 +290,10 @@ BASELINE = ["--net", "conv", "--likelihood", "logistic", "--scale", "pixel"]
 
 def measure(run: Path, k: int) -> dict:
     vaelab("evaluate", str(run), "--k", str(k), "--no-progress")
-    ev = json.loads((run / "eval.json").read_text())
-    last = records(run)[-1]
-    return {"epochs": last["epoch"], "train_s": round(sum(r["seconds"] for r in records(run)), 1),
+    ev = Run(run).eval()
+    rows = Run(run).metrics()
+    last = rows[-1]
+    return {"epochs": last["epoch"], "train_s": round(sum(r["seconds"] for r in rows), 1),
             "test_kl": last.get("test_kl"), "active_units": ev.get("active_units"),
             "latent_dim": json.loads((run / "config.json").read_text())["model"]["latent_dim"],
             "psnr_db": ev.get("recon_psnr"), "bits_per_dim": ev["bits_per_dim"], "nll": ev["nll"],
@@ -372,7 +355,7 @@ def evaluation(args) -> dict:
         start = time.perf_counter()
         vaelab("evaluate", tmp, "--k", str(args.k), "--n", str(args.n), "--no-progress")
         wall = time.perf_counter() - start
-        ev = json.loads((Path(tmp) / "eval.json").read_text())
+        ev = Run(tmp).eval()
     return {"date": str(date.today()), "machine": machine(), "k": ev["k"], "n": ev["n"],
             "evaluate_seconds": ev["seconds"], "command_wall_seconds": round(wall, 1),
             "bits_per_dim": ev["bits_per_dim"], "nll_stderr": ev["nll_stderr"]}

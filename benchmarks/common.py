@@ -32,7 +32,7 @@ def vaelab(*args: object, quiet: bool = True, env: dict[str, str] | None = None,
     OMP_NUM_THREADS; capture: keep stdout and stderr in the result. With check, a failure
     raises VaelabFailed with the command's last lines of output."""
     cmd = [sys.executable, "-m", "vaelab", *map(str, args)]
-    if quiet and cmd[3] in ("train", "evaluate", "compare") and "--quiet" not in cmd:
+    if quiet and cmd[3] in ("train", "evaluate") and "--quiet" not in cmd:
         cmd.append("--quiet")
     full_env = {**os.environ, **(env or {})}
     if threads:

@@ -62,6 +62,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import Run
 from vaelab.runtime import cpu_name
 
 ICONS = Path("/usr/share/icons/oxygen/base")
@@ -322,8 +323,9 @@ def run_python(code: str, args: list[str], env: dict[str, str]) -> dict:
 
 
 def run_vaelab(args: list[str], env: dict[str, str], log: Path, check: bool = True) -> dict:
-    """`vaelab ARGS` (as python -m vaelab.cli) under /usr/bin/time -v: wall, peak RSS, load."""
-    cmd = [sys.executable, "-m", "vaelab.cli", *args]
+    """`vaelab ARGS` (as python -m vaelab, the command common.vaelab runs) under /usr/bin/time -v: wall,
+    peak RSS, load. Not common.vaelab: the peak RSS needs a wrapper process and the output goes to `log`."""
+    cmd = [sys.executable, "-m", "vaelab", *args]
     timefile = log.with_suffix(".time")
     if Path("/usr/bin/time").exists():
         full = ["/usr/bin/time", "-v", "-o", str(timefile), *cmd]
@@ -345,10 +347,6 @@ def run_vaelab(args: list[str], env: dict[str, str], log: Path, check: bool = Tr
     failed = {"returncode": p.returncode, "error": log.read_text().strip()[-1000:]} if p.returncode else {}
     return {**failed, "command": "vaelab " + " ".join(args), "process_wall_s": round(wall, 2),
             "peak_rss_mib": None if rss is None else round(rss / 2**20, 1), "loadavg": load}
-
-
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def training_state_mib(run: Path) -> dict:
@@ -495,7 +493,7 @@ def _pair(a, env: Env, name: str, npy: Path, flags: list[str], epochs: int, budg
             if mode == "streamed":
                 args += ["--memory-budget", f"{budget_mb}MB"]
             res = run_vaelab(args, e, a.work / "runs" / f"{name}-{mode}-{r}.log")
-            rows = metrics(run)
+            rows = Run(run).metrics()
             res["epoch_examples_per_s"] = [row["examples_per_s"] for row in rows]
             res["epoch_seconds"] = [row["seconds"] for row in rows]
             res["examples_per_s"] = rows[-1]["examples_per_s"]  # the last epoch (epoch 2 when 2 are run)
@@ -544,7 +542,7 @@ def bench_stream(a, env: Env) -> dict:
     shutil.rmtree(probe_run, ignore_errors=True)
     probe = run_vaelab(["train", "--dataset", str(probe_npy), *CONV_FLAGS, "--epochs", "1", "--out", str(probe_run),
                         "--quiet"], e, a.work / "runs" / "big-probe.log")
-    row = metrics(probe_run)[0]
+    row = Run(probe_run).metrics()[0]
     per_image = row["seconds"] / probe_n  # train + test ELBO time per image of the array
     predicted = per_image * a.big_n
     probe.update(images=probe_n, epoch_seconds=row["seconds"], examples_per_s=row["examples_per_s"],
@@ -580,7 +578,7 @@ def bench_conv(a, env: Env) -> dict:
         shutil.rmtree(run, ignore_errors=True)
         cal = run_vaelab(["train", "--dataset", str(folder), *CONV_MIX, "--epochs", "1", "--seed", "0",
                           "--out", str(run), "--quiet"], e, a.work / "runs" / "conv-calibrate.log")
-        cal["epoch_seconds"] = metrics(run)[0]["seconds"]
+        cal["epoch_seconds"] = Run(run).metrics()[0]["seconds"]
         out["calibration"] = cal
         epochs = max(1, round(a.conv_budget_s / cal["epoch_seconds"]))
     out["epochs"] = epochs
@@ -592,13 +590,13 @@ def bench_conv(a, env: Env) -> dict:
         t = time.perf_counter()
         tr = run_vaelab(["train", "--dataset", str(folder), *CONV_MIX, "--epochs", str(epochs), "--seed", str(seed),
                          "--out", str(run), "--quiet"], e, a.work / "runs" / f"conv-seed{seed}.log", check=False)
-        rows = metrics(run)
+        rows = Run(run).metrics()
         if tr.get("returncode"):  # e.g. the loss became NaN: recorded, not evaluated, the next seed runs
             seeds.append({"seed": seed, "train": tr, "diverged": tr["returncode"] == 1, "epochs_completed": len(rows),
                           "epoch_examples_per_s": [x["examples_per_s"] for x in rows], "run": str(run)})
             continue
         ev = run_vaelab(["evaluate", str(run), "--k", str(a.k), "--quiet"], e, a.work / "runs" / f"conv-eval{seed}.log")
-        r = json.loads((run / "eval.json").read_text())
+        r = Run(run).eval()
         total = time.perf_counter() - t
         seeds.append({"seed": seed, "train": tr, "evaluate": ev,
                       "train_seconds": round(sum(x["seconds"] for x in rows), 1),

@@ -25,24 +25,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
+from common import Run, vaelab
+
 DEFAULT_VARIANTS = ["plain", "uniform:0.3", "uniform:0-0.4", "salt-pepper:0-0.4", "gaussian:0-0.4"]
-
-
-def vaelab(*args: str, threads: int | None = None) -> None:
-    env = dict(os.environ)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    subprocess.run([sys.executable, "-m", "vaelab.cli", *args], check=True, stdout=subprocess.DEVNULL, env=env)
 
 
 def folder(variant: str) -> str:
@@ -57,7 +49,7 @@ def train(variant: str, args: argparse.Namespace, work: Path) -> dict:
         cfg = json.loads((out / "config.json").read_text())["train"]
         if cfg.get("denoise") != (flags[1] if flags else None) or cfg["seed"] != args.seed:
             raise SystemExit(f"{out} holds a run with other settings; remove it or choose another --work")
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        rows = Run(out).metrics()
     t = time.perf_counter()
     reused = len(rows) >= args.epochs
     if not reused:  # a run from an earlier call is reused, or continued
@@ -67,7 +59,7 @@ def train(variant: str, args: argparse.Namespace, work: Path) -> dict:
             vaelab("train", "--dataset", "mnist", "--seed", str(args.seed), "--epochs", str(args.epochs),
                    "--device", args.device, "--out", str(out), "--quiet", *shlex.split(args.base), *flags,
                    threads=args.threads)
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        rows = Run(out).metrics()
     return {"variant": variant, "run": str(out), "epochs": len(rows), "reused": reused,
             "wall_s": round(time.perf_counter() - t, 1),
             "train_s": round(sum(r["seconds"] for r in rows), 1),

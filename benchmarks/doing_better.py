@@ -25,12 +25,11 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 from datetime import date
 from pathlib import Path
 
-from vaelab.compare import _records
+from common import Run, vaelab
 
 VARIANTS = {
     "vae": "",
@@ -96,7 +95,7 @@ def report(work: Path) -> str:
     for name, flags in VARIANTS.items():
         cells = {part: next((t for t in r["table"] if t["variant"] == name), {}) for part, r in parts.items()}
         seconds = [record["seconds"] for r in parts.values() for row in r["rows"] if row["variant"] == name
-                   for record in _records(Path(row["run"]))]
+                   for record in Run(row["run"]).metrics()]
         pace = f"{statistics.median(seconds):.1f}" if seconds else ""
         e, t = cells.get("epochs", {}), cells.get("time", {})
         lines.append(f"| {name} | `{flags}` | {pace} | " + " | ".join(
@@ -117,14 +116,15 @@ def main() -> None:
     if args.report:
         print(report(Path(args.work)), end="")
         return
-    env = {**os.environ, "VAELAB_DATA": os.environ.get("VAELAB_DATA", "/work/shared/data")}
+    env = {"VAELAB_DATA": os.environ.get("VAELAB_DATA", "/work/shared/data")}
     for part in args.parts.split(","):
         budget, names = PARTS[part]
         work = Path(args.work) / part
-        cmd = [sys.executable, "-m", "vaelab", "compare", "--out", str(work), "--seeds", args.seeds,
-               "--base=--dataset mnist", "--k", "1000", *budget, *[f"{n}={RECIPES[n]}" for n in names]]
-        print("$", " ".join(cmd), flush=True)
-        subprocess.run(cmd, env=env, check=True)
+        cmd = ["compare", "--out", str(work), "--seeds", args.seeds, "--base=--dataset mnist", "--k", "1000",
+               *budget, *[f"{n}={RECIPES[n]}" for n in names]]
+        print("$", sys.executable, "-m", "vaelab", " ".join(cmd), flush=True)
+        # quiet=False: compare's progress lines show, as before, and compare takes no --quiet
+        vaelab(*cmd, quiet=False, env=env)
         dest = Path(args.out) / f"doing-better-{args.date}" / part
         dest.mkdir(parents=True, exist_ok=True)
         for name in ("compare.md", "compare.json", "compare.csv", "compare.png", "samples.png"):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,31 +25,28 @@ from pathlib import Path
 
 import torch
 
+from common import Run, vaelab
 from vaelab.runtime import cpu_name
 
 
 def one_run(folder: Path, flow_type: str, flows: int, seed: int, epochs: int, k: int, env: dict) -> dict:
     run = folder / f"{flow_type}-{seed}"
-    cmd = [sys.executable, "-m", "vaelab", "train", "--dataset", "mnist", "--flows", str(flows), "--flow-type",
-           flow_type, "--seed", str(seed), "--epochs", str(epochs), "--out", str(run), "--quiet"]
     start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    # check=False, capture=True: a run may stop on a non-finite loss; its exit code and last line are recorded
+    done = vaelab("train", "--dataset", "mnist", "--flows", flows, "--flow-type", flow_type, "--seed", seed,
+                  "--epochs", epochs, "--out", run, "--quiet", env=env, check=False, capture=True)
     row = {"flow_type": flow_type, "flows": flows, "seed": seed, "epochs_asked": epochs,
            "exit_code": done.returncode, "wall_s": round(time.perf_counter() - start, 1),
            "message": done.stderr.strip().splitlines()[-1] if done.returncode else ""}
-    try:
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    except OSError:
-        records = []
+    records = Run(run).metrics()  # [] when the run wrote none
     row.update(epochs_done=len(records), finished=done.returncode == 0 and len(records) == epochs,
                max_train_loss=max((r["train_loss"] for r in records), default=None),
                test_elbo=[round(r["test_elbo"], 3) for r in records],
                seconds_per_epoch=round(sum(r["seconds"] for r in records) / max(1, len(records)), 2))
     if k and row["finished"]:
-        ev = subprocess.run([sys.executable, "-m", "vaelab", "evaluate", str(run), "--k", str(k), "--quiet"],
-                            env=env, capture_output=True, text=True)
+        ev = vaelab("evaluate", run, "--k", k, "--quiet", env=env, check=False, capture=True)
         if ev.returncode == 0:
-            result = json.loads((run / "eval.json").read_text())
+            result = Run(run).eval()
             row.update(nll=round(result["nll"], 3), nll_stderr=round(result["nll_stderr"], 3), k=k)
     return row
 
@@ -66,7 +62,7 @@ def main() -> None:
     p.add_argument("--date", default=date.today().isoformat())
     p.add_argument("--tag", default="", help="suffix of the result file name")
     args = p.parse_args()
-    env = {**os.environ, "VAELAB_DATA": os.environ.get("VAELAB_DATA", "/work/shared/data")}
+    env = {"VAELAB_DATA": os.environ.get("VAELAB_DATA", "/work/shared/data")}  # added to os.environ
     rows = []
     out = Path(args.out) / f"flows-{args.date}{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import date
@@ -38,14 +36,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def vaelab(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "vaelab", *map(str, args), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+from common import Run, vaelab
 
 
 def later_epochs(run: Path) -> tuple[dict[str, float], dict]:
     """Medians of `seconds` and `examples_per_s` over epochs 2.. of a run, and its last record."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = Run(run).metrics()
     later = rows[1:] or rows
     return {k: statistics.median(r[k] for r in later) for k in ("seconds", "examples_per_s")}, rows[-1]
 
@@ -58,7 +54,7 @@ def recipe(precision: str, a, work: Path) -> dict:
     wall = time.perf_counter() - t
     med, last = later_epochs(run)
     vaelab("evaluate", run, "--k", a.k, "--device", a.device)
-    ev = json.loads((run / "eval.json").read_text())
+    ev = Run(run).eval()
     return {"precision": precision, "epochs": a.epochs, "epoch_seconds": med["seconds"], "train_wall_s": round(wall, 1),
             "test_elbo": last["test_elbo"], "nll": ev["nll"], "nll_stderr": ev["nll_stderr"], "k": ev["k"],
             "n": ev["n"], "eval_seconds": ev["seconds"]}

@@ -13,15 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from datetime import date
 from pathlib import Path
 
-
-def vaelab(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "vaelab.cli", *args], check=True, stdout=subprocess.DEVNULL)
+from common import vaelab
 
 
 def main() -> None:

@@ -15,26 +15,24 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
+from common import Run, vaelab
+
 
 def run(seed: int, work: Path, extra: list[str]) -> dict:
     out = work / f"seed{seed}"
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "vaelab.cli", "train", "--dataset", "mnist", "--seed", str(seed),
-                    "--out", str(out), "--quiet", *extra], check=True, stdout=subprocess.DEVNULL)
+    vaelab("train", "--dataset", "mnist", "--seed", seed, "--out", out, "--quiet", *extra)
     train_s = time.perf_counter() - t
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = Run(out).metrics()
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "vaelab.cli", "evaluate", str(out), "--k", "1000", "--quiet"],
-                   check=True, stdout=subprocess.DEVNULL)
+    vaelab("evaluate", out, "--k", "1000", "--quiet")
     eval_wall = time.perf_counter() - t
-    ev = json.loads((out / "eval.json").read_text())
+    ev = Run(out).eval()
     return {"seed": seed, "train_wall_s": round(train_s, 1), "train_epochs_s": round(sum(r["seconds"] for r in rows), 1),
             "epochs": len(rows), "final_test_elbo_1sample": rows[-1]["test_elbo"], "elbo": ev["elbo"],
             "nll": ev["nll"], "nll_stderr": ev["nll_stderr"], "eval_s": ev["seconds"],

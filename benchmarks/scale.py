@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from common import Run, vaelab
 from vaelab.runtime import cpu_name
 
 NET = ["--hidden", "512,512", "--decoder-hidden", "512,512", "--activation", "relu",
@@ -163,23 +164,32 @@ class Intruders:
 # ----------------------------------------------------------------------------- runs
 
 
+PLAIN = [sys.executable, "-m", "vaelab"]  # what common.vaelab runs
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vaelab"]
+
+
 def run(name: str, launcher: list[str], extra_env: dict[str, str], args, work: Path) -> dict:
     out = work / name
-    cmd = [*launcher, "train", "--dataset", args.dataset, *NET, "--batch-size", str(args.batch),
-           "--epochs", str(args.epochs), "--out", str(out), "--quiet"]
-    env = {**os.environ, "VAELAB_DATA": os.environ.get("VAELAB_DATA", "/work/shared/data"), **extra_env}
+    train = ["train", "--dataset", args.dataset, *NET, "--batch-size", str(args.batch),
+             "--epochs", str(args.epochs), "--out", str(out), "--quiet"]
+    cmd = [*launcher, *train]
+    env = {"VAELAB_DATA": os.environ.get("VAELAB_DATA", "/work/shared/data"), **extra_env}
     state = wait_idle(args.max_wait)
     print(f"{name}: {' '.join(f'{k}={v}' for k, v in extra_env.items())} {' '.join(cmd)}", file=sys.stderr, flush=True)
     with Intruders() as intr:
         b0, c0, t = _busy_ticks(), _our_cpu(), time.perf_counter()
-        p = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if launcher == PLAIN:  # capture: stderr for the message below (stdout is piped too, unread)
+            p = vaelab(*train, env=env, check=False, capture=True)
+        else:  # torchrun: its own launcher, not common.vaelab's
+            p = subprocess.run(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
         wall = time.perf_counter() - t
         b1, c1 = _busy_ticks(), _our_cpu()
     # CPU the machine spent on anything but this run (short-lived processes included)
     other = max(0.0, (b1 - b0) / TICK - (c1 - c0))
     if p.returncode:
         raise SystemExit(f"{name} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = Run(out).metrics()
     prov = json.loads((out / "run.json").read_text())
     sec = statistics.median(r["seconds"] for r in rows[1:])
     n = args.train_images  # the record's examples_per_s is n / seconds
@@ -207,17 +217,15 @@ def main() -> None:
 
     args.train_images = len(load_dataset(args.dataset).train)
     work = Path(tempfile.mkdtemp(prefix="vaelab-scale-"))
-    vaelab = [sys.executable, "-m", "vaelab"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vaelab"]
     res: dict = {"date": args.date, "cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                  "python": platform.python_version(), "dataset": args.dataset, "batch_global": args.batch,
                  "epochs": args.epochs,
                  "vaelab_data": os.environ.get("VAELAB_DATA", "/work/shared/data"),
                  "note": "epoch_seconds = median of epochs 2.. of metrics.jsonl `seconds` (training steps + "
                          "test ELBO on 10k + PNGs + checkpoint); images_per_s = training images / epoch_seconds"}
-    runs = [run("1proc", vaelab, {}, args, work),
-            run("1proc-omp1", vaelab, {"OMP_NUM_THREADS": "1"}, args, work),
-            run("2proc", torchrun, {}, args, work)]
+    runs = [run("1proc", PLAIN, {}, args, work),
+            run("1proc-omp1", PLAIN, {"OMP_NUM_THREADS": "1"}, args, work),
+            run("2proc", TORCHRUN, {}, args, work)]
     res["runs"] = {r["name"]: r for r in runs}
     one, one1, two = runs
     res["ratio_2proc_over_1proc"] = two["images_per_s"] / one["images_per_s"]

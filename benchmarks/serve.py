@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from common import vaelab
 from vaelab.runtime import cpu_name
 
 
@@ -90,17 +91,17 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--date", default=date.today().isoformat())
     args = p.parse_args()
-    env = {**os.environ, "VAELAB_DATA": os.environ.get("VAELAB_DATA", "/work/shared/data"),
-           "PYTHONUNBUFFERED": "1"}
+    env = {"VAELAB_DATA": os.environ.get("VAELAB_DATA", "/work/shared/data"), "PYTHONUNBUFFERED": "1"}
     tmp = tempfile.TemporaryDirectory()
     run = args.run
     if run is None:
         run = str(Path(tmp.name) / "mnist")
         print("training the default MNIST recipe for one epoch ...", flush=True)
-        subprocess.run([sys.executable, "-m", "vaelab", "train", "--dataset", "mnist", "--epochs", "1",
-                        "--out", run, "--quiet"], check=True, env=env)
-    server = subprocess.Popen([sys.executable, "-m", "vaelab", "serve", run, "--port", "0"], env=env,
-                              stdout=subprocess.PIPE, text=True)
+        # quiet=False: stdout shows, as before; --quiet is given explicitly, as before
+        vaelab("train", "--dataset", "mnist", "--epochs", "1", "--out", run, "--quiet", quiet=False, env=env)
+    # the server keeps running while it is measured: Popen, not common.vaelab
+    server = subprocess.Popen([sys.executable, "-m", "vaelab", "serve", run, "--port", "0"],
+                              env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)
     try:
         line = server.stdout.readline()
         if "http://" not in line:

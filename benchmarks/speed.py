@@ -29,8 +29,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import date
@@ -38,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from common import Run, vaelab
 from vaelab.runtime import cpu_name
 
 ENC = [784, 512, 512, 100]  # 100 = mean and log-std of a 50-d latent
@@ -78,13 +77,11 @@ def has_amx() -> bool:
 
 def vaelab_train(batch: int, epochs: int, workdir: Path, precision: str = "fp32") -> dict:
     out = workdir / f"vaelab-b{batch}-{precision}"
-    cmd = [sys.executable, "-m", "vaelab.cli", "train", "--dataset", "mnist", "--hidden", "512,512", "--activation", "relu",
-           "--latent-dim", "50", "--batch-size", str(batch), "--epochs", str(epochs), "--lr", "1e-3",
-           "--precision", precision, "--out", str(out), "--quiet"]
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    vaelab("train", "--dataset", "mnist", "--hidden", "512,512", "--activation", "relu", "--latent-dim", "50",
+           "--batch-size", batch, "--epochs", epochs, "--lr", "1e-3", "--precision", precision, "--out", out, "--quiet")
     wall = time.perf_counter() - t
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = Run(out).metrics()
     sec = statistics.median(r["seconds"] for r in rows[1:])
     n = rows[0]["step"] * batch
     return {"batch": batch, "precision": precision, "epoch_seconds": sec, "examples_per_s": n / sec,

@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from vaelab.checkpoint import load_checkpoint, save_checkpoint
-from vaelab.config import ConfigError, ModelConfig
+from vaelab.config import ConfigError, ModelConfig, TrainConfig
 from vaelab.corruption import PixelNoise, add_noise
 from vaelab.distributions import LIKELIHOODS, SCALES
 from vaelab.flows import FLOWS
 from vaelab.models import MODELS, build_model
 from vaelab.nets import ResBlock
 from vaelab.noise import ExampleNoise
-from vaelab.objectives import OBJECTIVES
+from vaelab.objectives import OBJECTIVES, bind
 
 SHAPE = (1, 28, 28)
 RGB = (3, 16, 24)  # colour and non-square: catches height/width and channel mix-ups
@@ -102,7 +102,8 @@ def test_encode_decode_sample_shapes(model):
 def test_loss_is_finite_and_gradients_reach_every_parameter(model):
     def without_gradient() -> list[str]:
         model.zero_grad()
-        terms = OBJECTIVES[model.objective](model, _x(model), _c(model), samples=2, beta=0.5)
+        terms = model.objective.replace(**{k: v for k, v in (("samples", 2), ("beta", 0.5))
+                                           if k in OBJECTIVES[model.objective.name].options})(model, _x(model), _c(model))
         assert all(v.shape == (6,) and torch.isfinite(v).all() for v in terms.values())
         terms["loss"].mean().backward()
         return [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -158,22 +159,24 @@ def test_denoising_forward_encodes_x_in_and_scores_the_clean_image(case):
     def noise():
         return ExampleNoise(torch.arange(6), 3)
 
-    objectives = [model.objective] + (["iwae"] if model.has_density else [])
+    objectives = [model.objective.name] + (["iwae"] if model.has_density else [])
     with torch.no_grad():
-        for objective in objectives:
-            plain = model(x, c, objective=objective, samples=2, generator=noise())
-            same = model(x, c, objective=objective, samples=2, generator=noise(), x_in=x.clone())
+        for name in objectives:
+            model.objective = bind(name, TrainConfig(samples=2))
+            plain = model(x, c, generator=noise())
+            same = model(x, c, generator=noise(), x_in=x.clone())
             for key in plain:
                 torch.testing.assert_close(same[key], plain[key], rtol=0, atol=0)
         x_in = add_noise(x, "salt-pepper", 0.5, PixelNoise(torch.arange(6), 0))
-        terms = model(x, c, samples=2, generator=noise(), x_in=x_in)
+        model.objective = bind(objectives[0], TrainConfig(samples=2))
+        terms = model(x, c, generator=noise(), x_in=x_in)
         q = model.encode(x_in, c)
-        if model.objective == "reconstruction":
+        if model.objective.name == "reconstruction":
             decoded = model.decode(q.mean, c)
         else:
             decoded = model.decode(q.rsample_with_log_prob(2, generator=noise())[0], c)
         clean, corrupted = decoded.log_prob(x), decoded.log_prob(x_in)
-        if model.objective != "reconstruction":
+        if model.objective.name != "reconstruction":
             clean, corrupted = clean.mean(0), corrupted.mean(0)
         torch.testing.assert_close(terms["recon"], clean)
         assert not torch.allclose(terms["recon"], corrupted)

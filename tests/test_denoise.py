@@ -97,7 +97,7 @@ def test_denoising_run_describes_itself_and_tests_on_clean_images(runs):
 
     cfg, model = load_run(runs / "denoise")
     data = load_dataset("mnist-sample")
-    clean = test_elbo(model, model_inputs(model, cfg, data.test, len(data.classes)), "elbo", seed=cfg.train.seed)
+    clean = test_elbo(model, model_inputs(model, cfg, data.test, len(data.classes)), seed=cfg.train.seed)
     assert clean["elbo"] == pytest.approx(noisy["test_elbo"], abs=1e-6)
 
 

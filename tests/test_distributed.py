@@ -169,11 +169,13 @@ def test_reduced_precision_keeps_the_math_in_fp32(tmp_path, precision):
 
     from vaelab.config import ModelConfig
     from vaelab.models import build_model
+    from vaelab.objectives import Objective
 
     model = build_model(ModelConfig(hidden=(16,), decoder_hidden=None, latent_dim=3), (1, 6, 6))
     model.set_precision(torch.bfloat16 if precision == "bf16" else torch.float16)
     x = (torch.rand(8, 1, 6, 6) < 0.4).float()
-    terms = model(x, objective="iwae", samples=4)
+    model.objective = Objective("iwae", {"samples": 4})
+    terms = model(x)
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in terms.values())
     run = tmp_path / precision
     assert main(["train", *TINY, "--epochs", "1", "--out", str(run), "--precision", precision]) == 0

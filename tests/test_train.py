@@ -93,12 +93,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_cfg, monke
 
     def poisoned(model, x, c=None, **kw):
         calls["n"] += 1
-        terms = real(model, x, c, **kw)
+        terms = real.fn(model, x, c, **kw)
         if calls["n"] > 18:  # epoch 1 has 16 steps of 125 (+ 1 test pass); NaN from epoch 2 on
             terms["loss"] = terms["loss"] * float("nan")
         return terms
 
-    monkeypatch.setitem(objectives.OBJECTIVES, "elbo", poisoned)
+    monkeypatch.setitem(objectives.OBJECTIVES, "elbo", real.__class__(poisoned, real.terms, real.options))
     with pytest.raises(TrainingDiverged, match="last good checkpoint \\(epoch 1\\)"):
         train(tiny_cfg.replace(train={"epochs": 3}), tmp_path / "run", progress=False)
     info, _ = load_checkpoint(tmp_path / "run", load_run(tmp_path / "run")[1])
@@ -112,12 +112,12 @@ def test_a_few_non_finite_steps_are_skipped_and_counted(tmp_path, tiny_cfg, monk
 
     def poisoned(model, x, c=None, **kw):
         calls["n"] += 1
-        terms = real(model, x, c, **kw)
+        terms = real.fn(model, x, c, **kw)
         if calls["n"] in (3, 5):  # two training steps of epoch 1
             terms["loss"] = terms["loss"] * float("inf")
         return terms
 
-    monkeypatch.setitem(objectives.OBJECTIVES, "elbo", poisoned)
+    monkeypatch.setitem(objectives.OBJECTIVES, "elbo", real.__class__(poisoned, real.terms, real.options))
     run = train(tiny_cfg.replace(train={"epochs": 2}), tmp_path / "run", progress=False)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["skipped_steps"] == 2 and "skipped_steps" not in records[1]

@@ -217,7 +217,7 @@ def load_config(run_dir: str | Path) -> Config:
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
     """(config, model in eval mode with its trained weights) of a run folder."""
-    from vaelab.models import build_model
+    from vaelab.models import bind_objective, build_model
 
     cfg = load_config(run_dir)
     _, info, _, _ = read_checkpoint(run_dir)
@@ -225,6 +225,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
         model = build_model(cfg.model, tuple(info["image_shape"]), cond_dim=info.get("cond_dim", 0)).to(device)
     except (ConfigError, ValueError, TypeError) as e:
         raise RunError(f"{Path(run_dir) / 'config.json'}: cannot build its model ({e})") from None
+    bind_objective(model, cfg.train)  # model(x) runs the objective the run trained on
     load_checkpoint(run_dir, model)
     model.eval()
     return cfg, model

@@ -7,10 +7,12 @@ Shared interface (checked for every registered model by ``tests/test_contract.py
 - ``sample(n)``: decode n codes drawn from the prior -> likelihood distribution
 - ``log_weights(x, k)``: (k, B) log p(x, z_k) - log q(z_k | x), z_k ~ q(z|x); only for
   models with a density (``has_density``)
-- ``objective``: the name of the training objective in :data:`vaelab.objectives.OBJECTIVES`
-- ``forward(x, c, **options)``: runs an objective and returns its per-example terms
-  (``x_in``: the encoder's input when it differs from x, for denoising), so
-  that DistributedDataParallel, which synchronises gradients only for work done inside
+- ``objective``: the bound :class:`vaelab.objectives.Objective` that ``forward`` runs: the
+  model's own (``default_objective``) with its defaults, until :func:`bind_objective`
+  binds a run's choice and settings
+- ``forward(x, c, generator=, x_in=, peers=)``: data only; runs the objective and returns its
+  per-example terms (``x_in``: the encoder's input when it differs from x, for denoising),
+  so that DistributedDataParallel, which synchronises gradients only for work done inside
   the wrapped module's forward, sees all of it
 """
 
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from vaelab.batches import SplitInputs
-from vaelab.config import AUTO, Config, ConfigError, DataFacts, ModelConfig, choose, resolve, unresolved
+from vaelab.config import AUTO, Config, ConfigError, DataFacts, ModelConfig, TrainConfig, choose, resolve, unresolved
 from vaelab.distributions import (
     LIKELIHOODS,
     SCALES,
@@ -34,7 +36,7 @@ from vaelab.distributions import (
 )
 from vaelab.flows import FLOWS, FlowPosterior
 from vaelab.nets import ACTIVATIONS, NETS, mlp
-from vaelab.objectives import OBJECTIVES
+from vaelab.objectives import Objective, bind
 from vaelab.runtime import Dist
 
 
@@ -51,12 +53,13 @@ class PointMass:
 class _Base(nn.Module):
     has_density = False
     conditional = False
-    objective = "elbo"
+    default_objective = "elbo"
 
     def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int], encoder_out: int,
                  cond_dim: int = 0, decoder_in: int | None = None) -> None:
         super().__init__()
         self.cfg, self.image_shape, self.latent_dim = cfg, tuple(image_shape), cfg.latent_dim
+        self.objective = Objective(self.default_objective)
         self.cond_dim = cond_dim if self.conditional else 0
         encoder_cls, decoder_cls = choose(NETS, cfg.net, "net")
         choose(ACTIVATIONS, cfg.activation, "activation")
@@ -75,15 +78,13 @@ class _Base(nn.Module):
         self.decoder = decoder_cls(decoder_in + self.cond_dim, dec_hidden, (self.likelihood.out_channels, h, w),
                                    cfg.activation, **extra)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, *, objective: str | None = None,
-                samples: int = 1, beta: float = 1.0, kl: str = "analytic", lam: float = 0.0,
-                generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
-        """Per-example terms (B,) of `objective` (default: the model's own) on images x (B, C, H, W).
-        `x_in` (B, C, H, W): what the encoder sees instead of x (denoising training).
-        `peers`: the rest of the global batch in a data-parallel job (objectives.py)."""
-        fn = choose(OBJECTIVES, objective or self.objective, "objective")
-        return fn(self, x, c, samples=samples, beta=beta, kl=kl, lam=lam, generator=generator, x_in=x_in,
-                  peers=peers)
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, *, generator=None,
+                x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+        """Per-example terms (B,) of the bound objective on images x (B, C, H, W).
+        `generator`: the reparameterisation noise (objectives.py). `x_in` (B, C, H, W): what
+        the encoder sees instead of x (denoising training). `peers`: the rest of the global
+        batch in a data-parallel job (objectives.py)."""
+        return self.objective(self, x, c, generator=generator, x_in=x_in, peers=peers)
 
     def _condition(self, c: torch.Tensor | None, lead: tuple[int, ...]) -> torch.Tensor | None:
         if not self.conditional:
@@ -159,7 +160,7 @@ class VAE(_Base):
     """
 
     has_density = True
-    objective = "elbo"
+    default_objective = "elbo"
 
     def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: int = 0) -> None:
         flows = choose(FLOWS, cfg.flow_type, "flow type")(cfg.latent_dim, cfg.flows) if cfg.flows else None
@@ -203,7 +204,7 @@ class HVAE(_Base):
     """
 
     has_density = True
-    objective = "elbo"
+    default_objective = "elbo"
 
     def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: int = 0) -> None:
         sizes = (*cfg.lower_latents, cfg.latent_dim)
@@ -243,7 +244,7 @@ class AE(_Base):
     like draws from N(0, I).
     """
 
-    objective = "reconstruction"
+    default_objective = "reconstruction"
 
     def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: int = 0) -> None:
         super().__init__(cfg, image_shape, cfg.latent_dim, cond_dim)
@@ -271,7 +272,7 @@ class ICVAE(CVAE):
     ``icvae`` objective, which adds lambda * KL(q(z|x) || q(z)) to push the
     information about c out of z (the decoder gets c anyway)."""
 
-    objective = "icvae"
+    default_objective = "icvae"
 
 
 PRIORS = {"normal": "N(0, I)", "mog": "a learned mixture of Gaussians",
@@ -301,6 +302,14 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: i
         raise ConfigError(f"the {cfg.model} model needs conditions: a labelled dataset (class folders, "
                           "'labels' in the array file) or --conditions FILE.npz")
     return model_cls(cfg, tuple(image_shape), cond_dim)
+
+
+def bind_objective(model: _Base, t: TrainConfig) -> Objective:
+    """Bind the run's objective (``--objective``, or the model's own when auto) with its
+    settings (--samples, --beta, --kl, --lambda) to the model; training and the test pass
+    both run it, so the options mean the same on both."""
+    model.objective = bind(model.default_objective if t.objective == AUTO else t.objective, t)
+    return model.objective
 
 
 def check_data_fit(cfg: ModelConfig, binarization: str) -> None:

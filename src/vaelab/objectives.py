@@ -1,6 +1,12 @@
 """Training objectives. Each returns per-example terms, shape (B,), with ``loss``
 the quantity minimised (averaged over the batch by the training loop) and the other
-entries reported in the metrics. All terms are in nats per image.
+entries reported in the metrics. All terms are in nats per image; ``elbo`` is always the
+evidence lower bound itself (beta = 1), whatever the loss weighs.
+
+An objective is registered once with the names of its terms and of the config fields it
+takes (``@objective("elbo", terms=..., options=("samples", "beta", "kl"))``), and bound
+once to a run's settings (:func:`bind`): the resulting :class:`Objective` is called with
+data only, the same way in training and in the test pass.
 
 `generator` is where reparameterisation noise comes from: a torch.Generator, None (the
 global RNG), or a :class:`vaelab.noise.ExampleNoise` tied to the examples, which
@@ -18,15 +24,82 @@ the whole batch. Only icvae's pairwise term uses it; per-example objectives igno
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from vaelab.config import ConfigError, TrainConfig
 
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """A registered objective: its function, the terms it returns (every process of a
+    data-parallel job reduces the same keys) and the TrainConfig fields it takes."""
+
+    fn: Callable[..., dict[str, torch.Tensor]]
+    terms: tuple[str, ...]
+    options: tuple[str, ...] = ()
+
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {}
+
+
+def objective(name: str, terms: tuple[str, ...], options: tuple[str, ...] = ()):
+    """Register `fn(model, x, c, *, <options>, generator, x_in, peers) -> terms` as `name`.
+    Each option must be a field of TrainConfig; ``loss`` must be the first term."""
+    unknown = set(options) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown or not terms or terms[0] != "loss":
+        raise ValueError(f"objective {name}: options {sorted(unknown)} are not TrainConfig fields, or "
+                         f"'loss' is not its first term")
+
+    def register(fn):
+        OBJECTIVES[name] = ObjectiveSpec(fn, tuple(terms), tuple(options))
+        return fn
+
+    return register
+
+
+@dataclass(frozen=True)
+class Objective:
+    """An objective bound to its options: ``objective(model, x, c, generator=, x_in=, peers=)``
+    -> per-example terms. Options left out take the function's defaults."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {self.name!r}; choose {', '.join(OBJECTIVES)}")
+        extra = set(self.options) - set(OBJECTIVES[self.name].options)
+        if extra:
+            raise ConfigError(f"the {self.name} objective takes no {', '.join(sorted(extra))}")
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        return OBJECTIVES[self.name].terms
+
+    def replace(self, **options: Any) -> Objective:
+        return Objective(self.name, {**self.options, **options})
+
+    def __call__(self, model, x: torch.Tensor, c: torch.Tensor | None = None, *, generator=None,
+                 x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+        return OBJECTIVES[self.name].fn(model, x, c, generator=generator, x_in=x_in, peers=peers, **self.options)
+
+
+def bind(name: str, t: TrainConfig) -> Objective:
+    """The objective `name` with its options taken from the run's training settings."""
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {name!r}; choose {', '.join(OBJECTIVES)}")
+    return Objective(name, {k: getattr(t, k) for k in OBJECTIVES[name].options})
+
+
+@objective("elbo", terms=("loss", "recon", "kl", "elbo"), options=("samples", "beta", "kl"))
 def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
-         kl: str = "analytic", lam: float = 0.0, generator=None,
-         x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+         kl: str = "analytic", generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
     """ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) (Kingma & Welling 2014, eq. 10).
 
     The reconstruction term averages `samples` reparameterised draws z ~ q(z|x). The
@@ -53,15 +126,15 @@ def kl_to_prior(model, q, z: torch.Tensor, log_q: torch.Tensor, kl: str = "analy
     return (log_q - prior.log_prob(z)).mean(0)
 
 
+@objective("iwae", terms=("loss", "iwae", "elbo"), options=("samples", "beta"))
 def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 5, beta: float = 1.0,
-         kl: str = "analytic", lam: float = 0.0, generator=None,
-         x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+         generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
     """Importance-weighted bound log (1/k) sum_k p(x, z_k) / q(z_k|x) (Burda et al. 2016, eq. 8).
 
     Built from per-sample log-weights (no analytic KL inside), with the weights kept in
     the graph: the gradient is the self-normalised importance-weighted average of the
-    per-sample gradients (their eq. 14). k = `samples`; k = 1 is the ELBO. `beta` and
-    `kl` do not apply.
+    per-sample gradients (their eq. 14). k = `samples`; k = 1 is the ELBO. There is no
+    KL to weigh: `beta` must be 1.
     """
     if beta != 1.0:
         raise ValueError("the IWAE bound has no KL weight; use --objective elbo with --beta")
@@ -71,9 +144,9 @@ def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
     return {"loss": -bound, "iwae": bound, "elbo": lw.mean(0)}
 
 
-def reconstruction(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1,
-                   beta: float = 1.0, kl: str = "analytic", lam: float = 0.0,
-                   generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+@objective("reconstruction", terms=("loss", "recon"))
+def reconstruction(model, x: torch.Tensor, c: torch.Tensor | None = None, *, generator=None,
+                   x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
     """Plain autoencoder: maximise log p(x | z = f(x)); no prior, no KL."""
     recon = model.decode(model.encode(x if x_in is None else x_in, c).mean, c).log_prob(x)
     return {"loss": -recon, "recon": recon}
@@ -97,6 +170,7 @@ def pairwise_gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor, mean_j: torc
     return 0.5 * (trace + maha + 2 * log_std_j.sum(1)[None, :] - 2 * log_std.sum(1)[:, None] - mean.shape[1])
 
 
+@objective("icvae", terms=("loss", "recon", "kl", "kl_marginal", "elbo"), options=("samples", "beta", "kl", "lam"))
 def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
           kl: str = "analytic", lam: float = 1.0, generator=None,
           x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
@@ -123,19 +197,3 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
     kl_marginal = (pair.sum(1) - pair[rows, offset + rows]) / max(1, len(mean_j) - 1)
     loss = -(1 + lam) * recon + beta * kl_prior + lam * kl_marginal
     return {"loss": loss, "recon": recon, "kl": kl_prior, "kl_marginal": kl_marginal, "elbo": recon - kl_prior}
-
-
-# the terms each objective returns (every process of a data-parallel job reduces the same keys)
-OBJECTIVE_TERMS: dict[str, tuple[str, ...]] = {
-    "elbo": ("loss", "recon", "kl", "elbo"),
-    "iwae": ("loss", "iwae", "elbo"),
-    "icvae": ("loss", "recon", "kl", "kl_marginal", "elbo"),
-    "reconstruction": ("loss", "recon"),
-}
-
-OBJECTIVES: dict[str, Callable[..., dict[str, torch.Tensor]]] = {
-    "elbo": elbo,
-    "iwae": iwae,
-    "icvae": icvae,
-    "reconstruction": reconstruction,
-}

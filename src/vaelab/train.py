@@ -33,9 +33,8 @@ from vaelab.config import Config, ConfigError, TrainConfig, choose, parse_denois
 from vaelab.corruption import corrupt
 from vaelab.files import RunLock, atomic_write, ensure_dir, write_json
 from vaelab.images import is_path, load_configured
-from vaelab.models import active_units, build_model, check_data_fit
+from vaelab.models import active_units, bind_objective, build_model, check_data_fit
 from vaelab.noise import ExampleNoise, keep_noise_out_of_compile
-from vaelab.objectives import OBJECTIVE_TERMS, OBJECTIVES
 from vaelab.plots import image_grid, save_png
 from vaelab.runtime import (
     Dist,
@@ -296,9 +295,10 @@ def noise_key(seed: int, step: int) -> int:
 
 
 @torch.no_grad()
-def test_elbo(model, inputs: SplitInputs, objective: str, batch_size: int = 2000, seed: int = 0,
-              samples: int = 1, kl: str = "analytic", lam: float = 0.0, dist: Dist = Dist()) -> dict[str, float]:
-    """Mean per-image objective terms over a split's inputs, with noise tied to each image
+def test_elbo(model, inputs: SplitInputs, batch_size: int = 2000, seed: int = 0,
+              dist: Dist = Dist()) -> dict[str, float]:
+    """Mean per-image terms of the model's bound objective over a split's inputs, with noise
+    tied to each image
     (`seed`): the same value whatever the number of processes sharing the rows. The rows
     go in chunks, each split over the processes as a training batch is, so batch-level
     terms (icvae's) see the same chunks on any number of processes."""
@@ -313,11 +313,10 @@ def test_elbo(model, inputs: SplitInputs, objective: str, batch_size: int = 2000
         i, j = chunk + a, chunk + b
         x, c, _ = inputs.rows(i, j)
         noise = ExampleNoise(inputs.index(i, j), noise_key(seed, TEST_NOISE_KEY))
-        terms = model(x, c, objective=objective, samples=samples, kl=kl, lam=lam, generator=noise,
-                      peers=dist.batch_peers(size))
+        terms = model(x, c, generator=noise, peers=dist.batch_peers(size))
         for k, v in terms.items():
             sums[k] = sums.get(k, 0) + v.double().sum()
-    keys = sorted(OBJECTIVE_TERMS[objective])
+    keys = sorted(model.objective.terms)
     total = dist.sum_(torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64, device=inputs.device)
                                    for k in keys]))
     model.train(was_training)
@@ -536,8 +535,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
                       world=dist.world)
     test_inputs = model_inputs(model, cfg, data.test, len(data.classes), device, budget)
     x_show, c_show, _ = test_inputs.rows(0, 32)
-    objective = model.objective if t.objective == "auto" else t.objective
-    choose(OBJECTIVES, objective, "objective")
+    objective = bind_objective(model, t)
 
     epoch, step = 0, 0
     if resume:
@@ -580,7 +578,6 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
     if t.compile:
         keep_noise_out_of_compile()
         step_model = torch.compile(step_model)
-    options = {"objective": objective, "samples": t.samples, "beta": t.beta, "kl": t.kl, "lam": t.lam}
     denoise = parse_denoise(t.denoise) if t.denoise else None
     first_epoch = epoch + 1
     board = open_tensorboard(run_dir, first_epoch) if dist.main else None
@@ -601,13 +598,13 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
             lr = learning_rate(t, step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            if t.kl_warmup:
-                options["beta"] = kl_weight(t, step, steps_per_epoch)
+            if t.kl_warmup:  # the KL weight of this step; the test pass keeps the full beta
+                model.objective = objective.replace(beta=kl_weight(t, step, steps_per_epoch))
             # denoising: the encoder sees the batch (after binarisation) corrupted with noise
             # tied to (seed, step, image), the likelihood scores the clean batch
             x_in = None if denoise is None else corrupt(batch.x, batch.idx, denoise, noise_key(t.seed, step))
             terms = step_model(batch.x, batch.cond, generator=ExampleNoise(batch.idx, noise_key(t.seed, step)),
-                               x_in=x_in, peers=dist.batch_peers(batch.size), **options)
+                               x_in=x_in, peers=dist.batch_peers(batch.size))
             # the global batch mean: DDP averages the processes' gradients, so each
             # contributes its sum scaled by world / global batch size
             loss = terms["loss"].sum() * (dist.world / batch.size)
@@ -650,9 +647,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
         if not all(math.isfinite(v) for v in train_terms.values()):
             raise TrainingDiverged(f"a loss term became non-finite during epoch {epoch + 1}; stopped. "
                                    f"{_kept(run_dir, epoch)}. Try a lower --lr.")
-        test_terms = {f"test_{k}": v for k, v in test_elbo(
-            model, test_inputs, objective, seed=t.seed, samples=t.samples if objective == "iwae" else 1, kl=t.kl,
-            lam=t.lam, dist=dist).items()}
+        model.objective = objective
+        test_terms = {f"test_{k}": v for k, v in test_elbo(model, test_inputs, seed=t.seed, dist=dist).items()}
         if model.has_density:
             test_terms["active_units"] = active_units(model, test_inputs, dist)
         epoch += 1
