@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from vaelab.cli import main
-from vaelab.config import Config, ConfigError, validate
+from vaelab.config import Config, ConfigError
 from vaelab.distributions import DiagonalGaussian, GaussianChain, standard_normal_log_prob
-from vaelab.models import build_model
+from vaelab.models import build_model, check_config
 from vaelab.noise import ExampleNoise
 from vaelab.objectives import elbo
 
@@ -103,7 +103,7 @@ def test_hvae_settings_that_cannot_work_are_refused():
     for extra, words in (({"lower_latents": []}, "below the top"), ({"flows": 2}, "drop --flows"),
                          ({"prior": "mog"}, "drop --flows and --prior"), ({"latent_hidden": [0]}, "positive")):
         with pytest.raises(ConfigError, match=words):
-            validate(Config().replace(model={"model": "hvae", **extra}))
+            check_config(Config().replace(model={"model": "hvae", **extra}))
 
 
 def test_train_evaluate_sample_plot_a_two_layer_model(tmp_path):

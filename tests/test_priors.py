@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from vaelab.cli import main
-from vaelab.config import Config, ConfigError, validate
+from vaelab.config import Config, ConfigError
 from vaelab.distributions import DiagonalGaussian, GaussianMixture, StandardNormal
-from vaelab.models import build_model
+from vaelab.models import build_model, check_config
 from vaelab.objectives import elbo, iwae
 
 
@@ -85,7 +85,7 @@ def test_prior_combinations_that_cannot_work_are_refused():
     for model, extra, words in (("ae", {"prior": "mog"}, "autoencoder"), ("vae", {"prior": "vamp", "flows": 2}, "flows"),
                                 ("cvae", {"prior": "vamp"}, "pseudo-inputs"), ("vae", {"prior": "gmm"}, "unknown prior")):
         with pytest.raises(ConfigError, match=words):
-            validate(Config().replace(model={"model": model, **extra}))
+            check_config(Config().replace(model={"model": model, **extra}))
 
 
 @pytest.mark.parametrize("prior", ["mog", "vamp"])

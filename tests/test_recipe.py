@@ -22,7 +22,7 @@ from vaelab.config import (
     resolve,
     unresolved,
 )
-from vaelab.models import build_model
+from vaelab.models import build_model, check_config
 from vaelab.train import ProgressLog, kl_weight
 
 ICONS = Path("/usr/share/icons/oxygen/base/32x32")
@@ -104,7 +104,7 @@ def test_unset_fields_load_from_config_files_and_bad_values_are_refused():
     with pytest.raises(ConfigError, match="train.lr must be a number"):
         Config().replace(train={"lr": "fast"})
     with pytest.raises(ConfigError, match="no KL term to warm up"):
-        Config().replace(train={"kl_warmup": 1.0, "objective": "iwae"})
+        check_config(Config().replace(train={"kl_warmup": 1.0, "objective": "iwae"}))
 
 
 def test_build_model_fills_unset_fields_from_the_image_shape():

@@ -54,6 +54,29 @@ class _Base(nn.Module):
     has_density = False
     conditional = False
     default_objective = "elbo"
+    # what the model accepts, checked by `check` with a message that lists it
+    objectives: tuple[str, ...] = ("elbo", "iwae")
+    priors: tuple[str, ...] = ("normal",)
+    takes_flows = False
+
+    @classmethod
+    def check(cls, m: ModelConfig, objective: str = AUTO) -> None:
+        """Refuse a prior, flows or an objective this model does not take."""
+        name = m.model
+        if m.prior not in PRIORS:
+            raise ConfigError(f"unknown prior {m.prior!r}; choose one of: {', '.join(PRIORS)}")
+        if m.prior not in cls.priors:
+            raise ConfigError(f"the {name} model takes the prior{'s' if len(cls.priors) > 1 else ''} "
+                              f"{', '.join(cls.priors)}, not {m.prior}{cls._why_not('prior', m.prior)}")
+        if m.flows and not cls.takes_flows:
+            raise ConfigError(f"the {name} model takes no flows{cls._why_not('flows', m.flows)}")
+        if objective != AUTO and objective not in cls.objectives:
+            raise ConfigError(f"the {name} model trains with {', '.join(cls.objectives)}, not {objective}"
+                              f"{cls._why_not('objective', objective)}")
+
+    @classmethod
+    def _why_not(cls, what: str, value) -> str:
+        return ""
 
     def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int], encoder_out: int,
                  cond_dim: int = 0, decoder_in: int | None = None) -> None:
@@ -161,17 +184,22 @@ class VAE(_Base):
 
     has_density = True
     default_objective = "elbo"
+    priors = ("normal", "mog", "vamp")
+    takes_flows = True
+
+    @classmethod
+    def check(cls, m: ModelConfig, objective: str = AUTO) -> None:
+        super().check(m, objective)
+        if m.prior == "vamp" and m.flows:
+            raise ConfigError("the VampPrior evaluates the posterior's density at any z, which flows cannot; "
+                              "use --prior mog with --flows, or drop --flows")
 
     def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: int = 0) -> None:
         flows = choose(FLOWS, cfg.flow_type, "flow type")(cfg.latent_dim, cfg.flows) if cfg.flows else None
         super().__init__(cfg, image_shape, 2 * cfg.latent_dim + (flows.num_params if flows else 0), cond_dim)
         self.flows = flows
-        choose(PRIORS, cfg.prior, "prior")
-        k = cfg.prior_components or {"mog": 10, "vamp": 500}.get(cfg.prior, 0)
-        self.mixture_prior = MixturePrior(cfg.latent_dim, k) if cfg.prior == "mog" else None
-        # pseudo-inputs in logit space: sigmoid keeps them images in (0, 1); grey noise at the start
-        self.pseudo_inputs = nn.Parameter(0.1 * torch.randn(k, *self.image_shape, generator=torch.Generator()
-                                                            .manual_seed(0))) if cfg.prior == "vamp" else None
+        self.mixture_prior, self.pseudo_inputs = None, None
+        choose(PRIORS, cfg.prior, "prior")(self, cfg)
 
     def prior(self) -> StandardNormal | GaussianMixture:
         if self.mixture_prior is not None:
@@ -205,6 +233,18 @@ class HVAE(_Base):
 
     has_density = True
     default_objective = "elbo"
+
+    @classmethod
+    def check(cls, m: ModelConfig, objective: str = AUTO) -> None:
+        if not m.lower_latents:
+            raise ConfigError("the hvae model needs at least one stochastic layer below the top one, "
+                              "e.g. --lower-latents 100")
+        super().check(m, objective)
+
+    @classmethod
+    def _why_not(cls, what: str, value) -> str:
+        return (": its prior is its own top-down chain and its posterior a bottom-up one: drop --flows and "
+                "--prior (or use --model vae)")
 
     def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: int = 0) -> None:
         sizes = (*cfg.lower_latents, cfg.latent_dim)
@@ -245,6 +285,13 @@ class AE(_Base):
     """
 
     default_objective = "reconstruction"
+    objectives = ("reconstruction",)
+
+    @classmethod
+    def _why_not(cls, what: str, value) -> str:
+        return {"prior": ": a prior needs a VAE; the plain autoencoder has none (use --model vae)",
+                "flows": ": flows shape a posterior; the plain autoencoder has none (use --model vae)",
+                "objective": f": the plain autoencoder has no {value} bound; it trains by reconstruction"}[what]
 
     def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: int = 0) -> None:
         super().__init__(cfg, image_shape, cfg.latent_dim, cond_dim)
@@ -265,6 +312,11 @@ class CVAE(VAE):
     default, or any side-information vector (see vaelab.data.conditions)."""
 
     conditional = True
+    priors = ("normal", "mog")
+
+    @classmethod
+    def _why_not(cls, what: str, value) -> str:
+        return ": the VampPrior's pseudo-inputs carry no condition; use --prior mog" if value == "vamp" else ""
 
 
 class ICVAE(CVAE):
@@ -273,10 +325,39 @@ class ICVAE(CVAE):
     information about c out of z (the decoder gets c anyway)."""
 
     default_objective = "icvae"
+    objectives = ("icvae", "elbo", "iwae")
+    takes_flows = False
+
+    @classmethod
+    def _why_not(cls, what: str, value) -> str:
+        if what == "flows":
+            return ": the ICVAE penalty needs a diagonal Gaussian posterior; drop --flows or use --model cvae"
+        return super()._why_not(what, value)
 
 
-PRIORS = {"normal": "N(0, I)", "mog": "a learned mixture of Gaussians",
-          "vamp": "the VampPrior (Tomczak & Welling 2018)"}
+# ----------------------------------------------------------------------------- priors
+# A prior's builder gives a VAE the parameters its prior() reads; "normal" has none.
+
+
+def _normal_prior(model: VAE, cfg: ModelConfig) -> None:
+    """p(z) = N(0, I)."""
+
+
+def _mixture_prior(model: VAE, cfg: ModelConfig) -> None:
+    """A learned mixture of `prior_components` (default 10) diagonal Gaussians."""
+    model.mixture_prior = MixturePrior(cfg.latent_dim, cfg.prior_components or 10)
+
+
+def _vamp_prior(model: VAE, cfg: ModelConfig) -> None:
+    """The VampPrior (Tomczak & Welling 2018): (1/K) sum_k q(z | u_k) over K (default 500)
+    learned pseudo-inputs, kept in logit space (sigmoid makes them images in (0, 1)),
+    starting as grey noise."""
+    k = cfg.prior_components or 500
+    model.pseudo_inputs = nn.Parameter(0.1 * torch.randn(k, *model.image_shape,
+                                                         generator=torch.Generator().manual_seed(0)))
+
+
+PRIORS = {"normal": _normal_prior, "mog": _mixture_prior, "vamp": _vamp_prior}
 
 MODELS: dict[str, type[_Base]] = {
     "vae": VAE,
@@ -298,6 +379,7 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: i
         binary = cfg.likelihood in (AUTO, "bernoulli")
         cfg = resolve(Config(model=cfg), DataFacts(tuple(image_shape), 1, binary))[0].model
     model_cls = choose(MODELS, cfg.model, "model")
+    model_cls.check(cfg)
     if model_cls.conditional and cond_dim <= 0:
         raise ConfigError(f"the {cfg.model} model needs conditions: a labelled dataset (class folders, "
                           "'labels' in the array file) or --conditions FILE.npz")
@@ -308,8 +390,17 @@ def bind_objective(model: _Base, t: TrainConfig) -> Objective:
     """Bind the run's objective (``--objective``, or the model's own when auto) with its
     settings (--samples, --beta, --kl, --lambda) to the model; training and the test pass
     both run it, so the options mean the same on both."""
+    type(model).check(model.cfg, t.objective)
     model.objective = bind(model.default_objective if t.objective == AUTO else t.objective, t)
     return model.objective
+
+
+def check_config(cfg: Config) -> None:
+    """Refuse combinations the chosen model or objective cannot honour, before any work."""
+    model_cls = choose(MODELS, cfg.model.model, "model")
+    model_cls.check(cfg.model, cfg.train.objective)
+    name = model_cls.default_objective if cfg.train.objective == AUTO else cfg.train.objective
+    bind(name, cfg.train)
 
 
 def check_data_fit(cfg: ModelConfig, binarization: str) -> None:

@@ -43,21 +43,24 @@ class ObjectiveSpec:
     fn: Callable[..., dict[str, torch.Tensor]]
     terms: tuple[str, ...]
     options: tuple[str, ...] = ()
+    check: Callable[[TrainConfig], None] | None = None  # refuses settings it cannot honour
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {}
 
 
-def objective(name: str, terms: tuple[str, ...], options: tuple[str, ...] = ()):
+def objective(name: str, terms: tuple[str, ...], options: tuple[str, ...] = (),
+              check: Callable[[TrainConfig], None] | None = None):
     """Register `fn(model, x, c, *, <options>, generator, x_in, peers) -> terms` as `name`.
-    Each option must be a field of TrainConfig; ``loss`` must be the first term."""
+    Each option must be a field of TrainConfig; ``loss`` must be the first term. `check`
+    raises ConfigError for training settings the objective cannot honour."""
     unknown = set(options) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown or not terms or terms[0] != "loss":
         raise ValueError(f"objective {name}: options {sorted(unknown)} are not TrainConfig fields, or "
                          f"'loss' is not its first term")
 
     def register(fn):
-        OBJECTIVES[name] = ObjectiveSpec(fn, tuple(terms), tuple(options))
+        OBJECTIVES[name] = ObjectiveSpec(fn, tuple(terms), tuple(options), check)
         return fn
 
     return register
@@ -94,7 +97,10 @@ def bind(name: str, t: TrainConfig) -> Objective:
     """The objective `name` with its options taken from the run's training settings."""
     if name not in OBJECTIVES:
         raise ConfigError(f"unknown objective {name!r}; choose {', '.join(OBJECTIVES)}")
-    return Objective(name, {k: getattr(t, k) for k in OBJECTIVES[name].options})
+    spec = OBJECTIVES[name]
+    if spec.check:
+        spec.check(t)
+    return Objective(name, {k: getattr(t, k) for k in spec.options})
 
 
 @objective("elbo", terms=("loss", "recon", "kl", "elbo"), options=("samples", "beta", "kl"))
@@ -126,7 +132,15 @@ def kl_to_prior(model, q, z: torch.Tensor, log_q: torch.Tensor, kl: str = "analy
     return (log_q - prior.log_prob(z)).mean(0)
 
 
-@objective("iwae", terms=("loss", "iwae", "elbo"), options=("samples", "beta"))
+def _no_kl_weight(t: TrainConfig) -> None:
+    if t.beta != 1.0:
+        raise ConfigError("the IWAE bound has no KL weight; use --objective elbo with --beta")
+    if t.kl_warmup:
+        raise ConfigError("the IWAE bound has no KL term to warm up; use --objective elbo with --kl-warmup, "
+                          "or --kl-warmup 0")
+
+
+@objective("iwae", terms=("loss", "iwae", "elbo"), options=("samples", "beta"), check=_no_kl_weight)
 def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 5, beta: float = 1.0,
          generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
     """Importance-weighted bound log (1/k) sum_k p(x, z_k) / q(z_k|x) (Burda et al. 2016, eq. 8).

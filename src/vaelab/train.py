@@ -33,7 +33,7 @@ from vaelab.config import Config, ConfigError, TrainConfig, choose, parse_denois
 from vaelab.corruption import corrupt
 from vaelab.files import RunLock, atomic_write, ensure_dir, write_json
 from vaelab.images import is_path, load_configured
-from vaelab.models import active_units, bind_objective, build_model, check_data_fit
+from vaelab.models import active_units, bind_objective, build_model, check_config, check_data_fit
 from vaelab.noise import ExampleNoise, keep_noise_out_of_compile
 from vaelab.plots import image_grid, save_png
 from vaelab.runtime import (
@@ -418,6 +418,7 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
     global batch or per image, so N processes log what one process logs, and a
     checkpoint resumes on any number of processes.
     """
+    check_config(cfg)  # before a folder is made or a process group joined
     dist, device = distributed(cfg.train.device)
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
     if dist.active and out is None:
