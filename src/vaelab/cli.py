@@ -3,66 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import os
 import sys
 from pathlib import Path
 
 from vaelab import __version__
-from vaelab.config import Config, ConfigError
+from vaelab.config import AUTO, RECIPE_FIELDS, Config, ConfigError, read_flag
 from vaelab.config import load as load_config_file
-from vaelab.data import DATASETS
 
-# CLI flag -> (config section, field); a flag left unset keeps the config's value.
-_OVERRIDES = {
-    "dataset": ("data", "dataset"),
-    "data_dir": ("data", "data_dir"),
-    "binarization": ("data", "binarization"),
-    "image_size": ("data", "image_size"),
-    "channels": ("data", "channels"),
-    "background": ("data", "background"),
-    "test_fraction": ("data", "test_fraction"),
-    "skip_bad_images": ("data", "skip_bad_images"),
-    "memory_budget": ("data", "memory_budget_mb"),
-    "res_blocks": ("model", "res_blocks"),
-    "mixture": ("model", "mixture"),
-    "model": ("model", "model"),
-    "net": ("model", "net"),
-    "latent_dim": ("model", "latent_dim"),
-    "hidden": ("model", "hidden"),
-    "decoder_hidden": ("model", "decoder_hidden"),
-    "activation": ("model", "activation"),
-    "likelihood": ("model", "likelihood"),
-    "scale": ("model", "likelihood_scale"),
-    "fixed_std": ("model", "likelihood_std"),
-    "epochs": ("train", "epochs"),
-    "minutes": ("train", "minutes"),
-    "warmup_steps": ("train", "warmup_steps"),
-    "batch_size": ("train", "batch_size"),
-    "lr": ("train", "lr"),
-    "optimizer": ("train", "optimizer"),
-    "schedule": ("train", "schedule"),
-    "lr_decay": ("train", "lr_decay"),
-    "flows": ("model", "flows"),
-    "prior": ("model", "prior"),
-    "prior_components": ("model", "prior_components"),
-    "condition_encoder": ("model", "condition_encoder"),
-    "conditions": ("data", "conditions"),
-    "lam": ("train", "lam"),
-    "flow_type": ("model", "flow_type"),
-    "lower_latents": ("model", "lower_latents"),
-    "latent_hidden": ("model", "latent_hidden"),
-    "objective": ("train", "objective"),
-    "kl": ("train", "kl"),
-    "beta": ("train", "beta"),
-    "clip_grad": ("train", "clip_grad"),
-    "kl_warmup": ("train", "kl_warmup"),
-    "samples": ("train", "samples"),
-    "seed": ("train", "seed"),
-    "device": ("train", "device"),
-    "precision": ("train", "precision"),
-    "compile": ("train", "compile"),
-    "denoise": ("train", "denoise"),
-}
+SECTIONS = {"data": "data", "model": "model", "train": "training"}  # config section -> flag group
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,80 +41,18 @@ def _positive_float(s: str) -> float:
     return v
 
 
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
 
 
-def _nonneg_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
-    if not v >= 0:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s}")
-    return v
 
 
-def _hidden(s: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(p) for p in s.split(",") if p.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes such as 512,512, got {s!r}") from None
-    if not sizes or any(v <= 0 for v in sizes):
-        raise argparse.ArgumentTypeError(f"layer sizes must be positive integers such as 512,512, got {s!r}")
-    return sizes
 
 
-def _image_size(s: str) -> tuple[int, int]:
-    parts = s.lower().split("x")
-    try:
-        size = tuple(int(p) for p in parts)
-    except ValueError:
-        size = ()
-    if len(size) == 1:
-        size = (size[0], size[0])
-    if len(size) != 2 or min(size) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a size S or HxW such as 64 or 48x64, got {s!r}")
-    return size  # type: ignore[return-value]
 
 
-def _megabytes(s: str) -> int:
-    units = {"": 1, "m": 1, "mb": 1, "mib": 1, "g": 1024, "gb": 1024, "gib": 1024}
-    t = s.strip().lower()
-    num = t.rstrip("abgimk")
-    try:
-        v = float(num) * units[t[len(num):]]
-    except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(f"expected a size such as 500MB or 2GB, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1 MB, got {s!r}")
-    return int(v)
 
 
-def _fraction(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        v = -1.0
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {s!r}")
-    return v
 
 
-def _denoise(s: str) -> str:
-    from vaelab.config import parse_denoise
-
-    try:
-        parse_denoise(s)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return s
 
 
 def _run_dir(s: str) -> Path:
@@ -178,15 +67,58 @@ def _run_dir(s: str) -> Path:
 AUTO_HELP = "default: chosen from the data"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from vaelab.distributions import LIKELIHOODS, SCALES
-    from vaelab.flows import FLOWS
-    from vaelab.models import MODELS, PRIORS
-    from vaelab.nets import ACTIVATIONS, NETS
-    from vaelab.objectives import OBJECTIVES
-    from vaelab.runtime import PRECISIONS
-    from vaelab.train import OPTIMIZERS, SCHEDULES
+def flag_name(f: dataclasses.Field) -> str:
+    """A config field's flag: its name with dashes (--no-NAME for a switch that is on by
+    default), unless its `setting` names an alias."""
+    if f.metadata.get("flag"):
+        return f.metadata["flag"]
+    off = str(f.type) == "bool" and f.default is True
+    return ("--no-" if off else "--") + f.name.replace("_", "-")
 
+
+def _registry(path: str) -> dict:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _reader(f: dataclasses.Field):
+    def read(text: str):
+        try:
+            return read_flag(f, text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    read.__name__ = f.name  # argparse names the type in some messages
+    return read
+
+
+def _add_setting(group, section: str, f: dataclasses.Field, default) -> None:
+    """The flag of one config field: its name, type, choices and help come from the field."""
+    meta = f.metadata
+    dest = f"{section}.{f.name}"
+    if f"{section}.{f.name}" in RECIPE_FIELDS:
+        shown = AUTO_HELP
+    elif default is None:
+        shown = "default: unset"
+    else:
+        shown = f"default {','.join(map(str, default)) if isinstance(default, tuple) else default}"
+    help_text = f"{meta['help']} ({shown})"
+    if str(f.type) == "bool":
+        group.add_argument(flag_name(f), dest=dest, action="store_const", const=not default, help=meta["help"])
+        return
+    kwargs: dict = {"dest": dest, "metavar": meta.get("metavar"), "help": help_text}
+    if meta.get("registry"):
+        kwargs["choices"] = [AUTO] * (default == AUTO) + list(_registry(meta["registry"]))
+    elif meta.get("choices") is not None:
+        kinds = {type(c) for c in meta["choices"]}
+        kwargs["choices"] = [c for c in meta["choices"] if not (c == 0 and kinds == {int})]  # 0 = auto: not typed
+        kwargs["type"] = int if kinds == {int} else None
+    else:
+        kwargs["type"] = _reader(f)
+    group.add_argument(flag_name(f), **{k: v for k, v in kwargs.items() if v is not None})
+
+
+def build_parser() -> argparse.ArgumentParser:
     d = Config()
     p = _Parser(prog="vaelab", description="Train, evaluate and explore variational autoencoders.")
     p.add_argument("--version", action="version", version=f"vaelab {__version__}")
@@ -200,126 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", metavar="DIR", help="run folder to create (default runs/<dataset>-<model>-<time>)")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (its checkpoint, metrics and pictures) instead of refusing")
-    g = t.add_argument_group("data")
-    g.add_argument("--dataset", metavar="NAME|PATH",
-                   help=f"a named dataset ({', '.join(DATASETS)}), a folder of images (class subfolders give "
-                        f"labels; train/ and test/ give splits) or an .npy/.npz array file (default {d.data.dataset})")
-    g.add_argument("--data-dir", metavar="DIR", help="directory holding a named dataset's files")
-    g.add_argument("--image-size", type=_image_size, metavar="S|HxW",
-                   help="folders/arrays: resize the shorter side to fit, then centre-crop (default: the images' "
-                        "own size, which must then be the same for all)")
-    g.add_argument("--channels", type=int, choices=[1, 3],
-                   help="1 (grey) or 3 (RGB) (default: grey when every image is grey, else RGB)")
-    g.add_argument("--background", metavar="COLOUR",
-                   help=f"transparent pixels are composited on white, black, grey or #rrggbb "
-                        f"(default {d.data.background})")
-    g.add_argument("--test-fraction", type=_fraction, metavar="F",
-                   help=f"folders without train/ and test/: share of images held out for test, chosen by a stable "
-                        f"hash of each path (default {d.data.test_fraction})")
-    g.add_argument("--skip-bad-images", action="store_const", const=True,
-                   help="skip unreadable images (listed in RUN/skipped_images.txt) instead of stopping")
-    g.add_argument("--memory-budget", type=_megabytes, metavar="SIZE",
-                   help="training images up to this size (e.g. 500MB or 2GB, binary units: MiB, GiB) are held on "
-                        "the device; larger ones are streamed from the disk cache (default: a quarter of RAM, "
-                        "half the free GPU memory)")
-    g.add_argument("--conditions", metavar="FILE.npz",
-                   help="cvae/icvae: side information c as float arrays 'train' and 'test' (default: one-hot labels)")
-    g.add_argument("--binarization", choices=["auto", "dynamic", "fixed", "none"],
-                   help="dynamic: resample Bernoulli(pixel/255) each use; fixed: once, seeded; none: the 256 grey "
-                        "levels; auto: dynamic for the MNIST family and black-and-white images, none for other "
-                        f"data ({AUTO_HELP})")
-    g = t.add_argument_group("model")
-    g.add_argument("--model", choices=list(MODELS), help=f"model (default {d.model.model})")
-    g.add_argument("--net", choices=["auto", *NETS],
-                   help="mlp; conv (strided conv encoder, sub-pixel conv decoder; channels 32,64 unless --hidden); "
-                        "conv-transpose; resnet (residual conv net with a 1x1 output head, widths sized for the "
-                        f"images); auto: mlp for the MNIST family, resnet for other images ({AUTO_HELP})")
-    g.add_argument("--latent-dim", type=_positive_int, metavar="D", help=f"latent size ({AUTO_HELP})")
-    g.add_argument("--hidden", type=_hidden, metavar="H1,H2",
-                   help="encoder layer widths (mlp) or channels per level (conv nets); given alone, the decoder "
-                        f"mirrors it ({AUTO_HELP}: 512,512 for the MLP, 32,64 for conv, resnet by image size)")
-    g.add_argument("--decoder-hidden", type=_hidden, metavar="H1,H2",
-                   help="decoder hidden sizes from z outwards (default: the mirror of --hidden; the MLP's "
-                        "default pairs a 512,512 encoder with a 256,256 decoder)")
-    g.add_argument("--res-blocks", type=_nonneg_int, metavar="R",
-                   help=f"conv nets: residual blocks per resolution level ({AUTO_HELP})")
-    g.add_argument("--activation", choices=list(ACTIVATIONS), help=f"(default {d.model.activation})")
-    g.add_argument("--flows", type=_nonneg_int, metavar="K",
-                   help=f"normalizing flows in the posterior (default {d.model.flows})")
-    g.add_argument("--flow-type", choices=list(FLOWS), help=f"(default {d.model.flow_type})")
-    g.add_argument("--prior", choices=list(PRIORS),
-                   help="p(z): normal = N(0, I); mog = a learned mixture of Gaussians; vamp = the VampPrior, the "
-                        "mixture of the posteriors of learned pseudo-inputs (Tomczak & Welling 2018); KL by Monte "
-                        f"Carlo for mog and vamp (default {d.model.prior})")
-    g.add_argument("--prior-components", type=_nonneg_int, metavar="K",
-                   help="mog: components; vamp: pseudo-inputs (default 0: 10 for mog, 500 for vamp)")
-    g.add_argument("--lower-latents", type=_hidden, metavar="D1,..",
-                   help="hvae: sizes of the stochastic layers below the top one (--latent-dim), from the data up "
-                        f"(default {','.join(map(str, d.model.lower_latents))})")
-    g.add_argument("--latent-hidden", type=_hidden, metavar="H1,H2",
-                   help="hvae: deterministic layer widths between two stochastic layers "
-                        f"(default {','.join(map(str, d.model.latent_hidden))})")
-    g.add_argument("--condition-encoder", action="store_const", const=True,
-                   help="cvae/icvae: feed the condition to the encoder too (the decoder always gets it)")
-    g.add_argument("--likelihood", choices=["auto", *LIKELIHOODS],
-                   help="p(x|z): bernoulli for binarised data; gaussian (a density) or logistic (discretized, "
-                        "256 levels) or logistic-mixture (Salimans et al. 2017) for --binarization none; auto: "
-                        f"bernoulli for binarised data, logistic otherwise ({AUTO_HELP})")
-    g.add_argument("--mixture", type=_positive_int, metavar="K",
-                   help=f"logistic-mixture: number of components (default {d.model.mixture})")
-    g.add_argument("--scale", choices=["auto", *SCALES],
-                   help="gaussian/logistic scale: fixed (--fixed-std), one learned global, learned per pixel, "
-                        "or predicted by the decoder per pixel and image; auto: pixel for the MNIST family, "
-                        f"decoder for other images ({AUTO_HELP})")
-    g.add_argument("--fixed-std", type=_positive_float, metavar="S",
-                   help=f"the fixed scale, and the initial value of learned ones (default {d.model.likelihood_std})")
-    g = t.add_argument_group("training")
-    g.add_argument("--epochs", type=_positive_int,
-                   help=f"total epochs ({AUTO_HELP}: 40 for the MNIST family; for other images 200,000 images "
-                        "seen in all)")
-    g.add_argument("--minutes", type=_nonneg_float, metavar="M",
-                   help="a budget of training time: stop before an epoch that would go past M minutes of "
-                        "summed epoch time (at --epochs at the latest); not with --schedule cosine (default 0: none)")
-    g.add_argument("--warmup-steps", type=_nonneg_int, metavar="N",
-                   help=f"linear learning-rate warm-up, at most one epoch (default {d.train.warmup_steps})")
-    g.add_argument("--batch-size", type=_positive_int, help=f"({AUTO_HELP})")
-    g.add_argument("--lr", type=_positive_float, help=f"peak learning rate ({AUTO_HELP})")
-    g.add_argument("--optimizer", choices=list(OPTIMIZERS), help=f"(default {d.train.optimizer})")
-    g.add_argument("--schedule", choices=list(SCHEDULES),
-                   help=f"exp: lr*decay^epoch; cosine: to 0 at --epochs; constant (default {d.train.schedule})")
-    g.add_argument("--lr-decay", type=_positive_float, metavar="G",
-                   help=f"per-epoch factor of the exp schedule ({AUTO_HELP}: 0.92 for the MNIST family; for other "
-                        "images a tenfold fall over the epochs)")
-    g.add_argument("--objective", choices=["auto", *OBJECTIVES],
-                   help="elbo; iwae (importance-weighted bound with --samples k); auto: elbo for VAEs, "
-                        "reconstruction for the AE (default auto)")
-    g.add_argument("--kl", choices=["analytic", "mc"],
-                   help=f"KL term of the ELBO: closed form, or Monte Carlo (flows always use mc) (default {d.train.kl})")
-    g.add_argument("--beta", type=_nonneg_float, help=f"KL weight (default {d.train.beta})")
-    g.add_argument("--lambda", dest="lam", type=_nonneg_float,
-                   help=f"icvae: weight of KL(q(z|x) || q(z)) (default {d.train.lam})")
-    g.add_argument("--samples", type=_positive_int, metavar="N",
-                   help=f"samples of z per image: L for the ELBO, k for IWAE (default {d.train.samples})")
-    g.add_argument("--clip-grad", type=_nonneg_float, metavar="NORM",
-                   help=f"clip the gradient norm to NORM, 0 = off; steadies training with flows ({AUTO_HELP})")
-    g.add_argument("--kl-warmup", type=_nonneg_float, metavar="EPOCHS",
-                   help=f"raise the KL weight linearly from 0 to --beta over this many epochs, 0 = off ({AUTO_HELP})")
-    g.add_argument("--seed", type=int, help=f"(default {d.train.seed})")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"(default {d.train.device})")
-    g.add_argument("--precision", choices=list(PRECISIONS),
-                   help="autocast dtype of the networks; log-densities, logsumexp and KL stay fp32; auto = bf16 "
-                        "on GPUs that support it and for conv nets on CPUs with bf16 instructions (AMX or "
-                        "AVX512-BF16), fp32 otherwise; fp16 adds gradient scaling (default auto; the value used "
-                        "is recorded in config.json)")
-    g.add_argument("--compile", action="store_const", const=True,
-                   help="run the training step's forward through torch.compile (a one-off compile time)")
-    g.add_argument("--denoise", type=_denoise, metavar="KIND:LEVEL",
-                   help="denoising training: the encoder sees each batch corrupted with fresh KIND noise "
-                        "(uniform: U(0,1) added to a fraction LEVEL of the pixels; salt-pepper: "
-                        "a fraction LEVEL set to 0 or 1; gaussian: N(0, LEVEL^2) added), the likelihood scores "
-                        "the clean image; KIND:LOW-HIGH draws a level per image uniformly in that range, e.g. "
-                        "uniform:0-0.4, which beat the noisy input's PSNR at every level 0.1-0.4 "
-                        "(docs/benchmarks.md) (default off)")
+    for section, title in SECTIONS.items():
+        group = t.add_argument_group(title)
+        for f in dataclasses.fields(getattr(d, section)):
+            if not f.metadata.get("internal"):
+                _add_setting(group, section, f, getattr(getattr(d, section), f.name))
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar; the one-line epoch summaries still print (the bar is drawn only when "
                         "stderr is a terminal or in Jupyter, so logs never fill with its redraws)")
@@ -479,14 +296,18 @@ def _dims(s: str) -> tuple[int, int]:
 def _config_from_args(args: argparse.Namespace) -> Config:
     cfg = Config() if args.config is None else load_config_file(args.config)
     sections: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
-    for flag, (section, name) in _OVERRIDES.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            sections[section][name] = value
+    for dest, value in _given(args).items():
+        section, name = dest.split(".")
+        sections[section][name] = value
     model = sections["model"]
     if "hidden" in model and "decoder_hidden" not in model:
         model["decoder_hidden"] = None  # --hidden alone: the decoder mirrors it
     return cfg.replace(**sections)
+
+
+def _given(args: argparse.Namespace) -> dict[str, object]:
+    """The config fields set by flags ("section.field" -> value); unset flags keep the config's."""
+    return {k: v for k, v in vars(args).items() if "." in k and v is not None}
 
 
 def _rank0() -> bool:
@@ -498,14 +319,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     from vaelab.train import resume, train
 
     if args.resume is not None:
-        given = [f for f in _OVERRIDES if getattr(args, f, None) is not None and f not in ("epochs", "minutes")]
+        flags = {f"{s}.{f.name}": flag_name(f) for s in SECTIONS for f in dataclasses.fields(getattr(Config(), s))}
+        given = [flags[k] for k in _given(args) if k not in ("train.epochs", "train.minutes")]
         if given or args.config or args.out or args.overwrite:
             raise ConfigError(
                 f"--resume continues a run with its saved config; only --epochs and --minutes may change "
-                f"(got {', '.join('--' + g.replace('_', '-') for g in given) or '--config/--out'})"
+                f"(got {', '.join(given) or '--config/--out'})"
             )
-        run = resume(args.resume, epochs=args.epochs, minutes=args.minutes, progress=not args.no_progress,
-                     quiet=args.quiet)
+        run = resume(args.resume, epochs=getattr(args, "train.epochs"), minutes=getattr(args, "train.minutes"),
+                     progress=not args.no_progress, quiet=args.quiet)
     else:
         run = train(_config_from_args(args), args.out, progress=not args.no_progress, quiet=args.quiet,
                     overwrite=args.overwrite)
@@ -652,7 +474,7 @@ def reference(parser: argparse.ArgumentParser | None = None) -> str:
             rows = [a for a in group._group_actions if a.help != argparse.SUPPRESS and not isinstance(a, argparse._HelpAction)]
             if not rows:
                 continue
-            out += [f"**{group.title}**", "", "| flag | meaning |", "|---|---|"]
+            out += [f"**{group.title}**", "", "| flag | meaning | config field |", "|---|---|---|"]
             for a in rows:
                 flag = ", ".join(a.option_strings) or a.dest
                 if a.nargs != 0:
@@ -660,7 +482,8 @@ def reference(parser: argparse.ArgumentParser | None = None) -> str:
                     flag += f" {meta}"
                 text = (a.help or "") % {"default": a.default, "prog": p.prog}
                 flag, text = flag.replace("|", "\\|"), text.replace("|", "\\|")
-                out.append(f"| `{flag}` | {text} |")
+                key = f"`{a.dest}`" if "." in a.dest else ""
+                out.append(f"| `{flag}` | {text} | {key} |")
             out.append("")
     return "\n".join(out).rstrip() + "\n"
 

@@ -36,137 +36,180 @@ def choose(registry: Any, name: str, what: str) -> Any:
     return registry[name] if isinstance(registry, dict) else name
 
 
+# ----------------------------------------------------------------------------- settings
+#
+# Every field of the tree is declared with `setting`: its default, the help text of its
+# command-line flag, and how its value is checked. The command line is made from these
+# declarations (vaelab.cli), and `validate` checks every range here, once.
+
+CHOSEN = "chosen from the data"  # the help text's default for recipe fields (AUTO or None)
+
+BINARIZATIONS = (AUTO, "dynamic", "fixed", "none")
+KL_KINDS = ("analytic", "mc")
+DEVICES = (AUTO, "cpu", "cuda")
+PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
+
+
+def setting(default: Any, help: str, *, flag: str | None = None, metavar: str | None = None,
+            choices: tuple | None = None, registry: str | None = None, low: float | None = None,
+            high: float | None = None, open_low: bool = False, open_high: bool = False,
+            parse: str | None = None, internal: str | None = None) -> Any:
+    """A config field with what its flag and its checks need (dataclass field metadata).
+
+    flag: the flag's name when it is not the field's (``--scale`` for likelihood_scale);
+    choices: the allowed values, checked here; registry: ``"module:NAME"`` of the registry
+    whose names are the choices, checked where it is looked up (with AUTO allowed when the
+    default is AUTO); low/high (open or closed): the range of a number, or of each entry of
+    a tuple; parse: how the command line reads the value (one of PARSERS); internal: why a
+    field has no flag."""
+    meta = {"help": help, "flag": flag, "metavar": metavar, "choices": choices, "registry": registry,
+            "range": None if low is None and high is None else (low, open_low, high, open_high),
+            "parse": parse, "internal": internal}
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    # a named dataset (mnist, fashion-mnist, mnist-sample, cifar10) or the path of an
-    # image folder or a .npy/.npz array file (stored absolute once a run starts)
-    dataset: str = "mnist"
-    data_dir: str | None = None
-    # folders and arrays: resize the shorter side to fit (H, W), then centre-crop; None
-    # keeps the images' own size (they must then all have one size)
-    image_size: tuple[int, ...] | None = None
-    # 1 (grey) or 3 (RGB); 0: grey when every image is grey, else RGB
-    channels: int = 0
-    # transparent pixels are composited on this colour: white, black, grey or #rrggbb
-    background: str = "white"
-    # folders without train/ and test/ subfolders: the share of images held out for test,
-    # chosen by a stable hash of each file's relative path
-    test_fraction: float = 0.1
-    # skip (and list in the run folder) images that cannot be decoded, instead of stopping
-    skip_bad_images: bool = False
-    # a training split whose uint8 images fit in this many MiB is held in memory on the
-    # training device; a larger one is streamed from the memory-mapped cache. 0: auto
-    # (a quarter of the machine's memory on CPU, half the free GPU memory on CUDA)
-    memory_budget_mb: int = 0
-    # set by training: the data's identity (file names, sizes, times or content hash)
-    fingerprint: str | None = None
-    # dynamic: fresh Bernoulli(pixel/255) sample each time an image is used;
-    # fixed: one sample drawn with `binarization_seed`; none: grey levels in [0, 1];
-    # auto: dynamic for the binary benchmarks (MNIST family) and images whose pixels are
-    # all 0 or 255, none (8-bit pixels) for every other dataset (see `resolve`)
-    binarization: str = AUTO
-    binarization_seed: int = 0
-    download: bool = True
-    # cvae/icvae: an .npz with float arrays `train` and `test` of side information, used
-    # as the condition c instead of the one-hot class label
-    conditions: str | None = None
+    dataset: str = setting(
+        "mnist", "a named dataset (mnist, fashion-mnist, mnist-sample, cifar10), a folder of images (class "
+        "subfolders give labels; train/ and test/ give splits) or an .npy/.npz array file (stored absolute "
+        "once a run starts)", metavar="NAME|PATH")
+    data_dir: str | None = setting(None, "directory holding a named dataset's files", metavar="DIR")
+    image_size: tuple[int, ...] | None = setting(
+        None, "folders/arrays: resize the shorter side to fit (H, W), then centre-crop; unset: the images' "
+        "own size, which must then be the same for all", metavar="S|HxW", parse="size", low=1)
+    channels: int = setting(0, "1 (grey) or 3 (RGB); 0: grey when every image is grey, else RGB",
+                            choices=(0, 1, 3))
+    background: str = setting("white", "transparent pixels are composited on white, black, grey or #rrggbb",
+                              metavar="COLOUR", parse="colour")
+    test_fraction: float = setting(
+        0.1, "folders without train/ and test/: the share of images held out for test, chosen by a stable "
+        "hash of each file's relative path", metavar="F", low=0, high=1, open_high=True)
+    skip_bad_images: bool = setting(
+        False, "skip images that cannot be decoded (listed in RUN/skipped_images.txt) instead of stopping")
+    memory_budget_mb: int = setting(
+        0, "training images up to this size (e.g. 500MB or 2GB; binary units: MiB, GiB) are held on the "
+        "device; a larger split is streamed from the disk cache; 0: a quarter of RAM, half the free GPU "
+        "memory", flag="--memory-budget", metavar="SIZE", parse="megabytes", low=0)
+    fingerprint: str | None = setting(None, "the data's identity (file names, sizes, times or content hash)",
+                                      internal="set by training")
+    binarization: str = setting(
+        AUTO, "dynamic: a fresh Bernoulli(pixel/255) sample each time an image is used; fixed: one sample, "
+        "drawn with --binarization-seed; none: the 256 grey levels; auto: dynamic for the MNIST family and "
+        "images whose pixels are all 0 or 255, none for other data", choices=BINARIZATIONS)
+    binarization_seed: int = setting(0, "the seed of the fixed binarisation (and of the test set's, binarised "
+                                        "once for evaluation)", low=0)
+    download: bool = setting(True, "fetch a named dataset's official files (checksums verified) when they are "
+                                   "not found; --no-download: only look for them")
+    conditions: str | None = setting(
+        None, "cvae/icvae: an .npz with float arrays 'train' and 'test' of side information, used as the "
+        "condition c instead of the one-hot class label", metavar="FILE.npz")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model: str = "vae"
-    # mlp | conv | conv-transpose | resnet; auto: the recipe's (see `resolve`)
-    net: str = AUTO
-    # Encoder hidden sizes (MLP) or channel widths per 2x downsampling level (conv nets).
-    # The decoder mirrors them unless `decoder_hidden` is given (listed from z outwards).
-    # None: the recipe's. The binary recipe pairs a 512-512 encoder with a 256-256
-    # decoder: k=1000 importance sampling decodes every test image 1000 times, so the
-    # decoder sets evaluation cost, while the encoder runs once per image (docs/benchmarks.md).
-    hidden: tuple[int, ...] | None = None
-    decoder_hidden: tuple[int, ...] | None = None
-    latent_dim: int | None = None
+    model: str = setting("vae", "the model", registry="vaelab.models:MODELS")
+    net: str = setting(
+        AUTO, "mlp; conv (strided conv encoder, sub-pixel conv decoder); conv-transpose; resnet (residual conv "
+        "net with a 1x1 output head, widths sized for the images); auto: mlp for the MNIST family, resnet for "
+        "other images", registry="vaelab.nets:NETS")
+    # The binary recipe pairs a 512-512 encoder with a 256-256 decoder: k=1000 importance
+    # sampling decodes every test image 1000 times, so the decoder sets evaluation cost,
+    # while the encoder runs once per image (docs/benchmarks.md).
+    hidden: tuple[int, ...] | None = setting(
+        None, "encoder layer widths (mlp) or channels per 2x downsampling level (conv nets); given alone, the "
+        "decoder mirrors it (chosen: 512,512 for the MLP, 32,64 for conv, resnet by image size)",
+        metavar="H1,H2", parse="ints", low=1)
+    decoder_hidden: tuple[int, ...] | None = setting(
+        None, "decoder widths listed from z outwards (unset: the mirror of --hidden; the MLP's recipe pairs a "
+        "512,512 encoder with a 256,256 decoder)", metavar="H1,H2", parse="ints", low=1)
+    latent_dim: int | None = setting(None, "latent size", metavar="D", low=1)
     # ELU beat ReLU by ~2.4 nats of test NLL in a 3-minute MNIST budget (docs/benchmarks.md)
-    activation: str = "elu"
-    # bernoulli | gaussian | logistic | logistic-mixture; auto: bernoulli for binarised
-    # data, the recipe's 8-bit likelihood otherwise
-    likelihood: str = AUTO
-    # gaussian/logistic only: fixed | global | pixel | decoder (see distributions.py); auto:
-    # pixel in the binary recipe, decoder (a scale per pixel and image) in the 8-bit one
-    likelihood_scale: str = AUTO
-    # the scale of `fixed`, and the initial scale of the learned ones (data in [0, 1])
-    likelihood_std: float = 0.1
-    # normalizing flows in the posterior (VAE only): how many, and which kind
-    flows: int = 0
-    # p(z): normal = N(0, I); mog = a learned mixture of Gaussians; vamp = the VampPrior
-    # (Tomczak & Welling 2018), a mixture of the posteriors of learned pseudo-inputs.
-    # prior_components = K of mog/vamp; 0 picks 10 for mog and 500 for vamp (the paper's)
-    prior: str = "normal"
-    prior_components: int = 0
-    flow_type: str = "planar"
-    # hvae: the stochastic layers below the top one (which has latent_dim units), listed
-    # from the data up, and the widths of the deterministic layers of every network between
-    # two stochastic layers; the defaults give Burda et al. 2016's two-layer model
-    # x -> z1 (100) -> z2 (latent_dim 50), with 100-100 between z1 and z2
-    lower_latents: tuple[int, ...] = (100,)
-    latent_hidden: tuple[int, ...] = (100, 100)
-    # cvae/icvae: also feed the condition to the encoder (the decoder always gets it)
-    condition_encoder: bool = False
-    # conv nets: residual blocks per resolution level, after each downsampling and
-    # before each upsampling (0: plain strided convs); None: the recipe's
-    res_blocks: int | None = None
-    # logistic-mixture likelihood: number of mixture components (Salimans et al. 2017)
-    mixture: int = 10
+    activation: str = setting("elu", "the networks' activation", registry="vaelab.nets:ACTIVATIONS")
+    likelihood: str = setting(
+        AUTO, "p(x|z): bernoulli for binarised data; gaussian (a density), logistic (discretized over 256 "
+        "levels) or logistic-mixture (Salimans et al. 2017) for grey levels; auto: bernoulli for binarised "
+        "data, logistic otherwise", registry="vaelab.distributions:LIKELIHOODS")
+    likelihood_scale: str = setting(
+        AUTO, "gaussian/logistic scale: fixed (--fixed-std), one learned global, learned per pixel, or "
+        "predicted by the decoder per pixel and image; auto: pixel for the MNIST family, decoder for other "
+        "images", flag="--scale", registry="vaelab.distributions:SCALES")
+    likelihood_std: float = setting(0.1, "the fixed scale, and the initial value of learned ones (data in [0, 1])",
+                                    flag="--fixed-std", metavar="S", low=0, open_low=True)
+    flows: int = setting(0, "normalizing flows in the posterior", metavar="K", low=0)
+    prior: str = setting(
+        "normal", "p(z): normal = N(0, I); mog = a learned mixture of Gaussians; vamp = the VampPrior, the "
+        "mixture of the posteriors of learned pseudo-inputs (Tomczak & Welling 2018); KL by Monte Carlo for "
+        "mog and vamp", registry="vaelab.models:PRIORS")
+    prior_components: int = setting(0, "mog: components; vamp: pseudo-inputs (0: 10 for mog, 500 for vamp, "
+                                       "the paper's)", metavar="K", low=0)
+    flow_type: str = setting("planar", "the kind of flow", registry="vaelab.flows:FLOWS")
+    # the hvae defaults give Burda et al. 2016's two-layer model x -> z1 (100) -> z2 (latent_dim 50)
+    lower_latents: tuple[int, ...] = setting(
+        (100,), "hvae: sizes of the stochastic layers below the top one (--latent-dim), from the data up",
+        metavar="D1,..", parse="ints", low=1)
+    latent_hidden: tuple[int, ...] = setting(
+        (100, 100), "hvae: deterministic layer widths between two stochastic layers", metavar="H1,H2",
+        parse="ints", low=1)
+    condition_encoder: bool = setting(False, "cvae/icvae: feed the condition to the encoder too (the decoder "
+                                             "always gets it)")
+    res_blocks: int | None = setting(None, "conv nets: residual blocks per resolution level, after each "
+                                           "downsampling and before each upsampling", metavar="R", low=0)
+    mixture: int = setting(10, "logistic-mixture: number of components (Salimans et al. 2017)", metavar="K", low=1)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # None: the recipe's. The binary recipe's 40 epochs of MNIST take 2.5-4 minutes on 2
-    # CPU cores and give IS-NLL 90.15-90.22 (docs/benchmarks.md); the 8-bit recipe sets
-    # epochs from the number of training images (`eight_bit_epochs`)
-    epochs: int | None = None
-    # a budget of training time in minutes (0: none): the run stops before an epoch that
-    # would take it past the budget (paced by the slowest of its last few epochs), at
-    # `epochs` at the latest; the summed epoch times of all its sessions count
-    minutes: float = 0.0
-    batch_size: int | None = None
-    lr: float | None = None
-    optimizer: str = "adam"
-    # exp: lr * decay**(epochs done), smooth per step; its value at a step does not
-    # depend on the total number of epochs, so `--resume --epochs N` continues the same
-    # curve an uninterrupted N-epoch run follows. cosine anneals to 0 at `epochs`.
-    schedule: str = "exp"
-    lr_decay: float | None = None
-    warmup_steps: int = 100
-    # auto: the model's own (elbo for VAEs, reconstruction for the AE); or elbo | iwae
-    objective: str = "auto"
-    # analytic KL for diagonal Gaussian posteriors, or a Monte-Carlo estimate (mc);
-    # posteriors with flows always use mc
-    kl: str = "analytic"
-    beta: float = 1.0
-    # icvae: weight of KL(q(z|x) || q(z)) (Moyer et al. 2018); the reconstruction is
-    # weighted 1 + lam
-    lam: float = 1.0
-    # clip the global gradient norm to this value (0: off); None: the recipe's
-    clip_grad: float | None = None
-    # KL warm-up (Sønderby et al. 2016): the KL weight rises linearly from 0 to `beta` over
-    # this many epochs (0: off); None: the recipe's
-    kl_warmup: float | None = None
-    # L samples of z per image for the ELBO, k for the IWAE bound
-    samples: int = 1
-    seed: int = 0
-    device: str = "auto"
-    # autocast dtype for the networks (log-densities, logsumexp and KL stay fp32):
-    # auto = bf16 on GPUs that support it, fp32 elsewhere; fp16 adds gradient scaling
-    precision: str = "auto"
-    # run the training step's forward through torch.compile
-    compile: bool = False
-    # Grids of reconstructions / prior samples are refreshed every this many epochs.
-    image_every: int = 1
-    # denoising training, "KIND:LEVEL" (KIND one of NOISE_KINDS, 0 < LEVEL < 1) or
-    # "KIND:LOW-HIGH" (a level per image, uniform in [LOW, HIGH]): every step the encoder
-    # sees the batch corrupted with fresh noise and the likelihood scores the clean batch
-    # (Vincent et al. 2008; Im et al. 2017); None: plain training
-    denoise: str | None = None
+    # The binary recipe's 40 epochs of MNIST take 2.5-4 minutes on 2 CPU cores and give
+    # IS-NLL 90.15-90.22 (docs/benchmarks.md); the 8-bit recipe sets epochs from the number
+    # of training images (`eight_bit_epochs`)
+    epochs: int | None = setting(None, "total epochs (chosen: 40 for the MNIST family; for other images "
+                                       "200,000 images seen in all)", low=1)
+    minutes: float = setting(
+        0.0, "a budget of training time: stop before an epoch that would go past M minutes of summed epoch "
+        "time (at --epochs at the latest; every session of a resumed run counts); not with --schedule cosine; "
+        "0: none", metavar="M", low=0)
+    batch_size: int | None = setting(None, "images per step (the global batch under torchrun)", low=1)
+    lr: float | None = setting(None, "peak learning rate", low=0, open_low=True)
+    optimizer: str = setting("adam", "the optimiser (fused where torch has it)", registry="vaelab.train:OPTIMIZERS")
+    # exp's value at a step does not depend on the total number of epochs, so
+    # `--resume --epochs N` continues the curve an uninterrupted N-epoch run follows
+    schedule: str = setting("exp", "exp: lr * decay^epoch, smooth per step; cosine: to 0 at --epochs; constant",
+                            registry="vaelab.train:SCHEDULES")
+    lr_decay: float | None = setting(None, "per-epoch factor of the exp schedule (chosen: 0.92 for the MNIST "
+                                           "family; for other images a tenfold fall over the run)",
+                                     metavar="G", low=0, open_low=True, high=1)
+    warmup_steps: int = setting(100, "linear learning-rate warm-up, at most one epoch", metavar="N", low=0)
+    objective: str = setting(
+        AUTO, "elbo; iwae (importance-weighted bound with --samples k); icvae; reconstruction; auto: the "
+        "model's own (elbo for VAEs, reconstruction for the AE)", registry="vaelab.objectives:OBJECTIVES")
+    kl: str = setting("analytic", "KL term of the ELBO: closed form, or Monte Carlo (flows always use mc)",
+                      choices=KL_KINDS)
+    beta: float = setting(1.0, "KL weight (Higgins et al. 2017); the logged ELBO keeps weight 1", low=0)
+    lam: float = setting(1.0, "icvae: weight of KL(q(z|x) || q(z)) (Moyer et al. 2018); the reconstruction is "
+                              "weighted 1 + lambda", flag="--lambda", low=0)
+    clip_grad: float | None = setting(None, "clip the global gradient norm to NORM, 0 = off; steadies training "
+                                            "with flows", metavar="NORM", low=0)
+    kl_warmup: float | None = setting(None, "raise the KL weight linearly from 0 to --beta over this many epochs "
+                                            "(Sønderby et al. 2016), 0 = off", metavar="EPOCHS", low=0)
+    samples: int = setting(1, "samples of z per image: L for the ELBO, k for IWAE", metavar="N", low=1)
+    seed: int = setting(0, "the seed of everything random: data order, pixel and reparameterisation noise", low=0)
+    device: str = setting(AUTO, "where to train (auto: cuda when available)", choices=DEVICES)
+    precision: str = setting(
+        AUTO, "autocast dtype of the networks; log-densities, logsumexp and KL stay fp32; auto = bf16 on GPUs "
+        "that support it and for conv nets on CPUs with bf16 instructions (AMX or AVX512-BF16), fp32 "
+        "otherwise; fp16 adds gradient scaling (the value used is recorded in config.json)", choices=PRECISIONS)
+    compile: bool = setting(False, "run the training step's forward through torch.compile (a one-off compile "
+                                   "time)")
+    image_every: int = setting(1, "refresh RUN/recon.png and samples.png every this many epochs", metavar="N",
+                               low=1)
+    denoise: str | None = setting(
+        None, "denoising training, KIND:LEVEL or KIND:LOW-HIGH: the encoder sees each batch corrupted with "
+        "fresh KIND noise (uniform: U(0,1) added to a fraction LEVEL of the pixels; salt-pepper: a fraction "
+        "LEVEL set to 0 or 1; gaussian: N(0, LEVEL^2) added) and the likelihood scores the clean image "
+        "(Vincent et al. 2008; Im et al. 2017); LOW-HIGH draws a level per image uniformly in that range, "
+        "e.g. uniform:0-0.4, which beat the noisy input's PSNR at every level 0.1-0.4 (docs/benchmarks.md)",
+        metavar="KIND:LEVEL", parse="denoise")
 
 
 @dataclass(frozen=True)
@@ -259,67 +302,146 @@ def _as_int_tuple(value: Any, name: str) -> tuple[int, ...]:
 
 
 def validate(cfg: Config) -> None:
-    """Check values' ranges. Names are checked where they are looked up (the registries), and
-    which model takes which prior, flows and objective beside each model (vaelab.models)."""
-    d, m, t = cfg.data, cfg.model, cfg.train
-    if d.binarization not in (AUTO, "dynamic", "fixed", "none"):
-        raise ConfigError(f"unknown binarization {d.binarization!r}; choose one of: auto, dynamic, fixed, none")
-    if m.flows < 0:
-        raise ConfigError(f"model.flows must be >= 0, got {m.flows}")
-    if m.prior_components < 0:
-        raise ConfigError(f"model.prior_components must be >= 0 (0: 10 for mog, 500 for vamp), got "
-                          f"{m.prior_components}")
-    if t.minutes < 0:
-        raise ConfigError(f"train.minutes must be >= 0 (0: no time budget), got {t.minutes}")
+    """Check every field as its `setting` declares (choices, ranges, formats), and the one
+    combination of settings that no part of vaelab could honour. Names are checked where
+    they are looked up (the registries), and which model takes which prior, flows and
+    objective beside each model (vaelab.models)."""
+    for section in ("data", "model", "train"):
+        sub = getattr(cfg, section)
+        for f in fields(sub):
+            problem = field_problem(f, getattr(sub, f.name))
+            if problem:
+                raise ConfigError(f"{section}.{f.name} {problem}")
+    t = cfg.train
     if t.minutes and t.schedule == "cosine":
         raise ConfigError("a time budget (--minutes) cannot tell the cosine schedule when training ends; "
                           "use --schedule exp or constant, or give --epochs alone")
-    if t.kl not in ("analytic", "mc"):
-        raise ConfigError(f"unknown kl {t.kl!r}; choose one of: analytic, mc")
-    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"unknown precision {t.precision!r}; choose one of: auto, fp32, bf16, fp16")
-    if t.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"unknown device {t.device!r}; choose one of: auto, cpu, cuda")
-    for name, sizes in (("hidden", m.hidden or ()), ("decoder_hidden", m.decoder_hidden or ()),
-                        ("lower_latents", m.lower_latents), ("latent_hidden", m.latent_hidden)):
-        if any(h <= 0 for h in sizes):
-            raise ConfigError(f"{name} sizes must be positive, got {','.join(map(str, sizes))}")
-    if d.image_size is not None and (len(d.image_size) != 2 or min(d.image_size) <= 0):
-        raise ConfigError(f"data.image_size must be two positive integers (height, width), got {d.image_size}")
-    if d.channels not in (0, 1, 3):
-        raise ConfigError(f"data.channels must be 1 (grey), 3 (RGB) or 0 (auto), got {d.channels}")
-    if not 0 <= d.test_fraction < 1:
-        raise ConfigError(f"data.test_fraction must be in [0, 1), got {d.test_fraction}")
-    if not _is_colour(d.background):
-        raise ConfigError(f"data.background must be white, black, grey or #rrggbb, got {d.background!r}")
-    positive = {
-        "model.latent_dim": m.latent_dim,
-        "model.mixture": m.mixture,
-        "train.epochs": t.epochs,
-        "train.batch_size": t.batch_size,
-        "train.samples": t.samples,
-        "train.image_every": t.image_every,
-    }
-    for name, value in positive.items():
-        if value is not None and value <= 0:
-            raise ConfigError(f"{name} must be a positive integer, got {value}")
-    for name, value in (("model.res_blocks", m.res_blocks), ("data.memory_budget_mb", d.memory_budget_mb),
-                        ("train.warmup_steps", t.warmup_steps), ("train.clip_grad", t.clip_grad),
-                        ("train.kl_warmup", t.kl_warmup)):
-        if value is not None and not value >= 0:  # also rejects nan
-            raise ConfigError(f"{name} must be >= 0, got {value}")
-    if not m.likelihood_std > 0:
-        raise ConfigError(f"model.likelihood_std must be positive, got {m.likelihood_std}")
-    if t.lr is not None and not t.lr > 0:
-        raise ConfigError(f"train.lr must be positive, got {t.lr}")
-    if t.lr_decay is not None and not 0 < t.lr_decay <= 1:
-        raise ConfigError(f"train.lr_decay must be in (0, 1], got {t.lr_decay}")
-    if t.beta < 0:
-        raise ConfigError(f"train.beta must be >= 0, got {t.beta}")
-    if t.lam < 0:
-        raise ConfigError(f"train.lam must be >= 0, got {t.lam}")
-    if t.denoise is not None:
-        parse_denoise(t.denoise)
+
+
+def _kind(f: dataclasses.Field) -> tuple[str, bool]:
+    """(type name: int, float, str, bool or tuple, whether None is allowed) of a field."""
+    text = str(f.type)
+    return text.removesuffix(" | None").split("[")[0], text.endswith("| None")
+
+
+def _range_text(f: dataclasses.Field) -> str:
+    """The range of a number field in words: 'a positive integer', '>= 0', 'in (0, 1]'."""
+    low, open_low, high, open_high = f.metadata["range"]
+    if high is not None:
+        return f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    if low == 1 and _kind(f)[0] in ("int", "tuple"):
+        return "a positive integer"
+    return f"{'>' if open_low else '>='} {low:g}" if low != 0 or not open_low else "positive"
+
+
+def _in_range(f: dataclasses.Field, v: float) -> bool:
+    low, open_low, high, open_high = f.metadata["range"]
+    if v != v:  # nan
+        return False
+    ok_low = low is None or (v > low if open_low else v >= low)
+    return ok_low and (high is None or (v < high if open_high else v <= high))
+
+
+def field_problem(f: dataclasses.Field, value: Any) -> str | None:
+    """What is wrong with `value` for field `f` ('must be ...'), or None."""
+    meta, (kind, optional) = f.metadata, _kind(f)
+    if value is None:
+        return None if optional else "must be set"
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        return f"must be one of: {', '.join(map(str, meta['choices']))}; got {value!r}"
+    if meta.get("range") is not None:
+        values = value if kind == "tuple" else (value,)
+        if kind == "tuple" and not values:
+            return "must list at least one size"
+        if not all(_in_range(f, v) for v in values):
+            if kind == "tuple":
+                return f"sizes must be positive, got {','.join(map(str, values))}"
+            return f"must be {_range_text(f)}, got {value}"
+    parse = meta.get("parse")
+    if parse == "size" and len(value) != 2:
+        return f"must be two positive integers (height, width), got {value}"
+    if parse == "colour" and not _is_colour(value):
+        return f"must be white, black, grey or #rrggbb, got {value!r}"
+    if parse == "denoise":
+        parse_denoise(value)
+    return None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        raise ConfigError(f"expected comma-separated integers such as 512,512, got {text!r}")
+    return values
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        size = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        size = ()
+    size = size * 2 if len(size) == 1 else size
+    if len(size) != 2 or min(size) <= 0:
+        raise ConfigError(f"expected a size S or HxW such as 64 or 48x64, got {text!r}")
+    return size  # type: ignore[return-value]
+
+
+def _megabytes(text: str) -> int:
+    units = {"": 1, "m": 1, "mb": 1, "mib": 1, "g": 1024, "gb": 1024, "gib": 1024}
+    t = text.strip().lower()
+    number = t.rstrip("abgimk")
+    try:
+        v = float(number) * units[t[len(number):]]
+    except (ValueError, KeyError):
+        raise ConfigError(f"expected a size such as 500MB or 2GB, got {text!r}") from None
+    if v < 1:
+        raise ConfigError(f"expected at least 1 MB, got {text!r}")
+    return int(v)
+
+
+# how the command line reads a field's text, for fields whose `setting` names one
+PARSERS = {"ints": _ints, "size": _size, "megabytes": _megabytes, "colour": str, "denoise": str}
+
+
+def read_flag(f: dataclasses.Field, text: str) -> Any:
+    """A field's value from its command-line text, checked as `validate` checks it; a
+    ConfigError says what was expected."""
+    kind = _kind(f)[0]
+    parse = f.metadata.get("parse")
+    if parse:
+        value = PARSERS[parse](text)
+    elif kind in ("int", "float"):
+        try:
+            value = int(text) if kind == "int" else float(text)
+        except ValueError:
+            value = None
+        if value is None:
+            raise ConfigError(f"expected {_expected(f)}, got {text!r}")
+    else:
+        value = text
+    problem = field_problem(f, value)
+    if problem:
+        if kind == "tuple" and f.metadata.get("range"):
+            raise ConfigError(f"layer sizes must be positive integers such as 512,512, got {text!r}")
+        if f.metadata.get("range") and kind in ("int", "float"):
+            raise ConfigError(f"expected {_expected(f)}, got {text}")
+        raise ConfigError(problem)
+    return value
+
+
+def _expected(f: dataclasses.Field) -> str:
+    """'a positive integer', 'a number >= 0', 'a number in (0, 1]'... for a number field."""
+    kind = _kind(f)[0]
+    if not f.metadata.get("range"):
+        return "an integer" if kind == "int" else "a number"
+    words = _range_text(f)
+    if words == "a positive integer":
+        return words
+    if words == "positive":
+        return "a positive number" if kind == "float" else "a positive integer"
+    return f"{'an integer' if kind == 'int' else 'a number'} {words}"
 
 
 # ----------------------------------------------------------------------------- recipes
@@ -452,16 +574,21 @@ def resolve(cfg: Config, facts: DataFacts) -> tuple[Config, dict[str, str]]:
     return cfg.replace(data=data, model=model, train=train), chosen
 
 
+# the fields a recipe fills when they are left unset (AUTO names, None numbers)
+RECIPE_FIELDS = ("data.binarization", "model.net", "model.likelihood", "model.likelihood_scale", "model.hidden",
+                 "model.latent_dim", "model.res_blocks", "train.epochs", "train.batch_size", "train.lr",
+                 "train.lr_decay", "train.clip_grad", "train.kl_warmup")
+
+
 def unresolved(cfg: Config) -> list[str]:
     """The fields still left to the recipe (empty once `resolve` has run)."""
-    d, m, t = cfg.data, cfg.model, cfg.train
-    names = {"data.binarization": d.binarization == AUTO, "model.net": m.net == AUTO,
-             "model.likelihood": m.likelihood == AUTO, "model.likelihood_scale": m.likelihood_scale == AUTO,
-             "model.hidden": m.hidden is None, "model.latent_dim": m.latent_dim is None,
-             "model.res_blocks": m.res_blocks is None}
-    names.update({f"train.{n}": getattr(t, n) is None
-                  for n in ("epochs", "batch_size", "lr", "lr_decay", "clip_grad", "kl_warmup")})
-    return [n for n, unset in names.items() if unset]
+    out = []
+    for name in RECIPE_FIELDS:
+        section, key = name.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value is None or value == AUTO:
+            out.append(name)
+    return out
 
 
 def parse_denoise(spec: str) -> tuple[str, float, float]:
