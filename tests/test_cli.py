@@ -85,9 +85,9 @@ def test_help_documents_every_flag(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--dataset", "--data-dir", "--model", "--latent-dim", "--hidden", "--epochs", "--batch-size",
-                 "--lr", "--optimizer", "--seed", "--device", "--binarization", "--out", "--config", "--resume"):
-        assert flag in out
+    train = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
+    flags = [a.option_strings[0] for a in train._actions if a.option_strings]
+    assert len(flags) > 50 and all(flag in out for flag in flags)
 
 
 def _have_fashion() -> bool:

@@ -127,9 +127,10 @@ def test_a_few_non_finite_steps_are_skipped_and_counted(tmp_path, tiny_cfg, monk
 
 def test_checkpoint_survives_a_crash_between_renames(tmp_path, tiny_cfg):
     run = train(tiny_cfg.replace(train={"epochs": 1}), tmp_path / "run", progress=False)
+    saved = load_run(run)[1].state_dict()
     os.replace(run / "checkpoint", run / "checkpoint.old")  # as if killed mid-swap
     _, model = load_run(run)
-    assert model is not None
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
     shutil.rmtree(run / "checkpoint.old")
     with pytest.raises(Exception, match="no checkpoint"):
         load_run(run)

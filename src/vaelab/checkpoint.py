@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from vaelab import __version__
 from vaelab.config import Config, ConfigError
-from vaelab.files import FileError, describe, dir_mode
+from vaelab.files import FileError, describe, dir_mode, swap_in
 
 
 class RunError(RuntimeError):
@@ -92,12 +92,7 @@ def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer: torc
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        final, old = run_dir / "checkpoint", run_dir / "checkpoint.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, run_dir / "checkpoint")
     except OSError as e:
         raise FileError(describe(e, "cannot write the checkpoint; the previous one is kept. Writing")) from None
     finally:

@@ -264,8 +264,6 @@ class DiscretizedLogistic:
     masses are `log_bin_mass`'s: bins k/255 +- 1/510, the edge bins take the tails.
     """
 
-    half_bin = HALF_BIN
-
     def __init__(self, loc: torch.Tensor, log_scale: torch.Tensor) -> None:
         self.loc, self.log_scale = loc, log_scale.clamp(min=LOG_SCALE_MIN)
 

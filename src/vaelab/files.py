@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -153,3 +154,15 @@ class RunLock:
             os.ftruncate(self.fd, 0)
             os.close(self.fd)  # closing releases the flock
             self.fd = None
+
+
+def swap_in(tmp: Path, folder: Path) -> None:
+    """Replace `folder` by the finished folder `tmp` with two renames; a crash between them
+    leaves `folder`.old, which readers take when `folder` is missing (so a crash at any
+    instant leaves the old or the new folder whole)."""
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)

@@ -44,7 +44,7 @@ import numpy as np
 
 from vaelab.config import DataConfig, background_rgb
 from vaelab.data import DATASETS, DataError, Dataset, ImageFile, Split, attach_conditions, cache_dir, load_dataset
-from vaelab.files import FileError, atomic_write, describe, dir_mode
+from vaelab.files import FileError, atomic_write, describe, dir_mode, swap_in
 from vaelab.runtime import progress_bar, progress_lines
 
 CACHE_VERSION = 1
@@ -412,18 +412,8 @@ def _finish(tmp: Path, folder: Path, manifest: dict[str, Any], stamp: str) -> Da
     index.update(stamp=stamp, labels={s: manifest["splits"][s]["labels"] for s in ("train", "test")})
     _write_json(tmp / "manifest.json", manifest)
     _write_json(tmp / "index.json", index)
-    _install(tmp, folder)
+    swap_in(tmp, folder)
     return _dataset_from_cache(folder, index)
-
-
-def _install(tmp: Path, folder: Path) -> None:
-    """Swap a finished cache folder in with renames: a crash leaves the old or the new one."""
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -113,7 +113,6 @@ class Dist:
 
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -191,7 +190,7 @@ def distributed(device: str) -> tuple[Dist, torch.device]:
         torch.cuda.set_device(dev)
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank, world, local), dev
+    return Dist(rank, world), dev
 
 
 def leave_process_group() -> bool:
