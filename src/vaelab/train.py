@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -482,17 +483,114 @@ def _print_choices(chosen: dict[str, str], facts) -> None:
     print(f"chosen from the data ({facts.n_train} {kind} training images of {c}x{h}x{w}): {parts}", flush=True)
 
 
+@dataclass
+class Session:
+    """What one training call sets up once and its loop reads: the resolved config, the
+    model (and `step_model`, the DDP- or compile-wrapped module the steps call), optimiser,
+    batches, the test inputs, and where the run stands (epoch, step, records)."""
+
+    cfg: Config
+    run_dir: Path
+    dist: Dist
+    device: torch.device
+    model: Any
+    step_model: Any
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    batches: Batches
+    test_inputs: SplitInputs
+    objective: Any
+    info: dict[str, Any]
+    records: list[dict[str, Any]]
+    epoch: int
+    step: int
+    verbose: bool
+    denoise: tuple[str, float, float] | None
+    skips: SkippedSteps = field(default_factory=SkippedSteps)
+
+
 def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bool, dataset, stop: StopSignals,
            stack: ExitStack, dist: Dist, device: torch.device) -> Path:
+    s = _setup(cfg, run_dir, resume, progress, verbose, dataset, dist, device)
+    t = s.cfg.train
+    first_epoch = s.epoch + 1
+    board = open_tensorboard(run_dir, first_epoch) if dist.main else None
+    if board is not None:
+        stack.callback(board.close)  # flushes on every way out
+    x_show, c_show, _ = s.test_inputs.rows(0, 32)
+    log = ProgressLog(t.epochs, len(s.batches), s.batches.batch_size, show=progress and progress_lines())
+    stopping = s.epoch >= t.epochs or _out_of_time(t, s.records, dist, device)
+    while not stopping:
+        start = time.perf_counter()
+        sums, n_used, lr = _run_epoch(s, stop, log, progress)
+        record = end_of_epoch(s, sums, n_used, lr, start)
+        stopping = s.epoch >= t.epochs or _out_of_time(t, s.records, dist, device)
+        if dist.main:
+            pictures = {}
+            if s.epoch % t.image_every == 0 or stopping:
+                pictures = write_pictures(s.model, run_dir, x_show, t.seed, c_show)
+            # metrics first, then the checkpoint: a kill in between leaves a record for an epoch
+            # the checkpoint does not have, which resuming drops and recomputes identically
+            # (and TensorBoard hides, by the resumed writer's purge_step)
+            _write_metrics(run_dir, s.records)
+            if board is not None:
+                log_epoch(board, record, pictures)
+            # the data generators are all of a run's random state: model noise is tied to (step, image)
+            save_checkpoint(run_dir, s.model, s.optimizer, {**s.info, "epoch": s.epoch, "step": s.step},
+                            rng=s.batches.rng_state())
+        if verbose:
+            _print_epoch(s, record)
+        dist.barrier()  # nobody starts the next epoch before rank 0's checkpoint is on disk
+        stop.poll(dist, device, run_dir, s.epoch, s.step)
+    if s.epoch < t.epochs and verbose:  # the loop ended early: the time budget is spent
+        print(_budget_note(t, s.records, s.epoch), flush=True)
+    if board is not None and s.epoch >= first_epoch:  # this call trained: the final metrics are new
+        log_hparams(board, s.cfg, s.records[-1])
+    return run_dir
+
+
+def _setup(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bool, dataset, dist: Dist,
+           device: torch.device) -> Session:
+    """Load the data, fill the recipe, build model, optimiser and batches, and start the run
+    folder (or read where a resumed run stands)."""
     tune_malloc()
     torch.manual_seed(cfg.train.seed)
     make_optimizer = choose(OPTIMIZERS, cfg.train.optimizer, "optimizer")
     choose(SCHEDULES, cfg.train.schedule, "schedule")
-
     data = dataset or _load_data(cfg, progress, dist, device)
+    cfg = _configure(cfg, data, resume, verbose, dist)
+    check_data_fit(cfg.model, cfg.data.binarization)
+    model = build_model(cfg.model, data.image_shape, cond_dim=data.cond_dim).to(device)
+    cfg, amp = _precision(cfg, model, device, resume, verbose)
+    t = cfg.train
+    optimizer = make_optimizer(model.parameters(), t.lr)
+    batches, budget = _batches(cfg, data, model, device, dist, verbose and not resume)
+    s = Session(cfg=cfg, run_dir=run_dir, dist=dist, device=device, model=model, step_model=model,
+                optimizer=optimizer, scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
+                batches=batches, test_inputs=model_inputs(model, cfg, data.test, len(data.classes), device, budget),
+                objective=bind_objective(model, t), records=[], epoch=0, step=0, verbose=verbose,
+                denoise=parse_denoise(t.denoise) if t.denoise else None,
+                info={"image_shape": list(data.image_shape), "cond_dim": model.cond_dim, "dataset": data.name,
+                      "data_source": data.source, "batch_size": batches.batch_size, "classes": list(data.classes)})
+    if resume:
+        _resume_state(s)
+    else:
+        _start_run_folder(s, data, budget)
+    # DDP synchronises gradients only for work inside the wrapped module's forward: the
+    # model's forward runs the whole objective (models.py)
+    if dist.active:
+        s.step_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile:
+        keep_noise_out_of_compile()
+        s.step_model = torch.compile(s.step_model)
+    return s
+
+
+def _configure(cfg: Config, data, resume: bool, verbose: bool, dist: Dist) -> Config:
+    """The run's config: the recipe filled from the data (said once), the data's identity recorded."""
     facts = data.facts()
     cfg, chosen = resolve(cfg, facts)
-    t = cfg.train
     if verbose and not resume:
         _print_choices(chosen, facts)
         if cfg.data.binarization != "none" and not facts.binary:
@@ -506,194 +604,184 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
     if not resume:  # record where the data came from and what it was
         where = str(Path(cfg.data.dataset).expanduser().resolve()) if is_path(cfg.data.dataset) else cfg.data.dataset
         cfg = cfg.replace(data={"dataset": where, "fingerprint": data.fingerprint or None})
-    check_data_fit(cfg.model, cfg.data.binarization)
-    model = build_model(cfg.model, data.image_shape, cond_dim=data.cond_dim).to(device)
+    return cfg
+
+
+def _precision(cfg: Config, model, device: torch.device, resume: bool, verbose: bool):
+    """(config with the precision used recorded, autocast dtype or None) and the model set to it."""
+    t = cfg.train
     conv = cfg.model.net != "mlp"
     # a run resumed with "auto" was started by a version that kept CPUs in fp32: it stays there
     amp = autocast_dtype(t.precision, device, conv and not resume)
     if t.precision == "auto" and not resume:  # recorded, so that the config reruns the same way
         cfg = cfg.replace(train={"precision": {None: "fp32", torch.bfloat16: "bf16"}[amp]})
-        t = cfg.train
         if verbose and amp is not None and device.type == "cpu":
             print(f"precision: bf16 autocast for the networks, as this CPU has {cpu_bf16()} instructions "
                   "(densities and the optimiser stay fp32; --precision fp32 turns it off)", flush=True)
     model.set_precision(amp, channels_last=conv)
-    optimizer = make_optimizer(model.parameters(), t.lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    dequantize = not model.likelihood.discrete
+    return cfg, amp
+
+
+def _batches(cfg: Config, data, model, device: torch.device, dist: Dist, note: bool) -> tuple[Batches, int]:
+    """The training batches (the global batch split over the processes) and the memory budget."""
+    t = cfg.train
     budget = memory_budget(cfg.data, device)
     cond = data.train.conditions(len(data.classes)) if model.conditional else None
     batch_size = effective_batch_size(t.batch_size, len(data.train))
-    if batch_size < t.batch_size and verbose and not resume:
+    if batch_size < t.batch_size and note:
         print(f"note: {len(data.train)} training images: batches of {batch_size} instead of {t.batch_size}, "
               f"so that an epoch has {MIN_STEPS_PER_EPOCH} steps", file=sys.stderr)
     if batch_size < dist.world:
         raise ConfigError(f"a global batch of {batch_size} cannot be split over {dist.world} processes; "
                           "raise --batch-size or use fewer processes")
-    batches = Batches(data.train, batch_size, cfg.data.binarization, device, seed=t.seed, dequantize=dequantize,
-                      cond=cond, budget=budget, fixed_key=binarization_key(cfg.data.binarization_seed, TRAIN_KEY),
-                      rank=dist.rank,
+    batches = Batches(data.train, batch_size, cfg.data.binarization, device, seed=t.seed,
+                      dequantize=not model.likelihood.discrete, cond=cond, budget=budget,
+                      fixed_key=binarization_key(cfg.data.binarization_seed, TRAIN_KEY), rank=dist.rank,
                       world=dist.world)
-    test_inputs = model_inputs(model, cfg, data.test, len(data.classes), device, budget)
-    x_show, c_show, _ = test_inputs.rows(0, 32)
-    objective = bind_objective(model, t)
+    return batches, budget
 
-    epoch, step = 0, 0
-    if resume:
-        info, rng = load_checkpoint(run_dir, model, optimizer)
-        epoch, step = info["epoch"], info["step"]
-        batches.set_rng_state(rng)
-        records = Run(run_dir).metrics(upto=epoch)
-        if dist.main:
-            try:
-                prov = json.loads((run_dir / "run.json").read_text())
-            except (OSError, ValueError):
-                prov = {}
-            prov = prov if isinstance(prov, dict) else {}
-            prov.setdefault("resumed", []).append({**provenance(device, dist), "from_epoch": epoch})
-            write_json(run_dir / "run.json", prov)
-            write_json(run_dir / "config.json", cfg.to_dict())  # resume() may have changed the epochs
-    else:
-        records = []
-        if dist.main:
-            write_json(run_dir / "config.json", cfg.to_dict())
-            write_json(run_dir / "run.json", provenance(device, dist))
-            _write_metrics(run_dir, records)
-            if data.skipped:
-                atomic_write(run_dir / "skipped_images.txt", "\n".join(data.skipped) + "\n")
-                print(f"skipped {len(data.skipped)} unreadable image(s); listed in "
-                      f"{run_dir / 'skipped_images.txt'}", file=sys.stderr)
-        if verbose and not batches.resident:
-            print(f"streaming {len(data.train)} training images from {data.source} "
-                  f"({data.train.nbytes / 2**20:.0f} MiB > budget {budget / 2**20:.0f} MiB)", file=sys.stderr)
 
-    steps_per_epoch = len(batches)
-    info = {"image_shape": list(data.image_shape), "cond_dim": model.cond_dim, "dataset": data.name,
-            "data_source": data.source, "batch_size": batch_size, "classes": list(data.classes)}
-    # DDP synchronises gradients only for work inside the wrapped module's forward: the
-    # model's forward runs the whole objective (models.py)
-    step_model = model
-    if dist.active:
-        step_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if t.compile:
-        keep_noise_out_of_compile()
-        step_model = torch.compile(step_model)
-    denoise = parse_denoise(t.denoise) if t.denoise else None
-    first_epoch = epoch + 1
-    board = open_tensorboard(run_dir, first_epoch) if dist.main else None
-    if board is not None:
-        stack.callback(board.close)  # flushes on every way out
+def _resume_state(s: Session) -> None:
+    """Load the checkpoint into the session and add this session to the run's provenance."""
+    info, rng = load_checkpoint(s.run_dir, s.model, s.optimizer)
+    s.epoch, s.step = info["epoch"], info["step"]
+    s.batches.set_rng_state(rng)
+    s.records = Run(s.run_dir).metrics(upto=s.epoch)
+    if s.dist.main:
+        try:
+            prov = json.loads((s.run_dir / "run.json").read_text())
+        except (OSError, ValueError):
+            prov = {}
+        prov = prov if isinstance(prov, dict) else {}
+        prov.setdefault("resumed", []).append({**provenance(s.device, s.dist), "from_epoch": s.epoch})
+        write_json(s.run_dir / "run.json", prov)
+        write_json(s.run_dir / "config.json", s.cfg.to_dict())  # resume() may have changed the epochs
 
-    stopping = epoch >= t.epochs or _out_of_time(t, records, dist, device)
-    log = ProgressLog(t.epochs, steps_per_epoch, batch_size, show=progress and progress_lines())
-    skips = SkippedSteps()
-    while not stopping:
-        model.train()
-        start = time.perf_counter()
-        sums: dict[str, torch.Tensor] = {}
-        bar = progress_bar(batches, desc=f"epoch {epoch + 1}/{t.epochs}", show=progress, leave=False)
-        log.start_epoch(epoch + 1)
-        n_used = 0  # images of the steps taken
-        for i, batch in enumerate(bar):
-            lr = learning_rate(t, step, steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if t.kl_warmup:  # the KL weight of this step; the test pass keeps the full beta
-                model.objective = objective.replace(beta=kl_weight(t, step, steps_per_epoch))
-            # denoising: the encoder sees the batch (after binarisation) corrupted with noise
-            # tied to (seed, step, image), the likelihood scores the clean batch
-            x_in = None if denoise is None else corrupt(batch.x, batch.idx, denoise, noise_key(t.seed, step))
-            terms = step_model(batch.x, batch.cond, generator=ExampleNoise(batch.idx, noise_key(t.seed, step)),
-                               x_in=x_in, peers=dist.batch_peers(batch.size))
-            # the global batch mean: DDP averages the processes' gradients, so each
-            # contributes its sum scaled by world / global batch size
-            loss = terms["loss"].sum() * (dist.world / batch.size)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            norm = gradient_norm(model, t.clip_grad)
-            value, norm = torch.stack([loss.detach() / dist.world, norm.to(loss.dtype)]).tolist()  # one sync
-            # a step whose loss or gradient is not finite is skipped, not taken (as VDVAE skips
-            # outlier updates); a run of them means divergence. fp16's scaler skips on its own.
-            bad = not (math.isfinite(value) and math.isfinite(norm))
-            if not scaler.is_enabled() and dist.any(bad, device):
-                skips.skip(epoch, step, run_dir)
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                continue
-            skips.took()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
+
+def _start_run_folder(s: Session, data, budget: int) -> None:
+    if s.dist.main:
+        write_json(s.run_dir / "config.json", s.cfg.to_dict())
+        write_json(s.run_dir / "run.json", provenance(s.device, s.dist))
+        _write_metrics(s.run_dir, s.records)
+        if data.skipped:
+            atomic_write(s.run_dir / "skipped_images.txt", "\n".join(data.skipped) + "\n")
+            print(f"skipped {len(data.skipped)} unreadable image(s); listed in "
+                  f"{s.run_dir / 'skipped_images.txt'}", file=sys.stderr)
+    if s.verbose and not s.batches.resident:
+        print(f"streaming {len(data.train)} training images from {data.source} "
+              f"({data.train.nbytes / 2**20:.0f} MiB > budget {budget / 2**20:.0f} MiB)", file=sys.stderr)
+
+
+def _run_epoch(s: Session, stop: StopSignals, log: ProgressLog, progress: bool):
+    """One pass over the training batches: (per-term sums, images of the steps taken, last lr)."""
+    t, dist = s.cfg.train, s.dist
+    s.model.train()
+    sums: dict[str, torch.Tensor] = {}
+    steps_per_epoch = len(s.batches)
+    bar = progress_bar(s.batches, desc=f"epoch {s.epoch + 1}/{t.epochs}", show=progress, leave=False)
+    log.start_epoch(s.epoch + 1)
+    n_used, lr = 0, learning_rate(t, s.step, steps_per_epoch)  # images of the steps taken
+    for i, batch in enumerate(bar):
+        lr = learning_rate(t, s.step, steps_per_epoch)
+        terms, value = train_step(s, batch, lr)
+        if terms is not None:
             n_used += len(terms["loss"])  # this process's rows
             with torch.no_grad():
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0) + v.detach().double().sum()
-            periodic = i % 25 == 0 or i == steps_per_epoch - 1
-            if periodic:
-                bar.set_postfix(loss=f"{value:.2f}", lr=f"{lr:.2e}")
-            if periodic or not dist.active:  # one process: after every step; several: all at the same steps
-                stop.poll(dist, device, run_dir, epoch, step)
+        periodic = i % 25 == 0 or i == steps_per_epoch - 1
+        if periodic and terms is not None:
+            bar.set_postfix(loss=f"{value:.2f}", lr=f"{lr:.2e}")
+        if periodic or not dist.active:  # one process: after every step; several: all at the same steps
+            stop.poll(dist, s.device, s.run_dir, s.epoch, s.step)
+        if terms is not None:
             log.step(i + 1, terms)
-        bar.close()
-        if dist.sum_(torch.tensor(float(n_used), device=device)) == 0:
-            raise TrainingDiverged(f"every step of epoch {epoch + 1} had a non-finite loss or gradient; stopped. "
-                                   f"{_kept(run_dir, epoch)}. Try a lower --lr or --clip-grad.")
-        n_seen = len(data.train)
-        keys = sorted(sums)
-        totals = dist.sum_(torch.stack([sums[k] for k in keys] + [torch.tensor(float(n_used), dtype=torch.float64,
-                                                                               device=device)]))
-        train_terms = {f"train_{k}": float(v) / float(totals[-1]) for k, v in zip(keys, totals)}
-        if not all(math.isfinite(v) for v in train_terms.values()):
-            raise TrainingDiverged(f"a loss term became non-finite during epoch {epoch + 1}; stopped. "
-                                   f"{_kept(run_dir, epoch)}. Try a lower --lr.")
-        model.objective = objective
-        test_terms = {f"test_{k}": v for k, v in test_elbo(model, test_inputs, seed=t.seed, dist=dist).items()}
-        if model.has_density:
-            test_terms["active_units"] = active_units(model, test_inputs, dist)
-        epoch += 1
-        seconds = time.perf_counter() - start
-        record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, **train_terms, **test_terms,
-                                  "seconds": round(seconds, 3), "examples_per_s": round(n_seen / seconds, 1)}
-        if skips.epoch_count:
-            record["skipped_steps"] = skips.epoch_count
-            if verbose:
-                print(f"note: epoch {epoch} skipped {skips.epoch_count} step(s) whose loss or gradient was not "
-                      "finite", file=sys.stderr)
-            skips.epoch_count = 0
-        records.append(record)
-        stopping = epoch >= t.epochs or _out_of_time(t, records, dist, device)
-        if dist.main:
-            pictures = {}
-            if epoch % t.image_every == 0 or stopping:
-                pictures = write_pictures(model, run_dir, x_show, t.seed, c_show)
-            # metrics first, then the checkpoint: a kill in between leaves a record for an epoch
-            # the checkpoint does not have, which resuming drops and recomputes identically
-            # (and TensorBoard hides, by the resumed writer's purge_step)
-            _write_metrics(run_dir, records)
-            if board is not None:
-                log_epoch(board, record, pictures)
-            # the data generators are all of a run's random state: model noise is tied to (step, image)
-            save_checkpoint(run_dir, model, optimizer, {**info, "epoch": epoch, "step": step},
-                            rng=batches.rng_state())
-        if verbose:
-            shown = test_terms.get("test_elbo", -test_terms["test_loss"])
-            label = "test ELBO" if "test_elbo" in test_terms else "test log p(x|z)"
-            procs = f" ({dist.world} processes)" if dist.active else ""
-            latent = ""
-            if "test_kl" in test_terms:
-                latent = (f"  KL {test_terms['test_kl']:7.2f}  active units "
-                          f"{test_terms['active_units']}/{model.latent_dim}")
-            print(f"epoch {epoch:3d}  train loss {train_terms['train_loss']:8.2f}  "
-                  f"{label} {shown:8.2f}{latent}  {n_seen / seconds:8.0f} images/s{procs}", flush=True)
-        dist.barrier()  # nobody starts the next epoch before rank 0's checkpoint is on disk
-        stop.poll(dist, device, run_dir, epoch, step)
-    if epoch < t.epochs and verbose:  # the loop ended early: the time budget is spent
-        print(_budget_note(t, records, epoch), flush=True)
-    if board is not None and epoch >= first_epoch:  # this call trained: the final metrics are new
-        log_hparams(board, cfg, records[-1])
-    return run_dir
+    bar.close()
+    return sums, n_used, lr
+
+
+def train_step(s: Session, batch, lr: float):
+    """One optimiser step on one batch: (its per-example terms, the loss as a number), or
+    (None, loss) when the loss or gradient is not finite and the step is skipped."""
+    t, dist = s.cfg.train, s.dist
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr
+    if t.kl_warmup:  # the KL weight of this step; the test pass keeps the full beta
+        s.model.objective = s.objective.replace(beta=kl_weight(t, s.step, len(s.batches)))
+    # denoising: the encoder sees the batch (after binarisation) corrupted with noise tied to
+    # (seed, step, image), the likelihood scores the clean batch
+    key = noise_key(t.seed, s.step)
+    x_in = None if s.denoise is None else corrupt(batch.x, batch.idx, s.denoise, key)
+    terms = s.step_model(batch.x, batch.cond, generator=ExampleNoise(batch.idx, key), x_in=x_in,
+                         peers=dist.batch_peers(batch.size))
+    # the global batch mean: DDP averages the processes' gradients, so each contributes its
+    # sum scaled by world / global batch size
+    loss = terms["loss"].sum() * (dist.world / batch.size)
+    s.optimizer.zero_grad(set_to_none=True)
+    s.scaler.scale(loss).backward()
+    s.scaler.unscale_(s.optimizer)
+    norm = gradient_norm(s.model, t.clip_grad)
+    value, norm = torch.stack([loss.detach() / dist.world, norm.to(loss.dtype)]).tolist()  # one sync
+    # a step whose loss or gradient is not finite is skipped, not taken (as VDVAE skips outlier
+    # updates); a run of them means divergence. fp16's scaler skips on its own.
+    bad = not (math.isfinite(value) and math.isfinite(norm))
+    if not s.scaler.is_enabled() and dist.any(bad, s.device):
+        s.skips.skip(s.epoch, s.step, s.run_dir)
+        s.optimizer.zero_grad(set_to_none=True)
+        s.step += 1
+        return None, value
+    s.skips.took()
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    s.step += 1
+    return terms, value
+
+
+def end_of_epoch(s: Session, sums: dict[str, torch.Tensor], n_used: int, lr: float, start: float) -> dict[str, Any]:
+    """The epoch's record: the training terms reduced over the processes, the test pass, KL
+    and active units, timing; appended to the session's records."""
+    dist, device, t = s.dist, s.device, s.cfg.train
+    if dist.sum_(torch.tensor(float(n_used), device=device)) == 0:
+        raise TrainingDiverged(f"every step of epoch {s.epoch + 1} had a non-finite loss or gradient; stopped. "
+                               f"{_kept(s.run_dir, s.epoch)}. Try a lower --lr or --clip-grad.")
+    keys = sorted(sums)
+    totals = dist.sum_(torch.stack([sums[k] for k in keys] + [torch.tensor(float(n_used), dtype=torch.float64,
+                                                                           device=device)]))
+    train_terms = {f"train_{k}": float(v) / float(totals[-1]) for k, v in zip(keys, totals)}
+    if not all(math.isfinite(v) for v in train_terms.values()):
+        raise TrainingDiverged(f"a loss term became non-finite during epoch {s.epoch + 1}; stopped. "
+                               f"{_kept(s.run_dir, s.epoch)}. Try a lower --lr.")
+    s.model.objective = s.objective
+    test_terms = {f"test_{k}": v for k, v in test_elbo(s.model, s.test_inputs, seed=t.seed, dist=dist).items()}
+    if s.model.has_density:
+        test_terms["active_units"] = active_units(s.model, s.test_inputs, dist)
+    s.epoch += 1
+    seconds = time.perf_counter() - start
+    n_seen = s.batches.n  # the training images
+    record: dict[str, Any] = {"epoch": s.epoch, "step": s.step, "lr": lr, **train_terms, **test_terms,
+                              "seconds": round(seconds, 3), "examples_per_s": round(n_seen / seconds, 1)}
+    if s.skips.epoch_count:
+        record["skipped_steps"] = s.skips.epoch_count
+        if s.verbose:
+            print(f"note: epoch {s.epoch} skipped {s.skips.epoch_count} step(s) whose loss or gradient was not "
+                  "finite", file=sys.stderr)
+        s.skips.epoch_count = 0
+    s.records.append(record)
+    return record
+
+
+def _print_epoch(s: Session, record: dict[str, Any]) -> None:
+    """The one-line summary of an epoch on stdout."""
+    if "test_elbo" in record:
+        shown, label = record["test_elbo"], "test ELBO"
+    else:
+        shown, label = -record["test_loss"], "test log p(x|z)"
+    procs = f" ({s.dist.world} processes)" if s.dist.active else ""
+    latent = ""
+    if "test_kl" in record:
+        latent = f"  KL {record['test_kl']:7.2f}  active units {record['active_units']}/{s.model.latent_dim}"
+    print(f"epoch {s.epoch:3d}  train loss {record['train_loss']:8.2f}  {label} {shown:8.2f}{latent}  "
+          f"{record['examples_per_s']:8.0f} images/s{procs}", flush=True)
 
 
 def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = True, dataset=None,
