@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from vaelab import __version__
-from vaelab.config import AUTO, RECIPE_FIELDS, Config, ConfigError, read_flag
+from vaelab.config import AUTO, DEVICES, NOISE_KINDS, RECIPE_FIELDS, Config, ConfigError, read_flag
 from vaelab.config import load as load_config_file
 
 SECTIONS = {"data": "data", "model": "model", "train": "training"}  # config section -> flag group
@@ -119,11 +119,16 @@ def _add_setting(group, section: str, f: dataclasses.Field, default) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = Config()
     p = _Parser(prog="vaelab", description="Train, evaluate and explore variational autoencoders.")
     p.add_argument("--version", action="version", version=f"vaelab {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_train_args, _evaluate_args, _sample_args, _probe_args, _plot_args, _compare_args, _serve_args):
+        add(sub)
+    return p
 
+
+def _train_args(sub) -> None:
+    d = Config()
     t = sub.add_parser("train", help="train a model into a run folder",
                        description="Train a model. Flags override --config, which overrides the defaults.")
     t.add_argument("--config", metavar="FILE", help="JSON or TOML config (sections data/model/train)")
@@ -143,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true",
                    help="no progress bar and no per-epoch lines or notes; warnings and errors still print")
 
+
+def _evaluate_args(sub) -> None:
     e = sub.add_parser("evaluate", help="test ELBO and importance-sampled -log p(x)",
                        description="Evaluate a run on its test set; writes RUN_DIR/eval.json.")
     e.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
@@ -157,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "images in the features of a classifier vaelab trains on the dataset's labels (cached; "
                         "not comparable to Inception FID); fid: Inception-v3 FID through torchmetrics, needs the "
                         "vaelab[inception] extra and its weights (default nll)")
-    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default auto)")
+    e.add_argument("--device", choices=DEVICES, default="auto", help="(default auto)")
     e.add_argument("--no-progress", action="store_true",
                    help="no progress bar (drawn only when stderr is a terminal or in Jupyter); the results "
                         "still print")
@@ -165,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no progress bar, as --no-progress (evaluate has no per-epoch lines); the results, "
                         "warnings and errors still print")
 
+
+def _sample_args(sub) -> None:
     s = sub.add_parser("sample", help="draw images from the prior",
                        description="Decode z ~ N(0, I) and write the images as a PNG grid.")
     s.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
@@ -173,7 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", choices=["mean", "sample"], default="mean",
                    help="mean: decoder means (pixel probabilities); sample: draws x ~ p(x|z) (default mean)")
     s.add_argument("--seed", type=int, default=0, help="(default 0)")
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default auto)")
+    s.add_argument("--device", choices=DEVICES, default="auto", help="(default auto)")
+
+
+def _probe_args(sub) -> None:
     pr = sub.add_parser("probe", help="how much the codes know about the class (invariance)",
                         description="Train a fresh classifier on the training set's posterior means to predict "
                                     "the label; report its test accuracy, the majority-class rate and the "
@@ -184,8 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--probe-hidden", type=_positive_int, default=256, help="probe layer width (default 256)")
     pr.add_argument("--probe-epochs", type=_positive_int, default=30, help="(default 30)")
     pr.add_argument("--seed", type=int, default=0, help="(default 0)")
-    pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default auto)")
+    pr.add_argument("--device", choices=DEVICES, default="auto", help="(default auto)")
 
+
+def _plot_args(sub) -> None:
     pl = sub.add_parser("plot", help="figures of a trained model (PNG + JSON numbers)",
                         description="Write NAME.png, and NAME.json with the numbers behind it, for each figure.")
     pl.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
@@ -194,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "denoise, curves, scale, transfer (default recon,samples,curves)")
     pl.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/plots)")
     pl.add_argument("--seed", type=int, default=0, help="(default 0)")
-    pl.add_argument("--noise", choices=["uniform", "salt-pepper", "gaussian"], help="denoise: noise kind")
+    pl.add_argument("--noise", choices=NOISE_KINDS, help="denoise: noise kind")
     pl.add_argument("--levels", type=_levels, help="denoise: comma-separated noise levels, e.g. 0.1,0.3,0.5")
     pl.add_argument("--against", type=_run_dirs, metavar="RUN[,RUN...]",
                     help="denoise: more runs on the same test images, drawn side by side with RUN_DIR (e.g. a "
@@ -204,8 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--steps", type=_positive_int, help="manifold/interpolate: points per axis or path")
     pl.add_argument("--dims", type=_dims, help="manifold: two latent dims, e.g. 0,1 (default: top PCA directions)")
     pl.add_argument("--weights", type=_levels, help="combine: weights of the codes, e.g. 0.5,0.5")
-    pl.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default auto)")
+    pl.add_argument("--device", choices=DEVICES, default="auto", help="(default auto)")
 
+
+def _compare_args(sub) -> None:
     cp = sub.add_parser("compare", help="train and evaluate named variants x seeds, then a table and a figure",
                         description="Train every variant (NAME=\"flags for vaelab train\") for every seed, one run "
                                     "after another, evaluate each, and write OUT/compare.md, .csv, .json and .png "
@@ -227,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "100 for larger ones)")
     cp.add_argument("--n", type=_positive_int, help="evaluate the first N test images (default all)")
 
+
+def _serve_args(sub) -> None:
     sv = sub.add_parser("serve", help="explore a trained model in the browser",
                         description="Serve a local web page for a run: the latent map (hover to decode), "
                                     "drawing or uploading an image to see its code, per-dimension sliders, "
@@ -239,8 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=_port, default=8000, help="(default 8000; 0 picks a free port)")
     sv.add_argument("--n-map", type=_positive_int, default=2000, metavar="N",
                     help="test images shown on the latent map (default 2000)")
-    sv.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="(default cpu)")
-    return p
+    sv.add_argument("--device", choices=DEVICES, default="cpu", help="(default cpu)")
 
 
 def _port(s: str) -> int:

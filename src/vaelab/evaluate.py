@@ -25,7 +25,7 @@ from vaelab.files import write_json
 from vaelab.images import load_configured
 from vaelab.models import active_units, check_data_fit
 from vaelab.noise import ExampleNoise
-from vaelab.runtime import distributed, progress_bar, resolve_device, tune_malloc
+from vaelab.runtime import Dist, distributed, progress_bar, resolve_device, tune_malloc
 
 BINARIZATION_NOTE = {
     "dynamic": "stochastic: test images binarised once, x ~ Bernoulli(pixel/255), seed {seed}",
@@ -179,41 +179,15 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
     # are gathered in order
     first, last = dist.shard(len(inputs))
     chunks = [(i, min(last, i + 1000)) for i in range(first, last, 1000)]
-    empty = torch.empty(0, device=dev)
     if "nll" in metrics and model.has_density:
-        parts = []
-        bar = progress_bar(total=last - first, desc=f"IS k={k}", show=progress)
-        for i, j in chunks:
-            xb, cb, _ = inputs.rows(i, j)
-            parts.append(log_likelihood(model, xb, k=k, c=cb, index=inputs.index(i, j)))
-            bar.update(len(xb))
-        bar.close()
-        log_px = dist.gather_rows(torch.cat([p[0] for p in parts]) if parts else empty, len(inputs))
-        elbo = dist.gather_rows(torch.cat([p[1] for p in parts]) if parts else empty, len(inputs))
-        if density:
-            # A density on [0, 1): P(bin of width 1/256) >= (1/256)^D exp(E_u log p), so
-            # -log p + D log 256 is an upper bound on the discrete NLL (Theis et al. 2016).
-            shift = dims * math.log(256)
-            log_px, elbo = log_px - shift, elbo - shift
-            result["nll_note"] = "density likelihood: nll = -log p(dequantised x) + D log 256, a bound on the discrete NLL"
-        result["elbo"], result["elbo_stderr"] = _mean_stderr(elbo)
-        nll, result["nll_stderr"] = _mean_stderr(-log_px)
-        result["nll"] = nll
-        if cfg.data.binarization == "none":
-            # D counts every channel of every pixel: grey-level and colour images alike
-            result["bits_per_dim"] = nll / (dims * math.log(2))
-            result["dims"] = dims
-    elif "nll" in metrics:
-        with torch.inference_mode():  # the AE is never conditional
-            recon = torch.cat([empty] + [model.decode(model.encode(xb).mean).log_prob(xb)
-                                         for xb, _, _ in (inputs.rows(i, j) for i, j in chunks)])
-        recon = dist.gather_rows(recon, len(inputs))
-        result["recon_nll"], result["recon_nll_stderr"] = _mean_stderr(-recon)
-        result["note"] = "a plain autoencoder has no density: only -log p(x | z = f(x)) is reported"
-    if "nll" in metrics and model.has_density:
+        bits_dims = dims if cfg.data.binarization == "none" else None  # bits/dim for grey levels and colour
+        result.update(_likelihood(model, inputs, chunks, k, dist, density, dims, bits_dims, progress))
         result["active_units"] = active_units(model, inputs, dist)
         result["latent_dim"] = model.latent_dim
+    elif "nll" in metrics:
+        result.update(_reconstruction_only(model, inputs, chunks, dist))
     if "nll" in metrics and cfg.data.binarization == "none":
+        empty = torch.empty(0, device=inputs.device)
         psnr = dist.gather_rows(torch.cat([empty] + [reconstruction_psnr(model, *inputs.rows(i, j)[:2])
                                                      for i, j in chunks]), len(inputs))
         result["recon_psnr"], result["recon_psnr_stderr"] = _mean_stderr(psnr)
@@ -225,6 +199,47 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
     if write and dist.main:
         write_json(Path(run_dir) / "eval.json", result)
     return result
+
+
+def _likelihood(model, inputs: SplitInputs, chunks: list[tuple[int, int]], k: int, dist: Dist, density: bool,
+                dims: int, bits_dims: int | None, progress: bool) -> dict[str, Any]:
+    """ELBO and IS-NLL (k samples) over this process's chunks of the test images, gathered;
+    with `bits_dims`, bits/dim for D = bits_dims values per image."""
+    parts = []
+    bar = progress_bar(total=sum(j - i for i, j in chunks), desc=f"IS k={k}", show=progress)
+    for i, j in chunks:
+        xb, cb, _ = inputs.rows(i, j)
+        parts.append(log_likelihood(model, xb, k=k, c=cb, index=inputs.index(i, j)))
+        bar.update(len(xb))
+    bar.close()
+    empty = torch.empty(0, device=inputs.device)
+    log_px = dist.gather_rows(torch.cat([p[0] for p in parts]) if parts else empty, len(inputs))
+    elbo = dist.gather_rows(torch.cat([p[1] for p in parts]) if parts else empty, len(inputs))
+    result: dict[str, Any] = {}
+    if density:
+        # A density on [0, 1): P(bin of width 1/256) >= (1/256)^D exp(E_u log p), so
+        # -log p + D log 256 is an upper bound on the discrete NLL (Theis et al. 2016).
+        shift = dims * math.log(256)
+        log_px, elbo = log_px - shift, elbo - shift
+        result["nll_note"] = "density likelihood: nll = -log p(dequantised x) + D log 256, a bound on the discrete NLL"
+    result["elbo"], result["elbo_stderr"] = _mean_stderr(elbo)
+    result["nll"], result["nll_stderr"] = _mean_stderr(-log_px)
+    if bits_dims:  # D counts every channel of every pixel: grey-level and colour images alike
+        result["bits_per_dim"] = result["nll"] / (bits_dims * math.log(2))
+        result["dims"] = bits_dims
+    return result
+
+
+def _reconstruction_only(model, inputs: SplitInputs, chunks: list[tuple[int, int]], dist: Dist) -> dict[str, Any]:
+    """A plain autoencoder's -log p(x | z = f(x)): it has no density to bound."""
+    empty = torch.empty(0, device=inputs.device)
+    with torch.inference_mode():  # the AE is never conditional
+        recon = torch.cat([empty] + [model.decode(model.encode(xb).mean).log_prob(xb)
+                                     for xb, _, _ in (inputs.rows(i, j) for i, j in chunks)])
+    recon = dist.gather_rows(recon, len(inputs))
+    mean, stderr = _mean_stderr(-recon)
+    return {"recon_nll": mean, "recon_nll_stderr": stderr,
+            "note": "a plain autoencoder has no density: only -log p(x | z = f(x)) is reported"}
 
 
 def sample_quality(model, cfg, data, inputs: SplitInputs, device: torch.device, progress: bool,

@@ -595,6 +595,28 @@ def _array_sources(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndar
         raise DataError(f"{path}: cannot read this array file ({e})") from None
 
 
+def _array_classes(path: Path, labels: dict, sizes: dict[str, int], classes: tuple) -> tuple:
+    """The class names of an array file's labels, after checking the labels of both splits."""
+    label_sets = [v for v in labels.values() if v is not None]
+    if label_sets and len(label_sets) != 2:
+        raise DataError(f"{path}: labels are given for one split only; give them for both or neither")
+    n_classes = 0
+    for s, v in labels.items():
+        if v is None:
+            continue
+        if v.ndim != 1 or len(v) != sizes[s] or v.dtype.kind not in "iu":
+            raise DataError(f"{path}: labels of the {s} split must be {sizes[s]} integers, "
+                            f"got {v.dtype} {v.shape}")
+        if len(v) and v.min() < 0:
+            raise DataError(f"{path}: labels must be >= 0")
+        n_classes = max(n_classes, int(v.max()) + 1 if len(v) else 0)
+    if not label_sets:
+        return ()
+    if classes and len(classes) < n_classes:
+        raise DataError(f"{path}: 'classes' names {len(classes)} classes but labels go up to {n_classes - 1}")
+    return classes or tuple(str(i) for i in range(n_classes))
+
+
 def load_array(path: str | Path, transform: Transform, progress: bool = True) -> Dataset:
     """Images from an .npy/.npz file as a Dataset backed by the on-disk cache."""
     path = Path(path).resolve()
@@ -616,6 +638,8 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
         test = np.array([in_test_split(f"{path.name}:{i}", transform.test_fraction) for i in range(n)], bool)
         rows = {"train": np.flatnonzero(~test), "test": np.flatnonzero(test)}
         lab = labels["all"]
+        if lab is not None and (lab.ndim != 1 or len(lab) != n):
+            raise DataError(f"{path}: 'labels' must hold one integer per image ({n}), got shape {lab.shape}")
         arrays = {s: arrays["all"] for s in rows}
         labels = {s: None if lab is None else lab[rows[s]] for s in rows}
     sizes = {s: len(arrays[s]) if rows[s] is None else len(rows[s]) for s in ("train", "test")}
@@ -629,25 +653,7 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
         if sizes[s] == 0:
             raise DataError(f"{path}: the {s} split is empty; add images, change --test-fraction or the "
                             "'train'/'test' arrays")
-    label_sets = [v for v in labels.values() if v is not None]
-    if label_sets and len(label_sets) != 2:
-        raise DataError(f"{path}: labels are given for one split only; give them for both or neither")
-    n_classes = 0
-    for s, v in labels.items():
-        if v is None:
-            continue
-        if v.ndim != 1 or len(v) != sizes[s] or v.dtype.kind not in "iu":
-            raise DataError(f"{path}: labels of the {s} split must be {sizes[s]} integers, "
-                            f"got {v.dtype} {v.shape}")
-        if len(v) and v.min() < 0:
-            raise DataError(f"{path}: labels must be >= 0")
-        n_classes = max(n_classes, int(v.max()) + 1 if len(v) else 0)
-    if label_sets:
-        if classes and len(classes) < n_classes:
-            raise DataError(f"{path}: 'classes' names {len(classes)} classes but labels go up to {n_classes - 1}")
-        classes = classes or tuple(str(i) for i in range(n_classes))
-    else:
-        classes = ()
+    classes = _array_classes(path, labels, sizes, classes)
     bg = background_rgb(transform.background)
     with _building(folder) as tmp:
         total = sum(sizes.values())
