@@ -1,6 +1,7 @@
 """The command line, end to end, on real data."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,35 @@ def test_the_command_line_reference_is_current():
     for action in train._actions:  # every train flag is in the reference, with its help
         if action.option_strings and action.help and action.dest != "help":
             assert f"`{action.option_strings[0]}" in text
+
+
+def test_help_needs_no_torch():
+    """`vaelab --help` and `vaelab train --help` read the registries' names from their source:
+    torch is not imported (it takes seconds to load)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom vaelab.cli import main\nfor argv in (['--help'], ['train', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"
+
+
+def test_registry_names_read_from_source_equal_the_live_registries():
+    import dataclasses
+    import importlib
+
+    from vaelab.cli import registry_names
+    from vaelab.config import Config
+
+    paths = {f.metadata["registry"] for s in ("data", "model", "train")
+             for f in dataclasses.fields(getattr(Config(), s)) if f.metadata.get("registry")}
+    assert len(paths) >= 8
+    for path in paths:
+        module, name = path.split(":")
+        live = list(getattr(importlib.import_module(module), name))
+        saved = sys.modules.pop(module)
+        try:
+            assert registry_names(path) == live, path
+        finally:
+            sys.modules[module] = saved

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
-import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -76,9 +77,20 @@ def flag_name(f: dataclasses.Field) -> str:
     return ("--no-" if off else "--") + f.name.replace("_", "-")
 
 
-def _registry(path: str) -> dict:
+def registry_names(path: str) -> list[str]:
+    """The names in registry "module:NAME": the live registry when its module is loaded (so
+    what a user registered counts), else the keys written in the module's source, read
+    without importing it (or torch), so that --help stays fast."""
     module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
+    if module in sys.modules:
+        return list(getattr(sys.modules[module], name))
+    source = Path(importlib.util.find_spec(module).origin).read_text()
+    for node in ast.parse(source).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        if isinstance(target, ast.Name) and target.id == name:
+            items = node.value.keys if isinstance(node.value, ast.Dict) else node.value.elts
+            return [ast.literal_eval(k) for k in items]
+    raise LookupError(f"{path}: no literal registry {name} in {module}")
 
 
 def _reader(f: dataclasses.Field):
@@ -108,7 +120,7 @@ def _add_setting(group, section: str, f: dataclasses.Field, default) -> None:
         return
     kwargs: dict = {"dest": dest, "metavar": meta.get("metavar"), "help": help_text}
     if meta.get("registry"):
-        kwargs["choices"] = [AUTO] * (default == AUTO) + list(_registry(meta["registry"]))
+        kwargs["choices"] = [AUTO] * (default == AUTO) + registry_names(meta["registry"])
     elif meta.get("choices") is not None:
         kinds = {type(c) for c in meta["choices"]}
         kwargs["choices"] = [c for c in meta["choices"] if not (c == 0 and kinds == {int})]  # 0 = auto: not typed

@@ -3,10 +3,11 @@ the quantity minimised (averaged over the batch by the training loop) and the ot
 entries reported in the metrics. All terms are in nats per image; ``elbo`` is always the
 evidence lower bound itself (beta = 1), whatever the loss weighs.
 
-An objective is registered once with the names of its terms and of the config fields it
-takes (``@objective("elbo", terms=..., options=("samples", "beta", "kl"))``), and bound
-once to a run's settings (:func:`bind`): the resulting :class:`Objective` is called with
-data only, the same way in training and in the test pass.
+An objective is registered once, in :data:`OBJECTIVES` (or from outside the package with
+``@objective(name, terms=..., options=...)``), with the names of its terms and of the
+TrainConfig fields it takes, and bound once to a run's settings (:func:`bind`): the
+resulting :class:`Objective` is called with data only, the same way in training and in
+the test pass.
 
 `generator` is where reparameterisation noise comes from: a torch.Generator, None (the
 global RNG), or a :class:`vaelab.noise.ExampleNoise` tied to the examples, which
@@ -46,7 +47,6 @@ class ObjectiveSpec:
     check: Callable[[TrainConfig], None] | None = None  # refuses settings it cannot honour
 
 
-OBJECTIVES: dict[str, ObjectiveSpec] = {}
 
 
 def objective(name: str, terms: tuple[str, ...], options: tuple[str, ...] = (),
@@ -103,7 +103,6 @@ def bind(name: str, t: TrainConfig) -> Objective:
     return Objective(name, {k: getattr(t, k) for k in spec.options})
 
 
-@objective("elbo", terms=("loss", "recon", "kl", "elbo"), options=("samples", "beta", "kl"))
 def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
          kl: str = "analytic", generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
     """ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) (Kingma & Welling 2014, eq. 10).
@@ -140,7 +139,6 @@ def _no_kl_weight(t: TrainConfig) -> None:
                           "or --kl-warmup 0")
 
 
-@objective("iwae", terms=("loss", "iwae", "elbo"), options=("samples", "beta"), check=_no_kl_weight)
 def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 5, beta: float = 1.0,
          generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
     """Importance-weighted bound log (1/k) sum_k p(x, z_k) / q(z_k|x) (Burda et al. 2016, eq. 8).
@@ -158,7 +156,6 @@ def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
     return {"loss": -bound, "iwae": bound, "elbo": lw.mean(0)}
 
 
-@objective("reconstruction", terms=("loss", "recon"))
 def reconstruction(model, x: torch.Tensor, c: torch.Tensor | None = None, *, generator=None,
                    x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
     """Plain autoencoder: maximise log p(x | z = f(x)); no prior, no KL."""
@@ -184,7 +181,6 @@ def pairwise_gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor, mean_j: torc
     return 0.5 * (trace + maha + 2 * log_std_j.sum(1)[None, :] - 2 * log_std.sum(1)[:, None] - mean.shape[1])
 
 
-@objective("icvae", terms=("loss", "recon", "kl", "kl_marginal", "elbo"), options=("samples", "beta", "kl", "lam"))
 def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
           kl: str = "analytic", lam: float = 1.0, generator=None,
           x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
@@ -211,3 +207,12 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
     kl_marginal = (pair.sum(1) - pair[rows, offset + rows]) / max(1, len(mean_j) - 1)
     loss = -(1 + lam) * recon + beta * kl_prior + lam * kl_marginal
     return {"loss": loss, "recon": recon, "kl": kl_prior, "kl_marginal": kl_marginal, "elbo": recon - kl_prior}
+
+
+# the registry: name -> objective (`objective` registers more from outside)
+OBJECTIVES: dict[str, ObjectiveSpec] = {
+    "elbo": ObjectiveSpec(elbo, ("loss", "recon", "kl", "elbo"), ("samples", "beta", "kl")),
+    "iwae": ObjectiveSpec(iwae, ("loss", "iwae", "elbo"), ("samples", "beta"), _no_kl_weight),
+    "icvae": ObjectiveSpec(icvae, ("loss", "recon", "kl", "kl_marginal", "elbo"), ("samples", "beta", "kl", "lam")),
+    "reconstruction": ObjectiveSpec(reconstruction, ("loss", "recon")),
+}
