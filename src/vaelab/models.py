@@ -54,10 +54,22 @@ class _Base(nn.Module):
     has_density = False
     conditional = False
     default_objective = "elbo"
-    # what the model accepts, checked by `check` with a message that lists it
-    objectives: tuple[str, ...] = ("elbo", "iwae")
+    # what the model is (an objective's `needs` must be among these) and what it accepts,
+    # checked by `check` with a message that lists it; `objectives` None: every registered
+    # objective whose needs the traits meet
+    traits: tuple[str, ...] = ("density",)
+    objectives: tuple[str, ...] | None = None
     priors: tuple[str, ...] = ("normal",)
     takes_flows = False
+
+    @classmethod
+    def accepted_objectives(cls) -> tuple[str, ...]:
+        if cls.objectives is not None:
+            return cls.objectives
+        from vaelab.objectives import OBJECTIVES  # the registry as it is now, with objectives added since
+
+        fits = [n for n, spec in OBJECTIVES.items() if set(spec.needs) <= set(cls.traits)]
+        return tuple(sorted(fits, key=lambda n: n != cls.default_objective))
 
     @classmethod
     def check(cls, m: ModelConfig, objective: str = AUTO) -> None:
@@ -70,8 +82,9 @@ class _Base(nn.Module):
                               f"{', '.join(cls.priors)}, not {m.prior}{cls._why_not('prior', m.prior)}")
         if m.flows and not cls.takes_flows:
             raise ConfigError(f"the {name} model takes no flows{cls._why_not('flows', m.flows)}")
-        if objective != AUTO and objective not in cls.objectives:
-            raise ConfigError(f"the {name} model trains with {', '.join(cls.objectives)}, not {objective}"
+        accepted = cls.accepted_objectives()
+        if objective != AUTO and objective not in accepted:
+            raise ConfigError(f"the {name} model trains with {', '.join(accepted)}, not {objective}"
                               f"{cls._why_not('objective', objective)}")
 
     @classmethod
@@ -285,7 +298,7 @@ class AE(_Base):
     """
 
     default_objective = "reconstruction"
-    objectives = ("reconstruction",)
+    traits = ("autoencoder",)
 
     @classmethod
     def _why_not(cls, what: str, value) -> str:
@@ -312,6 +325,7 @@ class CVAE(VAE):
     default, or any side-information vector (see vaelab.data.conditions)."""
 
     conditional = True
+    traits = ("density", "conditional")
     priors = ("normal", "mog")
 
     @classmethod
@@ -325,7 +339,6 @@ class ICVAE(CVAE):
     information about c out of z (the decoder gets c anyway)."""
 
     default_objective = "icvae"
-    objectives = ("icvae", "elbo", "iwae")
     takes_flows = False
 
     @classmethod

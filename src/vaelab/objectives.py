@@ -45,22 +45,25 @@ class ObjectiveSpec:
     terms: tuple[str, ...]
     options: tuple[str, ...] = ()
     check: Callable[[TrainConfig], None] | None = None  # refuses settings it cannot honour
+    # what a model must be to train with it (vaelab.models' traits: density, conditional, autoencoder)
+    needs: tuple[str, ...] = ("density",)
 
 
 
 
 def objective(name: str, terms: tuple[str, ...], options: tuple[str, ...] = (),
-              check: Callable[[TrainConfig], None] | None = None):
+              check: Callable[[TrainConfig], None] | None = None, needs: tuple[str, ...] = ("density",)):
     """Register `fn(model, x, c, *, <options>, generator, x_in, peers) -> terms` as `name`.
     Each option must be a field of TrainConfig; ``loss`` must be the first term. `check`
-    raises ConfigError for training settings the objective cannot honour."""
+    raises ConfigError for training settings the objective cannot honour; every model whose
+    traits include `needs` can train with it."""
     unknown = set(options) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown or not terms or terms[0] != "loss":
         raise ValueError(f"objective {name}: options {sorted(unknown)} are not TrainConfig fields, or "
                          f"'loss' is not its first term")
 
     def register(fn):
-        OBJECTIVES[name] = ObjectiveSpec(fn, tuple(terms), tuple(options), check)
+        OBJECTIVES[name] = ObjectiveSpec(fn, tuple(terms), tuple(options), check, tuple(needs))
         return fn
 
     return register
@@ -213,6 +216,7 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
 OBJECTIVES: dict[str, ObjectiveSpec] = {
     "elbo": ObjectiveSpec(elbo, ("loss", "recon", "kl", "elbo"), ("samples", "beta", "kl")),
     "iwae": ObjectiveSpec(iwae, ("loss", "iwae", "elbo"), ("samples", "beta"), _no_kl_weight),
-    "icvae": ObjectiveSpec(icvae, ("loss", "recon", "kl", "kl_marginal", "elbo"), ("samples", "beta", "kl", "lam")),
-    "reconstruction": ObjectiveSpec(reconstruction, ("loss", "recon")),
+    "icvae": ObjectiveSpec(icvae, ("loss", "recon", "kl", "kl_marginal", "elbo"), ("samples", "beta", "kl", "lam"),
+                           needs=("density", "conditional")),
+    "reconstruction": ObjectiveSpec(reconstruction, ("loss", "recon"), needs=("autoencoder",)),
 }
