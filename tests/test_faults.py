@@ -323,3 +323,39 @@ def test_overwrite_replaces_a_run_and_only_a_run(trained, tmp_path, capsys):
     assert main(["train", *TINY, "--epochs", "1", "--out", str(stranger), "--quiet", "--overwrite"]) == 2
     one_line_error(capsys, "not a vaelab run folder")
     assert (stranger / "precious.txt").read_text() == "keep me"
+
+
+# ----------------------------------------------------------------------------- settings never silently dropped
+
+
+def test_resume_to_fewer_epochs_than_done_is_refused_and_changes_nothing(trained, capsys):
+    config = (trained / "config.json").read_bytes()
+    assert main(["train", "--resume", str(trained), "--epochs", "1", "--quiet"]) == 0  # as many as done: nothing to do
+    capsys.readouterr()
+    main(["train", "--resume", str(trained), "--epochs", "2", "--quiet"])
+    config = (trained / "config.json").read_bytes()
+    assert main(["train", "--resume", str(trained), "--epochs", "1", "--quiet"]) == 2
+    one_line_error(capsys, "already trained 2 epochs", "more than 2")
+    assert (trained / "config.json").read_bytes() == config
+
+
+def test_a_batch_size_replaced_is_said_even_under_quiet(tmp_path, capsys):
+    assert main(["train", *TINY[:-2], "--batch-size", "100000", "--epochs", "1", "--out", str(tmp_path / "r"),
+                 "--quiet"]) == 0
+    assert "batches of 125 instead of 100000" in capsys.readouterr().err
+
+
+def test_evaluate_shows_its_results_when_the_run_folder_cannot_be_written(trained, capsys, monkeypatch):
+    import errno
+
+    from vaelab import files
+
+    def read_only(path, obj):
+        raise files.FileError(files.describe(OSError(errno.EROFS, "Read-only file system", str(path)),
+                                             "cannot write"))
+
+    monkeypatch.setattr(files, "write_json", read_only)
+    assert main(["evaluate", str(trained), "--k", "2", "--n", "10", "--quiet"]) == 2
+    out, err = capsys.readouterr()
+    assert "-log p(x), IS k=2" in out and "ELBO" in out
+    assert err.count("\n") == 1 and "read-only" in err and "not saved" in err

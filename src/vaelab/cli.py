@@ -365,35 +365,20 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from vaelab.evaluate import evaluate
+    from vaelab.evaluate import evaluate, format_result
+    from vaelab.files import FileError, write_json
 
     r = evaluate(args.run_dir, n=args.n, k=args.k, device=args.device, progress=not (args.no_progress or args.quiet),
-                 metrics=args.metrics)
+                 metrics=args.metrics, write=False)
     if not _rank0():
         return
-    rows = [("dataset", f"{r['dataset']} ({r['split']}, n={r['n']})"), ("binarization", r["binarization_detail"])]
-    if "nll" in r:
-        rows += [("ELBO (nats)", f"{r['elbo']:.2f} +- {r['elbo_stderr']:.2f}"),
-                 (f"-log p(x), IS k={r['k']} (nats)", f"{r['nll']:.2f} +- {r['nll_stderr']:.2f}")]
-        if "bits_per_dim" in r:
-            rows.append(("bits/dim", f"{r['bits_per_dim']:.4f}"))
-        if "recon_psnr" in r:
-            rows.append(("reconstruction PSNR (dB)", f"{r['recon_psnr']:.2f} +- {r['recon_psnr_stderr']:.2f}"))
-        if "active_units" in r:
-            rows.append(("active latent units", f"{r['active_units']} of {r['latent_dim']}"))
-        if "nll_note" in r:
-            rows.append(("note", r["nll_note"]))
-    elif "recon_nll" in r:
-        rows += [("-log p(x|z=f(x)) (nats)", f"{r['recon_nll']:.2f} +- {r['recon_nll_stderr']:.2f}"),
-                 ("note", r["note"])]
-    if "fd" in r:
-        rows += [(f"FD, {r['fd_n']} prior samples", f"{r['fd']:.3f} (decoder means: {r['fd_mean']:.3f}; "
-                  f"training vs test images: {r['fd_train']:.3f})"), ("FD note", r["fd_note"])]
-    rows.append(("seconds", f"{r['seconds']:.1f}"))
-    width = max(len(a) for a, _ in rows)
-    for a, b in rows:
-        print(f"{a:<{width}}  {b}")
-    print(f"(+- is the standard error over test images; written to {Path(args.run_dir) / 'eval.json'})")
+    print(format_result(r))  # before writing: a run folder that cannot be written still shows its results
+    path = Path(args.run_dir) / "eval.json"
+    try:
+        write_json(path, r)
+    except FileError as e:
+        raise FileError(f"{e} (the results above were not saved)") from None
+    print(f"(+- is the standard error over test images; written to {path})")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:

@@ -201,6 +201,31 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
     return result
 
 
+def format_result(r: dict[str, Any]) -> str:
+    """An evaluation's results as the table `vaelab evaluate` prints."""
+    rows = [("dataset", f"{r['dataset']} ({r['split']}, n={r['n']})"), ("binarization", r["binarization_detail"])]
+    if "nll" in r:
+        rows += [("ELBO (nats)", f"{r['elbo']:.2f} +- {r['elbo_stderr']:.2f}"),
+                 (f"-log p(x), IS k={r['k']} (nats)", f"{r['nll']:.2f} +- {r['nll_stderr']:.2f}")]
+        if "bits_per_dim" in r:
+            rows.append(("bits/dim", f"{r['bits_per_dim']:.4f}"))
+        if "recon_psnr" in r:
+            rows.append(("reconstruction PSNR (dB)", f"{r['recon_psnr']:.2f} +- {r['recon_psnr_stderr']:.2f}"))
+        if "active_units" in r:
+            rows.append(("active latent units", f"{r['active_units']} of {r['latent_dim']}"))
+        if "nll_note" in r:
+            rows.append(("note", r["nll_note"]))
+    elif "recon_nll" in r:
+        rows += [("-log p(x|z=f(x)) (nats)", f"{r['recon_nll']:.2f} +- {r['recon_nll_stderr']:.2f}"),
+                 ("note", r["note"])]
+    if "fd" in r:
+        rows += [(f"FD, {r['fd_n']} prior samples", f"{r['fd']:.3f} (decoder means: {r['fd_mean']:.3f}; "
+                  f"training vs test images: {r['fd_train']:.3f})"), ("FD note", r["fd_note"])]
+    rows.append(("seconds", f"{r['seconds']:.1f}"))
+    width = max(len(a) for a, _ in rows)
+    return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
+
+
 def _likelihood(model, inputs: SplitInputs, chunks: list[tuple[int, int]], k: int, dist: Dist, density: bool,
                 dims: int, bits_dims: int | None, progress: bool) -> dict[str, Any]:
     """ELBO and IS-NLL (k samples) over this process's chunks of the test images, gathered;

@@ -564,7 +564,7 @@ def _setup(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
     cfg, amp = _precision(cfg, model, device, resume, verbose)
     t = cfg.train
     optimizer = make_optimizer(model.parameters(), t.lr)
-    batches, budget = _batches(cfg, data, model, device, dist, verbose and not resume)
+    batches, budget = _batches(cfg, data, model, device, dist, dist.main and not resume)
     s = Session(cfg=cfg, run_dir=run_dir, dist=dist, device=device, model=model, step_model=model,
                 optimizer=optimizer, scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
                 batches=batches, test_inputs=model_inputs(model, cfg, data.test, len(data.classes), device, budget),
@@ -628,7 +628,7 @@ def _batches(cfg: Config, data, model, device: torch.device, dist: Dist, note: b
     budget = memory_budget(cfg.data, device)
     cond = data.train.conditions(len(data.classes)) if model.conditional else None
     batch_size = effective_batch_size(t.batch_size, len(data.train))
-    if batch_size < t.batch_size and note:
+    if batch_size < t.batch_size and note:  # a setting replaced is said even under --quiet
         print(f"note: {len(data.train)} training images: batches of {batch_size} instead of {t.batch_size}, "
               f"so that an epoch has {MIN_STEPS_PER_EPOCH} steps", file=sys.stderr)
     if batch_size < dist.world:
@@ -790,6 +790,10 @@ def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = True
     and within `minutes` of training in total (default: as configured; 0: no budget);
     `progress` and `quiet` as for :func:`train`."""
     cfg = load_config(run_dir)
+    done = Run(run_dir).checkpoint_epoch
+    if epochs is not None and done is not None and epochs < done:
+        raise ConfigError(f"{run_dir} has already trained {done} epochs; --epochs is the total, so give more "
+                          f"than {done} to continue it (nothing was changed)")
     changed = {k: v for k, v in (("epochs", epochs), ("minutes", minutes))
                if v is not None and v != getattr(cfg.train, k)}
     if changed:
