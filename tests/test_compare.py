@@ -5,7 +5,7 @@ import json
 import pytest
 
 from vaelab.cli import main
-from vaelab.compare import Variant, markdown, parse_variant, summarise
+from vaelab.compare import Variant, markdown, parse_variant, planned_epochs, second_probe, summarise
 
 BASE = "--dataset=mnist-sample --latent-dim 4 --batch-size 250"
 
@@ -60,8 +60,10 @@ def test_equal_time_budget_sets_epochs_from_the_first(tmp_path):
     assert main(["compare", "--out", str(out2), "--minutes", "0.15", "--seeds", "0", f"--base={BASE}",
                  "--metrics", "nll", "--k", "2", "--n", "20", "tiny=--hidden 8"]) == 0
     plan = json.loads((out2 / "tiny" / "seed-0" / "compare_epochs.json").read_text())
-    first, second = plan["probe_epoch_seconds"]
-    assert plan["epochs"] == max(2, 2 + int((9 - first - second) // second))
+    # how many probes ran depends on this machine's speed; the plan follows from them either way
+    probes = plan["probe_epoch_seconds"]
+    assert len(probes) == 1 + second_probe(9, probes[0])
+    assert plan["epochs"] == planned_epochs(9, probes)
     with pytest.raises(SystemExit):  # exactly one budget
         main(["compare", "--out", str(out), "--seeds", "0", "x=--hidden 8"])
 
@@ -77,3 +79,28 @@ def test_a_variant_with_its_own_time_budget_stops_early_and_stays_stopped(tmp_pa
     capsys.readouterr()
     assert main(args) == 0  # again: the spent budget trains nothing more
     assert json.loads((out / "compare.json").read_text())["rows"][0]["epochs"] == 1
+
+
+def test_the_equal_time_plan_from_probe_epochs():
+    assert not second_probe(9.0, 3.5) and second_probe(9.0, 3.0)
+    assert planned_epochs(9.0, [4.0]) == 2  # 4 s, then 5 s left at 4 s an epoch: one more
+    assert planned_epochs(9.0, [3.0, 1.0]) == 7  # the steady pace (1 s) plans the rest
+    assert planned_epochs(1.0, [4.0]) == 1  # the first epoch is always trained
+
+
+def test_compare_refuses_a_training_run_folder_and_a_run_where_everything_failed(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "mnist-sample", "--epochs", "1", "--hidden", "8", "--latent-dim", "2",
+                 "--quiet", "--out", str(run)]) == 0
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["compare", "--out", str(run), "--epochs", "1", "--seeds", "0", "x=--hidden 8"]) == 2
+    assert "holds a training run" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == before
+    out = tmp_path / "c"
+    assert main(["compare", "--out", str(out), "--epochs", "1", "--seeds", "0",
+                 "--base=--dataset no/such/folder", "bad=--hidden 8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "every run failed" in err[0] and "does not exist" in err[0]
+    table = (out / "compare.md").read_text().splitlines()
+    header = next(i for i, line in enumerate(table) if line.startswith("| variant"))
+    assert table[header].count("|") == table[header + 1].count("|") == table[header + 2].count("|")

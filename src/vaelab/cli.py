@@ -450,6 +450,11 @@ def cmd_compare(args: argparse.Namespace) -> None:
         raise ConfigError(str(e)) from None
     print((Path(args.out) / "compare.md").read_text(), end="")
     failed = sum("error" in r for r in result["rows"])
+    if failed == len(result["rows"]):
+        from vaelab.checkpoint import RunError
+
+        raise RunError(f"every run failed (the first: {result['rows'][0]['error']}); see "
+                       f"{Path(args.out) / 'compare.json'}")
     print(f"wrote {Path(args.out) / 'compare.md'}, compare.csv, compare.json, compare.png"
           + (f"; {failed} run(s) failed (see compare.json)" if failed else ""))
 

@@ -85,7 +85,7 @@ def run_one(variant: Variant, seed: int, out: Path, base: list[str], epochs: int
         else:
             budget = minutes * 60
             for probe in (1, 2):  # the first epoch pays one-time costs; a second one is the steady pace
-                if len(done) >= probe or (probe == 2 and budget < 3 * done[0]["seconds"]):
+                if len(done) >= probe or (probe == 2 and not second_probe(budget, done[0]["seconds"])):
                     continue
                 args = ["train", "--resume", str(run)] if started else \
                     ["train", *base, *variant.flags, "--seed", str(seed), "--out", str(run)]
@@ -94,7 +94,7 @@ def run_one(variant: Variant, seed: int, out: Path, base: list[str], epochs: int
                     return {**row, "error": _last_line(r)}
                 done, started = _records(run), True
             seconds = [d["seconds"] for d in done[:2]]
-            target = max(len(seconds), len(seconds) + int((budget - sum(seconds)) // seconds[-1]))
+            target = planned_epochs(budget, seconds)
             write_json(plan, {"epochs": target, "probe_epoch_seconds": seconds, "minutes": minutes})
     if len(done) < target:
         args = ["train", "--resume", str(run), "--epochs", str(target)] if (run / "checkpoint").exists() else \
@@ -125,9 +125,27 @@ def run_one(variant: Variant, seed: int, out: Path, base: list[str], epochs: int
 
 
 
+def second_probe(budget: float, first: float) -> bool:
+    """Whether a budget of `budget` seconds has room for a second probe epoch after a first
+    one of `first` seconds (at least three such epochs fit)."""
+    return budget >= 3 * first
+
+
+def planned_epochs(budget: float, probe_seconds: list[float]) -> int:
+    """Epochs that fit `budget` seconds: the probe epochs, then as many more as fit at the
+    pace of the last probe (the first pays one-time costs)."""
+    n = len(probe_seconds)
+    return max(n, n + int((budget - sum(probe_seconds)) // probe_seconds[-1]))
+
+
 def _last_line(r: subprocess.CompletedProcess) -> str:
-    lines = (r.stderr or r.stdout or "").strip().splitlines()
-    return lines[-1] if lines else f"exit code {r.returncode}"
+    """A failed run's error: from vaelab's own error line to the end (a message may go on over
+    several lines, such as the places searched for a dataset), else the last line."""
+    lines = [line for line in (r.stderr or r.stdout or "").strip().splitlines() if line.strip()]
+    if not lines:
+        return f"exit code {r.returncode}"
+    starts = [i for i, line in enumerate(lines) if line.startswith("vaelab ")]
+    return " ".join(line.strip() for line in lines[starts[-1]:]) if starts else lines[-1]
 
 
 def summarise(rows: list[dict[str, Any]], variants: list[Variant]) -> list[dict[str, Any]]:
@@ -148,8 +166,8 @@ def summarise(rows: list[dict[str, Any]], variants: list[Variant]) -> list[dict[
 
 def markdown(table: list[dict[str, Any]], header: str) -> str:
     shown = [m for m in METRICS if any(m in t for t in table)]
-    lines = [header, "", "| variant | flags | seeds | " + " | ".join(shown) + " |",
-             "|---|---|---|" + "---|" * len(shown)]
+    columns = ["variant", "flags", "seeds", *shown]
+    lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for t in table:
         cells = []
         for m in shown:
@@ -160,7 +178,7 @@ def markdown(table: list[dict[str, Any]], header: str) -> str:
             else:
                 cells.append(f"{t[m]['mean']:.2f} +- {t[m]['std']:.2f}")
         failed = f" ({len(t['failed'])} failed: seeds {', '.join(map(str, t['failed']))})" if t["failed"] else ""
-        lines.append(f"| {t['variant']} | `{t['flags']}` | {t['seeds']}{failed} | " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([t["variant"], f"`{t['flags']}`", f"{t['seeds']}{failed}", *cells]) + " |")
     lines += ["", "mean +- standard deviation over seeds. nll: -log p(x) by importance sampling (nats); gap: -ELBO "
               "- nll, how loose the bound is; fd: Frechet distance of prior samples to the test images in "
               "vaelab's own classifier features (lower is better; not Inception FID)."]
@@ -226,6 +244,8 @@ def compare(variants: list[Variant], out: str | Path, seeds: tuple[int, ...] = (
     names = [v.name for v in variants]
     if len(set(names)) != len(names) or not names:
         raise ValueError(f"variant names must be given and distinct, got {', '.join(names) or 'none'}")
+    if any((Path(out) / name).exists() for name in ("checkpoint", "checkpoint.old", "metrics.jsonl")):
+        raise ValueError(f"{out} holds a training run; give compare a folder of its own with --out")
     out = ensure_dir(Path(out), "compare folder")
     rows = []
     for v in variants:
