@@ -359,3 +359,40 @@ def test_evaluate_shows_its_results_when_the_run_folder_cannot_be_written(traine
     out, err = capsys.readouterr()
     assert "-log p(x), IS k=2" in out and "ELBO" in out
     assert err.count("\n") == 1 and "read-only" in err and "not saved" in err
+
+
+def test_a_train_that_fails_before_it_starts_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "new-run"
+    assert main(["train", "--dataset", str(tmp_path / "no-such-folder"), "--out", str(out), "--quiet"]) == 2
+    one_line_error(capsys, "does not exist")
+    assert not out.exists()
+
+
+def test_an_out_folder_inside_the_image_folder_is_refused(tmp_path, capsys):
+    from PIL import Image
+
+    images = tmp_path / "pictures"
+    images.mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(images / f"{i}.png")
+    assert main(["train", "--dataset", str(images), "--out", str(images / "runs" / "x"), "--quiet"]) == 2
+    one_line_error(capsys, "inside the data folder", "outside it")
+    assert sorted(p.name for p in images.iterdir()) == [f"{i}.png" for i in range(4)]
+
+
+def test_a_full_disk_reported_by_safetensors_is_one_line_and_keeps_the_checkpoint(trained, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    from vaelab import checkpoint
+
+    before = {p.name: p.read_bytes() for p in (trained / "checkpoint").iterdir()}
+
+    def full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                              '"No space left on device" })')
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    assert main(["train", "--resume", str(trained), "--epochs", "2", "--quiet"]) == 2
+    one_line_error(capsys, "cannot write the checkpoint", "disk is full", "previous one is kept")
+    assert {p.name: p.read_bytes() for p in (trained / "checkpoint").iterdir()} == before
+    assert not [p for p in trained.iterdir() if p.name.startswith(".checkpoint-")]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from vaelab import __version__
@@ -95,6 +96,10 @@ def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer: torc
         swap_in(tmp, run_dir / "checkpoint")
     except OSError as e:
         raise FileError(describe(e, "cannot write the checkpoint; the previous one is kept. Writing")) from None
+    except SafetensorError as e:  # safetensors reports its own write errors (a full disk among them)
+        full = "No space left" in str(e) or "StorageFull" in str(e)
+        why = "the disk is full; free space or write elsewhere" if full else str(e).splitlines()[0]
+        raise FileError(f"cannot write the checkpoint in {run_dir} ({why}); the previous one is kept") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -424,6 +424,28 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
     if dist.active and out is None:
         raise ConfigError("under torchrun pass --out (each process would otherwise name its own run folder)")
+    _check_out_of_data(cfg, run_dir)
+    made = dist.main and not run_dir.exists()
+    try:
+        return _train_in_folder(cfg, run_dir, resume, progress, quiet, dataset, overwrite, dist, device)
+    except BaseException:
+        if made and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".lock"}:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a failed start leaves no empty folder behind
+        raise
+
+
+def _check_out_of_data(cfg: Config, run_dir: Path) -> None:
+    """A run folder inside the image folder it trains on would add its own pictures to the data."""
+    if not is_path(cfg.data.dataset):
+        return
+    data = Path(cfg.data.dataset).expanduser().resolve()
+    if data.is_dir() and run_dir.resolve().is_relative_to(data):
+        raise ConfigError(f"--out {run_dir} is inside the data folder {data}: its pictures would become training "
+                          "images; choose an --out outside it")
+
+
+def _train_in_folder(cfg: Config, run_dir: Path, resume: bool, progress: bool, quiet: bool, dataset,
+                     overwrite: bool, dist: Dist, device: torch.device) -> Path:
     with ExitStack() as stack:
 
         def open_run_folder() -> None:
