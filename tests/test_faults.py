@@ -396,3 +396,28 @@ def test_a_full_disk_reported_by_safetensors_is_one_line_and_keeps_the_checkpoin
     one_line_error(capsys, "cannot write the checkpoint", "disk is full", "previous one is kept")
     assert {p.name: p.read_bytes() for p in (trained / "checkpoint").iterdir()} == before
     assert not [p for p in trained.iterdir() if p.name.startswith(".checkpoint-")]
+
+
+def test_a_real_full_disk_ends_in_one_error_line_without_a_traceback(tmp_path, capsys):
+    """On a real small file system (a 300 KiB tmpfs): every write path (metrics, pictures,
+    TensorBoard's writer thread, safetensors) meets ENOSPC somewhere."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root; the injected-error tests above cover the same paths")
+    disk = tmp_path / "small"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    try:
+        assert main(["train", "--dataset", "mnist-sample", "--hidden", "32", "--latent-dim", "4", "--epochs", "2",
+                     "--out", str(disk / "run"), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "Traceback" not in "\n".join(err)
+        assert err[-1].startswith("vaelab train: error:") and "disk is full" in err[-1]
+        assert all(line.startswith(("warning:", "vaelab train: error:")) for line in err)
+        assert not [p for p in (disk / "run").iterdir() if p.name.startswith(".checkpoint-")]
+        json.loads((disk / "run" / "config.json").read_text())  # what was written is whole
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

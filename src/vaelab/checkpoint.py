@@ -99,7 +99,8 @@ def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer: torc
     except SafetensorError as e:  # safetensors reports its own write errors (a full disk among them)
         full = "No space left" in str(e) or "StorageFull" in str(e)
         why = "the disk is full; free space or write elsewhere" if full else str(e).splitlines()[0]
-        raise FileError(f"cannot write the checkpoint in {run_dir} ({why}); the previous one is kept") from None
+        kept = "the previous one is kept" if _ckpt_dirs(run_dir) else "no epoch of this run is saved yet"
+        raise FileError(f"cannot write the checkpoint in {run_dir} ({why}); {kept}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -355,17 +356,55 @@ def write_pictures(model, run_dir: Path, x: torch.Tensor, sample_seed: int,
 # ----------------------------------------------------------------------------- TensorBoard
 
 
-def open_tensorboard(run_dir: Path, first_epoch: int):
-    """A SummaryWriter on RUN/tensorboard (so `tensorboard --logdir runs` compares runs), or
-    None when tensorboard is not installed (``pip install "vaelab[tensorboard]"``).
+class Board:
+    """TensorBoard events in RUN/tensorboard (so `tensorboard --logdir runs` compares runs),
+    when tensorboard is installed (``pip install "vaelab[tensorboard]"``); otherwise nothing.
 
     Events are stepped by epoch. purge_step = `first_epoch`: TensorBoard hides the events a
-    killed run wrote for epochs after its last checkpoint, which this run redoes."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_epoch)
+    killed run wrote for epochs after its last checkpoint, which this run redoes. The events
+    only copy what metrics.jsonl and the pictures hold, so a write that fails (a full disk,
+    also inside tensorboard's writer thread) turns them off with one warning instead of
+    stopping the run."""
+
+    def __init__(self, run_dir: Path, first_epoch: int) -> None:
+        self.writer, self.failed = None, False
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        self._hook, threading.excepthook = threading.excepthook, self._thread_failed
+        self._do(lambda: setattr(self, "writer", SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_epoch)))
+
+    def _thread_failed(self, args) -> None:
+        frames = traceback.extract_tb(args.exc_traceback)
+        if any("tensorboard" in f.filename for f in frames):
+            return  # its writer thread: the error comes back at the next flush, where _do says it
+        self._hook(args)
+
+    def _do(self, fn) -> None:
+        if self.failed:
+            return
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - any failure of an optional copy of the metrics
+            self.failed, self.writer = True, None
+            what = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+            print(f"warning: TensorBoard events are off for this run: writing them failed ({what}); "
+                  "metrics.jsonl and the pictures are unaffected", file=sys.stderr)
+
+    def epoch(self, record: dict[str, Any], pictures: dict[str, Any]) -> None:
+        if self.writer is not None:
+            self._do(lambda: log_epoch(self.writer, record, pictures))
+
+    def hparams(self, cfg: Config, record: dict[str, Any]) -> None:
+        if self.writer is not None:
+            self._do(lambda: log_hparams(self.writer, cfg, record))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self._do(self.writer.close)
+        if hasattr(self, "_hook"):
+            threading.excepthook = self._hook
 
 
 def log_epoch(board, record: dict[str, Any], pictures: dict[str, Any]) -> None:
@@ -536,7 +575,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
     s = _setup(cfg, run_dir, resume, progress, verbose, dataset, dist, device)
     t = s.cfg.train
     first_epoch = s.epoch + 1
-    board = open_tensorboard(run_dir, first_epoch) if dist.main else None
+    board = Board(run_dir, first_epoch) if dist.main else None
     if board is not None:
         stack.callback(board.close)  # flushes on every way out
     x_show, c_show, _ = s.test_inputs.rows(0, 32)
@@ -556,7 +595,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
             # (and TensorBoard hides, by the resumed writer's purge_step)
             _write_metrics(run_dir, s.records)
             if board is not None:
-                log_epoch(board, record, pictures)
+                board.epoch(record, pictures)
             # the data generators are all of a run's random state: model noise is tied to (step, image)
             save_checkpoint(run_dir, s.model, s.optimizer, {**s.info, "epoch": s.epoch, "step": s.step},
                             rng=s.batches.rng_state())
@@ -567,7 +606,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
     if s.epoch < t.epochs and verbose:  # the loop ended early: the time budget is spent
         print(_budget_note(t, s.records, s.epoch), flush=True)
     if board is not None and s.epoch >= first_epoch:  # this call trained: the final metrics are new
-        log_hparams(board, s.cfg, s.records[-1])
+        board.hparams(s.cfg, s.records[-1])
     return run_dir
 
 
@@ -580,13 +619,15 @@ def _setup(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
     make_optimizer = choose(OPTIMIZERS, cfg.train.optimizer, "optimizer")
     choose(SCHEDULES, cfg.train.schedule, "schedule")
     data = dataset or _load_data(cfg, progress, dist, device)
-    cfg = _configure(cfg, data, resume, verbose, dist)
+    cfg, chosen = _configure(cfg, data, resume, verbose, dist)
     check_data_fit(cfg.model, cfg.data.binarization)
     model = build_model(cfg.model, data.image_shape, cond_dim=data.cond_dim).to(device)
     cfg, amp = _precision(cfg, model, device, resume, verbose)
     t = cfg.train
     optimizer = make_optimizer(model.parameters(), t.lr)
-    batches, budget = _batches(cfg, data, model, device, dist, dist.main and not resume)
+    # a batch size replaced is said even under --quiet when it was asked for
+    note = dist.main and not resume and (verbose or "train.batch_size" not in chosen)
+    batches, budget = _batches(cfg, data, model, device, dist, note)
     s = Session(cfg=cfg, run_dir=run_dir, dist=dist, device=device, model=model, step_model=model,
                 optimizer=optimizer, scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
                 batches=batches, test_inputs=model_inputs(model, cfg, data.test, len(data.classes), device, budget),
@@ -609,8 +650,9 @@ def _setup(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
     return s
 
 
-def _configure(cfg: Config, data, resume: bool, verbose: bool, dist: Dist) -> Config:
-    """The run's config: the recipe filled from the data (said once), the data's identity recorded."""
+def _configure(cfg: Config, data, resume: bool, verbose: bool, dist: Dist) -> tuple[Config, dict[str, str]]:
+    """The run's config: the recipe filled from the data (said once), the data's identity
+    recorded; and the settings chosen from the data."""
     facts = data.facts()
     cfg, chosen = resolve(cfg, facts)
     if verbose and not resume:
@@ -626,7 +668,7 @@ def _configure(cfg: Config, data, resume: bool, verbose: bool, dist: Dist) -> Co
     if not resume:  # record where the data came from and what it was
         where = str(Path(cfg.data.dataset).expanduser().resolve()) if is_path(cfg.data.dataset) else cfg.data.dataset
         cfg = cfg.replace(data={"dataset": where, "fingerprint": data.fingerprint or None})
-    return cfg
+    return cfg, chosen
 
 
 def _precision(cfg: Config, model, device: torch.device, resume: bool, verbose: bool):
@@ -650,7 +692,7 @@ def _batches(cfg: Config, data, model, device: torch.device, dist: Dist, note: b
     budget = memory_budget(cfg.data, device)
     cond = data.train.conditions(len(data.classes)) if model.conditional else None
     batch_size = effective_batch_size(t.batch_size, len(data.train))
-    if batch_size < t.batch_size and note:  # a setting replaced is said even under --quiet
+    if batch_size < t.batch_size and note:
         print(f"note: {len(data.train)} training images: batches of {batch_size} instead of {t.batch_size}, "
               f"so that an epoch has {MIN_STEPS_PER_EPOCH} steps", file=sys.stderr)
     if batch_size < dist.world:
