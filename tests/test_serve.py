@@ -306,3 +306,70 @@ def test_cli_errors_are_one_line(runs, tmp_path):
     proc = _cli(tmp_path, "--port", "0")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "not a vaelab run folder" in err and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- hostile requests
+
+POST_ENDPOINTS = ["/api/decode", "/api/encode", "/api/interpolate", "/api/noise", "/api/classes", "/api/prior"]
+
+
+def test_hostile_json_is_a_400_never_a_500(client):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for body in (deep, b'{"z": [' + b"9" * 400 + b"]}", b'{"z": [NaN]}', b'{"z": [1e999]}'):
+        for path in POST_ENDPOINTS:
+            r = client.post(path, content=body, headers={"content-type": "application/json"})
+            assert 400 <= r.status_code < 500, (path, body[:40], r.status_code)
+            assert "error" in r.json()
+    assert client.get("/favicon.ico").status_code == 204
+    from vaelab.serve import _json_depth
+
+    assert _json_depth(b'{"a": "\\"[[[[", "b": [[1]]}') == 3  # brackets inside strings do not count
+
+
+def test_many_spellings_of_a_map_share_one_cache_entry_and_the_cache_is_bounded(sessions, client):
+    from vaelab.serve import MAX_MAPS
+
+    s = sessions["vae5"]
+    for spelling in ("0,1", "00,1", "0,01", " 0, 1", "+0,1"):
+        assert client.get("/api/map", params={"dims": spelling}).status_code == 200
+    assert sum(key == "0,1" for key in s.maps) == 1
+    for i in range(5):
+        for j in range(5):
+            if i != j:
+                client.get("/api/map", params={"dims": f"{i},{j}"})
+    assert len(s.maps) <= MAX_MAPS
+
+
+def _random_json(rng, depth=0):
+    kind = rng.integers(8 if depth < 4 else 5)
+    if kind == 0:
+        return int(rng.integers(-10**6, 10**6)) * (10 ** int(rng.integers(0, 40)))
+    if kind == 1:
+        return float(rng.normal()) * 10.0 ** int(rng.integers(-5, 300))
+    if kind == 2:
+        return "".join(chr(int(c)) for c in rng.integers(32, 0x2FF, int(rng.integers(0, 12))))
+    if kind == 3:
+        return [None, True, False][int(rng.integers(3))]
+    if kind == 4:
+        return []
+    if kind in (5, 6):
+        return [_random_json(rng, depth + 1) for _ in range(int(rng.integers(0, 6)))]
+    keys = ["z", "c", "t", "a", "b", "index", "image", "kind", "level", "seed", "n", "mode", "cls", "class"]
+    return {keys[int(k)]: _random_json(rng, depth + 1) for k in rng.integers(0, len(keys), int(rng.integers(0, 5)))}
+
+
+def test_a_json_fuzz_of_every_endpoint_gives_no_5xx(client, sessions):
+    """Seeded random bodies (numbers of any size, strings, nesting, wrong types and keys),
+    a fixed count per endpoint: every answer is a 2xx or a 4xx with a message."""
+    rng = np.random.default_rng(0)
+    statuses = []
+    for path in POST_ENDPOINTS:
+        for _ in range(150):
+            r = client.post(path, json=_random_json(rng))
+            statuses.append(r.status_code)
+            assert r.status_code < 500, (path, r.text[:200])
+    for _ in range(100):
+        dims = ",".join(str(int(v)) for v in rng.integers(-3, 8, int(rng.integers(1, 4))))
+        assert client.get("/api/map", params={"dims": dims}).status_code < 500
+    assert len(sessions["vae5"].maps) <= 16
+    assert any(s == 400 for s in statuses)

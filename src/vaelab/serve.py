@@ -176,7 +176,17 @@ class Session:
             dims = "pca" if d > 2 else "0,1" if d == 2 else "0"
         if not isinstance(dims, str):
             raise BadRequest("dims must be 'pca' or two latent dimensions such as '0,1'")
-        if dims not in self.maps:
+        if dims not in ("pca", "0"):  # one key per map, however its dimensions are spelled
+            try:
+                dims = ",".join(str(int(v)) for v in dims.split(","))
+            except ValueError:
+                raise BadRequest(f"dims must be 'pca' or two latent dimensions such as '0,1', got {dims!r:.40}") \
+                    from None
+        if dims in self.maps:
+            self.maps[dims] = self.maps.pop(dims)  # most recently used last
+        else:
+            if len(self.maps) >= MAX_MAPS:
+                self.maps.pop(next(iter(self.maps)))  # the least recently used map goes
             self.maps[dims] = self._map(dims, d)
         return self.maps[dims]
 
@@ -375,12 +385,58 @@ class DecodeBatcher:
 # ----------------------------------------------------------------------------- the web app
 
 
+MAX_MAPS = 16  # latent maps kept per session (each holds a projection of every test code)
+MAX_DEPTH, MAX_DIGITS = 16, 30  # JSON bodies: nesting and digits of an integer
+
+
+def _json_depth(raw: bytes) -> int:
+    """The deepest nesting of [ and { in a JSON text, strings skipped (a linear scan)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (byte == 0x5C, byte != 0x22)
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise BadRequest(f"a number with more than {MAX_DIGITS} digits")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadRequest(f"a number out of range: {text[:20]}")
+    return value
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON, refusing what no page sends: nesting deeper than MAX_DEPTH,
+    integers of more than MAX_DIGITS digits, infinite or NaN numbers (each a 400)."""
+    if _json_depth(raw) > MAX_DEPTH:
+        raise BadRequest(f"the body is nested deeper than {MAX_DEPTH} levels")
+    try:
+        return json.loads(raw, parse_int=_bounded_int, parse_float=_finite_float,
+                          parse_constant=lambda name: _finite_float(name))
+    except (ValueError, RecursionError) as e:
+        raise BadRequest(f"the body is not JSON ({str(e)[:80]})") from None
+
+
 def make_app(session: Session):
     """The Starlette app serving the page and its JSON API for `session`."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
-    from starlette.responses import FileResponse, JSONResponse
+    from starlette.responses import FileResponse, JSONResponse, Response
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
@@ -395,10 +451,7 @@ def make_app(session: Session):
             raw += chunk
             if len(raw) > MAX_BODY:
                 raise TooLarge(f"request body over {MAX_BODY >> 20} MiB")
-        try:
-            body = json.loads(raw or b"{}")
-        except ValueError as e:
-            raise BadRequest(f"the body is not JSON ({e})") from None
+        body = parse_json(raw or b"{}")
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object")
         return body
@@ -433,6 +486,7 @@ def make_app(session: Session):
 
     routes = [
         Route("/", index),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),
         Route("/api/info", endpoint(lambda q: session.info())),
         Route("/api/map", endpoint(lambda q: session.map(q.get("dims")))),
         Route("/api/gallery", endpoint(lambda q: session.gallery())),

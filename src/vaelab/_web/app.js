@@ -384,6 +384,12 @@ async function start() {
   setupDrawing();
   await loadMap(views[0][0] === "custom" ? "0,1" : views[0][0]);
   await loadGallery();
+  // the first view shows a test image at work, not empty frames: the first one is encoded
+  const first = document.querySelector("#gallery img");
+  if (first) {
+    first.classList.add("chosen");
+    await encode({index: 0}).catch((e) => setStatus(e.message));
+  }
   await drawPrior();
   document.body.dataset.ready = "1";
 }
