@@ -421,3 +421,35 @@ def test_a_real_full_disk_ends_in_one_error_line_without_a_traceback(tmp_path, c
         json.loads((disk / "run" / "config.json").read_text())  # what was written is whole
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+# ----------------------------------------------------------------------------- hostile image folders
+
+
+def _hostile_folder(root: Path) -> Path:
+    """20 good PNGs, plus a FIFO, a broken link and a file whose name is not UTF-8, each
+    named like an image."""
+    import os
+
+    from PIL import Image
+
+    root.mkdir()
+    for i in range(20):
+        Image.new("RGB", (8, 8), (10 * i, 100, 200 - 5 * i)).save(root / f"img{i:02d}.png")
+    os.mkfifo(root / "fifo.png")
+    (root / "broken.png").symlink_to(root / "no-such-target.png")
+    with open(os.path.join(os.fsencode(root), b"bad-\xff-name.png"), "wb") as f:
+        f.write((root / "img00.png").read_bytes())
+    return root
+
+
+def test_special_files_and_odd_names_are_named_or_skipped_never_opened(tmp_path, capsys):
+    data = _hostile_folder(tmp_path / "hostile")
+    args = ["train", "--dataset", str(data), "--epochs", "1", "--hidden", "16", "--latent-dim", "2",
+            "--net", "mlp", "--test-fraction", "0.4", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    err = one_line_error(capsys, "--skip-bad-images", "and 2 more")
+    assert any(word in err for word in ("FIFO", "UTF-8"))
+    assert main([*args, "--skip-bad-images", "--out", str(tmp_path / "b")]) == 0
+    skipped = (tmp_path / "b" / "skipped_images.txt").read_text()
+    assert "fifo.png" in skipped and "broken.png" in skipped and "bad-\\xff-name.png" in skipped

@@ -224,11 +224,19 @@ def _chunks(items: list, n: int = 64) -> list[list]:
 # ----------------------------------------------------------------------------- folders
 
 
-def scan(root: Path) -> list[tuple[str, int, int]]:
-    """Image files below `root` as sorted (relative path, size, mtime_ns); hidden entries skipped.
+def shown(name: str) -> str:
+    """A file name as it can be printed and written: bytes that are not UTF-8 as \\x escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def scan(root: Path) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]]]:
+    """Image files below `root` as sorted (relative path, size, mtime_ns), hidden entries
+    skipped; and the entries with an image's name that cannot be read as one (a FIFO, a
+    device, a broken link, a name that is not UTF-8, an entry that cannot be stat'ed) as
+    (printable relative path, why), never opened (a FIFO would block a reader for good).
     Plain strings, not pathlib: listing 50,000 files must take a fraction of a second."""
     exts = image_extensions()
-    found = []
+    found, unreadable = [], []
     stack = [(str(root), "")]
     while stack:
         d, prefix = stack.pop()
@@ -243,10 +251,29 @@ def scan(root: Path) -> list[tuple[str, int, int]]:
             if e.is_dir():
                 stack.append((e.path, prefix + name + "/"))
             elif os.path.splitext(name)[1].lower() in exts:
+                why = _unreadable(e, name)
+                if why:
+                    unreadable.append((shown(prefix + name), why))
+                    continue
                 st = e.stat()
                 found.append((prefix + name, st.st_size, st.st_mtime_ns))
     found.sort()
-    return found
+    return found, sorted(unreadable)
+
+
+def _unreadable(entry: os.DirEntry, name: str) -> str | None:
+    """Why a directory entry with an image's name cannot be read as an image file, or None."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8; rename it"
+    try:
+        if not entry.is_file():  # follows links: a broken link is not a file either
+            return "not a regular file (a FIFO, a device or a broken link)"
+        entry.stat()
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    return None
 
 
 def _layout(files: list[str], fraction: float) -> tuple[list[str], list[int | None], list[str]]:
@@ -442,7 +469,11 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
     root = Path(root).resolve()
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
-    files = scan(root)
+    files, unreadable = scan(root)
+    if unreadable and not skip_bad:
+        rel, why = unreadable[0]
+        more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+        raise DataError(f"{root / rel}: {why}{more}; remove it or pass --skip-bad-images")
     if not files:
         exts = ", ".join(sorted(e for e in image_extensions() if e in (".png", ".jpg", ".jpeg", ".bmp", ".gif",
                                                                        ".webp", ".tif", ".tiff")))
@@ -457,7 +488,7 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
 
     rels = [f[0] for f in files]
     splits_of, labels_of, classes = _layout(rels, transform.test_fraction)
-    bad: dict[str, str] = {}
+    bad: dict[str, str] = dict(unreadable)
     shape, good = _resolve_shape(root, rels, transform, skip_bad, progress, bad)
     good_set = set(good)
     # rows of unchanged files in an old cache with the same shape and transform are copied, not decoded
