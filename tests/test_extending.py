@@ -42,6 +42,7 @@ def test_a_toy_objective_and_model_from_a_test_file(tmp_path, registries, capsys
     assert main(["evaluate", str(run), "--k", "4", "--n", "20", "--quiet"]) == 0
 
     # what the model does not declare is refused in one line, naming what it takes
+    capsys.readouterr()
     assert main(["train", *TINY, "--model", "half-kl-vae", "--objective", "iwae", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "trains with half-kl, elbo, not iwae" in err[0]

@@ -93,7 +93,8 @@ def test_explicit_settings_are_kept_and_the_rest_follows_them():
 def test_eight_bit_epochs_follow_the_number_of_images():
     assert eight_bit_epochs(DataFacts((3, 32, 32), 50000, False)) == 4
     assert eight_bit_epochs(DataFacts((3, 64, 64), 2000, False)) == 100
-    assert eight_bit_epochs(DataFacts((1, 8, 8), 10, False)) == 1000
+    assert eight_bit_epochs(DataFacts((1, 8, 8), 10, False)) == 100  # small folders: at most 100 epochs
+    assert eight_bit_epochs(DataFacts((3, 32, 32), 731, False)) == 100
     assert eight_bit_epochs(DataFacts((3, 512, 512), 1000000, False)) == 1
 
 
