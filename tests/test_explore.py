@@ -141,3 +141,15 @@ def test_noise_levels_and_psnr():
     gauss = add_noise(x + 0.5, "gaussian", 0.1, g)
     assert abs((gauss - 0.5).std().item() - 0.1) < 0.005
     assert psnr(torch.tensor(0.01)).item() == pytest.approx(20.0)
+
+
+def test_figure_options_are_parameters_of_their_figures():
+    """`plot` passes each figure the options FIGURE_OPTIONS names; a renamed parameter fails
+    here instead of silently disconnecting its flag."""
+    import inspect
+
+    from vaelab.explore import FIGURE_OPTIONS
+
+    for name, options in FIGURE_OPTIONS.items():
+        params = inspect.signature(FIGURES[name]).parameters
+        assert set(options) <= set(params), name

@@ -15,7 +15,6 @@ without ``%matplotlib inline``)::
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +115,7 @@ def figure_recon(ex: Explorer, n: int = 10):
 
 @torch.no_grad()
 def figure_samples(ex: Explorer, n: int = 32, ncol: int = 8):
-    """Prior samples (seeds 001, 002): n codes z ~ N(0, I), each decoded to its mean
+    """Prior samples: n codes z ~ N(0, I), each decoded to its mean
     E[x|z] and to one draw x ~ p(x|z)."""
     g = ex.gen()
     prior = ex.model.sample(n, generator=g, c=ex.cond(n))
@@ -348,6 +347,14 @@ FIGURES = {
     "transfer": figure_transfer,
 }
 
+# the options of `plot` (and `vaelab plot`) each figure takes, by the name of its parameter
+FIGURE_OPTIONS = {
+    "manifold": ("steps", "span", "dims"),
+    "interpolate": ("steps",),
+    "combine": ("weights",),
+    "denoise": ("kind", "levels", "against"),
+}
+
 
 def plot(run_dir: str | Path, what: list[str], out: str | Path | None = None, seed: int = 0,
          device: str = "cpu", **options: Any) -> list[Path]:
@@ -359,10 +366,8 @@ def plot(run_dir: str | Path, what: list[str], out: str | Path | None = None, se
     ex = Explorer.from_run(run_dir, seed=seed, device=device)
     written = []
     for name in what:
-        fn = FIGURES[name]
-        params = inspect.signature(fn).parameters
-        kwargs = {k: v for k, v in options.items() if v is not None and k in params}
-        fig, numbers = fn(ex, **kwargs)
+        kwargs = {k: options[k] for k in FIGURE_OPTIONS.get(name, ()) if options.get(k) is not None}
+        fig, numbers = FIGURES[name](ex, **kwargs)
         written.append(plots.save_figure(fig, out / f"{name}.png"))
         if numbers:
             write_json(out / f"{name}.json", numbers)

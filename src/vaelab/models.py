@@ -289,7 +289,7 @@ class HVAE(_Base):
 
 
 class AE(_Base):
-    """Deterministic autoencoder (seeds 001/004): a code per image, no prior, no density.
+    """Deterministic autoencoder: a code per image, no prior, no density.
 
     Trained by maximising log p(x | z = f(x)) with the same likelihood families as the
     VAE (Bernoulli log-likelihood = binary cross-entropy). ``sample`` decodes N(0, I)
