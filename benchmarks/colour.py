@@ -56,7 +56,7 @@ import zipfile
 from datetime import date
 from pathlib import Path
 
-from common import Run, machine, vaelab
+from common import Run, machine, pythae_epoch_clock, vaelab
 
 ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vaelab" / "colour-benchmark"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -226,7 +226,6 @@ def pythae_speed(args) -> dict:
     from pythae.models.nn import BaseDecoder, BaseEncoder
     from pythae.pipelines import TrainingPipeline
     from pythae.trainers import BaseTrainerConfig
-    from pythae.trainers.training_callbacks import TrainingCallback
 
     from vaelab.config import Config, resolve
     from vaelab.images import Transform, load_folder
@@ -249,16 +248,6 @@ def pythae_speed(args) -> dict:
         def forward(self, z):
             return ModelOutput(reconstruction=self.net(z))
 
-    class Clock(TrainingCallback):
-        def __init__(self):
-            self.starts = []
-
-        def on_epoch_begin(self, training_config, **kw):
-            self.starts.append(time.perf_counter())
-
-        def on_train_end(self, training_config, **kw):
-            self.starts.append(time.perf_counter())
-
     rows = []
     for size in args.sizes:
         ds = load_folder(args.root / "icons", Transform((size, size), 0, "white", 0.1), progress=False)
@@ -274,7 +263,7 @@ def pythae_speed(args) -> dict:
             tc = BaseTrainerConfig(output_dir=tmp, num_epochs=args.epochs, learning_rate=cfg.train.lr,
                                    per_device_train_batch_size=cfg.train.batch_size,
                                    per_device_eval_batch_size=cfg.train.batch_size, optimizer_cls="Adam", no_cuda=True)
-            clock = Clock()
+            clock = pythae_epoch_clock()
             TrainingPipeline(training_config=tc, model=model)(train_data=train, eval_data=test, callbacks=[clock])
         secs = [b - a for a, b in zip(clock.starts[:-1], clock.starts[1:])]
         rows.append({"size": size, "pythae_images_per_s": len(train) / statistics.median(secs[1:])})

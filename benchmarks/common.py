@@ -18,7 +18,7 @@ from pathlib import Path
 from vaelab.checkpoint import Run
 from vaelab.runtime import cpu_name
 
-__all__ = ["Run", "machine", "vaelab", "VaelabFailed"]
+__all__ = ["Run", "machine", "pythae_epoch_clock", "vaelab", "VaelabFailed"]
 
 
 class VaelabFailed(RuntimeError):
@@ -67,3 +67,23 @@ def median_epoch_seconds(run: str | Path, skip: int = 1) -> float:
 
     seconds = [r["seconds"] for r in Run(run).metrics()]
     return statistics.median(seconds[skip:] or seconds)
+
+
+def pythae_epoch_clock():
+    """A pythae training callback that records the time at each epoch's start and at the end
+    of training (`.starts`), for images/s per epoch (needs pythae)."""
+    import time
+
+    from pythae.trainers.training_callbacks import TrainingCallback
+
+    class Clock(TrainingCallback):
+        def __init__(self):
+            self.starts = []
+
+        def on_epoch_begin(self, training_config, **kw):
+            self.starts.append(time.perf_counter())
+
+        def on_train_end(self, training_config, **kw):
+            self.starts.append(time.perf_counter())
+
+    return Clock()

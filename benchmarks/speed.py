@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from common import Run, vaelab
+from common import Run, pythae_epoch_clock, vaelab
 from vaelab.runtime import cpu_name
 
 ENC = [784, 512, 512, 100]  # 100 = mean and log-std of a 50-d latent
@@ -125,7 +125,6 @@ def pythae_train(batch: int, epochs: int, workdir: Path) -> dict | None:
         from pythae.models.nn import BaseDecoder, BaseEncoder
         from pythae.pipelines import TrainingPipeline
         from pythae.trainers import BaseTrainerConfig
-        from pythae.trainers.training_callbacks import TrainingCallback
     except ImportError:
         return None
     from torch import nn
@@ -152,16 +151,6 @@ def pythae_train(batch: int, epochs: int, workdir: Path) -> dict | None:
         def forward(self, z):
             return ModelOutput(reconstruction=torch.sigmoid(self.body(z)).reshape(len(z), 1, 28, 28))
 
-    class Clock(TrainingCallback):
-        def __init__(self):
-            self.starts = []
-
-        def on_epoch_begin(self, training_config, **kw):
-            self.starts.append(time.perf_counter())
-
-        def on_train_end(self, training_config, **kw):
-            self.starts.append(time.perf_counter())
-
     data = load_dataset("mnist")
     g = torch.Generator().manual_seed(0)
     train_x = as_input(data.train.images, "fixed", False, generator=g).numpy()
@@ -171,7 +160,7 @@ def pythae_train(batch: int, epochs: int, workdir: Path) -> dict | None:
     cfg = BaseTrainerConfig(output_dir=str(workdir / "pythae"), num_epochs=epochs, learning_rate=1e-3,
                             per_device_train_batch_size=batch, per_device_eval_batch_size=batch,
                             optimizer_cls="Adam", no_cuda=True)
-    clock = Clock()
+    clock = pythae_epoch_clock()
     TrainingPipeline(training_config=cfg, model=model)(train_data=train_x, eval_data=test_x, callbacks=[clock])
     epoch_secs = [b - a for a, b in zip(clock.starts[:-1], clock.starts[1:])]
     sec = statistics.median(epoch_secs[1:])
