@@ -53,7 +53,7 @@ def test_class_folders_give_labels_and_a_grey_cache(tmp_path):
     assert len(d.train) + len(d.test) == 60 and len(d.test) > 0
     # rows decode to exactly the files' pixels, labels match the folder names
     x, y = digits(60)
-    manifest = json.loads((vi._cache_folder((tmp_path / "ds").resolve()) / "manifest.json").read_text())
+    manifest = json.loads((vi._cache_folder((tmp_path / "ds").resolve(), T) / "manifest.json").read_text())
     for split in ("train", "test"):
         files = manifest["splits"][split]["files"]
         split_obj = getattr(d, split)
@@ -122,7 +122,8 @@ def test_every_pillow_mode_and_format_decodes(tmp_path):
     d = load_folder(root, Transform(None, 0, "black", 0.5), progress=False)
     assert d.image_shape == (3, 20, 30)
     files = {}
-    manifest = json.loads((vi._cache_folder(root.resolve()) / "manifest.json").read_text())
+    manifest = json.loads((vi._cache_folder(root.resolve(), Transform(None, 0, "black", 0.5)) / "manifest.json")
+                          .read_text())
     for split in ("train", "test"):
         rows = getattr(d, split).images.read(np.arange(len(getattr(d, split))))
         files.update(dict(zip(manifest["splits"][split]["files"], rows)))
@@ -433,3 +434,66 @@ def test_cifar10_download_checks_md5_and_writes_atomically(tmp_path, monkeypatch
     with pytest.raises(DataError, match="MD5 mismatch"):
         vd.load_dataset("cifar10")
     assert not any((tmp_path / "cache2" / "vaelab" / "cifar10").iterdir())  # nothing half-written left
+
+
+# ----------------------------------------------------------------------------- the shared image cache
+
+
+def _colour_folder(root: Path, n: int = 30) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+
+
+def test_each_size_has_its_own_cache_and_a_reader_keeps_its_version(tmp_path):
+    root = tmp_path / "pics"
+    _colour_folder(root)
+    t16, t8 = Transform((16, 16), 0, "white", 0.2), Transform((8, 8), 0, "white", 0.2)
+    first = load_folder(root, t16, progress=False)
+    before = first.train.images.read(np.arange(3))
+    load_folder(root, t8, progress=False)  # another size: its own folder, the 16x16 cache untouched
+    assert vi._cache_folder(root.resolve(), t16) != vi._cache_folder(root.resolve(), t8)
+    index = vi._cache_folder(root.resolve(), t16) / "index.json"
+    stamp = index.read_bytes()
+    load_folder(root, t16, progress=False)
+    assert index.read_bytes() == stamp  # reused, not rebuilt
+    # the folder changes and another run rebuilds the 16x16 cache under the first reader
+    _colour_folder(root, 40)  # ten more images
+    second = load_folder(root, t16, progress=False)
+    assert len(second.train) + len(second.test) == 40
+    np.testing.assert_array_equal(first.train.images.read(np.arange(3)), before)  # its own version
+
+
+def test_half_built_caches_of_dead_builders_are_removed(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = tmp_path / "pics"
+    _colour_folder(root)
+    t = Transform((8, 8), 0, "white", 0.2)
+    folder = vi._cache_folder(root.resolve(), t)
+    folder.parent.mkdir(parents=True)
+    dead = folder.parent / f".{folder.name}-999999999-x1"  # no such process
+    alive = folder.parent / f".{folder.name}-{os.getpid()}-x2"
+    dead.mkdir()
+    alive.mkdir()
+    load_folder(root, t, progress=False)
+    assert not dead.exists() and alive.exists()
+
+
+def test_decoding_workers_end_with_their_parent_and_take_sigterm_plainly():
+    import multiprocessing
+    import signal
+
+    def child(queue):
+        signal.signal(signal.SIGTERM, lambda *a: None)  # as the training process's handler
+        vi._worker_init()
+        queue.put(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    p = ctx.Process(target=child, args=(queue,))
+    p.start()
+    assert queue.get(timeout=60) is True
+    p.join()

@@ -354,10 +354,18 @@ class ImageFile:
 
     Rows are read with positional reads, not a memory map, so streaming a file larger
     than memory does not grow the process's resident memory. N = -1: from the file size.
+    The file is opened once (by `open`, or at the first read) and kept open: a cache rebuilt
+    and swapped in by another run meanwhile replaces the name, not what this reader reads.
     """
 
     path: Path
     shape: tuple[int, ...]
+    _handle: dict = field(default_factory=dict, compare=False, repr=False)  # {"file": the open file}
+
+    def open(self) -> ImageFile:
+        if "file" not in self._handle:
+            self._handle["file"] = open(self.path, "rb", buffering=0)  # noqa: SIM115 - kept open on purpose
+        return self
 
     @property
     def row_bytes(self) -> int:
@@ -370,8 +378,12 @@ class ImageFile:
     def nbytes(self) -> int:
         return len(self) * self.row_bytes
 
+    def file_size(self) -> int:
+        """Bytes in the file this reader reads (the version it opened)."""
+        return os.fstat(self.open()._handle["file"].fileno()).st_size
+
     def head(self, n: int) -> ImageFile:
-        return ImageFile(self.path, (min(n, len(self)), *self.shape[1:]))
+        return ImageFile(self.path, (min(n, len(self)), *self.shape[1:]), self._handle)
 
     def read(self, idx: np.ndarray) -> np.ndarray:
         """Rows `idx` (any order, repeats allowed) -> (len(idx), C, H, W), one read per run of
@@ -381,25 +393,25 @@ class ImageFile:
         sorted_idx = idx[order]
         out = np.empty((len(idx), self.row_bytes), np.uint8)
         rb = self.row_bytes
-        with open(self.path, "rb", buffering=0) as fh:
-            fd = fh.fileno()
-            starts = np.flatnonzero(np.diff(sorted_idx, prepend=-2) != 1)
-            ends = np.append(starts[1:], len(sorted_idx))
-            for a, b in zip(starts.tolist(), ends.tolist()):
-                first = int(sorted_idx[a])
-                count = int(sorted_idx[b - 1]) - first + 1
-                buf = os.pread(fd, count * rb, first * rb)
-                if len(buf) != count * rb:
-                    raise DataError(f"{self.path}: cache file is shorter than its manifest says; delete its "
-                                    "folder to rebuild the cache")
-                block = np.frombuffer(buf, np.uint8).reshape(count, rb)
-                out[order[a:b]] = block[sorted_idx[a:b] - first]
+        fd = self.open()._handle["file"].fileno()
+        starts = np.flatnonzero(np.diff(sorted_idx, prepend=-2) != 1)
+        ends = np.append(starts[1:], len(sorted_idx))
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            first = int(sorted_idx[a])
+            count = int(sorted_idx[b - 1]) - first + 1
+            buf = os.pread(fd, count * rb, first * rb)
+            if len(buf) != count * rb:
+                raise DataError(f"{self.path}: cache file is shorter than its manifest says; delete its "
+                                "folder to rebuild the cache")
+            block = np.frombuffer(buf, np.uint8).reshape(count, rb)
+            out[order[a:b]] = block[sorted_idx[a:b] - first]
         return out.reshape(len(idx), *self.shape[1:])
 
     def load(self) -> torch.Tensor:
         """The whole array in memory as a uint8 tensor (one sequential read)."""
         n = len(self)
-        arr = np.fromfile(self.path, dtype=np.uint8, count=n * self.row_bytes)
+        self.open()._handle["file"].seek(0)
+        arr = np.fromfile(self._handle["file"], dtype=np.uint8, count=n * self.row_bytes)
         if arr.size != n * self.row_bytes:
             raise DataError(f"{self.path}: cache file is shorter than its manifest says; delete its folder to "
                             "rebuild the cache")

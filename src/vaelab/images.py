@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -194,6 +195,25 @@ def _decode_chunk(job: tuple[str, tuple[int, ...], list[tuple[int, str]], tuple 
     return errors
 
 
+def _worker_init() -> None:
+    """A decoding worker ends with its parent, even one killed with SIGKILL (Linux: the
+    parent-death signal), and takes SIGTERM and Ctrl-C as a plain process does rather than
+    as the training process (whose handlers a forked worker would inherit) does."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() == 1:  # the parent died before the signal was set
+            os._exit(1)
+
+
 def _parallel(fn, jobs: list, desc: str, total: int, sizes: list[int], progress: bool) -> list:
     """Run `fn` over `jobs` in worker processes (in-process for small work), in order, with a bar."""
     workers = min(len(jobs), os.cpu_count() or 1)
@@ -208,7 +228,7 @@ def _parallel(fn, jobs: list, desc: str, total: int, sizes: list[int], progress:
                 bar.update(n)
         else:
             # fork: workers start at once and need nothing but numpy and Pillow
-            with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+            with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_worker_init) as pool:
                 for r, n in zip(pool.map(fn, jobs), sizes):
                     results.append(r)
                     bar.update(n)
@@ -358,11 +378,27 @@ def _resolve_shape(root: Path, rels: list[str], t: Transform, skip_bad: bool, pr
     return (channels, *dims.pop()), good
 
 
+def _remove_dead_builds(folder: Path) -> None:
+    """Remove the half-built caches of `folder` that processes killed during a build left
+    (their folder names carry the builder's pid; a live builder's folder is left alone)."""
+    for tmp in folder.parent.glob(f".{folder.name}-*-*"):
+        pid = tmp.name[len(folder.name) + 2 :].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def _new_build(folder: Path) -> Path:
     """A temporary folder beside cache `folder` to build into (swapped in by _install)."""
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+        _remove_dead_builds(folder)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-{os.getpid()}-"))
         os.chmod(tmp, dir_mode())
         return tmp
     except OSError as e:
@@ -404,9 +440,11 @@ def _compact(path: Path, shape: tuple[int, ...], kept: list[int]) -> None:
     os.replace(tmp, path)
 
 
-def _cache_folder(source: Path) -> Path:
-    key = hashlib.blake2b(str(source).encode("utf-8"), digest_size=10).hexdigest()
-    return cache_dir() / "images" / key
+def _cache_folder(source: Path, transform: Transform) -> Path:
+    """The cache of `source` under `transform`: one folder per (path, whole transform), so runs
+    at different sizes never rebuild, or pull files from under, each other's cache."""
+    key = json.dumps([str(source), transform.to_json()], sort_keys=True)
+    return cache_dir() / "images" / hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=10).hexdigest()
 
 
 def _read_manifest(folder: Path, name: str = "manifest.json") -> dict[str, Any] | None:
@@ -454,8 +492,8 @@ def _dataset_from_cache(folder: Path, m: dict[str, Any]) -> Dataset:
     for split in ("train", "test"):
         listed = m["labels"][split]
         rows = len(listed)
-        images = ImageFile(folder / f"{split}.u8", (rows, *shape))
-        if images.path.stat().st_size != images.nbytes:
+        images = ImageFile(folder / f"{split}.u8", (rows, *shape)).open()  # this version, whatever comes later
+        if images.file_size() != images.nbytes:
             raise DataError(f"{images.path}: cache file has the wrong size; delete {folder} to rebuild it")
         labels = np.asarray([-1 if v is None else v for v in listed], dtype=np.int64)
         splits[split] = Split(images, labels)
@@ -478,7 +516,7 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
         exts = ", ".join(sorted(e for e in image_extensions() if e in (".png", ".jpg", ".jpeg", ".bmp", ".gif",
                                                                        ".webp", ".tif", ".tiff")))
         raise DataError(f"{root} holds no image files ({exts}, ...)")
-    folder = _cache_folder(root)
+    folder = _cache_folder(root, transform)
     spec = transform.to_json()
     listed = [list(f) for f in files]
     fingerprint, stamp = _identity(listed, spec, skip_bad)
@@ -656,7 +694,7 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
     st = path.stat()
     listed = [[path.name, st.st_size, st.st_mtime_ns]]
     spec = transform.to_json()
-    folder = _cache_folder(path)
+    folder = _cache_folder(path, transform)
     fingerprint, stamp = _identity(listed, spec, False)
     if (cached := _cached(folder, stamp)) is not None:
         return cached
