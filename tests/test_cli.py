@@ -164,3 +164,40 @@ def test_registry_names_read_from_source_equal_the_live_registries():
             assert registry_names(path) == live, path
         finally:
             sys.modules[module] = saved
+
+
+def _invalid_value(action) -> str | None:
+    """A value the option must refuse, or None for options that take any text."""
+    if action.nargs == 0:
+        return None
+    if action.choices is not None:
+        return "no-such-choice"
+    if action.type is None:
+        return None
+    name = getattr(action.type, "__name__", "")
+    return {"_port": "99999", "_dims": "x", "_run_dirs": "/no/such/run", "_run_dir": "/no/such/run"}.get(name, "-1x")
+
+
+def test_every_command_refuses_every_invalid_flag_value_in_one_line(tmp_path, capsys):
+    """A property over the whole command line: for every option of every command that
+    checks its value, a bad value exits 2 with one line that names the option."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    checked = 0
+    for command, parser in sub.choices.items():
+        positional = [str(run)] if any(a.dest == "run_dir" for a in parser._actions) else []
+        if command == "compare":
+            positional = ["--out", str(tmp_path / "c"), "--epochs", "1", "x=--hidden 8"]
+        for action in parser._actions:
+            bad = _invalid_value(action) if action.option_strings else None
+            if bad is None or action.dest in ("out",):
+                continue
+            with pytest.raises(SystemExit) as e:
+                build_parser().parse_args([command, *positional, action.option_strings[0], bad])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert e.value.code == 2 and len(err) == 1, (command, action.option_strings, err)
+            assert action.option_strings[0] in err[0] or "argument" in err[0], err[0]
+            checked += 1
+    assert checked > 60
