@@ -180,3 +180,33 @@ def test_reduced_precision_keeps_the_math_in_fp32(tmp_path, precision):
     run = tmp_path / precision
     assert main(["train", *TINY, "--epochs", "1", "--out", str(run), "--precision", precision]) == 0
     assert -600 < elbos(run)[0] < -100
+
+
+def _parent(proc: Path) -> int | None:
+    try:
+        return int(proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def test_a_rank_killed_ends_the_other_in_one_line_and_the_run_resumes(tmp_path):
+    """kill -9 of one worker: the surviving rank says in one line which rank was lost and how
+    to resume (no gloo traceback of its own); the checkpoint it kept resumes."""
+    run = tmp_path / "lost"
+    cmd, env = torchrun_command("-m", "vaelab", "train", *TINY, "--epochs", "500", "--out", str(run))
+    job = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 300  # a bound against a hang, not a speed requirement
+    while time.monotonic() < deadline and job.poll() is None:
+        if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 1:
+            break
+        time.sleep(0.2)
+    workers = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == job.pid]
+    victim = next(int(p) for p in workers if b"RANK=1" in Path(f"/proc/{p}/environ").read_bytes().split(b"\0"))
+    os.kill(victim, signal.SIGKILL)
+    _, err = job.communicate(timeout=180)
+    ours = [line for line in err.splitlines() if "vaelab train" in line or "[rank0]" in line]
+    assert len(ours) == 1 and "lost rank 1" in ours[0] and f"--resume {run}" in ours[0], err[-3000:]
+    assert "[rank0]: Traceback" not in err
+    done = len(elbos(run))
+    assert main(["train", "--resume", str(run), "--epochs", str(done + 1), "--quiet"]) == 0
+    assert len(elbos(run)) == done + 1

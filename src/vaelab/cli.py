@@ -474,6 +474,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     try:
         serve(args.run_dir, args.host, args.port, device=str(resolve_device(args.device)), n=args.n_map,
               ready=ready)
+    except RuntimeError as e:
+        if not _lost_peer(e):
+            raise
+        print(f"vaelab {args.command}: error: {_lost_peer_message(args)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
 
@@ -525,6 +530,31 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+# what gloo and NCCL say when another process of the job is gone
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Connection refused",
+              "NCCL communicator was aborted", "remote process exited", "Socket Timeout")
+
+
+def _lost_peer(e: RuntimeError) -> bool:
+    """Whether `e` is a collective failing because another process of a torchrun job died."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(p in str(e) for p in _PEER_GONE)
+
+
+def _lost_peer_message(args: argparse.Namespace) -> str:
+    """One line: which process was lost, what is kept, and how to go on."""
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    lost = f"rank {1 - rank}" if world == 2 else "another rank"
+    run = getattr(args, "resume", None) or getattr(args, "out", None)
+    if args.command != "train" or not run:
+        return f"lost {lost} of this torchrun job ({world} processes: killed or crashed); run the command again"
+    from vaelab.checkpoint import Run
+
+    epoch = Run(run).checkpoint_epoch
+    kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no epoch was saved yet"
+    return (f"lost {lost} of this torchrun job ({world} processes: killed or crashed); {kept}; continue with "
+            f"torchrun --nproc_per_node {world} -m vaelab train --resume {run}")
+
+
 def _run(args: argparse.Namespace) -> int:
     """Run one command; errors become one line on stderr and an exit code."""
     from vaelab.checkpoint import RunError
@@ -556,6 +586,11 @@ def _run(args: argparse.Namespace) -> int:
         if rank0:
             print(f"\nvaelab {args.command}: {e}", file=sys.stderr)
         return e.exit_code
+    except RuntimeError as e:
+        if not _lost_peer(e):
+            raise
+        print(f"vaelab {args.command}: error: {_lost_peer_message(args)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\nvaelab {args.command}: interrupted; a run's last completed epoch's checkpoint is kept "
               "(continue with --resume)", file=sys.stderr)
