@@ -427,8 +427,8 @@ def test_a_real_full_disk_ends_in_one_error_line_without_a_traceback(tmp_path, c
 
 
 def _hostile_folder(root: Path) -> Path:
-    """20 good PNGs, plus a FIFO, a broken link and a file whose name is not UTF-8, each
-    named like an image."""
+    """20 good PNGs and one in another mode, plus a FIFO, a broken link, a file whose name is
+    not UTF-8, a truncated PNG and a decompression bomb, each named like an image."""
     import os
 
     from PIL import Image
@@ -438,6 +438,9 @@ def _hostile_folder(root: Path) -> Path:
         Image.new("RGB", (8, 8), (10 * i, 100, 200 - 5 * i)).save(root / f"img{i:02d}.png")
     os.mkfifo(root / "fifo.png")
     (root / "broken.png").symlink_to(root / "no-such-target.png")
+    (root / "truncated.png").write_bytes((root / "img01.png").read_bytes()[:40])
+    Image.new("1", (15000, 15000)).save(root / "bomb.png")  # 225 million pixels in a few KiB
+    Image.new("LA", (8, 8), (90, 128)).save(root / "grey-alpha.png")  # another mode: converted
     with open(os.path.join(os.fsencode(root), b"bad-\xff-name.png"), "wb") as f:
         f.write((root / "img00.png").read_bytes())
     return root
@@ -453,3 +456,4 @@ def test_special_files_and_odd_names_are_named_or_skipped_never_opened(tmp_path,
     assert main([*args, "--skip-bad-images", "--out", str(tmp_path / "b")]) == 0
     skipped = (tmp_path / "b" / "skipped_images.txt").read_text()
     assert "fifo.png" in skipped and "broken.png" in skipped and "bad-\\xff-name.png" in skipped
+    assert "truncated.png" in skipped and "bomb.png" in skipped and "grey-alpha.png" not in skipped

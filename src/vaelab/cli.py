@@ -146,7 +146,8 @@ def _train_args(sub) -> None:
     t.add_argument("--config", metavar="FILE", help="JSON or TOML config (sections data/model/train)")
     t.add_argument("--resume", metavar="RUN_DIR", type=_run_dir,
                    help="continue this run from its last checkpoint (up to --epochs in total)")
-    t.add_argument("--out", metavar="DIR", help="run folder to create (default runs/<dataset>-<model>-<time>)")
+    t.add_argument("--out", metavar="DIR", type=_path_text,
+                   help="run folder to create (default runs/<dataset>-<model>-<time>)")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (its checkpoint, metrics and pictures) instead of refusing")
     for section, title in SECTIONS.items():
@@ -218,7 +219,7 @@ def _plot_args(sub) -> None:
     pl.add_argument("--what", default="recon,samples,curves",
                     help="comma-separated: recon, samples, posterior, manifold, latents, interpolate, combine, "
                          "denoise, curves, scale, transfer (default recon,samples,curves)")
-    pl.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/plots)")
+    pl.add_argument("--out", metavar="DIR", type=_path_text, help="output folder (default RUN_DIR/plots)")
     pl.add_argument("--seed", type=int, default=0, help="(default 0)")
     pl.add_argument("--noise", choices=NOISE_KINDS, help="denoise: noise kind")
     pl.add_argument("--levels", type=_levels, help="denoise: comma-separated noise levels, e.g. 0.1,0.3,0.5")
@@ -270,6 +271,17 @@ def _serve_args(sub) -> None:
     sv.add_argument("--n-map", type=_positive_int, default=2000, metavar="N",
                     help="test images shown on the latent map (default 2000)")
     sv.add_argument("--device", choices=DEVICES, default="cpu", help="(default cpu)")
+
+
+def _path_text(s: str) -> str:
+    """A folder to create: its name must be printable (UTF-8), as it is written in messages,
+    config.json and run.json."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise argparse.ArgumentTypeError(f"{shown} is not a valid UTF-8 name; choose a name in UTF-8") from None
+    return s
 
 
 def _port(s: str) -> int:
