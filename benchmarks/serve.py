@@ -11,10 +11,18 @@ from this process:
 - ``decode``: one code per request (what hovering over the map or moving a slider sends),
   from C clients at once, each sending its next request when the last one returned;
 - ``encode``: a test image by index (its posterior, reconstruction and a sample);
-- ``noise``: seed 004's experiment on a test image.
+- ``noise``: the noise-removal experiment on a test image.
 
 Reports p50, p95 and max milliseconds per request type and client count, and the requests
 per second the server sustained, to benchmarks/results/serve-DATE.json.
+
+    python benchmarks/serve.py --fuzz 5000 [--run RUN_DIR]
+
+sends that many hostile requests instead (seeded mutations of the page's own requests:
+keys dropped, added and retyped, numbers of hundreds of digits, NaN, nesting thousands
+deep, long arrays, invalid JSON, odd map dimensions) to 127.0.0.1 only, and reports the
+answers by status class and the server's resident memory every 500 requests, to
+benchmarks/results/serve-fuzz-DATE.json.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from datetime import date
 from pathlib import Path
 
@@ -83,6 +92,72 @@ def load(port: int, path: str, make_body, requests: int, clients: int) -> dict:
             "mean_ms": round(statistics.mean(ms), 2), "requests_per_s": round(len(ms) / wall, 1)}
 
 
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _mutate(rng: random.Random, body: dict) -> bytes:
+    """A hostile variant of a valid request body."""
+    body = dict(body)
+    kind = rng.randrange(9)
+    if kind == 0 and body:
+        body.pop(rng.choice(list(body)))
+    elif kind == 1:
+        body[rng.choice(["z", "c", "t", "index", "kind", "level", "seed", "n", "x" * 50])] = rng.choice(
+            [None, True, "text", [], {}, -1, 10**6, [[1, 2], [3]], "\u0000" * 100])
+    elif kind == 2 and body:
+        key = rng.choice(list(body))
+        body[key] = rng.choice([str(body[key]), [body[key]], {"v": body[key]}, None])
+    elif kind == 3:
+        return json.dumps(body).replace("0", "9" * rng.randrange(50, 500), 1).encode()
+    elif kind == 4:
+        return json.dumps(body).replace("1", "NaN", 1).replace("2", "1e999", 1).encode()
+    elif kind == 5:
+        depth = rng.randrange(100, 20000)
+        return b"[" * depth + b"]" * depth
+    elif kind == 6:
+        body["z"] = [rng.gauss(0, 1) for _ in range(rng.randrange(0, 5000))]
+    elif kind == 7:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+    else:
+        return json.dumps(body)[: rng.randrange(0, 40)].encode()
+    return json.dumps(body).encode()
+
+
+def fuzz(port: int, pid: int, info: dict, n: int) -> dict:
+    """n hostile requests over every endpoint, one connection; status classes and the
+    server's resident memory every 500 requests."""
+    rng = random.Random(0)
+    d, n_test = info["latent_dim"], info["n_test"]
+    valid = {"/api/decode": lambda: {"z": [rng.gauss(0, 1) for _ in range(d)]},
+             "/api/encode": lambda: {"index": rng.randrange(n_test), "seed": 0},
+             "/api/interpolate": lambda: {"a": [0.0] * d, "b": [1.0] * d, "t": 0.5},
+             "/api/noise": lambda: {"index": rng.randrange(n_test), "kind": "uniform", "level": 0.3},
+             "/api/prior": lambda: {"n": 4, "seed": 1},
+             "/api/classes": lambda: {"z": [0.0] * d}}
+    counts: dict[str, int] = {}
+    memory = [{"requests": 0, "rss_mib": round(_rss_mib(pid), 1)}]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for i in range(1, n + 1):
+        if rng.random() < 0.15:
+            dims = ",".join(rng.choice(["0", "00", "+1", " 2", "-1", "99", "x", "1e3", "0x1"]) for _ in range(2))
+            conn.request("GET", "/api/map?" + urllib.parse.urlencode({"dims": dims}))
+        else:
+            path = rng.choice(list(valid))
+            conn.request("POST", path, _mutate(rng, valid[path]()), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        key = f"{response.status // 100}xx"
+        counts[key] = counts.get(key, 0) + 1
+        if i % 500 == 0:
+            memory.append({"requests": i, "rss_mib": round(_rss_mib(pid), 1)})
+    conn.close()
+    return {"requests": n, "status_classes": counts, "server_rss": memory}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", help="a trained run folder (default: train the MNIST recipe for one epoch)")
@@ -90,6 +165,7 @@ def main() -> None:
     p.add_argument("--clients", default="1,4,16", help="concurrent clients to try (default 1,4,16)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--date", default=date.today().isoformat())
+    p.add_argument("--fuzz", type=int, default=0, metavar="N", help="send N hostile requests instead of timing")
     args = p.parse_args()
     env = {"VAELAB_DATA": os.environ.get("VAELAB_DATA", "/work/shared/data"), "PYTHONUNBUFFERED": "1"}
     tmp = tempfile.TemporaryDirectory()
@@ -109,6 +185,15 @@ def main() -> None:
         port = int(line.split("http://127.0.0.1:", 1)[1].split("/")[0])
         info = json.loads(_get(port, "/api/info"))
         d = info["latent_dim"]
+        if args.fuzz:
+            result = fuzz(port, server.pid, info, args.fuzz)
+            result.update(date=args.date, cpu=cpu_name(), torch=torch.__version__, run=args.run or "MNIST, 1 epoch",
+                          command="python benchmarks/serve.py " + " ".join(sys.argv[1:]))
+            out = Path(args.out) / f"serve-fuzz-{args.date}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=1) + "\n")
+            print(json.dumps(result), f"\nwrote {out}")
+            return
 
         def code(rng: random.Random) -> dict:
             return {"z": [rng.gauss(0, 1) for _ in range(d)]}

@@ -457,3 +457,9 @@ def test_special_files_and_odd_names_are_named_or_skipped_never_opened(tmp_path,
     skipped = (tmp_path / "b" / "skipped_images.txt").read_text()
     assert "fifo.png" in skipped and "broken.png" in skipped and "bad-\\xff-name.png" in skipped
     assert "truncated.png" in skipped and "bomb.png" in skipped and "grey-alpha.png" not in skipped
+
+
+def test_a_warm_up_longer_than_an_epoch_is_said_even_under_quiet(tmp_path, capsys):
+    assert main(["train", *TINY, "--epochs", "1", "--warmup-steps", "5000", "--out", str(tmp_path / "w"),
+                 "--quiet"]) == 0
+    assert "--warmup-steps 5000 is longer than an epoch (16 steps)" in capsys.readouterr().err

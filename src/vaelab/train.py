@@ -628,6 +628,9 @@ def _setup(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
     # a batch size replaced is said even under --quiet when it was asked for
     note = dist.main and not resume and (verbose or "train.batch_size" not in chosen)
     batches, budget = _batches(cfg, data, model, device, dist, note)
+    if dist.main and not resume and t.warmup_steps > len(batches) and t.warmup_steps != TrainConfig().warmup_steps:
+        print(f"note: --warmup-steps {t.warmup_steps} is longer than an epoch ({len(batches)} steps): the "
+              "learning-rate warm-up lasts one epoch", file=sys.stderr)  # asked for: said under --quiet too
     s = Session(cfg=cfg, run_dir=run_dir, dist=dist, device=device, model=model, step_model=model,
                 optimizer=optimizer, scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
                 batches=batches, test_inputs=model_inputs(model, cfg, data.test, len(data.classes), device, budget),
