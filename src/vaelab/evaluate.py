@@ -162,19 +162,7 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
     dims = math.prod(data.image_shape)
     k = k or default_k(dims)
     start = time.perf_counter()
-    result: dict[str, Any] = {
-        "dataset": data.name,
-        "split": "test",
-        "n": len(inputs),
-        "k": k,
-        "binarization": cfg.data.binarization,
-        "binarization_detail": BINARIZATION_NOTE[protocol].format(seed=seed),
-        "likelihood": cfg.model.likelihood,
-        "model": cfg.model.model,
-        "samples": "tied to each test image (seed 0): the same for any number of processes",
-    }
-    if model.conditional:
-        result["conditioned_on"] = "custom side information" if cfg.data.conditions else "class label"
+    result = _protocol(cfg, model, data.name, len(inputs), k, BINARIZATION_NOTE[protocol].format(seed=seed))
     # each process takes a contiguous share of the test images, in chunks of 1000; results
     # are gathered in order
     first, last = dist.shard(len(inputs))
@@ -198,6 +186,19 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
     result["seconds"] = round(time.perf_counter() - start, 2)
     if write and dist.main:
         write_json(Path(run_dir) / "eval.json", result)
+    return result
+
+
+def _protocol(cfg, model, dataset: str, n: int, k: int, binarization_detail: str) -> dict[str, Any]:
+    """What an evaluation measured on: the data, its binarisation, the model, k."""
+    result: dict[str, Any] = {
+        "dataset": dataset, "split": "test", "n": n, "k": k,
+        "binarization": cfg.data.binarization, "binarization_detail": binarization_detail,
+        "likelihood": cfg.model.likelihood, "model": cfg.model.model,
+        "samples": "tied to each test image (seed 0): the same for any number of processes",
+    }
+    if model.conditional:
+        result["conditioned_on"] = "custom side information" if cfg.data.conditions else "class label"
     return result
 
 

@@ -502,6 +502,22 @@ def _dataset_from_cache(folder: Path, m: dict[str, Any]) -> Dataset:
                    fingerprint=m["fingerprint"], skipped=skipped)
 
 
+def _reusable_rows(old: dict[str, Any] | None, spec: dict[str, Any], shape: tuple[int, ...], listed: list,
+                   root: Path, folder: Path) -> dict[str, tuple[Path, int]]:
+    """Rows of unchanged files (same name, size and time) in an old cache with the same shape
+    and transform: copied, not decoded again. path -> (raw file, row)."""
+    reuse: dict[str, tuple[Path, int]] = {}
+    if not (old and old["kind"] == "folder" and old["transform"] == spec and old["shape"] == list(shape)):
+        return reuse
+    then = {f[0]: f[1:] for f in old["files"]}
+    now = {f[0]: f[1:] for f in listed}
+    for split in ("train", "test"):
+        for row, rel in enumerate(old["splits"][split]["files"]):
+            if rel in now and then.get(rel) == now[rel]:
+                reuse[str(root / rel)] = (folder / f"{split}.u8", row)
+    return reuse
+
+
 def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, progress: bool = True) -> Dataset:
     """The images below `root` as a Dataset backed by the on-disk cache (built or refreshed here)."""
     root = Path(root).resolve()
@@ -529,16 +545,7 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
     bad: dict[str, str] = dict(unreadable)
     shape, good = _resolve_shape(root, rels, transform, skip_bad, progress, bad)
     good_set = set(good)
-    # rows of unchanged files in an old cache with the same shape and transform are copied, not decoded
-    reuse: dict[str, tuple[Path, int]] = {}
-    if old and old["kind"] == "folder" and old["transform"] == spec and old["shape"] == list(shape):
-        then = {f[0]: f[1:] for f in old["files"]}
-        now = {f[0]: f[1:] for f in listed}
-        for split in ("train", "test"):
-            entry = old["splits"][split]
-            for row, rel in enumerate(entry["files"]):
-                if rel in now and then.get(rel) == now[rel]:
-                    reuse[str(root / rel)] = (folder / f"{split}.u8", row)
+    reuse = _reusable_rows(old, spec, shape, listed, root, folder)
     with _building(folder) as tmp:
         split_rels = {s: [r for r, sp in zip(rels, splits_of) if sp == s and r in good_set] for s in ("train", "test")}
         label_of = dict(zip(rels, labels_of))

@@ -431,6 +431,22 @@ def parse_json(raw: bytes) -> Any:
         raise BadRequest(f"the body is not JSON ({str(e)[:80]})") from None
 
 
+async def body_of(request) -> dict[str, Any]:
+    """A request's JSON body, within MAX_BODY bytes and parse_json's limits (400/413 otherwise)."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+        raise TooLarge(f"request body over {MAX_BODY >> 20} MiB")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise TooLarge(f"request body over {MAX_BODY >> 20} MiB")
+    body = parse_json(raw or b"{}")
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
 def make_app(session: Session):
     """The Starlette app serving the page and its JSON API for `session`."""
     from starlette.applications import Starlette
@@ -441,20 +457,6 @@ def make_app(session: Session):
     from starlette.staticfiles import StaticFiles
 
     batcher = DecodeBatcher(session)
-
-    async def body_of(request: Request) -> dict[str, Any]:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            raise TooLarge(f"request body over {MAX_BODY >> 20} MiB")
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > MAX_BODY:
-                raise TooLarge(f"request body over {MAX_BODY >> 20} MiB")
-        body = parse_json(raw or b"{}")
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object")
-        return body
 
     def endpoint(method):
         async def handle(request: Request):
