@@ -497,3 +497,11 @@ def test_decoding_workers_end_with_their_parent_and_take_sigterm_plainly():
     p.start()
     assert queue.get(timeout=60) is True
     p.join()
+
+
+@pytest.mark.parametrize("n_labels", [5, 15])
+def test_an_npz_whose_labels_do_not_match_its_images_is_named(tmp_path, n_labels):
+    images = np.random.default_rng(0).integers(0, 256, (10, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", images=images, labels=np.arange(n_labels) % 3)
+    with pytest.raises(DataError, match="'labels' must hold one integer per image \\(10\\)"):
+        load_array(tmp_path / "a.npz", Transform(None, 0, "white", 0.3), progress=False)
