@@ -108,7 +108,7 @@ def _add_setting(group, section: str, f: dataclasses.Field, default) -> None:
     """The flag of one config field: its name, type, choices and help come from the field."""
     meta = f.metadata
     dest = f"{section}.{f.name}"
-    if f"{section}.{f.name}" in RECIPE_FIELDS:
+    if dest in RECIPE_FIELDS:
         shown = AUTO_HELP
     elif default is None:
         shown = "default: unset"

@@ -42,8 +42,6 @@ def choose(registry: Any, name: str, what: str) -> Any:
 # command-line flag, and how its value is checked. The command line is made from these
 # declarations (vaelab.cli), and `validate` checks every range here, once.
 
-CHOSEN = "chosen from the data"  # the help text's default for recipe fields (AUTO or None)
-
 BINARIZATIONS = (AUTO, "dynamic", "fixed", "none")
 KL_KINDS = ("analytic", "mc")
 DEVICES = (AUTO, "cpu", "cuda")
@@ -431,15 +429,14 @@ def read_flag(f: dataclasses.Field, text: str) -> Any:
 
 def _expected(f: dataclasses.Field) -> str:
     """'a positive integer', 'a number >= 0', 'a number in (0, 1]'... for a number field."""
-    kind = _kind(f)[0]
+    integer = _kind(f)[0] in ("int", "tuple")
+    noun = "an integer" if integer else "a number"
     if not f.metadata.get("range"):
-        return "an integer" if kind == "int" else "a number"
-    words = _range_text(f)
-    if words == "a positive integer":
-        return words
-    if words == "positive":
-        return "a positive number" if kind == "float" else "a positive integer"
-    return f"{'an integer' if kind == 'int' else 'a number'} {words}"
+        return noun
+    low, open_low, high, _ = f.metadata["range"]
+    if high is None and ((low == 1 and integer) or (low == 0 and open_low)):
+        return "a positive integer" if integer else "a positive number"
+    return f"{noun} {_range_text(f)}"
 
 
 # ----------------------------------------------------------------------------- recipes
