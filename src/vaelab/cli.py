@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vaelab", description="Train, evaluate and explore variational autoencoders.")
     p.add_argument("--version", action="version", version=f"vaelab {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_train_args, _evaluate_args, _sample_args, _probe_args, _plot_args, _compare_args, _serve_args):
+    for add in (_train_args, _evaluate_args, _score_args, _ood_args, _encode_args, _sample_args, _probe_args,
+                _plot_args, _compare_args, _serve_args):
         add(sub)
     return p
 
@@ -184,6 +185,82 @@ def _evaluate_args(sub) -> None:
     e.add_argument("--quiet", action="store_true",
                    help="no progress bar, as --no-progress (evaluate has no per-epoch lines); the results, "
                         "warnings and errors still print")
+
+
+def _scoring_args(p, what: str) -> None:
+    """The options score, ood and encode share."""
+    p.add_argument("--n", "--n-images", dest="n", type=_positive_int,
+                   help=f"{what} the first N images of each split (default all)")
+    p.add_argument("--seed", type=int, default=0, help="the noise of the samples, tied to each image (default 0)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="(default auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar; results, warnings and errors still print")
+
+
+def _score_options(p) -> None:
+    names = registry_names("vaelab.scores:SCORES")
+    p.add_argument("--scores", type=_names(names), metavar="S[,S]",
+                   help=f"scores to compute, from {', '.join(names)} (default every score the model has)")
+    p.add_argument("--k", type=_positive_int, default=100,
+                   help="importance samples per image: log p(x), LLR and the ELBO average over them (default 100; "
+                        "--k 1 for a fast single-sample ELBO)")
+    p.add_argument("--skip-levels", type=_ints, metavar="K[,K]",
+                   help="hierarchical models: the k of LLR>k, the number of lowest layers drawn from the prior "
+                        "(default every level, 1 to layers-1)")
+
+
+def _score_args(sub) -> None:
+    s = sub.add_parser("score", help="per-image scores: ELBO, log p(x), KL, bits/dim, reconstruction error, LLR",
+                       description="Score every image of DATA under a trained run: one row per image, written to "
+                                   "--out (.csv, .npz or .parquet). Same seed, same numbers, for any number of "
+                                   "processes.")
+    s.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
+    s.add_argument("data", metavar="DATA", nargs="?",
+                   help="a named dataset, an image folder or an .npy/.npz file, read as the run read its own "
+                        "data (default: the run's own data)")
+    s.add_argument("--out", metavar="FILE", type=_path_text,
+                   help="table to write: .csv, .npz or .parquet (default RUN_DIR/scores.csv)")
+    s.add_argument("--split", choices=["auto", "test", "train", "all"], default="auto",
+                   help="auto: the test split of the run's own data, every image of other data (default auto)")
+    _score_options(s)
+    s.add_argument("--top", type=_positive_int, metavar="N",
+                   help="also write the N most typical and N most unusual images as a PNG grid beside --out")
+    s.add_argument("--rank-by", metavar="SCORE",
+                   help="the score --top ranks by (default LLR at level 1 for hierarchical models, else log p(x), "
+                        "else the reconstruction error)")
+    _scoring_args(s, "score")
+
+
+def _ood_args(sub) -> None:
+    o = sub.add_parser("ood", help="out-of-distribution detection: AUROC, AUPRC, FPR per score; the typicality test",
+                       description="Score the in-distribution test images and each --out-of set with every score "
+                                   "the model has; report AUROC, AUPRC and FPR at 80%%/95%% TPR per score and the "
+                                   "batch typicality test. Writes RUN_DIR/ood.json, ood.md and ood.png. The other "
+                                   "data are never used for training or for choosing a setting.")
+    o.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
+    o.add_argument("--in", dest="inside", metavar="DATA",
+                   help="in-distribution data, scored on its test split (default the run's own data)")
+    o.add_argument("--out-of", dest="outside", metavar="DATA", nargs="+", required=True,
+                   help="one or more other datasets (named, folder or array file)")
+    o.add_argument("--split", choices=["auto", "test", "train", "all"], default="test",
+                   help="the split of the --out-of sets (default test; a folder without train/ and test/ folders "
+                        "has a test split of --test-fraction of its images: use all)")
+    _score_options(o)
+    _scoring_args(o, "score")
+
+
+def _encode_args(sub) -> None:
+    e = sub.add_parser("encode", help="export posterior means and standard deviations (codes) of images",
+                       description="Write the codes of every image of DATA: means and standard deviations of q(z|x) "
+                                   "(every layer for hvae), labels and file names, in the order of DATA. The .npz "
+                                   "loads with numpy alone: np.load(FILE)['mean'].")
+    e.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
+    e.add_argument("data", metavar="DATA", nargs="?", help="as for score (default: the run's own data)")
+    e.add_argument("--out", metavar="FILE", type=_path_text, required=True, help="codes.npz or codes.parquet")
+    e.add_argument("--split", choices=["auto", "test", "train", "all"], default="auto",
+                   help="as for score (default auto)")
+    e.add_argument("--samples", type=int, default=0, metavar="S",
+                   help="also write S codes per image drawn from q(z|x) (default 0)")
+    _scoring_args(e, "encode")
 
 
 def _sample_args(sub) -> None:
@@ -307,6 +384,23 @@ def _metrics(s: str) -> tuple[str, ...]:
     return names
 
 
+def _names(choices: list[str]):
+    def read(s: str) -> list[str]:
+        got = [p.strip() for p in s.split(",") if p.strip()]
+        bad = [g for g in got if g not in choices]
+        if bad or not got:
+            raise argparse.ArgumentTypeError(f"unknown score {', '.join(bad) or '(none)'}; choose from {', '.join(choices)}")
+        return got
+    return read
+
+
+def _ints(s: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in s.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {s!r}") from None
+
+
 def _seeds(s: str) -> tuple[int, ...]:
     try:
         seeds = tuple(dict.fromkeys(int(v) for v in s.split(",") if v.strip()))
@@ -391,6 +485,52 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     except FileError as e:
         raise FileError(f"{e} (the results above were not saved)") from None
     print(f"(+- is the standard error over test images; written to {path})")
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from vaelab.scores import default_rank, score, write_table
+
+    table = score(args.run_dir, args.data, split=args.split, scores=args.scores, k=args.k, n=args.n,
+                  skip_levels=args.skip_levels, seed=args.seed, device=args.device, progress=not args.quiet)
+    if args.rank_by and args.rank_by not in table:
+        raise ConfigError(f"--rank-by {args.rank_by}: not a column of this table; choose from {', '.join(table.scores)}")
+    if not _rank0():
+        return
+    out = Path(args.out) if args.out else Path(args.run_dir) / "scores.csv"
+    write_table(table, out)
+    print(f"{len(table)} images of {table.info['data']} ({table.info['split']}) scored, k={args.k}: {out}")
+    if args.top:
+        from vaelab.plots import save_figure
+        from vaelab.scores import top_figure
+
+        path = out.with_name(out.stem + "-top.png")
+        save_figure(top_figure(table, args.top, args.rank_by), path)
+        print(f"the {args.top} most typical and most unusual images by {args.rank_by or default_rank(table)}: {path}")
+
+
+def cmd_ood(args: argparse.Namespace) -> None:
+    from vaelab.scores import ood
+
+    r = ood(args.run_dir, args.inside, args.outside, split=args.split, scores=args.scores, k=args.k, n=args.n,
+            skip_levels=args.skip_levels, seed=args.seed, device=args.device, progress=not args.quiet)
+    if not _rank0():
+        return
+    for name, rows in r["results"].items():
+        print(f"{r['in']['dataset']} (in) vs {name} (out): AUROC per score")
+        for col, m in sorted(rows.items(), key=lambda kv: -kv[1]["auroc"]):
+            print(f"  {col:<22} AUROC {m['auroc']:.3f}  AUPRC {m['auprc']:.3f}  FPR80 {m['fpr80']:.3f}  "
+                  f"FPR95 {m['fpr95']:.3f}")
+    print(f"written to {Path(args.run_dir) / 'ood.md'} (and ood.json, ood.png)")
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    from vaelab.scores import encode, write_codes
+
+    table = encode(args.run_dir, args.data, split=args.split, samples=args.samples, n=args.n, seed=args.seed,
+                   device=args.device, progress=not args.quiet)
+    if _rank0():
+        write_codes(table, args.out)
+        print(f"codes of {len(table)} images ({table['mean'].shape[1]} dimensions): {args.out}")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -524,7 +664,8 @@ def reference(parser: argparse.ArgumentParser | None = None) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "plot": cmd_plot,
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score, "ood": cmd_ood, "encode": cmd_encode,
+            "sample": cmd_sample, "plot": cmd_plot,
             "probe": cmd_probe, "serve": cmd_serve, "compare": cmd_compare}
 
 

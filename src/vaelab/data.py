@@ -475,6 +475,7 @@ class Dataset:
     fingerprint: str = ""  # changes when the data change
     skipped: tuple[str, ...] = field(default_factory=tuple)  # unreadable images left out, "name: reason"
     binary_benchmark: bool = False  # a named binary benchmark (DatasetInfo.binary)
+    cache: str = ""  # an image folder's cache folder, whose manifest names each row's file
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -522,7 +523,7 @@ def attach_conditions(data: Dataset, path: str | Path) -> Dataset:
     te = torch.from_numpy(test.astype(np.float32))
     return Dataset(data.name, Split(data.train.images, data.train.labels, tr),
                    Split(data.test.images, data.test.labels, te), data.classes, data.source,
-                   data.fingerprint, data.skipped, data.binary_benchmark)
+                   data.fingerprint, data.skipped, data.binary_benchmark, data.cache)
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True) -> Dataset:

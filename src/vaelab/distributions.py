@@ -164,6 +164,22 @@ class GaussianChain:
             log_p = log_p + step(prev).log_prob(cur)
         return log_p
 
+    def log_prob_levels(self, z: torch.Tensor) -> torch.Tensor:
+        """Each layer's log-density term of codes (..., D) -> (L, ...), in layer order z_1 ... z_L
+        (the code's layout) for both directions of chain; they sum to ``log_prob(z)``."""
+        parts = self._split(z)
+        terms = [self.first.log_prob(parts[0])]
+        for step, prev, cur in zip(self.steps, parts[:-1], parts[1:]):
+            terms.append(step(prev).log_prob(cur))
+        return torch.stack(terms[::-1] if self.reverse else terms)
+
+    def layers(self) -> list[DiagonalGaussian]:
+        """Each layer's Gaussian at the mean of the layer before, in layer order z_1 ... z_L."""
+        gs = [self.first]
+        for step in self.steps:
+            gs.append(step(gs[-1].mean))
+        return gs[::-1] if self.reverse else gs
+
     @property
     def mean(self) -> torch.Tensor:
         """Each layer's mean given the mean of the layer before: a representative code."""

@@ -499,7 +499,18 @@ def _dataset_from_cache(folder: Path, m: dict[str, Any]) -> Dataset:
         splits[split] = Split(images, labels)
     skipped = tuple(f"{rel}: {why}" for rel, why in m.get("bad", []))
     return Dataset(Path(m["source"]).name, splits["train"], splits["test"], classes, m["source"],
-                   fingerprint=m["fingerprint"], skipped=skipped)
+                   fingerprint=m["fingerprint"], skipped=skipped, cache=str(folder))
+
+
+def file_names(data: Dataset, split: str) -> list[str] | None:
+    """The file of each row of an image folder's split (paths relative to the folder), read
+    from its cache's manifest; None for named datasets and arrays."""
+    if not data.cache:
+        return None
+    manifest = _read_manifest(Path(data.cache))
+    if manifest is None:
+        raise DataError(f"{data.cache}: the image cache's manifest is missing or damaged; load the folder again")
+    return list(manifest["splits"][split]["files"]) if manifest.get("kind") == "folder" else None
 
 
 def _reusable_rows(old: dict[str, Any] | None, spec: dict[str, Any], shape: tuple[int, ...], listed: list,

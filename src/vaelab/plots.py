@@ -296,3 +296,56 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     return Path(path)
+
+
+def score_histograms(columns: dict[str, dict[str, np.ndarray]], title: str, ncol: int = 3):
+    """One panel per score: a histogram of its values for each set ({score: {set: values}}),
+    on shared bins between the 0.5% and 99.5% quantiles of all values."""
+    names = list(columns)
+    nrow = max(1, -(-len(names) // ncol))
+    fig = new_figure(3.4 * min(ncol, len(names)), 2.6 * nrow + 0.5, layout="constrained")
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(nrow, min(ncol, len(names)), i + 1)
+        sets = columns[name]
+        both = np.concatenate([np.asarray(v, dtype=np.float64) for v in sets.values()])
+        both = both[np.isfinite(both)]
+        lo, hi = (np.quantile(both, [0.005, 0.995]) if len(both) else (0.0, 1.0))
+        bins = np.linspace(lo, hi if hi > lo else lo + 1, 41)
+        for label, v in sets.items():
+            ax.hist(np.clip(v, lo, hi), bins=bins, density=True, histtype="step", linewidth=1.3, label=label)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+        if i == 0:
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def kl_bars(kl: list[float], title: str, names: list[str] | None = None, active: list[bool] | None = None,
+            sort: bool = True):
+    """KL in nats per latent unit (U,) as bars, largest first when `sort`; `names` (U,) label
+    them (default z0, z1, ... by index); `active` (U,) colours the active units' bars and
+    keys them. Up to 40 bars are labelled one by one; more share an axis of ranks."""
+    n = len(kl)
+    names = list(names) if names is not None else [f"z{i}" for i in range(n)]
+    order = sorted(range(n), key=lambda i: -kl[i]) if sort else list(range(n))
+    width = min(14.0, max(5.0, 2.0 + 0.22 * n))
+    fig = new_figure(width, 4.2, layout="constrained")
+    ax = fig.add_subplot()
+    colours = ["tab:blue"] * n
+    if active is not None:
+        colours = ["tab:blue" if active[i] else "tab:gray" for i in order]
+    ax.bar(range(n), [kl[i] for i in order], color=colours, width=0.8)
+    if n <= 40:
+        ax.set_xticks(range(n), [names[i] for i in order], rotation=90 if n > 12 else 0, fontsize=8)
+    else:
+        ax.set_xlabel(f"latent dimensions{', largest KL first' if sort else ''} ({n})")
+    if active is not None:
+        from matplotlib.patches import Patch
+
+        ax.legend([Patch(color="tab:blue"), Patch(color="tab:gray")], ["active", "inactive"], fontsize=8)
+    ax.set_ylabel("KL (nats per image)")
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(textwrap.fill(title, max(20, int(width * 72 / (0.55 * 10)) - 4)), fontsize=10)
+    return fig

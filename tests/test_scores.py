@@ -1,0 +1,231 @@
+"""Per-image scores, out-of-distribution metrics and exported codes (vaelab.scores, and the
+score / ood / encode commands)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vaelab.checkpoint import load_run
+from vaelab.cli import main
+from vaelab.config import ConfigError, ModelConfig
+from vaelab.models import build_model
+from vaelab.scores import (
+    SCORES,
+    Table,
+    anomaly,
+    detection,
+    encode,
+    png_bits,
+    score,
+    score_batch,
+    typicality,
+    write_codes,
+    write_table,
+)
+
+TINY = ["--dataset", "mnist-sample", "--hidden", "32", "--latent-dim", "4", "--batch-size", "100", "--quiet",
+        "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, extra in {"vae": [], "hvae": ["--model", "hvae", "--lower-latents", "8,6", "--latent-hidden", "16"],
+                        "ae": ["--model", "ae"]}.items():
+        out[name] = root / name
+        assert main(["train", *TINY, *extra, "--out", str(out[name])]) == 0
+    return out
+
+
+def _images(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 28, 28, generator=g).bernoulli(generator=g)
+
+
+def test_the_scores_of_one_image_agree_with_each_other():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(model="hvae", hidden=(32,), lower_latents=(8, 6), latent_dim=4,
+                                    latent_hidden=(16,)), (1, 28, 28)).eval()
+    x, idx = _images(), torch.arange(6)
+    s = score_batch(model, x, idx, k=50, skip=(1, 2))
+    assert torch.allclose(s["recon"] - s["kl"], s["elbo"], atol=1e-4)  # the bound is recon - KL
+    assert torch.allclose(s["kl_1"] + s["kl_2"] + s["kl_3"], s["kl"], atol=1e-4)  # per layer sums to the total
+    assert (s["log_px"] >= s["elbo"] - 1e-4).all()  # log-mean-exp of the weights >= their mean
+    assert torch.allclose(s["bits_per_dim"], -s["log_px"] / (784 * math.log(2)))
+    one = score_batch(model, x, idx, k=1)
+    assert torch.allclose(one["log_px"], one["elbo"], atol=1e-5)  # one sample: the estimate is the bound
+    for key in ("llr_1", "llr_2"):
+        assert torch.isfinite(s[key]).all()
+
+
+def test_scores_are_tied_to_the_image_not_to_the_batch():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(model="hvae", hidden=(32,), lower_latents=(8,), latent_dim=4,
+                                    latent_hidden=(16,)), (1, 28, 28)).eval()
+    x, idx = _images(8), torch.arange(100, 108)
+    whole = score_batch(model, x, idx, k=30, skip=(1,))
+    parts = [score_batch(model, x[i : i + 3], idx[i : i + 3], k=30, skip=(1,)) for i in range(0, 8, 3)]
+    for key, v in whole.items():
+        assert torch.allclose(torch.cat([p[key] for p in parts]), v, atol=1e-4), key
+    other = score_batch(model, x, idx, k=30, seed=1, skip=(1,))
+    assert not torch.allclose(other["log_px"], whole["log_px"])  # the seed is the noise
+
+
+def test_a_vae_log_px_matches_the_evaluate_estimate_in_expectation():
+    """score's log p(x) and evaluate's are the same estimator: with many samples they agree."""
+    from vaelab.evaluate import log_likelihood
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden=(32,), latent_dim=3), (1, 28, 28)).eval()
+    x = _images(4)
+    ours = score_batch(model, x, torch.arange(4), k=2000)["log_px"]
+    ref, _ = log_likelihood(model, x, k=2000)
+    assert torch.allclose(ours, ref, atol=0.5)
+
+
+def test_png_bits_grow_with_the_complexity_of_the_image():
+    flat = np.zeros((1, 1, 28, 28), np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (1, 1, 28, 28), dtype=np.uint8)
+    colour = np.random.default_rng(0).integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
+    assert png_bits(flat)[0] < png_bits(noise)[0]
+    assert png_bits(colour)[0] > 0
+
+
+def test_detection_metrics_on_known_cases():
+    inside, outside = np.arange(10.0), np.arange(10.0) + 100
+    assert detection(inside, outside) == pytest.approx({"auroc": 1.0, "auprc": 1.0, "fpr80": 0.0, "fpr95": 0.0})
+    flipped = detection(outside, inside)
+    assert flipped["auroc"] == 0.0 and flipped["fpr95"] == 1.0
+    rng = np.random.default_rng(0)
+    same = detection(rng.normal(size=4000), rng.normal(size=4000))
+    assert abs(same["auroc"] - 0.5) < 0.03 and abs(same["fpr80"] - 0.8) < 0.05
+
+
+def test_typicality_flags_about_one_minus_alpha_of_in_distribution_batches():
+    rng = np.random.default_rng(0)
+    train, inside = rng.normal(100, 5, 5000), rng.normal(100, 5, 5000)
+    outside = rng.normal(90, 5, 5000)  # more likely than the training data, as MNIST under a Fashion model
+    rows = {r["batch"]: r for r in typicality(train, inside, outside, sizes=(1, 10, 25))}
+    for r in rows.values():
+        assert r["flagged_in"] < 0.04
+    assert rows[25]["flagged_out"] > 0.95 and rows[25]["auroc"] > 0.95
+
+
+def test_every_score_knows_which_way_is_unusual():
+    assert (anomaly("log_px", np.array([1.0])) == -1).all() and (anomaly("llr_2", np.array([1.0])) == 1).all()
+    assert {s.needs for s in SCORES.values()} <= {"", "density", "hierarchy"}
+
+
+def test_tables_round_trip_through_csv_npz_and_parquet(tmp_path):
+    t = Table({"split": np.array(["test", "test"]), "index": np.arange(2), "file": np.array(["a b,.png", "ü.png"]),
+               "log_px": np.array([-1.5, -2.25])})
+    write_table(t, tmp_path / "t.npz")
+    z = np.load(tmp_path / "t.npz", allow_pickle=False)
+    assert list(z["file"]) == ["a b,.png", "ü.png"] and z["log_px"][1] == -2.25
+    write_table(t, tmp_path / "t.csv")
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "t.csv", encoding="utf-8")))
+    assert rows[0]["file"] == "a b,.png" and float(rows[1]["log_px"]) == -2.25
+    pytest.importorskip("pyarrow")
+    write_table(t, tmp_path / "t.parquet")
+    import pandas as pd
+
+    assert pd.read_parquet(tmp_path / "t.parquet")["log_px"].tolist() == [-1.5, -2.25]
+    with pytest.raises(ConfigError, match="csv, .npz or .parquet"):
+        write_table(t, tmp_path / "t.txt")
+    assert t.sorted("log_px")["log_px"][0] == -2.25  # the least likely image first
+
+
+def test_score_a_run_on_its_test_split_and_on_another_dataset(runs, tmp_path):
+    t = score(runs["hvae"], n=40, k=5, progress=False)
+    assert len(t) == 40 and set(t["split"]) == {"test"}
+    assert {"elbo", "log_px", "kl_1", "kl_3", "llr_1", "llr_2", "mse", "complexity_corrected"} <= set(t.columns)
+    again = score(runs["hvae"], n=40, k=5, progress=False)
+    for c in t.scores:
+        assert np.array_equal(t[c], again[c]), c
+    a = np.random.default_rng(0).integers(0, 256, (30, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "noise.npz", images=a)
+    other = score(runs["vae"], str(tmp_path / "noise.npz"), k=3, progress=False)
+    assert len(other) == 30 and "llr_1" not in other  # every image of other data; a flat VAE has no LLR
+    ae = score(runs["ae"], n=10, progress=False)
+    assert set(ae.scores) == {"recon", "mse"}
+
+
+def test_score_refuses_in_one_line(runs, tmp_path, capsys):
+    def refused(*args):
+        try:
+            code = main(["score", *map(str, args), "--quiet"])
+        except SystemExit as e:  # the parser's own refusals
+            code = e.code
+        assert code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        return err
+
+    assert "has no llr score" in refused(runs["vae"], "--scores", "llr")
+    assert "unknown score" in refused(runs["vae"], "--scores", "nope")
+    assert "out of range" in refused(runs["hvae"], "--skip-levels", "3")
+    np.savez(tmp_path / "big.npz", images=np.zeros((5, 32, 32, 3), np.uint8))
+    assert "the model takes 1x28x28" in refused(runs["vae"], tmp_path / "big.npz")
+    (tmp_path / "empty").mkdir()
+    assert "no image files" in refused(runs["vae"], tmp_path / "empty")
+    assert "does not exist" in refused(runs["vae"], tmp_path / "nowhere")
+    assert "csv, .npz or .parquet" in refused(runs["vae"], "--out", tmp_path / "s.txt", "--n", "3")
+
+
+def test_score_command_writes_the_table_and_the_top_grid_of_a_folder(runs, tmp_path, capsys):
+    folder = tmp_path / "folder"
+    for i in range(12):
+        (folder / ("b" if i % 2 else "a")).mkdir(parents=True, exist_ok=True)
+        arr = (np.random.default_rng(i).random((28, 28)) > 0.5 + i / 30).astype(np.uint8) * 255
+        Image.fromarray(arr).save(folder / ("b" if i % 2 else "a") / f"im{i:02d}.png")
+    out = tmp_path / "s.csv"
+    assert main(["score", str(runs["vae"]), str(folder), "--out", str(out), "--k", "3", "--top", "3", "--quiet"]) == 0
+    import csv
+
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 12 and [r["file"] for r in rows] == sorted(r["file"] for r in rows)
+    assert {r["file"] for r in rows} >= {"a/im00.png", "b/im01.png"}
+    assert rows[0]["label"] == "a" and rows[-1]["label"] == "b"
+    assert (tmp_path / "s-top.png").stat().st_size > 1000
+
+
+def test_encode_writes_codes_numpy_reads_alone(runs, tmp_path):
+    assert main(["encode", str(runs["hvae"]), "--out", str(tmp_path / "c.npz"), "--n", "25", "--samples", "2",
+                 "--quiet"]) == 0
+    z = np.load(tmp_path / "c.npz", allow_pickle=False)
+    assert z["mean"].shape == (25, 18) and z["std"].shape == (25, 18) and z["samples"].shape == (25, 2, 18)
+    assert list(z["levels"]) == [8, 6, 4] and (z["std"] > 0).all() and len(z["label"]) == 25
+    cfg, model = load_run(runs["hvae"])
+    t = encode(runs["hvae"], n=25, progress=False)
+    assert np.allclose(t["mean"], z["mean"]) and np.array_equal(t["index"], np.arange(25))
+    ae = encode(runs["ae"], n=5, progress=False)
+    assert "std" not in ae and ae["mean"].shape == (5, 4)
+    pytest.importorskip("pyarrow")
+    write_codes(t, tmp_path / "c.parquet")
+    import pandas as pd
+
+    frame = pd.read_parquet(tmp_path / "c.parquet")
+    assert frame.shape == (25, 3 + 2 * 18) and "mean_17" in frame
+
+
+def test_ood_writes_its_report_and_separates_noise(runs, tmp_path, capsys):
+    a = np.random.default_rng(0).integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "noise.npz", images=a)
+    assert main(["ood", str(runs["hvae"]), "--out-of", str(tmp_path / "noise.npz"), "--split", "all", "--k", "3",
+                 "--n", "60", "--quiet"]) == 0
+    r = json.loads((runs["hvae"] / "ood.json").read_text())
+    res = r["results"]["noise.npz"]
+    assert set(res) >= {"log_px", "llr_1", "llr_2", "complexity_corrected"} and "png_bits" not in res
+    assert res["log_px"]["auroc"] > 0.9  # uniform noise is far less likely than digits
+    assert {row["batch"] for row in r["typicality"]["noise.npz"]} == {1, 2, 5, 10, 25}
+    md = (runs["hvae"] / "ood.md").read_text()
+    assert "| log_px |" in md and "No out-of-distribution data were used" in md
+    assert (runs["hvae"] / "ood.png").stat().st_size > 10_000
+    assert "AUROC" in capsys.readouterr().out
