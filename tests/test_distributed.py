@@ -210,3 +210,16 @@ def test_a_rank_killed_ends_the_other_in_one_line_and_the_run_resumes(tmp_path):
     done = len(elbos(run))
     assert main(["train", "--resume", str(run), "--epochs", str(done + 1), "--quiet"]) == 0
     assert len(elbos(run)) == done + 1
+
+
+def test_scores_on_two_processes_are_the_scores_of_one(tmp_path):
+    run = tmp_path / "h"
+    assert main(["train", *TINY, "--model", "hvae", "--lower-latents", "6", "--epochs", "1", "--out", str(run)]) == 0
+    assert main(["score", str(run), "--k", "7", "--n", "53", "--out", str(tmp_path / "one.csv"), "--quiet"]) == 0
+    vaelab_ddp("score", run, "--k", "7", "--n-images", "53", "--out", tmp_path / "two.csv", "--quiet")
+    one, two = (tmp_path / "one.csv").read_text(), (tmp_path / "two.csv").read_text()
+    assert one.count("\n") == 54
+    rows = [[line.split(","), other.split(",")] for line, other in zip(one.splitlines(), two.splitlines())]
+    for a, b in rows[1:]:
+        assert a[:3] == b[:3]  # split, index, label
+        assert [float(v) for v in a[3:]] == pytest.approx([float(v) for v in b[3:]], rel=1e-5, abs=1e-4)

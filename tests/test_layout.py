@@ -73,3 +73,17 @@ def test_the_code_passes_the_linter():
     out = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "src", "tests", "benchmarks"],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_package_names_its_public_functions_lazily():
+    """vaelab/__init__.py comes first and imports nothing of vaelab; it names the public
+    functions by module and attribute, and each of those must exist."""
+    import importlib
+
+    import vaelab
+
+    order = module_order()
+    for name, module in vaelab._LAZY.items():
+        assert module.split(".")[1] in order, module
+        assert callable(getattr(importlib.import_module(module), name)), name
+        assert getattr(vaelab, name) is getattr(importlib.import_module(module), name)

@@ -1,3 +1,28 @@
-"""vaelab: train, evaluate and explore variational autoencoders."""
+"""vaelab: train, evaluate and explore variational autoencoders.
+
+The functions for using a trained model are at the top level, loaded on first use (so that
+importing vaelab, and ``vaelab --help``, stay free of torch):
+
+- ``vaelab.score(run, data)``: per-image scores -> a table (``.to_pandas()``)
+- ``vaelab.encode(run, data)``: posterior means and standard deviations -> a table
+- ``vaelab.ood(run, outside=[...])``: out-of-distribution detection metrics -> a dict
+"""
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
+
+_LAZY = {"score": "vaelab.scores", "encode": "vaelab.scores", "ood": "vaelab.scores"}
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vaelab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

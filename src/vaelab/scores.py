@@ -153,7 +153,7 @@ def write_table(table: Table, path: str | Path) -> Path:
             frame = table.to_pandas()
             import pyarrow  # noqa: F401
         except ImportError:
-            raise ConfigError("writing .parquet needs pandas and pyarrow: pip install 'vaelab[tables]', "
+            raise ConfigError("writing .parquet needs pandas and pyarrow: pip install 'vaelab[scores]', "
                               "or write .csv or .npz") from None
     with atomic_path(path, suffix=kind) as tmp:
         if kind == ".csv":
