@@ -50,7 +50,12 @@ class DiagonalGaussian:
 
     def kl_standard_normal(self) -> torch.Tensor:
         """KL(q || N(0, I)) in closed form (Kingma & Welling 2014, appendix B): (..., D) -> (...)."""
-        return 0.5 * (self.mean.square() + torch.exp(2 * self.log_std) - 1 - 2 * self.log_std).sum(-1)
+        return self.kl_standard_normal_per_dim().sum(-1)
+
+    def kl_standard_normal_per_dim(self) -> torch.Tensor:
+        """The closed-form KL(q || N(0, I)) of each dimension, 0.5 (mu^2 + sigma^2 - 1) - log sigma:
+        (..., D) -> (..., D)."""
+        return 0.5 * (self.mean.square() + torch.exp(2 * self.log_std) - 1 - 2 * self.log_std)
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,12 @@ import torch
 
 from vaelab.batches import SplitInputs, memory_budget, model_inputs
 from vaelab.checkpoint import load_run
-from vaelab.files import write_json
+from vaelab.distributions import DiagonalGaussian, GaussianChain, GaussianMixture, StandardNormal
+from vaelab.files import FileError, write_json
 from vaelab.images import load_configured
 from vaelab.models import active_units, check_data_fit
 from vaelab.noise import ExampleNoise
+from vaelab.plots import kl_bars, save_figure
 from vaelab.runtime import Dist, distributed, progress_bar, resolve_device, tune_malloc
 
 BINARIZATION_NOTE = {
@@ -126,13 +129,15 @@ METRICS = ("nll", "fd", "fid")
 
 def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, device: str = "cpu",
              progress: bool = True, write: bool = True, dataset=None,
-             metrics: tuple[str, ...] = ("nll",), fd_classifier_steps: int = 2000) -> dict[str, Any]:
+             metrics: tuple[str, ...] = ("nll",), fd_classifier_steps: int = 2000,
+             figures: bool = True) -> dict[str, Any]:
     """Evaluate a trained run on its test set; writes ``RUN_DIR/eval.json``.
 
     Metric ``nll``: ``elbo`` (mean per-image ELBO, nats, a lower bound on log p(x)) and
     ``nll`` (the k-sample importance-sampled estimate of -log p(x), nats; k defaults to
-    `default_k` of the image size), each with the
-    standard error of the mean over test images, and the data protocol used.
+    `default_k` of the image size), each with the standard error of the mean over test
+    images, and the data protocol used; for models with a density also what z encodes
+    (`_diagnostics`) and, with `figures`, RUN_DIR/kl_per_dim.png even when not `write`.
     Metric ``fd``: the Fréchet distance between test images and as many prior samples in
     the feature space of vaelab's own classifier (:mod:`vaelab.quality`): ``fd`` for draws
     x ~ p(x|z), ``fd_mean`` for decoder means, and ``fd_train`` between training and test
@@ -170,8 +175,7 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
     if "nll" in metrics and model.has_density:
         bits_dims = dims if cfg.data.binarization == "none" else None  # bits/dim for grey levels and colour
         result.update(_likelihood(model, inputs, chunks, k, dist, density, dims, bits_dims, progress))
-        result["active_units"] = active_units(model, inputs, dist)
-        result["latent_dim"] = model.latent_dim
+        result.update(_diagnostics(model, inputs, dist, run_dir if figures and dist.main else None))
     elif "nll" in metrics:
         result.update(_reconstruction_only(model, inputs, chunks, dist))
     if "nll" in metrics and cfg.data.binarization == "none":
@@ -214,6 +218,7 @@ def format_result(r: dict[str, Any]) -> str:
             rows.append(("reconstruction PSNR (dB)", f"{r['recon_psnr']:.2f} +- {r['recon_psnr_stderr']:.2f}"))
         if "active_units" in r:
             rows.append(("active latent units", f"{r['active_units']} of {r['latent_dim']}"))
+        rows += _diagnostic_rows(r)
         if "nll_note" in r:
             rows.append(("note", r["nll_note"]))
     elif "recon_nll" in r:
@@ -224,7 +229,44 @@ def format_result(r: dict[str, Any]) -> str:
                   f"training vs test images: {r['fd_train']:.3f})"), ("FD note", r["fd_note"])]
     rows.append(("seconds", f"{r['seconds']:.1f}"))
     width = max(len(a) for a, _ in rows)
-    return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
+    # long notes wrap under their value column, so the labels stay a column of their own
+    return "\n".join(f"{a:<{width}}  " + f"\n{'':<{width}}  ".join(textwrap.wrap(str(b), 100) or [""])
+                     for a, b in rows)
+
+
+def _top_kl(kl: list[float], top: int = 5) -> str:
+    """The `top` largest of a KL per dimension, by name, and what the others hold."""
+    order = sorted(range(len(kl)), key=lambda i: -kl[i])
+    text = ", ".join(f"z{i} {kl[i]:.2f}" for i in order[:top])
+    rest = order[top:]
+    if not rest:
+        return text
+    return f"top {top} of {len(kl)}: {text}; the other {len(rest)}: {sum(kl[i] for i in rest):.2f} in all"
+
+
+def _diagnostic_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """The table's rows for what z encodes: KL and its split, I(x; z), the collapse warning."""
+    rows = []
+    if "kl" in r:
+        how = "closed form" if "kl_per_dim" in r else "Monte Carlo"
+        rows.append(("KL(q(z|x) || p(z)) (nats)", f"{r['kl']:.2f} +- {r['kl_stderr']:.2f} ({how})"))
+    if "kl_per_dim" in r:
+        rows.append(("KL per dimension (nats)", _top_kl(r["kl_per_dim"])))
+    elif "kl_per_level" in r:
+        rows.append(("KL per layer (nats)", "; ".join(
+            f"z_{i + 1} ({d} dims, {a} active) {v:.2f}"
+            for i, (v, d, a) in enumerate(zip(r["kl_per_level"], r["latent_sizes"], r["active_per_level"])))))
+    elif "kl_note" in r:
+        rows.append(("KL note", r["kl_note"]))
+    if "mi" in r:
+        rows.append(("I(x; z) (nats)", f"{r['mi']:.3f} (at most log N = {r['mi_bound']:.2f})"))
+    if "mi_note" in r:
+        rows.append(("I(x; z) note", r["mi_note"]))
+    if "collapse_note" in r:
+        rows.append(("warning", r["collapse_note"]))
+    if "kl_figure" in r or "kl_figure_note" in r:
+        rows.append(("figure", r.get("kl_figure_note", f"{r.get('kl_figure')} in the run folder")))
+    return rows
 
 
 def _likelihood(model, inputs: SplitInputs, chunks: list[tuple[int, int]], k: int, dist: Dist, density: bool,
@@ -371,3 +413,202 @@ def probe(run_dir: str | Path, layers: int = 1, hidden: int = 256, epochs: int =
     if write:
         write_json(Path(run_dir) / "probe.json", result)
     return result
+
+
+# ----------------------------------------------------------------------------- what z encodes
+# Per-dimension or per-layer KL, I(x; z) under the aggregate posterior, and a posterior
+# collapse warning, on the same test inputs as the likelihood.
+
+COLLAPSE_SHARE = 0.10  # fewer active dimensions than this share of the latent ones: collapse
+ACTIVE_VARIANCE = 0.01  # an active unit's posterior-mean variance (Burda et al. 2016, section 5.2)
+KL_SAMPLES = 10  # Monte-Carlo samples per image for a KL with no closed form
+MI_BATCH = 1000  # images per batch of the I(x; z) estimate
+PAIR_ELEMENTS = 1 << 24  # elements of one (codes x images x D) block: 64 MB of fp32
+
+
+def _kl_kind(q, prior) -> str:
+    """How the KL splits: "dim" (closed form per dimension), "level" (per layer of a chain, by
+    Monte Carlo) or "total" (one Monte-Carlo number: flows, mixture priors)."""
+    if isinstance(q, DiagonalGaussian) and isinstance(prior, StandardNormal):
+        return "dim"
+    if isinstance(q, GaussianChain) and isinstance(prior, GaussianChain):
+        return "level"
+    return "total"
+
+
+def _kl_terms(q, prior, kind: str, index: torch.Tensor, samples: int, seed: int) -> torch.Tensor:
+    """Each image's KL terms, (B, U): U = D per dimension, L per layer, or 1 (the total).
+    Monte-Carlo noise is tied to the images' `index` (B,), so any sharding gives the same."""
+    if kind == "dim":
+        return q.kl_standard_normal_per_dim()
+    z, log_q = q.rsample_with_log_prob(samples, generator=ExampleNoise(index, seed))  # (S, B, D), (S, B)
+    if kind == "level":  # (L, S, B) -> (B, L)
+        return (q.log_prob_levels(z) - prior.log_prob_levels(z)).mean(1).T
+    return (log_q - prior.log_prob(z)).mean(0)[:, None]
+
+
+@torch.inference_mode()
+def kl_terms(model, inputs: SplitInputs, dist: Dist = Dist(), samples: int = KL_SAMPLES,
+             seed: int = 0) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """The KL of every test image split as far as it splits, and the posterior means, this
+    process's shard computed and every process's gathered: (kind, KL (N, U), means (N, D));
+    kind and U as in `_kl_terms`."""
+    model.eval()
+    prior = model.prior()
+    kind = _kl_kind(model.encode(*inputs.rows(0, 1)[:2]), prior)
+    units = {"dim": model.latent_dim, "level": len(getattr(model, "sizes", ())), "total": 1}[kind]
+    # a mixture prior's log-density makes (S, B, K, D) values: rows per step keep that bounded
+    components = len(prior.means) if isinstance(prior, GaussianMixture) else 1
+    step = min(1000, max(1, PAIR_ELEMENTS // (samples * model.latent_dim * components)))
+    first, last = dist.shard(len(inputs))
+    kl = [torch.empty(0, units, device=inputs.device)]
+    means = [torch.empty(0, model.latent_dim, device=inputs.device)]
+    for i in range(first, last, step):
+        x, c, _ = inputs.rows(i, min(last, i + step))
+        q = model.encode(x, c)
+        kl.append(_kl_terms(q, prior, kind, inputs.index(i, i + len(x)), samples, seed).float())
+        means.append(q.mean.float())
+    n = len(inputs)
+    return kind, dist.gather_rows(torch.cat(kl), n), dist.gather_rows(torch.cat(means), n)
+
+
+def active_mask(means: torch.Tensor, threshold: float = ACTIVE_VARIANCE) -> torch.Tensor:
+    """Which latent dimensions are active, posterior means (N, D) -> (D,) bool: the variance of
+    the mean over the images is above `threshold`, as `vaelab.models.active_units` counts."""
+    m = means.double()
+    return (m.square().mean(0) - m.mean(0).square()) > threshold
+
+
+def mi_terms(q, z: torch.Tensor) -> torch.Tensor:
+    """log q(z_i | x_i) - log (1/N) sum_j q(z_i | x_j) for one code z_i ~ q(z | x_i) per image
+    of a batch of N whose posterior `q` has batch shape (N,): codes (N, D) -> (N,). Its mean is
+    He et al. 2019's minibatch estimate of I(x; z); each term is at most log N. Blocks of
+    codes keep the (codes, N, D) values under PAIR_ELEMENTS."""
+    n, d = z.shape
+    rows = max(1, PAIR_ELEMENTS // (n * d))
+    out = []
+    for a in range(0, n, rows):
+        lp = q.log_prob(z[a : a + rows, None, :])  # (m, N): log q(z_i | x_j)
+        out.append(lp.diagonal(offset=a) - torch.logsumexp(lp, 1) + math.log(n))
+    return torch.cat(out)
+
+
+def _batches(n: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) of ceil(n / size) batches whose sizes differ by at most one."""
+    nb = max(1, math.ceil(n / size))
+    bounds = [round(b * n / nb) for b in range(nb + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+@torch.inference_mode()
+def mutual_information(model, inputs: SplitInputs, dist: Dist = Dist(), batch: int = MI_BATCH,
+                       seed: int = 0) -> dict[str, Any]:
+    """I(x; z) under the aggregate posterior, He et al. 2019's minibatch estimator ("Lagging
+    inference networks", calc_mi): for batches of about `batch` test images,
+        I ~= mean_i [log q(z_i | x_i) - log (1/N) sum_j q(z_i | x_j)],   z_i ~ q(z | x_i),
+    averaged over images (`mi_terms`). One code per image, tied to the image and `seed`;
+    whole batches are shared out to processes, so any number gives the same. Needs the
+    posterior's density at any z: without one (flows) only a note is returned."""
+    model.eval()
+    if not hasattr(model.encode(*inputs.rows(0, 1)[:2]), "log_prob"):
+        return {"mi_note": "I(x; z) not estimated: it needs the posterior's density at any z, and a flow "
+                           "posterior has it only at its own samples"}
+    n = len(inputs)
+    batches = _batches(n, batch)
+    terms = torch.zeros(n, dtype=torch.float64, device=inputs.device)  # each row filled by one process
+    first, last = dist.shard(len(batches))
+    for i, j in batches[first:last]:
+        x, c, _ = inputs.rows(i, j)
+        q = model.encode(x, c)
+        z = q.rsample_with_log_prob(1, generator=ExampleNoise(inputs.index(i, j), seed))[0][0]  # (N, D)
+        terms[i:j] = mi_terms(q, z).double()
+    mi = float(dist.sum_(terms).mean())
+    size = min(j - i for i, j in batches)
+    bound = math.log(size)
+    sizes = f"N = {size}" + (f" or {size + 1}" if size != max(j - i for i, j in batches) else "")
+    return {"mi": mi, "mi_batch": size, "mi_bound": bound,
+            "mi_note": f"minibatch estimate (He et al. 2019), one z per image: the aggregate posterior q(z) "
+                       f"is the mixture of the posteriors of a batch's {sizes} images, so the estimate is "
+                       f"biased and never above log N = {bound:.2f} nats; a value near log N means the "
+                       "batches are too small to measure I(x; z)"}
+
+
+def collapse_note(active: int, dims: int, hierarchical: bool = False) -> str | None:
+    """A warning when fewer than COLLAPSE_SHARE of the `dims` latent dimensions are `active`."""
+    if dims <= 0 or active >= COLLAPSE_SHARE * dims:
+        return None
+    fewer = "--latent-dim, --lower-latents" if hierarchical else "--latent-dim"
+    return (f"posterior collapse: {active} of {dims} latent dimensions are active (under "
+            f"{COLLAPSE_SHARE:.0%}; active: posterior-mean variance over the test images above "
+            f"{ACTIVE_VARIANCE}); in the inactive ones q(z|x) stays near the prior whatever x is, so they "
+            f"tell the decoder little about x. What to try: --kl-warmup EPOCHS (the KL weight rises from "
+            f"0), a smaller --beta, fewer dimensions ({fewer}), or a smaller decoder (--decoder-hidden)")
+
+
+def _kl_note(model) -> str:
+    """Why a model's KL is not split over dimensions."""
+    if isinstance(model.prior(), StandardNormal):
+        what = "a posterior that is not a diagonal Gaussian (flows)"
+    else:
+        what = "a prior that is not a product over dimensions (a mixture)"
+    return (f"no KL per dimension: it splits over dimensions only for a diagonal Gaussian posterior and the "
+            f"N(0, I) prior, and this model has {what}; the total KL is a Monte-Carlo estimate")
+
+
+def kl_summary(model, inputs: SplitInputs, dist: Dist = Dist(), samples: int = KL_SAMPLES,
+               seed: int = 0) -> tuple[dict[str, Any], torch.Tensor]:
+    """eval.json's KL entries (the total ``kl`` with its standard error over images, and
+    ``kl_per_dim`` (D,) or ``kl_per_level`` (L,) in the code's order, or a note saying why
+    neither) and the active dimensions (D,) bool."""
+    kind, kl, means = kl_terms(model, inputs, dist, samples, seed)
+    active = active_mask(means)
+    r: dict[str, Any] = {}
+    r["kl"], r["kl_stderr"] = _mean_stderr(kl.double().sum(1))
+    mc = f"Monte Carlo, {samples} samples per image tied to the image (seed {seed})"
+    per_unit = [float(v) for v in kl.double().mean(0)]
+    if kind == "dim":
+        r["kl_estimator"] = "closed form per dimension: 0.5 (mu^2 + sigma^2 - 1) - log sigma (Kingma & Welling 2014)"
+        r["kl_per_dim"] = per_unit
+    elif kind == "level":
+        r["kl_estimator"] = (f"{mc}: log q(z_l | z_l-1) - log p(z_l | z_l+1) per layer l, z_1 next to the "
+                              "data (z_0 = x; the top layer's prior is N(0, I))")
+        r["kl_per_level"], r["latent_sizes"] = per_unit, list(model.sizes)
+        r["active_per_level"] = [int(a.sum()) for a in active.split(list(model.sizes))]
+    else:
+        r["kl_estimator"] = f"{mc}: log q(z|x) - log p(z)"
+        r["kl_note"] = _kl_note(model)
+    return r, active
+
+
+def kl_figure(r: dict[str, Any], active: torch.Tensor):
+    """The bars of kl_per_dim.png from eval.json's entries `r` and the active dimensions
+    (D,): per dimension, largest first, active ones coloured; or one bar per layer."""
+    count = f"{int(active.sum())} of {len(active)} latent dimensions active (posterior-mean variance > {ACTIVE_VARIANCE})"
+    if "kl_per_level" in r:
+        names = [f"z_{i + 1}\n{d} dims\n{a} active"
+                 for i, (d, a) in enumerate(zip(r["latent_sizes"], r["active_per_level"]))]
+        return kl_bars(r["kl_per_level"], f"KL(q || p) per layer, z_1 next to the data: {count}", names=names,
+                       sort=False)
+    return kl_bars(r["kl_per_dim"], f"KL(q(z|x) || p(z)) per latent dimension, largest first: {count}",
+                   active=active.tolist())
+
+
+def _diagnostics(model, inputs: SplitInputs, dist: Dist, run_dir: str | Path | None) -> dict[str, Any]:
+    """What z encodes: ``active_units`` of ``latent_dim``, the KL and its split over
+    dimensions or layers (`kl_summary`), I(x; z) (`mutual_information`) and a
+    ``collapse_note`` when under COLLAPSE_SHARE of the dimensions are active; with `run_dir`,
+    kl_per_dim.png there (a folder that cannot be written is noted, not fatal)."""
+    r: dict[str, Any] = {"active_units": active_units(model, inputs, dist), "latent_dim": model.latent_dim}
+    kl, active = kl_summary(model, inputs, dist)
+    r.update(kl)
+    r.update(mutual_information(model, inputs, dist))
+    note = collapse_note(r["active_units"], model.latent_dim, hierarchical="kl_per_level" in r)
+    if note:
+        r["collapse_note"] = note
+    if run_dir is not None and ("kl_per_dim" in r or "kl_per_level" in r):
+        try:
+            save_figure(kl_figure(r, active), Path(run_dir) / "kl_per_dim.png")
+            r["kl_figure"] = "kl_per_dim.png"
+        except FileError as e:
+            r["kl_figure_note"] = f"kl_per_dim.png not written: {e}"
+    return r
