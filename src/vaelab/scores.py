@@ -261,22 +261,23 @@ def _chosen(model, scores, skip_levels) -> tuple[list[str], tuple[int, ...]]:
     return names, skip
 
 
-def _skip_weights(model, x, c, q: GaussianChain, z_full, n: int, s: int, idx, seed: int, first: int):
+def _skip_weights(model, x, c, q: GaussianChain, n: int, s: int, idx, seed: int, first: int):
     """log-weights (n, B) of L^{>s}: layers above s from q reading the data through the
     posterior means of the layers below, layers 1..s from the conditional prior."""
     sizes = model.sizes
     layers = q.layers()  # q(z_j | mean of z_{j-1}), layer order
     upper = GaussianChain(layers[s], q.steps[s:], sizes[s:])
-    z_up, log_q = upper.rsample_with_log_prob(n, generator=ExampleNoise(idx, seed * 8 + 3 + s, first))
-    lower_noise = ExampleNoise(idx, seed * 8 + 2, first).randn((n, len(idx), sum(sizes[:s])), z_up)
-    steps = model._priors()[::-1]  # layer order: steps[j] gives p(z_{j+1} | z_{j+2}), 0-based layers
+    z_up, log_q = upper.rsample_with_log_prob(n, generator=ExampleNoise(idx, _key(seed, 3 + s), first))
+    lower_noise = ExampleNoise(idx, _key(seed, 2), first).randn((n, len(idx), sum(sizes[:s])), z_up)
+    prior = model.prior()
+    steps = prior.steps[::-1]  # layer order: steps[j] gives p(z_{j+1} | z_{j+2}), 0-based layers
     parts = [None] * s + list(z_up.split(sizes[s:], -1))
     eps = list(lower_noise.split(sizes[:s], -1))
     for j in range(s - 1, -1, -1):
         g = steps[j](parts[j + 1])
         parts[j] = g.mean + g.std * eps[j]
     z = torch.cat(parts, -1)
-    log_p = model.prior().log_prob_levels(z)[s:].sum(0)
+    log_p = prior.log_prob_levels(z)[s:].sum(0)
     return model.decode(z, c).log_prob(x) + log_p - log_q
 
 
@@ -298,7 +299,7 @@ def score_batch(model, x: torch.Tensor, idx: torch.Tensor, c: torch.Tensor | Non
     lse = {"w": None, **{f"s{s}": None for s in skip}}
     for j in range(0, k, chunk):
         n = min(chunk, k - j)
-        z, log_q = q.rsample_with_log_prob(n, generator=ExampleNoise(idx, seed * 8 + 1, j))
+        z, log_q = q.rsample_with_log_prob(n, generator=ExampleNoise(idx, _key(seed, 1), j))
         log_pxz = model.decode(z, c).log_prob(x)
         if hier:
             kl_levels = q.log_prob_levels(z) - prior.log_prob_levels(z)  # (L, n, B)
@@ -310,7 +311,7 @@ def score_batch(model, x: torch.Tensor, idx: torch.Tensor, c: torch.Tensor | Non
         _add(acc, {"elbo": w.sum(0), "recon": log_pxz.sum(0), "kl": kl.sum(0)})
         lse["w"] = _logaddexp(lse["w"], torch.logsumexp(w, 0))
         for s in skip:
-            ws = _skip_weights(model, x, c, q, z, n, s, idx, seed, j)
+            ws = _skip_weights(model, x, c, q, n, s, idx, seed, j)
             lse[f"s{s}"] = _logaddexp(lse[f"s{s}"], torch.logsumexp(ws, 0))
     out.update({key: v / k for key, v in acc.items()})
     out["elbo"] -= shift
@@ -321,6 +322,12 @@ def score_batch(model, x: torch.Tensor, idx: torch.Tensor, c: torch.Tensor | Non
         out[f"llr_{s}"] = out["log_px"] - (lse[f"s{s}"] - log_k - shift)
     out["bits_per_dim"] = -out["log_px"] / (math.prod(x.shape[1:]) * math.log(2))
     return out
+
+
+def _key(seed: int, stream: int) -> int:
+    """The noise key of one stream of one seed: 0 codes, 1 the samples, 2 the prior's lower
+    layers, 3 + k the upper layers of L>k."""
+    return seed * 256 + stream
 
 
 def _add(acc: dict, new: dict) -> None:
@@ -510,7 +517,7 @@ def _codes(model, x, c, idx, samples: int, seed: int) -> dict[str, torch.Tensor]
     else:  # an autoencoder's code
         out = {"mean": q.mean}
     if samples and "std" in out:
-        out["samples"] = q.rsample(samples, generator=ExampleNoise(idx, seed * 8 + 5)).transpose(0, 1)
+        out["samples"] = q.rsample(samples, generator=ExampleNoise(idx, _key(seed, 0))).transpose(0, 1)
     return out
 
 
