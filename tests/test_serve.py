@@ -1,4 +1,5 @@
-"""The explorer's server: every endpoint against the model it serves, bad requests, batching, the CLI."""
+"""The explorer's server: every endpoint against the model it serves, bad requests, batching, the CLI,
+the ranking of test images by their scores."""
 
 import asyncio
 import base64
@@ -31,14 +32,17 @@ def runs(tmp_path_factory):
     for name, extra in {"vae5": ["--latent-dim", "5"], "vae2": ["--latent-dim", "2"],
                         "vae1": ["--latent-dim", "1"], "ae": ["--latent-dim", "3", "--model", "ae"],
                         "cvae": ["--latent-dim", "3", "--model", "cvae"],
-                        "flows": ["--latent-dim", "3", "--flows", "2"]}.items():
+                        "flows": ["--latent-dim", "3", "--flows", "2"],
+                        "hvae": ["--latent-dim", "4", "--model", "hvae", "--lower-latents", "8,6",
+                                 "--latent-hidden", "16"]}.items():
         assert main(["train", *common, *extra, "--out", str(base / name)]) == 0
     return base
 
 
 @pytest.fixture(scope="module")
 def sessions(runs):
-    return {name: Session.from_run(runs / name, n=300) for name in ("vae5", "vae2", "vae1", "ae", "cvae", "flows")}
+    names = ("vae5", "vae2", "vae1", "ae", "cvae", "flows", "hvae")
+    return {name: Session.from_run(runs / name, n=300) for name in names}
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +209,17 @@ BAD = [
     ("get", "/api/map?dims=7,8", None, 400),
     ("get", "/api/map?dims=1,1", None, 400),
     ("get", "/api/map?dims=x", None, 400),
+    ("get", "/api/ranking?score=nope", None, 400),
+    ("get", "/api/ranking?score=llr_1", None, 400),
+    ("get", "/api/ranking?n=0", None, 400),
+    ("get", "/api/ranking?n=65", None, 400),
+    ("get", "/api/ranking?n=twelve", None, 400),
+    ("get", "/api/ranking?n=1.5", None, 400),
+    ("post", "/api/score", {}, 400),
+    ("post", "/api/score", {"index": 0, "score": "nope"}, 400),
+    ("post", "/api/score", {"index": 0, "score": 3}, 400),
+    ("post", "/api/score", {"index": 300}, 400),
+    ("post", "/api/ranking", {}, 405),
     ("get", "/api/decode", None, 405),
     ("get", "/api/nothing", None, 404),
     ("post", "/api/decode", b"x" * (9 << 20), 413),
@@ -310,7 +325,8 @@ def test_cli_errors_are_one_line(runs, tmp_path):
 
 # ----------------------------------------------------------------------------- hostile requests
 
-POST_ENDPOINTS = ["/api/decode", "/api/encode", "/api/interpolate", "/api/noise", "/api/classes", "/api/prior"]
+POST_ENDPOINTS = ["/api/decode", "/api/encode", "/api/interpolate", "/api/noise", "/api/classes", "/api/prior",
+                  "/api/score"]
 
 
 def test_hostile_json_is_a_400_never_a_500(client):
@@ -373,3 +389,99 @@ def test_a_json_fuzz_of_every_endpoint_gives_no_5xx(client, sessions):
         assert client.get("/api/map", params={"dims": dims}).status_code < 500
     assert len(sessions["vae5"].maps) <= 16
     assert any(s == 400 for s in statuses)
+
+
+# ----------------------------------------------------------------------------- typical and unusual images
+
+
+def _more_typical(column, values, value):
+    """How many test images are more typical than `value` under `column`."""
+    from vaelab.scores import anomaly
+
+    return int((anomaly(column, values) < anomaly(column, np.float64(value))).sum())
+
+
+def test_ranking_is_sorted_by_the_scores_direction(sessions, client):
+    s = sessions["vae5"]
+    info = client.get("/api/info").json()
+    assert info["default_score"] == "log_px" and info["score_k"] == 8
+    assert {"elbo", "log_px", "bits_per_dim", "kl", "mse"} <= set(info["scores"])
+    r = client.get("/api/ranking", params={"n": 5})
+    assert r.status_code == 200, r.text
+    r = r.json()
+    assert r["score"] == "log_px" and r["k"] == 8 and r["typical_high"] and r["names"] == info["scores"]
+    assert len(r["typical"]) == len(r["unusual"]) == 5
+    values = s.test_scores()["log_px"]
+    assert len(values) == 300 and np.isfinite(values).all()
+    typical, unusual = [row["value"] for row in r["typical"]], [row["value"] for row in r["unusual"]]
+    assert typical == sorted(typical, reverse=True) and typical[0] == values.max()  # log p(x): higher is typical
+    assert unusual == sorted(unusual) and unusual[0] == values.min()
+    for row in r["typical"] + r["unusual"]:
+        assert row["value"] == values[row["index"]]
+        assert row["image"] == png_data_url(s.ex.x[row["index"]])
+    mse = client.get("/api/ranking", params={"score": "mse", "n": 12}).json()
+    assert not mse["typical_high"] and len(mse["typical"]) == 12
+    low = [row["value"] for row in mse["typical"]]
+    assert low == sorted(low) and low[0] == s.test_scores()["mse"].min()  # an error: lower is typical
+    scores = s.test_scores()
+    assert client.get("/api/ranking", params={"score": "elbo"}).status_code == 200
+    assert s.test_scores()["log_px"] is scores["log_px"]  # computed once, then kept
+
+
+def test_the_default_score_of_each_kind_of_model(sessions):
+    hvae, ae = sessions["hvae"], sessions["ae"]
+    assert hvae.default_score == "llr_1" and {"llr_1", "llr_2", "kl_1", "kl_3"} <= set(hvae.score_columns)
+    r = hvae.ranking({"score": "llr_2", "n": "3"})
+    assert r["score"] == "llr_2" and not r["typical_high"] and len(r["unusual"]) == 3
+    assert r["unusual"][0]["value"] == hvae.test_scores()["llr_2"].max()  # a large ratio is unusual
+    assert ae.default_score == "mse" and ae.score_columns == ["recon", "mse"]
+    assert len(ae.ranking({})["typical"]) == 12
+    cvae = sessions["cvae"].ranking({"n": "2"})
+    assert cvae["score"] == "log_px" and len(cvae["typical"]) == 2
+
+
+def test_unknown_score_is_a_one_line_400(client):
+    r = client.get("/api/ranking", params={"score": "llr_1"})
+    assert r.status_code == 400
+    message = r.json()["error"]
+    assert "unknown score 'llr_1'" in message and "log_px" in message and "\n" not in message
+
+
+def test_percentile_of_an_image_agrees_with_its_rank(sessions, client):
+    s = sessions["vae5"]
+    for column in ("log_px", "mse"):
+        values = s.test_scores()[column]
+        order = np.argsort(-values if column == "log_px" else values, kind="stable")  # most typical first
+        for rank in (0, 7, 150, 299):
+            i = int(order[rank])
+            r = client.post("/api/score", json={"index": i, "score": column}).json()
+            assert r["index"] == i and r["value"] == values[i]
+            assert r["percentile"] == pytest.approx(100 * rank / 300)  # no ties among these scores
+            word = "lower" if column == "log_px" else "higher"
+            assert ("as typical as the most typical" if rank == 0 else f"{word} than") in r["text"]
+            assert "of the 300 test images" in r["text"]
+    # the same test image uploaded: scored as the model sees test images, among them where its rank says
+    values = s.test_scores()["mse"]
+    order = np.argsort(values, kind="stable")
+    for rank in (3, 200):
+        i = int(order[rank])
+        up = client.post("/api/score", json={"image": png_data_url(s.ex.x[i]), "score": "mse"}).json()
+        assert up["index"] is None and up["value"] == pytest.approx(values[i], rel=1e-4)
+        assert abs(up["percentile"] - 100 * rank / 300) <= 100 / 300
+        assert up["percentile"] == pytest.approx(100 * _more_typical("mse", values, up["value"]) / 300)
+    drawn = {"image": png_data_url(torch.zeros(1, 28, 28)), "score": "log_px"}
+    first, again = client.post("/api/score", json=drawn).json(), client.post("/api/score", json=drawn).json()
+    assert first == again and first["text"].startswith("log p(x) = ")  # seeded: the same image, the same score
+    values = s.test_scores()["log_px"]
+    assert first["percentile"] == pytest.approx(100 * _more_typical("log_px", values, first["value"]) / 300)
+
+
+def test_score_of_a_conditional_models_upload_needs_its_class(sessions):
+    c = sessions["cvae"]
+    image = png_data_url(c.ex.x[0])
+    with TestClient(make_app(c)) as client:
+        r = client.post("/api/score", json={"image": image})
+        assert r.status_code == 400 and "class" in r.json()["error"]
+        label = int(c.ex.labels[0])
+        r = client.post("/api/score", json={"image": image, "class": label, "score": "mse"})
+        assert r.status_code == 200 and r.json()["value"] == pytest.approx(c.test_scores()["mse"][0], rel=1e-4)

@@ -135,3 +135,37 @@ def test_the_page_in_a_browser(server, browser, tmp_path):
 
     with Image.open(shot) as im:
         assert im.size[0] >= 1000 and len(im.convert("L").getcolors(256) or range(256)) > 50  # a page, not a blank
+
+
+def test_typical_and_unusual_images_in_a_browser(server, browser):
+    from selenium.webdriver.support.ui import Select
+
+    d = browser
+    d.get(server)
+    WebDriverWait(d, 60).until(lambda d: d.execute_script("return document.body.dataset.ready") == "1")
+    default = d.execute_script("return state.info.default_score")
+    # the first ranking scores every test image: allow it time
+    WebDriverWait(d, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#rank-typical img, #rank-unusual img"))
+                               == 24)
+    assert d.find_element(By.ID, "rank-panel").get_attribute("data-score") == default
+    WebDriverWait(d, 15).until(lambda d: d.find_element(By.ID, "enc-score").text.startswith("test image 0: "))
+
+    # another score: other images, and the current image's score under it
+    Select(d.find_element(By.ID, "rank-score")).select_by_value("mse")
+    WebDriverWait(d, 15).until(lambda d: d.find_element(By.ID, "rank-panel").get_attribute("data-score") == "mse")
+    WebDriverWait(d, 15).until(lambda d: "MSE = " in d.find_element(By.ID, "enc-score").text)
+    captions = [f.text for f in d.find_elements(By.CSS_SELECTOR, "#rank-typical figcaption")]
+    values = [float(c) for c in captions]
+    assert values == sorted(values)  # an error: the smallest are the most typical
+
+    # click an unusual image: it is encoded, its reconstruction and score shown
+    thumb = next(t for t in d.find_elements(By.CSS_SELECTOR, "#rank-unusual img") if t.get_attribute("data-index") != "0")
+    index = thumb.get_attribute("data-index")
+    recon = d.find_element(By.ID, "enc-recon").get_attribute("src")
+    thumb.click()
+    new = changed(d, "enc-recon", recon)
+    WebDriverWait(d, 15).until(lambda d: d.find_element(By.ID, "rank-recon").get_attribute("src") == new)
+    WebDriverWait(d, 15).until(lambda d: d.find_element(By.ID, "rank-current").text.startswith(f"test image {index}: "))
+    assert "higher than" in d.find_element(By.ID, "rank-current").text
+    assert "chosen" in thumb.get_attribute("class")
+    assert d.find_element(By.ID, "status").text == ""

@@ -7,6 +7,11 @@ every input and raising :class:`BadRequest` with a message for anything wrong.
 data URLs), the page itself from ``vaelab/_web`` (plain HTML/JS/CSS, no CDN). Decode
 requests that arrive together are run as one batch (:class:`DecodeBatcher`), so moving
 the mouse over the map stays responsive while other requests are served.
+
+The test images' scores (``vaelab.scores``: log p(x), ELBO, KL, LLR>k, reconstruction
+error, ...) are computed once, on the first request that needs them, in chunks that let
+other requests in between; they rank the images from most typical to most unusual and
+place any other image among them (a percentile).
 """
 
 from __future__ import annotations
@@ -26,14 +31,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from vaelab.batches import TEST_KEY, as_input, binarization_key
 from vaelab.config import background_rgb
+from vaelab.evaluate import decode_rows
 from vaelab.explore import Explorer, add_noise, principal_axes, psnr, slerp
 from vaelab.images import from_pil
+from vaelab.scores import Table, anomaly, applicable, column_names, default_rank, direction, png_bits, score_batch
 
 WEB = Path(__file__).parent / "_web"
 NOISE_KINDS = ("uniform", "salt-pepper", "gaussian")
 MAX_BODY = 8 << 20  # bytes of one request: an uploaded photo fits, a flood does not
 MAX_CODES = 1024  # codes decoded by one request
+SCORE_K = 8  # importance samples per image behind the ranking's scores (a quick, noisier log p(x))
+MAX_RANK = 64  # most typical / most unusual images shown by one ranking request
+SCORE_LABELS = {"elbo": "ELBO", "log_px": "log p(x)", "bits_per_dim": "bits/dim", "recon": "log p(x|z)",
+                "kl": "KL", "mse": "MSE", "complexity_corrected": "complexity-corrected score"}
 
 
 class BadRequest(ValueError):
@@ -69,6 +81,29 @@ def _choice(value: Any, name: str, options: tuple[str, ...]) -> str:
     if value not in options:
         raise BadRequest(f"{name} must be one of {', '.join(options)}, got {value!r:.40}")
     return value
+
+
+def _query_int(value: Any, name: str, lo: int, hi: int, default: int) -> int:
+    """An integer from a query string ('12'), or `default` when it is left out."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, str) and len(value) <= 12 and value.strip().lstrip("+-").isdigit():
+        value = int(value)
+    return _integer(value, name, lo, hi)
+
+
+def _json_float(value: Any) -> float | None:
+    """A score as JSON can carry it: None for a value that is not finite."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def score_label(column: str) -> str:
+    """How the page names a score column: 'log p(x)', 'KL of layer 2', 'LLR>1', ..."""
+    if column in SCORE_LABELS:
+        return SCORE_LABELS[column]
+    base, level = column.rsplit("_", 1)
+    return f"KL of layer {level}" if base == "kl" else f"LLR>{level}" if base == "llr" else column
 
 
 def _codes(value: Any, dim: int, name: str = "z") -> torch.Tensor:
@@ -138,6 +173,17 @@ class Session:
         with torch.no_grad():
             self.codes = ex.codes(ex.x)
         self.maps: dict[str, dict[str, Any]] = {}
+        # the scores of the test images: which exist now, their values on first use
+        model = self.model
+        names = applicable(model)
+        self.skip = tuple(range(1, len(model.sizes))) if "llr" in names else ()
+        columns = column_names(model, names, self.skip)
+        self.score_columns = [c for c in columns if c != "png_bits"]  # a size of the image, not a score
+        self.default_score = default_rank(Table({c: np.empty(0) for c in self.score_columns}))
+        self.shift = 0.0 if model.likelihood.discrete else math.prod(model.image_shape) * math.log(256)
+        self.dequantized = ex.cfg.data.binarization == "none" and not model.likelihood.discrete
+        self.score_lock = threading.Lock()  # one computation of the test scores, however many ask
+        self._scores: dict[str, np.ndarray] = {}
 
     @classmethod
     def from_run(cls, run_dir: str | Path, n: int = 2000, device: str = "cpu") -> Session:
@@ -166,7 +212,9 @@ class Session:
                 "image_shape": list(self.shape), "latent_dim": self.dim, "classes": list(self.ex.classes),
                 "conditional": self.conditional, "class_selector": self.labelled_conditions,
                 "has_prior": bool(self.model.has_density), "n_test": len(self.ex.x), "n_gallery": self.n_gallery,
-                "noise_kinds": list(NOISE_KINDS)}
+                "noise_kinds": list(NOISE_KINDS), "scores": self.score_columns,
+                "score_labels": {c: score_label(c) for c in self.score_columns}, "default_score": self.default_score,
+                "score_k": SCORE_K}
 
     def map(self, dims: Any = None) -> dict[str, Any]:
         """The latent map: test codes projected to 2-D, and the plane it spans in code space
@@ -338,6 +386,111 @@ class Session:
         z = self.model.prior().sample(n, generator=g)
         return {"images": self.decode_many([(z, self._conditions(body.get("class"), n))])[0], "z": z.tolist()}
 
+    # -- typical and unusual images -------------------------------------------
+
+    def _score_name(self, value: Any) -> str:
+        if value in (None, ""):
+            return self.default_score
+        if value not in self.score_columns:
+            raise BadRequest(f"unknown score {value!r:.40}; this model has {', '.join(self.score_columns)}")
+        return value
+
+    def _seen_u8(self, x: torch.Tensor) -> np.ndarray:
+        """uint8 images as the model sees them (binarised as 0/255, dequantised to their grey level)."""
+        u8 = (x * 256).floor() if self.dequantized else (x * 255).round()
+        return u8.clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+    def _picture(self, i: int) -> str:
+        """Test image i as a PNG data URL of its grey levels (a dequantised image: before its noise)."""
+        if not self.dequantized:
+            return png_data_url(self.ex.x[i])
+        return png_data_url(torch.from_numpy(self._seen_u8(self.ex.x[i : i + 1]))[0].float() / 255)
+
+    def _score_rows(self, x: torch.Tensor, c: torch.Tensor | None, idx: torch.Tensor,
+                    columns: list[str]) -> dict[str, np.ndarray]:
+        """Score `columns` of images x (as the model sees them), noise keyed by idx."""
+        with self.lock:
+            got = score_batch(self.model, x, idx, c, SCORE_K, 0, self.skip, self.shift)
+        out = {key: v.double().cpu().numpy() for key, v in got.items()}
+        if "complexity_corrected" in columns:  # PNG sizes only when that score is asked for
+            out["complexity_corrected"] = -out["log_px"] / math.log(2) - png_bits(self._seen_u8(x))
+        return {key: out[key] for key in columns}
+
+    def test_scores(self, column: str | None = None) -> dict[str, np.ndarray]:
+        """The score columns of the session's test images, computed once (SCORE_K importance
+        samples each, noise keyed by the image's index, as `vaelab score` does) in chunks;
+        the model lock is let go between chunks, so other requests are answered meanwhile.
+        The complexity-corrected score (which compresses every image) waits until asked for."""
+        with self.score_lock:
+            wanted = [c for c in self.score_columns if c != "complexity_corrected" or column == c]
+            missing = [c for c in wanted if c not in self._scores]
+            if missing:
+                x_all, n = self.ex.x, len(self.ex.x)
+                rows = decode_rows(math.prod(self.shape))
+                batch = max(1, min(256, rows // min(SCORE_K, rows))) if self.model.has_density else 256
+                parts: dict[str, list[np.ndarray]] = {c: [] for c in missing}
+                for i in range(0, n, batch):
+                    j = min(n, i + batch)
+                    c = None if self.ex.c is None else self.ex.c[i:j]
+                    got = self._score_rows(x_all[i:j], c, torch.arange(i, j, device=x_all.device), missing)
+                    for key, v in got.items():
+                        parts[key].append(v)
+                self._scores.update({key: np.concatenate(v) if v else np.empty(0) for key, v in parts.items()})
+            return self._scores
+
+    def _score_info(self, column: str) -> dict[str, Any]:
+        return {"score": column, "label": score_label(column), "help": direction(column).help,
+                "typical_high": direction(column).typical_high, "k": SCORE_K, "n_test": len(self.ex.x)}
+
+    def ranking(self, query: dict[str, Any]) -> dict[str, Any]:
+        """The n most typical and n most unusual test images by a score (the model's default:
+        LLR>1 for hierarchical models, else log p(x), else the reconstruction error)."""
+        column = self._score_name(query.get("score"))
+        n = _query_int(query.get("n"), "n", 1, min(MAX_RANK, len(self.ex.x)), 12)
+        values = self.test_scores(column)[column]
+        order = np.argsort(anomaly(column, values), kind="stable")  # most typical first
+
+        def rows(indices) -> list[dict[str, Any]]:
+            return [{"index": int(i), "value": _json_float(values[i]), "image": self._picture(int(i))}
+                    for i in indices]
+
+        return {**self._score_info(column), "typical": rows(order[:n]), "unusual": rows(order[::-1][:n]),
+                "names": list(self.score_columns)}
+
+    def _as_test_image(self, x: torch.Tensor) -> torch.Tensor:
+        """An uploaded image (grey levels in [0, 1]) as the model sees its test images:
+        binarised or dequantised with the test set's fixed noise (that of test image 0)."""
+        cfg = self.ex.cfg.data
+        binarization = "fixed" if cfg.binarization == "dynamic" else cfg.binarization
+        u8 = (x * 255).round().to(torch.uint8)
+        return as_input(u8, binarization, self.dequantized, idx=torch.zeros(1, dtype=torch.long, device=x.device),
+                        key=binarization_key(cfg.binarization_seed, TEST_KEY))
+
+    def score(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An image's score ('score', default as for the ranking) and where it lies among the
+        test images: `percentile`, the share of them (%) more typical than it."""
+        column = self._score_name(body.get("score"))
+        x, c, index = self._image(body)
+        values = self.test_scores(column)[column]
+        if index is not None and (body.get("class") is None or not self.labelled_conditions):
+            value = float(values[index])  # a test image under its own condition: the ranked value
+        else:
+            if index is None:
+                x = self._as_test_image(x)
+            idx = torch.zeros(1, dtype=torch.long, device=x.device)
+            value = float(self._score_rows(x, c, idx, [column])[column][0])
+        info = self._score_info(column)
+        if not math.isfinite(value):
+            return {**info, "index": index, "value": None, "percentile": None,
+                    "text": f"{info['label']} of this image is not a finite number"}
+        share = float(np.mean(anomaly(column, values) < anomaly(column, np.float64(value)))) * 100
+        shown = f"{share:.1f}" if 0 < share < 1 or 99 < share < 100 else f"{share:.0f}"
+        text = (f"{info['label']} = {value:.4g}, {'lower' if info['typical_high'] else 'higher'} than "
+                f"{shown}% of the {len(values)} test images")
+        if share == 0:
+            text = f"{info['label']} = {value:.4g}, as typical as the most typical of the {len(values)} test images"
+        return {**info, "index": index, "value": value, "percentile": share, "text": text}
+
 
 # ----------------------------------------------------------------------------- batching
 
@@ -498,6 +651,8 @@ def make_app(session: Session):
         Route("/api/noise", endpoint(session.noise), methods=["POST"]),
         Route("/api/classes", endpoint(session.classes), methods=["POST"]),
         Route("/api/prior", endpoint(session.prior), methods=["POST"]),
+        Route("/api/ranking", endpoint(session.ranking)),
+        Route("/api/score", endpoint(session.score), methods=["POST"]),
         Mount("/static", StaticFiles(directory=WEB), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={Exception: failed})

@@ -14,6 +14,7 @@ const state = {
   encoded: null,       // the last encode response
   source: null,        // what the current image is: {index} or {image}
   seed: 0, priorSeed: 0,
+  rankScore: null,     // the score the test images are ranked by
   a: null, b: null,
 };
 
@@ -207,8 +208,16 @@ async function encode(source) {
   const mean = r.mean.slice(0, n).map(fmt).join(" "), std = r.std.slice(0, n).map((v) => v.toFixed(2)).join(" ");
   const more = r.mean.length > n ? " ..." : "";
   $("enc-text").textContent = `mean [${mean}${more}]   std [${std}${more}]`;
+  $("rank-input").src = r.input; $("rank-recon").src = r.recon;
   keep(r.mean, "posterior mean of the image");
   showNoise();
+  showScore();
+}
+
+// a test image clicked in the gallery or among the ranked ones is marked; others are not
+function choose(img) {
+  document.querySelectorAll("#gallery img, .thumbs img").forEach((o) => o.classList.remove("chosen"));
+  if (img) img.classList.add("chosen");
 }
 
 function setupDrawing() {
@@ -248,7 +257,7 @@ function encodeCanvas() {
   const [, h, w] = state.info.image_shape, small = document.createElement("canvas");
   small.width = w; small.height = h;
   small.getContext("2d").drawImage($("draw"), 0, 0, w, h);
-  document.querySelectorAll("#gallery img").forEach((g) => g.classList.remove("chosen"));
+  choose(null);
   encode({image: small.toDataURL("image/png")}).catch((e) => setStatus(e.message));
 }
 
@@ -259,13 +268,60 @@ async function loadGallery() {
     const img = document.createElement("img");
     img.src = src; img.title = g.labels[i] ? `test image ${i} (${g.labels[i]})` : `test image ${i}`;
     img.addEventListener("click", () => {
-      document.querySelectorAll("#gallery img").forEach((o) => o.classList.remove("chosen"));
-      img.classList.add("chosen");
+      choose(img);
       encode({index: i}).catch((e) => setStatus(e.message));
     });
     box.append(img);
   });
 }
+
+// ---------------------------------------------------------------- typical and unusual images
+
+function scoreValue(v) { return v === null ? "n/a" : Number(v.toPrecision(4)).toString(); }
+
+function thumbnail(row, label) {
+  const f = figure(row.image, scoreValue(row.value));
+  const img = f.querySelector("img");
+  img.title = `test image ${row.index}: ${label} = ${scoreValue(row.value)}`;
+  img.dataset.index = String(row.index);
+  img.addEventListener("click", () => {
+    choose(img);
+    encode({index: row.index}).catch((e) => setStatus(e.message));
+  });
+  return f;
+}
+
+const rankRequest = latestOnly(async (score) => {
+  const r = await api(`/api/ranking?score=${encodeURIComponent(score)}&n=12`);
+  if (r.score !== state.rankScore) return;  // another score was chosen meanwhile
+  const direction = r.typical_high ? "larger is more typical" : "smaller is more typical";
+  $("rank-help").textContent = `${r.help} (${direction})`;
+  for (const [id, rows] of [["rank-typical", r.typical], ["rank-unusual", r.unusual]]) {
+    const strip = $(id);
+    strip.innerHTML = "";
+    rows.forEach((row) => strip.append(thumbnail(row, r.label)));
+  }
+  $("rank-panel").dataset.score = r.score;
+});
+
+function showRanking() {
+  state.rankScore = $("rank-score").value;
+  const waiting = `scoring the ${state.info.n_test} test images (the first time only)...`;
+  if (!$("rank-typical").children.length) $("rank-typical").textContent = waiting;
+  rankRequest(state.rankScore);
+  showScore();
+}
+
+// the current image's score under the chosen score, and where it lies among the test images
+const scoreRequest = latestOnly(async () => {
+  if (!state.source || !state.rankScore) return;
+  const r = await api("/api/score", {...sourceBody(state.source), score: state.rankScore});
+  const text = (r.index === null ? "" : `test image ${r.index}: `) + r.text;
+  $("enc-score").textContent = text;
+  $("rank-current").textContent = text;
+});
+
+function showScore() { scoreRequest(); }
 
 // ---------------------------------------------------------------- interpolation
 
@@ -380,6 +436,10 @@ async function start() {
   document.querySelectorAll("input[name=interp-mode]").forEach((r) => r.addEventListener("change", showInterpolation));
   $("prior-button").addEventListener("click", () => drawPrior().catch((e) => setStatus(e.message)));
   if (!info.has_prior) $("prior-button").textContent = "decode 16 codes from N(0, I) (an AE has no prior)";
+  $("rank-k").textContent = String(info.score_k);
+  info.scores.forEach((name) => $("rank-score").add(new Option(info.score_labels[name], name)));
+  $("rank-score").value = info.default_score;
+  $("rank-score").addEventListener("change", showRanking);
   setupMap();
   setupDrawing();
   await loadMap(views[0][0] === "custom" ? "0,1" : views[0][0]);
@@ -391,6 +451,7 @@ async function start() {
     await encode({index: 0}).catch((e) => setStatus(e.message));
   }
   await drawPrior();
+  showRanking();
   document.body.dataset.ready = "1";
 }
 
