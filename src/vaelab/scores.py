@@ -11,10 +11,11 @@ numbers. With log-weights w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x):
   layer for hierarchical models: ``kl_1`` next to the data ... ``kl_L`` at the top).
 - ``mse``: the squared error of the reconstruction (decoder mean at the posterior mean).
 - ``llr_k`` (hierarchical models, Havtorn et al. 2021): log p(x) - L^{>k}, where L^{>k} is the
-  same importance-sampled bound with the k lowest layers drawn from the conditional prior
-  p(z_{<=k} | z_{>k}) instead of the posterior, and the layers above from q(z_{>k} | x), which
-  reads the data through the posterior means of the layers below (their supplement). A large
-  ratio says the image is likely only through its low-level features.
+  same importance-sampled estimate with the k lowest layers taken from the conditional prior
+  p(z_{<=k} | z_{>k}) (its mean, as their code does) instead of the posterior, and the layers
+  above from q(z_{>k} | x), which reads the data through the posterior means of the layers
+  below (their supplement). A large ratio says the image is likely only through its
+  low-level features.
 - ``complexity_corrected`` (Serra et al. 2020): -log2 p(x) - L(x), L(x) the size in bits of
   the image as the model sees it, compressed losslessly as PNG; ``png_bits`` is L(x).
 
@@ -262,20 +263,18 @@ def _chosen(model, scores, skip_levels) -> tuple[list[str], tuple[int, ...]]:
 
 
 def _skip_weights(model, x, c, q: GaussianChain, n: int, s: int, idx, seed: int, first: int):
-    """log-weights (n, B) of L^{>s}: layers above s from q reading the data through the
-    posterior means of the layers below, layers 1..s from the conditional prior."""
+    """log-weights (n, B) of L^{>s}: the layers above s drawn from q, which reads the data
+    through the posterior means of the layers below; layers 1..s set to the conditional
+    prior's mean given the layer above, as the reference code of Havtorn et al. does."""
     sizes = model.sizes
     layers = q.layers()  # q(z_j | mean of z_{j-1}), layer order
     upper = GaussianChain(layers[s], q.steps[s:], sizes[s:])
-    z_up, log_q = upper.rsample_with_log_prob(n, generator=ExampleNoise(idx, _key(seed, 3 + s), first))
-    lower_noise = ExampleNoise(idx, _key(seed, 2), first).randn((n, len(idx), sum(sizes[:s])), z_up)
+    z_up, log_q = upper.rsample_with_log_prob(n, generator=ExampleNoise(idx, _key(seed, 2 + s), first))
     prior = model.prior()
     steps = prior.steps[::-1]  # layer order: steps[j] gives p(z_{j+1} | z_{j+2}), 0-based layers
     parts = [None] * s + list(z_up.split(sizes[s:], -1))
-    eps = list(lower_noise.split(sizes[:s], -1))
     for j in range(s - 1, -1, -1):
-        g = steps[j](parts[j + 1])
-        parts[j] = g.mean + g.std * eps[j]
+        parts[j] = steps[j](parts[j + 1]).mean
     z = torch.cat(parts, -1)
     log_p = prior.log_prob_levels(z)[s:].sum(0)
     return model.decode(z, c).log_prob(x) + log_p - log_q
@@ -325,8 +324,8 @@ def score_batch(model, x: torch.Tensor, idx: torch.Tensor, c: torch.Tensor | Non
 
 
 def _key(seed: int, stream: int) -> int:
-    """The noise key of one stream of one seed: 0 codes, 1 the samples, 2 the prior's lower
-    layers, 3 + k the upper layers of L>k."""
+    """The noise key of one stream of one seed: 0 codes, 1 the samples, 2 + k the upper layers
+    of L>k."""
     return seed * 256 + stream
 
 
