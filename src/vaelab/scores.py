@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vaelab.batches import SplitInputs, memory_budget, model_inputs, read_rows
+from vaelab.batches import SplitInputs, model_inputs, read_rows
 from vaelab.checkpoint import load_run
 from vaelab.config import ConfigError
 from vaelab.data import DataError, Dataset
@@ -44,6 +44,10 @@ from vaelab.files import atomic_path
 from vaelab.images import file_names, is_path, load_configured
 from vaelab.noise import ExampleNoise
 from vaelab.runtime import Dist, distributed, progress_bar, tune_malloc
+
+# images of a folder or array file are read from the disk cache chunk by chunk, never held
+# whole: memory stays flat in the number of images
+STREAM = 0
 
 
 @dataclass(frozen=True)
@@ -450,8 +454,7 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
     bar = progress_bar(total=sum(sizes.values()), desc=f"scoring (k={k})", show=progress, unit="img")
     parts = []
     for s in splits:
-        inputs = model_inputs(model, cfg, getattr(ds, s).head(sizes[s]), len(ds.classes), dev,
-                              memory_budget(cfg.data, dev))
+        inputs = model_inputs(model, cfg, getattr(ds, s).head(sizes[s]), len(ds.classes), dev, STREAM)
         got = _score_split(model, inputs, cols, skip, k, seed, shift, dist, bar)
         parts.append({**_key_columns(ds, s, sizes[s]), **got})
     bar.close()
@@ -544,7 +547,7 @@ def encode(run, data=None, *, split: str = "auto", samples: int = 0, n: int | No
     bar = progress_bar(total=sum(len(getattr(ds, s)) for s in splits), desc="encoding", show=progress and dist.main,
                        unit="img")
     for s in splits:
-        inputs = model_inputs(model, cfg, getattr(ds, s).head(n), len(ds.classes), dev, memory_budget(cfg.data, dev))
+        inputs = model_inputs(model, cfg, getattr(ds, s).head(n), len(ds.classes), dev, STREAM)
         first, last = dist.shard(len(inputs))
         got: dict[str, list[torch.Tensor]] = {}
         for i in range(first, last, 1000):
