@@ -14,7 +14,7 @@ cache   N (default 2000) 256x256 JPEGs (quality 90) made from the 256x256 icons
         cache (cold build: images/s and images/s per core), then a second fresh process
         loads the unchanged folder again. Target: >= 400 images/s per core.
 warm    50,000 16x16 PNGs derived the same way from the 16..48 px icons; the cache is
-        built once (timed), then fresh processes run `import vaelab.train` and
+        built once (timed), then fresh processes run `import vaelab.training` and
         load_configured(DataConfig(dataset=DIR, image_size=(16, 16))): the wall time
         from process start to having the Dataset. Target: under 2 s.
 stream  60,000 MNIST training digits as a uint8 .npy (full MNIST via $VAELAB_DATA,
@@ -423,13 +423,13 @@ def bench_cache(a, env: Env) -> dict:
 # ----------------------------------------------------------------------------- 2. warm start
 
 LOAD_CONFIGURED = _load_script(
-    "import vaelab.train\nfrom vaelab.images import load_configured\nfrom vaelab.config import DataConfig",
+    "import vaelab.training\nfrom vaelab.images import load_configured\nfrom vaelab.config import DataConfig",
     "load_configured(DataConfig(dataset=sys.argv[1], image_size=(16, 16)), progress=False)",
     ', "dataset_at": time.time()')
 IMPORT_ONLY = """
 import json, time
 t0 = time.perf_counter()
-import vaelab.train
+import vaelab.training
 print(json.dumps({"import_s": round(time.perf_counter() - t0, 3)}))
 """
 NOTHING = "pass"
@@ -461,7 +461,7 @@ def bench_warm(a, env: Env) -> dict:
         "in_process_import_s_median": median([w["import_s"] for w in warm]),
         "import_vaelab_train_process_s_median": median([i["process_wall_s"] for i in imports]),
         "python_startup_s_median": median([b["process_wall_s"] for b in bare]),
-        "what": "fresh process: import vaelab.train + load_configured(DataConfig(dataset=DIR, image_size=(16,16))) "
+        "what": "fresh process: import vaelab.training + load_configured(DataConfig(dataset=DIR, image_size=(16,16))) "
                 "on a built cache; wall time from spawn until the child holds the Dataset (time.time() in both "
                 "processes; interpreter exit not counted, it is in process_start_to_exit_s)",
         "target": "< 2 s from process start to the Dataset (50k images)",
@@ -609,7 +609,7 @@ def bench_conv(a, env: Env) -> dict:
             out["note"] = (f"one seed took {total:.0f} s > {a.conv_max_seed_s:.0f} s in total: only seed "
                            f"{seed} was run")
             break
-    from vaelab.train import effective_batch_size
+    from vaelab.training import effective_batch_size
 
     out["seeds"] = seeds
     failed = [s["seed"] for s in seeds if "bits_per_dim" not in s]
@@ -668,7 +668,7 @@ def report(sections: dict) -> str:
                   f"process start -> Dataset: {w['process_start_to_dataset_s_median']:.2f} s median "
                   f"(to exit {w['process_start_to_exit_s_median']:.2f} s) "
                   f"(import {w['in_process_import_s_median']:.2f} s + load {w['in_process_load_s_median']:.2f} s); "
-                  f"`import vaelab.train` alone {w['import_vaelab_train_process_s_median']:.2f} s; bare python "
+                  f"`import vaelab.training` alone {w['import_vaelab_train_process_s_median']:.2f} s; bare python "
                   f"{w['python_startup_s_median']:.2f} s; target < 2 s: {'met' if w['target_met'] else 'NOT met'}", ""]
     if "stream" in sections:
         s = sections["stream"]

@@ -93,7 +93,7 @@ def test_denoising_run_describes_itself_and_tests_on_clean_images(runs):
     from vaelab.batches import model_inputs
     from vaelab.checkpoint import load_run
     from vaelab.data import load_dataset
-    from vaelab.train import test_elbo
+    from vaelab.training import test_elbo
 
     cfg, model = load_run(runs / "denoise")
     data = load_dataset("mnist-sample")

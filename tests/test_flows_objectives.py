@@ -12,7 +12,7 @@ from vaelab.data import load_dataset
 from vaelab.flows import FLOWS, PlanarFlows
 from vaelab.models import build_model
 from vaelab.objectives import elbo, iwae
-from vaelab.train import train
+from vaelab.training import train
 
 
 @pytest.mark.parametrize("kind", list(FLOWS))

@@ -14,7 +14,7 @@ import pytest
 
 from vaelab.data import load_dataset
 from vaelab.runtime import bar_redraws, progress_bar
-from vaelab.train import resume, train
+from vaelab.training import resume, train
 
 # CI installs the test extra, which includes tensorboard: there these tests must run
 needs_tensorboard = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None and not os.environ.get("CI"),

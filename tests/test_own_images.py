@@ -130,7 +130,7 @@ def test_streamed_training_equals_resident_training(tmp_path):
     """A training split over the memory budget streams from the cache: same losses as resident."""
     from vaelab.config import Config
     from vaelab.data import load_dataset
-    from vaelab.train import train
+    from vaelab.training import train
 
     d = load_dataset("mnist-sample")
     np.savez(tmp_path / "digits.npz", train=d.train.images.numpy(), test=d.test.images[:100].numpy())

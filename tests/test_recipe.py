@@ -23,7 +23,7 @@ from vaelab.config import (
     unresolved,
 )
 from vaelab.models import build_model, check_config
-from vaelab.train import ProgressLog, kl_weight
+from vaelab.training import ProgressLog, kl_weight
 
 ICONS = Path("/usr/share/icons/oxygen/base/32x32")
 requires_icons = pytest.mark.skipif(not ICONS.is_dir(), reason="apt-get install oxygen-icon-theme")
@@ -235,7 +235,7 @@ def test_active_units_count_the_dimensions_the_encoder_uses():
 
 @requires_icons
 def test_the_eight_bit_recipe_resumes_exactly(colour_folder, tmp_path):
-    from vaelab.train import resume
+    from vaelab.training import resume
 
     def metrics(run):
         timing = ("seconds", "examples_per_s")
@@ -253,7 +253,7 @@ def test_the_eight_bit_recipe_resumes_exactly(colour_folder, tmp_path):
 @requires_icons
 def test_a_run_folder_from_before_the_recipes_resumes_and_evaluates(colour_folder, tmp_path):
     """config.json of an older vaelab: no kl_warmup field, precision "auto" (then fp32 on CPUs)."""
-    from vaelab.train import resume
+    from vaelab.training import resume
 
     cfg = Config().replace(data={"dataset": str(colour_folder), "image_size": (16, 16)},
                            model={"net": "conv", "hidden": (8, 16), "latent_dim": 4}, train={"epochs": 1})

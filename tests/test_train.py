@@ -12,7 +12,7 @@ from vaelab import objectives
 from vaelab.checkpoint import load_checkpoint, load_run
 from vaelab.config import Config, resolve
 from vaelab.data import load_dataset
-from vaelab.train import TrainingDiverged, learning_rate, resume, train
+from vaelab.training import TrainingDiverged, learning_rate, resume, train
 
 TIMING = {"seconds", "examples_per_s"}
 
@@ -54,7 +54,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, tiny_cfg):
 
 
 class TenSecondEpochs:
-    """A clock for vaelab.train in which every epoch takes 10 s."""
+    """A clock for vaelab.training in which every epoch takes 10 s."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -66,7 +66,7 @@ class TenSecondEpochs:
 
 def test_time_budget_stops_before_an_epoch_that_would_overrun_and_resume_extends_it(tmp_path, tiny_cfg,
                                                                                      monkeypatch, capsys):
-    monkeypatch.setattr("vaelab.train.time", TenSecondEpochs())
+    monkeypatch.setattr("vaelab.training.time", TenSecondEpochs())
     data = load_dataset("mnist-sample")
     cfg = tiny_cfg.replace(train={"epochs": 10, "batch_size": 100})
     # 27 s: after 2 epochs (20 s) a third would end at 30 s, so the run stops at 2

@@ -3,6 +3,8 @@
 The functions for using a trained model are at the top level, loaded on first use (so that
 importing vaelab, and ``vaelab --help``, stay free of torch):
 
+- ``vaelab.train(dataset=..., latent_dim=..., epochs=...)``: train a run -> a ``vaelab.Run``
+- ``vaelab.load(path)``: a run folder -> a ``vaelab.Run`` (model, metrics, evaluate, plot, ...)
 - ``vaelab.score(run, data)``: per-image scores -> a table (``.to_pandas()``)
 - ``vaelab.encode(run, data)``: posterior means and standard deviations -> a table
 - ``vaelab.ood(run, outside=[...])``: out-of-distribution detection metrics -> a dict
@@ -12,7 +14,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_LAZY = {"score": "vaelab.scores", "encode": "vaelab.scores", "ood": "vaelab.scores"}
+_LAZY = {"train": "vaelab.api", "load": "vaelab.api", "Run": "vaelab.api",
+         "score": "vaelab.scores", "encode": "vaelab.scores", "ood": "vaelab.scores"}
 __all__ = ["__version__", *_LAZY]
 
 

@@ -451,7 +451,7 @@ def _rank0() -> bool:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from vaelab.train import resume, train
+    from vaelab.training import resume, train
 
     if args.resume is not None:
         flags = {f"{s}.{f.name}": flag_name(f) for s in SECTIONS for f in dataclasses.fields(getattr(Config(), s))}
@@ -714,7 +714,7 @@ def _run(args: argparse.Namespace) -> int:
     from vaelab.data import DataError
     from vaelab.files import FileError, describe
     from vaelab.runtime import DeviceError
-    from vaelab.train import TrainingDiverged, TrainingStopped
+    from vaelab.training import TrainingDiverged, TrainingStopped
 
     # the same on every process of a torchrun job (the settings, or a check reduced across
     # processes): rank 0 alone says it; other errors may differ by process (or machine)

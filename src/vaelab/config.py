@@ -169,11 +169,11 @@ class TrainConfig:
         "0: none", metavar="M", low=0)
     batch_size: int | None = setting(None, "images per step (the global batch under torchrun)", low=1)
     lr: float | None = setting(None, "peak learning rate", low=0, open_low=True)
-    optimizer: str = setting("adam", "the optimiser (fused where torch has it)", registry="vaelab.train:OPTIMIZERS")
+    optimizer: str = setting("adam", "the optimiser (fused where torch has it)", registry="vaelab.training:OPTIMIZERS")
     # exp's value at a step does not depend on the total number of epochs, so
     # `--resume --epochs N` continues the curve an uninterrupted N-epoch run follows
     schedule: str = setting("exp", "exp: lr * decay^epoch, smooth per step; cosine: to 0 at --epochs; constant",
-                            registry="vaelab.train:SCHEDULES")
+                            registry="vaelab.training:SCHEDULES")
     lr_decay: float | None = setting(None, "per-epoch factor of the exp schedule (chosen: 0.92 for the MNIST "
                                            "family; for other images a tenfold fall over the run)",
                                      metavar="G", low=0, open_low=True, high=1)

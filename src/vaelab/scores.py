@@ -408,7 +408,7 @@ def _load(run, device: str):
     """(config, model) of a run folder, or of an already loaded (config, model) pair."""
     if isinstance(run, tuple):
         return run
-    return load_run(run, device)
+    return load_run(getattr(run, "path", run), device)  # a folder, or a vaelab.Run
 
 
 def _key_columns(data: Dataset, split: str, n: int) -> dict[str, np.ndarray]:
@@ -459,7 +459,7 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
         parts.append({**_key_columns(ds, s, sizes[s]), **got})
     bar.close()
     columns = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    table = Table(columns, {"run": str(run) if not isinstance(run, tuple) else "", "data": ds.source,
+    table = Table(columns, {"run": str(getattr(run, "path", run)) if not isinstance(run, tuple) else "", "data": ds.source,
                             "dataset": ds.name, "split": "+".join(splits), "k": k, "seed": seed,
                             "binarization": cfg.data.binarization, "model": cfg.model.model}, ds)
     if "file" in columns and len(splits) > 1:  # every image of a folder: in file-name order
@@ -672,7 +672,7 @@ def ood(run, inside=None, outside=(), *, split: str = "test", scores: list[str] 
                                 for name, t in tables.items() if name != "in"}
     result["best"] = {name: max(r, key=lambda c: r[c]["auroc"]) for name, r in result["results"].items()}
     if write and dist.main and not isinstance(run, tuple):
-        write_ood(Path(run), result, tables)
+        write_ood(Path(getattr(run, "path", run)), result, tables)
     return result
 
 
