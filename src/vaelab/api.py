@@ -142,12 +142,13 @@ class Run:
         g = torch.Generator(device=self.device).manual_seed(seed)
         return self.model.sample(n, generator=g).mean.clamp(0, 1)
 
-    def evaluate(self, k: int | None = None, n: int | None = None, **options: Any) -> dict[str, Any]:
-        """Test ELBO, importance-sampled -log p(x) with k samples and the diagnostics, as
-        ``vaelab evaluate`` (which also writes RUN/eval.json)."""
+    def evaluate(self, k: int | None = None, n: int | None = None, progress: bool = True,
+                 **options: Any) -> dict[str, Any]:
+        """Test ELBO, importance-sampled -log p(x) with k samples on the first n test images,
+        and the diagnostics, as ``vaelab evaluate`` (and, like it, written to RUN/eval.json)."""
         from vaelab.evaluate import evaluate
 
-        return evaluate(self.path, n=n, k=k, device=self.device, progress=True, **options)
+        return evaluate(self.path, n=n, k=k, device=self.device, progress=progress, **options)
 
     def plot(self, what: str = "recon", seed: int = 0, **options: Any):
         """One of the figures of ``vaelab plot`` (recon, samples, manifold, interpolate, ...),
