@@ -3,7 +3,8 @@ not from its training data?
 
     python benchmarks/ood.py data                       # noise.npz and constant.npz, 2,000 test images each
     python benchmarks/ood.py train [--seeds 0,1,2] [--minutes 30] [--in fashion-mnist,mnist]
-    python benchmarks/ood.py detect [--seeds 0,1,2] [--k 100]
+    python benchmarks/ood.py detect [--seeds 0,1,2] [--k 100] [--in fashion-mnist,mnist]
+    python benchmarks/ood.py table                      # today's detect results as one Markdown table
     python benchmarks/ood.py throughput [--k 1,100]
     python benchmarks/ood.py memory [--images 100000]
     python benchmarks/ood.py example                    # a colour folder: icons vs textures and Tux Paint stamps
@@ -135,7 +136,21 @@ def detect(seeds: list[int], k: int, datasets: list[str], n: int | None) -> None
     for pair, scores in summary.items():
         best = max(scores, key=lambda s: scores[s]["mean"])
         print(f"{pair}: best {best} {scores[best]['mean']:.3f} +- {scores[best]['std']:.3f}")
-    save("detect", {"k": k, "n": n, "seeds": seeds, "recipe": RECIPE, "auroc": summary, "runs": raw})
+    save(f"detect-{'+'.join(datasets)}", {"k": k, "n": n, "seeds": seeds, "recipe": RECIPE, "auroc": summary,
+                                          "runs": raw})
+
+
+def table() -> None:
+    """One Markdown table from today's detect results: AUROC mean +- std per score and pair."""
+    summary: dict[str, dict] = {}
+    for path in sorted(RESULTS.glob(f"ood-detect-*-{today()}.json")):
+        summary.update(json.loads(path.read_text())["auroc"])
+    scores = list(dict.fromkeys(s for pair in summary.values() for s in pair))
+    print("| score | " + " | ".join(summary) + " |")
+    print("|---" * (len(summary) + 1) + "|")
+    for s in scores:
+        cells = [f"{v[s]['mean']:.3f} +- {v[s]['std']:.3f}" if s in v else "" for v in summary.values()]
+        print(f"| {s} | " + " | ".join(cells) + " |")
 
 
 def _timed(*args) -> tuple[float, int]:
@@ -217,7 +232,7 @@ def example(root: Path, k: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["data", "train", "detect", "throughput", "memory", "example"])
+    p.add_argument("what", choices=["data", "train", "detect", "table", "throughput", "memory", "example"])
     p.add_argument("--root", type=Path, default=Path.home() / ".cache" / "vaelab" / "colour-benchmark")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--in", dest="inside", default="fashion-mnist,mnist")
@@ -238,6 +253,8 @@ def main() -> None:
         detect(seeds, int(a.k), datasets, a.n)
     elif a.what == "throughput":
         throughput([int(k) for k in a.k.split(",")], a.repeats)
+    elif a.what == "table":
+        table()
     elif a.what == "memory":
         memory(a.images)
     else:
