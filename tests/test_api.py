@@ -35,6 +35,8 @@ def test_settings_are_checked_as_the_command_line_checks_flags():
         vaelab.train("mnist-sample", model="nope", epochs=1)
     cfg = config_of(latent_dim=4, epochs=3, lr=0.01, hidden=(64, 32))
     assert (cfg.model.latent_dim, cfg.train.epochs, cfg.model.hidden) == (4, 3, (64, 32))
+    cfg = config_of(image_size=32, hidden="512,256", memory_budget_mb="1GB")  # as the flags' text
+    assert (cfg.data.image_size, cfg.model.hidden, cfg.data.memory_budget_mb) == ((32, 32), (512, 256), 1024)
 
 
 def test_a_trained_run_in_a_notebook(run):

@@ -24,7 +24,7 @@ import torch
 
 from vaelab.checkpoint import Run as RunFolder
 from vaelab.checkpoint import load_run
-from vaelab.config import Config, ConfigError, DataConfig, ModelConfig, TrainConfig
+from vaelab.config import Config, ConfigError, DataConfig, ModelConfig, TrainConfig, read_flag
 from vaelab.scores import Table
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
@@ -34,6 +34,16 @@ def settings() -> dict[str, str]:
     """Every setting `train` takes -> its config section."""
     return {f.name: section for section, cls in SECTIONS.items() for f in fields(cls)
             if not f.metadata.get("internal")}
+
+
+def _value(section: str, name: str, value: Any) -> Any:
+    """A keyword's value as the config holds it: a field the command line parses from text
+    (image_size, hidden, memory_budget_mb, denoise, ...) also takes that text or a single
+    number (``image_size=32``, ``hidden="512,256"``)."""
+    field = next(f for f in fields(SECTIONS[section]) if f.name == name)
+    if field.metadata.get("parse") and isinstance(value, (str, int)) and not isinstance(value, bool):
+        return read_flag(field, str(value))
+    return list(value) if isinstance(value, tuple) else value
 
 
 def config_of(**options: Any) -> Config:
@@ -46,7 +56,7 @@ def config_of(**options: Any) -> Config:
             close = difflib.get_close_matches(name, known, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else "; vaelab train --help lists them as flags"
             raise ConfigError(f"unknown setting {name!r}{hint}")
-        sections[known[name]][name] = list(value) if isinstance(value, tuple) else value
+        sections[known[name]][name] = _value(known[name], name, value)
     return Config().replace(**sections)
 
 
