@@ -394,11 +394,18 @@ def _names(choices: list[str]):
     return read
 
 
-def _ints(s: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in s.split(",") if p.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {s!r}") from None
+def _comma_list(convert, what: str):
+    """A flag's parser for comma-separated values, e.g. 0.1,0.3 or 1,2."""
+    def read(s: str) -> tuple:
+        try:
+            return tuple(convert(v) for v in s.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {s!r}") from None
+    return read
+
+
+_ints = _comma_list(int, "integers")
+_levels = _comma_list(float, "numbers")
 
 
 def _seeds(s: str) -> tuple[int, ...]:
@@ -409,13 +416,6 @@ def _seeds(s: str) -> tuple[int, ...]:
     if not seeds:
         raise argparse.ArgumentTypeError(f"expected comma-separated integer seeds such as 0,1,2, got {s!r}")
     return seeds
-
-
-def _levels(s: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in s.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
 
 
 def _dims(s: str) -> tuple[int, int]:
