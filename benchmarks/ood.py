@@ -122,7 +122,9 @@ def detect(seeds: list[int], k: int, datasets: list[str], n: int | None) -> None
             run = run_dir(dataset, seed)
             extra = ["--n", n] if n else []
             start = time.perf_counter()
-            vaelab("ood", run, "--out-of", PAIRS[dataset], other["noise"], other["constant"], "--k", k, "--quiet", *extra)
+            if not _done(run, k, n):  # a finished result of the same measurement is read, not redone
+                vaelab("ood", run, "--out-of", PAIRS[dataset], other["noise"], other["constant"], "--k", k,
+                       "--quiet", *extra)
             r = json.loads((run / "ood.json").read_text())
             for name, res in r["results"].items():
                 pair = f"{dataset} vs {name.removesuffix('.npz')}"
@@ -138,6 +140,15 @@ def detect(seeds: list[int], k: int, datasets: list[str], n: int | None) -> None
         print(f"{pair}: best {best} {scores[best]['mean']:.3f} +- {scores[best]['std']:.3f}")
     save(f"detect-{'+'.join(datasets)}", {"k": k, "n": n, "seeds": seeds, "recipe": RECIPE, "auroc": summary,
                                           "runs": raw})
+
+
+def _done(run: Path, k: int, n: int | None) -> bool:
+    """Whether RUN/ood.json holds this benchmark's measurement: the same k, n and three sets."""
+    try:
+        r = json.loads((run / "ood.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return r.get("k") == k and len(r.get("results", {})) == 3 and r.get("n") == n
 
 
 def table() -> None:

@@ -98,7 +98,10 @@ def test_png_bits_grow_with_the_complexity_of_the_image():
 
 def test_detection_metrics_on_known_cases():
     inside, outside = np.arange(10.0), np.arange(10.0) + 100
-    assert detection(inside, outside) == pytest.approx({"auroc": 1.0, "auprc": 1.0, "fpr80": 0.0, "fpr95": 0.0})
+    assert detection(inside, outside) == pytest.approx({"auroc": 1.0, "auprc": 1.0, "fpr80": 0.0, "fpr95": 0.0,
+                                                        "non_finite": 0})
+    odd = detection(inside, np.r_[outside[:-2], np.inf, np.nan])  # infinitely unusual images rank on top
+    assert odd["auroc"] == 1.0 and odd["non_finite"] == 2
     flipped = detection(outside, inside)
     assert flipped["auroc"] == 0.0 and flipped["fpr95"] == 1.0
     rng = np.random.default_rng(0)

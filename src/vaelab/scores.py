@@ -599,16 +599,23 @@ OOD_NOTE = ("No out-of-distribution data were used to train the model or to choo
 def detection(inside: np.ndarray, outside: np.ndarray) -> dict[str, float]:
     """AUROC, AUPRC and the false-positive rate at 80% and 95% true-positive rate of anomaly
     scores (larger = more unusual), with the out-of-distribution images as the positive class
-    (scikit-learn; the FPR is the share of in-distribution images flagged at that threshold)."""
+    (scikit-learn; the FPR is the share of in-distribution images flagged at that threshold),
+    and the number of images whose score was infinite or not a number."""
     try:
         from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
     except ImportError:
         raise ConfigError("out-of-distribution metrics need scikit-learn: pip install 'vaelab[scores]'") from None
     y = np.r_[np.zeros(len(inside)), np.ones(len(outside))]
-    s = np.r_[inside, outside]
+    s = np.r_[inside, outside].astype(np.float64)
+    # an image can score infinitely unusual (an encoder's scale underflowing on an odd input):
+    # it ranks above every finite score; NaN (no score) ranks as most unusual too, and is counted
+    bad = int((~np.isfinite(s)).sum())
+    big = np.finfo(np.float64).max
+    s = np.clip(np.nan_to_num(s, nan=big, posinf=big, neginf=-big), -big, big)
     fpr, tpr, _ = roc_curve(y, s)
     at = {f"fpr{int(100 * t)}": float(fpr[np.searchsorted(tpr, t, side="left")]) for t in (0.8, 0.95)}
-    return {"auroc": float(roc_auc_score(y, s)), "auprc": float(average_precision_score(y, s)), **at}
+    return {"auroc": float(roc_auc_score(y, s)), "auprc": float(average_precision_score(y, s)), **at,
+            "non_finite": bad}
 
 
 def typicality(train_nll: np.ndarray, inside: np.ndarray, outside: np.ndarray, sizes=(1, 2, 5, 10, 25),
@@ -619,6 +626,7 @@ def typicality(train_nll: np.ndarray, inside: np.ndarray, outside: np.ndarray, s
     the training images. For each M: the share of in- and out-of-distribution test batches
     (disjoint, in a seeded order) flagged, and the AUROC of the statistic."""
     rng = np.random.default_rng(seed)
+    train_nll = train_nll[np.isfinite(train_nll)]
     h = float(train_nll.mean())
     rows = []
     for m in sizes:
@@ -659,7 +667,7 @@ def ood(run, inside=None, outside=(), *, split: str = "test", scores: list[str] 
         t = score(loaded, spec, split=split, **common)
         tables[_set_name(spec, tables)] = t
     result: dict[str, Any] = {"in": tables["in"].info, "out": {name: t.info for name, t in tables.items() if name != "in"},
-                              "k": k, "note": OOD_NOTE, "positive": "out-of-distribution", "results": {}}
+                              "k": k, "n": n, "note": OOD_NOTE, "positive": "out-of-distribution", "results": {}}
     cols = [c for c in tables["in"].scores if c != "png_bits"]  # a size, not a score of the model
     for name, t in tables.items():
         if name != "in":
