@@ -96,7 +96,10 @@ def load(path: str | Path) -> Run:
 
 
 class Run:
-    """A trained run: its folder, config, model, metrics and figures."""
+    """A trained run: its folder, config, model, metrics and figures.
+
+    Example: ``run = vaelab.load("runs/mnist"); run.config.model.latent_dim``
+    """
 
     def __init__(self, path: str | Path, device: str = "cpu") -> None:
         self.path, self.device = Path(path), device
@@ -111,12 +114,18 @@ class Run:
 
     @cached_property
     def model(self) -> torch.nn.Module:
-        """The trained model in eval mode (an ``nn.Module``: encode, decode, sample, log_weights)."""
+        """The trained model in eval mode (an ``nn.Module``: encode, decode, sample, log_weights).
+
+        Example: ``run.model.encode(run.images("test", 4)).mean.shape  # (4, D)``
+        """
         return load_run(self.path, self.device)[1]
 
     @property
     def metrics(self) -> Table:
-        """One row per epoch (losses, test ELBO, KL, active units, seconds); ``.to_pandas()``."""
+        """One row per epoch (losses, test ELBO, KL, active units, seconds); ``.to_pandas()``.
+
+        Example: ``run.metrics["test_elbo"][-1]``
+        """
         import numpy as np
 
         records = self._folder.metrics()
@@ -126,7 +135,10 @@ class Run:
 
     def images(self, split: str = "test", n: int | None = None) -> torch.Tensor:
         """The first `n` images of a split of the run's data as the model sees them (binarised
-        once, or grey levels in [0, 1]): (n, C, H, W)."""
+        once, or grey levels in [0, 1]): (n, C, H, W).
+
+        Example: ``x = run.images("test", 16)  # (16, 1, 28, 28) for MNIST``
+        """
         from vaelab.batches import model_inputs
         from vaelab.images import load_configured
 
@@ -138,31 +150,46 @@ class Run:
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Posterior means of images x (N, C, H, W) in [0, 1]: (N, D)."""
+        """Posterior means of images x (N, C, H, W) in [0, 1]: (N, D).
+
+        Example: ``z = run.encode(run.images("test", 8))  # (8, latent_dim)``
+        """
         return self.model.encode(x.to(self.device)).mean
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """The decoder's mean at each image's posterior mean: (N, C, H, W) in [0, 1]."""
+        """The decoder's mean at each image's posterior mean: (N, C, H, W) in [0, 1].
+
+        Example: ``x_hat = run.reconstruct(run.images("test", 8))  # same shape as the images``
+        """
         return self.model.decode(self.encode(x)).mean.clamp(0, 1)
 
     @torch.no_grad()
     def sample(self, n: int = 16, seed: int = 0) -> torch.Tensor:
-        """Decoder means of n codes drawn from the prior: (n, C, H, W) in [0, 1]."""
+        """Decoder means of n codes drawn from the prior: (n, C, H, W) in [0, 1].
+
+        Example: ``images = run.sample(16, seed=1)  # (16, C, H, W)``
+        """
         g = torch.Generator(device=self.device).manual_seed(seed)
         return self.model.sample(n, generator=g).mean.clamp(0, 1)
 
     def evaluate(self, k: int | None = None, n: int | None = None, progress: bool = True,
                  **options: Any) -> dict[str, Any]:
         """Test ELBO, importance-sampled -log p(x) with k samples on the first n test images,
-        and the diagnostics, as ``vaelab evaluate`` (and, like it, written to RUN/eval.json)."""
+        and the diagnostics, as ``vaelab evaluate`` (and, like it, written to RUN/eval.json).
+
+        Example: ``run.evaluate(k=1000)["nll"]  # nats``
+        """
         from vaelab.evaluate import evaluate
 
         return evaluate(self.path, n=n, k=k, device=self.device, progress=progress, **options)
 
     def plot(self, what: str = "recon", seed: int = 0, **options: Any):
         """One of the figures of ``vaelab plot`` (recon, samples, manifold, interpolate, ...),
-        as a matplotlib Figure, which Jupyter shows inline; nothing is written."""
+        as a matplotlib Figure, which Jupyter shows inline; nothing is written.
+
+        Example: ``run.plot("manifold", span=3.0, steps=15)``
+        """
         from vaelab.explore import FIGURE_OPTIONS, FIGURES, Explorer
 
         if what not in FIGURES:

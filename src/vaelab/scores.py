@@ -91,8 +91,11 @@ def anomaly(column: str, values: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Table:
-    """Columns of equal length, one row per image (numpy arrays), and what they were made
-    from (`info`). ``to_pandas()`` gives a DataFrame; ``table["log_px"]`` a column."""
+    """Columns of equal length, one row per image (numpy arrays, (N,) or (N, D)), and what
+    they were made from (`info`). ``to_pandas()`` gives a DataFrame; ``table["log_px"]`` a column.
+
+    Example: ``t = vaelab.score(run); t.sorted("log_px").take(range(5))["index"]``
+    """
 
     columns: dict[str, np.ndarray]
     info: dict[str, Any] = field(default_factory=dict)
@@ -148,7 +151,10 @@ def _cell(v) -> str:
 
 def write_table(table: Table, path: str | Path) -> Path:
     """Write a table atomically as .csv, .npz (loads with numpy alone) or .parquet (pandas and
-    pyarrow)."""
+    pyarrow).
+
+    Example: ``write_table(vaelab.score(run), "scores.parquet")``
+    """
     path = Path(path)
     kind = path.suffix.lower()
     if kind not in (".csv", ".npz", ".parquet"):
@@ -493,7 +499,10 @@ def top_images(table: Table, by: str, n: int) -> tuple[torch.Tensor, torch.Tenso
 
 def top_figure(table: Table, n: int, by: str | None = None):
     """A figure of the n most typical and n most unusual images by score `by` (default
-    `default_rank`), with their scores."""
+    `default_rank`): two rows of n images (C, H, W) each.
+
+    Example: ``top_figure(vaelab.score(run, "my_folder/"), 16, by="log_px")``
+    """
     from vaelab.plots import image_rows
 
     by = by or default_rank(table)
@@ -592,8 +601,10 @@ def write_codes(table: Table, path: str | Path) -> Path:
 
 # ----------------------------------------------------------------------------- out-of-distribution detection
 
-OOD_NOTE = ("No out-of-distribution data were used to train the model or to choose any setting: every score "
-            "is fixed before the other data are seen, and larger anomaly means 'out' by each score's definition.")
+OOD_NOTE = ("No out-of-distribution data were used to train the model or to set any score: the model saw only "
+            "its own training images, each score's direction (which way is unusual) is fixed by its definition, "
+            "and the other data are only scored. (Whoever chose the model's settings should not have looked at "
+            "these results to do it.)")
 
 
 def detection(inside: np.ndarray, outside: np.ndarray) -> dict[str, float]:
