@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaelab import train as train_module
+from vaelab import training as train_module
 from vaelab.cli import main
 from vaelab.config import (
     AUTO,
