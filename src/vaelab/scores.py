@@ -394,7 +394,9 @@ def _score_split(model, inputs: SplitInputs, cols: list[str], skip, k, seed, shi
     dims = math.prod(model.image_shape)
     batch = max(1, decode_rows(dims) // min(k, decode_rows(dims))) if model.has_density else 256
     first, last = dist.shard(len(inputs))
-    parts: dict[str, list[torch.Tensor]] = {key: [] for key in cols}
+    # filled in place: appending a small tensor per chunk would leave long-lived blocks between
+    # each chunk's large freed ones, and the heap would grow with the number of images
+    parts = {key: np.empty(last - first, dtype=np.float64) for key in cols}
     for i in range(first, last, batch):
         x, c, _ = inputs.rows(i, min(last, i + batch))
         idx = inputs.index(i, min(last, i + batch))
@@ -404,10 +406,10 @@ def _score_split(model, inputs: SplitInputs, cols: list[str], skip, k, seed, shi
             got["png_bits"] = bits
             got["complexity_corrected"] = -got["log_px"] / math.log(2) - bits
         for key in cols:
-            parts[key].append(got[key].double())
+            parts[key][i - first : i - first + len(x)] = got[key].double().cpu().numpy()
         bar.update(len(x) * dist.world)
-    empty = torch.empty(0, dtype=torch.float64, device=inputs.device)
-    return {key: dist.gather_rows(torch.cat([empty, *v]), len(inputs)).cpu().numpy() for key, v in parts.items()}
+    return {key: dist.gather_rows(torch.from_numpy(v).to(inputs.device), len(inputs)).cpu().numpy()
+            for key, v in parts.items()}
 
 
 def _load(run, device: str):
@@ -558,17 +560,16 @@ def encode(run, data=None, *, split: str = "auto", samples: int = 0, n: int | No
     for s in splits:
         inputs = model_inputs(model, cfg, getattr(ds, s).head(n), len(ds.classes), dev, STREAM)
         first, last = dist.shard(len(inputs))
-        got: dict[str, list[torch.Tensor]] = {}
-        for i in range(first, last, 1000):
-            x, c, _ = inputs.rows(i, min(last, i + 1000))
-            for key, v in _codes(model, x, c, inputs.index(i, min(last, i + 1000)), samples, seed).items():
-                got.setdefault(key, []).append(v.float())
-            bar.update(len(x) * dist.world)
         keys = ["mean", "std", "samples"] if model.has_density else ["mean"]
         keys = keys if samples else keys[:2]
         width = {"mean": (model.latent_dim,), "std": (model.latent_dim,), "samples": (samples, model.latent_dim)}
-        cols = {key: dist.gather_rows(torch.cat([torch.empty(0, *width[key], device=dev), *got.get(key, [])]),
-                                      len(inputs)).cpu().numpy() for key in keys}
+        got = {key: np.empty((last - first, *width[key]), dtype=np.float32) for key in keys}  # filled in place
+        for i in range(first, last, 1000):
+            x, c, _ = inputs.rows(i, min(last, i + 1000))
+            for key, v in _codes(model, x, c, inputs.index(i, min(last, i + 1000)), samples, seed).items():
+                got[key][i - first : i - first + len(x)] = v.float().cpu().numpy()
+            bar.update(len(x) * dist.world)
+        cols = {key: dist.gather_rows(torch.from_numpy(got[key]).to(dev), len(inputs)).cpu().numpy() for key in keys}
         parts.append({**_key_columns(ds, s, len(inputs)), **cols})
     bar.close()
     columns = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
