@@ -123,8 +123,8 @@ def detect(seeds: list[int], k: int, datasets: list[str], n: int | None) -> None
             extra = ["--n", n] if n else []
             start = time.perf_counter()
             if not _done(run, k, n):  # a finished result of the same measurement is read, not redone
-                vaelab("ood", run, "--out-of", PAIRS[dataset], other["noise"], other["constant"], "--k", k,
-                       "--quiet", *extra)
+                vaelab("ood", run, "--out-of", PAIRS[dataset], other["noise"], other["constant"], "--split", "test",
+                       "--k", k, "--quiet", *extra)
             r = json.loads((run / "ood.json").read_text())
             for name, res in r["results"].items():
                 pair = f"{dataset} vs {name.removesuffix('.npz')}"

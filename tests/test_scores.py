@@ -42,6 +42,16 @@ def runs(tmp_path_factory):
     return out
 
 
+def _have(name: str) -> bool:
+    from vaelab.data import DataError, locate
+
+    try:
+        locate(name, None, allow_download=False)
+    except DataError:
+        return False
+    return True
+
+
 def _images(n=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 1, 28, 28, generator=g).bernoulli(generator=g)
@@ -155,7 +165,9 @@ def test_score_a_run_on_its_test_split_and_on_another_dataset(runs, tmp_path):
     a = np.random.default_rng(0).integers(0, 256, (30, 28, 28), dtype=np.uint8)
     np.savez(tmp_path / "noise.npz", images=a)
     other = score(runs["vae"], str(tmp_path / "noise.npz"), k=3, progress=False)
-    assert len(other) == 30 and "llr_1" not in other  # every image of other data; a flat VAE has no LLR
+    assert len(other) == 30 and "llr_1" not in other  # every image of an array file; a flat VAE has no LLR
+    named = score(runs["vae"], "fashion-mnist", k=1, n=20, progress=False) if _have("fashion-mnist") else None
+    assert named is None or set(named["split"]) == {"test"}  # a named dataset: its official test split
     ae = score(runs["ae"], n=10, progress=False)
     assert set(ae.scores) == {"recon", "mse"}
 

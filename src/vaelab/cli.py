@@ -220,7 +220,8 @@ def _score_args(sub) -> None:
     s.add_argument("--out", metavar="FILE", type=_path_text,
                    help="table to write: .csv, .npz or .parquet (default RUN_DIR/scores.csv)")
     s.add_argument("--split", choices=["auto", "test", "train", "all"], default="auto",
-                   help="auto: the test split of the run's own data, every image of other data (default auto)")
+                   help="auto: the test split of the run's own data and of a named dataset, every image of a "
+                        "folder or array file (default auto)")
     _score_options(s)
     s.add_argument("--top", type=_positive_int, metavar="N",
                    help="also write the N most typical and N most unusual images as a PNG grid beside --out")
@@ -241,9 +242,9 @@ def _ood_args(sub) -> None:
                    help="in-distribution data, scored on its test split (default the run's own data)")
     o.add_argument("--out-of", dest="outside", metavar="DATA", nargs="+", required=True,
                    help="one or more other datasets (named, folder or array file)")
-    o.add_argument("--split", choices=["auto", "test", "train", "all"], default="test",
-                   help="the split of the --out-of sets (default test; a folder without train/ and test/ folders "
-                        "has a test split of --test-fraction of its images: use all)")
+    o.add_argument("--split", choices=["auto", "test", "train", "all"], default="auto",
+                   help="the split of the --out-of sets; auto: a named dataset's test split, every image of a "
+                        "folder or array file (default auto)")
     _score_options(o)
     _scoring_args(o, "score")
 

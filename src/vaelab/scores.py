@@ -231,8 +231,14 @@ def scoring_data(cfg, spec: str | Dataset | None, model, progress: bool = True) 
     return data
 
 
+def _held_out_only(spec, cfg) -> bool:
+    """Whether `auto` means the test split: for the run's own data and for a named dataset
+    (its official test split); a folder or array file of other images is scored whole."""
+    return spec is None or (isinstance(spec, str) and (spec == cfg.data.dataset or not is_path(spec)))
+
+
 def _splits(data: Dataset, split: str, own: bool) -> list[str]:
-    if split == "auto":  # the held-out images of the run's own data; every image of other data
+    if split == "auto":
         split = "test" if own else "all"
     if split not in ("test", "train", "all"):
         raise ConfigError(f"unknown split {split!r}; choose test, train or all")
@@ -437,7 +443,8 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
 
     `data`: a named dataset, an image folder or an .npy/.npz file, read as the run read its
     own data; None: the run's own data. `split`: test, train, all, or auto (the test split of
-    the run's own data, every image of other data). `scores`: names from SCORES (default:
+    the run's own data and of a named dataset, every image of a folder or array file).
+    `scores`: names from SCORES (default:
     every score the model has). `k`: importance samples per image. `skip_levels`: the k of
     LLR>k for hierarchical models (default every level). `n`: the first n images of each split.
     Rows are keyed by split and index (and the file, for folders; the label where known);
@@ -453,7 +460,7 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
     cfg, model = _load(run, dev)
     model.eval()
     ds = scoring_data(cfg, data, model, progress)
-    own = data is None or (isinstance(data, str) and data == cfg.data.dataset)
+    own = _held_out_only(data, cfg)
     names, skip = _chosen(model, scores, skip_levels)
     cols = column_names(model, names, skip)
     shift = 0.0 if model.likelihood.discrete else math.prod(model.image_shape) * math.log(256)
@@ -552,7 +559,7 @@ def encode(run, data=None, *, split: str = "auto", samples: int = 0, n: int | No
     if samples and not model.has_density:
         raise ConfigError(f"the {cfg.model.model} model has one code per image and no posterior to sample; drop --samples")
     ds = scoring_data(cfg, data, model, progress and dist.main)
-    own = data is None or (isinstance(data, str) and data == cfg.data.dataset)
+    own = _held_out_only(data, cfg)
     splits = _splits(ds, split, own)
     parts = []
     bar = progress_bar(total=sum(len(getattr(ds, s)) for s in splits), desc="encoding", show=progress and dist.main,
@@ -652,7 +659,7 @@ def typicality(train_nll: np.ndarray, inside: np.ndarray, outside: np.ndarray, s
     return rows
 
 
-def ood(run, inside=None, outside=(), *, split: str = "test", scores: list[str] | None = None, k: int = 100,
+def ood(run, inside=None, outside=(), *, split: str = "auto", scores: list[str] | None = None, k: int = 100,
         skip_levels: tuple[int, ...] | None = None, n: int | None = None, train_n: int = 2000,
         batch_sizes=(1, 2, 5, 10, 25), seed: int = 0, device: str = "cpu", progress: bool = True,
         write: bool = True) -> dict[str, Any]:
@@ -660,7 +667,8 @@ def ood(run, inside=None, outside=(), *, split: str = "test", scores: list[str] 
     `write`, RUN/ood.json, ood.md and ood.png (score histograms per set).
 
     `inside`: the in-distribution data (None: the run's own), scored on its test split;
-    `outside`: one or more datasets scored on `split`. Per score and outside set: AUROC,
+    `outside`: one or more datasets scored on `split` (auto: a named dataset's test split,
+    every image of a folder or array file). Per score and outside set: AUROC,
     AUPRC, FPR at 80% and 95% TPR (`detection`); and the batch typicality test on log p(x),
     whose mean is taken over `train_n` training images.
 
