@@ -25,7 +25,7 @@ from vaelab.checkpoint import load_run
 from vaelab.distributions import DiagonalGaussian, GaussianChain, GaussianMixture, StandardNormal
 from vaelab.files import FileError, write_json
 from vaelab.images import load_configured
-from vaelab.models import active_units, check_data_fit
+from vaelab.models import ACTIVE_VARIANCE, active_dims, check_data_fit
 from vaelab.noise import ExampleNoise
 from vaelab.plots import kl_bars, save_figure
 from vaelab.runtime import Dist, distributed, progress_bar, resolve_device, tune_malloc
@@ -420,7 +420,6 @@ def probe(run_dir: str | Path, layers: int = 1, hidden: int = 256, epochs: int =
 # collapse warning, on the same test inputs as the likelihood.
 
 COLLAPSE_SHARE = 0.10  # fewer active dimensions than this share of the latent ones: collapse
-ACTIVE_VARIANCE = 0.01  # an active unit's posterior-mean variance (Burda et al. 2016, section 5.2)
 KL_SAMPLES = 10  # Monte-Carlo samples per image for a KL with no closed form
 MI_BATCH = 1000  # images per batch of the I(x; z) estimate
 PAIR_ELEMENTS = 1 << 24  # elements of one (codes x images x D) block: 64 MB of fp32
@@ -476,7 +475,7 @@ def active_mask(means: torch.Tensor, threshold: float = ACTIVE_VARIANCE) -> torc
     """Which latent dimensions are active, posterior means (N, D) -> (D,) bool: the variance of
     the mean over the images is above `threshold`, as `vaelab.models.active_units` counts."""
     m = means.double()
-    return (m.square().mean(0) - m.mean(0).square()) > threshold
+    return active_dims(m.mean(0), m.square().mean(0), threshold)
 
 
 def mi_terms(q, z: torch.Tensor) -> torch.Tensor:
@@ -598,8 +597,8 @@ def _diagnostics(model, inputs: SplitInputs, dist: Dist, run_dir: str | Path | N
     dimensions or layers (`kl_summary`), I(x; z) (`mutual_information`) and a
     ``collapse_note`` when under COLLAPSE_SHARE of the dimensions are active; with `run_dir`,
     kl_per_dim.png there (a folder that cannot be written is noted, not fatal)."""
-    r: dict[str, Any] = {"active_units": active_units(model, inputs, dist), "latent_dim": model.latent_dim}
-    kl, active = kl_summary(model, inputs, dist)
+    kl, active = kl_summary(model, inputs, dist)  # the posterior means it gathers give the active units too
+    r: dict[str, Any] = {"active_units": int(active.sum()), "latent_dim": model.latent_dim}
     r.update(kl)
     r.update(mutual_information(model, inputs, dist))
     note = collapse_note(r["active_units"], model.latent_dim, hierarchical="kl_per_level" in r)

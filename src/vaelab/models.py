@@ -421,8 +421,17 @@ def check_data_fit(cfg: ModelConfig, binarization: str) -> None:
     choose(LIKELIHOODS, cfg.likelihood, "likelihood").check_binarization(binarization)
 
 
+ACTIVE_VARIANCE = 0.01  # an active unit's posterior-mean variance (Burda et al. 2016, section 5.2)
+
+
+def active_dims(mean: torch.Tensor, square: torch.Tensor, threshold: float = ACTIVE_VARIANCE) -> torch.Tensor:
+    """Which latent dimensions are active, from the mean (D,) and the mean square (D,) over the
+    images of their posterior means: the variance above `threshold` -> (D,) bool."""
+    return (square - mean.square()) > threshold
+
+
 @torch.no_grad()
-def active_units(model: _Base, inputs: SplitInputs, dist: Dist = Dist(), threshold: float = 0.01) -> int:
+def active_units(model: _Base, inputs: SplitInputs, dist: Dist = Dist(), threshold: float = ACTIVE_VARIANCE) -> int:
     """Latent dimensions whose posterior mean varies across the split's images with variance
     above `threshold` (Burda et al. 2016, section 5.2): the units the model uses. A
     collapsed posterior, q(z|x) = p(z) for every x, has none."""
@@ -436,4 +445,4 @@ def active_units(model: _Base, inputs: SplitInputs, dist: Dist = Dist(), thresho
         sums += torch.stack([mean.sum(0), mean.square().sum(0)])
     model.train(was_training)
     mean, square = dist.sum_(sums) / len(inputs)
-    return int(((square - mean.square()) > threshold).sum())
+    return int(active_dims(mean, square, threshold).sum())
