@@ -25,6 +25,7 @@ import torch
 from vaelab.checkpoint import Run as RunFolder
 from vaelab.checkpoint import load_run
 from vaelab.config import Config, ConfigError, DataConfig, ModelConfig, TrainConfig, read_flag
+from vaelab.evaluate import posterior_means
 from vaelab.scores import Table
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
@@ -154,7 +155,7 @@ class Run:
 
         Example: ``z = run.encode(run.images("test", 8))  # (8, latent_dim)``
         """
-        return self.model.encode(x.to(self.device)).mean
+        return posterior_means(self.model, x.to(self.device))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -506,7 +506,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
         path = out.with_name(out.stem + "-top.png")
         save_figure(top_figure(table, args.top, args.rank_by), path)
-        print(f"the {args.top} most typical and most unusual images by {args.rank_by or default_rank(table)}: {path}")
+        print(f"the {args.top} most typical and most unusual images by {args.rank_by or default_rank(table.scores)}: {path}")
 
 
 def cmd_ood(args: argparse.Namespace) -> None:

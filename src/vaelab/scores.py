@@ -410,7 +410,7 @@ def _score_split(model, inputs: SplitInputs, cols: list[str], skip, k, seed, shi
         if "png_bits" in cols:
             bits = torch.from_numpy(png_bits(_as_seen(inputs, x, idx))).to(x.device)
             got["png_bits"] = bits
-            got["complexity_corrected"] = -got["log_px"] / math.log(2) - bits
+            got["complexity_corrected"] = complexity_corrected(got["log_px"], bits)
         for key in cols:
             parts[key][i - first : i - first + len(x)] = got[key].double().cpu().numpy()
         bar.update(len(x) * dist.world)
@@ -463,7 +463,7 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
     own = _held_out_only(data, cfg)
     names, skip = _chosen(model, scores, skip_levels)
     cols = column_names(model, names, skip)
-    shift = 0.0 if model.likelihood.discrete else math.prod(model.image_shape) * math.log(256)
+    shift = density_shift(model)
     splits = _splits(ds, split, own)
     sizes = {s: len(getattr(ds, s)) if n is None else min(n, len(getattr(ds, s))) for s in splits}
     bar = progress_bar(total=sum(sizes.values()), desc=f"scoring (k={k})", show=progress, unit="img")
@@ -473,22 +473,44 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
         got = _score_split(model, inputs, cols, skip, k, seed, shift, dist, bar)
         parts.append({**_key_columns(ds, s, sizes[s]), **got})
     bar.close()
+    return _joined(parts, ds, {"run": str(getattr(run, "path", run)) if not isinstance(run, tuple) else "",
+                               "data": ds.source, "dataset": ds.name, "split": "+".join(splits), "k": k,
+                               "seed": seed, "binarization": cfg.data.binarization, "model": cfg.model.model})
+
+
+def _joined(parts: list[dict[str, np.ndarray]], ds: Dataset, info: dict[str, Any]) -> Table:
+    """One table from the columns of each split; every image of a folder in file-name order."""
     columns = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    table = Table(columns, {"run": str(getattr(run, "path", run)) if not isinstance(run, tuple) else "", "data": ds.source,
-                            "dataset": ds.name, "split": "+".join(splits), "k": k, "seed": seed,
-                            "binarization": cfg.data.binarization, "model": cfg.model.model}, ds)
-    if "file" in columns and len(splits) > 1:  # every image of a folder: in file-name order
+    table = Table(columns, info, ds)
+    if "file" in columns and len(parts) > 1:
         table = table.take(np.argsort(columns["file"], kind="stable"))
     return table
 
 
-def default_rank(table: Table) -> str:
-    """The score to rank by when none is named: LLR at the lowest skip level, else log p(x),
-    else the reconstruction error."""
+def default_rank(columns: list[str]) -> str:
+    """The score column to rank by when none is named: LLR at the lowest skip level, else
+    log p(x), else the reconstruction error."""
     for name in ("llr_1", "log_px", "elbo", "mse"):
-        if name in table:
+        if name in columns:
             return name
-    return table.scores[0]
+    return columns[0]
+
+
+def ranked(columns: list[str]) -> list[str]:
+    """The score columns that rank images (png_bits is a size of the image, not a score)."""
+    return [c for c in columns if c != "png_bits"]
+
+
+def density_shift(model) -> float:
+    """What log-densities lose to be put on the discrete scale: D log 256 for a density
+    likelihood over D values in [0, 1], 0 for a discrete one."""
+    return 0.0 if model.likelihood.discrete else math.prod(model.image_shape) * math.log(256)
+
+
+def complexity_corrected(log_px: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """Serra et al. (2020)'s score: -log2 p(x) - L(x), L(x) the compressed size in bits; log p(x)
+    (N,) in nats and L(x) (N,), tensors or arrays alike."""
+    return -log_px / math.log(2) - bits
 
 
 def top_images(table: Table, by: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -514,7 +536,7 @@ def top_figure(table: Table, n: int, by: str | None = None):
     """
     from vaelab.plots import image_rows
 
-    by = by or default_rank(table)
+    by = by or default_rank(table.scores)
     typical, unusual = top_images(table, by, n)
     return image_rows([typical, unusual], ["most typical", "most unusual"],
                       f"{table.info.get('dataset', '')} ranked by {by}", inch=min(0.9, max(0.25, 14 / n)))
@@ -579,13 +601,8 @@ def encode(run, data=None, *, split: str = "auto", samples: int = 0, n: int | No
         cols = {key: dist.gather_rows(torch.from_numpy(got[key]).to(dev), len(inputs)).cpu().numpy() for key in keys}
         parts.append({**_key_columns(ds, s, len(inputs)), **cols})
     bar.close()
-    columns = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    info = {"data": ds.source, "dataset": ds.name, "split": "+".join(splits), "model": cfg.model.model,
-            "levels": list(getattr(model, "sizes", (model.latent_dim,)))}
-    table = Table(columns, info, ds)
-    if "file" in columns and len(splits) > 1:
-        table = table.take(np.argsort(columns["file"], kind="stable"))
-    return table
+    return _joined(parts, ds, {"data": ds.source, "dataset": ds.name, "split": "+".join(splits),
+                               "model": cfg.model.model, "levels": list(getattr(model, "sizes", (model.latent_dim,)))})
 
 
 def write_codes(table: Table, path: str | Path) -> Path:
@@ -688,7 +705,7 @@ def ood(run, inside=None, outside=(), *, split: str = "auto", scores: list[str] 
         tables[_set_name(spec, tables)] = t
     result: dict[str, Any] = {"in": tables["in"].info, "out": {name: t.info for name, t in tables.items() if name != "in"},
                               "k": k, "n": n, "note": OOD_NOTE, "positive": "out-of-distribution", "results": {}}
-    cols = [c for c in tables["in"].scores if c != "png_bits"]  # a size, not a score of the model
+    cols = ranked(tables["in"].scores)
     for name, t in tables.items():
         if name != "in":
             result["results"][name] = {c: detection(anomaly(c, tables["in"][c]), anomaly(c, t[c])) for c in cols}

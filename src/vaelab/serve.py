@@ -36,7 +36,18 @@ from vaelab.config import background_rgb
 from vaelab.evaluate import decode_rows
 from vaelab.explore import Explorer, add_noise, principal_axes, psnr, slerp
 from vaelab.images import from_pil
-from vaelab.scores import Table, anomaly, applicable, column_names, default_rank, direction, png_bits, score_batch
+from vaelab.scores import (
+    anomaly,
+    applicable,
+    column_names,
+    complexity_corrected,
+    default_rank,
+    density_shift,
+    direction,
+    png_bits,
+    ranked,
+    score_batch,
+)
 
 WEB = Path(__file__).parent / "_web"
 NOISE_KINDS = ("uniform", "salt-pepper", "gaussian")
@@ -178,9 +189,9 @@ class Session:
         names = applicable(model)
         self.skip = tuple(range(1, len(model.sizes))) if "llr" in names else ()
         columns = column_names(model, names, self.skip)
-        self.score_columns = [c for c in columns if c != "png_bits"]  # a size of the image, not a score
-        self.default_score = default_rank(Table({c: np.empty(0) for c in self.score_columns}))
-        self.shift = 0.0 if model.likelihood.discrete else math.prod(model.image_shape) * math.log(256)
+        self.score_columns = ranked(columns)
+        self.default_score = default_rank(self.score_columns)
+        self.shift = density_shift(model)
         self.dequantized = ex.cfg.data.binarization == "none" and not model.likelihood.discrete
         self.score_lock = threading.Lock()  # one computation of the test scores, however many ask
         self._scores: dict[str, np.ndarray] = {}
@@ -413,7 +424,7 @@ class Session:
             got = score_batch(self.model, x, idx, c, SCORE_K, 0, self.skip, self.shift)
         out = {key: v.double().cpu().numpy() for key, v in got.items()}
         if "complexity_corrected" in columns:  # PNG sizes only when that score is asked for
-            out["complexity_corrected"] = -out["log_px"] / math.log(2) - png_bits(self._seen_u8(x))
+            out["complexity_corrected"] = complexity_corrected(out["log_px"], png_bits(self._seen_u8(x)))
         return {key: out[key] for key in columns}
 
     def test_scores(self, column: str | None = None) -> dict[str, np.ndarray]:
