@@ -1,5 +1,6 @@
-"""The documentation site builds from docs/ in strict mode: a broken link, a missing anchor or
-a page left out of the navigation fails the build."""
+"""The documentation site builds from docs/ in strict mode: a broken link, a missing anchor, a
+page left out of the navigation or a public name without a docstring, example or shapes (the
+docs/hooks.py check) fails the build."""
 
 import shutil
 import subprocess
@@ -23,4 +24,7 @@ def test_the_site_builds_in_strict_mode(tmp_path):
     for name in ("vaelab.api.train", "vaelab.scores.score", "vaelab.scores.ood"):
         assert name in api, name
     assert (tmp_path / "site" / "tutorials" / "01-autoencoder-vs-vae" / "index.html").exists()
+    reference = (tmp_path / "site" / "reference" / "distributions" / "index.html").read_text()
+    assert "vaelab.distributions.DiagonalGaussian" in reference and "Examples" in reference
+    assert "hooks.py" not in {p.name for p in (tmp_path / "site").rglob("*.py")}
     shutil.rmtree(ROOT / ".cache" / "mkdocs-jupyter", ignore_errors=True)  # the notebook plugin's scratch files

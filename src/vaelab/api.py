@@ -1,7 +1,7 @@
 """The notebook face of vaelab: train or load a run, then look at it in a few calls.
 
     import vaelab
-    run = vaelab.training(dataset="mnist-sample", latent_dim=2, epochs=5)
+    run = vaelab.train(dataset="mnist-sample", latent_dim=2, epochs=5)
     run.plot("manifold")                  # a matplotlib figure, shown inline in Jupyter
     run.evaluate(k=100)["nll"]
     run.reconstruct(run.images("test", 8))
@@ -27,6 +27,8 @@ from vaelab.checkpoint import load_run
 from vaelab.config import Config, ConfigError, DataConfig, ModelConfig, TrainConfig, read_flag
 from vaelab.evaluate import posterior_means
 from vaelab.scores import Table
+
+__all__ = ["train", "load", "Run"]
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
@@ -63,14 +65,39 @@ def config_of(**options: Any) -> Config:
 
 def train(dataset: str = "mnist-sample", *, out: str | Path | None = None, progress: bool = True,
           quiet: bool = False, overwrite: bool = False, **options: Any) -> Run:
-    """Train a model on `dataset` into run folder `out` (default runs/<dataset>-<model>-<time>)
-    and return it as a :class:`Run`. `options` are config fields: ``model="hvae"``,
-    ``latent_dim=20``, ``epochs=10``, ``lr=1e-3``, ... Settings left unset are chosen from the
-    data as on the command line. Interrupting the kernel stops at the end of a step; the last
-    completed epoch's checkpoint is kept and the run is returned (continue it with
-    ``vaelab train --resume``).
+    """Train a model on a dataset into a run folder and return it as a [Run][vaelab.api.Run].
 
-    Example: ``run = vaelab.training(dataset="mnist-sample", latent_dim=2, epochs=5)``
+    Settings left unset are chosen from the data, as on the command line. Interrupting the
+    kernel stops at the end of a step; the last completed epoch's checkpoint is kept and the
+    run is returned (continue it with ``vaelab train --resume RUN``).
+
+    Args:
+        dataset: a named dataset (``mnist``, ``fashion-mnist``, ``cifar10``, the shipped
+            ``mnist-sample``), a folder of images or an array file, as ``vaelab train --dataset``.
+        out: the run folder; None makes ``runs/<dataset>-<model>-<time>``.
+        progress: show a progress bar (a notebook bar in Jupyter).
+        quiet: print no per-epoch lines.
+        overwrite: replace a finished run already in `out`.
+        **options: config fields by name, checked as the command line checks its flags:
+            ``model="hvae"``, ``latent_dim=20``, ``epochs=10``, ``lr=1e-3``,
+            ``likelihood="logistic"``, ``image_size=32``, ``hidden="512,256"``, ...
+            (``vaelab train --help`` lists every one as a flag).
+
+    Returns:
+        The trained run.
+
+    Raises:
+        ConfigError: an unknown setting or a value out of range, in one line naming the fix.
+
+    Examples:
+        >>> run = vaelab.train("mnist-sample", latent_dim=2, epochs=1, hidden=[32],
+        ...                    out=tmp + "/first", progress=False, quiet=True)
+        >>> run.config.model.latent_dim, run.sample(4).shape
+        (2, torch.Size([4, 1, 28, 28]))
+        >>> vaelab.train("mnist-sample", latnet_dim=2)
+        Traceback (most recent call last):
+        ...
+        vaelab.config.ConfigError: unknown setting 'latnet_dim'; did you mean latent_dim, latent_hidden?
     """
     from vaelab.training import TrainingStopped, default_run_dir
     from vaelab.training import train as train_folder
@@ -87,9 +114,21 @@ def train(dataset: str = "mnist-sample", *, out: str | Path | None = None, progr
 
 
 def load(path: str | Path) -> Run:
-    """The run in folder `path` (written by ``vaelab train`` or :func:`train`).
+    """The run in a folder written by ``vaelab train`` or [train][vaelab.api.train].
 
-    Example: ``run = vaelab.load("runs/mnist"); run.sample(16).shape``
+    Args:
+        path: the run folder.
+
+    Returns:
+        The run; its model is read on first use, without executing code from the checkpoint.
+
+    Raises:
+        RunError: the folder holds no readable run (one line naming what is missing).
+
+    Examples:
+        >>> again = vaelab.load(run.path)
+        >>> again.sample(16).shape
+        torch.Size([16, 1, 28, 28])
     """
     run = Run(path)
     run.config  # noqa: B018  (a folder without a run is refused here, in one line)
@@ -99,7 +138,22 @@ def load(path: str | Path) -> Run:
 class Run:
     """A trained run: its folder, config, model, metrics and figures.
 
-    Example: ``run = vaelab.load("runs/mnist"); run.config.model.latent_dim``
+    Made by [train][vaelab.api.train] or [load][vaelab.api.load]. Images go in and come out as
+    float tensors of shape (N, C, H, W) with values in [0, 1]; codes have shape (N, D).
+
+    Args:
+        path: the run folder.
+        device: where the model runs (``"cpu"``, ``"cuda"``).
+
+    Examples:
+        >>> run.config.data.dataset, run.config.model.latent_dim
+        ('mnist-sample', 2)
+        >>> x = run.images("test", 8)
+        >>> run.encode(x).shape, run.reconstruct(x).shape
+        (torch.Size([8, 2]), torch.Size([8, 1, 28, 28]))
+        >>> fig = run.plot("samples")
+        >>> type(fig).__name__
+        'Figure'
     """
 
     def __init__(self, path: str | Path, device: str = "cpu") -> None:
@@ -109,24 +163,29 @@ class Run:
     def __repr__(self) -> str:
         return f"vaelab.Run({str(self.path)!r})"
 
+    @cached_property
+    def _data(self):
+        """The run's dataset, read once per Run (the disk cache makes rereads cheap, not free)."""
+        from vaelab.images import load_configured
+
+        return load_configured(self.config.data, progress=False)
+
     @property
     def config(self) -> Config:
+        """The run's settings: ``.data``, ``.model`` and ``.train`` sections, as in config.json."""
         return self._folder.config
 
     @cached_property
     def model(self) -> torch.nn.Module:
-        """The trained model in eval mode (an ``nn.Module``: encode, decode, sample, log_weights).
-
-        Example: ``run.model.encode(run.images("test", 4)).mean.shape  # (4, D)``
-        """
+        """The trained model in eval mode: an ``nn.Module`` whose ``encode(x)`` gives the
+        posterior over codes (mean of shape (N, D)), ``decode(z)`` the likelihood over images,
+        ``sample(n)`` draws from the prior, and ``forward(x)`` runs the training objective."""
         return load_run(self.path, self.device)[1]
 
     @property
     def metrics(self) -> Table:
-        """One row per epoch (losses, test ELBO, KL, active units, seconds); ``.to_pandas()``.
-
-        Example: ``run.metrics["test_elbo"][-1]``
-        """
+        """One row per epoch: losses, test ELBO, KL, active units, seconds; ``.to_pandas()``
+        makes it a DataFrame, ``run.metrics["test_elbo"]`` is a column (a numpy array)."""
         import numpy as np
 
         records = self._folder.metrics()
@@ -135,62 +194,50 @@ class Run:
                      {"run": str(self.path)})
 
     def images(self, split: str = "test", n: int | None = None) -> torch.Tensor:
-        """The first `n` images of a split of the run's data as the model sees them (binarised
-        once, or grey levels in [0, 1]): (n, C, H, W).
-
-        Example: ``x = run.images("test", 16)  # (16, 1, 28, 28) for MNIST``
-        """
+        """The first `n` images (all when None) of the run's ``"train"`` or ``"test"`` split as
+        the model sees them (binarised once, or levels in [0, 1]): shape (n, C, H, W)."""
         from vaelab.batches import model_inputs
-        from vaelab.images import load_configured
 
         if split not in ("train", "test"):
             raise ConfigError(f"split is train or test, not {split!r}")
-        data = load_configured(self.config.data, progress=False)
+        data = self._data
         part = getattr(data, split).head(n)
         return model_inputs(self.model, self.config, part, len(data.classes), self.device).rows(0, len(part))[0]
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Posterior means of images x (N, C, H, W) in [0, 1]: (N, D).
-
-        Example: ``z = run.encode(run.images("test", 8))  # (8, latent_dim)``
-        """
+        """Posterior means of images `x` of shape (N, C, H, W) in [0, 1]: shape (N, D), D the
+        latent size (all layers side by side for a hierarchical model)."""
         return posterior_means(self.model, x.to(self.device))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """The decoder's mean at each image's posterior mean: (N, C, H, W) in [0, 1].
-
-        Example: ``x_hat = run.reconstruct(run.images("test", 8))  # same shape as the images``
-        """
+        """The decoder's mean at each image's posterior mean: images (N, C, H, W) in [0, 1] in,
+        the same shape out."""
         return self.model.decode(self.encode(x)).mean.clamp(0, 1)
 
     @torch.no_grad()
     def sample(self, n: int = 16, seed: int = 0) -> torch.Tensor:
-        """Decoder means of n codes drawn from the prior: (n, C, H, W) in [0, 1].
-
-        Example: ``images = run.sample(16, seed=1)  # (16, C, H, W)``
-        """
+        """Decoder means of `n` codes drawn from the prior with `seed`: shape (n, C, H, W), in
+        [0, 1]."""
         g = torch.Generator(device=self.device).manual_seed(seed)
         return self.model.sample(n, generator=g).mean.clamp(0, 1)
 
     def evaluate(self, k: int | None = None, n: int | None = None, progress: bool = True,
                  **options: Any) -> dict[str, Any]:
-        """Test ELBO, importance-sampled -log p(x) with k samples on the first n test images,
-        and the diagnostics, as ``vaelab evaluate`` (and, like it, written to RUN/eval.json).
-
-        Example: ``run.evaluate(k=1000)["nll"]  # nats``
-        """
+        """Test ELBO, importance-sampled -log p(x) with `k` samples on the first `n` test images
+        (all when None), and the diagnostics, as ``vaelab evaluate`` (and, like it, written to
+        RUN/eval.json): a dict with ``"nll"`` (nats), ``"elbo"``, ``"active_units"``, ...
+        ``options`` are ``vaelab evaluate``'s, e.g. ``metrics=["fd"]``."""
         from vaelab.evaluate import evaluate
 
         return evaluate(self.path, n=n, k=k, device=self.device, progress=progress, **options)
 
     def plot(self, what: str = "recon", seed: int = 0, **options: Any):
-        """One of the figures of ``vaelab plot`` (recon, samples, manifold, interpolate, ...),
-        as a matplotlib Figure, which Jupyter shows inline; nothing is written.
-
-        Example: ``run.plot("manifold", span=3.0, steps=15)``
-        """
+        """One of the figures of ``vaelab plot`` (recon, samples, posterior, manifold, latents,
+        interpolate, combine, denoise, curves, scale, transfer) as a matplotlib Figure, which
+        Jupyter shows inline; nothing is written and the global backend is untouched.
+        ``options`` are the figure's own, e.g. ``run.plot("manifold", span=3.0, steps=15)``."""
         from vaelab.explore import FIGURE_OPTIONS, FIGURES, Explorer
 
         if what not in FIGURES:

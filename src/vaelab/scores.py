@@ -45,6 +45,9 @@ from vaelab.images import file_names, is_path, load_configured
 from vaelab.noise import ExampleNoise
 from vaelab.runtime import Dist, distributed, progress_bar, tune_malloc
 
+__all__ = ["score", "encode", "ood", "Table", "write_table", "write_codes", "top_figure", "SCORES", "score_batch",
+           "detection", "typicality", "complexity_corrected", "png_bits"]
+
 # images of a folder or array file are read from the disk cache chunk by chunk, never held
 # whole: memory stays flat in the number of images
 STREAM = 0
@@ -71,6 +74,9 @@ SCORES: dict[str, Score] = {
                  False, "hierarchy"),
     "complexity_corrected": Score("-log2 p(x) - PNG bits of the image (Serra et al. 2020)", False, "density"),
 }
+"""Every score by name -> what it means: ``help``, ``typical_high`` (larger values mean a more
+typical image) and ``needs`` (``"density"``: a model with a likelihood; ``"hierarchy"``: more
+than one latent layer). The names ``vaelab score --scores`` and ``score(scores=...)`` take."""
 
 
 def direction(column: str) -> Score:
@@ -91,10 +97,25 @@ def anomaly(column: str, values: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Table:
-    """Columns of equal length, one row per image (numpy arrays, (N,) or (N, D)), and what
-    they were made from (`info`). ``to_pandas()`` gives a DataFrame; ``table["log_px"]`` a column.
+    """Columns of equal length, one row per image, and what they were made from.
 
-    Example: ``t = vaelab.score(run); t.sorted("log_px").take(range(5))["index"]``
+    What [score][vaelab.scores.score] and [encode][vaelab.scores.encode] return. Jupyter shows
+    it as a DataFrame; ``table["log_px"]`` is a column.
+
+    Attributes:
+        columns: name -> numpy array of shape (N,) or (N, D): ``split``, ``index``, ``file``
+            (folders), ``label`` (labelled data) and the scores or codes.
+        info: how the table was made (run, data, k, seed, ...), written next to it.
+        data: the dataset whose images the rows index, when known.
+
+    Examples:
+        >>> import numpy as np
+        >>> from vaelab.scores import Table
+        >>> t = Table({"index": np.arange(4), "log_px": np.array([-90.0, -120.0, -85.0, -300.0])})
+        >>> t.sorted("log_px")["index"]        # most unusual first: the lowest log p(x)
+        array([3, 1, 0, 2])
+        >>> len(t), t.scores
+        (4, ['log_px'])
     """
 
     columns: dict[str, np.ndarray]
@@ -116,7 +137,9 @@ class Table:
         return [c for c in self.columns if c not in ("split", "index", "file", "label")]
 
     def take(self, rows: np.ndarray) -> Table:
-        """The rows `rows` (indices or a mask), in that order."""
+        """The rows `rows` (integer indices of shape (M,) or a boolean mask of shape (N,)), in that
+        order, as a new table.
+        """
         return Table({k: v[rows] for k, v in self.columns.items()}, dict(self.info), self.data)
 
     def sorted(self, by: str, unusual_first: bool = True) -> Table:
@@ -125,9 +148,11 @@ class Table:
         return self.take(order[::-1] if unusual_first else order)
 
     def to_pandas(self):
+        """A pandas DataFrame, one row per image; an (N, D) column such as ``mean`` becomes D
+        columns ``mean_0`` ... (needs pandas)."""
         import pandas as pd
 
-        return pd.DataFrame(self.columns)
+        return pd.DataFrame(_flat(self.columns))
 
     def __repr__(self) -> str:
         head = self.take(np.arange(min(len(self), 8)))
@@ -145,15 +170,40 @@ class Table:
             return f"<pre>{self!r}</pre>"
 
 
+def _flat(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Columns of shape (N,) as they are, (N, D) as D columns key_0 ..., (N, S, D) as key_s_d."""
+    flat: dict[str, np.ndarray] = {}
+    for key, v in columns.items():
+        if v.ndim == 1:
+            flat[key] = v
+        elif v.ndim == 2:
+            flat.update({f"{key}_{d}": v[:, d] for d in range(v.shape[1])})
+        else:
+            flat.update({f"{key}_{s}_{d}": v[:, s, d] for s in range(v.shape[1]) for d in range(v.shape[2])})
+    return flat
+
+
 def _cell(v) -> str:
     return f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
 
 
 def write_table(table: Table, path: str | Path) -> Path:
-    """Write a table atomically as .csv, .npz (loads with numpy alone) or .parquet (pandas and
-    pyarrow).
+    """Write a table atomically as .csv, .npz (loads with numpy alone) or .parquet (needs
+    pandas and pyarrow), chosen by the file's suffix.
 
-    Example: ``write_table(vaelab.score(run), "scores.parquet")``
+    Args:
+        table: the table to write.
+        path: where, ending in .csv, .npz or .parquet.
+
+    Returns:
+        The path written.
+
+    Examples:
+        >>> import numpy as np
+        >>> from vaelab.scores import Table, write_table
+        >>> path = write_table(Table({"index": np.arange(3), "elbo": np.zeros(3)}), tmp + "/t.npz")
+        >>> sorted(np.load(path))
+        ['elbo', 'index']
     """
     path = Path(path)
     kind = path.suffix.lower()
@@ -299,9 +349,36 @@ def _skip_weights(model, x, c, q: GaussianChain, n: int, s: int, idx, seed: int,
 @torch.inference_mode()
 def score_batch(model, x: torch.Tensor, idx: torch.Tensor, c: torch.Tensor | None = None, k: int = 100,
                 seed: int = 0, skip: tuple[int, ...] = (), shift: float = 0.0) -> dict[str, torch.Tensor]:
-    """Every score of images x (B, C, H, W) with keys `idx` (B,) -> {column: (B,)}, from k
-    samples per image in chunks that keep the decoder near `decode_rows` rows a call.
-    `shift`: subtracted from log-densities (D log 256 for density likelihoods)."""
+    """Every score of one batch of images, from `k` posterior samples per image.
+
+    The building block of [score][vaelab.scores.score], for a model in hand. Samples are drawn in
+    chunks that keep each decoder call near ``decode_rows`` rows, with noise tied to (image key,
+    seed), so an image's numbers do not depend on how the images were batched.
+
+    Args:
+        model: a vaelab model in eval mode (``run.model``).
+        x: images, shape (B, C, H, W), values in [0, 1] (binarised if the model was).
+        idx: shape (B,), integer keys of the images (their index in the dataset).
+        c: shape (B, K), one-hot conditions for a conditional model, else None.
+        k: importance samples per image.
+        seed: the noise seed.
+        skip: for a hierarchical model, the k of each LLR>k column.
+        shift: subtracted from log-densities (D log 256 for a density likelihood over D values),
+            so that they are on the discrete scale.
+
+    Returns:
+        Column name -> tensor of shape (B,): ``elbo``, ``log_px``, ``bits_per_dim``, ``recon``,
+        ``kl``, ``mse`` and, for a hierarchical model, ``kl_1``, ... and ``llr_1``, ...
+
+    Examples:
+        >>> from vaelab.scores import score_batch
+        >>> x = run.images("test", 4)
+        >>> s = score_batch(run.model, x, torch.arange(4), k=10)
+        >>> sorted(s)
+        ['bits_per_dim', 'elbo', 'kl', 'log_px', 'mse', 'recon']
+        >>> s["log_px"].shape, bool((s["log_px"] >= s["elbo"] - 1e-4).all())  # the bound holds per image
+        (torch.Size([4]), True)
+    """
     q = model.encode(x, c)
     out = {"mse": _mse(model, q, x, c)}
     if not model.has_density:
@@ -360,7 +437,22 @@ def _mse(model, q, x, c) -> torch.Tensor:
 
 
 def png_bits(u8: np.ndarray) -> np.ndarray:
-    """Lossless PNG size in bits of each image (N, C, H, W) uint8 (Pillow, compression level 9)."""
+    """Lossless PNG size in bits of each image: a measure of its complexity.
+
+    Args:
+        u8: images, shape (N, C, H, W), dtype uint8, C 1 or 3.
+
+    Returns:
+        Shape (N,): bits of each image's PNG file (Pillow, compression level 9).
+
+    Examples:
+        >>> import numpy as np
+        >>> from vaelab.scores import png_bits
+        >>> flat = np.zeros((1, 1, 28, 28), np.uint8)
+        >>> noise = np.random.default_rng(0).integers(0, 256, (1, 1, 28, 28), dtype=np.uint8)
+        >>> bool(png_bits(flat)[0] < png_bits(noise)[0])
+        True
+    """
     from PIL import Image
 
     out = np.empty(len(u8), dtype=np.float64)
@@ -439,18 +531,39 @@ def _key_columns(data: Dataset, split: str, n: int) -> dict[str, np.ndarray]:
 def score(run, data=None, *, split: str = "auto", scores: list[str] | None = None, k: int = 100,
           skip_levels: tuple[int, ...] | None = None, n: int | None = None, seed: int = 0, device: str = "cpu",
           progress: bool = True) -> Table:
-    """Score every image of `data` under the trained run `run` (a run folder) -> Table.
+    """Score every image of a dataset under a trained run: one row per image.
 
-    `data`: a named dataset, an image folder or an .npy/.npz file, read as the run read its
-    own data; None: the run's own data. `split`: test, train, all, or auto (the test split of
-    the run's own data and of a named dataset, every image of a folder or array file).
-    `scores`: names from SCORES (default:
-    every score the model has). `k`: importance samples per image. `skip_levels`: the k of
-    LLR>k for hierarchical models (default every level). `n`: the first n images of each split.
-    Rows are keyed by split and index (and the file, for folders; the label where known);
-    the same seed gives the same numbers for any chunking or number of processes.
+    Args:
+        run: a run folder or a [Run][vaelab.api.Run].
+        data: a named dataset, an image folder or an .npy/.npz file, read as the run read its
+            own data (same size, channels, background); None: the run's own data.
+        split: ``"test"``, ``"train"``, ``"all"`` or ``"auto"``: the test split of the run's own
+            data and of a named dataset, every image of a folder or array file.
+        scores: names from [SCORES][vaelab.scores.SCORES]; None: every score the model has.
+        k: importance samples per image (for log p(x) and the LLR).
+        skip_levels: for a hierarchical model, the k of each LLR>k (default: every level).
+        n: score only the first n images of each split.
+        seed: the noise seed; the same seed gives the same numbers for any chunking or number of
+            processes.
+        device: ``"cpu"`` or ``"cuda"``.
+        progress: show a progress bar.
 
-    Example: ``vaelab.score("runs/mnist", "mnist", k=10).sorted("log_px").head()``
+    Returns:
+        A [Table][vaelab.scores.Table] keyed by ``split`` and ``index`` (plus ``file`` for
+        folders, ``label`` where known), with one (N,) column per score: ``elbo``, ``log_px``,
+        ``bits_per_dim``, ``recon``, ``kl``, ``mse``; ``kl_1``... and ``llr_1``... for a hierarchical
+        model; ``complexity_corrected`` and ``png_bits`` for models with a likelihood.
+
+    Raises:
+        ConfigError: data whose images differ in shape from the model's, or an unknown score.
+
+    Examples:
+        >>> t = vaelab.score(run, k=10, n=20, progress=False)
+        >>> len(t), t.scores
+        (20, ['elbo', 'log_px', 'bits_per_dim', 'recon', 'kl', 'mse', 'complexity_corrected', 'png_bits'])
+        >>> unusual = t.sorted("log_px").take(range(3))   # the three least likely images
+        >>> len(unusual), bool(unusual["log_px"][0] == t["log_px"].min())
+        (3, True)
     """
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
@@ -508,8 +621,25 @@ def density_shift(model) -> float:
 
 
 def complexity_corrected(log_px: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-    """Serra et al. (2020)'s score: -log2 p(x) - L(x), L(x) the compressed size in bits; log p(x)
-    (N,) in nats and L(x) (N,), tensors or arrays alike."""
+    """Serra et al. (2020)'s complexity-corrected score: -log2 p(x) - L(x), in bits.
+
+    A likelihood model gives simple images high density whatever it was trained on; subtracting
+    the image's compressed size L(x) leaves what the model knows beyond a generic compressor.
+    Larger means more unusual.
+
+    Args:
+        log_px: shape (N,), log p(x) in nats (tensor or array).
+        bits: shape (N,), L(x) in bits (see [png_bits][vaelab.scores.png_bits]).
+
+    Returns:
+        Shape (N,), in bits.
+
+    Examples:
+        >>> import math
+        >>> from vaelab.scores import complexity_corrected
+        >>> complexity_corrected(torch.tensor([-100 * math.log(2)]), torch.tensor([60.0]))
+        tensor([40.])
+    """
     return -log_px / math.log(2) - bits
 
 
@@ -529,10 +659,21 @@ def top_images(table: Table, by: str, n: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def top_figure(table: Table, n: int, by: str | None = None):
-    """A figure of the n most typical and n most unusual images by score `by` (default
-    `default_rank`): two rows of n images (C, H, W) each.
+    """A figure of the `n` most typical and the `n` most unusual images of a scored table.
 
-    Example: ``top_figure(vaelab.score(run, "my_folder/"), 16, by="log_px")``
+    Args:
+        table: a table from [score][vaelab.scores.score] (it keeps the images its rows index).
+        n: images per row.
+        by: the score to rank by (default: LLR>1 for a hierarchical model, else log p(x)).
+
+    Returns:
+        A matplotlib Figure with two rows of n images, the global backend untouched.
+
+    Examples:
+        >>> from vaelab.scores import top_figure
+        >>> fig = top_figure(vaelab.score(run, k=5, n=40, progress=False), 8, by="log_px")
+        >>> type(fig).__name__
+        'Figure'
     """
     from vaelab.plots import image_rows
 
@@ -565,13 +706,30 @@ def _codes(model, x, c, idx, samples: int, seed: int) -> dict[str, torch.Tensor]
 
 def encode(run, data=None, *, split: str = "auto", samples: int = 0, n: int | None = None, seed: int = 0,
            device: str = "cpu", progress: bool = True) -> Table:
-    """The codes of every image of `data` (as in `score`) -> Table with columns split, index,
-    file (folders), label (labelled data), ``mean`` (N, D) and ``std`` (N, D) of q(z|x) (for
-    hierarchical models every layer, z_1 first: ``info["levels"]`` gives the sizes; an
-    autoencoder has its code as ``mean`` and no std), and with `samples` S, ``samples``
-    (N, S, D) drawn from q(z|x) with noise tied to each image.
+    """The posterior of every image of a dataset: means and standard deviations of q(z|x).
 
-    Example: ``codes = vaelab.encode("runs/mnist", "mnist"); codes["mean"].shape``
+    Args:
+        run: a run folder or a [Run][vaelab.api.Run].
+        data: as in [score][vaelab.scores.score]; None: the run's own data.
+        split: as in [score][vaelab.scores.score].
+        samples: S > 0 also draws S codes per image from q(z|x), with noise tied to each image.
+        n: only the first n images of each split.
+        seed: the noise seed of the samples.
+        device: ``"cpu"`` or ``"cuda"``.
+        progress: show a progress bar.
+
+    Returns:
+        A [Table][vaelab.scores.Table] with ``split``, ``index``, ``file`` (folders), ``label``
+        (labelled data), ``mean`` of shape (N, D) and ``std`` of shape (N, D) and, with samples,
+        ``samples`` of shape (N, S, D). A hierarchical model's layers sit side by side, z_1 first
+        (``info["levels"]`` gives their sizes); an autoencoder has its code as ``mean`` and no std.
+
+    Examples:
+        >>> codes = vaelab.encode(run, n=10, progress=False)
+        >>> codes["mean"].shape, codes["std"].shape
+        ((10, 2), (10, 2))
+        >>> list(codes.to_pandas().columns)
+        ['split', 'index', 'label', 'mean_0', 'mean_1', 'std_0', 'std_1']
     """
     if samples < 0:
         raise ConfigError(f"samples must be 0 or more, got {samples}")
@@ -606,22 +764,29 @@ def encode(run, data=None, *, split: str = "auto", samples: int = 0, n: int | No
 
 
 def write_codes(table: Table, path: str | Path) -> Path:
-    """Codes as .npz (arrays as they are, plus ``levels``) or .parquet (one column per
-    dimension: mean_0 ..., std_0 ...)."""
+    """Write codes from [encode][vaelab.scores.encode] as .npz (arrays as they are, plus
+    ``levels``) or .parquet (one column per dimension: ``mean_0``, ..., ``std_0``, ...).
+
+    Args:
+        table: the codes.
+        path: where, ending in .npz or .parquet.
+
+    Returns:
+        The path written.
+
+    Examples:
+        >>> import numpy as np
+        >>> from vaelab.scores import write_codes
+        >>> path = write_codes(vaelab.encode(run, n=5, progress=False), tmp + "/codes.npz")
+        >>> np.load(path)["mean"].shape, np.load(path)["levels"].tolist()
+        ((5, 2), [2])
+    """
     path = Path(path)
     if path.suffix.lower() == ".npz":
         return write_table(Table({**table.columns, "levels": np.asarray(table.info["levels"])}, table.info), path)
     if path.suffix.lower() != ".parquet":
         raise ConfigError(f"{path}: codes are written as .npz or .parquet (got {path.suffix or 'no suffix'})")
-    flat: dict[str, np.ndarray] = {}
-    for key, v in table.columns.items():
-        if v.ndim == 1:
-            flat[key] = v
-        elif v.ndim == 2:
-            flat.update({f"{key}_{d}": v[:, d] for d in range(v.shape[1])})
-        else:
-            flat.update({f"{key}_{s}_{d}": v[:, s, d] for s in range(v.shape[1]) for d in range(v.shape[2])})
-    return write_table(Table(flat, table.info), path)
+    return write_table(Table(_flat(table.columns), table.info), path)
 
 
 # ----------------------------------------------------------------------------- out-of-distribution detection
@@ -633,10 +798,26 @@ OOD_NOTE = ("No out-of-distribution data were used to train the model or to set 
 
 
 def detection(inside: np.ndarray, outside: np.ndarray) -> dict[str, float]:
-    """AUROC, AUPRC and the false-positive rate at 80% and 95% true-positive rate of anomaly
-    scores (larger = more unusual), with the out-of-distribution images as the positive class
-    (scikit-learn; the FPR is the share of in-distribution images flagged at that threshold),
-    and the number of images whose score was infinite or not a number."""
+    """How well a score separates in-distribution from out-of-distribution images.
+
+    The out-of-distribution images are the positive class. Infinite or NaN scores rank as most
+    unusual and are counted. Needs scikit-learn.
+
+    Args:
+        inside: shape (N,), anomaly scores (larger = more unusual) of in-distribution images.
+        outside: shape (M,), the same score of out-of-distribution images.
+
+    Returns:
+        ``auroc``, ``auprc``, ``fpr80`` and ``fpr95`` (the share of in-distribution images flagged
+        at the threshold that catches 80% and 95% of the others), and ``non_finite``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from vaelab.scores import detection
+        >>> d = detection(np.array([0.1, 0.2, 0.3, 0.9]), np.array([0.8, 1.0, 2.0]))
+        >>> round(d["auroc"], 3), d["fpr95"], d["non_finite"]
+        (0.917, 0.25, 0)
+    """
     try:
         from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
     except ImportError:
@@ -656,11 +837,34 @@ def detection(inside: np.ndarray, outside: np.ndarray) -> dict[str, float]:
 
 def typicality(train_nll: np.ndarray, inside: np.ndarray, outside: np.ndarray, sizes=(1, 2, 5, 10, 25),
                alpha: float = 0.99, resamples: int = 1000, seed: int = 0) -> list[dict[str, float]]:
-    """The typicality test of Nalisnick et al. (2019b) for batches of M images: the statistic
-    |mean of -log p(x) over the batch - H|, H the mean over training images; the threshold is
-    the `alpha` quantile of the statistic over `resamples` batches drawn with replacement from
-    the training images. For each M: the share of in- and out-of-distribution test batches
-    (disjoint, in a seeded order) flagged, and the AUROC of the statistic."""
+    """The typicality test of Nalisnick et al. (2019) on batches of M images.
+
+    The statistic is |mean -log p(x) over the batch - H|, H the mean over training images; the
+    threshold is its `alpha` quantile over `resamples` batches drawn with replacement from the
+    training images. The test batches of each set are disjoint, in a seeded order.
+
+    Args:
+        train_nll: shape (T,), -log p(x) of training images.
+        inside: shape (N,), -log p(x) of in-distribution test images.
+        outside: shape (M,), -log p(x) of out-of-distribution images.
+        sizes: the batch sizes M to test.
+        alpha: the quantile that sets the threshold (the share of training batches let through).
+        resamples: bootstrap batches per M.
+        seed: the seed of the bootstrap and of the batch order.
+
+    Returns:
+        One dict per M: ``batch``, ``threshold``, ``flagged_in`` and ``flagged_out`` (shares of
+        batches flagged), and ``auroc`` of the statistic.
+
+    Examples:
+        >>> import numpy as np
+        >>> from vaelab.scores import typicality
+        >>> rng = np.random.default_rng(0)
+        >>> train, inside, outside = rng.normal(90, 5, 2000), rng.normal(90, 5, 500), rng.normal(80, 5, 500)
+        >>> rows = typicality(train, inside, outside, sizes=(1, 25))
+        >>> [r["batch"] for r in rows], rows[1]["flagged_out"] > 0.9, rows[1]["flagged_in"] < 0.1
+        ([1, 25], True, True)
+    """
     rng = np.random.default_rng(seed)
     train_nll = train_nll[np.isfinite(train_nll)]
     h = float(train_nll.mean())
@@ -680,16 +884,40 @@ def ood(run, inside=None, outside=(), *, split: str = "auto", scores: list[str] 
         skip_levels: tuple[int, ...] | None = None, n: int | None = None, train_n: int = 2000,
         batch_sizes=(1, 2, 5, 10, 25), seed: int = 0, device: str = "cpu", progress: bool = True,
         write: bool = True) -> dict[str, Any]:
-    """Out-of-distribution detection with every score of the model -> a result dict; with
-    `write`, RUN/ood.json, ood.md and ood.png (score histograms per set).
+    """Out-of-distribution detection: how well each of the model's scores tells its own kind of
+    image from others, and the batch typicality test.
 
-    `inside`: the in-distribution data (None: the run's own), scored on its test split;
-    `outside`: one or more datasets scored on `split` (auto: a named dataset's test split,
-    every image of a folder or array file). Per score and outside set: AUROC,
-    AUPRC, FPR at 80% and 95% TPR (`detection`); and the batch typicality test on log p(x),
-    whose mean is taken over `train_n` training images.
+    Uses no out-of-distribution data to set anything: each score's direction is fixed by its
+    definition, and the other sets are only scored.
 
-    Example: ``vaelab.ood("runs/fashion", outside=["mnist"])["results"]["mnist"]["llr_1"]``
+    Args:
+        run: a run folder or a [Run][vaelab.api.Run].
+        inside: the in-distribution data (None: the run's own), scored on its test split.
+        outside: one or more datasets (names, folders, array files) scored on `split`.
+        split: the split of the outside sets, as in [score][vaelab.scores.score].
+        scores: names from [SCORES][vaelab.scores.SCORES]; None: every score the model has.
+        k: importance samples per image.
+        skip_levels: for a hierarchical model, the k of each LLR>k.
+        n: only the first n images of each set.
+        train_n: training images that set the typicality test's mean and threshold.
+        batch_sizes: the typicality test's batch sizes M.
+        seed: the noise and bootstrap seed.
+        device: ``"cpu"`` or ``"cuda"``.
+        progress: show progress bars.
+        write: write RUN/ood.json, ood.md and ood.png (score histograms per set).
+
+    Returns:
+        A dict with ``results`` (outside set -> score -> [detection][vaelab.scores.detection]'s
+        metrics), ``typicality`` (outside set -> rows of [typicality][vaelab.scores.typicality])
+        and how it was made.
+
+    Examples:
+        >>> import numpy as np
+        >>> np.save(tmp + "/noise.npy", np.random.default_rng(0).random((50, 28, 28)).astype(np.float32))
+        >>> r = vaelab.ood(run, outside=[tmp + "/noise.npy"], k=5, n=50, train_n=100, progress=False, write=False)
+        >>> name = next(iter(r["results"]))
+        >>> r["results"][name]["log_px"]["auroc"] > 0.9
+        True
     """
     if isinstance(outside, (str, Dataset)):
         outside = [outside]
