@@ -1,6 +1,8 @@
 """The tutorials in docs/tutorials run top to bottom (on the shipped sample, with the budget
 of their parameter cell set small), and are kept in the repository without outputs."""
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,63 @@ def test_the_tutorial_runs_top_to_bottom(path, tmp_path, monkeypatch):
 
 def test_there_are_tutorials():
     assert TUTORIALS
+
+
+def _run_cell(kc, code: str, timeout: float = 600) -> tuple[dict, str]:
+    """Execute `code` in the kernel; its shell reply and everything it printed."""
+    msg_id = kc.execute(code)
+    printed = []
+    while True:
+        msg = kc.get_iopub_msg(timeout=timeout)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream":
+            printed.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            printed.append("\n".join(msg["content"]["traceback"]))
+        elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    while True:
+        reply = kc.get_shell_msg(timeout=timeout)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply["content"], "".join(printed)
+
+
+def test_interrupting_the_kernel_stops_training_and_returns_the_run(tmp_path):
+    """The Jupyter stop button (SIGINT to the kernel) during vaelab.train: the cell returns the
+    run with its last checkpoint, and the kernel goes on."""
+    jupyter_client = pytest.importorskip("jupyter_client.manager")
+    from vaelab.checkpoint import Run as RunFolder
+
+    km, kc = jupyter_client.start_new_kernel(kernel_name="python3", cwd=str(tmp_path),
+                                             env={**os.environ, "MPLBACKEND": "Agg"})
+    try:
+        msg_id = kc.execute("import vaelab\nrun = vaelab.train('mnist-sample', out='r', epochs=100000, latent_dim=2, "
+                            "hidden=[32], quiet=True, progress=False)\nprint('returned', len(run.metrics))")
+        # the stop button is pressed once the first epoch's checkpoint has landed; the wait is
+        # for an event (not a speed budget): 10 minutes for one epoch of 2,000 images
+        for _ in range(6000):
+            if RunFolder(tmp_path / "r").checkpoint_epoch:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the first epoch did not finish")
+        km.interrupt_kernel()
+        printed = []
+        while True:
+            msg = kc.get_iopub_msg(timeout=600)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] in ("stream", "error"):
+                printed.append(msg["content"].get("text") or "\n".join(msg["content"]["traceback"]))
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        out = "".join(printed)
+        assert "returned" in out and "interrupted" in out and "Traceback" not in out, out
+        reply, out = _run_cell(kc, "print(run.config.model.latent_dim, run.sample(3).shape[0])")
+        assert reply["status"] == "ok" and out.split() == ["2", "3"], out
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    epochs = RunFolder(tmp_path / "r").checkpoint_epoch
+    assert epochs and epochs < 100000
