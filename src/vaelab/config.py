@@ -18,9 +18,23 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "ConfigError", "load", "save", "validate"]
+
 
 class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and the fix."""
+    """A configuration value is invalid; the message names the field and the fix.
+
+    It is a ``ValueError``, raised when a config is built, read or changed, and by the
+    registries when a name (model, net, likelihood, ...) is not one of theirs.
+
+    Examples:
+        >>> from vaelab.config import Config, ConfigError
+        >>> try:
+        ...     Config().replace(train={"epochs": 0})
+        ... except ConfigError as e:
+        ...     print(e)
+        train.epochs must be a positive integer, got 0
+    """
 
 
 AUTO = "auto"  # a name field left for `resolve` to choose from the data (numbers use None)
@@ -68,6 +82,37 @@ def setting(default: Any, help: str, *, flag: str | None = None, metavar: str | 
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The ``data`` section of a config: which images to train on and how they are read.
+
+    Each field is also a flag of ``vaelab train`` (``image_size`` is ``--image-size``); its help
+    there says more. Frozen: change a field with :meth:`Config.replace`.
+
+    Attributes:
+        dataset: A named dataset (``mnist``, ``fashion-mnist``, ``mnist-sample``, ``cifar10``),
+            a folder of images or an ``.npy``/``.npz`` array file.
+        data_dir: The folder holding a named dataset's files; None to search the usual places.
+        image_size: ``(H, W)`` that folders and arrays are resized and centre-cropped to; None
+            keeps the images' own size.
+        channels: 1 (grey), 3 (RGB) or 0 (grey when every image is grey).
+        background: The colour transparent pixels are laid on: white, black, grey or ``#rrggbb``.
+        test_fraction: The share of a folder's images held out for testing, in [0, 1).
+        skip_bad_images: Skip images that cannot be decoded instead of stopping.
+        memory_budget_mb: MiB of training images kept on the device; a larger split is
+            streamed from disk. 0 chooses from the free memory.
+        fingerprint: The data's identity, set by training (None before).
+        binarization: ``dynamic``, ``fixed``, ``none`` or ``auto`` (chosen from the data).
+        binarization_seed: The seed of fixed binarisation and of the test set's.
+        download: Fetch a named dataset's official files when they are not found.
+        conditions: An ``.npz`` of side information for conditional models; None uses the
+            one-hot class labels.
+
+    Examples:
+        >>> from vaelab.config import DataConfig
+        >>> d = DataConfig(dataset="mnist-sample")
+        >>> d.dataset, d.binarization, d.test_fraction
+        ('mnist-sample', 'auto', 0.1)
+    """
+
     dataset: str = setting(
         "mnist", "a named dataset (mnist, fashion-mnist, mnist-sample, cifar10), a folder of images (class "
         "subfolders give labels; train/ and test/ give splits) or an .npy/.npz array file (stored absolute "
@@ -106,6 +151,40 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The ``model`` section of a config: the model, its networks, prior and likelihood.
+
+    Fields left at ``"auto"`` or None are chosen from the data when training starts, and
+    ``config.json`` in the run folder records the choice. Frozen: change a field with
+    :meth:`Config.replace`.
+
+    Attributes:
+        model: The model's name: ``vae``, ``ae``, ``hvae``, ``cvae``, ``icvae``, ...
+        net: The networks: ``mlp``, ``conv``, ``conv-transpose``, ``resnet`` or ``auto``.
+        hidden: Encoder layer widths (mlp) or channels per downsampling level (conv nets).
+        decoder_hidden: Decoder widths from z outwards; None mirrors ``hidden``.
+        latent_dim: D, the size of z (for hvae: of the top layer).
+        activation: The networks' activation, e.g. ``elu`` or ``relu``.
+        likelihood: p(x|z): ``bernoulli``, ``gaussian``, ``logistic``, ``logistic-mixture`` or ``auto``.
+        likelihood_scale: How a Gaussian or logistic scale is set: ``fixed``, ``global``,
+            ``pixel``, ``decoder`` or ``auto``.
+        likelihood_std: The fixed scale, and the starting value of learned ones.
+        flows: The number of normalizing flows in the posterior (0: none).
+        prior: p(z): ``normal``, ``mog`` (a learned mixture) or ``vamp`` (the VampPrior).
+        prior_components: Mixture components or pseudo-inputs; 0 takes the default.
+        flow_type: The kind of flow, e.g. ``planar``.
+        lower_latents: hvae: sizes of the stochastic layers below the top one, from the data up.
+        latent_hidden: hvae: widths of the layers between two stochastic layers.
+        condition_encoder: cvae/icvae: give the condition to the encoder too.
+        res_blocks: Conv nets: residual blocks per resolution level.
+        mixture: logistic-mixture: the number of components.
+
+    Examples:
+        >>> from vaelab.config import ModelConfig
+        >>> m = ModelConfig(latent_dim=2, hidden=(32,))
+        >>> m.model, m.latent_dim, m.hidden, m.prior
+        ('vae', 2, (32,), 'normal')
+    """
+
     model: str = setting("vae", "the model", registry="vaelab.models:MODELS")
     net: str = setting(
         AUTO, "mlp; conv (strided conv encoder, sub-pixel conv decoder); conv-transpose; resnet (residual conv "
@@ -158,6 +237,42 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """The ``train`` section of a config: the objective, optimiser, schedule and device.
+
+    Fields left at ``"auto"`` or None are chosen from the data when training starts. Frozen:
+    change a field with :meth:`Config.replace`.
+
+    Attributes:
+        epochs: Total epochs; None chooses from the data (40 for the MNIST family).
+        minutes: A time budget in minutes; 0 for none.
+        batch_size: Images per step (the global batch across processes).
+        lr: The peak learning rate.
+        optimizer: The optimiser's name, e.g. ``adam``.
+        schedule: The learning-rate schedule: ``exp``, ``cosine`` or ``constant``.
+        lr_decay: The per-epoch factor of the ``exp`` schedule, in (0, 1].
+        warmup_steps: Steps of linear learning-rate warm-up.
+        objective: ``elbo``, ``iwae``, ``icvae``, ``reconstruction`` or ``auto`` (the model's own).
+        kl: The ELBO's KL term: ``analytic`` or ``mc`` (Monte Carlo).
+        beta: The weight of the KL term.
+        lam: icvae: the weight of KL(q(z|x) || q(z)).
+        clip_grad: The largest global gradient norm; 0 turns clipping off.
+        kl_warmup: Epochs over which the KL weight rises from 0 to ``beta``; 0 turns it off.
+        samples: Samples of z per image (L for the ELBO, k for IWAE).
+        seed: The seed of all randomness in training.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        precision: ``fp32``, ``bf16``, ``fp16`` or ``auto``.
+        compile: Run the training step through ``torch.compile``.
+        image_every: Refresh the run's ``recon.png`` and ``samples.png`` every this many epochs.
+        denoise: Denoising training as ``KIND:LEVEL`` or ``KIND:LOW-HIGH`` (e.g.
+            ``uniform:0-0.4``); None trains on clean inputs.
+
+    Examples:
+        >>> from vaelab.config import TrainConfig
+        >>> t = TrainConfig(epochs=5, beta=0.5)
+        >>> t.epochs, t.beta, t.objective
+        (5, 0.5, 'auto')
+    """
+
     # The binary recipe's 40 epochs of MNIST take 2.5-4 minutes on 2 CPU cores and give
     # IS-NLL 90.15-90.22 (docs/benchmarks.md); the 8-bit recipe sets epochs from the number
     # of training images (`eight_bit_epochs`)
@@ -212,15 +327,56 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """A complete description of a run: its data, model and training settings.
+
+    ``config.json`` in a run folder is :meth:`to_dict`, and :meth:`from_dict` reads it back.
+    Unknown keys are refused, so a misspelt field raises :class:`ConfigError` instead of
+    quietly keeping its default. A Config is frozen: :meth:`replace` returns a changed copy.
+
+    Attributes:
+        data: The data section (:class:`DataConfig`).
+        model: The model section (:class:`ModelConfig`).
+        train: The training section (:class:`TrainConfig`).
+
+    Examples:
+        >>> from vaelab.config import Config
+        >>> cfg = Config().replace(data={"dataset": "mnist-sample"}, model={"latent_dim": 2})
+        >>> cfg.data.dataset, cfg.model.latent_dim
+        ('mnist-sample', 2)
+        >>> sorted(cfg.to_dict())
+        ['data', 'model', 'train']
+        >>> Config.from_dict(cfg.to_dict()) == cfg
+        True
+    """
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as nested plain dicts, ``{"data": {...}, "model": {...}, "train": {...}}``.
+
+        Returns:
+            A dict that ``json.dumps`` can write (tuples become lists there).
+        """
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
+        """Build a config from nested dicts, as read from ``config.json``, and check it.
+
+        Sections and fields left out keep their defaults. Lists of widths may also be given
+        as text such as ``"512,512"``.
+
+        Args:
+            d: A dict with any of the sections ``data``, ``model`` and ``train``.
+
+        Returns:
+            The checked Config.
+
+        Raises:
+            ConfigError: A section or field is unknown, or a value has the wrong type or range.
+        """
         if not isinstance(d, dict):
             raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}")
         sections = {f.name: f.type for f in fields(cls)}
@@ -237,7 +393,18 @@ class Config:
         return cfg
 
     def replace(self, **sections: dict[str, Any]) -> Config:
-        """Return a copy with some fields changed: ``cfg.replace(train={"epochs": 3})``."""
+        """Return a copy with some fields changed: ``cfg.replace(train={"epochs": 3})``.
+
+        Args:
+            **sections: For each section to change (``data``, ``model``, ``train``), a dict of
+                field names and their new values.
+
+        Returns:
+            A new, checked Config; this one is unchanged.
+
+        Raises:
+            ConfigError: A section or field is unknown, or a new value is invalid.
+        """
         d = self.to_dict()
         for name, values in sections.items():
             if name not in d:
@@ -300,10 +467,29 @@ def _as_int_tuple(value: Any, name: str) -> tuple[int, ...]:
 
 
 def validate(cfg: Config) -> None:
-    """Check every field as its `setting` declares (choices, ranges, formats), and the one
-    combination of settings that no part of vaelab could honour. Names are checked where
-    they are looked up (the registries), and which model takes which prior, flows and
-    objective beside each model (vaelab.models)."""
+    """Check a config's values: choices, number ranges, formats and conflicting settings.
+
+    Every field is checked as its declaration says, along with the one combination no part
+    of vaelab could honour (a time budget with the cosine schedule). Names of models, nets,
+    likelihoods, ... are checked where they are looked up, and which model takes which prior,
+    flows and objective is checked by ``vaelab.models``. :meth:`Config.from_dict` and
+    :meth:`Config.replace` call this already.
+
+    Args:
+        cfg: The config to check.
+
+    Raises:
+        ConfigError: The first problem found, naming the field.
+
+    Examples:
+        >>> from vaelab.config import Config, ConfigError, TrainConfig, validate
+        >>> validate(Config())
+        >>> try:
+        ...     validate(Config(train=TrainConfig(beta=-1.0)))
+        ... except ConfigError as e:
+        ...     print(e)
+        train.beta must be >= 0, got -1.0
+    """
     for section in ("data", "model", "train"):
         sub = getattr(cfg, section)
         for f in fields(sub):
@@ -630,7 +816,26 @@ def background_rgb(s: str) -> tuple[int, int, int]:
 
 
 def load(path: str | Path) -> Config:
-    """Read a config from a ``.json`` or ``.toml`` file (sections data/model/train)."""
+    r"""Read a config from a ``.json`` or ``.toml`` file with sections data, model and train.
+
+    Sections and fields left out keep their defaults.
+
+    Args:
+        path: The file; a ``.toml`` suffix reads TOML, any other JSON.
+
+    Returns:
+        The checked Config.
+
+    Raises:
+        ConfigError: The file is missing, cannot be parsed or holds an invalid config.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> from vaelab.config import load
+        >>> _ = Path(tmp, "small.toml").write_text('[model]\nlatent_dim = 8\n')
+        >>> load(Path(tmp, "small.toml")).model.latent_dim
+        8
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -650,4 +855,17 @@ def load(path: str | Path) -> Config:
 
 
 def save(cfg: Config, path: str | Path) -> None:
+    """Write a config to `path` as indented JSON, the format of a run's ``config.json``.
+
+    Args:
+        cfg: The config to write.
+        path: The file to write (replaced if it exists).
+
+    Examples:
+        >>> from pathlib import Path
+        >>> from vaelab.config import Config, load, save
+        >>> save(Config().replace(train={"epochs": 3}), Path(tmp, "config.json"))
+        >>> load(Path(tmp, "config.json")).train.epochs
+        3
+    """
     Path(path).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")

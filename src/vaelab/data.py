@@ -35,9 +35,20 @@ import torch
 from vaelab.config import DataFacts
 from vaelab.files import file_mode
 
+__all__ = ["load_dataset", "locate", "read_idx", "Dataset", "Split", "ImageFile", "DataError"]
+
 
 class DataError(RuntimeError):
-    """Data could not be found or read; the message names the file and the fix."""
+    """Data could not be found or read; the message names the file and the fix.
+
+    Examples:
+        >>> from vaelab.data import DataError, load_dataset
+        >>> try:
+        ...     load_dataset("mnits")
+        ... except DataError as e:
+        ...     print(e)
+        unknown dataset 'mnits'; choose one of: mnist, fashion-mnist, mnist-sample, cifar10
+    """
 
 
 @dataclass(frozen=True)
@@ -137,11 +148,31 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (optionally gzip-compressed) into an array, validating it.
+    """Read an IDX file (the format of the MNIST files), gzip-compressed or not, into an array.
 
-    The format is a 4-byte magic number (0, 0, dtype code, ndim), ndim big-endian
-    uint32 dimensions, then the data. Anything that does not match raises
-    :class:`DataError` naming the file.
+    The format is a 4-byte magic number (0, 0, dtype code, ndim), ndim big-endian uint32
+    dimensions, then the data. The file is checked against its header.
+
+    Args:
+        path: The ``.idx`` file, or its ``.gz``.
+
+    Returns:
+        A read-only array of the header's shape and dtype: ``(N, H, W)`` uint8 for image
+        files, ``(N,)`` for label files.
+
+    Raises:
+        DataError: The file cannot be read, is not IDX, or is truncated; the message names it.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> from vaelab.data import locate, read_idx
+        >>> read_idx(locate("mnist-sample") / "t10k-images-idx3-ubyte.gz").shape
+        (500, 28, 28)
+        >>> header = bytes([0, 0, 0x08, 2]) + (2).to_bytes(4, "big") + (3).to_bytes(4, "big")
+        >>> _ = Path(tmp, "tiny-idx").write_bytes(header + bytes(range(6)))
+        >>> read_idx(Path(tmp, "tiny-idx"))
+        array([[0, 1, 2],
+               [3, 4, 5]], dtype=uint8)
     """
     path = Path(path)
     try:
@@ -267,7 +298,33 @@ def download(info: DatasetInfo, target: Path, timeout: float = 30.0) -> None:
 
 
 def locate(name: str, data_dir: str | Path | None = None, allow_download: bool = True) -> Path:
-    """Return the directory holding dataset `name`'s four files (see module docstring)."""
+    """Find the folder holding a named dataset's files, downloading them if allowed.
+
+    Looks in `data_dir` alone when it is given; otherwise in ``$VAELAB_DATA/<name>``, a
+    system folder, then the user cache (``~/.cache/vaelab/<name>``), where a download goes.
+    ``mnist-sample`` is shipped inside the package.
+
+    Args:
+        name: A named dataset: ``mnist``, ``fashion-mnist``, ``mnist-sample`` or ``cifar10``.
+        data_dir: The only folder to look in; None searches the places above.
+        allow_download: Fetch the official files (checksums verified) when none are found.
+
+    Returns:
+        The folder's path.
+
+    Raises:
+        DataError: The name is unknown, or the files are neither found nor downloaded; the
+            message lists where it looked.
+
+    Examples:
+        >>> from vaelab.data import locate
+        >>> for name in sorted(p.name for p in locate("mnist-sample").iterdir()):
+        ...     print(name)
+        t10k-images-idx3-ubyte.gz
+        t10k-labels-idx1-ubyte.gz
+        train-images-idx3-ubyte.gz
+        train-labels-idx1-ubyte.gz
+    """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     info = DATASETS[name]
@@ -350,12 +407,30 @@ def read_cifar(directory: Path, info: DatasetInfo) -> dict[str, tuple[np.ndarray
 
 @dataclass(frozen=True)
 class ImageFile:
-    """uint8 images (N, C, H, W) stored row after row in a raw file (the image cache).
+    """uint8 images (N, C, H, W) stored one after another in a raw file, read on demand.
 
-    Rows are read with positional reads, not a memory map, so streaming a file larger
-    than memory does not grow the process's resident memory. N = -1: from the file size.
-    The file is opened once (by `open`, or at the first read) and kept open: a cache rebuilt
-    and swapped in by another run meanwhile replaces the name, not what this reader reads.
+    This is how a :class:`Split` holds images too large for memory (the cache vaelab builds
+    for folders and array files). Rows are read with positional reads, not a memory map, so
+    streaming a file larger than memory does not grow the process's resident memory. The
+    file is opened once (by :meth:`open`, or at the first read) and kept open: a cache rebuilt
+    meanwhile by another run replaces the name, not what this reader reads.
+
+    Attributes:
+        path: The raw file.
+        shape: ``(N, C, H, W)``; N = -1 takes N from the file's size.
+
+    Examples:
+        >>> import numpy as np
+        >>> from pathlib import Path
+        >>> from vaelab.data import ImageFile
+        >>> np.arange(48, dtype=np.uint8).tofile(Path(tmp, "rows.u8"))
+        >>> f = ImageFile(Path(tmp, "rows.u8"), (-1, 1, 4, 4))
+        >>> len(f), f.row_bytes, f.nbytes
+        (3, 16, 48)
+        >>> f.read([2, 0]).shape
+        (2, 1, 4, 4)
+        >>> f.load()[1, 0, 0].tolist()
+        [16, 17, 18, 19]
     """
 
     path: Path
@@ -363,12 +438,18 @@ class ImageFile:
     _handle: dict = field(default_factory=dict, compare=False, repr=False)  # {"file": the open file}
 
     def open(self) -> ImageFile:
+        """Open the file if it is not open yet (reads do this themselves).
+
+        Returns:
+            This reader, so that calls can be chained.
+        """
         if "file" not in self._handle:
             self._handle["file"] = open(self.path, "rb", buffering=0)  # noqa: SIM115 - kept open on purpose
         return self
 
     @property
     def row_bytes(self) -> int:
+        """Bytes per image: C * H * W."""
         return int(np.prod(self.shape[1:]))
 
     def __len__(self) -> int:
@@ -376,6 +457,7 @@ class ImageFile:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of all N images: N * C * H * W."""
         return len(self) * self.row_bytes
 
     def file_size(self) -> int:
@@ -383,11 +465,28 @@ class ImageFile:
         return os.fstat(self.open()._handle["file"].fileno()).st_size
 
     def head(self, n: int) -> ImageFile:
+        """A reader of the first `n` images only (all of them if there are fewer).
+
+        Args:
+            n: The number of images to keep.
+
+        Returns:
+            An ImageFile of shape ``(min(n, N), C, H, W)`` sharing this one's open file.
+        """
         return ImageFile(self.path, (min(n, len(self)), *self.shape[1:]), self._handle)
 
     def read(self, idx: np.ndarray) -> np.ndarray:
-        """Rows `idx` (any order, repeats allowed) -> (len(idx), C, H, W), one read per run of
-        consecutive rows in sorted order."""
+        """Read the images at row indices `idx`, with one read per run of consecutive rows.
+
+        Args:
+            idx: Row indices ``(K,)``, in any order, repeats allowed.
+
+        Returns:
+            uint8 array ``(K, C, H, W)`` in the order of `idx`.
+
+        Raises:
+            DataError: The file is shorter than its shape says.
+        """
         idx = np.asarray(idx, dtype=np.int64)
         order = np.argsort(idx, kind="stable")
         sorted_idx = idx[order]
@@ -408,7 +507,14 @@ class ImageFile:
         return out.reshape(len(idx), *self.shape[1:])
 
     def load(self) -> torch.Tensor:
-        """The whole array in memory as a uint8 tensor (one sequential read)."""
+        """Read all the images into memory with one sequential read.
+
+        Returns:
+            uint8 tensor ``(N, C, H, W)``.
+
+        Raises:
+            DataError: The file is shorter than its shape says.
+        """
         n = len(self)
         self.open()._handle["file"].seek(0)
         arr = np.fromfile(self._handle["file"], dtype=np.uint8, count=n * self.row_bytes)
@@ -428,6 +534,28 @@ def read_rows(images: torch.Tensor | ImageFile, idx: torch.Tensor) -> torch.Tens
 
 @dataclass
 class Split:
+    """One split of a dataset (train or test): images, labels and optional conditions.
+
+    Attributes:
+        images: uint8 images ``(N, C, H, W)`` with pixels 0..255, a tensor in memory or an
+            :class:`ImageFile` read on demand.
+        labels: int64 class labels ``(N,)``; -1 where the dataset is unlabelled. A numpy
+            array is turned into a tensor.
+        cond: float side information ``(N, C')`` for conditional models; None uses the
+            one-hot labels.
+
+    Examples:
+        >>> import torch
+        >>> from vaelab.data import Split
+        >>> s = Split(torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.tensor([0, 1, 1, 2]))
+        >>> len(s), s.in_memory, s.nbytes
+        (4, True, 3136)
+        >>> s.conditions(3).tolist()[1]
+        [0.0, 1.0, 0.0]
+        >>> len(s.head(2))
+        2
+    """
+
     images: torch.Tensor | ImageFile  # (N, C, H, W) uint8, in memory or in a raw file
     labels: torch.Tensor  # (N,) int64; -1: unlabelled
     cond: torch.Tensor | None = None  # (N, C') float side information; None: one-hot labels
@@ -441,25 +569,50 @@ class Split:
 
     @property
     def in_memory(self) -> bool:
+        """Whether the images are a tensor in memory (not an :class:`ImageFile`)."""
         return torch.is_tensor(self.images)
 
     @property
     def nbytes(self) -> int:
+        """Bytes taken by the images ``(N, C, H, W)``, one per pixel value."""
         return self.images.nbytes if not self.in_memory else self.images.numel()
 
     def to(self, device: torch.device | str) -> Split:
-        """The split in memory on `device` (an image file is read whole)."""
+        """A copy of the split in memory on `device`; an image file is read whole.
+
+        Args:
+            device: Where the tensors go, e.g. ``"cpu"`` or ``"cuda"``.
+
+        Returns:
+            A Split whose images, labels and conditions are tensors on `device`.
+        """
         images = self.images if self.in_memory else self.images.load()
         return Split(images.to(device), self.labels.to(device), None if self.cond is None else self.cond.to(device))
 
     def head(self, n: int | None) -> Split:
+        """The first `n` images with their labels and conditions.
+
+        Args:
+            n: The number to keep; None keeps the whole split.
+
+        Returns:
+            A Split of ``min(n, N)`` images (this one when `n` is None).
+        """
         if n is None:
             return self
         return Split(self.images[:n] if self.in_memory else self.images.head(n), self.labels[:n],
                      None if self.cond is None else self.cond[:n])
 
     def conditions(self, n_classes: int) -> torch.Tensor:
-        """The condition vectors c: user-supplied side information, or one-hot labels (N, n_classes)."""
+        """The condition vectors c a conditional model is given for these images.
+
+        Args:
+            n_classes: The number of classes K, the width of the one-hot labels.
+
+        Returns:
+            The side information ``(N, C')`` when the split has it, else the one-hot labels
+            ``(N, K)``, float.
+        """
         if self.cond is not None:
             return self.cond
         return torch.nn.functional.one_hot(self.labels, n_classes).float()
@@ -467,6 +620,31 @@ class Split:
 
 @dataclass
 class Dataset:
+    """A dataset as vaelab trains on it: a train and a test :class:`Split` of uint8 images.
+
+    :func:`load_dataset` makes one for a named dataset; folders and array files give the same
+    type.
+
+    Attributes:
+        name: The dataset's name, or the folder or file it came from.
+        train: The training split; images ``(N_train, C, H, W)``.
+        test: The test split; images ``(N_test, C, H, W)``.
+        classes: The class names, label i naming ``classes[i]``; ``()`` when unlabelled.
+        source: Where the files were read from.
+        fingerprint: A short hash that changes when the data change.
+        skipped: Images left out as unreadable, each ``"name: reason"``.
+        binary_benchmark: Whether this is a named binary benchmark (the MNIST family).
+        cache: For an image folder, its cache folder; else ``""``.
+
+    Examples:
+        >>> from vaelab.data import load_dataset
+        >>> data = load_dataset("mnist-sample")
+        >>> data.image_shape, data.labelled, data.cond_dim
+        ((1, 28, 28), True, 10)
+        >>> data.classes[:3], data.binary_pixels()
+        (('0', '1', '2'), False)
+    """
+
     name: str
     train: Split
     test: Split
@@ -479,27 +657,47 @@ class Dataset:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """The shape ``(C, H, W)`` of one image."""
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
 
     def binary_pixels(self, rows: int = 4096) -> bool:
-        """Whether the first `rows` training images hold only the values 0 and 255."""
+        """Whether the first `rows` training images hold only the pixel values 0 and 255.
+
+        Args:
+            rows: How many training images to look at.
+
+        Returns:
+            True when every pixel looked at is 0 or 255.
+        """
         n = min(rows, len(self.train))
         x = read_rows(self.train.images, torch.arange(n))
         return bool(((x == 0) | (x == 255)).all())
 
     def facts(self) -> DataFacts:
-        """What the recipe is chosen from (vaelab.config.resolve)."""
+        """What the training recipe is chosen from.
+
+        Returns:
+            A ``vaelab.config.DataFacts``: the image shape ``(C, H, W)``, the number of
+            training images and whether the data are binary.
+        """
         return DataFacts(self.image_shape, len(self.train), self.binary_benchmark or self.binary_pixels())
 
     @property
     def labelled(self) -> bool:
+        """Whether the images have class labels."""
         return len(self.classes) > 0
 
     @property
     def cond_dim(self) -> int:
+        """The width C' of the condition vectors: the side information's, else the number of classes."""
         return len(self.classes) if self.train.cond is None else self.train.cond.shape[1]
 
     def require_labels(self, what: str) -> None:
+        """Raise :class:`DataError` unless the dataset is labelled.
+
+        Args:
+            what: What needs the labels, for the message (e.g. ``"the probe"``).
+        """
         if not self.labelled:
             raise DataError(f"{what} needs class labels, but {self.source} is unlabelled; put the images in one "
                             "folder per class (or give 'labels' in the array file)")
@@ -527,7 +725,32 @@ def attach_conditions(data: Dataset, path: str | Path) -> Dataset:
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True) -> Dataset:
-    """Load named dataset `name` as uint8 tensors (see module docstring for where it looks)."""
+    """Load a named dataset into memory as uint8 tensors, finding or downloading its files.
+
+    Where the files are looked for is described under :func:`locate`. For folders of images
+    and array files, train with their path as the dataset instead.
+
+    Args:
+        name: ``mnist``, ``fashion-mnist``, ``mnist-sample`` (2,000 train and 500 test MNIST
+            digits shipped with vaelab, no network needed) or ``cifar10``.
+        data_dir: The only folder to look in; None searches the usual places.
+        download: Fetch the official files (checksums verified) when they are not found.
+
+    Returns:
+        A :class:`Dataset` whose splits hold images ``(N, C, H, W)`` uint8 with pixels 0..255
+        and labels ``(N,)`` int64.
+
+    Raises:
+        DataError: The name is unknown, or the files are missing or damaged.
+
+    Examples:
+        >>> from vaelab.data import load_dataset
+        >>> data = load_dataset("mnist-sample")
+        >>> len(data.train), len(data.test), data.image_shape
+        (2000, 500, (1, 28, 28))
+        >>> data.train.images.dtype, data.train.labels[:5].tolist()
+        (torch.uint8, [5, 0, 4, 1, 9])
+    """
     directory = locate(name, data_dir, allow_download=download)
     info = DATASETS[name]
     if info.kind == "cifar":

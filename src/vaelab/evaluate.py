@@ -30,6 +30,9 @@ from vaelab.noise import ExampleNoise
 from vaelab.plots import kl_bars, save_figure
 from vaelab.runtime import Dist, distributed, progress_bar, resolve_device, tune_malloc
 
+__all__ = ["evaluate", "format_result", "log_likelihood", "posterior_means", "reconstruction_psnr", "probe",
+           "kl_summary", "kl_figure", "mutual_information", "active_mask"]
+
 BINARIZATION_NOTE = {
     "dynamic": "stochastic: test images binarised once, x ~ Bernoulli(pixel/255), seed {seed}",
     "fixed": "stochastic: test images binarised once, x ~ Bernoulli(pixel/255), seed {seed}",
@@ -41,8 +44,26 @@ BINARIZATION_NOTE = {
 @torch.no_grad()
 def posterior_means(model, x: torch.Tensor | SplitInputs, c: torch.Tensor | None = None,
                     batch: int = 2000) -> torch.Tensor:
-    """Posterior means (the code, for an AE) of images x with conditions c, or of a split's
-    inputs, in batches: (N, D)."""
+    """Encode images to their posterior means, the mean of q(z|x) (for an AE: the code).
+
+    Runs in batches, without gradients.
+
+    Args:
+        model: A trained vaelab model, such as ``run.model``.
+        x: Images ``(N, C, H, W)`` in [0, 1] as the model sees them (binarised for a Bernoulli
+            likelihood), or a split's inputs as ``vaelab.batches.model_inputs`` gives them.
+        c: Conditions ``(N, C')`` for a conditional model; None otherwise, or when `x` is a
+            split's inputs (which carry their own).
+        batch: Images per encoder call.
+
+    Returns:
+        Posterior means ``(N, D)``, D the latent size.
+
+    Examples:
+        >>> from vaelab.evaluate import posterior_means
+        >>> posterior_means(run.model, run.images("test", 8)).shape
+        torch.Size([8, 2])
+    """
     if isinstance(x, SplitInputs):
         return torch.cat([model.encode(xb, cb).mean for xb, cb, _ in x.chunks(batch)])
     return torch.cat([model.encode(x[i : i + batch], None if c is None else c[i : i + batch]).mean
@@ -54,14 +75,37 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, rows: int | None = Non
                    progress: bool = False, c: torch.Tensor | None = None,
                    generator: torch.Generator | None = None,
                    index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image (log p(x) estimate with k importance samples, ELBO estimate): (N,), (N,).
+    """Estimate log p(x) of each image with k importance samples, and its ELBO.
 
-    The ELBO estimate is the mean of the same k log-weights (a Monte-Carlo ELBO). For
-    conditional models pass the conditions c (N, C'): log p(x|c) is estimated. Pass a
-    `generator` to continue one random stream across calls (then `seed` is unused), or
-    the images' `index` (N,) to tie every image's k samples to the image and `seed`, so
-    any sharding or chunking of a test set gives the same estimates. `rows`: decoder rows
-    (images x samples) per call; default `decode_rows` of the image size.
+    log p(x) ~= log (1/k) sum_i p(x, z_i) / q(z_i|x) with z_i ~ q(z|x) (Burda et al. 2016);
+    the ELBO estimate is the mean of the same k log-weights, so it is never above the
+    log p(x) estimate. Memory stays bounded for any k: samples are drawn in chunks.
+
+    Args:
+        model: A trained vaelab model with a density (not the plain AE), e.g. ``run.model``.
+        x: Images ``(N, C, H, W)`` in [0, 1] as the model sees them (binarised for a
+            Bernoulli likelihood).
+        k: Importance samples per image; more gives a tighter estimate.
+        rows: Decoder rows (images x samples) per call; None picks from the image size.
+        seed: The seed of the samples; unused when `generator` is given.
+        progress: Show a progress bar.
+        c: Conditions ``(N, C')`` for a conditional model: log p(x|c) is estimated.
+        generator: Continue this random stream instead of seeding a new one (ignored with `index`).
+        index: The images' indices ``(N,)`` in their dataset: ties each image's samples to
+            the image and `seed`, so any split of a test set into chunks gives the same numbers.
+
+    Returns:
+        ``(log_px, elbo)``, each ``(N,)``, in nats.
+
+    Raises:
+        TypeError: The model has no density.
+        ValueError: k is below 1.
+
+    Examples:
+        >>> from vaelab.evaluate import log_likelihood
+        >>> log_px, elbo = log_likelihood(run.model, run.images("test", 8), k=100)
+        >>> log_px.shape, bool((log_px >= elbo).all())
+        (torch.Size([8]), True)
     """
     if not getattr(model, "has_density", False):
         raise TypeError(f"{type(model).__name__} defines no density p(x); it has no log-likelihood")
@@ -108,8 +152,25 @@ def default_k(dims: int) -> int:
 
 @torch.inference_mode()
 def reconstruction_psnr(model, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-    """PSNR in dB of each image's reconstruction, the decoder's mean at the posterior mean (the
-    code, for an AE), against the image, both in [0, 1]: 10 log10(1 / MSE) per image (B,)."""
+    """PSNR in dB of each image's reconstruction: 10 log10(1 / MSE) against the image.
+
+    The reconstruction is the decoder's mean at the posterior mean (the code, for an AE),
+    clamped to [0, 1]. Higher is better.
+
+    Args:
+        model: A trained vaelab model, such as ``run.model``.
+        x: Images ``(B, C, H, W)`` in [0, 1].
+        c: Conditions ``(B, C')`` for a conditional model; None otherwise.
+
+    Returns:
+        PSNR per image ``(B,)``, in dB.
+
+    Examples:
+        >>> from vaelab.evaluate import reconstruction_psnr
+        >>> psnr = reconstruction_psnr(run.model, run.images("test", 8))
+        >>> psnr.shape, bool((psnr > 0).all())
+        (torch.Size([8]), True)
+    """
     was_training = model.training
     model.eval()
     recon = model.decode(model.encode(x, c).mean, c).mean.clamp(0, 1)
@@ -131,20 +192,49 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
              progress: bool = True, write: bool = True, dataset=None,
              metrics: tuple[str, ...] = ("nll",), fd_classifier_steps: int = 2000,
              figures: bool = True) -> dict[str, Any]:
-    """Evaluate a trained run on its test set; writes ``RUN_DIR/eval.json``.
+    """Evaluate a trained run on its test set, as ``vaelab evaluate`` does; writes ``eval.json``.
 
-    Metric ``nll``: ``elbo`` (mean per-image ELBO, nats, a lower bound on log p(x)) and
-    ``nll`` (the k-sample importance-sampled estimate of -log p(x), nats; k defaults to
-    `default_k` of the image size), each with the standard error of the mean over test
-    images, and the data protocol used; for models with a density also what z encodes
-    (`_diagnostics`) and, with `figures`, RUN_DIR/kl_per_dim.png even when not `write`.
-    Metric ``fd``: the Fréchet distance between test images and as many prior samples in
-    the feature space of vaelab's own classifier (:mod:`vaelab.quality`): ``fd`` for draws
-    x ~ p(x|z), ``fd_mean`` for decoder means, and ``fd_train`` between training and test
-    images (what a perfect model would reach, up to sampling); the classifier trains for
-    `fd_classifier_steps` steps the first time a dataset is used.
+    Metric ``nll``: ``elbo`` (the mean per-image ELBO in nats, a lower bound on log p(x)) and
+    ``nll`` (the k-sample importance-sampled estimate of -log p(x) in nats), each with the
+    standard error of the mean over test images, and the data protocol used. For models with
+    a density, also what z encodes: ``active_units``, the KL and its split per dimension
+    (:func:`kl_summary`), I(x; z) (:func:`mutual_information`) and a warning on posterior
+    collapse; with `figures`, ``kl_per_dim.png`` is written in the run folder even when not
+    `write`.
+
+    Metric ``fd``: the Fréchet distance between test images and as many prior samples in the
+    features of vaelab's own classifier: ``fd`` for draws x ~ p(x|z), ``fd_mean`` for decoder
+    means, and ``fd_train`` between training and test images (what a perfect model would
+    reach, up to sampling). The classifier trains the first time a dataset is used.
+
     Metric ``fid``: Inception-v3 FID (Heusel et al. 2017) through torchmetrics, comparable
-    with papers' FID, on machines with the ``vaelab[inception]`` extra and its weights.
+    with papers' FID; needs the ``vaelab[inception]`` extra and its weights.
+
+    Args:
+        run_dir: The run folder.
+        n: Evaluate the first n test images only; None for all.
+        k: Importance samples per image; None: 1000 for images up to 32x32 grey, else 100.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        progress: Show progress bars.
+        write: Write the result to ``RUN_DIR/eval.json``.
+        dataset: A :class:`vaelab.data.Dataset` to use instead of loading the run's data.
+        metrics: Any of ``"nll"``, ``"fd"``, ``"fid"``.
+        fd_classifier_steps: Training steps of the ``fd`` classifier, the first time.
+        figures: Write ``RUN_DIR/kl_per_dim.png``.
+
+    Returns:
+        The results as a JSON-able dict (numbers in nats, ``seconds`` taken, the protocol).
+
+    Raises:
+        ValueError: n is not positive, or a metric is unknown.
+
+    Examples:
+        >>> from vaelab.evaluate import evaluate
+        >>> r = evaluate(run.path, n=100, k=10, progress=False, write=False, figures=False)
+        >>> r["n"], r["k"], r["latent_dim"]
+        (100, 10, 2)
+        >>> r["nll"] <= -r["elbo"]
+        True
     """
     if n is not None and n <= 0:
         raise ValueError(f"--n must be positive, got {n}")
@@ -207,7 +297,23 @@ def _protocol(cfg, model, dataset: str, n: int, k: int, binarization_detail: str
 
 
 def format_result(r: dict[str, Any]) -> str:
-    """An evaluation's results as the table `vaelab evaluate` prints."""
+    """Lay out the results of :func:`evaluate` as the table ``vaelab evaluate`` prints.
+
+    Args:
+        r: The dict :func:`evaluate` returns (or ``eval.json`` read back).
+
+    Returns:
+        The table as text, one quantity a line; long notes wrap under their value.
+
+    Examples:
+        >>> from vaelab.evaluate import evaluate, format_result
+        >>> r = evaluate(run.path, n=100, k=10, progress=False, write=False, figures=False)
+        >>> print(format_result(r))
+        dataset                    mnist-sample (test, n=100)
+        binarization               stochastic: test images binarised once, x ~ Bernoulli(pixel/255), seed 0
+        ELBO (nats)                ...
+        seconds                    ...
+    """
     rows = [("dataset", f"{r['dataset']} ({r['split']}, n={r['n']})"), ("binarization", r["binarization_detail"])]
     if "nll" in r:
         rows += [("ELBO (nats)", f"{r['elbo']:.2f} +- {r['elbo_stderr']:.2f}"),
@@ -361,13 +467,38 @@ def inception_quality(model, inputs: SplitInputs, device: torch.device, progress
 
 def probe(run_dir: str | Path, layers: int = 1, hidden: int = 256, epochs: int = 30, seed: int = 0,
           device: str = "cpu", write: bool = True, dataset=None) -> dict[str, Any]:
-    """How much does z know about the class? (Moyer et al. 2018, section 5.)
+    """Measure how much the codes know about the class (Moyer et al. 2018, section 5).
 
-    A fresh classifier with `layers` hidden layers (0 = logistic regression) is trained
-    to predict the label from the posterior means of the training set, independently of
-    the model's own training, and its accuracy is measured on the test set next to the
-    majority-class rate. Also reported: the reconstruction MSE of the test images
-    (decoder mean, with the true condition for conditional models). Writes probe.json.
+    A fresh classifier with `layers` hidden layers (0 = logistic regression) learns to
+    predict the label from the posterior means of the training set, apart from the model's
+    own training; its accuracy on the test set is reported next to the majority-class rate.
+    For an invariant model (icvae), accuracy near the majority rate means z holds little of
+    the class. Also reported: the test images' reconstruction MSE (decoder mean, with the
+    true condition for conditional models).
+
+    Args:
+        run_dir: The run folder; its data must be labelled.
+        layers: Hidden layers of the classifier, 0 to 3.
+        hidden: Width of each hidden layer.
+        epochs: Training epochs of the classifier.
+        seed: The seed of the classifier's initialisation and data order.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        write: Write the result to ``RUN_DIR/probe.json``.
+        dataset: A :class:`vaelab.data.Dataset` to use instead of loading the run's data.
+
+    Returns:
+        A JSON-able dict: ``accuracy``, ``train_accuracy``, ``majority``, ``recon_mse`` and the
+        settings used.
+
+    Raises:
+        ValueError: `layers` is outside 0-3.
+        vaelab.data.DataError: The data are unlabelled.
+
+    Examples:
+        >>> from vaelab.evaluate import probe
+        >>> r = probe(run.path, epochs=1, write=False)
+        >>> 0 <= r["accuracy"] <= 1, r["n_train"], r["n_test"]
+        (True, 2000, 500)
     """
     from torch import nn
 
@@ -472,8 +603,24 @@ def kl_terms(model, inputs: SplitInputs, dist: Dist = Dist(), samples: int = KL_
 
 
 def active_mask(means: torch.Tensor, threshold: float = ACTIVE_VARIANCE) -> torch.Tensor:
-    """Which latent dimensions are active, posterior means (N, D) -> (D,) bool: the variance of
-    the mean over the images is above `threshold`, as `vaelab.models.active_units` counts."""
+    """Find the active latent dimensions: those whose posterior mean varies over the images.
+
+    A dimension is active when the variance of its posterior mean across images is above
+    `threshold` (Burda et al. 2016); an inactive one stays near the prior whatever the image.
+
+    Args:
+        means: Posterior means ``(N, D)``, e.g. from :func:`posterior_means`.
+        threshold: The variance above which a dimension counts as active.
+
+    Returns:
+        A bool mask ``(D,)``, True where the dimension is active.
+
+    Examples:
+        >>> import torch
+        >>> from vaelab.evaluate import active_mask
+        >>> active_mask(torch.tensor([[0.0, 1.0], [0.0, -1.0], [0.0, 0.5]]))
+        tensor([False,  True])
+    """
     m = means.double()
     return active_dims(m.mean(0), m.square().mean(0), threshold)
 
@@ -502,12 +649,36 @@ def _batches(n: int, size: int) -> list[tuple[int, int]]:
 @torch.inference_mode()
 def mutual_information(model, inputs: SplitInputs, dist: Dist = Dist(), batch: int = MI_BATCH,
                        seed: int = 0) -> dict[str, Any]:
-    """I(x; z) under the aggregate posterior, He et al. 2019's minibatch estimator ("Lagging
-    inference networks", calc_mi): for batches of about `batch` test images,
-        I ~= mean_i [log q(z_i | x_i) - log (1/N) sum_j q(z_i | x_j)],   z_i ~ q(z | x_i),
-    averaged over images (`mi_terms`). One code per image, tied to the image and `seed`;
-    whole batches are shared out to processes, so any number gives the same. Needs the
-    posterior's density at any z: without one (flows) only a note is returned."""
+    """Estimate the mutual information I(x; z) between images and codes, in nats.
+
+    He et al. 2019's minibatch estimator: over batches of about `batch` images,
+    I ~= mean_i [log q(z_i|x_i) - log (1/N) sum_j q(z_i|x_j)] with one z_i ~ q(z|x_i) per image.
+    It can never exceed log N (N the batch size): a value near log N means the batches are
+    too small to measure it. Samples are tied to the images and `seed`, so any number of
+    processes gives the same. A flow posterior has no density at any z: then only a note is
+    returned.
+
+    Args:
+        model: A trained vaelab model with a posterior q(z|x), e.g. ``run.model``.
+        inputs: The images as the model is evaluated on them, from
+            ``vaelab.batches.model_inputs``; images ``(N, C, H, W)``.
+        dist: How the work is shared among processes; the default is this process alone.
+        batch: Images per batch of the estimate.
+        seed: The seed of the codes drawn.
+
+    Returns:
+        A dict: ``mi`` (nats), ``mi_batch`` (the batch size N), ``mi_bound`` (log N) and
+        ``mi_note`` (how to read it); only ``mi_note`` when it cannot be estimated.
+
+    Examples:
+        >>> from vaelab.batches import model_inputs
+        >>> from vaelab.data import load_dataset
+        >>> from vaelab.evaluate import mutual_information
+        >>> inputs = model_inputs(run.model, run.config, load_dataset("mnist-sample").test.head(200), 10)
+        >>> r = mutual_information(run.model, inputs)
+        >>> sorted(r), r["mi_batch"], 0 <= r["mi"] <= r["mi_bound"]
+        (['mi', 'mi_batch', 'mi_bound', 'mi_note'], 200, True)
+    """
     model.eval()
     if not hasattr(model.encode(*inputs.rows(0, 1)[:2]), "log_prob"):
         return {"mi_note": "I(x; z) not estimated: it needs the posterior's density at any z, and a flow "
@@ -556,9 +727,34 @@ def _kl_note(model) -> str:
 
 def kl_summary(model, inputs: SplitInputs, dist: Dist = Dist(), samples: int = KL_SAMPLES,
                seed: int = 0) -> tuple[dict[str, Any], torch.Tensor]:
-    """eval.json's KL entries (the total ``kl`` with its standard error over images, and
-    ``kl_per_dim`` (D,) or ``kl_per_level`` (L,) in the code's order, or a note saying why
-    neither) and the active dimensions (D,) bool."""
+    """Measure KL(q(z|x) || p(z)) on a set of images, split per latent dimension where it splits.
+
+    The KL is in closed form per dimension for a diagonal Gaussian posterior with the N(0, I)
+    prior; per layer (Monte Carlo) for a hierarchical model; otherwise (flows, mixture
+    priors) one Monte-Carlo total, with a note saying why it does not split.
+
+    Args:
+        model: A trained vaelab model with a posterior q(z|x), e.g. ``run.model``.
+        inputs: The images as the model is evaluated on them, from
+            ``vaelab.batches.model_inputs``; images ``(N, C, H, W)``.
+        dist: How the work is shared among processes; the default is this process alone.
+        samples: Monte-Carlo samples per image, where the KL has no closed form.
+        seed: The seed of the Monte-Carlo samples.
+
+    Returns:
+        ``(entries, active)``: the KL entries of ``eval.json`` (``kl`` in nats per image and
+        ``kl_stderr``, ``kl_estimator``, and ``kl_per_dim`` ``(D,)`` or ``kl_per_level`` ``(L,)``
+        as lists, or ``kl_note``), and the active dimensions as a bool mask ``(D,)``.
+
+    Examples:
+        >>> from vaelab.batches import model_inputs
+        >>> from vaelab.data import load_dataset
+        >>> from vaelab.evaluate import kl_summary
+        >>> inputs = model_inputs(run.model, run.config, load_dataset("mnist-sample").test.head(200), 10)
+        >>> entries, active = kl_summary(run.model, inputs)
+        >>> sorted(entries), len(entries["kl_per_dim"]), active.shape
+        (['kl', 'kl_estimator', 'kl_per_dim', 'kl_stderr'], 2, torch.Size([2]))
+    """
     kind, kl, means = kl_terms(model, inputs, dist, samples, seed)
     active = active_mask(means)
     r: dict[str, Any] = {}
@@ -580,8 +776,27 @@ def kl_summary(model, inputs: SplitInputs, dist: Dist = Dist(), samples: int = K
 
 
 def kl_figure(r: dict[str, Any], active: torch.Tensor):
-    """The bars of kl_per_dim.png from eval.json's entries `r` and the active dimensions
-    (D,): per dimension, largest first, active ones coloured; or one bar per layer."""
+    """Draw the KL bar chart of ``kl_per_dim.png``: one bar per latent dimension, largest first.
+
+    Active dimensions are coloured; a hierarchical model gets one bar per layer instead.
+
+    Args:
+        r: KL entries as :func:`kl_summary` returns them (or ``eval.json``), with
+            ``kl_per_dim`` or ``kl_per_level``.
+        active: The active dimensions, a bool mask ``(D,)``.
+
+    Returns:
+        A matplotlib Figure.
+
+    Examples:
+        >>> from vaelab.batches import model_inputs
+        >>> from vaelab.data import load_dataset
+        >>> from vaelab.evaluate import kl_figure, kl_summary
+        >>> inputs = model_inputs(run.model, run.config, load_dataset("mnist-sample").test.head(200), 10)
+        >>> fig = kl_figure(*kl_summary(run.model, inputs))
+        >>> type(fig).__name__, len(fig.axes)
+        ('Figure', 1)
+    """
     count = f"{int(active.sum())} of {len(active)} latent dimensions active (posterior-mean variance > {ACTIVE_VARIANCE})"
     if "kl_per_level" in r:
         names = [f"z_{i + 1}\n{d} dims\n{a} active"

@@ -14,6 +14,12 @@ Shared interface (checked for every registered model by ``tests/test_contract.py
   per-example terms (``x_in``: the encoder's input when it differs from x, for denoising),
   so that DistributedDataParallel, which synchronises gradients only for work done inside
   the wrapped module's forward, sees all of it
+
+Every model class above is a subclass of one base class that implements ``forward``,
+``decode``, ``sample`` and ``log_weights``; a model class adds its ``encode`` (and, where it
+differs, ``prior``). ``MODELS`` maps a ``--model`` name to its class and ``PRIORS`` a
+``--prior`` name to the builder of its parameters; a class added to ``MODELS`` is built by
+:func:`build_model` and trained from the command line like the built-in ones.
 """
 
 from __future__ import annotations
@@ -39,14 +45,44 @@ from vaelab.nets import ACTIVATIONS, NETS, mlp
 from vaelab.objectives import Objective, bind
 from vaelab.runtime import Dist
 
+__all__ = [
+    "MODELS",
+    "VAE",
+    "HVAE",
+    "AE",
+    "CVAE",
+    "ICVAE",
+    "PointMass",
+    "build_model",
+    "bind_objective",
+    "check_config",
+    "active_units",
+    "active_dims",
+    "ACTIVE_VARIANCE",
+]
+
 
 class PointMass:
-    """The 'posterior' of a deterministic autoencoder: all mass on one code (B, D)."""
+    """The 'posterior' of a deterministic autoencoder: all its mass on one code per image.
+
+    :meth:`AE.encode` returns one, so code written for a VAE's posterior (``.mean``,
+    ``.rsample(n)``) runs on an autoencoder too.
+
+    Args:
+        code: The codes, shape (B, D); also available as ``.mean``.
+
+    Examples:
+        >>> from vaelab.models import PointMass
+        >>> q = PointMass(torch.zeros(4, 2))
+        >>> q.mean.shape, q.rsample().shape, q.rsample(3).shape
+        (torch.Size([4, 2]), torch.Size([4, 2]), torch.Size([3, 4, 2]))
+    """
 
     def __init__(self, code: torch.Tensor) -> None:
         self.mean = code
 
     def rsample(self, n: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The code itself, (B, D), or n copies of it, (n, B, D); `generator` is unused."""
         return self.mean if n is None else self.mean.expand(n, *self.mean.shape)
 
 
@@ -64,6 +100,9 @@ class _Base(nn.Module):
 
     @classmethod
     def accepted_objectives(cls) -> tuple[str, ...]:
+        """Names of the objectives this model trains with, its default first: the class's
+        ``objectives`` when set, else every registered objective whose ``needs`` are among
+        the class's ``traits`` (objectives registered later included)."""
         if cls.objectives is not None:
             return cls.objectives
         from vaelab.objectives import OBJECTIVES  # the registry as it is now, with objectives added since
@@ -73,7 +112,15 @@ class _Base(nn.Module):
 
     @classmethod
     def check(cls, m: ModelConfig, objective: str = AUTO) -> None:
-        """Refuse a prior, flows or an objective this model does not take."""
+        """Refuse a prior, flows or an objective this model does not take.
+
+        Args:
+            m: The model settings.
+            objective: The run's objective name; ``"auto"`` (the model's own) is always accepted.
+
+        Raises:
+            ConfigError: With a one-line message naming what the model takes.
+        """
         name = m.model
         if m.prior not in PRIORS:
             raise ConfigError(f"unknown prior {m.prior!r}; choose one of: {', '.join(PRIORS)}")
@@ -116,10 +163,18 @@ class _Base(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, *, generator=None,
                 x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
-        """Per-example terms (B,) of the bound objective on images x (B, C, H, W).
-        `generator`: the reparameterisation noise (objectives.py). `x_in` (B, C, H, W): what
-        the encoder sees instead of x (denoising training). `peers`: the rest of the global
-        batch in a data-parallel job (objectives.py)."""
+        """Run the model's bound objective (``self.objective``) on a batch: per-example terms, each (B,).
+
+        Args:
+            x: Images (B, C, H, W).
+            c: Conditions (B, C') for conditional models; None otherwise.
+            generator: The reparameterisation noise (see :mod:`vaelab.objectives`).
+            x_in: What the encoder sees instead of x, (B, C, H, W) (denoising training); None: x.
+            peers: The rest of the global batch in a data-parallel job (see :mod:`vaelab.objectives`).
+
+        Returns:
+            The objective's terms, a dict of (B,) tensors with ``loss`` first.
+        """
         return self.objective(self, x, c, generator=generator, x_in=x_in, peers=peers)
 
     def _condition(self, c: torch.Tensor | None, lead: tuple[int, ...]) -> torch.Tensor | None:
@@ -151,12 +206,17 @@ class _Base(nn.Module):
             return net(*args).float()
 
     def encoder_input(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """The encoder's raw output for images x (B, C, H, W), with conditions c (B, C') when
+        the model encodes them, under the model's precision: (B, encoder_out) in fp32. Each
+        model's ``encode`` turns it into a posterior."""
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self._net(self.encoder, x, self._condition(c, (len(x),)) if self.encode_condition else None)
 
     def decode(self, z: torch.Tensor, c: torch.Tensor | None = None):
-        """(..., B, D) codes [+ conditions (B, C')] -> likelihood distribution over (..., B, C, H, W)."""
+        """The likelihood p(x|z): codes (B, D), or (K, B, D) for K draws per image, [+ conditions
+        (B, C')] -> a distribution over images (B, C, H, W) or (K, B, C, H, W), with ``mean``,
+        ``sample()`` and ``log_prob(x)`` of shape (B,) or (K, B)."""
         lead = z.shape[:-1]
         cond = self._condition(c, lead)
         if cond is not None:
@@ -165,20 +225,33 @@ class _Base(nn.Module):
         return self.likelihood(out.reshape(*lead, *out.shape[1:]))
 
     def prior(self) -> StandardNormal | GaussianMixture | GaussianChain:
-        """p(z), with ``log_prob(z)`` and ``sample(n, generator)``: N(0, I) here (an AE has no
-        prior of its own: its 'samples' decode N(0, I) codes)."""
+        """p(z), with ``log_prob(z)`` (..., D) -> (...) and ``sample(n, generator)`` -> (n, D):
+        N(0, I) here (an AE has no prior of its own: its 'samples' decode N(0, I) codes)."""
         return StandardNormal(self.latent_dim, next(self.parameters()).device)
 
     def sample(self, n: int, generator: torch.Generator | None = None, c: torch.Tensor | None = None):
-        """Decode n codes drawn from the prior [under conditions c (n, C')] -> distribution (n, C, H, W)."""
+        """Decode n codes drawn from the prior [under conditions c (n, C')]: a likelihood
+        distribution over (n, C, H, W); take its ``mean`` or ``sample()`` for images."""
         return self.decode(self.prior().sample(n, generator=generator), c)
 
     def log_weights(self, x: torch.Tensor, k: int, q=None, generator: torch.Generator | None = None,
                     c: torch.Tensor | None = None) -> torch.Tensor:
-        """log p(x|z) + log p(z) - log q(z|x) for k samples z ~ q(z|x): (B, C, H, W) -> (k, B).
+        """Importance log-weights log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x).
 
-        Pass `q` (the result of ``encode(x)``) to reuse an encoding across chunks of k.
-        For conditional models every term is conditioned on c: log p(x|c) is estimated.
+        logsumexp over the k weights minus log k is the IWAE bound and, for large k, an
+        estimate of log p(x) (Burda et al. 2016). Pass `q` (the result of ``encode(x)``) to
+        reuse an encoding across chunks of k. For conditional models every term is
+        conditioned on c (B, C'), and log p(x|c) is estimated.
+
+        Args:
+            x: Images (B, C, H, W).
+            k: Draws per image.
+            q: The posterior ``encode(x, c)``, if already computed.
+            generator: The reparameterisation noise.
+            c: Conditions (B, C') for conditional models.
+
+        Returns:
+            Log-weights in nats, shape (k, B).
         """
         q = self.encode(x, c) if q is None else q
         z, log_q = q.rsample_with_log_prob(k, generator=generator)  # (k, B, D), (k, B)
@@ -186,13 +259,41 @@ class _Base(nn.Module):
 
 
 class VAE(_Base):
-    """Variational autoencoder (Kingma & Welling 2014; Rezende et al. 2014).
+    """A variational autoencoder (Kingma & Welling 2014; Rezende et al. 2014).
 
     q(z|x) = N(mu(x), diag sigma(x)^2) from the encoder, optionally pushed through
-    `cfg.flows` normalizing flows whose parameters the encoder also predicts
+    ``cfg.flows`` normalizing flows whose parameters the encoder also predicts
     (Rezende & Mohamed 2015); p(z) = N(0, I), a learned mixture of Gaussians (``mog``) or
     the VampPrior (``vamp``: (1/K) sum_k q(z | u_k) over K learned pseudo-inputs u_k,
-    Tomczak & Welling 2018); p(x|z) from the configured likelihood.
+    Tomczak & Welling 2018); p(x|z) from the configured likelihood. Trains with the ELBO by
+    default, or IWAE.
+
+    Build it with :func:`build_model`, which fills the fields a ModelConfig leaves to the
+    recipe. Besides ``encode`` and ``prior`` below it has the shared interface of the module
+    docstring: ``forward``, ``decode``, ``sample``, ``log_weights``.
+
+    Args:
+        cfg: The model settings, with every ``auto`` field resolved.
+        image_shape: (C, H, W) of the images.
+        cond_dim: Condition features (used by the conditional subclasses only).
+
+    Examples:
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> _ = torch.manual_seed(0)
+        >>> vae = build_model(ModelConfig(latent_dim=2, hidden=(16,)), (1, 28, 28))
+        >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()  # 4 binary images
+        >>> q = vae.encode(x)
+        >>> q.mean.shape, q.rsample(3).shape
+        (torch.Size([4, 2]), torch.Size([3, 4, 2]))
+        >>> vae.decode(q.rsample(3)).log_prob(x).shape
+        torch.Size([3, 4])
+        >>> vae(x)["loss"].shape  # the ELBO's per-example terms
+        torch.Size([4])
+        >>> vae.log_weights(x, k=8).shape
+        torch.Size([8, 4])
+        >>> vae.sample(6).mean.shape
+        torch.Size([6, 1, 28, 28])
     """
 
     has_density = True
@@ -202,6 +303,11 @@ class VAE(_Base):
 
     @classmethod
     def check(cls, m: ModelConfig, objective: str = AUTO) -> None:
+        """Refuse what the VAE does not take (see the base check), and the VampPrior with flows.
+
+        Raises:
+            ConfigError: With a one-line message naming what the model takes.
+        """
         super().check(m, objective)
         if m.prior == "vamp" and m.flows:
             raise ConfigError("the VampPrior evaluates the posterior's density at any z, which flows cannot; "
@@ -215,6 +321,9 @@ class VAE(_Base):
         choose(PRIORS, cfg.prior, "prior")(self, cfg)
 
     def prior(self) -> StandardNormal | GaussianMixture:
+        """p(z): N(0, I), the learned mixture (``mog``) or the VampPrior (the equally weighted
+        mixture of the pseudo-inputs' posteriors), with ``log_prob(z)`` (..., D) -> (...) and
+        ``sample(n)`` -> (n, D)."""
         if self.mixture_prior is not None:
             return self.mixture_prior()
         if self.pseudo_inputs is not None:  # the posteriors of the pseudo-inputs, equally weighted
@@ -223,6 +332,9 @@ class VAE(_Base):
         return super().prior()
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> DiagonalGaussian | FlowPosterior:
+        """The posterior q(z|x) of images x (B, C, H, W) [conditions c (B, C')]: a diagonal
+        Gaussian with ``mean`` and ``log_std`` (B, D), or, with flows, a FlowPosterior whose
+        ``mean`` (B, D) is that of its base; ``rsample(n)`` gives (n, B, D)."""
         out = self.encoder_input(x, c)
         d = self.latent_dim
         base = DiagonalGaussian(out[:, :d], out[:, d : 2 * d])
@@ -242,6 +354,27 @@ class HVAE(_Base):
     prior is the top-down chain (its log-density is the sum over layers), so ELBO, IWAE and
     IS-NLL cover all layers, with the KL by Monte Carlo. x -> layer 1 uses the configured net
     and z_1 -> x the configured decoder; between layers MLPs of ``latent_hidden`` widths.
+    The layer sizes are ``lower_latents`` (from the data up) then ``latent_dim`` (the top).
+
+    Args:
+        cfg: The model settings, with every ``auto`` field resolved.
+        image_shape: (C, H, W) of the images.
+        cond_dim: Unused (the HVAE is not conditional).
+
+    Examples:
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = ModelConfig(model="hvae", latent_dim=2, lower_latents=(4,), latent_hidden=(8,), hidden=(16,))
+        >>> hvae = build_model(cfg, (1, 28, 28))
+        >>> hvae.sizes, hvae.latent_dim  # z_1 has 4 dimensions, z_2 (the top) 2
+        ((4, 2), 6)
+        >>> x = (torch.rand(5, 1, 28, 28) < 0.3).float()
+        >>> z = hvae.encode(x).rsample(3)  # codes [z_1, z_2]
+        >>> z.shape, hvae.prior().log_prob(z).shape
+        (torch.Size([3, 5, 6]), torch.Size([3, 5]))
+        >>> hvae.decode(z).mean.shape
+        torch.Size([3, 5, 1, 28, 28])
     """
 
     has_density = True
@@ -249,6 +382,12 @@ class HVAE(_Base):
 
     @classmethod
     def check(cls, m: ModelConfig, objective: str = AUTO) -> None:
+        """Refuse settings without a stochastic layer below the top one, a prior other than
+        its own chain, flows, or an objective it does not take.
+
+        Raises:
+            ConfigError: With a one-line message naming what the model takes.
+        """
         if not m.lower_latents:
             raise ConfigError("the hvae model needs at least one stochastic layer below the top one, "
                               "e.g. --lower-latents 100")
@@ -276,15 +415,20 @@ class HVAE(_Base):
         return [partial(self._gaussian, net) for net in reversed(self.down)]
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> GaussianChain:
+        """The bottom-up posterior q(z_1|x) q(z_2|z_1) ... of images x (B, C, H, W): a chain
+        over codes [z_1, ..., z_L] (B, D); ``rsample(n)`` gives (n, B, D) and ``mean`` (B, D)."""
         first = DiagonalGaussian(*self.encoder_input(x, c).chunk(2, -1))
         return GaussianChain(first, [partial(self._gaussian, net) for net in self.up], self.sizes)
 
     def prior(self) -> GaussianChain:
+        """The top-down prior p(z_L) p(z_{L-1}|z_L) ... p(z_1|z_2) over codes [z_1, ..., z_L]:
+        ``log_prob(z)`` (..., D) -> (...), the sum over layers, and ``sample(n)`` -> (n, D)."""
         top = DiagonalGaussian.standard((self.sizes[-1],), device=next(self.parameters()).device)
         return GaussianChain(top, self._priors(), self.sizes[::-1], reverse=True)
 
     def decode(self, z: torch.Tensor, c: torch.Tensor | None = None):
-        """Codes [z_1, ..., z_L] (..., D) -> p(x | z_1) over (..., C, H, W)."""
+        """The likelihood p(x | z_1): codes [z_1, ..., z_L], (B, D) or (K, B, D) for K draws, -> a
+        distribution over images (B, C, H, W) or (K, B, C, H, W); only z_1 is read."""
         return super().decode(z[..., : self.sizes[0]], c)
 
 
@@ -295,6 +439,26 @@ class AE(_Base):
     VAE (Bernoulli log-likelihood = binary cross-entropy). ``sample`` decodes N(0, I)
     codes only to show why that fails: nothing made the codes of real images look
     like draws from N(0, I).
+
+    Args:
+        cfg: The model settings, with every ``auto`` field resolved.
+        image_shape: (C, H, W) of the images.
+        cond_dim: Unused (the AE is not conditional).
+
+    Examples:
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> _ = torch.manual_seed(0)
+        >>> ae = build_model(ModelConfig(model="ae", latent_dim=2, hidden=(16,)), (1, 28, 28))
+        >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()
+        >>> ae.encode(x).mean.shape  # one code per image
+        torch.Size([4, 2])
+        >>> sorted(ae(x))  # trained by reconstruction
+        ['loss', 'recon']
+        >>> ae.log_weights(x, 8)
+        Traceback (most recent call last):
+        ...
+        TypeError: a plain autoencoder defines no density p(x), so it has no ELBO or log-likelihood; ...
     """
 
     default_objective = "reconstruction"
@@ -310,9 +474,15 @@ class AE(_Base):
         super().__init__(cfg, image_shape, cfg.latent_dim, cond_dim)
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> PointMass:
+        """The codes of images x (B, C, H, W), as a :class:`PointMass` with ``mean`` (B, D)."""
         return PointMass(self.encoder_input(x, c))
 
     def log_weights(self, x: torch.Tensor, k: int, **_) -> torch.Tensor:
+        """Always raises: an autoencoder has no density, so no log-weights (k, B) for x (B, C, H, W).
+
+        Raises:
+            TypeError: Always.
+        """
         raise TypeError(
             "a plain autoencoder defines no density p(x), so it has no ELBO or log-likelihood; "
             "train --model vae to evaluate one"
@@ -320,9 +490,32 @@ class AE(_Base):
 
 
 class CVAE(VAE):
-    """Conditional VAE (Sohn et al. 2015): the decoder sees [z, c]; with
-    ``condition_encoder`` the encoder sees [x, c] too. c is a one-hot class label by
-    default, or any side-information vector (see vaelab.data.conditions)."""
+    """A conditional VAE (Sohn et al. 2015): models p(x|c) for a condition c such as a class label.
+
+    The decoder sees [z, c]; with ``condition_encoder`` the encoder sees [x, c] too. c is a
+    one-hot class label by default, or any side-information vector (see
+    vaelab.data.conditions). Every method of :class:`VAE` takes the conditions c (B, C') as
+    well; ``sample(n, c=...)`` takes (n, C'). The VampPrior is not available.
+
+    Args:
+        cfg: The model settings, with every ``auto`` field resolved.
+        image_shape: (C, H, W) of the images.
+        cond_dim: C', the condition's features (> 0).
+
+    Examples:
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> _ = torch.manual_seed(0)
+        >>> cvae = build_model(ModelConfig(model="cvae", latent_dim=2, hidden=(16,)), (1, 28, 28), cond_dim=10)
+        >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()
+        >>> c = torch.eye(10)[[3, 1, 4, 1]]  # one-hot labels, (4, 10)
+        >>> cvae(x, c)["elbo"].shape
+        torch.Size([4])
+        >>> cvae.sample(3, c=torch.eye(10)[[7, 7, 7]]).mean.shape  # three images of class 7
+        torch.Size([3, 1, 28, 28])
+        >>> cvae.log_weights(x, 5, c=c).shape  # estimates log p(x|c)
+        torch.Size([5, 4])
+    """
 
     conditional = True
     traits = ("density", "conditional")
@@ -334,9 +527,25 @@ class CVAE(VAE):
 
 
 class ICVAE(CVAE):
-    """Invariant conditional VAE (Moyer et al. 2018): a CVAE trained with the
-    ``icvae`` objective, which adds lambda * KL(q(z|x) || q(z)) to push the
-    information about c out of z (the decoder gets c anyway)."""
+    """An invariant conditional VAE (Moyer et al. 2018): a CVAE whose codes carry little information about c.
+
+    A :class:`CVAE` trained with the :func:`vaelab.objectives.icvae` objective, which adds
+    lambda * KL(q(z|x) || q(z)) to push the information about c out of z (the decoder gets
+    c anyway). Its posterior is a plain diagonal Gaussian: no flows. Same arguments and
+    shapes as :class:`CVAE`.
+
+    Examples:
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> _ = torch.manual_seed(0)
+        >>> icvae = build_model(ModelConfig(model="icvae", latent_dim=2, hidden=(16,)), (1, 28, 28), cond_dim=10)
+        >>> icvae.objective
+        Objective(name='icvae', options={})
+        >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()
+        >>> terms = icvae(x, torch.eye(10)[[3, 1, 4, 1]])
+        >>> sorted(terms), terms["kl_marginal"].shape
+        (['elbo', 'kl', 'kl_marginal', 'loss', 'recon'], torch.Size([4]))
+    """
 
     default_objective = "icvae"
     takes_flows = False
@@ -379,15 +588,47 @@ MODELS: dict[str, type[_Base]] = {
     "cvae": CVAE,
     "icvae": ICVAE,
 }
+"""The model registry: name (``ModelConfig.model``, ``--model``) -> model class. A class added
+here (e.g. a subclass of :class:`VAE` with its own ``default_objective``) is built by
+:func:`build_model` and trained from the command line like the built-in ones."""
 
 
 def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: int = 0) -> _Base:
-    """The registered model `cfg.model`, built for images of `image_shape` (C, H, W) and,
-    for conditional models, conditions of `cond_dim` features.
+    """Build the model a ModelConfig describes, for images of a given shape.
 
-    Fields left to the recipe are filled as training fills them (vaelab.config.resolve),
-    from the image shape alone: the binary recipe when the likelihood is Bernoulli or unset,
-    the 8-bit recipe otherwise. Training resolves against the data first."""
+    Fields left to the recipe (``auto`` or None) are filled as training fills them
+    (:func:`vaelab.config.resolve`), from the image shape alone: the binary recipe when the
+    likelihood is Bernoulli or unset, the 8-bit recipe otherwise (training resolves against
+    the data first). The settings are then checked (:meth:`VAE.check`) and the class
+    ``MODELS[cfg.model]`` is built. The model's ``cfg`` holds the resolved settings.
+
+    Args:
+        cfg: The model settings; ``cfg.model`` names the model (vae, hvae, ae, cvae, icvae or
+            one added to ``MODELS``).
+        image_shape: (C, H, W) of the images.
+        cond_dim: C', the features of the condition, for conditional models (cvae, icvae).
+
+    Returns:
+        The model (an ``nn.Module``), in training mode, on the CPU, with its own objective bound.
+
+    Raises:
+        ConfigError: Unknown names, combinations the model does not take, or a conditional
+            model without ``cond_dim``.
+
+    Examples:
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> model = build_model(ModelConfig(latent_dim=2, hidden=(16,)), (1, 28, 28))
+        >>> type(model).__name__, model.cfg.net, model.cfg.likelihood
+        ('VAE', 'mlp', 'bernoulli')
+        >>> model = build_model(ModelConfig(latent_dim=4, hidden=(8, 16), likelihood="logistic"), (3, 32, 32))
+        >>> model.cfg.net, model.cfg.likelihood_scale  # the 8-bit recipe for colour images
+        ('resnet', 'decoder')
+        >>> build_model(ModelConfig(model="cvae", latent_dim=2, hidden=(16,)), (1, 28, 28))
+        Traceback (most recent call last):
+        ...
+        vaelab.config.ConfigError: the cvae model needs conditions: ...
+    """
     if unresolved(Config(model=cfg)):
         binary = cfg.likelihood in (AUTO, "bernoulli")
         cfg = resolve(Config(model=cfg), DataFacts(tuple(image_shape), 1, binary))[0].model
@@ -400,16 +641,55 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: i
 
 
 def bind_objective(model: _Base, t: TrainConfig) -> Objective:
-    """Bind the run's objective (``--objective``, or the model's own when auto) with its
+    """Set the objective a model's ``forward`` runs from a run's training settings.
+
+    Binds the run's objective (``--objective``, or the model's own when auto) with its
     settings (--samples, --beta, --kl, --lambda) to the model; training and the test pass
-    both run it, so the options mean the same on both."""
+    both run it, so the options mean the same on both.
+
+    Args:
+        model: A model from :func:`build_model`.
+        t: The training settings; ``t.objective`` names the objective.
+
+    Returns:
+        The bound :class:`vaelab.objectives.Objective`, also stored as ``model.objective``.
+
+    Raises:
+        ConfigError: The model does not train with that objective, or the objective refuses
+            the settings.
+
+    Examples:
+        >>> from vaelab.config import ModelConfig, TrainConfig
+        >>> from vaelab.models import bind_objective, build_model
+        >>> model = build_model(ModelConfig(latent_dim=2, hidden=(16,)), (1, 28, 28))
+        >>> bind_objective(model, TrainConfig(objective="iwae", samples=5))
+        Objective(name='iwae', options={'samples': 5, 'beta': 1.0})
+        >>> sorted(model(torch.zeros(3, 1, 28, 28)))
+        ['elbo', 'iwae', 'loss']
+    """
     type(model).check(model.cfg, t.objective)
     model.objective = bind(model.default_objective if t.objective == AUTO else t.objective, t)
     return model.objective
 
 
 def check_config(cfg: Config) -> None:
-    """Refuse combinations the chosen model or objective cannot honour, before any work."""
+    """Refuse combinations the chosen model or objective cannot honour, before any work.
+
+    Args:
+        cfg: A whole configuration (model and training settings).
+
+    Raises:
+        ConfigError: With a one-line message naming what the model or objective takes.
+
+    Examples:
+        >>> from vaelab.config import Config
+        >>> from vaelab.models import check_config
+        >>> check_config(Config().replace(model={"model": "vae"}, train={"objective": "iwae"}))
+        >>> check_config(Config().replace(model={"model": "ae"}, train={"objective": "iwae"}))
+        Traceback (most recent call last):
+        ...
+        vaelab.config.ConfigError: the ae model trains with reconstruction, not iwae: ...
+    """
     model_cls = choose(MODELS, cfg.model.model, "model")
     model_cls.check(cfg.model, cfg.train.objective)
     name = model_cls.default_objective if cfg.train.objective == AUTO else cfg.train.objective
@@ -421,20 +701,67 @@ def check_data_fit(cfg: ModelConfig, binarization: str) -> None:
     choose(LIKELIHOODS, cfg.likelihood, "likelihood").check_binarization(binarization)
 
 
-ACTIVE_VARIANCE = 0.01  # an active unit's posterior-mean variance (Burda et al. 2016, section 5.2)
+ACTIVE_VARIANCE = 0.01
+"""The variance of its posterior mean above which a latent dimension is active (Burda et al. 2016, section 5.2)."""
 
 
 def active_dims(mean: torch.Tensor, square: torch.Tensor, threshold: float = ACTIVE_VARIANCE) -> torch.Tensor:
-    """Which latent dimensions are active, from the mean (D,) and the mean square (D,) over the
-    images of their posterior means: the variance above `threshold` -> (D,) bool."""
+    """Which latent dimensions are active: those whose posterior mean varies across images.
+
+    A dimension is active when the variance of its posterior mean over the images exceeds
+    `threshold` (Burda et al. 2016, section 5.2). Takes moments rather than the means
+    themselves so that they can be accumulated in chunks or across processes.
+
+    Args:
+        mean: The average over the images of the posterior means, shape (D,).
+        square: The average over the images of their squares, shape (D,).
+        threshold: The variance above which a dimension counts as active (default 0.01).
+
+    Returns:
+        A boolean mask, shape (D,).
+
+    Examples:
+        >>> from vaelab.models import active_dims
+        >>> means = torch.tensor([[0.0, 1.0, 0.05], [0.0, -1.0, -0.05]])  # (N, D) posterior means
+        >>> active_dims(means.mean(0), means.square().mean(0))
+        tensor([False,  True, False])
+    """
     return (square - mean.square()) > threshold
 
 
 @torch.no_grad()
 def active_units(model: _Base, inputs: SplitInputs, dist: Dist = Dist(), threshold: float = ACTIVE_VARIANCE) -> int:
-    """Latent dimensions whose posterior mean varies across the split's images with variance
-    above `threshold` (Burda et al. 2016, section 5.2): the units the model uses. A
-    collapsed posterior, q(z|x) = p(z) for every x, has none."""
+    """Count the latent dimensions a model uses on a split (Burda et al. 2016, section 5.2).
+
+    A dimension is active when its posterior mean varies across the split's images with
+    variance above `threshold` (see :func:`active_dims`). A collapsed posterior,
+    q(z|x) = p(z) for every x, has none. The model is run in evaluation mode, in chunks of
+    1000 images, and left in the mode it was in.
+
+    Args:
+        model: A model from :func:`build_model`.
+        inputs: The split's images as the model sees them (:class:`vaelab.batches.SplitInputs`).
+        dist: This process's place in a data-parallel job; the default is a single process.
+        threshold: The variance above which a dimension counts as active.
+
+    Returns:
+        The number of active dimensions, between 0 and ``model.latent_dim``.
+
+    Examples:
+        >>> from vaelab.batches import SplitInputs
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.data import Split
+        >>> from vaelab.models import active_units, build_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = build_model(ModelConfig(latent_dim=2, hidden=(16,)), (1, 28, 28))
+        >>> images = torch.randint(0, 256, (100, 1, 28, 28), dtype=torch.uint8)
+        >>> inputs = SplitInputs(Split(images, torch.zeros(100, dtype=torch.long)), "fixed", seed=0,
+        ...                      dequantize=False, device="cpu")
+        >>> 0 <= active_units(model, inputs) <= model.latent_dim
+        True
+        >>> active_units(model, inputs, threshold=1e6)
+        0
+    """
     was_training = model.training
     model.eval()
     sums = torch.zeros(2, model.latent_dim, dtype=torch.float64, device=inputs.device)  # sum of m, of m^2

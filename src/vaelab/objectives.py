@@ -35,11 +35,46 @@ import torch
 
 from vaelab.config import ConfigError, TrainConfig
 
+__all__ = [
+    "OBJECTIVES",
+    "Objective",
+    "ObjectiveSpec",
+    "objective",
+    "bind",
+    "elbo",
+    "iwae",
+    "icvae",
+    "reconstruction",
+    "kl_to_prior",
+    "pairwise_gaussian_kl",
+]
+
 
 @dataclass(frozen=True)
 class ObjectiveSpec:
-    """A registered objective: its function, the terms it returns (every process of a
-    data-parallel job reduces the same keys) and the TrainConfig fields it takes."""
+    """One entry of the objective registry ``OBJECTIVES``: a function and what it needs and returns.
+
+    Made by the :func:`objective` decorator (or written into ``OBJECTIVES`` directly);
+    :func:`bind` and :class:`Objective` read it.
+
+    Attributes:
+        fn: ``fn(model, x, c, *, <options>, generator, x_in, peers) -> dict`` of per-example
+            terms, each of shape (B,).
+        terms: Names of the returned terms, ``"loss"`` first; every process of a data-parallel
+            job reduces these same keys.
+        options: The :class:`vaelab.config.TrainConfig` fields passed to ``fn`` as keywords.
+        check: Raises ``ConfigError`` for training settings the objective cannot honour; None: none.
+        needs: Model traits required to train with it (``density``, ``conditional``,
+            ``autoencoder``; see ``traits`` in :mod:`vaelab.models`).
+
+    Examples:
+        >>> from vaelab.objectives import OBJECTIVES
+        >>> spec = OBJECTIVES["iwae"]
+        >>> spec.terms, spec.options, spec.needs
+        (('loss', 'iwae', 'elbo'), ('samples', 'beta'), ('density',))
+        >>> OBJECTIVES["icvae"].needs
+        ('density', 'conditional')
+    """
 
     fn: Callable[..., dict[str, torch.Tensor]]
     terms: tuple[str, ...]
@@ -53,10 +88,39 @@ class ObjectiveSpec:
 
 def objective(name: str, terms: tuple[str, ...], options: tuple[str, ...] = (),
               check: Callable[[TrainConfig], None] | None = None, needs: tuple[str, ...] = ("density",)):
-    """Register `fn(model, x, c, *, <options>, generator, x_in, peers) -> terms` as `name`.
-    Each option must be a field of TrainConfig; ``loss`` must be the first term. `check`
-    raises ConfigError for training settings the objective cannot honour; every model whose
-    traits include `needs` can train with it."""
+    """Register a new training objective under a name (a decorator).
+
+    The decorated function has the signature
+    ``fn(model, x, c=None, *, <options>, generator=None, x_in=None, peers=None)`` and returns
+    a dict of per-example terms, each of shape (B,), with the keys ``terms``. Once
+    registered, the name works everywhere a built-in objective does: ``--objective name``,
+    :func:`bind`, :class:`Objective`, and every model whose traits include ``needs``.
+
+    Args:
+        name: The objective's name in ``OBJECTIVES`` (a name already there is replaced).
+        terms: Names of the returned terms; ``"loss"`` (minimised, averaged over the batch by
+            the training loop) must come first; the others are reported as metrics.
+        options: :class:`vaelab.config.TrainConfig` fields passed to the function as keywords,
+            e.g. ``("samples", "beta")``.
+        check: Called with the run's TrainConfig; raises ``ConfigError`` for settings the
+            objective cannot honour.
+        needs: Model traits the objective requires (``density``, ``conditional``, ``autoencoder``).
+
+    Returns:
+        The decorator, which registers the function and returns it unchanged.
+
+    Raises:
+        ValueError: An option is not a TrainConfig field, or ``"loss"`` is not the first term.
+
+    Examples:
+        >>> from vaelab.objectives import OBJECTIVES, Objective, elbo, objective
+        >>> @objective("half-kl", terms=("loss", "recon", "kl", "elbo"), options=("samples",))
+        ... def half_kl(model, x, c=None, *, samples=1, generator=None, x_in=None, peers=None):
+        ...     return elbo(model, x, c, samples=samples, beta=0.5, generator=generator, x_in=x_in)
+        >>> Objective("half-kl", {"samples": 2}).terms
+        ('loss', 'recon', 'kl', 'elbo')
+        >>> del OBJECTIVES["half-kl"]  # the registry is global: tidy up after the example
+    """
     unknown = set(options) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown or not terms or terms[0] != "loss":
         raise ValueError(f"objective {name}: options {sorted(unknown)} are not TrainConfig fields, or "
@@ -71,8 +135,37 @@ def objective(name: str, terms: tuple[str, ...], options: tuple[str, ...] = (),
 
 @dataclass(frozen=True)
 class Objective:
-    """An objective bound to its options: ``objective(model, x, c, generator=, x_in=, peers=)``
-    -> per-example terms. Options left out take the function's defaults."""
+    """A registered objective bound to its options, called with data only.
+
+    ``Objective(name, options)(model, x, c)`` runs the registered function with those
+    options and returns its per-example terms, each of shape (B,). Options left out take the
+    function's defaults. A model's ``forward`` runs its ``objective`` attribute, an instance
+    of this class; :func:`bind` builds one from a run's training settings.
+
+    Args:
+        name: A name registered in ``OBJECTIVES``: elbo, iwae, icvae, reconstruction, or one
+            added with :func:`objective`.
+        options: Keyword options the objective takes, e.g. ``{"samples": 5}``.
+
+    Raises:
+        ConfigError: The name is not registered, or an option is not one the objective takes.
+
+    Examples:
+        >>> from vaelab.objectives import Objective
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = build_model(ModelConfig(latent_dim=2, hidden=(16,)), (1, 28, 28))
+        >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()  # 4 binary images
+        >>> obj = Objective("iwae", {"samples": 5})
+        >>> obj.terms
+        ('loss', 'iwae', 'elbo')
+        >>> terms = obj(model, x)
+        >>> terms["loss"].shape
+        torch.Size([4])
+        >>> obj.replace(samples=50)
+        Objective(name='iwae', options={'samples': 50})
+    """
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
@@ -86,18 +179,46 @@ class Objective:
 
     @property
     def terms(self) -> tuple[str, ...]:
+        """Names of the terms a call returns, ``"loss"`` first; each term has shape (B,)."""
         return OBJECTIVES[self.name].terms
 
     def replace(self, **options: Any) -> Objective:
+        """A copy with some options changed or added: ``obj.replace(samples=50)``."""
         return Objective(self.name, {**self.options, **options})
 
     def __call__(self, model, x: torch.Tensor, c: torch.Tensor | None = None, *, generator=None,
                  x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+        """Per-example terms, each (B,), of the objective on images x (B, C, H, W) with
+        conditions c (B, C') for conditional models; `generator`, `x_in` (B, C, H, W) and
+        `peers` as in the module docstring."""
         return OBJECTIVES[self.name].fn(model, x, c, generator=generator, x_in=x_in, peers=peers, **self.options)
 
 
 def bind(name: str, t: TrainConfig) -> Objective:
-    """The objective `name` with its options taken from the run's training settings."""
+    """Bind the objective `name` to a run: its options are read from the training settings.
+
+    Each option the objective declares (e.g. ``samples``, ``beta``) takes the value of the
+    TrainConfig field of that name, and the objective's ``check`` refuses settings it cannot
+    honour, so the same options hold in training and in the test pass.
+
+    Args:
+        name: A registered objective name.
+        t: The run's training settings.
+
+    Returns:
+        The bound :class:`Objective`.
+
+    Raises:
+        ConfigError: Unknown name, or settings the objective refuses (e.g. ``iwae`` with beta != 1).
+
+    Examples:
+        >>> from vaelab.config import TrainConfig
+        >>> from vaelab.objectives import bind
+        >>> bind("iwae", TrainConfig(samples=5))
+        Objective(name='iwae', options={'samples': 5, 'beta': 1.0})
+        >>> bind("elbo", TrainConfig(beta=4.0)).options
+        {'samples': 1, 'beta': 4.0, 'kl': 'analytic'}
+    """
     if name not in OBJECTIVES:
         raise ConfigError(f"unknown objective {name!r}; choose {', '.join(OBJECTIVES)}")
     spec = OBJECTIVES[name]
@@ -108,14 +229,45 @@ def bind(name: str, t: TrainConfig) -> Objective:
 
 def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
          kl: str = "analytic", generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
-    """ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) (Kingma & Welling 2014, eq. 10).
+    """The evidence lower bound, ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) (Kingma & Welling 2014, eq. 10).
 
-    The reconstruction term averages `samples` reparameterised draws z ~ q(z|x). The
-    KL to N(0, I) is analytic (their appendix B) when ``kl="analytic"`` and q is a
-    diagonal Gaussian; otherwise it is the Monte-Carlo estimate mean(log q(z) - log p(z))
-    over the same draws, which is what posteriors with flows need: then the bound is
-    log p(x, z_K) - log q_0(z_0) + sum log|det| (Rezende & Mohamed 2015, eq. 15).
-    `beta` weights the KL (Higgins et al. 2017); ``elbo`` is reported with beta = 1.
+    The reconstruction term averages `samples` reparameterised draws z ~ q(z|x). The KL to
+    N(0, I) is analytic (their appendix B) when ``kl="analytic"`` and q is a diagonal
+    Gaussian; otherwise it is the Monte-Carlo estimate mean(log q(z) - log p(z)) over the
+    same draws, which is what posteriors with flows need: the bound is then
+    log p(x, z_K) - log q_0(z_0) + sum log|det| (Rezende & Mohamed 2015, eq. 15). `beta`
+    weights the KL in the loss (Higgins et al. 2017); the reported ``elbo`` keeps beta = 1.
+
+    Args:
+        model: A model with a density (``encode``, ``decode``, ``prior``).
+        x: Images (B, C, H, W), scored by the likelihood.
+        c: Conditions (B, C') for conditional models; None otherwise.
+        samples: Draws K of z per image.
+        beta: Weight of the KL term in the loss, >= 0.
+        kl: ``"analytic"`` (closed form where possible) or ``"mc"`` (Monte Carlo).
+        generator: Source of the reparameterisation noise: a ``torch.Generator``, None (the
+            global RNG) or a :class:`vaelab.noise.ExampleNoise`.
+        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
+        peers: Data-parallel batch gathering (see the module docstring); ignored here.
+
+    Returns:
+        Per-example terms in nats, each of shape (B,): ``loss`` = -(recon - beta * kl),
+        ``recon`` = E_q[log p(x|z)], ``kl`` = KL(q(z|x) || p(z)), ``elbo`` = recon - kl.
+
+    Examples:
+        >>> from vaelab.objectives import elbo
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = build_model(ModelConfig(latent_dim=2, hidden=(16,)), (1, 28, 28))
+        >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()  # 4 binary images
+        >>> terms = elbo(model, x, samples=2, beta=4.0)
+        >>> sorted(terms), terms["elbo"].shape
+        (['elbo', 'kl', 'loss', 'recon'], torch.Size([4]))
+        >>> torch.allclose(terms["loss"], -(terms["recon"] - 4.0 * terms["kl"]))
+        True
+        >>> bool((terms["elbo"] < 0).all())  # a lower bound on log p(x) <= 0 for binary x
+        True
     """
     q = model.encode(x if x_in is None else x_in, c)
     z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, D), (L, B)
@@ -125,9 +277,38 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
 
 
 def kl_to_prior(model, q, z: torch.Tensor, log_q: torch.Tensor, kl: str = "analytic") -> torch.Tensor:
-    """KL(q(z|x) || p(z)) per example (B,): in closed form when ``kl="analytic"``, q is a
-    diagonal Gaussian and p is N(0, I); otherwise mean(log q(z) - log p(z)) over the draws z
-    (L, B, D) whose log-densities are log_q (L, B) (flows; mixture and Vamp priors)."""
+    """KL(q(z|x) || p(z)) per example: in closed form where it exists, else by Monte Carlo.
+
+    Closed form when ``kl="analytic"``, q is a diagonal Gaussian and the model's prior is
+    N(0, I); otherwise mean(log q(z) - log p(z)) over the given draws (posteriors with flows;
+    mixture and Vamp priors).
+
+    Args:
+        model: The model whose ``prior()`` is p(z).
+        q: The posterior, ``model.encode(x, c)``.
+        z: Draws from q, shape (K, B, D) for K draws.
+        log_q: Their log-densities log q(z|x), shape (K, B).
+        kl: ``"analytic"`` or ``"mc"``.
+
+    Returns:
+        The KL per example, shape (B,).
+
+    Examples:
+        >>> from vaelab.objectives import kl_to_prior
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = build_model(ModelConfig(latent_dim=2, hidden=(16,)), (1, 28, 28))
+        >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()  # 4 binary images
+        >>> q = model.encode(x)
+        >>> z, log_q = q.rsample_with_log_prob(4000)
+        >>> z.shape, log_q.shape
+        (torch.Size([4000, 4, 2]), torch.Size([4000, 4]))
+        >>> exact = kl_to_prior(model, q, z, log_q)
+        >>> estimate = kl_to_prior(model, q, z, log_q, kl="mc")
+        >>> exact.shape, bool(((exact - estimate).abs() < 0.05).all())
+        (torch.Size([4]), True)
+    """
     prior = model.prior()
     if kl == "analytic" and prior.closed_form_kl and hasattr(q, "kl_standard_normal"):
         return q.kl_standard_normal()
@@ -144,12 +325,43 @@ def _no_kl_weight(t: TrainConfig) -> None:
 
 def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 5, beta: float = 1.0,
          generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
-    """Importance-weighted bound log (1/k) sum_k p(x, z_k) / q(z_k|x) (Burda et al. 2016, eq. 8).
+    """The importance-weighted bound log (1/k) sum_k p(x, z_k) / q(z_k|x) (Burda et al. 2016, eq. 8).
 
-    Built from per-sample log-weights (no analytic KL inside), with the weights kept in
-    the graph: the gradient is the self-normalised importance-weighted average of the
-    per-sample gradients (their eq. 14). k = `samples`; k = 1 is the ELBO. There is no
-    KL to weigh: `beta` must be 1.
+    Built from the model's per-sample log-weights (no analytic KL inside), with the weights
+    kept in the graph: the gradient is the self-normalised importance-weighted average of
+    the per-sample gradients (their eq. 14). The bound tightens as k grows; k = 1 is the
+    ELBO. There is no KL to weigh, so `beta` must be 1.
+
+    Args:
+        model: A model with a density (``log_weights``).
+        x: Images (B, C, H, W).
+        c: Conditions (B, C') for conditional models; None otherwise.
+        samples: k, the importance samples per image.
+        beta: Must be 1; present so the option reads like the ELBO's.
+        generator: Source of the reparameterisation noise: a ``torch.Generator``, None (the
+            global RNG) or a :class:`vaelab.noise.ExampleNoise`.
+        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
+        peers: Data-parallel batch gathering (see the module docstring); ignored here.
+
+    Returns:
+        Per-example terms in nats, each of shape (B,): ``loss`` = -iwae, ``iwae`` the bound,
+        ``elbo`` the mean of the k log-weights (an ELBO estimate from the same draws).
+
+    Raises:
+        ValueError: beta is not 1.
+
+    Examples:
+        >>> from vaelab.objectives import iwae
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = build_model(ModelConfig(latent_dim=2, hidden=(16,)), (1, 28, 28))
+        >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()  # 4 binary images
+        >>> terms = iwae(model, x, samples=10)
+        >>> sorted(terms), terms["iwae"].shape
+        (['elbo', 'iwae', 'loss'], torch.Size([4]))
+        >>> bool((terms["iwae"] >= terms["elbo"]).all())  # never below the ELBO of its draws
+        True
     """
     if beta != 1.0:
         raise ValueError("the IWAE bound has no KL weight; use --objective elbo with --beta")
@@ -161,18 +373,66 @@ def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
 
 def reconstruction(model, x: torch.Tensor, c: torch.Tensor | None = None, *, generator=None,
                    x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
-    """Plain autoencoder: maximise log p(x | z = f(x)); no prior, no KL."""
+    """The plain autoencoder's objective: maximise log p(x | z = f(x)), with no prior and no KL.
+
+    The code is the posterior's mean (for :class:`vaelab.models.AE`, the encoder's output).
+    With a Bernoulli likelihood this is binary cross-entropy; with ``x_in`` it is the
+    denoising criterion of Vincent et al. 2008.
+
+    Args:
+        model: Any model with ``encode`` and ``decode``.
+        x: Images (B, C, H, W).
+        c: Conditions (B, C') for conditional models; None otherwise.
+        generator: Unused: the code is not sampled.
+        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
+        peers: Data-parallel batch gathering (see the module docstring); ignored here.
+
+    Returns:
+        Per-example terms in nats, each of shape (B,): ``loss`` = -recon and
+        ``recon`` = log p(x | z = f(x)).
+
+    Examples:
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> from vaelab.objectives import reconstruction
+        >>> _ = torch.manual_seed(0)
+        >>> ae = build_model(ModelConfig(model="ae", latent_dim=2, hidden=(16,)), (1, 28, 28))
+        >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()
+        >>> terms = reconstruction(ae, x)
+        >>> sorted(terms), terms["loss"].shape
+        (['loss', 'recon'], torch.Size([4]))
+    """
     recon = model.decode(model.encode(x if x_in is None else x_in, c).mean, c).log_prob(x)
     return {"loss": -recon, "recon": recon}
 
 
 def pairwise_gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor, mean_j: torch.Tensor | None = None,
                          log_std_j: torch.Tensor | None = None) -> torch.Tensor:
-    """KL(q_i || q_j) for every pair of diagonal Gaussians: (B, D) -> (B, B), or, given
-    a second set (mean_j, log_std_j) (M, D), q_i from the first and q_j from it: (B, M).
+    """KL(q_i || q_j) between every pair of diagonal Gaussians, as a matrix.
 
     0.5 * [tr(S_j^-1 S_i) + (m_i - m_j)^T S_j^-1 (m_i - m_j) + log|S_j| - log|S_i| - D],
-    each term a (B, D) x (D, M) product, so memory is O(BM), not O(BMD).
+    with each term a (B, D) x (D, M) matrix product, so memory is O(BM), not O(BMD). The
+    :func:`icvae` penalty averages its rows.
+
+    Args:
+        mean: Means m_i of the first set, shape (B, D).
+        log_std: Log standard deviations of the first set, shape (B, D).
+        mean_j: Means m_j of a second set, shape (M, D); None: the first set again.
+        log_std_j: Log standard deviations of the second set, shape (M, D).
+
+    Returns:
+        KL(q_i || q_j) in nats, shape (B, M) ((B, B) without a second set); the diagonal of
+        the (B, B) matrix is 0 up to rounding.
+
+    Examples:
+        >>> from vaelab.objectives import pairwise_gaussian_kl
+        >>> mean = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+        >>> pairwise_gaussian_kl(mean, torch.zeros(3, 2))  # unit variances: 0.5 * |m_i - m_j|^2
+        tensor([[0.0000, 0.5000, 2.0000],
+                [0.5000, 0.0000, 2.5000],
+                [2.0000, 2.5000, 0.0000]])
+        >>> pairwise_gaussian_kl(mean, torch.zeros(3, 2), torch.zeros(1, 2), torch.zeros(1, 2)).shape
+        torch.Size([3, 1])
     """
     if mean_j is None:
         mean_j, log_std_j = mean, log_std
@@ -187,16 +447,53 @@ def pairwise_gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor, mean_j: torc
 def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
           kl: str = "analytic", lam: float = 1.0, generator=None,
           x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
-    """Invariant conditional VAE loss (Moyer et al. 2018, without the erroneous extra term
-    of the paper's first version):
+    """The invariant conditional VAE loss, which pushes information about c out of z (Moyer et al. 2018).
 
-        (1 + lam) * E_q[-log p(x|z,c)] + beta * KL(q(z|x) || p(z)) + lam * KL(q(z|x) || q(z)).
+    Minimises (without the erroneous extra term of the paper's first version)::
 
-    q(z) is the batch's mixture of posteriors; by convexity of KL,
-    KL(q(z|x_i) || q(z)) <= mean_{j != i} KL(q(z|x_i) || q(z|x_j)), the pairwise
-    Gaussian KLs (the corrected form keeps the log-determinant terms). The batch is the
-    global one in a data-parallel job (`peers`), so the penalty, and the optimisation,
-    do not depend on the number of processes.
+        (1 + lam) * E_q[-log p(x|z,c)] + beta * KL(q(z|x) || p(z)) + lam * KL(q(z|x) || q(z))
+
+    where q(z) is the batch's mixture of posteriors; by convexity of KL,
+    KL(q(z|x_i) || q(z)) <= mean_{j != i} KL(q(z|x_i) || q(z|x_j)), the pairwise Gaussian
+    KLs of :func:`pairwise_gaussian_kl` (the corrected form keeps the log-determinant
+    terms). In a data-parallel job the batch is the global one (`peers`), so the penalty,
+    and the optimisation, do not depend on the number of processes.
+
+    Args:
+        model: A conditional model with a diagonal Gaussian posterior (no flows), e.g.
+            :class:`vaelab.models.ICVAE`.
+        x: Images (B, C, H, W).
+        c: Conditions (B, C').
+        samples: Draws of z per image (for the reconstruction term, and the KL when estimated).
+        beta: Weight of the KL to the prior, >= 0.
+        kl: ``"analytic"`` or ``"mc"``, for the KL to the prior.
+        lam: Weight lambda of the invariance penalty, >= 0; the reconstruction is weighted 1 + lambda.
+        generator: Source of the reparameterisation noise (see :func:`elbo`).
+        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
+        peers: In a data-parallel job, gathers the global batch's posterior parameters; None:
+            this batch is the whole batch.
+
+    Returns:
+        Per-example terms in nats, each of shape (B,): ``loss``, ``recon`` = E_q[log p(x|z,c)],
+        ``kl`` = KL(q(z|x) || p(z)), ``kl_marginal`` (the bound on KL(q(z|x) || q(z))) and
+        ``elbo`` = recon - kl.
+
+    Raises:
+        ValueError: The posterior is not a diagonal Gaussian.
+
+    Examples:
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> from vaelab.objectives import icvae
+        >>> _ = torch.manual_seed(0)
+        >>> model = build_model(ModelConfig(model="icvae", latent_dim=2, hidden=(16,)), (1, 28, 28), cond_dim=10)
+        >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()
+        >>> c = torch.eye(10)[[3, 1, 4, 1]]  # one-hot labels, (4, 10)
+        >>> terms = icvae(model, x, c, lam=2.0)
+        >>> sorted(terms), terms["kl_marginal"].shape
+        (['elbo', 'kl', 'kl_marginal', 'loss', 'recon'], torch.Size([4]))
+        >>> bool((terms["kl_marginal"] >= 0).all())
+        True
     """
     q = model.encode(x if x_in is None else x_in, c)
     if not hasattr(q, "log_std"):
@@ -212,7 +509,6 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
     return {"loss": loss, "recon": recon, "kl": kl_prior, "kl_marginal": kl_marginal, "elbo": recon - kl_prior}
 
 
-# the registry: name -> objective (`objective` registers more from outside)
 OBJECTIVES: dict[str, ObjectiveSpec] = {
     "elbo": ObjectiveSpec(elbo, ("loss", "recon", "kl", "elbo"), ("samples", "beta", "kl")),
     "iwae": ObjectiveSpec(iwae, ("loss", "iwae", "elbo"), ("samples", "beta"), _no_kl_weight),
@@ -220,3 +516,5 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
                            needs=("density", "conditional")),
     "reconstruction": ObjectiveSpec(reconstruction, ("loss", "recon"), needs=("autoencoder",)),
 }
+"""The objective registry: name (``TrainConfig.objective``, ``--objective``) -> :class:`ObjectiveSpec`.
+The :func:`objective` decorator registers more from outside the package."""

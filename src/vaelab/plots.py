@@ -18,9 +18,32 @@ import torch
 
 from vaelab.files import atomic_path
 
+__all__ = ["image_grid", "save_png", "new_figure", "image_rows", "image_panels", "manifold_figure",
+           "scatter_by_label", "denoise_figure", "curves_figure", "heatmap", "score_histograms", "kl_bars",
+           "save_figure"]
+
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
-    """(N, C, H, W) values in [0, 1] -> uint8 array (rows*H', cols*W'[, 3]) with `pad` px gaps."""
+    """Tile images into one picture, row by row, with white gaps between them.
+
+    Args:
+        images: Images ``(N, C, H, W)`` with values in [0, 1] (clamped); C is 1 or 3.
+        nrow: Images per row; None makes the grid about square.
+        pad: Pixels of white between images and around the edge.
+
+    Returns:
+        A uint8 array ``(R * (H + pad) + pad, nrow * (W + pad) + pad)`` for grey images, with a
+        last axis of 3 for colour ones; R = ceil(N / nrow) rows.
+
+    Examples:
+        >>> import torch
+        >>> from vaelab.plots import image_grid
+        >>> grid = image_grid(torch.rand(6, 1, 28, 28), nrow=3)
+        >>> grid.shape, grid.dtype
+        ((62, 92), dtype('uint8'))
+        >>> image_grid(torch.rand(4, 3, 8, 8), pad=0).shape
+        (16, 16, 3)
+    """
     images = images.detach().float().clamp(0, 1).cpu()
     n, c, h, w = images.shape
     nrow = nrow or math.ceil(math.sqrt(n))
@@ -35,7 +58,27 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> n
 
 
 def save_png(array: np.ndarray, path: str | Path, scale: int = 2) -> Path:
-    """Write a uint8 grid as PNG (nearest-neighbour upscaled, no blur), atomically."""
+    """Write a uint8 picture, such as an :func:`image_grid`, as a PNG file.
+
+    The picture is enlarged by `scale` without blurring (nearest neighbour), and the file
+    appears whole or not at all.
+
+    Args:
+        array: uint8 pixels ``(H, W)`` (grey) or ``(H, W, 3)`` (RGB).
+        path: The PNG file to write.
+        scale: The enlargement factor; 1 keeps the size.
+
+    Returns:
+        The path written.
+
+    Examples:
+        >>> import torch
+        >>> from PIL import Image
+        >>> from vaelab.plots import image_grid, save_png
+        >>> path = save_png(image_grid(torch.rand(4, 1, 8, 8)), f"{tmp}/grid.png")
+        >>> Image.open(path).size
+        (44, 44)
+    """
     from PIL import Image
 
     img = Image.fromarray(array)
@@ -52,8 +95,25 @@ _PAD = 0.08  # inches between images and around a figure's edge
 
 
 def new_figure(width: float, height: float, **kwargs):
-    """A Figure of `width` x `height` inches that pyplot does not track. Jupyter shows it inline
-    even where nothing imported pyplot or ran %matplotlib inline: IPython calls _repr_png_."""
+    """Make an empty matplotlib Figure that pyplot does not track, for drawing your own figures.
+
+    Making one never changes the global backend and never opens a window; Jupyter still
+    shows it inline without ``%matplotlib inline``.
+
+    Args:
+        width: Width in inches.
+        height: Height in inches.
+        **kwargs: More arguments of ``matplotlib.figure.Figure``, e.g. ``layout="constrained"``.
+
+    Returns:
+        A matplotlib Figure.
+
+    Examples:
+        >>> from vaelab.plots import new_figure
+        >>> fig = new_figure(4, 3)
+        >>> type(fig).__name__, fig.get_size_inches().tolist()
+        ('Figure', [4.0, 3.0])
+    """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), **kwargs)
@@ -120,8 +180,27 @@ def _image_block(fig, rows: list[torch.Tensor], labels: list[str], col_labels: l
 
 def image_rows(rows: list[torch.Tensor], labels: list[str], title: str, col_labels: list[str] | None = None,
                inch: float = 0.9):
-    """One row of images per (N, C, H, W) tensor, `inch` inches per image, labelled on the
-    left (and, with `col_labels`, above the columns)."""
+    """Draw rows of images, one row per tensor, each row labelled on the left.
+
+    Args:
+        rows: One tensor of images ``(N, C, H, W)`` in [0, 1] per row; rows may differ in N.
+            An all-NaN image leaves its cell empty.
+        labels: One label per row.
+        title: The figure's title (wrapped to its width).
+        col_labels: Labels above the columns, one per image of the longest row; None for none.
+        inch: The size of each image in inches.
+
+    Returns:
+        A matplotlib Figure with one axes per cell.
+
+    Examples:
+        >>> import torch
+        >>> from vaelab.plots import image_rows
+        >>> x = torch.rand(5, 1, 28, 28)
+        >>> fig = image_rows([x, 1 - x], ["image", "negative"], "Images and their negatives")
+        >>> type(fig).__name__, len(fig.axes)
+        ('Figure', 10)
+    """
     n = max(len(r) for r in rows)
     left = _text_width(labels) + 2 * _PAD
     width = left + n * (inch + _PAD) + _PAD
@@ -134,7 +213,25 @@ def image_rows(rows: list[torch.Tensor], labels: list[str], title: str, col_labe
 
 
 def image_panels(panels: list[tuple[str, torch.Tensor]], ncol: int, title: str, inch: float = 0.6):
-    """Grids of (N, C, H, W) images side by side, `ncol` images a row, one title per grid."""
+    """Draw grids of images side by side, each under its own title.
+
+    Args:
+        panels: ``(title, images)`` pairs, images ``(N, C, H, W)`` in [0, 1].
+        ncol: Images per row in every grid.
+        title: The figure's title.
+        inch: The size of each image in inches.
+
+    Returns:
+        A matplotlib Figure with one axes per grid.
+
+    Examples:
+        >>> import torch
+        >>> from vaelab.plots import image_panels
+        >>> x = torch.rand(8, 1, 28, 28)
+        >>> fig = image_panels([("images", x), ("negatives", 1 - x)], 4, "Two grids")
+        >>> len(fig.axes)
+        2
+    """
     nrow = max(math.ceil(len(images) / ncol) for _, images in panels)
     gap = 0.3
     width = len(panels) * (ncol * inch + gap) + gap
@@ -155,7 +252,26 @@ def image_panels(panels: list[tuple[str, torch.Tensor]], ncol: int, title: str, 
 
 def manifold_figure(images: torch.Tensor, ncol: int, title: str, axis_labels: tuple[str, str],
                     span: tuple[float, float], inch: float = 0.5):
-    """A square grid of decoded images drawn without gaps over [span[0], span[1]]^2."""
+    """Draw decoded images of a regular grid of codes edge to edge, with the codes on the axes.
+
+    Args:
+        images: ``(ncol * R, C, H, W)`` images in [0, 1], row by row, top row first.
+        ncol: Images per row.
+        title: The figure's title.
+        axis_labels: The labels of the x and y axes.
+        span: ``(low, high)``: the range both axes cover.
+        inch: The size of each image in inches.
+
+    Returns:
+        A matplotlib Figure with one axes.
+
+    Examples:
+        >>> import torch
+        >>> from vaelab.plots import manifold_figure
+        >>> fig = manifold_figure(torch.rand(25, 1, 8, 8), 5, "A 5x5 grid", ("z[0]", "z[1]"), (-3.0, 3.0))
+        >>> fig.axes[0].get_xlabel(), [float(v) for v in fig.axes[0].get_xlim()]
+        ('z[0]', [-3.0, 3.0])
+    """
     nrow = math.ceil(len(images) / ncol)
     grid = image_grid(images, nrow=ncol, pad=0)
     fig = new_figure(ncol * inch + 1.0, nrow * inch + 1.1, layout="constrained")
@@ -170,7 +286,26 @@ def manifold_figure(images: torch.Tensor, ncol: int, title: str, axis_labels: tu
 
 def scatter_by_label(xy: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...], title: str,
                      axis_labels: tuple[str, str]):
-    """Points (N, 2) coloured by their label (N,); the legend sits outside the axes."""
+    """Draw 2-D points coloured by class, with the legend outside the axes.
+
+    Args:
+        xy: Points ``(N, 2)``, e.g. posterior means of a 2-D latent.
+        labels: Class indices ``(N,)``, in 0..K-1.
+        classes: The K class names; ``()`` draws every point in one colour, with no legend.
+        title: The figure's title.
+        axis_labels: The labels of the x and y axes.
+
+    Returns:
+        A matplotlib Figure.
+
+    Examples:
+        >>> import torch
+        >>> from vaelab.plots import scatter_by_label
+        >>> xy, labels = torch.randn(100, 2), torch.arange(100) % 3
+        >>> fig = scatter_by_label(xy, labels, ("a", "b", "c"), "Three classes", ("z[0]", "z[1]"))
+        >>> len(fig.axes), len(fig.legends)
+        (1, 1)
+    """
     import matplotlib
 
     fig = new_figure(8, 6.5, layout="constrained")
@@ -194,9 +329,33 @@ def scatter_by_label(xy: torch.Tensor, labels: torch.Tensor, classes: tuple[str,
 
 def denoise_figure(clean: torch.Tensor, noisy: torch.Tensor, recons: list[torch.Tensor], labels: list[str],
                    level: float, kind: str, tables: list[list[dict]], inch: float = 0.8):
-    """Clean and noisy images (N, C, H, W), then one row of reconstructions per model
-    (`recons`, named by `labels`), above PSNR against noise level: the noisy input's and
-    each model's (`tables`, one list of per-level rows per model)."""
+    """Draw a denoising comparison: clean, noisy and reconstructed images above PSNR curves.
+
+    Args:
+        clean: Clean images ``(N, C, H, W)`` in [0, 1].
+        noisy: Their corrupted copies ``(N, C, H, W)``.
+        recons: One tensor of reconstructions ``(N, C, H, W)`` per model.
+        labels: One name per model.
+        level: The noise level of the images shown.
+        kind: The kind of noise, e.g. ``"salt-pepper"``.
+        tables: One list per model of rows ``{"level", "psnr_noisy", "psnr_recon"}``, one row
+            per noise level, for the plot of PSNR against noise level.
+        inch: The size of each image in inches.
+
+    Returns:
+        A matplotlib Figure: an axes per image, then the plot.
+
+    Examples:
+        >>> import torch
+        >>> from vaelab.plots import denoise_figure
+        >>> clean = torch.rand(4, 1, 8, 8)
+        >>> noisy = (clean + 0.2 * torch.randn_like(clean)).clamp(0, 1)
+        >>> table = [{"level": 0.1, "psnr_noisy": 20.0, "psnr_recon": 22.0},
+        ...          {"level": 0.3, "psnr_noisy": 12.0, "psnr_recon": 18.0}]
+        >>> fig = denoise_figure(clean, noisy, [clean], ["model"], 0.2, "gaussian", [table])
+        >>> len(fig.axes)
+        13
+    """
     rows = [clean, noisy, *recons]
     names = ["clean", f"noisy\n({kind} {level:g})", *(f"{label}\nreconstruction" for label in labels)]
     n = len(clean)
@@ -246,7 +405,23 @@ def curve_panels(rows: list[dict]) -> list[str]:
 
 
 def curves_figure(rows: list[dict], title: str):
-    """Small multiples of metrics.jsonl rows: one panel per term, train and test in one panel."""
+    """Draw training curves: one panel per logged term, train and test together.
+
+    Args:
+        rows: Records of ``metrics.jsonl``, one per epoch: ``epoch`` and terms such as
+            ``train_elbo``, ``test_elbo``, ``lr``.
+        title: The figure's title.
+
+    Returns:
+        A matplotlib Figure with one axes per term.
+
+    Examples:
+        >>> from vaelab.plots import curves_figure
+        >>> rows = [{"epoch": e, "train_elbo": -100.0 + e, "test_elbo": -101.0 + e, "lr": 1e-3} for e in (1, 2, 3)]
+        >>> fig = curves_figure(rows, "Training")
+        >>> [ax.get_title() for ax in fig.axes]
+        ['ELBO: a lower bound on log p(x)', 'learning rate at the end of the epoch']
+    """
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
@@ -280,7 +455,21 @@ def curves_figure(rows: list[dict], title: str):
 
 
 def heatmap(values: torch.Tensor, title: str):
-    """(H, W) values as an image with a colour bar."""
+    """Draw a map of per-pixel values with a colour bar, such as a likelihood's scale.
+
+    Args:
+        values: Values ``(H, W)``, a CPU tensor.
+        title: The figure's title.
+
+    Returns:
+        A matplotlib Figure: the map's axes and the colour bar's.
+
+    Examples:
+        >>> import torch
+        >>> from vaelab.plots import heatmap
+        >>> len(heatmap(torch.rand(28, 28), "Random values").axes)
+        2
+    """
     fig = new_figure(5.8, 4.8, layout="constrained")
     ax = fig.add_subplot()
     im = ax.imshow(values.numpy(), cmap="viridis", interpolation="nearest")
@@ -292,15 +481,51 @@ def heatmap(values: torch.Tensor, title: str):
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Write `fig` as PNG atomically."""
+    """Write a matplotlib Figure as a PNG file; the file appears whole or not at all.
+
+    Args:
+        fig: The figure.
+        path: The PNG file to write.
+        dpi: Pixels per inch.
+
+    Returns:
+        The path written.
+
+    Examples:
+        >>> import torch
+        >>> from vaelab.plots import heatmap, save_figure
+        >>> path = save_figure(heatmap(torch.rand(8, 8), "Noise"), f"{tmp}/noise.png")
+        >>> path.name, path.stat().st_size > 0
+        ('noise.png', True)
+    """
     with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     return Path(path)
 
 
 def score_histograms(columns: dict[str, dict[str, np.ndarray]], title: str, ncol: int = 3):
-    """One panel per score: a histogram of its values for each set ({score: {set: values}}),
-    on shared bins between the 0.5% and 99.5% quantiles of all values."""
+    """Draw one panel per score, with a histogram of its values for each set of images.
+
+    The sets of a panel share bins between the 0.5% and 99.5% quantiles of all their values.
+
+    Args:
+        columns: ``{score: {set name: values (N,)}}``, e.g. a score of test images and of
+            other images.
+        title: The figure's title.
+        ncol: Panels per row.
+
+    Returns:
+        A matplotlib Figure with one axes per score.
+
+    Examples:
+        >>> import numpy as np
+        >>> from vaelab.plots import score_histograms
+        >>> rng = np.random.default_rng(0)
+        >>> columns = {"nll": {"test": rng.normal(90, 5, 200), "other": rng.normal(120, 8, 200)},
+        ...            "kl": {"test": rng.gamma(2.0, 1.0, 200), "other": rng.gamma(3.0, 1.0, 200)}}
+        >>> [ax.get_title() for ax in score_histograms(columns, "Two scores").axes]
+        ['nll', 'kl']
+    """
     names = list(columns)
     nrow = max(1, -(-len(names) // ncol))
     fig = new_figure(3.4 * min(ncol, len(names)), 2.6 * nrow + 0.5, layout="constrained")
@@ -323,9 +548,26 @@ def score_histograms(columns: dict[str, dict[str, np.ndarray]], title: str, ncol
 
 def kl_bars(kl: list[float], title: str, names: list[str] | None = None, active: list[bool] | None = None,
             sort: bool = True):
-    """KL in nats per latent unit (U,) as bars, largest first when `sort`; `names` (U,) label
-    them (default z0, z1, ... by index); `active` (U,) colours the active units' bars and
-    keys them. Up to 40 bars are labelled one by one; more share an axis of ranks."""
+    """Draw the KL of each latent unit as bars, largest first.
+
+    Up to 40 bars are labelled one by one; more share an axis of ranks.
+
+    Args:
+        kl: KL in nats per unit, U values.
+        title: The figure's title.
+        names: U bar labels; None names them z0, z1, ... by index.
+        active: U flags; when given, active units' bars are coloured and the others grey.
+        sort: Order the bars largest first; False keeps the given order.
+
+    Returns:
+        A matplotlib Figure with one axes.
+
+    Examples:
+        >>> from vaelab.plots import kl_bars
+        >>> fig = kl_bars([0.1, 2.5, 1.0], "KL per dimension", active=[False, True, True])
+        >>> [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        ['z1', 'z2', 'z0']
+    """
     n = len(kl)
     names = list(names) if names is not None else [f"z{i}" for i in range(n)]
     order = sorted(range(n), key=lambda i: -kl[i]) if sort else list(range(n))
