@@ -89,3 +89,43 @@ def test_load_refuses_a_folder_without_a_run(tmp_path):
 
     with pytest.raises((RunError, ConfigError, FileNotFoundError)):
         vaelab.load(tmp_path)
+
+
+def test_flag_names_that_differ_from_the_field_work_as_keywords():
+    cfg = config_of(scale="pixel", memory_budget="1GB", lambda_=2.0)
+    assert (cfg.model.likelihood_scale, cfg.data.memory_budget_mb, cfg.train.lam) == ("pixel", 1024, 2.0)
+
+
+def test_a_folder_that_holds_a_run_is_refused_in_python_terms(run):
+    from vaelab.checkpoint import RunError
+
+    with pytest.raises(RunError, match=r"\.resume\(\), replace it with overwrite=True"):
+        vaelab.train("mnist-sample", out=run.path, quiet=True, **TINY)
+
+
+def test_resume_continues_a_run_to_more_epochs(run, tmp_path):
+    import shutil
+
+    copy = vaelab.load(shutil.copytree(run.path, tmp_path / "copy"))
+    more = copy.resume(epochs=3, quiet=True, progress=False)
+    assert list(more.metrics["epoch"]) == [1, 2, 3] and more.metrics["epoch"].dtype.kind == "i"
+    with pytest.raises(ConfigError, match="already trained 3 epochs"):
+        more.resume(epochs=2, quiet=True)
+
+
+def test_a_conditional_run_samples_a_chosen_class(tmp_path, run):
+    cvae = vaelab.train("mnist-sample", model="cvae", out=tmp_path / "c", quiet=True, progress=False,
+                        **{**TINY, "epochs": 1})
+    seven = cvae.sample(4, label=7)
+    assert seven.shape == (4, 1, 28, 28) and torch.equal(seven, cvae.sample(4, label="7"))
+    assert not torch.equal(seven, cvae.sample(4, label=1))
+    assert cvae.sample(12).shape[0] == 12  # the classes in turn
+    with pytest.raises(ConfigError, match="no class 'x'; the classes are 0, 1"):
+        cvae.sample(2, label="x")
+    with pytest.raises(ConfigError, match="not a conditional model"):
+        run.sample(2, label=7)
+
+
+def test_a_figure_option_that_does_not_exist_names_those_that_do(run):
+    with pytest.raises(ConfigError, match="takes no noise; it takes kind, levels, against"):
+        run.plot("denoise", noise="gaussian")

@@ -70,8 +70,9 @@ def test_the_import_checker_sees_lazy_and_relative_imports(tmp_path):
 
 
 def test_the_code_passes_the_linter():
-    """ruff, with the rule set in pyproject.toml (installed by the test extra)."""
-    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "src", "tests", "benchmarks"],
+    """ruff, with the rule set in pyproject.toml (installed by the test extra), on the code and
+    on the tutorials' cells."""
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "src", "tests", "benchmarks", "docs"],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 

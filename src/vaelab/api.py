@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from vaelab.checkpoint import Run as RunFolder
-from vaelab.checkpoint import load_run
+from vaelab.checkpoint import RunError, load_run
 from vaelab.config import Config, ConfigError, DataConfig, ModelConfig, TrainConfig, read_flag
 from vaelab.evaluate import posterior_means
 from vaelab.scores import Table
@@ -39,6 +39,20 @@ def settings() -> dict[str, str]:
             if not f.metadata.get("internal")}
 
 
+def aliases() -> dict[str, str]:
+    """Flag names that differ from their field's name, as keywords -> the field (``scale`` ->
+    ``likelihood_scale``, ``lambda_`` and ``lam`` alike), so that what ``vaelab train --help``
+    shows also works from Python."""
+    found = {}
+    for cls in SECTIONS.values():
+        for f in fields(cls):
+            flag = f.metadata.get("flag")
+            if flag and not f.metadata.get("internal"):
+                name = flag.lstrip("-").replace("-", "_")
+                found[name] = found[name + "_"] = f.name
+    return found
+
+
 def _value(section: str, name: str, value: Any) -> Any:
     """A keyword's value as the config holds it: a field the command line parses from text
     (image_size, hidden, memory_budget_mb, denoise, ...) also takes that text or a single
@@ -52,11 +66,12 @@ def _value(section: str, name: str, value: Any) -> Any:
 def config_of(**options: Any) -> Config:
     """The Config of keyword settings (``latent_dim=2, epochs=5``), as the command line makes
     it from flags; an unknown name is refused with the closest known ones."""
-    known = settings()
+    known, alias = settings(), aliases()
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for name, value in options.items():
+        name = alias.get(name, name) if name not in known else name
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=3)
+            close = difflib.get_close_matches(name, [*known, *alias], n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else "; vaelab train --help lists them as flags"
             raise ConfigError(f"unknown setting {name!r}{hint}")
         sections[known[name]][name] = _value(known[name], name, value)
@@ -77,11 +92,14 @@ def train(dataset: str = "mnist-sample", *, out: str | Path | None = None, progr
         out: the run folder; None makes ``runs/<dataset>-<model>-<time>``.
         progress: show a progress bar (a notebook bar in Jupyter).
         quiet: print no per-epoch lines.
-        overwrite: replace a finished run already in `out`.
+        overwrite: replace a run already in `out` (without it, a folder holding a run is
+            refused; continue that run with [Run.resume][vaelab.api.Run.resume]).
         **options: config fields by name, checked as the command line checks its flags:
             ``model="hvae"``, ``latent_dim=20``, ``epochs=10``, ``lr=1e-3``,
             ``likelihood="logistic"``, ``image_size=32``, ``hidden="512,256"``, ...
-            (``vaelab train --help`` lists every one as a flag).
+            The names are the last column of ``vaelab train --help``'s table in cli.md
+            (``--image-size`` is ``image_size``); a flag named otherwise works too
+            (``scale="pixel"`` for ``likelihood_scale``, ``lambda_`` for ``lam``).
 
     Returns:
         The trained run.
@@ -99,13 +117,26 @@ def train(dataset: str = "mnist-sample", *, out: str | Path | None = None, progr
         ...
         vaelab.config.ConfigError: unknown setting 'latnet_dim'; did you mean latent_dim, latent_hidden?
     """
-    from vaelab.training import TrainingStopped, default_run_dir
+    from vaelab.training import RunExists, default_run_dir
     from vaelab.training import train as train_folder
 
     cfg = config_of(dataset=dataset, **options)
     folder = Path(out) if out is not None else default_run_dir(cfg)
     try:
-        folder = train_folder(cfg, folder, progress=progress, quiet=quiet, overwrite=overwrite)
+        return _interruptible(folder, lambda: train_folder(cfg, folder, progress=progress, quiet=quiet,
+                                                          overwrite=overwrite))
+    except RunExists:
+        raise RunError(f"{folder} already holds a run; continue it with vaelab.load({str(folder)!r}).resume(), "
+                       "replace it with overwrite=True, or choose another out") from None
+
+
+def _interruptible(folder: Path, work) -> Run:
+    """Run `work` (training into `folder`); the stop button keeps the last checkpoint and
+    returns the run rather than a traceback."""
+    from vaelab.training import TrainingStopped
+
+    try:
+        work()
     except (KeyboardInterrupt, TrainingStopped):
         if RunFolder(folder).checkpoint_epoch is None:
             raise
@@ -145,6 +176,10 @@ class Run:
         path: the run folder.
         device: where the model runs (``"cpu"``, ``"cuda"``).
 
+    Attributes:
+        path: the run folder (a ``Path``).
+        device: where the model runs.
+
     Examples:
         >>> run.config.data.dataset, run.config.model.latent_dim
         ('mnist-sample', 2)
@@ -178,8 +213,11 @@ class Run:
     @cached_property
     def model(self) -> torch.nn.Module:
         """The trained model in eval mode: an ``nn.Module`` whose ``encode(x)`` gives the
-        posterior over codes (mean of shape (N, D)), ``decode(z)`` the likelihood over images,
-        ``sample(n)`` draws from the prior, and ``forward(x)`` runs the training objective."""
+        posterior over codes (``.mean`` of shape (N, D)), ``decode(z)`` the likelihood over
+        images (``.mean``, ``.log_prob(x)``, ``.sample()``), ``sample(n)`` draws images from the
+        prior, ``log_weights(x, k)`` gives k importance weights per image, shape (k, N), and
+        ``forward(x)`` runs the training objective. Its outputs carry gradients: wrap calls in
+        ``torch.no_grad()`` to only look. Conditional models take ``c`` (one-hot, (N, K))."""
         return load_run(self.path, self.device)[1]
 
     @property
@@ -190,8 +228,14 @@ class Run:
 
         records = self._folder.metrics()
         keys = list(dict.fromkeys(k for r in records for k in r))
-        return Table({k: np.asarray([r.get(k, np.nan) for r in records], dtype=float) for k in keys},
-                     {"run": str(self.path)})
+
+        def column(key: str) -> np.ndarray:
+            values = [r.get(key) for r in records]
+            whole = all(type(v) is int for v in values)  # epoch, step, active units stay integers
+            return np.asarray(values, dtype=np.int64 if whole else float) if whole else \
+                np.asarray([np.nan if v is None else v for v in values], dtype=float)
+
+        return Table({k: column(k) for k in keys}, {"run": str(self.path)})
 
     def images(self, split: str = "test", n: int | None = None) -> torch.Tensor:
         """The first `n` images (all when None) of the run's ``"train"`` or ``"test"`` split as
@@ -217,11 +261,42 @@ class Run:
         return self.model.decode(self.encode(x)).mean.clamp(0, 1)
 
     @torch.no_grad()
-    def sample(self, n: int = 16, seed: int = 0) -> torch.Tensor:
+    def sample(self, n: int = 16, seed: int = 0, label: int | str | None = None) -> torch.Tensor:
         """Decoder means of `n` codes drawn from the prior with `seed`: shape (n, C, H, W), in
-        [0, 1]."""
+        [0, 1]. A conditional model draws every image of class `label` (an index or a class
+        name such as ``7`` or ``"7"``), or, without one, the classes in turn."""
         g = torch.Generator(device=self.device).manual_seed(seed)
-        return self.model.sample(n, generator=g).mean.clamp(0, 1)
+        c = self._conditions(n, label) if self.model.conditional else None
+        if label is not None and c is None:
+            raise ConfigError(f"{self.path} is not a conditional model: sample(n) draws without a label")
+        return self.model.sample(n, generator=g, c=c).mean.clamp(0, 1)
+
+    def _conditions(self, n: int, label: int | str | None) -> torch.Tensor:
+        """One-hot conditions (n, K) of class `label`, or of the classes in turn."""
+        classes = list(self._data.classes)
+        if self.config.data.conditions or len(classes) != self.model.cond_dim:
+            raise ConfigError(f"{self.path} is conditioned on side information, not on classes: call "
+                              "run.model.sample(n, c=...) with conditions of shape (n, "
+                              f"{self.model.cond_dim})")
+        if label is None:
+            index = torch.arange(n) % len(classes)
+        elif str(label) in classes:
+            index = torch.full((n,), classes.index(str(label)))
+        elif isinstance(label, int) and 0 <= label < len(classes):
+            index = torch.full((n,), label)
+        else:
+            raise ConfigError(f"no class {label!r}; the classes are {', '.join(classes)}")
+        return torch.nn.functional.one_hot(index, len(classes)).float().to(self.device)
+
+    def resume(self, epochs: int | None = None, minutes: float | None = None, progress: bool = True,
+               quiet: bool = False) -> Run:
+        """Continue training this run up to `epochs` epochs in total (default: as configured),
+        exactly as ``vaelab train --resume`` does; the stop button keeps the last checkpoint.
+        Returns the run (read afresh)."""
+        from vaelab.training import resume
+
+        return _interruptible(self.path, lambda: resume(self.path, epochs=epochs, minutes=minutes,
+                                                        progress=progress, quiet=quiet))
 
     def evaluate(self, k: int | None = None, n: int | None = None, progress: bool = True,
                  **options: Any) -> dict[str, Any]:
@@ -237,13 +312,18 @@ class Run:
         """One of the figures of ``vaelab plot`` (recon, samples, posterior, manifold, latents,
         interpolate, combine, denoise, curves, scale, transfer) as a matplotlib Figure, which
         Jupyter shows inline; nothing is written and the global backend is untouched.
-        ``options`` are the figure's own, e.g. ``run.plot("manifold", span=3.0, steps=15)``."""
+
+        ``options`` are the figure's own: manifold ``steps``, ``span``, ``dims``; interpolate
+        ``steps``; combine ``weights``; denoise ``kind`` (``vaelab plot --noise``), ``levels``,
+        ``against``. For example ``run.plot("manifold", span=3.0, steps=15)``."""
         from vaelab.explore import FIGURE_OPTIONS, FIGURES, Explorer
 
         if what not in FIGURES:
             raise ConfigError(f"unknown figure {what!r}; choose from {', '.join(FIGURES)}")
-        unknown = set(options) - set(FIGURE_OPTIONS.get(what, ()))
+        takes = FIGURE_OPTIONS.get(what, ())
+        unknown = set(options) - set(takes)
         if unknown:
-            raise ConfigError(f"the {what} figure takes no {', '.join(sorted(unknown))}")
+            raise ConfigError(f"the {what} figure takes no {', '.join(sorted(unknown))}; "
+                              + (f"it takes {', '.join(takes)}" if takes else "it takes no options"))
         ex = Explorer.from_run(self.path, seed=seed, device=self.device)
         return FIGURES[what](ex, **options)[0]

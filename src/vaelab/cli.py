@@ -118,7 +118,9 @@ def _add_setting(group, section: str, f: dataclasses.Field, default) -> None:
     if str(f.type) == "bool":
         group.add_argument(flag_name(f), dest=dest, action="store_const", const=not default, help=meta["help"])
         return
-    kwargs: dict = {"dest": dest, "metavar": meta.get("metavar"), "help": help_text}
+    # the metavar: the setting's own, else its name (argparse would show the dest, DATA.IMAGE_SIZE)
+    metavar = meta.get("metavar") or (None if meta.get("registry") or meta.get("choices") else f.name.upper())
+    kwargs: dict = {"dest": dest, "metavar": metavar, "help": help_text}
     if meta.get("registry"):
         kwargs["choices"] = [AUTO] * (default == AUTO) + registry_names(meta["registry"])
     elif meta.get("choices") is not None:

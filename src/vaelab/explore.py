@@ -30,9 +30,37 @@ from vaelab.evaluate import posterior_means
 from vaelab.files import FileError, ensure_dir, write_json
 from vaelab.images import load_configured
 
+__all__ = ["plot", "Explorer", "figure_recon", "figure_samples", "figure_posterior", "figure_manifold",
+           "figure_latents", "figure_interpolate", "figure_combine", "figure_denoise", "figure_curves",
+           "figure_scale", "figure_transfer", "slerp", "psnr", "principal_axes"]
+
 
 @dataclass
 class Explorer:
+    """A trained model together with its test images: what every ``figure_*`` function takes.
+
+    Make one from a run folder with :meth:`from_run`, or directly from a model and images.
+
+    Attributes:
+        model: The model, in eval mode.
+        cfg: The run's :class:`vaelab.config.Config`.
+        x: Test images ``(N, C, H, W)`` in [0, 1] as the model is evaluated on them (binarised
+            once for a Bernoulli likelihood).
+        labels: Their class labels ``(N,)``; -1 where unlabelled.
+        classes: The class names; ``()`` when unlabelled.
+        run_dir: The run folder, if there is one (``figure_curves`` reads its metrics).
+        seed: The seed of every random draw a figure makes.
+        c: The test images' conditions ``(N, C')`` for a conditional model; None otherwise.
+
+    Examples:
+        >>> from vaelab.explore import Explorer
+        >>> ex = Explorer.from_run(run.path, n=200)
+        >>> ex.x.shape, ex.labels.shape, ex.classes[:3]
+        (torch.Size([200, 1, 28, 28]), torch.Size([200]), ('0', '1', '2'))
+        >>> ex.codes(ex.x[:4]).shape
+        torch.Size([4, 2])
+    """
+
     model: Any
     cfg: Any
     x: torch.Tensor  # test images as evaluated (binarised / grey), (N, C, H, W)
@@ -44,31 +72,58 @@ class Explorer:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, n: int = 5000, seed: int = 0, device: str = "cpu") -> Explorer:
-        cfg, model = load_run(run_dir, device)
+        """Load a run's model and the first `n` images of its test split.
+
+        Args:
+            run_dir: The run folder.
+            n: How many test images to keep (fewer if the split is smaller).
+            seed: The seed of the figures' random draws.
+            device: Where the model and images go, e.g. ``"cpu"``.
+
+        Returns:
+            An Explorer with images ``(n, C, H, W)``.
+        """
+        cfg, model = load_run(getattr(run_dir, "path", run_dir), device)  # a folder or a vaelab.Run
         data = load_configured(cfg.data)
         x, c, labels = model_inputs(model, cfg, data.test.head(n), len(data.classes), device).rows(0, n)
         return cls(model, cfg, x, labels, data.classes, Path(run_dir), seed, c)
 
     def cond(self, n: int) -> torch.Tensor | None:
-        """Conditions of the first n test images (None for unconditional models)."""
+        """The conditions of the first `n` test images.
+
+        Returns:
+            Conditions of shape ``(n, C')``, or None for an unconditional model.
+        """
         return None if self.c is None else self.c[:n]
 
     def cond_like(self, n: int) -> torch.Tensor | None:
-        """For decoding n synthetic codes: the first test image's condition, repeated."""
+        """The first test image's condition repeated `n` times, for decoding `n` made-up codes.
+
+        Returns:
+            Conditions of shape ``(n, C')``, or None for an unconditional model.
+        """
         return None if self.c is None else self.c[:1].expand(n, -1)
 
     def gen(self, offset: int = 0) -> torch.Generator:
+        """A new random generator on the images' device, seeded with ``seed + offset``."""
         return torch.Generator(device=self.x.device).manual_seed(self.seed + offset)
 
     @torch.no_grad()
     def codes(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """Posterior means (the code, for an AE) of images x with conditions c: (N, D)."""
+        """Posterior means (the code, for an AE) of images `x` ``(N, C, H, W)``: ``(N, D)``.
+
+        Conditions `c` ``(N, C')`` default to those of the first N test images.
+        """
         if c is None and self.c is not None:
             c = self.c[: len(x)]
         return posterior_means(self.model, x, c)
 
     @torch.no_grad()
     def decode_mean(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's mean image for each code `z` ``(N, D)``: ``(N, C, H, W)`` in [0, 1].
+
+        Conditions `c` ``(N, C')`` default to the first test image's, repeated.
+        """
         if c is None and self.c is not None:
             c = self.cond_like(len(z))
         return self.model.decode(z, c).mean.clamp(0, 1)
@@ -78,7 +133,24 @@ class Explorer:
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation between codes a, b (D,) at fractions t (T,) -> (T, D)."""
+    """Interpolate between two codes along a great circle (slerp) instead of a straight line.
+
+    Args:
+        a: The start code ``(D,)``.
+        b: The end code ``(D,)``.
+        t: Fractions of the way ``(T,)``, 0 at `a` and 1 at `b`.
+
+    Returns:
+        The codes along the path ``(T, D)``.
+
+    Examples:
+        >>> import torch
+        >>> from vaelab.explore import slerp
+        >>> slerp(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.5, 1.0])).round(decimals=4)
+        tensor([[1.0000, 0.0000],
+                [0.7071, 0.7071],
+                [0.0000, 1.0000]])
+    """
     cos = torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-12)
     omega = torch.arccos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
     s = torch.sin(omega)
@@ -86,12 +158,43 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def psnr(mse: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB for images in [0, 1]."""
+    """Turn mean squared errors of images in [0, 1] into PSNR: 10 log10(1 / MSE), in dB.
+
+    Args:
+        mse: Mean squared errors, any shape, e.g. ``(N,)`` one per image.
+
+    Returns:
+        PSNR in dB, the same shape as `mse`.
+
+    Examples:
+        >>> import torch
+        >>> from vaelab.explore import psnr
+        >>> psnr(torch.tensor([0.01, 0.001]))
+        tensor([20., 30.])
+    """
     return 10 * torch.log10(1 / mse.clamp_min(1e-12))
 
 
 def principal_axes(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean (D,), top-2 principal directions (2, D), their standard deviations (2,))."""
+    """Find the mean of a set of codes and their two directions of largest spread (PCA).
+
+    Args:
+        codes: Codes ``(N, D)``, e.g. posterior means.
+
+    Returns:
+        ``(mean, directions, stds)``: the mean ``(D,)``, the top two principal directions as
+        unit rows ``(2, D)``, and the standard deviation along each ``(2,)``.
+
+    Examples:
+        >>> import torch
+        >>> from vaelab.explore import principal_axes
+        >>> codes = torch.randn(500, 3) * torch.tensor([5.0, 1.0, 0.1])
+        >>> mean, directions, stds = principal_axes(codes)
+        >>> mean.shape, directions.shape, stds.shape
+        (torch.Size([3]), torch.Size([2, 3]), torch.Size([2]))
+        >>> directions[0].abs().argmax().item()
+        0
+    """
     mean = codes.mean(0)
     _, s, v = torch.linalg.svd(codes - mean, full_matrices=False)
     return mean, v[:2], s[:2] / math.sqrt(max(1, len(codes) - 1))
@@ -102,7 +205,24 @@ def principal_axes(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 
 @torch.no_grad()
 def figure_recon(ex: Explorer, n: int = 10):
-    """Test inputs above their reconstructions: the decoder mean and one sample."""
+    """Show test images above their reconstructions: the decoder's mean and one sample.
+
+    Each image is encoded to its posterior mean and decoded.
+
+    Args:
+        ex: The model and its test images.
+        n: How many test images to show.
+
+    Returns:
+        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict of the
+        reconstructions' mean squared error (``mse_per_image``, ``mse_mean``).
+
+    Examples:
+        >>> from vaelab.explore import Explorer, figure_recon
+        >>> fig, numbers = figure_recon(Explorer.from_run(run.path, n=200), n=4)
+        >>> type(fig).__name__, len(fig.axes), sorted(numbers)
+        ('Figure', 12, ['mse_mean', 'mse_per_image'])
+    """
     x, c = ex.x[:n], ex.cond(n)
     q = ex.model.encode(x, c)
     dist = ex.model.decode(q.mean, c)
@@ -115,8 +235,25 @@ def figure_recon(ex: Explorer, n: int = 10):
 
 @torch.no_grad()
 def figure_samples(ex: Explorer, n: int = 32, ncol: int = 8):
-    """Prior samples: n codes z ~ N(0, I), each decoded to its mean
-    E[x|z] and to one draw x ~ p(x|z)."""
+    """Show new images drawn from the model: codes z ~ p(z), each decoded two ways.
+
+    Each of the n codes is decoded to its mean E[x|z] and to one draw x ~ p(x|z). A conditional
+    model samples under the conditions of the first n test images.
+
+    Args:
+        ex: The model and its test images.
+        n: How many codes to draw.
+        ncol: Images per row in each grid.
+
+    Returns:
+        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict (``n``).
+
+    Examples:
+        >>> from vaelab.explore import Explorer, figure_samples
+        >>> fig, numbers = figure_samples(Explorer.from_run(run.path, n=200), n=16)
+        >>> len(fig.axes), numbers
+        (2, {'n': 16})
+    """
     g = ex.gen()
     prior = ex.model.sample(n, generator=g, c=ex.cond(n))
     panels = [("decoder mean E[x|z]", prior.mean), ("one draw x ~ p(x|z)", prior.sample(generator=g))]
@@ -130,8 +267,26 @@ def figure_samples(ex: Explorer, n: int = 32, ncol: int = 8):
 
 @torch.no_grad()
 def figure_posterior(ex: Explorer, n: int = 8, draws: int = 6):
-    """The posterior predictive: each row is a test image, then the decoder means
-    of `draws` independent codes z ~ q(z|x); how much they differ shows the posterior's spread."""
+    """Show how uncertain the encoder is: each test image beside decodings of codes from q(z|x).
+
+    Each row is a test image, then the decoder's means for `draws` codes drawn from its
+    posterior; how much they differ shows the posterior's spread.
+
+    Args:
+        ex: The model and its test images.
+        n: How many test images, one per row.
+        draws: Codes drawn per image.
+
+    Returns:
+        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict with the mean pixel
+        standard deviation across draws (``pixel_std_per_image``, ``pixel_std_mean``) and ``draws``.
+
+    Examples:
+        >>> from vaelab.explore import Explorer, figure_posterior
+        >>> fig, numbers = figure_posterior(Explorer.from_run(run.path, n=200), n=2, draws=3)
+        >>> len(fig.axes), sorted(numbers)
+        (8, ['draws', 'pixel_std_mean', 'pixel_std_per_image'])
+    """
     x, c = ex.x[:n], ex.cond(n)
     z = ex.model.encode(x, c).rsample(draws, generator=ex.gen())  # (draws, n, D)
     means = ex.model.decode(z, c).mean.clamp(0, 1).transpose(0, 1)  # (n, draws, C, H, W)
@@ -147,9 +302,29 @@ def figure_posterior(ex: Explorer, n: int = 8, draws: int = 6):
 
 @torch.no_grad()
 def figure_manifold(ex: Explorer, steps: int = 15, span: float = 3.0, dims: tuple[int, int] | None = None):
-    """Decode a regular grid of codes. 2-D latents: the grid itself over
-    [-span, span]^2. More dims: a grid over two chosen dims (others 0), or by default
-    over the top two principal directions of the test codes, +-span standard deviations."""
+    """Decode a regular grid of codes to see what each region of the latent space draws.
+
+    For a 2-D latent the grid covers [-span, span]^2. For more dimensions it covers two
+    chosen dimensions (the others 0) or, by default, the top two principal directions of the
+    test images' codes, to +-span standard deviations.
+
+    Args:
+        ex: The model and its test images.
+        steps: Grid points per side.
+        span: How far the grid reaches (in latent units, or standard deviations along the
+            principal directions).
+        dims: Two latent dimensions ``(i, j)`` to vary; None: see above.
+
+    Returns:
+        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict describing the grid
+        (``steps``; ``dims`` and ``span``, or ``pca_std`` and ``span_std``).
+
+    Examples:
+        >>> from vaelab.explore import Explorer, figure_manifold
+        >>> fig, numbers = figure_manifold(Explorer.from_run(run.path, n=200), steps=5)
+        >>> len(fig.axes), numbers
+        (1, {'dims': [0, 1], 'span': 3.0, 'steps': 5})
+    """
     d = ex.model.latent_dim
     t = torch.linspace(-span, span, steps, device=ex.x.device)
     gy, gx = torch.meshgrid(t.flip(0), t, indexing="ij")
@@ -171,7 +346,24 @@ def figure_manifold(ex: Explorer, steps: int = 15, span: float = 3.0, dims: tupl
 
 @torch.no_grad()
 def figure_latents(ex: Explorer):
-    """Test-set posterior means coloured by label (2-D directly, else PCA to 2-D)."""
+    """Scatter the test images' posterior means, coloured by label.
+
+    A 2-D latent is drawn as it is; more dimensions are projected on their top two principal
+    directions.
+
+    Args:
+        ex: The model and its test images.
+
+    Returns:
+        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict (``n`` points,
+        ``projection``: ``identity`` or ``pca``).
+
+    Examples:
+        >>> from vaelab.explore import Explorer, figure_latents
+        >>> fig, numbers = figure_latents(Explorer.from_run(run.path, n=200))
+        >>> len(fig.axes), numbers
+        (1, {'n': 200, 'projection': 'identity'})
+    """
     codes = ex.codes(ex.x)
     if codes.shape[1] == 2:
         xy, axes = codes, ("z[0]", "z[1]")
@@ -185,7 +377,25 @@ def figure_latents(ex: Explorer):
 
 @torch.no_grad()
 def figure_interpolate(ex: Explorer, pairs: int = 4, steps: int = 10):
-    """Decode straight-line and spherical paths between the codes of test images."""
+    """Decode paths between the codes of pairs of test images, straight and spherical.
+
+    Each pair gets a row along the straight line between its posterior means and a row along
+    the great circle (:func:`slerp`).
+
+    Args:
+        ex: The model and its test images.
+        pairs: How many pairs of test images (1, 2), (3, 4), ...
+        steps: Images along each path, both ends included.
+
+    Returns:
+        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict (``steps``, ``pairs``).
+
+    Examples:
+        >>> from vaelab.explore import Explorer, figure_interpolate
+        >>> fig, numbers = figure_interpolate(Explorer.from_run(run.path, n=200), pairs=1, steps=5)
+        >>> len(fig.axes), numbers
+        (10, {'steps': 5, 'pairs': 1})
+    """
     pairs = max(1, min(pairs, len(ex.x) // 2))
     codes = ex.codes(ex.x[: 2 * pairs])
     t = torch.linspace(0, 1, steps, device=ex.x.device)
@@ -202,8 +412,24 @@ def figure_interpolate(ex: Explorer, pairs: int = 4, steps: int = 10):
 
 @torch.no_grad()
 def figure_combine(ex: Explorer, weights: tuple[float, ...] = (0.5, 0.5), groups: int = 6):
-    """New images from weighted combinations of the codes of existing ones ("new
-    numbers"): each row shows the inputs and the decoded sum_i w_i z_i."""
+    """Make new images by decoding weighted sums of test images' codes.
+
+    Each row shows k test images and the decoding of sum_i w_i z_i of their posterior means.
+
+    Args:
+        ex: The model and its test images.
+        weights: The k weights w_i, one per image combined.
+        groups: How many rows, each combining the next k test images.
+
+    Returns:
+        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict (``weights``, ``groups``).
+
+    Examples:
+        >>> from vaelab.explore import Explorer, figure_combine
+        >>> fig, numbers = figure_combine(Explorer.from_run(run.path, n=200), groups=2)
+        >>> len(fig.axes), numbers
+        (6, {'weights': [0.5, 0.5], 'groups': 2})
+    """
     k = len(weights)
     groups = min(groups, len(ex.x) // k)
     if groups == 0:
@@ -237,15 +463,36 @@ def _reconstruct(ex: Explorer, x: torch.Tensor, chunk: int = 500) -> torch.Tenso
 @torch.no_grad()
 def figure_denoise(ex: Explorer, kind: str = "salt-pepper", levels: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5),
                    n_show: int = 8, n_eval: int = 1000, against: tuple[str | Path | Explorer, ...] = ()):
-    """Corrupt test images, reconstruct them, compare with the clean image:
-    rows clean | noisy | reconstructed at one level; MSE and PSNR against the clean
-    image for the noisy input and the reconstruction at every level.
+    """Corrupt test images with noise, reconstruct them, and compare with the clean images.
 
-    `against`: more models (run folders or Explorers) on the same test images and the same
-    noisy copies, drawn side by side: a reconstruction row and a PSNR curve each, e.g. a
-    model trained with ``--denoise`` next to one trained on clean images. The numbers
-    hold a table per model under ``models`` (with ``psnr_recon_clean``, the PSNR of its
-    reconstruction of the clean images); ``levels`` is the first model's table."""
+    Shows rows clean | noisy | reconstructed at the middle noise level, above PSNR against
+    noise level for the noisy input and the reconstruction. Models in `against` are run on
+    the same images and the same noisy copies and drawn side by side, e.g. a model trained
+    with ``--denoise`` next to one trained on clean images.
+
+    Args:
+        ex: The model and its test images.
+        kind: The noise: ``"uniform"``, ``"salt-pepper"`` or ``"gaussian"``.
+        levels: The noise levels, each in (0, 1).
+        n_show: Images shown per row.
+        n_eval: Test images the numbers are measured on.
+        against: More models to compare, as run folders or Explorers.
+
+    Returns:
+        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict: ``noise``, ``n``,
+        ``levels`` (the first model's table of MSE and PSNR per level) and ``models`` (a table
+        per model, with ``psnr_recon_clean``, the PSNR of its reconstruction of the clean images).
+
+    Raises:
+        ValueError: A model in `against` is evaluated on other test images.
+
+    Examples:
+        >>> from vaelab.explore import Explorer, figure_denoise
+        >>> ex = Explorer.from_run(run.path, n=200)
+        >>> fig, numbers = figure_denoise(ex, levels=(0.1, 0.3), n_show=4, n_eval=100)
+        >>> len(fig.axes), sorted(numbers), [row["level"] for row in numbers["levels"]]
+        (13, ['levels', 'models', 'n', 'noise'], [0.1, 0.3])
+    """
     models = [ex, *(o if isinstance(o, Explorer) else Explorer.from_run(o, n=len(ex.x), seed=ex.seed,
                                                                         device=str(ex.x.device)) for o in against)]
     clean = ex.x[:n_eval]
@@ -276,7 +523,23 @@ def figure_denoise(ex: Explorer, kind: str = "salt-pepper", levels: tuple[float,
 
 
 def figure_curves(ex: Explorer):
-    """Loss terms and test ELBO over epochs from metrics.jsonl."""
+    """Plot the training curves of the run's ``metrics.jsonl``: loss terms and test ELBO per epoch.
+
+    Args:
+        ex: An Explorer made from a run folder.
+
+    Returns:
+        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict (``epochs``).
+
+    Raises:
+        vaelab.files.FileError: The run has no epoch records yet.
+
+    Examples:
+        >>> from vaelab.explore import Explorer, figure_curves
+        >>> fig, numbers = figure_curves(Explorer.from_run(run.path, n=200))
+        >>> type(fig).__name__, numbers
+        ('Figure', {'epochs': 1})
+    """
     rows = Run(ex.run_dir).metrics()
     if not rows:
         raise FileError(f"{ex.run_dir / 'metrics.jsonl'} holds no epoch records; train at least one epoch first")
@@ -285,8 +548,32 @@ def figure_curves(ex: Explorer):
 
 @torch.no_grad()
 def figure_scale(ex: Explorer):
-    """The learned output scale of a Gaussian/logistic likelihood as an image:
-    exp(log_scale) per pixel; for a decoder-predicted scale, its mean over test images."""
+    """Show the output scale of a Gaussian or logistic likelihood per pixel, exp(log_scale).
+
+    A scale the decoder predicts is averaged over up to 1000 test images.
+
+    Args:
+        ex: The model and its test images; its likelihood must have a scale.
+
+    Returns:
+        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict (``kind`` of scale,
+        its ``min``, ``max`` and ``mean``).
+
+    Raises:
+        ValueError: The likelihood has no scale (Bernoulli).
+
+    Examples:
+        >>> from vaelab.config import Config
+        >>> from vaelab.explore import Explorer, figure_scale
+        >>> from vaelab.models import build_model
+        >>> cfg = Config().replace(model={"net": "mlp", "hidden": [16], "latent_dim": 2, "likelihood": "logistic",
+        ...                               "likelihood_scale": "pixel"})
+        >>> model = build_model(cfg.model, (1, 28, 28))  # untrained: every scale starts at 0.1
+        >>> ex = Explorer(model, cfg, run.images("test", 10), torch.zeros(10, dtype=torch.long), ())
+        >>> fig, numbers = figure_scale(ex)
+        >>> numbers["kind"], round(numbers["mean"], 3)
+        ('pixel', 0.1)
+    """
     lik = ex.model.likelihood
     scale_kind = getattr(lik, "scale", None)
     if scale_kind is None:
@@ -307,9 +594,36 @@ def figure_scale(ex: Explorer):
 
 @torch.no_grad()
 def figure_transfer(ex: Explorer, n: int = 8):
-    """Style transfer with a conditional model: each row encodes one test
-    image (its handwriting) and decodes that z under every class; the last rows are
-    class-conditional prior samples, one z per row shared across classes."""
+    """Transfer style with a conditional model: decode one code under every class.
+
+    Each row encodes a test image (its handwriting, say) and decodes that z under each class
+    label; three more rows do the same for codes drawn from the prior.
+
+    Args:
+        ex: A conditional model (cvae, icvae) trained on class labels, with its test images.
+        n: How many test images, one per row.
+
+    Returns:
+        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict (``classes``, ``rows``).
+
+    Raises:
+        ValueError: The model is not conditional, was conditioned on other side information,
+            or the data are unlabelled.
+
+    Examples:
+        >>> from vaelab.config import Config
+        >>> from vaelab.explore import Explorer, figure_transfer
+        >>> from vaelab.models import build_model
+        >>> cfg = Config().replace(model={"model": "cvae", "net": "mlp", "hidden": [16], "latent_dim": 2,
+        ...                               "likelihood": "bernoulli"})
+        >>> model = build_model(cfg.model, (1, 28, 28), cond_dim=10)  # untrained, to show the layout
+        >>> labels = torch.tensor([7, 2, 1])
+        >>> c = torch.nn.functional.one_hot(labels, 10).float()
+        >>> ex = Explorer(model, cfg, run.images("test", 3), labels, tuple("0123456789"), c=c)
+        >>> fig, numbers = figure_transfer(ex, n=3)
+        >>> numbers["rows"], len(fig.axes)
+        (3, 66)
+    """
     if not ex.model.conditional:
         raise ValueError("transfer needs a conditional model: train with --model cvae or icvae")
     if ex.cfg.data.conditions:
@@ -358,7 +672,36 @@ FIGURE_OPTIONS = {
 
 def plot(run_dir: str | Path, what: list[str], out: str | Path | None = None, seed: int = 0,
          device: str = "cpu", **options: Any) -> list[Path]:
-    """Write NAME.png (and NAME.json with the numbers behind it) for each NAME in `what`."""
+    """Draw figures of a run and write them as files, as ``vaelab plot`` does.
+
+    For each name in `what`, writes ``NAME.png`` and, where the figure has numbers,
+    ``NAME.json`` with them. The names are those of the ``figure_*`` functions: ``recon``,
+    ``samples``, ``posterior``, ``manifold``, ``latents``, ``interpolate``, ``combine``,
+    ``denoise``, ``curves``, ``scale``, ``transfer``. To get a figure without writing it, use
+    ``run.plot(name)`` or the ``figure_*`` function.
+
+    Args:
+        run_dir: The run folder.
+        what: The names of the figures to draw.
+        out: The folder to write to; None writes to ``RUN_DIR/plots``.
+        seed: The seed of the figures' random draws.
+        device: Where the model runs, e.g. ``"cpu"``.
+        **options: Options of the figures that take them: ``steps``, ``span``, ``dims``
+            (manifold), ``steps`` (interpolate), ``weights`` (combine), ``kind``, ``levels``,
+            ``against`` (denoise).
+
+    Returns:
+        The paths written, in order.
+
+    Raises:
+        ValueError: A name is not a known figure.
+
+    Examples:
+        >>> from vaelab.explore import plot
+        >>> paths = plot(run.path, ["samples", "manifold"], out=tmp, steps=5)
+        >>> [p.name for p in paths]
+        ['samples.png', 'samples.json', 'manifold.png', 'manifold.json']
+    """
     unknown = [w for w in what if w not in FIGURES]
     if unknown:
         raise ValueError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}")

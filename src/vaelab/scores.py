@@ -104,8 +104,9 @@ class Table:
 
     Attributes:
         columns: name -> numpy array of shape (N,) or (N, D): ``split``, ``index``, ``file``
-            (folders), ``label`` (labelled data) and the scores or codes.
-        info: how the table was made (run, data, k, seed, ...), written next to it.
+            (folders), ``label`` (labelled data: class names as text, in the order of
+            ``data.classes``) and the scores or codes.
+        info: how the table was made (run, data, k, seed, ...).
         data: the dataset whose images the rows index, when known.
 
     Examples:
@@ -126,6 +127,8 @@ class Table:
         return len(next(iter(self.columns.values()))) if self.columns else 0
 
     def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.columns:
+            raise KeyError(f"no column {name!r}; the columns are {', '.join(self.columns)}")
         return self.columns[name]
 
     def __contains__(self, name: str) -> bool:
@@ -550,7 +553,8 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
 
     Returns:
         A [Table][vaelab.scores.Table] keyed by ``split`` and ``index`` (plus ``file`` for
-        folders, ``label`` where known), with one (N,) column per score: ``elbo``, ``log_px``,
+        folders; ``label`` where known, class names as text such as ``"7"``), with one (N,)
+        column per score: ``elbo``, ``log_px``,
         ``bits_per_dim``, ``recon``, ``kl``, ``mse``; ``kl_1``... and ``llr_1``... for a hierarchical
         model; ``complexity_corrected`` and ``png_bits`` for models with a likelihood.
 
@@ -720,9 +724,11 @@ def encode(run, data=None, *, split: str = "auto", samples: int = 0, n: int | No
 
     Returns:
         A [Table][vaelab.scores.Table] with ``split``, ``index``, ``file`` (folders), ``label``
-        (labelled data), ``mean`` of shape (N, D) and ``std`` of shape (N, D) and, with samples,
-        ``samples`` of shape (N, S, D). A hierarchical model's layers sit side by side, z_1 first
-        (``info["levels"]`` gives their sizes); an autoencoder has its code as ``mean`` and no std.
+        (labelled data: class names as text; their indices are
+        ``[codes.data.classes.index(v) for v in codes["label"]]``), ``mean`` of shape (N, D) and
+        ``std`` of shape (N, D) and, with samples, ``samples`` of shape (N, S, D). A hierarchical
+        model's layers sit side by side, z_1 first (``info["levels"]`` gives their sizes); an
+        autoencoder has its code as ``mean`` and no std.
 
     Examples:
         >>> codes = vaelab.encode(run, n=10, progress=False)

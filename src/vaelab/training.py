@@ -83,6 +83,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class RunExists(RunError):
+    """The output folder already holds a run, and neither resuming nor overwriting it was asked."""
+
+
 class TrainingStopped(RuntimeError):
     """SIGINT or SIGTERM stopped training at a safe point; `exit_code` is 128 + the signal."""
 
@@ -494,7 +498,7 @@ def _train_in_folder(cfg: Config, run_dir: Path, resume: bool, progress: bool, q
             if not resume and holds_run and overwrite:
                 _clear_run(run_dir)
             elif not resume and holds_run:
-                raise RunError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, replace it "
+                raise RunExists(f"{run_dir} already holds a run; continue it with --resume {run_dir}, replace it "
                                "with --overwrite, or choose another --out")
 
         _rank0_first(dist, device, open_run_folder, "open the run folder")
