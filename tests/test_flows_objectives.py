@@ -41,6 +41,21 @@ def test_planar_constraint_holds_for_any_parameters():
     assert torch.all(exact >= -0.9 - 1e-6 * (w.double() * u.double()).sum(-1).abs().clamp_min(1))
 
 
+def test_a_planar_map_with_w_zero_is_a_shift_with_log_det_zero():
+    """w = 0 leaves no direction to correct u along: the map z + u tanh(b) is a shift, and its
+    log-determinant is 0 (it was log(min_det + log 2) before: the constraint assumed |w| > 0)."""
+    flow = PlanarFlows(3, 1)
+    params = torch.zeros(2, flow.num_params, dtype=torch.float64)
+    params[:, :3] = torch.tensor([0.3, -0.4, 0.2], dtype=torch.float64)  # u; w = params[:, 3:6] = 0
+    params[:, 6] = 0.7  # b
+    z0 = torch.randn(2, 3, dtype=torch.float64)
+    z, log_det = flow(z0, params)
+    assert torch.equal(log_det, torch.zeros(2, dtype=torch.float64))
+    assert torch.allclose(z - z0, params[:, :3] * math.tanh(0.7))
+    jac = jacobian(lambda v: flow(v.view(1, 3), params[:1])[0].view(3), z0[0])
+    assert torch.allclose(torch.slogdet(jac).logabsdet, log_det[0])
+
+
 @pytest.mark.parametrize("kind", list(FLOWS))
 def test_every_map_keeps_its_determinant_above_min_det(kind):
     """Extreme amortised parameters, points on a planar map's hyperplane or at a radial

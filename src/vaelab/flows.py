@@ -92,8 +92,11 @@ class PlanarFlows(nn.Module):
         a float32 dot product rounds).
         """
         wu = (w * u).sum(-1, keepdim=True)
-        s = self.min_det + F.softplus(wu)
-        u_hat = u + (s - 1 - wu) * w / w.square().sum(-1, keepdim=True).clamp_min(1e-12)
+        w2 = w.square().sum(-1, keepdim=True)
+        # w ~ 0: the map is a shift whatever u is and the correction along w is undefined, so
+        # u stays as it is and s = 1 + w.u (~1), which keeps w.u_hat = s - 1 exact
+        s = torch.where(w2 > 1e-12, self.min_det + F.softplus(wu), 1 + wu)
+        u_hat = u + (s - 1 - wu) * w / w2.clamp_min(1e-12)
         # |u_hat| <= max_norm, smoothly; shrinking u_hat keeps w.u_hat = c (s - 1) >= min_det - 1
         c = _shrink(u_hat, self.max_norm)
         return u_hat * c, (1 + c * (s - 1)).squeeze(-1)
