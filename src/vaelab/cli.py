@@ -133,6 +133,7 @@ def _add_setting(group, section: str, f: dataclasses.Field, default) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `vaelab` argument parser: one subcommand per command, the train flags read from the config."""
     p = _Parser(prog="vaelab", description="Train, evaluate and explore variational autoencoders.")
     p.add_argument("--version", action="version", version=f"vaelab {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -454,6 +455,7 @@ def _rank0() -> bool:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    """`vaelab train`: a new run from flags or --config, or --resume of one; prints the run folder."""
     from vaelab.training import resume, train
 
     if args.resume is not None:
@@ -474,6 +476,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    """`vaelab evaluate`: test ELBO, IS-NLL and diagnostics of a run, printed and written to eval.json."""
     from vaelab.evaluate import evaluate, format_result
     from vaelab.files import FileError, write_json
 
@@ -491,6 +494,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
+    """`vaelab score`: a table of per-image scores written to --out, with an optional top/bottom grid."""
     from vaelab.scores import default_rank, score, write_table
 
     table = score(args.run_dir, args.data, split=args.split, scores=args.scores, k=args.k, n=args.n,
@@ -512,6 +516,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_ood(args: argparse.Namespace) -> None:
+    """`vaelab ood`: out-of-distribution metrics per score, written to ood.json, ood.md and ood.png."""
     from vaelab.scores import ood
 
     r = ood(args.run_dir, args.inside, args.outside, split=args.split, scores=args.scores, k=args.k, n=args.n,
@@ -527,6 +532,7 @@ def cmd_ood(args: argparse.Namespace) -> None:
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
+    """`vaelab encode`: the posterior means and standard deviations of a dataset, written to --out."""
     from vaelab.scores import encode, write_codes
 
     table = encode(args.run_dir, args.data, split=args.split, samples=args.samples, n=args.n, seed=args.seed,
@@ -537,6 +543,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    """`vaelab sample`: a grid of decoded prior samples written as a PNG."""
     import torch
 
     from vaelab.checkpoint import load_run
@@ -558,6 +565,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
+    """`vaelab probe`: how much of the class a linear or MLP probe reads from a run's codes."""
     from vaelab.evaluate import probe
 
     r = probe(args.run_dir, layers=args.probe_layers, hidden=args.probe_hidden, epochs=args.probe_epochs,
@@ -573,6 +581,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
+    """`vaelab plot`: the named figures of a run written to RUN/plots (or --out)."""
     from vaelab.explore import FIGURES, plot
     from vaelab.runtime import resolve_device
 
@@ -592,6 +601,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
+    """`vaelab compare`: variants x seeds trained at equal epochs or equal time, with tables and a figure."""
     import shlex
 
     from vaelab.compare import compare, parse_variant
@@ -615,6 +625,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    """`vaelab serve`: the local explorer page for a run."""
     try:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
@@ -673,6 +684,7 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score, "o
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line's entry point: parse, run one command, and turn known faults into one-line errors."""
     parser = build_parser()
     args = parser.parse_args(argv)
     code = _run(args)

@@ -107,6 +107,7 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
+    """Write `obj` as JSON to `path` atomically (a reader sees the old file or the new, never half)."""
     return atomic_write(path, json.dumps(obj, indent=indent) + "\n")
 
 

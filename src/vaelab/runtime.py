@@ -40,7 +40,7 @@ def tune_malloc() -> bool:
 
 
 class DeviceError(RuntimeError):
-    pass
+    """The asked-for device cannot be used (no CUDA, an index out of range, ...)."""
 
 
 def resolve_device(name: str) -> torch.device:
