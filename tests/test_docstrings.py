@@ -46,6 +46,7 @@ def run(tmp_path_factory):
 def test_every_example_runs(module, run, tmp_path, monkeypatch):
     mod = importlib.import_module(module)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # image and classifier caches stay in tmp
     globs = {"torch": torch, "vaelab": vaelab, "run": run, "tmp": str(tmp_path)}
     finder = doctest.DocTestFinder(exclude_empty=True)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

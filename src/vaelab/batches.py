@@ -32,6 +32,8 @@ from vaelab.data import Split, read_rows
 from vaelab.noise import pixel_uniform
 from vaelab.runtime import Dist
 
+__all__ = ["as_input", "Batches", "Batch", "SplitInputs", "model_inputs"]
+
 # ----------------------------------------------------------------------------- sources
 
 
@@ -60,14 +62,43 @@ def binarization_key(seed: int, split_key: int) -> int:
 
 def as_input(u8: torch.Tensor, binarization: str, dequantize: bool, *, generator: torch.Generator | None = None,
              idx: torch.Tensor | None = None, key: int = 0, rows: tuple[int, int] | None = None) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float32 model input in [0, 1] on the same device.
+    """Turn uint8 images into what a model reads: binarised, grey levels or dequantised floats.
 
     ``dynamic``/``fixed``: x ~ Bernoulli(pixel / 255); grey levels (``none``): pixel / 255,
     or with `dequantize` (density likelihoods) (pixel + u) / 256, u ~ U(0, 1). The noise
-    comes from `generator`, or, when `idx` is given, from :func:`pixel_uniform` keyed
-    by `key` (the same every time an image is used). `rows` = (total, offset): the
-    generator draws noise for `total` images and this batch takes rows offset.. of it,
-    so every process of a data-parallel job draws what a single process would.
+    comes from `generator`, or, when `idx` is given, from ``vaelab.noise.pixel_uniform`` keyed
+    by `key` (the same every time an image is used).
+
+    Args:
+        u8: uint8 images (B, C, H, W), pixels 0..255.
+        binarization: ``"dynamic"``, ``"fixed"`` or ``"none"`` (grey levels).
+        dequantize: With ``"none"``: add uniform noise, for density likelihoods.
+        generator: The torch.Generator of the noise (None: torch's global random state).
+        idx: The images' indices in their split (B,): noise tied to each image instead.
+        key: The stream of the tied noise.
+        rows: (total, offset): the generator draws noise for `total` images and this batch
+            takes rows offset.. of it, so every process of a data-parallel job draws what a
+            single process would.
+
+    Returns:
+        float32 model input (B, C, H, W) in [0, 1], on u8's device.
+
+    Raises:
+        ValueError: An unknown `binarization`.
+
+    Examples:
+        >>> from vaelab.batches import as_input
+        >>> u8 = torch.tensor([[[[0, 128, 255]]]], dtype=torch.uint8)     # (1, 1, 1, 3)
+        >>> as_input(u8, "none", False)
+        tensor([[[[0.0000, 0.5020, 1.0000]]]])
+        >>> sorted(as_input(u8, "dynamic", False).unique().tolist())   # binary: 0 or 1
+        [0.0, 1.0]
+        >>> a = as_input(u8, "fixed", False, idx=torch.tensor([4]), key=0)
+        >>> torch.equal(a, as_input(u8, "fixed", False, idx=torch.tensor([4]), key=0))   # image 4: always alike
+        True
+        >>> x = as_input(u8, "none", True, idx=torch.tensor([0]), key=1)   # dequantised: (pixel + u) / 256
+        >>> bool(((x * 256).floor() == u8).all())
+        True
     """
     if binarization == "none" and not dequantize:
         return u8.float().div_(255.0)
@@ -88,6 +119,22 @@ def as_input(u8: torch.Tensor, binarization: str, dequantize: bool, *, generator
 
 
 class Batch(NamedTuple):
+    """One training batch as :class:`Batches` yields it: inputs, labels, conditions, indices.
+
+    Attributes:
+        x: Float model input (B, C, H, W): this process's rows of the global batch.
+        labels: int64 labels (B,); -1 for unlabelled images.
+        cond: Conditions (B, C') for conditional models, or None.
+        idx: The images' indices in their split (B,).
+        size: The number of images in the global batch (all processes).
+
+    Examples:
+        >>> from vaelab.batches import Batch
+        >>> b = Batch(torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), None, torch.arange(4), 4)
+        >>> b.x.shape, b.size
+        (torch.Size([4, 1, 28, 28]), 4)
+    """
+
     x: torch.Tensor  # (b, C, H, W) model input, this process's rows of the global batch
     labels: torch.Tensor  # (b,)
     cond: torch.Tensor | None  # (b, C') or None
@@ -96,13 +143,41 @@ class Batch(NamedTuple):
 
 
 class Batches:
-    """Mini-batches of one split for training, as :class:`Batch` es.
+    """Mini-batches of one split for training: iterate once per epoch to get :class:`Batch` es.
 
     Every image is used once per epoch (the last batch may be smaller). ``dynamic``
     binarisation and dequantisation draw fresh noise per batch; ``fixed`` uses each
-    image's own counter-based noise, the same every epoch. `resident` None: decided
-    by the split's size against `budget` bytes. In a data-parallel job (`rank` of
-    `world`) every process draws the same global batch and keeps its contiguous slice.
+    image's own counter-based noise, the same every epoch. The order and noise come from
+    `seed`, so a split held in memory and one streamed from disk give the same batches.
+
+    Args:
+        split: The split (``vaelab.data.Split``); images (N, C, H, W) uint8.
+        batch_size: Images per global batch.
+        binarization: ``"dynamic"``, ``"fixed"`` or ``"none"`` (grey levels).
+        device: Where the batches go.
+        seed: The seed of the order and of the noise.
+        dequantize: With ``"none"``: add uniform noise (density likelihoods).
+        cond: Conditions (N, C') to hand out with the images, or None.
+        resident: Hold the uint8 images on `device` (True) or stream them from disk (False);
+            None decides by the split's size against `budget` bytes.
+        budget: Bytes of uint8 images that may be held on `device`.
+        shuffle: A new random order each epoch (False: the split's order).
+        prefetch: Batches read ahead when streaming.
+        fixed_key: The noise key of ``fixed`` binarisation.
+        rank: This process's number in a data-parallel job of `world` processes: every
+            process draws the same global batch and keeps its contiguous slice.
+        world: The number of processes.
+
+    Examples:
+        >>> from vaelab.batches import Batches
+        >>> from vaelab.data import Split
+        >>> split = Split(torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8), torch.arange(10) % 3)
+        >>> batches = Batches(split, batch_size=4, binarization="dynamic", device="cpu", seed=0)
+        >>> len(batches), [b.x.shape[0] for b in batches]          # one epoch
+        (3, [4, 4, 2])
+        >>> b = next(iter(batches))
+        >>> b.x.shape, b.x.dtype, b.labels.shape, b.size
+        (torch.Size([4, 1, 28, 28]), torch.float32, torch.Size([4]), 4)
     """
 
     def __init__(self, split: Split, batch_size: int, binarization: str, device: torch.device | str,
@@ -190,9 +265,21 @@ class Batches:
             yield Batch(x, self.labels.index_select(0, idx), c, idx, len(gidx))
 
     def rng_state(self) -> dict[str, torch.Tensor]:
+        """The state of the order and noise generators, for a checkpoint.
+
+        Returns:
+            ``{"data_order": ..., "data_noise": ...}``: each generator's state, a uint8 tensor of shape (S,).
+        """
         return {"data_order": self.order_generator.get_state(), "data_noise": self.generator.get_state()}
 
     def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the generators from :meth:`rng_state`, so that a resumed run draws the same batches.
+
+        Args:
+            state: A dict with uint8 tensors ``data_order`` and ``data_noise`` of shape (S,), as
+                :meth:`rng_state` gives them (other keys ignored); a dict without them leaves the
+                generators as they are.
+        """
         if "data_order" in state:
             self.order_generator.set_state(state["data_order"])
             self.generator.set_state(state["data_noise"])
@@ -202,10 +289,35 @@ class Batches:
 
 
 class SplitInputs:
-    """A split as a model is evaluated on it, in chunks of rows: test images binarised once
-    (x ~ Bernoulli(pixel/255), as in Burda et al. 2016) or dequantised once with noise
-    keyed by (`seed`, image index), or plain grey levels; plus conditions (conditional
-    models) and labels. The same rows give the same inputs in any chunking.
+    """A split as a model is evaluated on it, read in chunks of rows, the same in any chunking.
+
+    Test images are binarised once (x ~ Bernoulli(pixel/255), as in Burda et al. 2016) or
+    dequantised once with noise keyed by (`seed`, image index), or plain grey levels; plus
+    conditions (conditional models) and labels. The same rows give the same inputs in any
+    chunking. :func:`model_inputs` makes one as a trained model needs it.
+
+    Args:
+        split: The split (``vaelab.data.Split``); images (N, C, H, W) uint8.
+        binarization: ``"dynamic"`` or ``"fixed"`` (both binarise once), or ``"none"``.
+        seed: The seed of the binarisation or dequantisation noise.
+        dequantize: With ``"none"``: add uniform noise (density likelihoods).
+        device: Where the inputs go.
+        cond: Conditions (N, C') of the images, or None.
+        budget: Bytes of uint8 images that may be held on `device`; a larger split is read
+            from disk chunk by chunk.
+
+    Examples:
+        >>> from vaelab.batches import SplitInputs
+        >>> from vaelab.data import Split
+        >>> split = Split(torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8), torch.arange(10) % 3)
+        >>> inputs = SplitInputs(split, "dynamic", seed=0, dequantize=False, device="cpu")
+        >>> x, cond, labels = inputs.rows(0, 4)
+        >>> len(inputs), x.shape, cond, labels
+        (10, torch.Size([4, 1, 28, 28]), None, tensor([0, 1, 2, 0]))
+        >>> torch.equal(inputs.rows(2, 4)[0], x[2:])                # rows 2, 3 alike in any chunk
+        True
+        >>> [x.shape[0] for x, _, _ in inputs.chunks(4)]
+        [4, 4, 2]
     """
 
     def __init__(self, split: Split, binarization: str, seed: int, dequantize: bool,
@@ -221,11 +333,16 @@ class SplitInputs:
         return len(self.split)
 
     def index(self, start: int, stop: int) -> torch.Tensor:
-        """Indices of rows [start, stop) on the device: keys for per-image noise."""
+        """Indices (B,) of rows [start, stop) on the device (stop clipped to N): keys for per-image noise."""
         return torch.arange(start, min(stop, len(self)), device=self.device)
 
     def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """(x (n, C, H, W) float, conditions (n, C') or None, labels (n,)) of rows [start, stop)."""
+        """The model's inputs for rows [start, stop), always the same for a row.
+
+        Returns:
+            (x (B, C, H, W) float32 in [0, 1], conditions (B, C') or None, labels (B,)), where
+            B = min(stop, N) - start.
+        """
         idx = self.index(start, stop)
         u8 = read_rows(self.images, idx).to(self.device)
         x = as_input(u8, "fixed" if self.binarization == "dynamic" else self.binarization, self.dequantize,
@@ -233,13 +350,41 @@ class SplitInputs:
         return x, None if self.cond is None else self.cond[start:stop], self.labels[start:stop]
 
     def chunks(self, size: int = 2000) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+        """The whole split in chunks of `size` rows, each as :meth:`rows` gives it.
+
+        Yields:
+            (x (B, C, H, W) float32, conditions (B, C') or None, labels (B,)), B <= size.
+        """
         for i in range(0, len(self), size):
             yield self.rows(i, i + size)
 
 
 def model_inputs(model, cfg, split: Split, n_classes: int, device: torch.device | str | None = None,
                  budget: int = 4 << 30) -> SplitInputs:
-    """A split's inputs as `model` (trained with config `cfg`) is evaluated on them."""
+    """A split's inputs as a trained model is evaluated on them.
+
+    Binarised or dequantised as the model's config and likelihood ask, with conditions for
+    a conditional model.
+
+    Args:
+        model: A trained vaelab model, e.g. ``run.model``.
+        cfg: The config it was trained with, e.g. ``run.config``.
+        split: The split (``vaelab.data.Split``); images (N, C, H, W) uint8.
+        n_classes: The number of classes, the width of one-hot conditions.
+        device: Where the inputs go; None: the model's device.
+        budget: Bytes of uint8 images that may be held on the device.
+
+    Returns:
+        A :class:`SplitInputs`.
+
+    Examples:
+        >>> from vaelab.batches import model_inputs
+        >>> from vaelab.data import load_dataset
+        >>> inputs = model_inputs(run.model, run.config, load_dataset("mnist-sample").test.head(100), 10)
+        >>> x, cond, labels = inputs.rows(0, 8)
+        >>> len(inputs), x.shape, labels.shape
+        (100, torch.Size([8, 1, 28, 28]), torch.Size([8]))
+    """
     cond = split.conditions(n_classes) if model.conditional else None
     dev = device if device is not None else next(model.parameters()).device
     return SplitInputs(split, cfg.data.binarization, cfg.data.binarization_seed,

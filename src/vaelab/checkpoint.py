@@ -29,9 +29,23 @@ from vaelab import __version__
 from vaelab.config import Config, ConfigError
 from vaelab.files import FileError, describe, dir_mode, swap_in
 
+__all__ = ["Run", "RunError", "load_run", "load_config", "load_checkpoint", "save_checkpoint"]
+
 
 class RunError(RuntimeError):
-    """A run folder is missing, incomplete or damaged; the message says what to do."""
+    """A run folder is missing, incomplete or damaged; the message says what to do.
+
+    Raised by everything that reads a run folder: loading its config, model or checkpoint,
+    resuming, evaluating, plotting. Nothing in the folder is changed or deleted.
+
+    Examples:
+        >>> from vaelab.checkpoint import RunError, load_run
+        >>> try:
+        ...     load_run(tmp)
+        ... except RunError as e:
+        ...     print(e)
+        /... is not a vaelab run folder (no config.json)
+    """
 
 
 CHECKPOINT_FILES = ("state.json", "model.safetensors", "state.safetensors")
@@ -68,11 +82,38 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 
 def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     info: dict[str, Any], rng: dict[str, torch.Tensor] | None = None) -> None:
-    """Atomically write the checkpoint of `model` (+ optimizer, RNG states, `info`).
+    """Write a model's weights (and optimiser state) as the checkpoint of a run folder.
 
-    The files go into a fresh temporary folder, are synced, and the folder is swapped in
-    with two renames. Any failure (a full disk, a vanished folder) removes the temporary
-    folder and raises a FileError; the previous checkpoint stays whole and loadable."""
+    The checkpoint is ``run_dir/checkpoint/``: ``model.safetensors`` (the weights),
+    ``state.safetensors`` (optimiser moments and RNG states) and ``state.json`` (`info`,
+    the optimiser's hyperparameters and the vaelab version). The files go into a fresh
+    temporary folder, are synced, and the folder is swapped in with two renames, so a crash
+    at any moment leaves either the old or the new checkpoint whole.
+
+    Args:
+        run_dir: the run folder (it must exist).
+        model: the model whose ``state_dict`` is saved.
+        optimizer: its optimiser, or None to save weights only.
+        info: JSON-able facts stored in ``state.json``; a checkpoint that
+            [load_checkpoint][vaelab.checkpoint.load_checkpoint] accepts has at least
+            ``epoch`` and ``step`` (integers) and ``image_shape`` (``[C, H, W]``).
+        rng: random-generator states by name, such as the uint8 tensors of shape (S,) that
+            ``torch.Generator.get_state()`` returns; ``load_checkpoint`` gives them back.
+
+    Raises:
+        FileError: the checkpoint could not be written (a full disk, a vanished folder);
+            the temporary folder is removed and the previous checkpoint stays whole.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> from vaelab.checkpoint import save_checkpoint
+        >>> folder = Path(tmp, "saved")
+        >>> folder.mkdir()
+        >>> save_checkpoint(folder, run.model, None, {"epoch": 1, "step": 16, "image_shape": [1, 28, 28]},
+        ...                 rng={"data": torch.Generator().manual_seed(0).get_state()})
+        >>> sorted(f.name for f in (folder / "checkpoint").iterdir())
+        ['model.safetensors', 'state.json', 'state.safetensors']
+    """
     run_dir = Path(run_dir)
     try:
         tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".checkpoint-"))
@@ -158,7 +199,35 @@ def _written_by(info: dict[str, Any]) -> str:
 
 def load_checkpoint(run_dir: str | Path, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Load weights into `model` (and state into `optimizer`); return (info, rng states)."""
+    """Load a run folder's checkpoint into a model (and its optimiser state into an optimiser).
+
+    Only tensors and JSON are read: no code from the folder is executed. The weights are
+    moved to the device of `model`.
+
+    Args:
+        run_dir: the run folder.
+        model: a model of the same architecture, e.g. built with
+            [build_model][vaelab.models.build_model] from the run's config.
+        optimizer: an optimiser over `model`'s parameters to restore, or None.
+
+    Returns:
+        ``(info, rng)``: the ``state.json`` record (``epoch``, ``step``, ``image_shape``, ...)
+        and the saved random-generator states by name (tensors such as the uint8 states of
+        shape (S,) that ``torch.Generator.get_state()`` returns).
+
+    Raises:
+        RunError: no checkpoint, a damaged file, or weights that do not fit `model`.
+
+    Examples:
+        >>> from vaelab.checkpoint import load_checkpoint, load_run
+        >>> cfg, model = load_run(run.path)
+        >>> with torch.no_grad():                      # forget the weights...
+        ...     for p in model.parameters():
+        ...         _ = p.zero_()
+        >>> info, rng = load_checkpoint(run.path, model)   # ...and read them back
+        >>> info["epoch"], info["image_shape"], all(bool(p.any()) for p in model.parameters())
+        (1, [1, 28, 28], True)
+    """
     ckpt, info, weights, tensors = read_checkpoint(run_dir)
     device = next(model.parameters()).device
     try:
@@ -190,6 +259,23 @@ def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
 
 
 def load_config(run_dir: str | Path) -> Config:
+    """The settings of a run: its ``config.json`` read and checked.
+
+    Args:
+        run_dir: the run folder.
+
+    Returns:
+        The run's [Config][vaelab.config.Config], with everything chosen from the data filled in.
+
+    Raises:
+        RunError: no such folder, no ``config.json``, or one that is damaged or invalid.
+
+    Examples:
+        >>> from vaelab.checkpoint import load_config
+        >>> cfg = load_config(run.path)
+        >>> cfg.data.dataset, cfg.model.latent_dim, cfg.model.hidden, cfg.train.epochs
+        ('mnist-sample', 2, (32,), 1)
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"run folder {run_dir} does not exist")
@@ -217,7 +303,32 @@ def load_config(run_dir: str | Path) -> Config:
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """(config, model in eval mode with its trained weights) of a run folder."""
+    """A run folder's config and its trained model, ready to use.
+
+    The model is built from ``config.json``, given the checkpoint's weights (without
+    executing code from the folder), set to eval mode and bound to the objective it was
+    trained with, so ``model(x)`` returns the per-image training terms.
+
+    Args:
+        run_dir: the run folder.
+        device: where the model goes (``"cpu"``, ``"cuda"``, ...).
+
+    Returns:
+        ``(config, model)``: the run's [Config][vaelab.config.Config] and the model, whose
+        ``encode(x)`` takes images of shape (N, C, H, W) and ``sample(n)`` draws from the prior.
+
+    Raises:
+        RunError: the folder holds no readable run, or its weights do not fit its config.
+
+    Examples:
+        >>> from vaelab.checkpoint import load_run
+        >>> cfg, model = load_run(run.path)
+        >>> cfg.model.model, model.training, model.latent_dim
+        ('vae', False, 2)
+        >>> with torch.no_grad():
+        ...     model.sample(3, generator=torch.Generator().manual_seed(0)).mean.shape
+        torch.Size([3, 1, 28, 28])
+    """
     from vaelab.models import bind_objective, build_model
 
     cfg = load_config(run_dir)
@@ -233,13 +344,32 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
 
 
 class Run:
-    """One reader of a run folder, used by training, evaluation, the figures, compare,
-    the web page and the benchmarks.
+    """The files of a run folder, read on demand: config, per-epoch metrics, checkpoint, model.
+
+    The one reader of run folders that training, evaluation, the figures, compare, the web
+    page and the benchmarks share. Nothing is read when it is made; each property or method
+    reads the folder afresh, so it sees a run that is still training. For notebooks,
+    [vaelab.Run][vaelab.api.Run] adds encoding, sampling, evaluation and figures.
 
     ``metrics.jsonl`` has one rule for damage: a line that is not a JSON object with an
     integer ``epoch`` (a torn line left by a killed process of an older version) is
     skipped; a file with lines but no good record is named as damaged. ``eval.json`` is a
-    result that `vaelab evaluate` can write again: missing or damaged, it reads as ``{}``.
+    result that ``vaelab evaluate`` can write again: missing or damaged, it reads as ``{}``.
+
+    Args:
+        path: the run folder.
+
+    Attributes:
+        path: the run folder (a ``Path``).
+
+    Examples:
+        >>> from vaelab.checkpoint import Run
+        >>> folder = Run(run.path)
+        >>> folder.checkpoint_epoch, folder.config.model.latent_dim
+        (1, 2)
+        >>> records = folder.metrics()
+        >>> len(records), records[0]["epoch"], "test_elbo" in records[0]
+        (1, 1, True)
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -250,11 +380,14 @@ class Run:
 
     @property
     def config(self) -> Config:
+        """The run's settings, from ``config.json`` (see [load_config][vaelab.checkpoint.load_config])."""
         return load_config(self.path)
 
     def metrics(self, upto: int | None = None) -> list[dict[str, Any]]:
-        """The per-epoch records, in order; with `upto`, those of epochs 1..upto only (a
-        line written for a later epoch by a run killed before its checkpoint landed)."""
+        """The per-epoch records of ``metrics.jsonl``, in order: dicts with ``epoch``, ``step``,
+        ``lr``, the training and test terms (``train_loss``, ``test_elbo``, ...), ``seconds``.
+        With `upto`, only those of epochs 1..upto (leaving out a line written for a later epoch
+        by a run killed before its checkpoint landed). [] when there is no file yet."""
         path = self.path / "metrics.jsonl"
         try:
             lines = path.read_text(errors="replace").splitlines()
@@ -296,5 +429,5 @@ class Run:
         return None
 
     def model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
-        """The trained model, in eval mode."""
+        """The trained model on `device`, in eval mode (as [load_run][vaelab.checkpoint.load_run] gives it)."""
         return load_run(self.path, device)[1]

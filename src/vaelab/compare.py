@@ -32,18 +32,58 @@ import torch
 from vaelab.checkpoint import Run, RunError
 from vaelab.files import atomic_write, ensure_dir, write_json
 
+__all__ = ["compare", "Variant", "parse_variant"]
+
 METRICS = ("test_elbo", "nll", "gap", "fd", "epochs", "train_seconds")
 LOWER_IS_BETTER = {"nll": True, "gap": True, "fd": True, "test_elbo": False}
 
 
 @dataclass(frozen=True)
 class Variant:
+    """One variant of a comparison: a name and the ``vaelab train`` flags that make it.
+
+    Usually made from text by [parse_variant][vaelab.compare.parse_variant]. Its runs live in
+    ``OUT/NAME/seed-S``.
+
+    Attributes:
+        name: the variant's name (letters, digits, ``-``, ``_``, ``.``), also its folder's.
+        flags: ``vaelab train`` flags, one string each, added after the comparison's base flags.
+
+    Examples:
+        >>> from vaelab.compare import Variant
+        >>> v = Variant("wide", ("--hidden", "512,256"))
+        >>> v.name, " ".join(v.flags)
+        ('wide', '--hidden 512,256')
+    """
+
     name: str
     flags: tuple[str, ...]
 
 
 def parse_variant(spec: str) -> Variant:
-    """'NAME=--flag value ...' -> Variant; a ValueError names what is wrong."""
+    """A variant from its text, as ``vaelab compare`` takes it: ``NAME="--flag value ..."``.
+
+    The flags are split as a shell would split them. Flags that compare sets itself for
+    every run (``--out``, ``--seed``, ``--epochs``, ``--resume``, ``--overwrite``) are refused.
+
+    Args:
+        spec: ``NAME=FLAGS``, NAME of letters, digits, ``-``, ``_`` and ``.``.
+
+    Returns:
+        The [Variant][vaelab.compare.Variant].
+
+    Raises:
+        ValueError: a malformed spec or a reserved flag; the message names what is wrong.
+
+    Examples:
+        >>> from vaelab.compare import parse_variant
+        >>> parse_variant("beta4=--beta 4 --kl-warmup 2")
+        Variant(name='beta4', flags=('--beta', '4', '--kl-warmup', '2'))
+        >>> parse_variant("long=--epochs 50")
+        Traceback (most recent call last):
+        ...
+        ValueError: variant long: --epochs is set by compare, leave it out
+    """
     name, sep, flags = spec.partition("=")
     name = name.strip()
     if not sep or not name or not all(ch.isalnum() or ch in "-_." for ch in name):
@@ -165,6 +205,7 @@ def summarise(rows: list[dict[str, Any]], variants: list[Variant]) -> list[dict[
 
 
 def markdown(table: list[dict[str, Any]], header: str) -> str:
+    """The summary table as Markdown (compare.md): `header`, one row per variant, a legend."""
     shown = [m for m in METRICS if any(m in t for t in table)]
     columns = ["variant", "flags", "seeds", *shown]
     lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -235,8 +276,54 @@ def sample_figure(rows: list[dict[str, Any]], variants: list[Variant], title: st
 def compare(variants: list[Variant], out: str | Path, seeds: tuple[int, ...] = (0, 1, 2), epochs: int | None = None,
             minutes: float | None = None, base: tuple[str, ...] = (), k: int | None = None, n: int | None = None,
             metrics: tuple[str, ...] = ("nll",), log=print) -> dict[str, Any]:
-    """Run every variant x seed (resuming what an earlier call did), then write the table and
-    figure into `out`; returns the summary."""
+    """Train and evaluate every variant with every seed, then tabulate mean +- std over seeds.
+
+    What ``vaelab compare`` does. Each run is ``vaelab train`` (then ``vaelab evaluate``) in
+    a process of its own, so a crash or a divergence in one run is recorded in its row and
+    the others go on. The runs live in ``out/NAME/seed-S``; calling again with the same
+    arguments resumes: finished runs are kept and interrupted ones continue from their
+    checkpoints. Into `out` go ``compare.md``, ``compare.csv`` and ``compare.json`` (the
+    table), ``compare.png`` (each metric per variant) and ``samples.png`` (prior samples
+    side by side).
+
+    Give exactly one budget: `epochs` (equal epochs) or `minutes` (equal training time: the
+    first epochs of each run set how many epochs fit in the budget).
+
+    Args:
+        variants: the variants, with distinct names (see [parse_variant][vaelab.compare.parse_variant]).
+        out: the comparison's folder (not a run folder).
+        seeds: the seeds each variant is trained with.
+        epochs: epochs per run.
+        minutes: training minutes per run.
+        base: ``vaelab train`` flags every variant shares, e.g. ``("--dataset", "mnist")``.
+        k: importance samples for the ``nll`` metric (None: evaluate's default).
+        n: test images to evaluate on (None: all).
+        metrics: what ``vaelab evaluate`` measures for each run: ``"nll"``, ``"fd"``; the test
+            ELBO, epochs and training time come from training and are always in the table.
+        log: called with each line of progress (``print`` by default).
+
+    Returns:
+        The summary written to ``compare.json``: ``"rows"`` (one dict per run: variant, seed,
+        run folder, metrics, or ``"error"``), ``"table"`` (per variant: each metric's
+        ``{"mean", "std", "n"}``, ``"seeds"`` finished and ``"failed"``), and the settings.
+
+    Raises:
+        ValueError: no budget or both, repeated variant names, or `out` holds a training run.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> from vaelab.compare import compare, parse_variant
+        >>> result = compare([parse_variant("small=--latent-dim 2 --hidden 16")], tmp + "/cmp", seeds=(0,),
+        ...                  epochs=1, base=("--dataset", "mnist-sample"), metrics=())
+        small seed 0: training to 1 epochs
+        >>> row = result["table"][0]
+        >>> row["variant"], row["seeds"], row["epochs"]
+        ('small', 1, {'mean': 1.0, 'std': 0.0, 'n': 1})
+        >>> [m for m in row if isinstance(row[m], dict)]      # the metrics measured
+        ['test_elbo', 'epochs', 'train_seconds']
+        >>> sorted(p.name for p in Path(tmp, "cmp").iterdir())
+        ['compare.csv', 'compare.json', 'compare.md', 'compare.png', 'samples.png', 'small']
+    """
     from vaelab.plots import save_figure
 
     if (epochs is None) == (minutes is None):

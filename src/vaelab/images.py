@@ -48,6 +48,9 @@ from vaelab.data import DATASETS, DataError, Dataset, ImageFile, Split, attach_c
 from vaelab.files import FileError, atomic_write, describe, dir_mode, swap_in
 from vaelab.runtime import progress_bar, progress_lines
 
+__all__ = ["load_folder", "load_array", "load_configured", "Transform", "file_names", "decode", "from_pil", "scan",
+           "image_extensions"]
+
 CACHE_VERSION = 1
 _GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -55,7 +58,27 @@ _SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
 @dataclass(frozen=True)
 class Transform:
-    """How every image is brought to one shape. `size` (H, W) or None; `channels` 1, 3 or 0 (auto)."""
+    """How every image of a folder or array file is brought to one shape, and how the split is made.
+
+    Each image's shorter side is resized to fit `size` and the centre cropped; transparent
+    pixels are laid on `background`; the result is grey or RGB. Part of the cache's key: each
+    transform of a source has its own cache.
+
+    Attributes:
+        size: (H, W) to resize and centre-crop to, or None to keep the images' own size (then
+            all must have the same).
+        channels: 1 (grey), 3 (RGB) or 0 (grey when every image is grey, else RGB).
+        background: The colour transparent pixels are laid on: ``"white"``, ``"black"``,
+            ``"grey"`` or ``"#rrggbb"``.
+        test_fraction: The share of the images held out for the test split, in [0, 1) (when
+            the source does not give the splits itself).
+
+    Examples:
+        >>> from vaelab.images import Transform
+        >>> t = Transform(size=(32, 32), channels=3, background="white", test_fraction=0.1)
+        >>> t.to_json()
+        {'size': [32, 32], 'channels': 3, 'background': 'white', 'test_fraction': 0.1}
+    """
 
     size: tuple[int, int] | None
     channels: int
@@ -63,12 +86,22 @@ class Transform:
     test_fraction: float
 
     def to_json(self) -> dict[str, Any]:
+        """The transform as a JSON-ready dict (as the cache's manifest records it)."""
         return {"size": list(self.size) if self.size else None, "channels": self.channels,
                 "background": self.background, "test_fraction": self.test_fraction}
 
 
 def image_extensions() -> set[str]:
-    """File extensions Pillow can open here (lower case, with the dot)."""
+    """The file extensions of the images a folder may hold: those Pillow can open here.
+
+    Returns:
+        Lower-case extensions with the dot, e.g. ``".png"``.
+
+    Examples:
+        >>> from vaelab.images import image_extensions
+        >>> {".png", ".jpg", ".gif"} <= image_extensions(), ".txt" in image_extensions()
+        (True, False)
+    """
     from PIL import Image
 
     Image.init()
@@ -116,7 +149,32 @@ def _resize_crop(im, size: tuple[int, int]):
 
 def decode(path: str | Path, size: tuple[int, int] | None, channels: int,
            background: tuple[int, int, int]) -> np.ndarray:
-    """One image file -> uint8 (C, H, W); the first frame of animations and multi-page files."""
+    """Read one image file as a uint8 array (C, H, W), as a folder's cache stores it.
+
+    The first frame of animations and multi-page files; EXIF orientation applied, converted
+    to grey or RGB, resized and centre-cropped as in :func:`from_pil`. JPEGs are decoded at a
+    reduced scale when that still covers `size` (faster).
+
+    Args:
+        path: The image file, in any format Pillow reads.
+        size: (H, W) to resize and centre-crop to, or None for the image's own size.
+        channels: 1 (grey) or 3 (RGB).
+        background: The (r, g, b) colour, 0..255, that transparent pixels are laid on.
+
+    Returns:
+        uint8 array (C, H, W) with pixels 0..255.
+
+    Examples:
+        >>> from PIL import Image
+        >>> from vaelab.images import decode
+        >>> Image.new("RGB", (40, 30), (255, 0, 0)).save(tmp + "/red.png")   # 40 wide, 30 high
+        >>> x = decode(tmp + "/red.png", None, 3, (0, 0, 0))
+        >>> x.shape, x.dtype, x[:, 0, 0].tolist()
+        ((3, 30, 40), dtype('uint8'), [255, 0, 0])
+        >>> grey = decode(tmp + "/red.png", (16, 16), 1, (0, 0, 0))
+        >>> grey.shape, int(grey[0, 0, 0])                                # luma of pure red
+        ((1, 16, 16), 76)
+    """
     from PIL import Image
 
     with Image.open(path) as im:
@@ -129,8 +187,30 @@ def decode(path: str | Path, size: tuple[int, int] | None, channels: int,
 
 
 def from_pil(im, size: tuple[int, int] | None, channels: int, background: tuple[int, int, int]) -> np.ndarray:
-    """An opened Pillow image -> uint8 (C, H, W): EXIF orientation applied, converted to grey
-    or RGB (transparency composited on `background`), resized to cover `size` and centre-cropped."""
+    """Turn an opened Pillow image into a uint8 array (C, H, W), as the cache stores images.
+
+    EXIF orientation applied, converted to grey or RGB (transparency composited on
+    `background`), resized so that it covers `size` and centre-cropped.
+
+    Args:
+        im: A ``PIL.Image.Image`` in any mode.
+        size: (H, W) to resize and centre-crop to, or None for the image's own size.
+        channels: 1 (grey) or 3 (RGB).
+        background: The (r, g, b) colour, 0..255, that transparent pixels are laid on.
+
+    Returns:
+        uint8 array (C, H, W) with pixels 0..255.
+
+    Examples:
+        >>> from PIL import Image
+        >>> from vaelab.images import from_pil
+        >>> clear = Image.new("RGBA", (8, 6), (0, 0, 0, 0))           # fully transparent, 8 wide
+        >>> x = from_pil(clear, None, 3, (255, 255, 255))
+        >>> x.shape, x[:, 0, 0].tolist()                               # laid on white
+        ((3, 6, 8), [255, 255, 255])
+        >>> from_pil(clear, (4, 4), 1, (255, 255, 255)).shape
+        (1, 4, 4)
+    """
     if _rotated(im):  # camera photos: apply the EXIF orientation, as image viewers do
         from PIL import ImageOps
 
@@ -250,11 +330,41 @@ def shown(name: str) -> str:
 
 
 def scan(root: Path) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]]]:
-    """Image files below `root` as sorted (relative path, size, mtime_ns), hidden entries
-    skipped; and the entries with an image's name that cannot be read as one (a FIFO, a
-    device, a broken link, a name that is not UTF-8, an entry that cannot be stat'ed) as
-    (printable relative path, why), never opened (a FIFO would block a reader for good).
-    Plain strings, not pathlib: listing 50,000 files must take a fraction of a second."""
+    """List the image files below a folder, and the entries with an image's name that cannot be read.
+
+    Files are found by extension (:func:`image_extensions`); hidden entries (names starting
+    with ``.``) are skipped. Entries that cannot be read as an image file (a FIFO, a device, a
+    broken link, a name that is not UTF-8, an entry that cannot be stat'ed) are reported,
+    never opened (a FIFO would block a reader for good). Plain strings, not pathlib: listing
+    50,000 files must take a fraction of a second.
+
+    Args:
+        root: The folder.
+
+    Returns:
+        (files, unreadable): files as sorted (relative path, size in bytes, mtime in ns),
+        paths with ``/``; unreadable entries as sorted (printable relative path, why).
+
+    Raises:
+        vaelab.data.DataError: A folder cannot be listed.
+
+    Examples:
+        >>> import os
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from vaelab.images import scan
+        >>> for name in ("cats/a.png", "dogs/b.png", ".hidden.png"):
+        ...     Path(tmp, "scanned", name).parent.mkdir(parents=True, exist_ok=True)
+        ...     Image.new("L", (4, 4)).save(Path(tmp, "scanned", name))
+        >>> Path(tmp, "scanned", "notes.txt").write_text("not an image")
+        12
+        >>> os.symlink("nowhere.png", Path(tmp, "scanned", "dogs", "gone.png"))   # a broken link
+        >>> files, unreadable = scan(Path(tmp, "scanned"))
+        >>> [f[0] for f in files]
+        ['cats/a.png', 'dogs/b.png']
+        >>> unreadable
+        [('dogs/gone.png', 'not a regular file (a FIFO, a device or a broken link)')]
+    """
     exts = image_extensions()
     found, unreadable = [], []
     stack = [(str(root), "")]
@@ -503,8 +613,35 @@ def _dataset_from_cache(folder: Path, m: dict[str, Any]) -> Dataset:
 
 
 def file_names(data: Dataset, split: str) -> list[str] | None:
-    """The file of each row of an image folder's split (paths relative to the folder), read
-    from its cache's manifest; None for named datasets and arrays."""
+    """The file each image of a folder's split came from, in the split's row order.
+
+    Read from the cache's manifest: row i of ``data.train.images`` came from
+    ``file_names(data, "train")[i]``.
+
+    Args:
+        data: A dataset, e.g. from :func:`load_folder`.
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        Paths relative to the folder, one per row; None for named datasets and array files.
+
+    Raises:
+        vaelab.data.DataError: The cache's manifest is missing or damaged.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from vaelab.data import load_dataset
+        >>> from vaelab.images import Transform, file_names, load_folder
+        >>> for name in ["a.png", "b.png", "c.png", "d.png"]:
+        ...     Path(tmp, "flat").mkdir(exist_ok=True)
+        ...     Image.new("L", (8, 8)).save(Path(tmp, "flat", name))
+        >>> data = load_folder(tmp + "/flat", Transform(None, 0, "black", 0.5), progress=False)
+        >>> sorted(file_names(data, "train") + file_names(data, "test"))
+        ['a.png', 'b.png', 'c.png', 'd.png']
+        >>> print(file_names(load_dataset("mnist-sample"), "train"))
+        None
+    """
     if not data.cache:
         return None
     manifest = _read_manifest(Path(data.cache))
@@ -530,7 +667,46 @@ def _reusable_rows(old: dict[str, Any] | None, spec: dict[str, Any], shape: tupl
 
 
 def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, progress: bool = True) -> Dataset:
-    """The images below `root` as a Dataset backed by the on-disk cache (built or refreshed here)."""
+    """Load a folder of images as a Dataset, through a uint8 cache on disk built once.
+
+    ``train/`` and ``test/`` subfolders define the splits; otherwise each file goes to the
+    test split when a stable hash of its relative path falls below ``test_fraction``. Images
+    in class folders (``cats/a.png``) get the folder name as their label; a flat folder is
+    unlabelled. The cache in ``$XDG_CACHE_HOME/vaelab/images/`` is built here, reused while
+    the files and the transform are unchanged, and otherwise refreshed, decoding only the
+    files that are new or changed.
+
+    Args:
+        root: The folder.
+        transform: How every image is brought to one shape and how the split is made.
+        skip_bad: Leave out files that cannot be decoded (listed in ``Dataset.skipped``)
+            instead of stopping.
+        progress: Show progress bars for large folders.
+
+    Returns:
+        A ``vaelab.data.Dataset`` whose splits hold uint8 images (N, C, H, W) read on demand
+        from the cache; labels (N,), -1 when unlabelled.
+
+    Raises:
+        vaelab.data.DataError: The folder is missing, holds no images, holds an unreadable
+            image (without `skip_bad`), images of different sizes without ``transform.size``,
+            or a split would be empty.
+        vaelab.files.FileError: The cache cannot be written.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from vaelab.images import Transform, load_folder
+        >>> for i, name in enumerate(["cats/a.png", "cats/b.png", "cats/c.png", "dogs/a.png", "dogs/b.png"]):
+        ...     Path(tmp, "pets", name).parent.mkdir(parents=True, exist_ok=True)
+        ...     Image.new("L", (12, 10), 50 * i).save(Path(tmp, "pets", name))
+        >>> t = Transform(size=(8, 8), channels=1, background="black", test_fraction=0.5)
+        >>> data = load_folder(tmp + "/pets", t, progress=False)
+        >>> data.classes, data.image_shape, len(data.train) + len(data.test)
+        (('cats', 'dogs'), (1, 8, 8), 5)
+        >>> data.train.to("cpu").images.dtype
+        torch.uint8
+    """
     root = Path(root).resolve()
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
@@ -705,7 +881,37 @@ def _array_classes(path: Path, labels: dict, sizes: dict[str, int], classes: tup
 
 
 def load_array(path: str | Path, transform: Transform, progress: bool = True) -> Dataset:
-    """Images from an .npy/.npz file as a Dataset backed by the on-disk cache."""
+    """Load images from an .npy or .npz array file as a Dataset, through a uint8 cache on disk.
+
+    ``.npy``: images only. ``.npz``: ``images`` [+ ``labels``], optionally with ``train`` and
+    ``test`` masks or index arrays over them; or ``train`` and ``test`` image arrays
+    [+ ``train_labels`` and ``test_labels``]; and optionally ``classes`` (names). Without
+    given splits, each image goes to the test split by a stable hash of its index.
+
+    Args:
+        path: The ``.npy`` or ``.npz`` file, read with ``allow_pickle=False``. Images are
+            uint8 or float in [0, 1], as (N, H, W), (N, H, W, C) or (N, C, H, W).
+        transform: How every image is brought to one shape and how the split is made.
+        progress: Show a progress bar for large files.
+
+    Returns:
+        A ``vaelab.data.Dataset`` whose splits hold uint8 images (N, C, H, W) read on demand
+        from the cache.
+
+    Raises:
+        vaelab.data.DataError: The file is missing or unreadable, or its arrays do not fit
+            together (the message says how).
+        vaelab.files.FileError: The cache cannot be written.
+
+    Examples:
+        >>> import numpy as np
+        >>> from vaelab.images import Transform, load_array
+        >>> images = np.random.default_rng(0).integers(0, 256, (20, 28, 28), dtype=np.uint8)   # (N, H, W)
+        >>> np.savez(tmp + "/digits.npz", images=images, labels=np.arange(20) % 2)
+        >>> data = load_array(tmp + "/digits.npz", Transform(None, 0, "black", 0.25), progress=False)
+        >>> data.image_shape, data.classes, len(data.train) + len(data.test)
+        ((1, 28, 28), ('0', '1'), 20)
+    """
     path = Path(path).resolve()
     if not path.is_file():
         raise DataError(f"{path} does not exist")
@@ -773,8 +979,35 @@ def is_path(dataset: str) -> bool:
 
 
 def load_configured(d: DataConfig, progress: bool = True) -> Dataset:
-    """The dataset a config's data section names (a named dataset, a folder or an array
-    file), with its custom conditions if it has any."""
+    """Load the dataset a config's data section names: a named dataset, an image folder or an array file.
+
+    The data layer's one entry point, as training and evaluation read data: folders and
+    array files go through :func:`load_folder` and :func:`load_array` with the section's
+    image size, channels, background and test fraction; named datasets are resized when
+    the section asks. The section's conditions file, if any, is attached.
+
+    Args:
+        d: The ``data`` section of a config (``vaelab.config.DataConfig``), e.g.
+            ``run.config.data``.
+        progress: Show progress bars while a cache is built.
+
+    Returns:
+        A ``vaelab.data.Dataset``; images (N, C, H, W) uint8.
+
+    Raises:
+        vaelab.data.DataError: No such named dataset, file or folder, or it cannot be read.
+
+    Examples:
+        >>> from vaelab.config import DataConfig
+        >>> from vaelab.images import load_configured
+        >>> data = load_configured(DataConfig(dataset="mnist-sample"))
+        >>> data.name, data.image_shape, len(data.train)
+        ('mnist-sample', (1, 28, 28), 2000)
+        >>> load_configured(DataConfig(dataset="mnist-smaple"))
+        Traceback (most recent call last):
+        ...
+        vaelab.data.DataError: unknown dataset 'mnist-smaple': not a named dataset (...) and no such file or folder
+    """
     if is_path(d.dataset):
         t = Transform(tuple(d.image_size) if d.image_size else None, d.channels, d.background, d.test_fraction)
         path = Path(d.dataset).expanduser()

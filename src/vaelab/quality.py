@@ -28,13 +28,33 @@ from vaelab.data import Dataset, cache_dir, read_rows
 from vaelab.files import atomic_path, ensure_dir, write_json
 from vaelab.runtime import progress_bar
 
+__all__ = ["frechet_distance", "FeatureNet", "classifier", "features"]
+
 CLASSIFIER_VERSION = 1
 FEATURES = 128
 
 
 class FeatureNet(nn.Module):
-    """Three conv levels (32, 64, 128 channels; stride 2 between), global average pooling:
-    (B, C, H, W) of any size -> (B, 128) features; `head` maps them to class logits."""
+    """The small convolutional classifier whose features the Fréchet distance compares.
+
+    Three conv levels (32, 64, 128 channels; stride 2 between) and global average pooling
+    turn images (B, C, H, W) of any size into (B, 128) features (``net.features``); the
+    linear ``net.head`` maps them to class logits. :func:`classifier` trains and caches one
+    per dataset.
+
+    Args:
+        channels: The images' channels C (1 grey, 3 RGB).
+        n_classes: The number of classes K the head predicts.
+
+    Examples:
+        >>> from vaelab.quality import FeatureNet
+        >>> net = FeatureNet(channels=1, n_classes=10)
+        >>> x = torch.rand(2, 1, 28, 28)
+        >>> net(x).shape, net.features(x).shape
+        (torch.Size([2, 10]), torch.Size([2, 128]))
+        >>> net(torch.rand(2, 1, 12, 20)).shape                # any image size
+        torch.Size([2, 10])
+    """
 
     def __init__(self, channels: int, n_classes: int) -> None:
         super().__init__()
@@ -49,15 +69,33 @@ class FeatureNet(nn.Module):
         self.head = nn.Linear(FEATURES, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, K) of float images x (B, C, H, W) in [0, 1]."""
         return self.head(self.features(x))
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """FD between Gaussian fits of feature sets a (N, F) and b (M, F), in float64.
+    """The Fréchet distance between Gaussian fits of two sets of features; 0 for equal statistics.
 
-    tr((S_a S_b)^1/2) is computed as the sum of square roots of the eigenvalues of the
-    symmetric PSD matrix S_a^1/2 S_b S_a^1/2 (same spectrum as S_a S_b), so no
-    non-symmetric matrix square root is needed."""
+    FD = |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), computed in float64.
+    tr((S_a S_b)^1/2) is the sum of square roots of the eigenvalues of the symmetric PSD
+    matrix S_a^1/2 S_b S_a^1/2 (same spectrum as S_a S_b), so no non-symmetric matrix
+    square root is needed.
+
+    Args:
+        a: Features (N, F) of one set, e.g. of test images (:func:`features`).
+        b: Features (M, F) of the other, e.g. of generated images; M may differ from N.
+
+    Returns:
+        The distance, a float >= 0 (up to rounding).
+
+    Examples:
+        >>> from vaelab.quality import frechet_distance
+        >>> a = torch.randn(500, 4, generator=torch.Generator().manual_seed(0))
+        >>> round(frechet_distance(a, a), 6)
+        0.0
+        >>> round(frechet_distance(a, a + 1), 2)      # means 1 apart in each of 4 dimensions
+        4.0
+    """
     a, b = a.double(), b.double()
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
@@ -77,10 +115,43 @@ def _key(data: Dataset, binarization: str, steps: int) -> str:
 
 def classifier(data: Dataset, binarization: str, device: torch.device, steps: int = 2000, seed: int = 0,
                progress: bool = True) -> tuple[FeatureNet, dict[str, Any]]:
-    """The feature classifier for `data` as models see it (binarised like the run, or grey
-    levels): `steps` Adam steps on batches of 128 training images (about 4 epochs of
-    MNIST), trained once and cached in $XDG_CACHE_HOME/vaelab/classifiers/<key>/ (weights
-    as safetensors: loading runs no code) with its test accuracy."""
+    """The feature classifier of a dataset, trained once and then loaded from the cache.
+
+    It sees `data` as models do (binarised like the run, or grey levels): `steps` Adam steps
+    on batches of 128 training images (2000: about 4 epochs of MNIST), trained once and
+    cached in ``$XDG_CACHE_HOME/vaelab/classifiers/<key>/`` (weights as safetensors: loading
+    runs no code) with its test accuracy. The key covers the dataset, image size,
+    binarisation and `steps`.
+
+    Args:
+        data: A labelled dataset; images (N, C, H, W) uint8.
+        binarization: ``"dynamic"``, ``"fixed"`` or ``"none"`` (grey levels), as the run's data.
+        device: Where to train and put the network.
+        steps: Adam steps of training.
+        seed: The seed of the initial weights, the batch order and the binarisation noise.
+        progress: Whether to show a progress bar while training.
+
+    Returns:
+        (the trained :class:`FeatureNet` on `device` in eval mode, a dict with its
+        ``test_accuracy`` and how it was trained).
+
+    Raises:
+        vaelab.data.DataError: The dataset is unlabelled.
+
+    Examples:
+        >>> from vaelab.data import Dataset, Split
+        >>> from vaelab.quality import classifier
+        >>> labels = torch.arange(32) % 2                   # dark and light 8x8 images
+        >>> images = (labels.view(-1, 1, 1, 1) * 200 + torch.randint(0, 50, (32, 1, 8, 8))).to(torch.uint8)
+        >>> data = Dataset("toy", Split(images[:24], labels[:24]), Split(images[24:], labels[24:]),
+        ...                ("dark", "light"), source="toy", fingerprint="toy")
+        >>> net, info = classifier(data, "none", torch.device("cpu"), steps=3, progress=False)
+        >>> again, info_again = classifier(data, "none", torch.device("cpu"), steps=3)   # from the cache
+        >>> type(net).__name__, sorted(info)
+        ('FeatureNet', ['binarization', 'dataset', 'features', 'seed', 'steps', 'test_accuracy', 'version'])
+        >>> 0 <= info["test_accuracy"] <= 1, info_again == info
+        (True, True)
+    """
     from safetensors.torch import load_file, save_file
 
     data.require_labels("the Fréchet distance (its feature classifier learns the labels)")
@@ -131,7 +202,25 @@ def classifier(data: Dataset, binarization: str, device: torch.device, steps: in
 
 @torch.no_grad()
 def features(net: FeatureNet, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    """Penultimate-layer features (N, 128) of images (N, C, H, W) in [0, 1]."""
+    """The classifier's penultimate-layer features of images: what the Fréchet distance compares.
+
+    Args:
+        net: A :class:`FeatureNet`, e.g. from :func:`classifier`.
+        images: Float images (N, C, H, W) in [0, 1], on the network's device.
+        batch: Images per forward pass.
+
+    Returns:
+        Features (N, 128), on the CPU.
+
+    Examples:
+        >>> from vaelab.quality import FeatureNet, features, frechet_distance
+        >>> net = FeatureNet(channels=1, n_classes=10).eval()
+        >>> f = features(net, torch.rand(20, 1, 28, 28), batch=8)      # in 3 passes
+        >>> f.shape
+        torch.Size([20, 128])
+        >>> frechet_distance(f, features(net, torch.rand(20, 1, 28, 28))) >= 0
+        True
+    """
     return torch.cat([net.features(images[i : i + batch]) for i in range(0, len(images), batch)]).cpu()
 
 

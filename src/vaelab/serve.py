@@ -1,11 +1,11 @@
 """A web page to explore a trained model: ``vaelab serve RUN_DIR``.
 
-Two layers. :class:`Session` holds the model and its test images and answers questions
+Two layers. `Session` holds the model and its test images and answers questions
 in plain Python (decode these codes, encode this image, add this noise, ...), validating
-every input and raising :class:`BadRequest` with a message for anything wrong.
-:func:`make_app` puts it behind a small Starlette app: JSON in, JSON out (images as PNG
+every input and raising `BadRequest` with a message for anything wrong.
+`make_app` puts it behind a small Starlette app: JSON in, JSON out (images as PNG
 data URLs), the page itself from ``vaelab/_web`` (plain HTML/JS/CSS, no CDN). Decode
-requests that arrive together are run as one batch (:class:`DecodeBatcher`), so moving
+requests that arrive together are run as one batch (`DecodeBatcher`), so moving
 the mouse over the map stays responsive while other requests are served.
 
 The test images' scores (``vaelab.scores``: log p(x), ELBO, KL, LLR>k, reconstruction
@@ -49,6 +49,8 @@ from vaelab.scores import (
     score_batch,
 )
 
+__all__ = ["serve", "make_app", "Session", "BadRequest"]
+
 WEB = Path(__file__).parent / "_web"
 NOISE_KINDS = ("uniform", "salt-pepper", "gaussian")
 MAX_BODY = 8 << 20  # bytes of one request: an uploaded photo fits, a flood does not
@@ -60,12 +62,31 @@ SCORE_LABELS = {"elbo": "ELBO", "log_px": "log p(x)", "bits_per_dim": "bits/dim"
 
 
 class BadRequest(ValueError):
-    """A request the session cannot answer; the message says why (HTTP `status`)."""
+    """A request the session cannot answer; the message says why.
+
+    Every [Session][vaelab.serve.Session] method raises it for input it cannot use (a code of
+    the wrong length, an unknown score, a number out of range, an unreadable image); the app
+    of [make_app][vaelab.serve.make_app] answers it as JSON ``{"error": message}``.
+
+    Attributes:
+        status: the HTTP status the app answers with (400).
+
+    Examples:
+        >>> from vaelab.serve import BadRequest, Session
+        >>> session = Session.from_run(run.path, n=100)
+        >>> try:
+        ...     session.prior({"n": 0})
+        ... except BadRequest as e:
+        ...     print(e.status, e)
+        400 n must be in [1, 256], got 0
+    """
 
     status = 400
 
 
 class TooLarge(BadRequest):
+    """A request body over MAX_BODY bytes (HTTP 413)."""
+
     status = 413
 
 
@@ -165,11 +186,34 @@ def read_data_url(value: Any, size: tuple[int, int], channels: int, background: 
 
 
 class Session:
-    """A trained model with its test images, answering the page's questions.
+    """A trained model with its test images, answering the explorer page's questions.
 
-    Every method takes JSON-like values (as parsed from a request) and returns a
-    JSON-able dict; invalid input raises :class:`BadRequest`. Model calls hold a lock:
-    one at a time, so concurrent requests never oversubscribe the CPU.
+    The page's whole logic in plain Python, without a web server: every method takes
+    JSON-like values (a dict, as parsed from a request) and returns a JSON-able dict, with
+    images as PNG data URLs (``"data:image/png;base64,..."``) and codes as lists of D
+    numbers. Invalid input raises [BadRequest][vaelab.serve.BadRequest]. Model calls hold a
+    lock, one at a time, so concurrent requests never oversubscribe the CPU.
+
+    Args:
+        ex: the run's [Explorer][vaelab.explore.Explorer] (its model, test images, config).
+        n_gallery: how many test images the gallery shows.
+
+    Examples:
+        >>> from vaelab.serve import Session
+        >>> session = Session.from_run(run.path, n=100)
+        >>> info = session.info()
+        >>> info["latent_dim"], info["n_test"], info["image_shape"]
+        (2, 100, [1, 28, 28])
+        >>> images = session.decode({"z": [[0.0, 0.0], [1.0, -1.0]]})["images"]
+        >>> len(images), images[0][:22]
+        (2, 'data:image/png;base64,')
+        >>> code = session.encode({"index": 3})
+        >>> len(code["mean"]), len(code["std"]), code["recon"][:22]
+        (2, 2, 'data:image/png;base64,')
+        >>> session.decode({"z": [0.5]})
+        Traceback (most recent call last):
+        ...
+        vaelab.serve.BadRequest: z must hold codes of 2 numbers (the latent size), got 1
     """
 
     def __init__(self, ex: Explorer, n_gallery: int = 24) -> None:
@@ -198,6 +242,7 @@ class Session:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, n: int = 2000, device: str = "cpu") -> Session:
+        """The session of a run folder, with its first `n` test images, the model on `device`."""
         return cls(Explorer.from_run(run_dir, n=n, device=device))
 
     # -- conditions ---------------------------------------------------------
@@ -217,6 +262,8 @@ class Session:
     # -- what the page shows --------------------------------------------------
 
     def info(self) -> dict[str, Any]:
+        """What the page needs to know first: the run, model, image shape, latent size, classes,
+        whether it is conditional, the noise kinds and the scores it can rank by."""
         cfg = self.ex.cfg
         return {"run": self.ex.run_dir.name if self.ex.run_dir else "", "model": cfg.model.model,
                 "net": cfg.model.net, "likelihood": cfg.model.likelihood, "dataset": Path(cfg.data.dataset).name,
@@ -282,7 +329,10 @@ class Session:
 
     @torch.no_grad()
     def decode_many(self, requests: list[tuple[torch.Tensor, torch.Tensor | None]]) -> list[list[str]]:
-        """Decoder means of several requests' codes in one batch: one list of images per request."""
+        """Decoder means of several requests' codes in one batch: one list of images per request.
+
+        Each request is ``(z, c)``: codes of shape (N, D) and conditions of shape (N, K), or
+        None for an unconditional model; the result holds N PNG data URLs per request."""
         z = torch.cat([r[0] for r in requests]).to(self.ex.x.device)
         c = None if not self.conditional else torch.cat([r[1] for r in requests])
         with self.lock:
@@ -295,10 +345,14 @@ class Session:
         return out
 
     def decode_request(self, body: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The codes of a decode request (``"z"``: one code or a list of codes, ``"class"``
+        optional) checked and turned into tensors: codes of shape (N, D) and conditions of
+        shape (N, K), or None for an unconditional model."""
         z = _codes(body.get("z"), self.dim)
         return z, self._conditions(body.get("class"), len(z))
 
     def decode(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Decoder means of codes: ``{"z": [...], "class": k}`` -> ``{"images": [data URL, ...]}``."""
         return {"images": self.decode_many([self.decode_request(body)])[0]}
 
     def _image(self, body: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
@@ -612,7 +666,35 @@ async def body_of(request) -> dict[str, Any]:
 
 
 def make_app(session: Session):
-    """The Starlette app serving the page and its JSON API for `session`."""
+    """The web app of the explorer page for a session: the page and its JSON API.
+
+    A Starlette app (the ``serve`` extra: ``pip install "vaelab[serve]"``) that any ASGI
+    server can run; [serve][vaelab.serve.serve] runs it with uvicorn. ``GET /`` is the page;
+    the API answers JSON: ``GET /api/info``, ``/api/map?dims=``, ``/api/gallery``,
+    ``/api/ranking?score=&n=``, and ``POST /api/decode``, ``/api/encode``,
+    ``/api/interpolate``, ``/api/noise``, ``/api/classes``, ``/api/prior``, ``/api/score``,
+    each the [Session][vaelab.serve.Session] method of that name. A bad request is answered
+    with status 400 (413 for a body over 8 MiB) and ``{"error": message}``. Decode requests
+    that arrive together are decoded as one batch.
+
+    Args:
+        session: the session whose model the app serves.
+
+    Returns:
+        The Starlette app.
+
+    Examples:
+        >>> from starlette.testclient import TestClient
+        >>> from vaelab.serve import Session, make_app
+        >>> app = make_app(Session.from_run(run.path, n=100))
+        >>> with TestClient(app) as client:
+        ...     ok = client.post("/api/decode", json={"z": [[0.0, 0.0], [0.5, 0.5]]})
+        ...     bad = client.get("/api/map", params={"dims": "0,5"})
+        >>> ok.status_code, len(ok.json()["images"])
+        (200, 2)
+        >>> bad.status_code, bad.json()["error"]
+        (400, 'dims must be two different dimensions in [0, 1], got 0,5')
+    """
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -672,6 +754,7 @@ def make_app(session: Session):
 
 
 def is_local(host: str) -> bool:
+    """Whether `host` is only reachable from this machine (localhost or a loopback address)."""
     if host == "localhost":
         return True
     try:
@@ -703,8 +786,45 @@ def listen(host: str, port: int) -> socket.socket:
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", n: int = 2000,
           ready=None) -> None:
-    """Serve the explorer page for `run_dir` until interrupted. `ready(url)` is called once
-    the page can be loaded (the CLI prints the address)."""
+    """Serve the explorer page of a run in the browser until interrupted; ``vaelab serve RUN``.
+
+    Blocks: call it from a script or a terminal, and stop it with Ctrl-C. The page has no
+    login, so serving on an address other than this machine's own (the default
+    ``127.0.0.1``) lets anyone who can reach the machine use it; a warning says so. Needs the
+    ``serve`` extra (``pip install "vaelab[serve]"``). To serve the page from another ASGI
+    server, or to test it, build the app with [make_app][vaelab.serve.make_app].
+
+    Args:
+        run_dir: the run folder.
+        host: the address to listen on.
+        port: the port to listen on; 0 picks a free one.
+        device: where the model runs (``"cpu"``, ``"cuda"``).
+        n: how many test images the page maps, ranks and shows.
+        ready: called with the page's address (``"http://127.0.0.1:8000/"``) once it can be
+            loaded.
+
+    Raises:
+        OSError: the port is taken or the host is not an address of this machine; nothing
+            has been loaded yet.
+        RunError: the folder holds no readable run.
+
+    Examples:
+        From a script (this blocks)::
+
+            serve("runs/mnist-vae", port=8000, ready=print)   # then open http://127.0.0.1:8000/
+
+        A port that is taken is one clear error, raised before the model is loaded:
+
+        >>> import socket
+        >>> from vaelab.serve import serve
+        >>> with socket.socket() as taken:
+        ...     taken.bind(("127.0.0.1", 0))
+        ...     taken.listen()
+        ...     serve(run.path, port=taken.getsockname()[1])
+        Traceback (most recent call last):
+        ...
+        OSError: port ... on 127.0.0.1 is in use; choose another with --port
+    """
     import uvicorn
 
     if not is_local(host):

@@ -49,6 +49,8 @@ from vaelab.runtime import (
     tune_malloc,
 )
 
+__all__ = ["train", "resume", "learning_rate", "kl_weight", "TrainingDiverged", "TrainingStopped", "RunExists"]
+
 
 def _fused(cls):
     """The optimizer with its fused (single-kernel) step where this PyTorch has one:
@@ -80,15 +82,61 @@ def effective_batch_size(batch_size: int, n_train: int) -> int:
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """Training stopped because the loss or its gradient stopped being a finite number.
+
+    Raised after 10 steps in a row with a NaN or infinite loss or gradient (single bad steps
+    are skipped and counted in the epoch's ``skipped_steps``), or when every step of an epoch
+    was bad. The last good checkpoint is kept, so the run can be resumed, for instance with a
+    lower learning rate or gradient clipping. The message says which epoch and step.
+
+    Examples:
+        >>> from vaelab.config import Config
+        >>> from vaelab.training import TrainingDiverged, train
+        >>> cfg = Config().replace(data={"dataset": "mnist-sample"}, model={"hidden": [16]},
+        ...                        train={"epochs": 1, "lr": 1e30})
+        >>> try:
+        ...     train(cfg, tmp + "/diverged", progress=False, quiet=True)
+        ... except TrainingDiverged as e:
+        ...     print(e)
+        the loss was not finite for 10 steps in a row (epoch 1, step 11); stopped. No epoch had finished, ...
+    """
 
 
 class RunExists(RunError):
-    """The output folder already holds a run, and neither resuming nor overwriting it was asked."""
+    """The output folder already holds a run, and neither resuming nor overwriting it was asked.
+
+    Nothing in the folder is changed. Continue the run with [resume][vaelab.training.resume],
+    replace it with ``train(..., overwrite=True)`` or train into another folder. It is a
+    [RunError][vaelab.checkpoint.RunError].
+
+    Examples:
+        >>> from vaelab.checkpoint import load_config
+        >>> from vaelab.training import train
+        >>> train(load_config(run.path), run.path)
+        Traceback (most recent call last):
+        ...
+        vaelab.training.RunExists: ... already holds a run; continue it with --resume ..., replace it ...
+    """
 
 
 class TrainingStopped(RuntimeError):
-    """SIGINT or SIGTERM stopped training at a safe point; `exit_code` is 128 + the signal."""
+    """Ctrl-C (SIGINT) or SIGTERM stopped training at a safe point, between two steps.
+
+    No file is left half written: the checkpoint of the last finished epoch is kept and the
+    run continues from it with [resume][vaelab.training.resume]. A second Ctrl-C interrupts at
+    once (``KeyboardInterrupt``).
+
+    Attributes:
+        exit_code: 128 + the signal's number, the exit status ``vaelab train`` ends with
+            (130 for SIGINT, 143 for SIGTERM).
+
+    Examples:
+        >>> import signal
+        >>> from vaelab.training import TrainingStopped
+        >>> e = TrainingStopped("SIGTERM received: stopped after step 40", signal.SIGTERM)
+        >>> e.exit_code, isinstance(e, RuntimeError)
+        (143, True)
+    """
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
@@ -187,8 +235,32 @@ def _write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
 
 
 def learning_rate(t: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up over `warmup_steps` (at most one epoch, so that a small dataset with
-    a few steps per epoch is not held near lr 0 for many epochs), then the schedule."""
+    """The learning rate training uses at a step: a linear warm-up, then the schedule.
+
+    The warm-up lasts ``t.warmup_steps`` steps, at most one epoch (so that a small dataset
+    with few steps per epoch is not held near 0 for many epochs). The schedules: ``exp``
+    multiplies ``t.lr`` by ``t.lr_decay`` every epoch (smoothly, step by step, and
+    independent of the total number of epochs, so a resumed run follows the same curve);
+    ``cosine`` falls from ``t.lr`` to 0 over ``t.epochs``; ``constant`` stays at ``t.lr``.
+
+    Args:
+        t: the training settings; ``lr`` must be set (a run's config has it filled in).
+        step: the optimiser step, counted from 0 over the whole run.
+        steps_per_epoch: batches in one epoch.
+
+    Returns:
+        The learning rate of that step.
+
+    Examples:
+        >>> from vaelab.config import TrainConfig
+        >>> from vaelab.training import learning_rate
+        >>> t = TrainConfig(lr=1e-3, warmup_steps=10, schedule="exp", lr_decay=0.5)
+        >>> [round(learning_rate(t, step, 100), 6) for step in (0, 50, 100, 200)]
+        [0.0001, 0.000707, 0.0005, 0.00025]
+        >>> t = TrainConfig(lr=1e-3, warmup_steps=0, schedule="cosine", epochs=10)
+        >>> [round(learning_rate(t, step, 100), 6) for step in (0, 500, 1000)]
+        [0.001, 0.0005, 0.0]
+    """
     warmup = min(t.warmup_steps, steps_per_epoch)
     warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
     if t.schedule == "exp":
@@ -200,8 +272,27 @@ def learning_rate(t: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 def kl_weight(t: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """The KL weight at `step`: `beta`, reached linearly over the first `kl_warmup` epochs
-    (KL annealing, Bowman et al. 2016; Sønderby et al. 2016)."""
+    """The weight of the KL term at a training step, with KL annealing.
+
+    The weight rises linearly from 0 to ``t.beta`` over the first ``t.kl_warmup`` epochs and
+    then stays there (Bowman et al. 2016; Sønderby et al. 2016); with ``kl_warmup`` 0 it is
+    ``t.beta`` from the start. The test bound is always computed with the full ``beta``.
+
+    Args:
+        t: the training settings.
+        step: the optimiser step, counted from 0 over the whole run.
+        steps_per_epoch: batches in one epoch.
+
+    Returns:
+        The KL weight of that step.
+
+    Examples:
+        >>> from vaelab.config import TrainConfig
+        >>> from vaelab.training import kl_weight
+        >>> t = TrainConfig(beta=1.0, kl_warmup=2)
+        >>> [kl_weight(t, step, 100) for step in (0, 50, 100, 200, 300)]
+        [0.0, 0.25, 0.5, 1.0, 1.0]
+    """
     if not t.kl_warmup:
         return t.beta
     return t.beta * min(1.0, step / (t.kl_warmup * steps_per_epoch))
@@ -288,6 +379,7 @@ def _clock_time(seconds: float) -> str:
 
 
 def default_run_dir(cfg: Config) -> Path:
+    """The folder a run goes to when none is given: ``runs/<dataset>-<model>-<date-time>``."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = Path(cfg.data.dataset).stem if is_path(cfg.data.dataset) else cfg.data.dataset
     return Path("runs") / f"{name}-{cfg.model.model}-{stamp}"
@@ -297,6 +389,7 @@ TEST_NOISE_KEY = -1  # the test bound's per-image noise; training keys are (seed
 
 
 def noise_key(seed: int, step: int) -> int:
+    """The key of a training step's per-image noise: the run's seed and the step in one integer."""
     return (seed << 32) + step
 
 
@@ -447,20 +540,50 @@ def log_hparams(board, cfg: Config, record: dict[str, Any]) -> None:
 
 def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
           progress: bool = True, quiet: bool = False, dataset=None, overwrite: bool = False) -> Path:
-    """Train `cfg` into run folder `out` (or continue it, with ``resume=True``).
+    """Train a model described by a config into a run folder; what ``vaelab train`` runs.
 
-    Returns the run folder. `dataset` (a :class:`vaelab.data.Dataset`) may be passed
-    to skip loading from disk. The folder is locked while training runs in it.
-    `overwrite` replaces a previous run in `out` (only a folder that holds a vaelab run).
-    `progress=False` hides the progress bars (drawn only on a terminal or in Jupyter);
-    `quiet=True` also hides the one-line epoch summaries and notes (warnings still print).
-    With tensorboard installed, rank 0 also writes TensorBoard events to RUN/tensorboard.
+    Settings the config leaves unset are chosen from the data and recorded in the folder's
+    ``config.json``. Every epoch appends a line to ``metrics.jsonl`` and replaces the
+    checkpoint, so a run stopped at any moment resumes from its last finished epoch;
+    ``recon.png`` and ``samples.png`` are redrawn every ``image_every`` epochs and at the end.
+    The folder is locked while training runs in it. With tensorboard installed, events also
+    go to ``RUN/tensorboard``. For notebooks, [vaelab.train][vaelab.api.train] takes keyword
+    settings and returns a ``vaelab.Run``.
 
-    Launched by torchrun, every process trains on its slice of each global batch of
-    `batch_size` images with DistributedDataParallel (gloo on CPU, NCCL on CUDA); only
-    rank 0 writes. Data order, binarisation and reparameterisation noise are drawn per
-    global batch or per image, so N processes log what one process logs, and a
-    checkpoint resumes on any number of processes.
+    Launched by torchrun, every process trains on its slice of each global batch with
+    DistributedDataParallel (gloo on CPU, NCCL on CUDA) and only rank 0 writes. Data order,
+    binarisation and noise are drawn per global batch or per image, so N processes log what
+    one process logs, and a checkpoint resumes on any number of processes.
+
+    Args:
+        cfg: the run's settings (a [Config][vaelab.config.Config]).
+        out: the run folder; None makes ``runs/<dataset>-<model>-<date-time>``.
+        resume: continue the run already in `out` from its checkpoint (see also
+            [resume][vaelab.training.resume], which reads the config from the folder).
+        progress: show progress bars (drawn only on a terminal or in Jupyter).
+        quiet: also hide the one-line epoch summaries and notes (warnings still print).
+        dataset: an already loaded [Dataset][vaelab.data.Dataset] to train on instead of
+            loading ``cfg.data`` from disk.
+        overwrite: replace a previous run in `out` (only a folder that holds a vaelab run).
+
+    Returns:
+        The run folder.
+
+    Raises:
+        ConfigError: an invalid setting, or one that does not fit the data.
+        RunExists: `out` already holds a run and neither `resume` nor `overwrite` was given.
+        TrainingDiverged: the loss stopped being finite; the last good checkpoint is kept.
+        TrainingStopped: Ctrl-C or SIGTERM; the last finished epoch's checkpoint is kept.
+
+    Examples:
+        >>> from vaelab.checkpoint import Run
+        >>> from vaelab.config import Config
+        >>> from vaelab.training import train
+        >>> cfg = Config().replace(data={"dataset": "mnist-sample"}, model={"latent_dim": 2, "hidden": [16]},
+        ...                        train={"epochs": 1})
+        >>> folder = train(cfg, tmp + "/small", progress=False, quiet=True)
+        >>> folder.name, Run(folder).checkpoint_epoch, (folder / "config.json").is_file()
+        ('small', 1, True)
     """
     check_config(cfg)  # before a folder is made or a process group joined
     dist, device = distributed(cfg.train.device)
@@ -857,9 +980,41 @@ def _print_epoch(s: Session, record: dict[str, Any]) -> None:
 
 def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = True, dataset=None,
            quiet: bool = False, minutes: float | None = None) -> Path:
-    """Continue the run in `run_dir` up to `epochs` epochs in total (default: as configured)
-    and within `minutes` of training in total (default: as configured; 0: no budget);
-    `progress` and `quiet` as for :func:`train`."""
+    """Continue a run from its last checkpoint, exactly as ``vaelab train --resume`` does.
+
+    The settings come from the run's ``config.json``; only the number of epochs and the
+    time budget can change (the new values are written back). On CPU with the same seed a
+    resumed run logs the same losses as one that was never interrupted.
+
+    Args:
+        run_dir: the run folder.
+        epochs: train up to this many epochs in total (not this many more); None keeps the
+            configured number.
+        progress: show progress bars, as for [train][vaelab.training.train].
+        dataset: an already loaded [Dataset][vaelab.data.Dataset] to train on instead of
+            loading the run's data from disk.
+        quiet: hide the epoch summaries and notes, as for [train][vaelab.training.train].
+        minutes: the time budget for all sessions of the run together (0: none); None keeps
+            the configured one.
+
+    Returns:
+        The run folder.
+
+    Raises:
+        RunError: `run_dir` holds no readable run.
+        ConfigError: `epochs` is fewer than the epochs already trained.
+
+    Examples:
+        >>> from vaelab.checkpoint import Run
+        >>> from vaelab.config import Config
+        >>> from vaelab.training import resume, train
+        >>> cfg = Config().replace(data={"dataset": "mnist-sample"}, model={"latent_dim": 2, "hidden": [16]},
+        ...                        train={"epochs": 1})
+        >>> folder = train(cfg, tmp + "/longer", progress=False, quiet=True)
+        >>> folder = resume(folder, epochs=2, progress=False, quiet=True)
+        >>> Run(folder).checkpoint_epoch, [r["epoch"] for r in Run(folder).metrics()]
+        (2, [1, 2])
+    """
     cfg = load_config(run_dir)
     done = Run(run_dir).checkpoint_epoch
     if epochs is not None and done is not None and epochs < done:
