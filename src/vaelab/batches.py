@@ -119,7 +119,7 @@ def as_input(u8: torch.Tensor, binarization: str, dequantize: bool, *, generator
 
 
 class Batch(NamedTuple):
-    """One training batch as :class:`Batches` yields it: inputs, labels, conditions, indices.
+    """One training batch as ``Batches`` yields it: inputs, labels, conditions, indices.
 
     Attributes:
         x: Float model input (B, C, H, W): this process's rows of the global batch.
@@ -143,7 +143,7 @@ class Batch(NamedTuple):
 
 
 class Batches:
-    """Mini-batches of one split for training: iterate once per epoch to get :class:`Batch` es.
+    """Mini-batches of one split for training: iterate once per epoch to get ``Batch`` es.
 
     Every image is used once per epoch (the last batch may be smaller). ``dynamic``
     binarisation and dequantisation draw fresh noise per batch; ``fixed`` uses each
@@ -273,11 +273,11 @@ class Batches:
         return {"data_order": self.order_generator.get_state(), "data_noise": self.generator.get_state()}
 
     def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore the generators from :meth:`rng_state`, so that a resumed run draws the same batches.
+        """Restore the generators from ``rng_state``, so that a resumed run draws the same batches.
 
         Args:
             state: A dict with uint8 tensors ``data_order`` and ``data_noise`` of shape (S,), as
-                :meth:`rng_state` gives them (other keys ignored); a dict without them leaves the
+                ``rng_state`` gives them (other keys ignored); a dict without them leaves the
                 generators as they are.
         """
         if "data_order" in state:
@@ -294,7 +294,7 @@ class SplitInputs:
     Test images are binarised once (x ~ Bernoulli(pixel/255), as in Burda et al. 2016) or
     dequantised once with noise keyed by (`seed`, image index), or plain grey levels; plus
     conditions (conditional models) and labels. The same rows give the same inputs in any
-    chunking. :func:`model_inputs` makes one as a trained model needs it.
+    chunking. ``model_inputs`` makes one as a trained model needs it.
 
     Args:
         split: The split (``vaelab.data.Split``); images (N, C, H, W) uint8.
@@ -350,7 +350,7 @@ class SplitInputs:
         return x, None if self.cond is None else self.cond[start:stop], self.labels[start:stop]
 
     def chunks(self, size: int = 2000) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
-        """The whole split in chunks of `size` rows, each as :meth:`rows` gives it.
+        """The whole split in chunks of `size` rows, each as ``rows`` gives it.
 
         Yields:
             (x (B, C, H, W) float32, conditions (B, C') or None, labels (B,)), B <= size.
@@ -375,7 +375,7 @@ def model_inputs(model, cfg, split: Split, n_classes: int, device: torch.device 
         budget: Bytes of uint8 images that may be held on the device.
 
     Returns:
-        A :class:`SplitInputs`.
+        A ``SplitInputs``.
 
     Examples:
         >>> from vaelab.batches import model_inputs

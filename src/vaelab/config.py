@@ -1,12 +1,12 @@
 """The one config tree. Every default of vaelab lives here.
 
-A run is fully described by a :class:`Config`; ``config.json`` in a run folder is
+A run is fully described by a ``Config``; ``config.json`` in a run folder is
 ``Config.to_dict()`` and ``Config.from_dict`` rebuilds it, rejecting unknown keys so
 that a typo never silently falls back to a default.
 
 This module imports nothing from vaelab: it checks types and ranges only. Names
 (models, nets, likelihoods, datasets...) are checked where they are looked up, with
-:func:`choose`, so every registry stays next to what it registers.
+``choose``, so every registry stays next to what it registers.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class DataConfig:
     """The ``data`` section of a config: which images to train on and how they are read.
 
     Each field is also a flag of ``vaelab train`` (``image_size`` is ``--image-size``); its help
-    there says more. Frozen: change a field with :meth:`Config.replace`.
+    there says more. Frozen: change a field with ``Config.replace``.
 
     Attributes:
         dataset: A named dataset (``mnist``, ``fashion-mnist``, ``mnist-sample``, ``cifar10``),
@@ -155,7 +155,7 @@ class ModelConfig:
 
     Fields left at ``"auto"`` or None are chosen from the data when training starts, and
     ``config.json`` in the run folder records the choice. Frozen: change a field with
-    :meth:`Config.replace`.
+    ``Config.replace``.
 
     Attributes:
         model: The model's name: ``vae``, ``ae``, ``hvae``, ``cvae``, ``icvae``, ...
@@ -240,7 +240,7 @@ class TrainConfig:
     """The ``train`` section of a config: the objective, optimiser, schedule and device.
 
     Fields left at ``"auto"`` or None are chosen from the data when training starts. Frozen:
-    change a field with :meth:`Config.replace`.
+    change a field with ``Config.replace``.
 
     Attributes:
         epochs: Total epochs; None chooses from the data (40 for the MNIST family).
@@ -329,14 +329,14 @@ class TrainConfig:
 class Config:
     """A complete description of a run: its data, model and training settings.
 
-    ``config.json`` in a run folder is :meth:`to_dict`, and :meth:`from_dict` reads it back.
-    Unknown keys are refused, so a misspelt field raises :class:`ConfigError` instead of
-    quietly keeping its default. A Config is frozen: :meth:`replace` returns a changed copy.
+    ``config.json`` in a run folder is ``to_dict``, and ``from_dict`` reads it back.
+    Unknown keys are refused, so a misspelt field raises ``ConfigError`` instead of
+    quietly keeping its default. A Config is frozen: ``replace`` returns a changed copy.
 
     Attributes:
-        data: The data section (:class:`DataConfig`).
-        model: The model section (:class:`ModelConfig`).
-        train: The training section (:class:`TrainConfig`).
+        data: The data section (``DataConfig``).
+        model: The model section (``ModelConfig``).
+        train: The training section (``TrainConfig``).
 
     Examples:
         >>> from vaelab.config import Config
@@ -472,8 +472,8 @@ def validate(cfg: Config) -> None:
     Every field is checked as its declaration says, along with the one combination no part
     of vaelab could honour (a time budget with the cosine schedule). Names of models, nets,
     likelihoods, ... are checked where they are looked up, and which model takes which prior,
-    flows and objective is checked by ``vaelab.models``. :meth:`Config.from_dict` and
-    :meth:`Config.replace` call this already.
+    flows and objective is checked by ``vaelab.models``. ``Config.from_dict`` and
+    ``Config.replace`` call this already.
 
     Args:
         cfg: The config to check.

@@ -20,8 +20,8 @@ class PixelNoise:
 
     The numbers for image `idx[b]`, pixel p and stream s depend only on those and `key`, not
     on the batch the image lands in or the process that draws it. Pass one as the `generator`
-    of :func:`add_noise` to corrupt each image alike every time. Streams 0-1: uniforms for
-    :func:`add_noise`, 2-3: its normals (Box-Muller), 4: one number per image.
+    of ``add_noise`` to corrupt each image alike every time. Streams 0-1: uniforms for
+    ``add_noise``, 2-3: its normals (Box-Muller), 4: one number per image.
 
     Args:
         idx: The images' indices in their split, (B,) integers; B is the batch.
@@ -101,7 +101,7 @@ def add_noise(x: torch.Tensor, kind: str, level: float | torch.Tensor,
         kind: ``"uniform"``, ``"salt-pepper"`` or ``"gaussian"``.
         level: The fraction of pixels hit (uniform, salt-pepper) or the standard deviation
             (gaussian): a number, or one per image (B,).
-        generator: Where the noise comes from: a torch.Generator, a :class:`PixelNoise`
+        generator: Where the noise comes from: a torch.Generator, a ``PixelNoise``
             tied to the images, or None for torch's global random state.
 
     Returns:
@@ -144,7 +144,7 @@ def add_noise(x: torch.Tensor, kind: str, level: float | torch.Tensor,
 def corrupt(x: torch.Tensor, idx: torch.Tensor, denoise: tuple[str, float, float], key: int) -> torch.Tensor:
     """The encoder's input in denoising training: images corrupted alike in any batch or process.
 
-    Each image gets `denoise` = (kind, low, high) noise (see :func:`add_noise`) at a level
+    Each image gets `denoise` = (kind, low, high) noise (see ``add_noise``) at a level
     drawn per image uniformly in [low, high] (low == high: that level). All of it is tied to
     (key, image index), so an image is corrupted alike in any batch or process.
 

@@ -1,10 +1,10 @@
 """Named datasets (MNIST, Fashion-MNIST, the shipped MNIST sample, CIFAR-10) and the
 types every data source produces.
 
-A :class:`Dataset` has two :class:`Split` s whose images are uint8 (N, C, H, W), either a
-tensor in memory or an :class:`ImageFile` (rows of a raw file, read on demand: the
-cache that :mod:`vaelab.images` builds for the user's folders and arrays); labels are
-int64 (N,), -1 where a dataset is unlabelled. :mod:`vaelab.batches` turns splits into
+A ``Dataset`` has two ``Split`` s whose images are uint8 (N, C, H, W), either a
+tensor in memory or an ``ImageFile`` (rows of a raw file, read on demand: the
+cache that ``vaelab.images`` builds for the user's folders and arrays); labels are
+int64 (N,), -1 where a dataset is unlabelled. ``vaelab.batches`` turns splits into
 device batches.
 
 Where the named datasets' files are looked for, in order (first hit wins):
@@ -409,10 +409,10 @@ def read_cifar(directory: Path, info: DatasetInfo) -> dict[str, tuple[np.ndarray
 class ImageFile:
     """uint8 images (N, C, H, W) stored one after another in a raw file, read on demand.
 
-    This is how a :class:`Split` holds images too large for memory (the cache vaelab builds
+    This is how a ``Split`` holds images too large for memory (the cache vaelab builds
     for folders and array files). Rows are read with positional reads, not a memory map, so
     streaming a file larger than memory does not grow the process's resident memory. The
-    file is opened once (by :meth:`open`, or at the first read) and kept open: a cache rebuilt
+    file is opened once (by ``open``, or at the first read) and kept open: a cache rebuilt
     meanwhile by another run replaces the name, not what this reader reads.
 
     Attributes:
@@ -538,7 +538,7 @@ class Split:
 
     Attributes:
         images: uint8 images ``(N, C, H, W)`` with pixels 0..255, a tensor in memory or an
-            :class:`ImageFile` read on demand.
+            ``ImageFile`` read on demand.
         labels: int64 class labels ``(N,)``; -1 where the dataset is unlabelled. A numpy
             array is turned into a tensor.
         cond: float side information ``(N, C')`` for conditional models; None uses the
@@ -569,7 +569,7 @@ class Split:
 
     @property
     def in_memory(self) -> bool:
-        """Whether the images are a tensor in memory (not an :class:`ImageFile`)."""
+        """Whether the images are a tensor in memory (not an ``ImageFile``)."""
         return torch.is_tensor(self.images)
 
     @property
@@ -620,9 +620,9 @@ class Split:
 
 @dataclass
 class Dataset:
-    """A dataset as vaelab trains on it: a train and a test :class:`Split` of uint8 images.
+    """A dataset as vaelab trains on it: a train and a test ``Split`` of uint8 images.
 
-    :func:`load_dataset` makes one for a named dataset; folders and array files give the same
+    ``load_dataset`` makes one for a named dataset; folders and array files give the same
     type.
 
     Attributes:
@@ -693,7 +693,7 @@ class Dataset:
         return len(self.classes) if self.train.cond is None else self.train.cond.shape[1]
 
     def require_labels(self, what: str) -> None:
-        """Raise :class:`DataError` unless the dataset is labelled.
+        """Raise ``DataError`` unless the dataset is labelled.
 
         Args:
             what: What needs the labels, for the message (e.g. ``"the probe"``).
@@ -727,7 +727,7 @@ def attach_conditions(data: Dataset, path: str | Path) -> Dataset:
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True) -> Dataset:
     """Load a named dataset into memory as uint8 tensors, finding or downloading its files.
 
-    Where the files are looked for is described under :func:`locate`. For folders of images
+    Where the files are looked for is described under ``locate``. For folders of images
     and array files, train with their path as the dataset instead.
 
     Args:
@@ -737,7 +737,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         download: Fetch the official files (checksums verified) when they are not found.
 
     Returns:
-        A :class:`Dataset` whose splits hold images ``(N, C, H, W)`` uint8 with pixels 0..255
+        A ``Dataset`` whose splits hold images ``(N, C, H, W)`` uint8 with pixels 0..255
         and labels ``(N,)`` int64.
 
     Raises:

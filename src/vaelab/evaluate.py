@@ -198,7 +198,7 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
     ``nll`` (the k-sample importance-sampled estimate of -log p(x) in nats), each with the
     standard error of the mean over test images, and the data protocol used. For models with
     a density, also what z encodes: ``active_units``, the KL and its split per dimension
-    (:func:`kl_summary`), I(x; z) (:func:`mutual_information`) and a warning on posterior
+    (``kl_summary``), I(x; z) (``mutual_information``) and a warning on posterior
     collapse; with `figures`, ``kl_per_dim.png`` is written in the run folder even when not
     `write`.
 
@@ -217,7 +217,7 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         progress: Show progress bars.
         write: Write the result to ``RUN_DIR/eval.json``.
-        dataset: A :class:`vaelab.data.Dataset` to use instead of loading the run's data.
+        dataset: A ``vaelab.data.Dataset`` to use instead of loading the run's data.
         metrics: Any of ``"nll"``, ``"fd"``, ``"fid"``.
         fd_classifier_steps: Training steps of the ``fd`` classifier, the first time.
         figures: Write ``RUN_DIR/kl_per_dim.png``.
@@ -297,10 +297,10 @@ def _protocol(cfg, model, dataset: str, n: int, k: int, binarization_detail: str
 
 
 def format_result(r: dict[str, Any]) -> str:
-    """Lay out the results of :func:`evaluate` as the table ``vaelab evaluate`` prints.
+    """Lay out the results of ``evaluate`` as the table ``vaelab evaluate`` prints.
 
     Args:
-        r: The dict :func:`evaluate` returns (or ``eval.json`` read back).
+        r: The dict ``evaluate`` returns (or ``eval.json`` read back).
 
     Returns:
         The table as text, one quantity a line; long notes wrap under their value.
@@ -484,7 +484,7 @@ def probe(run_dir: str | Path, layers: int = 1, hidden: int = 256, epochs: int =
         seed: The seed of the classifier's initialisation and data order.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         write: Write the result to ``RUN_DIR/probe.json``.
-        dataset: A :class:`vaelab.data.Dataset` to use instead of loading the run's data.
+        dataset: A ``vaelab.data.Dataset`` to use instead of loading the run's data.
 
     Returns:
         A JSON-able dict: ``accuracy``, ``train_accuracy``, ``majority``, ``recon_mse`` and the
@@ -609,7 +609,7 @@ def active_mask(means: torch.Tensor, threshold: float = ACTIVE_VARIANCE) -> torc
     `threshold` (Burda et al. 2016); an inactive one stays near the prior whatever the image.
 
     Args:
-        means: Posterior means ``(N, D)``, e.g. from :func:`posterior_means`.
+        means: Posterior means ``(N, D)``, e.g. from ``posterior_means``.
         threshold: The variance above which a dimension counts as active.
 
     Returns:
@@ -781,7 +781,7 @@ def kl_figure(r: dict[str, Any], active: torch.Tensor):
     Active dimensions are coloured; a hierarchical model gets one bar per layer instead.
 
     Args:
-        r: KL entries as :func:`kl_summary` returns them (or ``eval.json``), with
+        r: KL entries as ``kl_summary`` returns them (or ``eval.json``), with
             ``kl_per_dim`` or ``kl_per_level``.
         active: The active dimensions, a bool mask ``(D,)``.
 

@@ -1,6 +1,6 @@
 """Looking at a trained model: the notebooks' experiments as functions.
 
-Each ``figure_*`` function takes an :class:`Explorer` (a model with its test data) and
+Each ``figure_*`` function takes an ``Explorer`` (a model with its test data) and
 returns ``(matplotlib Figure, numbers)``; ``numbers`` is a JSON-able dict of what the
 figure shows (empty where there is nothing numeric). ``vaelab plot`` writes both.
 All randomness comes from a generator seeded by ``Explorer.seed``.
@@ -39,11 +39,11 @@ __all__ = ["plot", "Explorer", "figure_recon", "figure_samples", "figure_posteri
 class Explorer:
     """A trained model together with its test images: what every ``figure_*`` function takes.
 
-    Make one from a run folder with :meth:`from_run`, or directly from a model and images.
+    Make one from a run folder with ``from_run``, or directly from a model and images.
 
     Attributes:
         model: The model, in eval mode.
-        cfg: The run's :class:`vaelab.config.Config`.
+        cfg: The run's ``vaelab.config.Config``.
         x: Test images ``(N, C, H, W)`` in [0, 1] as the model is evaluated on them (binarised
             once for a Bernoulli likelihood).
         labels: Their class labels ``(N,)``; -1 where unlabelled.
@@ -380,7 +380,7 @@ def figure_interpolate(ex: Explorer, pairs: int = 4, steps: int = 10):
     """Decode paths between the codes of pairs of test images, straight and spherical.
 
     Each pair gets a row along the straight line between its posterior means and a row along
-    the great circle (:func:`slerp`).
+    the great circle (``slerp``).
 
     Args:
         ex: The model and its test images.

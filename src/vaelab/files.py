@@ -1,6 +1,6 @@
 """Files: atomic writes with ordinary permissions, run-folder locks, OS errors in one line.
 
-Every file vaelab writes goes through :func:`atomic_write` (or :func:`atomic_path` for
+Every file vaelab writes goes through ``atomic_write`` (or ``atomic_path`` for
 writers that want a path): the bytes go to a temporary file in the same folder, which
 is flushed to disk, given the permissions a plain ``open()`` would give (0666 less the
 umask, not mkstemp's 0600) and renamed over the target. A crash or a full disk leaves

@@ -21,7 +21,7 @@ transform, labels) in ``$XDG_CACHE_HOME/vaelab/images/<hash of the path>/``. The
 cache is reused while the files and the transform are unchanged; otherwise it is
 rebuilt, re-decoding only files that are new or changed.
 
-:func:`load_configured` is the data layer's one entry point: a config's data section ->
+``load_configured`` is the data layer's one entry point: a config's data section ->
 the named dataset, folder or array file it names.
 """
 
@@ -152,7 +152,7 @@ def decode(path: str | Path, size: tuple[int, int] | None, channels: int,
     """Read one image file as a uint8 array (C, H, W), as a folder's cache stores it.
 
     The first frame of animations and multi-page files; EXIF orientation applied, converted
-    to grey or RGB, resized and centre-cropped as in :func:`from_pil`. JPEGs are decoded at a
+    to grey or RGB, resized and centre-cropped as in ``from_pil``. JPEGs are decoded at a
     reduced scale when that still covers `size` (faster).
 
     Args:
@@ -332,7 +332,7 @@ def shown(name: str) -> str:
 def scan(root: Path) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]]]:
     """List the image files below a folder, and the entries with an image's name that cannot be read.
 
-    Files are found by extension (:func:`image_extensions`); hidden entries (names starting
+    Files are found by extension (``image_extensions``); hidden entries (names starting
     with ``.``) are skipped. Entries that cannot be read as an image file (a FIFO, a device, a
     broken link, a name that is not UTF-8, an entry that cannot be stat'ed) are reported,
     never opened (a FIFO would block a reader for good). Plain strings, not pathlib: listing
@@ -619,7 +619,7 @@ def file_names(data: Dataset, split: str) -> list[str] | None:
     ``file_names(data, "train")[i]``.
 
     Args:
-        data: A dataset, e.g. from :func:`load_folder`.
+        data: A dataset, e.g. from ``load_folder``.
         split: ``"train"`` or ``"test"``.
 
     Returns:
@@ -982,7 +982,7 @@ def load_configured(d: DataConfig, progress: bool = True) -> Dataset:
     """Load the dataset a config's data section names: a named dataset, an image folder or an array file.
 
     The data layer's one entry point, as training and evaluation read data: folders and
-    array files go through :func:`load_folder` and :func:`load_array` with the section's
+    array files go through ``load_folder`` and ``load_array`` with the section's
     image size, channels, background and test fraction; named datasets are resized when
     the section asks. The section's conditions file, if any, is attached.
 

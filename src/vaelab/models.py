@@ -7,8 +7,8 @@ Shared interface (checked for every registered model by ``tests/test_contract.py
 - ``sample(n)``: decode n codes drawn from the prior -> likelihood distribution
 - ``log_weights(x, k)``: (k, B) log p(x, z_k) - log q(z_k | x), z_k ~ q(z|x); only for
   models with a density (``has_density``)
-- ``objective``: the bound :class:`vaelab.objectives.Objective` that ``forward`` runs: the
-  model's own (``default_objective``) with its defaults, until :func:`bind_objective`
+- ``objective``: the bound ``vaelab.objectives.Objective`` that ``forward`` runs: the
+  model's own (``default_objective``) with its defaults, until ``bind_objective``
   binds a run's choice and settings
 - ``forward(x, c, generator=, x_in=, peers=)``: data only; runs the objective and returns its
   per-example terms (``x_in``: the encoder's input when it differs from x, for denoising),
@@ -19,7 +19,7 @@ Every model class above is a subclass of one base class that implements ``forwar
 ``decode``, ``sample`` and ``log_weights``; a model class adds its ``encode`` (and, where it
 differs, ``prior``). ``MODELS`` maps a ``--model`` name to its class and ``PRIORS`` a
 ``--prior`` name to the builder of its parameters; a class added to ``MODELS`` is built by
-:func:`build_model` and trained from the command line like the built-in ones.
+``build_model`` and trained from the command line like the built-in ones.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ __all__ = [
 class PointMass:
     """The 'posterior' of a deterministic autoencoder: all its mass on one code per image.
 
-    :meth:`AE.encode` returns one, so code written for a VAE's posterior (``.mean``,
+    ``AE.encode`` returns one, so code written for a VAE's posterior (``.mean``,
     ``.rsample(n)``) runs on an autoencoder too.
 
     Args:
@@ -168,9 +168,9 @@ class _Base(nn.Module):
         Args:
             x: Images (B, C, H, W).
             c: Conditions (B, C') for conditional models; None otherwise.
-            generator: The reparameterisation noise (see :mod:`vaelab.objectives`).
+            generator: The reparameterisation noise (see ``vaelab.objectives``).
             x_in: What the encoder sees instead of x, (B, C, H, W) (denoising training); None: x.
-            peers: The rest of the global batch in a data-parallel job (see :mod:`vaelab.objectives`).
+            peers: The rest of the global batch in a data-parallel job (see ``vaelab.objectives``).
 
         Returns:
             The objective's terms, a dict of (B,) tensors with ``loss`` first.
@@ -268,7 +268,7 @@ class VAE(_Base):
     Tomczak & Welling 2018); p(x|z) from the configured likelihood. Trains with the ELBO by
     default, or IWAE.
 
-    Build it with :func:`build_model`, which fills the fields a ModelConfig leaves to the
+    Build it with ``build_model``, which fills the fields a ModelConfig leaves to the
     recipe. Besides ``encode`` and ``prior`` below it has the shared interface of the module
     docstring: ``forward``, ``decode``, ``sample``, ``log_weights``.
 
@@ -474,7 +474,7 @@ class AE(_Base):
         super().__init__(cfg, image_shape, cfg.latent_dim, cond_dim)
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> PointMass:
-        """The codes of images x (B, C, H, W), as a :class:`PointMass` with ``mean`` (B, D)."""
+        """The codes of images x (B, C, H, W), as a ``PointMass`` with ``mean`` (B, D)."""
         return PointMass(self.encoder_input(x, c))
 
     def log_weights(self, x: torch.Tensor, k: int, **_) -> torch.Tensor:
@@ -494,7 +494,7 @@ class CVAE(VAE):
 
     The decoder sees [z, c]; with ``condition_encoder`` the encoder sees [x, c] too. c is a
     one-hot class label by default, or any side-information vector (see
-    vaelab.data.conditions). Every method of :class:`VAE` takes the conditions c (B, C') as
+    vaelab.data.conditions). Every method of ``VAE`` takes the conditions c (B, C') as
     well; ``sample(n, c=...)`` takes (n, C'). The VampPrior is not available.
 
     Args:
@@ -529,10 +529,10 @@ class CVAE(VAE):
 class ICVAE(CVAE):
     """An invariant conditional VAE (Moyer et al. 2018): a CVAE whose codes carry little information about c.
 
-    A :class:`CVAE` trained with the :func:`vaelab.objectives.icvae` objective, which adds
+    A ``CVAE`` trained with the ``vaelab.objectives.icvae`` objective, which adds
     lambda * KL(q(z|x) || q(z)) to push the information about c out of z (the decoder gets
     c anyway). Its posterior is a plain diagonal Gaussian: no flows. Same arguments and
-    shapes as :class:`CVAE`.
+    shapes as ``CVAE``.
 
     Examples:
         >>> from vaelab.config import ModelConfig
@@ -589,17 +589,17 @@ MODELS: dict[str, type[_Base]] = {
     "icvae": ICVAE,
 }
 """The model registry: name (``ModelConfig.model``, ``--model``) -> model class. A class added
-here (e.g. a subclass of :class:`VAE` with its own ``default_objective``) is built by
-:func:`build_model` and trained from the command line like the built-in ones."""
+here (e.g. a subclass of ``VAE`` with its own ``default_objective``) is built by
+``build_model`` and trained from the command line like the built-in ones."""
 
 
 def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: int = 0) -> _Base:
     """Build the model a ModelConfig describes, for images of a given shape.
 
     Fields left to the recipe (``auto`` or None) are filled as training fills them
-    (:func:`vaelab.config.resolve`), from the image shape alone: the binary recipe when the
+    (``vaelab.config.resolve``), from the image shape alone: the binary recipe when the
     likelihood is Bernoulli or unset, the 8-bit recipe otherwise (training resolves against
-    the data first). The settings are then checked (:meth:`VAE.check`) and the class
+    the data first). The settings are then checked (``VAE.check``) and the class
     ``MODELS[cfg.model]`` is built. The model's ``cfg`` holds the resolved settings.
 
     Args:
@@ -648,11 +648,11 @@ def bind_objective(model: _Base, t: TrainConfig) -> Objective:
     both run it, so the options mean the same on both.
 
     Args:
-        model: A model from :func:`build_model`.
+        model: A model from ``build_model``.
         t: The training settings; ``t.objective`` names the objective.
 
     Returns:
-        The bound :class:`vaelab.objectives.Objective`, also stored as ``model.objective``.
+        The bound ``vaelab.objectives.Objective``, also stored as ``model.objective``.
 
     Raises:
         ConfigError: The model does not train with that objective, or the objective refuses
@@ -734,13 +734,13 @@ def active_units(model: _Base, inputs: SplitInputs, dist: Dist = Dist(), thresho
     """Count the latent dimensions a model uses on a split (Burda et al. 2016, section 5.2).
 
     A dimension is active when its posterior mean varies across the split's images with
-    variance above `threshold` (see :func:`active_dims`). A collapsed posterior,
+    variance above `threshold` (see ``active_dims``). A collapsed posterior,
     q(z|x) = p(z) for every x, has none. The model is run in evaluation mode, in chunks of
     1000 images, and left in the mode it was in.
 
     Args:
-        model: A model from :func:`build_model`.
-        inputs: The split's images as the model sees them (:class:`vaelab.batches.SplitInputs`).
+        model: A model from ``build_model``.
+        inputs: The split's images as the model sees them (``vaelab.batches.SplitInputs``).
         dist: This process's place in a data-parallel job; the default is a single process.
         threshold: The variance above which a dimension counts as active.
 

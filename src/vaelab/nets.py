@@ -9,7 +9,7 @@ each be divisible by 2**len(hidden) (any C x H x W, non-square included).
 ``res_blocks`` (conv nets only) adds that many residual blocks per level at the level's
 resolution: in the encoder after its stride-2 conv, in the decoder before its upsampling.
 
-No probability code lives here; :mod:`vaelab.distributions` turns the outputs into
+No probability code lives here; ``vaelab.distributions`` turns the outputs into
 distributions. Every encoder maps (B, C, H, W) -> (B, out_features); every decoder
 maps (B, latent_dim) -> (B, out_channels, H, W).
 
@@ -58,7 +58,7 @@ def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
 
     No activation follows the last layer, so the output can be any real number (a mean, a
     log-scale, a logit). This is the building block of the MLP encoder and decoder and of the
-    layers between the stochastic layers of :class:`vaelab.models.HVAE`.
+    layers between the stochastic layers of ``vaelab.models.HVAE``.
 
     Args:
         sizes: Widths from input to output, e.g. ``[784, 512, 20]``: ``len(sizes) - 1`` linear
@@ -129,7 +129,7 @@ class MLPDecoder(nn.Module):
 
     Maps codes (B, latent_dim) to (B, *out_shape), typically the likelihood's parameters
     per pixel, (B, C_out, H, W). ``hidden`` is given in encoder order (from the image
-    inwards) and applied reversed, so the same widths give a mirror of :class:`MLPEncoder`.
+    inwards) and applied reversed, so the same widths give a mirror of ``MLPEncoder``.
 
     Args:
         latent_dim: Input width: the code size D (plus the condition size for conditional
@@ -217,7 +217,7 @@ class ConvEncoder(nn.Module):
     """A convolutional encoder that halves the resolution at each level, then a linear head.
 
     Each level is a 3x3 conv and a stride-2 3x3 conv to that level's channel width, followed
-    by ``res_blocks`` residual blocks (:class:`ResBlock`); a linear layer maps the flattened
+    by ``res_blocks`` residual blocks (``ResBlock``); a linear layer maps the flattened
     features [+ condition] to ``out_features``.
     Maps (B, C, H, W) [+ (B, cond_dim)] -> (B, out_features).
 
@@ -262,12 +262,12 @@ class ConvEncoder(nn.Module):
 
 
 class SubPixelDecoder(nn.Module):
-    """A convolutional decoder, the mirror of :class:`ConvEncoder`, that upsamples by sub-pixel convolution.
+    """A convolutional decoder, the mirror of ``ConvEncoder``, that upsamples by sub-pixel convolution.
 
     A linear layer maps the code to the deepest level's feature map; at each level a 3x3 conv
     to 4 * C' channels and a pixel shuffle rearrange them into a twice larger C'-channel map
     (Shi et al. 2016); a last 3x3 conv gives the output channels. ``res_blocks`` residual
-    blocks (:class:`ResBlock`) precede each upsampling, at the resolution of the matching
+    blocks (``ResBlock``) precede each upsampling, at the resolution of the matching
     encoder level. Maps (B, latent_dim) -> (B, C_out, H, W) for out_shape (C_out, H, W), any C_out.
 
     Args:
@@ -318,11 +318,11 @@ class SubPixelDecoder(nn.Module):
 
 
 class TransposedConvDecoder(SubPixelDecoder):
-    """:class:`SubPixelDecoder` with each upsampling done by a stride-2 transposed convolution instead.
+    """``SubPixelDecoder`` with each upsampling done by a stride-2 transposed convolution instead.
 
     Kept for comparison with the other upsamplers (``--net conv-transpose``): transposed
     convolutions are prone to checkerboard artefacts (Odena et al. 2016).
-    Same arguments and shapes as :class:`SubPixelDecoder`: (B, latent_dim) -> (B, C_out, H, W).
+    Same arguments and shapes as ``SubPixelDecoder``: (B, latent_dim) -> (B, C_out, H, W).
 
     Examples:
         >>> from vaelab.nets import TransposedConvDecoder
@@ -344,9 +344,9 @@ class ResNetEncoder(nn.Module):
     """A residual convolutional encoder for 8-bit (grey-level or colour) images.
 
     Inputs in [0, 1] are first centred to [-1, 1]. Each level is one stride-2 3x3 conv to the
-    level's width and ``res_blocks`` residual blocks (:class:`ResBlock`); a linear layer maps
+    level's width and ``res_blocks`` residual blocks (``ResBlock``); a linear layer maps
     the flattened features [+ condition] to ``out_features``. One conv per level (not two, as
-    in :class:`ConvEncoder`) halves the work at full resolution.
+    in ``ConvEncoder``) halves the work at full resolution.
     Maps (B, C, H, W) [+ (B, cond_dim)] -> (B, out_features).
 
     Args:
@@ -389,10 +389,10 @@ class ResNetEncoder(nn.Module):
 
 
 class ResNetDecoder(nn.Module):
-    """A residual convolutional decoder, the mirror of :class:`ResNetEncoder`, with a 1x1 output head.
+    """A residual convolutional decoder, the mirror of ``ResNetEncoder``, with a 1x1 output head.
 
     A linear layer maps the code to the deepest level's feature map; each level then runs
-    ``res_blocks`` residual blocks (:class:`ResBlock`) and a 2x upsampling by
+    ``res_blocks`` residual blocks (``ResBlock``) and a 2x upsampling by
     resize-convolution (nearest-neighbour upsampling, then a 3x3 conv; Odena et al. 2016),
     which costs what a sub-pixel conv costs but leaves no checkerboard artefacts (with
     sub-pixel upsampling, prior samples of a colour VAE were crossed by a grid). A 1x1 conv

@@ -67,7 +67,7 @@ class ExampleNoise:
     The number for (example `idx[b]`, sample s, dimension d) depends only on those and
     `key`, so a data-parallel run on N processes, or an evaluation sharded or chunked any
     way, draws exactly what one process draws. Box-Muller on two counter-based uniforms
-    (:func:`counter_uniform`). Pass one as the `generator` of :func:`normal_noise` or of a
+    (``counter_uniform``). Pass one as the `generator` of ``normal_noise`` or of a
     posterior's ``rsample`` (``vaelab.distributions``).
 
     Args:
@@ -149,13 +149,13 @@ def normal_noise(shape: tuple[int, ...], like: torch.Tensor, generator=None) -> 
 
     What the library's samplers call for the reparameterisation noise: the noise comes from a
     torch.Generator (or the global RNG when `generator` is None), or is tied to examples when
-    `generator` is an :class:`ExampleNoise`.
+    `generator` is an ``ExampleNoise``.
 
     Args:
         shape: The shape of the noise, e.g. (B, D) or (n, B, D) (B the batch); an
-            :class:`ExampleNoise` takes only these two.
+            ``ExampleNoise`` takes only these two.
         like: Any tensor with the device and dtype the noise should have.
-        generator: A torch.Generator, an :class:`ExampleNoise` or None.
+        generator: A torch.Generator, an ``ExampleNoise`` or None.
 
     Returns:
         A tensor of `shape` on `like`'s device, in its dtype.
@@ -179,7 +179,7 @@ def pixel_uniform(idx: torch.Tensor, numel: int, key: int) -> torch.Tensor:
     """Uniform random numbers in [0, 1) for every pixel of some images, tied to the images.
 
     Each image gets the same numbers whatever batch, device or process draws them: the
-    number for pixel p of image i is :func:`counter_uniform` of counter i * numel + p.
+    number for pixel p of image i is ``counter_uniform`` of counter i * numel + p.
 
     Args:
         idx: The images' indices in their split, (B,) integers.

@@ -5,12 +5,12 @@ evidence lower bound itself (beta = 1), whatever the loss weighs.
 
 An objective is registered once, in :data:`OBJECTIVES` (or from outside the package with
 ``@objective(name, terms=..., options=...)``), with the names of its terms and of the
-TrainConfig fields it takes, and bound once to a run's settings (:func:`bind`): the
-resulting :class:`Objective` is called with data only, the same way in training and in
+TrainConfig fields it takes, and bound once to a run's settings (``bind``): the
+resulting ``Objective`` is called with data only, the same way in training and in
 the test pass.
 
 `generator` is where reparameterisation noise comes from: a torch.Generator, None (the
-global RNG), or a :class:`vaelab.noise.ExampleNoise` tied to the examples, which
+global RNG), or a ``vaelab.noise.ExampleNoise`` tied to the examples, which
 makes a data-parallel run draw what a single process draws.
 
 `x_in`, when given, is what the encoder sees instead of x (a corrupted copy, shape of
@@ -20,7 +20,7 @@ of Im et al. 2017 (for the autoencoder, the denoising criterion of Vincent et al
 `peers`, in a data-parallel job, gives a batch-level term the whole global batch: a
 function from this process's rows (B, ...) to (all rows of the global batch in order,
 offset of this process's rows among them), with gradients flowing back to the process
-that owns each row (:meth:`vaelab.runtime.Dist.batch_peers`). None: the rows given are
+that owns each row (``vaelab.runtime.Dist.batch_peers``). None: the rows given are
 the whole batch. Only icvae's pairwise term uses it; per-example objectives ignore it."""
 
 from __future__ import annotations
@@ -54,18 +54,18 @@ __all__ = [
 class ObjectiveSpec:
     """One entry of the objective registry ``OBJECTIVES``: a function and what it needs and returns.
 
-    Made by the :func:`objective` decorator (or written into ``OBJECTIVES`` directly);
-    :func:`bind` and :class:`Objective` read it.
+    Made by the ``objective`` decorator (or written into ``OBJECTIVES`` directly);
+    ``bind`` and ``Objective`` read it.
 
     Attributes:
         fn: ``fn(model, x, c, *, <options>, generator, x_in, peers) -> dict`` of per-example
             terms, each of shape (B,).
         terms: Names of the returned terms, ``"loss"`` first; every process of a data-parallel
             job reduces these same keys.
-        options: The :class:`vaelab.config.TrainConfig` fields passed to ``fn`` as keywords.
+        options: The ``vaelab.config.TrainConfig`` fields passed to ``fn`` as keywords.
         check: Raises ``ConfigError`` for training settings the objective cannot honour; None: none.
         needs: Model traits required to train with it (``density``, ``conditional``,
-            ``autoencoder``; see ``traits`` in :mod:`vaelab.models`).
+            ``autoencoder``; see ``traits`` in ``vaelab.models``).
 
     Examples:
         >>> from vaelab.objectives import OBJECTIVES
@@ -94,13 +94,13 @@ def objective(name: str, terms: tuple[str, ...], options: tuple[str, ...] = (),
     ``fn(model, x, c=None, *, <options>, generator=None, x_in=None, peers=None)`` and returns
     a dict of per-example terms, each of shape (B,), with the keys ``terms``. Once
     registered, the name works everywhere a built-in objective does: ``--objective name``,
-    :func:`bind`, :class:`Objective`, and every model whose traits include ``needs``.
+    ``bind``, ``Objective``, and every model whose traits include ``needs``.
 
     Args:
         name: The objective's name in ``OBJECTIVES`` (a name already there is replaced).
         terms: Names of the returned terms; ``"loss"`` (minimised, averaged over the batch by
             the training loop) must come first; the others are reported as metrics.
-        options: :class:`vaelab.config.TrainConfig` fields passed to the function as keywords,
+        options: ``vaelab.config.TrainConfig`` fields passed to the function as keywords,
             e.g. ``("samples", "beta")``.
         check: Called with the run's TrainConfig; raises ``ConfigError`` for settings the
             objective cannot honour.
@@ -140,11 +140,11 @@ class Objective:
     ``Objective(name, options)(model, x, c)`` runs the registered function with those
     options and returns its per-example terms, each of shape (B,). Options left out take the
     function's defaults. A model's ``forward`` runs its ``objective`` attribute, an instance
-    of this class; :func:`bind` builds one from a run's training settings.
+    of this class; ``bind`` builds one from a run's training settings.
 
     Args:
         name: A name registered in ``OBJECTIVES``: elbo, iwae, icvae, reconstruction, or one
-            added with :func:`objective`.
+            added with ``objective``.
         options: Keyword options the objective takes, e.g. ``{"samples": 5}``.
 
     Raises:
@@ -206,7 +206,7 @@ def bind(name: str, t: TrainConfig) -> Objective:
         t: The run's training settings.
 
     Returns:
-        The bound :class:`Objective`.
+        The bound ``Objective``.
 
     Raises:
         ConfigError: Unknown name, or settings the objective refuses (e.g. ``iwae`` with beta != 1).
@@ -246,7 +246,7 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
         beta: Weight of the KL term in the loss, >= 0.
         kl: ``"analytic"`` (closed form where possible) or ``"mc"`` (Monte Carlo).
         generator: Source of the reparameterisation noise: a ``torch.Generator``, None (the
-            global RNG) or a :class:`vaelab.noise.ExampleNoise`.
+            global RNG) or a ``vaelab.noise.ExampleNoise``.
         x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
         peers: Data-parallel batch gathering (see the module docstring); ignored here.
 
@@ -339,7 +339,7 @@ def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
         samples: k, the importance samples per image.
         beta: Must be 1; present so the option reads like the ELBO's.
         generator: Source of the reparameterisation noise: a ``torch.Generator``, None (the
-            global RNG) or a :class:`vaelab.noise.ExampleNoise`.
+            global RNG) or a ``vaelab.noise.ExampleNoise``.
         x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
         peers: Data-parallel batch gathering (see the module docstring); ignored here.
 
@@ -375,7 +375,7 @@ def reconstruction(model, x: torch.Tensor, c: torch.Tensor | None = None, *, gen
                    x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
     """The plain autoencoder's objective: maximise log p(x | z = f(x)), with no prior and no KL.
 
-    The code is the posterior's mean (for :class:`vaelab.models.AE`, the encoder's output).
+    The code is the posterior's mean (for ``vaelab.models.AE``, the encoder's output).
     With a Bernoulli likelihood this is binary cross-entropy; with ``x_in`` it is the
     denoising criterion of Vincent et al. 2008.
 
@@ -412,7 +412,7 @@ def pairwise_gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor, mean_j: torc
 
     0.5 * [tr(S_j^-1 S_i) + (m_i - m_j)^T S_j^-1 (m_i - m_j) + log|S_j| - log|S_i| - D],
     with each term a (B, D) x (D, M) matrix product, so memory is O(BM), not O(BMD). The
-    :func:`icvae` penalty averages its rows.
+    ``icvae`` penalty averages its rows.
 
     Args:
         mean: Means m_i of the first set, shape (B, D).
@@ -455,20 +455,20 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
 
     where q(z) is the batch's mixture of posteriors; by convexity of KL,
     KL(q(z|x_i) || q(z)) <= mean_{j != i} KL(q(z|x_i) || q(z|x_j)), the pairwise Gaussian
-    KLs of :func:`pairwise_gaussian_kl` (the corrected form keeps the log-determinant
+    KLs of ``pairwise_gaussian_kl`` (the corrected form keeps the log-determinant
     terms). In a data-parallel job the batch is the global one (`peers`), so the penalty,
     and the optimisation, do not depend on the number of processes.
 
     Args:
         model: A conditional model with a diagonal Gaussian posterior (no flows), e.g.
-            :class:`vaelab.models.ICVAE`.
+            ``vaelab.models.ICVAE``.
         x: Images (B, C, H, W).
         c: Conditions (B, C').
         samples: Draws of z per image (for the reconstruction term, and the KL when estimated).
         beta: Weight of the KL to the prior, >= 0.
         kl: ``"analytic"`` or ``"mc"``, for the KL to the prior.
         lam: Weight lambda of the invariance penalty, >= 0; the reconstruction is weighted 1 + lambda.
-        generator: Source of the reparameterisation noise (see :func:`elbo`).
+        generator: Source of the reparameterisation noise (see ``elbo``).
         x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
         peers: In a data-parallel job, gathers the global batch's posterior parameters; None:
             this batch is the whole batch.
@@ -516,5 +516,5 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
                            needs=("density", "conditional")),
     "reconstruction": ObjectiveSpec(reconstruction, ("loss", "recon"), needs=("autoencoder",)),
 }
-"""The objective registry: name (``TrainConfig.objective``, ``--objective``) -> :class:`ObjectiveSpec`.
-The :func:`objective` decorator registers more from outside the package."""
+"""The objective registry: name (``TrainConfig.objective``, ``--objective``) -> ``ObjectiveSpec``.
+The ``objective`` decorator registers more from outside the package."""

@@ -58,7 +58,7 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> n
 
 
 def save_png(array: np.ndarray, path: str | Path, scale: int = 2) -> Path:
-    """Write a uint8 picture, such as an :func:`image_grid`, as a PNG file.
+    """Write a uint8 picture, such as an ``image_grid``, as a PNG file.
 
     The picture is enlarged by `scale` without blurring (nearest neighbour), and the file
     appears whole or not at all.
@@ -395,7 +395,7 @@ TERMS = {
 
 
 def curve_panels(rows: list[dict]) -> list[str]:
-    """The panels of :func:`curves_figure` for metrics rows: one per term (train and test
+    """The panels of ``curves_figure`` for metrics rows: one per term (train and test
     together), then the learning rate and throughput where logged."""
     keys = {k for r in rows for k in r}
     terms = {k.split("_", 1)[1] for k in keys if k.startswith(("train_", "test_"))}

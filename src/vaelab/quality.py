@@ -39,7 +39,7 @@ class FeatureNet(nn.Module):
 
     Three conv levels (32, 64, 128 channels; stride 2 between) and global average pooling
     turn images (B, C, H, W) of any size into (B, 128) features (``net.features``); the
-    linear ``net.head`` maps them to class logits. :func:`classifier` trains and caches one
+    linear ``net.head`` maps them to class logits. ``classifier`` trains and caches one
     per dataset.
 
     Args:
@@ -82,7 +82,7 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     square root is needed.
 
     Args:
-        a: Features (N, F) of one set, e.g. of test images (:func:`features`).
+        a: Features (N, F) of one set, e.g. of test images (``features``).
         b: Features (M, F) of the other, e.g. of generated images; M may differ from N.
 
     Returns:
@@ -132,7 +132,7 @@ def classifier(data: Dataset, binarization: str, device: torch.device, steps: in
         progress: Whether to show a progress bar while training.
 
     Returns:
-        (the trained :class:`FeatureNet` on `device` in eval mode, a dict with its
+        (the trained ``FeatureNet`` on `device` in eval mode, a dict with its
         ``test_accuracy`` and how it was trained).
 
     Raises:
@@ -205,7 +205,7 @@ def features(net: FeatureNet, images: torch.Tensor, batch: int = 1000) -> torch.
     """The classifier's penultimate-layer features of images: what the Fréchet distance compares.
 
     Args:
-        net: A :class:`FeatureNet`, e.g. from :func:`classifier`.
+        net: A ``FeatureNet``, e.g. from ``classifier``.
         images: Float images (N, C, H, W) in [0, 1], on the network's device.
         batch: Images per forward pass.
 
