@@ -215,7 +215,7 @@ class Run:
         """The trained model in eval mode: an ``nn.Module`` whose ``encode(x)`` gives the
         posterior over codes (``.mean`` of shape (N, D)), ``decode(z)`` the likelihood over
         images (``.mean``, ``.log_prob(x)``, ``.sample()``), ``sample(n)`` draws images from the
-        prior, ``log_weights(x, k)`` gives k importance weights per image, shape (k, N), and
+        prior, ``log_weights(x, k)`` gives k importance log-weights per image (nats), shape (k, N), and
         ``forward(x)`` runs the training objective. Its outputs carry gradients: wrap calls in
         ``torch.no_grad()`` to only look. Conditional models take ``c`` (one-hot, (N, K))."""
         return load_run(self.path, self.device)[1]

@@ -155,7 +155,8 @@ class Batches:
         batch_size: Images per global batch.
         binarization: ``"dynamic"``, ``"fixed"`` or ``"none"`` (grey levels).
         device: Where the batches go.
-        seed: The seed of the order and of the noise.
+        seed: The seed of the order and of the dynamic binarisation or dequantisation noise
+            (fixed binarisation uses `fixed_key`).
         dequantize: With ``"none"``: add uniform noise (density likelihoods).
         cond: Conditions (N, C') to hand out with the images, or None.
         resident: Hold the uint8 images on `device` (True) or stream them from disk (False);
@@ -303,8 +304,8 @@ class SplitInputs:
         dequantize: With ``"none"``: add uniform noise (density likelihoods).
         device: Where the inputs go.
         cond: Conditions (N, C') of the images, or None.
-        budget: Bytes of uint8 images that may be held on `device`; a larger split is read
-            from disk chunk by chunk.
+        budget: Bytes of uint8 images that may be held on `device`; a larger split stays where
+            it is (CPU memory or the disk cache) and is moved to `device` chunk by chunk.
 
     Examples:
         >>> from vaelab.batches import SplitInputs

@@ -1,4 +1,4 @@
-"""The one config tree. Every default of vaelab lives here.
+"""The one config tree. Every configurable default of a run lives here.
 
 A run is fully described by a ``Config``; ``config.json`` in a run folder is
 ``Config.to_dict()`` and ``Config.from_dict`` rebuilds it, rejecting unknown keys so
@@ -24,8 +24,9 @@ __all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "ConfigError", 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the fix.
 
-    It is a ``ValueError``, raised when a config is built, read or changed, and by the
-    registries when a name (model, net, likelihood, ...) is not one of theirs.
+    It is a ``ValueError``, raised by ``Config.from_dict``, ``Config.replace``, ``load`` and
+    ``validate`` (the dataclasses themselves do not check), and by the registries when a name
+    (model, net, likelihood, ...) is not one of theirs.
 
     Examples:
         >>> from vaelab.config import Config, ConfigError
@@ -84,7 +85,7 @@ def setting(default: Any, help: str, *, flag: str | None = None, metavar: str | 
 class DataConfig:
     """The ``data`` section of a config: which images to train on and how they are read.
 
-    Each field is also a flag of ``vaelab train`` (``image_size`` is ``--image-size``); its help
+    Each field but ``fingerprint`` is also a flag of ``vaelab train`` (``image_size`` is ``--image-size``); its help
     there says more. Frozen: change a field with ``Config.replace``.
 
     Attributes:
@@ -95,10 +96,11 @@ class DataConfig:
             keeps the images' own size.
         channels: 1 (grey), 3 (RGB) or 0 (grey when every image is grey).
         background: The colour transparent pixels are laid on: white, black, grey or ``#rrggbb``.
-        test_fraction: The share of a folder's images held out for testing, in [0, 1).
+        test_fraction: The share of a folder's or array file's images held out for testing
+            when no split is given, in [0, 1).
         skip_bad_images: Skip images that cannot be decoded instead of stopping.
         memory_budget_mb: MiB of training images kept on the device; a larger split is
-            streamed from disk. 0 chooses from the free memory.
+            streamed from disk. 0: half the free GPU memory on CUDA, a quarter of the RAM on CPU.
         fingerprint: The data's identity, set by training (None before).
         binarization: ``dynamic``, ``fixed``, ``none`` or ``auto`` (chosen from the data).
         binarization_seed: The seed of fixed binarisation and of the test set's.

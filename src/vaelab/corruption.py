@@ -1,7 +1,7 @@
 """Corrupted images: the noise of denoising training and of the noise-removal experiment.
 
-Three kinds (``uniform``, ``salt-pepper``, ``gaussian``; Vincent et al. 2008 train
-denoising autoencoders on such corruptions). In training, the noise is tied to each image
+Three kinds: ``uniform``, ``salt-pepper`` and ``gaussian`` (Vincent et al. 2008 and 2010
+train denoising autoencoders on masking, salt-and-pepper and Gaussian corruptions). In training, the noise is tied to each image
 by counter-based numbers, so an image is corrupted alike in any batch or process.
 """
 
@@ -90,7 +90,8 @@ def _rand(x: torch.Tensor, generator: torch.Generator | PixelNoise | None, strea
 
 def add_noise(x: torch.Tensor, kind: str, level: float | torch.Tensor,
               generator: torch.Generator | PixelNoise | None = None) -> torch.Tensor:
-    """Corrupt images with noise: the corruptions of denoising training and of ``vaelab explore``.
+    """Corrupt images with noise: the corruptions of denoising training, of the denoise figure
+    (``vaelab plot --what denoise``) and of ``vaelab serve``.
 
     ``uniform`` adds U(0, 1) to a fraction `level` of the pixels and clips at 1,
     ``salt-pepper`` sets a fraction `level` to 0 or 1 (a fair coin each), ``gaussian`` adds
@@ -152,7 +153,8 @@ def corrupt(x: torch.Tensor, idx: torch.Tensor, denoise: tuple[str, float, float
         x: Float images (B, C, H, W) with pixels in [0, 1].
         idx: The images' indices in their split, (B,) integers on x's device.
         denoise: (kind, low, high): the noise kind and the range of its level.
-        key: The stream of the noise, e.g. derived from the seed and the epoch.
+        key: The stream of the noise, e.g. derived from the seed and the training step
+            (``vaelab.training.noise_key``).
 
     Returns:
         The corrupted images, float (B, C, H, W) in [0, 1].

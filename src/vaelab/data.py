@@ -634,7 +634,7 @@ class Dataset:
         fingerprint: A short hash that changes when the data change.
         skipped: Images left out as unreadable, each ``"name: reason"``.
         binary_benchmark: Whether this is a named binary benchmark (the MNIST family).
-        cache: For an image folder, its cache folder; else ``""``.
+        cache: For an image folder or array file, its cache folder; ``""`` for a named dataset.
 
     Examples:
         >>> from vaelab.data import load_dataset

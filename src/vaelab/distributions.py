@@ -259,7 +259,8 @@ class GaussianChain:
     p(z_L) p(z_{L-1}|z_L)...). A code is the concatenation of the layers (..., sum(sizes)),
     in chain order, or reversed with ``reverse=True``, so both chains share one layout.
     Its KL to anything has no closed form: the ELBO estimates it by Monte Carlo. This is the
-    ladder/hierarchical factorisation of Sønderby et al. 2016 and Vahdat & Kautz 2020 (NVAE).
+    factorisation of the multi-layer models of Burda et al. 2016 (section 5): bottom-up
+    inference, top-down generation (not the top-down inference of the Ladder VAE or NVAE).
 
     Args:
         first: the Gaussian of z_1, (B, d_1) for a posterior, or (d_1,) for a prior.
@@ -329,8 +330,9 @@ class GaussianChain:
         return log_p
 
     def log_prob_levels(self, z: torch.Tensor) -> torch.Tensor:
-        """Each layer's log-density term of codes (B, D) -> (L, B), or (..., D) -> (L, ...), in layer
-        order z_1 ... z_L (the code's layout) for both directions of chain; they sum to ``log_prob(z)``."""
+        """Each layer's log-density term of codes (B, D) -> (L, B), or (..., D) -> (L, ...), in the
+        code's layout (chain order, or last first with ``reverse=True``), so that the prior's and
+        the posterior's terms line up layer by layer; they sum to ``log_prob(z)``."""
         parts = self._split(z)
         terms = [self.first.log_prob(parts[0])]
         for step, prev, cur in zip(self.steps, parts[:-1], parts[1:]):
@@ -338,7 +340,7 @@ class GaussianChain:
         return torch.stack(terms[::-1] if self.reverse else terms)
 
     def layers(self) -> list[DiagonalGaussian]:
-        """Each layer's Gaussian at the mean of the layer before, in layer order z_1 ... z_L: L
+        """Each layer's Gaussian at the mean of the layer before, in chain order: L
         DiagonalGaussians with parameters (B, d_j)."""
         gs = [self.first]
         for step in self.steps:

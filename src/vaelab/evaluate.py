@@ -200,7 +200,8 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
     a density, also what z encodes: ``active_units``, the KL and its split per dimension
     (``kl_summary``), I(x; z) (``mutual_information``) and a warning on posterior
     collapse; with `figures`, ``kl_per_dim.png`` is written in the run folder even when not
-    `write`.
+    `write`. A plain autoencoder has no density: it gets ``recon_nll``, -log p(x | z = f(x)),
+    instead of ``elbo`` and ``nll``.
 
     Metric ``fd``: the Fréchet distance between test images and as many prior samples in the
     features of vaelab's own classifier: ``fd`` for draws x ~ p(x|z), ``fd_mean`` for decoder

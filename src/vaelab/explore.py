@@ -257,7 +257,10 @@ def figure_samples(ex: Explorer, n: int = 32, ncol: int = 8):
     g = ex.gen()
     prior = ex.model.sample(n, generator=g, c=ex.cond(n))
     panels = [("decoder mean E[x|z]", prior.mean), ("one draw x ~ p(x|z)", prior.sample(generator=g))]
-    title = f"{n} samples from the prior, z ~ N(0, I) ({ex.cfg.model.model})"
+    m = ex.cfg.model
+    law = {"mog": "a learned mixture of Gaussians", "vamp": "the VampPrior"}.get(m.prior, "N(0, I)")
+    law = "top layer N(0, I), then p(z_j | z_j+1)" if m.model == "hvae" else law
+    title = f"{n} samples from the prior, z ~ {law} ({m.model})"
     if not ex.model.has_density:
         title += "; an AE has no prior: its codes were never made to look like these"
     if ex.c is not None:

@@ -33,20 +33,17 @@ class PlanarFlows(nn.Module):
     w.u) w / |w|^2 with m(a) = -1 + softplus(a) keeps w.u_hat > -1. But as w.u_hat
     approaches -1 the map flattens the hyperplane w.z + b = 0: det df/dz = 1 + h'(a) w.u_hat
     goes to 0 there, and the gradient of log det at a point a distance ~sqrt(s) from it grows
-    like 1/sqrt(s), with s = 1 + w.u_hat. With amortised parameters one such step in the first
-    epoch pushed w, u and b to hundreds and the posterior's log-std to -50 (loss 10^4, then
-    NaN; `--flows 10` at the default lr 2e-3). Here m(a) = -1 + `min_det` + softplus(a):
+    like 1/sqrt(s), with s = 1 + w.u_hat, which can blow up amortised parameters (it did in
+    training, at the default learning rate). Here m(a) = -1 + `min_det` + softplus(a):
     det >= min_det everywhere, so every step's log det, and its gradient, stay bounded; ten
     maps can still contract a direction by min_det^10.
 
     The determinant is only half of it. A map's Jacobian I + h'(a) u_hat w^T stretches by up
     to 1 + |u_hat||w|, and K maps compose: with |w| and |u_hat| up to 4, ten maps could stretch
-    a direction by 17^10, and a single outlier image then threw a gradient 10x the usual
-    (seed 1, epoch 5 of the default recipe), Adam's next steps inflated the base log-std to
-    e^12, and the Monte-Carlo KL overflowed (NaN at step 1952). `max_norm` bounds |w| and
-    |u_hat| smoothly (v -> v max_norm tanh(|v| / max_norm) / |v|); at 2 each map stretches by
-    at most 5, the same run's largest gradient norm stayed at 2.3x its median, and the test
-    ELBO after 8 epochs was 1 nat better than other seeds' at max_norm 4 (docs/benchmarks.md, flows).
+    a direction by 17^10, so that one outlier image can throw a gradient that inflates the
+    base log-std until the Monte-Carlo KL overflows. `max_norm` bounds |w| and |u_hat|
+    smoothly (v -> v max_norm tanh(|v| / max_norm) / |v|); at 2 each map stretches by at most
+    5 (measurements: docs/benchmarks.md, flows).
 
     Args:
         latent_dim: D, the number of latent dimensions.

@@ -17,9 +17,9 @@ Each image is decoded once (in parallel, with a progress bar), brought to one sh
 (shorter side resized to fit, centre crop; alpha composited on a background colour;
 grey or RGB) and written as a row of a raw uint8 file per split, ``train.u8`` and
 ``test.u8`` (N, C, H, W), next to ``manifest.json`` (files with sizes and mtimes, the
-transform, labels) in ``$XDG_CACHE_HOME/vaelab/images/<hash of the path>/``. The
-cache is reused while the files and the transform are unchanged; otherwise it is
-rebuilt, re-decoding only files that are new or changed.
+transform, labels) in ``$XDG_CACHE_HOME/vaelab/images/<hash of the path and the
+transform>/``. The cache is reused while the files are unchanged; otherwise it is
+refreshed, re-decoding only files that are new or changed.
 
 ``load_configured`` is the data layer's one entry point: a config's data section ->
 the named dataset, folder or array file it names.
@@ -105,7 +105,9 @@ def image_extensions() -> set[str]:
     from PIL import Image
 
     Image.init()
-    return {ext.lower() for ext in Image.registered_extensions()}
+    # registered_extensions() lists save-only formats too (.pdf, .palm): a folder's PDF is
+    # not an image vaelab can read, so it is passed over like a .txt, not reported unreadable
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
 def in_test_split(key: str, fraction: float) -> bool:
@@ -672,9 +674,9 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
     ``train/`` and ``test/`` subfolders define the splits; otherwise each file goes to the
     test split when a stable hash of its relative path falls below ``test_fraction``. Images
     in class folders (``cats/a.png``) get the folder name as their label; a flat folder is
-    unlabelled. The cache in ``$XDG_CACHE_HOME/vaelab/images/`` is built here, reused while
-    the files and the transform are unchanged, and otherwise refreshed, decoding only the
-    files that are new or changed.
+    unlabelled. Each transform of a folder has its own cache in
+    ``$XDG_CACHE_HOME/vaelab/images/``, built here and reused while the files are unchanged;
+    when files are added or changed it is refreshed, decoding only those files.
 
     Args:
         root: The folder.
@@ -983,8 +985,8 @@ def load_configured(d: DataConfig, progress: bool = True) -> Dataset:
 
     The data layer's one entry point, as training and evaluation read data: folders and
     array files go through ``load_folder`` and ``load_array`` with the section's
-    image size, channels, background and test fraction; named datasets are resized when
-    the section asks. The section's conditions file, if any, is attached.
+    image size, channels, background and test fraction; named datasets are resized,
+    converted to the section's channels and laid on its background when it asks. The section's conditions file, if any, is attached.
 
     Args:
         d: The ``data`` section of a config (``vaelab.config.DataConfig``), e.g.

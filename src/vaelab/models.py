@@ -215,8 +215,8 @@ class _Base(nn.Module):
 
     def decode(self, z: torch.Tensor, c: torch.Tensor | None = None):
         """The likelihood p(x|z): codes (B, D), or (K, B, D) for K draws per image, [+ conditions
-        (B, C')] -> a distribution over images (B, C, H, W) or (K, B, C, H, W), with ``mean``,
-        ``sample()`` and ``log_prob(x)`` of shape (B,) or (K, B)."""
+        (B, C')] -> a distribution over images (B, C, H, W) or (K, B, C, H, W): ``mean`` and
+        ``sample()`` have that image shape, ``log_prob(x)`` has shape (B,) or (K, B)."""
         lead = z.shape[:-1]
         cond = self._condition(c, lead)
         if cond is not None:
@@ -334,7 +334,8 @@ class VAE(_Base):
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> DiagonalGaussian | FlowPosterior:
         """The posterior q(z|x) of images x (B, C, H, W) [conditions c (B, C')]: a diagonal
         Gaussian with ``mean`` and ``log_std`` (B, D), or, with flows, a FlowPosterior whose
-        ``mean`` (B, D) is that of its base; ``rsample(n)`` gives (n, B, D)."""
+        ``mean`` (B, D) is its base Gaussian's mean pushed through the flows; ``rsample(n)``
+        gives (n, B, D)."""
         out = self.encoder_input(x, c)
         d = self.latent_dim
         base = DiagonalGaussian(out[:, :d], out[:, d : 2 * d])
@@ -344,8 +345,9 @@ class VAE(_Base):
 class HVAE(_Base):
     """VAE with a hierarchy of stochastic layers z_1 (next to the data) ... z_L (top), as in
     Burda et al. 2016's two-layer MNIST model (their section 5): the generative path is
-    top-down, p(z_L) = N(0, I), p(z_j | z_{j+1}) and p(x | z_1), every conditional a
-    diagonal Gaussian from an MLP; inference is bottom-up, q(z_1 | x) q(z_2 | z_1) ....
+    top-down, p(z_L) = N(0, I), p(z_j | z_{j+1}) each a diagonal Gaussian from an MLP, and
+    p(x | z_1) from the configured likelihood and decoder; inference is bottom-up,
+    q(z_1 | x) q(z_2 | z_1) ....
     (A ladder-style top-down posterior, Sønderby et al. 2016, was built and measured: without
     their batch norm and KL warm-up it trained far slower and diverged on 3 of 3 seeds at the
     default learning rate; docs/doing-better.md.)
@@ -529,9 +531,10 @@ class CVAE(VAE):
 class ICVAE(CVAE):
     """An invariant conditional VAE (Moyer et al. 2018): a CVAE whose codes carry little information about c.
 
-    A ``CVAE`` trained with the ``vaelab.objectives.icvae`` objective, which adds
-    lambda * KL(q(z|x) || q(z)) to push the information about c out of z (the decoder gets
-    c anyway). Its posterior is a plain diagonal Gaussian: no flows. Same arguments and
+    A ``CVAE`` trained with the ``vaelab.objectives.icvae`` objective, which weights the
+    reconstruction by 1 + lambda and adds lambda times a bound on KL(q(z|x) || q(z)) (the
+    mean pairwise KL between the batch's posteriors) to push the information about c out of
+    z (the decoder gets c anyway). Its posterior is a plain diagonal Gaussian: no flows. Same arguments and
     shapes as ``CVAE``.
 
     Examples:
@@ -599,7 +602,7 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: i
     Fields left to the recipe (``auto`` or None) are filled as training fills them
     (``vaelab.config.resolve``), from the image shape alone: the binary recipe when the
     likelihood is Bernoulli or unset, the 8-bit recipe otherwise (training resolves against
-    the data first). The settings are then checked (``VAE.check``) and the class
+    the data first). The settings are then checked by the model class's ``check`` and the class
     ``MODELS[cfg.model]`` is built. The model's ``cfg`` holds the resolved settings.
 
     Args:

@@ -394,8 +394,8 @@ class ResNetDecoder(nn.Module):
     A linear layer maps the code to the deepest level's feature map; each level then runs
     ``res_blocks`` residual blocks (``ResBlock``) and a 2x upsampling by
     resize-convolution (nearest-neighbour upsampling, then a 3x3 conv; Odena et al. 2016),
-    which costs what a sub-pixel conv costs but leaves no checkerboard artefacts (with
-    sub-pixel upsampling, prior samples of a colour VAE were crossed by a grid). A 1x1 conv
+    which costs what a sub-pixel conv costs but leaves no checkerboard artefacts (sub-pixel
+    upsampling can leave a grid across samples). A 1x1 conv
     head maps the full-resolution features to the likelihood's parameters, so a wide head (a
     10-component colour mixture has 100 channels) costs 9x less than a 3x3 one. Under
     autocast the head runs in fp32. Maps (B, latent_dim) -> (B, C_out, H, W).

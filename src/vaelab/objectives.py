@@ -3,7 +3,7 @@ the quantity minimised (averaged over the batch by the training loop) and the ot
 entries reported in the metrics. All terms are in nats per image; ``elbo`` is always the
 evidence lower bound itself (beta = 1), whatever the loss weighs.
 
-An objective is registered once, in :data:`OBJECTIVES` (or from outside the package with
+An objective is registered once, in ``OBJECTIVES`` (or from outside the package with
 ``@objective(name, terms=..., options=...)``), with the names of its terms and of the
 TrainConfig fields it takes, and bound once to a run's settings (``bind``): the
 resulting ``Objective`` is called with data only, the same way in training and in

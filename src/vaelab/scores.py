@@ -554,12 +554,14 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
     Returns:
         A [Table][vaelab.scores.Table] keyed by ``split`` and ``index`` (plus ``file`` for
         folders; ``label`` where known, class names as text such as ``"7"``), with one (N,)
-        column per score: ``elbo``, ``log_px``,
-        ``bits_per_dim``, ``recon``, ``kl``, ``mse``; ``kl_1``... and ``llr_1``... for a hierarchical
-        model; ``complexity_corrected`` and ``png_bits`` for models with a likelihood.
+        column per score: ``recon`` and ``mse`` for every model; ``elbo``, ``log_px``,
+        ``bits_per_dim``, ``kl``, ``complexity_corrected`` and ``png_bits`` for models with a
+        density (not the plain autoencoder); ``kl_1``... and ``llr_1``... for a hierarchical model.
 
     Raises:
-        ConfigError: data whose images differ in shape from the model's, or an unknown score.
+        DataError: data whose images differ in shape from the model's, or whose conditions do
+            not fit it.
+        ConfigError: an unknown score or split, or k < 1.
 
     Examples:
         >>> t = vaelab.score(run, k=10, n=20, progress=False)
@@ -668,7 +670,8 @@ def top_figure(table: Table, n: int, by: str | None = None):
     Args:
         table: a table from [score][vaelab.scores.score] (it keeps the images its rows index).
         n: images per row.
-        by: the score to rank by (default: LLR>1 for a hierarchical model, else log p(x)).
+        by: the score to rank by (default: LLR>1 for a hierarchical model, else log p(x), else
+            the reconstruction error ``mse``).
 
     Returns:
         A matplotlib Figure with two rows of n images, the global backend untouched.
@@ -727,7 +730,8 @@ def encode(run, data=None, *, split: str = "auto", samples: int = 0, n: int | No
         (labelled data: class names as text; their indices are
         ``[codes.data.classes.index(v) for v in codes["label"]]``), ``mean`` of shape (N, D) and
         ``std`` of shape (N, D) and, with samples, ``samples`` of shape (N, S, D). A hierarchical
-        model's layers sit side by side, z_1 first (``info["levels"]`` gives their sizes); an
+        model's layers sit side by side, z_1 first (``info["levels"]`` gives their sizes), each
+        layer given the mean of the layer below; with flows, ``std`` is the base Gaussian's; an
         autoencoder has its code as ``mean`` and no std.
 
     Examples:
@@ -806,8 +810,8 @@ OOD_NOTE = ("No out-of-distribution data were used to train the model or to set 
 def detection(inside: np.ndarray, outside: np.ndarray) -> dict[str, float]:
     """How well a score separates in-distribution from out-of-distribution images.
 
-    The out-of-distribution images are the positive class. Infinite or NaN scores rank as most
-    unusual and are counted. Needs scikit-learn.
+    The out-of-distribution images are the positive class. NaN and +inf scores rank as most
+    unusual, -inf as least; all are counted in ``non_finite``. Needs scikit-learn.
 
     Args:
         inside: shape (N,), anomaly scores (larger = more unusual) of in-distribution images.

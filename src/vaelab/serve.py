@@ -188,11 +188,12 @@ def read_data_url(value: Any, size: tuple[int, int], channels: int, background: 
 class Session:
     """A trained model with its test images, answering the explorer page's questions.
 
-    The page's whole logic in plain Python, without a web server: every method takes
-    JSON-like values (a dict, as parsed from a request) and returns a JSON-able dict, with
-    images as PNG data URLs (``"data:image/png;base64,..."``) and codes as lists of D
-    numbers. Invalid input raises [BadRequest][vaelab.serve.BadRequest]. Model calls hold a
-    lock, one at a time, so concurrent requests never oversubscribe the CPU.
+    The page's whole logic in plain Python, without a web server: the request methods
+    (``info``, ``decode``, ``encode``, ``prior``, ...) take JSON-like values (a dict, as
+    parsed from a request) and return a JSON-able dict, with images as PNG data URLs
+    (``"data:image/png;base64,..."``) and codes as lists of D numbers. Invalid input raises
+    [BadRequest][vaelab.serve.BadRequest]. Model calls hold a lock, one at a time, so
+    concurrent requests never oversubscribe the CPU.
 
     Args:
         ex: the run's [Explorer][vaelab.explore.Explorer] (its model, test images, config).
@@ -448,7 +449,8 @@ class Session:
         n = _integer(body.get("n", 16), "n", 1, 256)
         seed = _integer(body.get("seed", 0), "seed", 0, 2**31 - 1)
         g = torch.Generator(device=self.ex.x.device).manual_seed(seed)
-        z = self.model.prior().sample(n, generator=g)
+        with self.lock:  # a VampPrior runs the encoder on its pseudo-inputs
+            z = self.model.prior().sample(n, generator=g)
         return {"images": self.decode_many([(z, self._conditions(body.get("class"), n))])[0], "z": z.tolist()}
 
     # -- typical and unusual images -------------------------------------------
@@ -809,7 +811,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device
         RunError: the folder holds no readable run.
 
     Examples:
-        From a script (this blocks)::
+        From a script (this blocks):
 
             serve("runs/mnist-vae", port=8000, ready=print)   # then open http://127.0.0.1:8000/
 
