@@ -75,6 +75,15 @@ def test_flat_folder_is_unlabelled_and_labelled_commands_say_so(tmp_path):
         d.require_labels("the probe")
 
 
+def test_files_pillow_can_only_write_are_passed_over_like_text(tmp_path):
+    """A PDF that Pillow wrote (it cannot read one back) sits beside the images: not an image."""
+    write_class_folder(tmp_path / "ds", 20)
+    Image.fromarray(digits(1)[0][0]).save(tmp_path / "ds" / "class0" / "scan.pdf")
+    (tmp_path / "ds" / "class0" / "notes.txt").write_text("not an image")
+    d = load_folder(tmp_path / "ds", T, progress=False)
+    assert len(d.train) + len(d.test) == 20 and not d.skipped
+
+
 def test_loose_images_beside_class_folders_are_refused(tmp_path):
     write_class_folder(tmp_path / "ds", 10)
     Image.fromarray(digits(1)[0][0]).save(tmp_path / "ds" / "loose.png")
