@@ -1018,8 +1018,8 @@ def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = True
     cfg = load_config(run_dir)
     done = Run(run_dir).checkpoint_epoch
     if epochs is not None and done is not None and epochs < done:
-        raise ConfigError(f"{run_dir} has already trained {done} epochs; --epochs is the total, so give more "
-                          f"than {done} to continue it (nothing was changed)")
+        raise ConfigError(f"{run_dir} has already trained {done} epochs; the epochs asked for are the total "
+                          f"(--epochs, or epochs=), so give more than {done} to continue it (nothing was changed)")
     changed = {k: v for k, v in (("epochs", epochs), ("minutes", minutes))
                if v is not None and v != getattr(cfg.train, k)}
     if changed:
