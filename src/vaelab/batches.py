@@ -269,7 +269,7 @@ class Batches:
         """The state of the order and noise generators, for a checkpoint.
 
         Returns:
-            ``{"data_order": ..., "data_noise": ...}``: each generator's state, a uint8 tensor of shape (S,).
+            dict: ``{"data_order": ..., "data_noise": ...}``, each generator's state, a uint8 tensor of shape (S,).
         """
         return {"data_order": self.order_generator.get_state(), "data_noise": self.generator.get_state()}
 

@@ -211,7 +211,7 @@ def load_checkpoint(run_dir: str | Path, model: torch.nn.Module,
         optimizer: an optimiser over `model`'s parameters to restore, or None.
 
     Returns:
-        ``(info, rng)``: the ``state.json`` record (``epoch``, ``step``, ``image_shape``, ...)
+        tuple: ``(info, rng)``, the ``state.json`` record (``epoch``, ``step``, ``image_shape``, ...)
         and the saved random-generator states by name (tensors such as the uint8 states of
         shape (S,) that ``torch.Generator.get_state()`` returns).
 
@@ -314,7 +314,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
         device: where the model goes (``"cpu"``, ``"cuda"``, ...).
 
     Returns:
-        ``(config, model)``: the run's [Config][vaelab.config.Config] and the model, whose
+        tuple: ``(config, model)``, the run's [Config][vaelab.config.Config] and the model, whose
         ``encode(x)`` takes images of shape (N, C, H, W) and ``sample(n)`` draws from the prior.
 
     Raises:

@@ -303,7 +303,7 @@ def compare(variants: list[Variant], out: str | Path, seeds: tuple[int, ...] = (
         log: called with each line of progress (``print`` by default).
 
     Returns:
-        The summary written to ``compare.json``: ``"rows"`` (one dict per run: variant, seed,
+        dict: the summary written to ``compare.json``, ``"rows"`` (one dict per run: variant, seed,
         run folder, metrics, or ``"error"``), ``"table"`` (per variant: each metric's
         ``{"mean", "std", "n"}``, ``"seeds"`` finished and ``"failed"``), and the settings.
 

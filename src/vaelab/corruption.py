@@ -1,8 +1,9 @@
 """Corrupted images: the noise of denoising training and of the noise-removal experiment.
 
 Three kinds: ``uniform``, ``salt-pepper`` and ``gaussian`` (Vincent et al. 2008 and 2010
-train denoising autoencoders on masking, salt-and-pepper and Gaussian corruptions). In training, the noise is tied to each image
-by counter-based numbers, so an image is corrupted alike in any batch or process.
+train denoising autoencoders on masking, salt-and-pepper and Gaussian corruptions). In
+training, the noise is tied to each image by counter-based numbers, so an image is
+corrupted alike in any batch or process.
 """
 
 from __future__ import annotations

@@ -157,7 +157,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         path: The ``.idx`` file, or its ``.gz``.
 
     Returns:
-        A read-only array of the header's shape and dtype: ``(N, H, W)`` uint8 for image
+        numpy.ndarray: a read-only array of the header's shape and dtype, ``(N, H, W)`` uint8 for image
         files, ``(N,)`` for label files.
 
     Raises:
@@ -677,7 +677,7 @@ class Dataset:
         """What the training recipe is chosen from.
 
         Returns:
-            A ``vaelab.config.DataFacts``: the image shape ``(C, H, W)``, the number of
+            DataFacts: a ``vaelab.config.DataFacts``, the image shape ``(C, H, W)``, the number of
             training images and whether the data are binary.
         """
         return DataFacts(self.image_shape, len(self.train), self.binary_benchmark or self.binary_pixels())

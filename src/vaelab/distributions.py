@@ -115,7 +115,7 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
         z: (B, D), or any (..., D): points in latent space.
 
     Returns:
-        (B,), or (...): -0.5 (|z|^2 + D log 2 pi) for each row.
+        Tensor: (B,), or (...), -0.5 (|z|^2 + D log 2 pi) for each row.
 
     Examples:
         >>> from vaelab.distributions import standard_normal_log_prob
@@ -651,7 +651,7 @@ def mixture_log_prob(x: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor, l
             when C == 3; or None for channels independent within a component.
 
     Returns:
-        (B,), or the broadcast batch shape: log p(x) in nats.
+        Tensor: (B,), or the broadcast batch shape, log p(x) in nats.
 
     Examples:
         >>> from vaelab.distributions import log_bin_mass, mixture_log_prob

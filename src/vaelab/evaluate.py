@@ -108,7 +108,9 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, rows: int | None = Non
         (torch.Size([8]), True)
     """
     if not getattr(model, "has_density", False):
-        raise TypeError(f"{type(model).__name__} defines no density p(x); it has no log-likelihood")
+        raise TypeError(f"{type(model).__name__} does not declare a density p(x): log_likelihood needs a model with "
+                        "has_density = True and log_weights(x, k, q=None, generator=None, c=None) -> (k, B) "
+                        "log-weights (a subclass of vaelab.models.VAE has both; a plain autoencoder has no density)")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     model.eval()
@@ -488,7 +490,7 @@ def probe(run_dir: str | Path, layers: int = 1, hidden: int = 256, epochs: int =
         dataset: A ``vaelab.data.Dataset`` to use instead of loading the run's data.
 
     Returns:
-        A JSON-able dict: ``accuracy``, ``train_accuracy``, ``majority``, ``recon_mse`` and the
+        dict: a JSON-able dict, ``accuracy``, ``train_accuracy``, ``majority``, ``recon_mse`` and the
         settings used.
 
     Raises:
@@ -668,7 +670,7 @@ def mutual_information(model, inputs: SplitInputs, dist: Dist = Dist(), batch: i
         seed: The seed of the codes drawn.
 
     Returns:
-        A dict: ``mi`` (nats), ``mi_batch`` (the batch size N), ``mi_bound`` (log N) and
+        dict: ``mi`` (nats), ``mi_batch`` (the batch size N), ``mi_bound`` (log N) and
         ``mi_note`` (how to read it); only ``mi_note`` when it cannot be estimated.
 
     Examples:
@@ -743,7 +745,7 @@ def kl_summary(model, inputs: SplitInputs, dist: Dist = Dist(), samples: int = K
         seed: The seed of the Monte-Carlo samples.
 
     Returns:
-        ``(entries, active)``: the KL entries of ``eval.json`` (``kl`` in nats per image and
+        tuple: ``(entries, active)``, the KL entries of ``eval.json`` (``kl`` in nats per image and
         ``kl_stderr``, ``kl_estimator``, and ``kl_per_dim`` ``(D,)`` or ``kl_per_level`` ``(L,)``
         as lists, or ``kl_note``), and the active dimensions as a bool mask ``(D,)``.
 

@@ -182,7 +182,7 @@ def principal_axes(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
         codes: Codes ``(N, D)``, e.g. posterior means.
 
     Returns:
-        ``(mean, directions, stds)``: the mean ``(D,)``, the top two principal directions as
+        tuple: ``(mean, directions, stds)``, the mean ``(D,)``, the top two principal directions as
         unit rows ``(2, D)``, and the standard deviation along each ``(2,)``.
 
     Examples:
@@ -214,7 +214,7 @@ def figure_recon(ex: Explorer, n: int = 10):
         n: How many test images to show.
 
     Returns:
-        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict of the
+        tuple: ``(figure, numbers)``, a matplotlib Figure and a JSON-able dict of the
         reconstructions' mean squared error (``mse_per_image``, ``mse_mean``).
 
     Examples:
@@ -246,7 +246,7 @@ def figure_samples(ex: Explorer, n: int = 32, ncol: int = 8):
         ncol: Images per row in each grid.
 
     Returns:
-        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict (``n``).
+        tuple: ``(figure, numbers)``, a matplotlib Figure and a JSON-able dict (``n``).
 
     Examples:
         >>> from vaelab.explore import Explorer, figure_samples
@@ -281,7 +281,7 @@ def figure_posterior(ex: Explorer, n: int = 8, draws: int = 6):
         draws: Codes drawn per image.
 
     Returns:
-        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict with the mean pixel
+        tuple: ``(figure, numbers)``, a matplotlib Figure and a JSON-able dict with the mean pixel
         standard deviation across draws (``pixel_std_per_image``, ``pixel_std_mean``) and ``draws``.
 
     Examples:
@@ -319,7 +319,7 @@ def figure_manifold(ex: Explorer, steps: int = 15, span: float = 3.0, dims: tupl
         dims: Two latent dimensions ``(i, j)`` to vary; None: see above.
 
     Returns:
-        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict describing the grid
+        tuple: ``(figure, numbers)``, a matplotlib Figure and a JSON-able dict describing the grid
         (``steps``; ``dims`` and ``span``, or ``pca_std`` and ``span_std``).
 
     Examples:
@@ -358,7 +358,7 @@ def figure_latents(ex: Explorer):
         ex: The model and its test images.
 
     Returns:
-        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict (``n`` points,
+        tuple: ``(figure, numbers)``, a matplotlib Figure and a JSON-able dict (``n`` points,
         ``projection``: ``identity`` or ``pca``).
 
     Examples:
@@ -391,7 +391,7 @@ def figure_interpolate(ex: Explorer, pairs: int = 4, steps: int = 10):
         steps: Images along each path, both ends included.
 
     Returns:
-        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict (``steps``, ``pairs``).
+        tuple: ``(figure, numbers)``, a matplotlib Figure and a JSON-able dict (``steps``, ``pairs``).
 
     Examples:
         >>> from vaelab.explore import Explorer, figure_interpolate
@@ -425,7 +425,7 @@ def figure_combine(ex: Explorer, weights: tuple[float, ...] = (0.5, 0.5), groups
         groups: How many rows, each combining the next k test images.
 
     Returns:
-        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict (``weights``, ``groups``).
+        tuple: ``(figure, numbers)``, a matplotlib Figure and a JSON-able dict (``weights``, ``groups``).
 
     Examples:
         >>> from vaelab.explore import Explorer, figure_combine
@@ -482,7 +482,7 @@ def figure_denoise(ex: Explorer, kind: str = "salt-pepper", levels: tuple[float,
         against: More models to compare, as run folders or Explorers.
 
     Returns:
-        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict: ``noise``, ``n``,
+        tuple: ``(figure, numbers)``, a matplotlib Figure and a JSON-able dict: ``noise``, ``n``,
         ``levels`` (the first model's table of MSE and PSNR per level) and ``models`` (a table
         per model, with ``psnr_recon_clean``, the PSNR of its reconstruction of the clean images).
 
@@ -532,7 +532,7 @@ def figure_curves(ex: Explorer):
         ex: An Explorer made from a run folder.
 
     Returns:
-        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict (``epochs``).
+        tuple: ``(figure, numbers)``, a matplotlib Figure and a JSON-able dict (``epochs``).
 
     Raises:
         vaelab.files.FileError: The run has no epoch records yet.
@@ -559,7 +559,7 @@ def figure_scale(ex: Explorer):
         ex: The model and its test images; its likelihood must have a scale.
 
     Returns:
-        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict (``kind`` of scale,
+        tuple: ``(figure, numbers)``, a matplotlib Figure and a JSON-able dict (``kind`` of scale,
         its ``min``, ``max`` and ``mean``).
 
     Raises:
@@ -607,7 +607,7 @@ def figure_transfer(ex: Explorer, n: int = 8):
         n: How many test images, one per row.
 
     Returns:
-        ``(figure, numbers)``: a matplotlib Figure and a JSON-able dict (``classes``, ``rows``).
+        tuple: ``(figure, numbers)``, a matplotlib Figure and a JSON-able dict (``classes``, ``rows``).
 
     Raises:
         ValueError: The model is not conditional, was conditioned on other side information,

@@ -344,7 +344,7 @@ def scan(root: Path) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]]]
         root: The folder.
 
     Returns:
-        (files, unreadable): files as sorted (relative path, size in bytes, mtime in ns),
+        tuple: (files, unreadable), files as sorted (relative path, size in bytes, mtime in ns),
         paths with ``/``; unreadable entries as sorted (printable relative path, why).
 
     Raises:

@@ -20,6 +20,17 @@ Every model class above is a subclass of one base class that implements ``forwar
 differs, ``prior``). ``MODELS`` maps a ``--model`` name to its class and ``PRIORS`` a
 ``--prior`` name to the builder of its parameters; a class added to ``MODELS`` is built by
 ``build_model`` and trained from the command line like the built-in ones.
+
+A module of your own (not a subclass) works with what it provides:
+
+- ``vaelab.objectives.elbo`` and ``iwae`` need ``encode(x, c=None)`` returning a posterior
+  with ``rsample_with_log_prob(n, generator=None)`` (a ``DiagonalGaussian`` has it),
+  ``decode(z, c=None)`` returning a likelihood with ``log_prob(x)``, and ``prior()`` returning
+  a distribution with ``log_prob(z)``;
+- ``vaelab.evaluate.log_likelihood``, the scores and ``vaelab ood`` also need
+  ``has_density = True`` and ``log_weights(x, k, q=None, generator=None, c=None)`` returning
+  (k, B) log-weights; subclassing ``VAE`` (and replacing its ``encoder``/``decoder`` nets)
+  gives both, with the run folder, resume and every command on top.
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ maps (B, latent_dim) -> (B, out_channels, H, W).
 
 ``NETS`` maps a ``--net`` name to its (encoder class, decoder class) pair and ``ACTIVATIONS``
 an ``--activation`` name to its ``nn.Module`` class; models look ``ModelConfig.net`` and
-``ModelConfig.activation`` up in them when they are built.
+``ModelConfig.activation`` up in them when they are built. The nets' own default activation
+is ``relu``; the models' (``ModelConfig.activation``) is ``elu``, so a net built here to
+match a vaelab model needs ``activation="elu"``.
 """
 
 from __future__ import annotations

@@ -251,7 +251,7 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
         peers: Data-parallel batch gathering (see the module docstring); ignored here.
 
     Returns:
-        Per-example terms in nats, each of shape (B,): ``loss`` = -(recon - beta * kl),
+        dict: per-example terms in nats, each of shape (B,), ``loss`` = -(recon - beta * kl),
         ``recon`` = E_q[log p(x|z)], ``kl`` = KL(q(z|x) || p(z)), ``elbo`` = recon - kl.
 
     Examples:
@@ -344,7 +344,7 @@ def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
         peers: Data-parallel batch gathering (see the module docstring); ignored here.
 
     Returns:
-        Per-example terms in nats, each of shape (B,): ``loss`` = -iwae, ``iwae`` the bound,
+        dict: per-example terms in nats, each of shape (B,), ``loss`` = -iwae, ``iwae`` the bound,
         ``elbo`` the mean of the k log-weights (an ELBO estimate from the same draws).
 
     Raises:
@@ -388,7 +388,7 @@ def reconstruction(model, x: torch.Tensor, c: torch.Tensor | None = None, *, gen
         peers: Data-parallel batch gathering (see the module docstring); ignored here.
 
     Returns:
-        Per-example terms in nats, each of shape (B,): ``loss`` = -recon and
+        dict: per-example terms in nats, each of shape (B,), ``loss`` = -recon and
         ``recon`` = log p(x | z = f(x)).
 
     Examples:
@@ -474,7 +474,7 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
             this batch is the whole batch.
 
     Returns:
-        Per-example terms in nats, each of shape (B,): ``loss``, ``recon`` = E_q[log p(x|z,c)],
+        dict: per-example terms in nats, each of shape (B,), ``loss``, ``recon`` = E_q[log p(x|z,c)],
         ``kl`` = KL(q(z|x) || p(z)), ``kl_marginal`` (the bound on KL(q(z|x) || q(z))) and
         ``elbo`` = recon - kl.
 

@@ -343,7 +343,7 @@ def denoise_figure(clean: torch.Tensor, noisy: torch.Tensor, recons: list[torch.
         inch: The size of each image in inches.
 
     Returns:
-        A matplotlib Figure: an axes per image, then the plot.
+        Figure: a matplotlib Figure, an axes per image, then the plot.
 
     Examples:
         >>> import torch
@@ -462,7 +462,7 @@ def heatmap(values: torch.Tensor, title: str):
         title: The figure's title.
 
     Returns:
-        A matplotlib Figure: the map's axes and the colour bar's.
+        Figure: a matplotlib Figure, the map's axes and the colour bar's.
 
     Examples:
         >>> import torch

@@ -370,7 +370,7 @@ def score_batch(model, x: torch.Tensor, idx: torch.Tensor, c: torch.Tensor | Non
             so that they are on the discrete scale.
 
     Returns:
-        Column name -> tensor of shape (B,): ``elbo``, ``log_px``, ``bits_per_dim``, ``recon``,
+        dict: column name -> tensor of shape (B,), ``elbo``, ``log_px``, ``bits_per_dim``, ``recon``,
         ``kl``, ``mse`` and, for a hierarchical model, ``kl_1``, ... and ``llr_1``, ...
 
     Examples:
@@ -446,7 +446,7 @@ def png_bits(u8: np.ndarray) -> np.ndarray:
         u8: images, shape (N, C, H, W), dtype uint8, C 1 or 3.
 
     Returns:
-        Shape (N,): bits of each image's PNG file (Pillow, compression level 9).
+        numpy.ndarray: shape (N,), bits of each image's PNG file (Pillow, compression level 9).
 
     Examples:
         >>> import numpy as np
@@ -863,7 +863,7 @@ def typicality(train_nll: np.ndarray, inside: np.ndarray, outside: np.ndarray, s
         seed: the seed of the bootstrap and of the batch order.
 
     Returns:
-        One dict per M: ``batch``, ``threshold``, ``flagged_in`` and ``flagged_out`` (shares of
+        list: one dict per M, ``batch``, ``threshold``, ``flagged_in`` and ``flagged_out`` (shares of
         batches flagged), and ``auroc`` of the statistic.
 
     Examples:

@@ -952,7 +952,8 @@ def end_of_epoch(s: Session, sums: dict[str, torch.Tensor], n_used: int, lr: flo
     s.epoch += 1
     seconds = time.perf_counter() - start
     n_seen = s.batches.n  # the training images
-    record: dict[str, Any] = {"epoch": s.epoch, "step": s.step, "lr": lr, **train_terms, **test_terms,
+    record: dict[str, Any] = {"epoch": s.epoch, "step": s.step, "batch_size": s.batches.batch_size, "lr": lr,
+                              **train_terms, **test_terms,
                               "seconds": round(seconds, 3), "examples_per_s": round(n_seen / seconds, 1)}
     if s.skips.epoch_count:
         record["skipped_steps"] = s.skips.epoch_count
