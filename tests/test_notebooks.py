@@ -45,7 +45,11 @@ def test_there_are_tutorials():
 
 def _run_cell(kc, code: str, timeout: float = 600) -> tuple[dict, str]:
     """Execute `code` in the kernel; its shell reply and everything it printed."""
-    msg_id = kc.execute(code)
+    return _reply(kc, kc.execute(code), timeout)
+
+
+def _reply(kc, msg_id: str, timeout: float = 600) -> tuple[dict, str]:
+    """The shell reply to request `msg_id` and everything the cell printed (tracebacks too)."""
     printed = []
     while True:
         msg = kc.get_iopub_msg(timeout=timeout)
@@ -83,17 +87,8 @@ def test_interrupting_the_kernel_stops_training_and_returns_the_run(tmp_path):
         else:
             pytest.fail("the first epoch did not finish")
         km.interrupt_kernel()
-        printed = []
-        while True:
-            msg = kc.get_iopub_msg(timeout=600)
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] in ("stream", "error"):
-                printed.append(msg["content"].get("text") or "\n".join(msg["content"]["traceback"]))
-            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                break
-        out = "".join(printed)
-        assert "returned" in out and "interrupted" in out and "Traceback" not in out, out
+        reply, out = _reply(kc, msg_id)
+        assert reply["status"] == "ok" and "returned" in out and "interrupted" in out and "Traceback" not in out, out
         reply, out = _run_cell(kc, "print(run.config.model.latent_dim, run.sample(3).shape[0])")
         assert reply["status"] == "ok" and out.split() == ["2", "3"], out
     finally:

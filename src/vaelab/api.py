@@ -231,9 +231,9 @@ class Run:
 
         def column(key: str) -> np.ndarray:
             values = [r.get(key) for r in records]
-            whole = all(type(v) is int for v in values)  # epoch, step, active units stay integers
-            return np.asarray(values, dtype=np.int64 if whole else float) if whole else \
-                np.asarray([np.nan if v is None else v for v in values], dtype=float)
+            if all(type(v) is int for v in values):  # epoch, step, active units stay integers
+                return np.asarray(values, dtype=np.int64)
+            return np.asarray([np.nan if v is None else v for v in values], dtype=float)
 
         return Table({k: column(k) for k in keys}, {"run": str(self.path)})
 
