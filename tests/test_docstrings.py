@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import vaelab
+from vaelab.runtime import ProgressLine
 
 spec = importlib.util.spec_from_file_location("docs_hooks", Path(__file__).resolve().parents[1] / "docs" / "hooks.py")
 hooks = importlib.util.module_from_spec(spec)
@@ -47,6 +48,8 @@ def test_every_example_runs(module, run, tmp_path, monkeypatch):
     mod = importlib.import_module(module)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # image and classifier caches stay in tmp
+    # a stopped clock: no progress line falls due in an example, however loaded the machine
+    monkeypatch.setattr(ProgressLine, "clock", staticmethod(lambda: 0.0))
     globs = {"torch": torch, "vaelab": vaelab, "run": run, "tmp": str(tmp_path)}
     finder = doctest.DocTestFinder(exclude_empty=True)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

@@ -183,11 +183,11 @@ def _evaluate_args(sub) -> None:
                         "vaelab[inception] extra and its weights (default nll)")
     e.add_argument("--device", choices=DEVICES, default="auto", help="(default auto)")
     e.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (drawn only when stderr is a terminal or in Jupyter); the results "
-                        "still print")
+                   help="no progress bar (drawn only when stderr is a terminal or in Jupyter) and no progress "
+                        "lines (printed every 30 s when stdout is a log); the results still print")
     e.add_argument("--quiet", action="store_true",
-                   help="no progress bar, as --no-progress (evaluate has no per-epoch lines); the results, "
-                        "warnings and errors still print")
+                   help="no progress bar or lines, as --no-progress (evaluate has no per-epoch lines); the "
+                        "results, warnings and errors still print")
 
 
 def _scoring_args(p, what: str) -> None:
@@ -196,7 +196,9 @@ def _scoring_args(p, what: str) -> None:
                    help=f"{what} the first N images of each split (default all)")
     p.add_argument("--seed", type=int, default=0, help="the noise of the samples, tied to each image (default 0)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="(default auto)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar; results, warnings and errors still print")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar and no progress lines (printed every 30 s when stdout is a log); results, "
+                        "warnings and errors still print")
 
 
 def _score_options(p) -> None:

@@ -17,12 +17,14 @@ epochs, so every variant gets the same training time, not the same number of epo
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import shlex
 import statistics
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ import torch
 
 from vaelab.checkpoint import Run, RunError
 from vaelab.files import atomic_write, ensure_dir, write_json
+from vaelab.runtime import ProgressLine, clock_time, progress_lines
 
 __all__ = ["compare", "Variant", "parse_variant"]
 
@@ -98,8 +101,24 @@ def parse_variant(spec: str) -> Variant:
     return Variant(name, parts)
 
 
-def _vaelab(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vaelab", *args], capture_output=True, text=True)
+def _vaelab(args: list[str], echo=None) -> subprocess.CompletedProcess:
+    """`vaelab ARGS` in a process of its own, its output captured; with `echo`, each line it
+    prints on stdout is also passed to `echo` as it comes (its progress lines reach the log)."""
+    command = [sys.executable, "-m", "vaelab", *args]
+    if echo is None:
+        return subprocess.run(command, capture_output=True, text=True)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        err: list[str] = []
+        reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)  # a full pipe would block
+        reader.start()
+        out = []
+        for line in proc.stdout:
+            out.append(line)
+            if line.strip() and not line.startswith("run folder:"):
+                echo(line.rstrip("\n"))
+        reader.join()
+        code = proc.wait()
+    return subprocess.CompletedProcess(command, code, "".join(out), "".join(err))
 
 
 def _records(run: Path) -> list[dict[str, Any]]:
@@ -111,8 +130,10 @@ def _records(run: Path) -> list[dict[str, Any]]:
 
 
 def run_one(variant: Variant, seed: int, out: Path, base: list[str], epochs: int | None, minutes: float | None,
-            k: int | None, n: int | None, metrics: tuple[str, ...], log=print) -> dict[str, Any]:
-    """Train (or finish) and evaluate one run; returns its row (with 'error' if it failed)."""
+            k: int | None, n: int | None, metrics: tuple[str, ...], log=print, echo=None) -> dict[str, Any]:
+    """Train (or finish) and evaluate one run; returns its row (with 'error' if it failed). With
+    `echo`, the commands run without --quiet and `echo` gets each line they print."""
+    quiet = [] if echo else ["--quiet"]
     run = out / variant.name / f"seed-{seed}"
     row: dict[str, Any] = {"variant": variant.name, "seed": seed, "run": str(run)}
     started = (run / "checkpoint").exists()
@@ -129,7 +150,7 @@ def run_one(variant: Variant, seed: int, out: Path, base: list[str], epochs: int
                     continue
                 args = ["train", "--resume", str(run)] if started else \
                     ["train", *base, *variant.flags, "--seed", str(seed), "--out", str(run)]
-                r = _vaelab([*args, "--epochs", str(probe), "--quiet"])
+                r = _vaelab([*args, "--epochs", str(probe), *quiet], echo)
                 if r.returncode:
                     return {**row, "error": _last_line(r)}
                 done, started = _records(run), True
@@ -140,7 +161,7 @@ def run_one(variant: Variant, seed: int, out: Path, base: list[str], epochs: int
         args = ["train", "--resume", str(run), "--epochs", str(target)] if (run / "checkpoint").exists() else \
             ["train", *base, *variant.flags, "--seed", str(seed), "--epochs", str(target), "--out", str(run)]
         log(f"{variant.name} seed {seed}: training to {target} epochs" + (" (resumed)" if len(done) else ""))
-        r = _vaelab([*args, "--quiet"])
+        r = _vaelab([*args, *quiet], echo)
         if r.returncode:
             return {**row, "error": _last_line(r)}
         done = _records(run)
@@ -151,8 +172,8 @@ def run_one(variant: Variant, seed: int, out: Path, base: list[str], epochs: int
     ev = Run(run).eval()
     if want and not all(key in ev for key in want):
         log(f"{variant.name} seed {seed}: evaluating ({','.join(want)})")
-        args = ["evaluate", str(run), "--metrics", ",".join(want), *(["--k", str(k)] if k else []), "--quiet"]
-        r = _vaelab(args + (["--n", str(n)] if n else []))
+        args = ["evaluate", str(run), "--metrics", ",".join(want), *(["--k", str(k)] if k else []), *quiet]
+        r = _vaelab(args + (["--n", str(n)] if n else []), echo)
         if r.returncode:
             return {**row, "error": _last_line(r)}
         ev = Run(run).eval()
@@ -315,7 +336,9 @@ def compare(variants: list[Variant], out: str | Path, seeds: tuple[int, ...] = (
         >>> from vaelab.compare import compare, parse_variant
         >>> result = compare([parse_variant("small=--latent-dim 2 --hidden 16")], tmp + "/cmp", seeds=(0,),
         ...                  epochs=1, base=("--dataset", "mnist-sample"), metrics=())
-        small seed 0: training to 1 epochs
+        run 1/1  small seed 0: training to 1 epochs
+        ...
+        run 1/1  small seed 0: finished (1 of 1 runs done in ..., ETA 0:00)
         >>> row = result["table"][0]
         >>> row["variant"], row["seeds"], row["epochs"]
         ('small', 1, {'mean': 1.0, 'std': 0.0, 'n': 1})
@@ -334,12 +357,23 @@ def compare(variants: list[Variant], out: str | Path, seeds: tuple[int, ...] = (
     if any((Path(out) / name).exists() for name in ("checkpoint", "checkpoint.old", "metrics.jsonl")):
         raise ValueError(f"{out} holds a training run; give compare a folder of its own with --out")
     out = ensure_dir(Path(out), "compare folder")
+    if log is print:  # a log file is block-buffered: each line goes out as it is said
+        log = functools.partial(print, flush=True)
+    # in a log (a file or a pipe, not Jupyter) each run's own lines pass through, prefixed
+    # with the run: its epochs, progress lines and results
+    through = progress_lines()
+    runs = [(v, seed) for v in variants for seed in seeds]
     rows = []
-    for v in variants:
-        for seed in seeds:
-            rows.append(run_one(v, seed, out, list(base), epochs, minutes, k, n, metrics, log))
-            if "error" in rows[-1]:
-                log(f"{v.name} seed {seed}: FAILED: {rows[-1]['error']}")
+    start = ProgressLine.clock()
+    for i, (v, seed) in enumerate(runs, 1):
+        tag, name = f"run {i}/{len(runs)} ", f"{v.name} seed {seed}"
+        echo = (lambda line, name=name: log(f"  {name} | {line}")) if through else None
+        rows.append(run_one(v, seed, out, list(base), epochs, minutes, k, n, metrics,
+                            lambda text, tag=tag: log(f"{tag} {text}"), echo))
+        elapsed = ProgressLine.clock() - start
+        done = f"{i} of {len(runs)} runs done in {clock_time(elapsed)}, ETA {clock_time(elapsed / i * (len(runs) - i))}"
+        failed = rows[-1].get("error")
+        log(f"{tag} {name}: " + (f"FAILED: {failed} ({done})" if failed else f"finished ({done})"))
     table = summarise(rows, variants)
     # a variant's own --minutes (vaelab train's time budget) can stop its runs earlier
     cut = epochs and any(r.get("epochs", epochs) < epochs for r in rows)

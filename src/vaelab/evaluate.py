@@ -28,7 +28,7 @@ from vaelab.images import load_configured
 from vaelab.models import ACTIVE_VARIANCE, active_dims, check_data_fit
 from vaelab.noise import ExampleNoise
 from vaelab.plots import kl_bars, save_figure
-from vaelab.runtime import Dist, distributed, progress_bar, resolve_device, tune_malloc
+from vaelab.runtime import Dist, ProgressLine, distributed, progress_bar, resolve_device, tune_malloc
 
 __all__ = ["evaluate", "format_result", "log_likelihood", "posterior_means", "reconstruction_psnr", "probe",
            "kl_summary", "kl_figure", "mutual_information", "active_mask"]
@@ -267,7 +267,9 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
     chunks = [(i, min(last, i + 1000)) for i in range(first, last, 1000)]
     if "nll" in metrics and model.has_density:
         bits_dims = dims if cfg.data.binarization == "none" else None  # bits/dim for grey levels and colour
-        result.update(_likelihood(model, inputs, chunks, k, dist, density, dims, bits_dims, progress))
+        line = ProgressLine(f"evaluating {data.name} test (ELBO and IS-NLL, k={k})", len(inputs), show=progress,
+                            bar=progress_bar(total=len(inputs), desc=f"IS k={k}", show=progress))
+        result.update(_likelihood(model, inputs, chunks, k, dist, density, dims, bits_dims, line))
         result.update(_diagnostics(model, inputs, dist, run_dir if figures and dist.main else None))
     elif "nll" in metrics:
         result.update(_reconstruction_only(model, inputs, chunks, dist))
@@ -379,16 +381,21 @@ def _diagnostic_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _likelihood(model, inputs: SplitInputs, chunks: list[tuple[int, int]], k: int, dist: Dist, density: bool,
-                dims: int, bits_dims: int | None, progress: bool) -> dict[str, Any]:
+                dims: int, bits_dims: int | None, line: ProgressLine) -> dict[str, Any]:
     """ELBO and IS-NLL (k samples) over this process's chunks of the test images, gathered;
-    with `bits_dims`, bits/dim for D = bits_dims values per image."""
+    with `bits_dims`, bits/dim for D = bits_dims values per image. `line` counts the images
+    of every process (this one's times the number of processes)."""
     parts = []
-    bar = progress_bar(total=sum(j - i for i, j in chunks), desc=f"IS k={k}", show=progress)
-    for i, j in chunks:
-        xb, cb, _ = inputs.rows(i, j)
-        parts.append(log_likelihood(model, xb, k=k, c=cb, index=inputs.index(i, j)))
-        bar.update(len(xb))
-    bar.close()
+    # pieces of at least 100 images between progress updates: log_likelihood takes them
+    # decode_rows // k at a time whatever the piece, and ties the samples to each image
+    piece = max(100, decode_rows(dims) // k)
+    with line:
+        for a, b in chunks:
+            for i in range(a, b, piece):
+                j = min(b, i + piece)
+                xb, cb, _ = inputs.rows(i, j)
+                parts.append(log_likelihood(model, xb, k=k, c=cb, index=inputs.index(i, j)))
+                line.update(len(xb) * dist.world)
     empty = torch.empty(0, device=inputs.device)
     log_px = dist.gather_rows(torch.cat([p[0] for p in parts]) if parts else empty, len(inputs))
     elbo = dist.gather_rows(torch.cat([p[1] for p in parts]) if parts else empty, len(inputs))
@@ -428,12 +435,15 @@ def sample_quality(model, cfg, data, inputs: SplitInputs, device: torch.device, 
     net, info = classifier(data, cfg.data.binarization, device, steps=classifier_steps, progress=progress)
     g = torch.Generator(device=device).manual_seed(seed)
     real, draws, means = [], [], []
+    line = ProgressLine(f"Fréchet distance on {data.name} test: features of prior samples", len(inputs),
+                        show=progress)
     with torch.no_grad():
         for xb, cb, _ in inputs.chunks(1000):
             dist = model.sample(len(xb), generator=g, c=cb)
             real.append(features(net, xb))
             means.append(features(net, dist.mean.clamp(0, 1)))
             draws.append(features(net, dist.sample(generator=g).clamp(0, 1)))
+            line.update(len(xb))
         n = len(inputs)
         train = model_inputs(model, cfg, data.train.head(n), len(data.classes), device)
         reference = torch.cat([features(net, xb) for xb, _, _ in train.chunks(1000)])
@@ -453,7 +463,8 @@ def inception_quality(model, inputs: SplitInputs, device: torch.device, progress
 
     metric = inception_metric(device)
     g = torch.Generator(device=device).manual_seed(seed)
-    bar = progress_bar(total=len(inputs), desc="Inception FID", show=progress)
+    bar = ProgressLine("Inception FID: test images and prior samples", len(inputs), show=progress,
+                       bar=progress_bar(total=len(inputs), desc="Inception FID", show=progress))
     with torch.no_grad():
         for xb, cb, _ in inputs.chunks(500):
             metric.update(as_rgb(xb), real=True)
@@ -527,12 +538,14 @@ def probe(run_dir: str | Path, layers: int = 1, hidden: int = 256, epochs: int =
     opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
     g = torch.Generator(device=dev).manual_seed(seed)
     n = len(y["train"])
+    line = ProgressLine(f"training the probe on the codes of {n:,} {data.name} images", epochs, "epochs")
     for _ in range(epochs):
         for idx in torch.randperm(n, generator=g, device=dev).split(256):
             loss = nn.functional.cross_entropy(clf(feats["train"][idx]), y["train"][idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        line.update(1)
     with torch.no_grad():
         acc = float((clf(feats["test"]).argmax(1) == y["test"]).float().mean())
         train_acc = float((clf(feats["train"]).argmax(1) == y["train"]).float().mean())

@@ -29,6 +29,7 @@ from vaelab.corruption import add_noise
 from vaelab.evaluate import posterior_means
 from vaelab.files import FileError, ensure_dir, write_json
 from vaelab.images import load_configured
+from vaelab.runtime import ProgressLine
 
 __all__ = ["plot", "Explorer", "figure_recon", "figure_samples", "figure_posterior", "figure_manifold",
            "figure_latents", "figure_interpolate", "figure_combine", "figure_denoise", "figure_curves",
@@ -303,6 +304,16 @@ def figure_posterior(ex: Explorer, n: int = 8, draws: int = 6):
     return fig, {"draws": draws, "pixel_std_per_image": spread.tolist(), "pixel_std_mean": float(spread.mean())}
 
 
+def _test_codes(ex: Explorer, figure: str, chunk: int = 2000) -> torch.Tensor:
+    """The posterior means of all of `ex`'s test images (N, D), with progress lines in a log."""
+    line = ProgressLine(f"{figure}: encoding {len(ex.x):,} test images", len(ex.x))
+    parts = []
+    for i in range(0, len(ex.x), chunk):
+        parts.append(ex.codes(ex.x[i : i + chunk], None if ex.c is None else ex.c[i : i + chunk]))
+        line.update(len(parts[-1]))
+    return torch.cat(parts)
+
+
 @torch.no_grad()
 def figure_manifold(ex: Explorer, steps: int = 15, span: float = 3.0, dims: tuple[int, int] | None = None):
     """Decode a regular grid of codes to see what each region of the latent space draws.
@@ -338,7 +349,7 @@ def figure_manifold(ex: Explorer, steps: int = 15, span: float = 3.0, dims: tupl
         axes = (f"z[{i}]", f"z[{j}]")
         info = {"dims": [i, j], "span": span}
     else:
-        mean, v, sd = principal_axes(ex.codes(ex.x))
+        mean, v, sd = principal_axes(_test_codes(ex, "manifold figure"))
         z = mean + gx.flatten()[:, None] * sd[0] * v[0] + gy.flatten()[:, None] * sd[1] * v[1]
         axes = ("1st principal direction (std)", "2nd principal direction (std)")
         info = {"pca_std": sd.tolist(), "span_std": span}
@@ -367,7 +378,7 @@ def figure_latents(ex: Explorer):
         >>> len(fig.axes), numbers
         (1, {'n': 200, 'projection': 'identity'})
     """
-    codes = ex.codes(ex.x)
+    codes = _test_codes(ex, "latents figure")
     if codes.shape[1] == 2:
         xy, axes = codes, ("z[0]", "z[1]")
     else:
@@ -505,10 +516,15 @@ def figure_denoise(ex: Explorer, kind: str = "salt-pepper", levels: tuple[float,
                              "binarization differ); the denoising figure compares models on the same images")
     tables: list[list[dict[str, float]]] = [[] for _ in models]
     shown = None
+    line = ProgressLine(f"denoise figure: reconstructing {len(clean):,} test images", (len(levels) + 1) * len(models),
+                        "passes")
     for i, level in enumerate(levels):
         noisy = add_noise(clean, kind, level, ex.gen(i))
         mse_noisy = (noisy - clean).square().flatten(1).mean(1)
-        recons = [_reconstruct(m, noisy) for m in models]
+        recons = []
+        for m in models:
+            recons.append(_reconstruct(m, noisy))
+            line.update(1)
         for table, recon in zip(tables, recons):
             mse_recon = (recon - clean).square().flatten(1).mean(1)
             table.append({"level": level, "mse_noisy": float(mse_noisy.mean()), "mse_recon": float(mse_recon.mean()),
@@ -518,7 +534,10 @@ def figure_denoise(ex: Explorer, kind: str = "salt-pepper", levels: tuple[float,
     labels = [_denoise_label(m) for m in models]
     fig = plots.denoise_figure(shown[1], shown[2], shown[3], labels, shown[0], kind, tables)
     # the reconstruction of the clean image: about the best a model can do from a noisy one
-    clean_psnr = [float(psnr((_reconstruct(m, clean) - clean).square().flatten(1).mean(1)).mean()) for m in models]
+    clean_psnr = []
+    for m in models:
+        clean_psnr.append(float(psnr((_reconstruct(m, clean) - clean).square().flatten(1).mean(1)).mean()))
+        line.update(1)
     per_model = [{"run": None if m.run_dir is None else str(m.run_dir), "model": m.cfg.model.model,
                   "denoise": m.cfg.train.denoise, "psnr_recon_clean": p, "levels": t}
                  for m, p, t in zip(models, clean_psnr, tables)]
@@ -711,6 +730,7 @@ def plot(run_dir: str | Path, what: list[str], out: str | Path | None = None, se
     out = ensure_dir(Path(out) if out is not None else Path(run_dir) / "plots", "plot folder")
     ex = Explorer.from_run(run_dir, seed=seed, device=device)
     written = []
+    line = ProgressLine(f"drawing figures of {Path(run_dir).name}", len(what), "figures")
     for name in what:
         kwargs = {k: options[k] for k in FIGURE_OPTIONS.get(name, ()) if options.get(k) is not None}
         fig, numbers = FIGURES[name](ex, **kwargs)
@@ -718,4 +738,5 @@ def plot(run_dir: str | Path, what: list[str], out: str | Path | None = None, se
         if numbers:
             write_json(out / f"{name}.json", numbers)
             written.append(out / f"{name}.json")
+        line.update(1)
     return written

@@ -46,7 +46,7 @@ import numpy as np
 from vaelab.config import DataConfig, background_rgb
 from vaelab.data import DATASETS, DataError, Dataset, ImageFile, Split, attach_conditions, cache_dir, load_dataset
 from vaelab.files import FileError, atomic_write, describe, dir_mode, swap_in
-from vaelab.runtime import progress_bar, progress_lines
+from vaelab.runtime import ProgressLine, progress_bar, progress_lines
 
 __all__ = ["load_folder", "load_array", "load_configured", "Transform", "file_names", "decode", "from_pil", "scan",
            "image_extensions"]
@@ -300,8 +300,9 @@ def _parallel(fn, jobs: list, desc: str, total: int, sizes: list[int], progress:
     """Run `fn` over `jobs` in worker processes (in-process for small work), in order, with a bar."""
     workers = min(len(jobs), os.cpu_count() or 1)
     bar = progress_bar(total=total, desc=desc, unit="img", show=progress and total >= 500)
-    if progress and total >= 500 and progress_lines():  # a log gets one line, not a silent wait
+    if progress and total >= 500 and progress_lines():  # a log gets a first line, then progress lines
         print(f"{desc}: {total} images, {workers} worker process(es); later runs reuse the cache", flush=True)
+    bar = ProgressLine(desc, total, show=progress and total >= 500, bar=bar)
     results = []
     try:
         if workers <= 1 or total < 256:
@@ -952,7 +953,9 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
     bg = background_rgb(transform.background)
     with _building(folder) as tmp:
         total = sum(sizes.values())
-        bar = progress_bar(total=total, desc="caching arrays", unit="img", show=progress and total >= 5000)
+        bar = ProgressLine(f"caching {path.name}", total, show=progress and total >= 5000,
+                           bar=progress_bar(total=total, desc="caching arrays", unit="img",
+                                            show=progress and total >= 5000))
         for s in ("train", "test"):
             src, sel = arrays[s], rows[s]
             out = _new_raw(tmp / f"{s}.u8", (sizes[s], *shape))

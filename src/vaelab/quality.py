@@ -26,7 +26,7 @@ from vaelab.batches import as_input
 from vaelab.config import ConfigError
 from vaelab.data import Dataset, cache_dir, read_rows
 from vaelab.files import atomic_path, ensure_dir, write_json
-from vaelab.runtime import progress_bar
+from vaelab.runtime import ProgressLine, progress_bar
 
 __all__ = ["frechet_distance", "FeatureNet", "classifier", "features"]
 
@@ -170,7 +170,9 @@ def classifier(data: Dataset, binarization: str, device: torch.device, steps: in
     order = torch.Generator().manual_seed(seed)
     train_u8, labels = data.train.images, data.train.labels
     n = len(data.train)
-    bar = progress_bar(total=steps, desc="training the FD feature classifier", unit="step", show=progress)
+    bar = ProgressLine(f"training the FD feature classifier of {data.name}", steps, "steps", show=progress,
+                       bar=progress_bar(total=steps, desc="training the FD feature classifier", unit="step",
+                                        show=progress))
     done = 0
     with torch.enable_grad():
         while done < steps:

@@ -43,7 +43,7 @@ from vaelab.evaluate import decode_rows
 from vaelab.files import atomic_path
 from vaelab.images import file_names, is_path, load_configured
 from vaelab.noise import ExampleNoise
-from vaelab.runtime import Dist, distributed, progress_bar, tune_malloc
+from vaelab.runtime import Dist, ProgressLine, distributed, progress_bar, tune_malloc
 
 __all__ = ["score", "encode", "ood", "Table", "write_table", "write_codes", "top_figure", "SCORES", "score_batch",
            "detection", "typicality", "complexity_corrected", "png_bits"]
@@ -589,7 +589,8 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
     parts = []
     for s in splits:
         inputs = model_inputs(model, cfg, getattr(ds, s).head(sizes[s]), len(ds.classes), dev, STREAM)
-        got = _score_split(model, inputs, cols, skip, k, seed, shift, dist, bar)
+        line = ProgressLine(f"scoring {ds.name} {s}", sizes[s], show=progress, bar=bar)  # the bar spans the splits
+        got = _score_split(model, inputs, cols, skip, k, seed, shift, dist, line)
         parts.append({**_key_columns(ds, s, sizes[s]), **got})
     bar.close()
     return _joined(parts, ds, {"run": str(getattr(run, "path", run)) if not isinstance(run, tuple) else "",
@@ -756,6 +757,7 @@ def encode(run, data=None, *, split: str = "auto", samples: int = 0, n: int | No
                        unit="img")
     for s in splits:
         inputs = model_inputs(model, cfg, getattr(ds, s).head(n), len(ds.classes), dev, STREAM)
+        line = ProgressLine(f"encoding {ds.name} {s}", len(inputs), show=progress and dist.main, bar=bar)
         first, last = dist.shard(len(inputs))
         keys = ["mean", "std", "samples"] if model.has_density else ["mean"]
         keys = keys if samples else keys[:2]
@@ -765,7 +767,7 @@ def encode(run, data=None, *, split: str = "auto", samples: int = 0, n: int | No
             x, c, _ = inputs.rows(i, min(last, i + 1000))
             for key, v in _codes(model, x, c, inputs.index(i, min(last, i + 1000)), samples, seed).items():
                 got[key][i - first : i - first + len(x)] = v.float().cpu().numpy()
-            bar.update(len(x) * dist.world)
+            line.update(len(x) * dist.world)
         cols = {key: dist.gather_rows(torch.from_numpy(got[key]).to(dev), len(inputs)).cpu().numpy() for key in keys}
         parts.append({**_key_columns(ds, s, len(inputs)), **cols})
     bar.close()

@@ -40,7 +40,9 @@ from vaelab.noise import ExampleNoise, keep_noise_out_of_compile
 from vaelab.plots import image_grid, save_png
 from vaelab.runtime import (
     Dist,
+    ProgressLine,
     autocast_dtype,
+    clock_time,
     cpu_bf16,
     cpu_name,
     distributed,
@@ -327,27 +329,22 @@ class SkippedSteps:
         self.in_a_row = 0
 
 
-# Progress lines for logs: the first after FIRST_LINE_S seconds of an epoch, then every LINE_S.
-FIRST_LINE_S, LINE_S = 5.0, 30.0
-
-
-class ProgressLog:
+class ProgressLog(ProgressLine):
     """When stdout goes to a log (a file, CI, nohup) or no bar can be drawn, print a line every
-    LINE_S seconds of a long epoch: step, images/s, the mean loss and KL so far, and the time
-    left in the epoch and in the run. `clock` is replaceable, so tests need no real waiting."""
-
-    clock = staticmethod(time.monotonic)
+    LINE_S seconds of a long epoch (the first FIRST_LINE_S seconds in): step, images/s, the mean
+    loss and KL so far, and the time left in the epoch and in the run. The timing and the
+    replaceable `clock` are ProgressLine's, so tests need no real waiting."""
 
     def __init__(self, epochs: int, steps_per_epoch: int, batch_size: int, show: bool) -> None:
-        self.epochs, self.steps, self.batch, self.show = epochs, steps_per_epoch, batch_size, show
+        super().__init__("training", steps_per_epoch, "steps", show)
+        self.epochs, self.steps, self.batch = epochs, steps_per_epoch, batch_size
         self.epoch, self.sums, self.count = 0, {}, 0
-        self.run_start = self.clock()
+        self.run_start = self.start
         self.steps_done = 0
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch, self.sums, self.count = epoch, {}, 0
-        self.epoch_start = self.clock()
-        self.next_line = self.epoch_start + FIRST_LINE_S
+        self.restart()
 
     def step(self, i: int, terms: dict[str, torch.Tensor]) -> None:
         """After step i (1-based) of the epoch, with its per-example terms."""
@@ -358,24 +355,19 @@ class ProgressLog:
             if k in terms:
                 self.sums[k] = self.sums.get(k, 0.0) + float(terms[k].detach().sum())
         self.count += len(terms["loss"])
-        now = self.clock()
-        if now < self.next_line or i == self.steps:
+        if i == self.steps:
             return
-        self.next_line = now + LINE_S
-        elapsed = max(now - self.epoch_start, 1e-9)
+        now = self.due()
+        if now is None:
+            return
+        elapsed = max(now - self.start, 1e-9)
         per_step = max(now - self.run_start, 1e-9) / self.steps_done
         left_epoch = (self.steps - i) * elapsed / i
         left_run = left_epoch + (self.epochs - self.epoch) * self.steps * per_step
         kl = f"  KL {self.sums['kl'] / self.count:.2f}" if "kl" in self.sums else ""
         print(f"epoch {self.epoch}/{self.epochs}  step {i}/{self.steps}  loss {self.sums['loss'] / self.count:.2f}"
-              f"{kl}  {i * self.batch / elapsed:.0f} images/s  epoch left {_clock_time(left_epoch)}  "
-              f"run left ~{_clock_time(left_run)}", flush=True)
-
-
-def _clock_time(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+              f"{kl}  {i * self.batch / elapsed:.0f} images/s  epoch left {clock_time(left_epoch)}  "
+              f"run left ~{clock_time(left_run)}", flush=True)
 
 
 def default_run_dir(cfg: Config) -> Path:
