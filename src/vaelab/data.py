@@ -714,7 +714,15 @@ def attach_conditions(data: Dataset, path: str | Path) -> Dataset:
         raise DataError(f"{path}: cannot read conditions ({e}); expected an .npz with arrays 'train' and 'test'") from None
     for name, arr, split in (("train", train, data.train), ("test", test, data.test)):
         if arr.ndim != 2 or len(arr) != len(split):
-            raise DataError(f"{path}: '{name}' must have shape ({len(split)}, C'), got {arr.shape}")
+            raise DataError(f"{path}: '{name}' must have shape ({len(split)}, C'), one row per image of the {name} "
+                            f"split, got {arr.shape}")
+        if arr.dtype.kind not in "biuf":
+            raise DataError(f"{path}: the {name} conditions must be numbers, got {arr.dtype}")
+        finite = np.isfinite(arr).all(axis=1)
+        if not finite.all():
+            row = int(np.argmin(finite))
+            raise DataError(f"{path}: the {name} split's conditions are not finite in row {row} "
+                            f"({arr[row][~np.isfinite(arr[row])][0]}); every condition must be a finite number")
     if train.shape[1] != test.shape[1]:
         raise DataError(f"{path}: 'train' and 'test' conditions differ in width ({train.shape[1]} vs {test.shape[1]})")
     tr = torch.from_numpy(train.astype(np.float32))

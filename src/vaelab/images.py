@@ -833,6 +833,8 @@ def _array_sources(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndar
         if "images" in keys:
             images = z["images"]
             labels = z["labels"] if "labels" in keys else None
+            if labels is not None:  # checked whole, so that a bad row is named by its row in the file
+                _check_labels(path, labels, len(images), "'labels'")
             if "train" in keys or "test" in keys:
                 if not {"train", "test"} <= keys:
                     raise DataError(f"{path}: give both 'train' and 'test' selections over 'images', or neither")
@@ -860,6 +862,19 @@ def _array_sources(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndar
         raise DataError(f"{path}: cannot read this array file ({e})") from None
 
 
+def _check_labels(path: Path, v: np.ndarray, n: int, what: str) -> None:
+    """Refuse labels (n,) that are not one integer >= 0 per image, naming the first bad row."""
+    if v.ndim != 1 or len(v) != n:
+        raise DataError(f"{path}: {what} must hold one integer per image ({n}), got {v.dtype} of shape {v.shape}")
+    if v.dtype.kind not in "iu":
+        bad = np.flatnonzero(~np.isfinite(v) | (v != np.round(v))) if v.dtype.kind == "f" else ()
+        shown = f"; row {bad[0]} is {v[bad[0]]}" if len(bad) else ""
+        raise DataError(f"{path}: {what} must be integers >= 0, got {v.dtype}{shown}; save them as integers")
+    if len(v) and v.min() < 0:
+        row = int(np.argmax(v < 0))
+        raise DataError(f"{path}: {what} must be integers >= 0; row {row} is {v[row]}")
+
+
 def _array_classes(path: Path, labels: dict, sizes: dict[str, int], classes: tuple) -> tuple:
     """The class names of an array file's labels, after checking the labels of both splits."""
     label_sets = [v for v in labels.values() if v is not None]
@@ -869,11 +884,7 @@ def _array_classes(path: Path, labels: dict, sizes: dict[str, int], classes: tup
     for s, v in labels.items():
         if v is None:
             continue
-        if v.ndim != 1 or len(v) != sizes[s] or v.dtype.kind not in "iu":
-            raise DataError(f"{path}: labels of the {s} split must be {sizes[s]} integers, "
-                            f"got {v.dtype} {v.shape}")
-        if len(v) and v.min() < 0:
-            raise DataError(f"{path}: labels must be >= 0")
+        _check_labels(path, v, sizes[s], f"labels of the {s} split")
         n_classes = max(n_classes, int(v.max()) + 1 if len(v) else 0)
     if not label_sets:
         return ()
@@ -933,8 +944,6 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
         test = np.array([in_test_split(f"{path.name}:{i}", transform.test_fraction) for i in range(n)], bool)
         rows = {"train": np.flatnonzero(~test), "test": np.flatnonzero(test)}
         lab = labels["all"]
-        if lab is not None and (lab.ndim != 1 or len(lab) != n):
-            raise DataError(f"{path}: 'labels' must hold one integer per image ({n}), got shape {lab.shape}")
         arrays = {s: arrays["all"] for s in rows}
         labels = {s: None if lab is None else lab[rows[s]] for s in rows}
     sizes = {s: len(arrays[s]) if rows[s] is None else len(rows[s]) for s in ("train", "test")}
