@@ -70,16 +70,47 @@ def test_train_on_full_mnist_and_ae(tmp_path):
         (["train", "--dataset", "mnist", "--data-dir", "/nonexistent"], "does not hold"),
         (["train", "--minutes", "5", "--schedule", "cosine"], "use --schedule exp or constant"),
         (["train", "--minutes", "-1"], "expected a number >= 0"),
+        (["train", "--latent-dims", "3"], "unrecognized arguments: --latent-dims 3; did you mean --latent-dim?"),
+        (["train", "--latent_dim=3"], "did you mean --latent-dim?"),
+        (["train", "--dataset", "fashion_mnist"], "no such file or folder; did you mean fashion-mnist?"),
+        (["train", "--model", "vea"], "(choose from vae, hvae, ae, cvae, icvae); did you mean vae?"),
+        (["trian", "--epochs", "1"], "invalid choice: 'trian' (choose from train, "),
+        (["trian"], "did you mean train?"),
+        (["plot", "{run}", "--what", "recon,sampels"], "did you mean samples?"),
     ],
 )
 def test_bad_input_is_a_one_line_error_with_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    argv = [a.replace("{run}", "run") for a in argv]
     with pytest.raises(SystemExit) as e:
         code = main(argv)
         raise SystemExit(code)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, meant", [
+    (["train", "--epoch", "2"], "--epochs"),
+    (["train", "--latent", "3"], "--latent-dim"),
+    (["evaluate", "{run}", "--n-im", "5"], "--n-images"),
+    (["score", "{run}", "--sco", "elbo"], "--scores"),
+])
+def test_no_option_is_taken_from_a_prefix_of_its_name(argv, meant, capsys, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([a.replace("{run}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"unrecognized arguments: {argv[-2]}" in err and err.count("\n") == 1
+    assert f"did you mean {meant}?" in err
+
+
+def test_evaluate_n_is_an_exact_flag(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    for flag in ("--n", "--n-images"):
+        assert build_parser().parse_args(["evaluate", str(tmp_path), flag, "5"]).n == 5
 
 
 def test_help_documents_every_flag(capsys):

@@ -185,6 +185,11 @@ def test_score_refuses_in_one_line(runs, tmp_path, capsys):
 
     assert "has no llr score" in refused(runs["vae"], "--scores", "llr")
     assert "unknown score" in refused(runs["vae"], "--scores", "nope")
+    assert "unknown score logpx; choose from " in refused(runs["vae"], "--scores", "elbo,logpx")
+    assert refused(runs["vae"], "--scores", "elbo,logpx").strip().endswith("did you mean log_px? (see vaelab score --help)")
+    assert "did you mean log_px?" in refused(runs["vae"], "--n", "3", "--rank-by", "logpx")
+    with pytest.raises(ConfigError, match="unknown score 'bits-per-dim'.*; did you mean bits_per_dim\\?$"):
+        score(runs["vae"], scores=["bits-per-dim"], n=3, progress=False)
     assert "out of range" in refused(runs["hvae"], "--skip-levels", "3")
     np.savez(tmp_path / "big.npz", images=np.zeros((5, 32, 32, 3), np.uint8))
     assert "the model takes 1x28x28" in refused(runs["vae"], tmp_path / "big.npz")

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaelab.config import DataFacts
+from vaelab.config import DataFacts, did_you_mean
 from vaelab.files import file_mode
 
 __all__ = ["load_dataset", "locate", "read_idx", "Dataset", "Split", "ImageFile", "DataError"]
@@ -326,7 +326,7 @@ def locate(name: str, data_dir: str | Path | None = None, allow_download: bool =
         train-labels-idx1-ubyte.gz
     """
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}{did_you_mean(name, DATASETS)}")
     info = DATASETS[name]
     if info.embedded and data_dir is None:
         return Path(str(resources.files("vaelab") / "_data" / name))

@@ -25,6 +25,7 @@ import torch
 from vaelab import plots
 from vaelab.batches import model_inputs
 from vaelab.checkpoint import Run, load_run
+from vaelab.config import did_you_mean
 from vaelab.corruption import add_noise
 from vaelab.evaluate import posterior_means
 from vaelab.files import FileError, ensure_dir, write_json
@@ -707,7 +708,8 @@ def plot(run_dir: str | Path, what: list[str], out: str | Path | None = None, se
     """
     unknown = [w for w in what if w not in FIGURES]
     if unknown:
-        raise ValueError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}")
+        raise ValueError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}"
+                         f"{did_you_mean(unknown[0], FIGURES)}")
     out = ensure_dir(Path(out) if out is not None else Path(run_dir) / "plots", "plot folder")
     ex = Explorer.from_run(run_dir, seed=seed, device=device)
     written = []

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from vaelab.config import DataConfig, background_rgb
+from vaelab.config import DataConfig, background_rgb, did_you_mean
 from vaelab.data import DATASETS, DataError, Dataset, ImageFile, Split, attach_conditions, cache_dir, load_dataset
 from vaelab.files import FileError, atomic_write, describe, dir_mode, swap_in
 from vaelab.runtime import progress_bar, progress_lines
@@ -1034,7 +1034,7 @@ def load_configured(d: DataConfig, progress: bool = True) -> Dataset:
     else:
         if d.dataset not in DATASETS:
             raise DataError(f"unknown dataset {d.dataset!r}: not a named dataset ({', '.join(DATASETS)}) "
-                            "and no such file or folder")
+                            f"and no such file or folder{did_you_mean(d.dataset, DATASETS)}")
         data = load_dataset(d.dataset, d.data_dir, d.download)
         if d.image_size or d.channels:
             data = _reshape_named(data, d)
