@@ -197,6 +197,14 @@ def test_score_refuses_in_one_line(runs, tmp_path, capsys):
     assert "no image files" in refused(runs["vae"], tmp_path / "empty")
     assert "does not exist" in refused(runs["vae"], tmp_path / "nowhere")
     assert "csv, .npz or .parquet" in refused(runs["vae"], "--out", tmp_path / "s.txt", "--n", "3")
+    # the fixes named are ones that exist: score takes no --dataset and no --skip-bad-images
+    (tmp_path / "notes.txt").write_text("not images")
+    err = refused(runs["vae"], tmp_path / "notes.txt")
+    assert "not an image folder or an .npy/.npz array file" in err and "--dataset" not in err
+    (tmp_path / "bad").mkdir()
+    Image.new("L", (28, 28), 7).save(tmp_path / "bad" / "a.png")
+    (tmp_path / "bad" / "b.png").write_bytes(b"not a png")
+    assert "remove it, or train with --skip-bad-images" in refused(runs["vae"], tmp_path / "bad")
 
 
 def test_score_command_writes_the_table_and_the_top_grid_of_a_folder(runs, tmp_path, capsys):

@@ -294,7 +294,7 @@ def download(info: DatasetInfo, target: Path, timeout: float = 30.0) -> None:
                 errors.append(f"{mirror}{fname}: {e}")
                 Path(tmp).unlink(missing_ok=True)
         else:
-            raise DataError("download failed:\n  " + "\n  ".join(errors))
+            raise DataError(f"download failed ({'; '.join(errors)})")
 
 
 def locate(name: str, data_dir: str | Path | None = None, allow_download: bool = True) -> Path:
@@ -336,7 +336,7 @@ def locate(name: str, data_dir: str | Path | None = None, allow_download: bool =
             return Path(data_dir)
         wanted = (f"{CIFAR_ARCHIVE} or {CIFAR_DIR}/" if info.kind == "cifar"
                   else ", ".join(f for pair in info.files.values() for f in pair) + ", optionally .gz")
-        raise DataError(f"--data-dir {data_dir} does not hold {name}'s files ({wanted})")
+        raise DataError(f"the data folder {data_dir} (data_dir, --data-dir) does not hold {name}'s files ({wanted})")
     searched = candidate_dirs(info, None)
     for d in searched:
         if _complete(d, info):
@@ -348,12 +348,12 @@ def locate(name: str, data_dir: str | Path | None = None, allow_download: bool =
             return searched[-1]
         except DataError as e:
             problem = str(e)
+    # the fix names only what every command takes: the variable and the cache, not a flag of train's
     raise DataError(
-        f"{name} not found. Looked in: {', '.join(map(str, searched))}; {problem}.\n"
-        f"Fix: put {'the four IDX files' if info.kind == 'idx' else 'the archive'} ({', '.join(info.md5)}) "
-        f"in one of those directories "
-        f"or pass --data-dir DIR"
-        + (", or `apt-get install dataset-fashion-mnist`" if name == "fashion-mnist" else "")
+        f"{name} not found (looked in {', '.join(map(str, searched))}; {problem}); put "
+        f"{'the four IDX files' if info.kind == 'idx' else 'the archive'} ({', '.join(info.md5)}) in "
+        f"{cache_dir() / name}, or in DIR/{name} and set VAELAB_DATA=DIR"
+        + (", or apt-get install dataset-fashion-mnist" if name == "fashion-mnist" else "")
     )
 
 

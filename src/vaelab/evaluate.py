@@ -714,7 +714,7 @@ def collapse_note(active: int, dims: int, hierarchical: bool = False) -> str | N
     return (f"posterior collapse: {active} of {dims} latent dimensions are active (under "
             f"{COLLAPSE_SHARE:.0%}; active: posterior-mean variance over the test images above "
             f"{ACTIVE_VARIANCE}); in the inactive ones q(z|x) stays near the prior whatever x is, so they "
-            f"tell the decoder little about x. What to try: --kl-warmup EPOCHS (the KL weight rises from "
+            f"tell the decoder little about x. What to try when training: --kl-warmup EPOCHS (the KL weight rises from "
             f"0), a smaller --beta, fewer dimensions ({fewer}), or a smaller decoder (--decoder-hidden)")
 
 

@@ -268,7 +268,7 @@ def _decode_chunk(job: tuple[str, tuple[int, ...], list[tuple[int, str]], tuple 
             arr = decode(path, size, channels, background)
             if arr.shape != tuple(shape[1:]):
                 raise ValueError(f"decoded to shape {arr.shape[1]}x{arr.shape[2]}, expected "
-                                 f"{shape[2]}x{shape[3]}; pass --image-size to resize every image")
+                                 f"{shape[2]}x{shape[3]}; train with --image-size to resize every image")
             out[row] = arr
         except Exception as e:  # noqa: BLE001
             errors.append((row, f"{type(e).__name__}: {e}"))
@@ -472,7 +472,8 @@ def _resolve_shape(root: Path, rels: list[str], t: Transform, skip_bad: bool, pr
     for rel, h in zip(rels, heads):
         if isinstance(h, str):
             if not skip_bad:
-                raise DataError(f"{root / rel}: cannot read this image ({h}); remove it or pass --skip-bad-images")
+                raise DataError(f"{root / rel}: cannot read this image ({h}); remove it, or train with "
+                                "--skip-bad-images to leave such files out")
             bad[rel] = h
             continue
         good.append(rel)
@@ -716,7 +717,8 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
     if unreadable and not skip_bad:
         rel, why = unreadable[0]
         more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
-        raise DataError(f"{root / rel}: {why}{more}; remove it or pass --skip-bad-images")
+        raise DataError(f"{root / rel}: {why}{more}; remove it, or train with --skip-bad-images to leave such "
+                        "files out")
     if not files:
         exts = ", ".join(sorted(e for e in image_extensions() if e in (".png", ".jpg", ".jpeg", ".bmp", ".gif",
                                                                        ".webp", ".tif", ".tiff")))
@@ -746,7 +748,7 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
             for row, msg in sorted(failed[split].items()):
                 if not skip_bad:
                     raise DataError(f"{root / v[row]}: cannot decode this image ({msg}); "
-                                    "remove it or pass --skip-bad-images")
+                                    "remove it, or train with --skip-bad-images to leave such files out")
                 bad[v[row]] = msg
             if failed[split]:  # drop the rows of undecodable files
                 kept = [i for i in range(len(v)) if i not in failed[split]]
@@ -1023,14 +1025,15 @@ def load_configured(d: DataConfig, progress: bool = True) -> Dataset:
         t = Transform(tuple(d.image_size) if d.image_size else None, d.channels, d.background, d.test_fraction)
         path = Path(d.dataset).expanduser()
         if not path.exists():
-            raise DataError(f"{path} does not exist; --dataset takes a named dataset "
-                            f"({', '.join(DATASETS)}), an image folder or an .npy/.npz file")
+            raise DataError(f"{path} does not exist; give a named dataset ({', '.join(DATASETS)}), an image folder "
+                            "or an .npy/.npz file")
         if path.is_dir():
             data = load_folder(path, t, skip_bad=d.skip_bad_images, progress=progress)
         elif path.suffix in (".npy", ".npz"):
             data = load_array(path, t, progress=progress)
         else:
-            raise DataError(f"{path}: --dataset takes an image folder or an .npy/.npz array file")
+            raise DataError(f"{path}: not an image folder or an .npy/.npz array file; give one of those or a named "
+                            f"dataset ({', '.join(DATASETS)})")
     else:
         if d.dataset not in DATASETS:
             raise DataError(f"unknown dataset {d.dataset!r}: not a named dataset ({', '.join(DATASETS)}) "
