@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import requires_mnist
-from vaelab.cli import build_parser, main
+from vaelab.cli import build_parser, main, reference
 
 TINY = ["--hidden", "32", "--latent-dim", "4", "--quiet"]
 
@@ -111,6 +111,13 @@ def test_evaluate_n_is_an_exact_flag(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     for flag in ("--n", "--n-images"):
         assert build_parser().parse_args(["evaluate", str(tmp_path), flag, "5"]).n == 5
+
+
+def test_help_and_reference_show_a_percent_sign_as_written():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    helps = {name: p.format_help() for name, p in sub.choices.items()}
+    assert "80%/95% TPR" in helps["ood"] and "80%/95% TPR" in reference()
+    assert not [name for name, text in helps.items() if "%%" in text] and "%%" not in reference()
 
 
 def test_help_documents_every_flag(capsys):

@@ -260,7 +260,7 @@ def _score_args(sub) -> None:
 def _ood_args(sub) -> None:
     o = sub.add_parser("ood", help="out-of-distribution detection: AUROC, AUPRC, FPR per score; the typicality test",
                        description="Score the in-distribution test images and each --out-of set with every score "
-                                   "the model has; report AUROC, AUPRC and FPR at 80%%/95%% TPR per score and the "
+                                   "the model has; report AUROC, AUPRC and FPR at 80%/95% TPR per score and the "
                                    "batch typicality test. Writes RUN_DIR/ood.json, ood.md and ood.png. The other "
                                    "data are never used for training or for choosing a setting.")
     o.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
