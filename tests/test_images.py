@@ -416,6 +416,9 @@ def test_cifar10_trains_with_the_eight_bit_recipe(tmp_path, capsys):
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (cfg["data"]["binarization"], cfg["model"]["net"], cfg["model"]["hidden"]) == ("none", "resnet",
                                                                                           [32, 64, 128])
+    assert main(["evaluate", str(tmp_path / "run"), "--n", "10", "--k", "2", "--quiet"]) == 0
+    said = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("binarization"))
+    assert "8-bit values as stored" in said and "discretized" in said and "grey" not in said
 
 
 @pytest.mark.parametrize("corrupt,message", [("truncate", "not a whole number of 3073-byte"),
