@@ -257,3 +257,26 @@ def test_ood_writes_its_report_and_separates_noise(runs, tmp_path, capsys):
     assert "| log_px |" in md and "No out-of-distribution data were used" in md
     assert (runs["hvae"] / "ood.png").stat().st_size > 10_000
     assert "AUROC" in capsys.readouterr().out
+
+
+def test_the_ood_histograms_tick_labels_never_run_together():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vaelab.plots import score_histograms
+
+    rng = np.random.default_rng(0)
+    spread = {"elbo": (-25050.5, 4000), "mse": (0.00123, 0.0003), "complexity_corrected": (-400000, 100000),
+              "llr_1": (1234567.6, 300000), "bits_per_dim": (1.234, 0.05)}
+    columns = {name: {"in": rng.normal(m, s, 300), "out": rng.normal(1.1 * m, 1.5 * s, 300)}
+               for name, (m, s) in spread.items()}
+    fig = score_histograms(columns, "scores")
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+        assert len(boxes) >= 2, ax.get_title()
+        boxes.sort(key=lambda b: b.x0)
+        gaps = [b.x0 - a.x1 for a, b in zip(boxes, boxes[1:])]
+        assert min(gaps) > 2, f"{ax.get_title()}: tick labels {[t.get_text() for t in ax.get_xticklabels()]} touch"
+        title = ax.title.get_window_extent(renderer)
+        assert not any(t.get_window_extent(renderer).overlaps(title) for t in ax.get_yticklabels() if t.get_text())

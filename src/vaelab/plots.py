@@ -526,11 +526,23 @@ def score_histograms(columns: dict[str, dict[str, np.ndarray]], title: str, ncol
         >>> [ax.get_title() for ax in score_histograms(columns, "Two scores").axes]
         ['nll', 'kl']
     """
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
     names = list(columns)
     nrow = max(1, -(-len(names) // ncol))
     fig = new_figure(3.4 * min(ncol, len(names)), 2.6 * nrow + 0.5, layout="constrained")
     for i, name in enumerate(names):
         ax = fig.add_subplot(nrow, min(ncol, len(names)), i + 1)
+        # a few x ticks, with a power of ten beside the axis for long numbers, so that labels such
+        # as 0.00075 or -700000 never run together; the density's own values say nothing: no y ticks
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        fmt = ScalarFormatter()
+        fmt.set_powerlimits((-2, 4))
+        ax.xaxis.set_major_formatter(fmt)
+        ax.xaxis.get_offset_text().set_fontsize(7)
+        ax.set_yticks([])
+        if i % ncol == 0:
+            ax.set_ylabel("share of images", fontsize=8)
         sets = columns[name]
         both = np.concatenate([np.asarray(v, dtype=np.float64) for v in sets.values()])
         both = both[np.isfinite(both)]
