@@ -208,7 +208,9 @@ def principal_axes(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 def figure_recon(ex: Explorer, n: int = 10):
     """Show test images above their reconstructions: the decoder's mean and one sample.
 
-    Each image is encoded to its posterior mean and decoded.
+    The images are spread evenly over the test images held (the first and last included),
+    not the first few, which in a folder are its first files by name and often alike. Each
+    image is encoded to its posterior mean and decoded.
 
     Args:
         ex: The model and its test images.
@@ -224,7 +226,8 @@ def figure_recon(ex: Explorer, n: int = 10):
         >>> type(fig).__name__, len(fig.axes), sorted(numbers)
         ('Figure', 12, ['mse_mean', 'mse_per_image'])
     """
-    x, c = ex.x[:n], ex.cond(n)
+    idx = torch.linspace(0, len(ex.x) - 1, min(n, len(ex.x))).round().long().to(ex.x.device)
+    x, c = ex.x[idx], None if ex.c is None else ex.c[idx]
     q = ex.model.encode(x, c)
     dist = ex.model.decode(q.mean, c)
     rows = [x, dist.mean.clamp(0, 1), dist.sample(generator=ex.gen()).clamp(0, 1)]
