@@ -520,7 +520,13 @@ def figure_denoise(ex: Explorer, kind: str = "salt-pepper", levels: tuple[float,
         if i == len(levels) // 2:
             shown = (level, clean[:n_show], noisy[:n_show], [r[:n_show] for r in recons])
     labels = [_denoise_label(m) for m in models]
-    fig = plots.denoise_figure(shown[1], shown[2], shown[3], labels, shown[0], kind, tables)
+    title = None
+    if not any(m.cfg.train.denoise for m in models):  # say what the figure shows: no model learnt to denoise
+        title = (f"Noise removal by {'models' if len(models) > 1 else 'a ' + ex.cfg.model.model} trained on clean "
+                 "images only (no --denoise): clean | noisy | reconstructed, each row's PSNR against the clean "
+                 "images. The grey line is the noisy input: a reconstruction below it made the image worse. A "
+                 "model trained with --denoise learns to remove noise")
+    fig = plots.denoise_figure(shown[1], shown[2], shown[3], labels, shown[0], kind, tables, title=title)
     # the reconstruction of the clean image: about the best a model can do from a noisy one
     clean_psnr = [float(psnr((_reconstruct(m, clean) - clean).square().flatten(1).mean(1)).mean()) for m in models]
     per_model = [{"run": None if m.run_dir is None else str(m.run_dir), "model": m.cfg.model.model,
