@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import requires_mnist
 from vaelab.cli import build_parser, main, reference
+from vaelab.config import Config
 
 TINY = ["--hidden", "32", "--latent-dim", "4", "--quiet"]
 
@@ -239,3 +240,13 @@ def test_every_command_refuses_every_invalid_flag_value_in_one_line(tmp_path, ca
             assert action.option_strings[0] in err[0] or "argument" in err[0], err[0]
             checked += 1
     assert checked > 60
+
+
+def test_a_name_looked_up_in_a_registry_suggests_the_closest():
+    from vaelab.config import ConfigError, did_you_mean
+    from vaelab.models import build_model
+
+    with pytest.raises(ConfigError, match="unknown model 'hvea'; choose one of: .*; did you mean hvae\\?$"):
+        build_model(Config().replace(model={"model": "hvea"}).model, (1, 28, 28))
+    assert did_you_mean("Fashion_MNIST", ["mnist", "fashion-mnist"]) == "; did you mean fashion-mnist?"
+    assert did_you_mean("zzz", ["mnist", "fashion-mnist"]) == ""
