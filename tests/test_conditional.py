@@ -87,7 +87,7 @@ def test_custom_conditions_from_npz(tmp_path):
     assert json.loads((run / "eval.json").read_text())["conditioned_on"] == "custom side information"
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e39])
 def test_non_finite_conditions_are_refused_before_training_naming_file_split_and_row(tmp_path, capsys, bad):
     data = load_dataset("mnist-sample")
     test = np.random.rand(len(data.test), 3)

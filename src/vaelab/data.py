@@ -718,11 +718,12 @@ def attach_conditions(data: Dataset, path: str | Path) -> Dataset:
                             f"split, got {arr.shape}")
         if arr.dtype.kind not in "biuf":
             raise DataError(f"{path}: the {name} conditions must be numbers, got {arr.dtype}")
-        finite = np.isfinite(arr).all(axis=1)
-        if not finite.all():
-            row = int(np.argmin(finite))
+        with np.errstate(over="ignore"):
+            bad = ~np.isfinite(arr.astype(np.float32))  # as trained on: 1e39 is inf in float32
+        if bad.any():
+            row = int(np.argmax(bad.any(axis=1)))
             raise DataError(f"{path}: the {name} split's conditions are not finite in row {row} "
-                            f"({arr[row][~np.isfinite(arr[row])][0]}); every condition must be a finite number")
+                            f"({arr[row][bad[row]][0]}); every condition must be a finite number")
     if train.shape[1] != test.shape[1]:
         raise DataError(f"{path}: 'train' and 'test' conditions differ in width ({train.shape[1]} vs {test.shape[1]})")
     tr = torch.from_numpy(train.astype(np.float32))
