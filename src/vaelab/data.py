@@ -47,7 +47,7 @@ class DataError(RuntimeError):
         ...     load_dataset("mnits")
         ... except DataError as e:
         ...     print(e)
-        unknown dataset 'mnits'; choose one of: mnist, fashion-mnist, mnist-sample, cifar10
+        unknown dataset 'mnits'; choose one of: mnist, fashion-mnist, mnist-sample, cifar10; did you mean mnist?
     """
 
 
