@@ -1019,7 +1019,7 @@ def load_configured(d: DataConfig, progress: bool = True) -> Dataset:
         >>> load_configured(DataConfig(dataset="mnist-smaple"))
         Traceback (most recent call last):
         ...
-        vaelab.data.DataError: unknown dataset 'mnist-smaple': not a named dataset (...) and no such file or folder; did you mean mnist-sample?
+        vaelab.data.DataError: unknown dataset 'mnist-smaple': not a named dataset (...) and no ...; did you mean mnist-sample?
     """
     if is_path(d.dataset):
         t = Transform(tuple(d.image_size) if d.image_size else None, d.channels, d.background, d.test_fraction)
