@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import requires_mnist
-from vaelab.cli import build_parser, main
+from vaelab.cli import build_parser, main, reference
+from vaelab.config import Config
 
 TINY = ["--hidden", "32", "--latent-dim", "4", "--quiet"]
 
@@ -70,16 +71,54 @@ def test_train_on_full_mnist_and_ae(tmp_path):
         (["train", "--dataset", "mnist", "--data-dir", "/nonexistent"], "does not hold"),
         (["train", "--minutes", "5", "--schedule", "cosine"], "use --schedule exp or constant"),
         (["train", "--minutes", "-1"], "expected a number >= 0"),
+        (["train", "--latent-dims", "3"], "unrecognized arguments: --latent-dims 3; did you mean --latent-dim?"),
+        (["train", "--latent_dim=3"], "did you mean --latent-dim?"),
+        (["train", "--dataset", "fashion_mnist"], "no such file or folder; did you mean fashion-mnist?"),
+        (["train", "--model", "vea"], "(choose from vae, hvae, ae, cvae, icvae); did you mean vae?"),
+        (["trian", "--epochs", "1"], "invalid choice: 'trian' (choose from train, "),
+        (["trian"], "did you mean train?"),
+        (["plot", "{run}", "--what", "recon,sampels"], "did you mean samples?"),
     ],
 )
 def test_bad_input_is_a_one_line_error_with_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    argv = [a.replace("{run}", "run") for a in argv]
     with pytest.raises(SystemExit) as e:
         code = main(argv)
         raise SystemExit(code)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, meant", [
+    (["train", "--epoch", "2"], "--epochs"),
+    (["train", "--latent", "3"], "--latent-dim"),
+    (["evaluate", "{run}", "--n-im", "5"], "--n-images"),
+    (["score", "{run}", "--sco", "elbo"], "--scores"),
+])
+def test_no_option_is_taken_from_a_prefix_of_its_name(argv, meant, capsys, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([a.replace("{run}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"unrecognized arguments: {argv[-2]}" in err and err.count("\n") == 1
+    assert f"did you mean {meant}?" in err
+
+
+def test_evaluate_n_is_an_exact_flag(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    for flag in ("--n", "--n-images"):
+        assert build_parser().parse_args(["evaluate", str(tmp_path), flag, "5"]).n == 5
+
+
+def test_help_and_reference_show_a_percent_sign_as_written():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    helps = {name: p.format_help() for name, p in sub.choices.items()}
+    assert "80%/95% TPR" in helps["ood"] and "80%/95% TPR" in reference()
+    assert not [name for name, text in helps.items() if "%%" in text] and "%%" not in reference()
 
 
 def test_help_documents_every_flag(capsys):
@@ -201,3 +240,13 @@ def test_every_command_refuses_every_invalid_flag_value_in_one_line(tmp_path, ca
             assert action.option_strings[0] in err[0] or "argument" in err[0], err[0]
             checked += 1
     assert checked > 60
+
+
+def test_a_name_looked_up_in_a_registry_suggests_the_closest():
+    from vaelab.config import ConfigError, did_you_mean
+    from vaelab.models import build_model
+
+    with pytest.raises(ConfigError, match="unknown model 'hvea'; choose one of: .*; did you mean hvae\\?$"):
+        build_model(Config().replace(model={"model": "hvea"}).model, (1, 28, 28))
+    assert did_you_mean("Fashion_MNIST", ["mnist", "fashion-mnist"]) == "; did you mean fashion-mnist?"
+    assert did_you_mean("zzz", ["mnist", "fashion-mnist"]) == ""

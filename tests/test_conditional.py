@@ -87,6 +87,32 @@ def test_custom_conditions_from_npz(tmp_path):
     assert json.loads((run / "eval.json").read_text())["conditioned_on"] == "custom side information"
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e39])
+def test_non_finite_conditions_are_refused_before_training_naming_file_split_and_row(tmp_path, capsys, bad):
+    data = load_dataset("mnist-sample")
+    test = np.random.rand(len(data.test), 3)
+    test[7, 1] = bad
+    path = tmp_path / "c.npz"
+    np.savez(path, train=np.random.rand(len(data.train), 3), test=test)
+    with pytest.raises(DataError, match="test split's conditions are not finite in row 7"):
+        attach_conditions(data, path)
+    run = tmp_path / "run"
+    assert main(["train", "--model", "cvae", "--dataset", "mnist-sample", "--conditions", str(path), "--epochs", "1",
+                 "--hidden", "16", "--latent-dim", "2", "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and "test split" in err and "row 7" in err
+    assert not (run / "metrics.jsonl").exists()
+
+
+def test_conditions_with_a_wrong_row_count_name_the_split(tmp_path):
+    data = load_dataset("mnist-sample")
+    path = tmp_path / "c.npz"
+    np.savez(path, train=np.random.rand(len(data.train) + 1, 3), test=np.random.rand(len(data.test), 3))
+    with pytest.raises(DataError, match=f"{path}: 'train' must have shape \\(2000, C'\\), one row per image of "
+                                        "the train split, got \\(2001, 3\\)"):
+        attach_conditions(data, path)
+
+
 def test_probe_and_transfer_end_to_end(tmp_path):
     run = tmp_path / "icvae"
     assert main(["train", "--model", "icvae", "--lambda", "1", "--dataset", "mnist-sample", "--epochs", "2",

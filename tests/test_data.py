@@ -113,7 +113,10 @@ def test_lookup_order_and_missing_data_error(tmp_path, monkeypatch):
     with pytest.raises(DataError) as e:
         vd.locate("mnist", allow_download=False)
     msg = str(e.value)
-    assert str(tmp_path / "empty" / "mnist") in msg and "--data-dir" in msg
+    assert str(tmp_path / "empty" / "mnist") in msg and "\n" not in msg
+    # the fix works for every command: score and ood take no --data-dir
+    assert "--data-dir" not in msg and "VAELAB_DATA=DIR" in msg
+    assert f"in {tmp_path / 'empty-cache' / 'vaelab' / 'mnist'}, or in DIR/mnist" in msg
 
 
 def _mirror(tmp_path):

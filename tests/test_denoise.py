@@ -120,3 +120,17 @@ def test_denoise_figure_refuses_models_on_other_test_images(runs):
     other = dataclasses.replace(ex, x=1 - ex.x, run_dir=runs / "denoise")  # as if binarised otherwise
     with pytest.raises(ValueError, match="other test images"):
         figure_denoise(ex, kind="uniform", levels=(0.1,), against=(other,))
+
+
+def test_the_denoise_figure_of_a_model_trained_on_clean_images_says_so_with_each_rows_psnr(runs):
+    ex = Explorer.from_run(runs / "plain", n=50)
+    fig, numbers = figure_denoise(ex, kind="uniform", levels=(0.1, 0.4), n_show=3, n_eval=50)
+    title = fig._suptitle.get_text().replace("\n", " ")
+    assert "trained on clean images only (no --denoise)" in title and "grey line is the noisy input" in title
+    labels = [t.get_text() for t in fig.texts] + [ax.get_ylabel() for ax in fig.axes]
+    row = numbers["levels"][1]  # the middle of two levels is shown
+    assert any(f"PSNR {row['psnr_noisy']:.1f} dB" in t and "noisy" in t for t in labels)
+    assert any(f"PSNR {row['psnr_recon']:.1f} dB" in t and "reconstruction" in t for t in labels)
+    with_denoiser = figure_denoise(Explorer.from_run(runs / "denoise", n=50), kind="uniform", levels=(0.1,),
+                                   n_show=3, n_eval=50)[0]
+    assert "clean images only" not in with_denoiser._suptitle.get_text()

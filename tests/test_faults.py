@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vaelab.cli import main
@@ -346,6 +347,16 @@ def test_a_batch_size_replaced_is_said_even_under_quiet(tmp_path, capsys):
     assert main(["train", *TINY[:-2], "--batch-size", "100000", "--epochs", "1", "--out", str(tmp_path / "r"),
                  "--quiet"]) == 0
     assert "batches of 125 instead of 100000" in capsys.readouterr().err
+
+
+def test_the_small_set_note_counts_the_steps_an_epoch_takes(tmp_path, capsys):
+    images = np.random.default_rng(0).integers(0, 256, (42, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "small.npz", train=images[:37], test=images[37:])  # 37 images: batches of 3, 13 steps
+    assert main(["train", "--dataset", str(tmp_path / "small.npz"), "--hidden", "8", "--latent-dim", "2",
+                 "--net", "mlp", "--batch-size", "128", "--epochs", "1", "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    assert "batches of 3 instead of 128, so that an epoch has 13 steps, not 1" in capsys.readouterr().err
+    row = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["batch_size"] == 3 and row["step"] == 13
 
 
 def test_evaluate_shows_its_results_when_the_run_folder_cannot_be_written(trained, capsys, monkeypatch):

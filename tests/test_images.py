@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -415,6 +416,9 @@ def test_cifar10_trains_with_the_eight_bit_recipe(tmp_path, capsys):
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (cfg["data"]["binarization"], cfg["model"]["net"], cfg["model"]["hidden"]) == ("none", "resnet",
                                                                                           [32, 64, 128])
+    assert main(["evaluate", str(tmp_path / "run"), "--n", "10", "--k", "2", "--quiet"]) == 0
+    said = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("binarization"))
+    assert "8-bit values as stored" in said and "discretized" in said and "grey" not in said
 
 
 @pytest.mark.parametrize("corrupt,message", [("truncate", "not a whole number of 3073-byte"),
@@ -513,4 +517,24 @@ def test_an_npz_whose_labels_do_not_match_its_images_is_named(tmp_path, n_labels
     images = np.random.default_rng(0).integers(0, 256, (10, 8, 8), dtype=np.uint8)
     np.savez(tmp_path / "a.npz", images=images, labels=np.arange(n_labels) % 3)
     with pytest.raises(DataError, match="'labels' must hold one integer per image \\(10\\)"):
+        load_array(tmp_path / "a.npz", Transform(None, 0, "white", 0.3), progress=False)
+
+
+@pytest.mark.parametrize("labels, shown", [
+    (np.array([0, 1, 2, 0, 1, 2, -1, 0, 1, 2]), "'labels' must be integers >= 0; row 6 is -1"),
+    (np.array([0, 1, 2, 0, np.nan, 2, 1, 0, 1, 2]), "'labels' must be integers >= 0, got float64; row 4 is nan"),
+    (np.array([0, 1, 2, 0, 1, 2, 1, 0.5, 1, 2]), "'labels' must be integers >= 0, got float64; row 7 is 0.5"),
+])
+def test_bad_labels_of_an_npz_are_named_by_row(tmp_path, labels, shown):
+    images = np.random.default_rng(0).integers(0, 256, (10, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", images=images, labels=labels)
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'a.npz'}: {shown}")):
+        load_array(tmp_path / "a.npz", Transform(None, 0, "white", 0.3), progress=False)
+
+
+def test_bad_labels_of_a_split_name_the_split_and_row(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (6, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", train=images, test=images[:3], train_labels=np.arange(6) % 2,
+             test_labels=np.array([0, -3, 1]))
+    with pytest.raises(DataError, match="labels of the test split must be integers >= 0; row 1 is -3"):
         load_array(tmp_path / "a.npz", Transform(None, 0, "white", 0.3), progress=False)

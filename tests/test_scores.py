@@ -185,6 +185,11 @@ def test_score_refuses_in_one_line(runs, tmp_path, capsys):
 
     assert "has no llr score" in refused(runs["vae"], "--scores", "llr")
     assert "unknown score" in refused(runs["vae"], "--scores", "nope")
+    assert "unknown score logpx; choose from " in refused(runs["vae"], "--scores", "elbo,logpx")
+    assert refused(runs["vae"], "--scores", "elbo,logpx").strip().endswith("did you mean log_px? (see vaelab score --help)")
+    assert "did you mean log_px?" in refused(runs["vae"], "--n", "3", "--rank-by", "logpx")
+    with pytest.raises(ConfigError, match="unknown score 'bits-per-dim'.*; did you mean bits_per_dim\\?$"):
+        score(runs["vae"], scores=["bits-per-dim"], n=3, progress=False)
     assert "out of range" in refused(runs["hvae"], "--skip-levels", "3")
     np.savez(tmp_path / "big.npz", images=np.zeros((5, 32, 32, 3), np.uint8))
     assert "the model takes 1x28x28" in refused(runs["vae"], tmp_path / "big.npz")
@@ -192,6 +197,14 @@ def test_score_refuses_in_one_line(runs, tmp_path, capsys):
     assert "no image files" in refused(runs["vae"], tmp_path / "empty")
     assert "does not exist" in refused(runs["vae"], tmp_path / "nowhere")
     assert "csv, .npz or .parquet" in refused(runs["vae"], "--out", tmp_path / "s.txt", "--n", "3")
+    # the fixes named are ones that exist: score takes no --dataset and no --skip-bad-images
+    (tmp_path / "notes.txt").write_text("not images")
+    err = refused(runs["vae"], tmp_path / "notes.txt")
+    assert "not an image folder or an .npy/.npz array file" in err and "--dataset" not in err
+    (tmp_path / "bad").mkdir()
+    Image.new("L", (28, 28), 7).save(tmp_path / "bad" / "a.png")
+    (tmp_path / "bad" / "b.png").write_bytes(b"not a png")
+    assert "remove it, or train with --skip-bad-images" in refused(runs["vae"], tmp_path / "bad")
 
 
 def test_score_command_writes_the_table_and_the_top_grid_of_a_folder(runs, tmp_path, capsys):
@@ -244,3 +257,26 @@ def test_ood_writes_its_report_and_separates_noise(runs, tmp_path, capsys):
     assert "| log_px |" in md and "No out-of-distribution data were used" in md
     assert (runs["hvae"] / "ood.png").stat().st_size > 10_000
     assert "AUROC" in capsys.readouterr().out
+
+
+def test_the_ood_histograms_tick_labels_never_run_together():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vaelab.plots import score_histograms
+
+    rng = np.random.default_rng(0)
+    spread = {"elbo": (-25050.5, 4000), "mse": (0.00123, 0.0003), "complexity_corrected": (-400000, 100000),
+              "llr_1": (1234567.6, 300000), "bits_per_dim": (1.234, 0.05)}
+    columns = {name: {"in": rng.normal(m, s, 300), "out": rng.normal(1.1 * m, 1.5 * s, 300)}
+               for name, (m, s) in spread.items()}
+    fig = score_histograms(columns, "scores")
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+        assert len(boxes) >= 2, ax.get_title()
+        boxes.sort(key=lambda b: b.x0)
+        gaps = [b.x0 - a.x1 for a, b in zip(boxes, boxes[1:])]
+        assert min(gaps) > 2, f"{ax.get_title()}: tick labels {[t.get_text() for t in ax.get_xticklabels()]} touch"
+        title = ax.title.get_window_extent(renderer)
+        assert not any(t.get_window_extent(renderer).overlaps(title) for t in ax.get_yticklabels() if t.get_text())

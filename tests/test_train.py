@@ -143,3 +143,30 @@ def test_exp_schedule_does_not_depend_on_total_epochs():
     assert learning_rate(a, 0, 50) < learning_rate(a, a.warmup_steps, 50)  # warm-up
     cos = Config().replace(train={"schedule": "cosine", "epochs": 2, "warmup_steps": 0, "lr": 2e-3}).train
     assert learning_rate(cos, 0, 50) == cos.lr and abs(learning_rate(cos, 100, 50)) < 1e-12
+
+
+def test_the_recon_pictures_show_images_from_across_the_test_split(tmp_path, monkeypatch):
+    """A folder's first test files by name are often one kind of picture: recon.png and the
+    recon figure take theirs spread over the split instead, the same each time."""
+    import numpy as np
+
+    from vaelab import explore, plots, training
+    from vaelab.cli import main
+
+    rng = np.random.default_rng(0)
+    test = np.repeat(np.arange(100, dtype=np.uint8), 64).reshape(100, 8, 8)  # test image i: every pixel i
+    np.savez(tmp_path / "d.npz", train=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8), test=test)
+    shown = {}
+    real = training.write_pictures
+    monkeypatch.setattr(training, "write_pictures", lambda model, run_dir, x, *a, **k: (
+        shown.setdefault("train", x), real(model, run_dir, x, *a, **k))[1])
+    assert main(["train", "--dataset", str(tmp_path / "d.npz"), "--binarization", "none", "--likelihood", "logistic",
+                 "--net", "mlp", "--hidden", "8", "--latent-dim", "2", "--epochs", "1", "--out", str(tmp_path / "r"),
+                 "--quiet"]) == 0
+    spread = torch.linspace(0, 99, 32).round()
+    assert torch.equal((shown["train"][:, 0, 0, 0] * 255).round().cpu(), spread)
+    image_rows = plots.image_rows
+    monkeypatch.setattr(plots, "image_rows", lambda rows, *a, **k: (shown.setdefault("plot", rows[0]),
+                                                                     image_rows(rows, *a, **k))[1])
+    explore.figure_recon(explore.Explorer.from_run(tmp_path / "r"), n=10)
+    assert torch.equal((shown["plot"][:, 0, 0, 0] * 255).round(), torch.linspace(0, 99, 10).round())

@@ -24,7 +24,7 @@ import torch
 
 from vaelab.checkpoint import Run as RunFolder
 from vaelab.checkpoint import RunError, load_run
-from vaelab.config import Config, ConfigError, DataConfig, ModelConfig, TrainConfig, read_flag
+from vaelab.config import Config, ConfigError, DataConfig, ModelConfig, TrainConfig, did_you_mean, read_flag
 from vaelab.evaluate import posterior_means
 from vaelab.scores import Table
 
@@ -319,7 +319,7 @@ class Run:
         from vaelab.explore import FIGURE_OPTIONS, FIGURES, Explorer
 
         if what not in FIGURES:
-            raise ConfigError(f"unknown figure {what!r}; choose from {', '.join(FIGURES)}")
+            raise ConfigError(f"unknown figure {what!r}; choose from {', '.join(FIGURES)}{did_you_mean(what, FIGURES)}")
         takes = FIGURE_OPTIONS.get(what, ())
         unknown = set(options) - set(takes)
         if unknown:

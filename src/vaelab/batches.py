@@ -317,6 +317,9 @@ class SplitInputs:
         (10, torch.Size([4, 1, 28, 28]), None, tensor([0, 1, 2, 0]))
         >>> torch.equal(inputs.rows(2, 4)[0], x[2:])                # rows 2, 3 alike in any chunk
         True
+        >>> x4 = inputs.spread(4)[0]                                  # rows 0, 3, 6 and 9
+        >>> torch.equal(x4, torch.cat([inputs.rows(i, i + 1)[0] for i in (0, 3, 6, 9)]))
+        True
         >>> [x.shape[0] for x, _, _ in inputs.chunks(4)]
         [4, 4, 2]
     """
@@ -344,11 +347,25 @@ class SplitInputs:
             (x (B, C, H, W) float32 in [0, 1], conditions (B, C') or None, labels (B,)), where
             B = min(stop, N) - start.
         """
-        idx = self.index(start, stop)
+        return self._at(self.index(start, stop))
+
+    def spread(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The model's inputs for `n` rows spread evenly over the split, the first and last
+        included: a sample of the whole split (the first rows of a folder are often alike:
+        its first files by name), the same every time.
+
+        Returns:
+            (x (B, C, H, W) float32 in [0, 1], conditions (B, C') or None, labels (B,)), where
+            B = min(n, N); each row as ``rows`` gives it.
+        """
+        b = min(n, len(self))
+        return self._at(torch.linspace(0, len(self) - 1, b).round().long().to(self.device))
+
+    def _at(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         u8 = read_rows(self.images, idx).to(self.device)
         x = as_input(u8, "fixed" if self.binarization == "dynamic" else self.binarization, self.dequantize,
                      idx=idx, key=binarization_key(self.seed, TEST_KEY))
-        return x, None if self.cond is None else self.cond[start:stop], self.labels[start:stop]
+        return x, None if self.cond is None else self.cond[idx], self.labels[idx]
 
     def chunks(self, size: int = 2000) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
         """The whole split in chunks of `size` rows, each as ``rows`` gives it.

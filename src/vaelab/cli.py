@@ -11,15 +11,38 @@ import sys
 from pathlib import Path
 
 from vaelab import __version__
-from vaelab.config import AUTO, DEVICES, NOISE_KINDS, RECIPE_FIELDS, Config, ConfigError, read_flag
+from vaelab.config import AUTO, DEVICES, NOISE_KINDS, RECIPE_FIELDS, Config, ConfigError, did_you_mean, read_flag
 from vaelab.config import load as load_config_file
 
 SECTIONS = {"data": "data", "model": "model", "train": "training"}  # config section -> flag group
 
 
 class _Parser(argparse.ArgumentParser):
+    """One-line errors that suggest the closest option or choice; no option is taken from a
+    prefix of its name (--epoch is refused, not read as --epochs)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, exit code 2
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:  # said by the command's own parser, which knows the options it has
+            sub = next((a for a in self._actions if isinstance(a, argparse._SubParsersAction)), None)
+            parser = sub.choices[ns.command] if sub and getattr(ns, "command", None) in sub.choices else self
+            options = [o for a in parser._actions for o in a.option_strings]
+            flags = [e.split("=", 1)[0] for e in extras if e.startswith("--")]
+            hint = next((h for f in flags if (h := did_you_mean(f, options))), "")
+            parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return ns
+
+    def _check_value(self, action, value) -> None:
+        if action.choices is not None and value not in action.choices:
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r} (choose from "
+                                                 f"{', '.join(map(str, action.choices))}){did_you_mean(value, action.choices)}")
 
 
 def _positive_int(s: str) -> int:
@@ -239,7 +262,7 @@ def _score_args(sub) -> None:
 def _ood_args(sub) -> None:
     o = sub.add_parser("ood", help="out-of-distribution detection: AUROC, AUPRC, FPR per score; the typicality test",
                        description="Score the in-distribution test images and each --out-of set with every score "
-                                   "the model has; report AUROC, AUPRC and FPR at 80%%/95%% TPR per score and the "
+                                   "the model has; report AUROC, AUPRC and FPR at 80%/95% TPR per score and the "
                                    "batch typicality test. Writes RUN_DIR/ood.json, ood.md and ood.png. The other "
                                    "data are never used for training or for choosing a setting.")
     o.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
@@ -395,7 +418,9 @@ def _names(choices: list[str]):
         got = [p.strip() for p in s.split(",") if p.strip()]
         bad = [g for g in got if g not in choices]
         if bad or not got:
-            raise argparse.ArgumentTypeError(f"unknown score {', '.join(bad) or '(none)'}; choose from {', '.join(choices)}")
+            hint = did_you_mean(bad[0], choices) if bad else ""
+            raise argparse.ArgumentTypeError(f"unknown score {', '.join(bad) or '(none)'}; "
+                                             f"choose from {', '.join(choices)}{hint}")
         return got
     return read
 
@@ -502,7 +527,8 @@ def cmd_score(args: argparse.Namespace) -> None:
     table = score(args.run_dir, args.data, split=args.split, scores=args.scores, k=args.k, n=args.n,
                   skip_levels=args.skip_levels, seed=args.seed, device=args.device, progress=not args.quiet)
     if args.rank_by and args.rank_by not in table:
-        raise ConfigError(f"--rank-by {args.rank_by}: not a column of this table; choose from {', '.join(table.scores)}")
+        raise ConfigError(f"--rank-by {args.rank_by}: not a column of this table; choose from "
+                          f"{', '.join(table.scores)}{did_you_mean(args.rank_by, table.scores)}")
     if not _rank0():
         return
     out = Path(args.out) if args.out else Path(args.run_dir) / "scores.csv"
@@ -590,7 +616,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
     what = [w.strip() for w in args.what.split(",") if w.strip()]
     unknown = [w for w in what if w not in FIGURES]
     if unknown:
-        raise ConfigError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}")
+        raise ConfigError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}"
+                          f"{did_you_mean(unknown[0], FIGURES)}")
     options = {"kind": args.noise, "levels": args.levels, "span": args.span, "steps": args.steps,
                "dims": args.dims, "weights": args.weights, "against": args.against}
     try:

@@ -12,6 +12,7 @@ This module imports nothing from vaelab: it checks types and ranges only. Names
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass, field, fields
@@ -44,10 +45,20 @@ AUTO = "auto"  # a name field left for `resolve` to choose from the data (number
 NOISE_KINDS = ("uniform", "salt-pepper", "gaussian")  # the corruptions of vaelab.corruption.add_noise
 
 
+def did_you_mean(name: str, names: Any) -> str:
+    """"; did you mean X?" naming the closest of `names` to a mistyped `name` (case, "_"
+    for "-" and a letter or two off), or "" when none is close."""
+    names = [str(n) for n in names]
+    folded = {n.lower().replace("_", "-"): n for n in names}
+    key = str(name).lower().replace("_", "-")
+    close = [folded[key]] if key in folded else [folded[c] for c in difflib.get_close_matches(key, folded, n=1)]
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def choose(registry: Any, name: str, what: str) -> Any:
     """``registry[name]``, or a ConfigError listing the choices (registries call this)."""
     if name not in registry:
-        raise ConfigError(f"unknown {what} {name!r}; choose one of: {', '.join(registry)}")
+        raise ConfigError(f"unknown {what} {name!r}; choose one of: {', '.join(registry)}{did_you_mean(name, registry)}")
     return registry[name] if isinstance(registry, dict) else name
 
 

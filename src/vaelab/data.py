@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaelab.config import DataFacts
+from vaelab.config import DataFacts, did_you_mean
 from vaelab.files import file_mode
 
 __all__ = ["load_dataset", "locate", "read_idx", "Dataset", "Split", "ImageFile", "DataError"]
@@ -47,7 +47,7 @@ class DataError(RuntimeError):
         ...     load_dataset("mnits")
         ... except DataError as e:
         ...     print(e)
-        unknown dataset 'mnits'; choose one of: mnist, fashion-mnist, mnist-sample, cifar10
+        unknown dataset 'mnits'; choose one of: mnist, fashion-mnist, mnist-sample, cifar10; did you mean mnist?
     """
 
 
@@ -294,7 +294,7 @@ def download(info: DatasetInfo, target: Path, timeout: float = 30.0) -> None:
                 errors.append(f"{mirror}{fname}: {e}")
                 Path(tmp).unlink(missing_ok=True)
         else:
-            raise DataError("download failed:\n  " + "\n  ".join(errors))
+            raise DataError(f"download failed ({'; '.join(errors)})")
 
 
 def locate(name: str, data_dir: str | Path | None = None, allow_download: bool = True) -> Path:
@@ -326,7 +326,7 @@ def locate(name: str, data_dir: str | Path | None = None, allow_download: bool =
         train-labels-idx1-ubyte.gz
     """
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}{did_you_mean(name, DATASETS)}")
     info = DATASETS[name]
     if info.embedded and data_dir is None:
         return Path(str(resources.files("vaelab") / "_data" / name))
@@ -336,7 +336,7 @@ def locate(name: str, data_dir: str | Path | None = None, allow_download: bool =
             return Path(data_dir)
         wanted = (f"{CIFAR_ARCHIVE} or {CIFAR_DIR}/" if info.kind == "cifar"
                   else ", ".join(f for pair in info.files.values() for f in pair) + ", optionally .gz")
-        raise DataError(f"--data-dir {data_dir} does not hold {name}'s files ({wanted})")
+        raise DataError(f"the data folder {data_dir} (data_dir, --data-dir) does not hold {name}'s files ({wanted})")
     searched = candidate_dirs(info, None)
     for d in searched:
         if _complete(d, info):
@@ -348,12 +348,12 @@ def locate(name: str, data_dir: str | Path | None = None, allow_download: bool =
             return searched[-1]
         except DataError as e:
             problem = str(e)
+    # the fix names only what every command takes: the variable and the cache, not a flag of train's
     raise DataError(
-        f"{name} not found. Looked in: {', '.join(map(str, searched))}; {problem}.\n"
-        f"Fix: put {'the four IDX files' if info.kind == 'idx' else 'the archive'} ({', '.join(info.md5)}) "
-        f"in one of those directories "
-        f"or pass --data-dir DIR"
-        + (", or `apt-get install dataset-fashion-mnist`" if name == "fashion-mnist" else "")
+        f"{name} not found (looked in {', '.join(map(str, searched))}; {problem}); put "
+        f"{'the four IDX files' if info.kind == 'idx' else 'the archive'} ({', '.join(info.md5)}) in "
+        f"{cache_dir() / name}, or in DIR/{name} and set VAELAB_DATA=DIR"
+        + (", or apt-get install dataset-fashion-mnist" if name == "fashion-mnist" else "")
     )
 
 
@@ -714,7 +714,16 @@ def attach_conditions(data: Dataset, path: str | Path) -> Dataset:
         raise DataError(f"{path}: cannot read conditions ({e}); expected an .npz with arrays 'train' and 'test'") from None
     for name, arr, split in (("train", train, data.train), ("test", test, data.test)):
         if arr.ndim != 2 or len(arr) != len(split):
-            raise DataError(f"{path}: '{name}' must have shape ({len(split)}, C'), got {arr.shape}")
+            raise DataError(f"{path}: '{name}' must have shape ({len(split)}, C'), one row per image of the {name} "
+                            f"split, got {arr.shape}")
+        if arr.dtype.kind not in "biuf":
+            raise DataError(f"{path}: the {name} conditions must be numbers, got {arr.dtype}")
+        with np.errstate(over="ignore"):
+            bad = ~np.isfinite(arr.astype(np.float32))  # as trained on: 1e39 is inf in float32
+        if bad.any():
+            row = int(np.argmax(bad.any(axis=1)))
+            raise DataError(f"{path}: the {name} split's conditions are not finite in row {row} "
+                            f"({arr[row][bad[row]][0]}); every condition must be a finite number")
     if train.shape[1] != test.shape[1]:
         raise DataError(f"{path}: 'train' and 'test' conditions differ in width ({train.shape[1]} vs {test.shape[1]})")
     tr = torch.from_numpy(train.astype(np.float32))

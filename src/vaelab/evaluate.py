@@ -36,8 +36,10 @@ __all__ = ["evaluate", "format_result", "log_likelihood", "posterior_means", "re
 BINARIZATION_NOTE = {
     "dynamic": "stochastic: test images binarised once, x ~ Bernoulli(pixel/255), seed {seed}",
     "fixed": "stochastic: test images binarised once, x ~ Bernoulli(pixel/255), seed {seed}",
-    "none": "none: grey levels pixel/255 (256 levels)",
-    "dequantized": "none: grey levels, dequantised once as (pixel + u)/256, u ~ U(0,1), seed {seed}",
+    "none": "none: binary pixels as stored, pixel/255 in {{0, 1}}",
+    "discretized": "none: 8-bit values as stored, pixel/255, each scored as one of 256 levels (a discretized "
+                   "likelihood)",
+    "dequantized": "none: 8-bit values, dequantised once as (pixel + u)/256, u ~ U(0,1), seed {seed}",
 }
 
 
@@ -256,7 +258,11 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
         print(f"warning: the data in {data.source} differ from those the run trained on "
               f"(fingerprint {data.fingerprint}, was {cfg.data.fingerprint})", file=sys.stderr)
     inputs = model_inputs(model, cfg, data.test.head(n), len(data.classes), dev, memory_budget(cfg.data, dev))
-    protocol = "dequantized" if density and cfg.data.binarization == "none" else cfg.data.binarization
+    protocol = cfg.data.binarization
+    if protocol == "none" and density:
+        protocol = "dequantized"
+    elif protocol == "none" and cfg.model.likelihood != "bernoulli":  # the logistic family: 256 bins a value
+        protocol = "discretized"
     dims = math.prod(data.image_shape)
     k = k or default_k(dims)
     start = time.perf_counter()
@@ -727,7 +733,7 @@ def collapse_note(active: int, dims: int, hierarchical: bool = False) -> str | N
     return (f"posterior collapse: {active} of {dims} latent dimensions are active (under "
             f"{COLLAPSE_SHARE:.0%}; active: posterior-mean variance over the test images above "
             f"{ACTIVE_VARIANCE}); in the inactive ones q(z|x) stays near the prior whatever x is, so they "
-            f"tell the decoder little about x. What to try: --kl-warmup EPOCHS (the KL weight rises from "
+            f"tell the decoder little about x. What to try when training: --kl-warmup EPOCHS (the KL weight rises from "
             f"0), a smaller --beta, fewer dimensions ({fewer}), or a smaller decoder (--decoder-hidden)")
 
 

@@ -25,6 +25,7 @@ import torch
 from vaelab import plots
 from vaelab.batches import model_inputs
 from vaelab.checkpoint import Run, load_run
+from vaelab.config import did_you_mean
 from vaelab.corruption import add_noise
 from vaelab.evaluate import posterior_means
 from vaelab.files import FileError, ensure_dir, write_json
@@ -208,7 +209,9 @@ def principal_axes(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 def figure_recon(ex: Explorer, n: int = 10):
     """Show test images above their reconstructions: the decoder's mean and one sample.
 
-    Each image is encoded to its posterior mean and decoded.
+    The images are spread evenly over the test images held (the first and last included),
+    not the first few, which in a folder are its first files by name and often alike. Each
+    image is encoded to its posterior mean and decoded.
 
     Args:
         ex: The model and its test images.
@@ -224,7 +227,8 @@ def figure_recon(ex: Explorer, n: int = 10):
         >>> type(fig).__name__, len(fig.axes), sorted(numbers)
         ('Figure', 12, ['mse_mean', 'mse_per_image'])
     """
-    x, c = ex.x[:n], ex.cond(n)
+    idx = torch.linspace(0, len(ex.x) - 1, min(n, len(ex.x))).round().long().to(ex.x.device)
+    x, c = ex.x[idx], None if ex.c is None else ex.c[idx]
     q = ex.model.encode(x, c)
     dist = ex.model.decode(q.mean, c)
     rows = [x, dist.mean.clamp(0, 1), dist.sample(generator=ex.gen()).clamp(0, 1)]
@@ -532,7 +536,13 @@ def figure_denoise(ex: Explorer, kind: str = "salt-pepper", levels: tuple[float,
         if i == len(levels) // 2:
             shown = (level, clean[:n_show], noisy[:n_show], [r[:n_show] for r in recons])
     labels = [_denoise_label(m) for m in models]
-    fig = plots.denoise_figure(shown[1], shown[2], shown[3], labels, shown[0], kind, tables)
+    title = None
+    if not any(m.cfg.train.denoise for m in models):  # say what the figure shows: no model learnt to denoise
+        title = (f"Noise removal by {'models' if len(models) > 1 else 'a ' + ex.cfg.model.model} trained on clean "
+                 "images only (no --denoise): clean | noisy | reconstructed, each row's PSNR against the clean "
+                 "images. The grey line is the noisy input: a reconstruction below it made the image worse. A "
+                 "model trained with --denoise learns to remove noise")
+    fig = plots.denoise_figure(shown[1], shown[2], shown[3], labels, shown[0], kind, tables, title=title)
     # the reconstruction of the clean image: about the best a model can do from a noisy one
     clean_psnr = []
     for m in models:
@@ -726,7 +736,8 @@ def plot(run_dir: str | Path, what: list[str], out: str | Path | None = None, se
     """
     unknown = [w for w in what if w not in FIGURES]
     if unknown:
-        raise ValueError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}")
+        raise ValueError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}"
+                         f"{did_you_mean(unknown[0], FIGURES)}")
     out = ensure_dir(Path(out) if out is not None else Path(run_dir) / "plots", "plot folder")
     ex = Explorer.from_run(run_dir, seed=seed, device=device)
     written = []

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from vaelab.config import DataConfig, background_rgb
+from vaelab.config import DataConfig, background_rgb, did_you_mean
 from vaelab.data import DATASETS, DataError, Dataset, ImageFile, Split, attach_conditions, cache_dir, load_dataset
 from vaelab.files import FileError, atomic_write, describe, dir_mode, swap_in
 from vaelab.runtime import ProgressLine, progress_bar, progress_lines
@@ -268,7 +268,7 @@ def _decode_chunk(job: tuple[str, tuple[int, ...], list[tuple[int, str]], tuple 
             arr = decode(path, size, channels, background)
             if arr.shape != tuple(shape[1:]):
                 raise ValueError(f"decoded to shape {arr.shape[1]}x{arr.shape[2]}, expected "
-                                 f"{shape[2]}x{shape[3]}; pass --image-size to resize every image")
+                                 f"{shape[2]}x{shape[3]}; train with --image-size to resize every image")
             out[row] = arr
         except Exception as e:  # noqa: BLE001
             errors.append((row, f"{type(e).__name__}: {e}"))
@@ -473,7 +473,8 @@ def _resolve_shape(root: Path, rels: list[str], t: Transform, skip_bad: bool, pr
     for rel, h in zip(rels, heads):
         if isinstance(h, str):
             if not skip_bad:
-                raise DataError(f"{root / rel}: cannot read this image ({h}); remove it or pass --skip-bad-images")
+                raise DataError(f"{root / rel}: cannot read this image ({h}); remove it, or train with "
+                                "--skip-bad-images to leave such files out")
             bad[rel] = h
             continue
         good.append(rel)
@@ -717,7 +718,8 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
     if unreadable and not skip_bad:
         rel, why = unreadable[0]
         more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
-        raise DataError(f"{root / rel}: {why}{more}; remove it or pass --skip-bad-images")
+        raise DataError(f"{root / rel}: {why}{more}; remove it, or train with --skip-bad-images to leave such "
+                        "files out")
     if not files:
         exts = ", ".join(sorted(e for e in image_extensions() if e in (".png", ".jpg", ".jpeg", ".bmp", ".gif",
                                                                        ".webp", ".tif", ".tiff")))
@@ -747,7 +749,7 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
             for row, msg in sorted(failed[split].items()):
                 if not skip_bad:
                     raise DataError(f"{root / v[row]}: cannot decode this image ({msg}); "
-                                    "remove it or pass --skip-bad-images")
+                                    "remove it, or train with --skip-bad-images to leave such files out")
                 bad[v[row]] = msg
             if failed[split]:  # drop the rows of undecodable files
                 kept = [i for i in range(len(v)) if i not in failed[split]]
@@ -834,6 +836,8 @@ def _array_sources(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndar
         if "images" in keys:
             images = z["images"]
             labels = z["labels"] if "labels" in keys else None
+            if labels is not None:  # checked whole, so that a bad row is named by its row in the file
+                _check_labels(path, labels, len(images), "'labels'")
             if "train" in keys or "test" in keys:
                 if not {"train", "test"} <= keys:
                     raise DataError(f"{path}: give both 'train' and 'test' selections over 'images', or neither")
@@ -861,6 +865,19 @@ def _array_sources(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndar
         raise DataError(f"{path}: cannot read this array file ({e})") from None
 
 
+def _check_labels(path: Path, v: np.ndarray, n: int, what: str) -> None:
+    """Refuse labels (n,) that are not one integer >= 0 per image, naming the first bad row."""
+    if v.ndim != 1 or len(v) != n:
+        raise DataError(f"{path}: {what} must hold one integer per image ({n}), got {v.dtype} of shape {v.shape}")
+    if v.dtype.kind not in "iu":
+        bad = np.flatnonzero(~np.isfinite(v) | (v != np.round(v))) if v.dtype.kind == "f" else ()
+        shown = f"; row {bad[0]} is {v[bad[0]]}" if len(bad) else ""
+        raise DataError(f"{path}: {what} must be integers >= 0, got {v.dtype}{shown}; save them as integers")
+    if len(v) and v.min() < 0:
+        row = int(np.argmax(v < 0))
+        raise DataError(f"{path}: {what} must be integers >= 0; row {row} is {v[row]}")
+
+
 def _array_classes(path: Path, labels: dict, sizes: dict[str, int], classes: tuple) -> tuple:
     """The class names of an array file's labels, after checking the labels of both splits."""
     label_sets = [v for v in labels.values() if v is not None]
@@ -870,11 +887,7 @@ def _array_classes(path: Path, labels: dict, sizes: dict[str, int], classes: tup
     for s, v in labels.items():
         if v is None:
             continue
-        if v.ndim != 1 or len(v) != sizes[s] or v.dtype.kind not in "iu":
-            raise DataError(f"{path}: labels of the {s} split must be {sizes[s]} integers, "
-                            f"got {v.dtype} {v.shape}")
-        if len(v) and v.min() < 0:
-            raise DataError(f"{path}: labels must be >= 0")
+        _check_labels(path, v, sizes[s], f"labels of the {s} split")
         n_classes = max(n_classes, int(v.max()) + 1 if len(v) else 0)
     if not label_sets:
         return ()
@@ -934,8 +947,6 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
         test = np.array([in_test_split(f"{path.name}:{i}", transform.test_fraction) for i in range(n)], bool)
         rows = {"train": np.flatnonzero(~test), "test": np.flatnonzero(test)}
         lab = labels["all"]
-        if lab is not None and (lab.ndim != 1 or len(lab) != n):
-            raise DataError(f"{path}: 'labels' must hold one integer per image ({n}), got shape {lab.shape}")
         arrays = {s: arrays["all"] for s in rows}
         labels = {s: None if lab is None else lab[rows[s]] for s in rows}
     sizes = {s: len(arrays[s]) if rows[s] is None else len(rows[s]) for s in ("train", "test")}
@@ -1011,24 +1022,25 @@ def load_configured(d: DataConfig, progress: bool = True) -> Dataset:
         >>> load_configured(DataConfig(dataset="mnist-smaple"))
         Traceback (most recent call last):
         ...
-        vaelab.data.DataError: unknown dataset 'mnist-smaple': not a named dataset (...) and no such file or folder
+        vaelab.data.DataError: unknown dataset 'mnist-smaple': not a named dataset (...) and no ...; did you mean mnist-sample?
     """
     if is_path(d.dataset):
         t = Transform(tuple(d.image_size) if d.image_size else None, d.channels, d.background, d.test_fraction)
         path = Path(d.dataset).expanduser()
         if not path.exists():
-            raise DataError(f"{path} does not exist; --dataset takes a named dataset "
-                            f"({', '.join(DATASETS)}), an image folder or an .npy/.npz file")
+            raise DataError(f"{path} does not exist; give a named dataset ({', '.join(DATASETS)}), an image folder "
+                            "or an .npy/.npz file")
         if path.is_dir():
             data = load_folder(path, t, skip_bad=d.skip_bad_images, progress=progress)
         elif path.suffix in (".npy", ".npz"):
             data = load_array(path, t, progress=progress)
         else:
-            raise DataError(f"{path}: --dataset takes an image folder or an .npy/.npz array file")
+            raise DataError(f"{path}: not an image folder or an .npy/.npz array file; give one of those or a named "
+                            f"dataset ({', '.join(DATASETS)})")
     else:
         if d.dataset not in DATASETS:
             raise DataError(f"unknown dataset {d.dataset!r}: not a named dataset ({', '.join(DATASETS)}) "
-                            "and no such file or folder")
+                            f"and no such file or folder{did_you_mean(d.dataset, DATASETS)}")
         data = load_dataset(d.dataset, d.data_dir, d.download)
         if d.image_size or d.channels:
             data = _reshape_named(data, d)

@@ -328,8 +328,11 @@ def scatter_by_label(xy: torch.Tensor, labels: torch.Tensor, classes: tuple[str,
 
 
 def denoise_figure(clean: torch.Tensor, noisy: torch.Tensor, recons: list[torch.Tensor], labels: list[str],
-                   level: float, kind: str, tables: list[list[dict]], inch: float = 0.8):
+                   level: float, kind: str, tables: list[list[dict]], inch: float = 0.8, title: str | None = None):
     """Draw a denoising comparison: clean, noisy and reconstructed images above PSNR curves.
+
+    Each row of images is labelled with its mean PSNR against the clean images at the level
+    shown, when `tables` has that level.
 
     Args:
         clean: Clean images ``(N, C, H, W)`` in [0, 1].
@@ -341,6 +344,7 @@ def denoise_figure(clean: torch.Tensor, noisy: torch.Tensor, recons: list[torch.
         tables: One list per model of rows ``{"level", "psnr_noisy", "psnr_recon"}``, one row
             per noise level, for the plot of PSNR against noise level.
         inch: The size of each image in inches.
+        title: The figure's title; None names the models compared.
 
     Returns:
         Figure: a matplotlib Figure, an axes per image, then the plot.
@@ -357,12 +361,18 @@ def denoise_figure(clean: torch.Tensor, noisy: torch.Tensor, recons: list[torch.
         13
     """
     rows = [clean, noisy, *recons]
-    names = ["clean", f"noisy\n({kind} {level:g})", *(f"{label}\nreconstruction" for label in labels)]
+    at = [next((t for t in table if t["level"] == level), None) for table in tables]
+
+    def db(row: dict | None, key: str) -> str:
+        return "" if row is None else f"\nPSNR {row[key]:.1f} dB"
+
+    names = ["clean", f"noisy\n({kind} {level:g}){db(at[0], 'psnr_noisy')}",
+             *(f"{label}\nreconstruction{db(row, 'psnr_recon')}" for label, row in zip(labels, at))]
     n = len(clean)
     left = _text_width(names) + 2 * _PAD
     width = max(7.0, left + n * (inch + _PAD) + _PAD)
-    title = ("Denoising: clean | noisy | each model's reconstruction" if len(recons) > 1 else
-             f"Denoising: clean | noisy | reconstructed ({labels[0].splitlines()[0]})")
+    title = title or ("Denoising: clean | noisy | each model's reconstruction" if len(recons) > 1 else
+                      f"Denoising: clean | noisy | reconstructed ({labels[0].splitlines()[0]})")
     text, top = _heading(title, width)
     plot_top = top + len(rows) * (inch + _PAD) + 0.35  # inches from the top to the plot's frame
     height = plot_top + 2.4 + 0.6
@@ -526,11 +536,23 @@ def score_histograms(columns: dict[str, dict[str, np.ndarray]], title: str, ncol
         >>> [ax.get_title() for ax in score_histograms(columns, "Two scores").axes]
         ['nll', 'kl']
     """
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
     names = list(columns)
     nrow = max(1, -(-len(names) // ncol))
     fig = new_figure(3.4 * min(ncol, len(names)), 2.6 * nrow + 0.5, layout="constrained")
     for i, name in enumerate(names):
         ax = fig.add_subplot(nrow, min(ncol, len(names)), i + 1)
+        # a few x ticks, with a power of ten beside the axis for long numbers, so that labels such
+        # as 0.00075 or -700000 never run together; the density's own values say nothing: no y ticks
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        fmt = ScalarFormatter()
+        fmt.set_powerlimits((-2, 4))
+        ax.xaxis.set_major_formatter(fmt)
+        ax.xaxis.get_offset_text().set_fontsize(7)
+        ax.set_yticks([])
+        if i % ncol == 0:
+            ax.set_ylabel("share of images", fontsize=8)
         sets = columns[name]
         both = np.concatenate([np.asarray(v, dtype=np.float64) for v in sets.values()])
         both = both[np.isfinite(both)]

@@ -36,7 +36,7 @@ import torch
 
 from vaelab.batches import SplitInputs, model_inputs, read_rows
 from vaelab.checkpoint import load_run
-from vaelab.config import ConfigError
+from vaelab.config import ConfigError, did_you_mean
 from vaelab.data import DataError, Dataset
 from vaelab.distributions import GaussianChain
 from vaelab.evaluate import decode_rows
@@ -317,7 +317,7 @@ def _chosen(model, scores, skip_levels) -> tuple[list[str], tuple[int, ...]]:
     names = list(ok) if not scores else list(dict.fromkeys(scores))
     for n in names:
         if n not in SCORES:
-            raise ConfigError(f"unknown score {n!r}; choose from {', '.join(SCORES)}")
+            raise ConfigError(f"unknown score {n!r}; choose from {', '.join(SCORES)}{did_you_mean(n, SCORES)}")
         if n not in ok:
             raise ConfigError(f"the {model.cfg.model} model has no {n} score ({SCORES[n].help}); "
                               f"it has: {', '.join(ok)}")

@@ -417,8 +417,8 @@ def test_elbo(model, inputs: SplitInputs, batch_size: int = 2000, seed: int = 0,
 @torch.no_grad()
 def write_pictures(model, run_dir: Path, x: torch.Tensor, sample_seed: int,
                    c: torch.Tensor | None = None) -> dict[str, Any]:
-    """recon.png: up to 32 test images `x` in rows of 8, each row above its reconstructed
-    means; samples.png: decoded means of 64 draws from the model's prior, always drawn
+    """recon.png: up to 32 test images `x` (spread over the test split) in rows of 8, each
+    row above its reconstructed means; samples.png: decoded means of 64 draws from the model's prior, always drawn
     with `sample_seed`, so epochs compare
     (conditional models: row r drawn under the condition of test image r mod n).
     Returns the two uint8 grids, {"recon": ..., "samples": ...}, (H, W) or (H, W, 3)."""
@@ -697,7 +697,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
     board = Board(run_dir, first_epoch) if dist.main else None
     if board is not None:
         stack.callback(board.close)  # flushes on every way out
-    x_show, c_show, _ = s.test_inputs.rows(0, 32)
+    x_show, c_show, _ = s.test_inputs.spread(32)  # across the test split: its first files are often alike
     log = ProgressLog(t.epochs, len(s.batches), s.batches.batch_size, show=progress and progress_lines())
     stopping = s.epoch >= t.epochs or _out_of_time(t, s.records, dist, device)
     while not stopping:
@@ -814,9 +814,10 @@ def _batches(cfg: Config, data, model, device: torch.device, dist: Dist, note: b
     budget = memory_budget(cfg.data, device)
     cond = data.train.conditions(len(data.classes)) if model.conditional else None
     batch_size = effective_batch_size(t.batch_size, len(data.train))
-    if batch_size < t.batch_size and note:
+    if batch_size < t.batch_size and note:  # the steps as Batches counts them: the last batch may be short
         print(f"note: {len(data.train)} training images: batches of {batch_size} instead of {t.batch_size}, "
-              f"so that an epoch has {MIN_STEPS_PER_EPOCH} steps", file=sys.stderr)
+              f"so that an epoch has {-(-len(data.train) // batch_size)} steps, not "
+              f"{-(-len(data.train) // t.batch_size)}", file=sys.stderr)
     if batch_size < dist.world:
         raise ConfigError(f"a global batch of {batch_size} cannot be split over {dist.world} processes; "
                           "raise --batch-size or use fewer processes")
