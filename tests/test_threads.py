@@ -331,9 +331,13 @@ def test_compare_passes_threads_to_its_runs(monkeypatch):
     with _threads(argparse.Namespace(command="compare", threads=3)):
         assert os.environ["OMP_NUM_THREADS"] == "3"
         assert rebalance_threads() is None  # compare itself waits on its runs: it takes no share
-    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert "OMP_NUM_THREADS" not in os.environ  # this process's environment is as it was
     with _threads(argparse.Namespace(command="compare", threads=0)):
         assert "OMP_NUM_THREADS" not in os.environ
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    with _threads(argparse.Namespace(command="compare", threads=1)):
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+    assert os.environ["OMP_NUM_THREADS"] == "2"
 
 
 # ----------------------------------------------------------------------------- the docstrings' examples

@@ -176,9 +176,16 @@ def _threads(args: argparse.Namespace):
         yield
         return
     if args.command == "compare":
+        before = os.environ.get("OMP_NUM_THREADS")
         if threads:
             os.environ["OMP_NUM_THREADS"] = str(threads)
-        yield
+        try:
+            yield
+        finally:
+            if threads and before is None:
+                del os.environ["OMP_NUM_THREADS"]
+            elif threads:
+                os.environ["OMP_NUM_THREADS"] = before
         return
     from vaelab.runtime import ThreadPolicy
 
