@@ -7,6 +7,7 @@ import argparse
 import doctest
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -355,3 +356,20 @@ def test_the_examples_run(name, tmp_path, no_omp):
     for t in tests:
         runner.run(t)
     assert runner.failures == 0, name
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_under_torchrun_the_workers_share_the_cpus_among_themselves(tmp_path):
+    """torchrun gives each of several workers OMP_NUM_THREADS=1 when the user set none; the
+    automatic choice counts the job's workers on this machine instead."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMP_NUM_THREADS")}
+    run = tmp_path / "run"
+    r = subprocess.run([shutil.which("torchrun"), "--standalone", "--nproc_per_node=2", "-m", "vaelab", "train",
+                        "--dataset", "mnist-sample", "--hidden", "16", "--latent-dim", "2", "--epochs", "1",
+                        "--batch-size", "100", "--out", str(run), "--no-progress"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    choice = json.loads((run / "run.json").read_text())["thread_choice"]
+    assert choice["reason"] == "auto" and choice["other_processes"] >= 1  # the other worker at least
+    assert 1 <= choice["threads"] <= max(1, usable_cpus() // 2)
+    assert r.stdout.count("threads: ") == 1  # rank 0 says it
