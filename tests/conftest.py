@@ -14,6 +14,10 @@ if "VAELAB_DATA" not in os.environ and (SHARED / "mnist").is_dir():
 
 def pytest_configure(config):
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # a fixed count for vaelab here and in the processes the tests start: the automatic one
+    # follows the other vaelab processes on the machine, and a count that changed between a
+    # run and its resumed twin would change their rounding (tests/test_threads.py unsets it)
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
 def have_mnist() -> bool:

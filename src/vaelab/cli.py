@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import importlib.util
 import os
@@ -163,7 +164,60 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_train_args, _evaluate_args, _score_args, _ood_args, _encode_args, _sample_args, _probe_args,
                 _plot_args, _compare_args, _serve_args):
         add(sub)
+    for name, command in sub.choices.items():
+        if name != "train":  # train's --threads is a config field
+            _threads_arg(command, name)
     return p
+
+
+def _threads_arg(p, name: str) -> None:
+    def count(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            v = -1
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"expected a number of threads (0 or more), got {s!r}")
+        return v
+
+    whose = "each run it trains and evaluates (passed on as OMP_NUM_THREADS)" if name == "compare" else \
+        "this process"
+    p.add_argument("--threads", type=count, default=0, metavar="N",
+                   help=f"CPU threads of {whose}; 0: its share of the CPUs it may use (affinity, cgroup quota) "
+                        "beside the other vaelab processes running, followed as they start and end; an exported "
+                        "OMP_NUM_THREADS counts as asked (default 0)")
+
+
+@contextlib.contextmanager
+def _threads(args: argparse.Namespace):
+    """The command's share of the CPUs while it runs (see vaelab.runtime.ThreadPolicy), said
+    once. train chooses its own (a config field, so that vaelab.train gets it too); compare
+    only waits on its runs, which count themselves and get --threads through the environment;
+    serve counts only while it answers requests."""
+    threads = getattr(args, "threads", None)
+    if args.command == "train" or threads is None:
+        yield
+        return
+    if args.command == "compare":
+        before = os.environ.get("OMP_NUM_THREADS")
+        if threads:
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+        try:
+            yield
+        finally:
+            if threads and before is None:
+                del os.environ["OMP_NUM_THREADS"]
+            elif threads:
+                os.environ["OMP_NUM_THREADS"] = before
+        return
+    from vaelab.runtime import ThreadPolicy
+
+    with ThreadPolicy(threads, on_demand=args.command == "serve") as policy:
+        # serve's first line is the page's address, and its share changes request by request
+        quiet = getattr(args, "quiet", False) or args.command == "serve"
+        if _rank0() and not quiet and getattr(args, "device", "cpu") != "cuda":
+            print(policy.choice.line(), flush=True)
+        yield
 
 
 def _train_args(sub) -> None:
@@ -487,14 +541,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if args.resume is not None:
         flags = {f"{s}.{f.name}": flag_name(f) for s in SECTIONS for f in dataclasses.fields(getattr(Config(), s))}
-        given = [flags[k] for k in _given(args) if k not in ("train.epochs", "train.minutes")]
+        given = [flags[k] for k in _given(args) if k not in ("train.epochs", "train.minutes", "train.threads")]
         if given or args.config or args.out or args.overwrite:
             raise ConfigError(
-                f"--resume continues a run with its saved config; only --epochs and --minutes may change "
+                f"--resume continues a run with its saved config; only --epochs, --minutes and --threads may change "
                 f"(got {', '.join(given) or '--config/--out'})"
             )
         run = resume(args.resume, epochs=getattr(args, "train.epochs"), minutes=getattr(args, "train.minutes"),
-                     progress=not args.no_progress, quiet=args.quiet)
+                     threads=getattr(args, "train.threads"), progress=not args.no_progress, quiet=args.quiet)
     else:
         run = train(_config_from_args(args), args.out, progress=not args.no_progress, quiet=args.quiet,
                     overwrite=args.overwrite)
@@ -764,7 +818,8 @@ def _run(args: argparse.Namespace) -> int:
     # processes): rank 0 alone says it; other errors may differ by process (or machine)
     rank0 = os.environ.get("RANK", "0") == "0"
     try:
-        COMMANDS[args.command](args)
+        with _threads(args):
+            COMMANDS[args.command](args)
     except ConfigError as e:
         if rank0:
             print(f"vaelab {args.command}: error: {e}", file=sys.stderr)

@@ -274,6 +274,8 @@ class TrainConfig:
         seed: The seed of all randomness in training.
         device: ``cpu``, ``cuda`` or ``auto``.
         precision: ``fp32``, ``bf16``, ``fp16`` or ``auto``.
+        threads: Intra-op CPU threads; 0 chooses this process's share of the CPUs it may use
+            beside the other vaelab processes running, and follows it as they start and end.
         compile: Run the training step through ``torch.compile``.
         image_every: Refresh the run's ``recon.png`` and ``samples.png`` every this many epochs.
         denoise: Denoising training as ``KIND:LEVEL`` or ``KIND:LOW-HIGH`` (e.g.
@@ -325,6 +327,10 @@ class TrainConfig:
         AUTO, "autocast dtype of the networks; log-densities, logsumexp and KL stay fp32; auto = bf16 on GPUs "
         "that support it and for conv nets on CPUs with bf16 instructions (AMX or AVX512-BF16), fp32 "
         "otherwise; fp16 adds gradient scaling (the value used is recorded in config.json)", choices=PRECISIONS)
+    threads: int = setting(
+        0, "CPU threads of this process (a machine setting: --resume may change it); 0: its share of the CPUs "
+        "it may use (affinity, cgroup quota) beside the other vaelab processes running, followed as they start "
+        "and end; an exported OMP_NUM_THREADS counts as asked", metavar="N", low=0)
     compile: bool = setting(False, "run the training step's forward through torch.compile (a one-off compile "
                                    "time)")
     image_every: int = setting(1, "refresh RUN/recon.png and samples.png every this many epochs", metavar="N",

@@ -28,7 +28,15 @@ from vaelab.images import load_configured
 from vaelab.models import ACTIVE_VARIANCE, active_dims, check_data_fit
 from vaelab.noise import ExampleNoise
 from vaelab.plots import kl_bars, save_figure
-from vaelab.runtime import Dist, ProgressLine, distributed, progress_bar, resolve_device, tune_malloc
+from vaelab.runtime import (
+    Dist,
+    ProgressLine,
+    distributed,
+    progress_bar,
+    rebalance_threads,
+    resolve_device,
+    tune_malloc,
+)
 
 __all__ = ["evaluate", "format_result", "log_likelihood", "posterior_means", "reconstruction_psnr", "probe",
            "kl_summary", "kl_figure", "mutual_information", "active_mask"]
@@ -136,6 +144,7 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, rows: int | None = Non
         log_px[i : i + len(xb)] = lse - math.log(k)
         elbo[i : i + len(xb)] = total / k
         bar.update(len(xb))
+        rebalance_threads()  # follow this process's share of the CPUs
     bar.close()
     return log_px, elbo
 

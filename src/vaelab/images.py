@@ -46,7 +46,7 @@ import numpy as np
 from vaelab.config import DataConfig, background_rgb, did_you_mean
 from vaelab.data import DATASETS, DataError, Dataset, ImageFile, Split, attach_conditions, cache_dir, load_dataset
 from vaelab.files import FileError, atomic_write, describe, dir_mode, swap_in
-from vaelab.runtime import ProgressLine, progress_bar, progress_lines
+from vaelab.runtime import ProgressLine, cpu_budget, progress_bar, progress_lines
 
 __all__ = ["load_folder", "load_array", "load_configured", "Transform", "file_names", "decode", "from_pil", "scan",
            "image_extensions"]
@@ -298,7 +298,7 @@ def _worker_init() -> None:
 
 def _parallel(fn, jobs: list, desc: str, total: int, sizes: list[int], progress: bool) -> list:
     """Run `fn` over `jobs` in worker processes (in-process for small work), in order, with a bar."""
-    workers = min(len(jobs), os.cpu_count() or 1)
+    workers = min(len(jobs), cpu_budget())  # this process's share of the CPUs, not every core
     bar = progress_bar(total=total, desc=desc, unit="img", show=progress and total >= 500)
     if progress and total >= 500 and progress_lines():  # a log gets a first line, then progress lines
         print(f"{desc}: {total} images, {workers} worker process(es); later runs reuse the cache", flush=True)

@@ -1,15 +1,20 @@
-"""Process-level settings: device choice, malloc tuning, the torchrun process group, precision,
+"""Process-level settings: device choice, malloc tuning, threads, the torchrun process group, precision,
 progress bars and progress lines."""
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import json
+import math
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -64,6 +69,432 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# ----------------------------------------------------------------------------- threads
+#
+# A torch process runs one intra-op thread per core by default. Two such processes on the
+# same cores wait on each other at every parallel region: on 2 cores, two colour trainings
+# of 2 threads each ran at 0.25x their solo speed, two of 1 thread each at 0.68x (together
+# more than one alone), and OMP_WAIT_POLICY=PASSIVE made it worse (0.04x). So each vaelab
+# process doing torch work takes its share of the CPUs it may use, shared with the other
+# vaelab processes of the same user, and re-checks that share while it runs.
+
+# a process registered "on demand" (vaelab serve) counts as a peer only this long after
+# its last piece of work: an idle explorer page takes no share from a training beside it
+ON_DEMAND_WINDOW_S = 20.0
+
+
+def cgroup_cpus(root: str | Path = "/sys/fs/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (e.g. 1.5), or None when unlimited.
+
+    Read from cgroup v2's ``cpu.max`` ("QUOTA PERIOD", or "max PERIOD" for none) or cgroup
+    v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (a quota of -1 for none) under `root`.
+
+    Examples:
+        >>> cgroup_cpus(tmp)  # a folder with neither file: no quota
+        >>> _ = (Path(tmp) / "cpu.max").write_text("150000 100000\\n")
+        >>> cgroup_cpus(tmp)
+        1.5
+    """
+    root = Path(root)
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    for sub in ("cpu", "cpu,cpuacct", "cpuacct,cpu", "."):
+        try:
+            quota = int((root / sub / "cpu.cfs_quota_us").read_text())
+            period = int((root / sub / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if quota <= 0 or period <= 0 else quota / period
+    return None
+
+
+def usable_cpus(affinity: set[int] | None = None, cgroup: str | Path = "/sys/fs/cgroup") -> int:
+    """The CPUs this process may use: its affinity mask, capped by its cgroup's CPU quota.
+
+    A quota of 1.5 CPUs gives 1: a thread beyond the quota is throttled for the rest of each
+    scheduling period, and every other thread of a parallel region waits for it.
+
+    Args:
+        affinity: the CPU set (default ``os.sched_getaffinity(0)``, or ``os.cpu_count()``
+            where the system has no affinity call).
+        cgroup: the cgroup file-system root to read the quota from (see `cgroup_cpus`).
+
+    Returns:
+        A count of CPUs, at least 1.
+
+    Examples:
+        >>> usable_cpus({0, 1, 2, 3}, cgroup=tmp)
+        4
+        >>> _ = (Path(tmp) / "cpu.max").write_text("250000 100000\\n")
+        >>> usable_cpus({0, 1, 2, 3}, cgroup=tmp)
+        2
+    """
+    if affinity is None:
+        try:
+            affinity = os.sched_getaffinity(0)
+        except AttributeError:  # macOS, Windows
+            affinity = set(range(os.cpu_count() or 1))
+    n = len(affinity)
+    quota = cgroup_cpus(cgroup)
+    if quota is not None:
+        n = min(n, math.floor(quota + 1e-9))
+    return max(1, n)
+
+
+def registry_folder() -> Path:
+    """The folder where this user's vaelab processes doing torch work register (one file each)."""
+    try:
+        user = str(os.getuid())
+    except AttributeError:  # Windows
+        user = os.environ.get("USERNAME", "user")
+    return Path(tempfile.gettempdir()) / f"vaelab-{user}" / "processes"
+
+
+def _start_time(pid: int) -> str | None:
+    """When process `pid` started (/proc/PID/stat field 22, in clock ticks since boot); None
+    where it is gone or there is no /proc. A reused pid has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        return stat.rsplit(")", 1)[1].split()[19]  # fields from 3 (state) on, after the command name
+    except IndexError:
+        return None
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    """Whether the process an entry names still runs: the pid exists and, where /proc tells
+    start times, started when the entry says (not a later process given the same pid)."""
+    if Path("/proc/self/stat").exists():
+        now = _start_time(pid)
+        return now is not None and (started is None or now == started)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _job() -> str | None:
+    """The torchrun job this process belongs to (its workers on this machine share it), or None."""
+    if int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))) <= 1:
+        return None
+    return f"{os.environ.get('TORCHELASTIC_RUN_ID', '')}@{os.environ.get('MASTER_ADDR', '')}:" \
+        f"{os.environ.get('MASTER_PORT', '')}"
+
+
+def register(folder: str | Path | None = None, *, on_demand: bool = False) -> Path | None:
+    """Enter this process in the registry that other vaelab processes count; returns the
+    entry (remove it with `unregister`), or None when the folder cannot be written.
+
+    on_demand: a process that works only when asked (``vaelab serve``): it counts for
+    `ON_DEMAND_WINDOW_S` seconds after each `touch` of its entry.
+
+    Examples:
+        >>> entry = register(tmp)
+        >>> entry.name == str(os.getpid()), count_peers(tmp)  # oneself is not a peer
+        (True, 0)
+        >>> unregister(entry)
+    """
+    folder = Path(folder) if folder is not None else registry_folder()
+    entry = folder / str(os.getpid())
+    info = {"started": _start_time(os.getpid()), "on_demand": on_demand, "job": _job()}
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = folder / f".{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, entry)
+    except OSError:
+        return None
+    if on_demand:  # idle until its first piece of work
+        try:
+            os.utime(entry, (0, 0))
+        except OSError:
+            pass
+    return entry
+
+
+def unregister(entry: Path | None) -> None:
+    """Remove a registry entry made by `register` (nothing when it is None or gone)."""
+    if entry is not None:
+        try:
+            entry.unlink()
+        except OSError:
+            pass
+
+
+def count_peers(folder: str | Path | None = None, *, now: float | None = None) -> int:
+    """How many other vaelab processes doing torch work are running: the live entries of the
+    registry, without this process and its own torchrun job. Entries of processes that are
+    gone (or whose pid now belongs to another process) are removed.
+
+    Examples:
+        >>> count_peers(tmp)
+        0
+    """
+    folder = Path(folder) if folder is not None else registry_folder()
+    now = time.time() if now is None else now
+    me, job = os.getpid(), _job()
+    try:
+        entries = [p for p in folder.iterdir() if p.name.isdigit()]
+    except OSError:
+        return 0
+    peers = 0
+    for p in entries:
+        pid = int(p.name)
+        if pid == me:
+            continue
+        try:
+            info = json.loads(p.read_text())
+            mtime = p.stat().st_mtime
+        except (OSError, ValueError):
+            continue  # being written or removed just now
+        if not isinstance(info, dict) or not _alive(pid, info.get("started")):
+            unregister(p)
+            continue
+        if job is not None and info.get("job") == job:
+            continue  # a worker of this job: counted by the local world size
+        if info.get("on_demand") and now - mtime > ON_DEMAND_WINDOW_S:
+            continue
+        peers += 1
+    return peers
+
+
+def _env_threads(env) -> int | None:
+    """OMP_NUM_THREADS when the user set it: a positive integer, and not the 1 that torchrun
+    gives each of several workers when the user set nothing."""
+    try:
+        n = int(env.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    if n <= 0:
+        return None
+    torchrun_default = n == 1 and int(env.get("LOCAL_WORLD_SIZE", "1")) > 1 and "TORCHELASTIC_RUN_ID" in env
+    return None if torchrun_default else n
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """The intra-op thread count a process uses and why.
+
+    Attributes:
+        threads: the torch intra-op threads.
+        cpus: the CPUs the process may use (affinity and cgroup quota).
+        peers: other vaelab processes counted (auto only; the siblings of a torchrun job included).
+        reason: ``auto``, ``asked`` (the threads setting) or ``OMP_NUM_THREADS`` (set by the user).
+
+    Examples:
+        >>> ThreadChoice(1, 2, 1, "auto").line()
+        'threads: 1 of 2 CPUs (1 other vaelab process running)'
+        >>> ThreadChoice(2, 2, 0, "auto").record()
+        {'threads': 2, 'cpus': 2, 'other_processes': 0, 'reason': 'auto'}
+    """
+
+    threads: int
+    cpus: int
+    peers: int
+    reason: str
+
+    def line(self) -> str:
+        """The one line said when work starts."""
+        if self.reason == "asked":
+            why = "as asked with --threads"
+        elif self.reason == "OMP_NUM_THREADS":
+            why = "OMP_NUM_THREADS is set"
+        elif self.peers:
+            why = f"{self.peers} other vaelab process{'es' if self.peers > 1 else ''} running"
+        else:
+            why = "no other vaelab process running"
+        return f"threads: {self.threads} of {self.cpus} CPUs ({why})"
+
+    def record(self) -> dict[str, Any]:
+        """The choice as run.json records it."""
+        return {"threads": self.threads, "cpus": self.cpus, "other_processes": self.peers, "reason": self.reason}
+
+
+def choose_threads(requested: int = 0, *, cpus: int | None = None, peers: int | None = None,
+                   env=None) -> ThreadChoice:
+    """This process's intra-op thread count.
+
+    In order: `requested` when positive (the ``threads`` setting, ``--threads``); else
+    ``OMP_NUM_THREADS`` when the user exported it; else the fair share of the usable CPUs,
+    ``cpus // (processes)``, where the processes are this one (or its torchrun job's
+    workers on this machine) and the other vaelab processes running, and at least 1.
+
+    Args:
+        requested: the threads asked for; 0 chooses.
+        cpus: the usable CPUs (default `usable_cpus`).
+        peers: other vaelab processes (default `count_peers`).
+        env: the environment (default ``os.environ``).
+
+    Examples:
+        >>> choose_threads(cpus=4, peers=1, env={}).threads
+        2
+        >>> choose_threads(3, cpus=4, peers=1, env={}).threads
+        3
+        >>> choose_threads(cpus=4, peers=0, env={"OMP_NUM_THREADS": "1"}).reason
+        'OMP_NUM_THREADS'
+    """
+    env = os.environ if env is None else env
+    cpus = usable_cpus() if cpus is None else cpus
+    if requested > 0:
+        return ThreadChoice(requested, cpus, 0, "asked")
+    omp = _env_threads(env)
+    if omp is not None:
+        return ThreadChoice(omp, cpus, 0, "OMP_NUM_THREADS")
+    local = int(env.get("LOCAL_WORLD_SIZE", "1")) if "TORCHELASTIC_RUN_ID" in env or "LOCAL_RANK" in env else 1
+    peers = count_peers() if peers is None else peers
+    return ThreadChoice(max(1, cpus // (max(1, local) + peers)), cpus, peers + max(1, local) - 1, "auto")
+
+
+_ACTIVE: list[ThreadPolicy] = []  # the policies in force in this process, innermost last
+
+
+class ThreadPolicy:
+    """This process's share of the CPUs while a piece of work runs: a context manager.
+
+    On entry it registers the process (so that other vaelab processes count it), chooses
+    the thread count (`choose_threads`) and sets it; `check`, called often (every step),
+    re-counts the other processes every `interval` seconds and changes the thread count
+    when the fair share changed, so a training that was alone shrinks when a second one
+    starts and grows back when it ends. On exit the entry is removed and the thread count
+    the process had before is restored (a notebook kernel keeps its own setting).
+
+    Inside another policy (a command calling another), a policy asking for nothing leaves
+    the outer one in charge.
+
+    Args:
+        requested: the threads asked for (0: choose, and follow the other processes).
+        on_demand: the process works only when asked (``vaelab serve``; see `register`).
+        interval: seconds between two counts of the other processes.
+        clock: a monotonic clock in seconds (injectable for tests).
+        folder: the registry folder (default `registry_folder`).
+        cpus: the usable CPUs (default `usable_cpus`).
+
+    Examples:
+        >>> import torch
+        >>> before = torch.get_num_threads()
+        >>> with ThreadPolicy(1, folder=tmp) as policy:
+        ...     policy.choice.threads, torch.get_num_threads()
+        (1, 1)
+        >>> torch.get_num_threads() == before
+        True
+    """
+
+    def __init__(self, requested: int = 0, *, on_demand: bool = False, interval: float = 5.0, clock=time.monotonic,
+                 folder: str | Path | None = None, cpus: int | None = None) -> None:
+        self.requested, self.on_demand, self.interval, self.clock = requested, on_demand, interval, clock
+        self.folder = Path(folder) if folder is not None else registry_folder()
+        self.cpus = cpus
+        self.choice: ThreadChoice | None = None
+        self.entry: Path | None = None
+        self.inherited = False
+        self._last = self._touched = -math.inf
+
+    def __enter__(self) -> ThreadPolicy:
+        import torch
+
+        self.previous = torch.get_num_threads()
+        outer = _ACTIVE[-1] if _ACTIVE else None
+        self.inherited = outer is not None and self.requested <= 0
+        if self.inherited:
+            self.choice = outer.choice
+        else:
+            if outer is None:
+                self.entry = register(self.folder, on_demand=self.on_demand)
+            self.cpus = usable_cpus() if self.cpus is None else self.cpus
+            self.choice = self._choose()
+            torch.set_num_threads(self.choice.threads)
+            self._last = self.clock()
+        _ACTIVE.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        _ACTIVE.remove(self)
+        unregister(self.entry)
+        self.entry = None
+        torch.set_num_threads(self.previous)
+
+    def _choose(self) -> ThreadChoice:
+        return choose_threads(self.requested, cpus=self.cpus, peers=count_peers(self.folder))
+
+    @property
+    def follows(self) -> bool:
+        """Whether the thread count follows the other processes (it was not asked for)."""
+        return not self.inherited and self.choice is not None and self.choice.reason == "auto"
+
+    def check(self, force: bool = False) -> ThreadChoice | None:
+        """Re-count the other processes when `interval` seconds have passed (or `force`) and
+        set the new fair share; returns the new choice when the thread count changed."""
+        if self.on_demand:
+            self.touch()
+        if not self.follows or (not force and self.clock() - self._last < self.interval):
+            return None
+        import torch
+
+        self._last = self.clock()
+        new = self._choose()
+        changed = new.threads != self.choice.threads
+        self.choice = new
+        if changed:
+            torch.set_num_threads(new.threads)
+        return new if changed else None
+
+    def touch(self) -> None:
+        """Mark an on-demand process busy now (at most once a second)."""
+        if self.entry is None or self.clock() - self._touched < 1.0:
+            return
+        self._touched = self.clock()
+        try:
+            os.utime(self.entry)
+        except OSError:
+            pass
+
+
+def rebalance_threads(force: bool = False) -> ThreadChoice | None:
+    """`ThreadPolicy.check` of the policy in force in this process, if any: long loops
+    (evaluation, scoring, the web explorer's work) call it every batch; it costs a clock
+    read between counts.
+
+    Examples:
+        >>> rebalance_threads() is None  # no policy in force
+        True
+    """
+    return _ACTIVE[-1].check(force) if _ACTIVE else None
+
+
+def active_threads() -> ThreadChoice | None:
+    """The thread choice of the policy in force in this process, or None outside one.
+
+    Examples:
+        >>> active_threads() is None
+        True
+    """
+    return _ACTIVE[-1].choice if _ACTIVE else None
+
+
+def cpu_budget() -> int:
+    """The CPUs this process's work may keep busy at once: the threads of the policy in
+    force, else this process's fair share now. Decoding worker processes take it in place
+    of ``os.cpu_count()``.
+
+    Examples:
+        >>> cpu_budget() >= 1
+        True
+    """
+    if _ACTIVE:
+        return _ACTIVE[-1].choice.threads
+    return choose_threads().threads
 
 
 # ----------------------------------------------------------------------------- progress bars

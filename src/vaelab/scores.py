@@ -43,7 +43,7 @@ from vaelab.evaluate import decode_rows
 from vaelab.files import atomic_path
 from vaelab.images import file_names, is_path, load_configured
 from vaelab.noise import ExampleNoise
-from vaelab.runtime import Dist, ProgressLine, distributed, progress_bar, tune_malloc
+from vaelab.runtime import Dist, ProgressLine, distributed, progress_bar, rebalance_threads, tune_malloc
 
 __all__ = ["score", "encode", "ood", "Table", "write_table", "write_codes", "top_figure", "SCORES", "score_batch",
            "detection", "typicality", "complexity_corrected", "png_bits"]
@@ -509,6 +509,7 @@ def _score_split(model, inputs: SplitInputs, cols: list[str], skip, k, seed, shi
         for key in cols:
             parts[key][i - first : i - first + len(x)] = got[key].double().cpu().numpy()
         bar.update(len(x) * dist.world)
+        rebalance_threads()  # follow this process's share of the CPUs
     return {key: dist.gather_rows(torch.from_numpy(v).to(inputs.device), len(inputs)).cpu().numpy()
             for key, v in parts.items()}
 
@@ -768,6 +769,7 @@ def encode(run, data=None, *, split: str = "auto", samples: int = 0, n: int | No
             for key, v in _codes(model, x, c, inputs.index(i, min(last, i + 1000)), samples, seed).items():
                 got[key][i - first : i - first + len(x)] = v.float().cpu().numpy()
             line.update(len(x) * dist.world)
+            rebalance_threads()  # follow this process's share of the CPUs
         cols = {key: dist.gather_rows(torch.from_numpy(got[key]).to(dev), len(inputs)).cpu().numpy() for key in keys}
         parts.append({**_key_columns(ds, s, len(inputs)), **cols})
     bar.close()

@@ -36,6 +36,7 @@ from vaelab.config import background_rgb
 from vaelab.evaluate import decode_rows
 from vaelab.explore import Explorer, add_noise, principal_axes, psnr, slerp
 from vaelab.images import from_pil
+from vaelab.runtime import rebalance_threads
 from vaelab.scores import (
     anomaly,
     applicable,
@@ -590,6 +591,7 @@ class DecodeBatcher:
                 items.append(self.queue.get_nowait())
                 codes += len(items[-1][0][0])
             self.batches += 1
+            rebalance_threads()  # busy now: counted by other vaelab processes, and its share re-counted
             try:
                 results = await run_in_threadpool(self.session.decode_many, [req for req, _ in items])
             except Exception as e:  # noqa: BLE001 - handed to every waiting request
@@ -708,6 +710,7 @@ def make_app(session: Session):
 
     def endpoint(method):
         async def handle(request: Request):
+            rebalance_threads()
             try:
                 if request.method == "GET":
                     result = await run_in_threadpool(method, dict(request.query_params))

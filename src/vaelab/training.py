@@ -41,6 +41,8 @@ from vaelab.plots import image_grid, save_png
 from vaelab.runtime import (
     Dist,
     ProgressLine,
+    ThreadPolicy,
+    active_threads,
     autocast_dtype,
     clock_time,
     cpu_bf16,
@@ -48,6 +50,7 @@ from vaelab.runtime import (
     distributed,
     progress_bar,
     progress_lines,
+    rebalance_threads,
     tune_malloc,
 )
 
@@ -225,10 +228,11 @@ def provenance(device: torch.device, dist: Dist = Dist()) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         pass
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    choice = active_threads()
     return {"vaelab_version": __version__, "git_commit": commit, "torch_version": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(), "host": socket.gethostname(),
             "device": f"{device.type}: {name}", "threads": torch.get_num_threads(), "processes": dist.world,
-            "command": sys.argv,
+            "thread_choice": choice.record() if choice is not None else None, "command": sys.argv,
             "started": datetime.now().isoformat(timespec="seconds")}
 
 
@@ -585,7 +589,11 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
     _check_out_of_data(cfg, run_dir)
     made = dist.main and not run_dir.exists()
     try:
-        return _train_in_folder(cfg, run_dir, resume, progress, quiet, dataset, overwrite, dist, device)
+        # this process's share of the CPUs for the call; a notebook kernel gets its own setting back after
+        with ThreadPolicy(cfg.train.threads) as threads:
+            if dist.main and not quiet and device.type == "cpu":
+                print(threads.choice.line(), flush=True)
+            return _train_in_folder(cfg, run_dir, resume, progress, quiet, dataset, overwrite, dist, device)
     except BaseException:
         if made and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".lock"}:
             shutil.rmtree(run_dir, ignore_errors=True)  # a failed start leaves no empty folder behind
@@ -867,6 +875,7 @@ def _run_epoch(s: Session, stop: StopSignals, log: ProgressLog, progress: bool):
     steps_per_epoch = len(s.batches)
     bar = progress_bar(s.batches, desc=f"epoch {s.epoch + 1}/{t.epochs}", show=progress, leave=False)
     log.start_epoch(s.epoch + 1)
+    _follow_threads(s, force=True)
     n_used, lr = 0, learning_rate(t, s.step, steps_per_epoch)  # images of the steps taken
     for i, batch in enumerate(bar):
         lr = learning_rate(t, s.step, steps_per_epoch)
@@ -883,8 +892,17 @@ def _run_epoch(s: Session, stop: StopSignals, log: ProgressLog, progress: bool):
             stop.poll(dist, s.device, s.run_dir, s.epoch, s.step)
         if terms is not None:
             log.step(i + 1, terms)
+        _follow_threads(s)
     bar.close()
     return sums, n_used, lr
+
+
+def _follow_threads(s: Session, force: bool = False) -> None:
+    """Take this process's new share of the CPUs when other vaelab processes started or ended
+    (a clock read between counts; see runtime.ThreadPolicy), and say so."""
+    changed = rebalance_threads(force)
+    if changed is not None and s.verbose and s.device.type == "cpu":
+        print(changed.line(), flush=True)
 
 
 def train_step(s: Session, batch, lr: float):
@@ -947,7 +965,8 @@ def end_of_epoch(s: Session, sums: dict[str, torch.Tensor], n_used: int, lr: flo
     n_seen = s.batches.n  # the training images
     record: dict[str, Any] = {"epoch": s.epoch, "step": s.step, "batch_size": s.batches.batch_size, "lr": lr,
                               **train_terms, **test_terms,
-                              "seconds": round(seconds, 3), "examples_per_s": round(n_seen / seconds, 1)}
+                              "seconds": round(seconds, 3), "examples_per_s": round(n_seen / seconds, 1),
+                              "threads": torch.get_num_threads()}
     if s.skips.epoch_count:
         record["skipped_steps"] = s.skips.epoch_count
         if s.verbose:
@@ -973,7 +992,7 @@ def _print_epoch(s: Session, record: dict[str, Any]) -> None:
 
 
 def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = True, dataset=None,
-           quiet: bool = False, minutes: float | None = None) -> Path:
+           quiet: bool = False, minutes: float | None = None, threads: int | None = None) -> Path:
     """Continue a run from its last checkpoint, exactly as ``vaelab train --resume`` does.
 
     The settings come from the run's ``config.json``; only the number of epochs and the
@@ -990,6 +1009,8 @@ def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = True
         quiet: hide the epoch summaries and notes, as for [train][vaelab.training.train].
         minutes: the time budget for all sessions of the run together (0: none); None keeps
             the configured one.
+        threads: the CPU threads (0: this process's share, see [TrainConfig][vaelab.config.TrainConfig]);
+            None keeps the configured setting.
 
     Returns:
         The run folder.
@@ -1014,7 +1035,7 @@ def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = True
     if epochs is not None and done is not None and epochs < done:
         raise ConfigError(f"{run_dir} has already trained {done} epochs; the epochs asked for are the total "
                           f"(--epochs, or epochs=), so give more than {done} to continue it (nothing was changed)")
-    changed = {k: v for k, v in (("epochs", epochs), ("minutes", minutes))
+    changed = {k: v for k, v in (("epochs", epochs), ("minutes", minutes), ("threads", threads))
                if v is not None and v != getattr(cfg.train, k)}
     if changed:
         cfg = cfg.replace(train=changed)  # rank 0 writes it, under the run lock
