@@ -12,13 +12,15 @@ from PIL import Image
 from vaelab.checkpoint import load_run
 from vaelab.cli import main
 from vaelab.config import ConfigError, ModelConfig
-from vaelab.models import build_model
+from vaelab.models import MODELS, build_model
 from vaelab.scores import (
     SCORES,
+    ScoreContext,
     Table,
     anomaly,
     detection,
     encode,
+    model_traits,
     png_bits,
     score,
     score_batch,
@@ -62,12 +64,12 @@ def test_the_scores_of_one_image_agree_with_each_other():
     model = build_model(ModelConfig(model="hvae", hidden=(32,), lower_latents=(8, 6), latent_dim=4,
                                     latent_hidden=(16,)), (1, 28, 28)).eval()
     x, idx = _images(), torch.arange(6)
-    s = score_batch(model, x, idx, k=50, skip=(1, 2))
+    s = score_batch(ScoreContext(model, x, idx, k=50, skip=(1, 2)))
     assert torch.allclose(s["recon"] - s["kl"], s["elbo"], atol=1e-4)  # the bound is recon - KL
     assert torch.allclose(s["kl_1"] + s["kl_2"] + s["kl_3"], s["kl"], atol=1e-4)  # per layer sums to the total
     assert (s["log_px"] >= s["elbo"] - 1e-4).all()  # log-mean-exp of the weights >= their mean
     assert torch.allclose(s["bits_per_dim"], -s["log_px"] / (784 * math.log(2)))
-    one = score_batch(model, x, idx, k=1)
+    one = score_batch(ScoreContext(model, x, idx, k=1))
     assert torch.allclose(one["log_px"], one["elbo"], atol=1e-5)  # one sample: the estimate is the bound
     for key in ("llr_1", "llr_2"):
         assert torch.isfinite(s[key]).all()
@@ -78,11 +80,11 @@ def test_scores_are_tied_to_the_image_not_to_the_batch():
     model = build_model(ModelConfig(model="hvae", hidden=(32,), lower_latents=(8,), latent_dim=4,
                                     latent_hidden=(16,)), (1, 28, 28)).eval()
     x, idx = _images(8), torch.arange(100, 108)
-    whole = score_batch(model, x, idx, k=30, skip=(1,))
-    parts = [score_batch(model, x[i : i + 3], idx[i : i + 3], k=30, skip=(1,)) for i in range(0, 8, 3)]
+    whole = score_batch(ScoreContext(model, x, idx, k=30, skip=(1,)))
+    parts = [score_batch(ScoreContext(model, x[i : i + 3], idx[i : i + 3], k=30, skip=(1,))) for i in range(0, 8, 3)]
     for key, v in whole.items():
         assert torch.allclose(torch.cat([p[key] for p in parts]), v, atol=1e-4), key
-    other = score_batch(model, x, idx, k=30, seed=1, skip=(1,))
+    other = score_batch(ScoreContext(model, x, idx, k=30, seed=1, skip=(1,)))
     assert not torch.allclose(other["log_px"], whole["log_px"])  # the seed is the noise
 
 
@@ -93,7 +95,7 @@ def test_a_vae_log_px_matches_the_evaluate_estimate_in_expectation():
     torch.manual_seed(0)
     model = build_model(ModelConfig(hidden=(32,), latent_dim=3), (1, 28, 28)).eval()
     x = _images(4)
-    ours = score_batch(model, x, torch.arange(4), k=2000)["log_px"]
+    ours = score_batch(ScoreContext(model, x, torch.arange(4), k=2000), ["log_px"])["log_px"]
     ref, _ = log_likelihood(model, x, k=2000)
     assert torch.allclose(ours, ref, atol=0.5)
 
@@ -131,7 +133,8 @@ def test_typicality_flags_about_one_minus_alpha_of_in_distribution_batches():
 
 def test_every_score_knows_which_way_is_unusual():
     assert (anomaly("log_px", np.array([1.0])) == -1).all() and (anomaly("llr_2", np.array([1.0])) == 1).all()
-    assert {s.needs for s in SCORES.values()} <= {"", "density", "hierarchy"}
+    declared = {t for m in MODELS.values() for t in model_traits(m)}
+    assert {t for s in SCORES.values() for t in s.needs} <= declared  # every need is a trait some model has
 
 
 def test_tables_round_trip_through_csv_npz_and_parquet(tmp_path):
