@@ -247,3 +247,68 @@ def test_ood_writes_its_report_and_separates_noise(runs, tmp_path, capsys):
     assert "| log_px |" in md and "No out-of-distribution data were used" in md
     assert (runs["hvae"] / "ood.png").stat().st_size > 10_000
     assert "AUROC" in capsys.readouterr().out
+
+
+def test_a_new_score_is_one_registry_entry(runs, monkeypatch, tmp_path):
+    """score, ood and the explorer page read the registry: an entry is all a new score needs."""
+    from vaelab.scores import Score, label, ood
+    from vaelab.serve import Session
+
+    monkeypatch.setitem(SCORES, "neg_kl", Score(lambda b: -b.importance["kl"], "minus the KL, nats", "-KL", True,
+                                                needs=("density",)))
+    t = score(runs["vae"], scores=["neg_kl", "kl"], n=10, k=3, progress=False)
+    assert t.scores == ["neg_kl", "kl"] and np.array_equal(t["neg_kl"], -t["kl"])
+    assert label("neg_kl") == "-KL" and (anomaly("neg_kl", np.array([2.0])) == -2).all()
+    with pytest.raises(ConfigError, match="the ae model has no neg_kl score"):
+        score(runs["ae"], scores=["neg_kl"], n=3, progress=False)
+    assert "neg_kl" in score(runs["vae"], n=3, k=2, progress=False).scores  # every score the model has
+    np.savez(tmp_path / "noise.npz", images=np.random.default_rng(0).integers(0, 256, (20, 28, 28), dtype=np.uint8))
+    r = ood(runs["vae"], outside=[str(tmp_path / "noise.npz")], scores=["neg_kl"], k=2, n=20, train_n=20,
+            progress=False, write=False)
+    assert set(next(iter(r["results"].values()))) == {"neg_kl"}
+    session = Session.from_run(runs["vae"], n=20)
+    ranking = session.ranking({"score": "neg_kl", "n": "3"})
+    assert ranking["label"] == "-KL" and ranking["typical_high"] and "neg_kl" in session.info()["score_labels"]
+
+
+def test_the_scores_of_a_batch_share_one_set_of_importance_samples():
+    """elbo, log p(x), bits/dim, recon and kl come from the same k samples, decoded once."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden=(32,), latent_dim=3), (1, 28, 28)).eval()
+    calls = []
+    decode = model.decode
+    model.decode = lambda z, c=None: calls.append(z.shape) or decode(z, c)
+    batch = ScoreContext(model, _images(4), torch.arange(4), k=10)
+    s = score_batch(batch, ["elbo", "log_px", "bits_per_dim", "recon", "kl"])
+    assert sum(shape[0] if len(shape) == 3 else 1 for shape in calls) == 10  # k samples per image, once
+    assert len(s) == 5 and torch.equal(s["log_px"], batch.importance["log_px"])
+    score_batch(batch, ["mse"])
+    assert len(calls) == 2 and calls[-1] == (4, 3)  # the posterior mean: one more decode
+
+
+def test_the_registry_says_how_to_read_each_column():
+    from vaelab.scores import default_rank, direction, label, ranked
+
+    assert label("log_px") == "log p(x)" and label("kl_2") == "KL of layer 2" and label("llr_1") == "LLR>1"
+    assert default_rank(["kl", "mse", "llr_2", "llr_3"]) == "llr_2"  # LLR at the lowest skip level chosen
+    assert default_rank(["kl", "mse", "elbo"]) == "elbo" and default_rank(["kl", "recon"]) == "kl"
+    assert ranked(["log_px", "complexity_corrected", "png_bits"]) == ["log_px", "complexity_corrected"]
+    assert not direction("png_bits").typical_high
+
+
+def test_the_scores_page_lists_the_registry(monkeypatch):
+    """docs/scores.md's table is written from SCORES when the site is built: a new entry is on it."""
+    import importlib.util
+    from pathlib import Path
+
+    from vaelab.scores import Score
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    spec = importlib.util.spec_from_file_location("docs_hooks", docs / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    monkeypatch.setitem(SCORES, "neg_kl", Score(lambda b: -b.importance["kl"], "minus the KL, nats", "-KL", True))
+    page = hooks.on_page_markdown((docs / "scores.md").read_text(), None, None, None)
+    rows = [line for line in page.splitlines() if line.startswith("| `")]
+    assert [r.split("`")[1] for r in rows[: len(SCORES)]] == list(SCORES)
+    assert "| `llr` | `llr_1`, `llr_2` |" in page and "| `neg_kl` | `neg_kl` | minus the KL, nats | low |" in page

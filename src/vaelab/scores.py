@@ -73,8 +73,12 @@ def score_of(column: str) -> str:
 
 
 def label(column: str) -> str:
-    """How figures and the explorer page name a score column: 'log p(x)', 'KL of layer 2', 'LLR>1'."""
-    name = score_of(column)
+    """How figures and the explorer page name a score column: 'log p(x)', 'KL of layer 2',
+    'LLR>1'; a column of no registered score by its own name."""
+    try:
+        name = score_of(column)
+    except KeyError:
+        return column
     s = SCORES[name]
     if column == name:
         return s.label
@@ -560,23 +564,31 @@ class Score:
 
 
 SCORES: dict[str, Score] = {
-    "elbo": Score(lambda b: b.importance["elbo"], "the ELBO, nats: a lower bound on log p(x)", "ELBO", True,
-                  ("density",), prefer=2),
-    "log_px": Score(lambda b: b.importance["log_px"], "log p(x) by importance sampling with k samples, nats",
-                    "log p(x)", True, ("density",), prefer=1),
+    "elbo": Score(lambda b: b.importance["elbo"], label="ELBO", typical_high=True, needs=("density",), prefer=2,
+                  help="the evidence lower bound (ELBO) on log p(x): the mean of the k log-weights, nats"),
+    "log_px": Score(lambda b: b.importance["log_px"], label="log p(x)", typical_high=True, needs=("density",),
+                    prefer=1, help="log p(x) by importance sampling: the log-mean-exp of the k log-weights "
+                                   "(Burda et al. 2016), nats"),
     "bits_per_dim": Score(lambda b: -b.importance["log_px"] / (math.prod(b.x.shape[1:]) * math.log(2)),
-                          "-log p(x) / (D log 2), D = pixels x channels", "bits/dim", False, ("density",)),
-    "recon": Score(_recon, "E_q log p(x|z), nats (an autoencoder: log p(x | z = f(x)))", "log p(x|z)", True),
-    "kl": Score(_kl, "KL(q(z|x) || p(z)) by Monte Carlo, nats; kl_1 ... per layer for hvae", "KL", False,
-                ("density",), _kl_columns, level_label="KL of layer {}"),
-    "mse": Score(_mse, "mean squared error of the reconstruction, pixels in [0, 1]", "MSE", False, prefer=3),
-    "llr": Score(_llr, "the likelihood ratio LLR>k = log p(x) - L>k of a hierarchical model (Havtorn et al. 2021)",
-                 "LLR", False, ("density", "hierarchical"), lambda model, skip: [f"llr_{s}" for s in skip],
-                 level_label="LLR>{}", check=_check_skip, prefer=0),
-    "complexity_corrected": Score(_complexity, "-log2 p(x) - PNG bits of the image (Serra et al. 2020)",
-                                  "complexity-corrected score", False, ("density",),
-                                  lambda model, skip: ["complexity_corrected", "png_bits"], aside=("png_bits",),
-                                  costly=True),
+                          label="bits/dim", typical_high=False, needs=("density",),
+                          help="-log p(x) / (D log 2), D = pixels x channels"),
+    "recon": Score(_recon, label="log p(x|z)", typical_high=True,
+                   help="the mean of log p(x|z_s) over the k samples, nats; an autoencoder: log p(x | z = f(x))"),
+    "kl": Score(_kl, label="KL", typical_high=False, needs=("density",), columns=_kl_columns,
+                level_label="KL of layer {}",
+                help="KL(q(z|x) || p(z)) by Monte Carlo, nats; a hierarchical model also per layer, kl_1 next to "
+                     "the data"),
+    "mse": Score(_mse, label="MSE", typical_high=False, prefer=3,
+                 help="the squared error of the reconstruction (decoder mean at the posterior mean), pixels in [0, 1]"),
+    "llr": Score(_llr, label="LLR", typical_high=False, needs=("density", "hierarchical"),
+                 columns=lambda model, skip: [f"llr_{s}" for s in skip], level_label="LLR>{}", check=_check_skip,
+                 prefer=0, help="the likelihood ratio LLR>k = log p(x) - L>k (Havtorn et al. 2021), for each k of "
+                                "--skip-levels"),
+    "complexity_corrected": Score(_complexity, label="complexity-corrected score", typical_high=False,
+                                  needs=("density",), columns=lambda model, skip: ["complexity_corrected", "png_bits"],
+                                  aside=("png_bits",), costly=True,
+                                  help="-log2 p(x) - L(x), L(x) the PNG size of the image in bits (Serra et al. "
+                                       "2020); png_bits is L(x)"),
 }
 """Every score by name -> its [Score][vaelab.scores.Score]: how it is computed, which models
 have it (``needs``), its columns, label and direction (``typical_high``: larger values mean
@@ -743,10 +755,9 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
 
     Returns:
         A [Table][vaelab.scores.Table] keyed by ``split`` and ``index`` (plus ``file`` for
-        folders; ``label`` where known, class names as text such as ``"7"``), with one (N,)
-        column per score: ``recon`` and ``mse`` for every model; ``elbo``, ``log_px``,
-        ``bits_per_dim``, ``kl``, ``complexity_corrected`` and ``png_bits`` for models with a
-        density (not the plain autoencoder); ``kl_1``... and ``llr_1``... for a hierarchical model.
+        folders; ``label`` where known, class names as text such as ``"7"``), with the (N,)
+        columns of each score (per layer for some, ``kl_1``...; per skip level, ``llr_1``...);
+        [SCORES][vaelab.scores.SCORES] says which models have which score.
 
     Raises:
         DataError: data whose images differ in shape from the model's, or whose conditions do
@@ -755,8 +766,8 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
 
     Examples:
         >>> t = vaelab.score(run, k=10, n=20, progress=False)
-        >>> len(t), t.scores
-        (20, ['elbo', 'log_px', 'bits_per_dim', 'recon', 'kl', 'mse', 'complexity_corrected', 'png_bits'])
+        >>> len(t), t.scores[:2], t["log_px"].shape
+        (20, ['elbo', 'log_px'], (20,))
         >>> unusual = t.sorted("log_px").take(range(3))   # the three least likely images
         >>> len(unusual), bool(unusual["log_px"][0] == t["log_px"].min())
         (3, True)
@@ -884,7 +895,7 @@ def top_figure(table: Table, n: int, by: str | None = None):
     by = by or default_rank(table.scores)
     typical, unusual = top_images(table, by, n)
     return image_rows([typical, unusual], ["most typical", "most unusual"],
-                      f"{table.info.get('dataset', '')} ranked by {by}", inch=min(0.9, max(0.25, 14 / n)))
+                      f"{table.info.get('dataset', '')} ranked by {label(by)}", inch=min(0.9, max(0.25, 14 / n)))
 
 
 # ----------------------------------------------------------------------------- codes
