@@ -350,8 +350,7 @@ class ScoreContext:
         seed: the noise seed.
         skip: for a hierarchical model, the k of each LLR>k column.
         shift: subtracted from log-densities to put them on the discrete scale; None:
-            [density_shift][vaelab.scores.density_shift] of the model (D log 256 for a
-            density likelihood, 0 for a discrete one).
+            ``density_shift(model)``, D log 256 for a density likelihood, 0 for a discrete one.
         seen: a function returning the images as the model sees them, uint8 of shape
             (B, C, H, W); None: x * 255, rounded.
 
