@@ -94,3 +94,28 @@ def on_pre_build(config) -> None:
     for module in reference_modules(Path(config["docs_dir"])):
         for problem in problems(module):
             log.warning(f"reference: {problem}")
+
+
+SCORES_MARK = "<!-- scores table: written from vaelab.scores.SCORES by docs/hooks.py -->"
+
+
+def scores_table() -> str:
+    """The table of every score in ``vaelab.scores.SCORES``: its columns (for a model of three
+    layers scored with skip levels 1 and 2), what it is, when an image is unusual, what it needs."""
+    from types import SimpleNamespace
+
+    from vaelab.scores import SCORES, column_names
+
+    three_layers = SimpleNamespace(sizes=(8, 6, 4))
+    rows = ["| score | columns | what it is | unusual when | needs |", "|---|---|---|---|---|"]
+    for name, s in SCORES.items():
+        cols = ", ".join(f"`{c}`" for c in column_names(three_layers, [name], (1, 2)))
+        needs = ", ".join(f"`{t}`" for t in s.needs) or "every model"
+        cells = [f"`{name}`", cols, s.help.replace("|", "\\|"), "low" if s.typical_high else "high", needs]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    """mkdocs hook: the scores page's table, written from the registry."""
+    return markdown.replace(SCORES_MARK, scores_table()) if SCORES_MARK in markdown else markdown

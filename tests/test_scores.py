@@ -12,13 +12,15 @@ from PIL import Image
 from vaelab.checkpoint import load_run
 from vaelab.cli import main
 from vaelab.config import ConfigError, ModelConfig
-from vaelab.models import build_model
+from vaelab.models import MODELS, build_model
 from vaelab.scores import (
     SCORES,
+    ScoreContext,
     Table,
     anomaly,
     detection,
     encode,
+    model_traits,
     png_bits,
     score,
     score_batch,
@@ -62,12 +64,12 @@ def test_the_scores_of_one_image_agree_with_each_other():
     model = build_model(ModelConfig(model="hvae", hidden=(32,), lower_latents=(8, 6), latent_dim=4,
                                     latent_hidden=(16,)), (1, 28, 28)).eval()
     x, idx = _images(), torch.arange(6)
-    s = score_batch(model, x, idx, k=50, skip=(1, 2))
+    s = score_batch(ScoreContext(model, x, idx, k=50, skip=(1, 2)))
     assert torch.allclose(s["recon"] - s["kl"], s["elbo"], atol=1e-4)  # the bound is recon - KL
     assert torch.allclose(s["kl_1"] + s["kl_2"] + s["kl_3"], s["kl"], atol=1e-4)  # per layer sums to the total
     assert (s["log_px"] >= s["elbo"] - 1e-4).all()  # log-mean-exp of the weights >= their mean
     assert torch.allclose(s["bits_per_dim"], -s["log_px"] / (784 * math.log(2)))
-    one = score_batch(model, x, idx, k=1)
+    one = score_batch(ScoreContext(model, x, idx, k=1))
     assert torch.allclose(one["log_px"], one["elbo"], atol=1e-5)  # one sample: the estimate is the bound
     for key in ("llr_1", "llr_2"):
         assert torch.isfinite(s[key]).all()
@@ -78,11 +80,11 @@ def test_scores_are_tied_to_the_image_not_to_the_batch():
     model = build_model(ModelConfig(model="hvae", hidden=(32,), lower_latents=(8,), latent_dim=4,
                                     latent_hidden=(16,)), (1, 28, 28)).eval()
     x, idx = _images(8), torch.arange(100, 108)
-    whole = score_batch(model, x, idx, k=30, skip=(1,))
-    parts = [score_batch(model, x[i : i + 3], idx[i : i + 3], k=30, skip=(1,)) for i in range(0, 8, 3)]
+    whole = score_batch(ScoreContext(model, x, idx, k=30, skip=(1,)))
+    parts = [score_batch(ScoreContext(model, x[i : i + 3], idx[i : i + 3], k=30, skip=(1,))) for i in range(0, 8, 3)]
     for key, v in whole.items():
         assert torch.allclose(torch.cat([p[key] for p in parts]), v, atol=1e-4), key
-    other = score_batch(model, x, idx, k=30, seed=1, skip=(1,))
+    other = score_batch(ScoreContext(model, x, idx, k=30, seed=1, skip=(1,)))
     assert not torch.allclose(other["log_px"], whole["log_px"])  # the seed is the noise
 
 
@@ -93,7 +95,7 @@ def test_a_vae_log_px_matches_the_evaluate_estimate_in_expectation():
     torch.manual_seed(0)
     model = build_model(ModelConfig(hidden=(32,), latent_dim=3), (1, 28, 28)).eval()
     x = _images(4)
-    ours = score_batch(model, x, torch.arange(4), k=2000)["log_px"]
+    ours = score_batch(ScoreContext(model, x, torch.arange(4), k=2000), ["log_px"])["log_px"]
     ref, _ = log_likelihood(model, x, k=2000)
     assert torch.allclose(ours, ref, atol=0.5)
 
@@ -131,7 +133,8 @@ def test_typicality_flags_about_one_minus_alpha_of_in_distribution_batches():
 
 def test_every_score_knows_which_way_is_unusual():
     assert (anomaly("log_px", np.array([1.0])) == -1).all() and (anomaly("llr_2", np.array([1.0])) == 1).all()
-    assert {s.needs for s in SCORES.values()} <= {"", "density", "hierarchy"}
+    declared = {t for m in MODELS.values() for t in model_traits(m)}
+    assert {t for s in SCORES.values() for t in s.needs} <= declared  # every need is a trait some model has
 
 
 def test_tables_round_trip_through_csv_npz_and_parquet(tmp_path):
@@ -280,3 +283,68 @@ def test_the_ood_histograms_tick_labels_never_run_together():
         assert min(gaps) > 2, f"{ax.get_title()}: tick labels {[t.get_text() for t in ax.get_xticklabels()]} touch"
         title = ax.title.get_window_extent(renderer)
         assert not any(t.get_window_extent(renderer).overlaps(title) for t in ax.get_yticklabels() if t.get_text())
+
+
+def test_a_new_score_is_one_registry_entry(runs, monkeypatch, tmp_path):
+    """score, ood and the explorer page read the registry: an entry is all a new score needs."""
+    from vaelab.scores import Score, label, ood
+    from vaelab.serve import Session
+
+    monkeypatch.setitem(SCORES, "neg_kl", Score(lambda b: -b.importance["kl"], "minus the KL, nats", "-KL", True,
+                                                needs=("density",)))
+    t = score(runs["vae"], scores=["neg_kl", "kl"], n=10, k=3, progress=False)
+    assert t.scores == ["neg_kl", "kl"] and np.array_equal(t["neg_kl"], -t["kl"])
+    assert label("neg_kl") == "-KL" and (anomaly("neg_kl", np.array([2.0])) == -2).all()
+    with pytest.raises(ConfigError, match="the ae model has no neg_kl score"):
+        score(runs["ae"], scores=["neg_kl"], n=3, progress=False)
+    assert "neg_kl" in score(runs["vae"], n=3, k=2, progress=False).scores  # every score the model has
+    np.savez(tmp_path / "noise.npz", images=np.random.default_rng(0).integers(0, 256, (20, 28, 28), dtype=np.uint8))
+    r = ood(runs["vae"], outside=[str(tmp_path / "noise.npz")], scores=["neg_kl"], k=2, n=20, train_n=20,
+            progress=False, write=False)
+    assert set(next(iter(r["results"].values()))) == {"neg_kl"}
+    session = Session.from_run(runs["vae"], n=20)
+    ranking = session.ranking({"score": "neg_kl", "n": "3"})
+    assert ranking["label"] == "-KL" and ranking["typical_high"] and "neg_kl" in session.info()["score_labels"]
+
+
+def test_the_scores_of_a_batch_share_one_set_of_importance_samples():
+    """elbo, log p(x), bits/dim, recon and kl come from the same k samples, decoded once."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden=(32,), latent_dim=3), (1, 28, 28)).eval()
+    calls = []
+    decode = model.decode
+    model.decode = lambda z, c=None: calls.append(z.shape) or decode(z, c)
+    batch = ScoreContext(model, _images(4), torch.arange(4), k=10)
+    s = score_batch(batch, ["elbo", "log_px", "bits_per_dim", "recon", "kl"])
+    assert sum(shape[0] if len(shape) == 3 else 1 for shape in calls) == 10  # k samples per image, once
+    assert len(s) == 5 and torch.equal(s["log_px"], batch.importance["log_px"])
+    score_batch(batch, ["mse"])
+    assert len(calls) == 2 and calls[-1] == (4, 3)  # the posterior mean: one more decode
+
+
+def test_the_registry_says_how_to_read_each_column():
+    from vaelab.scores import default_rank, direction, label, ranked
+
+    assert label("log_px") == "log p(x)" and label("kl_2") == "KL of layer 2" and label("llr_1") == "LLR>1"
+    assert default_rank(["kl", "mse", "llr_2", "llr_3"]) == "llr_2"  # LLR at the lowest skip level chosen
+    assert default_rank(["kl", "mse", "elbo"]) == "elbo" and default_rank(["kl", "recon"]) == "kl"
+    assert ranked(["log_px", "complexity_corrected", "png_bits"]) == ["log_px", "complexity_corrected"]
+    assert not direction("png_bits").typical_high
+
+
+def test_the_scores_page_lists_the_registry(monkeypatch):
+    """docs/scores.md's table is written from SCORES when the site is built: a new entry is on it."""
+    import importlib.util
+    from pathlib import Path
+
+    from vaelab.scores import Score
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    spec = importlib.util.spec_from_file_location("docs_hooks", docs / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    monkeypatch.setitem(SCORES, "neg_kl", Score(lambda b: -b.importance["kl"], "minus the KL, nats", "-KL", True))
+    page = hooks.on_page_markdown((docs / "scores.md").read_text(), None, None, None)
+    rows = [line for line in page.splitlines() if line.startswith("| `")]
+    assert [r.split("`")[1] for r in rows[: len(SCORES)]] == list(SCORES)
+    assert "| `llr` | `llr_1`, `llr_2` |" in page and "| `neg_kl` | `neg_kl` | minus the KL, nats | low |" in page

@@ -440,6 +440,17 @@ def test_the_default_score_of_each_kind_of_model(sessions):
     assert cvae["score"] == "log_px" and len(cvae["typical"]) == 2
 
 
+def test_the_page_scores_are_those_of_the_score_command(runs, sessions):
+    """Each score is computed by the same registry entry, with the same noise, as vaelab score
+    with k = 8 does: the page's numbers are the table's, the complexity-corrected score included."""
+    from vaelab.scores import score
+
+    hvae = sessions["hvae"]
+    table = score(runs / "hvae", n=300, k=8, progress=False)
+    for column in ("log_px", "kl_2", "llr_1", "mse", "complexity_corrected"):
+        assert np.array_equal(hvae.test_scores(column)[column], table[column]), column
+
+
 def test_unknown_score_is_a_one_line_400(client):
     r = client.get("/api/ranking", params={"score": "llr_1"})
     assert r.status_code == 400

@@ -101,9 +101,10 @@ class _Base(nn.Module):
     has_density = False
     conditional = False
     default_objective = "elbo"
-    # what the model is (an objective's `needs` must be among these) and what it accepts,
-    # checked by `check` with a message that lists it; `objectives` None: every registered
-    # objective whose needs the traits meet
+    # what the model is (an objective's or a score's `needs` must be among these: density,
+    # hierarchical (layers `sizes`, z_1 first, with per-layer log_prob_levels), conditional,
+    # autoencoder) and what it accepts, checked by `check` with a message that lists it;
+    # `objectives` None: every registered objective whose needs the traits meet
     traits: tuple[str, ...] = ("density",)
     objectives: tuple[str, ...] | None = None
     priors: tuple[str, ...] = ("normal",)
@@ -392,6 +393,7 @@ class HVAE(_Base):
 
     has_density = True
     default_objective = "elbo"
+    traits = ("density", "hierarchical")
 
     @classmethod
     def check(cls, m: ModelConfig, objective: str = AUTO) -> None:

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -45,46 +47,42 @@ from vaelab.images import file_names, is_path, load_configured
 from vaelab.noise import ExampleNoise
 from vaelab.runtime import Dist, ProgressLine, distributed, progress_bar, rebalance_threads, tune_malloc
 
-__all__ = ["score", "encode", "ood", "Table", "write_table", "write_codes", "top_figure", "SCORES", "score_batch",
-           "detection", "typicality", "complexity_corrected", "png_bits"]
+__all__ = ["score", "encode", "ood", "Table", "write_table", "write_codes", "top_figure", "SCORES", "Score",
+           "ScoreContext", "score_batch", "model_traits", "detection", "typicality", "complexity_corrected", "png_bits"]
 
 # images of a folder or array file are read from the disk cache chunk by chunk, never held
 # whole: memory stays flat in the number of images
 STREAM = 0
 
 
-@dataclass(frozen=True)
-class Score:
-    """A score's meaning: `typical_high` says whether larger values mean a more typical image;
-    `needs`: what the model must have (density, hierarchy or nothing)."""
-
-    help: str
-    typical_high: bool
-    needs: str = ""
-
-
-SCORES: dict[str, Score] = {
-    "elbo": Score("the ELBO, nats: a lower bound on log p(x)", True, "density"),
-    "log_px": Score("log p(x) by importance sampling with k samples, nats", True, "density"),
-    "bits_per_dim": Score("-log p(x) / (D log 2), D = pixels x channels", False, "density"),
-    "recon": Score("E_q log p(x|z), nats (an autoencoder: log p(x | z = f(x)))", True),
-    "kl": Score("KL(q(z|x) || p(z)) by Monte Carlo, nats; kl_1 ... per layer for hvae", False, "density"),
-    "mse": Score("mean squared error of the reconstruction, pixels in [0, 1]", False),
-    "llr": Score("the likelihood ratio LLR>k = log p(x) - L>k of a hierarchical model (Havtorn et al. 2021)",
-                 False, "hierarchy"),
-    "complexity_corrected": Score("-log2 p(x) - PNG bits of the image (Serra et al. 2020)", False, "density"),
-}
-"""Every score by name -> what it means: ``help``, ``typical_high`` (larger values mean a more
-typical image) and ``needs`` (``"density"``: a model with a likelihood; ``"hierarchy"``: more
-than one latent layer). The names ``vaelab score --scores`` and ``score(scores=...)`` take."""
-
-
 def direction(column: str) -> Score:
-    """The Score a column belongs to (``kl_2`` -> kl, ``llr_1`` -> llr)."""
-    base = column if column in SCORES else column.rsplit("_", 1)[0]
-    if base not in SCORES and column != "png_bits":
-        raise KeyError(column)
-    return SCORES.get(base, Score("PNG size of the image in bits", False))
+    """The Score a column belongs to (``kl_2`` -> kl, ``llr_1`` -> llr, ``png_bits`` ->
+    complexity_corrected)."""
+    return SCORES[score_of(column)]
+
+
+def score_of(column: str) -> str:
+    """The name of the score that writes `column`: the column itself, the name before its
+    suffix (``kl_2`` -> ``kl``), or the score that writes it aside (``png_bits``)."""
+    if column in SCORES:
+        return column
+    for name, s in SCORES.items():
+        if column in s.aside or column.startswith(name + "_"):
+            return name
+    raise KeyError(column)
+
+
+def label(column: str) -> str:
+    """How figures and the explorer page name a score column: 'log p(x)', 'KL of layer 2',
+    'LLR>1'; a column of no registered score by its own name."""
+    try:
+        name = score_of(column)
+    except KeyError:
+        return column
+    s = SCORES[name]
+    if column == name:
+        return s.label
+    return column if column in s.aside else s.level_label.format(column[len(name) + 1 :])
 
 
 def anomaly(column: str, values: np.ndarray) -> np.ndarray:
@@ -304,31 +302,151 @@ def _splits(data: Dataset, split: str, own: bool) -> list[str]:
 # ----------------------------------------------------------------------------- scoring
 
 
-def applicable(model) -> list[str]:
-    """The scores `model` defines."""
-    have = {"", "density"} if model.has_density else {""}
-    if model.has_density and isinstance(model.prior(), GaussianChain):
-        have.add("hierarchy")
-    return [n for n, s in SCORES.items() if s.needs in have]
+def model_traits(model) -> frozenset[str]:
+    """What a model is, for the scores: its declared ``traits`` (``hierarchical``,
+    ``conditional``, ``autoencoder``, ...), with ``density`` exactly when it has a density
+    (``has_density``, which a module of one's own declares). A score applies to the models
+    whose traits include its ``needs``.
+
+    Args:
+        model: a model, or a model class.
+
+    Returns:
+        frozenset: the trait names.
+
+    Examples:
+        >>> from vaelab.models import MODELS
+        >>> from vaelab.scores import model_traits
+        >>> sorted(model_traits(MODELS["hvae"])), sorted(model_traits(MODELS["ae"]))
+        (['density', 'hierarchical'], ['autoencoder'])
+    """
+    declared = set(getattr(model, "traits", ())) - {"density"}
+    return frozenset(declared | ({"density"} if getattr(model, "has_density", False) else set()))
 
 
-def _chosen(model, scores, skip_levels) -> tuple[list[str], tuple[int, ...]]:
-    ok = applicable(model)
-    names = list(ok) if not scores else list(dict.fromkeys(scores))
-    for n in names:
-        if n not in SCORES:
-            raise ConfigError(f"unknown score {n!r}; choose from {', '.join(SCORES)}{did_you_mean(n, SCORES)}")
-        if n not in ok:
-            raise ConfigError(f"the {model.cfg.model} model has no {n} score ({SCORES[n].help}); "
-                              f"it has: {', '.join(ok)}")
-    levels = len(getattr(model, "sizes", ()))
-    if "llr" not in names:
-        return names, ()
-    skip = tuple(skip_levels) if skip_levels else tuple(range(1, levels))
-    bad = [s for s in skip if not 1 <= s < levels]
-    if bad:
-        raise ConfigError(f"--skip-levels {bad[0]} is out of range: this model has {levels} layers, so 1 to {levels - 1}")
-    return names, skip
+def levels(model) -> int:
+    """The latent layers of a hierarchical model (its ``sizes``, z_1 first); 0 for one code."""
+    return len(getattr(model, "sizes", ()))
+
+
+@dataclass(eq=False)
+class ScoreContext:
+    """One batch of images to score, and the work its scores share, each part computed once,
+    on first use.
+
+    What a score's ``compute`` function receives (see [Score][vaelab.scores.Score]). Shared
+    parts: ``q``, the posterior; ``decoded``, the likelihood at the posterior mean; and
+    ``importance``, the statistics of the k importance samples behind ``elbo``, ``log_px``,
+    ``recon``, ``kl`` and the LLR. Read them under ``torch.inference_mode()``, as
+    [score_batch][vaelab.scores.score_batch] does.
+
+    Attributes:
+        model: a vaelab model in eval mode.
+        x: images, shape (B, C, H, W), values in [0, 1] (binarised if the model was).
+        idx: shape (B,), integer keys of the images (their index in the dataset): the noise
+            of an image's samples is tied to its key and the seed, not to the batch.
+        c: shape (B, K), one-hot conditions for a conditional model, else None.
+        k: importance samples per image.
+        seed: the noise seed.
+        skip: for a hierarchical model, the k of each LLR>k column.
+        shift: subtracted from log-densities to put them on the discrete scale; None:
+            ``density_shift(model)``, D log 256 for a density likelihood, 0 for a discrete one.
+        seen: a function returning the images as the model sees them, uint8 of shape
+            (B, C, H, W); None: x * 255, rounded.
+
+    Examples:
+        >>> from vaelab.scores import ScoreContext
+        >>> batch = ScoreContext(run.model, run.images("test", 4), torch.arange(4), k=10)
+        >>> with torch.inference_mode():
+        ...     shared = batch.importance
+        >>> sorted(shared), shared["log_px"].shape
+        (['elbo', 'kl', 'log_px', 'recon'], torch.Size([4]))
+    """
+
+    model: Any
+    x: torch.Tensor
+    idx: torch.Tensor
+    c: torch.Tensor | None = None
+    k: int = 100
+    seed: int = 0
+    skip: tuple[int, ...] = ()
+    shift: float | None = None
+    seen: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.shift is None:
+            self.shift = density_shift(self.model)
+
+    @cached_property
+    def traits(self) -> frozenset[str]:
+        """The model's traits (see [model_traits][vaelab.scores.model_traits])."""
+        return model_traits(self.model)
+
+    @cached_property
+    def q(self):
+        """The posterior q(z|x) of the images: ``.mean`` of shape (B, D)."""
+        return self.model.encode(self.x, self.c)
+
+    @cached_property
+    def decoded(self):
+        """The likelihood p(x | z) at the posterior mean: ``.mean`` of shape (B, C, H, W)."""
+        return self.model.decode(self.q.mean, self.c)
+
+    @cached_property
+    def chunk(self) -> int:
+        """Samples drawn per decoder call: each call decodes about ``decode_rows`` images."""
+        return max(1, decode_rows(math.prod(self.x.shape[1:])) // len(self.x))
+
+    @cached_property
+    def importance(self) -> dict[str, torch.Tensor]:
+        """Per image, shape (B,), from k samples z_s ~ q(z|x) with w_s = log p(x|z_s) +
+        log p(z_s) - log q(z_s|x): ``elbo`` (the mean of w_s), ``log_px`` (log-mean-exp of w_s),
+        ``recon`` (the mean of log p(x|z_s)), ``kl`` (the mean of log q(z_s|x) - log p(z_s)) and,
+        for a hierarchical model, ``kl_1`` ... per layer; log-densities on the discrete scale."""
+        model, x, c, k = self.model, self.x, self.c, self.k
+        q, prior = self.q, model.prior()
+        hier = "hierarchical" in self.traits
+        acc: dict[str, torch.Tensor] = {}
+        lse = None
+        for j in range(0, k, self.chunk):
+            n = min(self.chunk, k - j)
+            z, log_q = q.rsample_with_log_prob(n, generator=ExampleNoise(self.idx, _key(self.seed, 1), j))
+            log_pxz = model.decode(z, c).log_prob(x)
+            if hier:
+                kl_levels = q.log_prob_levels(z) - prior.log_prob_levels(z)  # (L, n, B)
+                kl = kl_levels.sum(0)
+                _add(acc, {f"kl_{i + 1}": v.sum(0) for i, v in enumerate(kl_levels)})
+            else:
+                kl = log_q - prior.log_prob(z)
+            w = log_pxz - kl
+            _add(acc, {"elbo": w.sum(0), "recon": log_pxz.sum(0), "kl": kl.sum(0)})
+            lse = _logaddexp(lse, torch.logsumexp(w, 0))
+        out = {key: v / k for key, v in acc.items()}
+        out["elbo"] -= self.shift
+        out["recon"] -= self.shift
+        out["log_px"] = lse - math.log(k) - self.shift
+        return out
+
+    def u8(self) -> np.ndarray:
+        """The images as the model sees them, uint8 of shape (B, C, H, W)."""
+        if self.seen is not None:
+            return self.seen()
+        return (self.x * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def _key(seed: int, stream: int) -> int:
+    """The noise key of one stream of one seed: 0 codes, 1 the samples, 2 + k the upper layers
+    of L>k."""
+    return seed * 256 + stream
+
+
+def _add(acc: dict, new: dict) -> None:
+    for key, v in new.items():
+        acc[key] = v if key not in acc else acc[key] + v
+
+
+def _logaddexp(a, b):
+    return b if a is None else torch.logaddexp(a, b)
 
 
 def _skip_weights(model, x, c, q: GaussianChain, n: int, s: int, idx, seed: int, first: int):
@@ -349,94 +467,194 @@ def _skip_weights(model, x, c, q: GaussianChain, n: int, s: int, idx, seed: int,
     return model.decode(z, c).log_prob(x) + log_p - log_q
 
 
-@torch.inference_mode()
-def score_batch(model, x: torch.Tensor, idx: torch.Tensor, c: torch.Tensor | None = None, k: int = 100,
-                seed: int = 0, skip: tuple[int, ...] = (), shift: float = 0.0) -> dict[str, torch.Tensor]:
-    """Every score of one batch of images, from `k` posterior samples per image.
+# ----------------------------------------------------------------------------- the scores
 
-    The building block of [score][vaelab.scores.score], for a model in hand. Samples are drawn in
-    chunks that keep each decoder call near ``decode_rows`` rows, with noise tied to (image key,
-    seed), so an image's numbers do not depend on how the images were batched.
 
-    Args:
-        model: a vaelab model in eval mode (``run.model``).
-        x: images, shape (B, C, H, W), values in [0, 1] (binarised if the model was).
-        idx: shape (B,), integer keys of the images (their index in the dataset).
-        c: shape (B, K), one-hot conditions for a conditional model, else None.
-        k: importance samples per image.
-        seed: the noise seed.
-        skip: for a hierarchical model, the k of each LLR>k column.
-        shift: subtracted from log-densities (D log 256 for a density likelihood over D values),
-            so that they are on the discrete scale.
+def _recon(b: ScoreContext) -> torch.Tensor:
+    if "density" in b.traits:
+        return b.importance["recon"]
+    return b.decoded.log_prob(b.x) - b.shift  # an autoencoder: log p(x | z = f(x))
 
-    Returns:
-        dict: column name -> tensor of shape (B,), ``elbo``, ``log_px``, ``bits_per_dim``, ``recon``,
-        ``kl``, ``mse`` and, for a hierarchical model, ``kl_1``, ... and ``llr_1``, ...
 
-    Examples:
-        >>> from vaelab.scores import score_batch
-        >>> x = run.images("test", 4)
-        >>> s = score_batch(run.model, x, torch.arange(4), k=10)
-        >>> sorted(s)
-        ['bits_per_dim', 'elbo', 'kl', 'log_px', 'mse', 'recon']
-        >>> s["log_px"].shape, bool((s["log_px"] >= s["elbo"] - 1e-4).all())  # the bound holds per image
-        (torch.Size([4]), True)
-    """
-    q = model.encode(x, c)
-    out = {"mse": _mse(model, q, x, c)}
-    if not model.has_density:
-        out["recon"] = model.decode(q.mean, c).log_prob(x) - shift
-        return out
-    hier = isinstance(q, GaussianChain)
-    chunk = max(1, decode_rows(math.prod(x.shape[1:])) // len(x))
-    prior = model.prior()
-    acc: dict[str, torch.Tensor] = {}
-    lse = {"w": None, **{f"s{s}": None for s in skip}}
-    for j in range(0, k, chunk):
-        n = min(chunk, k - j)
-        z, log_q = q.rsample_with_log_prob(n, generator=ExampleNoise(idx, _key(seed, 1), j))
-        log_pxz = model.decode(z, c).log_prob(x)
-        if hier:
-            kl_levels = q.log_prob_levels(z) - prior.log_prob_levels(z)  # (L, n, B)
-            kl = kl_levels.sum(0)
-            _add(acc, {f"kl_{i + 1}": v.sum(0) for i, v in enumerate(kl_levels)})
-        else:
-            kl = log_q - prior.log_prob(z)
-        w = log_pxz - kl
-        _add(acc, {"elbo": w.sum(0), "recon": log_pxz.sum(0), "kl": kl.sum(0)})
-        lse["w"] = _logaddexp(lse["w"], torch.logsumexp(w, 0))
-        for s in skip:
-            ws = _skip_weights(model, x, c, q, n, s, idx, seed, j)
-            lse[f"s{s}"] = _logaddexp(lse[f"s{s}"], torch.logsumexp(ws, 0))
-    out.update({key: v / k for key, v in acc.items()})
-    out["elbo"] -= shift
-    out["recon"] -= shift
-    log_k = math.log(k)
-    out["log_px"] = lse["w"] - log_k - shift
-    for s in skip:
-        out[f"llr_{s}"] = out["log_px"] - (lse[f"s{s}"] - log_k - shift)
-    out["bits_per_dim"] = -out["log_px"] / (math.prod(x.shape[1:]) * math.log(2))
+def _kl(b: ScoreContext) -> dict[str, torch.Tensor]:
+    return {key: v for key, v in b.importance.items() if key == "kl" or key.startswith("kl_")}
+
+
+def _kl_columns(model, skip) -> list[str]:
+    return ["kl", *(f"kl_{i + 1}" for i in range(levels(model)))]
+
+
+def _mse(b: ScoreContext) -> torch.Tensor:
+    return (b.decoded.mean.clamp(0, 1) - b.x).square().flatten(1).mean(1)
+
+
+def _llr(b: ScoreContext) -> dict[str, torch.Tensor]:
+    out = {}
+    for s in b.skip:
+        lse = None
+        for j in range(0, b.k, b.chunk):
+            ws = _skip_weights(b.model, b.x, b.c, b.q, min(b.chunk, b.k - j), s, b.idx, b.seed, j)
+            lse = _logaddexp(lse, torch.logsumexp(ws, 0))
+        out[f"llr_{s}"] = b.importance["log_px"] - (lse - math.log(b.k) - b.shift)
     return out
 
 
-def _key(seed: int, stream: int) -> int:
-    """The noise key of one stream of one seed: 0 codes, 1 the samples, 2 + k the upper layers
-    of L>k."""
-    return seed * 256 + stream
+def _check_skip(model, skip) -> None:
+    n = levels(model)
+    bad = [s for s in skip if not 1 <= s < n]
+    if bad:
+        raise ConfigError(f"--skip-levels {bad[0]} is out of range: this model has {n} layers, so 1 to {n - 1}")
 
 
-def _add(acc: dict, new: dict) -> None:
-    for key, v in new.items():
-        acc[key] = v if key not in acc else acc[key] + v
+def _complexity(b: ScoreContext) -> dict[str, torch.Tensor]:
+    bits = torch.from_numpy(png_bits(b.u8())).to(b.x.device)
+    return {"complexity_corrected": complexity_corrected(b.importance["log_px"], bits), "png_bits": bits}
 
 
-def _logaddexp(a, b):
-    return b if a is None else torch.logaddexp(a, b)
+@dataclass(frozen=True)
+class Score:
+    """One entry of [SCORES][vaelab.scores.SCORES]: how to compute a score from a batch of
+    images, which models have it, and how to read it.
+
+    Attributes:
+        compute: ``fn(batch)``, batch a [ScoreContext][vaelab.scores.ScoreContext] of B images
+            -> the score of each, a tensor of shape (B,); or, for a score of several columns,
+            a dict column -> tensor (B,). Work that several scores use (the posterior, the
+            importance samples) is read from the batch, which computes it once.
+        help: what it is, in one line (the explorer page, messages, docs/scores.md).
+        label: its name on figures and on the explorer page.
+        typical_high: whether larger values mean a more typical image.
+        needs: the model traits it needs (``density``, ``hierarchical``, ``conditional``,
+            ``autoencoder``; see [model_traits][vaelab.scores.model_traits]); () for every model.
+        columns: ``fn(model, skip)`` -> its columns, each its name or its name, an underscore
+            and a suffix (``kl_2``, ``llr_1``); None: one column, named as the score.
+        level_label: the label of a column NAME_SUFFIX, ``{}`` standing for the suffix.
+        aside: columns it also writes that describe the image and rank nothing (``png_bits``).
+        check: ``fn(model, skip)`` raising ConfigError for settings the score cannot use.
+        prefer: with no score named, images are ranked by the first column of the present
+            score whose ``prefer`` is smallest; None: never by default.
+        costly: the explorer page computes it only when it is asked for.
+
+    Examples:
+        >>> from vaelab.scores import SCORES, Score
+        >>> s = SCORES["log_px"]
+        >>> s.label, s.typical_high, s.needs
+        ('log p(x)', True, ('density',))
+        >>> neg_kl = Score(lambda b: -b.importance["kl"], "minus the KL, nats", "-KL", True, needs=("density",))
+        >>> neg_kl.level_label
+        '-KL {}'
+    """
+
+    compute: Callable[[ScoreContext], torch.Tensor | dict[str, torch.Tensor]]
+    help: str
+    label: str
+    typical_high: bool
+    needs: tuple[str, ...] = ()
+    columns: Callable[[Any, tuple[int, ...]], list[str]] | None = None
+    level_label: str = ""
+    aside: tuple[str, ...] = ()
+    check: Callable[[Any, tuple[int, ...]], None] | None = None
+    prefer: int | None = None
+    costly: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.level_label:
+            object.__setattr__(self, "level_label", self.label + " {}")
 
 
-def _mse(model, q, x, c) -> torch.Tensor:
-    recon = model.decode(q.mean, c).mean.clamp(0, 1)
-    return (recon - x).square().flatten(1).mean(1)
+SCORES: dict[str, Score] = {
+    "elbo": Score(lambda b: b.importance["elbo"], label="ELBO", typical_high=True, needs=("density",), prefer=2,
+                  help="the evidence lower bound (ELBO) on log p(x): the mean of the k log-weights, nats"),
+    "log_px": Score(lambda b: b.importance["log_px"], label="log p(x)", typical_high=True, needs=("density",),
+                    prefer=1, help="log p(x) by importance sampling: the log-mean-exp of the k log-weights "
+                                   "(Burda et al. 2016), nats"),
+    "bits_per_dim": Score(lambda b: -b.importance["log_px"] / (math.prod(b.x.shape[1:]) * math.log(2)),
+                          label="bits/dim", typical_high=False, needs=("density",),
+                          help="-log p(x) / (D log 2), D = pixels x channels"),
+    "recon": Score(_recon, label="log p(x|z)", typical_high=True,
+                   help="the mean of log p(x|z_s) over the k samples, nats; an autoencoder: log p(x | z = f(x))"),
+    "kl": Score(_kl, label="KL", typical_high=False, needs=("density",), columns=_kl_columns,
+                level_label="KL of layer {}",
+                help="KL(q(z|x) || p(z)) by Monte Carlo, nats; a hierarchical model also per layer, kl_1 next to "
+                     "the data"),
+    "mse": Score(_mse, label="MSE", typical_high=False, prefer=3,
+                 help="the squared error of the reconstruction (decoder mean at the posterior mean), pixels in [0, 1]"),
+    "llr": Score(_llr, label="LLR", typical_high=False, needs=("density", "hierarchical"),
+                 columns=lambda model, skip: [f"llr_{s}" for s in skip], level_label="LLR>{}", check=_check_skip,
+                 prefer=0, help="the likelihood ratio LLR>k = log p(x) - L>k (Havtorn et al. 2021), for each k of "
+                                "--skip-levels"),
+    "complexity_corrected": Score(_complexity, label="complexity-corrected score", typical_high=False,
+                                  needs=("density",), columns=lambda model, skip: ["complexity_corrected", "png_bits"],
+                                  aside=("png_bits",), costly=True,
+                                  help="-log2 p(x) - L(x), L(x) the PNG size of the image in bits (Serra et al. "
+                                       "2020); png_bits is L(x)"),
+}
+"""Every score by name -> its [Score][vaelab.scores.Score]: how it is computed, which models
+have it (``needs``), its columns, label and direction (``typical_high``: larger values mean
+a more typical image). The names ``vaelab score --scores`` and ``score(scores=...)`` take; the
+explorer page, ``vaelab ood`` and docs/scores.md read them from here."""
+
+
+def applicable(model) -> list[str]:
+    """The scores `model` has: those whose ``needs`` are among its traits."""
+    have = model_traits(model)
+    return [n for n, s in SCORES.items() if set(s.needs) <= have]
+
+
+def chosen(model, scores=None, skip_levels=None) -> tuple[list[str], tuple[int, ...]]:
+    """The score names to compute (`scores`, or every score the model has) and the skip levels
+    (`skip_levels`, or 1 to layers - 1), checked against the model in one line each."""
+    ok = applicable(model)
+    names = list(ok) if not scores else list(dict.fromkeys(scores))
+    for n in names:
+        if n not in SCORES:
+            raise ConfigError(f"unknown score {n!r}; choose from {', '.join(SCORES)}{did_you_mean(n, SCORES)}")
+        if n not in ok:
+            raise ConfigError(f"the {model.cfg.model} model has no {n} score ({SCORES[n].help}); "
+                              f"it has: {', '.join(ok)}")
+    skip = tuple(skip_levels) if skip_levels else tuple(range(1, levels(model)))
+    for n in names:
+        if SCORES[n].check is not None:
+            SCORES[n].check(model, skip)
+    return names, skip
+
+
+def column_names(model, names: list[str], skip: tuple[int, ...]) -> list[str]:
+    """The table's columns of the score names `names`, in order."""
+    return [c for n in names for c in (SCORES[n].columns(model, skip) if SCORES[n].columns else [n])]
+
+
+@torch.inference_mode()
+def score_batch(batch: ScoreContext, scores: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Scores of one batch of images, each computed by its [SCORES][vaelab.scores.SCORES] entry
+    from the work they share (one set of k importance samples per image, drawn once).
+
+    The building block of [score][vaelab.scores.score], for a model in hand. Samples are drawn
+    in chunks that keep each decoder call near ``decode_rows`` rows, with noise tied to
+    (image key, seed), so an image's numbers do not depend on how the images were batched.
+
+    Args:
+        batch: the images, the model and the settings (k, seed, skip levels).
+        scores: names from SCORES; None: every score the model has.
+
+    Returns:
+        dict: column name -> tensor of shape (B,): the columns of each score (``kl_1`` ...
+        per layer and ``llr_1`` ... per skip level for a hierarchical model).
+
+    Examples:
+        >>> from vaelab.scores import ScoreContext, score_batch
+        >>> batch = ScoreContext(run.model, run.images("test", 4), torch.arange(4), k=10)
+        >>> s = score_batch(batch, ["log_px", "elbo", "mse"])
+        >>> sorted(s)
+        ['elbo', 'log_px', 'mse']
+        >>> s["log_px"].shape, bool((s["log_px"] >= s["elbo"] - 1e-4).all())  # the bound holds per image
+        (torch.Size([4]), True)
+    """
+    out: dict[str, torch.Tensor] = {}
+    for name in applicable(batch.model) if scores is None else scores:
+        got = SCORES[name].compute(batch)
+        out.update(got if isinstance(got, dict) else {name: got})
+    return out
 
 
 def png_bits(u8: np.ndarray) -> np.ndarray:
@@ -467,21 +685,6 @@ def png_bits(u8: np.ndarray) -> np.ndarray:
     return out
 
 
-def column_names(model, names: list[str], skip: tuple[int, ...]) -> list[str]:
-    """The table's score columns for the chosen score names, in order."""
-    cols = []
-    for n in names:
-        if n == "kl" and isinstance(model.prior(), GaussianChain):
-            cols += ["kl", *(f"kl_{i + 1}" for i in range(len(model.sizes)))]
-        elif n == "llr":
-            cols += [f"llr_{s}" for s in skip]
-        elif n == "complexity_corrected":
-            cols += ["complexity_corrected", "png_bits"]
-        else:
-            cols.append(n)
-    return cols
-
-
 def _as_seen(inputs: SplitInputs, x: torch.Tensor, idx: torch.Tensor) -> np.ndarray:
     """uint8 images as the model sees them: binarised images as 0/255, grey levels as stored."""
     if inputs.binarization in ("dynamic", "fixed"):
@@ -489,10 +692,12 @@ def _as_seen(inputs: SplitInputs, x: torch.Tensor, idx: torch.Tensor) -> np.ndar
     return read_rows(inputs.images, idx).cpu().numpy()
 
 
-def _score_split(model, inputs: SplitInputs, cols: list[str], skip, k, seed, shift, dist: Dist,
-                 bar) -> dict[str, np.ndarray]:
-    """This split's score columns, computed in chunks by each process on its share, gathered."""
+def _score_split(model, inputs: SplitInputs, names: list[str], cols: list[str], settings: dict[str, Any],
+                 dist: Dist, bar) -> dict[str, np.ndarray]:
+    """This split's score columns, computed in chunks by each process on its share, gathered;
+    `settings`: k, seed, skip and shift of each ScoreContext."""
     dims = math.prod(model.image_shape)
+    k = settings["k"]
     batch = max(1, decode_rows(dims) // min(k, decode_rows(dims))) if model.has_density else 256
     first, last = dist.shard(len(inputs))
     # filled in place: appending a small tensor per chunk would leave long-lived blocks between
@@ -501,11 +706,7 @@ def _score_split(model, inputs: SplitInputs, cols: list[str], skip, k, seed, shi
     for i in range(first, last, batch):
         x, c, _ = inputs.rows(i, min(last, i + batch))
         idx = inputs.index(i, min(last, i + batch))
-        got = score_batch(model, x, idx, c, k, seed, skip, shift)
-        if "png_bits" in cols:
-            bits = torch.from_numpy(png_bits(_as_seen(inputs, x, idx))).to(x.device)
-            got["png_bits"] = bits
-            got["complexity_corrected"] = complexity_corrected(got["log_px"], bits)
+        got = score_batch(ScoreContext(model, x, idx, c, seen=partial(_as_seen, inputs, x, idx), **settings), names)
         for key in cols:
             parts[key][i - first : i - first + len(x)] = got[key].double().cpu().numpy()
         bar.update(len(x) * dist.world)
@@ -554,10 +755,9 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
 
     Returns:
         A [Table][vaelab.scores.Table] keyed by ``split`` and ``index`` (plus ``file`` for
-        folders; ``label`` where known, class names as text such as ``"7"``), with one (N,)
-        column per score: ``recon`` and ``mse`` for every model; ``elbo``, ``log_px``,
-        ``bits_per_dim``, ``kl``, ``complexity_corrected`` and ``png_bits`` for models with a
-        density (not the plain autoencoder); ``kl_1``... and ``llr_1``... for a hierarchical model.
+        folders; ``label`` where known, class names as text such as ``"7"``), with the (N,)
+        columns of each score (per layer for some, ``kl_1``...; per skip level, ``llr_1``...);
+        [SCORES][vaelab.scores.SCORES] says which models have which score.
 
     Raises:
         DataError: data whose images differ in shape from the model's, or whose conditions do
@@ -566,8 +766,8 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
 
     Examples:
         >>> t = vaelab.score(run, k=10, n=20, progress=False)
-        >>> len(t), t.scores
-        (20, ['elbo', 'log_px', 'bits_per_dim', 'recon', 'kl', 'mse', 'complexity_corrected', 'png_bits'])
+        >>> len(t), t.scores[:2], t["log_px"].shape
+        (20, ['elbo', 'log_px'], (20,))
         >>> unusual = t.sorted("log_px").take(range(3))   # the three least likely images
         >>> len(unusual), bool(unusual["log_px"][0] == t["log_px"].min())
         (3, True)
@@ -581,9 +781,9 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
     model.eval()
     ds = scoring_data(cfg, data, model, progress)
     own = _held_out_only(data, cfg)
-    names, skip = _chosen(model, scores, skip_levels)
+    names, skip = chosen(model, scores, skip_levels)
     cols = column_names(model, names, skip)
-    shift = density_shift(model)
+    settings = {"k": k, "seed": seed, "skip": skip, "shift": density_shift(model)}
     splits = _splits(ds, split, own)
     sizes = {s: len(getattr(ds, s)) if n is None else min(n, len(getattr(ds, s))) for s in splits}
     bar = progress_bar(total=sum(sizes.values()), desc=f"scoring (k={k})", show=progress, unit="img")
@@ -591,7 +791,7 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
     for s in splits:
         inputs = model_inputs(model, cfg, getattr(ds, s).head(sizes[s]), len(ds.classes), dev, STREAM)
         line = ProgressLine(f"scoring {ds.name} {s}", sizes[s], show=progress, bar=bar)  # the bar spans the splits
-        got = _score_split(model, inputs, cols, skip, k, seed, shift, dist, line)
+        got = _score_split(model, inputs, names, cols, settings, dist, line)
         parts.append({**_key_columns(ds, s, sizes[s]), **got})
     bar.close()
     return _joined(parts, ds, {"run": str(getattr(run, "path", run)) if not isinstance(run, tuple) else "",
@@ -609,17 +809,24 @@ def _joined(parts: list[dict[str, np.ndarray]], ds: Dataset, info: dict[str, Any
 
 
 def default_rank(columns: list[str]) -> str:
-    """The score column to rank by when none is named: LLR at the lowest skip level, else
-    log p(x), else the reconstruction error."""
-    for name in ("llr_1", "log_px", "elbo", "mse"):
-        if name in columns:
-            return name
-    return columns[0]
+    """The score column to rank by when none is named: the first column of the score with the
+    smallest ``prefer`` (LLR at the lowest skip level, else log p(x), else the ELBO, else the
+    reconstruction error), else the first column."""
+    prefer = [(_known(c).prefer, i) for i, c in enumerate(columns) if _known(c) and _known(c).prefer is not None]
+    return columns[min(prefer)[1]] if prefer else columns[0]
 
 
 def ranked(columns: list[str]) -> list[str]:
-    """The score columns that rank images (png_bits is a size of the image, not a score)."""
-    return [c for c in columns if c != "png_bits"]
+    """The score columns that rank images (not those a score writes aside, such as png_bits)."""
+    return [c for c in columns if not (_known(c) and c in _known(c).aside)]
+
+
+def _known(column: str) -> Score | None:
+    """The Score that writes `column`, or None for a column of no registered score."""
+    try:
+        return direction(column)
+    except KeyError:
+        return None
 
 
 def density_shift(model) -> float:
@@ -689,7 +896,7 @@ def top_figure(table: Table, n: int, by: str | None = None):
     by = by or default_rank(table.scores)
     typical, unusual = top_images(table, by, n)
     return image_rows([typical, unusual], ["most typical", "most unusual"],
-                      f"{table.info.get('dataset', '')} ranked by {by}", inch=min(0.9, max(0.25, 14 / n)))
+                      f"{table.info.get('dataset', '')} ranked by {label(by)}", inch=min(0.9, max(0.25, 14 / n)))
 
 
 # ----------------------------------------------------------------------------- codes

@@ -38,16 +38,17 @@ from vaelab.explore import Explorer, add_noise, principal_axes, psnr, slerp
 from vaelab.images import from_pil
 from vaelab.runtime import rebalance_threads
 from vaelab.scores import (
+    ScoreContext,
     anomaly,
-    applicable,
+    chosen,
     column_names,
-    complexity_corrected,
     default_rank,
     density_shift,
     direction,
-    png_bits,
+    label,
     ranked,
     score_batch,
+    score_of,
 )
 
 __all__ = ["serve", "make_app", "Session", "BadRequest"]
@@ -58,8 +59,6 @@ MAX_BODY = 8 << 20  # bytes of one request: an uploaded photo fits, a flood does
 MAX_CODES = 1024  # codes decoded by one request
 SCORE_K = 8  # importance samples per image behind the ranking's scores (a quick, noisier log p(x))
 MAX_RANK = 64  # most typical / most unusual images shown by one ranking request
-SCORE_LABELS = {"elbo": "ELBO", "log_px": "log p(x)", "bits_per_dim": "bits/dim", "recon": "log p(x|z)",
-                "kl": "KL", "mse": "MSE", "complexity_corrected": "complexity-corrected score"}
 
 
 class BadRequest(ValueError):
@@ -129,14 +128,6 @@ def _json_float(value: Any) -> float | None:
     """A score as JSON can carry it: None for a value that is not finite."""
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def score_label(column: str) -> str:
-    """How the page names a score column: 'log p(x)', 'KL of layer 2', 'LLR>1', ..."""
-    if column in SCORE_LABELS:
-        return SCORE_LABELS[column]
-    base, level = column.rsplit("_", 1)
-    return f"KL of layer {level}" if base == "kl" else f"LLR>{level}" if base == "llr" else column
 
 
 def _codes(value: Any, dim: int, name: str = "z") -> torch.Tensor:
@@ -232,8 +223,7 @@ class Session:
         self.maps: dict[str, dict[str, Any]] = {}
         # the scores of the test images: which exist now, their values on first use
         model = self.model
-        names = applicable(model)
-        self.skip = tuple(range(1, len(model.sizes))) if "llr" in names else ()
+        names, self.skip = chosen(model)
         columns = column_names(model, names, self.skip)
         self.score_columns = ranked(columns)
         self.default_score = default_rank(self.score_columns)
@@ -273,7 +263,7 @@ class Session:
                 "conditional": self.conditional, "class_selector": self.labelled_conditions,
                 "has_prior": bool(self.model.has_density), "n_test": len(self.ex.x), "n_gallery": self.n_gallery,
                 "noise_kinds": list(NOISE_KINDS), "scores": self.score_columns,
-                "score_labels": {c: score_label(c) for c in self.score_columns}, "default_score": self.default_score,
+                "score_labels": {c: label(c) for c in self.score_columns}, "default_score": self.default_score,
                 "score_k": SCORE_K}
 
     def map(self, dims: Any = None) -> dict[str, Any]:
@@ -477,20 +467,18 @@ class Session:
     def _score_rows(self, x: torch.Tensor, c: torch.Tensor | None, idx: torch.Tensor,
                     columns: list[str]) -> dict[str, np.ndarray]:
         """Score `columns` of images x (as the model sees them), noise keyed by idx."""
+        batch = ScoreContext(self.model, x, idx, c, SCORE_K, 0, self.skip, self.shift, seen=lambda: self._seen_u8(x))
         with self.lock:
-            got = score_batch(self.model, x, idx, c, SCORE_K, 0, self.skip, self.shift)
-        out = {key: v.double().cpu().numpy() for key, v in got.items()}
-        if "complexity_corrected" in columns:  # PNG sizes only when that score is asked for
-            out["complexity_corrected"] = complexity_corrected(out["log_px"], png_bits(self._seen_u8(x)))
-        return {key: out[key] for key in columns}
+            got = score_batch(batch, list(dict.fromkeys(score_of(key) for key in columns)))
+        return {key: got[key].double().cpu().numpy() for key in columns}
 
     def test_scores(self, column: str | None = None) -> dict[str, np.ndarray]:
         """The score columns of the session's test images, computed once (SCORE_K importance
         samples each, noise keyed by the image's index, as `vaelab score` does) in chunks;
         the model lock is let go between chunks, so other requests are answered meanwhile.
-        The complexity-corrected score (which compresses every image) waits until asked for."""
+        A costly score (the complexity-corrected one compresses every image) waits until asked for."""
         with self.score_lock:
-            wanted = [c for c in self.score_columns if c != "complexity_corrected" or column == c]
+            wanted = [c for c in self.score_columns if not direction(c).costly or column == c]
             missing = [c for c in wanted if c not in self._scores]
             if missing:
                 x_all, n = self.ex.x, len(self.ex.x)
@@ -507,7 +495,7 @@ class Session:
             return self._scores
 
     def _score_info(self, column: str) -> dict[str, Any]:
-        return {"score": column, "label": score_label(column), "help": direction(column).help,
+        return {"score": column, "label": label(column), "help": direction(column).help,
                 "typical_high": direction(column).typical_high, "k": SCORE_K, "n_test": len(self.ex.x)}
 
     def ranking(self, query: dict[str, Any]) -> dict[str, Any]:
