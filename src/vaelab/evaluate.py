@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from vaelab.batches import SplitInputs, memory_budget, model_inputs
-from vaelab.checkpoint import load_run
+from vaelab.checkpoint import load_run, loaded
 from vaelab.distributions import DiagonalGaussian, GaussianChain, GaussianMixture, StandardNormal
 from vaelab.files import FileError, write_json
 from vaelab.images import load_configured
@@ -225,7 +225,8 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
     with papers' FID; needs the ``vaelab[inception]`` extra and its weights.
 
     Args:
-        run_dir: The run folder.
+        run_dir: The run folder, or a loaded [vaelab.Run][vaelab.api.Run], whose model is
+            used as it is (on its device, at its precision) unless `device` is another one.
         n: Evaluate the first n test images only; None for all.
         k: Importance samples per image; None: 1000 for images up to 32x32 grey, else 100.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
@@ -258,7 +259,8 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
     tune_malloc()
     dist, dev = distributed(device)
     progress = progress and dist.main
-    cfg, model = load_run(run_dir, dev)
+    cfg, model = loaded(run_dir, dev)  # a folder, or a vaelab.Run's own model
+    run_dir = Path(getattr(run_dir, "path", run_dir))
     check_data_fit(cfg.model, cfg.data.binarization)
     data = dataset or load_configured(cfg.data, progress=progress)
     seed = cfg.data.binarization_seed

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from vaelab.batches import SplitInputs, model_inputs, read_rows
-from vaelab.checkpoint import load_run
+from vaelab.checkpoint import loaded
 from vaelab.config import ConfigError, did_you_mean
 from vaelab.data import DataError, Dataset
 from vaelab.distributions import GaussianChain
@@ -715,11 +715,15 @@ def _score_split(model, inputs: SplitInputs, names: list[str], cols: list[str], 
             for key, v in parts.items()}
 
 
-def _load(run, device: str):
-    """(config, model) of a run folder, or of an already loaded (config, model) pair."""
-    if isinstance(run, tuple):
-        return run
-    return load_run(getattr(run, "path", run), device)  # a folder, or a vaelab.Run
+def _device(run, device: str | None) -> str:
+    """The device asked for; else a vaelab.Run's own; else the CPU."""
+    return device if device is not None else getattr(run, "device", "cpu")
+
+
+def _load(run, device):
+    """(config, model) of a run folder, of a loaded (config, model) pair, or of a vaelab.Run
+    (the model it holds, on its device and at its precision)."""
+    return loaded(run, device)
 
 
 def _key_columns(data: Dataset, split: str, n: int) -> dict[str, np.ndarray]:
@@ -734,8 +738,8 @@ def _key_columns(data: Dataset, split: str, n: int) -> dict[str, np.ndarray]:
 
 
 def score(run, data=None, *, split: str = "auto", scores: list[str] | None = None, k: int = 100,
-          skip_levels: tuple[int, ...] | None = None, n: int | None = None, seed: int = 0, device: str = "cpu",
-          progress: bool = True) -> Table:
+          skip_levels: tuple[int, ...] | None = None, n: int | None = None, seed: int = 0,
+          device: str | None = None, progress: bool = True) -> Table:
     """Score every image of a dataset under a trained run: one row per image.
 
     Args:
@@ -750,7 +754,8 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
         n: score only the first n images of each split.
         seed: the noise seed; the same seed gives the same numbers for any chunking or number of
             processes.
-        device: ``"cpu"`` or ``"cuda"``.
+        device: ``"cpu"`` or ``"cuda"``; None: the run's own device (a loaded Run's model is
+            used as it is), else the CPU.
         progress: show a progress bar.
 
     Returns:
@@ -775,7 +780,7 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
     tune_malloc()
-    dist, dev = distributed(device)
+    dist, dev = distributed(_device(run, device))
     progress = progress and dist.main
     cfg, model = _load(run, dev)
     model.eval()
@@ -921,7 +926,7 @@ def _codes(model, x, c, idx, samples: int, seed: int) -> dict[str, torch.Tensor]
 
 
 def encode(run, data=None, *, split: str = "auto", samples: int = 0, n: int | None = None, seed: int = 0,
-           device: str = "cpu", progress: bool = True) -> Table:
+           device: str | None = None, progress: bool = True) -> Table:
     """The posterior of every image of a dataset: means and standard deviations of q(z|x).
 
     Args:
@@ -931,7 +936,8 @@ def encode(run, data=None, *, split: str = "auto", samples: int = 0, n: int | No
         samples: S > 0 also draws S codes per image from q(z|x), with noise tied to each image.
         n: only the first n images of each split.
         seed: the noise seed of the samples.
-        device: ``"cpu"`` or ``"cuda"``.
+        device: ``"cpu"`` or ``"cuda"``; None: the run's own device (a loaded Run's model is
+            used as it is), else the CPU.
         progress: show a progress bar.
 
     Returns:
@@ -952,7 +958,7 @@ def encode(run, data=None, *, split: str = "auto", samples: int = 0, n: int | No
     """
     if samples < 0:
         raise ConfigError(f"samples must be 0 or more, got {samples}")
-    dist, dev = distributed(device)
+    dist, dev = distributed(_device(run, device))
     cfg, model = _load(run, dev)
     model.eval()
     if samples and not model.has_density:
@@ -1103,7 +1109,7 @@ def typicality(train_nll: np.ndarray, inside: np.ndarray, outside: np.ndarray, s
 
 def ood(run, inside=None, outside=(), *, split: str = "auto", scores: list[str] | None = None, k: int = 100,
         skip_levels: tuple[int, ...] | None = None, n: int | None = None, train_n: int = 2000,
-        batch_sizes=(1, 2, 5, 10, 25), seed: int = 0, device: str = "cpu", progress: bool = True,
+        batch_sizes=(1, 2, 5, 10, 25), seed: int = 0, device: str | None = None, progress: bool = True,
         write: bool = True) -> dict[str, Any]:
     """Out-of-distribution detection: how well each of the model's scores tells its own kind of
     image from others, and the batch typicality test.
@@ -1123,7 +1129,8 @@ def ood(run, inside=None, outside=(), *, split: str = "auto", scores: list[str] 
         train_n: training images that set the typicality test's mean and threshold.
         batch_sizes: the typicality test's batch sizes M.
         seed: the noise and bootstrap seed.
-        device: ``"cpu"`` or ``"cuda"``.
+        device: ``"cpu"`` or ``"cuda"``; None: the run's own device (a loaded Run's model is
+            used as it is), else the CPU.
         progress: show progress bars.
         write: write RUN/ood.json, ood.md and ood.png (score histograms per set).
 
@@ -1144,6 +1151,7 @@ def ood(run, inside=None, outside=(), *, split: str = "auto", scores: list[str] 
         outside = [outside]
     if not outside:
         raise ConfigError("give at least one out-of-distribution dataset (--out-of DATA)")
+    device = _device(run, device)
     dist, dev = distributed(device)
     loaded = _load(run, dev)
     common = {"scores": scores, "k": k, "skip_levels": skip_levels, "n": n, "seed": seed, "device": device,
