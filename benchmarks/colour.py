@@ -284,7 +284,7 @@ def measure(run: Path, k: int) -> dict:
     last = rows[-1]
     return {"epochs": last["epoch"], "train_s": round(sum(r["seconds"] for r in rows), 1),
             "test_kl": last.get("test_kl"), "active_units": ev.get("active_units"),
-            "latent_dim": json.loads((run / "config.json").read_text())["model"]["latent_dim"],
+            "latent_dim": Run(run).config.model.latent_dim,
             "psnr_db": ev.get("recon_psnr"), "bits_per_dim": ev["bits_per_dim"], "nll": ev["nll"],
             "nll_stderr": ev["nll_stderr"], "elbo": ev["elbo"], "k": ev["k"], "n": ev["n"],
             "eval_s": ev["seconds"]}
