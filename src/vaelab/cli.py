@@ -168,7 +168,9 @@ def _train_args(sub) -> None:
 
 def _evaluate_args(sub) -> None:
     e = sub.add_parser("evaluate", help="test ELBO and importance-sampled -log p(x)",
-                       description="Evaluate a run on its test set; writes RUN_DIR/eval.json.")
+                       description="Evaluate a run on its test set; writes RUN_DIR/eval.json for the default "
+                                   "settings, and a file named by the settings that differ otherwise (eval-k10.json, "
+                                   "eval-n500-fd.json), so that no evaluation replaces another.")
     e.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
     e.add_argument("--n", "--n-images", dest="n", type=_positive_int,
                    help="evaluate the first N test images (default all); under torchrun write --n-images, "
@@ -181,6 +183,8 @@ def _evaluate_args(sub) -> None:
                         "images in the features of a classifier vaelab trains on the dataset's labels (cached; "
                         "not comparable to Inception FID); fid: Inception-v3 FID through torchmetrics, needs the "
                         "vaelab[inception] extra and its weights (default nll)")
+    e.add_argument("--out", metavar="FILE.json", type=_path_text,
+                   help="write the results here instead (default RUN_DIR/eval.json, or eval-SETTINGS.json)")
     e.add_argument("--device", choices=DEVICES, default="auto", help="(default auto)")
     e.add_argument("--no-progress", action="store_true",
                    help="no progress bar (drawn only when stderr is a terminal or in Jupyter); the results "
@@ -486,16 +490,22 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    """`vaelab evaluate`: test ELBO, IS-NLL and diagnostics of a run, printed and written to eval.json."""
+    """`vaelab evaluate`: test ELBO, IS-NLL and diagnostics of a run, printed and written to eval.json
+    (or a file named by the settings, or --out)."""
+    from vaelab.checkpoint import eval_path
     from vaelab.evaluate import evaluate, format_result
-    from vaelab.files import FileError, write_json
+    from vaelab.files import FileError, writable, write_json
 
+    if args.out:  # refused before the evaluation, not after
+        if Path(args.out).suffix.lower() != ".json":
+            raise ConfigError(f"--out {args.out}: the results are written as .json")
+        writable(args.out)
     r = evaluate(args.run_dir, n=args.n, k=args.k, device=args.device, progress=not (args.no_progress or args.quiet),
-                 metrics=args.metrics, write=False)
+                 metrics=args.metrics, write=False, out=args.out)
     if not _rank0():
         return
     print(format_result(r))  # before writing: a run folder that cannot be written still shows its results
-    path = Path(args.run_dir) / "eval.json"
+    path = Path(args.out) if args.out else eval_path(args.run_dir, **r["settings"])
     try:
         write_json(path, r)
     except FileError as e:
@@ -641,6 +651,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     try:
         variants = [parse_variant(v) for v in args.variants]
         base = tuple(shlex.split(args.base))
+        for v in variants:  # every variant's flags read as vaelab train reads them, before the first run
+            _check_train_flags(f"variant {v.name}", [*base, *v.flags])
         result = compare(variants, args.out, seeds=args.seeds, epochs=args.epochs, minutes=args.minutes, base=base,
                          k=args.k, n=args.n, metrics=args.metrics)
     except ValueError as e:
@@ -654,6 +666,28 @@ def cmd_compare(args: argparse.Namespace) -> None:
                        f"{Path(args.out) / 'compare.json'}")
     print(f"wrote {Path(args.out) / 'compare.md'}, compare.csv, compare.json, compare.png"
           + (f"; {failed} run(s) failed (see compare.json)" if failed else ""))
+
+
+def _check_train_flags(what: str, flags: list[str]) -> Config:
+    """The config `vaelab train FLAGS` would train, or a one-line ConfigError naming `what`:
+    unknown flags, bad values, out-of-range settings and a data path that does not exist are
+    refused before anything is trained."""
+    parser = build_parser()
+    train = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+
+    def refuse(message: str) -> None:
+        raise ConfigError(f"{what}: {message}")
+
+    parser.error = train.error = refuse  # type: ignore[method-assign]
+    try:
+        cfg = _config_from_args(parser.parse_args(["train", *flags]))
+    except ConfigError as e:
+        raise ConfigError(str(e) if str(e).startswith(what) else f"{what}: {e}") from None
+    from vaelab.images import is_path
+
+    if is_path(cfg.data.dataset) and not Path(cfg.data.dataset).expanduser().exists():
+        raise ConfigError(f"{what}: --dataset {cfg.data.dataset} does not exist")
+    return cfg
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

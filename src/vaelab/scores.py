@@ -230,7 +230,7 @@ def check_table_path(path: str | Path, kinds: tuple[str, ...] = (".csv", ".npz",
 
     kind = Path(path).suffix.lower()
     if kind not in kinds:
-        raise ConfigError(f"{path}: write {', '.join(kinds[:-1])[1:]} or {kinds[-1]} (got {kind or 'no suffix'})")
+        raise ConfigError(f"{path}: write {', '.join(kinds[:-1])} or {kinds[-1]} (got {kind or 'no suffix'})")
     if kind == ".parquet" and not all(importlib.util.find_spec(m) for m in ("pandas", "pyarrow")):
         others = " or ".join(k for k in kinds if k != ".parquet")
         raise ConfigError(f"writing .parquet needs pandas and pyarrow: pip install 'vaelab[scores]', or write {others}")
@@ -998,14 +998,16 @@ def ood(run, inside=None, outside=(), *, split: str = "auto", scores: list[str] 
     model.eval()
     _chosen(model, scores, skip_levels)
     names = _set_names(data_names(cfg, [inside, *outside]))
-    files = None
-    if (write or out is not None) and dist.main and (out is not None or not isinstance(run, tuple)):
-        settings = {"split": split, "k": k, "n": n, "seed": seed, "scores": scores, "skip": skip_levels}
-        files = ood_files(Path(getattr(run, "path", run)) if out is None else None, names, out, settings)
+    writes = (write or out is not None) and dist.main and (out is not None or not isinstance(run, tuple))
+    settings = {"split": split, "k": k, "n": n, "seed": seed, "scores": scores, "skip": skip_levels}
+    folder = Path(getattr(run, "path", run)) if out is None else None
+    if writes:  # where to write, checked before the data are read
+        ood_files(folder, names, out, settings)
     # every data set read before the first is scored: a missing or misshapen one is refused at once
     show = progress and dist.main
     sets = [scoring_data(cfg, spec, model, show, convert=convert, name=name)
             for spec, name in zip([inside, *outside], names)]
+    files = ood_files(folder, names, out, settings, [ds.source for ds in sets]) if writes else None
     splits = ["test"] + ["test" if split == "auto" and _held_out_only(spec, cfg) else split for spec in outside]
     for ds, spec_split in zip(sets, splits):
         _splits(ds, "all" if spec_split == "auto" else spec_split, False)
@@ -1055,9 +1057,12 @@ def _set_names(names: list[str]) -> list[str]:
 SCORE_DEFAULTS = {"split": "auto", "k": 100, "seed": 0}
 
 
-def ood_files(folder: Path | None, names: list[str], out: str | Path | None,
-              settings: dict[str, Any]) -> dict[str, Path]:
-    """The paths `ood` writes ({"json", "md", "png"}), checked writable before any work."""
+def ood_files(folder: Path | None, names: list[str], out: str | Path | None, settings: dict[str, Any],
+              sources: list[str] | None = None) -> dict[str, Path]:
+    """The paths `ood` writes ({"json", "md", "png"}), checked writable before any work. By
+    default they are named by the data compared and the settings; when files of that name
+    hold a comparison of other data (folders whose paths end alike), a number is added,
+    so that they are kept. `sources`: the data's sources, in to out."""
     from vaelab.files import writable
 
     stem = f"ood-{slug(names[0])}-vs-{'+'.join(slug(x) for x in names[1:])}"
@@ -1074,7 +1079,25 @@ def ood_files(folder: Path | None, names: list[str], out: str | Path | None,
             prefix = Path(text)
             prefix = prefix.with_suffix("") if prefix.suffix.lower() in (".json", ".md", ".png") else prefix
             folder, stem = prefix.parent, prefix.name
+    elif sources is not None:
+        base, i = stem, 2
+        while (other := _compared(folder / f"{stem}.json")) is not None and other != sources:
+            stem, i = f"{base}-{i}", i + 1
     return {kind: writable(folder / f"{stem}.{kind}", "output file") for kind in ("json", "md", "png")}
+
+
+def _compared(path: Path) -> list[str] | None:
+    """The sources of the data an ood result file compared (in first), or None when there is
+    no such file; [] when it cannot be read (so it is not replaced)."""
+    import json
+
+    try:
+        r = json.loads(path.read_text())
+        return [r["in"]["data"], *(o["data"] for o in r["out"].values())]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
 
 
 def name_of(result: dict[str, Any]) -> str:
