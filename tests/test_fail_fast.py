@@ -5,7 +5,6 @@ each other."""
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -782,7 +782,7 @@ def encode(run, data=None, *, split: str = "auto", samples: int = 0, n: int | No
 
     Examples:
         >>> codes = vaelab.encode(run, n=10, progress=False)   # the first 10 of each split
-        >>> codes["mean"].shape, codes["std"].shape, sorted(set(codes["split"]))
+        >>> codes["mean"].shape, codes["std"].shape, sorted(set(codes["split"].tolist()))
         ((20, 2), (20, 2), ['test', 'train'])
         >>> list(codes.to_pandas().columns)
         ['split', 'index', 'label', 'mean_0', 'mean_1', 'std_0', 'std_1']
