@@ -96,3 +96,9 @@ def test_data_sets_whose_paths_end_alike_get_names_that_tell_them_apart(runs, tm
     assert (runs["colour"] / "scores-emoji-b_64_icons.npz-k1.csv").is_file()
     own = score(runs["colour"], k=1, n=3, progress=False)
     assert own.info["dataset"] == "icons.npz"  # alone, the shortest name
+
+
+def test_evaluate_says_which_folder_or_file_it_read(runs, capsys):
+    assert main(["evaluate", str(runs["colour"]), "--k", "1", "--n", "5", "--quiet"]) == 0
+    source = str(runs["root"] / "emoji-a" / "64" / "icons.npz")
+    assert f"icons.npz (test, n=5) from {source}" in capsys.readouterr().out

@@ -285,6 +285,8 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
     start = time.perf_counter()
     result = _protocol(cfg, model, data.name, len(inputs), k, BINARIZATION_NOTE[protocol].format(seed=seed))
     result["settings"] = settings
+    if data.cache:  # a folder or array file: its name alone ("64") may not tell which
+        result["data"] = data.source
     # each process takes a contiguous share of the test images, in chunks of 1000; results
     # are gathered in order
     first, last = dist.shard(len(inputs))
@@ -341,7 +343,8 @@ def format_result(r: dict[str, Any]) -> str:
         ELBO (nats)                ...
         seconds                    ...
     """
-    rows = [("dataset", f"{r['dataset']} ({r['split']}, n={r['n']})"), ("binarization", r["binarization_detail"])]
+    shown = f"{r['dataset']} ({r['split']}, n={r['n']})" + (f" from {r['data']}" if r.get("data") else "")
+    rows = [("dataset", shown), ("binarization", r["binarization_detail"])]
     if "nll" in r:
         rows += [("ELBO (nats)", f"{r['elbo']:.2f} +- {r['elbo_stderr']:.2f}"),
                  (f"-log p(x), IS k={r['k']} (nats)", f"{r['nll']:.2f} +- {r['nll_stderr']:.2f}")]
