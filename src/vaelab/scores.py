@@ -272,9 +272,9 @@ def scoring_data(cfg, spec: str | Dataset | None, model, progress: bool = True, 
     """`spec` read exactly as the run read its training data (the same --image-size, --channels,
     --background and test fraction); None: the run's own data. With `convert`, other data are
     read at the model's size and channels instead (grey repeated into RGB, RGB to grey by
-    luminance, resized and centre-cropped). A folder or array file may have an empty split (the
-    split asked for is checked by _splits). `name`: the data's name in tables, printouts and figures. Refuses data whose images
-    then differ in shape from the model's, or an empty dataset, in one line."""
+    luminance, resized and centre-cropped). A folder or array file may have an empty split
+    (the split asked for is checked by _splits). `name`: the data's name in tables, printouts
+    and figures. Refuses data whose images then differ in shape from the model's in one line."""
     if isinstance(spec, Dataset):
         data = spec
     else:
