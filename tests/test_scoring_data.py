@@ -52,6 +52,9 @@ def test_a_folder_of_five_images_is_scored_encoded_and_compared_whole(runs, tmp_
     (empty,) = {"train", "test"} - set(score(runs["grey"], str(one), k=1, progress=False)["split"])
     with pytest.raises(DataError, match=f"no images in the {empty} split .* --split all"):
         score(runs["grey"], str(one), split=empty, progress=False)
+    # training still needs both splits, the folder's cache built for scoring notwithstanding
+    assert main(["train", "--dataset", str(one), *TINY, "--out", str(tmp_path / "r")]) == 2
+    assert "test-fraction" in capsys.readouterr().err
 
 
 def test_encode_without_data_takes_every_image_of_the_run_and_says_so(runs, tmp_path, capsys):

@@ -333,7 +333,8 @@ def _compare_args(sub) -> None:
     cp = sub.add_parser("compare", help="train and evaluate named variants x seeds, then a table and a figure",
                         description="Train every variant (NAME=\"flags for vaelab train\") for every seed, one run "
                                     "after another, evaluate each, and write OUT/compare.md, .csv, .json and .png "
-                                    "(mean +- std over seeds). Running the same command again resumes. Example: "
+                                    "(mean +- std over seeds). Every variant's flags are checked as vaelab train checks "
+                                    "them before the first run. Running the same command again resumes. Example: "
                                     "vaelab compare --out runs/hidden --epochs 10 --base \"--dataset mnist\" "
                                     "h256=\"--hidden 256,256\" h512=\"--hidden 512,512\"")
     cp.add_argument("variants", nargs="+", metavar="NAME=FLAGS", help='e.g. iwae="--objective iwae --samples 5"')
