@@ -151,7 +151,7 @@ def test_the_folder_reads_through_the_run(run):
     assert [r["epoch"] for r in records] == run.metrics["epoch"].tolist() == [1, 2]
     assert [r["epoch"] for r in run.records(upto=1)] == [1] and run.checkpoint_epoch == 2
     result = run.evaluate(k=3, n=10, progress=False, figures=False)
-    assert run.evaluation() == result and vaelab.Run(run.path / "nothing").evaluation() == {}
+    assert run.evaluation(k=3, n=10) == result and vaelab.Run(run.path / "nothing").evaluation() == {}
 
 
 def test_every_verb_uses_the_model_the_run_holds(run, tmp_path, monkeypatch):
@@ -172,7 +172,7 @@ def test_every_verb_uses_the_model_the_run_holds(run, tmp_path, monkeypatch):
     scored = loaded.score(k=2, n=10, progress=False)
     np.testing.assert_array_equal(scored["log_px"], by_path["log_px"])
     np.testing.assert_array_equal(vaelab.score(loaded, k=2, n=10, progress=False)["log_px"], by_path["log_px"])
-    codes = loaded.encode(n=6, progress=False)
+    codes = loaded.encode(split="test", n=6, progress=False)
     assert codes["mean"].shape == (6, 3)
     np.testing.assert_allclose(codes["mean"], loaded.codes(loaded.images("test", 6)).numpy(), rtol=1e-6)
     np.save(tmp_path / "noise.npy", np.random.default_rng(0).random((20, 28, 28)).astype(np.float32))
@@ -196,7 +196,7 @@ def test_a_runs_precision_reaches_its_verbs(run):
 
 def test_encode_means_one_thing(run):
     x = run.images("test", 4)
-    table = run.encode(n=4, progress=False)
+    table = run.encode(split="test", n=4, progress=False)
     assert table["mean"].shape == (4, 3) and "std" in table
     with pytest.warns(FutureWarning, match=r"run\.codes\(x\)"):
         old = run.encode(x)

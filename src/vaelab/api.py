@@ -205,7 +205,7 @@ class Run:
         >>> x = run.images("test", 8)
         >>> run.codes(x).shape, run.reconstruct(x).shape
         (torch.Size([8, 2]), torch.Size([8, 1, 28, 28]))
-        >>> run.encode(n=8, progress=False)["mean"].shape      # a table, as vaelab.encode gives
+        >>> run.encode(split="test", n=8, progress=False)["mean"].shape   # a table, as vaelab.encode gives
         (8, 2)
         >>> fig = run.plot("samples")
         >>> type(fig).__name__
@@ -262,10 +262,12 @@ class Run:
 
         return Table({k: column(k) for k in keys}, {"run": str(self.path)})
 
-    def evaluation(self) -> dict[str, Any]:
-        """The results [evaluate][vaelab.api.Run.evaluate] (or ``vaelab evaluate``) wrote, read
-        back without evaluating: {} when there are none (or the file is damaged)."""
-        return read_eval(self.path)
+    def evaluation(self, k: int | None = None, n: int | None = None, metrics=None) -> dict[str, Any]:
+        """The results [evaluate][vaelab.api.Run.evaluate] (or ``vaelab evaluate``) wrote with these
+        settings, read back without evaluating: {} when there are none (or the file is damaged).
+        With no settings, ``eval.json``: the default settings; `k`, `n` and `metrics` name
+        another, as they were given to evaluate (see [eval_path][vaelab.checkpoint.eval_path])."""
+        return read_eval(self.path, k, n, metrics)
 
     @cached_property
     def model(self) -> torch.nn.Module:
@@ -308,10 +310,13 @@ class Run:
     def evaluate(self, k: int | None = None, n: int | None = None, progress: bool = True,
                  **options: Any) -> dict[str, Any]:
         """Test ELBO, importance-sampled -log p(x) with `k` samples on the first `n` test images
-        (all when None), and the diagnostics, as ``vaelab evaluate`` (and, like it, written to
-        RUN/eval.json; [evaluation][vaelab.api.Run.evaluation] reads it back): a dict with
-        ``"nll"`` (nats), ``"elbo"``, ``"active_units"``, ... ``options`` are
-        [vaelab.evaluate.evaluate][vaelab.evaluate.evaluate]'s, e.g. ``metrics=["fd"]``."""
+        (all when None), and the diagnostics, as ``vaelab evaluate``: a dict with ``"nll"``
+        (nats), ``"elbo"``, ``"active_units"``, ... Like it, written to RUN/eval.json for the
+        default settings and to a file named by the settings otherwise (``eval-k10.json``), so
+        an evaluation with other settings never replaces one the command line wrote; read
+        them back with [evaluation][vaelab.api.Run.evaluation] (``run.evaluation(k=10)``).
+        ``options`` are [vaelab.evaluate.evaluate][vaelab.evaluate.evaluate]'s, e.g.
+        ``metrics=["fd"]`` or ``out="elsewhere.json"``."""
         from vaelab.evaluate import evaluate
 
         return evaluate(self, n=n, k=k, device=self.device, progress=progress, **options)

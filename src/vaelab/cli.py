@@ -245,7 +245,9 @@ def _train_args(sub) -> None:
 
 def _evaluate_args(sub) -> None:
     e = sub.add_parser("evaluate", help="test ELBO and importance-sampled -log p(x)",
-                       description="Evaluate a run on its test set; writes RUN_DIR/eval.json.")
+                       description="Evaluate a run on its test set; writes RUN_DIR/eval.json for the default "
+                                   "settings, and a file named by the settings that differ otherwise (eval-k10.json, "
+                                   "eval-n500-fd.json), so that no evaluation replaces another.")
     e.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
     e.add_argument("--n", "--n-images", dest="n", type=_positive_int,
                    help="evaluate the first N test images (default all); under torchrun write --n-images, "
@@ -258,6 +260,8 @@ def _evaluate_args(sub) -> None:
                         "images in the features of a classifier vaelab trains on the dataset's labels (cached; "
                         "not comparable to Inception FID); fid: Inception-v3 FID through torchmetrics, needs the "
                         "vaelab[inception] extra and its weights (default nll)")
+    e.add_argument("--out", metavar="FILE.json", type=_path_text,
+                   help="write the results here instead (default RUN_DIR/eval.json, or eval-SETTINGS.json)")
     e.add_argument("--device", choices=DEVICES, default="auto", help="(default auto)")
     e.add_argument("--no-progress", action="store_true",
                    help="no progress bar (drawn only when stderr is a terminal or in Jupyter) and no progress "
@@ -272,6 +276,9 @@ def _scoring_args(p, what: str) -> None:
     p.add_argument("--n", "--n-images", dest="n", type=_positive_int,
                    help=f"{what} the first N images of each split (default all)")
     p.add_argument("--seed", type=int, default=0, help="the noise of the samples, tied to each image (default 0)")
+    p.add_argument("--convert", action="store_true",
+                   help="read other data at the model's image size and channels: grey repeated into RGB, RGB to "
+                        "grey by luminance, resized and centre-cropped (default: as the run read its own data)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="(default auto)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar and no progress lines (printed every 30 s when stdout is a log); results, "
@@ -300,7 +307,8 @@ def _score_args(sub) -> None:
                    help="a named dataset, an image folder or an .npy/.npz file, read as the run read its own "
                         "data (default: the run's own data)")
     s.add_argument("--out", metavar="FILE", type=_path_text,
-                   help="table to write: .csv, .npz or .parquet (default RUN_DIR/scores.csv)")
+                   help="table to write: .csv, .npz or .parquet (default RUN_DIR/scores-DATA.csv, with the settings "
+                        "that differ from the defaults in the name, e.g. scores-mnist-k10.csv)")
     s.add_argument("--split", choices=["auto", "test", "train", "all"], default="auto",
                    help="auto: the test split of the run's own data and of a named dataset, every image of a "
                         "folder or array file (default auto)")
@@ -317,13 +325,17 @@ def _ood_args(sub) -> None:
     o = sub.add_parser("ood", help="out-of-distribution detection: AUROC, AUPRC, FPR per score; the typicality test",
                        description="Score the in-distribution test images and each --out-of set with every score "
                                    "the model has; report AUROC, AUPRC and FPR at 80%/95% TPR per score and the "
-                                   "batch typicality test. Writes RUN_DIR/ood.json, ood.md and ood.png. The other "
-                                   "data are never used for training or for choosing a setting.")
+                                   "batch typicality test. Writes RUN_DIR/ood-IN-vs-OUT.md, .json and .png, named "
+                                   "by the data compared (and the settings that differ from the defaults), or "
+                                   "--out. The other data are never used for training or for choosing a setting.")
     o.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
     o.add_argument("--in", dest="inside", metavar="DATA",
                    help="in-distribution data, scored on its test split (default the run's own data)")
     o.add_argument("--out-of", dest="outside", metavar="DATA", nargs="+", required=True,
                    help="one or more other datasets (named, folder or array file)")
+    o.add_argument("--out", metavar="PREFIX", type=_path_text,
+                   help="where to write: an existing folder (or a path ending in /) gets the default names; else "
+                        "PREFIX.md, PREFIX.json and PREFIX.png (default RUN_DIR)")
     o.add_argument("--split", choices=["auto", "test", "train", "all"], default="auto",
                    help="the split of the --out-of sets; auto: a named dataset's test split, every image of a "
                         "folder or array file (default auto)")
@@ -333,14 +345,16 @@ def _ood_args(sub) -> None:
 
 def _encode_args(sub) -> None:
     e = sub.add_parser("encode", help="export posterior means and standard deviations (codes) of images",
-                       description="Write the codes of every image of DATA: means and standard deviations of q(z|x) "
-                                   "(every layer for hvae), labels and file names, in the order of DATA. The .npz "
+                       description="Write the codes of every image of DATA, training and test split alike: means "
+                                   "and standard deviations of q(z|x) (every layer for hvae), splits, labels and file "
+                                   "names, in the order of DATA. The .npz "
                                    "loads with numpy alone: np.load(FILE)['mean'].")
     e.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
     e.add_argument("data", metavar="DATA", nargs="?", help="as for score (default: the run's own data)")
     e.add_argument("--out", metavar="FILE", type=_path_text, required=True, help="codes.npz or codes.parquet")
     e.add_argument("--split", choices=["auto", "test", "train", "all"], default="auto",
-                   help="as for score (default auto)")
+                   help="auto and all: every image, training and test (the split column says which); test or "
+                        "train: that split only (default auto)")
     e.add_argument("--samples", type=int, default=0, metavar="S",
                    help="also write S codes per image drawn from q(z|x) (default 0)")
     _scoring_args(e, "encode")
@@ -398,7 +412,8 @@ def _compare_args(sub) -> None:
     cp = sub.add_parser("compare", help="train and evaluate named variants x seeds, then a table and a figure",
                         description="Train every variant (NAME=\"flags for vaelab train\") for every seed, one run "
                                     "after another, evaluate each, and write OUT/compare.md, .csv, .json and .png "
-                                    "(mean +- std over seeds). Running the same command again resumes. Example: "
+                                    "(mean +- std over seeds). Every variant's flags are checked as vaelab train checks "
+                                    "them before the first run. Running the same command again resumes. Example: "
                                     "vaelab compare --out runs/hidden --epochs 10 --base \"--dataset mnist\" "
                                     "h256=\"--hidden 256,256\" h512=\"--hidden 512,512\"")
     cp.add_argument("variants", nargs="+", metavar="NAME=FLAGS", help='e.g. iwae="--objective iwae --samples 5"')
@@ -557,16 +572,22 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    """`vaelab evaluate`: test ELBO, IS-NLL and diagnostics of a run, printed and written to eval.json."""
+    """`vaelab evaluate`: test ELBO, IS-NLL and diagnostics of a run, printed and written to eval.json
+    (or a file named by the settings, or --out)."""
+    from vaelab.checkpoint import eval_path
     from vaelab.evaluate import evaluate, format_result
-    from vaelab.files import FileError, write_json
+    from vaelab.files import FileError, writable, write_json
 
+    if args.out:  # refused before the evaluation, not after
+        if Path(args.out).suffix.lower() != ".json":
+            raise ConfigError(f"--out {args.out}: the results are written as .json")
+        writable(args.out)
     r = evaluate(args.run_dir, n=args.n, k=args.k, device=args.device, progress=not (args.no_progress or args.quiet),
-                 metrics=args.metrics, write=False)
+                 metrics=args.metrics, write=False, out=args.out)
     if not _rank0():
         return
     print(format_result(r))  # before writing: a run folder that cannot be written still shows its results
-    path = Path(args.run_dir) / "eval.json"
+    path = Path(args.out) if args.out else eval_path(args.run_dir, **r["settings"])
     try:
         write_json(path, r)
     except FileError as e:
@@ -576,18 +597,31 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     """`vaelab score`: a table of per-image scores written to --out, with an optional top/bottom grid."""
-    from vaelab.scores import default_rank, score, write_table
+    from vaelab.files import ensure_dir, settings_tag, slug, writable
+    from vaelab.scores import SCORE_DEFAULTS, check_table_path, default_rank, score, write_table
+
+    if args.out:  # the file's format, its libraries and its folder: refused before any image is scored
+        check_table_path(args.out)
+        writable(args.out)
+    elif _rank0():
+        ensure_dir(args.run_dir, "run folder")
+
+    def check(columns: list[str]) -> None:
+        if args.rank_by and args.rank_by not in columns:
+            raise ConfigError(f"--rank-by {args.rank_by}: not a score column of this model; choose from "
+                              f"{', '.join(columns)}{did_you_mean(args.rank_by, columns)}")
 
     table = score(args.run_dir, args.data, split=args.split, scores=args.scores, k=args.k, n=args.n,
-                  skip_levels=args.skip_levels, seed=args.seed, device=args.device, progress=not args.quiet)
-    if args.rank_by and args.rank_by not in table:
-        raise ConfigError(f"--rank-by {args.rank_by}: not a column of this table; choose from "
-                          f"{', '.join(table.scores)}{did_you_mean(args.rank_by, table.scores)}")
+                  skip_levels=args.skip_levels, seed=args.seed, device=args.device, progress=not args.quiet,
+                  convert=args.convert, check=check)
     if not _rank0():
         return
-    out = Path(args.out) if args.out else Path(args.run_dir) / "scores.csv"
+    settings = {"split": args.split, "k": args.k, "n": args.n, "seed": args.seed, "scores": args.scores,
+                "skip": args.skip_levels}
+    out = Path(args.out) if args.out else \
+        Path(args.run_dir) / f"scores-{slug(table.info['dataset'])}{settings_tag(settings, SCORE_DEFAULTS)}.csv"
     write_table(table, out)
-    print(f"{len(table)} images of {table.info['data']} ({table.info['split']}) scored, k={args.k}: {out}")
+    print(f"{len(table)} images of {table.info['dataset']} ({table.info['split']}) scored, k={args.k}: {out}")
     if args.top:
         from vaelab.plots import save_figure
         from vaelab.scores import top_figure
@@ -598,11 +632,12 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_ood(args: argparse.Namespace) -> None:
-    """`vaelab ood`: out-of-distribution metrics per score, written to ood.json, ood.md and ood.png."""
+    """`vaelab ood`: out-of-distribution metrics per score, written as a report, numbers and histograms."""
     from vaelab.scores import ood
 
     r = ood(args.run_dir, args.inside, args.outside, split=args.split, scores=args.scores, k=args.k, n=args.n,
-            skip_levels=args.skip_levels, seed=args.seed, device=args.device, progress=not args.quiet)
+            skip_levels=args.skip_levels, seed=args.seed, device=args.device, progress=not args.quiet,
+            out=args.out, convert=args.convert)
     if not _rank0():
         return
     for name, rows in r["results"].items():
@@ -610,18 +645,25 @@ def cmd_ood(args: argparse.Namespace) -> None:
         for col, m in sorted(rows.items(), key=lambda kv: -kv[1]["auroc"]):
             print(f"  {col:<22} AUROC {m['auroc']:.3f}  AUPRC {m['auprc']:.3f}  FPR80 {m['fpr80']:.3f}  "
                   f"FPR95 {m['fpr95']:.3f}")
-    print(f"written to {Path(args.run_dir) / 'ood.md'} (and ood.json, ood.png)")
+    files = r["files"]
+    print(f"written to {files['md']} (and {Path(files['json']).name}, {Path(files['png']).name})")
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
     """`vaelab encode`: the posterior means and standard deviations of a dataset, written to --out."""
-    from vaelab.scores import encode, write_codes
+    from vaelab.files import writable
+    from vaelab.scores import CODE_FORMATS, check_table_path, encode, write_codes
 
+    check_table_path(args.out, CODE_FORMATS)
+    writable(args.out)
     table = encode(args.run_dir, args.data, split=args.split, samples=args.samples, n=args.n, seed=args.seed,
-                   device=args.device, progress=not args.quiet)
+                   device=args.device, progress=not args.quiet, convert=args.convert)
     if _rank0():
         write_codes(table, args.out)
-        print(f"codes of {len(table)} images ({table['mean'].shape[1]} dimensions): {args.out}")
+        splits = {s: int((table["split"] == s).sum()) for s in ("train", "test") if (table["split"] == s).any()}
+        which = " and ".join(f"{v} {s}" for s, v in splits.items())
+        print(f"codes of {len(table)} images of {table.info['dataset']} ({which}; "
+              f"{table['mean'].shape[1]} dimensions): {args.out}")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -692,6 +734,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     try:
         variants = [parse_variant(v) for v in args.variants]
         base = tuple(shlex.split(args.base))
+        for v in variants:  # every variant's flags read as vaelab train reads them, before the first run
+            _check_train_flags(f"variant {v.name}", [*base, *v.flags])
         result = compare(variants, args.out, seeds=args.seeds, epochs=args.epochs, minutes=args.minutes, base=base,
                          k=args.k, n=args.n, metrics=args.metrics)
     except ValueError as e:
@@ -705,6 +749,28 @@ def cmd_compare(args: argparse.Namespace) -> None:
                        f"{Path(args.out) / 'compare.json'}")
     print(f"wrote {Path(args.out) / 'compare.md'}, compare.csv, compare.json, compare.png"
           + (f"; {failed} run(s) failed (see compare.json)" if failed else ""))
+
+
+def _check_train_flags(what: str, flags: list[str]) -> Config:
+    """The config `vaelab train FLAGS` would train, or a one-line ConfigError naming `what`:
+    unknown flags, bad values, out-of-range settings and a data path that does not exist are
+    refused before anything is trained."""
+    parser = build_parser()
+    train = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+
+    def refuse(message: str) -> None:
+        raise ConfigError(f"{what}: {message}")
+
+    parser.error = train.error = refuse  # type: ignore[method-assign]
+    try:
+        cfg = _config_from_args(parser.parse_args(["train", *flags]))
+    except ConfigError as e:
+        raise ConfigError(str(e) if str(e).startswith(what) else f"{what}: {e}") from None
+    from vaelab.images import is_path
+
+    if is_path(cfg.data.dataset) and not Path(cfg.data.dataset).expanduser().exists():
+        raise ConfigError(f"{what}: --dataset {cfg.data.dataset} does not exist")
+    return cfg
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

@@ -169,14 +169,14 @@ def run_one(variant: Variant, seed: int, out: Path, base: list[str], epochs: int
     if "test_elbo" in done[-1]:
         row["test_elbo"] = done[-1]["test_elbo"]
     want = [m for m in metrics if m in ("nll", "fd")]
-    ev = read_eval(run)
+    ev = read_eval(run, k=k, n=n, metrics=want)
     if want and not all(key in ev for key in want):
         log(f"{variant.name} seed {seed}: evaluating ({','.join(want)})")
         args = ["evaluate", str(run), "--metrics", ",".join(want), *(["--k", str(k)] if k else []), *quiet]
         r = _vaelab(args + (["--n", str(n)] if n else []), echo)
         if r.returncode:
             return {**row, "error": _last_line(r)}
-        ev = read_eval(run)
+        ev = read_eval(run, k=k, n=n, metrics=want)
     if "nll" in ev:
         row.update(nll=ev["nll"], elbo_is=ev["elbo"], gap=-ev["elbo"] - ev["nll"], k=ev["k"], n=ev["n"])
     if "fd" in ev:
