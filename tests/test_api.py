@@ -159,6 +159,7 @@ def test_every_verb_uses_the_model_the_run_holds(run, tmp_path, monkeypatch):
 
     import vaelab.api
     import vaelab.checkpoint
+    import vaelab.evaluate
 
     by_path = vaelab.score(run.path, k=2, n=10, progress=False)
     loaded = vaelab.load(run.path)
@@ -167,8 +168,8 @@ def test_every_verb_uses_the_model_the_run_holds(run, tmp_path, monkeypatch):
     def reload(*args, **kwargs):
         raise AssertionError("the run's model was read again")
 
-    monkeypatch.setattr(vaelab.checkpoint, "load_run", reload)
-    monkeypatch.setattr(vaelab.api, "load_run", reload)
+    for module in (vaelab.checkpoint, vaelab.api, vaelab.evaluate):
+        monkeypatch.setattr(module, "load_run", reload)
     scored = loaded.score(k=2, n=10, progress=False)
     np.testing.assert_array_equal(scored["log_px"], by_path["log_px"])
     np.testing.assert_array_equal(vaelab.score(loaded, k=2, n=10, progress=False)["log_px"], by_path["log_px"])
