@@ -640,12 +640,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     try:
         serve(args.run_dir, args.host, args.port, device=str(resolve_device(args.device)), n=args.n_map,
               ready=ready)
-    except RuntimeError as e:
-        if not _lost_peer(e):
-            raise
-        print(f"vaelab {args.command}: error: {_lost_peer_message(args)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C is how the server stops: not an interruption of work
         pass
 
 
