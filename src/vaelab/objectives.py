@@ -319,7 +319,7 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
         ``recon`` = E_q[log p(x|z)], ``kl`` = KL(q(z|x) || p(z)), ``elbo`` = recon - kl.
 
     Examples:
-        >>> from vaelab.objectives import elbo
+        >>> from vaelab.objectives import Schedule, elbo
         >>> from vaelab.config import ModelConfig
         >>> from vaelab.models import build_model
         >>> _ = torch.manual_seed(0)
