@@ -308,7 +308,7 @@ def quality(args) -> dict:
         run = work / f"recipe-{seed}"
         vaelab("train", "--dataset", str(data), "--image-size", str(args.size), "--minutes", str(args.minutes),
                "--seed", str(seed), "--out", str(run), *args.extra.split())
-        cfg = json.loads((run / "config.json").read_text())
+        cfg = Run(run).config.to_dict()  # config.json as it reads
         result["recipe"].append({"seed": seed, **measure(run, args.k)})
         print(json.dumps(result["recipe"][-1]), flush=True)
         if seed == args.seeds[0] and not args.extra:

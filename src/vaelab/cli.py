@@ -12,7 +12,17 @@ import sys
 from pathlib import Path
 
 from vaelab import __version__
-from vaelab.config import AUTO, DEVICES, NOISE_KINDS, RECIPE_FIELDS, Config, ConfigError, did_you_mean, read_flag
+from vaelab.config import (
+    AUTO,
+    DEVICES,
+    NOISE_KINDS,
+    RECIPE_FIELDS,
+    Config,
+    ConfigError,
+    comma_list,
+    did_you_mean,
+    read_flag,
+)
 from vaelab.config import load as load_config_file
 
 SECTIONS = {"data": "data", "model": "model", "train": "training"}  # config section -> flag group
@@ -494,28 +504,26 @@ def _names(choices: list[str]):
     return read
 
 
-def _comma_list(convert, what: str):
-    """A flag's parser for comma-separated values, e.g. 0.1,0.3 or 1,2."""
+def _comma_list(convert, what: str, example: str):
+    """A flag's parser for comma-separated values, e.g. 0.1,0.3 or 1,2 (config's reader, with
+    argparse's one-line error)."""
+    parse = comma_list(convert, what, example)
+
     def read(s: str) -> tuple:
         try:
-            return tuple(convert(v) for v in s.split(",") if v.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {s!r}") from None
+            return parse(s)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
     return read
 
 
-_ints = _comma_list(int, "integers")
-_levels = _comma_list(float, "numbers")
+_ints = _comma_list(int, "integers", "1,2")
+_levels = _comma_list(float, "numbers", "0.1,0.3")
+_integer_seeds = _comma_list(int, "integer seeds", "0,1,2")
 
 
 def _seeds(s: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(dict.fromkeys(int(v) for v in s.split(",") if v.strip()))
-    except ValueError:
-        seeds = ()
-    if not seeds:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integer seeds such as 0,1,2, got {s!r}")
-    return seeds
+    return tuple(dict.fromkeys(_integer_seeds(s)))  # each seed once
 
 
 def _dims(s: str) -> tuple[int, int]:
@@ -789,12 +797,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     try:
         serve(args.run_dir, args.host, args.port, device=str(resolve_device(args.device)), n=args.n_map,
               ready=ready)
-    except RuntimeError as e:
-        if not _lost_peer(e):
-            raise
-        print(f"vaelab {args.command}: error: {_lost_peer_message(args)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C is how the server stops: not an interruption of work
         pass
 
 
