@@ -683,9 +683,13 @@ def mutual_information(model, inputs: SplitInputs, dist: Dist = Dist(), batch: i
         (['mi', 'mi_batch', 'mi_bound', 'mi_note'], 200, True)
     """
     model.eval()
-    if not hasattr(model.encode(*inputs.rows(0, 1)[:2]), "log_prob"):
+    q = model.encode(*inputs.rows(0, 1)[:2])
+    if not hasattr(q, "log_prob"):
         return {"mi_note": "I(x; z) not estimated: it needs the posterior's density at any z, and a flow "
                            "posterior has it only at its own samples"}
+    if getattr(q, "pairs_cost_a_pass", False):
+        return {"mi_note": "I(x; z) not estimated: a top-down posterior scores a code under each other image's "
+                           "posterior with a pass of the model per pair (N x N passes per batch)"}
     n = len(inputs)
     batches = _batches(n, batch)
     terms = torch.zeros(n, dtype=torch.float64, device=inputs.device)  # each row filled by one process

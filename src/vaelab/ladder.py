@@ -87,6 +87,14 @@ class Level(NamedTuple):
         z: The level's code, flattened: (N, D_l).
         p: The conditional prior p(z_l | z_>l), a DiagonalGaussian over (N, D_l).
         q: The posterior q(z_l | x, z_>l) over (N, D_l); None when no image was given.
+
+    Examples:
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> model = build_model(ModelConfig(model="ladder", levels="2x4x4,3", hidden=(8,), res_blocks=0), (1, 8, 8))
+        >>> _, levels = model.top_down(5)  # the prior alone: each level at its conditional mean
+        >>> [tuple(lv.z.shape) for lv in levels], levels[0].q is None
+        ([(5, 32), (5, 3)], True)
     """
 
     z: torch.Tensor
@@ -354,7 +362,7 @@ class Ladder(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None, c: torch.Tensor | None = None,
                temperature: float | tuple[float, ...] = 1.0):
         """Decode n codes drawn from the prior with each level's scale times `temperature`
-        (one number, or one per level, bottom first): a likelihood over (n, C, H, W).
+        (one number, or one per level, bottom first): a likelihood over (N, C, H, W), N = n.
         Temperature 0 gives each level's conditional prior mean: one image, always the same."""
         eps = normal_noise((n, self.latent_dim), self.h_top.float(), generator)
         return self.top_down(n, eps=eps, temperature=temperature)[0]
@@ -493,6 +501,10 @@ class LadderPosterior:
         True
     """
 
+    # scoring a code under every posterior of a batch (the mutual-information estimate) runs
+    # the top-down pass once per pair: vaelab.evaluate leaves it out
+    pairs_cost_a_pass = True
+
     def __init__(self, model: Ladder, feats: list[torch.Tensor]) -> None:
         self.model, self.feats = model, feats
         self._at_mean = None
@@ -505,7 +517,7 @@ class LadderPosterior:
         return z, torch.stack([lv.q.log_prob(lv.z) for lv in levels]).reshape(len(levels), n, b)
 
     def rsample_with_log_prob(self, n: int, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """n reparameterised codes (n, B, D) and their log q(z | x) (n, B)."""
+        """n reparameterised codes (N, B, D), N = n, and their log q(z | x), shape (N, B)."""
         z, per_level = self._draw(n, generator)
         return z, per_level.sum(0)
 
@@ -515,10 +527,12 @@ class LadderPosterior:
         return z[0] if n is None else z
 
     def log_prob_levels(self, z: torch.Tensor) -> torch.Tensor:
-        """Each level's log q(z_l | x, z_>l) of codes (B, D) or (n, B, D): (L, B) or (L, n, B)."""
-        lead = z.shape[:-1]
+        """Each level's log q(z_l | x, z_>l) of codes (B, D) or (n, B, D), a code of size 1 in
+        the B place scored under every image's posterior: shape (L, B) or (L, n, B)."""
         b = len(self.feats[0])
-        k = 1 if z.dim() == 2 else lead[0]
+        z = z.expand(*z.shape[:-2], b, z.shape[-1])
+        lead = z.shape[:-1]
+        k = math.prod(lead[:-1])
         _, levels = self.model.top_down(k * b, self.model._rows(self.feats, k), z=z.reshape(-1, z.shape[-1]))
         return torch.stack([lv.q.log_prob(lv.z) for lv in levels]).reshape(len(levels), *lead)
 
@@ -566,7 +580,7 @@ class LadderPrior:
         self.model, self.temperature = model, temperature
 
     def sample(self, n: int, generator=None) -> torch.Tensor:
-        """n codes (n, D) drawn level by level, top first."""
+        """n codes (N, D), N = n, drawn level by level, top first."""
         eps = normal_noise((n, self.model.latent_dim), self.model.h_top.float(), generator)
         _, levels = self.model.top_down(n, eps=eps, temperature=self.temperature)
         return torch.cat([lv.z for lv in levels], -1)
@@ -578,5 +592,5 @@ class LadderPrior:
         return torch.stack([lv.p.log_prob(lv.z) for lv in levels]).reshape(len(levels), *lead)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log p(z) of codes (..., D): (...)."""
+        """log p(z) of codes (B, D) or any (..., D): shape (B,) or (...)."""
         return self.log_prob_levels(z).sum(0)
