@@ -292,3 +292,17 @@ def test_train_evaluate_and_resume_the_ladder_from_the_command_line(tmp_path):
     assert main(["evaluate", str(run), "--n", "20", "--k", "5", "--quiet"]) == 0
     result = json.loads((run / "eval.json").read_text())
     assert result["nll"] > 0 and math.isfinite(result["nll"]) and result["nll"] <= -result["elbo"] + 1e-6
+
+
+def test_training_treats_the_ladder_as_a_conv_net_for_precision_and_memory_format(monkeypatch):
+    seen = {}
+
+    def dtype(precision, device, conv=False):
+        seen["conv"] = conv
+        return None
+
+    monkeypatch.setattr(training, "autocast_dtype", dtype)
+    model = tiny()
+    cfg = Config().replace(model={"model": "ladder", "net": "mlp"})
+    training._precision(cfg, model, torch.device("cpu"), resume=False, verbose=False)
+    assert seen["conv"] and model.channels_last

@@ -169,6 +169,7 @@ class Ladder(nn.Module):
     objectives: tuple[str, ...] = ("elbo", "iwae")
     priors: tuple[str, ...] = ("normal",)
     takes_flows = False
+    convolutional = True  # training's precision and memory-format choices treat it as a conv net
     amp_dtype: torch.dtype | None = None
     channels_last = False
 

@@ -810,7 +810,7 @@ def _configure(cfg: Config, data, resume: bool, verbose: bool, dist: Dist) -> tu
 def _precision(cfg: Config, model, device: torch.device, resume: bool, verbose: bool):
     """(config with the precision used recorded, autocast dtype or None) and the model set to it."""
     t = cfg.train
-    conv = cfg.model.net != "mlp"
+    conv = cfg.model.net != "mlp" or getattr(model, "convolutional", False)  # the ladder is conv whatever --net
     # a run resumed with "auto" was started by a version that kept CPUs in fp32: it stays there
     amp = autocast_dtype(t.precision, device, conv and not resume)
     if t.precision == "auto" and not resume:  # recorded, so that the config reruns the same way
