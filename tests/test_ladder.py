@@ -292,6 +292,8 @@ def test_train_evaluate_and_resume_the_ladder_from_the_command_line(tmp_path):
     assert main(["evaluate", str(run), "--n", "20", "--k", "5", "--quiet"]) == 0
     result = json.loads((run / "eval.json").read_text())
     assert result["nll"] > 0 and math.isfinite(result["nll"]) and result["nll"] <= -result["elbo"] + 1e-6
+    assert len(result["kl_per_level"]) == 3 and result["latent_sizes"] == [784, 8, 4]  # KL split by level
+    assert "log q(z_l | x, z_>l)" in result["kl_estimator"] and "not estimated" in result["mi_note"]
 
 
 def test_training_treats_the_ladder_as_a_conv_net_for_precision_and_memory_format(monkeypatch):

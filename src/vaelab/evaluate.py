@@ -566,6 +566,8 @@ def _kl_kind(q, prior) -> str:
         return "dim"
     if isinstance(q, GaussianChain) and isinstance(prior, GaussianChain):
         return "level"
+    if hasattr(q, "log_prob_levels") and hasattr(prior, "log_prob_levels"):  # a top-down hierarchy (ladder)
+        return "level"
     return "total"
 
 
@@ -771,6 +773,10 @@ def kl_summary(model, inputs: SplitInputs, dist: Dist = Dist(), samples: int = K
     if kind == "dim":
         r["kl_estimator"] = "closed form per dimension: 0.5 (mu^2 + sigma^2 - 1) - log sigma (Kingma & Welling 2014)"
         r["kl_per_dim"] = per_unit
+    elif kind == "level" and not isinstance(model.prior(), GaussianChain):
+        r["kl_estimator"] = f"{mc}: log q(z_l | x, z_>l) - log p(z_l | z_>l) per level l, z_1 next to the data"
+        r["kl_per_level"], r["latent_sizes"] = per_unit, list(model.sizes)
+        r["active_per_level"] = [int(a.sum()) for a in active.split(list(model.sizes))]
     elif kind == "level":
         r["kl_estimator"] = (f"{mc}: log q(z_l | z_l-1) - log p(z_l | z_l+1) per layer l, z_1 next to the "
                               "data (z_0 = x; the top layer's prior is N(0, I))")
