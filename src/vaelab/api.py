@@ -281,9 +281,9 @@ class Run:
         from vaelab.runtime import autocast_dtype
 
         model = load_run(self.path, self.device)[1]
-        if self.precision != "fp32":
-            model.set_precision(autocast_dtype(self.precision, torch.device(self.device),
-                                               conv=self.config.model.net != "mlp"))
+        if self.precision != "fp32":  # "auto" chooses as training does: conv nets (the ladder among them)
+            conv = self.config.model.net != "mlp" or getattr(model, "convolutional", False)
+            model.set_precision(autocast_dtype(self.precision, torch.device(self.device), conv=conv))
         return model
 
     @cached_property
