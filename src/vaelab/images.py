@@ -1024,6 +1024,16 @@ def load_configured(d: DataConfig, progress: bool = True) -> Dataset:
         ...
         vaelab.data.DataError: unknown dataset 'mnist-smaple': not a named dataset (...) and no ...; did you mean mnist-sample?
     """
+    from vaelab.factors import FACTOR_DATASETS, load_factor_dataset  # lazy: the decoding workers import this module
+
+    if d.subset and d.dataset not in FACTOR_DATASETS:
+        raise DataError(f"--subset is for the factor datasets ({', '.join(FACTOR_DATASETS)}), not {d.dataset}; "
+                        "leave it at 0")
+    if d.dataset in FACTOR_DATASETS:
+        if d.image_size or d.channels or d.conditions:
+            raise DataError(f"{d.dataset} is drawn at its own size and channels, without side information; leave "
+                            "--image-size, --channels and --conditions unset")
+        return load_factor_dataset(d.dataset, d.data_dir, d.subset)
     if is_path(d.dataset):
         t = Transform(tuple(d.image_size) if d.image_size else None, d.channels, d.background, d.test_fraction)
         path = Path(d.dataset).expanduser()
@@ -1039,8 +1049,9 @@ def load_configured(d: DataConfig, progress: bool = True) -> Dataset:
                             f"dataset ({', '.join(DATASETS)})")
     else:
         if d.dataset not in DATASETS:
-            raise DataError(f"unknown dataset {d.dataset!r}: not a named dataset ({', '.join(DATASETS)}) "
-                            f"and no such file or folder{did_you_mean(d.dataset, DATASETS)}")
+            names = [*DATASETS, *FACTOR_DATASETS]
+            raise DataError(f"unknown dataset {d.dataset!r}: not a named dataset ({', '.join(names)}) "
+                            f"and no such file or folder{did_you_mean(d.dataset, names)}")
         data = load_dataset(d.dataset, d.data_dir, d.download)
         if d.image_size or d.channels:
             data = _reshape_named(data, d)
@@ -1058,6 +1069,6 @@ def _reshape_named(data: Dataset, d: DataConfig) -> Dataset:
         x = split.images.numpy()
         conv = np.concatenate([_convert_chunk(x[i : i + 4096], shape, background_rgb(d.background))
                                for i in range(0, len(x), 4096)])
-        out.append(Split(torch.from_numpy(conv), split.labels))
+        out.append(Split(torch.from_numpy(conv), split.labels, factors=split.factors))
     return Dataset(data.name, out[0], out[1], data.classes, data.source,
                    f"{data.fingerprint}:{'x'.join(map(str, shape))}", data.skipped, data.binary_benchmark)
