@@ -62,7 +62,7 @@ def _lin(a: float, b: float, n: int) -> tuple[float, ...]:
     return tuple(np.linspace(a, b, n).tolist())
 
 
-XY_SIZES = (7, 10, 13, 16)  # square side in pixels
+XY_SIZES = (8, 10, 12, 14)  # square side in pixels (even: centred between the middle pixels)
 XY_COLORS = ((255, 0, 0), (255, 255, 0), (0, 255, 0), (0, 255, 255), (0, 0, 255), (255, 0, 255))
 
 FACTOR_DATASETS: dict[str, FactorSpec] = {
