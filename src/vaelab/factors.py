@@ -202,7 +202,7 @@ class GridImages:
         >>> np.packbits(np.eye(8, dtype=bool).reshape(4, 16), axis=1).tofile(Path(tmp, "g.bits"))
         >>> g = GridImages(Path(tmp, "g.bits"), (1, 4, 4), packed=True)
         >>> len(g), g.read([1]).reshape(-1).tolist()[:8]
-        (4, [0, 0, 0, 0, 0, 0, 0, 0])
+        (4, [0, 0, 255, 0, 0, 0, 0, 0])
         >>> g.head(2).load().shape
         torch.Size([2, 1, 4, 4])
     """
