@@ -38,10 +38,11 @@ def test_perfect_code_scores_the_maximum():
     f = grid()
     codes = 2.5 * f + 1.0  # an affine map per dimension keeps the bins apart
     assert mig(codes, f)["mig"] == pytest.approx(1.0)
-    r = dci(f ** 3.0, f)  # any monotone map: the trees see the same order
-    assert r["dci_disentanglement"] == pytest.approx(1.0, abs=1e-6)
-    assert r["dci_completeness"] == pytest.approx(1.0, abs=1e-6)
-    assert r["dci_informativeness"] == pytest.approx(1.0)
+    for model in ("forest", "gbt"):
+        r = dci(f ** 3.0, f, importance=model)  # any monotone map: the trees see the same order
+        assert r["dci_disentanglement"] == pytest.approx(1.0, abs=1e-6)
+        assert r["dci_completeness"] == pytest.approx(1.0, abs=1e-6)
+        assert r["dci_informativeness"] == pytest.approx(1.0)
     assert factorvae_score(lambda x: x ** 3.0, SIZES, votes=60, eval_votes=60)["factorvae_score"] == 1.0
     assert betavae_score(lambda x: x.astype(float), SIZES, n_train=150, n_eval=60)["betavae_score"] == 1.0
 
@@ -51,6 +52,7 @@ def test_a_rotated_code_scores_low():
     rot = standard(f.astype(float)) @ rotation(3)
     assert mig(rot, f)["mig"] < 0.2
     assert dci(rot, f)["dci_disentanglement"] < 0.4
+    assert dci(rot, f, importance="gbt")["dci_disentanglement"] < 0.4
     assert sap(rot, f)["sap"] < sap(f.astype(float), f)["sap"]
     # the FactorVAE score only asks that each dimension's least-variance factor be one
     # factor: a rotation lowers it, but a majority vote still maps most dimensions right
