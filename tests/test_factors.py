@@ -94,3 +94,53 @@ def test_train_and_evaluate_on_a_subset(tmp_path, monkeypatch):
     assert r["disentanglement"]["mig"]["points"] == 96 and 0 <= r["mig"] <= 1
     assert r["disentanglement"]["factors"] == ["x", "y", "scale", "color"]
     assert isinstance(torch.__version__, str)
+
+
+def test_array_file_factors(tmp_path, monkeypatch):
+    from vaelab.images import Transform, load_array
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 8, 8), dtype=np.uint8)
+    codes = np.stack([np.arange(40) % 3, np.arange(40) // 10], 1)
+    np.savez(tmp_path / "f.npz", images=images, factors=codes, factor_names=np.array(["a", "b"]))
+    data = load_array(tmp_path / "f.npz", Transform(None, 0, "black", 0.25), progress=False)
+    again = load_array(tmp_path / "f.npz", Transform(None, 0, "black", 0.25), progress=False)  # from the cache
+    for d in (data, again):
+        assert d.factors.names == ("a", "b") and d.factors.sizes == (3, 4)
+        both = torch.cat([d.train.factors, d.test.factors])
+        assert sorted(map(tuple, both.tolist())) == sorted(map(tuple, codes.tolist()))
+    with pytest.raises(DataError, match="factor dataset"):
+        data.factors.images(codes[:2])
+    np.savez(tmp_path / "short.npz", images=images, factors=codes[:39])
+    with pytest.raises(DataError, match=r"'factors' must hold one row of factor codes per image, shape \(40, F\)"):
+        load_array(tmp_path / "short.npz", Transform(None, 0, "black", 0.25), progress=False)
+    np.savez(tmp_path / "split.npz", train=images[:30], test=images[30:], train_factors=codes[:30],
+             test_factors=codes[30:31])
+    with pytest.raises(DataError, match="'test_factors' must hold one row"):
+        load_array(tmp_path / "split.npz", Transform(None, 0, "black", 0.25), progress=False)
+    np.savez(tmp_path / "float.npz", images=images, factors=codes * 0.5)
+    with pytest.raises(DataError, match="integer codes"):
+        load_array(tmp_path / "float.npz", Transform(None, 0, "black", 0.25), progress=False)
+
+
+def test_metrics_on_data_without_the_factors_they_need_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    from vaelab.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    images = np.random.default_rng(0).integers(0, 2, (60, 8, 8), dtype=np.uint8) * 255
+    codes = np.stack([np.arange(60) % 3, np.arange(60) % 4], 1)
+    np.savez(tmp_path / "f.npz", images=images, factors=codes)
+    for name, data in (("arr", str(tmp_path / "f.npz")), ("plain", "mnist-sample")):
+        main(["train", "--dataset", data, "--epochs", "1", "--hidden", "16", "--latent-dim", "2",
+              "--out", str(tmp_path / name), "--quiet"])
+    main(["evaluate", str(tmp_path / "arr"), "--metrics", "mig", "--no-progress"])
+    assert json.loads((tmp_path / "arr" / "eval.json").read_text())["disentanglement"]["factors"] == ["factor0",
+                                                                                                    "factor1"]
+    capsys.readouterr()
+    for run, metrics, message in (("arr", "mig,factorvae", "the factorvae score draws images with one factor fixed"),
+                                  ("plain", "dci", "the dci metric needs ground-truth factors")):
+        with pytest.raises(SystemExit) as e:
+            raise SystemExit(main(["evaluate", str(tmp_path / run), "--metrics", metrics, "--no-progress"]))
+        err = capsys.readouterr().err.strip()
+        assert e.value.code != 0 and message in err and len(err.splitlines()) == 1

@@ -634,7 +634,8 @@ class Factors:
     Attributes:
         names: The factor names, e.g. ``("color", "shape", "scale", ...)``.
         values: Per factor, the value of each code: ``values[f][codes[:, f]]``.
-        grid: A reader of the full grid's images (``read(rows)`` -> uint8 ``(K, C, H, W)``).
+        grid: A reader of the full grid's images (``read(rows)`` -> uint8 ``(K, C, H, W)``);
+            None when only the images stored with the factors exist (an array file).
 
     Examples:
         >>> import numpy as np, torch
@@ -678,7 +679,14 @@ class Factors:
 
         Returns:
             uint8 images ``(K, C, H, W)``.
+
+        Raises:
+            DataError: The factors came with stored images only (an array file), which
+                cannot show any chosen factor codes.
         """
+        if self.grid is None:
+            raise DataError("drawing images for chosen factors needs a factor dataset (dsprites, xyobject); "
+                            "an array file's factors only label its own images")
         return torch.from_numpy(np.ascontiguousarray(self.grid.read(self.index(codes))))
 
 

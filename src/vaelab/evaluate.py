@@ -23,6 +23,7 @@ import torch
 from vaelab.batches import SplitInputs, memory_budget, model_inputs
 from vaelab.checkpoint import load_run
 from vaelab.config import ConfigError
+from vaelab.data import DataError
 from vaelab.disentangle import DISENTANGLEMENT_METRICS, betavae_score, dci, factorvae_score, mig, require_sklearn, sap
 from vaelab.distributions import DiagonalGaussian, GaussianChain, GaussianMixture, StandardNormal
 from vaelab.files import FileError, write_json
@@ -277,7 +278,14 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
     check_data_fit(cfg.model, cfg.data.binarization)
     data = dataset or load_configured(cfg.data, progress=progress)
     if wanted:
-        data.require_factors(f"the {', '.join(wanted)} metric{'s' * (len(wanted) > 1)}")
+        factors = data.require_factors(f"the {', '.join(wanted)} metric{'s' * (len(wanted) > 1)}")
+        drawn = [m for m in wanted if m in ("factorvae", "betavae")]
+        if drawn and factors.grid is None:
+            many = len(drawn) > 1
+            raise DataError(f"the {' and '.join(drawn)} score{'s' * many} draw{'s' * (not many)} images with one "
+                            "factor fixed, which only the "
+                            "factor datasets (dsprites, xyobject) can; use mig, dci or sap with an array file's "
+                            "factors")
     seed = cfg.data.binarization_seed
     density = not model.likelihood.discrete
     if cfg.data.fingerprint and data.fingerprint and data.fingerprint != cfg.data.fingerprint and dist.main:
