@@ -203,8 +203,8 @@ def dci(codes: np.ndarray, factors: np.ndarray, importance: str = "forest", test
 def sap(codes: np.ndarray, factors: np.ndarray, test_share: float = 1 / 3, seed: int = 0) -> dict[str, Any]:
     """The separated attribute predictability score (Kumar et al. 2018).
 
-    For each (dimension, factor), a linear SVM (C = 0.01, balanced classes, as
-    disentanglement_lib) predicts the factor from that one dimension; its held-out accuracy
+    For each (dimension, factor), a linear SVM (C = 0.01, balanced classes, on the codes
+    as they are, as disentanglement_lib) predicts the factor from that one dimension; its held-out accuracy
     fills the score matrix ``(D, F)``. SAP is the mean over factors of the gap between the
     two best dimensions. A one-dimensional linear classifier can only tell a few classes
     apart, so even a perfect code scores below 1 on factors with many values.
@@ -232,8 +232,7 @@ def sap(codes: np.ndarray, factors: np.ndarray, test_share: float = 1 / 3, seed:
     if codes.shape[1] < 2:
         raise ValueError("SAP needs at least 2 code dimensions")
     train, test = _split(len(codes), seed, test_share)
-    # standardised codes: the SVM's fixed C then means the same for any code scale
-    z = (codes - codes[train].mean(0)) / np.maximum(codes[train].std(0), 1e-12)
+    z = codes  # as they are, as disentanglement_lib: with C fixed, the score depends on the codes' scale
     score = np.zeros((codes.shape[1], factors.shape[1]))
     for i in range(codes.shape[1]):
         for j in range(factors.shape[1]):
