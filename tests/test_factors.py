@@ -93,7 +93,6 @@ def test_train_and_evaluate_on_a_subset(tmp_path, monkeypatch):
     r = json.loads((out / "eval.json").read_text())
     assert r["disentanglement"]["mig"]["points"] == 96 and 0 <= r["mig"] <= 1
     assert r["disentanglement"]["factors"] == ["x", "y", "scale", "color"]
-    assert isinstance(torch.__version__, str)
 
 
 def test_array_file_factors(tmp_path, monkeypatch):
