@@ -269,7 +269,9 @@ def _evaluate_args(sub) -> None:
                    help="nll: ELBO and IS estimate of -log p(x); fd: Frechet distance of prior samples to the test "
                         "images in the features of a classifier vaelab trains on the dataset's labels (cached; "
                         "not comparable to Inception FID); fid: Inception-v3 FID through torchmetrics, needs the "
-                        "vaelab[inception] extra and its weights (default nll)")
+                        "vaelab[inception] extra and its weights; mig, dci, sap, factorvae, betavae: disentanglement "
+                        "of the codes on a factor dataset (dsprites, xyobject), needs the vaelab[scores] extra "
+                        "(default nll)")
     e.add_argument("--out", metavar="FILE.json", type=_path_text,
                    help="write the results here instead (default RUN_DIR/eval.json, or eval-SETTINGS.json)")
     e.add_argument("--device", choices=DEVICES, default="auto", help="(default auto)")
