@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from vaelab import __version__
-from vaelab.config import AUTO, DEVICES, NOISE_KINDS, RECIPE_FIELDS, Config, ConfigError, did_you_mean, read_flag
+from vaelab.config import AUTO, RECIPE_FIELDS, Config, ConfigError, did_you_mean, read_flag
 from vaelab.config import load as load_config_file
 
 SECTIONS = {"data": "data", "model": "model", "train": "training"}  # config section -> flag group
@@ -44,40 +44,6 @@ class _Parser(argparse.ArgumentParser):
         if action.choices is not None and value not in action.choices:
             raise argparse.ArgumentError(action, f"invalid choice: {value!r} (choose from "
                                                  f"{', '.join(map(str, action.choices))}){did_you_mean(value, action.choices)}")
-
-
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s}")
-    return v
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def _run_dir(s: str) -> Path:
@@ -157,17 +123,53 @@ def _add_setting(group, section: str, f: dataclasses.Field, default) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `vaelab` argument parser: one subcommand per command, the train flags read from the config."""
+    """The `vaelab` argument parser: one subcommand per command, train's flags read from the
+    config, every other command's from its options class (vaelab.options)."""
+    from vaelab.options import COMMANDS as OPTIONS
+
     p = _Parser(prog="vaelab", description="Train, evaluate and explore variational autoencoders.")
     p.add_argument("--version", action="version", version=f"vaelab {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_train_args, _evaluate_args, _score_args, _ood_args, _encode_args, _sample_args, _probe_args,
-                _plot_args, _compare_args, _serve_args):
-        add(sub)
+    _train_args(sub)
+    for name, (options, summary) in OPTIONS.items():
+        _add_options(sub.add_parser(name, help=summary, description=" ".join(options.__doc__.split())), options)
     for name, command in sub.choices.items():
         if name != "train":  # train's --threads is a config field
             _threads_arg(command, name)
     return p
+
+
+def _add_options(p: argparse.ArgumentParser, options: type) -> None:
+    """The arguments of a command, one per field of its options class: name, type, choices,
+    default and help come from the field's `option` declaration."""
+    exclusive: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for f in dataclasses.fields(options):
+        meta = f.metadata
+        if meta.get("internal"):
+            continue
+        kwargs: dict = {"help": meta["help"]}
+        if meta.get("registry"):
+            kwargs["help"] = meta["help"].format(choices=", ".join(registry_names(meta["registry"])))
+        if str(f.type) == "bool":
+            kwargs["action"] = "store_true"
+        else:
+            kind = str(f.type).removesuffix(" | None")
+            kwargs["type"] = (READERS[meta["parse"]](f) if meta.get("parse") else _reader(f) if meta.get("range")
+                              else {"int": int, "float": float}.get(kind))
+            kwargs["choices"] = list(meta["choices"]) if meta.get("choices") else None
+            kwargs["metavar"] = meta.get("metavar") or (None if meta.get("choices") else
+                                                        flag_name(f).lstrip("-").replace("-", "_").upper())
+            kwargs["default"] = f.default if meta.get("cli_default") is None else meta["cli_default"]
+            kwargs["nargs"] = meta.get("nargs")
+        if meta.get("positional"):
+            names = [f.name]
+        else:
+            names = [flag_name(f), *meta.get("aliases", ())]
+            kwargs["dest"], kwargs["required"] = f.name, meta.get("required") or None
+        group = meta.get("exclusive")
+        if group and group not in exclusive:
+            exclusive[group] = p.add_mutually_exclusive_group(required=True)
+        (exclusive[group] if group else p).add_argument(*names, **{k: v for k, v in kwargs.items() if v is not None})
 
 
 def _threads_arg(p, name: str) -> None:
@@ -241,196 +243,6 @@ def _train_args(sub) -> None:
                         "stderr is a terminal or in Jupyter, so logs never fill with its redraws)")
     t.add_argument("--quiet", action="store_true",
                    help="no progress bar and no per-epoch lines or notes; warnings and errors still print")
-
-
-def _evaluate_args(sub) -> None:
-    e = sub.add_parser("evaluate", help="test ELBO and importance-sampled -log p(x)",
-                       description="Evaluate a run on its test set; writes RUN_DIR/eval.json.")
-    e.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
-    e.add_argument("--n", "--n-images", dest="n", type=_positive_int,
-                   help="evaluate the first N test images (default all); under torchrun write --n-images, "
-                        "since torchrun takes --n as an abbreviation of its own options")
-    e.add_argument("--k", type=_positive_int,
-                   help="importance samples per image (default 1000 for images of up to 1,024 values, such as "
-                        "MNIST; 100 for larger ones)")
-    e.add_argument("--metrics", type=_metrics, default=("nll",), metavar="M[,M]",
-                   help="nll: ELBO and IS estimate of -log p(x); fd: Frechet distance of prior samples to the test "
-                        "images in the features of a classifier vaelab trains on the dataset's labels (cached; "
-                        "not comparable to Inception FID); fid: Inception-v3 FID through torchmetrics, needs the "
-                        "vaelab[inception] extra and its weights (default nll)")
-    e.add_argument("--device", choices=DEVICES, default="auto", help="(default auto)")
-    e.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (drawn only when stderr is a terminal or in Jupyter) and no progress "
-                        "lines (printed every 30 s when stdout is a log); the results still print")
-    e.add_argument("--quiet", action="store_true",
-                   help="no progress bar or lines, as --no-progress (evaluate has no per-epoch lines); the "
-                        "results, warnings and errors still print")
-
-
-def _scoring_args(p, what: str) -> None:
-    """The options score, ood and encode share."""
-    p.add_argument("--n", "--n-images", dest="n", type=_positive_int,
-                   help=f"{what} the first N images of each split (default all)")
-    p.add_argument("--seed", type=int, default=0, help="the noise of the samples, tied to each image (default 0)")
-    p.add_argument("--device", choices=DEVICES, default="auto", help="(default auto)")
-    p.add_argument("--quiet", action="store_true",
-                   help="no progress bar and no progress lines (printed every 30 s when stdout is a log); results, "
-                        "warnings and errors still print")
-
-
-def _score_options(p) -> None:
-    names = registry_names("vaelab.scores:SCORES")
-    p.add_argument("--scores", type=_names(names), metavar="S[,S]",
-                   help=f"scores to compute, from {', '.join(names)} (default every score the model has)")
-    p.add_argument("--k", type=_positive_int, default=100,
-                   help="importance samples per image: log p(x), LLR and the ELBO average over them (default 100; "
-                        "--k 1 for a fast single-sample ELBO)")
-    p.add_argument("--skip-levels", type=_ints, metavar="K[,K]",
-                   help="hierarchical models: the k of LLR>k, the number of lowest layers drawn from the prior "
-                        "(default every level, 1 to layers-1)")
-
-
-def _score_args(sub) -> None:
-    s = sub.add_parser("score", help="per-image scores: ELBO, log p(x), KL, bits/dim, reconstruction error, LLR",
-                       description="Score every image of DATA under a trained run: one row per image, written to "
-                                   "--out (.csv, .npz or .parquet). Same seed, same numbers, for any number of "
-                                   "processes.")
-    s.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
-    s.add_argument("data", metavar="DATA", nargs="?",
-                   help="a named dataset, an image folder or an .npy/.npz file, read as the run read its own "
-                        "data (default: the run's own data)")
-    s.add_argument("--out", metavar="FILE", type=_path_text,
-                   help="table to write: .csv, .npz or .parquet (default RUN_DIR/scores.csv)")
-    s.add_argument("--split", choices=["auto", "test", "train", "all"], default="auto",
-                   help="auto: the test split of the run's own data and of a named dataset, every image of a "
-                        "folder or array file (default auto)")
-    _score_options(s)
-    s.add_argument("--top", type=_positive_int, metavar="N",
-                   help="also write the N most typical and N most unusual images as a PNG grid beside --out")
-    s.add_argument("--rank-by", metavar="SCORE",
-                   help="the score --top ranks by (default LLR at level 1 for hierarchical models, else log p(x), "
-                        "else the reconstruction error)")
-    _scoring_args(s, "score")
-
-
-def _ood_args(sub) -> None:
-    o = sub.add_parser("ood", help="out-of-distribution detection: AUROC, AUPRC, FPR per score; the typicality test",
-                       description="Score the in-distribution test images and each --out-of set with every score "
-                                   "the model has; report AUROC, AUPRC and FPR at 80%/95% TPR per score and the "
-                                   "batch typicality test. Writes RUN_DIR/ood.json, ood.md and ood.png. The other "
-                                   "data are never used for training or for choosing a setting.")
-    o.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
-    o.add_argument("--in", dest="inside", metavar="DATA",
-                   help="in-distribution data, scored on its test split (default the run's own data)")
-    o.add_argument("--out-of", dest="outside", metavar="DATA", nargs="+", required=True,
-                   help="one or more other datasets (named, folder or array file)")
-    o.add_argument("--split", choices=["auto", "test", "train", "all"], default="auto",
-                   help="the split of the --out-of sets; auto: a named dataset's test split, every image of a "
-                        "folder or array file (default auto)")
-    _score_options(o)
-    _scoring_args(o, "score")
-
-
-def _encode_args(sub) -> None:
-    e = sub.add_parser("encode", help="export posterior means and standard deviations (codes) of images",
-                       description="Write the codes of every image of DATA: means and standard deviations of q(z|x) "
-                                   "(every layer for hvae), labels and file names, in the order of DATA. The .npz "
-                                   "loads with numpy alone: np.load(FILE)['mean'].")
-    e.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
-    e.add_argument("data", metavar="DATA", nargs="?", help="as for score (default: the run's own data)")
-    e.add_argument("--out", metavar="FILE", type=_path_text, required=True, help="codes.npz or codes.parquet")
-    e.add_argument("--split", choices=["auto", "test", "train", "all"], default="auto",
-                   help="as for score (default auto)")
-    e.add_argument("--samples", type=int, default=0, metavar="S",
-                   help="also write S codes per image drawn from q(z|x) (default 0)")
-    _scoring_args(e, "encode")
-
-
-def _sample_args(sub) -> None:
-    s = sub.add_parser("sample", help="draw images from the prior",
-                       description="Decode z ~ N(0, I) and write the images as a PNG grid.")
-    s.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
-    s.add_argument("--n", type=_positive_int, default=64, help="number of samples (default 64)")
-    s.add_argument("--out", metavar="FILE.png", help="output file (default RUN_DIR/prior_samples.png)")
-    s.add_argument("--mode", choices=["mean", "sample"], default="mean",
-                   help="mean: decoder means (pixel probabilities); sample: draws x ~ p(x|z) (default mean)")
-    s.add_argument("--seed", type=int, default=0, help="(default 0)")
-    s.add_argument("--device", choices=DEVICES, default="auto", help="(default auto)")
-
-
-def _probe_args(sub) -> None:
-    pr = sub.add_parser("probe", help="how much the codes know about the class (invariance)",
-                        description="Train a fresh classifier on the training set's posterior means to predict "
-                                    "the label; report its test accuracy, the majority-class rate and the "
-                                    "reconstruction MSE. Writes RUN_DIR/probe.json.")
-    pr.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
-    pr.add_argument("--probe-layers", type=int, choices=[0, 1, 2, 3], default=1,
-                    help="hidden layers of the probe classifier, 0 = logistic regression (default 1)")
-    pr.add_argument("--probe-hidden", type=_positive_int, default=256, help="probe layer width (default 256)")
-    pr.add_argument("--probe-epochs", type=_positive_int, default=30, help="(default 30)")
-    pr.add_argument("--seed", type=int, default=0, help="(default 0)")
-    pr.add_argument("--device", choices=DEVICES, default="auto", help="(default auto)")
-
-
-def _plot_args(sub) -> None:
-    pl = sub.add_parser("plot", help="figures of a trained model (PNG + JSON numbers)",
-                        description="Write NAME.png, and NAME.json with the numbers behind it, for each figure.")
-    pl.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
-    pl.add_argument("--what", default="recon,samples,curves",
-                    help="comma-separated: recon, samples, posterior, manifold, latents, interpolate, combine, "
-                         "denoise, curves, scale, transfer (default recon,samples,curves)")
-    pl.add_argument("--out", metavar="DIR", type=_path_text, help="output folder (default RUN_DIR/plots)")
-    pl.add_argument("--seed", type=int, default=0, help="(default 0)")
-    pl.add_argument("--noise", choices=NOISE_KINDS, help="denoise: noise kind")
-    pl.add_argument("--levels", type=_levels, help="denoise: comma-separated noise levels, e.g. 0.1,0.3,0.5")
-    pl.add_argument("--against", type=_run_dirs, metavar="RUN[,RUN...]",
-                    help="denoise: more runs on the same test images, drawn side by side with RUN_DIR (e.g. a "
-                         "model trained with --denoise next to a plain one); each gets a reconstruction row, a "
-                         "PSNR curve and a table in denoise.json")
-    pl.add_argument("--span", type=_positive_float, help="manifold: grid half-width (default 3)")
-    pl.add_argument("--steps", type=_positive_int, help="manifold/interpolate: points per axis or path")
-    pl.add_argument("--dims", type=_dims, help="manifold: two latent dims, e.g. 0,1 (default: top PCA directions)")
-    pl.add_argument("--weights", type=_levels, help="combine: weights of the codes, e.g. 0.5,0.5")
-    pl.add_argument("--device", choices=DEVICES, default="auto", help="(default auto)")
-
-
-def _compare_args(sub) -> None:
-    cp = sub.add_parser("compare", help="train and evaluate named variants x seeds, then a table and a figure",
-                        description="Train every variant (NAME=\"flags for vaelab train\") for every seed, one run "
-                                    "after another, evaluate each, and write OUT/compare.md, .csv, .json and .png "
-                                    "(mean +- std over seeds). Running the same command again resumes. Example: "
-                                    "vaelab compare --out runs/hidden --epochs 10 --base \"--dataset mnist\" "
-                                    "h256=\"--hidden 256,256\" h512=\"--hidden 512,512\"")
-    cp.add_argument("variants", nargs="+", metavar="NAME=FLAGS", help='e.g. iwae="--objective iwae --samples 5"')
-    cp.add_argument("--out", required=True, metavar="DIR", help="folder for the runs (DIR/NAME/seed-S) and tables")
-    budget = cp.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--epochs", type=_positive_int, help="equal epochs: every run trains this many")
-    budget.add_argument("--minutes", type=_positive_float,
-                        help="equal training time: each run's first epoch sets how many epochs fit in this many minutes")
-    cp.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="comma-separated seeds (default 0,1,2)")
-    cp.add_argument("--base", default="", metavar="FLAGS", help='flags every variant shares, e.g. "--dataset mnist"')
-    cp.add_argument("--metrics", type=_metrics, default=("nll",), metavar="M[,M]",
-                    help="what evaluate measures per run: nll, fd (default nll)")
-    cp.add_argument("--k", type=_positive_int,
-                    help="importance samples for nll (default: as vaelab evaluate, 1000 for MNIST-sized images, "
-                         "100 for larger ones)")
-    cp.add_argument("--n", type=_positive_int, help="evaluate the first N test images (default all)")
-
-
-def _serve_args(sub) -> None:
-    sv = sub.add_parser("serve", help="explore a trained model in the browser",
-                        description="Serve a local web page for a run: the latent map (hover to decode), "
-                                    "drawing or uploading an image to see its code, per-dimension sliders, "
-                                    "interpolation, the noise-removal experiment, class swaps and prior samples. "
-                                    "Needs the serve extra: pip install 'vaelab[serve]'.")
-    sv.add_argument("run_dir", metavar="RUN_DIR", type=_run_dir)
-    sv.add_argument("--host", default="127.0.0.1",
-                    help="address to listen on (default 127.0.0.1: this machine only; another address warns, "
-                         "since the page has no login)")
-    sv.add_argument("--port", type=_port, default=8000, help="(default 8000; 0 picks a free port)")
-    sv.add_argument("--n-map", type=_positive_int, default=2000, metavar="N",
-                    help="test images shown on the latent map (default 2000)")
-    sv.add_argument("--device", choices=DEVICES, default="cpu", help="(default cpu)")
 
 
 def _path_text(s: str) -> str:
@@ -513,6 +325,27 @@ def _dims(s: str) -> tuple[int, int]:
     return dims  # type: ignore[return-value]
 
 
+def _words(s: str) -> tuple[str, ...]:
+    import shlex
+
+    try:
+        return tuple(shlex.split(s))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e} in {s!r}") from None
+
+
+# how an option's text is read, for options whose declaration names one (field -> reader)
+READERS = {"run_dir": lambda f: _run_dir, "run_dirs": lambda f: _run_dirs, "path": lambda f: _path_text,
+           "metrics": lambda f: _metrics, "names": lambda f: _names(registry_names(f.metadata["registry"])),
+           "ints": lambda f: _ints, "numbers": lambda f: _levels, "seeds": lambda f: _seeds, "dims": lambda f: _dims,
+           "port": lambda f: _port, "words": lambda f: _words}
+
+
+def _options(args: argparse.Namespace, options: type):
+    """The options object of class `options` from the parsed command line."""
+    return options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(options) if hasattr(args, f.name)})
+
+
 def _config_from_args(args: argparse.Namespace) -> Config:
     cfg = Config() if args.config is None else load_config_file(args.config)
     sections: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
@@ -560,9 +393,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     """`vaelab evaluate`: test ELBO, IS-NLL and diagnostics of a run, printed and written to eval.json."""
     from vaelab.evaluate import evaluate, format_result
     from vaelab.files import FileError, write_json
+    from vaelab.options import EvaluateOptions
 
-    r = evaluate(args.run_dir, n=args.n, k=args.k, device=args.device, progress=not (args.no_progress or args.quiet),
-                 metrics=args.metrics, write=False)
+    r = evaluate(args.run_dir, _options(args, EvaluateOptions), progress=not (args.no_progress or args.quiet),
+                 write=False)
     if not _rank0():
         return
     print(format_result(r))  # before writing: a run folder that cannot be written still shows its results
@@ -576,10 +410,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     """`vaelab score`: a table of per-image scores written to --out, with an optional top/bottom grid."""
+    from vaelab.options import ScoreOptions
     from vaelab.scores import default_rank, score, write_table
 
-    table = score(args.run_dir, args.data, split=args.split, scores=args.scores, k=args.k, n=args.n,
-                  skip_levels=args.skip_levels, seed=args.seed, device=args.device, progress=not args.quiet)
+    table = score(args.run_dir, args.data, _options(args, ScoreOptions), progress=not args.quiet)
     if args.rank_by and args.rank_by not in table:
         raise ConfigError(f"--rank-by {args.rank_by}: not a column of this table; choose from "
                           f"{', '.join(table.scores)}{did_you_mean(args.rank_by, table.scores)}")
@@ -599,10 +433,10 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 def cmd_ood(args: argparse.Namespace) -> None:
     """`vaelab ood`: out-of-distribution metrics per score, written to ood.json, ood.md and ood.png."""
+    from vaelab.options import OodOptions
     from vaelab.scores import ood
 
-    r = ood(args.run_dir, args.inside, args.outside, split=args.split, scores=args.scores, k=args.k, n=args.n,
-            skip_levels=args.skip_levels, seed=args.seed, device=args.device, progress=not args.quiet)
+    r = ood(args.run_dir, args.inside, args.outside, _options(args, OodOptions), progress=not args.quiet)
     if not _rank0():
         return
     for name, rows in r["results"].items():
@@ -615,10 +449,10 @@ def cmd_ood(args: argparse.Namespace) -> None:
 
 def cmd_encode(args: argparse.Namespace) -> None:
     """`vaelab encode`: the posterior means and standard deviations of a dataset, written to --out."""
+    from vaelab.options import EncodeOptions
     from vaelab.scores import encode, write_codes
 
-    table = encode(args.run_dir, args.data, split=args.split, samples=args.samples, n=args.n, seed=args.seed,
-                   device=args.device, progress=not args.quiet)
+    table = encode(args.run_dir, args.data, _options(args, EncodeOptions), progress=not args.quiet)
     if _rank0():
         write_codes(table, args.out)
         print(f"codes of {len(table)} images ({table['mean'].shape[1]} dimensions): {args.out}")
@@ -649,9 +483,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def cmd_probe(args: argparse.Namespace) -> None:
     """`vaelab probe`: how much of the class a linear or MLP probe reads from a run's codes."""
     from vaelab.evaluate import probe
+    from vaelab.options import ProbeOptions
 
-    r = probe(args.run_dir, layers=args.probe_layers, hidden=args.probe_hidden, epochs=args.probe_epochs,
-              seed=args.seed, device=args.device)
+    r = probe(args.run_dir, _options(args, ProbeOptions))
     rows = [("model", f"{r['model']} on {r['dataset']}"),
             (f"probe accuracy ({r['probe_layers']} hidden layers)", f"{r['accuracy']:.4f}"),
             ("majority-class rate", f"{r['majority']:.4f}"),
@@ -672,7 +506,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     if unknown:
         raise ConfigError(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}"
                           f"{did_you_mean(unknown[0], FIGURES)}")
-    options = {"kind": args.noise, "levels": args.levels, "span": args.span, "steps": args.steps,
+    options = {"kind": args.kind, "levels": args.levels, "span": args.span, "steps": args.steps,
                "dims": args.dims, "weights": args.weights, "against": args.against}
     try:
         written = plot(args.run_dir, what, args.out, seed=args.seed, device=str(resolve_device(args.device)),
@@ -685,15 +519,12 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     """`vaelab compare`: variants x seeds trained at equal epochs or equal time, with tables and a figure."""
-    import shlex
-
     from vaelab.compare import compare, parse_variant
+    from vaelab.options import CompareOptions
 
     try:
         variants = [parse_variant(v) for v in args.variants]
-        base = tuple(shlex.split(args.base))
-        result = compare(variants, args.out, seeds=args.seeds, epochs=args.epochs, minutes=args.minutes, base=base,
-                         k=args.k, n=args.n, metrics=args.metrics)
+        result = compare(variants, args.out, _options(args, CompareOptions))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     print((Path(args.out) / "compare.md").read_text(), end="")
@@ -721,7 +552,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print(f"vaelab serve: open {url} in a browser (Ctrl-C stops)", flush=True)
 
     try:
-        serve(args.run_dir, args.host, args.port, device=str(resolve_device(args.device)), n=args.n_map,
+        serve(args.run_dir, args.host, args.port, device=str(resolve_device(args.device)), n=args.n,
               ready=ready)
     except RuntimeError as e:
         if not _lost_peer(e):

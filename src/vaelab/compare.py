@@ -33,6 +33,7 @@ import torch
 
 from vaelab.checkpoint import Run, RunError
 from vaelab.files import atomic_write, ensure_dir, write_json
+from vaelab.options import CompareOptions, options_of
 from vaelab.runtime import ProgressLine, clock_time, progress_lines
 
 __all__ = ["compare", "Variant", "parse_variant"]
@@ -294,9 +295,8 @@ def sample_figure(rows: list[dict[str, Any]], variants: list[Variant], title: st
     return image_panels(panels, 6, title) if panels else None
 
 
-def compare(variants: list[Variant], out: str | Path, seeds: tuple[int, ...] = (0, 1, 2), epochs: int | None = None,
-            minutes: float | None = None, base: tuple[str, ...] = (), k: int | None = None, n: int | None = None,
-            metrics: tuple[str, ...] = ("nll",), log=print) -> dict[str, Any]:
+def compare(variants: list[Variant], out: str | Path, options: CompareOptions | None = None, *, log=print,
+            **settings: Any) -> dict[str, Any]:
     """Train and evaluate every variant with every seed, then tabulate mean +- std over seeds.
 
     What ``vaelab compare`` does. Each run is ``vaelab train`` (then ``vaelab evaluate``) in
@@ -313,6 +313,7 @@ def compare(variants: list[Variant], out: str | Path, seeds: tuple[int, ...] = (
     Args:
         variants: the variants, with distinct names (see [parse_variant][vaelab.compare.parse_variant]).
         out: the comparison's folder (not a run folder).
+        options: a [CompareOptions][vaelab.options.CompareOptions], or its fields as keywords:
         seeds: the seeds each variant is trained with.
         epochs: epochs per run.
         minutes: training minutes per run.
@@ -349,6 +350,8 @@ def compare(variants: list[Variant], out: str | Path, seeds: tuple[int, ...] = (
     """
     from vaelab.plots import save_figure
 
+    o = options_of(CompareOptions, options, **settings)
+    seeds, epochs, minutes, base, k, n, metrics = o.seeds, o.epochs, o.minutes, o.base, o.k, o.n, o.metrics
     if (epochs is None) == (minutes is None):
         raise ValueError("give exactly one of --epochs N (equal epochs) or --minutes M (equal training time)")
     names = [v.name for v in variants]

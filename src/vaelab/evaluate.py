@@ -27,6 +27,7 @@ from vaelab.files import FileError, write_json
 from vaelab.images import load_configured
 from vaelab.models import ACTIVE_VARIANCE, active_dims, check_data_fit
 from vaelab.noise import ExampleNoise
+from vaelab.options import EvaluateOptions, ProbeOptions, options_of
 from vaelab.plots import kl_bars, save_figure
 from vaelab.runtime import (
     Dist,
@@ -201,10 +202,8 @@ def _mean_stderr(v: torch.Tensor) -> tuple[float, float]:
 METRICS = ("nll", "fd", "fid")
 
 
-def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, device: str = "cpu",
-             progress: bool = True, write: bool = True, dataset=None,
-             metrics: tuple[str, ...] = ("nll",), fd_classifier_steps: int = 2000,
-             figures: bool = True) -> dict[str, Any]:
+def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, progress: bool = True,
+             write: bool = True, dataset=None, **settings: Any) -> dict[str, Any]:
     """Evaluate a trained run on its test set, as ``vaelab evaluate`` does; writes ``eval.json``.
 
     Metric ``nll``: ``elbo`` (the mean per-image ELBO in nats, a lower bound on log p(x)) and
@@ -226,6 +225,7 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
 
     Args:
         run_dir: The run folder.
+        options: An [EvaluateOptions][vaelab.options.EvaluateOptions], or its fields as keywords:
         n: Evaluate the first n test images only; None for all.
         k: Importance samples per image; None: 1000 for images up to 32x32 grey, else 100.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
@@ -250,6 +250,8 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
         >>> r["nll"] <= -r["elbo"]
         True
     """
+    o = options_of(EvaluateOptions, options, **settings)
+    n, k, device, metrics, fd_classifier_steps, figures = o.n, o.k, o.device, o.metrics, o.fd_classifier_steps, o.figures
     if n is not None and n <= 0:
         raise ValueError(f"--n must be positive, got {n}")
     unknown = [m for m in metrics if m not in METRICS]
@@ -494,8 +496,8 @@ def inception_quality(model, inputs: SplitInputs, device: torch.device, progress
 # ----------------------------------------------------------------------------- invariance probe
 
 
-def probe(run_dir: str | Path, layers: int = 1, hidden: int = 256, epochs: int = 30, seed: int = 0,
-          device: str = "cpu", write: bool = True, dataset=None) -> dict[str, Any]:
+def probe(run_dir: str | Path, options: ProbeOptions | None = None, *, write: bool = True, dataset=None,
+          **settings: Any) -> dict[str, Any]:
     """Measure how much the codes know about the class (Moyer et al. 2018, section 5).
 
     A fresh classifier with `layers` hidden layers (0 = logistic regression) learns to
@@ -507,6 +509,7 @@ def probe(run_dir: str | Path, layers: int = 1, hidden: int = 256, epochs: int =
 
     Args:
         run_dir: The run folder; its data must be labelled.
+        options: A [ProbeOptions][vaelab.options.ProbeOptions], or its fields as keywords:
         layers: Hidden layers of the classifier, 0 to 3.
         hidden: Width of each hidden layer.
         epochs: Training epochs of the classifier.
@@ -533,6 +536,8 @@ def probe(run_dir: str | Path, layers: int = 1, hidden: int = 256, epochs: int =
 
     from vaelab.nets import mlp
 
+    o = options_of(ProbeOptions, options, **settings)
+    layers, hidden, epochs, seed, device = o.layers, o.hidden, o.epochs, o.seed, o.device
     if not 0 <= layers <= 3:
         raise ValueError(f"probe layers must be 0-3, got {layers}")
     tune_malloc()
