@@ -27,7 +27,7 @@ from vaelab.files import FileError, write_json
 from vaelab.images import load_configured
 from vaelab.models import ACTIVE_VARIANCE, active_dims, check_data_fit
 from vaelab.noise import ExampleNoise
-from vaelab.options import EvaluateOptions, ProbeOptions, options_of
+from vaelab.options import METRICS, EvaluateOptions, ProbeOptions, options_of
 from vaelab.plots import kl_bars, save_figure
 from vaelab.runtime import (
     Dist,
@@ -39,7 +39,7 @@ from vaelab.runtime import (
     tune_malloc,
 )
 
-__all__ = ["evaluate", "format_result", "log_likelihood", "posterior_means", "reconstruction_psnr", "probe",
+__all__ = ["evaluate", "format_result", "format_probe", "log_likelihood", "posterior_means", "reconstruction_psnr", "probe",
            "kl_summary", "kl_figure", "mutual_information", "active_mask"]
 
 BINARIZATION_NOTE = {
@@ -199,7 +199,6 @@ def _mean_stderr(v: torch.Tensor) -> tuple[float, float]:
     return float(v.mean()), se
 
 
-METRICS = ("nll", "fd", "fid")
 
 
 def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, progress: bool = True,
@@ -316,6 +315,32 @@ def _protocol(cfg, model, dataset: str, n: int, k: int, binarization_detail: str
     if model.conditional:
         result["conditioned_on"] = "custom side information" if cfg.data.conditions else "class label"
     return result
+
+
+def format_probe(r: dict[str, Any]) -> str:
+    """Lay out the result of [probe][vaelab.evaluate.probe] as the table ``vaelab probe`` prints.
+
+    Args:
+        r: The dict ``probe`` returns (or ``probe.json`` read back).
+
+    Returns:
+        The table as text, one quantity a line.
+
+    Examples:
+        >>> from vaelab.evaluate import format_probe
+        >>> print(format_probe({"model": "icvae", "dataset": "mnist", "probe_layers": 1, "accuracy": 0.2,
+        ...                     "majority": 0.1135, "recon_mse": 0.01}))
+        model                               icvae on mnist
+        probe accuracy (1 hidden layers)    0.2000
+        majority-class rate                 0.1135
+        reconstruction MSE                  0.01000
+    """
+    rows = [("model", f"{r['model']} on {r['dataset']}"),
+            (f"probe accuracy ({r['probe_layers']} hidden layers)", f"{r['accuracy']:.4f}"),
+            ("majority-class rate", f"{r['majority']:.4f}"),
+            ("reconstruction MSE", f"{r['recon_mse']:.5f}")]
+    width = max(len(a) for a, _ in rows)
+    return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
 
 
 def format_result(r: dict[str, Any]) -> str:

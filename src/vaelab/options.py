@@ -13,16 +13,34 @@ imports only vaelab.config, so that ``--help`` never loads torch.
 
 from __future__ import annotations
 
+import argparse
+import ast
 import dataclasses
+import importlib.util
+import shlex
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from vaelab.config import AUTO, DEVICES, NOISE_KINDS, ConfigError, did_you_mean, field_problem, setting
+from vaelab.config import (
+    AUTO,
+    DEVICES,
+    NOISE_KINDS,
+    RECIPE_FIELDS,
+    Config,
+    ConfigError,
+    did_you_mean,
+    field_problem,
+    read_flag,
+    setting,
+)
 
 __all__ = ["EvaluateOptions", "ScoreOptions", "OodOptions", "EncodeOptions", "ProbeOptions", "CompareOptions",
            "options_of"]
 
 SPLITS = (AUTO, "test", "train", "all")
+METRICS = ("nll", "fd", "fid")  # what vaelab.evaluate measures
 RUN_DIR_HELP = None  # the run folder: its metavar says it all
 
 
@@ -53,7 +71,7 @@ def _seed(help: str = "(default 0)") -> Any:
 
 
 def _run() -> Any:
-    return option(None, RUN_DIR_HELP, metavar="RUN_DIR", parse="run_dir", positional=True)
+    return option(None, RUN_DIR_HELP, metavar="RUN_DIR", parse="run", positional=True)
 
 
 def _quiet(help: str) -> Any:
@@ -75,6 +93,7 @@ class EvaluateOptions:
     """The options of [evaluate][vaelab.evaluate.evaluate] (``vaelab evaluate``'s flags).
 
     Examples:
+        >>> from vaelab.options import EvaluateOptions
         >>> EvaluateOptions(k=10).metrics
         ('nll',)
     """
@@ -125,7 +144,7 @@ def _k() -> Any:
 
 def _skip_levels() -> Any:
     return option(None, "hierarchical models: the k of LLR>k, the number of lowest layers drawn from the prior "
-                        "(default every level, 1 to layers-1)", metavar="K[,K]", parse="ints")
+                        "(default every level, 1 to layers-1)", metavar="K[,K]", parse="integers")
 
 
 SEED_HELP = "the noise of the samples, tied to each image (default 0)"
@@ -136,6 +155,7 @@ class ScoreOptions:
     """The options of [score][vaelab.scores.score] (``vaelab score``'s flags).
 
     Examples:
+        >>> from vaelab.options import ScoreOptions
         >>> ScoreOptions(k=10).split
         'auto'
     """
@@ -170,6 +190,7 @@ class OodOptions:
     """The options of [ood][vaelab.scores.ood] (``vaelab ood``'s flags).
 
     Examples:
+        >>> from vaelab.options import OodOptions
         >>> OodOptions(k=10).batch_sizes
         (1, 2, 5, 10, 25)
     """
@@ -207,6 +228,7 @@ class EncodeOptions:
     """The options of [encode][vaelab.scores.encode] (``vaelab encode``'s flags).
 
     Examples:
+        >>> from vaelab.options import EncodeOptions
         >>> EncodeOptions(samples=2).samples
         2
     """
@@ -250,6 +272,7 @@ class ProbeOptions:
     """The options of [probe][vaelab.evaluate.probe] (``vaelab probe``'s flags).
 
     Examples:
+        >>> from vaelab.options import ProbeOptions
         >>> ProbeOptions(layers=0).hidden
         256
     """
@@ -285,7 +308,7 @@ class PlotCommand:
     against: tuple[str, ...] | None = option(
         None, "denoise: more runs on the same test images, drawn side by side with RUN_DIR (e.g. a model trained "
               "with --denoise next to a plain one); each gets a reconstruction row, a PSNR curve and a table in "
-              "denoise.json", metavar="RUN[,RUN...]", parse="run_dirs")
+              "denoise.json", metavar="RUN[,RUN...]", parse="runs")
     span: float | None = option(None, "manifold: grid half-width (default 3)", low=0, open_low=True, metavar="SPAN")
     steps: int | None = option(None, "manifold/interpolate: points per axis or path", low=1, metavar="STEPS")
     dims: tuple[int, int] | None = option(None, "manifold: two latent dims, e.g. 0,1 (default: top PCA directions)",
@@ -302,6 +325,7 @@ class CompareOptions:
     """The options of [compare][vaelab.compare.compare] (``vaelab compare``'s flags).
 
     Examples:
+        >>> from vaelab.options import CompareOptions
         >>> CompareOptions(epochs=2).seeds
         (0, 1, 2)
     """
@@ -348,9 +372,27 @@ class ServeCommand:
     device: str = _device("cpu")
 
 
+@dataclass(frozen=True)
+class TrainCommand:
+    """Train a model. Flags override --config, which overrides the defaults."""
+
+    config: str | None = option(None, "JSON or TOML config (sections data/model/train)", metavar="FILE")
+    resume: str | None = option(None, "continue this run from its last checkpoint (up to --epochs in total)",
+                                metavar="RUN_DIR", parse="run")
+    out: str | None = option(None, "run folder to create (default runs/<dataset>-<model>-<time>)", metavar="DIR",
+                             parse="path")
+    overwrite: bool = option(False, "replace the run already in --out (its checkpoint, metrics and pictures) instead "
+                                    "of refusing")
+    no_progress: bool = option(False, "no progress bar; the one-line epoch summaries still print (the bar is drawn "
+                                      "only when stderr is a terminal or in Jupyter, so logs never fill with its "
+                                      "redraws)")
+    quiet: bool = option(False, "no progress bar and no per-epoch lines or notes; warnings and errors still print")
+
+
 # command -> (its options, the one line of `vaelab --help`); the class's docstring is the
 # command's description, and the order is --help's
 COMMANDS: dict[str, tuple[type, str]] = {
+    "train": (TrainCommand, "train a model into a run folder"),
     "evaluate": (EvaluateCommand, "test ELBO and importance-sampled -log p(x)"),
     "score": (ScoreCommand, "per-image scores: ELBO, log p(x), KL, bits/dim, reconstruction error, LLR"),
     "ood": (OodCommand, "out-of-distribution detection: AUROC, AUPRC, FPR per score; the typicality test"),
@@ -369,6 +411,7 @@ def options_of(cls: type, options: Any = None, **settings: Any) -> Any:
     closest name.
 
     Examples:
+        >>> from vaelab.options import ScoreOptions, options_of
         >>> options_of(ScoreOptions, k=10).k
         10
         >>> options_of(ScoreOptions, kk=10)
@@ -385,3 +428,322 @@ def options_of(cls: type, options: Any = None, **settings: Any) -> Any:
         if problem:
             raise ConfigError(f"{name} {problem}")
     return dataclasses.replace(options if options is not None else cls(), **values)
+
+
+# ----------------------------------------------------------------------------- reading the command line
+
+def registry_names(path: str) -> list[str]:
+    """The names in registry "module:NAME": the live registry when its module is loaded (so
+    what a user registered counts), else the keys written in the module's source, read
+    without importing it (or torch), so that --help stays fast."""
+    module, name = path.split(":")
+    if module in sys.modules:
+        return list(getattr(sys.modules[module], name))
+    source = Path(importlib.util.find_spec(module).origin).read_text()
+    for node in ast.parse(source).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        if isinstance(target, ast.Name) and target.id == name:
+            items = node.value.keys if isinstance(node.value, ast.Dict) else node.value.elts
+            return [ast.literal_eval(k) for k in items]
+    raise LookupError(f"{path}: no literal registry {name} in {module}")
+
+
+def read_run_dir(s: str) -> Path:
+    """A run folder that exists."""
+    p = Path(s)
+    if not p.is_dir():
+        raise ConfigError(f"run folder {s} does not exist")
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"{s} is not a vaelab run folder (no config.json)")
+    return p
+
+
+def read_path(s: str) -> str:
+    """A file or folder to create: its name must be printable (UTF-8), as it is written in
+    messages, config.json and run.json."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ConfigError(f"{shown} is not a valid UTF-8 name; choose a name in UTF-8") from None
+    return s
+
+
+def _port(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        v = -1
+    if not 0 <= v <= 65535:
+        raise ConfigError(f"expected a port number in 0..65535, got {s!r}")
+    return v
+
+
+def _metrics(s: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(v.strip() for v in s.split(",") if v.strip()))
+    if not names or any(v not in METRICS for v in names):
+        raise ConfigError(f"expected metrics from {', '.join(METRICS)} such as nll,fd, got {s!r}")
+    return names
+
+
+def _names(s: str, choices: list[str]) -> list[str]:
+    got = [p.strip() for p in s.split(",") if p.strip()]
+    bad = [g for g in got if g not in choices]
+    if bad or not got:
+        hint = did_you_mean(bad[0], choices) if bad else ""
+        raise ConfigError(f"unknown score {', '.join(bad) or '(none)'}; choose from {', '.join(choices)}{hint}")
+    return got
+
+
+def _comma_list(convert, what: str):
+    """A reader of comma-separated values, e.g. 0.1,0.3 or 1,2."""
+    def read(s: str) -> tuple:
+        try:
+            return tuple(convert(v) for v in s.split(",") if v.strip())
+        except ValueError:
+            raise ConfigError(f"expected comma-separated {what}, got {s!r}") from None
+    return read
+
+
+def _seeds(s: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(dict.fromkeys(int(v) for v in s.split(",") if v.strip()))
+    except ValueError:
+        seeds = ()
+    if not seeds:
+        raise ConfigError(f"expected comma-separated integer seeds such as 0,1,2, got {s!r}")
+    return seeds
+
+
+def _dims(s: str) -> tuple[int, int]:
+    try:
+        dims = tuple(int(v) for v in s.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 2 or min(dims) < 0:
+        raise ConfigError(f"expected two latent dimensions such as 0,1, got {s!r}")
+    return dims  # type: ignore[return-value]
+
+
+def _words(s: str) -> tuple[str, ...]:
+    try:
+        return tuple(shlex.split(s))
+    except ValueError as e:
+        raise ConfigError(f"{e} in {s!r}") from None
+
+
+# how the command line reads an option's text, for options whose declaration names one
+PARSERS = {"run": read_run_dir, "runs": lambda s: tuple(read_run_dir(p.strip()) for p in s.split(",") if p.strip()),
+           "path": read_path, "metrics": _metrics, "integers": _comma_list(int, "integers"),
+           "numbers": _comma_list(float, "numbers"), "seeds": _seeds, "dims": _dims, "port": _port, "words": _words}
+
+
+def read_option(f: dataclasses.Field, text: str) -> Any:
+    """The value of an option (or a config field) from its command-line text; a ConfigError
+    says what was expected."""
+    parse = f.metadata.get("parse")
+    if parse == "names":
+        return _names(text, registry_names(f.metadata["registry"]))
+    return PARSERS[parse](text) if parse in PARSERS else read_flag(f, text)
+
+
+# ----------------------------------------------------------------------------- the parser
+#
+# The command line's parser, --help and docs/cli.md, built from the declarations above and
+# the config's (vaelab.cli runs the commands).
+
+SECTIONS = {"data": "data", "model": "model", "train": "training"}  # config section -> flag group
+
+
+class _Parser(argparse.ArgumentParser):
+    """One-line errors that suggest the closest option or choice; no option is taken from a
+    prefix of its name (--epoch is refused, not read as --epochs)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # one line, exit code 2
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:  # said by the command's own parser, which knows the options it has
+            sub = next((a for a in self._actions if isinstance(a, argparse._SubParsersAction)), None)
+            parser = sub.choices[ns.command] if sub and getattr(ns, "command", None) in sub.choices else self
+            options = [o for a in parser._actions for o in a.option_strings]
+            flags = [e.split("=", 1)[0] for e in extras if e.startswith("--")]
+            hint = next((h for f in flags if (h := did_you_mean(f, options))), "")
+            parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return ns
+
+    def _check_value(self, action, value) -> None:
+        if action.choices is not None and value not in action.choices:
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r} (choose from "
+                                                 f"{', '.join(map(str, action.choices))}){did_you_mean(value, action.choices)}")
+
+
+AUTO_HELP = "default: chosen from the data"
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    """A config field's flag: its name with dashes (--no-NAME for a switch that is on by
+    default), unless its `setting` names an alias."""
+    if f.metadata.get("flag"):
+        return f.metadata["flag"]
+    off = str(f.type) == "bool" and f.default is True
+    return ("--no-" if off else "--") + f.name.replace("_", "-")
+
+
+def _typed(read, name: str):
+    """An argparse type of a reader that raises ConfigError."""
+    def typed(text: str):
+        try:
+            return read(text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    typed.__name__ = name  # argparse names the type in some messages
+    return typed
+
+
+def _reader(f: dataclasses.Field):
+    return _typed(lambda text: read_option(f, text), f.name)
+
+
+def _add_setting(group, section: str, f: dataclasses.Field, default) -> None:
+    """The flag of one config field: its name, type, choices and help come from the field."""
+    meta = f.metadata
+    dest = f"{section}.{f.name}"
+    if dest in RECIPE_FIELDS:
+        shown = AUTO_HELP
+    elif default is None:
+        shown = "default: unset"
+    else:
+        shown = f"default {','.join(map(str, default)) if isinstance(default, tuple) else default}"
+    help_text = f"{meta['help']} ({shown})"
+    if str(f.type) == "bool":
+        group.add_argument(flag_name(f), dest=dest, action="store_const", const=not default, help=meta["help"])
+        return
+    # the metavar: the setting's own, else its name (argparse would show the dest, DATA.IMAGE_SIZE)
+    metavar = meta.get("metavar") or (None if meta.get("registry") or meta.get("choices") else f.name.upper())
+    kwargs: dict = {"dest": dest, "metavar": metavar, "help": help_text}
+    if meta.get("registry"):
+        kwargs["choices"] = [AUTO] * (default == AUTO) + registry_names(meta["registry"])
+    elif meta.get("choices") is not None:
+        kinds = {type(c) for c in meta["choices"]}
+        kwargs["choices"] = [c for c in meta["choices"] if not (c == 0 and kinds == {int})]  # 0 = auto: not typed
+        kwargs["type"] = int if kinds == {int} else None
+    else:
+        kwargs["type"] = _reader(f)
+    group.add_argument(flag_name(f), **{k: v for k, v in kwargs.items() if v is not None})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `vaelab` argument parser: one subcommand per command, its flags read from its
+    options class, and train's also from the config."""
+    from vaelab import __version__
+
+    p = _Parser(prog="vaelab", description="Train, evaluate and explore variational autoencoders.")
+    p.add_argument("--version", action="version", version=f"vaelab {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (options, summary) in COMMANDS.items():
+        command = sub.add_parser(name, help=summary, description=" ".join(options.__doc__.split()))
+        _add_options(command, options)
+        if name == "train":  # train's --threads is a config field
+            _train_args(command)
+        else:
+            _threads_arg(command, name)
+    return p
+
+
+def _add_options(p: argparse.ArgumentParser, options: type) -> None:
+    """The arguments of a command, one per field of its options class: name, type, choices,
+    default and help come from the field's `option` declaration."""
+    exclusive: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for f in dataclasses.fields(options):
+        meta = f.metadata
+        if meta.get("internal"):
+            continue
+        kwargs: dict = {"help": meta["help"]}
+        if meta.get("registry"):
+            kwargs["help"] = meta["help"].format(choices=", ".join(registry_names(meta["registry"])))
+        if str(f.type) == "bool":
+            kwargs["action"] = "store_true"
+        else:
+            kind = str(f.type).removesuffix(" | None")
+            kwargs["type"] = (_reader(f) if meta.get("parse") or meta.get("range")
+                              else {"int": int, "float": float}.get(kind))
+            kwargs["choices"] = list(meta["choices"]) if meta.get("choices") else None
+            kwargs["metavar"] = meta.get("metavar") or (None if meta.get("choices") else
+                                                        flag_name(f).lstrip("-").replace("-", "_").upper())
+            kwargs["default"] = f.default if meta.get("cli_default") is None else meta["cli_default"]
+            kwargs["nargs"] = meta.get("nargs")
+        if meta.get("positional"):
+            names = [f.name]
+        else:
+            names = [flag_name(f), *meta.get("aliases", ())]
+            kwargs["dest"], kwargs["required"] = f.name, meta.get("required") or None
+        group = meta.get("exclusive")
+        if group and group not in exclusive:
+            exclusive[group] = p.add_mutually_exclusive_group(required=True)
+        (exclusive[group] if group else p).add_argument(*names, **{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _threads_arg(p, name: str) -> None:
+    def count(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            v = -1
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"expected a number of threads (0 or more), got {s!r}")
+        return v
+
+    whose = "each run it trains and evaluates (passed on as OMP_NUM_THREADS)" if name == "compare" else \
+        "this process"
+    p.add_argument("--threads", type=count, default=0, metavar="N",
+                   help=f"CPU threads of {whose}; 0: its share of the CPUs it may use (affinity, cgroup quota) "
+                        "beside the other vaelab processes running, followed as they start and end; an exported "
+                        "OMP_NUM_THREADS counts as asked (default 0)")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    """train's flags beyond its options: one per config field, grouped by section."""
+    d = Config()
+    for section, title in SECTIONS.items():
+        group = p.add_argument_group(title)
+        for f in dataclasses.fields(getattr(d, section)):
+            if not f.metadata.get("internal"):
+                _add_setting(group, section, f, getattr(getattr(d, section), f.name))
+
+
+def reference(parser: argparse.ArgumentParser | None = None) -> str:
+    """docs/cli.md: every command and flag with its help, written from the parser itself
+    (tests/test_cli.py checks the file against it)."""
+    parser = parser or build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    out = ["# Command-line reference", "",
+           "Written from vaelab's argument parser: `python -c \"from vaelab.cli import reference; "
+           "print(reference(), end='')\" > docs/cli.md` rewrites it, and the test suite fails when it is stale.", ""]
+    for name, p in sub.choices.items():
+        out += [f"## `vaelab {name}`", "", (p.description or helps.get(name) or "").strip(), ""]
+        for group in p._action_groups:
+            rows = [a for a in group._group_actions if a.help != argparse.SUPPRESS and not isinstance(a, argparse._HelpAction)]
+            if not rows:
+                continue
+            out += [f"**{group.title}**", "", "| flag | meaning | config field |", "|---|---|---|"]
+            for a in rows:
+                flag = ", ".join(a.option_strings) or a.dest
+                if a.nargs != 0:
+                    meta = a.metavar or ("{" + ",".join(map(str, a.choices)) + "}" if a.choices else a.dest.upper())
+                    flag += f" {meta}"
+                text = (a.help or "") % {"default": a.default, "prog": p.prog}
+                flag, text = flag.replace("|", "\\|"), text.replace("|", "\\|")
+                key = f"`{a.dest}`" if "." in a.dest else ""
+                out.append(f"| `{flag}` | {text} | {key} |")
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
