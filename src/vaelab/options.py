@@ -1,14 +1,15 @@
-"""Every command's options but train's (whose are the config's), each declared once.
+"""Every command's options, each declared once, and the command line's parser built from them.
 
 A command's options are a frozen dataclass whose fields are declared with `option`, as
 the config's are with `setting`: the default, the help text of the flag, how the command
-line reads it. The command line builds its parser and docs/cli.md from these classes
-(vaelab.cli), and the library function of a command takes one of them, or its fields as
-keywords (``vaelab.score(run, k=10)`` is ``score(run, options=ScoreOptions(k=10))``).
+line reads it. The parser, ``--help`` and docs/cli.md are built from these classes and, for
+train, from the config's fields; the library function of a command takes one of them, or
+its fields as keywords (``vaelab.score(run, k=10)`` is
+``score(run, options=ScoreOptions(k=10))``).
 
 A ``*Options`` class holds what the library function reads; its ``*Command`` subclass adds
 what only the command line reads (the run folder, where to write, --quiet). This module
-imports only vaelab.config, so that ``--help`` never loads torch.
+imports only vaelab.config (and the version), so that ``--help`` never loads torch.
 """
 
 from __future__ import annotations
