@@ -279,7 +279,7 @@ BASELINE = ["--net", "conv", "--likelihood", "logistic", "--scale", "pixel"]
 
 def measure(run: Path, k: int) -> dict:
     vaelab("evaluate", str(run), "--k", str(k), "--no-progress")
-    ev = Run(run).eval()
+    ev = Run(run).eval(k=k)
     rows = Run(run).metrics()
     last = rows[-1]
     return {"epochs": last["epoch"], "train_s": round(sum(r["seconds"] for r in rows), 1),
@@ -344,7 +344,7 @@ def evaluation(args) -> dict:
         start = time.perf_counter()
         vaelab("evaluate", tmp, "--k", str(args.k), "--n", str(args.n), "--no-progress")
         wall = time.perf_counter() - start
-        ev = Run(tmp).eval()
+        ev = Run(tmp).eval(k=args.k, n=args.n)
     return {"date": str(date.today()), "machine": machine(), "k": ev["k"], "n": ev["n"],
             "evaluate_seconds": ev["seconds"], "command_wall_seconds": round(wall, 1),
             "bits_per_dim": ev["bits_per_dim"], "nll_stderr": ev["nll_stderr"]}

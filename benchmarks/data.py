@@ -596,7 +596,7 @@ def bench_conv(a, env: Env) -> dict:
                           "epoch_examples_per_s": [x["examples_per_s"] for x in rows], "run": str(run)})
             continue
         ev = run_vaelab(["evaluate", str(run), "--k", str(a.k), "--quiet"], e, a.work / "runs" / f"conv-eval{seed}.log")
-        r = Run(run).eval()
+        r = Run(run).eval(k=a.k)
         total = time.perf_counter() - t
         seeds.append({"seed": seed, "train": tr, "evaluate": ev,
                       "train_seconds": round(sum(x["seconds"] for x in rows), 1),

@@ -46,7 +46,7 @@ def one_run(folder: Path, flow_type: str, flows: int, seed: int, epochs: int, k:
     if k and row["finished"]:
         ev = vaelab("evaluate", run, "--k", k, "--quiet", env=env, check=False, capture=True)
         if ev.returncode == 0:
-            result = Run(run).eval()
+            result = Run(run).eval(k=int(k))
             row.update(nll=round(result["nll"], 3), nll_stderr=round(result["nll_stderr"], 3), k=k)
     return row
 

@@ -54,7 +54,7 @@ def recipe(precision: str, a, work: Path) -> dict:
     wall = time.perf_counter() - t
     med, last = later_epochs(run)
     vaelab("evaluate", run, "--k", a.k, "--device", a.device)
-    ev = Run(run).eval()
+    ev = Run(run).eval(k=int(a.k))
     return {"precision": precision, "epochs": a.epochs, "epoch_seconds": med["seconds"], "train_wall_s": round(wall, 1),
             "test_elbo": last["test_elbo"], "nll": ev["nll"], "nll_stderr": ev["nll_stderr"], "k": ev["k"],
             "n": ev["n"], "eval_seconds": ev["seconds"]}

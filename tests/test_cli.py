@@ -20,7 +20,7 @@ def test_train_evaluate_sample_on_embedded_mnist(tmp_path, capsys):
     assert main(["evaluate", str(run), "--k", "50", "--n", "40", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "IS k=50" in out and "Bernoulli(pixel/255)" in out
-    ev = json.loads((run / "eval.json").read_text())
+    ev = json.loads((run / "eval-k50-n40.json").read_text())  # named by the settings
     for key in ("dataset", "split", "n", "k", "binarization", "elbo", "nll", "nll_stderr", "seconds"):
         assert key in ev
     assert ev["n"] == 40 and ev["k"] == 50 and ev["dataset"] == "mnist-sample"
@@ -52,7 +52,7 @@ def test_train_on_full_mnist_and_ae(tmp_path):
     assert main(["train", "--model", "ae", "--dataset", "mnist", "--epochs", "1", "--batch-size", "1000",
                  "--out", str(ae), *TINY]) == 0
     assert main(["evaluate", str(ae), "--n", "100", "--quiet"]) == 0
-    assert "recon_nll" in json.loads((ae / "eval.json").read_text())
+    assert "recon_nll" in json.loads((ae / "eval-n100.json").read_text())
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ def test_summary_is_mean_and_sample_std_over_seeds():
 def test_compare_runs_resumes_and_records_failures(tmp_path, capsys):
     out = tmp_path / "cmp"
     args = ["compare", "--out", str(out), "--epochs", "1", "--seeds", "0,1", f"--base={BASE}", "--k", "5",
-            "--n", "40", "h16=--hidden 16", "h32=--hidden 32", "broken=--lr -1"]
+            "--n", "40", "h16=--hidden 16", "h32=--hidden 32", "broken=--lr 1e9"]
     assert main(args) == 0
     shown = capsys.readouterr().out
     assert "| h16 |" in shown and "| h32 |" in shown and "2 failed" in shown
@@ -43,9 +43,9 @@ def test_compare_runs_resumes_and_records_failures(tmp_path, capsys):
     for name in ("compare.md", "compare.csv", "compare.png", "samples.png"):
         assert (out / name).stat().st_size > 0
     assert (out / "compare.csv").read_text().splitlines()[0].startswith("variant,flags,seeds,test_elbo_mean")
-    stamp = (out / "h16" / "seed-0" / "eval.json").stat().st_mtime_ns
+    stamp = (out / "h16" / "seed-0" / "eval-k5-n40.json").stat().st_mtime_ns
     assert main(args[:-1]) == 0  # again: nothing retrained or re-evaluated
-    assert (out / "h16" / "seed-0" / "eval.json").stat().st_mtime_ns == stamp
+    assert (out / "h16" / "seed-0" / "eval-k5-n40.json").stat().st_mtime_ns == stamp
     assert "training" not in capsys.readouterr().out
 
 
@@ -100,7 +100,11 @@ def test_compare_refuses_a_training_run_folder_and_a_run_where_everything_failed
     assert main(["compare", "--out", str(out), "--epochs", "1", "--seeds", "0",
                  "--base=--dataset no/such/folder", "bad=--hidden 8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "every run failed" in err[0] and "does not exist" in err[0]
+    assert len(err) == 1 and "does not exist" in err[0] and not out.exists()  # refused before any run
+    assert main(["compare", "--out", str(out), "--epochs", "1", "--seeds", "0",
+                 "--base=--dataset mnist-sample", "bad=--hidden 8 --lr 1e9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "every run failed" in err[0] and "not finite" in err[0]
     table = (out / "compare.md").read_text().splitlines()
     header = next(i for i, line in enumerate(table) if line.startswith("| variant"))
     assert table[header].count("|") == table[header + 1].count("|") == table[header + 2].count("|")

@@ -84,7 +84,7 @@ def test_custom_conditions_from_npz(tmp_path):
     assert main(["train", "--model", "cvae", "--dataset", "mnist-sample", "--conditions", str(path), "--epochs", "1",
                  "--hidden", "16", "--latent-dim", "2", "--out", str(run), "--quiet"]) == 0
     assert main(["evaluate", str(run), "--k", "5", "--quiet"]) == 0
-    assert json.loads((run / "eval.json").read_text())["conditioned_on"] == "custom side information"
+    assert json.loads((run / "eval-k5.json").read_text())["conditioned_on"] == "custom side information"
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e39])

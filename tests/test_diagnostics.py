@@ -159,7 +159,7 @@ def test_evaluate_writes_the_diagnostics_and_the_figure(tmp_path, capsys):
                  "--latent-dim", "4", "--out", str(run), "--quiet"]) == 0
     assert main(["evaluate", str(run), "--k", "5", "--n", "120", "--quiet"]) == 0
     out = capsys.readouterr().out
-    ev = json.loads((run / "eval.json").read_text())
+    ev = json.loads((run / "eval-k5-n120.json").read_text())
     assert len(ev["kl_per_dim"]) == 4 and sum(ev["kl_per_dim"]) == pytest.approx(ev["kl"], rel=1e-6)
     assert 0 <= ev["mi"] <= ev["mi_bound"] == pytest.approx(math.log(120)) and "He et al. 2019" in ev["mi_note"]
     assert ev["kl_figure"] == "kl_per_dim.png"

@@ -139,9 +139,9 @@ def test_a_settings_error_under_torchrun_is_one_line_from_rank_0(tmp_path):
 
 def test_distributed_evaluate_writes_the_same_eval_json(one_process, tmp_path):
     assert main(["evaluate", str(one_process), "--k", "20", "--n", "101", "--quiet"]) == 0
-    single = json.loads((one_process / "eval.json").read_text())
+    single = json.loads((one_process / "eval-k20-n101.json").read_text())
     vaelab_ddp("evaluate", one_process, "--k", "20", "--n-images", "101", "--quiet")
-    sharded = json.loads((one_process / "eval.json").read_text())
+    sharded = json.loads((one_process / "eval-k20-n101.json").read_text())
     for key in single:
         if isinstance(single[key], float) and key != "seconds":
             assert sharded[key] == pytest.approx(single[key], rel=1e-6, abs=1e-6), key

@@ -164,7 +164,7 @@ def test_outputs_get_ordinary_permissions(trained):
     assert main(["evaluate", str(trained), "--k", "2", "--n", "5", "--quiet"]) == 0
     assert main(["plot", str(trained), "--what", "recon"]) == 0
     expected = 0o666 & ~_umask()
-    for p in [trained / "eval.json", trained / "recon.png", trained / "metrics.jsonl", trained / "config.json",
+    for p in [trained / "eval-k2-n5.json", trained / "recon.png", trained / "metrics.jsonl", trained / "config.json",
               trained / "run.json", trained / "plots" / "recon.png", trained / "checkpoint" / "state.json"]:
         assert p.stat().st_mode & 0o777 == expected, p
     assert (trained / "checkpoint").stat().st_mode & 0o777 == 0o777 & ~_umask()

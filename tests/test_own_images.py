@@ -45,7 +45,7 @@ def test_every_command_on_a_colour_non_square_folder(icons, tmp_path, capsys):
     assert cfg["data"]["dataset"] == str(icons.resolve()) and len(cfg["data"]["fingerprint"]) == 16
     assert Image.open(out / "recon.png").mode == "RGB"
     assert run("evaluate", out, "--k", "4", "--quiet") == 0
-    ev = json.loads((out / "eval.json").read_text())
+    ev = json.loads((out / "eval-k4.json").read_text())
     assert ev["dims"] == 3 * 16 * 24 and 0 < ev["bits_per_dim"] < 9
     assert run("sample", out, "--n", "4") == 0
     figures = "recon,samples,manifold,latents,interpolate,combine,denoise,curves"
@@ -123,7 +123,7 @@ def test_array_file_trains_and_evaluates(tmp_path):
     assert run("train", "--dataset", tmp_path / "a.npz", "--net", "conv", "--hidden", "4", "--latent-dim", "2",
                "--epochs", "1", "--test-fraction", "0.2", "--out", out, "--quiet") == 0
     assert run("evaluate", out, "--k", "2", "--quiet") == 0
-    assert json.loads((out / "eval.json").read_text())["n"] > 0
+    assert json.loads((out / "eval-k2.json").read_text())["n"] > 0
 
 
 def test_streamed_training_equals_resident_training(tmp_path):

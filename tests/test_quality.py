@@ -71,7 +71,7 @@ def test_evaluate_fd(tmp_path, monkeypatch):
     assert "nll" not in r and r["fd_n"] == 500
     assert 0 <= r["fd_train"] < r["fd"] and r["fd_mean"] >= 0  # one epoch: samples far from real digits
     assert "not to Inception" in r["fd_note"]
-    assert json.loads((run / "eval.json").read_text())["fd"] == r["fd"]
+    assert json.loads((run / "eval-fd.json").read_text())["fd"] == r["fd"]
     with pytest.raises(SystemExit) as stop:
         main(["evaluate", str(run), "--metrics", "nll,bogus"])
     assert stop.value.code == 2

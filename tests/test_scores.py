@@ -3,6 +3,7 @@ score / ood / encode commands)."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,14 +230,14 @@ def test_score_command_writes_the_table_and_the_top_grid_of_a_folder(runs, tmp_p
 
 def test_encode_writes_codes_numpy_reads_alone(runs, tmp_path):
     assert main(["encode", str(runs["hvae"]), "--out", str(tmp_path / "c.npz"), "--n", "25", "--samples", "2",
-                 "--quiet"]) == 0
+                 "--split", "test", "--quiet"]) == 0
     z = np.load(tmp_path / "c.npz", allow_pickle=False)
     assert z["mean"].shape == (25, 18) and z["std"].shape == (25, 18) and z["samples"].shape == (25, 2, 18)
     assert list(z["levels"]) == [8, 6, 4] and (z["std"] > 0).all() and len(z["label"]) == 25
     cfg, model = load_run(runs["hvae"])
-    t = encode(runs["hvae"], n=25, progress=False)
+    t = encode(runs["hvae"], split="test", n=25, progress=False)
     assert np.allclose(t["mean"], z["mean"]) and np.array_equal(t["index"], np.arange(25))
-    ae = encode(runs["ae"], n=5, progress=False)
+    ae = encode(runs["ae"], split="test", n=5, progress=False)
     assert "std" not in ae and ae["mean"].shape == (5, 4)
     pytest.importorskip("pyarrow")
     write_codes(t, tmp_path / "c.parquet")
@@ -251,14 +252,15 @@ def test_ood_writes_its_report_and_separates_noise(runs, tmp_path, capsys):
     np.savez(tmp_path / "noise.npz", images=a)
     assert main(["ood", str(runs["hvae"]), "--out-of", str(tmp_path / "noise.npz"), "--split", "all", "--k", "3",
                  "--n", "60", "--quiet"]) == 0
-    r = json.loads((runs["hvae"] / "ood.json").read_text())
+    stem = str(runs["hvae"] / "ood-mnist-sample-vs-noise.npz-all-k3-n60")  # named by the data and the settings
+    r = json.loads(Path(stem + ".json").read_text())
     res = r["results"]["noise.npz"]
     assert set(res) >= {"log_px", "llr_1", "llr_2", "complexity_corrected"} and "png_bits" not in res
     assert res["log_px"]["auroc"] > 0.9  # uniform noise is far less likely than digits
     assert {row["batch"] for row in r["typicality"]["noise.npz"]} == {1, 2, 5, 10, 25}
-    md = (runs["hvae"] / "ood.md").read_text()
+    md = Path(stem + ".md").read_text()
     assert "| log_px |" in md and "No out-of-distribution data were used" in md
-    assert (runs["hvae"] / "ood.png").stat().st_size > 10_000
+    assert Path(stem + ".png").stat().st_size > 10_000
     assert "AUROC" in capsys.readouterr().out
 
 

@@ -301,9 +301,12 @@ class Run:
     def evaluate(self, k: int | None = None, n: int | None = None, progress: bool = True,
                  **options: Any) -> dict[str, Any]:
         """Test ELBO, importance-sampled -log p(x) with `k` samples on the first `n` test images
-        (all when None), and the diagnostics, as ``vaelab evaluate`` (and, like it, written to
-        RUN/eval.json): a dict with ``"nll"`` (nats), ``"elbo"``, ``"active_units"``, ...
-        ``options`` are ``vaelab evaluate``'s, e.g. ``metrics=["fd"]``."""
+        (all when None), and the diagnostics, as ``vaelab evaluate``: a dict with ``"nll"``
+        (nats), ``"elbo"``, ``"active_units"``, ... Like it, written to RUN/eval.json for the
+        default settings and to a file named by the settings otherwise (``eval-k10.json``), so
+        an evaluation with other settings never replaces one the command line wrote; read
+        them back with ``vaelab.checkpoint.Run(path).eval(k=10)``. ``options`` are
+        ``vaelab evaluate``'s, e.g. ``metrics=["fd"]`` or ``out="elsewhere.json"``."""
         from vaelab.evaluate import evaluate
 
         return evaluate(self.path, n=n, k=k, device=self.device, progress=progress, **options)

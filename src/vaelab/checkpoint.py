@@ -27,9 +27,9 @@ from safetensors.torch import save_file
 
 from vaelab import __version__
 from vaelab.config import Config, ConfigError
-from vaelab.files import FileError, describe, dir_mode, swap_in
+from vaelab.files import FileError, describe, dir_mode, settings_tag, swap_in
 
-__all__ = ["Run", "RunError", "load_run", "load_config", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Run", "RunError", "load_run", "load_config", "load_checkpoint", "save_checkpoint", "eval_path"]
 
 
 class RunError(RuntimeError):
@@ -343,6 +343,48 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
     return cfg, model
 
 
+EVAL_METRICS = ("nll", "fd", "fid")  # the order of the metrics in an evaluation's file name
+
+
+def _metric_order(metrics) -> tuple[str, ...] | None:
+    """Metrics in one order; None for the default (nll alone)."""
+    if not metrics:
+        return None
+    got = tuple(m for m in EVAL_METRICS if m in metrics) + tuple(m for m in metrics if m not in EVAL_METRICS)
+    return None if got == ("nll",) else got
+
+
+def eval_path(folder: str | Path, k: int | None = None, n: int | None = None, metrics=None) -> Path:
+    """Where `vaelab evaluate` keeps an evaluation in run folder `folder`: ``eval.json`` for the
+    default settings; the settings that differ in the name otherwise, so that an evaluation
+    never replaces one made with other settings.
+
+    Args:
+        folder: the run folder.
+        k: importance samples, None when the default for the data was used.
+        n: test images, None when all were used.
+        metrics: the metrics measured; None (or ``("nll",)``) for the default.
+
+    Returns:
+        The path, e.g. ``RUN/eval.json``, ``RUN/eval-k10.json``, ``RUN/eval-n500-nll+fd.json``.
+
+    Examples:
+        >>> from vaelab.checkpoint import eval_path
+        >>> eval_path("runs/a").name, eval_path("runs/a", k=10).name, eval_path("runs/a", n=500, metrics=["fd", "nll"]).name
+        ('eval.json', 'eval-k10.json', 'eval-n500-nll+fd.json')
+    """
+    tag = settings_tag({"k": k, "n": n, "metrics": _metric_order(metrics)}, {})
+    return Path(folder) / f"eval{tag}.json"
+
+
+def _read_eval(path: Path) -> dict[str, Any]:
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return result if isinstance(result, dict) else {}
+
+
 class Run:
     """The files of a run folder, read on demand: config, per-epoch metrics, checkpoint, model.
 
@@ -353,8 +395,9 @@ class Run:
 
     ``metrics.jsonl`` has one rule for damage: a line that is not a JSON object with an
     integer ``epoch`` (a torn line left by a killed process of an older version) is
-    skipped; a file with lines but no good record is named as damaged. ``eval.json`` is a
-    result that ``vaelab evaluate`` can write again: missing or damaged, it reads as ``{}``.
+    skipped; a file with lines but no good record is named as damaged. ``eval.json`` (and
+    ``eval-k10.json``... for other settings) is a result that ``vaelab evaluate`` can write
+    again: missing or damaged, it reads as ``{}``.
 
     Args:
         path: the run folder.
@@ -408,13 +451,23 @@ class Run:
                            "from its checkpoint")
         return records
 
-    def eval(self) -> dict[str, Any]:
-        """eval.json as written by `vaelab evaluate`, or {} when it is missing or damaged."""
-        try:
-            result = json.loads((self.path / "eval.json").read_text())
-        except (OSError, ValueError):
-            return {}
-        return result if isinstance(result, dict) else {}
+    def eval(self, k: int | None = None, n: int | None = None, metrics=None) -> dict[str, Any]:
+        """The results `vaelab evaluate` wrote with these settings, or {} when there are none
+        (or the file is damaged). With no arguments, ``eval.json``: the default settings.
+
+        Each evaluation is kept in a file named by the settings that differ from the defaults
+        (see [eval_path][vaelab.checkpoint.eval_path]); `k`, `n` and `metrics` name the one to
+        read, as they were given to ``vaelab evaluate`` (a `k` or `n` that equals the default
+        finds the default file too).
+        """
+        metrics = _metric_order(metrics)
+        tried = dict.fromkeys([(k, n), (None, n), (k, None), (None, None)])
+        for kk, nn in tried:
+            result = _read_eval(eval_path(self.path, kk, nn, metrics))
+            whole = nn is None and isinstance(result.get("n"), int) and n is not None and result["n"] <= n
+            if result and (k is None or result.get("k") == k) and (n is None or result.get("n") == n or whole):
+                return result
+        return {}
 
     @property
     def checkpoint_epoch(self) -> int | None:

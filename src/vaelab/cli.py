@@ -1,4 +1,4 @@
-"""Command line: parse -> config -> call one library function. Nothing else lives here."""
+"""Command line: parse -> config or options -> call one library function -> print. Nothing else lives here."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 from vaelab import options
 from vaelab.config import Config, ConfigError, did_you_mean
-from vaelab.config import load as load_config_file
-from vaelab.options import SECTIONS, build_parser, flag_name, reference, registry_names  # noqa: F401 (used from here)
+from vaelab.options import SECTIONS, build_parser, flag_name, given, reference, registry_names  # noqa: F401 (used here)
+from vaelab.options import config_from_args as _config_from_args
 
 
 def _threads(args: argparse.Namespace):
@@ -30,23 +30,6 @@ def _options(args: argparse.Namespace, cls: type):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
 
 
-def _config_from_args(args: argparse.Namespace) -> Config:
-    cfg = Config() if args.config is None else load_config_file(args.config)
-    sections: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
-    for dest, value in _given(args).items():
-        section, name = dest.split(".")
-        sections[section][name] = value
-    model = sections["model"]
-    if "hidden" in model and "decoder_hidden" not in model:
-        model["decoder_hidden"] = None  # --hidden alone: the decoder mirrors it
-    return cfg.replace(**sections)
-
-
-def _given(args: argparse.Namespace) -> dict[str, object]:
-    """The config fields set by flags ("section.field" -> value); unset flags keep the config's."""
-    return {k: v for k, v in vars(args).items() if "." in k and v is not None}
-
-
 def _rank0() -> bool:
     """Whether this process prints: the only one, or rank 0 of a torchrun job."""
     return os.environ.get("RANK", "0") == "0"
@@ -58,12 +41,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if args.resume is not None:
         flags = {f"{s}.{f.name}": flag_name(f) for s in SECTIONS for f in dataclasses.fields(getattr(Config(), s))}
-        given = [flags[k] for k in _given(args) if k not in ("train.epochs", "train.minutes", "train.threads")]
-        if given or args.config or args.out or args.overwrite:
-            raise ConfigError(
-                f"--resume continues a run with its saved config; only --epochs, --minutes and --threads may change "
-                f"(got {', '.join(given) or '--config/--out'})"
-            )
+        changed = [flags[k] for k in given(args) if k not in ("train.epochs", "train.minutes", "train.threads")]
+        if changed or args.config or args.out or args.overwrite:
+            raise ConfigError(f"--resume continues a run with its saved config; only --epochs, --minutes and --threads "
+                              f"may change (got {', '.join(changed) or '--config/--out'})")
         run = resume(args.resume, epochs=getattr(args, "train.epochs"), minutes=getattr(args, "train.minutes"),
                      threads=getattr(args, "train.threads"), progress=not args.no_progress, quiet=args.quiet)
     else:
@@ -74,16 +55,22 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    """`vaelab evaluate`: test ELBO, IS-NLL and diagnostics of a run, printed and written to eval.json."""
+    """`vaelab evaluate`: test ELBO, IS-NLL and diagnostics of a run, printed and written to eval.json
+    (or a file named by the settings, or --out)."""
+    from vaelab.checkpoint import eval_path
     from vaelab.evaluate import evaluate, format_result
-    from vaelab.files import FileError, write_json
+    from vaelab.files import FileError, writable, write_json
 
+    if args.out:  # refused before the evaluation, not after
+        if Path(args.out).suffix.lower() != ".json":
+            raise ConfigError(f"--out {args.out}: the results are written as .json")
+        writable(args.out)
     r = evaluate(args.run_dir, _options(args, options.EvaluateOptions), progress=not (args.no_progress or args.quiet),
                  write=False)
     if not _rank0():
         return
     print(format_result(r))  # before writing: a run folder that cannot be written still shows its results
-    path = Path(args.run_dir) / "eval.json"
+    path = Path(args.out) if args.out else eval_path(args.run_dir, **r["settings"])
     try:
         write_json(path, r)
     except FileError as e:
@@ -93,17 +80,27 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     """`vaelab score`: a table of per-image scores written to --out, with an optional top/bottom grid."""
-    from vaelab.scores import default_rank, score, write_table
+    from vaelab.files import ensure_dir, writable
+    from vaelab.scores import check_table_path, default_rank, score, table_path, write_table
 
-    table = score(args.run_dir, args.data, _options(args, options.ScoreOptions), progress=not args.quiet)
-    if args.rank_by and args.rank_by not in table:
-        raise ConfigError(f"--rank-by {args.rank_by}: not a column of this table; choose from "
-                          f"{', '.join(table.scores)}{did_you_mean(args.rank_by, table.scores)}")
+    if args.out:  # the file's format, its libraries and its folder: refused before any image is scored
+        check_table_path(args.out)
+        writable(args.out)
+    elif _rank0():
+        ensure_dir(args.run_dir, "run folder")
+
+    def check(columns: list[str]) -> None:
+        if args.rank_by and args.rank_by not in columns:
+            raise ConfigError(f"--rank-by {args.rank_by}: not a score column of this model; choose from "
+                              f"{', '.join(columns)}{did_you_mean(args.rank_by, columns)}")
+
+    o = _options(args, options.ScoreOptions)
+    table = score(args.run_dir, args.data, o, progress=not args.quiet, check=check)
     if not _rank0():
         return
-    out = Path(args.out) if args.out else Path(args.run_dir) / "scores.csv"
+    out = Path(args.out) if args.out else table_path(args.run_dir, table, o)
     write_table(table, out)
-    print(f"{len(table)} images of {table.info['data']} ({table.info['split']}) scored, k={args.k}: {out}")
+    print(f"{len(table)} images of {table.info['dataset']} ({table.info['split']}) scored, k={args.k}: {out}")
     if args.top:
         from vaelab.plots import save_figure
         from vaelab.scores import top_figure
@@ -114,7 +111,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_ood(args: argparse.Namespace) -> None:
-    """`vaelab ood`: out-of-distribution metrics per score, written to ood.json, ood.md and ood.png."""
+    """`vaelab ood`: out-of-distribution metrics per score, written as a report, numbers and histograms."""
     from vaelab.scores import ood
 
     r = ood(args.run_dir, args.inside, args.outside, _options(args, options.OodOptions), progress=not args.quiet)
@@ -125,17 +122,24 @@ def cmd_ood(args: argparse.Namespace) -> None:
         for col, m in sorted(rows.items(), key=lambda kv: -kv[1]["auroc"]):
             print(f"  {col:<22} AUROC {m['auroc']:.3f}  AUPRC {m['auprc']:.3f}  FPR80 {m['fpr80']:.3f}  "
                   f"FPR95 {m['fpr95']:.3f}")
-    print(f"written to {Path(args.run_dir) / 'ood.md'} (and ood.json, ood.png)")
+    files = r["files"]
+    print(f"written to {files['md']} (and {Path(files['json']).name}, {Path(files['png']).name})")
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
     """`vaelab encode`: the posterior means and standard deviations of a dataset, written to --out."""
-    from vaelab.scores import encode, write_codes
+    from vaelab.files import writable
+    from vaelab.scores import CODE_FORMATS, check_table_path, encode, write_codes
 
+    check_table_path(args.out, CODE_FORMATS)
+    writable(args.out)
     table = encode(args.run_dir, args.data, _options(args, options.EncodeOptions), progress=not args.quiet)
     if _rank0():
         write_codes(table, args.out)
-        print(f"codes of {len(table)} images ({table['mean'].shape[1]} dimensions): {args.out}")
+        splits = {s: int((table["split"] == s).sum()) for s in ("train", "test") if (table["split"] == s).any()}
+        which = " and ".join(f"{v} {s}" for s, v in splits.items())
+        print(f"codes of {len(table)} images of {table.info['dataset']} ({which}; "
+              f"{table['mean'].shape[1]} dimensions): {args.out}")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -174,10 +178,12 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     """`vaelab compare`: variants x seeds trained at equal epochs or equal time, with tables and a figure."""
-    from vaelab.compare import compare, parse_variant
+    from vaelab.compare import check_variant, compare, parse_variant
 
     try:
         variants = [parse_variant(v) for v in args.variants]
+        for v in variants:  # every variant's flags read as vaelab train reads them, before the first run
+            check_variant(v, args.base)
         result = compare(variants, args.out, _options(args, options.CompareOptions))
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -199,27 +205,20 @@ def cmd_serve(args: argparse.Namespace) -> None:
         import uvicorn  # noqa: F401
     except ImportError:
         raise ConfigError("vaelab serve needs the serve extra: pip install 'vaelab[serve]'") from None
-    from vaelab.runtime import lost_peer, resolve_device
+    from vaelab.runtime import resolve_device
     from vaelab.serve import serve
 
     def ready(url: str) -> None:
         print(f"vaelab serve: open {url} in a browser (Ctrl-C stops)", flush=True)
 
-    try:
-        serve(args.run_dir, args.host, args.port, device=str(resolve_device(args.device)), n=args.n,
-              ready=ready)
-    except RuntimeError as e:
-        if not lost_peer(e):
-            raise
-        print(f"vaelab {args.command}: error: {_lost_peer_message(args)}", file=sys.stderr)
-        return 1
+    try:  # a lost torchrun peer is said, with exit code 1, as for every command
+        serve(args.run_dir, args.host, args.port, device=str(resolve_device(args.device)), n=args.n, ready=ready)
     except KeyboardInterrupt:
         pass
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score, "ood": cmd_ood, "encode": cmd_encode,
-            "sample": cmd_sample, "plot": cmd_plot,
-            "probe": cmd_probe, "serve": cmd_serve, "compare": cmd_compare}
+            "sample": cmd_sample, "plot": cmd_plot, "probe": cmd_probe, "serve": cmd_serve, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

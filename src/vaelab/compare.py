@@ -32,8 +32,9 @@ from typing import Any
 import torch
 
 from vaelab.checkpoint import Run, RunError
+from vaelab.config import ConfigError
 from vaelab.files import atomic_write, ensure_dir, write_json
-from vaelab.options import CompareOptions, options_of
+from vaelab.options import CompareOptions, options_of, train_config
 from vaelab.runtime import ProgressLine, clock_time, progress_lines
 
 __all__ = ["compare", "Variant", "parse_variant"]
@@ -100,6 +101,18 @@ def parse_variant(spec: str) -> Variant:
         if reserved in parts:
             raise ValueError(f"variant {name}: {reserved} is set by compare, leave it out")
     return Variant(name, parts)
+
+
+def check_variant(variant: Variant, base: tuple[str, ...] = ()) -> None:
+    """Refuse, in one line naming the variant, flags that `vaelab train` would refuse:
+    unknown flags, bad values, out-of-range settings and a data path that does not exist, so
+    that nothing is trained when one variant cannot be."""
+    from vaelab.images import is_path
+
+    what = f"variant {variant.name}"
+    cfg = train_config(what, [*base, *variant.flags])
+    if is_path(cfg.data.dataset) and not Path(cfg.data.dataset).expanduser().exists():
+        raise ConfigError(f"{what}: --dataset {cfg.data.dataset} does not exist")
 
 
 def _vaelab(args: list[str], echo=None) -> subprocess.CompletedProcess:
@@ -170,14 +183,14 @@ def run_one(variant: Variant, seed: int, out: Path, base: list[str], epochs: int
     if "test_elbo" in done[-1]:
         row["test_elbo"] = done[-1]["test_elbo"]
     want = [m for m in metrics if m in ("nll", "fd")]
-    ev = Run(run).eval()
+    ev = Run(run).eval(k=k, n=n, metrics=want)
     if want and not all(key in ev for key in want):
         log(f"{variant.name} seed {seed}: evaluating ({','.join(want)})")
         args = ["evaluate", str(run), "--metrics", ",".join(want), *(["--k", str(k)] if k else []), *quiet]
         r = _vaelab(args + (["--n", str(n)] if n else []), echo)
         if r.returncode:
             return {**row, "error": _last_line(r)}
-        ev = Run(run).eval()
+        ev = Run(run).eval(k=k, n=n, metrics=want)
     if "nll" in ev:
         row.update(nll=ev["nll"], elbo_is=ev["elbo"], gap=-ev["elbo"] - ev["nll"], k=ev["k"], n=ev["n"])
     if "fd" in ev:

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 
 from vaelab.batches import SplitInputs, memory_budget, model_inputs
-from vaelab.checkpoint import load_run
+from vaelab.checkpoint import eval_path, load_run
+from vaelab.config import ConfigError
 from vaelab.distributions import DiagonalGaussian, GaussianChain, GaussianMixture, StandardNormal
-from vaelab.files import FileError, write_json
+from vaelab.files import FileError, writable, write_json
 from vaelab.images import load_configured
 from vaelab.models import ACTIVE_VARIANCE, active_dims, check_data_fit
 from vaelab.noise import ExampleNoise
@@ -203,7 +204,10 @@ def _mean_stderr(v: torch.Tensor) -> tuple[float, float]:
 
 def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, progress: bool = True,
              write: bool = True, dataset=None, **settings: Any) -> dict[str, Any]:
-    """Evaluate a trained run on its test set, as ``vaelab evaluate`` does; writes ``eval.json``.
+    """Evaluate a trained run on its test set, as ``vaelab evaluate`` does; writes ``eval.json``
+    for the default settings, and a file named by the settings otherwise (``eval-k10.json``,
+    see [eval_path][vaelab.checkpoint.eval_path]), so that no evaluation replaces one made with
+    other settings.
 
     Metric ``nll``: ``elbo`` (the mean per-image ELBO in nats, a lower bound on log p(x)) and
     ``nll`` (the k-sample importance-sampled estimate of -log p(x) in nats), each with the
@@ -229,14 +233,18 @@ def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, pro
         k: Importance samples per image; None: 1000 for images up to 32x32 grey, else 100.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         progress: Show progress bars.
-        write: Write the result to ``RUN_DIR/eval.json``.
-        dataset: A ``vaelab.data.Dataset`` to use instead of loading the run's data.
+        write: Write the result to the run folder (``RUN_DIR/eval.json`` for the default
+            settings), or to `out`.
+        dataset: A ``vaelab.data.Dataset`` to use instead of loading the run's data (its
+            results are written only to `out`).
         metrics: Any of ``"nll"``, ``"fd"``, ``"fid"``.
         fd_classifier_steps: Training steps of the ``fd`` classifier, the first time.
         figures: Write ``RUN_DIR/kl_per_dim.png``.
+        out: A .json file to write the result to instead.
 
     Returns:
-        The results as a JSON-able dict (numbers in nats, ``seconds`` taken, the protocol).
+        The results as a JSON-able dict (numbers in nats, ``seconds`` taken, the protocol, and
+        ``settings``: the k, n and metrics that differ from the defaults, None where default).
 
     Raises:
         ValueError: n is not positive, or a metric is unknown.
@@ -251,16 +259,27 @@ def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, pro
     """
     o = options_of(EvaluateOptions, options, **settings)
     n, k, device, metrics, fd_classifier_steps, figures = o.n, o.k, o.device, o.metrics, o.fd_classifier_steps, o.figures
+    out = o.out
     if n is not None and n <= 0:
         raise ValueError(f"--n must be positive, got {n}")
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
         raise ValueError(f"unknown metric(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METRICS)}")
+    if k is not None and k <= 0:
+        raise ValueError(f"--k must be positive, got {k}")
+    if out is not None and Path(out).suffix.lower() != ".json":
+        raise ConfigError(f"{out}: the results are written as .json")
     tune_malloc()
     dist, dev = distributed(device)
     progress = progress and dist.main
     cfg, model = load_run(run_dir, dev)
     check_data_fit(cfg.model, cfg.data.binarization)
+    # the Inception weights load before any image is scored: a missing library or weights stop here
+    fid_metric = None
+    if "fid" in metrics and dist.main:
+        from vaelab.quality import inception_metric
+
+        fid_metric = inception_metric(dev)
     data = dataset or load_configured(cfg.data, progress=progress)
     seed = cfg.data.binarization_seed
     density = not model.likelihood.discrete
@@ -275,8 +294,16 @@ def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, pro
         protocol = "discretized"
     dims = math.prod(data.image_shape)
     k = k or default_k(dims)
+    settings = {"k": None if k == default_k(dims) else k, "n": None if len(inputs) == len(data.test) else len(inputs),
+                "metrics": None if tuple(metrics) == ("nll",) else list(metrics)}
+    target = Path(out) if out is not None else None if dataset is not None else eval_path(run_dir, **settings)
+    if write and target is not None and dist.main:
+        writable(target)  # refused now, not after the evaluation
     start = time.perf_counter()
     result = _protocol(cfg, model, data.name, len(inputs), k, BINARIZATION_NOTE[protocol].format(seed=seed))
+    result["settings"] = settings
+    if data.cache:  # a folder or array file: its name alone ("64") may not tell which
+        result["data"] = data.source
     # each process takes a contiguous share of the test images, in chunks of 1000; results
     # are gathered in order
     first, last = dist.shard(len(inputs))
@@ -297,10 +324,10 @@ def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, pro
     if "fd" in metrics and dist.main:
         result.update(sample_quality(model, cfg, data, inputs, dev, progress, fd_classifier_steps))
     if "fid" in metrics and dist.main:
-        result.update(inception_quality(model, inputs, dev, progress))
+        result.update(inception_quality(model, inputs, dev, progress, metric=fid_metric))
     result["seconds"] = round(time.perf_counter() - start, 2)
-    if write and dist.main:
-        write_json(Path(run_dir) / "eval.json", result)
+    if write and target is not None and dist.main:
+        write_json(target, result)
     return result
 
 
@@ -361,7 +388,8 @@ def format_result(r: dict[str, Any]) -> str:
         ELBO (nats)                ...
         seconds                    ...
     """
-    rows = [("dataset", f"{r['dataset']} ({r['split']}, n={r['n']})"), ("binarization", r["binarization_detail"])]
+    shown = f"{r['dataset']} ({r['split']}, n={r['n']})" + (f" from {r['data']}" if r.get("data") else "")
+    rows = [("dataset", shown), ("binarization", r["binarization_detail"])]
     if "nll" in r:
         rows += [("ELBO (nats)", f"{r['elbo']:.2f} +- {r['elbo_stderr']:.2f}"),
                  (f"-log p(x), IS k={r['k']} (nats)", f"{r['nll']:.2f} +- {r['nll_stderr']:.2f}")]
@@ -498,12 +526,14 @@ def sample_quality(model, cfg, data, inputs: SplitInputs, device: torch.device, 
             "fd_classifier_accuracy": info["test_accuracy"]}
 
 
-def inception_quality(model, inputs: SplitInputs, device: torch.device, progress: bool, seed: int = 0) -> dict[str, Any]:
+def inception_quality(model, inputs: SplitInputs, device: torch.device, progress: bool, seed: int = 0,
+                      metric=None) -> dict[str, Any]:
     """Inception FID between the test images and as many prior samples (x ~ p(x|z));
-    conditional models sample under the test images' own conditions."""
+    conditional models sample under the test images' own conditions. `metric`: one made
+    already by vaelab.quality.inception_metric."""
     from vaelab.quality import as_rgb, inception_metric
 
-    metric = inception_metric(device)
+    metric = metric or inception_metric(device)
     g = torch.Generator(device=device).manual_seed(seed)
     bar = ProgressLine("Inception FID: test images and prior samples", len(inputs), show=progress,
                        bar=progress_bar(total=len(inputs), desc="Inception FID", show=progress))
@@ -565,6 +595,8 @@ def probe(run_dir: str | Path, options: ProbeOptions | None = None, *, write: bo
     layers, hidden, epochs, seed, device = o.layers, o.hidden, o.epochs, o.seed, o.device
     if not 0 <= layers <= 3:
         raise ValueError(f"probe layers must be 0-3, got {layers}")
+    if write:
+        writable(Path(run_dir) / "probe.json")  # refused now, not after the probe has trained
     tune_malloc()
     dev = resolve_device(device)
     cfg, model = load_run(run_dir, dev)

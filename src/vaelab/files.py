@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -70,6 +71,32 @@ def ensure_dir(path: str | Path, what: str = "folder") -> Path:
         raise FileError(describe(e, f"cannot create {what}")) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise FileError(f"cannot write to {what} {path}: permission denied; choose a folder you can write to")
+    return path
+
+
+def slug(name: str) -> str:
+    """A data set's name as part of a file name: path separators and odd characters as ``_``."""
+    return re.sub(r"[^\w.+-]+", "_", name).strip("._")[:60] or "data"
+
+
+def settings_tag(settings: dict[str, Any], defaults: dict[str, Any]) -> str:
+    """The settings that differ from `defaults`, as a file-name part: ``-k10-n500-test``."""
+    parts = []
+    for key, v in settings.items():
+        if v is None or v == defaults.get(key) or v == ():
+            continue
+        text = "+".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+        parts.append(text if key in ("split", "scores", "metrics") else f"{key}{text}")
+    return "".join(f"-{slug(p)}" for p in parts)
+
+
+def writable(path: str | Path, what: str = "output file") -> Path:
+    """Check, before any work, that file `path` can be written: not a folder, in a folder that
+    exists (created here) and can be written to; else a one-line FileError."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileError(f"{what} {path} is a folder; name a file")
+    ensure_dir(path.parent, "output folder")
     return path
 
 

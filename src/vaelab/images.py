@@ -670,7 +670,8 @@ def _reusable_rows(old: dict[str, Any] | None, spec: dict[str, Any], shape: tupl
     return reuse
 
 
-def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, progress: bool = True) -> Dataset:
+def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, progress: bool = True,
+                whole: bool = False) -> Dataset:
     """Load a folder of images as a Dataset, through a uint8 cache on disk built once.
 
     ``train/`` and ``test/`` subfolders define the splits; otherwise each file goes to the
@@ -686,6 +687,8 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
         skip_bad: Leave out files that cannot be decoded (listed in ``Dataset.skipped``)
             instead of stopping.
         progress: Show progress bars for large folders.
+        whole: The images are read to be taken whole (scored or encoded, not trained on): a
+            split may then be empty.
 
     Returns:
         A ``vaelab.data.Dataset`` whose splits hold uint8 images (N, C, H, W) read on demand
@@ -729,7 +732,7 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
     listed = [list(f) for f in files]
     fingerprint, stamp = _identity(listed, spec, skip_bad)
     if (cached := _cached(folder, stamp)) is not None:
-        return cached
+        return cached if whole else _both_splits(cached, root, transform.test_fraction)
     old = _read_manifest(folder)
 
     rels = [f[0] for f in files]
@@ -755,11 +758,8 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
                 kept = [i for i in range(len(v)) if i not in failed[split]]
                 _compact(tmp / f"{split}.u8", (len(v), *shape), kept)
                 split_rels[split] = [v[i] for i in kept]
-        if not split_rels["test"]:
-            raise DataError(f"{root}: no image fell into the test split (test fraction {transform.test_fraction} "
-                            f"of {len(good)} images); raise --test-fraction or make train/ and test/ folders")
-        if not split_rels["train"]:
-            raise DataError(f"{root}: no training images; add images or lower --test-fraction")
+        if not whole:
+            _both_splits_of(root, transform.test_fraction, len(split_rels["train"]), len(split_rels["test"]))
         manifest = {"version": CACHE_VERSION, "kind": "folder", "source": str(root), "transform": spec,
                     "skip_bad": skip_bad, "shape": list(shape), "classes": classes, "files": listed,
                     "bad": sorted([rel, why] for rel, why in bad.items()),
@@ -767,6 +767,21 @@ def load_folder(root: str | Path, transform: Transform, skip_bad: bool = False, 
         for s, v in split_rels.items():
             manifest["splits"][s] = {"files": v, "labels": [label_of[r] for r in v]}
         return _finish(tmp, folder, manifest, stamp)
+
+
+def _both_splits_of(root: Path, fraction: float, train: int, test: int) -> None:
+    """Refuse a folder to train on whose train or test split is empty."""
+    if not test:
+        raise DataError(f"{root}: no image fell into the test split (test fraction {fraction} of {train + test} "
+                        "images); "
+                        "raise --test-fraction or make train/ and test/ folders")
+    if not train:
+        raise DataError(f"{root}: no training images; add images or lower --test-fraction")
+
+
+def _both_splits(data: Dataset, root: Path, fraction: float) -> Dataset:
+    _both_splits_of(root, fraction, len(data.train), len(data.test))
+    return data
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -896,7 +911,7 @@ def _array_classes(path: Path, labels: dict, sizes: dict[str, int], classes: tup
     return classes or tuple(str(i) for i in range(n_classes))
 
 
-def load_array(path: str | Path, transform: Transform, progress: bool = True) -> Dataset:
+def load_array(path: str | Path, transform: Transform, progress: bool = True, whole: bool = False) -> Dataset:
     """Load images from an .npy or .npz array file as a Dataset, through a uint8 cache on disk.
 
     ``.npy``: images only. ``.npz``: ``images`` [+ ``labels``], optionally with ``train`` and
@@ -909,6 +924,8 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
             uint8 or float in [0, 1], as (N, H, W), (N, H, W, C) or (N, C, H, W).
         transform: How every image is brought to one shape and how the split is made.
         progress: Show a progress bar for large files.
+        whole: The images are read to be taken whole (scored or encoded, not trained on): a
+            split may then be empty.
 
     Returns:
         A ``vaelab.data.Dataset`` whose splits hold uint8 images (N, C, H, W) read on demand
@@ -937,6 +954,9 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
     folder = _cache_folder(path, transform)
     fingerprint, stamp = _identity(listed, spec, False)
     if (cached := _cached(folder, stamp)) is not None:
+        if not whole:
+            for s in ("train", "test"):
+                _array_split_given(path, s, len(getattr(cached, s)))
         return cached
 
     arrays, labels, classes = _array_sources(path)
@@ -957,9 +977,10 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
     channels = transform.channels or (1 if c0.pop() in (1, 2) else 3)
     shape = (channels, *(transform.size or hw.pop()))
     for s in ("train", "test"):
-        if sizes[s] == 0:
-            raise DataError(f"{path}: the {s} split is empty; add images, change --test-fraction or the "
-                            "'train'/'test' arrays")
+        if not whole:
+            _array_split_given(path, s, sizes[s])
+    if not sum(sizes.values()):
+        raise DataError(f"{path} holds no images")
     classes = _array_classes(path, labels, sizes, classes)
     bg = background_rgb(transform.background)
     with _building(folder) as tmp:
@@ -969,6 +990,9 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
                                             show=progress and total >= 5000))
         for s in ("train", "test"):
             src, sel = arrays[s], rows[s]
+            if not sizes[s]:
+                (tmp / f"{s}.u8").write_bytes(b"")
+                continue
             out = _new_raw(tmp / f"{s}.u8", (sizes[s], *shape))
             for i in range(0, sizes[s], 1024):  # chunks: an .npy larger than memory stays on disk
                 chunk = src[i : i + 1024] if sel is None else src[sel[i : i + 1024]]
@@ -985,6 +1009,12 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True) ->
         return _finish(tmp, folder, manifest, stamp)
 
 
+def _array_split_given(path: Path, split: str, size: int) -> None:
+    if size == 0:
+        raise DataError(f"{path}: the {split} split is empty; add images, change --test-fraction or the "
+                        "'train'/'test' arrays")
+
+
 # ----------------------------------------------------------------------------- a config's dataset
 
 
@@ -994,7 +1024,27 @@ def is_path(dataset: str) -> bool:
                                         or dataset.endswith((".npy", ".npz")))
 
 
-def load_configured(d: DataConfig, progress: bool = True) -> Dataset:
+def distinct_names(sources: list[str]) -> list[str]:
+    """Names that tell data sets apart in printouts, figures and file names: a named dataset's
+    name; for a folder or array file, the shortest end of its path that no other source in
+    `sources` ends with (``emoji-a/64`` and ``emoji-b/64``, not ``64`` twice). Sources that are
+    the same path keep the same name."""
+    paths = [None if not is_path(s) else Path(s).expanduser().resolve().parts for s in sources]
+    names = []
+    for i, (s, parts) in enumerate(zip(sources, paths)):
+        if parts is None:
+            names.append(s)
+            continue
+        others = [p for j, p in enumerate(paths) if j != i and p is not None and p != parts]
+        plain = {sources[j] for j, p in enumerate(paths) if p is None}
+        m = 1
+        while m < len(parts) and ("/".join(parts[-m:]) in plain or any(p[-m:] == parts[-m:] for p in others)):
+            m += 1
+        names.append("/".join(parts[-m:]).lstrip("/") or str(s))
+    return names
+
+
+def load_configured(d: DataConfig, progress: bool = True, whole: bool = False) -> Dataset:
     """Load the dataset a config's data section names: a named dataset, an image folder or an array file.
 
     The data layer's one entry point, as training and evaluation read data: folders and
@@ -1006,6 +1056,8 @@ def load_configured(d: DataConfig, progress: bool = True) -> Dataset:
         d: The ``data`` section of a config (``vaelab.config.DataConfig``), e.g.
             ``run.config.data``.
         progress: Show progress bars while a cache is built.
+        whole: The images are to be taken whole (scored or encoded, not trained on): a
+            folder or array file may then have an empty train or test split.
 
     Returns:
         A ``vaelab.data.Dataset``; images (N, C, H, W) uint8.
@@ -1031,9 +1083,9 @@ def load_configured(d: DataConfig, progress: bool = True) -> Dataset:
             raise DataError(f"{path} does not exist; give a named dataset ({', '.join(DATASETS)}), an image folder "
                             "or an .npy/.npz file")
         if path.is_dir():
-            data = load_folder(path, t, skip_bad=d.skip_bad_images, progress=progress)
+            data = load_folder(path, t, skip_bad=d.skip_bad_images, progress=progress, whole=whole)
         elif path.suffix in (".npy", ".npz"):
-            data = load_array(path, t, progress=progress)
+            data = load_array(path, t, progress=progress, whole=whole)
         else:
             raise DataError(f"{path}: not an image folder or an .npy/.npz array file; give one of those or a named "
                             f"dataset ({', '.join(DATASETS)})")

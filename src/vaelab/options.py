@@ -36,6 +36,7 @@ from vaelab.config import (
     read_flag,
     setting,
 )
+from vaelab.config import load as load_config_file
 
 __all__ = ["EvaluateOptions", "ScoreOptions", "OodOptions", "EncodeOptions", "ProbeOptions", "CompareOptions",
            "options_of"]
@@ -109,6 +110,8 @@ class EvaluateOptions:
                   "the features of a classifier vaelab trains on the dataset's labels (cached; not comparable to "
                   "Inception FID); fid: Inception-v3 FID through torchmetrics, needs the vaelab[inception] extra and "
                   "its weights (default nll)", metavar="M[,M]", parse="metrics")
+    out: str | None = option(None, "write the results here instead (default RUN_DIR/eval.json, or eval-SETTINGS.json)",
+                             metavar="FILE.json", parse="path")
     device: str = _device()
     fd_classifier_steps: int = option(2000, "training steps of the fd metric's classifier", low=1,
                                       internal="the command line always trains it fully")
@@ -117,7 +120,8 @@ class EvaluateOptions:
 
 @dataclass(frozen=True)
 class EvaluateCommand(EvaluateOptions):
-    """Evaluate a run on its test set; writes RUN_DIR/eval.json."""
+    """Evaluate a run on its test set; writes RUN_DIR/eval.json for the default settings, and a file named by the
+    settings that differ otherwise (eval-k10.json, eval-n500-fd.json), so that no evaluation replaces another."""
 
     run_dir: str | None = _run()
     no_progress: bool = option(False, "no progress bar (drawn only when stderr is a terminal or in Jupyter) and no "
@@ -151,6 +155,11 @@ def _skip_levels() -> Any:
 SEED_HELP = "the noise of the samples, tied to each image (default 0)"
 
 
+def _convert() -> Any:
+    return option(False, "read other data at the model's image size and channels: grey repeated into RGB, RGB to grey "
+                          "by luminance, resized and centre-cropped (default: as the run read its own data)")
+
+
 @dataclass(frozen=True)
 class ScoreOptions:
     """The options of [score][vaelab.scores.score] (``vaelab score``'s flags).
@@ -167,6 +176,7 @@ class ScoreOptions:
     skip_levels: tuple[int, ...] | None = _skip_levels()
     n: int | None = _n("score")
     seed: int = _seed(SEED_HELP)
+    convert: bool = _convert()
     device: str = _device()
 
 
@@ -177,7 +187,8 @@ class ScoreCommand(ScoreOptions):
 
     run_dir: str | None = _run()
     data: str | None = option(None, DATA_HELP, metavar="DATA", positional=True, nargs="?")
-    out: str | None = option(None, "table to write: .csv, .npz or .parquet (default RUN_DIR/scores.csv)",
+    out: str | None = option(None, "table to write: .csv, .npz or .parquet (default RUN_DIR/scores-DATA.csv, with the settings "
+                                   "that differ from the defaults in the name, e.g. scores-mnist-k10.csv)",
                              metavar="FILE", parse="path")
     top: int | None = option(None, "also write the N most typical and N most unusual images as a PNG grid beside "
                                    "--out", low=1, metavar="N")
@@ -203,7 +214,11 @@ class OodOptions:
     skip_levels: tuple[int, ...] | None = _skip_levels()
     n: int | None = _n("score")
     seed: int = _seed(SEED_HELP)
+    convert: bool = _convert()
     device: str = _device()
+    out: str | None = option(None, "where to write: an existing folder (or a path ending in /) gets the default names; "
+                                   "else PREFIX.md, PREFIX.json and PREFIX.png (default RUN_DIR)", metavar="PREFIX",
+                             parse="path")
     train_n: int = option(2000, "training images that set the typicality test's mean and threshold", low=1,
                           internal="the typicality test's size is fixed on the command line")
     batch_sizes: tuple[int, ...] = option((1, 2, 5, 10, 25), "the typicality test's batch sizes M",
@@ -213,8 +228,9 @@ class OodOptions:
 @dataclass(frozen=True)
 class OodCommand(OodOptions):
     """Score the in-distribution test images and each --out-of set with every score the model has; report AUROC,
-    AUPRC and FPR at 80%/95% TPR per score and the batch typicality test. Writes RUN_DIR/ood.json, ood.md and
-    ood.png. The other data are never used for training or for choosing a setting."""
+    AUPRC and FPR at 80%/95% TPR per score and the batch typicality test. Writes RUN_DIR/ood-IN-vs-OUT.md, .json and
+    .png, named by the data compared (and the settings that differ from the defaults), or --out. The other data are
+    never used for training or for choosing a setting."""
 
     run_dir: str | None = _run()
     inside: str | None = option(None, "in-distribution data, scored on its test split (default the run's own data)",
@@ -234,17 +250,20 @@ class EncodeOptions:
         2
     """
 
-    split: str = option(AUTO, "as for score (default auto)", choices=SPLITS)
+    split: str = option(AUTO, "auto and all: every image, training and test (the split column says which); test or "
+                              "train: that split only (default auto)", choices=SPLITS)
     samples: int = option(0, "also write S codes per image drawn from q(z|x) (default 0)", metavar="S")
     n: int | None = _n("encode")
     seed: int = _seed(SEED_HELP)
+    convert: bool = _convert()
     device: str = _device()
 
 
 @dataclass(frozen=True)
 class EncodeCommand(EncodeOptions):
-    """Write the codes of every image of DATA: means and standard deviations of q(z|x) (every layer for hvae),
-    labels and file names, in the order of DATA. The .npz loads with numpy alone: np.load(FILE)['mean']."""
+    """Write the codes of every image of DATA, training and test split alike: means and standard deviations of
+    q(z|x) (every layer for hvae), splits, labels and file names, in the order of DATA. The .npz loads with numpy
+    alone: np.load(FILE)['mean']."""
 
     run_dir: str | None = _run()
     data: str | None = option(None, "as for score (default: the run's own data)", metavar="DATA", positional=True,
@@ -350,9 +369,9 @@ class CompareOptions:
 @dataclass(frozen=True)
 class CompareCommand(CompareOptions):
     """Train every variant (NAME="flags for vaelab train") for every seed, one run after another, evaluate each,
-    and write OUT/compare.md, .csv, .json and .png (mean +- std over seeds). Running the same command again
-    resumes. Example: vaelab compare --out runs/hidden --epochs 10 --base "--dataset mnist" h256="--hidden 256,256"
-    h512="--hidden 512,512\""""
+    and write OUT/compare.md, .csv, .json and .png (mean +- std over seeds). Every variant's flags are checked as vaelab
+    train checks them before the first run. Running the same command again resumes. Example: vaelab compare --out
+    runs/hidden --epochs 10 --base "--dataset mnist" h256="--hidden 256,256" h512="--hidden 512,512\""""
 
     variants: tuple[str, ...] = option((), 'e.g. iwae="--objective iwae --samples 5"', metavar="NAME=FLAGS",
                                        positional=True, nargs="+")
@@ -748,3 +767,36 @@ def reference(parser: argparse.ArgumentParser | None = None) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The Config of parsed ``vaelab train`` flags: --config's (or the defaults) with the flags given."""
+    cfg = Config() if args.config is None else load_config_file(args.config)
+    sections: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
+    for dest, value in given(args).items():
+        section, name = dest.split(".")
+        sections[section][name] = value
+    model = sections["model"]
+    if "hidden" in model and "decoder_hidden" not in model:
+        model["decoder_hidden"] = None  # --hidden alone: the decoder mirrors it
+    return cfg.replace(**sections)
+
+
+def given(args: argparse.Namespace) -> dict[str, object]:
+    """The config fields set by flags ("section.field" -> value); unset flags keep the config's."""
+    return {k: v for k, v in vars(args).items() if "." in k and v is not None}
+
+
+def train_config(what: str, flags: list[str]) -> Config:
+    """The config `vaelab train FLAGS` would train, or a one-line ConfigError naming `what`."""
+    parser = build_parser()
+    train = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+
+    def refuse(message: str) -> None:
+        raise ConfigError(f"{what}: {message}")
+
+    parser.error = train.error = refuse  # type: ignore[method-assign]
+    try:
+        return config_from_args(parser.parse_args(["train", *flags]))
+    except ConfigError as e:
+        raise ConfigError(str(e) if str(e).startswith(what) else f"{what}: {e}") from None

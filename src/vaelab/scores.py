@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
@@ -42,8 +43,8 @@ from vaelab.config import ConfigError, did_you_mean
 from vaelab.data import DataError, Dataset
 from vaelab.distributions import GaussianChain
 from vaelab.evaluate import decode_rows
-from vaelab.files import atomic_path
-from vaelab.images import file_names, is_path, load_configured
+from vaelab.files import atomic_path, settings_tag, slug
+from vaelab.images import distinct_names, file_names, is_path, load_configured
 from vaelab.noise import ExampleNoise
 from vaelab.options import EncodeOptions, OodOptions, ScoreOptions, options_of
 from vaelab.runtime import Dist, ProgressLine, distributed, progress_bar, rebalance_threads, tune_malloc
@@ -208,16 +209,9 @@ def write_table(table: Table, path: str | Path) -> Path:
         ['elbo', 'index']
     """
     path = Path(path)
-    kind = path.suffix.lower()
-    if kind not in (".csv", ".npz", ".parquet"):
-        raise ConfigError(f"{path}: write .csv, .npz or .parquet (got {kind or 'no suffix'})")
+    kind = check_table_path(path)
     if kind == ".parquet":
-        try:
-            frame = table.to_pandas()
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise ConfigError("writing .parquet needs pandas and pyarrow: pip install 'vaelab[scores]', "
-                              "or write .csv or .npz") from None
+        frame = table.to_pandas()
     with atomic_path(path, suffix=kind) as tmp:
         if kind == ".csv":
             _write_csv(table, tmp)
@@ -226,6 +220,20 @@ def write_table(table: Table, path: str | Path) -> Path:
         else:
             frame.to_parquet(tmp, index=False)
     return path
+
+
+def check_table_path(path: str | Path, kinds: tuple[str, ...] = (".csv", ".npz", ".parquet")) -> str:
+    """The format of table file `path` (its suffix), refused in one line, before any work, when
+    it is not one of `kinds` or when .parquet lacks pandas or pyarrow."""
+    import importlib.util
+
+    kind = Path(path).suffix.lower()
+    if kind not in kinds:
+        raise ConfigError(f"{path}: write {', '.join(kinds[:-1])} or {kinds[-1]} (got {kind or 'no suffix'})")
+    if kind == ".parquet" and not all(importlib.util.find_spec(m) for m in ("pandas", "pyarrow")):
+        others = " or ".join(k for k in kinds if k != ".parquet")
+        raise ConfigError(f"writing .parquet needs pandas and pyarrow: pip install 'vaelab[scores]', or write {others}")
+    return kind
 
 
 def _write_npz(arrays: dict[str, np.ndarray], path: Path) -> None:
@@ -258,10 +266,14 @@ def _csv_cell(v):
 # ----------------------------------------------------------------------------- data
 
 
-def scoring_data(cfg, spec: str | Dataset | None, model, progress: bool = True) -> Dataset:
+def scoring_data(cfg, spec: str | Dataset | None, model, progress: bool = True, *, convert: bool = False,
+                 name: str | None = None) -> Dataset:
     """`spec` read exactly as the run read its training data (the same --image-size, --channels,
-    --background and test fraction); None: the run's own data. Refuses data whose images then
-    differ in shape from the model's, or an empty dataset, in one line."""
+    --background and test fraction); None: the run's own data. With `convert`, other data are
+    read at the model's size and channels instead (grey repeated into RGB, RGB to grey by
+    luminance, resized and centre-cropped). A folder or array file may have an empty split
+    (the split asked for is checked by _splits). `name`: the data's name in tables, printouts
+    and figures. Refuses data whose images then differ in shape from the model's in one line."""
     if isinstance(spec, Dataset):
         data = spec
     else:
@@ -271,16 +283,20 @@ def scoring_data(cfg, spec: str | Dataset | None, model, progress: bool = True) 
             if path and not Path(spec).expanduser().exists():
                 raise DataError(f"{spec} does not exist; give a named dataset, an image folder or an .npy/.npz file")
             d = replace(d, dataset=spec, data_dir=None if path else d.data_dir, conditions=None, fingerprint=None)
-        data = load_configured(d, progress=progress)
+            if convert:
+                c, h, w = model.image_shape
+                d = replace(d, image_size=(h, w), channels=c)
+        data = load_configured(d, progress=progress, whole=True)
     if data.image_shape != model.image_shape:
         c, h, w = data.image_shape
         mc, mh, mw = model.image_shape
-        raise DataError(f"{data.source}: its images are {c}x{h}x{w}, the model takes {mc}x{mh}x{mw}; "
-                        "give images of that shape (or train a model on them)")
+        hint = ("read them at that shape with --convert (convert=True in Python), or give images of that shape"
+                if not isinstance(spec, Dataset) else "give a dataset of that shape")
+        raise DataError(f"{data.source}: its images are {c}x{h}x{w}, the model takes {mc}x{mh}x{mw}; {hint}")
     if model.conditional and data.cond_dim != model.cond_dim:
         raise DataError(f"{data.source}: the {model.cfg.model} model is conditioned on {model.cond_dim} classes, "
                         f"these data have {data.cond_dim}; score with a model that takes no condition")
-    return data
+    return replace(data, name=name) if name else data
 
 
 def _held_out_only(spec, cfg) -> bool:
@@ -289,15 +305,33 @@ def _held_out_only(spec, cfg) -> bool:
     return spec is None or (isinstance(spec, str) and (spec == cfg.data.dataset or not is_path(spec)))
 
 
+def _check_split(split: str) -> None:
+    if split not in ("auto", "test", "train", "all"):
+        raise ConfigError(f"unknown split {split!r}; choose auto, test, train or all")
+
+
 def _splits(data: Dataset, split: str, own: bool) -> list[str]:
     if split == "auto":
         split = "test" if own else "all"
     if split not in ("test", "train", "all"):
         raise ConfigError(f"unknown split {split!r}; choose test, train or all")
-    names = ["train", "test"] if split == "all" else [split]
+    names = [s for s in ("train", "test") if len(getattr(data, s))] if split == "all" else [split]
     if not sum(len(getattr(data, s)) for s in names):
-        raise DataError(f"{data.source}: no images in the {split} split")
+        total = len(data.train) + len(data.test)
+        if split == "all" or not total:
+            raise DataError(f"{data.source}: no images")
+        raise DataError(f"{data.source}: no images in the {split} split (of {total}); take every image with "
+                        "--split all (split='all' in Python)")
     return names
+
+
+def data_names(cfg, specs: list) -> list[str]:
+    """Display names of data sets `specs` (None: the run's own data), told apart from each
+    other and from the run's own data (see vaelab.images.distinct_names)."""
+    own = cfg.data.dataset
+    texts = [(s.source if s.cache else s.name) if isinstance(s, Dataset) else own if s is None else str(s)
+             for s in specs]
+    return distinct_names([own, *texts])[1:]
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -734,7 +768,8 @@ def _key_columns(data: Dataset, split: str, n: int) -> dict[str, np.ndarray]:
     return cols
 
 
-def score(run, data=None, options: ScoreOptions | None = None, *, progress: bool = True, **settings: Any) -> Table:
+def score(run, data=None, options: ScoreOptions | None = None, *, progress: bool = True, check=None,
+          **settings: Any) -> Table:
     """Score every image of a dataset under a trained run: one row per image.
 
     Args:
@@ -752,6 +787,11 @@ def score(run, data=None, options: ScoreOptions | None = None, *, progress: bool
             processes.
         device: ``"cpu"`` or ``"cuda"``.
         progress: show a progress bar.
+        convert: read other data at the model's image size and channels (grey repeated into
+            RGB, RGB to grey by luminance, resized and centre-cropped) instead of as the run
+            read its own data; ``vaelab score --convert``.
+        check: called with the table's score columns before any image is scored (a caller's own
+            checks, such as the column it will rank by, refuse there).
 
     Returns:
         A [Table][vaelab.scores.Table] keyed by ``split`` and ``index`` (plus ``file`` for
@@ -774,18 +814,24 @@ def score(run, data=None, options: ScoreOptions | None = None, *, progress: bool
     """
     o = options_of(ScoreOptions, options, **settings)
     split, scores, k, skip_levels, n, seed, device = o.split, o.scores, o.k, o.skip_levels, o.n, o.seed, o.device
+    convert = o.convert
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
+    _check_split(split)
     tune_malloc()
     dist, dev = distributed(device)
     progress = progress and dist.main
     cfg, model = _load(run, dev)
     model.eval()
-    ds = scoring_data(cfg, data, model, progress)
-    own = _held_out_only(data, cfg)
-    names, skip = chosen(model, scores, skip_levels)
+    names, skip = chosen(model, scores, skip_levels)  # before the data: a bad choice is refused at once
     cols = column_names(model, names, skip)
-    settings = {"k": k, "seed": seed, "skip": skip, "shift": density_shift(model)}
+    if check is not None:
+        check(cols)
+    own = _held_out_only(data, cfg)
+    ds = scoring_data(cfg, data, model, progress, convert=convert,
+                      name=None if isinstance(data, Dataset) else data_names(cfg, [data])[0])
+    shift = density_shift(model)
+    settings = {"k": k, "seed": seed, "skip": skip, "shift": shift}
     splits = _splits(ds, split, own)
     sizes = {s: len(getattr(ds, s)) if n is None else min(n, len(getattr(ds, s))) for s in splits}
     bar = progress_bar(total=sum(sizes.values()), desc=f"scoring (k={k})", show=progress, unit="img")
@@ -929,12 +975,15 @@ def encode(run, data=None, options: EncodeOptions | None = None, *, progress: bo
         run: a run folder or a [Run][vaelab.api.Run].
         data: as in [score][vaelab.scores.score]; None: the run's own data.
         options: an [EncodeOptions][vaelab.options.EncodeOptions], or its fields as keywords:
-        split: as in [score][vaelab.scores.score].
+        split: ``"auto"`` and ``"all"``: every image, training and test alike (the ``split``
+            column says which is which); ``"test"`` or ``"train"``: that split only.
         samples: S > 0 also draws S codes per image from q(z|x), with noise tied to each image.
         n: only the first n images of each split.
         seed: the noise seed of the samples.
         device: ``"cpu"`` or ``"cuda"``.
         progress: show a progress bar.
+        convert: as in [score][vaelab.scores.score]: other data read at the model's size and
+            channels.
 
     Returns:
         A [Table][vaelab.scores.Table] with ``split``, ``index``, ``file`` (folders), ``label``
@@ -946,24 +995,25 @@ def encode(run, data=None, options: EncodeOptions | None = None, *, progress: bo
         autoencoder has its code as ``mean`` and no std.
 
     Examples:
-        >>> codes = vaelab.encode(run, n=10, progress=False)
-        >>> codes["mean"].shape, codes["std"].shape
-        ((10, 2), (10, 2))
+        >>> codes = vaelab.encode(run, n=10, progress=False)   # the first 10 of each split
+        >>> codes["mean"].shape, codes["std"].shape, sorted(set(codes["split"].tolist()))
+        ((20, 2), (20, 2), ['test', 'train'])
         >>> list(codes.to_pandas().columns)
         ['split', 'index', 'label', 'mean_0', 'mean_1', 'std_0', 'std_1']
     """
     o = options_of(EncodeOptions, options, **settings)
-    split, samples, n, seed, device = o.split, o.samples, o.n, o.seed, o.device
+    split, samples, n, seed, device, convert = o.split, o.samples, o.n, o.seed, o.device, o.convert
     if samples < 0:
         raise ConfigError(f"samples must be 0 or more, got {samples}")
+    _check_split(split)
     dist, dev = distributed(device)
     cfg, model = _load(run, dev)
     model.eval()
     if samples and not model.has_density:
         raise ConfigError(f"the {cfg.model.model} model has one code per image and no posterior to sample; drop --samples")
-    ds = scoring_data(cfg, data, model, progress and dist.main)
-    own = _held_out_only(data, cfg)
-    splits = _splits(ds, split, own)
+    ds = scoring_data(cfg, data, model, progress and dist.main, convert=convert,
+                      name=None if isinstance(data, Dataset) else data_names(cfg, [data])[0])
+    splits = _splits(ds, "all" if split == "auto" else split, False)
     parts = []
     bar = progress_bar(total=sum(len(getattr(ds, s)) for s in splits), desc="encoding", show=progress and dist.main,
                        unit="img")
@@ -988,6 +1038,9 @@ def encode(run, data=None, options: EncodeOptions | None = None, *, progress: bo
                                "model": cfg.model.model, "levels": list(getattr(model, "sizes", (model.latent_dim,)))})
 
 
+CODE_FORMATS = (".npz", ".parquet")
+
+
 def write_codes(table: Table, path: str | Path) -> Path:
     """Write codes from [encode][vaelab.scores.encode] as .npz (arrays as they are, plus
     ``levels``) or .parquet (one column per dimension: ``mean_0``, ..., ``std_0``, ...).
@@ -1002,15 +1055,13 @@ def write_codes(table: Table, path: str | Path) -> Path:
     Examples:
         >>> import numpy as np
         >>> from vaelab.scores import write_codes
-        >>> path = write_codes(vaelab.encode(run, n=5, progress=False), tmp + "/codes.npz")
+        >>> path = write_codes(vaelab.encode(run, split="test", n=5, progress=False), tmp + "/codes.npz")
         >>> np.load(path)["mean"].shape, np.load(path)["levels"].tolist()
         ((5, 2), [2])
     """
     path = Path(path)
-    if path.suffix.lower() == ".npz":
+    if check_table_path(path, CODE_FORMATS) == ".npz":
         return write_table(Table({**table.columns, "levels": np.asarray(table.info["levels"])}, table.info), path)
-    if path.suffix.lower() != ".parquet":
-        raise ConfigError(f"{path}: codes are written as .npz or .parquet (got {path.suffix or 'no suffix'})")
     return write_table(Table(_flat(table.columns), table.info), path)
 
 
@@ -1111,7 +1162,8 @@ def ood(run, inside=None, outside=(), options: OodOptions | None = None, *, prog
     image from others, and the batch typicality test.
 
     Uses no out-of-distribution data to set anything: each score's direction is fixed by its
-    definition, and the other sets are only scored.
+    definition, and the other sets are only scored. Every data set is read, and every setting
+    checked, before the first image is scored.
 
     Args:
         run: a run folder or a [Run][vaelab.api.Run].
@@ -1128,36 +1180,62 @@ def ood(run, inside=None, outside=(), options: OodOptions | None = None, *, prog
         seed: the noise and bootstrap seed.
         device: ``"cpu"`` or ``"cuda"``.
         progress: show progress bars.
-        write: write RUN/ood.json, ood.md and ood.png (score histograms per set).
+        write: write the report, the numbers and the score histograms: by default
+            ``RUN/ood-<in>-vs-<out>.md``, ``.json`` and ``.png``, named by the data sets compared
+            (and by k, n, seed, split and scores where they differ from the defaults), so that
+            another comparison never replaces them.
+        out: where to write instead: an existing folder (or a path ending in ``/``) gets the
+            default names; anything else is a prefix, ``out.json``, ``out.md`` and ``out.png``.
+        convert: read the data at the model's size and channels, as in [score][vaelab.scores.score].
 
     Returns:
         A dict with ``results`` (outside set -> score -> [detection][vaelab.scores.detection]'s
-        metrics), ``typicality`` (outside set -> rows of [typicality][vaelab.scores.typicality])
-        and how it was made.
+        metrics), ``typicality`` (outside set -> rows of [typicality][vaelab.scores.typicality]),
+        ``files`` (the paths written, by kind) and how it was made. Sets are named by the
+        shortest end of their path that tells them apart.
 
     Examples:
         >>> import numpy as np
         >>> np.save(tmp + "/noise.npy", np.random.default_rng(0).random((50, 28, 28)).astype(np.float32))
         >>> r = vaelab.ood(run, outside=[tmp + "/noise.npy"], k=5, n=50, train_n=100, progress=False, write=False)
         >>> name = next(iter(r["results"]))
-        >>> r["results"][name]["log_px"]["auroc"] > 0.9
-        True
+        >>> name, r["results"][name]["log_px"]["auroc"] > 0.9
+        ('noise.npy', True)
     """
     o = options_of(OodOptions, options, **settings)
     split, scores, k, skip_levels, n, seed, device = o.split, o.scores, o.k, o.skip_levels, o.n, o.seed, o.device
-    train_n, batch_sizes = o.train_n, o.batch_sizes
+    train_n, batch_sizes, out, convert = o.train_n, o.batch_sizes, o.out, o.convert
     if isinstance(outside, (str, Dataset)):
         outside = [outside]
     if not outside:
         raise ConfigError("give at least one out-of-distribution dataset (--out-of DATA)")
+    if k < 1:
+        raise ConfigError(f"k must be at least 1, got {k}")
+    _check_split(split)
+    need_sklearn()
     dist, dev = distributed(device)
-    loaded = _load(run, dev)
+    cfg, model = loaded = _load(run, dev)
+    model.eval()
+    chosen(model, scores, skip_levels)
+    names = _set_names(data_names(cfg, [inside, *outside]))
+    writes = (write or out is not None) and dist.main and (out is not None or not isinstance(run, tuple))
+    settings = {"split": split, "k": k, "n": n, "seed": seed, "scores": scores, "skip": skip_levels}
+    folder = Path(getattr(run, "path", run)) if out is None else None
+    if writes:  # where to write, checked before the data are read
+        ood_files(folder, names, out, settings)
+    # every data set read before the first is scored: a missing or misshapen one is refused at once
+    show = progress and dist.main
+    sets = [scoring_data(cfg, spec, model, show, convert=convert, name=name)
+            for spec, name in zip([inside, *outside], names)]
+    files = ood_files(folder, names, out, settings, [ds.source for ds in sets]) if writes else None
+    splits = ["test"] + ["test" if split == "auto" and _held_out_only(spec, cfg) else split for spec in outside]
+    for ds, spec_split in zip(sets, splits):
+        _splits(ds, "all" if spec_split == "auto" else spec_split, False)
     common = {"scores": scores, "k": k, "skip_levels": skip_levels, "n": n, "seed": seed, "device": device,
               "progress": progress}
-    tables = {"in": score(loaded, inside, split="test", **common)}
-    for spec in outside:
-        t = score(loaded, spec, split=split, **common)
-        tables[_set_name(spec, tables)] = t
+    tables = {"in": score(loaded, sets[0], split="test", **common)}
+    for ds, spec_split, name in zip(sets[1:], splits[1:], names[1:]):
+        tables[name] = score(loaded, ds, split=spec_split, **common)
     result: dict[str, Any] = {"in": tables["in"].info, "out": {name: t.info for name, t in tables.items() if name != "in"},
                               "k": k, "n": n, "note": OOD_NOTE, "positive": "out-of-distribution", "results": {}}
     cols = ranked(tables["in"].scores)
@@ -1165,28 +1243,94 @@ def ood(run, inside=None, outside=(), options: OodOptions | None = None, *, prog
         if name != "in":
             result["results"][name] = {c: detection(anomaly(c, tables["in"][c]), anomaly(c, t[c])) for c in cols}
     if "log_px" in cols:
-        train = score(loaded, inside, split="train", scores=["log_px"], k=k, n=train_n, seed=seed, device=device,
+        train = score(loaded, sets[0], split="train", scores=["log_px"], k=k, n=train_n, seed=seed, device=device,
                       progress=progress)
         result["typicality"] = {name: typicality(-train["log_px"], -tables["in"]["log_px"], -t["log_px"],
                                                  batch_sizes, seed=seed)
                                 for name, t in tables.items() if name != "in"}
     result["best"] = {name: max(r, key=lambda c: r[c]["auroc"]) for name, r in result["results"].items()}
-    if write and dist.main and not isinstance(run, tuple):
-        write_ood(Path(getattr(run, "path", run)), result, tables)
+    if files:
+        result["files"] = {kind: str(path) for kind, path in files.items()}
+        write_ood(result, tables, files)
     return result
+
+
+def need_sklearn() -> None:
+    """Refuse at once, in one line, when scikit-learn (the out-of-distribution metrics) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("sklearn") is None:
+        raise ConfigError("out-of-distribution metrics need scikit-learn: pip install 'vaelab[scores]'")
+
+
+def _set_names(names: list[str]) -> list[str]:
+    """`names` with repeats numbered (the same folder given twice), the first (in) kept."""
+    out: list[str] = []
+    for name in names:
+        base, i = name, 2
+        while name in out:
+            name, i = f"{base}-{i}", i + 1
+        out.append(name)
+    return out
+
+
+SCORE_DEFAULTS = {"split": "auto", "k": 100, "seed": 0}
+
+
+def table_path(run_dir: str | Path, table: Table, options: ScoreOptions) -> Path:
+    """Where ``vaelab score`` writes a table by default: RUN_DIR/scores-DATA.csv, with the
+    settings that differ from the defaults in the name (scores-mnist-k10.csv)."""
+    settings = {"split": options.split, "k": options.k, "n": options.n, "seed": options.seed,
+                "scores": options.scores, "skip": options.skip_levels}
+    return Path(run_dir) / f"scores-{slug(table.info['dataset'])}{settings_tag(settings, SCORE_DEFAULTS)}.csv"
+
+
+def ood_files(folder: Path | None, names: list[str], out: str | Path | None, settings: dict[str, Any],
+              sources: list[str] | None = None) -> dict[str, Path]:
+    """The paths `ood` writes ({"json", "md", "png"}), checked writable before any work. By
+    default they are named by the data compared and the settings; when files of that name
+    hold a comparison of other data (folders whose paths end alike), a number is added,
+    so that they are kept. `sources`: the data's sources, in to out."""
+    from vaelab.files import writable
+
+    stem = f"ood-{slug(names[0])}-vs-{'+'.join(slug(x) for x in names[1:])}"
+    if len(stem) > 150:  # many sets: a short stable digest stands for the rest
+        import hashlib
+
+        stem = stem[:130] + "-" + hashlib.blake2b(stem.encode(), digest_size=6).hexdigest()
+    stem += settings_tag(settings, SCORE_DEFAULTS)
+    if out is not None:
+        text = str(out)
+        if Path(text).is_dir() or text.endswith(("/", os.sep)):
+            folder = Path(text)
+        else:
+            prefix = Path(text)
+            prefix = prefix.with_suffix("") if prefix.suffix.lower() in (".json", ".md", ".png") else prefix
+            folder, stem = prefix.parent, prefix.name
+    elif sources is not None:
+        base, i = stem, 2
+        while (other := _compared(folder / f"{stem}.json")) is not None and other != sources:
+            stem, i = f"{base}-{i}", i + 1
+    return {kind: writable(folder / f"{stem}.{kind}", "output file") for kind in ("json", "md", "png")}
+
+
+def _compared(path: Path) -> list[str] | None:
+    """The sources of the data an ood result file compared (in first), or None when there is
+    no such file; [] when it cannot be read (so it is not replaced)."""
+    import json
+
+    try:
+        r = json.loads(path.read_text())
+        return [r["in"]["data"], *(o["data"] for o in r["out"].values())]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
 
 
 def name_of(result: dict[str, Any]) -> str:
     """The first out-of-distribution set of an `ood` result."""
     return next(iter(result["results"]))
-
-
-def _set_name(spec, taken: dict) -> str:
-    name = spec.name if isinstance(spec, Dataset) else Path(str(spec)).name or str(spec)
-    base, i = name, 2
-    while name in taken:
-        name, i = f"{base}-{i}", i + 1
-    return name
 
 
 def ood_markdown(result: dict[str, Any]) -> str:
@@ -1211,14 +1355,15 @@ def ood_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_ood(folder: Path, result: dict[str, Any], tables: dict[str, Table]) -> None:
-    """RUN/ood.json, ood.md and ood.png, each written atomically."""
+def write_ood(result: dict[str, Any], tables: dict[str, Table], files: dict[str, Path]) -> None:
+    """The report (.md), the numbers (.json) and the score histograms (.png) of an `ood`
+    result, each written atomically to the paths in `files`."""
     from vaelab.files import atomic_write, write_json
     from vaelab.plots import save_figure, score_histograms
 
-    write_json(folder / "ood.json", result)
-    atomic_write(folder / "ood.md", ood_markdown(result))
+    write_json(files["json"], result)
+    atomic_write(files["md"], ood_markdown(result))
     shown = {f"{result['in']['dataset']} (in)" if name == "in" else name: t for name, t in tables.items()}
     fig = score_histograms({c: {name: t[c] for name, t in shown.items()} for c in result["results"][name_of(result)]},
                            f"scores of {result['in']['dataset']} (in) and other data")
-    save_figure(fig, folder / "ood.png")
+    save_figure(fig, files["png"])
