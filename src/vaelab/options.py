@@ -318,8 +318,9 @@ class PlotCommand:
     """Write NAME.png, and NAME.json with the numbers behind it, for each figure."""
 
     run_dir: str | None = _run()
-    what: str = option("recon,samples,curves", "comma-separated: recon, samples, posterior, manifold, latents, "
-                       "interpolate, combine, denoise, curves, scale, transfer (default recon,samples,curves)")
+    what: tuple[str, ...] = option(("recon", "samples", "curves"), "comma-separated: recon, samples, posterior, "
+                                   "manifold, latents, interpolate, combine, denoise, curves, scale, transfer (default "
+                                   "recon,samples,curves)", registry="vaelab.explore:FIGURES", parse="names")
     out: str | None = option(None, "output folder (default RUN_DIR/plots)", metavar="DIR", parse="path")
     seed: int = _seed()
     kind: str | None = option(None, "denoise: noise kind", flag="--noise", choices=NOISE_KINDS)
@@ -506,12 +507,14 @@ def _metrics(s: str) -> tuple[str, ...]:
     return names
 
 
-def _names(s: str, choices: list[str]) -> list[str]:
+def _names(s: str, registry: str) -> list[str]:
+    """Comma-separated names of a registry ("vaelab.scores:SCORES": scores)."""
+    choices, noun = registry_names(registry), registry.split(":")[1].lower().removesuffix("s")
     got = [p.strip() for p in s.split(",") if p.strip()]
     bad = [g for g in got if g not in choices]
     if bad or not got:
         hint = did_you_mean(bad[0], choices) if bad else ""
-        raise ConfigError(f"unknown score {', '.join(bad) or '(none)'}; choose from {', '.join(choices)}{hint}")
+        raise ConfigError(f"unknown {noun} {', '.join(bad) or '(none)'}; choose from {', '.join(choices)}{hint}")
     return got
 
 
@@ -563,7 +566,7 @@ def read_option(f: dataclasses.Field, text: str) -> Any:
     says what was expected."""
     parse = f.metadata.get("parse")
     if parse == "names":
-        return _names(text, registry_names(f.metadata["registry"]))
+        return _names(text, f.metadata["registry"])
     return PARSERS[parse](text) if parse in PARSERS else read_flag(f, text)
 
 
