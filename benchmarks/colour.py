@@ -284,7 +284,7 @@ def measure(run: Path, k: int) -> dict:
     last = rows[-1]
     return {"epochs": last["epoch"], "train_s": round(sum(r["seconds"] for r in rows), 1),
             "test_kl": last.get("test_kl"), "active_units": ev.get("active_units"),
-            "latent_dim": json.loads((run / "config.json").read_text())["model"]["latent_dim"],
+            "latent_dim": Run(run).config.model.latent_dim,
             "psnr_db": ev.get("recon_psnr"), "bits_per_dim": ev["bits_per_dim"], "nll": ev["nll"],
             "nll_stderr": ev["nll_stderr"], "elbo": ev["elbo"], "k": ev["k"], "n": ev["n"],
             "eval_s": ev["seconds"]}
@@ -308,7 +308,7 @@ def quality(args) -> dict:
         run = work / f"recipe-{seed}"
         vaelab("train", "--dataset", str(data), "--image-size", str(args.size), "--minutes", str(args.minutes),
                "--seed", str(seed), "--out", str(run), *args.extra.split())
-        cfg = json.loads((run / "config.json").read_text())
+        cfg = Run(run).config.to_dict()  # config.json as it reads
         result["recipe"].append({"seed": seed, **measure(run, args.k)})
         print(json.dumps(result["recipe"][-1]), flush=True)
         if seed == args.seeds[0] and not args.extra:

@@ -623,10 +623,10 @@ def bench_conv(a, env: Env) -> dict:
     out["bits_per_dim_std"] = statistics.stdev(bpd) if len(bpd) > 1 else None
     out["examples_per_s_median"] = median([s["examples_per_s_median"] for s in seeds_ok])
     out["n_test"] = seeds_ok[0]["n_test"] if seeds_ok else None
-    cfg = json.loads((Path(seeds[0]["run"]) / "config.json").read_text())
+    cfg = Run(seeds[0]["run"]).config
     train_n = _split_sizes(env, "conv")
     out["n_train"] = train_n[0]
-    out["batch_size"] = effective_batch_size(cfg["train"]["batch_size"], train_n[0])
+    out["batch_size"] = effective_batch_size(cfg.train.batch_size, train_n[0])
     return out
 
 

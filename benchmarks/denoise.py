@@ -46,8 +46,8 @@ def train(variant: str, args: argparse.Namespace, work: Path) -> dict:
     flags = [] if variant == "plain" else ["--denoise", variant]
     rows: list[dict] = []
     if (out / "metrics.jsonl").is_file():
-        cfg = json.loads((out / "config.json").read_text())["train"]
-        if cfg.get("denoise") != (flags[1] if flags else None) or cfg["seed"] != args.seed:
+        cfg = Run(out).config.train
+        if cfg.denoise != (flags[1] if flags else None) or cfg.seed != args.seed:
             raise SystemExit(f"{out} holds a run with other settings; remove it or choose another --work")
         rows = Run(out).metrics()
     t = time.perf_counter()

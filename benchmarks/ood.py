@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, vaelab  # noqa: E402
+from common import Run, machine, vaelab  # noqa: E402
 
 HERE = Path(__file__).parent
 WORK = Path.home() / ".cache" / "vaelab" / "ood-benchmark"
@@ -106,7 +106,7 @@ def train(seeds: list[int], minutes: float, datasets: list[str], epochs: int) ->
             start = time.perf_counter()
             vaelab("train", "--dataset", dataset, *RECIPE, "--epochs", epochs, "--minutes", minutes,
                    "--seed", seed, "--out", out, "--overwrite", threads=1)
-            last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+            last = Run(out).metrics()[-1]
             rows.append({"dataset": dataset, "seed": seed, "epochs": last["epoch"], "test_elbo": last["test_elbo"],
                          "minutes": round((time.perf_counter() - start) / 60, 2)})
             print(rows[-1], flush=True)

@@ -29,6 +29,22 @@ def have_mnist() -> bool:
 requires_mnist = pytest.mark.skipif(not have_mnist(), reason="full MNIST not available offline")
 
 
+TIMING = ("seconds", "examples_per_s")
+
+
+def metrics(run, timing: bool = True) -> list[dict]:
+    """The per-epoch records of a run folder, read by vaelab's one reader of run folders
+    (``vaelab.checkpoint.Run``); ``timing=False`` leaves out the wall-clock fields, the only
+    ones that differ between two runs that otherwise match exactly."""
+    from vaelab.checkpoint import Run
+
+    records = Run(run).metrics()
+    path = Path(run) / "metrics.jsonl"
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    assert len(records) == len(lines), f"{path} has lines that are not epoch records"  # none skipped
+    return records if timing else [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
 @pytest.fixture
 def tiny_cfg():
     from vaelab.config import Config

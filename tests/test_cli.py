@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import requires_mnist
+from tests.conftest import metrics, requires_mnist
 from vaelab.cli import build_parser, main, reference
 from vaelab.config import Config
 
@@ -28,7 +28,7 @@ def test_train_evaluate_sample_on_embedded_mnist(tmp_path, capsys):
     assert main(["sample", str(run), "--n", "16", "--out", str(tmp_path / "s.png"), "--mode", "sample"]) == 0
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["train", "--resume", str(run), "--epochs", "3", "--quiet"]) == 0
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert len(metrics(run)) == 3
 
 
 def test_config_file_and_flags(tmp_path):
@@ -46,7 +46,7 @@ def test_train_on_full_mnist_and_ae(tmp_path):
     run = tmp_path / "vae"
     assert main(["train", "--dataset", "mnist", "--epochs", "1", "--batch-size", "1000", "--out", str(run),
                  *TINY]) == 0
-    row = json.loads((run / "metrics.jsonl").read_text())
+    (row,) = metrics(run)
     assert row["test_elbo"] < -100  # a 1-epoch toy model, but a real bound on real digits
     ae = tmp_path / "ae"
     assert main(["train", "--model", "ae", "--dataset", "mnist", "--epochs", "1", "--batch-size", "1000",
@@ -156,6 +156,21 @@ def test_non_negative_flags_accept_any_spelling_of_zero(flag, value, ok, capsys)
         with pytest.raises(SystemExit) as e:
             build_parser().parse_args(["train", flag, value])
         assert e.value.code == 2 and ">= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, flag", [("plot", "--levels"), ("plot", "--weights"), ("score", "--skip-levels"),
+                                           ("compare", "--seeds")])
+def test_lists_of_numbers_read_alike_and_refuse_an_empty_list(tmp_path, command, flag, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    head = ["compare", "--out", str(tmp_path / "c"), "--epochs", "1", "x=--hidden 8"] if command == "compare" \
+        else [command, str(run)]
+    assert len(getattr(build_parser().parse_args([*head, flag, "1, 2,"]), flag[2:].replace("-", "_"))) == 2
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([*head, flag, ","])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "expected comma-separated" in err[0] and "got ','" in err[0]
 
 
 def test_the_command_line_reference_is_current():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import metrics
 from vaelab.cli import main
 
 TINY = ["--dataset", "mnist-sample", "--hidden", "32", "--latent-dim", "4", "--batch-size", "100", "--quiet"]
@@ -40,7 +41,7 @@ def vaelab_ddp(*args: str, n: int = 2, script: bool = False) -> subprocess.Compl
 
 
 def elbos(run: Path) -> list[float]:
-    return [json.loads(line)["test_elbo"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["test_elbo"] for r in metrics(run)]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_two_processes_corrupt_the_images_one_process_corrupts(tmp_path):
     flags = [*TINY, "--epochs", "1", "--denoise", "salt-pepper:0-0.5"]
     assert main(["train", *flags, "--out", str(tmp_path / "one")]) == 0
     vaelab_ddp("train", *flags, "--out", tmp_path / "two", script=True)  # the `vaelab` command under torchrun
-    one, two = (json.loads((tmp_path / r / "metrics.jsonl").read_text()) for r in ("one", "two"))
+    (one,), (two,) = (metrics(tmp_path / r) for r in ("one", "two"))
     assert two["train_loss"] == pytest.approx(one["train_loss"], abs=1e-3)
     assert two["test_elbo"] == pytest.approx(one["test_elbo"], abs=1e-3)
 
@@ -84,7 +85,7 @@ def test_icvae_penalty_spans_the_global_batch_on_two_processes(tmp_path):
     flags = [*TINY, "--model", "icvae", "--lambda", "5", "--batch-size", "37", "--epochs", "1"]
     assert main(["train", *flags, "--out", str(tmp_path / "one")]) == 0
     vaelab_ddp("train", *flags, "--out", tmp_path / "two")
-    one, two = (json.loads((tmp_path / r / "metrics.jsonl").read_text()) for r in ("one", "two"))
+    (one,), (two,) = (metrics(tmp_path / r) for r in ("one", "two"))
     for key in ("train_loss", "train_kl_marginal", "test_loss", "test_kl_marginal"):
         assert two[key] == pytest.approx(one[key], abs=1e-3), key
 
@@ -117,7 +118,7 @@ def test_sigterm_to_torchrun_stops_every_rank_once_and_resumes_exactly(tmp_path)
     job = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and job.poll() is None:
-        if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 2:
+        if len(metrics(run)) >= 2:
             break
         time.sleep(0.2)
     job.send_signal(signal.SIGTERM)
@@ -197,7 +198,7 @@ def test_a_rank_killed_ends_the_other_in_one_line_and_the_run_resumes(tmp_path):
     job = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 300  # a bound against a hang, not a speed requirement
     while time.monotonic() < deadline and job.poll() is None:
-        if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 1:
+        if metrics(run):
             break
         time.sleep(0.2)
     workers = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == job.pid]

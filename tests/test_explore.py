@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from tests.conftest import metrics
 from vaelab import plots
 from vaelab.cli import main
 from vaelab.explore import FIGURES, Explorer, add_noise, figure_curves, figure_posterior, psnr, slerp
@@ -81,7 +82,7 @@ def test_curves_have_one_panel_per_term():
 
 
 def test_curves_of_a_run(runs):
-    rows = [json.loads(line) for line in (runs / "vae2d" / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(runs / "vae2d")
     fig, numbers = figure_curves(Explorer.from_run(runs / "vae2d", n=10))
     assert numbers["epochs"] == len(rows) == 2
     assert len(fig.axes) == len(plots.curve_panels(rows)) >= 6  # loss, elbo, recon, kl, lr, images/s

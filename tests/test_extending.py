@@ -60,6 +60,40 @@ def test_an_objective_refuses_options_it_does_not_take(registries):
         objectives.Objective("elbo", {"lam": 1.0})
 
 
+def test_an_objective_reads_the_warm_up_schedule_of_each_step(tmp_path, registries):
+    """Training hands the objective each step's schedule (the KL warm-up's share of beta, a
+    function of the step alone); the test pass hands none (the full beta)."""
+    seen = []
+
+    @objectives.objective("seen-elbo", terms=("loss", "recon", "kl", "elbo"), options=("beta",),
+                          schedule=("kl_scale",))
+    def seen_elbo(model, x, c=None, *, beta=1.0, schedule=None, generator=None, x_in=None, peers=None):
+        seen.append(None if schedule is None else schedule.kl_scale)
+        return objectives.elbo(model, x, c, beta=beta, schedule=schedule, generator=generator, x_in=x_in)
+
+    run = tmp_path / "warm"
+    assert main(["train", *TINY, "--objective", "seen-elbo", "--kl-warmup", "2", "--out", str(run)]) == 0
+    r = Run(run).metrics()[0]
+    steps = r["step"]  # the steps of the first epoch; the warm-up lasts two epochs
+    assert seen[:steps] == [step / (2 * steps) for step in range(steps)]
+    assert set(seen[steps:]) == {None}  # the test pass
+    assert r["test_loss"] == pytest.approx(-r["test_recon"] + r["test_kl"], rel=1e-6)
+
+
+def test_warm_up_is_refused_in_one_line_where_there_is_no_kl(tmp_path, registries, capsys):
+    @objectives.objective("recon-only", terms=("loss", "recon"), needs=("density",))
+    def recon_only(model, x, c=None, *, generator=None, x_in=None, peers=None):
+        return objectives.reconstruction(model, x, c, x_in=x_in)
+
+    for flags in (["--model", "ae"], ["--objective", "iwae"], ["--objective", "recon-only"]):
+        capsys.readouterr()
+        out = tmp_path / flags[-1]
+        assert main(["train", *TINY, *flags, "--kl-warmup", "2", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no KL term to warm up; set --kl-warmup 0" in err[0], err
+        assert not out.exists()  # refused before any work
+
+
 def test_beta_means_the_same_in_training_and_in_the_test_pass(tmp_path):
     run = tmp_path / "beta"
     assert main(["train", *TINY, "--beta", "4", "--out", str(run)]) == 0

@@ -19,15 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import metrics
 from vaelab.cli import main
 
 TINY = ["--dataset", "mnist-sample", "--hidden", "32", "--latent-dim", "4", "--batch-size", "125"]
-TIMING = {"seconds", "examples_per_s"}
-
-
-def metrics(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def one_line_error(capsys, *needles: str) -> str:
@@ -157,7 +152,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypa
     assert json.loads((run / "checkpoint" / "state.json").read_text())["epoch"] == 1
     monkeypatch.setattr(ck, "save_file", real)
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
-    assert metrics(run) == metrics(reference)
+    assert metrics(run, timing=False) == metrics(reference, timing=False)
 
 
 def test_outputs_get_ordinary_permissions(trained):
@@ -181,6 +176,7 @@ def _umask() -> int:
 CHILD = """
 import os, sys
 {patch}
+from tests.conftest import metrics
 from vaelab.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -228,7 +224,7 @@ def test_kill_9_at_random_points_then_resume_gives_identical_metrics(tmp_path, r
         proc.kill()
         proc.wait()
         assert main(["train", "--resume", str(run), "--quiet"]) == 0
-        assert metrics(run) == metrics(reference), f"trial {trial}"
+        assert metrics(run, timing=False) == metrics(reference, timing=False), f"trial {trial}"
 
 
 @pytest.mark.parametrize("at", [1, 2])
@@ -241,7 +237,7 @@ def test_crash_inside_a_checkpoint_swap_then_resume(tmp_path, reference, at):
         assert main(["train", "--resume", str(run), "--quiet"]) == 2
         return
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
-    assert metrics(run) == metrics(reference)
+    assert metrics(run, timing=False) == metrics(reference, timing=False)
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -255,7 +251,7 @@ def test_signals_stop_at_a_safe_point_and_resume_exactly(tmp_path, reference, si
     assert proc.returncode == code, err
     assert "received: stopped after step" in err and "--resume" in err and "Traceback" not in err
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
-    assert metrics(run) == metrics(reference)
+    assert metrics(run, timing=False) == metrics(reference, timing=False)
 
 
 def test_second_trainer_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, capsys):

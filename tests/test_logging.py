@@ -2,7 +2,6 @@
 
 import importlib.util
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ import types
 
 import pytest
 
+from tests.conftest import metrics
 from vaelab.data import load_dataset
 from vaelab.runtime import bar_redraws, progress_bar
 from vaelab.training import resume, train
@@ -27,10 +27,6 @@ def events(run):
     return EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
 
 
-def records(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def term_tags(record):
     """metrics.jsonl key -> TensorBoard tag: train_kl -> train/kl."""
     return {k: k.replace("_", "/", 1) for k in record if k.startswith(("train_", "test_"))}
@@ -41,7 +37,7 @@ def test_tensorboard_has_every_term_per_epoch_the_pictures_and_the_hparams(tmp_p
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
     run = train(tiny_cfg, tmp_path / "run", progress=False, quiet=True)
-    rows = records(run)
+    rows = metrics(run)
     acc = events(run)
     tags = term_tags(rows[-1])
     assert {"train/loss", "train/kl", "test/elbo", "test/recon"} <= set(tags.values())
@@ -75,7 +71,7 @@ def test_epochs_redone_after_a_kill_appear_once(tmp_path, tiny_cfg):
     resume(run, epochs=3, progress=False, quiet=True, dataset=data)
 
     acc = events(run)
-    for tag in [*term_tags(records(run)[-1]).values(), "lr", "images_per_s"]:
+    for tag in [*term_tags(metrics(run)[-1]).values(), "lr", "images_per_s"]:
         assert [e.step for e in acc.Scalars(tag)] == [1, 2, 3], tag
     assert [im.step for im in acc.Images("recon")] == [1, 2, 3]
     assert [e.value for e in acc.Scalars("hparam/epochs")][-1] == 3
@@ -84,7 +80,7 @@ def test_epochs_redone_after_a_kill_appear_once(tmp_path, tiny_cfg):
 def test_training_without_tensorboard_installed(tmp_path, tiny_cfg, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     run = train(tiny_cfg.replace(train={"epochs": 1}), tmp_path / "run", progress=False, quiet=True)
-    assert [r["epoch"] for r in records(run)] == [1]
+    assert [r["epoch"] for r in metrics(run)] == [1]
     assert not (run / "tensorboard").exists()
 
 

@@ -75,19 +75,3 @@ def test_every_command_but_train_reads_its_flags_from_its_class():
         assert declared <= dests, name
         assert dests - declared <= {"help", "threads"} | ({a for a in dests if "." in a} if name == "train" else set())
 
-
-def test_serve_says_a_lost_torchrun_peer_and_exits_1(run_dir, monkeypatch, capsys):
-    """serve leaves a lost peer to the one handler every command has: one line, exit code 1."""
-    pytest.importorskip("starlette")
-    pytest.importorskip("uvicorn")
-    import vaelab.serve
-
-    def lost(*args, **kwargs):
-        raise RuntimeError("Connection reset by peer")
-
-    monkeypatch.setattr(vaelab.serve, "serve", lost)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    assert main(["serve", str(run_dir), "--threads", "1"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("vaelab serve: error: lost rank 1 of this torchrun job") and err.count("\n") == 1

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import metrics
 from vaelab.cli import main
 
 ICONS = Path("/usr/share/icons/oxygen/base/32x32")  # Debian's oxygen-icon-theme: real colour artwork
@@ -95,7 +96,7 @@ def test_a_small_folder_learns_with_the_default_recipe(tmp_path):
         Image.fromarray(x[i]).save(tmp_path / "small" / str(y[i]) / f"{i}.png")
     out = tmp_path / "run"
     assert run("train", "--dataset", tmp_path / "small", "--epochs", "6", "--out", out, "--quiet") == 0
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(out)
     # grey levels: the 8-bit recipe; a uniform guess costs 8 bits/dim, the first epoch's model ~5
     assert -rows[-1]["test_elbo"] / (28 * 28 * math.log(2)) < 2.75
     assert rows[-1]["step"] >= 6 * 15  # batches of ceil(n_train / 16) instead of 64
@@ -141,6 +142,6 @@ def test_streamed_training_equals_resident_training(tmp_path):
     streamed = train(cfg.replace(data={"memory_budget_mb": 1}), tmp_path / "streamed", progress=False)
 
     def losses(run):
-        return [(r["train_loss"], r["test_elbo"]) for r in map(json.loads, (run / "metrics.jsonl").open())]
+        return [(r["train_loss"], r["test_elbo"]) for r in metrics(run)]
 
     assert losses(resident) == losses(streamed)  # 1.5 MB of training images > 1 MB budget

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import metrics
 from vaelab import training as train_module
 from vaelab.cli import main
 from vaelab.config import (
@@ -182,7 +183,7 @@ def test_a_colour_folder_with_no_flags_trains_the_eight_bit_recipe(colour_folder
     assert cfg["data"]["binarization"] == "none" and cfg["model"]["net"] == "resnet"
     assert cfg["model"]["hidden"] == [64, 128] and cfg["model"]["likelihood"] == "logistic"
     assert not unresolved(Config.from_dict(cfg))
-    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    record = metrics(out)[-1]
     # the code is used: units active and a KL of many nats (a collapsed posterior has 0 and ~0)
     assert record["active_units"] > cfg["model"]["latent_dim"] // 4 and record["test_kl"] > 10
     assert math.isfinite(record["test_elbo"])
@@ -237,17 +238,12 @@ def test_active_units_count_the_dimensions_the_encoder_uses():
 def test_the_eight_bit_recipe_resumes_exactly(colour_folder, tmp_path):
     from vaelab.training import resume
 
-    def metrics(run):
-        timing = ("seconds", "examples_per_s")
-        return [{k: v for k, v in json.loads(line).items() if k not in timing}
-                for line in (run / "metrics.jsonl").read_text().splitlines()]
-
     cfg = Config().replace(data={"dataset": str(colour_folder), "image_size": (16, 16)},
                            train={"epochs": 4, "kl_warmup": 1.5})
     full = train_module.train(cfg, tmp_path / "full", progress=False)
     part = train_module.train(cfg.replace(train={"epochs": 2}), tmp_path / "part", progress=False)
     resume(part, epochs=4, progress=False)
-    assert metrics(part) == metrics(full)
+    assert metrics(part, timing=False) == metrics(full, timing=False)
 
 
 @requires_icons
@@ -263,5 +259,5 @@ def test_a_run_folder_from_before_the_recipes_resumes_and_evaluates(colour_folde
     saved["train"]["precision"] = "auto"
     (run / "config.json").write_text(json.dumps(saved))
     resume(run, epochs=2, progress=False)
-    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert [r["epoch"] for r in metrics(run)] == [1, 2]
     assert main(["evaluate", str(run), "--n", "4", "--k", "2", "--quiet"]) == 0

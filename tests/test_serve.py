@@ -323,6 +323,20 @@ def test_cli_errors_are_one_line(runs, tmp_path):
     assert proc.returncode == 2 and "not a vaelab run folder" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_lost_torchrun_peer_while_serving_exits_1_in_one_line(runs, monkeypatch, capsys):
+    import vaelab.serve
+
+    def lost(*args, **kwargs):
+        raise RuntimeError("[../third_party/gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+
+    monkeypatch.setattr(vaelab.serve, "serve", lost)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["serve", str(runs / "vae2"), "--port", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lost rank 1 of this torchrun job" in err[0], err
+
+
 # ----------------------------------------------------------------------------- hostile requests
 
 POST_ENDPOINTS = ["/api/decode", "/api/encode", "/api/interpolate", "/api/noise", "/api/classes", "/api/prior",

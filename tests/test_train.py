@@ -8,18 +8,12 @@ import shutil
 import pytest
 import torch
 
+from tests.conftest import metrics
 from vaelab import objectives
 from vaelab.checkpoint import load_checkpoint, load_run
 from vaelab.config import Config, resolve
 from vaelab.data import load_dataset
 from vaelab.training import TrainingDiverged, learning_rate, resume, train
-
-TIMING = {"seconds", "examples_per_s"}
-
-
-def metrics(run):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_run_folder_is_self_describing(tmp_path, tiny_cfg):
@@ -29,7 +23,7 @@ def test_run_folder_is_self_describing(tmp_path, tiny_cfg):
     chosen, _ = resolve(tiny_cfg, load_dataset("mnist-sample").facts())
     assert saved.replace(data={"fingerprint": None}) == chosen.replace(train={"precision": "fp32"})
     assert len(saved.data.fingerprint) == 16  # the data's identity is recorded with the run
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2]
     for key in ("train_loss", "train_recon", "train_kl", "test_elbo", "seconds", "examples_per_s"):
         assert key in rows[-1]
@@ -46,7 +40,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, tiny_cfg):
     full = train(cfg, tmp_path / "full", progress=False, dataset=data)
     part = train(cfg.replace(train={"epochs": 2}), tmp_path / "part", progress=False, dataset=data)
     resume(part, epochs=4, progress=False, dataset=data)
-    assert metrics(part) == metrics(full)
+    assert metrics(part, timing=False) == metrics(full, timing=False)
     _, a = load_run(full)
     _, b = load_run(part)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
@@ -81,7 +75,7 @@ def test_time_budget_stops_before_an_epoch_that_would_overrun_and_resume_extends
     assert [r["epoch"] for r in metrics(run)] == [1, 2, 3, 4]
     assert json.loads((run / "config.json").read_text())["train"]["minutes"] == 0.75
     full = train(cfg.replace(train={"epochs": 4}), tmp_path / "full", progress=False, dataset=data)
-    assert metrics(run) == metrics(full)
+    assert metrics(run, timing=False) == metrics(full, timing=False)
     # an exhausted budget trains no further epoch
     resume(run, progress=False, dataset=data)
     assert len(metrics(run)) == 4
@@ -119,7 +113,7 @@ def test_a_few_non_finite_steps_are_skipped_and_counted(tmp_path, tiny_cfg, monk
 
     monkeypatch.setitem(objectives.OBJECTIVES, "elbo", real.__class__(poisoned, real.terms, real.options))
     run = train(tiny_cfg.replace(train={"epochs": 2}), tmp_path / "run", progress=False)
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(run)
     assert records[0]["skipped_steps"] == 2 and "skipped_steps" not in records[1]
     assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["test_elbo"]) for r in records)
     assert "epoch 1 skipped 2 step(s)" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -568,14 +569,21 @@ def field_problem(f: dataclasses.Field, value: Any) -> str | None:
     return None
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        values = ()
-    if not values:
-        raise ConfigError(f"expected comma-separated integers such as 512,512, got {text!r}")
-    return values
+def comma_list(convert: Callable[[str], Any], what: str, example: str) -> Callable[[str], tuple]:
+    """A reader of comma-separated values, e.g. 512,512: a non-empty tuple, or a ConfigError
+    that names `what` was expected, with `example`."""
+    def read(text: str) -> tuple:
+        try:
+            values = tuple(convert(p) for p in text.split(",") if p.strip())
+        except ValueError:
+            values = ()
+        if not values:
+            raise ConfigError(f"expected comma-separated {what} such as {example}, got {text!r}")
+        return values
+    return read
+
+
+_ints = comma_list(int, "integers", "512,512")
 
 
 def _size(text: str) -> tuple[int, int]:

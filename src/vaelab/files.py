@@ -134,8 +134,9 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
-    """Write `obj` as JSON to `path` atomically (a reader sees the old file or the new, never half)."""
-    return atomic_write(path, json.dumps(obj, indent=indent) + "\n")
+    """Write `obj` as JSON to `path` atomically (a reader sees the old file or the new, never half):
+    indented for people to read, or with `indent` None on one line without spaces (large indexes)."""
+    return atomic_write(path, json.dumps(obj, indent=indent, separators=None if indent else (",", ":")) + "\n")
 
 
 # ----------------------------------------------------------------------------- locks

@@ -45,7 +45,7 @@ import numpy as np
 
 from vaelab.config import DataConfig, background_rgb, did_you_mean
 from vaelab.data import DATASETS, DataError, Dataset, ImageFile, Split, attach_conditions, cache_dir, load_dataset
-from vaelab.files import FileError, atomic_write, describe, dir_mode, swap_in
+from vaelab.files import FileError, describe, dir_mode, swap_in, write_json
 from vaelab.runtime import ProgressLine, cpu_budget, progress_bar, progress_lines
 
 __all__ = ["load_folder", "load_array", "load_configured", "Transform", "file_names", "decode", "from_pil", "scan",
@@ -589,14 +589,10 @@ def _finish(tmp: Path, folder: Path, manifest: dict[str, Any], stamp: str) -> Da
     """Write the manifest and the index of a built cache, swap it in, return its Dataset."""
     index = {k: v for k, v in manifest.items() if k not in ("files", "splits")}
     index.update(stamp=stamp, labels={s: manifest["splits"][s]["labels"] for s in ("train", "test")})
-    _write_json(tmp / "manifest.json", manifest)
-    _write_json(tmp / "index.json", index)
+    write_json(tmp / "manifest.json", manifest, indent=None)
+    write_json(tmp / "index.json", index, indent=None)
     swap_in(tmp, folder)
     return _dataset_from_cache(folder, index)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, separators=(",", ":")))
 
 
 def _dataset_from_cache(folder: Path, m: dict[str, Any]) -> Dataset:

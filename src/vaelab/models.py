@@ -10,8 +10,9 @@ Shared interface (checked for every registered model by ``tests/test_contract.py
 - ``objective``: the bound ``vaelab.objectives.Objective`` that ``forward`` runs: the
   model's own (``default_objective``) with its defaults, until ``bind_objective``
   binds a run's choice and settings
-- ``forward(x, c, generator=, x_in=, peers=)``: data only; runs the objective and returns its
-  per-example terms (``x_in``: the encoder's input when it differs from x, for denoising),
+- ``forward(x, c, schedule=, generator=, x_in=, peers=)``: data only; runs the objective and
+  returns its per-example terms (``schedule``: the training step's ``vaelab.objectives.Schedule``,
+  e.g. the KL warm-up; ``x_in``: the encoder's input when it differs from x, for denoising),
   so that DistributedDataParallel, which synchronises gradients only for work done inside
   the wrapped module's forward, sees all of it
 
@@ -53,7 +54,7 @@ from vaelab.distributions import (
 )
 from vaelab.flows import FLOWS, FlowPosterior
 from vaelab.nets import ACTIVATIONS, NETS, mlp
-from vaelab.objectives import Objective, bind
+from vaelab.objectives import Objective, Schedule, bind
 from vaelab.runtime import Dist
 
 __all__ = [
@@ -173,13 +174,15 @@ class _Base(nn.Module):
         self.decoder = decoder_cls(decoder_in + self.cond_dim, dec_hidden, (self.likelihood.out_channels, h, w),
                                    cfg.activation, **extra)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, *, generator=None,
-                x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, *, schedule: Schedule | None = None,
+                generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
         """Run the model's bound objective (``self.objective``) on a batch: per-example terms, each (B,).
 
         Args:
             x: Images (B, C, H, W).
             c: Conditions (B, C') for conditional models; None otherwise.
+            schedule: The training step's ``vaelab.objectives.Schedule`` (the KL warm-up's share
+                of beta), for objectives that read one; None: full weights, as in the test pass.
             generator: The reparameterisation noise (see ``vaelab.objectives``).
             x_in: What the encoder sees instead of x, (B, C, H, W) (denoising training); None: x.
             peers: The rest of the global batch in a data-parallel job (see ``vaelab.objectives``).
@@ -187,7 +190,7 @@ class _Base(nn.Module):
         Returns:
             The objective's terms, a dict of (B,) tensors with ``loss`` first.
         """
-        return self.objective(self, x, c, generator=generator, x_in=x_in, peers=peers)
+        return self.objective(self, x, c, schedule=schedule, generator=generator, x_in=x_in, peers=peers)
 
     def _condition(self, c: torch.Tensor | None, lead: tuple[int, ...]) -> torch.Tensor | None:
         if not self.conditional:

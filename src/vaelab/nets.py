@@ -215,6 +215,34 @@ def _res_blocks(n: int, channels: int, act: type[nn.Module]) -> list[nn.Module]:
     return [ResBlock(channels, act) for _ in range(n)]
 
 
+def _downsampling_levels(image_shape: Sequence[int], hidden: Sequence[int], out_features: int, cond_dim: int,
+                         level) -> tuple[nn.Module, nn.Module]:
+    """What the conv encoders share: (features, head). `features` run each level's layers,
+    ``level(c_in, c)`` (a 2x downsampling to c channels and its residual blocks), from the
+    image inwards, then flatten; `head` maps the flattened features [+ condition] to
+    `out_features`."""
+    h, w = _check_divisible(image_shape, len(hidden))
+    layers: list[nn.Module] = []
+    for c_in, c in zip([image_shape[0], *hidden], hidden):
+        layers += level(c_in, c)
+    return nn.Sequential(*layers, nn.Flatten()), nn.Linear(hidden[-1] * h * w + cond_dim, out_features)
+
+
+def _upsampling_levels(latent_dim: int, hidden: Sequence[int], out_shape: Sequence[int], act: type[nn.Module],
+                       level) -> tuple[tuple[int, int, int], nn.Module, list[nn.Module]]:
+    """What the conv decoders share: (start, fc, layers). `fc` maps a code (B, latent_dim) to the
+    deepest level's map, flattened, of shape `start` (C, H / 2^L, W / 2^L); `layers` are each
+    level's, ``level(c_in, c_out)`` (its residual blocks and a 2x upsampling), deepest level
+    first, ending at full resolution with hidden[0] channels."""
+    h, w = _check_divisible(out_shape, len(hidden))
+    widths = list(reversed(hidden))  # deepest level first
+    fc = nn.Sequential(nn.Linear(latent_dim, widths[0] * h * w), act())
+    layers: list[nn.Module] = []
+    for c_in, c_out in zip(widths, widths[1:] + widths[-1:]):
+        layers += level(c_in, c_out)
+    return (widths[0], h, w), fc, layers
+
+
 class ConvEncoder(nn.Module):
     """A convolutional encoder that halves the resolution at each level, then a linear head.
 
@@ -245,16 +273,13 @@ class ConvEncoder(nn.Module):
     def __init__(self, image_shape: Sequence[int], hidden: Sequence[int], out_features: int,
                  activation: str = "relu", cond_dim: int = 0, *, res_blocks: int = 0) -> None:
         super().__init__()
-        h, w = _check_divisible(image_shape, len(hidden))
         act = ACTIVATIONS[activation]
-        layers: list[nn.Module] = []
-        c_in = image_shape[0]
-        for c in hidden:
-            layers += [nn.Conv2d(c_in, c, 3, padding=1), act(), nn.Conv2d(c, c, 3, stride=2, padding=1), act()]
-            layers += _res_blocks(res_blocks, c, act)
-            c_in = c
-        self.features = nn.Sequential(*layers, nn.Flatten())
-        self.head = nn.Linear(c_in * h * w + cond_dim, out_features)
+
+        def level(c_in: int, c: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c, 3, padding=1), act(), nn.Conv2d(c, c, 3, stride=2, padding=1), act(),
+                    *_res_blocks(res_blocks, c, act)]
+
+        self.features, self.head = _downsampling_levels(image_shape, hidden, out_features, cond_dim, level)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """Encode images x (B, C, H, W), with conditions c (B, cond_dim) if built with a
@@ -295,17 +320,11 @@ class SubPixelDecoder(nn.Module):
                  activation: str = "relu", *, res_blocks: int = 0) -> None:
         super().__init__()
         self.out_shape = tuple(out_shape)
-        h, w = _check_divisible(out_shape, len(hidden))
         act = ACTIVATIONS[activation]
-        widths = list(reversed(hidden))  # deepest level first
-        self.start = (widths[0], h, w)
-        self.fc = nn.Sequential(nn.Linear(latent_dim, widths[0] * h * w), act())
-        layers: list[nn.Module] = []
-        for c_in, c_out in zip(widths, widths[1:] + widths[-1:]):
-            layers += _res_blocks(res_blocks, c_in, act)
-            layers += self.upsample(c_in, c_out, act)
-        layers.append(nn.Conv2d(widths[-1], out_shape[0], 3, padding=1))
-        self.net = nn.Sequential(*layers)
+        self.start, self.fc, layers = _upsampling_levels(
+            latent_dim, hidden, out_shape, act,
+            lambda c_in, c_out: [*_res_blocks(res_blocks, c_in, act), *self.upsample(c_in, c_out, act)])
+        self.net = nn.Sequential(*layers, nn.Conv2d(hidden[0], out_shape[0], 3, padding=1))
 
     @staticmethod
     def upsample(c_in: int, c_out: int, act: type[nn.Module]) -> list[nn.Module]:
@@ -373,15 +392,12 @@ class ResNetEncoder(nn.Module):
     def __init__(self, image_shape: Sequence[int], hidden: Sequence[int], out_features: int,
                  activation: str = "relu", cond_dim: int = 0, *, res_blocks: int = 0) -> None:
         super().__init__()
-        h, w = _check_divisible(image_shape, len(hidden))
         act = ACTIVATIONS[activation]
-        layers: list[nn.Module] = []
-        c_in = image_shape[0]
-        for c in hidden:
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), act(), *_res_blocks(res_blocks, c, act)]
-            c_in = c
-        self.features = nn.Sequential(*layers, nn.Flatten())
-        self.head = nn.Linear(c_in * h * w + cond_dim, out_features)
+
+        def level(c_in: int, c: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c, 3, stride=2, padding=1), act(), *_res_blocks(res_blocks, c, act)]
+
+        self.features, self.head = _downsampling_levels(image_shape, hidden, out_features, cond_dim, level)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """Encode images x (B, C, H, W) with values in [0, 1], with conditions c
@@ -425,17 +441,21 @@ class ResNetDecoder(nn.Module):
                  activation: str = "relu", *, res_blocks: int = 0) -> None:
         super().__init__()
         self.out_shape = tuple(out_shape)
-        h, w = _check_divisible(out_shape, len(hidden))
         act = ACTIVATIONS[activation]
-        widths = list(reversed(hidden))  # deepest level first
-        self.start = (widths[0], h, w)
-        self.fc = nn.Sequential(nn.Linear(latent_dim, widths[0] * h * w), act())
-        layers: list[nn.Module] = []
-        for c_in, c_out in zip(widths, widths[1:] + widths[-1:]):
-            up = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1), act()]
-            layers += [*_res_blocks(res_blocks, c_in, act), *up]
+
+        def level(c_in: int, c_out: int) -> list[nn.Module]:
+            up = self.upsample(c_in, c_out, act)  # made before the blocks: a seed initialises it as it always has
+            return [*_res_blocks(res_blocks, c_in, act), *up]
+
+        self.start, self.fc, layers = _upsampling_levels(latent_dim, hidden, out_shape, act, level)
         self.net = nn.Sequential(*layers)
-        self.head = nn.Conv2d(widths[-1], out_shape[0], 1)
+        self.head = nn.Conv2d(hidden[0], out_shape[0], 1)
+
+    @staticmethod
+    def upsample(c_in: int, c_out: int, act: type[nn.Module]) -> list[nn.Module]:
+        """One 2x upsampling level, (B, c_in, h, w) -> (B, c_out, 2h, 2w): nearest-neighbour
+        upsampling, a 3x3 conv and the activation (resize-convolution)."""
+        return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1), act()]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Decode codes z (B, latent_dim) into outputs (B, C_out, H, W); the head in fp32 under autocast."""

@@ -21,7 +21,11 @@ of Im et al. 2017 (for the autoencoder, the denoising criterion of Vincent et al
 function from this process's rows (B, ...) to (all rows of the global batch in order,
 offset of this process's rows among them), with gradients flowing back to the process
 that owns each row (``vaelab.runtime.Dist.batch_peers``). None: the rows given are
-the whole batch. Only icvae's pairwise term uses it; per-example objectives ignore it."""
+the whole batch. Only icvae's pairwise term uses it; per-example objectives ignore it.
+
+`schedule`, for objectives that declare they read it, is a ``Schedule``: what changes with
+the training step (the KL warm-up's share of beta), a function of the step alone so that a
+resumed run goes on exactly. None, as in the test pass: the full weights."""
 
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ __all__ = [
     "OBJECTIVES",
     "Objective",
     "ObjectiveSpec",
+    "Schedule",
     "objective",
     "bind",
     "elbo",
@@ -48,6 +53,43 @@ __all__ = [
     "kl_to_prior",
     "pairwise_gaussian_kl",
 ]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What an objective weighs at one training step: the settings that change with the step.
+
+    Built by ``Schedule.at`` from the run's settings and the step alone (so a resumed run
+    continues exactly); the model's ``forward`` hands it to objectives that declare the
+    fields they read (``ObjectiveSpec.schedule``). Each field names the TrainConfig setting
+    that drives it in its metadata, and ``bind`` refuses that setting for an objective that
+    does not read the field.
+
+    Attributes:
+        kl_scale: The share of the KL weight beta the loss uses at this step, in [0, 1]:
+            rises linearly from 0 to 1 over ``kl_warmup`` epochs (Bowman et al. 2016;
+            Sønderby et al. 2016), then stays at 1.
+
+    Examples:
+        >>> from vaelab.config import TrainConfig
+        >>> from vaelab.objectives import Schedule
+        >>> t = TrainConfig(kl_warmup=2)
+        >>> [Schedule.at(t, step, 100).kl_scale for step in (0, 50, 100, 200, 300)]
+        [0.0, 0.25, 0.5, 1.0, 1.0]
+        >>> Schedule.at(TrainConfig(kl_warmup=0), 0, 100)
+        Schedule(kl_scale=1.0)
+    """
+
+    kl_scale: float = field(default=1.0, metadata={"setting": "kl_warmup", "what": "no KL term to warm up"})
+
+    @classmethod
+    def at(cls, t: TrainConfig, step: int, steps_per_epoch: int) -> Schedule:
+        """The schedule of optimiser step `step` (0-based) of a run with `steps_per_epoch` steps an epoch."""
+        warm = min(1.0, step / (t.kl_warmup * steps_per_epoch)) if t.kl_warmup else 1.0
+        return cls(kl_scale=warm)
+
+
+FULL = Schedule()  # every weight at its end value: the test pass, and calls without a schedule
 
 
 @dataclass(frozen=True)
@@ -66,14 +108,16 @@ class ObjectiveSpec:
         check: Raises ``ConfigError`` for training settings the objective cannot honour; None: none.
         needs: Model traits required to train with it (``density``, ``conditional``,
             ``autoencoder``; see ``traits`` in ``vaelab.models``).
+        schedule: The ``Schedule`` fields ``fn`` reads (it is then called with ``schedule=``);
+            the settings that drive the others are refused. Empty: ``fn`` takes no schedule.
 
     Examples:
         >>> from vaelab.objectives import OBJECTIVES
         >>> spec = OBJECTIVES["iwae"]
-        >>> spec.terms, spec.options, spec.needs
-        (('loss', 'iwae', 'elbo'), ('samples', 'beta'), ('density',))
-        >>> OBJECTIVES["icvae"].needs
-        ('density', 'conditional')
+        >>> spec.terms, spec.options, spec.needs, spec.schedule
+        (('loss', 'iwae', 'elbo'), ('samples', 'beta'), ('density',), ())
+        >>> OBJECTIVES["icvae"].needs, OBJECTIVES["icvae"].schedule
+        (('density', 'conditional'), ('kl_scale',))
     """
 
     fn: Callable[..., dict[str, torch.Tensor]]
@@ -82,12 +126,12 @@ class ObjectiveSpec:
     check: Callable[[TrainConfig], None] | None = None  # refuses settings it cannot honour
     # what a model must be to train with it (vaelab.models' traits: density, conditional, autoencoder)
     needs: tuple[str, ...] = ("density",)
-
-
+    schedule: tuple[str, ...] = ()  # the Schedule fields fn reads, passed as schedule=
 
 
 def objective(name: str, terms: tuple[str, ...], options: tuple[str, ...] = (),
-              check: Callable[[TrainConfig], None] | None = None, needs: tuple[str, ...] = ("density",)):
+              check: Callable[[TrainConfig], None] | None = None, needs: tuple[str, ...] = ("density",),
+              schedule: tuple[str, ...] = ()):
     """Register a new training objective under a name (a decorator).
 
     The decorated function has the signature
@@ -105,12 +149,17 @@ def objective(name: str, terms: tuple[str, ...], options: tuple[str, ...] = (),
         check: Called with the run's TrainConfig; raises ``ConfigError`` for settings the
             objective cannot honour.
         needs: Model traits the objective requires (``density``, ``conditional``, ``autoencoder``).
+        schedule: The ``Schedule`` fields the function reads, e.g. ``("kl_scale",)`` for one
+            that weighs a KL term by ``beta * schedule.kl_scale``; it is then called with a
+            ``schedule=`` keyword (None in the test pass: full weights). Settings that drive
+            the other fields (``kl_warmup``) are refused for it.
 
     Returns:
         The decorator, which registers the function and returns it unchanged.
 
     Raises:
-        ValueError: An option is not a TrainConfig field, or ``"loss"`` is not the first term.
+        ValueError: An option is not a TrainConfig field, a schedule field is not a
+            ``Schedule`` field, or ``"loss"`` is not the first term.
 
     Examples:
         >>> from vaelab.objectives import OBJECTIVES, Objective, elbo, objective
@@ -122,12 +171,13 @@ def objective(name: str, terms: tuple[str, ...], options: tuple[str, ...] = (),
         >>> del OBJECTIVES["half-kl"]  # the registry is global: tidy up after the example
     """
     unknown = set(options) - {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown |= set(schedule) - {f.name for f in dataclasses.fields(Schedule)}
     if unknown or not terms or terms[0] != "loss":
-        raise ValueError(f"objective {name}: options {sorted(unknown)} are not TrainConfig fields, or "
-                         f"'loss' is not its first term")
+        raise ValueError(f"objective {name}: {sorted(unknown)} are not TrainConfig fields (options) or "
+                         f"Schedule fields (schedule), or 'loss' is not its first term")
 
     def register(fn):
-        OBJECTIVES[name] = ObjectiveSpec(fn, tuple(terms), tuple(options), check, tuple(needs))
+        OBJECTIVES[name] = ObjectiveSpec(fn, tuple(terms), tuple(options), check, tuple(needs), tuple(schedule))
         return fn
 
     return register
@@ -186,12 +236,14 @@ class Objective:
         """A copy with some options changed or added: ``obj.replace(samples=50)``."""
         return Objective(self.name, {**self.options, **options})
 
-    def __call__(self, model, x: torch.Tensor, c: torch.Tensor | None = None, *, generator=None,
-                 x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+    def __call__(self, model, x: torch.Tensor, c: torch.Tensor | None = None, *, schedule: Schedule | None = None,
+                 generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
         """Per-example terms, each (B,), of the objective on images x (B, C, H, W) with
-        conditions c (B, C') for conditional models; `generator`, `x_in` (B, C, H, W) and
-        `peers` as in the module docstring."""
-        return OBJECTIVES[self.name].fn(model, x, c, generator=generator, x_in=x_in, peers=peers, **self.options)
+        conditions c (B, C') for conditional models; `schedule`, `generator`, `x_in`
+        (B, C, H, W) and `peers` as in the module docstring."""
+        spec = OBJECTIVES[self.name]
+        extra = {"schedule": schedule} if spec.schedule else {}  # objectives without one take no keyword
+        return spec.fn(model, x, c, generator=generator, x_in=x_in, peers=peers, **extra, **self.options)
 
 
 def bind(name: str, t: TrainConfig) -> Objective:
@@ -222,13 +274,21 @@ def bind(name: str, t: TrainConfig) -> Objective:
     if name not in OBJECTIVES:
         raise ConfigError(f"unknown objective {name!r}; choose {', '.join(OBJECTIVES)}")
     spec = OBJECTIVES[name]
+    for f in dataclasses.fields(Schedule):  # a setting that drives a schedule field it does not read
+        setting = f.metadata["setting"]
+        if getattr(t, setting) and f.name not in spec.schedule:
+            readers = ", ".join(n for n, s in OBJECTIVES.items() if f.name in s.schedule)
+            flag = "--" + setting.replace("_", "-")
+            raise ConfigError(f"the {name} objective has {f.metadata['what']}; set {flag} 0 (the objectives "
+                              f"with one: {readers})")
     if spec.check:
         spec.check(t)
     return Objective(name, {k: getattr(t, k) for k in spec.options})
 
 
 def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
-         kl: str = "analytic", generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+         kl: str = "analytic", schedule: Schedule | None = None, generator=None, x_in: torch.Tensor | None = None,
+         peers=None) -> dict[str, torch.Tensor]:
     """The evidence lower bound, ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) (Kingma & Welling 2014, eq. 10).
 
     The reconstruction term averages `samples` reparameterised draws z ~ q(z|x). The KL to
@@ -236,7 +296,8 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
     Gaussian; otherwise it is the Monte-Carlo estimate mean(log q(z) - log p(z)) over the
     same draws, which is what posteriors with flows need: the bound is then
     log p(x, z_K) - log q_0(z_0) + sum log|det| (Rezende & Mohamed 2015, eq. 15). `beta`
-    weights the KL in the loss (Higgins et al. 2017); the reported ``elbo`` keeps beta = 1.
+    weights the KL in the loss (Higgins et al. 2017), scaled by the schedule's warm-up share;
+    the reported ``elbo`` keeps beta = 1.
 
     Args:
         model: A model with a density (``encode``, ``decode``, ``prior``).
@@ -245,17 +306,20 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
         samples: Draws K of z per image.
         beta: Weight of the KL term in the loss, >= 0.
         kl: ``"analytic"`` (closed form where possible) or ``"mc"`` (Monte Carlo).
+        schedule: This training step's ``Schedule``; the KL weight is beta * ``kl_scale``.
+            None: the full beta.
         generator: Source of the reparameterisation noise: a ``torch.Generator``, None (the
             global RNG) or a ``vaelab.noise.ExampleNoise``.
         x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
         peers: Data-parallel batch gathering (see the module docstring); ignored here.
 
     Returns:
-        dict: per-example terms in nats, each of shape (B,), ``loss`` = -(recon - beta * kl),
+        dict: per-example terms in nats, each of shape (B,), ``loss`` = -(recon - w * kl) with
+        w = beta * kl_scale,
         ``recon`` = E_q[log p(x|z)], ``kl`` = KL(q(z|x) || p(z)), ``elbo`` = recon - kl.
 
     Examples:
-        >>> from vaelab.objectives import elbo
+        >>> from vaelab.objectives import Schedule, elbo
         >>> from vaelab.config import ModelConfig
         >>> from vaelab.models import build_model
         >>> _ = torch.manual_seed(0)
@@ -268,12 +332,17 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
         True
         >>> bool((terms["elbo"] < 0).all())  # a lower bound on log p(x) <= 0 for binary x
         True
+        >>> _ = torch.manual_seed(0)
+        >>> warm = elbo(model, x, samples=2, beta=4.0, schedule=Schedule(kl_scale=0.25))  # same draws
+        >>> torch.allclose(warm["loss"], -(warm["recon"] - 1.0 * warm["kl"]))
+        True
     """
     q = model.encode(x if x_in is None else x_in, c)
     z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, D), (L, B)
     recon = model.decode(z, c).log_prob(x).mean(0)
     kl_term = kl_to_prior(model, q, z, log_q, kl)
-    return {"loss": -(recon - beta * kl_term), "recon": recon, "kl": kl_term, "elbo": recon - kl_term}
+    weight = beta * (schedule or FULL).kl_scale
+    return {"loss": -(recon - weight * kl_term), "recon": recon, "kl": kl_term, "elbo": recon - kl_term}
 
 
 def kl_to_prior(model, q, z: torch.Tensor, log_q: torch.Tensor, kl: str = "analytic") -> torch.Tensor:
@@ -318,9 +387,6 @@ def kl_to_prior(model, q, z: torch.Tensor, log_q: torch.Tensor, kl: str = "analy
 def _no_kl_weight(t: TrainConfig) -> None:
     if t.beta != 1.0:
         raise ConfigError("the IWAE bound has no KL weight; use --objective elbo with --beta")
-    if t.kl_warmup:
-        raise ConfigError("the IWAE bound has no KL term to warm up; use --objective elbo with --kl-warmup, "
-                          "or --kl-warmup 0")
 
 
 def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 5, beta: float = 1.0,
@@ -445,7 +511,7 @@ def pairwise_gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor, mean_j: torc
 
 
 def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
-          kl: str = "analytic", lam: float = 1.0, generator=None,
+          kl: str = "analytic", lam: float = 1.0, schedule: Schedule | None = None, generator=None,
           x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
     """The invariant conditional VAE loss, which pushes information about c out of z (Moyer et al. 2018).
 
@@ -453,6 +519,7 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
 
         (1 + lam) * E_q[-log p(x|z,c)] + beta * KL(q(z|x) || p(z)) + lam * KL(q(z|x) || q(z))
 
+    (beta scaled by the schedule's KL warm-up share during warm-up)
     where q(z) is the batch's mixture of posteriors; by convexity of KL,
     KL(q(z|x_i) || q(z)) <= mean_{j != i} KL(q(z|x_i) || q(z|x_j)), the pairwise Gaussian
     KLs of ``pairwise_gaussian_kl`` (the corrected form keeps the log-determinant
@@ -468,6 +535,8 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
         beta: Weight of the KL to the prior, >= 0.
         kl: ``"analytic"`` or ``"mc"``, for the KL to the prior.
         lam: Weight lambda of the invariance penalty, >= 0; the reconstruction is weighted 1 + lambda.
+        schedule: This training step's ``Schedule``: the KL to the prior weighs
+            beta * ``kl_scale``; None: the full beta.
         generator: Source of the reparameterisation noise (see ``elbo``).
         x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
         peers: In a data-parallel job, gathers the global batch's posterior parameters; None:
@@ -505,15 +574,15 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
     pair = pairwise_gaussian_kl(q.mean, q.log_std, mean_j, log_std_j)  # (B, whole batch)
     rows = torch.arange(len(x), device=pair.device)
     kl_marginal = (pair.sum(1) - pair[rows, offset + rows]) / max(1, len(mean_j) - 1)
-    loss = -(1 + lam) * recon + beta * kl_prior + lam * kl_marginal
+    loss = -(1 + lam) * recon + beta * (schedule or FULL).kl_scale * kl_prior + lam * kl_marginal
     return {"loss": loss, "recon": recon, "kl": kl_prior, "kl_marginal": kl_marginal, "elbo": recon - kl_prior}
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
-    "elbo": ObjectiveSpec(elbo, ("loss", "recon", "kl", "elbo"), ("samples", "beta", "kl")),
+    "elbo": ObjectiveSpec(elbo, ("loss", "recon", "kl", "elbo"), ("samples", "beta", "kl"), schedule=("kl_scale",)),
     "iwae": ObjectiveSpec(iwae, ("loss", "iwae", "elbo"), ("samples", "beta"), _no_kl_weight),
     "icvae": ObjectiveSpec(icvae, ("loss", "recon", "kl", "kl_marginal", "elbo"), ("samples", "beta", "kl", "lam"),
-                           needs=("density", "conditional")),
+                           needs=("density", "conditional"), schedule=("kl_scale",)),
     "reconstruction": ObjectiveSpec(reconstruction, ("loss", "recon"), needs=("autoencoder",)),
 }
 """The objective registry: name (``TrainConfig.objective``, ``--objective``) -> ``ObjectiveSpec``.

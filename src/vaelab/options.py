@@ -31,6 +31,7 @@ from vaelab.config import (
     RECIPE_FIELDS,
     Config,
     ConfigError,
+    comma_list,
     did_you_mean,
     field_problem,
     read_flag,
@@ -518,24 +519,8 @@ def _names(s: str, registry: str) -> list[str]:
     return got
 
 
-def _comma_list(convert, what: str):
-    """A reader of comma-separated values, e.g. 0.1,0.3 or 1,2."""
-    def read(s: str) -> tuple:
-        try:
-            return tuple(convert(v) for v in s.split(",") if v.strip())
-        except ValueError:
-            raise ConfigError(f"expected comma-separated {what}, got {s!r}") from None
-    return read
-
-
 def _seeds(s: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(dict.fromkeys(int(v) for v in s.split(",") if v.strip()))
-    except ValueError:
-        seeds = ()
-    if not seeds:
-        raise ConfigError(f"expected comma-separated integer seeds such as 0,1,2, got {s!r}")
-    return seeds
+    return tuple(dict.fromkeys(comma_list(int, "integer seeds", "0,1,2")(s)))  # each seed once
 
 
 def _dims(s: str) -> tuple[int, int]:
@@ -557,8 +542,8 @@ def _words(s: str) -> tuple[str, ...]:
 
 # how the command line reads an option's text, for options whose declaration names one
 PARSERS = {"run": read_run_dir, "runs": lambda s: tuple(read_run_dir(p.strip()) for p in s.split(",") if p.strip()),
-           "path": read_path, "metrics": _metrics, "integers": _comma_list(int, "integers"),
-           "numbers": _comma_list(float, "numbers"), "seeds": _seeds, "dims": _dims, "port": _port, "words": _words}
+           "path": read_path, "metrics": _metrics, "integers": comma_list(int, "integers", "1,2"),
+           "numbers": comma_list(float, "numbers", "0.1,0.3"), "seeds": _seeds, "dims": _dims, "port": _port, "words": _words}
 
 
 def read_option(f: dataclasses.Field, text: str) -> Any:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from vaelab.batches import TEST_KEY, as_input, binarization_key
-from vaelab.config import background_rgb
+from vaelab.config import NOISE_KINDS, background_rgb
 from vaelab.evaluate import decode_rows
 from vaelab.explore import Explorer, add_noise, principal_axes, psnr, slerp
 from vaelab.images import from_pil
@@ -54,7 +54,6 @@ from vaelab.scores import (
 __all__ = ["serve", "make_app", "Session", "BadRequest"]
 
 WEB = Path(__file__).parent / "_web"
-NOISE_KINDS = ("uniform", "salt-pepper", "gaussian")
 MAX_BODY = 8 << 20  # bytes of one request: an uploaded photo fits, a flood does not
 MAX_CODES = 1024  # codes decoded by one request
 SCORE_K = 8  # importance samples per image behind the ranking's scores (a quick, noisier log p(x))

@@ -37,6 +37,7 @@ from vaelab.files import RunLock, atomic_write, ensure_dir, write_json
 from vaelab.images import is_path, load_configured
 from vaelab.models import active_units, bind_objective, build_model, check_config, check_data_fit
 from vaelab.noise import ExampleNoise, keep_noise_out_of_compile
+from vaelab.objectives import Schedule
 from vaelab.plots import image_grid, save_png
 from vaelab.runtime import (
     Dist,
@@ -283,6 +284,8 @@ def kl_weight(t: TrainConfig, step: int, steps_per_epoch: int) -> float:
     The weight rises linearly from 0 to ``t.beta`` over the first ``t.kl_warmup`` epochs and
     then stays there (Bowman et al. 2016; Sønderby et al. 2016); with ``kl_warmup`` 0 it is
     ``t.beta`` from the start. The test bound is always computed with the full ``beta``.
+    Training hands the objective this step's ``vaelab.objectives.Schedule``, whose
+    ``kl_scale`` is this weight's share of beta.
 
     Args:
         t: the training settings.
@@ -299,9 +302,7 @@ def kl_weight(t: TrainConfig, step: int, steps_per_epoch: int) -> float:
         >>> [kl_weight(t, step, 100) for step in (0, 50, 100, 200, 300)]
         [0.0, 0.25, 0.5, 1.0, 1.0]
     """
-    if not t.kl_warmup:
-        return t.beta
-    return t.beta * min(1.0, step / (t.kl_warmup * steps_per_epoch))
+    return t.beta * Schedule.at(t, step, steps_per_epoch).kl_scale
 
 
 def gradient_norm(model: torch.nn.Module, clip: float) -> torch.Tensor:
@@ -687,7 +688,6 @@ class Session:
     scaler: Any
     batches: Batches
     test_inputs: SplitInputs
-    objective: Any
     info: dict[str, Any]
     records: list[dict[str, Any]]
     epoch: int
@@ -758,10 +758,11 @@ def _setup(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
     if dist.main and not resume and t.warmup_steps > len(batches) and t.warmup_steps != TrainConfig().warmup_steps:
         print(f"note: --warmup-steps {t.warmup_steps} is longer than an epoch ({len(batches)} steps): the "
               "learning-rate warm-up lasts one epoch", file=sys.stderr)  # asked for: said under --quiet too
+    bind_objective(model, t)  # what forward runs, in training and in the test pass
     s = Session(cfg=cfg, run_dir=run_dir, dist=dist, device=device, model=model, step_model=model,
                 optimizer=optimizer, scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
                 batches=batches, test_inputs=model_inputs(model, cfg, data.test, len(data.classes), device, budget),
-                objective=bind_objective(model, t), records=[], epoch=0, step=0, verbose=verbose,
+                records=[], epoch=0, step=0, verbose=verbose,
                 denoise=parse_denoise(t.denoise) if t.denoise else None,
                 info={"image_shape": list(data.image_shape), "cond_dim": model.cond_dim, "dataset": data.name,
                       "data_source": data.source, "batch_size": batches.batch_size, "classes": list(data.classes)})
@@ -911,14 +912,13 @@ def train_step(s: Session, batch, lr: float):
     t, dist = s.cfg.train, s.dist
     for group in s.optimizer.param_groups:
         group["lr"] = lr
-    if t.kl_warmup:  # the KL weight of this step; the test pass keeps the full beta
-        s.model.objective = s.objective.replace(beta=kl_weight(t, s.step, len(s.batches)))
     # denoising: the encoder sees the batch (after binarisation) corrupted with noise tied to
     # (seed, step, image), the likelihood scores the clean batch
     key = noise_key(t.seed, s.step)
     x_in = None if s.denoise is None else corrupt(batch.x, batch.idx, s.denoise, key)
-    terms = s.step_model(batch.x, batch.cond, generator=ExampleNoise(batch.idx, key), x_in=x_in,
-                         peers=dist.batch_peers(batch.size))
+    # the KL warm-up's share of beta at this step (the test pass runs without a schedule: full beta)
+    terms = s.step_model(batch.x, batch.cond, schedule=Schedule.at(t, s.step, len(s.batches)),
+                         generator=ExampleNoise(batch.idx, key), x_in=x_in, peers=dist.batch_peers(batch.size))
     # the global batch mean: DDP averages the processes' gradients, so each contributes its
     # sum scaled by world / global batch size
     loss = terms["loss"].sum() * (dist.world / batch.size)
@@ -956,7 +956,6 @@ def end_of_epoch(s: Session, sums: dict[str, torch.Tensor], n_used: int, lr: flo
     if not all(math.isfinite(v) for v in train_terms.values()):
         raise TrainingDiverged(f"a loss term became non-finite during epoch {s.epoch + 1}; stopped. "
                                f"{_kept(s.run_dir, s.epoch)}. Try a lower --lr.")
-    s.model.objective = s.objective
     test_terms = {f"test_{k}": v for k, v in test_elbo(s.model, s.test_inputs, seed=t.seed, dist=dist).items()}
     if s.model.has_density:
         test_terms["active_units"] = active_units(s.model, s.test_inputs, dist)
