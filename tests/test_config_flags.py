@@ -36,7 +36,8 @@ def other_value(section: str, f):
         value = next(c for c in meta["choices"] if c != default and c != 0)
         return value, str(value)
     special = {"size": ((24, 32), "24x32"), "ints": ((8, 4), "8,4"), "megabytes": (64, "64MB"),
-               "colour": ("#102030", "#102030"), "denoise": ("uniform:0.1-0.3", "uniform:0.1-0.3")}
+               "colour": ("#102030", "#102030"), "denoise": ("uniform:0.1-0.3", "uniform:0.1-0.3"),
+               "levels": ("8x14x14,16,8", "8x14x14,16,8")}
     if meta.get("parse"):
         return special[meta["parse"]]
     if kind(f) == "bool":

@@ -191,6 +191,8 @@ class ModelConfig:
         condition_encoder: cvae/icvae: give the condition to the encoder too.
         res_blocks: Conv nets: residual blocks per resolution level.
         mixture: logistic-mixture: the number of components.
+        levels: ladder: the latent levels, bottom first, as text (``"8x14x14,16,8"``: C x H x W
+            spatial levels, then vector sizes D); ``auto`` chooses them from the images.
 
     Examples:
         >>> from vaelab.config import ModelConfig
@@ -247,6 +249,11 @@ class ModelConfig:
     res_blocks: int | None = setting(None, "conv nets: residual blocks per resolution level, after each "
                                            "downsampling and before each upsampling", metavar="R", low=0)
     mixture: int = setting(10, "logistic-mixture: number of components (Salimans et al. 2017)", metavar="K", low=1)
+    levels: str = setting(
+        AUTO, "ladder: the latent levels, the one next to the data first: CxHxW for a spatial level (its sides the "
+        "image's divided by a power of 2), D for a vector (above every spatial level); auto: chosen from the "
+        "images (8x14x14,16,8 for binary 28x28, as Havtorn et al. 2021; 8-channel levels at 16x16, 8x8 and 4x4 "
+        "for 8-bit 32x32 and 64x64)", metavar="CxHxW,..,D", parse="levels")
 
 
 @dataclass(frozen=True)
@@ -271,6 +278,8 @@ class TrainConfig:
         lam: icvae: the weight of KL(q(z|x) || q(z)).
         clip_grad: The largest global gradient norm; 0 turns clipping off.
         kl_warmup: Epochs over which the KL weight rises from 0 to ``beta``; 0 turns it off.
+        free_bits: Nats per image below which a latent level's KL stops counting in the loss; 0 turns it off.
+        skip_grad: A global gradient norm above which a step is skipped; 0 turns it off.
         samples: Samples of z per image (L for the ELBO, k for IWAE).
         seed: The seed of all randomness in training.
         device: ``cpu``, ``cuda`` or ``auto``.
@@ -321,6 +330,15 @@ class TrainConfig:
                                             "with flows", metavar="NORM", low=0)
     kl_warmup: float | None = setting(None, "raise the KL weight linearly from 0 to --beta over this many epochs "
                                             "(Sønderby et al. 2016), 0 = off", metavar="EPOCHS", low=0)
+    free_bits: float = setting(
+        0.0, "ELBO: each latent level's KL counts at least this many nats per image in the loss (free bits, "
+        "Kingma et al. 2016; per level of a hierarchy); the logged ELBO keeps the true KL; 0 = off",
+        metavar="NATS", low=0)
+    skip_grad: float | None = setting(
+        None, "skip a step whose global gradient norm (before clipping) is above NORM, counted in metrics.jsonl "
+        "as skipped_large_grad (Child 2021); 0 = off (chosen: 0, and 4 per pixel value for the ladder model: 3136 "
+        "for 28x28 grey images)", metavar="NORM",
+        low=0)
     samples: int = setting(1, "samples of z per image: L for the ELBO, k for IWAE", metavar="N", low=1)
     seed: int = setting(0, "the seed of everything random: data order, pixel and reparameterisation noise", low=0)
     device: str = setting(AUTO, "where to train (auto: cuda when available)", choices=DEVICES)
@@ -566,6 +584,8 @@ def field_problem(f: dataclasses.Field, value: Any) -> str | None:
         return f"must be white, black, grey or #rrggbb, got {value!r}"
     if parse == "denoise":
         parse_denoise(value)
+    if parse == "levels" and value != AUTO:
+        parse_levels(value)
     return None
 
 
@@ -611,7 +631,7 @@ def _megabytes(text: str) -> int:
 
 
 # how the command line reads a field's text, for fields whose `setting` names one
-PARSERS = {"ints": _ints, "size": _size, "megabytes": _megabytes, "colour": str, "denoise": str}
+PARSERS = {"ints": _ints, "size": _size, "megabytes": _megabytes, "colour": str, "denoise": str, "levels": str}
 
 
 def read_flag(f: dataclasses.Field, text: str) -> Any:
@@ -691,6 +711,21 @@ EIGHT_BIT_MAX_EPOCHS = 100
 EIGHT_BIT_LR_FALL = 0.1
 
 
+# The ladder model (top-down hierarchy) overrides these recipe fields of whichever recipe the
+# data takes: residual stages of 64 channels with one cell per level (Havtorn et al. 2021 use
+# 64-channel stages), a KL warm-up (Sønderby et al. 2016 call it crucial for deep
+# hierarchies), a moderate learning rate and clipping, and gradient skipping (Child 2021).
+LADDER = "ladder"
+LADDER_RECIPE: dict[str, dict[str, Any]] = {
+    "model": {"hidden": (64,), "res_blocks": 1},
+    "train": {"lr": 1e-3, "clip_grad": 200.0, "kl_warmup": 5.0},
+}
+# ... and skips a step whose gradient norm passes this many times the number of pixel values:
+# on binary 28x28 digits (3136) the norms of a fresh ladder start near 1,500 and fall to 50-300
+# within three epochs, so only an outlier several times the first steps' norm is skipped.
+LADDER_SKIP_PER_VALUE = 4.0
+
+
 @dataclass(frozen=True)
 class DataFacts:
     """What `resolve` needs to know of a dataset."""
@@ -699,6 +734,65 @@ class DataFacts:
     n_train: int
     # a binary benchmark (MNIST family), or images whose pixels are all 0 or 255
     binary: bool
+
+
+def parse_levels(text: str) -> tuple[tuple[int, ...], ...]:
+    """Latent levels from their text, the one next to the data first: ``"8x14x14,16,8"`` ->
+    ((8, 14, 14), (16,), (8,)); a ConfigError names what is wrong. Spatial levels are C x H x W,
+    vectors D, and no spatial level sits above a vector."""
+    levels = []
+    for part in text.replace(" ", "").lower().split(","):
+        try:
+            shape = tuple(int(p) for p in part.split("x"))
+        except ValueError:
+            shape = ()
+        if len(shape) not in (1, 3) or min(shape) < 1:
+            raise ConfigError(f"model.levels: {part!r} is not a level; write CxHxW (e.g. 8x14x14) or a vector size "
+                              f"D (e.g. 16), bottom level first, such as 8x14x14,16,8")
+        levels.append(shape)
+    vector = [len(s) == 1 for s in levels]
+    if any(vector[i] and not vector[i + 1] for i in range(len(levels) - 1)):
+        raise ConfigError(f"model.levels {text}: a spatial level sits above a vector level; list the spatial levels "
+                          "first (bottom first), then the vectors")
+    return tuple(levels)
+
+
+def check_levels(text: str, height: int, width: int) -> tuple[tuple[int, ...], ...]:
+    """The levels of `text` (``parse_levels``), checked against images of height x width: each
+    spatial level's sides are the image's divided by the same power of 2, and no level is larger
+    than the one below it; a one-line ConfigError otherwise."""
+    levels = parse_levels(text)
+    previous = 1
+    for shape in levels:
+        if len(shape) == 1:
+            continue
+        _, h, w = shape
+        factor = height // h if h and height % h == 0 else 0
+        if not factor or factor & (factor - 1) or w * factor != width:
+            raise ConfigError(f"model.levels: a {h}x{w} level does not fit {height}x{width} images; its sides must "
+                              f"be the image's divided by a power of 2 (e.g. {height // 2}x{width // 2} when both "
+                              "sides are even)")
+        if factor < previous:
+            raise ConfigError(f"model.levels {text}: a {h}x{w} level sits above a smaller one; list the levels from "
+                              "the largest (next to the data) to the smallest")
+        previous = factor
+    return levels
+
+
+def ladder_levels(facts: DataFacts) -> str:
+    """The ladder recipe's levels for a dataset: binary images get Havtorn et al. 2021's
+    8 x (H/2) x (W/2), 16, 8 (a vector pair only when the sides are odd); 8-bit images get
+    8-channel spatial levels at the sizes between 16 and 4 pixels a side reached by halving
+    (32x32 and 64x64: 16x16, 8x8, 4x4), or vectors 32,16 when none is reached."""
+    _, h, w = facts.image_shape
+    if facts.binary:
+        return (f"8x{h // 2}x{w // 2}," if h % 2 == 0 and w % 2 == 0 else "") + "16,8"
+    sides, f = [], 2
+    while h % f == 0 and w % f == 0 and min(h, w) // f >= 4 and len(sides) < 3:
+        if max(h, w) // f <= 16:
+            sides.append(f"8x{h // f}x{w // f}")
+        f *= 2
+    return ",".join(sides) or "32,16"
 
 
 def resnet_levels(height: int, width: int) -> int:
@@ -734,6 +828,8 @@ def resolve(cfg: Config, facts: DataFacts) -> tuple[Config, dict[str, str]]:
     """
     d, m, t = cfg.data, cfg.model, cfg.train
     recipe = BINARY_RECIPE if facts.binary else EIGHT_BIT_RECIPE
+    if m.model == LADDER:
+        recipe = {k: {**v, **LADDER_RECIPE.get(k, {})} for k, v in recipe.items()}
     chosen: dict[str, str] = {}
     data, model, train = {}, {}, {}
 
@@ -763,7 +859,9 @@ def resolve(cfg: Config, facts: DataFacts) -> tuple[Config, dict[str, str]]:
     if net == "resnet" and m.hidden is None and not resnet_levels(h, w):
         raise ConfigError(f"the resnet net needs image sides divisible by 2 and at least 8 pixels, got {h}x{w}; "
                           "pick an --image-size such as 32, or --net mlp")
-    if m.hidden is None:
+    if m.hidden is None and "hidden" in recipe["model"]:
+        pick(model, "hidden", recipe["model"]["hidden"], "model.hidden")
+    elif m.hidden is None:
         if net == "resnet":
             widths, mirror = resnet_widths(h, w), None
         else:
@@ -776,7 +874,16 @@ def resolve(cfg: Config, facts: DataFacts) -> tuple[Config, dict[str, str]]:
             pick(model, name, recipe["model"][name], f"model.{name}")
     for name in ("batch_size", "lr", "clip_grad", "kl_warmup"):
         if getattr(t, name) is None:
-            pick(train, name, recipe["train"][name], f"train.{name}")
+            # the IWAE bound has no KL term to warm up
+            pick(train, name, 0.0 if name == "kl_warmup" and t.objective == "iwae" else recipe["train"][name],
+                 f"train.{name}")
+    if t.skip_grad is None:  # off but for the ladder: the other models' numbers do not move
+        skip = LADDER_SKIP_PER_VALUE * math.prod(facts.image_shape) if m.model == LADDER else 0.0
+        pick(train, "skip_grad", skip, "train.skip_grad")
+    if m.model == LADDER:
+        if m.levels == AUTO:
+            pick(model, "levels", ladder_levels(facts), "model.levels")
+        check_levels(model.get("levels", m.levels), h, w)
     if t.epochs is None:
         pick(train, "epochs", recipe["train"]["epochs"] if facts.binary else eight_bit_epochs(facts), "train.epochs")
     if t.lr_decay is None:
@@ -788,14 +895,16 @@ def resolve(cfg: Config, facts: DataFacts) -> tuple[Config, dict[str, str]]:
 
 # the fields a recipe fills when they are left unset (AUTO names, None numbers)
 RECIPE_FIELDS = ("data.binarization", "model.net", "model.likelihood", "model.likelihood_scale", "model.hidden",
-                 "model.latent_dim", "model.res_blocks", "train.epochs", "train.batch_size", "train.lr",
-                 "train.lr_decay", "train.clip_grad", "train.kl_warmup")
+                 "model.latent_dim", "model.res_blocks", "model.levels", "train.epochs", "train.batch_size",
+                 "train.lr", "train.lr_decay", "train.clip_grad", "train.kl_warmup", "train.skip_grad")
 
 
 def unresolved(cfg: Config) -> list[str]:
     """The fields still left to the recipe (empty once `resolve` has run)."""
     out = []
     for name in RECIPE_FIELDS:
+        if name == "model.levels" and cfg.model.model != LADDER:
+            continue  # only the ladder model has levels
         section, key = name.split(".")
         value = getattr(getattr(cfg, section), key)
         if value is None or value == AUTO:

@@ -656,6 +656,8 @@ def _kl_kind(q, prior) -> str:
         return "dim"
     if isinstance(q, GaussianChain) and isinstance(prior, GaussianChain):
         return "level"
+    if hasattr(q, "log_prob_levels") and hasattr(prior, "log_prob_levels"):  # a top-down hierarchy (ladder)
+        return "level"
     return "total"
 
 
@@ -773,9 +775,13 @@ def mutual_information(model, inputs: SplitInputs, dist: Dist = Dist(), batch: i
         (['mi', 'mi_batch', 'mi_bound', 'mi_note'], 200, True)
     """
     model.eval()
-    if not hasattr(model.encode(*inputs.rows(0, 1)[:2]), "log_prob"):
+    q = model.encode(*inputs.rows(0, 1)[:2])
+    if not hasattr(q, "log_prob"):
         return {"mi_note": "I(x; z) not estimated: it needs the posterior's density at any z, and a flow "
                            "posterior has it only at its own samples"}
+    if getattr(q, "pairs_cost_a_pass", False):
+        return {"mi_note": "I(x; z) not estimated: a top-down posterior scores a code under each other image's "
+                           "posterior with a pass of the model per pair (N x N passes per batch)"}
     n = len(inputs)
     batches = _batches(n, batch)
     terms = torch.zeros(n, dtype=torch.float64, device=inputs.device)  # each row filled by one process
@@ -857,6 +863,10 @@ def kl_summary(model, inputs: SplitInputs, dist: Dist = Dist(), samples: int = K
     if kind == "dim":
         r["kl_estimator"] = "closed form per dimension: 0.5 (mu^2 + sigma^2 - 1) - log sigma (Kingma & Welling 2014)"
         r["kl_per_dim"] = per_unit
+    elif kind == "level" and not isinstance(model.prior(), GaussianChain):
+        r["kl_estimator"] = f"{mc}: log q(z_l | x, z_>l) - log p(z_l | z_>l) per level l, z_1 next to the data"
+        r["kl_per_level"], r["latent_sizes"] = per_unit, list(model.sizes)
+        r["active_per_level"] = [int(a.sum()) for a in active.split(list(model.sizes))]
     elif kind == "level":
         r["kl_estimator"] = (f"{mc}: log q(z_l | z_l-1) - log p(z_l | z_l+1) per layer l, z_1 next to the "
                               "data (z_0 = x; the top layer's prior is N(0, I))")

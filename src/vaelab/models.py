@@ -53,6 +53,7 @@ from vaelab.distributions import (
     StandardNormal,
 )
 from vaelab.flows import FLOWS, FlowPosterior
+from vaelab.ladder import Ladder
 from vaelab.nets import ACTIVATIONS, NETS, mlp
 from vaelab.objectives import Objective, Schedule, bind
 from vaelab.runtime import Dist
@@ -600,12 +601,13 @@ def _vamp_prior(model: VAE, cfg: ModelConfig) -> None:
 
 PRIORS = {"normal": _normal_prior, "mog": _mixture_prior, "vamp": _vamp_prior}
 
-MODELS: dict[str, type[_Base]] = {
+MODELS: dict[str, type[_Base] | type[Ladder]] = {
     "vae": VAE,
     "hvae": HVAE,
     "ae": AE,
     "cvae": CVAE,
     "icvae": ICVAE,
+    "ladder": Ladder,
 }
 """The model registry: name (``ModelConfig.model``, ``--model``) -> model class. A class added
 here (e.g. a subclass of ``VAE`` with its own ``default_objective``) is built by
@@ -749,7 +751,8 @@ def active_dims(mean: torch.Tensor, square: torch.Tensor, threshold: float = ACT
 
 
 @torch.no_grad()
-def active_units(model: _Base, inputs: SplitInputs, dist: Dist = Dist(), threshold: float = ACTIVE_VARIANCE) -> int:
+def active_units(model: _Base, inputs: SplitInputs, dist: Dist = Dist(), threshold: float = ACTIVE_VARIANCE,
+                 levels: tuple[int, ...] | None = None) -> int | list[int]:
     """Count the latent dimensions a model uses on a split (Burda et al. 2016, section 5.2).
 
     A dimension is active when its posterior mean varies across the split's images with
@@ -762,9 +765,12 @@ def active_units(model: _Base, inputs: SplitInputs, dist: Dist = Dist(), thresho
         inputs: The split's images as the model sees them (``vaelab.batches.SplitInputs``).
         dist: This process's place in a data-parallel job; the default is a single process.
         threshold: The variance above which a dimension counts as active.
+        levels: The sizes of a hierarchy's levels (``model.sizes``, summing to ``latent_dim``)
+            to count them per level; None: one count.
 
     Returns:
-        The number of active dimensions, between 0 and ``model.latent_dim``.
+        The number of active dimensions, between 0 and ``model.latent_dim``; with `levels`, a
+        list of the counts per level.
 
     Examples:
         >>> from vaelab.batches import SplitInputs
@@ -780,6 +786,8 @@ def active_units(model: _Base, inputs: SplitInputs, dist: Dist = Dist(), thresho
         True
         >>> active_units(model, inputs, threshold=1e6)
         0
+        >>> active_units(model, inputs, threshold=1e6, levels=(1, 1))  # counted per level
+        [0, 0]
     """
     was_training = model.training
     model.eval()
@@ -791,4 +799,5 @@ def active_units(model: _Base, inputs: SplitInputs, dist: Dist = Dist(), thresho
         sums += torch.stack([mean.sum(0), mean.square().sum(0)])
     model.train(was_training)
     mean, square = dist.sum_(sums) / len(inputs)
-    return int(active_dims(mean, square, threshold).sum())
+    active = active_dims(mean, square, threshold)
+    return int(active.sum()) if levels is None else [int(a.sum()) for a in active.split(list(levels))]

@@ -269,7 +269,7 @@ def bind(name: str, t: TrainConfig) -> Objective:
         >>> bind("iwae", TrainConfig(samples=5))
         Objective(name='iwae', options={'samples': 5, 'beta': 1.0})
         >>> bind("elbo", TrainConfig(beta=4.0)).options
-        {'samples': 1, 'beta': 4.0, 'kl': 'analytic'}
+        {'samples': 1, 'beta': 4.0, 'kl': 'analytic', 'free_bits': 0.0}
     """
     if name not in OBJECTIVES:
         raise ConfigError(f"unknown objective {name!r}; choose {', '.join(OBJECTIVES)}")
@@ -287,8 +287,8 @@ def bind(name: str, t: TrainConfig) -> Objective:
 
 
 def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
-         kl: str = "analytic", schedule: Schedule | None = None, generator=None, x_in: torch.Tensor | None = None,
-         peers=None) -> dict[str, torch.Tensor]:
+         kl: str = "analytic", free_bits: float = 0.0, schedule: Schedule | None = None, generator=None,
+         x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
     """The evidence lower bound, ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) (Kingma & Welling 2014, eq. 10).
 
     The reconstruction term averages `samples` reparameterised draws z ~ q(z|x). The KL to
@@ -296,8 +296,15 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
     Gaussian; otherwise it is the Monte-Carlo estimate mean(log q(z) - log p(z)) over the
     same draws, which is what posteriors with flows need: the bound is then
     log p(x, z_K) - log q_0(z_0) + sum log|det| (Rezende & Mohamed 2015, eq. 15). `beta`
-    weights the KL in the loss (Higgins et al. 2017), scaled by the schedule's warm-up share;
-    the reported ``elbo`` keeps beta = 1.
+    weights the KL in the loss (Higgins et al. 2017), scaled by the schedule's warm-up share; the
+    reported ``elbo`` keeps beta = 1. With `free_bits` > 0 a KL below that many nats counts as
+    that many in the loss, so it is not pushed lower (Kingma et al. 2016, per image here); the
+    reported ``kl`` and ``elbo`` are unchanged.
+
+    A top-down hierarchy (a model with ``elbo_levels``, ``vaelab.ladder.Ladder``) draws
+    each level's posterior given the levels drawn above it in one pass; its KL is the sum of
+    the levels' (Sønderby et al. 2016, eq. 14), each reported as ``kl_1`` (next to the data)
+    ... ``kl_L``, and free bits apply to each level.
 
     Args:
         model: A model with a density (``encode``, ``decode``, ``prior``).
@@ -306,6 +313,7 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
         samples: Draws K of z per image.
         beta: Weight of the KL term in the loss, >= 0.
         kl: ``"analytic"`` (closed form where possible) or ``"mc"`` (Monte Carlo).
+        free_bits: Nats per image (per level of a hierarchy) below which the KL stops counting; 0: off.
         schedule: This training step's ``Schedule``; the KL weight is beta * ``kl_scale``.
             None: the full beta.
         generator: Source of the reparameterisation noise: a ``torch.Generator``, None (the
@@ -316,7 +324,8 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
     Returns:
         dict: per-example terms in nats, each of shape (B,), ``loss`` = -(recon - w * kl) with
         w = beta * kl_scale,
-        ``recon`` = E_q[log p(x|z)], ``kl`` = KL(q(z|x) || p(z)), ``elbo`` = recon - kl.
+        ``recon`` = E_q[log p(x|z)], ``kl`` = KL(q(z|x) || p(z)), ``elbo`` = recon - kl, and
+        for a top-down hierarchy ``kl_1`` ... ``kl_L``.
 
     Examples:
         >>> from vaelab.objectives import Schedule, elbo
@@ -337,12 +346,20 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
         >>> torch.allclose(warm["loss"], -(warm["recon"] - 1.0 * warm["kl"]))
         True
     """
+    if hasattr(model, "elbo_levels"):  # q(z_l | x, z_>l) needs the levels drawn above: one top-down pass
+        recon, levels = model.elbo_levels(x, samples, generator=generator, x_in=x_in, kl=kl)  # (B,), (L, B)
+        kl_term = levels.sum(0)
+        counted = levels.clamp_min(free_bits).sum(0) if free_bits else kl_term
+        weight = beta * (schedule or FULL).kl_scale
+        return {"loss": -(recon - weight * counted), "recon": recon, "kl": kl_term, "elbo": recon - kl_term,
+                **{f"kl_{i + 1}": v for i, v in enumerate(levels)}}
     q = model.encode(x if x_in is None else x_in, c)
     z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, D), (L, B)
     recon = model.decode(z, c).log_prob(x).mean(0)
     kl_term = kl_to_prior(model, q, z, log_q, kl)
     weight = beta * (schedule or FULL).kl_scale
-    return {"loss": -(recon - weight * kl_term), "recon": recon, "kl": kl_term, "elbo": recon - kl_term}
+    counted = kl_term.clamp_min(free_bits) if free_bits else kl_term
+    return {"loss": -(recon - weight * counted), "recon": recon, "kl": kl_term, "elbo": recon - kl_term}
 
 
 def kl_to_prior(model, q, z: torch.Tensor, log_q: torch.Tensor, kl: str = "analytic") -> torch.Tensor:
@@ -387,6 +404,9 @@ def kl_to_prior(model, q, z: torch.Tensor, log_q: torch.Tensor, kl: str = "analy
 def _no_kl_weight(t: TrainConfig) -> None:
     if t.beta != 1.0:
         raise ConfigError("the IWAE bound has no KL weight; use --objective elbo with --beta")
+    if t.free_bits:
+        raise ConfigError("the IWAE bound has no KL term for free bits; use --objective elbo with --free-bits, "
+                          "or --free-bits 0")
 
 
 def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 5, beta: float = 1.0,
@@ -579,7 +599,8 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
-    "elbo": ObjectiveSpec(elbo, ("loss", "recon", "kl", "elbo"), ("samples", "beta", "kl"), schedule=("kl_scale",)),
+    "elbo": ObjectiveSpec(elbo, ("loss", "recon", "kl", "elbo"), ("samples", "beta", "kl", "free_bits"),
+                          schedule=("kl_scale",)),
     "iwae": ObjectiveSpec(iwae, ("loss", "iwae", "elbo"), ("samples", "beta"), _no_kl_weight),
     "icvae": ObjectiveSpec(icvae, ("loss", "recon", "kl", "kl_marginal", "elbo"), ("samples", "beta", "kl", "lam"),
                            needs=("density", "conditional"), schedule=("kl_scale",)),

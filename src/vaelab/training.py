@@ -314,21 +314,27 @@ def gradient_norm(model: torch.nn.Module, clip: float) -> torch.Tensor:
 
 
 class SkippedSteps:
-    """Counts the steps skipped for a non-finite loss or gradient; MAX_IN_A_ROW in a row stop
-    the run as diverged (the last checkpoint is kept)."""
+    """Counts the steps skipped for a non-finite loss or gradient (``epoch_count``) and, with
+    --skip-grad, for a gradient norm above it (``large_count``, as VDVAE skips outlier updates,
+    Child 2021); MAX_IN_A_ROW skipped in a row stop the run as diverged (the last checkpoint is kept)."""
 
     MAX_IN_A_ROW = 10
 
     def __init__(self) -> None:
-        self.in_a_row, self.epoch_count = 0, 0
+        self.in_a_row, self.epoch_count, self.large_count = 0, 0, 0
 
-    def skip(self, epoch: int, step: int, run_dir: Path) -> None:
+    def skip(self, epoch: int, step: int, run_dir: Path, large: bool = False) -> None:
         self.in_a_row += 1
-        self.epoch_count += 1
+        if large:
+            self.large_count += 1
+        else:
+            self.epoch_count += 1
         if self.in_a_row >= self.MAX_IN_A_ROW:
-            raise TrainingDiverged(f"the loss was not finite for {self.in_a_row} steps in a row (epoch {epoch + 1}, "
+            what, fix = (("the gradient norm was above --skip-grad", "a higher --skip-grad") if large else
+                         ("the loss was not finite", "--clip-grad"))
+            raise TrainingDiverged(f"{what} for {self.in_a_row} steps in a row (epoch {epoch + 1}, "
                                    f"step {step + 1}); stopped. {_kept(run_dir, epoch)}. Try a lower --lr or "
-                                   "--clip-grad.")
+                                   f"{fix}.")
 
     def took(self) -> None:
         self.in_a_row = 0
@@ -412,7 +418,7 @@ def test_elbo(model, inputs: SplitInputs, batch_size: int = 2000, seed: int = 0,
         terms = model(x, c, generator=noise, peers=dist.batch_peers(size))
         for k, v in terms.items():
             sums[k] = sums.get(k, 0) + v.double().sum()
-    keys = sorted(model.objective.terms)
+    keys = sorted({*model.objective.terms, *sums})  # with a hierarchy's KL per level (kl_1, ...)
     total = dist.sum_(torch.stack([torch.as_tensor(sums.get(k, 0.0), dtype=torch.float64, device=inputs.device)
                                    for k in keys]))
     model.train(was_training)
@@ -805,7 +811,7 @@ def _configure(cfg: Config, data, resume: bool, verbose: bool, dist: Dist) -> tu
 def _precision(cfg: Config, model, device: torch.device, resume: bool, verbose: bool):
     """(config with the precision used recorded, autocast dtype or None) and the model set to it."""
     t = cfg.train
-    conv = cfg.model.net != "mlp"
+    conv = cfg.model.net != "mlp" or getattr(model, "convolutional", False)  # the ladder is conv whatever --net
     # a run resumed with "auto" was started by a version that kept CPUs in fp32: it stays there
     amp = autocast_dtype(t.precision, device, conv and not resume)
     if t.precision == "auto" and not resume:  # recorded, so that the config reruns the same way
@@ -935,6 +941,11 @@ def train_step(s: Session, batch, lr: float):
         s.optimizer.zero_grad(set_to_none=True)
         s.step += 1
         return None, value
+    if t.skip_grad and norm > t.skip_grad:  # the norm is the same in every process (after DDP's all-reduce)
+        s.skips.skip(s.epoch, s.step, s.run_dir, large=True)
+        s.optimizer.zero_grad(set_to_none=True)
+        s.step += 1
+        return None, value
     s.skips.took()
     s.scaler.step(s.optimizer)
     s.scaler.update()
@@ -947,8 +958,9 @@ def end_of_epoch(s: Session, sums: dict[str, torch.Tensor], n_used: int, lr: flo
     and active units, timing; appended to the session's records."""
     dist, device, t = s.dist, s.device, s.cfg.train
     if dist.sum_(torch.tensor(float(n_used), device=device)) == 0:
-        raise TrainingDiverged(f"every step of epoch {s.epoch + 1} had a non-finite loss or gradient; stopped. "
-                               f"{_kept(s.run_dir, s.epoch)}. Try a lower --lr or --clip-grad.")
+        large = " or a gradient norm above --skip-grad" if s.skips.large_count else ""
+        raise TrainingDiverged(f"every step of epoch {s.epoch + 1} had a non-finite loss or gradient{large}; "
+                               f"stopped. {_kept(s.run_dir, s.epoch)}. Try a lower --lr or --clip-grad.")
     keys = sorted(sums)
     totals = dist.sum_(torch.stack([sums[k] for k in keys] + [torch.tensor(float(n_used), dtype=torch.float64,
                                                                            device=device)]))
@@ -958,7 +970,11 @@ def end_of_epoch(s: Session, sums: dict[str, torch.Tensor], n_used: int, lr: flo
                                f"{_kept(s.run_dir, s.epoch)}. Try a lower --lr.")
     test_terms = {f"test_{k}": v for k, v in test_elbo(s.model, s.test_inputs, seed=t.seed, dist=dist).items()}
     if s.model.has_density:
-        test_terms["active_units"] = active_units(s.model, s.test_inputs, dist)
+        if hasattr(s.model, "level_shapes"):  # a ladder: the units of each level too, bottom first
+            per_level = active_units(s.model, s.test_inputs, dist, levels=s.model.sizes)
+            test_terms["active_units"], test_terms["active_units_levels"] = sum(per_level), per_level
+        else:
+            test_terms["active_units"] = active_units(s.model, s.test_inputs, dist)
     s.epoch += 1
     seconds = time.perf_counter() - start
     n_seen = s.batches.n  # the training images
@@ -972,6 +988,12 @@ def end_of_epoch(s: Session, sums: dict[str, torch.Tensor], n_used: int, lr: flo
             print(f"note: epoch {s.epoch} skipped {s.skips.epoch_count} step(s) whose loss or gradient was not "
                   "finite", file=sys.stderr)
         s.skips.epoch_count = 0
+    if s.skips.large_count:
+        record["skipped_large_grad"] = s.skips.large_count
+        if s.verbose:
+            print(f"note: epoch {s.epoch} skipped {s.skips.large_count} step(s) whose gradient norm was above "
+                  f"--skip-grad {t.skip_grad:g}", file=sys.stderr)
+        s.skips.large_count = 0
     s.records.append(record)
     return record
 
