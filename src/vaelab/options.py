@@ -44,7 +44,6 @@ __all__ = ["EvaluateOptions", "ScoreOptions", "OodOptions", "EncodeOptions", "Pr
 
 SPLITS = (AUTO, "test", "train", "all")
 METRICS = ("nll", "fd", "fid")  # what vaelab.evaluate measures
-RUN_DIR_HELP = None  # the run folder: its metavar says it all
 
 
 def option(default: Any, help: str | None, *, flag: str | None = None, aliases: tuple[str, ...] = (),
@@ -57,7 +56,7 @@ def option(default: Any, help: str | None, *, flag: str | None = None, aliases: 
     command line's default differs from the Python function's: ``auto`` devices), a
     `positional` argument, `nargs`, `required`, and `exclusive`, a group of which the
     command line needs exactly one. `parse` names how the command line reads the text
-    (vaelab.cli.READERS); numbers with a range are read and checked as config fields are."""
+    (`PARSERS`); numbers with a range are read and checked as config fields are."""
     f = setting(default, help, flag=flag, metavar=metavar, choices=choices, registry=registry, low=low,
                 open_low=open_low, parse=parse, internal=internal)
     extra = {"aliases": aliases, "cli_default": cli_default, "positional": positional, "nargs": nargs,
@@ -70,11 +69,11 @@ def _device(cli: str = AUTO) -> Any:
 
 
 def _seed(help: str = "(default 0)") -> Any:
-    return option(0, help, metavar=None)
+    return option(0, help)
 
 
 def _run() -> Any:
-    return option(None, RUN_DIR_HELP, metavar="RUN_DIR", parse="run", positional=True)
+    return option(None, None, metavar="RUN_DIR", parse="run", positional=True)  # no help: RUN_DIR says it
 
 
 def _quiet(help: str) -> Any:
