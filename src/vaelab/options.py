@@ -318,9 +318,9 @@ class PlotCommand:
     """Write NAME.png, and NAME.json with the numbers behind it, for each figure."""
 
     run_dir: str | None = _run()
-    what: tuple[str, ...] = option(("recon", "samples", "curves"), "comma-separated: recon, samples, posterior, "
-                                   "manifold, latents, interpolate, combine, denoise, curves, scale, transfer (default "
-                                   "recon,samples,curves)", registry="vaelab.explore:FIGURES", parse="names")
+    what: str = option("recon,samples,curves", "comma-separated: recon, samples, posterior, manifold, latents, "
+                       "interpolate, combine, denoise, curves, scale, transfer (default recon,samples,curves)",
+                       registry="vaelab.explore:FIGURES")  # read by names_in, so that a typo is a ConfigError
     out: str | None = option(None, "output folder (default RUN_DIR/plots)", metavar="DIR", parse="path")
     seed: int = _seed()
     kind: str | None = option(None, "denoise: noise kind", flag="--noise", choices=NOISE_KINDS)
@@ -507,8 +507,9 @@ def _metrics(s: str) -> tuple[str, ...]:
     return names
 
 
-def _names(s: str, registry: str) -> list[str]:
-    """Comma-separated names of a registry ("vaelab.scores:SCORES": scores)."""
+def names_in(s: str, registry: str) -> list[str]:
+    """Comma-separated names of a registry ("vaelab.scores:SCORES": scores), or a ConfigError
+    naming the unknown ones and the closest known name."""
     choices, noun = registry_names(registry), registry.split(":")[1].lower().removesuffix("s")
     got = [p.strip() for p in s.split(",") if p.strip()]
     bad = [g for g in got if g not in choices]
@@ -550,7 +551,7 @@ def read_option(f: dataclasses.Field, text: str) -> Any:
     says what was expected."""
     parse = f.metadata.get("parse")
     if parse == "names":
-        return _names(text, f.metadata["registry"])
+        return names_in(text, f.metadata["registry"])
     return PARSERS[parse](text) if parse in PARSERS else read_flag(f, text)
 
 
