@@ -75,3 +75,9 @@ def test_every_command_but_train_reads_its_flags_from_its_class():
         assert declared <= dests, name
         assert dests - declared <= {"help", "threads"} | ({a for a in dests if "." in a} if name == "train" else set())
 
+
+
+def test_the_metrics_the_command_line_takes_are_the_ones_evaluate_measures():
+    from vaelab.evaluate import METRICS
+
+    assert options.METRICS == METRICS

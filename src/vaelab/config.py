@@ -119,6 +119,7 @@ class DataConfig:
         download: Fetch a named dataset's official files when they are not found.
         conditions: An ``.npz`` of side information for conditional models; None uses the
             one-hot class labels.
+        subset: For a factor dataset, train on this many random images (the same every run); 0: all.
 
     Examples:
         >>> from vaelab.config import DataConfig
@@ -128,7 +129,8 @@ class DataConfig:
     """
 
     dataset: str = setting(
-        "mnist", "a named dataset (mnist, fashion-mnist, mnist-sample, cifar10), a folder of images (class "
+        "mnist", "a named dataset (mnist, fashion-mnist, mnist-sample, cifar10; the factor datasets dsprites, "
+        "xyobject, drawn on first use), a folder of images (class "
         "subfolders give labels; train/ and test/ give splits) or an .npy/.npz array file (stored absolute "
         "once a run starts)", metavar="NAME|PATH")
     data_dir: str | None = setting(None, "directory holding a named dataset's files", metavar="DIR")
@@ -161,6 +163,8 @@ class DataConfig:
     conditions: str | None = setting(
         None, "cvae/icvae: an .npz with float arrays 'train' and 'test' of side information, used as the "
         "condition c instead of the one-hot class label", metavar="FILE.npz")
+    subset: int = setting(0, "factor datasets (dsprites, xyobject): train on this many of the images, drawn at "
+                             "random (the same ones every run); 0: all of them", metavar="N", low=0)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ import torch
 from vaelab.config import DataFacts, did_you_mean
 from vaelab.files import file_mode
 
-__all__ = ["load_dataset", "locate", "read_idx", "Dataset", "Split", "ImageFile", "DataError"]
+__all__ = ["load_dataset", "locate", "read_idx", "Dataset", "Split", "ImageFile", "DataError", "Factors"]
 
 
 class DataError(RuntimeError):
@@ -543,6 +543,8 @@ class Split:
             array is turned into a tensor.
         cond: float side information ``(N, C')`` for conditional models; None uses the
             one-hot labels.
+        factors: int64 codes ``(N, F)`` of the ground-truth factors that made each image
+            (the factor datasets, see ``vaelab.factors``); None for other data.
 
     Examples:
         >>> import torch
@@ -559,10 +561,13 @@ class Split:
     images: torch.Tensor | ImageFile  # (N, C, H, W) uint8, in memory or in a raw file
     labels: torch.Tensor  # (N,) int64; -1: unlabelled
     cond: torch.Tensor | None = None  # (N, C') float side information; None: one-hot labels
+    factors: torch.Tensor | None = None  # (N, F) int64 factor codes; None: no factors
 
     def __post_init__(self) -> None:
         if isinstance(self.labels, np.ndarray):
             self.labels = torch.from_numpy(np.ascontiguousarray(self.labels, dtype=np.int64))
+        if isinstance(self.factors, np.ndarray):
+            self.factors = torch.from_numpy(np.ascontiguousarray(self.factors, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -587,7 +592,8 @@ class Split:
             A Split whose images, labels and conditions are tensors on `device`.
         """
         images = self.images if self.in_memory else self.images.load()
-        return Split(images.to(device), self.labels.to(device), None if self.cond is None else self.cond.to(device))
+        return Split(images.to(device), self.labels.to(device), None if self.cond is None else self.cond.to(device),
+                     self.factors)
 
     def head(self, n: int | None) -> Split:
         """The first `n` images with their labels and conditions.
@@ -601,7 +607,7 @@ class Split:
         if n is None:
             return self
         return Split(self.images[:n] if self.in_memory else self.images.head(n), self.labels[:n],
-                     None if self.cond is None else self.cond[:n])
+                     None if self.cond is None else self.cond[:n], None if self.factors is None else self.factors[:n])
 
     def conditions(self, n_classes: int) -> torch.Tensor:
         """The condition vectors c a conditional model is given for these images.
@@ -616,6 +622,72 @@ class Split:
         if self.cond is not None:
             return self.cond
         return torch.nn.functional.one_hot(self.labels, n_classes).float()
+
+
+@dataclass(frozen=True)
+class Factors:
+    """The ground-truth factors of a factor dataset, and every image of its full grid.
+
+    Image i of the grid shows factor codes ``np.unravel_index(i, sizes)``: the last factor
+    varies fastest. ``Split.factors`` holds each split image's codes.
+
+    Attributes:
+        names: The factor names, e.g. ``("color", "shape", "scale", ...)``.
+        values: Per factor, the value of each code: ``values[f][codes[:, f]]``.
+        grid: A reader of the full grid's images (``read(rows)`` -> uint8 ``(K, C, H, W)``);
+            None when only the images stored with the factors exist (an array file).
+
+    Examples:
+        >>> import numpy as np, torch
+        >>> from vaelab.data import Factors
+        >>> class Grid:  # any reader with read(rows) -> (K, C, H, W) uint8
+        ...     def read(self, rows):
+        ...         return np.asarray(rows, np.uint8).reshape(-1, 1, 1, 1)
+        >>> f = Factors(("a", "b"), (np.array([0.0, 1.0]), np.array([10, 20, 30])), Grid())
+        >>> f.sizes, f.index(torch.tensor([[1, 2], [0, 1]])).tolist()
+        ((2, 3), [5, 1])
+        >>> f.images(torch.tensor([[1, 2]])).flatten().tolist()
+        [5]
+    """
+
+    names: tuple[str, ...]
+    values: tuple[np.ndarray, ...]
+    grid: object = field(compare=False, repr=False)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The number of values of each factor, ``(F,)``."""
+        return tuple(len(v) for v in self.values)
+
+    def index(self, codes: torch.Tensor | np.ndarray) -> np.ndarray:
+        """The grid rows of factor codes.
+
+        Args:
+            codes: int codes ``(K, F)``.
+
+        Returns:
+            int64 rows ``(K,)``.
+        """
+        codes = np.asarray(codes, dtype=np.int64)
+        return np.ravel_multi_index(tuple(codes.T), self.sizes).astype(np.int64)
+
+    def images(self, codes: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The images that factor codes make.
+
+        Args:
+            codes: int codes ``(K, F)``.
+
+        Returns:
+            uint8 images ``(K, C, H, W)``.
+
+        Raises:
+            DataError: The factors came with stored images only (an array file), which
+                cannot show any chosen factor codes.
+        """
+        if self.grid is None:
+            raise DataError("drawing images for chosen factors needs a factor dataset (dsprites, xyobject); "
+                            "an array file's factors only label its own images")
+        return torch.from_numpy(np.ascontiguousarray(self.grid.read(self.index(codes))))
 
 
 @dataclass
@@ -635,6 +707,8 @@ class Dataset:
         skipped: Images left out as unreadable, each ``"name: reason"``.
         binary_benchmark: Whether this is a named binary benchmark (the MNIST family).
         cache: For an image folder or array file, its cache folder; ``""`` for a named dataset.
+        factors: For a factor dataset, its factors' names and values and a reader of its
+            whole grid (``Factors``); None otherwise.
 
     Examples:
         >>> from vaelab.data import load_dataset
@@ -654,6 +728,7 @@ class Dataset:
     skipped: tuple[str, ...] = field(default_factory=tuple)  # unreadable images left out, "name: reason"
     binary_benchmark: bool = False  # a named binary benchmark (DatasetInfo.binary)
     cache: str = ""  # an image folder's cache folder, whose manifest names each row's file
+    factors: Factors | None = None  # a factor dataset's factors; the splits hold each image's codes
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -692,6 +767,20 @@ class Dataset:
         """The width C' of the condition vectors: the side information's, else the number of classes."""
         return len(self.classes) if self.train.cond is None else self.train.cond.shape[1]
 
+    def require_factors(self, what: str) -> Factors:
+        """The dataset's ``Factors``, or ``DataError`` when it has none.
+
+        Args:
+            what: What needs the factors, for the message (e.g. ``"the MIG metric"``).
+
+        Returns:
+            The dataset's factors.
+        """
+        if self.factors is None or self.test.factors is None:
+            raise DataError(f"{what} needs ground-truth factors, but {self.name} has none; train on a factor "
+                            "dataset (dsprites, xyobject) to measure disentanglement")
+        return self.factors
+
     def require_labels(self, what: str) -> None:
         """Raise ``DataError`` unless the dataset is labelled.
 
@@ -728,9 +817,9 @@ def attach_conditions(data: Dataset, path: str | Path) -> Dataset:
         raise DataError(f"{path}: 'train' and 'test' conditions differ in width ({train.shape[1]} vs {test.shape[1]})")
     tr = torch.from_numpy(train.astype(np.float32))
     te = torch.from_numpy(test.astype(np.float32))
-    return Dataset(data.name, Split(data.train.images, data.train.labels, tr),
-                   Split(data.test.images, data.test.labels, te), data.classes, data.source,
-                   data.fingerprint, data.skipped, data.binary_benchmark, data.cache)
+    return Dataset(data.name, Split(data.train.images, data.train.labels, tr, data.train.factors),
+                   Split(data.test.images, data.test.labels, te, data.test.factors), data.classes, data.source,
+                   data.fingerprint, data.skipped, data.binary_benchmark, data.cache, data.factors)
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True) -> Dataset:

@@ -23,12 +23,14 @@ import torch
 from vaelab.batches import SplitInputs, memory_budget, model_inputs
 from vaelab.checkpoint import eval_path, load_run
 from vaelab.config import ConfigError
+from vaelab.data import DataError
+from vaelab.disentangle import DISENTANGLEMENT_METRICS, betavae_score, dci, factorvae_score, mig, require_sklearn, sap
 from vaelab.distributions import DiagonalGaussian, GaussianChain, GaussianMixture, StandardNormal
 from vaelab.files import FileError, writable, write_json
 from vaelab.images import load_configured
 from vaelab.models import ACTIVE_VARIANCE, active_dims, check_data_fit
 from vaelab.noise import ExampleNoise
-from vaelab.options import METRICS, EvaluateOptions, ProbeOptions, options_of
+from vaelab.options import EvaluateOptions, ProbeOptions, options_of
 from vaelab.plots import kl_bars, save_figure
 from vaelab.runtime import (
     Dist,
@@ -200,6 +202,7 @@ def _mean_stderr(v: torch.Tensor) -> tuple[float, float]:
     return float(v.mean()), se
 
 
+METRICS = ("nll", "fd", "fid", *DISENTANGLEMENT_METRICS)
 
 
 def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, progress: bool = True,
@@ -226,6 +229,13 @@ def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, pro
     Metric ``fid``: Inception-v3 FID (Heusel et al. 2017) through torchmetrics, comparable
     with papers' FID; needs the ``vaelab[inception]`` extra and its weights.
 
+    Metrics ``mig``, ``dci``, ``sap``, ``factorvae``, ``betavae``: disentanglement (see
+    ``vaelab.disentangle``) of the posterior means, on a factor dataset only; MIG, DCI and
+    SAP on the test images' codes, the FactorVAE and beta-VAE scores on images the
+    dataset draws with one factor fixed. Each metric's numbers are at the top level
+    (``mig``, ``dci_disentanglement``, ...) and in full under ``disentanglement``, with the
+    number of points and the scikit-learn version; they need the ``vaelab[scores]`` extra.
+
     Args:
         run_dir: The run folder.
         options: An [EvaluateOptions][vaelab.options.EvaluateOptions], or its fields as keywords:
@@ -237,7 +247,8 @@ def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, pro
             settings), or to `out`.
         dataset: A ``vaelab.data.Dataset`` to use instead of loading the run's data (its
             results are written only to `out`).
-        metrics: Any of ``"nll"``, ``"fd"``, ``"fid"``.
+        metrics: Any of ``"nll"``, ``"fd"``, ``"fid"``, ``"mig"``, ``"dci"``, ``"sap"``,
+            ``"factorvae"``, ``"betavae"``.
         fd_classifier_steps: Training steps of the ``fd`` classifier, the first time.
         figures: Write ``RUN_DIR/kl_per_dim.png``.
         out: A .json file to write the result to instead.
@@ -248,6 +259,8 @@ def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, pro
 
     Raises:
         ValueError: n is not positive, or a metric is unknown.
+        vaelab.data.DataError: A disentanglement metric on a dataset without factors.
+        vaelab.config.ConfigError: A disentanglement metric without scikit-learn.
 
     Examples:
         >>> from vaelab.evaluate import evaluate
@@ -269,6 +282,9 @@ def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, pro
         raise ValueError(f"--k must be positive, got {k}")
     if out is not None and Path(out).suffix.lower() != ".json":
         raise ConfigError(f"{out}: the results are written as .json")
+    wanted = [m for m in metrics if m in DISENTANGLEMENT_METRICS]
+    if wanted:
+        require_sklearn()
     tune_malloc()
     dist, dev = distributed(device)
     progress = progress and dist.main
@@ -281,6 +297,15 @@ def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, pro
 
         fid_metric = inception_metric(dev)
     data = dataset or load_configured(cfg.data, progress=progress)
+    if wanted:
+        factors = data.require_factors(f"the {', '.join(wanted)} metric{'s' * (len(wanted) > 1)}")
+        drawn = [m for m in wanted if m in ("factorvae", "betavae")]
+        if drawn and factors.grid is None:
+            many = len(drawn) > 1
+            raise DataError(f"the {' and '.join(drawn)} score{'s' * many} draw{'s' * (not many)} images with one "
+                            "factor fixed, which only the "
+                            "factor datasets (dsprites, xyobject) can; use mig, dci or sap with an array file's "
+                            "factors")
     seed = cfg.data.binarization_seed
     density = not model.likelihood.discrete
     if cfg.data.fingerprint and data.fingerprint and data.fingerprint != cfg.data.fingerprint and dist.main:
@@ -325,10 +350,51 @@ def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, pro
         result.update(sample_quality(model, cfg, data, inputs, dev, progress, fd_classifier_steps))
     if "fid" in metrics and dist.main:
         result.update(inception_quality(model, inputs, dev, progress, metric=fid_metric))
+    if wanted and dist.main:
+        result.update(disentanglement(model, data, inputs, wanted, progress))
     result["seconds"] = round(time.perf_counter() - start, 2)
     if write and target is not None and dist.main:
         write_json(target, result)
     return result
+
+
+SCALARS = {"mig": ("mig",), "dci": ("dci_disentanglement", "dci_completeness", "dci_informativeness"),
+           "sap": ("sap",), "factorvae": ("factorvae_score",), "betavae": ("betavae_score",)}
+
+
+def disentanglement(model, data, inputs: SplitInputs, metrics: list[str], progress: bool = False) -> dict[str, Any]:
+    """The disentanglement metrics of a model's posterior means on a factor dataset.
+
+    MIG, DCI and SAP use the codes of the test images `inputs` against their factors; the
+    FactorVAE and beta-VAE scores encode images the dataset draws for chosen factors
+    (pixels / 255, as the model sees binary images and the grey levels of undequantised data).
+    """
+    if model.conditional:
+        raise ConfigError("the disentanglement metrics need an unconditional model; this one is conditional")
+    factors = data.require_factors("the disentanglement metrics")
+    codes = posterior_means(model, inputs).double().cpu().numpy()
+    truth = data.test.factors[: len(codes)].numpy()
+    dev = inputs.device
+
+    def encode(f):
+        out = []
+        for i in range(0, len(f), 2000):
+            x = factors.images(f[i : i + 2000]).to(dev).float().div_(255)
+            out.append(posterior_means(model, x).double().cpu())
+        return torch.cat(out).numpy()
+
+    run = {"mig": lambda: mig(codes, truth), "dci": lambda: dci(codes, truth), "sap": lambda: sap(codes, truth),
+           "factorvae": lambda: factorvae_score(encode, factors.sizes),
+           "betavae": lambda: betavae_score(encode, factors.sizes)}
+    out: dict[str, Any] = {"disentanglement": {}}
+    line = ProgressLine(f"disentanglement metrics on {data.name}", len(metrics), unit="metrics", show=progress)
+    for m in metrics:
+        r = run[m]()
+        out["disentanglement"][m] = r
+        out.update({k: r[k] for k in SCALARS[m]})
+        line.update()
+    out["disentanglement"]["factors"] = [n for n, s in zip(factors.names, factors.sizes) if s > 1]
+    return out
 
 
 def _protocol(cfg, model, dataset: str, n: int, k: int, binarization_detail: str) -> dict[str, Any]:
@@ -408,6 +474,11 @@ def format_result(r: dict[str, Any]) -> str:
     if "fd" in r:
         rows += [(f"FD, {r['fd_n']} prior samples", f"{r['fd']:.3f} (decoder means: {r['fd_mean']:.3f}; "
                   f"training vs test images: {r['fd_train']:.3f})"), ("FD note", r["fd_note"])]
+    for m, label in (("mig", "MIG"), ("dci_disentanglement", "DCI disentanglement"),
+                     ("dci_completeness", "DCI completeness"), ("dci_informativeness", "DCI informativeness"),
+                     ("sap", "SAP"), ("factorvae_score", "FactorVAE score"), ("betavae_score", "beta-VAE score")):
+        if m in r:
+            rows.append((label, f"{r[m]:.3f}"))
     rows.append(("seconds", f"{r['seconds']:.1f}"))
     width = max(len(a) for a, _ in rows)
     # long notes wrap under their value column, so the labels stay a column of their own

@@ -44,7 +44,17 @@ from typing import Any
 import numpy as np
 
 from vaelab.config import DataConfig, background_rgb, did_you_mean
-from vaelab.data import DATASETS, DataError, Dataset, ImageFile, Split, attach_conditions, cache_dir, load_dataset
+from vaelab.data import (
+    DATASETS,
+    DataError,
+    Dataset,
+    Factors,
+    ImageFile,
+    Split,
+    attach_conditions,
+    cache_dir,
+    load_dataset,
+)
 from vaelab.files import FileError, describe, dir_mode, swap_in, write_json
 from vaelab.runtime import ProgressLine, cpu_budget, progress_bar, progress_lines
 
@@ -580,7 +590,7 @@ def _cached(folder: Path, stamp: str) -> Dataset | None:
     """The cached dataset if its index carries `stamp`: the fast path reads only index.json
     (shape, classes, labels), not the manifest with every file name."""
     index = _read_manifest(folder, "index.json")
-    if index is None or index.get("stamp") != stamp:
+    if index is None or index.get("stamp") != stamp or "factors" not in index:  # built before factors: rebuild
         return None
     return _dataset_from_cache(folder, index)
 
@@ -588,7 +598,8 @@ def _cached(folder: Path, stamp: str) -> Dataset | None:
 def _finish(tmp: Path, folder: Path, manifest: dict[str, Any], stamp: str) -> Dataset:
     """Write the manifest and the index of a built cache, swap it in, return its Dataset."""
     index = {k: v for k, v in manifest.items() if k not in ("files", "splits")}
-    index.update(stamp=stamp, labels={s: manifest["splits"][s]["labels"] for s in ("train", "test")})
+    index.update(stamp=stamp, labels={s: manifest["splits"][s]["labels"] for s in ("train", "test")},
+                 factors={s: manifest["splits"][s].get("factors") for s in ("train", "test")})
     write_json(tmp / "manifest.json", manifest, indent=None)
     write_json(tmp / "index.json", index, indent=None)
     swap_in(tmp, folder)
@@ -606,10 +617,15 @@ def _dataset_from_cache(folder: Path, m: dict[str, Any]) -> Dataset:
         if images.file_size() != images.nbytes:
             raise DataError(f"{images.path}: cache file has the wrong size; delete {folder} to rebuild it")
         labels = np.asarray([-1 if v is None else v for v in listed], dtype=np.int64)
-        splits[split] = Split(images, labels)
+        codes = (m.get("factors") or {}).get(split)
+        splits[split] = Split(images, labels, factors=None if codes is None else np.asarray(codes, np.int64))
     skipped = tuple(f"{rel}: {why}" for rel, why in m.get("bad", []))
+    factors = None
+    if splits["train"].factors is not None:
+        top = np.maximum(splits["train"].factors.numpy().max(0), splits["test"].factors.numpy().max(0))
+        factors = Factors(tuple(m["factor_names"]), tuple(np.arange(t + 1) for t in top.tolist()), None)
     return Dataset(Path(m["source"]).name, splits["train"], splits["test"], classes, m["source"],
-                   fingerprint=m["fingerprint"], skipped=skipped, cache=str(folder))
+                   fingerprint=m["fingerprint"], skipped=skipped, cache=str(folder), factors=factors)
 
 
 def file_names(data: Dataset, split: str) -> list[str] | None:
@@ -836,11 +852,13 @@ def _convert_chunk(x: np.ndarray, shape: tuple[int, int, int], background: tuple
     return np.ascontiguousarray(x)
 
 
-def _array_sources(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None], tuple[str, ...]]:
-    """(images per split or {'all': ...}, labels per split, class names) from an .npy/.npz file."""
+def _array_sources(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None], tuple[str, ...],
+                                        dict[str, np.ndarray | None]]:
+    """(images per split or {'all': ...}, labels per split, class names, factor codes per
+    split) from an .npy/.npz file."""
     try:
         if path.suffix == ".npy":
-            return {"all": np.load(path, mmap_mode="r", allow_pickle=False)}, {"all": None}, ()
+            return {"all": np.load(path, mmap_mode="r", allow_pickle=False)}, {"all": None}, (), {"all": None}
         z = np.load(path, allow_pickle=False)
         keys = set(z.files)
         classes = tuple(str(c) for c in z["classes"]) if "classes" in keys else ()
@@ -849,10 +867,13 @@ def _array_sources(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndar
             labels = z["labels"] if "labels" in keys else None
             if labels is not None:  # checked whole, so that a bad row is named by its row in the file
                 _check_labels(path, labels, len(images), "'labels'")
+            factors = z["factors"] if "factors" in keys else None
+            if factors is not None:
+                _check_factors(path, factors, len(images), "'factors'")
             if "train" in keys or "test" in keys:
                 if not {"train", "test"} <= keys:
                     raise DataError(f"{path}: give both 'train' and 'test' selections over 'images', or neither")
-                out, lab = {}, {}
+                out, lab, fac = {}, {}, {}
                 for s in ("train", "test"):
                     sel = z[s]
                     if sel.ndim != 1 or not (sel.dtype == bool or sel.dtype.kind in "iu"):
@@ -864,16 +885,51 @@ def _array_sources(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndar
                         raise DataError(f"{path}: '{s}' indexes outside the {len(images)} images")
                     out[s] = images[idx]
                     lab[s] = None if labels is None else labels[idx]
-                return out, lab, classes
-            return {"all": images}, {"all": labels}, classes
+                    fac[s] = None if factors is None else factors[idx]
+                return out, lab, classes, fac
+            return {"all": images}, {"all": labels}, classes, {"all": factors}
         if {"train", "test"} <= keys:
+            fac = {s: z[f"{s}_factors"] if f"{s}_factors" in keys else None for s in ("train", "test")}
+            if (fac["train"] is None) != (fac["test"] is None):
+                raise DataError(f"{path}: give both 'train_factors' and 'test_factors', or neither")
+            for s in fac:
+                if fac[s] is not None:
+                    _check_factors(path, fac[s], len(z[s]), f"'{s}_factors'")
             return ({"train": z["train"], "test": z["test"]},
-                    {s: z[f"{s}_labels"] if f"{s}_labels" in keys else None for s in ("train", "test")}, classes)
+                    {s: z[f"{s}_labels"] if f"{s}_labels" in keys else None for s in ("train", "test")}, classes, fac)
         raise DataError(f"{path}: expected an array 'images' (or arrays 'train' and 'test'); found {sorted(keys)}")
     except DataError:
         raise
     except (OSError, ValueError, KeyError, EOFError) as e:
         raise DataError(f"{path}: cannot read this array file ({e})") from None
+
+
+def _check_factors(path: Path, v: np.ndarray, n: int, what: str) -> None:
+    """Refuse factor codes that are not one row of F integers >= 0 per image."""
+    if v.ndim != 2 or len(v) != n:
+        raise DataError(f"{path}: {what} must hold one row of factor codes per image, shape ({n}, F), got shape "
+                        f"{v.shape}")
+    if v.dtype.kind not in "iu" or (v.size and v.min() < 0):
+        raise DataError(f"{path}: {what} must be integer codes 0, 1, 2, ... of each factor's values, got "
+                        f"{v.dtype}{' with negative codes' if v.dtype.kind in 'iu' else ''}")
+
+
+def _factor_names(path: Path, factors: dict[str, np.ndarray | None]) -> tuple[str, ...]:
+    """The names of an array file's factors: its 'factor_names', else factor0, factor1, ..."""
+    if factors["train"] is None:
+        return ()
+    width = {v.shape[1] for v in factors.values()}
+    if len(width) > 1:
+        raise DataError(f"{path}: the train and test factors differ in width ({' vs '.join(map(str, sorted(width)))})")
+    f = width.pop()
+    try:
+        z = np.load(path, allow_pickle=False)
+        names = tuple(str(n) for n in z["factor_names"]) if "factor_names" in z.files else ()
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read 'factor_names' ({e})") from None
+    if names and len(names) != f:
+        raise DataError(f"{path}: 'factor_names' names {len(names)} factors, but the codes have {f} columns")
+    return names or tuple(f"factor{i}" for i in range(f))
 
 
 def _check_labels(path: Path, v: np.ndarray, n: int, what: str) -> None:
@@ -910,9 +966,11 @@ def _array_classes(path: Path, labels: dict, sizes: dict[str, int], classes: tup
 def load_array(path: str | Path, transform: Transform, progress: bool = True, whole: bool = False) -> Dataset:
     """Load images from an .npy or .npz array file as a Dataset, through a uint8 cache on disk.
 
-    ``.npy``: images only. ``.npz``: ``images`` [+ ``labels``], optionally with ``train`` and
-    ``test`` masks or index arrays over them; or ``train`` and ``test`` image arrays
-    [+ ``train_labels`` and ``test_labels``]; and optionally ``classes`` (names). Without
+    ``.npy``: images only. ``.npz``: ``images`` [+ ``labels``] [+ ``factors``], optionally
+    with ``train`` and ``test`` masks or index arrays over them; or ``train`` and ``test``
+    image arrays [+ ``train_labels`` and ``test_labels``] [+ ``train_factors`` and
+    ``test_factors``]; and optionally ``classes`` (names) and ``factor_names``. Factors are
+    integer codes (N, F), one row per image, for the disentanglement metrics. Without
     given splits, each image goes to the test split by a stable hash of its index.
 
     Args:
@@ -955,16 +1013,17 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True, wh
                 _array_split_given(path, s, len(getattr(cached, s)))
         return cached
 
-    arrays, labels, classes = _array_sources(path)
+    arrays, labels, classes, factors = _array_sources(path)
     arrays = {k: _nchw(v, k if k != "all" else "images", path) for k, v in arrays.items()}
     rows: dict[str, np.ndarray | None] = {s: None for s in arrays}
     if "all" in arrays:  # a stable per-index split: appended rows never move earlier ones
         n = len(arrays["all"])
         test = np.array([in_test_split(f"{path.name}:{i}", transform.test_fraction) for i in range(n)], bool)
         rows = {"train": np.flatnonzero(~test), "test": np.flatnonzero(test)}
-        lab = labels["all"]
+        lab, fac = labels["all"], factors["all"]
         arrays = {s: arrays["all"] for s in rows}
         labels = {s: None if lab is None else lab[rows[s]] for s in rows}
+        factors = {s: None if fac is None else fac[rows[s]] for s in rows}
     sizes = {s: len(arrays[s]) if rows[s] is None else len(rows[s]) for s in ("train", "test")}
     c0 = {v.shape[1] for v in arrays.values()}
     hw = {v.shape[2:] for v in arrays.values()}
@@ -978,6 +1037,7 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True, wh
     if not sum(sizes.values()):
         raise DataError(f"{path} holds no images")
     classes = _array_classes(path, labels, sizes, classes)
+    names = _factor_names(path, factors)
     bg = background_rgb(transform.background)
     with _building(folder) as tmp:
         total = sum(sizes.values())
@@ -999,8 +1059,9 @@ def load_array(path: str | Path, transform: Transform, progress: bool = True, wh
         bar.close()
         manifest = {"version": CACHE_VERSION, "kind": "array", "source": str(path), "transform": spec,
                     "shape": list(shape), "classes": list(classes), "files": listed, "bad": [],
-                    "fingerprint": fingerprint,
-                    "splits": {s: {"labels": [None] * sizes[s] if labels[s] is None else labels[s].tolist()}
+                    "fingerprint": fingerprint, "factor_names": list(names),
+                    "splits": {s: {"labels": [None] * sizes[s] if labels[s] is None else labels[s].tolist(),
+                                   "factors": None if factors[s] is None else factors[s].astype(np.int64).tolist()}
                                for s in ("train", "test")}}
         return _finish(tmp, folder, manifest, stamp)
 
@@ -1072,6 +1133,16 @@ def load_configured(d: DataConfig, progress: bool = True, whole: bool = False) -
         ...
         vaelab.data.DataError: unknown dataset 'mnist-smaple': not a named dataset (...) and no ...; did you mean mnist-sample?
     """
+    from vaelab.factors import FACTOR_DATASETS, load_factor_dataset  # lazy: the decoding workers import this module
+
+    if d.subset and d.dataset not in FACTOR_DATASETS:
+        raise DataError(f"--subset is for the factor datasets ({', '.join(FACTOR_DATASETS)}), not {d.dataset}; "
+                        "leave it at 0")
+    if d.dataset in FACTOR_DATASETS:
+        if d.image_size or d.channels or d.conditions:
+            raise DataError(f"{d.dataset} is drawn at its own size and channels, without side information; leave "
+                            "--image-size, --channels and --conditions unset")
+        return load_factor_dataset(d.dataset, d.data_dir, d.subset)
     if is_path(d.dataset):
         t = Transform(tuple(d.image_size) if d.image_size else None, d.channels, d.background, d.test_fraction)
         path = Path(d.dataset).expanduser()
@@ -1087,8 +1158,9 @@ def load_configured(d: DataConfig, progress: bool = True, whole: bool = False) -
                             f"dataset ({', '.join(DATASETS)})")
     else:
         if d.dataset not in DATASETS:
-            raise DataError(f"unknown dataset {d.dataset!r}: not a named dataset ({', '.join(DATASETS)}) "
-                            f"and no such file or folder{did_you_mean(d.dataset, DATASETS)}")
+            names = [*DATASETS, *FACTOR_DATASETS]
+            raise DataError(f"unknown dataset {d.dataset!r}: not a named dataset ({', '.join(names)}) "
+                            f"and no such file or folder{did_you_mean(d.dataset, names)}")
         data = load_dataset(d.dataset, d.data_dir, d.download)
         if d.image_size or d.channels:
             data = _reshape_named(data, d)
@@ -1106,6 +1178,6 @@ def _reshape_named(data: Dataset, d: DataConfig) -> Dataset:
         x = split.images.numpy()
         conv = np.concatenate([_convert_chunk(x[i : i + 4096], shape, background_rgb(d.background))
                                for i in range(0, len(x), 4096)])
-        out.append(Split(torch.from_numpy(conv), split.labels))
+        out.append(Split(torch.from_numpy(conv), split.labels, factors=split.factors))
     return Dataset(data.name, out[0], out[1], data.classes, data.source,
                    f"{data.fingerprint}:{'x'.join(map(str, shape))}", data.skipped, data.binary_benchmark)

@@ -43,7 +43,8 @@ __all__ = ["EvaluateOptions", "ScoreOptions", "OodOptions", "EncodeOptions", "Pr
            "options_of"]
 
 SPLITS = (AUTO, "test", "train", "all")
-METRICS = ("nll", "fd", "fid")  # what vaelab.evaluate measures
+# what --metrics takes: vaelab.evaluate.METRICS, written out so that --help needs no torch (a test checks them)
+METRICS = ("nll", "fd", "fid", "mig", "dci", "sap", "factorvae", "betavae")
 
 
 def option(default: Any, help: str | None, *, flag: str | None = None, aliases: tuple[str, ...] = (),
@@ -109,7 +110,8 @@ class EvaluateOptions:
         ("nll",), "nll: ELBO and IS estimate of -log p(x); fd: Frechet distance of prior samples to the test images in "
                   "the features of a classifier vaelab trains on the dataset's labels (cached; not comparable to "
                   "Inception FID); fid: Inception-v3 FID through torchmetrics, needs the vaelab[inception] extra and "
-                  "its weights (default nll)", metavar="M[,M]", parse="metrics")
+                  "its weights; mig, dci, sap, factorvae, betavae: disentanglement of the codes on a factor dataset "
+                  "(dsprites, xyobject), needs the vaelab[scores] extra (default nll)", metavar="M[,M]", parse="metrics")
     out: str | None = option(None, "write the results here instead (default RUN_DIR/eval.json, or eval-SETTINGS.json)",
                              metavar="FILE.json", parse="path")
     device: str = _device()
