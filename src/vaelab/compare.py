@@ -32,7 +32,9 @@ from typing import Any
 import torch
 
 from vaelab.checkpoint import RunError, read_eval, read_metrics
+from vaelab.config import ConfigError
 from vaelab.files import atomic_write, ensure_dir, write_json
+from vaelab.options import CompareOptions, options_of, train_config
 from vaelab.runtime import ProgressLine, clock_time, progress_lines
 
 __all__ = ["compare", "Variant", "parse_variant"]
@@ -99,6 +101,18 @@ def parse_variant(spec: str) -> Variant:
         if reserved in parts:
             raise ValueError(f"variant {name}: {reserved} is set by compare, leave it out")
     return Variant(name, parts)
+
+
+def check_variant(variant: Variant, base: tuple[str, ...] = ()) -> None:
+    """Refuse, in one line naming the variant, flags that `vaelab train` would refuse:
+    unknown flags, bad values, out-of-range settings and a data path that does not exist, so
+    that nothing is trained when one variant cannot be."""
+    from vaelab.images import is_path
+
+    what = f"variant {variant.name}"
+    cfg = train_config(what, [*base, *variant.flags])
+    if is_path(cfg.data.dataset) and not Path(cfg.data.dataset).expanduser().exists():
+        raise ConfigError(f"{what}: --dataset {cfg.data.dataset} does not exist")
 
 
 def _vaelab(args: list[str], echo=None) -> subprocess.CompletedProcess:
@@ -294,9 +308,8 @@ def sample_figure(rows: list[dict[str, Any]], variants: list[Variant], title: st
     return image_panels(panels, 6, title) if panels else None
 
 
-def compare(variants: list[Variant], out: str | Path, seeds: tuple[int, ...] = (0, 1, 2), epochs: int | None = None,
-            minutes: float | None = None, base: tuple[str, ...] = (), k: int | None = None, n: int | None = None,
-            metrics: tuple[str, ...] = ("nll",), log=print) -> dict[str, Any]:
+def compare(variants: list[Variant], out: str | Path, options: CompareOptions | None = None, *, log=print,
+            **settings: Any) -> dict[str, Any]:
     """Train and evaluate every variant with every seed, then tabulate mean +- std over seeds.
 
     What ``vaelab compare`` does. Each run is ``vaelab train`` (then ``vaelab evaluate``) in
@@ -313,6 +326,7 @@ def compare(variants: list[Variant], out: str | Path, seeds: tuple[int, ...] = (
     Args:
         variants: the variants, with distinct names (see [parse_variant][vaelab.compare.parse_variant]).
         out: the comparison's folder (not a run folder).
+        options: a [CompareOptions][vaelab.options.CompareOptions], or its fields as keywords:
         seeds: the seeds each variant is trained with.
         epochs: epochs per run.
         minutes: training minutes per run.
@@ -349,6 +363,8 @@ def compare(variants: list[Variant], out: str | Path, seeds: tuple[int, ...] = (
     """
     from vaelab.plots import save_figure
 
+    o = options_of(CompareOptions, options, **settings)
+    seeds, epochs, minutes, base, k, n, metrics = o.seeds, o.epochs, o.minutes, o.base, o.k, o.n, o.metrics
     if (epochs is None) == (minutes is None):
         raise ValueError("give exactly one of --epochs N (equal epochs) or --minutes M (equal training time)")
     names = [v.name for v in variants]

@@ -30,6 +30,7 @@ from vaelab.files import FileError, writable, write_json
 from vaelab.images import load_configured
 from vaelab.models import ACTIVE_VARIANCE, active_dims, check_data_fit
 from vaelab.noise import ExampleNoise
+from vaelab.options import EvaluateOptions, ProbeOptions, options_of
 from vaelab.plots import kl_bars, save_figure
 from vaelab.runtime import (
     Dist,
@@ -41,7 +42,7 @@ from vaelab.runtime import (
     tune_malloc,
 )
 
-__all__ = ["evaluate", "format_result", "log_likelihood", "posterior_means", "reconstruction_psnr", "probe",
+__all__ = ["evaluate", "format_result", "format_probe", "log_likelihood", "posterior_means", "reconstruction_psnr", "probe",
            "kl_summary", "kl_figure", "mutual_information", "active_mask"]
 
 BINARIZATION_NOTE = {
@@ -204,10 +205,8 @@ def _mean_stderr(v: torch.Tensor) -> tuple[float, float]:
 METRICS = ("nll", "fd", "fid", *DISENTANGLEMENT_METRICS)
 
 
-def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, device: str = "cpu",
-             progress: bool = True, write: bool = True, dataset=None,
-             metrics: tuple[str, ...] = ("nll",), fd_classifier_steps: int = 2000,
-             figures: bool = True, out: str | Path | None = None) -> dict[str, Any]:
+def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, progress: bool = True,
+             write: bool = True, dataset=None, **settings: Any) -> dict[str, Any]:
     """Evaluate a trained run on its test set, as ``vaelab evaluate`` does; writes ``eval.json``
     for the default settings, and a file named by the settings otherwise (``eval-k10.json``,
     see [eval_path][vaelab.checkpoint.eval_path]), so that no evaluation replaces one made with
@@ -240,6 +239,7 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
     Args:
         run_dir: The run folder, or a loaded [vaelab.Run][vaelab.api.Run], whose model is
             used as it is (on its device, at its precision) unless `device` is another one.
+        options: An [EvaluateOptions][vaelab.options.EvaluateOptions], or its fields as keywords:
         n: Evaluate the first n test images only; None for all.
         k: Importance samples per image; None: 1000 for images up to 32x32 grey, else 100.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
@@ -271,6 +271,9 @@ def evaluate(run_dir: str | Path, n: int | None = None, k: int | None = None, de
         >>> r["nll"] <= -r["elbo"]
         True
     """
+    o = options_of(EvaluateOptions, options, **settings)
+    n, k, device, metrics, fd_classifier_steps, figures = o.n, o.k, o.device, o.metrics, o.fd_classifier_steps, o.figures
+    out = o.out
     if n is not None and n <= 0:
         raise ValueError(f"--n must be positive, got {n}")
     unknown = [m for m in metrics if m not in METRICS]
@@ -407,6 +410,32 @@ def _protocol(cfg, model, dataset: str, n: int, k: int, binarization_detail: str
     if model.conditional:
         result["conditioned_on"] = "custom side information" if cfg.data.conditions else "class label"
     return result
+
+
+def format_probe(r: dict[str, Any]) -> str:
+    """Lay out the result of [probe][vaelab.evaluate.probe] as the table ``vaelab probe`` prints.
+
+    Args:
+        r: The dict ``probe`` returns (or ``probe.json`` read back).
+
+    Returns:
+        The table as text, one quantity a line.
+
+    Examples:
+        >>> from vaelab.evaluate import format_probe
+        >>> print(format_probe({"model": "icvae", "dataset": "mnist", "probe_layers": 1, "accuracy": 0.2,
+        ...                     "majority": 0.1135, "recon_mse": 0.01}))
+        model                               icvae on mnist
+        probe accuracy (1 hidden layers)    0.2000
+        majority-class rate                 0.1135
+        reconstruction MSE                  0.01000
+    """
+    rows = [("model", f"{r['model']} on {r['dataset']}"),
+            (f"probe accuracy ({r['probe_layers']} hidden layers)", f"{r['accuracy']:.4f}"),
+            ("majority-class rate", f"{r['majority']:.4f}"),
+            ("reconstruction MSE", f"{r['recon_mse']:.5f}")]
+    width = max(len(a) for a, _ in rows)
+    return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
 
 
 def format_result(r: dict[str, Any]) -> str:
@@ -595,8 +624,8 @@ def inception_quality(model, inputs: SplitInputs, device: torch.device, progress
 # ----------------------------------------------------------------------------- invariance probe
 
 
-def probe(run_dir: str | Path, layers: int = 1, hidden: int = 256, epochs: int = 30, seed: int = 0,
-          device: str = "cpu", write: bool = True, dataset=None) -> dict[str, Any]:
+def probe(run_dir: str | Path, options: ProbeOptions | None = None, *, write: bool = True, dataset=None,
+          **settings: Any) -> dict[str, Any]:
     """Measure how much the codes know about the class (Moyer et al. 2018, section 5).
 
     A fresh classifier with `layers` hidden layers (0 = logistic regression) learns to
@@ -608,6 +637,7 @@ def probe(run_dir: str | Path, layers: int = 1, hidden: int = 256, epochs: int =
 
     Args:
         run_dir: The run folder; its data must be labelled.
+        options: A [ProbeOptions][vaelab.options.ProbeOptions], or its fields as keywords:
         layers: Hidden layers of the classifier, 0 to 3.
         hidden: Width of each hidden layer.
         epochs: Training epochs of the classifier.
@@ -634,6 +664,8 @@ def probe(run_dir: str | Path, layers: int = 1, hidden: int = 256, epochs: int =
 
     from vaelab.nets import mlp
 
+    o = options_of(ProbeOptions, options, **settings)
+    layers, hidden, epochs, seed, device = o.layers, o.hidden, o.epochs, o.seed, o.device
     if not 0 <= layers <= 3:
         raise ValueError(f"probe layers must be 0-3, got {layers}")
     if write:

@@ -24,15 +24,15 @@ import torch
 
 from vaelab import plots
 from vaelab.batches import model_inputs
-from vaelab.checkpoint import loaded, read_metrics
-from vaelab.config import did_you_mean
+from vaelab.checkpoint import load_run, loaded, read_metrics
+from vaelab.config import ConfigError, did_you_mean
 from vaelab.corruption import add_noise
 from vaelab.evaluate import posterior_means
 from vaelab.files import FileError, ensure_dir, write_json
 from vaelab.images import load_configured
 from vaelab.runtime import ProgressLine
 
-__all__ = ["plot", "Explorer", "figure_recon", "figure_samples", "figure_posterior", "figure_manifold",
+__all__ = ["plot", "write_samples", "Explorer", "figure_recon", "figure_samples", "figure_posterior", "figure_manifold",
            "figure_latents", "figure_interpolate", "figure_combine", "figure_denoise", "figure_curves",
            "figure_scale", "figure_transfer", "slerp", "psnr", "principal_axes"]
 
@@ -701,6 +701,42 @@ FIGURE_OPTIONS = {
     "combine": ("weights",),
     "denoise": ("kind", "levels", "against"),
 }
+
+
+def write_samples(run_dir: str | Path, out: str | Path | None = None, *, n: int = 64, mode: str = "mean",
+                  seed: int = 0, device: str | torch.device = "cpu") -> Path:
+    """Decode `n` draws z ~ p(z) of a run and write them as a PNG grid, as ``vaelab sample`` does.
+
+    Args:
+        run_dir: The run folder.
+        out: The .png file to write (default ``RUN_DIR/prior_samples.png``).
+        n: How many samples.
+        mode: ``"mean"``: the decoder's means (pixel probabilities); ``"sample"``: draws x ~ p(x|z).
+        seed: The seed of the draws.
+        device: Where the model runs.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConfigError: `out` does not name a .png file.
+
+    Examples:
+        >>> from vaelab.explore import write_samples
+        >>> write_samples(run.path, tmp + "/grid.png", n=4).name
+        'grid.png'
+    """
+    out = Path(out) if out else Path(run_dir) / "prior_samples.png"
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out must name a .png file, got {out}")
+    _, model = load_run(run_dir, torch.device(device))
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    with torch.no_grad():
+        dist = model.sample(n, generator=gen)
+        images = dist.mean if mode == "mean" else dist.sample(generator=gen)
+    ensure_dir(out.parent, "output folder")
+    plots.save_png(plots.image_grid(images), out)
+    return out
 
 
 def plot(run_dir: str | Path, what: list[str], out: str | Path | None = None, seed: int = 0,

@@ -3,6 +3,7 @@ progress bars and progress lines."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import json
@@ -461,6 +462,31 @@ class ThreadPolicy:
             pass
 
 
+@contextlib.contextmanager
+def command_threads(command: str, threads: int, *, say: bool = True):
+    """The threads of one ``vaelab`` command while it runs, `threads` as its ``--threads``
+    asks: a [ThreadPolicy][vaelab.runtime.ThreadPolicy], its choice said in one line when
+    `say`. compare only waits on its runs, which count themselves and get ``--threads``
+    through the environment (OMP_NUM_THREADS); serve counts only while it answers requests,
+    and says nothing (its first line is the page's address)."""
+    if command == "compare":
+        before = os.environ.get("OMP_NUM_THREADS")
+        if threads:
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+        try:
+            yield
+        finally:
+            if threads and before is None:
+                del os.environ["OMP_NUM_THREADS"]
+            elif threads:
+                os.environ["OMP_NUM_THREADS"] = before
+        return
+    with ThreadPolicy(threads, on_demand=command == "serve") as policy:
+        if say and command != "serve":
+            print(policy.choice.line(), flush=True)
+        yield
+
+
 def rebalance_threads(force: bool = False) -> ThreadChoice | None:
     """`ThreadPolicy.check` of the policy in force in this process, if any: long loops
     (evaluation, scoring, the web explorer's work) call it every batch; it costs a clock
@@ -692,6 +718,16 @@ def distributed(device: str) -> tuple[Dist, torch.device]:
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Dist(rank, world), dev
+
+
+# what gloo and NCCL say when another process of the job is gone
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Connection refused",
+              "NCCL communicator was aborted", "remote process exited", "Socket Timeout")
+
+
+def lost_peer(e: RuntimeError) -> bool:
+    """Whether `e` is a collective failing because another process of a torchrun job died."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(p in str(e) for p in _PEER_GONE)
 
 
 def leave_process_group() -> bool:

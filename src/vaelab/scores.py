@@ -46,6 +46,7 @@ from vaelab.evaluate import decode_rows
 from vaelab.files import atomic_path, settings_tag, slug
 from vaelab.images import distinct_names, file_names, is_path, load_configured
 from vaelab.noise import ExampleNoise
+from vaelab.options import EncodeOptions, OodOptions, ScoreOptions, options_of
 from vaelab.runtime import Dist, ProgressLine, distributed, progress_bar, rebalance_threads, tune_malloc
 
 __all__ = ["score", "encode", "ood", "Table", "write_table", "write_codes", "top_figure", "SCORES", "Score",
@@ -771,15 +772,15 @@ def _key_columns(data: Dataset, split: str, n: int) -> dict[str, np.ndarray]:
     return cols
 
 
-def score(run, data=None, *, split: str = "auto", scores: list[str] | None = None, k: int = 100,
-          skip_levels: tuple[int, ...] | None = None, n: int | None = None, seed: int = 0,
-          device: str | None = None, progress: bool = True, convert: bool = False, check=None) -> Table:
+def score(run, data=None, options: ScoreOptions | None = None, *, progress: bool = True, check=None,
+          **settings: Any) -> Table:
     """Score every image of a dataset under a trained run: one row per image.
 
     Args:
         run: a run folder or a [Run][vaelab.api.Run].
         data: a named dataset, an image folder or an .npy/.npz file, read as the run read its
             own data (same size, channels, background); None: the run's own data.
+        options: a [ScoreOptions][vaelab.options.ScoreOptions], or its fields as keywords:
         split: ``"test"``, ``"train"``, ``"all"`` or ``"auto"``: the test split of the run's own
             data and of a named dataset, every image of a folder or array file.
         scores: names from [SCORES][vaelab.scores.SCORES]; None: every score the model has.
@@ -788,8 +789,7 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
         n: score only the first n images of each split.
         seed: the noise seed; the same seed gives the same numbers for any chunking or number of
             processes.
-        device: ``"cpu"`` or ``"cuda"``; None: the run's own device (a loaded Run's model is
-            used as it is), else the CPU.
+        device: ``"cpu"`` or ``"cuda"``.
         progress: show a progress bar.
         convert: read other data at the model's image size and channels (grey repeated into
             RGB, RGB to grey by luminance, resized and centre-cropped) instead of as the run
@@ -816,6 +816,9 @@ def score(run, data=None, *, split: str = "auto", scores: list[str] | None = Non
         >>> len(unusual), bool(unusual["log_px"][0] == t["log_px"].min())
         (3, True)
     """
+    o = options_of(ScoreOptions, options, **settings)
+    split, scores, k, skip_levels, n, seed, device = o.split, o.scores, o.k, o.skip_levels, o.n, o.seed, o.device
+    convert = o.convert
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
     _check_split(split)
@@ -969,20 +972,19 @@ def _codes(model, x, c, idx, samples: int, seed: int) -> dict[str, torch.Tensor]
     return out
 
 
-def encode(run, data=None, *, split: str = "auto", samples: int = 0, n: int | None = None, seed: int = 0,
-           device: str | None = None, progress: bool = True, convert: bool = False) -> Table:
+def encode(run, data=None, options: EncodeOptions | None = None, *, progress: bool = True, **settings: Any) -> Table:
     """The posterior of every image of a dataset: means and standard deviations of q(z|x).
 
     Args:
         run: a run folder or a [Run][vaelab.api.Run].
         data: as in [score][vaelab.scores.score]; None: the run's own data.
+        options: an [EncodeOptions][vaelab.options.EncodeOptions], or its fields as keywords:
         split: ``"auto"`` and ``"all"``: every image, training and test alike (the ``split``
             column says which is which); ``"test"`` or ``"train"``: that split only.
         samples: S > 0 also draws S codes per image from q(z|x), with noise tied to each image.
         n: only the first n images of each split.
         seed: the noise seed of the samples.
-        device: ``"cpu"`` or ``"cuda"``; None: the run's own device (a loaded Run's model is
-            used as it is), else the CPU.
+        device: ``"cpu"`` or ``"cuda"``.
         progress: show a progress bar.
         convert: as in [score][vaelab.scores.score]: other data read at the model's size and
             channels.
@@ -1003,6 +1005,8 @@ def encode(run, data=None, *, split: str = "auto", samples: int = 0, n: int | No
         >>> list(codes.to_pandas().columns)
         ['split', 'index', 'label', 'mean_0', 'mean_1', 'std_0', 'std_1']
     """
+    o = options_of(EncodeOptions, options, **settings)
+    split, samples, n, seed, device, convert = o.split, o.samples, o.n, o.seed, o.device, o.convert
     if samples < 0:
         raise ConfigError(f"samples must be 0 or more, got {samples}")
     _check_split(split)
@@ -1156,10 +1160,8 @@ def typicality(train_nll: np.ndarray, inside: np.ndarray, outside: np.ndarray, s
     return rows
 
 
-def ood(run, inside=None, outside=(), *, split: str = "auto", scores: list[str] | None = None, k: int = 100,
-        skip_levels: tuple[int, ...] | None = None, n: int | None = None, train_n: int = 2000,
-        batch_sizes=(1, 2, 5, 10, 25), seed: int = 0, device: str | None = None, progress: bool = True,
-        write: bool = True, out: str | Path | None = None, convert: bool = False) -> dict[str, Any]:
+def ood(run, inside=None, outside=(), options: OodOptions | None = None, *, progress: bool = True,
+        write: bool = True, **settings: Any) -> dict[str, Any]:
     """Out-of-distribution detection: how well each of the model's scores tells its own kind of
     image from others, and the batch typicality test.
 
@@ -1171,6 +1173,7 @@ def ood(run, inside=None, outside=(), *, split: str = "auto", scores: list[str] 
         run: a run folder or a [Run][vaelab.api.Run].
         inside: the in-distribution data (None: the run's own), scored on its test split.
         outside: one or more datasets (names, folders, array files) scored on `split`.
+        options: an [OodOptions][vaelab.options.OodOptions], or its fields as keywords:
         split: the split of the outside sets, as in [score][vaelab.scores.score].
         scores: names from [SCORES][vaelab.scores.SCORES]; None: every score the model has.
         k: importance samples per image.
@@ -1179,8 +1182,7 @@ def ood(run, inside=None, outside=(), *, split: str = "auto", scores: list[str] 
         train_n: training images that set the typicality test's mean and threshold.
         batch_sizes: the typicality test's batch sizes M.
         seed: the noise and bootstrap seed.
-        device: ``"cpu"`` or ``"cuda"``; None: the run's own device (a loaded Run's model is
-            used as it is), else the CPU.
+        device: ``"cpu"`` or ``"cuda"``.
         progress: show progress bars.
         write: write the report, the numbers and the score histograms: by default
             ``RUN/ood-<in>-vs-<out>.md``, ``.json`` and ``.png``, named by the data sets compared
@@ -1204,6 +1206,9 @@ def ood(run, inside=None, outside=(), *, split: str = "auto", scores: list[str] 
         >>> name, r["results"][name]["log_px"]["auroc"] > 0.9
         ('noise.npy', True)
     """
+    o = options_of(OodOptions, options, **settings)
+    split, scores, k, skip_levels, n, seed, device = o.split, o.scores, o.k, o.skip_levels, o.n, o.seed, o.device
+    train_n, batch_sizes, out, convert = o.train_n, o.batch_sizes, o.out, o.convert
     if isinstance(outside, (str, Dataset)):
         outside = [outside]
     if not outside:
@@ -1275,6 +1280,14 @@ def _set_names(names: list[str]) -> list[str]:
 
 
 SCORE_DEFAULTS = {"split": "auto", "k": 100, "seed": 0}
+
+
+def table_path(run_dir: str | Path, table: Table, options: ScoreOptions) -> Path:
+    """Where ``vaelab score`` writes a table by default: RUN_DIR/scores-DATA.csv, with the
+    settings that differ from the defaults in the name (scores-mnist-k10.csv)."""
+    settings = {"split": options.split, "k": options.k, "n": options.n, "seed": options.seed,
+                "scores": options.scores, "skip": options.skip_levels}
+    return Path(run_dir) / f"scores-{slug(table.info['dataset'])}{settings_tag(settings, SCORE_DEFAULTS)}.csv"
 
 
 def ood_files(folder: Path | None, names: list[str], out: str | Path | None, settings: dict[str, Any],
