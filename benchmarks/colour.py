@@ -203,7 +203,7 @@ def speed(args) -> dict:
                 with tempfile.TemporaryDirectory() as tmp:
                     vaelab("train", "--dataset", str(args.root / "icons"), "--image-size", str(size),
                            "--epochs", str(args.epochs), "--precision", precision, "--out", tmp)
-                    vaelab_runs.append(statistics.median(r["examples_per_s"] for r in Run(tmp).metrics()[1:]))
+                    vaelab_runs.append(statistics.median(r["examples_per_s"] for r in Run(tmp).records()[1:]))
                 out = subprocess.run([sys.executable, __file__, "plain", "--root", str(args.root), "--size", str(size),
                                       "--precision", precision, "--epochs", str(args.epochs)],
                                      check=True, capture_output=True, text=True).stdout
@@ -279,8 +279,8 @@ BASELINE = ["--net", "conv", "--likelihood", "logistic", "--scale", "pixel"]
 
 def measure(run: Path, k: int) -> dict:
     vaelab("evaluate", str(run), "--k", str(k), "--no-progress")
-    ev = Run(run).eval(k=k)
-    rows = Run(run).metrics()
+    ev = Run(run).evaluation(k=k)
+    rows = Run(run).records()
     last = rows[-1]
     return {"epochs": last["epoch"], "train_s": round(sum(r["seconds"] for r in rows), 1),
             "test_kl": last.get("test_kl"), "active_units": ev.get("active_units"),
@@ -344,7 +344,7 @@ def evaluation(args) -> dict:
         start = time.perf_counter()
         vaelab("evaluate", tmp, "--k", str(args.k), "--n", str(args.n), "--no-progress")
         wall = time.perf_counter() - start
-        ev = Run(tmp).eval(k=args.k, n=args.n)
+        ev = Run(tmp).evaluation(k=args.k, n=args.n)
     return {"date": str(date.today()), "machine": machine(), "k": ev["k"], "n": ev["n"],
             "evaluate_seconds": ev["seconds"], "command_wall_seconds": round(wall, 1),
             "bits_per_dim": ev["bits_per_dim"], "nll_stderr": ev["nll_stderr"]}

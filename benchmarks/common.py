@@ -4,7 +4,7 @@ reading its run folders, and describing the machine a result came from.
     from common import Run, machine, vaelab
 
     vaelab("train", "--dataset", "mnist", "--epochs", "2", "--out", str(run))
-    seconds = [r["seconds"] for r in Run(run).metrics()]
+    seconds = [r["seconds"] for r in Run(run).records()]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vaelab.checkpoint import Run
+from vaelab.api import Run
 from vaelab.runtime import cpu_name
 
 __all__ = ["Run", "machine", "pythae_epoch_clock", "vaelab", "VaelabFailed"]
@@ -65,7 +65,7 @@ def median_epoch_seconds(run: str | Path, skip: int = 1) -> float:
     """The median `seconds` of a run's epochs after the first `skip` (which pay one-time costs)."""
     import statistics
 
-    seconds = [r["seconds"] for r in Run(run).metrics()]
+    seconds = [r["seconds"] for r in Run(run).records()]
     return statistics.median(seconds[skip:] or seconds)
 
 

@@ -493,7 +493,7 @@ def _pair(a, env: Env, name: str, npy: Path, flags: list[str], epochs: int, budg
             if mode == "streamed":
                 args += ["--memory-budget", f"{budget_mb}MB"]
             res = run_vaelab(args, e, a.work / "runs" / f"{name}-{mode}-{r}.log")
-            rows = Run(run).metrics()
+            rows = Run(run).records()
             res["epoch_examples_per_s"] = [row["examples_per_s"] for row in rows]
             res["epoch_seconds"] = [row["seconds"] for row in rows]
             res["examples_per_s"] = rows[-1]["examples_per_s"]  # the last epoch (epoch 2 when 2 are run)
@@ -542,7 +542,7 @@ def bench_stream(a, env: Env) -> dict:
     shutil.rmtree(probe_run, ignore_errors=True)
     probe = run_vaelab(["train", "--dataset", str(probe_npy), *CONV_FLAGS, "--epochs", "1", "--out", str(probe_run),
                         "--quiet"], e, a.work / "runs" / "big-probe.log")
-    row = Run(probe_run).metrics()[0]
+    row = Run(probe_run).records()[0]
     per_image = row["seconds"] / probe_n  # train + test ELBO time per image of the array
     predicted = per_image * a.big_n
     probe.update(images=probe_n, epoch_seconds=row["seconds"], examples_per_s=row["examples_per_s"],
@@ -578,7 +578,7 @@ def bench_conv(a, env: Env) -> dict:
         shutil.rmtree(run, ignore_errors=True)
         cal = run_vaelab(["train", "--dataset", str(folder), *CONV_MIX, "--epochs", "1", "--seed", "0",
                           "--out", str(run), "--quiet"], e, a.work / "runs" / "conv-calibrate.log")
-        cal["epoch_seconds"] = Run(run).metrics()[0]["seconds"]
+        cal["epoch_seconds"] = Run(run).records()[0]["seconds"]
         out["calibration"] = cal
         epochs = max(1, round(a.conv_budget_s / cal["epoch_seconds"]))
     out["epochs"] = epochs
@@ -590,13 +590,13 @@ def bench_conv(a, env: Env) -> dict:
         t = time.perf_counter()
         tr = run_vaelab(["train", "--dataset", str(folder), *CONV_MIX, "--epochs", str(epochs), "--seed", str(seed),
                          "--out", str(run), "--quiet"], e, a.work / "runs" / f"conv-seed{seed}.log", check=False)
-        rows = Run(run).metrics()
+        rows = Run(run).records()
         if tr.get("returncode"):  # e.g. the loss became NaN: recorded, not evaluated, the next seed runs
             seeds.append({"seed": seed, "train": tr, "diverged": tr["returncode"] == 1, "epochs_completed": len(rows),
                           "epoch_examples_per_s": [x["examples_per_s"] for x in rows], "run": str(run)})
             continue
         ev = run_vaelab(["evaluate", str(run), "--k", str(a.k), "--quiet"], e, a.work / "runs" / f"conv-eval{seed}.log")
-        r = Run(run).eval(k=a.k)
+        r = Run(run).evaluation(k=a.k)
         total = time.perf_counter() - t
         seeds.append({"seed": seed, "train": tr, "evaluate": ev,
                       "train_seconds": round(sum(x["seconds"] for x in rows), 1),
@@ -623,10 +623,10 @@ def bench_conv(a, env: Env) -> dict:
     out["bits_per_dim_std"] = statistics.stdev(bpd) if len(bpd) > 1 else None
     out["examples_per_s_median"] = median([s["examples_per_s_median"] for s in seeds_ok])
     out["n_test"] = seeds_ok[0]["n_test"] if seeds_ok else None
-    cfg = Run(seeds[0]["run"]).config
+    batch_size = Run(seeds[0]["run"]).config.train.batch_size
     train_n = _split_sizes(env, "conv")
     out["n_train"] = train_n[0]
-    out["batch_size"] = effective_batch_size(cfg.train.batch_size, train_n[0])
+    out["batch_size"] = effective_batch_size(batch_size, train_n[0])
     return out
 
 

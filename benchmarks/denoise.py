@@ -49,7 +49,7 @@ def train(variant: str, args: argparse.Namespace, work: Path) -> dict:
         cfg = Run(out).config.train
         if cfg.denoise != (flags[1] if flags else None) or cfg.seed != args.seed:
             raise SystemExit(f"{out} holds a run with other settings; remove it or choose another --work")
-        rows = Run(out).metrics()
+        rows = Run(out).records()
     t = time.perf_counter()
     reused = len(rows) >= args.epochs
     if not reused:  # a run from an earlier call is reused, or continued
@@ -59,7 +59,7 @@ def train(variant: str, args: argparse.Namespace, work: Path) -> dict:
             vaelab("train", "--dataset", "mnist", "--seed", str(args.seed), "--epochs", str(args.epochs),
                    "--device", args.device, "--out", str(out), "--quiet", *shlex.split(args.base), *flags,
                    threads=args.threads)
-        rows = Run(out).metrics()
+        rows = Run(out).records()
     return {"variant": variant, "run": str(out), "epochs": len(rows), "reused": reused,
             "wall_s": round(time.perf_counter() - t, 1),
             "train_s": round(sum(r["seconds"] for r in rows), 1),

@@ -95,7 +95,7 @@ def report(work: Path) -> str:
     for name, flags in VARIANTS.items():
         cells = {part: next((t for t in r["table"] if t["variant"] == name), {}) for part, r in parts.items()}
         seconds = [record["seconds"] for r in parts.values() for row in r["rows"] if row["variant"] == name
-                   for record in Run(row["run"]).metrics()]
+                   for record in Run(row["run"]).records()]
         pace = f"{statistics.median(seconds):.1f}" if seconds else ""
         e, t = cells.get("epochs", {}), cells.get("time", {})
         lines.append(f"| {name} | `{flags}` | {pace} | " + " | ".join(

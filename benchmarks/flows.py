@@ -38,7 +38,7 @@ def one_run(folder: Path, flow_type: str, flows: int, seed: int, epochs: int, k:
     row = {"flow_type": flow_type, "flows": flows, "seed": seed, "epochs_asked": epochs,
            "exit_code": done.returncode, "wall_s": round(time.perf_counter() - start, 1),
            "message": done.stderr.strip().splitlines()[-1] if done.returncode else ""}
-    records = Run(run).metrics()  # [] when the run wrote none
+    records = Run(run).records()  # [] when the run wrote none
     row.update(epochs_done=len(records), finished=done.returncode == 0 and len(records) == epochs,
                max_train_loss=max((r["train_loss"] for r in records), default=None),
                test_elbo=[round(r["test_elbo"], 3) for r in records],
@@ -46,7 +46,7 @@ def one_run(folder: Path, flow_type: str, flows: int, seed: int, epochs: int, k:
     if k and row["finished"]:
         ev = vaelab("evaluate", run, "--k", k, "--quiet", env=env, check=False, capture=True)
         if ev.returncode == 0:
-            result = Run(run).eval(k=int(k))
+            result = Run(run).evaluation(k=int(k))
             row.update(nll=round(result["nll"], 3), nll_stderr=round(result["nll_stderr"], 3), k=k)
     return row
 

@@ -41,7 +41,7 @@ from common import Run, vaelab
 
 def later_epochs(run: Path) -> tuple[dict[str, float], dict]:
     """Medians of `seconds` and `examples_per_s` over epochs 2.. of a run, and its last record."""
-    rows = Run(run).metrics()
+    rows = Run(run).records()
     later = rows[1:] or rows
     return {k: statistics.median(r[k] for r in later) for k in ("seconds", "examples_per_s")}, rows[-1]
 
@@ -54,7 +54,7 @@ def recipe(precision: str, a, work: Path) -> dict:
     wall = time.perf_counter() - t
     med, last = later_epochs(run)
     vaelab("evaluate", run, "--k", a.k, "--device", a.device)
-    ev = Run(run).eval(k=int(a.k))
+    ev = Run(run).evaluation(k=int(a.k))
     return {"precision": precision, "epochs": a.epochs, "epoch_seconds": med["seconds"], "train_wall_s": round(wall, 1),
             "test_elbo": last["test_elbo"], "nll": ev["nll"], "nll_stderr": ev["nll_stderr"], "k": ev["k"],
             "n": ev["n"], "eval_seconds": ev["seconds"]}

@@ -106,7 +106,7 @@ def train(seeds: list[int], minutes: float, datasets: list[str], epochs: int) ->
             start = time.perf_counter()
             vaelab("train", "--dataset", dataset, *RECIPE, "--epochs", epochs, "--minutes", minutes,
                    "--seed", seed, "--out", out, "--overwrite", threads=1)
-            last = Run(out).metrics()[-1]
+            last = Run(out).records()[-1]
             rows.append({"dataset": dataset, "seed": seed, "epochs": last["epoch"], "test_elbo": last["test_elbo"],
                          "minutes": round((time.perf_counter() - start) / 60, 2)})
             print(rows[-1], flush=True)

@@ -28,11 +28,11 @@ def run(seed: int, work: Path, extra: list[str]) -> dict:
     t = time.perf_counter()
     vaelab("train", "--dataset", "mnist", "--seed", seed, "--out", out, "--quiet", *extra)
     train_s = time.perf_counter() - t
-    rows = Run(out).metrics()
+    rows = Run(out).records()
     t = time.perf_counter()
     vaelab("evaluate", out, "--k", "1000", "--quiet")
     eval_wall = time.perf_counter() - t
-    ev = Run(out).eval(k=1000)
+    ev = Run(out).evaluation(k=1000)
     return {"seed": seed, "train_wall_s": round(train_s, 1), "train_epochs_s": round(sum(r["seconds"] for r in rows), 1),
             "epochs": len(rows), "final_test_elbo_1sample": rows[-1]["test_elbo"], "elbo": ev["elbo"],
             "nll": ev["nll"], "nll_stderr": ev["nll_stderr"], "eval_s": ev["seconds"],

@@ -189,7 +189,7 @@ def run(name: str, launcher: list[str], extra_env: dict[str, str], args, work: P
     other = max(0.0, (b1 - b0) / TICK - (c1 - c0))
     if p.returncode:
         raise SystemExit(f"{name} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    rows = Run(out).metrics()
+    rows = Run(out).records()
     prov = json.loads((out / "run.json").read_text())
     sec = statistics.median(r["seconds"] for r in rows[1:])
     n = args.train_images  # the record's examples_per_s is n / seconds

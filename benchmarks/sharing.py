@@ -116,7 +116,7 @@ def finish(proc: subprocess.Popen, out: Path) -> dict:
     _, err = proc.communicate()
     if proc.returncode:
         raise SystemExit(f"training into {out} failed ({proc.returncode}): {err.strip()[-800:]}")
-    records = Run(out).metrics()
+    records = Run(out).records()
     speeds = [r["examples_per_s"] for r in records]
     return {"images_per_s": round(statistics.median(speeds[1:] or speeds), 1), "epochs_images_per_s": speeds,
             "threads_per_epoch": [r.get("threads") for r in records]}

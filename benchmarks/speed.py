@@ -81,7 +81,7 @@ def vaelab_train(batch: int, epochs: int, workdir: Path, precision: str = "fp32"
     vaelab("train", "--dataset", "mnist", "--hidden", "512,512", "--activation", "relu", "--latent-dim", "50",
            "--batch-size", batch, "--epochs", epochs, "--lr", "1e-3", "--precision", precision, "--out", out, "--quiet")
     wall = time.perf_counter() - t
-    rows = Run(out).metrics()
+    rows = Run(out).records()
     sec = statistics.median(r["seconds"] for r in rows[1:])
     n = rows[0]["step"] * batch
     return {"batch": batch, "precision": precision, "epoch_seconds": sec, "examples_per_s": n / sec,

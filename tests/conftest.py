@@ -33,12 +33,12 @@ TIMING = ("seconds", "examples_per_s")
 
 
 def metrics(run, timing: bool = True) -> list[dict]:
-    """The per-epoch records of a run folder, read by vaelab's one reader of run folders
-    (``vaelab.checkpoint.Run``); ``timing=False`` leaves out the wall-clock fields, the only
-    ones that differ between two runs that otherwise match exactly."""
-    from vaelab.checkpoint import Run
+    """The per-epoch records of a run folder, read by vaelab's one class for run folders
+    (``vaelab.Run``); ``timing=False`` leaves out the wall-clock fields, the only ones that
+    differ between two runs that otherwise match exactly."""
+    from vaelab.api import Run
 
-    records = Run(run).metrics()
+    records = Run(run).records()
     path = Path(run) / "metrics.jsonl"
     lines = [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     assert len(records) == len(lines), f"{path} has lines that are not epoch records"  # none skipped

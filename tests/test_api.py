@@ -1,4 +1,5 @@
-"""The notebook face: vaelab.train / vaelab.load and a Run's model, metrics, images, figures."""
+"""The notebook face: vaelab.train / vaelab.load and the one Run class: its model, metrics, images,
+figures and verbs."""
 
 import sys
 
@@ -44,7 +45,7 @@ def test_a_trained_run_in_a_notebook(run):
     assert len(run.metrics) == 2 and run.metrics["epoch"].tolist() == [1.0, 2.0]
     x = run.images("test", 5)
     assert x.shape == (5, 1, 28, 28) and set(x.unique().tolist()) <= {0.0, 1.0}
-    assert run.encode(x).shape == (5, 3)
+    assert run.codes(x).shape == (5, 3)
     assert run.reconstruct(x).shape == x.shape and 0 <= run.reconstruct(x).min()
     assert run.sample(4).shape == (4, 1, 28, 28)
     assert torch.equal(run.sample(4, seed=1), run.sample(4, seed=1))
@@ -129,3 +130,77 @@ def test_a_conditional_run_samples_a_chosen_class(tmp_path, run):
 def test_a_figure_option_that_does_not_exist_names_those_that_do(run):
     with pytest.raises(ConfigError, match="takes no noise; it takes kind, levels, against"):
         run.plot("denoise", noise="gaussian")
+
+
+def test_one_class_reads_and_acts_on_a_run_folder():
+    import importlib
+    import pkgutil
+
+    import vaelab.api
+
+    assert vaelab.Run is vaelab.api.Run
+    holders = [m.name for m in pkgutil.iter_modules(vaelab.__path__) if m.name != "__main__"
+               and isinstance(getattr(importlib.import_module(f"vaelab.{m.name}"), "Run", None), type)]
+    assert holders == ["api"]
+    for verb in ("evaluate", "score", "ood", "encode", "plot", "sample", "resume"):
+        assert callable(getattr(vaelab.Run, verb)), verb
+
+
+def test_the_folder_reads_through_the_run(run):
+    records = run.records()
+    assert [r["epoch"] for r in records] == run.metrics["epoch"].tolist() == [1, 2]
+    assert [r["epoch"] for r in run.records(upto=1)] == [1] and run.checkpoint_epoch == 2
+    result = run.evaluate(k=3, n=10, progress=False, figures=False)
+    assert run.evaluation(k=3, n=10) == result and vaelab.Run(run.path / "nothing").evaluation() == {}
+
+
+def test_every_verb_uses_the_model_the_run_holds(run, tmp_path, monkeypatch):
+    import numpy as np
+
+    import vaelab.api
+    import vaelab.checkpoint
+    import vaelab.evaluate
+
+    by_path = vaelab.score(run.path, k=2, n=10, progress=False)
+    loaded = vaelab.load(run.path)
+    model = loaded.model
+
+    def reload(*args, **kwargs):
+        raise AssertionError("the run's model was read again")
+
+    for module in (vaelab.checkpoint, vaelab.api, vaelab.evaluate):
+        monkeypatch.setattr(module, "load_run", reload)
+    scored = loaded.score(k=2, n=10, progress=False)
+    np.testing.assert_array_equal(scored["log_px"], by_path["log_px"])
+    np.testing.assert_array_equal(vaelab.score(loaded, k=2, n=10, progress=False)["log_px"], by_path["log_px"])
+    codes = loaded.encode(split="test", n=6, progress=False)
+    assert codes["mean"].shape == (6, 3)
+    np.testing.assert_allclose(codes["mean"], loaded.codes(loaded.images("test", 6)).numpy(), rtol=1e-6)
+    np.save(tmp_path / "noise.npy", np.random.default_rng(0).random((20, 28, 28)).astype(np.float32))
+    r = loaded.ood(outside=[str(tmp_path / "noise.npy")], k=2, n=20, train_n=20, progress=False, write=False)
+    assert set(next(iter(r["results"].values()))) >= {"elbo", "log_px"}
+    assert loaded.evaluate(k=2, n=10, progress=False, write=False, figures=False)["n"] == 10
+    assert type(loaded.plot("samples")).__name__ == "Figure"
+    assert loaded.sample(2).shape == (2, 1, 28, 28)
+    assert loaded.model is model
+
+
+def test_a_runs_precision_reaches_its_verbs(run):
+    fp32 = vaelab.score(run, k=2, n=10, progress=False)["elbo"]
+    half = vaelab.load(run.path, precision="bf16")
+    assert half.model.amp_dtype is torch.bfloat16 and "bf16" in repr(half)
+    got = half.score(k=2, n=10, progress=False)["elbo"]
+    assert not (got == fp32).all() and abs(got - fp32).max() < 1.0
+    with pytest.raises(ConfigError, match="precision is one of"):
+        vaelab.load(run.path, precision="fp8")
+
+
+def test_encode_means_one_thing(run):
+    x = run.images("test", 4)
+    table = run.encode(split="test", n=4, progress=False)
+    assert table["mean"].shape == (4, 3) and "std" in table
+    with pytest.warns(FutureWarning, match=r"run\.codes\(x\)"):
+        old = run.encode(x)
+    assert torch.equal(old, run.codes(x))
+    with torch.no_grad():
+        assert torch.allclose(run.model.encode(x).mean, run.codes(x))  # the model's encode: the distribution

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from vaelab import models, objectives
-from vaelab.checkpoint import Run, load_run
+from vaelab.api import Run
+from vaelab.checkpoint import load_run
 from vaelab.cli import main
 
 TINY = ["--dataset", "mnist-sample", "--hidden", "32", "--latent-dim", "4", "--batch-size", "250",
@@ -34,7 +35,7 @@ def test_a_toy_objective_and_model_from_a_test_file(tmp_path, registries, capsys
     models.MODELS["half-kl-vae"] = HalfKLVAE
     run = tmp_path / "run"
     assert main(["train", *TINY, "--model", "half-kl-vae", "--out", str(run)]) == 0
-    record = Run(run).metrics()[0]
+    record = Run(run).records()[0]
     assert record["test_loss"] == pytest.approx(-record["test_recon"] + 0.5 * record["test_kl"], rel=1e-6)
     assert record["test_elbo"] == pytest.approx(record["test_recon"] - record["test_kl"], rel=1e-6)
     _, model = load_run(run)
@@ -73,7 +74,7 @@ def test_an_objective_reads_the_warm_up_schedule_of_each_step(tmp_path, registri
 
     run = tmp_path / "warm"
     assert main(["train", *TINY, "--objective", "seen-elbo", "--kl-warmup", "2", "--out", str(run)]) == 0
-    r = Run(run).metrics()[0]
+    r = Run(run).records()[0]
     steps = r["step"]  # the steps of the first epoch; the warm-up lasts two epochs
     assert seen[:steps] == [step / (2 * steps) for step in range(steps)]
     assert set(seen[steps:]) == {None}  # the test pass
@@ -97,7 +98,7 @@ def test_warm_up_is_refused_in_one_line_where_there_is_no_kl(tmp_path, registrie
 def test_beta_means_the_same_in_training_and_in_the_test_pass(tmp_path):
     run = tmp_path / "beta"
     assert main(["train", *TINY, "--beta", "4", "--out", str(run)]) == 0
-    r = Run(run).metrics()[0]
+    r = Run(run).records()[0]
     assert r["test_loss"] == pytest.approx(-r["test_recon"] + 4 * r["test_kl"], rel=1e-6)
     assert r["train_loss"] == pytest.approx(-r["train_recon"] + 4 * r["train_kl"], rel=1e-4)
     assert r["test_elbo"] == pytest.approx(r["test_recon"] - r["test_kl"], rel=1e-6)  # the ELBO stays the ELBO

@@ -11,7 +11,7 @@ import pytest
 
 from vaelab import evaluate as evaluate_module
 from vaelab import scores as scores_module
-from vaelab.checkpoint import Run
+from vaelab.api import Run
 from vaelab.cli import main
 
 TINY = ["--dataset", "mnist-sample", "--hidden", "32", "--latent-dim", "4", "--batch-size", "250", "--epochs", "1",
@@ -143,9 +143,9 @@ def test_evaluations_with_other_settings_are_kept_side_by_side(run, tmp_path, ca
     r = vaelab.load(run).evaluate(k=3, n=30, progress=False)  # from Python, other settings: another file
     assert (run / "eval-n30.json").read_text() == first and r["settings"] == {"k": 3, "n": 30, "metrics": None}
     assert json.loads((run / "eval-k3-n30.json").read_text())["k"] == 3
-    assert Run(run).eval(k=3, n=30)["k"] == 3 and Run(run).eval(n=30)["k"] == 1000
-    assert Run(run).eval(n=30, k=1000)["nll"] == json.loads(first)["nll"]  # the default k finds the default file
-    assert Run(run).eval() == {}  # nothing evaluated with every default yet
+    assert Run(run).evaluation(k=3, n=30)["k"] == 3 and Run(run).evaluation(n=30)["k"] == 1000
+    assert Run(run).evaluation(n=30, k=1000)["nll"] == json.loads(first)["nll"]  # the default k finds the default file
+    assert Run(run).evaluation() == {}  # nothing evaluated with every default yet
     assert main(["evaluate", str(run), "--n", "30", "--k", "3", "--out", str(tmp_path / "mine.json"), "--quiet"]) == 0
     assert json.loads((tmp_path / "mine.json").read_text())["k"] == 3
 

@@ -264,7 +264,7 @@ def test_second_trainer_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, cap
     proc.kill()
     proc.wait()
     assert (run / ".lock").read_text().startswith(f"pid {proc.pid}")  # left behind by kill -9
-    from vaelab.checkpoint import Run
+    from vaelab.api import Run
 
     done = Run(run).checkpoint_epoch  # however far the killed trainer got on this machine
     assert main(["train", "--resume", str(run), "--epochs", str(done + 1), "--quiet"]) == 0  # stale: taken over

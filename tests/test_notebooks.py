@@ -71,7 +71,7 @@ def test_interrupting_the_kernel_stops_training_and_returns_the_run(tmp_path):
     """The Jupyter stop button (SIGINT to the kernel) during vaelab.train: the cell returns the
     run with its last checkpoint, and the kernel goes on."""
     jupyter_client = pytest.importorskip("jupyter_client.manager")
-    from vaelab.checkpoint import Run as RunFolder
+    from vaelab.api import Run as RunFolder
 
     km, kc = jupyter_client.start_new_kernel(kernel_name="python3", cwd=str(tmp_path),
                                              env={**os.environ, "MPLBACKEND": "Agg"})

@@ -19,7 +19,7 @@ import torch
 
 import vaelab
 from vaelab import runtime
-from vaelab.checkpoint import Run
+from vaelab.api import Run
 from vaelab.cli import _threads, build_parser, main
 from vaelab.runtime import (
     ThreadChoice,
@@ -268,7 +268,7 @@ def test_training_follows_the_share_between_epochs_and_records_it(tmp_path, monk
     out = capsys.readouterr().out
     assert out.count("threads: 2 of 2 CPUs (no other vaelab process running)") == 1
     assert out.count("threads: 1 of 2 CPUs (1 other vaelab process running)") == 1
-    assert [r["threads"] for r in Run(run).metrics()] == [2, 1]
+    assert [r["threads"] for r in Run(run).records()] == [2, 1]
     prov = json.loads((run / "run.json").read_text())
     assert prov["thread_choice"] == {"threads": 2, "cpus": 2, "other_processes": 0, "reason": "auto"}
     assert torch.get_num_threads() == 2
@@ -279,7 +279,7 @@ def test_a_notebook_kernel_gets_its_thread_setting_back(tmp_path):
     run = vaelab.train("mnist-sample", out=tmp_path / "run", epochs=1, hidden=[16], latent_dim=2, threads=1,
                        progress=False, quiet=True)
     assert torch.get_num_threads() == 2
-    assert [r["threads"] for r in Run(run.path).metrics()] == [1]
+    assert [r["threads"] for r in Run(run.path).records()] == [1]
     prov = json.loads((run.path / "run.json").read_text())
     assert prov["threads"] == 1 and prov["thread_choice"]["reason"] == "asked"
 

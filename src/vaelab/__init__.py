@@ -4,7 +4,8 @@ The functions for using a trained model are at the top level, loaded on first us
 importing vaelab, and ``vaelab --help``, stay free of torch):
 
 - ``vaelab.train(dataset=..., latent_dim=..., epochs=...)``: train a run -> a ``vaelab.Run``
-- ``vaelab.load(path)``: a run folder -> a ``vaelab.Run`` (model, metrics, evaluate, plot, ...)
+- ``vaelab.load(path, device=...)``: a run folder -> a ``vaelab.Run`` (model, metrics, and the verbs
+  evaluate, score, ood, encode, plot, sample, resume, run on its device)
 - ``vaelab.score(run, data)``: per-image scores -> a table (``.to_pandas()``)
 - ``vaelab.encode(run, data)``: posterior means and standard deviations -> a table
 - ``vaelab.ood(run, outside=[...])``: out-of-distribution detection metrics -> a dict

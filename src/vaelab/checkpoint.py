@@ -29,7 +29,8 @@ from vaelab import __version__
 from vaelab.config import Config, ConfigError
 from vaelab.files import FileError, describe, dir_mode, settings_tag, swap_in
 
-__all__ = ["Run", "RunError", "load_run", "load_config", "load_checkpoint", "save_checkpoint", "eval_path"]
+__all__ = ["RunError", "load_run", "load_config", "load_checkpoint", "save_checkpoint", "read_metrics", "eval_path",
+           "loaded"]
 
 
 class RunError(RuntimeError):
@@ -385,102 +386,109 @@ def _read_eval(path: Path) -> dict[str, Any]:
     return result if isinstance(result, dict) else {}
 
 
-class Run:
-    """The files of a run folder, read on demand: config, per-epoch metrics, checkpoint, model.
+def read_metrics(run_dir: str | Path, upto: int | None = None) -> list[dict[str, Any]]:
+    """The per-epoch records of a run's ``metrics.jsonl``, in order.
 
-    The one reader of run folders that training, evaluation, the figures, compare, the web
-    page and the benchmarks share. Nothing is read when it is made; each property or method
-    reads the folder afresh, so it sees a run that is still training. For notebooks,
-    [vaelab.Run][vaelab.api.Run] adds encoding, sampling, evaluation and figures.
-
-    ``metrics.jsonl`` has one rule for damage: a line that is not a JSON object with an
-    integer ``epoch`` (a torn line left by a killed process of an older version) is
-    skipped; a file with lines but no good record is named as damaged. ``eval.json`` (and
-    ``eval-k10.json``... for other settings) is a result that ``vaelab evaluate`` can write
-    again: missing or damaged, it reads as ``{}``.
+    One rule for damage: a line that is not a JSON object with an integer ``epoch`` (a torn
+    line left by a killed process of an older version) is skipped; a file with lines but no
+    good record is named as damaged. [vaelab.Run][vaelab.api.Run]'s ``metrics`` and
+    ``records()`` read it; training and compare read it here.
 
     Args:
-        path: the run folder.
+        run_dir: the run folder.
+        upto: only the records of epochs 1..upto (leaving out a line written for a later
+            epoch by a run killed before its checkpoint landed); None: all.
 
-    Attributes:
-        path: the run folder (a ``Path``).
+    Returns:
+        Dicts with ``epoch``, ``step``, ``lr``, the training and test terms (``train_loss``,
+        ``test_elbo``, ...), ``seconds``; [] when there is no file yet.
+
+    Raises:
+        RunError: the file cannot be read, or holds lines but no epoch record.
 
     Examples:
-        >>> from vaelab.checkpoint import Run
-        >>> folder = Run(run.path)
-        >>> folder.checkpoint_epoch, folder.config.model.latent_dim
-        (1, 2)
-        >>> records = folder.metrics()
+        >>> from vaelab.checkpoint import read_metrics
+        >>> records = read_metrics(run.path)
         >>> len(records), records[0]["epoch"], "test_elbo" in records[0]
         (1, 1, True)
     """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"Run({str(self.path)!r})"
-
-    @property
-    def config(self) -> Config:
-        """The run's settings, from ``config.json`` (see [load_config][vaelab.checkpoint.load_config])."""
-        return load_config(self.path)
-
-    def metrics(self, upto: int | None = None) -> list[dict[str, Any]]:
-        """The per-epoch records of ``metrics.jsonl``, in order: dicts with ``epoch``, ``step``,
-        ``lr``, the training and test terms (``train_loss``, ``test_elbo``, ...), ``seconds``.
-        With `upto`, only those of epochs 1..upto (leaving out a line written for a later epoch
-        by a run killed before its checkpoint landed). [] when there is no file yet."""
-        path = self.path / "metrics.jsonl"
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise RunError(describe(e, "cannot read")) from None
+    records = []
+    for line in lines:
         try:
-            lines = path.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return []
-        except OSError as e:
-            raise RunError(describe(e, "cannot read")) from None
-        records = []
-        for line in lines:
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(r, dict) and type(r.get("epoch")) is int and (upto is None or r["epoch"] <= upto):
-                records.append(r)
-        if not records and any(line.strip() for line in lines) and upto is None:
-            raise RunError(f"{path} is damaged (no line is an epoch record); resuming the run rewrites it "
-                           "from its checkpoint")
-        return records
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(r, dict) and type(r.get("epoch")) is int and (upto is None or r["epoch"] <= upto):
+            records.append(r)
+    if not records and any(line.strip() for line in lines) and upto is None:
+        raise RunError(f"{path} is damaged (no line is an epoch record); resuming the run rewrites it "
+                       "from its checkpoint")
+    return records
 
-    def eval(self, k: int | None = None, n: int | None = None, metrics=None) -> dict[str, Any]:
-        """The results `vaelab evaluate` wrote with these settings, or {} when there are none
-        (or the file is damaged). With no arguments, ``eval.json``: the default settings.
 
-        Each evaluation is kept in a file named by the settings that differ from the defaults
-        (see [eval_path][vaelab.checkpoint.eval_path]); `k`, `n` and `metrics` name the one to
-        read, as they were given to ``vaelab evaluate`` (a `k` or `n` that equals the default
-        finds the default file too).
-        """
-        metrics = _metric_order(metrics)
-        tried = dict.fromkeys([(k, n), (None, n), (k, None), (None, None)])
-        for kk, nn in tried:
-            result = _read_eval(eval_path(self.path, kk, nn, metrics))
-            whole = nn is None and isinstance(result.get("n"), int) and n is not None and result["n"] <= n
-            if result and (k is None or result.get("k") == k) and (n is None or result.get("n") == n or whole):
-                return result
-        return {}
+def read_eval(run_dir: str | Path, k: int | None = None, n: int | None = None, metrics=None) -> dict[str, Any]:
+    """The results ``vaelab evaluate`` wrote in a run folder with these settings, or {} when
+    there are none (or the file is damaged: it is a result that evaluating again writes anew).
+    With no settings, ``eval.json``: the default settings.
 
-    @property
-    def checkpoint_epoch(self) -> int | None:
-        """The epoch of the last completed checkpoint, or None before the first."""
-        for ckpt in _ckpt_dirs(self.path):
-            try:
-                epoch = json.loads((ckpt / "state.json").read_text()).get("epoch")
-            except (OSError, ValueError, AttributeError):
-                continue
-            if type(epoch) is int:
-                return epoch
-        return None
+    Each evaluation is kept in a file named by the settings that differ from the defaults
+    (see [eval_path][vaelab.checkpoint.eval_path]); `k`, `n` and `metrics` name the one to
+    read, as they were given to ``vaelab evaluate`` (a `k` or `n` that equals the default
+    finds the default file too).
+    """
+    metrics = _metric_order(metrics)
+    tried = dict.fromkeys([(k, n), (None, n), (k, None), (None, None)])
+    for kk, nn in tried:
+        result = _read_eval(eval_path(run_dir, kk, nn, metrics))
+        whole = nn is None and isinstance(result.get("n"), int) and n is not None and result["n"] <= n
+        if result and (k is None or result.get("k") == k) and (n is None or result.get("n") == n or whole):
+            return result
+    return {}
 
-    def model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
-        """The trained model on `device`, in eval mode (as [load_run][vaelab.checkpoint.load_run] gives it)."""
-        return load_run(self.path, device)[1]
+
+def checkpoint_epoch(run_dir: str | Path) -> int | None:
+    """The epoch of a run folder's last completed checkpoint, or None before the first."""
+    for ckpt in _ckpt_dirs(Path(run_dir)):
+        try:
+            epoch = json.loads((ckpt / "state.json").read_text()).get("epoch")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if type(epoch) is int:
+            return epoch
+    return None
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def loaded(run, device: str | torch.device = "cpu"):
+    """``(config, model)`` of a run given in any of the forms the verbs take.
+
+    A folder is read with [load_run][vaelab.checkpoint.load_run] onto `device`; a
+    ``(config, model)`` pair is used as it is; a loaded [vaelab.Run][vaelab.api.Run] gives
+    the model it holds (on its device, at its precision; read once), unless `device` is
+    another device, where the folder is read afresh.
+
+    Examples:
+        >>> from vaelab.checkpoint import loaded
+        >>> loaded(run)[1] is run.model                # the model the run holds, not a copy
+        True
+        >>> loaded(run.path)[1] is run.model
+        False
+    """
+    if isinstance(run, tuple):
+        return run
+    if isinstance(run, (str, os.PathLike)):
+        return load_run(run, device)
+    model = run.model
+    if _same_device(next(model.parameters()).device, torch.device(device)):
+        return run.config, model
+    return load_run(run.path, device)

@@ -243,9 +243,9 @@ def _lost_peer_message(args: argparse.Namespace) -> str:
     run = getattr(args, "resume", None) or getattr(args, "out", None)
     if args.command != "train" or not run:
         return f"lost {lost} of this torchrun job ({world} processes: killed or crashed); run the command again"
-    from vaelab.checkpoint import Run
+    from vaelab.checkpoint import checkpoint_epoch
 
-    epoch = Run(run).checkpoint_epoch
+    epoch = checkpoint_epoch(run)
     kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no epoch was saved yet"
     return (f"lost {lost} of this torchrun job ({world} processes: killed or crashed); {kept}; continue with "
             f"torchrun --nproc_per_node {world} -m vaelab train --resume {run}")

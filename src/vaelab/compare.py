@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from vaelab.checkpoint import Run, RunError
+from vaelab.checkpoint import RunError, read_eval, read_metrics
 from vaelab.config import ConfigError
 from vaelab.files import atomic_write, ensure_dir, write_json
 from vaelab.options import CompareOptions, options_of, train_config
@@ -138,7 +138,7 @@ def _vaelab(args: list[str], echo=None) -> subprocess.CompletedProcess:
 def _records(run: Path) -> list[dict[str, Any]]:
     """A variant's finished epochs; a run whose metrics are unreadable trains again."""
     try:
-        return Run(run).metrics()
+        return read_metrics(run)
     except RunError:
         return []
 
@@ -183,14 +183,14 @@ def run_one(variant: Variant, seed: int, out: Path, base: list[str], epochs: int
     if "test_elbo" in done[-1]:
         row["test_elbo"] = done[-1]["test_elbo"]
     want = [m for m in metrics if m in ("nll", "fd")]
-    ev = Run(run).eval(k=k, n=n, metrics=want)
+    ev = read_eval(run, k=k, n=n, metrics=want)
     if want and not all(key in ev for key in want):
         log(f"{variant.name} seed {seed}: evaluating ({','.join(want)})")
         args = ["evaluate", str(run), "--metrics", ",".join(want), *(["--k", str(k)] if k else []), *quiet]
         r = _vaelab(args + (["--n", str(n)] if n else []), echo)
         if r.returncode:
             return {**row, "error": _last_line(r)}
-        ev = Run(run).eval(k=k, n=n, metrics=want)
+        ev = read_eval(run, k=k, n=n, metrics=want)
     if "nll" in ev:
         row.update(nll=ev["nll"], elbo_is=ev["elbo"], gap=-ev["elbo"] - ev["nll"], k=ev["k"], n=ev["n"])
     if "fd" in ev:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from vaelab.batches import SplitInputs, memory_budget, model_inputs
-from vaelab.checkpoint import eval_path, load_run
+from vaelab.checkpoint import eval_path, load_run, loaded
 from vaelab.config import ConfigError
 from vaelab.data import DataError
 from vaelab.disentangle import DISENTANGLEMENT_METRICS, betavae_score, dci, factorvae_score, mig, require_sklearn, sap
@@ -237,7 +237,8 @@ def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, pro
     number of points and the scikit-learn version; they need the ``vaelab[scores]`` extra.
 
     Args:
-        run_dir: The run folder.
+        run_dir: The run folder, or a loaded [vaelab.Run][vaelab.api.Run], whose model is
+            used as it is (on its device, at its precision) unless `device` is another one.
         options: An [EvaluateOptions][vaelab.options.EvaluateOptions], or its fields as keywords:
         n: Evaluate the first n test images only; None for all.
         k: Importance samples per image; None: 1000 for images up to 32x32 grey, else 100.
@@ -288,7 +289,8 @@ def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, pro
     tune_malloc()
     dist, dev = distributed(device)
     progress = progress and dist.main
-    cfg, model = load_run(run_dir, dev)
+    cfg, model = loaded(run_dir, dev)  # a folder, or a vaelab.Run's own model
+    run_dir = Path(getattr(run_dir, "path", run_dir))
     check_data_fit(cfg.model, cfg.data.binarization)
     # the Inception weights load before any image is scored: a missing library or weights stop here
     fid_metric = None

@@ -24,7 +24,7 @@ import torch
 
 from vaelab import plots
 from vaelab.batches import model_inputs
-from vaelab.checkpoint import Run, load_run
+from vaelab.checkpoint import load_run, loaded, read_metrics
 from vaelab.config import ConfigError, did_you_mean
 from vaelab.corruption import add_noise
 from vaelab.evaluate import posterior_means
@@ -77,7 +77,8 @@ class Explorer:
         """Load a run's model and the first `n` images of its test split.
 
         Args:
-            run_dir: The run folder.
+            run_dir: The run folder, or a loaded [vaelab.Run][vaelab.api.Run] (whose model is
+                used as it is, unless `device` is another device).
             n: How many test images to keep (fewer if the split is smaller).
             seed: The seed of the figures' random draws.
             device: Where the model and images go, e.g. ``"cpu"``.
@@ -85,10 +86,10 @@ class Explorer:
         Returns:
             An Explorer with images ``(n, C, H, W)``.
         """
-        cfg, model = load_run(getattr(run_dir, "path", run_dir), device)  # a folder or a vaelab.Run
+        cfg, model = loaded(run_dir, device)  # a folder, or a vaelab.Run's own model
         data = load_configured(cfg.data)
         x, c, labels = model_inputs(model, cfg, data.test.head(n), len(data.classes), device).rows(0, n)
-        return cls(model, cfg, x, labels, data.classes, Path(run_dir), seed, c)
+        return cls(model, cfg, x, labels, data.classes, Path(getattr(run_dir, "path", run_dir)), seed, c)
 
     def cond(self, n: int) -> torch.Tensor | None:
         """The conditions of the first `n` test images.
@@ -572,7 +573,7 @@ def figure_curves(ex: Explorer):
         >>> type(fig).__name__, numbers
         ('Figure', {'epochs': 1})
     """
-    rows = Run(ex.run_dir).metrics()
+    rows = read_metrics(ex.run_dir)
     if not rows:
         raise FileError(f"{ex.run_dir / 'metrics.jsonl'} holds no epoch records; train at least one epoch first")
     return plots.curves_figure(rows, f"Training curves ({ex.run_dir.name})"), {"epochs": len(rows)}

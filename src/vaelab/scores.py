@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from vaelab.batches import SplitInputs, model_inputs, read_rows
-from vaelab.checkpoint import load_run
+from vaelab.checkpoint import loaded
 from vaelab.config import ConfigError, did_you_mean
 from vaelab.data import DataError, Dataset
 from vaelab.distributions import GaussianChain
@@ -750,11 +750,15 @@ def _score_split(model, inputs: SplitInputs, names: list[str], cols: list[str], 
             for key, v in parts.items()}
 
 
-def _load(run, device: str):
-    """(config, model) of a run folder, or of an already loaded (config, model) pair."""
-    if isinstance(run, tuple):
-        return run
-    return load_run(getattr(run, "path", run), device)  # a folder, or a vaelab.Run
+def _device(run, device: str | None) -> str:
+    """The device asked for; else a vaelab.Run's own; else the CPU."""
+    return device if device is not None else getattr(run, "device", "cpu")
+
+
+def _load(run, device):
+    """(config, model) of a run folder, of a loaded (config, model) pair, or of a vaelab.Run
+    (the model it holds, on its device and at its precision)."""
+    return loaded(run, device)
 
 
 def _key_columns(data: Dataset, split: str, n: int) -> dict[str, np.ndarray]:
@@ -819,7 +823,7 @@ def score(run, data=None, options: ScoreOptions | None = None, *, progress: bool
         raise ConfigError(f"k must be at least 1, got {k}")
     _check_split(split)
     tune_malloc()
-    dist, dev = distributed(device)
+    dist, dev = distributed(_device(run, device))
     progress = progress and dist.main
     cfg, model = _load(run, dev)
     model.eval()
@@ -1006,7 +1010,7 @@ def encode(run, data=None, options: EncodeOptions | None = None, *, progress: bo
     if samples < 0:
         raise ConfigError(f"samples must be 0 or more, got {samples}")
     _check_split(split)
-    dist, dev = distributed(device)
+    dist, dev = distributed(_device(run, device))
     cfg, model = _load(run, dev)
     model.eval()
     if samples and not model.has_density:
@@ -1213,6 +1217,7 @@ def ood(run, inside=None, outside=(), options: OodOptions | None = None, *, prog
         raise ConfigError(f"k must be at least 1, got {k}")
     _check_split(split)
     need_sklearn()
+    device = _device(run, device)
     dist, dev = distributed(device)
     cfg, model = loaded = _load(run, dev)
     model.eval()

@@ -30,7 +30,7 @@ import torch
 
 from vaelab import __version__
 from vaelab.batches import TRAIN_KEY, Batches, SplitInputs, binarization_key, memory_budget, model_inputs
-from vaelab.checkpoint import Run, RunError, load_checkpoint, load_config, save_checkpoint
+from vaelab.checkpoint import RunError, checkpoint_epoch, load_checkpoint, load_config, read_metrics, save_checkpoint
 from vaelab.config import Config, ConfigError, TrainConfig, choose, parse_denoise, resolve
 from vaelab.corruption import corrupt
 from vaelab.files import RunLock, atomic_write, ensure_dir, write_json
@@ -579,13 +579,13 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
         TrainingStopped: Ctrl-C or SIGTERM; the last finished epoch's checkpoint is kept.
 
     Examples:
-        >>> from vaelab.checkpoint import Run
+        >>> from vaelab.checkpoint import checkpoint_epoch
         >>> from vaelab.config import Config
         >>> from vaelab.training import train
         >>> cfg = Config().replace(data={"dataset": "mnist-sample"}, model={"latent_dim": 2, "hidden": [16]},
         ...                        train={"epochs": 1})
         >>> folder = train(cfg, tmp + "/small", progress=False, quiet=True)
-        >>> folder.name, Run(folder).checkpoint_epoch, (folder / "config.json").is_file()
+        >>> folder.name, checkpoint_epoch(folder), (folder / "config.json").is_file()
         ('small', 1, True)
     """
     check_config(cfg)  # before a folder is made or a process group joined
@@ -848,7 +848,7 @@ def _resume_state(s: Session) -> None:
     info, rng = load_checkpoint(s.run_dir, s.model, s.optimizer)
     s.epoch, s.step = info["epoch"], info["step"]
     s.batches.set_rng_state(rng)
-    s.records = Run(s.run_dir).metrics(upto=s.epoch)
+    s.records = read_metrics(s.run_dir, upto=s.epoch)
     if s.dist.main:
         try:
             prov = json.loads((s.run_dir / "run.json").read_text())
@@ -1041,18 +1041,18 @@ def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = True
         ConfigError: `epochs` is fewer than the epochs already trained.
 
     Examples:
-        >>> from vaelab.checkpoint import Run
+        >>> from vaelab.checkpoint import checkpoint_epoch, read_metrics
         >>> from vaelab.config import Config
         >>> from vaelab.training import resume, train
         >>> cfg = Config().replace(data={"dataset": "mnist-sample"}, model={"latent_dim": 2, "hidden": [16]},
         ...                        train={"epochs": 1})
         >>> folder = train(cfg, tmp + "/longer", progress=False, quiet=True)
         >>> folder = resume(folder, epochs=2, progress=False, quiet=True)
-        >>> Run(folder).checkpoint_epoch, [r["epoch"] for r in Run(folder).metrics()]
+        >>> checkpoint_epoch(folder), [r["epoch"] for r in read_metrics(folder)]
         (2, [1, 2])
     """
     cfg = load_config(run_dir)
-    done = Run(run_dir).checkpoint_epoch
+    done = checkpoint_epoch(run_dir)
     if epochs is not None and done is not None and epochs < done:
         raise ConfigError(f"{run_dir} has already trained {done} epochs; the epochs asked for are the total "
                           f"(--epochs, or epochs=), so give more than {done} to continue it (nothing was changed)")
