@@ -1187,10 +1187,10 @@ def ood(run, inside=None, outside=(), options: OodOptions | None = None, *, prog
         write: write the report, the numbers and the score histograms: by default
             ``RUN/ood-<in>-vs-<out>.md``, ``.json`` and ``.png``, named by the data sets compared
             (and by k, n, seed, split and scores where they differ from the defaults), so that
-            another comparison never replaces them.
-        out: where to write instead: an existing folder (or a path ending in ``/``) gets the
-            default names; anything else is a prefix, ``out.json``, ``out.md`` and ``out.png``.
-        convert: read the data at the model's size and channels, as in [score][vaelab.scores.score].
+            another comparison never replaces them. The option ``out`` writes elsewhere: an
+            existing folder (or a path ending in ``/``) gets the default names; anything else is
+            a prefix, ``out.json``, ``out.md`` and ``out.png``. The option ``convert`` reads the
+            data at the model's size and channels, as in [score][vaelab.scores.score].
 
     Returns:
         A dict with ``results`` (outside set -> score -> [detection][vaelab.scores.detection]'s
