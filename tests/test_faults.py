@@ -345,6 +345,15 @@ def test_a_batch_size_replaced_is_said_even_under_quiet(tmp_path, capsys):
     assert "batches of 125 instead of 100000" in capsys.readouterr().err
 
 
+def test_the_small_set_note_never_says_an_epoch_keeps_its_step_count_as_a_change(tmp_path, capsys):
+    """2,000 images at 128 take 16 steps either way: the note says the batches even out instead."""
+    assert main(["train", *TINY[:-2], "--batch-size", "128", "--epochs", "1", "--out", str(tmp_path / "r"),
+                 "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "batches of 125 instead of 128, so that the epoch's 16 steps are of near-equal size" in err
+    assert "last batch of 128 would hold 80 images" in err and "not 16" not in err
+
+
 def test_the_small_set_note_counts_the_steps_an_epoch_takes(tmp_path, capsys):
     images = np.random.default_rng(0).integers(0, 256, (42, 8, 8), dtype=np.uint8)
     np.savez(tmp_path / "small.npz", train=images[:37], test=images[37:])  # 37 images: batches of 3, 13 steps

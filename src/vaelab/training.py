@@ -830,9 +830,12 @@ def _batches(cfg: Config, data, model, device: torch.device, dist: Dist, note: b
     cond = data.train.conditions(len(data.classes)) if model.conditional else None
     batch_size = effective_batch_size(t.batch_size, len(data.train))
     if batch_size < t.batch_size and note:  # the steps as Batches counts them: the last batch may be short
-        print(f"note: {len(data.train)} training images: batches of {batch_size} instead of {t.batch_size}, "
-              f"so that an epoch has {-(-len(data.train) // batch_size)} steps, not "
-              f"{-(-len(data.train) // t.batch_size)}", file=sys.stderr)
+        n, asked = len(data.train), t.batch_size
+        steps, before = -(-n // batch_size), -(-n // asked)
+        why = (f"so that an epoch has {steps} steps, not {before}" if steps != before else
+               f"so that the epoch's {steps} steps are of near-equal size (its last batch of {asked} would "
+               f"hold {n - (before - 1) * asked} images)")
+        print(f"note: {n} training images: batches of {batch_size} instead of {asked}, {why}", file=sys.stderr)
     if batch_size < dist.world:
         raise ConfigError(f"a global batch of {batch_size} cannot be split over {dist.world} processes; "
                           "raise --batch-size or use fewer processes")
