@@ -45,6 +45,8 @@ def test_the_recipe_chooses_levels_from_the_data_and_only_for_the_ladder():
     cfg, chosen = resolve(Config().replace(model={"model": "ladder"}), binary28)
     assert cfg.model.levels == "8x14x14,16,8" and cfg.model.hidden == (64,) and cfg.train.kl_warmup > 0
     assert cfg.train.skip_grad == 4 * 784 and chosen["model.levels"] == "8x14x14,16,8"
+    # the line said once names only what the ladder reads; config.json still holds every field
+    assert not {"model.net", "model.latent_dim", "model.decoder_hidden"} & set(chosen) and cfg.model.net != "auto"
     for size in (32, 64):
         cfg, _ = resolve(Config().replace(model={"model": "ladder"}), DataFacts((3, size, size), 5000, False))
         assert cfg.model.levels == "8x16x16,8x8x8,8x4x4" and cfg.model.likelihood == "logistic"

@@ -728,6 +728,9 @@ LADDER_RECIPE: dict[str, dict[str, Any]] = {
 # on binary 28x28 digits (3136) the norms of a fresh ladder start near 1,500 and fall to 50-300
 # within three epochs, so only an outlier several times the first steps' norm is skipped.
 LADDER_SKIP_PER_VALUE = 4.0
+# ... and reads neither the encoder/decoder net nor a single code's size: its nets and codes are
+# its levels (`levels`, `hidden` as their width, `res_blocks` cells each)
+LADDER_IGNORES = ("model.net", "model.latent_dim", "model.decoder_hidden")
 
 
 @dataclass(frozen=True)
@@ -888,6 +891,8 @@ def resolve(cfg: Config, facts: DataFacts) -> tuple[Config, dict[str, str]]:
         if m.levels == AUTO:
             pick(model, "levels", ladder_levels(facts), "model.levels")
         check_levels(model.get("levels", m.levels), h, w)
+        for unused in LADDER_IGNORES:  # resolved for a complete config.json, but not said: the ladder reads none
+            chosen.pop(unused, None)
     if t.epochs is None:
         pick(train, "epochs", recipe["train"]["epochs"] if facts.binary else eight_bit_epochs(facts), "train.epochs")
     if t.lr_decay is None:
