@@ -64,7 +64,9 @@ def require_sklearn(what: str = "the disentanglement metrics") -> str:
     return sklearn.__version__
 
 
-def _check(codes: np.ndarray, factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check(codes: np.ndarray, factors: np.ndarray, gap_of: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Codes as float64 and the factors that vary as int64, checked; `gap_of`: the name of a
+    metric that compares a factor's two best code dimensions, which needs at least two."""
     codes = np.asarray(codes, dtype=np.float64)
     factors = np.asarray(factors)
     if codes.ndim != 2 or factors.ndim != 2 or len(codes) != len(factors):
@@ -74,6 +76,8 @@ def _check(codes: np.ndarray, factors: np.ndarray) -> tuple[np.ndarray, np.ndarr
         raise ValueError(f"factors must be integer codes, got {factors.dtype}")
     if not np.isfinite(codes).all():
         raise ValueError("the codes are not all finite")
+    if gap_of and codes.shape[1] < 2:
+        raise ValueError(f"{gap_of} needs at least 2 code dimensions")
     varying = np.array([len(np.unique(f)) > 1 for f in factors.T], dtype=bool)
     return codes, factors[:, varying].astype(np.int64)
 
@@ -122,9 +126,7 @@ def mig(codes: np.ndarray, factors: np.ndarray, bins: int = MIG_BINS) -> dict[st
     from sklearn.metrics import mutual_info_score
 
     record = _record(len(codes))
-    codes, factors = _check(codes, factors)
-    if codes.shape[1] < 2:
-        raise ValueError("MIG needs at least 2 code dimensions")
+    codes, factors = _check(codes, factors, gap_of="MIG")
     binned = discretize(codes, bins)
     mi = np.array([[mutual_info_score(f, b) for f in factors.T] for b in binned.T])  # (D, F)
     entropy = np.array([mutual_info_score(f, f) for f in factors.T])  # (F,)
@@ -228,9 +230,7 @@ def sap(codes: np.ndarray, factors: np.ndarray, test_share: float = 1 / 3, seed:
     from sklearn.svm import LinearSVC
 
     record = _record(len(codes))
-    codes, factors = _check(codes, factors)
-    if codes.shape[1] < 2:
-        raise ValueError("SAP needs at least 2 code dimensions")
+    codes, factors = _check(codes, factors, gap_of="SAP")
     train, test = _split(len(codes), seed, test_share)
     z = codes  # as they are, as disentanglement_lib: with C fixed, the score depends on the codes' scale
     score = np.zeros((codes.shape[1], factors.shape[1]))
