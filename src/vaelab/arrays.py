@@ -158,6 +158,7 @@ def _split_record(labels: np.ndarray | None, factors: np.ndarray | None, size: i
 
 
 def _array_split_given(path: Path, split: str, size: int) -> None:
+    """Refuse an array file to train on whose `split` holds no image."""
     if size == 0:
         raise DataError(f"{path}: the {split} split is empty; add images, change --test-fraction or the "
                         "'train'/'test' arrays")
