@@ -423,7 +423,7 @@ def bench_cache(a, env: Env) -> dict:
 # ----------------------------------------------------------------------------- 2. warm start
 
 LOAD_CONFIGURED = _load_script(
-    "import vaelab.training\nfrom vaelab.images import load_configured\nfrom vaelab.config import DataConfig",
+    "import vaelab.training\nfrom vaelab.sources import load_configured\nfrom vaelab.config import DataConfig",
     "load_configured(DataConfig(dataset=sys.argv[1], image_size=(16, 16)), progress=False)",
     ', "dataset_at": time.time()')
 IMPORT_ONLY = """
@@ -471,7 +471,7 @@ def bench_warm(a, env: Env) -> dict:
 
 # ----------------------------------------------------------------------------- 3. streaming
 
-LOAD_ARRAY = _load_script("from vaelab.images import Transform, load_array",
+LOAD_ARRAY = _load_script("from vaelab.arrays import load_array\nfrom vaelab.images import Transform",
                           'load_array(sys.argv[1], Transform(None, 0, "white", 0.1), progress=False)',
                           ', "train_mib": d.train.nbytes / 2**20, "test_mib": d.test.nbytes / 2**20')
 MLP_FLAGS = ["--hidden", "512,512", "--decoder-hidden", "512,512", "--activation", "relu", "--latent-dim", "50",

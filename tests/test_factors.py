@@ -14,7 +14,7 @@ from vaelab.checkpoint import eval_path
 from vaelab.config import DataConfig
 from vaelab.data import DataError
 from vaelab.factors import FACTOR_DATASETS, GridImages, load_factor_dataset, render_dsprites, write_dsprites
-from vaelab.images import load_configured
+from vaelab.sources import load_configured
 
 
 def test_dsprites_is_the_published_grid():
@@ -97,7 +97,8 @@ def test_train_and_evaluate_on_a_subset(tmp_path, monkeypatch):
 
 
 def test_array_file_factors(tmp_path, monkeypatch):
-    from vaelab.images import Transform, load_array
+    from vaelab.arrays import load_array
+    from vaelab.images import Transform
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     rng = np.random.default_rng(0)

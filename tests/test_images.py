@@ -13,13 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
+from vaelab import cache as vc
 from vaelab import data as vd
 from vaelab import images as vi
+from vaelab.arrays import load_array
 from vaelab.batches import Batches, SplitInputs
 from vaelab.config import DataConfig
 from vaelab.data import DataError, ImageFile, Split
-from vaelab.images import Transform, load_array, load_configured, load_folder
+from vaelab.images import Transform, load_folder
 from vaelab.noise import pixel_uniform as counter_uniform
+from vaelab.sources import load_configured
 
 T = Transform(None, 0, "white", 0.1)
 
@@ -54,7 +57,7 @@ def test_class_folders_give_labels_and_a_grey_cache(tmp_path):
     assert len(d.train) + len(d.test) == 60 and len(d.test) > 0
     # rows decode to exactly the files' pixels, labels match the folder names
     x, y = digits(60)
-    manifest = json.loads((vi._cache_folder((tmp_path / "ds").resolve(), T) / "manifest.json").read_text())
+    manifest = json.loads((vc.cache_folder((tmp_path / "ds").resolve(), T) / "manifest.json").read_text())
     for split in ("train", "test"):
         files = manifest["splits"][split]["files"]
         split_obj = getattr(d, split)
@@ -132,7 +135,7 @@ def test_every_pillow_mode_and_format_decodes(tmp_path):
     d = load_folder(root, Transform(None, 0, "black", 0.5), progress=False)
     assert d.image_shape == (3, 20, 30)
     files = {}
-    manifest = json.loads((vi._cache_folder(root.resolve(), Transform(None, 0, "black", 0.5)) / "manifest.json")
+    manifest = json.loads((vc.cache_folder(root.resolve(), Transform(None, 0, "black", 0.5)) / "manifest.json")
                           .read_text())
     for split in ("train", "test"):
         rows = getattr(d, split).images.read(np.arange(len(getattr(d, split))))
@@ -466,8 +469,8 @@ def test_each_size_has_its_own_cache_and_a_reader_keeps_its_version(tmp_path):
     first = load_folder(root, t16, progress=False)
     before = first.train.images.read(np.arange(3))
     load_folder(root, t8, progress=False)  # another size: its own folder, the 16x16 cache untouched
-    assert vi._cache_folder(root.resolve(), t16) != vi._cache_folder(root.resolve(), t8)
-    index = vi._cache_folder(root.resolve(), t16) / "index.json"
+    assert vc.cache_folder(root.resolve(), t16) != vc.cache_folder(root.resolve(), t8)
+    index = vc.cache_folder(root.resolve(), t16) / "index.json"
     stamp = index.read_bytes()
     load_folder(root, t16, progress=False)
     assert index.read_bytes() == stamp  # reused, not rebuilt
@@ -485,7 +488,7 @@ def test_half_built_caches_of_dead_builders_are_removed(tmp_path, monkeypatch):
     root = tmp_path / "pics"
     _colour_folder(root)
     t = Transform((8, 8), 0, "white", 0.2)
-    folder = vi._cache_folder(root.resolve(), t)
+    folder = vc.cache_folder(root.resolve(), t)
     folder.parent.mkdir(parents=True)
     dead = folder.parent / f".{folder.name}-999999999-x1"  # no such process
     alive = folder.parent / f".{folder.name}-{os.getpid()}-x2"

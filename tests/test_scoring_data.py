@@ -7,8 +7,8 @@ from PIL import Image
 
 from vaelab.cli import main
 from vaelab.data import DataError
-from vaelab.images import distinct_names
 from vaelab.scores import encode, score
+from vaelab.sources import distinct_names
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "100", "--epochs", "1", "--quiet"]
 

@@ -294,7 +294,7 @@ class Run:
     @cached_property
     def _data(self):
         """The run's dataset, read once per Run (the disk cache makes rereads cheap, not free)."""
-        from vaelab.images import load_configured
+        from vaelab.sources import load_configured
 
         return load_configured(self.config.data, progress=False)
 

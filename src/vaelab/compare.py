@@ -107,7 +107,7 @@ def check_variant(variant: Variant, base: tuple[str, ...] = ()) -> None:
     """Refuse, in one line naming the variant, flags that `vaelab train` would refuse:
     unknown flags, bad values, out-of-range settings and a data path that does not exist, so
     that nothing is trained when one variant cannot be."""
-    from vaelab.images import is_path
+    from vaelab.sources import is_path
 
     what = f"variant {variant.name}"
     cfg = train_config(what, [*base, *variant.flags])

@@ -3,7 +3,7 @@ types every data source produces.
 
 A ``Dataset`` has two ``Split`` s whose images are uint8 (N, C, H, W), either a
 tensor in memory or an ``ImageFile`` (rows of a raw file, read on demand: the
-cache that ``vaelab.images`` builds for the user's folders and arrays); labels are
+cache that ``vaelab.cache`` holds for the user's folders and arrays); labels are
 int64 (N,), -1 where a dataset is unlabelled. ``vaelab.batches`` turns splits into
 device batches.
 

@@ -27,7 +27,6 @@ from vaelab.data import DataError
 from vaelab.disentangle import DISENTANGLEMENT_METRICS, betavae_score, dci, factorvae_score, mig, require_sklearn, sap
 from vaelab.distributions import DiagonalGaussian, GaussianChain, GaussianMixture, StandardNormal
 from vaelab.files import FileError, writable, write_json
-from vaelab.images import load_configured
 from vaelab.models import ACTIVE_VARIANCE, active_dims, check_data_fit
 from vaelab.noise import ExampleNoise
 from vaelab.options import EvaluateOptions, ProbeOptions, options_of
@@ -41,6 +40,7 @@ from vaelab.runtime import (
     resolve_device,
     tune_malloc,
 )
+from vaelab.sources import load_configured
 
 __all__ = ["evaluate", "format_result", "format_probe", "log_likelihood", "posterior_means", "reconstruction_psnr", "probe",
            "kl_summary", "kl_figure", "mutual_information", "active_mask"]

@@ -29,8 +29,8 @@ from vaelab.config import ConfigError, did_you_mean
 from vaelab.corruption import add_noise
 from vaelab.evaluate import posterior_means
 from vaelab.files import FileError, ensure_dir, write_json
-from vaelab.images import load_configured
 from vaelab.runtime import ProgressLine
+from vaelab.sources import load_configured
 
 __all__ = ["plot", "write_samples", "Explorer", "figure_recon", "figure_samples", "figure_posterior", "figure_manifold",
            "figure_latents", "figure_interpolate", "figure_combine", "figure_denoise", "figure_curves",

@@ -44,10 +44,11 @@ from vaelab.data import DataError, Dataset
 from vaelab.distributions import GaussianChain
 from vaelab.evaluate import decode_rows
 from vaelab.files import atomic_path, settings_tag, slug
-from vaelab.images import distinct_names, file_names, is_path, load_configured
+from vaelab.images import file_names
 from vaelab.noise import ExampleNoise
 from vaelab.options import EncodeOptions, OodOptions, ScoreOptions, options_of
 from vaelab.runtime import Dist, ProgressLine, distributed, progress_bar, rebalance_threads, tune_malloc
+from vaelab.sources import distinct_names, is_path, load_configured
 
 __all__ = ["score", "encode", "ood", "Table", "write_table", "write_codes", "top_figure", "SCORES", "Score",
            "ScoreContext", "score_batch", "model_traits", "detection", "typicality", "complexity_corrected", "png_bits"]
@@ -327,7 +328,7 @@ def _splits(data: Dataset, split: str, own: bool) -> list[str]:
 
 def data_names(cfg, specs: list) -> list[str]:
     """Display names of data sets `specs` (None: the run's own data), told apart from each
-    other and from the run's own data (see vaelab.images.distinct_names)."""
+    other and from the run's own data (see vaelab.sources.distinct_names)."""
     own = cfg.data.dataset
     texts = [(s.source if s.cache else s.name) if isinstance(s, Dataset) else own if s is None else str(s)
              for s in specs]

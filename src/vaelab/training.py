@@ -34,7 +34,6 @@ from vaelab.checkpoint import RunError, checkpoint_epoch, load_checkpoint, load_
 from vaelab.config import Config, ConfigError, TrainConfig, choose, parse_denoise, resolve
 from vaelab.corruption import corrupt
 from vaelab.files import RunLock, atomic_write, ensure_dir, write_json
-from vaelab.images import is_path, load_configured
 from vaelab.models import active_units, bind_objective, build_model, check_config, check_data_fit
 from vaelab.noise import ExampleNoise, keep_noise_out_of_compile
 from vaelab.objectives import Schedule
@@ -54,6 +53,7 @@ from vaelab.runtime import (
     rebalance_threads,
     tune_malloc,
 )
+from vaelab.sources import is_path, load_configured
 
 __all__ = ["train", "resume", "learning_rate", "kl_weight", "TrainingDiverged", "TrainingStopped", "RunExists"]
 
