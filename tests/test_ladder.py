@@ -295,6 +295,7 @@ def test_train_evaluate_and_resume_the_ladder_from_the_command_line(tmp_path):
     result = json.loads((run / "eval-k5-n20.json").read_text())  # named by its settings
     assert result["nll"] > 0 and math.isfinite(result["nll"]) and result["nll"] <= -result["elbo"] + 1e-6
     assert len(result["kl_per_level"]) == 3 and result["latent_sizes"] == [784, 8, 4]  # KL split by level
+    assert len(result["active_per_level"]) == 3 and sum(result["active_per_level"]) == result["active_units"]
     assert "log q(z_l | x, z_>l)" in result["kl_estimator"] and "not estimated" in result["mi_note"]
 
 
