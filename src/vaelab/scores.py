@@ -13,9 +13,9 @@ numbers. With log-weights w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x):
 - ``llr_k`` (hierarchical models, Havtorn et al. 2021): log p(x) - L^{>k}, where L^{>k} is the
   same importance-sampled estimate with the k lowest layers taken from the conditional prior
   p(z_{<=k} | z_{>k}) (its mean, as their code does) instead of the posterior, and the layers
-  above from q(z_{>k} | x), which reads the data through the posterior means of the layers
-  below (their supplement). A large ratio says the image is likely only through its
-  low-level features.
+  above from q(z_{>k} | x): for ``hvae`` it reads the data through the posterior means of the
+  layers below (their supplement); the ladder's top-down posterior needs nothing from below.
+  A large ratio says the image is likely only through its low-level features.
 - ``complexity_corrected`` (Serra et al. 2020): -log2 p(x) - L(x), L(x) the size in bits of
   the image as the model sees it, compressed losslessly as PNG; ``png_bits`` is L(x).
 
