@@ -295,6 +295,7 @@ def test_train_evaluate_and_resume_the_ladder_from_the_command_line(tmp_path):
     result = json.loads((run / "eval-k5-n20.json").read_text())  # named by its settings
     assert result["nll"] > 0 and math.isfinite(result["nll"]) and result["nll"] <= -result["elbo"] + 1e-6
     assert len(result["kl_per_level"]) == 3 and result["latent_sizes"] == [784, 8, 4]  # KL split by level
+    assert len(result["active_per_level"]) == 3 and sum(result["active_per_level"]) == result["active_units"]
     assert "log q(z_l | x, z_>l)" in result["kl_estimator"] and "not estimated" in result["mi_note"]
 
 
@@ -310,3 +311,107 @@ def test_training_treats_the_ladder_as_a_conv_net_for_precision_and_memory_forma
     cfg = Config().replace(model={"model": "ladder", "net": "mlp"})
     training._precision(cfg, model, torch.device("cpu"), resume=False, verbose=False)
     assert seen["conv"] and model.channels_last
+
+
+# ----------------------------------------------------------------------------- scoring, codes, evaluation
+
+
+def _prior_means_below(model, z: torch.Tensor, skip: int) -> torch.Tensor:
+    """Codes (N, D) with levels skip..1 replaced, top first, by the conditional prior's mean
+    given the levels above: through the public pass, one level at a time."""
+    for j in reversed(range(skip)):
+        _, levels = model.top_down(len(z), z=z)
+        parts = list(z.split(model.sizes, -1))
+        parts[j] = levels[j].p.mean
+        z = torch.cat(parts, -1)
+    return z
+
+
+def test_the_skip_bound_follows_havtorn_et_al_at_every_level():
+    """L>k: levels above k from q(z_l | x, z_>l), levels 1..k at the prior's mean given those
+    above, and log p(x|z) + log p(z_>k) - log q(z_>k | x); k = 0 is the IWAE weights."""
+    model = tiny().eval()
+    x, n = binary(), 3
+    with torch.no_grad():
+        q, prior = model.encode(x), model.prior()
+        torch.testing.assert_close(model.skip_log_weights(x, n, 0, q, ExampleNoise(torch.arange(4), 5)),
+                                   model.log_weights(x, n, q, ExampleNoise(torch.arange(4), 5)))
+        for skip in (1, 2):
+            noise = ExampleNoise(torch.arange(4), 5)
+            got = model.skip_log_weights(x, n, skip, q, noise)
+            z = q.rsample(n, generator=ExampleNoise(torch.arange(4), 5))  # (n, B, D): the same upper draws
+            z = _prior_means_below(model, z.reshape(n * 4, -1), skip).reshape(n, 4, -1)
+            want = (model.decode(z).log_prob(x) + prior.log_prob_levels(z)[skip:].sum(0)
+                    - q.log_prob_levels(z)[skip:].sum(0))
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+            assert not torch.allclose(got, model.log_weights(x, n, q, ExampleNoise(torch.arange(4), 5)))
+        with pytest.raises(ConfigError, match="skip 3 is out of range: this model has 3 levels"):
+            model.skip_log_weights(x, n, 3)
+
+
+def test_the_ladder_has_every_per_level_score_by_its_trait():
+    from vaelab.models import MODELS
+    from vaelab.scores import ScoreContext, _key, applicable, model_traits, score_batch
+
+    assert "hierarchical" in model_traits(MODELS["ladder"]) and {"kl", "llr"} <= set(applicable(MODELS["ladder"]))
+    model = tiny().eval()
+    x, idx, k = binary(5), torch.arange(10, 15), 12
+    s = score_batch(ScoreContext(model, x, idx, k=k, skip=(1, 2)))
+    assert {"kl_1", "kl_2", "kl_3", "llr_1", "llr_2"} <= set(s) and "kl_4" not in s
+    torch.testing.assert_close(s["kl_1"] + s["kl_2"] + s["kl_3"], s["kl"])
+    torch.testing.assert_close(s["recon"] - s["kl"], s["elbo"])
+    with torch.no_grad():  # the same numbers through the public interface, every level included
+        q, prior = model.encode(x), model.prior()
+        z = q.rsample(k, generator=ExampleNoise(idx, _key(0, 1)))
+        kls = (q.log_prob_levels(z) - prior.log_prob_levels(z)).mean(1)  # (L, B)
+        w = model.decode(z).log_prob(x) + prior.log_prob(z) - q.log_prob(z)
+        log_px = torch.logsumexp(w, 0) - math.log(k)
+        for j in (1, 2, 3):
+            torch.testing.assert_close(s[f"kl_{j}"], kls[j - 1], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(s["log_px"], log_px, rtol=1e-4, atol=1e-3)
+        for skip in (1, 2):
+            ws = model.skip_log_weights(x, k, skip, q, ExampleNoise(idx, _key(0, 2 + skip)))
+            torch.testing.assert_close(s[f"llr_{skip}"], log_px - (torch.logsumexp(ws, 0) - math.log(k)),
+                                       rtol=1e-4, atol=1e-3)
+    parts = [score_batch(ScoreContext(model, x[i : i + 2], idx[i : i + 2], k=k, skip=(1, 2))) for i in (0, 2, 4)]
+    for key, v in s.items():  # tied to the image, not the batch
+        torch.testing.assert_close(torch.cat([p[key] for p in parts]), v, rtol=1e-5, atol=1e-4)
+
+
+def test_is_nll_weighs_every_level():
+    from vaelab.evaluate import log_likelihood
+
+    model = tiny().eval()
+    x, idx, k = binary(), torch.arange(4), 6
+    log_px, elbo = log_likelihood(model, x, k=k, seed=3, index=idx)
+    with torch.no_grad():
+        q, prior = model.encode(x), model.prior()
+        z = q.rsample(k, generator=ExampleNoise(idx, 3))
+        w = model.decode(z).log_prob(x) + prior.log_prob_levels(z).sum(0) - q.log_prob_levels(z).sum(0)
+    torch.testing.assert_close(log_px, torch.logsumexp(w, 0) - math.log(k), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(elbo, w.mean(0), rtol=1e-4, atol=1e-3)
+
+
+def test_active_units_and_kl_are_counted_per_level():
+    """A level whose posterior is its prior (the top, whose prior reads no image) is inactive and
+    has no KL; evaluate says so per level."""
+    from vaelab.batches import model_inputs
+    from vaelab.data import Split
+    from vaelab.evaluate import kl_summary
+
+    model = tiny().eval()
+    with torch.no_grad():
+        last = model.post_head[2][-1]  # the top level's posterior deltas: 0, so q = p there
+        last.parametrizations.weight.original0.zero_()
+        last.bias.zero_()
+        model.post_head[0][-1].parametrizations.weight.original0.mul_(30)  # the lowest level reads the image
+    images = (binary(40, seed=1) * 255).to(torch.uint8)
+    split = Split(images, torch.zeros(40, dtype=torch.long))
+    cfg = Config().replace(model={"model": "ladder"}, data={"binarization": "none"})
+    inputs = model_inputs(model, cfg, split, 0)
+    r, active = kl_summary(model, inputs)
+    assert r["latent_sizes"] == [48, 8, 3] and len(r["kl_per_level"]) == 3
+    assert r["active_per_level"][0] > 0 and r["active_per_level"][2] == 0
+    assert sum(r["active_per_level"]) == int(active.sum())
+    assert abs(r["kl_per_level"][2]) < 1e-4 and r["kl_per_level"][0] > 0.1
+    assert "log q(z_l | x, z_>l)" in r["kl_estimator"]

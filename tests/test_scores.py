@@ -39,7 +39,8 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     out = {}
     for name, extra in {"vae": [], "hvae": ["--model", "hvae", "--lower-latents", "8,6", "--latent-hidden", "16"],
-                        "ae": ["--model", "ae"]}.items():
+                        "ae": ["--model", "ae"],
+                        "ladder": ["--model", "ladder", "--levels", "2x7x7,4,2", "--hidden", "8", "--res-blocks", "0"]}.items():
         out[name] = root / name
         assert main(["train", *TINY, *extra, "--out", str(out[name])]) == 0
     return out
@@ -350,3 +351,55 @@ def test_the_scores_page_lists_the_registry(monkeypatch):
     rows = [line for line in page.splitlines() if line.startswith("| `")]
     assert [r.split("`")[1] for r in rows[: len(SCORES)]] == list(SCORES)
     assert "| `llr` | `llr_1`, `llr_2` |" in page and "| `neg_kl` | `neg_kl` | minus the KL, nats | low |" in page
+
+
+def test_a_ladder_run_is_scored_per_level_and_at_every_skip_level(runs, tmp_path, capsys, monkeypatch):
+    from vaelab import scores as scores_module
+    from vaelab.scores import default_rank, ood
+
+    t = score(runs["ladder"], n=20, k=3, progress=False)
+    assert {"kl", "kl_1", "kl_2", "kl_3", "llr_1", "llr_2", "log_px", "mse"} <= set(t.columns) and "kl_4" not in t
+    assert np.allclose(t["kl_1"] + t["kl_2"] + t["kl_3"], t["kl"], atol=1e-3)
+    assert np.isfinite(t["llr_1"]).all() and not np.allclose(t["llr_1"], t["llr_2"])
+    assert default_rank(t.scores) == "llr_1"
+    two = score(runs["ladder"], n=20, k=3, scores=["llr"], skip_levels=(2,), progress=False)
+    assert two.scores == ["llr_2"] and np.allclose(two["llr_2"], t["llr_2"])  # tied to the image and the seed
+    np.savez(tmp_path / "noise.npz", images=np.random.default_rng(0).integers(0, 256, (30, 28, 28), dtype=np.uint8))
+    r = ood(runs["ladder"], outside=[str(tmp_path / "noise.npz")], k=2, n=30, train_n=30, progress=False, write=False)
+    res = r["results"]["noise.npz"]
+    assert {"llr_1", "llr_2", "kl_1", "kl_2", "kl_3", "log_px"} <= set(res) and r["best"]["noise.npz"] in res
+
+    def never(*args, **kwargs):
+        raise AssertionError("data read before the refusal")
+
+    monkeypatch.setattr(scores_module, "scoring_data", never)
+    for argv in (["score", runs["ladder"], "--skip-levels", "1,3"], ["score", runs["ladder"], "--scores", "kl",
+                                                                      "--skip-levels", "5"],
+                 ["ood", runs["ladder"], "--out-of", tmp_path / "noise.npz", "--skip-levels", "3"]):
+        assert main([*map(str, argv), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is out of range: this model has 3 latent levels, so give 1 to 2" in err, err
+
+
+def test_encode_writes_every_level_of_a_ladder_with_its_shape(runs, tmp_path, capsys):
+    from vaelab.scores import split_levels
+
+    assert main(["encode", str(runs["ladder"]), "--out", str(tmp_path / "c.npz"), "--n", "6", "--samples", "2",
+                 "--split", "test"]) == 0
+    assert "104 dimensions in levels 2x7x7, 4, 2 (z_1 first)" in capsys.readouterr().out
+    z = np.load(tmp_path / "c.npz", allow_pickle=False)
+    assert z["mean"].shape == (6, 104) and z["samples"].shape == (6, 2, 104)
+    assert list(z["levels"]) == [98, 4, 2] and list(z["level_shapes"]) == ["2x7x7", "4", "2"]
+    t = encode(runs["ladder"], split="test", n=6, samples=2, progress=False)
+    assert t.info["level_shapes"] == [[2, 7, 7], [4], [2]] and np.allclose(t["mean"], z["mean"])
+    assert [v.shape for v in split_levels(t)] == [(6, 2, 7, 7), (6, 4), (6, 2)]
+    assert [v.shape for v in split_levels(t, "samples")] == [(6, 2, 2, 7, 7), (6, 2, 4), (6, 2, 2)]
+    assert np.array_equal(split_levels(t, "std")[1], t["std"][:, 98:102])
+    assert np.load(write_codes(encode(runs["hvae"], split="test", n=3, progress=False), tmp_path / "h.npz"))[
+        "level_shapes"].tolist() == ["8", "6", "4"]
+    pytest.importorskip("pyarrow")
+    import pandas as pd
+
+    write_codes(t, tmp_path / "c.parquet")
+    frame = pd.read_parquet(tmp_path / "c.parquet")
+    assert frame.attrs["level_shapes"] == [[2, 7, 7], [4], [2]] and frame.attrs["levels"] == [98, 4, 2]

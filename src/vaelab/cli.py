@@ -138,8 +138,10 @@ def cmd_encode(args: argparse.Namespace) -> None:
         write_codes(table, args.out)
         splits = {s: int((table["split"] == s).sum()) for s in ("train", "test") if (table["split"] == s).any()}
         which = " and ".join(f"{v} {s}" for s, v in splits.items())
+        shapes = ["x".join(map(str, s)) for s in table.info["level_shapes"]]
+        levels = f" in levels {', '.join(shapes)} (z_1 first)" if len(shapes) > 1 else ""
         print(f"codes of {len(table)} images of {table.info['dataset']} ({which}; "
-              f"{table['mean'].shape[1]} dimensions): {args.out}")
+              f"{table['mean'].shape[1]} dimensions{levels}): {args.out}")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:

@@ -165,7 +165,9 @@ class Ladder(nn.Module):
     has_density = True
     conditional = False
     default_objective = "elbo"
-    traits: tuple[str, ...] = ("density",)
+    # hierarchical: levels `sizes` (z_1 first) with per-level log_prob_levels, so every per-level
+    # score (KL per level, LLR>k) and per-level evaluation applies
+    traits: tuple[str, ...] = ("density", "hierarchical")
     objectives: tuple[str, ...] = ("elbo", "iwae")
     priors: tuple[str, ...] = ("normal",)
     takes_flows = False
@@ -424,6 +426,46 @@ class Ladder(nn.Module):
         ratio = torch.stack([lv.q.log_prob(lv.z) - lv.p.log_prob(lv.z) for lv in levels]).reshape(-1, k, b)
         recon = dist.log_prob(x.repeat(k, *([1] * (x.dim() - 1)))).reshape(k, b)
         return recon - ratio.sum(0), ratio
+
+    def skip_log_weights(self, x: torch.Tensor, k: int, skip: int, q: LadderPosterior | None = None,
+                         generator=None) -> torch.Tensor:
+        """Log-weights of Havtorn et al. (2021)'s bound L>skip for k draws per image: the levels
+        above `skip` drawn from the posterior q(z_l | x, z_>l), the levels 1..skip set to the
+        conditional prior's mean given what was drawn above (as their published code does), and
+        log p(x | z) + sum_{l > skip} [log p(z_l | z_>l) - log q(z_l | x, z_>l)]: the lower levels'
+        prior cancels against the distribution they come from. Logsumexp over k minus log k
+        estimates L>skip; the likelihood ratio LLR>skip is log p(x) minus it.
+
+        Args:
+            x: Images (B, C, H, W).
+            k: Draws per image.
+            skip: The levels taken from the prior, 0 to L - 1; 0 gives ``log_weights``.
+            q: ``encode(x)``, if already computed (its features are reused).
+            generator: The noise of the upper levels' draws (the same noise as ``log_weights``).
+
+        Returns:
+            Log-weights in nats, shape (k, B).
+
+        Examples:
+            >>> from vaelab.config import ModelConfig
+            >>> from vaelab.models import build_model
+            >>> _ = torch.manual_seed(0)
+            >>> model = build_model(ModelConfig(model="ladder", levels="2x4x4,3", hidden=(8,), res_blocks=0), (1, 8, 8))
+            >>> x = (torch.rand(4, 1, 8, 8) < 0.3).float()
+            >>> model.skip_log_weights(x, 5, skip=1).shape
+            torch.Size([5, 4])
+        """
+        depth = len(self.sizes)
+        if not 0 <= skip < depth:
+            raise ConfigError(f"skip {skip} is out of range: this model has {depth} levels, so 0 to {depth - 1}")
+        feats = self.bottom_up(x) if q is None else q.feats
+        b = len(feats[0])
+        eps = normal_noise((k, b, self.latent_dim), feats[0].float(), generator).reshape(k * b, -1)
+        temps = (0.0,) * skip + (1.0,) * (depth - skip)  # temperature 0: the prior's mean
+        dist, levels = self.top_down(k * b, self._rows(feats, k), eps=eps, temperature=temps,
+                                     keep=tuple(range(skip + 1, depth + 1)))
+        ratio = sum(lv.q.log_prob(lv.z) - lv.p.log_prob(lv.z) for lv in levels[skip:]).reshape(k, b)
+        return dist.log_prob(x.repeat(k, *([1] * (x.dim() - 1)))).reshape(k, b) - ratio
 
     def elbo_levels(self, x: torch.Tensor, samples: int = 1, generator=None, x_in: torch.Tensor | None = None,
                     kl: str = "analytic") -> tuple[torch.Tensor, torch.Tensor]:

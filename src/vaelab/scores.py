@@ -13,9 +13,9 @@ numbers. With log-weights w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x):
 - ``llr_k`` (hierarchical models, Havtorn et al. 2021): log p(x) - L^{>k}, where L^{>k} is the
   same importance-sampled estimate with the k lowest layers taken from the conditional prior
   p(z_{<=k} | z_{>k}) (its mean, as their code does) instead of the posterior, and the layers
-  above from q(z_{>k} | x), which reads the data through the posterior means of the layers
-  below (their supplement). A large ratio says the image is likely only through its
-  low-level features.
+  above from q(z_{>k} | x): for ``hvae`` it reads the data through the posterior means of the
+  layers below (their supplement); the ladder's top-down posterior needs nothing from below.
+  A large ratio says the image is likely only through its low-level features.
 - ``complexity_corrected`` (Serra et al. 2020): -log2 p(x) - L(x), L(x) the size in bits of
   the image as the model sees it, compressed losslessly as PNG; ``png_bits`` is L(x).
 
@@ -50,7 +50,7 @@ from vaelab.options import EncodeOptions, OodOptions, ScoreOptions, options_of
 from vaelab.runtime import Dist, ProgressLine, distributed, progress_bar, rebalance_threads, tune_malloc
 from vaelab.sources import distinct_names, is_path, load_configured
 
-__all__ = ["score", "encode", "ood", "Table", "write_table", "write_codes", "top_figure", "SCORES", "Score",
+__all__ = ["score", "encode", "ood", "Table", "write_table", "write_codes", "top_figure", "SCORES", "Score", "split_levels",
            "ScoreContext", "score_batch", "model_traits", "detection", "typicality", "complexity_corrected", "png_bits"]
 
 # images of a folder or array file are read from the disk cache chunk by chunk, never held
@@ -154,9 +154,13 @@ class Table:
     def to_pandas(self):
         """A pandas DataFrame, one row per image; an (N, D) column such as ``mean`` becomes D
         columns ``mean_0`` ... (needs pandas)."""
+        import json
+
         import pandas as pd
 
-        return pd.DataFrame(_flat(self.columns))
+        frame = pd.DataFrame(_flat(self.columns))
+        frame.attrs = json.loads(json.dumps(self.info, default=str))  # kept by .parquet files
+        return frame
 
     def __repr__(self) -> str:
         head = self.take(np.arange(min(len(self), 8)))
@@ -446,7 +450,15 @@ class ScoreContext:
         lse = None
         for j in range(0, k, self.chunk):
             n = min(self.chunk, k - j)
-            z, log_q = q.rsample_with_log_prob(n, generator=ExampleNoise(self.idx, _key(self.seed, 1), j))
+            noise = ExampleNoise(self.idx, _key(self.seed, 1), j)
+            if hier and hasattr(model, "weights_and_levels"):  # a top-down hierarchy: one pass gives both
+                w, kl_levels = model.weights_and_levels(x, n, q, generator=noise)  # (n, B), (L, n, B)
+                kl = kl_levels.sum(0)
+                _add(acc, {f"kl_{i + 1}": v.sum(0) for i, v in enumerate(kl_levels)})
+                _add(acc, {"elbo": w.sum(0), "recon": (w + kl).sum(0), "kl": kl.sum(0)})
+                lse = _logaddexp(lse, torch.logsumexp(w, 0))
+                continue
+            z, log_q = q.rsample_with_log_prob(n, generator=noise)
             log_pxz = model.decode(z, c).log_prob(x)
             if hier:
                 kl_levels = q.log_prob_levels(z) - prior.log_prob_levels(z)  # (L, n, B)
@@ -488,11 +500,16 @@ def _logaddexp(a, b):
 def _skip_weights(model, x, c, q: GaussianChain, n: int, s: int, idx, seed: int, first: int):
     """log-weights (n, B) of L^{>s}: the layers above s drawn from q, which reads the data
     through the posterior means of the layers below; layers 1..s set to the conditional
-    prior's mean given the layer above, as the reference code of Havtorn et al. does."""
+    prior's mean given the layer above, as the reference code of Havtorn et al. does. A
+    top-down hierarchy (the ladder) draws them in a pass of its own (``skip_log_weights``),
+    its q(z_>s | x) needing nothing from the layers below."""
+    noise = ExampleNoise(idx, _key(seed, 2 + s), first)
+    if hasattr(model, "skip_log_weights"):
+        return model.skip_log_weights(x, n, s, q, generator=noise)
     sizes = model.sizes
     layers = q.layers()  # q(z_j | mean of z_{j-1}), layer order
     upper = GaussianChain(layers[s], q.steps[s:], sizes[s:])
-    z_up, log_q = upper.rsample_with_log_prob(n, generator=ExampleNoise(idx, _key(seed, 2 + s), first))
+    z_up, log_q = upper.rsample_with_log_prob(n, generator=noise)
     prior = model.prior()
     steps = prior.steps[::-1]  # layer order: steps[j] gives p(z_{j+1} | z_{j+2}), 0-based layers
     parts = [None] * s + list(z_up.split(sizes[s:], -1))
@@ -539,7 +556,8 @@ def _check_skip(model, skip) -> None:
     n = levels(model)
     bad = [s for s in skip if not 1 <= s < n]
     if bad:
-        raise ConfigError(f"--skip-levels {bad[0]} is out of range: this model has {n} layers, so 1 to {n - 1}")
+        raise ConfigError(f"--skip-levels {bad[0]} is out of range: this model has {n} latent levels, so give 1 to "
+                          f"{n - 1}")
 
 
 def _complexity(b: ScoreContext) -> dict[str, torch.Tensor]:
@@ -649,7 +667,7 @@ def chosen(model, scores=None, skip_levels=None) -> tuple[list[str], tuple[int, 
             raise ConfigError(f"the {model.cfg.model} model has no {n} score ({SCORES[n].help}); "
                               f"it has: {', '.join(ok)}")
     skip = tuple(skip_levels) if skip_levels else tuple(range(1, levels(model)))
-    for n in names:
+    for n in ok:  # every score the model has checks the settings, asked for or not: --skip-levels too deep is wrong
         if SCORES[n].check is not None:
             SCORES[n].check(model, skip)
     return names, skip
@@ -995,8 +1013,10 @@ def encode(run, data=None, options: EncodeOptions | None = None, *, progress: bo
         (labelled data: class names as text; their indices are
         ``[codes.data.classes.index(v) for v in codes["label"]]``), ``mean`` of shape (N, D) and
         ``std`` of shape (N, D) and, with samples, ``samples`` of shape (N, S, D). A hierarchical
-        model's layers sit side by side, z_1 first (``info["levels"]`` gives their sizes), each
-        layer given the mean of the layer below; with flows, ``std`` is the base Gaussian's; an
+        model's levels sit side by side, z_1 first (``info["levels"]`` gives their sizes and
+        ``info["level_shapes"]`` their shapes, [split_levels][vaelab.scores.split_levels] cuts
+        them apart): ``hvae``'s each given the mean of the level below, the ladder's each given
+        the means of the levels above; with flows, ``std`` is the base Gaussian's; an
         autoencoder has its code as ``mean`` and no std.
 
     Examples:
@@ -1040,7 +1060,38 @@ def encode(run, data=None, options: EncodeOptions | None = None, *, progress: bo
         parts.append({**_key_columns(ds, s, len(inputs)), **cols})
     bar.close()
     return _joined(parts, ds, {"data": ds.source, "dataset": ds.name, "split": "+".join(splits),
-                               "model": cfg.model.model, "levels": list(getattr(model, "sizes", (model.latent_dim,)))})
+                               "model": cfg.model.model, "levels": list(getattr(model, "sizes", (model.latent_dim,))),
+                               "level_shapes": [list(s) for s in level_shapes(model)]})
+
+
+def level_shapes(model) -> tuple[tuple[int, ...], ...]:
+    """The shape of each latent level of `model`, z_1 first: (C, H, W) for a spatial level, (D,)
+    for a vector; one (D,) for a model of one code."""
+    return tuple(getattr(model, "level_shapes", None) or ((d,) for d in getattr(model, "sizes", (model.latent_dim,))))
+
+
+def split_levels(codes: Table, key: str = "mean") -> list[np.ndarray]:
+    """A code column of [encode][vaelab.scores.encode]'s table cut into its levels, each in its
+    own shape, z_1 (next to the data) first.
+
+    Args:
+        codes: the table of codes (its ``info["level_shapes"]`` gives the levels' shapes).
+        key: ``"mean"``, ``"std"`` or ``"samples"``.
+
+    Returns:
+        One array per level: (N, *shape) for ``mean`` and ``std``, (N, S, *shape) for
+        ``samples``; a spatial level's shape is (C, H, W), a vector's (D,).
+
+    Examples:
+        >>> from vaelab.scores import split_levels
+        >>> codes = vaelab.encode(run, split="test", n=5, progress=False)
+        >>> codes.info["level_shapes"], [v.shape for v in split_levels(codes)]
+        ([[2]], [(5, 2)])
+    """
+    shapes = [tuple(s) for s in codes.info["level_shapes"]]
+    values = codes[key]
+    cuts = np.cumsum([math.prod(s) for s in shapes])[:-1]
+    return [v.reshape(*v.shape[:-1], *s) for v, s in zip(np.split(values, cuts, axis=-1), shapes)]
 
 
 CODE_FORMATS = (".npz", ".parquet")
@@ -1048,7 +1099,10 @@ CODE_FORMATS = (".npz", ".parquet")
 
 def write_codes(table: Table, path: str | Path) -> Path:
     """Write codes from [encode][vaelab.scores.encode] as .npz (arrays as they are, plus
-    ``levels``) or .parquet (one column per dimension: ``mean_0``, ..., ``std_0``, ...).
+    ``levels``, the levels' sizes, and ``level_shapes``, their shapes written as ``--levels``
+    takes them: ``"8x14x14"``, ``"16"``) or .parquet (one column per dimension: ``mean_0``, ...,
+    ``std_0``, ...; the table's ``info``, levels and shapes included, in the file's metadata,
+    which pandas reads back as ``frame.attrs``).
 
     Args:
         table: the codes.
@@ -1061,12 +1115,14 @@ def write_codes(table: Table, path: str | Path) -> Path:
         >>> import numpy as np
         >>> from vaelab.scores import write_codes
         >>> path = write_codes(vaelab.encode(run, split="test", n=5, progress=False), tmp + "/codes.npz")
-        >>> np.load(path)["mean"].shape, np.load(path)["levels"].tolist()
-        ((5, 2), [2])
+        >>> np.load(path)["mean"].shape, np.load(path)["levels"].tolist(), np.load(path)["level_shapes"].tolist()
+        ((5, 2), [2], ['2'])
     """
     path = Path(path)
     if check_table_path(path, CODE_FORMATS) == ".npz":
-        return write_table(Table({**table.columns, "levels": np.asarray(table.info["levels"])}, table.info), path)
+        shapes = np.asarray(["x".join(map(str, s)) for s in table.info.get("level_shapes", [])], dtype=str)
+        return write_table(Table({**table.columns, "levels": np.asarray(table.info["levels"]), "level_shapes": shapes},
+                                 table.info), path)
     return write_table(Table(_flat(table.columns), table.info), path)
 
 
