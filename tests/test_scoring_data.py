@@ -6,9 +6,10 @@ import pytest
 from PIL import Image
 
 from vaelab.cli import main
+from vaelab.codes import encode
 from vaelab.data import DataError
 from vaelab.images import distinct_names
-from vaelab.scores import encode, score
+from vaelab.scores import score
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "100", "--epochs", "1", "--quiet"]
 

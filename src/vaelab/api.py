@@ -336,19 +336,19 @@ class Run:
 
     def ood(self, inside=None, outside=(), **options: Any) -> dict[str, Any]:
         """How well each score tells this run's kind of image from the sets in `outside`: a dict,
-        exactly as [vaelab.ood(run, inside, outside)][vaelab.scores.ood], whose keywords ``options``
+        exactly as [vaelab.ood(run, inside, outside)][vaelab.detection.ood], whose keywords ``options``
         are (written to RUN/ood.json unless ``write=False``)."""
-        from vaelab.scores import ood
+        from vaelab.detection import ood
 
         return ood(self, inside, outside, **_on(self, options))
 
     def encode(self, data=None, **options: Any) -> Table:
         """The posterior of every image of `data` (None: the run's own): a table with ``mean`` and
-        ``std`` of shape (N, D), exactly as [vaelab.encode(run, data)][vaelab.scores.encode],
+        ``std`` of shape (N, D), exactly as [vaelab.encode(run, data)][vaelab.codes.encode],
         whose keywords (``n``, ``split``, ``samples``, ...) ``options`` are. For the posterior
         means of a tensor of images, use [codes][vaelab.api.Run.codes]; ``run.model.encode(x)``
         is the posterior distribution itself."""
-        from vaelab.scores import encode
+        from vaelab.codes import encode
 
         if torch.is_tensor(data):  # what encode took before it meant the same as vaelab.encode
             warnings.warn("run.encode(x) of a tensor is now run.codes(x); run.encode(data) gives a table as "
