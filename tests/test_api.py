@@ -185,6 +185,37 @@ def test_every_verb_uses_the_model_the_run_holds(run, tmp_path, monkeypatch):
     assert loaded.model is model
 
 
+def test_every_verb_in_function_form_runs_on_the_runs_device(run, monkeypatch):
+    """vaelab.score(run) runs where run.score() does: on the device the run was loaded on (here
+    a GPU's name, seen where each verb asks for its device), unless another one is asked for."""
+    import vaelab.codes
+    import vaelab.detection
+    import vaelab.evaluate
+    import vaelab.scores
+
+    class Asked(Exception):
+        pass
+
+    asked = []
+
+    def distributed(device):
+        asked.append(str(device))
+        raise Asked
+
+    for module in (vaelab.scores, vaelab.codes, vaelab.detection, vaelab.evaluate):
+        monkeypatch.setattr(module, "distributed", distributed)
+    loaded = vaelab.load(run.path)
+    monkeypatch.setattr(loaded, "device", "cuda:7")  # as a run loaded on a GPU holds it
+    verbs = [lambda: vaelab.score(loaded), lambda: vaelab.encode(loaded),
+             lambda: vaelab.ood(loaded, outside=["mnist-sample"], write=False),
+             lambda: vaelab.evaluate.evaluate(loaded, write=False),
+             lambda: vaelab.score(loaded, device="cpu"), lambda: vaelab.score(run.path)]
+    for verb in verbs:
+        with pytest.raises(Asked):
+            verb()
+    assert asked == ["cuda:7"] * 4 + ["cpu", "cpu"]  # a device asked for wins; a folder has none of its own
+
+
 def test_a_runs_precision_reaches_its_verbs(run):
     fp32 = vaelab.score(run, k=2, n=10, progress=False)["elbo"]
     half = vaelab.load(run.path, precision="bf16")

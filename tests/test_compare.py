@@ -5,7 +5,7 @@ import json
 import pytest
 
 from vaelab.cli import main
-from vaelab.compare import Variant, markdown, parse_variant, planned_epochs, second_probe, summarise
+from vaelab.compare import Variant, eval_row, markdown, parse_variant, planned_epochs, second_probe, summarise
 
 BASE = "--dataset=mnist-sample --latent-dim 4 --batch-size 250"
 
@@ -108,3 +108,44 @@ def test_compare_refuses_a_training_run_folder_and_a_run_where_everything_failed
     table = (out / "compare.md").read_text().splitlines()
     header = next(i for i, line in enumerate(table) if line.startswith("| variant"))
     assert table[header].count("|") == table[header + 1].count("|") == table[header + 2].count("|")
+
+
+def test_the_table_carries_every_metric_the_evaluations_hold():
+    ev = {"nll": 90.0, "elbo": -95.0, "k": 5, "n": 40, "fd": 3.0, "fid": 40.0, "mig": 0.2, "dci_disentanglement": 0.3,
+          "dci_completeness": 0.4, "dci_informativeness": 0.9, "sap": 0.05, "factorvae_score": 0.7,
+          "betavae_score": 0.8, "disentanglement": {"mig": {"mig": 0.2}}, "seconds": 3.0}
+    row = eval_row(ev)
+    assert row["gap"] == 5.0 and row["fid"] == 40.0 and row["betavae_score"] == 0.8
+    assert "disentanglement" not in row and "seconds" not in row  # headline numbers only
+    rows = [{"variant": "a", "seed": s, **eval_row({**ev, "mig": 0.2 + s / 10})} for s in (0, 1)]
+    table = summarise(rows, [Variant("a", ())])
+    assert table[0]["mig"]["mean"] == pytest.approx(0.25) and table[0]["dci_completeness"]["n"] == 2
+    text = markdown(table, "# t")
+    header = next(line for line in text.splitlines() if line.startswith("| variant"))
+    assert header == ("| variant | flags | seeds | nll | gap | fd | fid | mig | dci_disentanglement | dci_completeness "
+                      "| dci_informativeness | sap | factorvae_score | betavae_score |")
+    assert "0.250 +- 0.071" in text and "disentanglement of the codes (higher is better)" in text
+    plain = markdown(summarise([{"variant": "a", "seed": 0, "nll": 90.0}], [Variant("a", ())]), "# t")
+    assert "fid" not in plain and "disentanglement" not in plain  # nothing said of metrics not measured
+
+
+def test_compare_evaluates_and_tabulates_disentanglement(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the runs' processes inherit it
+    images = np.random.default_rng(0).integers(0, 2, (60, 8, 8), dtype=np.uint8) * 255
+    np.savez(tmp_path / "f.npz", images=images, factors=np.stack([np.arange(60) % 3, np.arange(60) % 4], 1))
+    out = tmp_path / "cmp"
+    args = ["compare", "--out", str(out), "--epochs", "1", "--seeds", "0", "--metrics", "nll,mig,sap", "--k", "2",
+            f"--base=--dataset {tmp_path / 'f.npz'} --hidden 16 --latent-dim 2", "v=--batch-size 20"]
+    assert main(args) == 0
+    result = json.loads((out / "compare.json").read_text())
+    row = result["rows"][0]
+    assert "error" not in row and 0 <= row["mig"] <= 1 and 0 <= row["sap"] <= 1 and "nll" in row
+    assert {"mig", "sap", "nll"} <= set(result["table"][0])
+    assert "| mig | sap |" in (out / "compare.md").read_text()
+    assert "mig_mean,mig_std,sap_mean,sap_std" in (out / "compare.csv").read_text().splitlines()[0]
+    evaluated = next((out / "v" / "seed-0").glob("eval-*.json"))
+    stamp = evaluated.stat().st_mtime_ns
+    assert main(args) == 0  # again: every metric is in the evaluation, none is measured again
+    assert evaluated.stat().st_mtime_ns == stamp

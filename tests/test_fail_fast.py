@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from vaelab import codes as codes_module
 from vaelab import evaluate as evaluate_module
 from vaelab import scores as scores_module
 from vaelab.api import Run
@@ -32,7 +33,7 @@ def no_model_work(monkeypatch):
         raise AssertionError("model work started before the refusal")
 
     monkeypatch.setattr(scores_module, "_score_split", never)
-    monkeypatch.setattr(scores_module, "_codes", never)
+    monkeypatch.setattr(codes_module, "_codes", never)
     monkeypatch.setattr(evaluate_module, "_likelihood", never)
     monkeypatch.setattr(evaluate_module, "_reconstruction_only", never)
     monkeypatch.setattr(evaluate_module, "posterior_means", never)

@@ -11,11 +11,13 @@ import pytest
 
 from vaelab import options
 from vaelab.cli import build_parser, main, reference
+from vaelab.codes import encode
 from vaelab.compare import compare
 from vaelab.config import ConfigError
+from vaelab.detection import ood
 from vaelab.evaluate import evaluate, probe
 from vaelab.options import option
-from vaelab.scores import encode, ood, score
+from vaelab.scores import score
 
 FUNCTIONS = [(evaluate, options.EvaluateOptions), (probe, options.ProbeOptions), (score, options.ScoreOptions),
              (encode, options.EncodeOptions), (ood, options.OodOptions), (compare, options.CompareOptions)]
@@ -78,6 +80,8 @@ def test_every_command_but_train_reads_its_flags_from_its_class():
 
 
 def test_the_metrics_the_command_line_takes_are_the_ones_evaluate_measures():
-    from vaelab.evaluate import METRICS
+    from vaelab.disentangle import DISENTANGLEMENT_METRICS
+    from vaelab.evaluate import METRICS, RESULT_KEYS
 
-    assert options.METRICS == METRICS
+    assert options.METRICS is METRICS and options.DISENTANGLEMENT_METRICS is DISENTANGLEMENT_METRICS  # one list
+    assert set(RESULT_KEYS) == set(METRICS)  # compare tabulates every metric evaluate measures

@@ -1,5 +1,5 @@
-"""Per-image scores, out-of-distribution metrics and exported codes (vaelab.scores, and the
-score / ood / encode commands)."""
+"""Per-image scores, out-of-distribution metrics and exported codes (vaelab.scores,
+vaelab.detection and vaelab.codes, and the score / ood / encode commands)."""
 
 import json
 import math
@@ -12,21 +12,19 @@ from PIL import Image
 
 from vaelab.checkpoint import load_run
 from vaelab.cli import main
+from vaelab.codes import encode, write_codes
 from vaelab.config import ConfigError, ModelConfig
+from vaelab.detection import detection, typicality
 from vaelab.models import MODELS, build_model
 from vaelab.scores import (
     SCORES,
     ScoreContext,
     Table,
     anomaly,
-    detection,
-    encode,
     model_traits,
     png_bits,
     score,
     score_batch,
-    typicality,
-    write_codes,
     write_table,
 )
 
@@ -290,7 +288,8 @@ def test_the_ood_histograms_tick_labels_never_run_together():
 
 def test_a_new_score_is_one_registry_entry(runs, monkeypatch, tmp_path):
     """score, ood and the explorer page read the registry: an entry is all a new score needs."""
-    from vaelab.scores import Score, label, ood
+    from vaelab.detection import ood
+    from vaelab.scores import Score, label
     from vaelab.serve import Session
 
     monkeypatch.setitem(SCORES, "neg_kl", Score(lambda b: -b.importance["kl"], "minus the KL, nats", "-KL", True,
@@ -382,7 +381,7 @@ def test_a_ladder_run_is_scored_per_level_and_at_every_skip_level(runs, tmp_path
 
 
 def test_encode_writes_every_level_of_a_ladder_with_its_shape(runs, tmp_path, capsys):
-    from vaelab.scores import split_levels
+    from vaelab.codes import split_levels
 
     assert main(["encode", str(runs["ladder"]), "--out", str(tmp_path / "c.npz"), "--n", "6", "--samples", "2",
                  "--split", "test"]) == 0

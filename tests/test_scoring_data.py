@@ -6,8 +6,9 @@ import pytest
 from PIL import Image
 
 from vaelab.cli import main
+from vaelab.codes import encode
 from vaelab.data import DataError
-from vaelab.scores import encode, score
+from vaelab.scores import score
 from vaelab.sources import distinct_names
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "100", "--epochs", "1", "--quiet"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {"train": "vaelab.api", "load": "vaelab.api", "Run": "vaelab.api",
-         "score": "vaelab.scores", "encode": "vaelab.scores", "ood": "vaelab.scores"}
+         "score": "vaelab.scores", "encode": "vaelab.codes", "ood": "vaelab.detection"}
 __all__ = ["__version__", *_LAZY]
 
 

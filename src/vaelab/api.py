@@ -174,11 +174,6 @@ def load(path: str | Path, device: str = "cpu", precision: str = "fp32") -> Run:
     return run
 
 
-def _on(run: Run, options: dict[str, Any]) -> dict[str, Any]:
-    """A verb's keywords, with the run's own device unless a device or an options object is given."""
-    return options if "device" in options or "options" in options else {**options, "device": run.device}
-
-
 class Run:
     """A run folder: its config, model, metrics and results, and what can be done with it.
 
@@ -324,7 +319,7 @@ class Run:
         ``metrics=["fd"]`` or ``out="elsewhere.json"``."""
         from vaelab.evaluate import evaluate
 
-        return evaluate(self, n=n, k=k, device=self.device, progress=progress, **options)
+        return evaluate(self, n=n, k=k, progress=progress, **options)  # on the run's device unless told
 
     def score(self, data=None, **options: Any) -> Table:
         """Per-image scores (ELBO, log p(x), KL, LLR>k, ...) of `data` (None: the run's own test
@@ -332,29 +327,29 @@ class Run:
         keywords (``k``, ``n``, ``scores``, ``split``, ...) ``options`` are."""
         from vaelab.scores import score
 
-        return score(self, data, **_on(self, options))
+        return score(self, data, **options)
 
     def ood(self, inside=None, outside=(), **options: Any) -> dict[str, Any]:
         """How well each score tells this run's kind of image from the sets in `outside`: a dict,
-        exactly as [vaelab.ood(run, inside, outside)][vaelab.scores.ood], whose keywords ``options``
+        exactly as [vaelab.ood(run, inside, outside)][vaelab.detection.ood], whose keywords ``options``
         are (written to RUN/ood.json unless ``write=False``)."""
-        from vaelab.scores import ood
+        from vaelab.detection import ood
 
-        return ood(self, inside, outside, **_on(self, options))
+        return ood(self, inside, outside, **options)
 
     def encode(self, data=None, **options: Any) -> Table:
         """The posterior of every image of `data` (None: the run's own): a table with ``mean`` and
-        ``std`` of shape (N, D), exactly as [vaelab.encode(run, data)][vaelab.scores.encode],
+        ``std`` of shape (N, D), exactly as [vaelab.encode(run, data)][vaelab.codes.encode],
         whose keywords (``n``, ``split``, ``samples``, ...) ``options`` are. For the posterior
         means of a tensor of images, use [codes][vaelab.api.Run.codes]; ``run.model.encode(x)``
         is the posterior distribution itself."""
-        from vaelab.scores import encode
+        from vaelab.codes import encode
 
         if torch.is_tensor(data):  # what encode took before it meant the same as vaelab.encode
             warnings.warn("run.encode(x) of a tensor is now run.codes(x); run.encode(data) gives a table as "
                           "vaelab.encode does", FutureWarning, stacklevel=2)
             return self.codes(data)
-        return encode(self, data, **_on(self, options))
+        return encode(self, data, **options)
 
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:

@@ -492,3 +492,10 @@ def loaded(run, device: str | torch.device = "cpu"):
     if _same_device(next(model.parameters()).device, torch.device(device)):
         return run.config, model
     return load_run(run.path, device)
+
+
+def run_device(run, device: str | None = None) -> str:
+    """The device a verb runs on: `device` when one is asked for; else a loaded
+    vaelab.Run's own (so that ``vaelab.score(run)`` runs where ``run.score()`` does); else
+    the CPU."""
+    return device if device is not None else str(getattr(run, "device", "cpu"))

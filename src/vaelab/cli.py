@@ -112,7 +112,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 def cmd_ood(args: argparse.Namespace) -> None:
     """`vaelab ood`: out-of-distribution metrics per score, written as a report, numbers and histograms."""
-    from vaelab.scores import ood
+    from vaelab.detection import ood
 
     r = ood(args.run_dir, args.inside, args.outside, _options(args, options.OodOptions), progress=not args.quiet)
     if not _rank0():
@@ -128,8 +128,9 @@ def cmd_ood(args: argparse.Namespace) -> None:
 
 def cmd_encode(args: argparse.Namespace) -> None:
     """`vaelab encode`: the posterior means and standard deviations of a dataset, written to --out."""
+    from vaelab.codes import CODE_FORMATS, encode, write_codes
     from vaelab.files import writable
-    from vaelab.scores import CODE_FORMATS, check_table_path, encode, write_codes
+    from vaelab.scores import check_table_path
 
     check_table_path(args.out, CODE_FORMATS)
     writable(args.out)

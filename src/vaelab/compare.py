@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,19 @@ import torch
 
 from vaelab.checkpoint import RunError, read_eval, read_metrics
 from vaelab.config import ConfigError
+from vaelab.evaluate import RESULT_KEYS
 from vaelab.files import atomic_write, ensure_dir, write_json
 from vaelab.options import CompareOptions, options_of, train_config
 from vaelab.runtime import ProgressLine, clock_time, progress_lines
 
 __all__ = ["compare", "Variant", "parse_variant"]
 
-METRICS = ("test_elbo", "nll", "gap", "fd", "epochs", "train_seconds")
-LOWER_IS_BETTER = {"nll": True, "gap": True, "fd": True, "test_elbo": False}
+METRICS = ("test_elbo", "nll", "gap", "fd", "epochs", "train_seconds")  # compare.csv has these columns always
+# the other metrics an evaluation can hold (Inception FID, disentanglement): columns where measured
+MEASURED = tuple(key for keys in RESULT_KEYS.values() for key in keys if key not in METRICS)
+COLUMNS = (*METRICS[:4], *MEASURED, *METRICS[4:])
+DISENTANGLEMENT = tuple(key for key in MEASURED if key != "fid")
+LOWER_IS_BETTER = {"nll": True, "gap": True, "fd": True, "fid": True, "test_elbo": False}
 
 
 @dataclass(frozen=True)
@@ -143,61 +149,98 @@ def _records(run: Path) -> list[dict[str, Any]]:
         return []
 
 
-def run_one(variant: Variant, seed: int, out: Path, base: list[str], epochs: int | None, minutes: float | None,
-            k: int | None, n: int | None, metrics: tuple[str, ...], log=print, echo=None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Job:
+    """One run of a comparison: its variant and seed, its folder, and how its commands run."""
+
+    variant: Variant
+    seed: int
+    run: Path
+    base: tuple[str, ...]
+    quiet: tuple[str, ...]
+    echo: Callable[[str], None] | None
+
+    def train(self, epochs: int) -> list[str]:
+        """``vaelab train``'s arguments to bring the run to `epochs` epochs: a resume once it
+        has a checkpoint, else a fresh run."""
+        if (self.run / "checkpoint").exists():
+            return ["train", "--resume", str(self.run), "--epochs", str(epochs)]
+        return ["train", *self.base, *self.variant.flags, "--seed", str(self.seed), "--epochs", str(epochs),
+                "--out", str(self.run)]
+
+    def vaelab(self, args: list[str]) -> str | None:
+        """Run ``vaelab ARGS``; its error line if it failed, else None."""
+        r = _vaelab([*args, *self.quiet], self.echo)
+        return _last_line(r) if r.returncode else None
+
+
+def run_one(variant: Variant, seed: int, out: Path, options: CompareOptions, log=print, echo=None) -> dict[str, Any]:
     """Train (or finish) and evaluate one run; returns its row (with 'error' if it failed). With
     `echo`, the commands run without --quiet and `echo` gets each line they print."""
-    quiet = [] if echo else ["--quiet"]
-    run = out / variant.name / f"seed-{seed}"
-    row: dict[str, Any] = {"variant": variant.name, "seed": seed, "run": str(run)}
-    started = (run / "checkpoint").exists()
-    done = _records(run)
-    target = epochs
-    if minutes is not None:  # the budget's epoch count, fixed by the run's first epochs
-        plan = run / "compare_epochs.json"
-        if plan.exists():
-            target = json.loads(plan.read_text())["epochs"]
-        else:
-            budget = minutes * 60
-            for probe in (1, 2):  # the first epoch pays one-time costs; a second one is the steady pace
-                if len(done) >= probe or (probe == 2 and not second_probe(budget, done[0]["seconds"])):
-                    continue
-                args = ["train", "--resume", str(run)] if started else \
-                    ["train", *base, *variant.flags, "--seed", str(seed), "--out", str(run)]
-                r = _vaelab([*args, "--epochs", str(probe), *quiet], echo)
-                if r.returncode:
-                    return {**row, "error": _last_line(r)}
-                done, started = _records(run), True
-            seconds = [d["seconds"] for d in done[:2]]
-            target = planned_epochs(budget, seconds)
-            write_json(plan, {"epochs": target, "probe_epoch_seconds": seconds, "minutes": minutes})
-    if len(done) < target:
-        args = ["train", "--resume", str(run), "--epochs", str(target)] if (run / "checkpoint").exists() else \
-            ["train", *base, *variant.flags, "--seed", str(seed), "--epochs", str(target), "--out", str(run)]
+    job = _Job(variant, seed, out / variant.name / f"seed-{seed}", tuple(options.base), () if echo else ("--quiet",),
+               echo)
+    row: dict[str, Any] = {"variant": variant.name, "seed": seed, "run": str(job.run)}
+    done = _records(job.run)
+    target, error = (options.epochs, None) if options.minutes is None else _budget_epochs(job, options.minutes, done)
+    done = _records(job.run)
+    if error is None and len(done) < target:
         log(f"{variant.name} seed {seed}: training to {target} epochs" + (" (resumed)" if len(done) else ""))
-        r = _vaelab([*args, *quiet], echo)
-        if r.returncode:
-            return {**row, "error": _last_line(r)}
-        done = _records(run)
+        error = job.vaelab(job.train(target))
+        done = _records(job.run)
+    if error is not None:
+        return {**row, "error": error}
     row.update(epochs=len(done), train_seconds=round(sum(d["seconds"] for d in done), 1))
     if "test_elbo" in done[-1]:
         row["test_elbo"] = done[-1]["test_elbo"]
-    want = [m for m in metrics if m in ("nll", "fd")]
-    ev = read_eval(run, k=k, n=n, metrics=want)
-    if want and not all(key in ev for key in want):
-        log(f"{variant.name} seed {seed}: evaluating ({','.join(want)})")
-        args = ["evaluate", str(run), "--metrics", ",".join(want), *(["--k", str(k)] if k else []), *quiet]
-        r = _vaelab(args + (["--n", str(n)] if n else []), echo)
-        if r.returncode:
-            return {**row, "error": _last_line(r)}
-        ev = read_eval(run, k=k, n=n, metrics=want)
+    ev, error = _evaluation(job, options, log)
+    if error is not None:
+        return {**row, "error": error}
+    return {**row, **eval_row(ev)}
+
+
+def _budget_epochs(job: _Job, minutes: float, done: list[dict[str, Any]]) -> tuple[int, str | None]:
+    """The epochs that fit a run's time budget, fixed by its first epochs (trained here as
+    probes, then kept in compare_epochs.json); and the error line of a probe that failed."""
+    plan = job.run / "compare_epochs.json"
+    if plan.exists():
+        return json.loads(plan.read_text())["epochs"], None
+    budget = minutes * 60
+    for probe in (1, 2):  # the first epoch pays one-time costs; a second one is the steady pace
+        if len(done) >= probe or (probe == 2 and not second_probe(budget, done[0]["seconds"])):
+            continue
+        error = job.vaelab(job.train(probe))
+        if error is not None:
+            return 0, error
+        done = _records(job.run)
+    seconds = [d["seconds"] for d in done[:2]]
+    target = planned_epochs(budget, seconds)
+    write_json(plan, {"epochs": target, "probe_epoch_seconds": seconds, "minutes": minutes})
+    return target, None
+
+
+def _evaluation(job: _Job, options: CompareOptions, log) -> tuple[dict[str, Any], str | None]:
+    """The run's evaluation with the comparison's metrics, k and n: read back, or made by
+    ``vaelab evaluate`` when it lacks a metric; and the error line if that failed."""
+    want, k, n = list(options.metrics), options.k, options.n
+    ev = read_eval(job.run, k=k, n=n, metrics=want)
+    if want and not all(key in ev for m in want for key in RESULT_KEYS[m]):
+        log(f"{job.variant.name} seed {job.seed}: evaluating ({','.join(want)})")
+        error = job.vaelab(["evaluate", str(job.run), "--metrics", ",".join(want), *(["--k", str(k)] if k else []),
+                            *(["--n", str(n)] if n else [])])
+        if error is not None:
+            return {}, error
+        ev = read_eval(job.run, k=k, n=n, metrics=want)
+    return ev, None
+
+
+def eval_row(ev: dict[str, Any]) -> dict[str, Any]:
+    """A row's numbers from an evaluation: -log p(x), the ELBO and their gap (with k and n),
+    and the headline number of every other metric it holds."""
+    row: dict[str, Any] = {}
     if "nll" in ev:
         row.update(nll=ev["nll"], elbo_is=ev["elbo"], gap=-ev["elbo"] - ev["nll"], k=ev["k"], n=ev["n"])
-    if "fd" in ev:
-        row["fd"] = ev["fd"]
+    row.update({key: ev[key] for keys in RESULT_KEYS.values() for key in keys if key != "nll" and key in ev})
     return row
-
-
 
 
 def second_probe(budget: float, first: float) -> bool:
@@ -230,7 +273,7 @@ def summarise(rows: list[dict[str, Any]], variants: list[Variant]) -> list[dict[
         mine = [r for r in rows if r["variant"] == v.name and "error" not in r]
         entry: dict[str, Any] = {"variant": v.name, "flags": " ".join(v.flags), "seeds": len(mine),
                                  "failed": [r["seed"] for r in rows if r["variant"] == v.name and "error" in r]}
-        for m in METRICS:
+        for m in COLUMNS:
             values = [r[m] for r in mine if m in r]
             if values:
                 entry[m] = {"mean": statistics.fmean(values),
@@ -241,7 +284,7 @@ def summarise(rows: list[dict[str, Any]], variants: list[Variant]) -> list[dict[
 
 def markdown(table: list[dict[str, Any]], header: str) -> str:
     """The summary table as Markdown (compare.md): `header`, one row per variant, a legend."""
-    shown = [m for m in METRICS if any(m in t for t in table)]
+    shown = [m for m in COLUMNS if any(m in t for t in table)]
     columns = ["variant", "flags", "seeds", *shown]
     lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for t in table:
@@ -252,12 +295,17 @@ def markdown(table: list[dict[str, Any]], header: str) -> str:
             elif m in ("epochs", "train_seconds"):
                 cells.append(f"{t[m]['mean']:.0f}" + (f" +- {t[m]['std']:.0f}" if t[m]["std"] else ""))
             else:
-                cells.append(f"{t[m]['mean']:.2f} +- {t[m]['std']:.2f}")
+                places = 3 if m in DISENTANGLEMENT else 2  # scores in [0, 1]
+                cells.append(f"{t[m]['mean']:.{places}f} +- {t[m]['std']:.{places}f}")
         failed = f" ({len(t['failed'])} failed: seeds {', '.join(map(str, t['failed']))})" if t["failed"] else ""
         lines.append("| " + " | ".join([t["variant"], f"`{t['flags']}`", f"{t['seeds']}{failed}", *cells]) + " |")
     lines += ["", "mean +- standard deviation over seeds. nll: -log p(x) by importance sampling (nats); gap: -ELBO "
               "- nll, how loose the bound is; fd: Frechet distance of prior samples to the test images in "
               "vaelab's own classifier features (lower is better; not Inception FID)."]
+    if "fid" in shown:
+        lines[-1] += " fid: Inception-v3 FID (lower is better)."
+    if any(m in DISENTANGLEMENT for m in shown):
+        lines[-1] += " mig, dci_*, sap, factorvae_score, betavae_score: disentanglement of the codes (higher is better)."
     return "\n".join(lines) + "\n"
 
 
@@ -265,7 +313,7 @@ def figure(table: list[dict[str, Any]], rows: list[dict[str, Any]], title: str):
     """One panel per metric measured: each variant's mean with its std, and each seed as a dot."""
     from vaelab.plots import new_figure
 
-    shown = [m for m in ("nll", "test_elbo", "gap", "fd") if any(m in t for t in table)]
+    shown = [m for m in ("nll", "test_elbo", "gap", "fd", *MEASURED) if any(m in t for t in table)]
     fig = new_figure(3.2 * max(1, len(shown)) + 0.6, 3.6)
     axes = fig.subplots(1, max(1, len(shown)), squeeze=False)[0]
     names = [t["variant"] for t in table]
@@ -333,8 +381,9 @@ def compare(variants: list[Variant], out: str | Path, options: CompareOptions | 
         base: ``vaelab train`` flags every variant shares, e.g. ``("--dataset", "mnist")``.
         k: importance samples for the ``nll`` metric (None: evaluate's default).
         n: test images to evaluate on (None: all).
-        metrics: what ``vaelab evaluate`` measures for each run: ``"nll"``, ``"fd"``; the test
-            ELBO, epochs and training time come from training and are always in the table.
+        metrics: what ``vaelab evaluate`` measures for each run (any of its metrics: ``"nll"``,
+            ``"fd"``, ``"fid"``, ``"mig"``, ...); the table has each one's headline numbers. The
+            test ELBO, epochs and training time come from training and are always in it.
         log: called with each line of progress (``print`` by default).
 
     Returns:
@@ -361,54 +410,72 @@ def compare(variants: list[Variant], out: str | Path, options: CompareOptions | 
         >>> sorted(p.name for p in Path(tmp, "cmp").iterdir())
         ['compare.csv', 'compare.json', 'compare.md', 'compare.png', 'samples.png', 'small']
     """
-    from vaelab.plots import save_figure
-
     o = options_of(CompareOptions, options, **settings)
-    seeds, epochs, minutes, base, k, n, metrics = o.seeds, o.epochs, o.minutes, o.base, o.k, o.n, o.metrics
-    if (epochs is None) == (minutes is None):
+    out = _check(variants, out, o)
+    if log is print:  # a log file is block-buffered: each line goes out as it is said
+        log = functools.partial(print, flush=True)
+    rows = _run_all(variants, out, o, log)
+    table = summarise(rows, variants)
+    # a variant's own --minutes (vaelab train's time budget) can stop its runs earlier
+    cut = o.epochs and any(r.get("epochs", o.epochs) < o.epochs for r in rows)
+    budget = (f"{'at most ' * bool(cut)}{o.epochs} epoch{'s' * (o.epochs != 1)} each" if o.epochs
+              else f"{o.minutes:g} training minutes each")
+    header = (f"# vaelab compare: {', '.join(v.name for v in variants)} ({budget}; "
+              f"seeds {', '.join(map(str, o.seeds))})")
+    result = {"budget": {"epochs": o.epochs, "minutes": o.minutes}, "seeds": list(o.seeds), "base": list(o.base),
+              "k": o.k, "n": o.n, "rows": rows, "table": table}
+    _write(out, result, variants, header)
+    return result
+
+
+def _check(variants: list[Variant], out: str | Path, o: CompareOptions) -> Path:
+    """The comparison's folder, made, once the budget, the variants' names and the folder are
+    checked (one line each)."""
+    if (o.epochs is None) == (o.minutes is None):
         raise ValueError("give exactly one of --epochs N (equal epochs) or --minutes M (equal training time)")
     names = [v.name for v in variants]
     if len(set(names)) != len(names) or not names:
         raise ValueError(f"variant names must be given and distinct, got {', '.join(names) or 'none'}")
     if any((Path(out) / name).exists() for name in ("checkpoint", "checkpoint.old", "metrics.jsonl")):
         raise ValueError(f"{out} holds a training run; give compare a folder of its own with --out")
-    out = ensure_dir(Path(out), "compare folder")
-    if log is print:  # a log file is block-buffered: each line goes out as it is said
-        log = functools.partial(print, flush=True)
+    return ensure_dir(Path(out), "compare folder")
+
+
+def _run_all(variants: list[Variant], out: Path, o: CompareOptions, log) -> list[dict[str, Any]]:
+    """Every variant x seed run in turn, a line each as it finishes; their rows."""
     # in a log (a file or a pipe, not Jupyter) each run's own lines pass through, prefixed
     # with the run: its epochs, progress lines and results
     through = progress_lines()
-    runs = [(v, seed) for v in variants for seed in seeds]
+    runs = [(v, seed) for v in variants for seed in o.seeds]
     rows = []
     start = ProgressLine.clock()
     for i, (v, seed) in enumerate(runs, 1):
         tag, name = f"run {i}/{len(runs)} ", f"{v.name} seed {seed}"
         echo = (lambda line, name=name: log(f"  {name} | {line}")) if through else None
-        rows.append(run_one(v, seed, out, list(base), epochs, minutes, k, n, metrics,
-                            lambda text, tag=tag: log(f"{tag} {text}"), echo))
+        rows.append(run_one(v, seed, out, o, lambda text, tag=tag: log(f"{tag} {text}"), echo))
         elapsed = ProgressLine.clock() - start
         done = f"{i} of {len(runs)} runs done in {clock_time(elapsed)}, ETA {clock_time(elapsed / i * (len(runs) - i))}"
         failed = rows[-1].get("error")
         log(f"{tag} {name}: " + (f"FAILED: {failed} ({done})" if failed else f"finished ({done})"))
-    table = summarise(rows, variants)
-    # a variant's own --minutes (vaelab train's time budget) can stop its runs earlier
-    cut = epochs and any(r.get("epochs", epochs) < epochs for r in rows)
-    budget = (f"{'at most ' * bool(cut)}{epochs} epoch{'s' * (epochs != 1)} each" if epochs
-              else f"{minutes:g} training minutes each")
-    header = f"# vaelab compare: {', '.join(names)} ({budget}; seeds {', '.join(map(str, seeds))})"
-    result = {"budget": {"epochs": epochs, "minutes": minutes}, "seeds": list(seeds), "base": list(base),
-              "k": k, "n": n, "rows": rows, "table": table}
+    return rows
+
+
+def _write(out: Path, result: dict[str, Any], variants: list[Variant], header: str) -> None:
+    """compare.json, .md, .csv and .png, and samples.png when a run finished."""
+    from vaelab.plots import save_figure
+
+    table, rows = result["table"], result["rows"]
     write_json(out / "compare.json", result)
     atomic_write(out / "compare.md", markdown(table, header))
+    columns = [m for m in COLUMNS if m in METRICS or any(m in t for t in table)]
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["variant", "flags", "seeds", *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")]])
+    writer.writerow(["variant", "flags", "seeds", *[f"{m}_{s}" for m in columns for s in ("mean", "std")]])
     for t in table:
         writer.writerow([t["variant"], t["flags"], t["seeds"],
-                         *[f"{t[m][s]:.6g}" if m in t else "" for m in METRICS for s in ("mean", "std")]])
+                         *[f"{t[m][s]:.6g}" if m in t else "" for m in columns for s in ("mean", "std")]])
     atomic_write(out / "compare.csv", buf.getvalue())
     save_figure(figure(table, rows, header.lstrip("# ")), out / "compare.png")
     samples = sample_figure(rows, variants, "Prior samples (first finished seed of each variant)")
     if samples is not None:
         save_figure(samples, out / "samples.png")
-    return result

@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from vaelab.config import ConfigError
+from vaelab.options import DISENTANGLEMENT_METRICS
 
 __all__ = ["DISENTANGLEMENT_METRICS", "mig", "dci", "sap", "factorvae_score", "betavae_score", "require_sklearn"]
 
-DISENTANGLEMENT_METRICS = ("mig", "dci", "sap", "factorvae", "betavae")
 MIG_BINS = 20
 FACTORVAE_BATCH, FACTORVAE_VOTES, FACTORVAE_EVAL_VOTES, FACTORVAE_VARIANCE_POINTS = 64, 800, 400, 10_000
 BETAVAE_BATCH, BETAVAE_TRAIN, BETAVAE_EVAL = 64, 600, 300

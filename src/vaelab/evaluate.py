@@ -15,13 +15,14 @@ import math
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vaelab.batches import SplitInputs, memory_budget, model_inputs
-from vaelab.checkpoint import eval_path, load_run, loaded
+from vaelab.checkpoint import eval_path, load_run, loaded, run_device
 from vaelab.config import ConfigError
 from vaelab.data import DataError
 from vaelab.disentangle import DISENTANGLEMENT_METRICS, betavae_score, dci, factorvae_score, mig, require_sklearn, sap
@@ -29,7 +30,7 @@ from vaelab.distributions import DiagonalGaussian, GaussianChain, GaussianMixtur
 from vaelab.files import FileError, writable, write_json
 from vaelab.models import ACTIVE_VARIANCE, active_dims, check_data_fit
 from vaelab.noise import ExampleNoise
-from vaelab.options import EvaluateOptions, ProbeOptions, options_of
+from vaelab.options import METRICS, EvaluateOptions, ProbeOptions, options_of
 from vaelab.plots import kl_bars, save_figure
 from vaelab.runtime import (
     Dist,
@@ -202,9 +203,6 @@ def _mean_stderr(v: torch.Tensor) -> tuple[float, float]:
     return float(v.mean()), se
 
 
-METRICS = ("nll", "fd", "fid", *DISENTANGLEMENT_METRICS)
-
-
 def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, progress: bool = True,
              write: bool = True, dataset=None, **settings: Any) -> dict[str, Any]:
     """Evaluate a trained run on its test set, as ``vaelab evaluate`` does; writes ``eval.json``
@@ -242,7 +240,7 @@ def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, pro
         options: An [EvaluateOptions][vaelab.options.EvaluateOptions], or its fields as keywords:
         n: Evaluate the first n test images only; None for all.
         k: Importance samples per image; None: 1000 for images up to 32x32 grey, else 100.
-        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``; None: a loaded Run's own device, else the CPU.
         progress: Show progress bars.
         write: Write the result to the run folder (``RUN_DIR/eval.json`` for the default
             settings), or to `out`.
@@ -272,96 +270,175 @@ def evaluate(run_dir: str | Path, options: EvaluateOptions | None = None, *, pro
         True
     """
     o = options_of(EvaluateOptions, options, **settings)
-    n, k, device, metrics, fd_classifier_steps, figures = o.n, o.k, o.device, o.metrics, o.fd_classifier_steps, o.figures
-    out = o.out
-    if n is not None and n <= 0:
-        raise ValueError(f"--n must be positive, got {n}")
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown or not metrics:
-        raise ValueError(f"unknown metric(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METRICS)}")
-    if k is not None and k <= 0:
-        raise ValueError(f"--k must be positive, got {k}")
-    if out is not None and Path(out).suffix.lower() != ".json":
-        raise ConfigError(f"{out}: the results are written as .json")
-    wanted = [m for m in metrics if m in DISENTANGLEMENT_METRICS]
-    if wanted:
-        require_sklearn()
+    wanted = _check_options(o)
     tune_malloc()
-    dist, dev = distributed(device)
+    dist, dev = distributed(run_device(run_dir, o.device))
     progress = progress and dist.main
     cfg, model = loaded(run_dir, dev)  # a folder, or a vaelab.Run's own model
     run_dir = Path(getattr(run_dir, "path", run_dir))
     check_data_fit(cfg.model, cfg.data.binarization)
     # the Inception weights load before any image is scored: a missing library or weights stop here
-    fid_metric = None
-    if "fid" in metrics and dist.main:
-        from vaelab.quality import inception_metric
-
-        fid_metric = inception_metric(dev)
+    fid_metric = _inception_metric(dev) if "fid" in o.metrics and dist.main else None
     data = dataset or load_configured(cfg.data, progress=progress)
-    if wanted:
-        factors = data.require_factors(f"the {', '.join(wanted)} metric{'s' * (len(wanted) > 1)}")
-        drawn = [m for m in wanted if m in ("factorvae", "betavae")]
-        if drawn and factors.grid is None:
-            many = len(drawn) > 1
-            raise DataError(f"the {' and '.join(drawn)} score{'s' * many} draw{'s' * (not many)} images with one "
-                            "factor fixed, which only the "
-                            "factor datasets (dsprites, xyobject) can; use mig, dci or sap with an array file's "
-                            "factors")
-    seed = cfg.data.binarization_seed
-    density = not model.likelihood.discrete
-    if cfg.data.fingerprint and data.fingerprint and data.fingerprint != cfg.data.fingerprint and dist.main:
-        print(f"warning: the data in {data.source} differ from those the run trained on "
-              f"(fingerprint {data.fingerprint}, was {cfg.data.fingerprint})", file=sys.stderr)
-    inputs = model_inputs(model, cfg, data.test.head(n), len(data.classes), dev, memory_budget(cfg.data, dev))
-    protocol = cfg.data.binarization
-    if protocol == "none" and density:
-        protocol = "dequantized"
-    elif protocol == "none" and cfg.model.likelihood != "bernoulli":  # the logistic family: 256 bins a value
-        protocol = "discretized"
+    _check_factors(data, wanted)
+    if dist.main:
+        _warn_if_other_data(cfg, data)
+    inputs = model_inputs(model, cfg, data.test.head(o.n), len(data.classes), dev, memory_budget(cfg.data, dev))
     dims = math.prod(data.image_shape)
-    k = k or default_k(dims)
-    settings = {"k": None if k == default_k(dims) else k, "n": None if len(inputs) == len(data.test) else len(inputs),
-                "metrics": None if tuple(metrics) == ("nll",) else list(metrics)}
-    target = Path(out) if out is not None else None if dataset is not None else eval_path(run_dir, **settings)
+    t = _TestPass(cfg, model, data, inputs, dist, dev, progress, o.k or default_k(dims))
+    settings = _settings(t, o)
+    target = Path(o.out) if o.out is not None else None if dataset is not None else eval_path(run_dir, **settings)
     if write and target is not None and dist.main:
         writable(target)  # refused now, not after the evaluation
     start = time.perf_counter()
-    result = _protocol(cfg, model, data.name, len(inputs), k, BINARIZATION_NOTE[protocol].format(seed=seed))
+    result = _protocol(cfg, model, data.name, len(inputs), t.k,
+                       BINARIZATION_NOTE[_data_protocol(cfg, model)].format(seed=cfg.data.binarization_seed))
     result["settings"] = settings
     if data.cache:  # a folder or array file: its name alone ("64") may not tell which
         result["data"] = data.source
-    # each process takes a contiguous share of the test images, in chunks of 1000; results
-    # are gathered in order
-    first, last = dist.shard(len(inputs))
-    chunks = [(i, min(last, i + 1000)) for i in range(first, last, 1000)]
-    if "nll" in metrics and model.has_density:
-        bits_dims = dims if cfg.data.binarization == "none" else None  # bits/dim for grey levels and colour
-        line = ProgressLine(f"evaluating {data.name} test (ELBO and IS-NLL, k={k})", len(inputs), show=progress,
-                            bar=progress_bar(total=len(inputs), desc=f"IS k={k}", show=progress))
-        result.update(_likelihood(model, inputs, chunks, k, dist, density, dims, bits_dims, line))
-        result.update(_diagnostics(model, inputs, dist, run_dir if figures and dist.main else None))
-    elif "nll" in metrics:
-        result.update(_reconstruction_only(model, inputs, chunks, dist))
-    if "nll" in metrics and cfg.data.binarization == "none":
-        empty = torch.empty(0, device=inputs.device)
-        psnr = dist.gather_rows(torch.cat([empty] + [reconstruction_psnr(model, *inputs.rows(i, j)[:2])
-                                                     for i, j in chunks]), len(inputs))
-        result["recon_psnr"], result["recon_psnr_stderr"] = _mean_stderr(psnr)
-    if "fd" in metrics and dist.main:
-        result.update(sample_quality(model, cfg, data, inputs, dev, progress, fd_classifier_steps))
-    if "fid" in metrics and dist.main:
-        result.update(inception_quality(model, inputs, dev, progress, metric=fid_metric))
-    if wanted and dist.main:
-        result.update(disentanglement(model, data, inputs, wanted, progress))
+    result.update(_metrics(t, o, wanted, fid_metric, run_dir if o.figures and dist.main else None))
     result["seconds"] = round(time.perf_counter() - start, 2)
     if write and target is not None and dist.main:
         write_json(target, result)
     return result
 
 
+def _settings(t: _TestPass, o: EvaluateOptions) -> dict[str, Any]:
+    """The k, n and metrics of an evaluation that differ from the defaults (None where
+    default): they name its file and are recorded in it."""
+    dims = math.prod(t.data.image_shape)
+    return {"k": None if t.k == default_k(dims) else t.k,
+            "n": None if len(t.inputs) == len(t.data.test) else len(t.inputs),
+            "metrics": None if tuple(o.metrics) == ("nll",) else list(o.metrics)}
+
+
+def _metrics(t: _TestPass, o: EvaluateOptions, wanted: list[str], fid_metric, figures: Path | None) -> dict[str, Any]:
+    """The results of each metric family asked for, in eval.json's order; the sample-quality and
+    disentanglement metrics on the main process only."""
+    result: dict[str, Any] = {}
+    if "nll" in o.metrics:
+        result.update(_likelihood_metrics(t, figures))
+    if "nll" in o.metrics and t.cfg.data.binarization == "none":
+        result.update(_psnr_metrics(t))
+    if not t.dist.main:
+        return result
+    if "fd" in o.metrics:
+        result.update(sample_quality(t.model, t.cfg, t.data, t.inputs, t.device, t.progress, o.fd_classifier_steps))
+    if "fid" in o.metrics:
+        result.update(inception_quality(t.model, t.inputs, t.device, t.progress, metric=fid_metric))
+    if wanted:
+        result.update(disentanglement(t.model, t.data, t.inputs, wanted, t.progress))
+    return result
+
+
+def _inception_metric(device: torch.device):
+    """The Inception FID metric (vaelab.quality), its library and weights loaded."""
+    from vaelab.quality import inception_metric
+
+    return inception_metric(device)
+
+
+def _warn_if_other_data(cfg, data) -> None:
+    """Warn when the data's fingerprint differs from the one the run trained on."""
+    if cfg.data.fingerprint and data.fingerprint and data.fingerprint != cfg.data.fingerprint:
+        print(f"warning: the data in {data.source} differ from those the run trained on "
+              f"(fingerprint {data.fingerprint}, was {cfg.data.fingerprint})", file=sys.stderr)
+
+
+def _check_options(o: EvaluateOptions) -> list[str]:
+    """Refuse what `evaluate` cannot do before any work, one line each; returns the
+    disentanglement metrics asked for (scikit-learn checked for them)."""
+    if o.n is not None and o.n <= 0:
+        raise ValueError(f"--n must be positive, got {o.n}")
+    unknown = [m for m in o.metrics if m not in METRICS]
+    if unknown or not o.metrics:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METRICS)}")
+    if o.k is not None and o.k <= 0:
+        raise ValueError(f"--k must be positive, got {o.k}")
+    if o.out is not None and Path(o.out).suffix.lower() != ".json":
+        raise ConfigError(f"{o.out}: the results are written as .json")
+    wanted = [m for m in o.metrics if m in DISENTANGLEMENT_METRICS]
+    if wanted:
+        require_sklearn()
+    return wanted
+
+
+def _check_factors(data, wanted: list[str]) -> None:
+    """Refuse disentanglement metrics the data cannot give: no factors, or (for the scores that
+    draw images with one factor fixed) factors an array file gave."""
+    if not wanted:
+        return
+    factors = data.require_factors(f"the {', '.join(wanted)} metric{'s' * (len(wanted) > 1)}")
+    drawn = [m for m in wanted if m in ("factorvae", "betavae")]
+    if drawn and factors.grid is None:
+        many = len(drawn) > 1
+        raise DataError(f"the {' and '.join(drawn)} score{'s' * many} draw{'s' * (not many)} images with one "
+                        "factor fixed, which only the "
+                        "factor datasets (dsprites, xyobject) can; use mig, dci or sap with an array file's "
+                        "factors")
+
+
+def _data_protocol(cfg, model) -> str:
+    """How the test images are scored (a key of BINARIZATION_NOTE): binarised as trained, or
+    undequantised levels dequantised once for a density and binned for a discretized one."""
+    protocol = cfg.data.binarization
+    if protocol == "none" and not model.likelihood.discrete:
+        return "dequantized"
+    if protocol == "none" and cfg.model.likelihood != "bernoulli":  # the logistic family: 256 bins a value
+        return "discretized"
+    return protocol
+
+
+@dataclass
+class _TestPass:
+    """What the metrics of one evaluation read: the run, its test images and the processes."""
+
+    cfg: Any
+    model: Any
+    data: Any
+    inputs: SplitInputs
+    dist: Dist
+    device: torch.device
+    progress: bool
+    k: int
+
+    @property
+    def chunks(self) -> list[tuple[int, int]]:
+        """This process's contiguous share of the test images, in chunks of 1000; results are
+        gathered in order."""
+        first, last = self.dist.shard(len(self.inputs))
+        return [(i, min(last, i + 1000)) for i in range(first, last, 1000)]
+
+
+def _likelihood_metrics(t: _TestPass, figures: Path | None) -> dict[str, Any]:
+    """Metric ``nll``: the ELBO and IS-NLL and what z encodes (active units, KL, I(x; z)) for a
+    model with a density; -log p(x | z = f(x)) for a plain autoencoder. `figures`: the folder
+    that gets kl_per_dim.png, or None."""
+    model, inputs, cfg = t.model, t.inputs, t.cfg
+    if not model.has_density:
+        return _reconstruction_only(model, inputs, t.chunks, t.dist)
+    dims = math.prod(t.data.image_shape)
+    bits_dims = dims if cfg.data.binarization == "none" else None  # bits/dim for grey levels and colour
+    line = ProgressLine(f"evaluating {t.data.name} test (ELBO and IS-NLL, k={t.k})", len(inputs), show=t.progress,
+                        bar=progress_bar(total=len(inputs), desc=f"IS k={t.k}", show=t.progress))
+    result = _likelihood(model, inputs, t.chunks, t.k, t.dist, not model.likelihood.discrete, dims, bits_dims, line)
+    result.update(_diagnostics(model, inputs, t.dist, figures))
+    return result
+
+
+def _psnr_metrics(t: _TestPass) -> dict[str, Any]:
+    """The reconstructions' PSNR (dB) over the test images, mean and standard error."""
+    empty = torch.empty(0, device=t.inputs.device)
+    psnr = t.dist.gather_rows(torch.cat([empty] + [reconstruction_psnr(t.model, *t.inputs.rows(i, j)[:2])
+                                                   for i, j in t.chunks]), len(t.inputs))
+    mean, stderr = _mean_stderr(psnr)
+    return {"recon_psnr": mean, "recon_psnr_stderr": stderr}
+
+
 SCALARS = {"mig": ("mig",), "dci": ("dci_disentanglement", "dci_completeness", "dci_informativeness"),
            "sap": ("sap",), "factorvae": ("factorvae_score",), "betavae": ("betavae_score",)}
+# each metric's headline numbers, at the top level of eval.json (what compare tabulates)
+RESULT_KEYS = {"nll": ("nll",), "fd": ("fd",), "fid": ("fid",), **SCALARS}
 
 
 def disentanglement(model, data, inputs: SplitInputs, metrics: list[str], progress: bool = False) -> dict[str, Any]:
@@ -671,7 +748,7 @@ def probe(run_dir: str | Path, options: ProbeOptions | None = None, *, write: bo
     if write:
         writable(Path(run_dir) / "probe.json")  # refused now, not after the probe has trained
     tune_malloc()
-    dev = resolve_device(device)
+    dev = resolve_device(run_device(run_dir, device))
     cfg, model = load_run(run_dir, dev)
     data = dataset or load_configured(cfg.data)
     data.require_labels("the probe")

@@ -43,8 +43,10 @@ __all__ = ["EvaluateOptions", "ScoreOptions", "OodOptions", "EncodeOptions", "Pr
            "options_of"]
 
 SPLITS = (AUTO, "test", "train", "all")
-# what --metrics takes: vaelab.evaluate.METRICS, written out so that --help needs no torch (a test checks them)
-METRICS = ("nll", "fd", "fid", "mig", "dci", "sap", "factorvae", "betavae")
+# what evaluate measures (--metrics), here so that --help needs no torch; vaelab.evaluate and
+# vaelab.disentangle read them from here
+DISENTANGLEMENT_METRICS = ("mig", "dci", "sap", "factorvae", "betavae")
+METRICS = ("nll", "fd", "fid", *DISENTANGLEMENT_METRICS)
 
 
 def option(default: Any, help: str | None, *, flag: str | None = None, aliases: tuple[str, ...] = (),
@@ -65,8 +67,10 @@ def option(default: Any, help: str | None, *, flag: str | None = None, aliases: 
     return dataclasses.field(default=default, metadata={**f.metadata, **extra})
 
 
-def _device(cli: str = AUTO) -> Any:
-    return option("cpu", f"(default {cli})", choices=DEVICES, cli_default=cli)
+def _device(cli: str = AUTO, default: str | None = None) -> Any:
+    """A device option: on the command line `cli`; in Python `default`, where None is a loaded
+    vaelab.Run's own device (the CPU for a run folder)."""
+    return option(default, f"(default {cli})", choices=DEVICES, cli_default=cli)
 
 
 def _seed(help: str = "(default 0)") -> Any:
@@ -114,7 +118,7 @@ class EvaluateOptions:
                   "(dsprites, xyobject), needs the vaelab[scores] extra (default nll)", metavar="M[,M]", parse="metrics")
     out: str | None = option(None, "write the results here instead (default RUN_DIR/eval.json, or eval-SETTINGS.json)",
                              metavar="FILE.json", parse="path")
-    device: str = _device()
+    device: str | None = _device()
     fd_classifier_steps: int = option(2000, "training steps of the fd metric's classifier", low=1,
                                       internal="the command line always trains it fully")
     figures: bool = option(True, "write kl_per_dim.png in the run folder", internal="the command line draws it")
@@ -179,7 +183,7 @@ class ScoreOptions:
     n: int | None = _n("score")
     seed: int = _seed(SEED_HELP)
     convert: bool = _convert()
-    device: str = _device()
+    device: str | None = _device()
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,7 @@ class ScoreCommand(ScoreOptions):
 
 @dataclass(frozen=True)
 class OodOptions:
-    """The options of [ood][vaelab.scores.ood] (``vaelab ood``'s flags).
+    """The options of [ood][vaelab.detection.ood] (``vaelab ood``'s flags).
 
     Examples:
         >>> from vaelab.options import OodOptions
@@ -217,7 +221,7 @@ class OodOptions:
     n: int | None = _n("score")
     seed: int = _seed(SEED_HELP)
     convert: bool = _convert()
-    device: str = _device()
+    device: str | None = _device()
     out: str | None = option(None, "where to write: an existing folder (or a path ending in /) gets the default names; "
                                    "else PREFIX.md, PREFIX.json and PREFIX.png (default RUN_DIR)", metavar="PREFIX",
                              parse="path")
@@ -244,7 +248,7 @@ class OodCommand(OodOptions):
 
 @dataclass(frozen=True)
 class EncodeOptions:
-    """The options of [encode][vaelab.scores.encode] (``vaelab encode``'s flags).
+    """The options of [encode][vaelab.codes.encode] (``vaelab encode``'s flags).
 
     Examples:
         >>> from vaelab.options import EncodeOptions
@@ -258,7 +262,7 @@ class EncodeOptions:
     n: int | None = _n("encode")
     seed: int = _seed(SEED_HELP)
     convert: bool = _convert()
-    device: str = _device()
+    device: str | None = _device()
 
 
 @dataclass(frozen=True)
@@ -286,7 +290,7 @@ class SampleCommand:
     mode: str = option("mean", "mean: decoder means (pixel probabilities); sample: draws x ~ p(x|z) (default mean)",
                        choices=("mean", "sample"))
     seed: int = _seed()
-    device: str = _device()
+    device: str = _device(default="cpu")
 
 
 @dataclass(frozen=True)
@@ -304,7 +308,7 @@ class ProbeOptions:
     hidden: int = option(256, "probe layer width (default 256)", flag="--probe-hidden", low=1, metavar="PROBE_HIDDEN")
     epochs: int = option(30, "(default 30)", flag="--probe-epochs", low=1, metavar="PROBE_EPOCHS")
     seed: int = _seed()
-    device: str = _device()
+    device: str | None = _device()
 
 
 @dataclass(frozen=True)
@@ -338,7 +342,7 @@ class PlotCommand:
                                           parse="dims", metavar="DIMS")
     weights: tuple[float, ...] | None = option(None, "combine: weights of the codes, e.g. 0.5,0.5", parse="numbers",
                                                metavar="WEIGHTS")
-    device: str = _device()
+    device: str = _device(default="cpu")
 
 
 # ----------------------------------------------------------------------------- compare, serve
@@ -362,7 +366,8 @@ class CompareOptions:
                                     metavar="SEEDS")
     base: tuple[str, ...] = option((), 'flags every variant shares, e.g. "--dataset mnist"', metavar="FLAGS",
                                    parse="words")
-    metrics: tuple[str, ...] = option(("nll",), "what evaluate measures per run: nll, fd (default nll)",
+    metrics: tuple[str, ...] = option(("nll",), "what evaluate measures per run, as vaelab evaluate --metrics takes "
+                                                "them: nll, fd, fid, mig, dci, sap, factorvae, betavae (default nll)",
                                       metavar="M[,M]", parse="metrics")
     k: int | None = option(None, "importance samples for nll (default: as vaelab evaluate, 1000 for MNIST-sized "
                                  "images, 100 for larger ones)", low=1, metavar="K")
@@ -392,7 +397,7 @@ class ServeCommand:
                                     "warns, since the page has no login)", metavar="HOST")
     port: int = option(8000, "(default 8000; 0 picks a free port)", parse="port", metavar="PORT")
     n: int = option(2000, "test images shown on the latent map (default 2000)", flag="--n-map", low=1, metavar="N")
-    device: str = _device("cpu")
+    device: str = _device("cpu", "cpu")
 
 
 @dataclass(frozen=True)

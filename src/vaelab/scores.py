@@ -1,5 +1,6 @@
 """Per-image scores of a trained model: which images are typical, which unusual, which from
-elsewhere; and the images' codes.
+elsewhere. The out-of-distribution metrics built on them are in vaelab.detection, the
+images' codes in vaelab.codes.
 
 One row per image, every score computed from the same k importance samples z_s ~ q(z|x),
 with noise tied to (image, seed) so that any chunking or number of processes gives the same
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from vaelab.batches import SplitInputs, model_inputs, read_rows
-from vaelab.checkpoint import loaded
+from vaelab.checkpoint import loaded, run_device
 from vaelab.config import ConfigError, did_you_mean
 from vaelab.data import DataError, Dataset
 from vaelab.distributions import GaussianChain
@@ -46,12 +46,12 @@ from vaelab.evaluate import decode_rows
 from vaelab.files import atomic_path, settings_tag, slug
 from vaelab.images import file_names
 from vaelab.noise import ExampleNoise
-from vaelab.options import EncodeOptions, OodOptions, ScoreOptions, options_of
+from vaelab.options import ScoreOptions, options_of
 from vaelab.runtime import Dist, ProgressLine, distributed, progress_bar, rebalance_threads, tune_malloc
 from vaelab.sources import distinct_names, is_path, load_configured
 
-__all__ = ["score", "encode", "ood", "Table", "write_table", "write_codes", "top_figure", "SCORES", "Score", "split_levels",
-           "ScoreContext", "score_batch", "model_traits", "detection", "typicality", "complexity_corrected", "png_bits"]
+__all__ = ["score", "Table", "write_table", "top_figure", "SCORES", "Score", "ScoreContext", "score_batch",
+           "model_traits", "complexity_corrected", "png_bits"]
 
 # images of a folder or array file are read from the disk cache chunk by chunk, never held
 # whole: memory stays flat in the number of images
@@ -100,7 +100,7 @@ def anomaly(column: str, values: np.ndarray) -> np.ndarray:
 class Table:
     """Columns of equal length, one row per image, and what they were made from.
 
-    What [score][vaelab.scores.score] and [encode][vaelab.scores.encode] return. Jupyter shows
+    What [score][vaelab.scores.score] and [encode][vaelab.codes.encode] return. Jupyter shows
     it as a DataFrame; ``table["log_px"]`` is a column.
 
     Attributes:
@@ -277,7 +277,7 @@ def scoring_data(cfg, spec: str | Dataset | None, model, progress: bool = True, 
     --background and test fraction); None: the run's own data. With `convert`, other data are
     read at the model's size and channels instead (grey repeated into RGB, RGB to grey by
     luminance, resized and centre-cropped). A folder or array file may have an empty split
-    (the split asked for is checked by _splits). `name`: the data's name in tables, printouts
+    (the split asked for is checked by splits_of). `name`: the data's name in tables, printouts
     and figures. Refuses data whose images then differ in shape from the model's in one line."""
     if isinstance(spec, Dataset):
         data = spec
@@ -304,18 +304,18 @@ def scoring_data(cfg, spec: str | Dataset | None, model, progress: bool = True, 
     return replace(data, name=name) if name else data
 
 
-def _held_out_only(spec, cfg) -> bool:
+def held_out_only(spec, cfg) -> bool:
     """Whether `auto` means the test split: for the run's own data and for a named dataset
     (its official test split); a folder or array file of other images is scored whole."""
     return spec is None or (isinstance(spec, str) and (spec == cfg.data.dataset or not is_path(spec)))
 
 
-def _check_split(split: str) -> None:
+def check_split(split: str) -> None:
     if split not in ("auto", "test", "train", "all"):
         raise ConfigError(f"unknown split {split!r}; choose auto, test, train or all")
 
 
-def _splits(data: Dataset, split: str, own: bool) -> list[str]:
+def splits_of(data: Dataset, split: str, own: bool) -> list[str]:
     if split == "auto":
         split = "test" if own else "all"
     if split not in ("test", "train", "all"):
@@ -769,18 +769,7 @@ def _score_split(model, inputs: SplitInputs, names: list[str], cols: list[str], 
             for key, v in parts.items()}
 
 
-def _device(run, device: str | None) -> str:
-    """The device asked for; else a vaelab.Run's own; else the CPU."""
-    return device if device is not None else getattr(run, "device", "cpu")
-
-
-def _load(run, device):
-    """(config, model) of a run folder, of a loaded (config, model) pair, or of a vaelab.Run
-    (the model it holds, on its device and at its precision)."""
-    return loaded(run, device)
-
-
-def _key_columns(data: Dataset, split: str, n: int) -> dict[str, np.ndarray]:
+def key_columns(data: Dataset, split: str, n: int) -> dict[str, np.ndarray]:
     cols: dict[str, np.ndarray] = {"split": np.full(n, split), "index": np.arange(n)}
     names = file_names(data, split)
     if names is not None:
@@ -808,7 +797,8 @@ def score(run, data=None, options: ScoreOptions | None = None, *, progress: bool
         n: score only the first n images of each split.
         seed: the noise seed; the same seed gives the same numbers for any chunking or number of
             processes.
-        device: ``"cpu"`` or ``"cuda"``.
+        device: ``"cpu"`` or ``"cuda"``; None: a loaded [Run][vaelab.api.Run]'s own device,
+            else the CPU.
         progress: show a progress bar.
         convert: read other data at the model's image size and channels (grey repeated into
             RGB, RGB to grey by luminance, resized and centre-cropped) instead of as the run
@@ -840,22 +830,22 @@ def score(run, data=None, options: ScoreOptions | None = None, *, progress: bool
     convert = o.convert
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
-    _check_split(split)
+    check_split(split)
     tune_malloc()
-    dist, dev = distributed(_device(run, device))
+    dist, dev = distributed(run_device(run, device))
     progress = progress and dist.main
-    cfg, model = _load(run, dev)
+    cfg, model = loaded(run, dev)
     model.eval()
     names, skip = chosen(model, scores, skip_levels)  # before the data: a bad choice is refused at once
     cols = column_names(model, names, skip)
     if check is not None:
         check(cols)
-    own = _held_out_only(data, cfg)
+    own = held_out_only(data, cfg)
     ds = scoring_data(cfg, data, model, progress, convert=convert,
                       name=None if isinstance(data, Dataset) else data_names(cfg, [data])[0])
     shift = density_shift(model)
     settings = {"k": k, "seed": seed, "skip": skip, "shift": shift}
-    splits = _splits(ds, split, own)
+    splits = splits_of(ds, split, own)
     sizes = {s: len(getattr(ds, s)) if n is None else min(n, len(getattr(ds, s))) for s in splits}
     bar = progress_bar(total=sum(sizes.values()), desc=f"scoring (k={k})", show=progress, unit="img")
     parts = []
@@ -863,14 +853,14 @@ def score(run, data=None, options: ScoreOptions | None = None, *, progress: bool
         inputs = model_inputs(model, cfg, getattr(ds, s).head(sizes[s]), len(ds.classes), dev, STREAM)
         line = ProgressLine(f"scoring {ds.name} {s}", sizes[s], show=progress, bar=bar)  # the bar spans the splits
         got = _score_split(model, inputs, names, cols, settings, dist, line)
-        parts.append({**_key_columns(ds, s, sizes[s]), **got})
+        parts.append({**key_columns(ds, s, sizes[s]), **got})
     bar.close()
-    return _joined(parts, ds, {"run": str(getattr(run, "path", run)) if not isinstance(run, tuple) else "",
+    return joined(parts, ds, {"run": str(getattr(run, "path", run)) if not isinstance(run, tuple) else "",
                                "data": ds.source, "dataset": ds.name, "split": "+".join(splits), "k": k,
                                "seed": seed, "binarization": cfg.data.binarization, "model": cfg.model.model})
 
 
-def _joined(parts: list[dict[str, np.ndarray]], ds: Dataset, info: dict[str, Any]) -> Table:
+def joined(parts: list[dict[str, np.ndarray]], ds: Dataset, info: dict[str, Any]) -> Table:
     """One table from the columns of each split; every image of a folder in file-name order."""
     columns = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     table = Table(columns, info, ds)
@@ -970,372 +960,6 @@ def top_figure(table: Table, n: int, by: str | None = None):
                       f"{table.info.get('dataset', '')} ranked by {label(by)}", inch=min(0.9, max(0.25, 14 / n)))
 
 
-# ----------------------------------------------------------------------------- codes
-
-
-@torch.inference_mode()
-def _codes(model, x, c, idx, samples: int, seed: int) -> dict[str, torch.Tensor]:
-    """Posterior means and standard deviations (B, D) of images x, and `samples` codes (B, S, D)."""
-    q = model.encode(x, c)
-    if isinstance(q, GaussianChain):  # each layer at the mean of the layer below
-        layers = q.layers()
-        out = {"mean": torch.cat([g.mean for g in layers], -1), "std": torch.cat([g.std for g in layers], -1)}
-    elif hasattr(q, "std"):
-        out = {"mean": q.mean, "std": q.std}
-    elif hasattr(q, "base"):  # flows: the base Gaussian's spread; the mean is pushed through the flows
-        out = {"mean": q.mean, "std": q.base.std}
-    else:  # an autoencoder's code
-        out = {"mean": q.mean}
-    if samples and "std" in out:
-        out["samples"] = q.rsample(samples, generator=ExampleNoise(idx, _key(seed, 0))).transpose(0, 1)
-    return out
-
-
-def encode(run, data=None, options: EncodeOptions | None = None, *, progress: bool = True, **settings: Any) -> Table:
-    """The posterior of every image of a dataset: means and standard deviations of q(z|x).
-
-    Args:
-        run: a run folder or a [Run][vaelab.api.Run].
-        data: as in [score][vaelab.scores.score]; None: the run's own data.
-        options: an [EncodeOptions][vaelab.options.EncodeOptions], or its fields as keywords:
-        split: ``"auto"`` and ``"all"``: every image, training and test alike (the ``split``
-            column says which is which); ``"test"`` or ``"train"``: that split only.
-        samples: S > 0 also draws S codes per image from q(z|x), with noise tied to each image.
-        n: only the first n images of each split.
-        seed: the noise seed of the samples.
-        device: ``"cpu"`` or ``"cuda"``.
-        progress: show a progress bar.
-        convert: as in [score][vaelab.scores.score]: other data read at the model's size and
-            channels.
-
-    Returns:
-        A [Table][vaelab.scores.Table] with ``split``, ``index``, ``file`` (folders), ``label``
-        (labelled data: class names as text; their indices are
-        ``[codes.data.classes.index(v) for v in codes["label"]]``), ``mean`` of shape (N, D) and
-        ``std`` of shape (N, D) and, with samples, ``samples`` of shape (N, S, D). A hierarchical
-        model's levels sit side by side, z_1 first (``info["levels"]`` gives their sizes and
-        ``info["level_shapes"]`` their shapes, [split_levels][vaelab.scores.split_levels] cuts
-        them apart): ``hvae``'s each given the mean of the level below, the ladder's each given
-        the means of the levels above; with flows, ``std`` is the base Gaussian's; an
-        autoencoder has its code as ``mean`` and no std.
-
-    Examples:
-        >>> codes = vaelab.encode(run, n=10, progress=False)   # the first 10 of each split
-        >>> codes["mean"].shape, codes["std"].shape, sorted(set(codes["split"].tolist()))
-        ((20, 2), (20, 2), ['test', 'train'])
-        >>> list(codes.to_pandas().columns)
-        ['split', 'index', 'label', 'mean_0', 'mean_1', 'std_0', 'std_1']
-    """
-    o = options_of(EncodeOptions, options, **settings)
-    split, samples, n, seed, device, convert = o.split, o.samples, o.n, o.seed, o.device, o.convert
-    if samples < 0:
-        raise ConfigError(f"samples must be 0 or more, got {samples}")
-    _check_split(split)
-    dist, dev = distributed(_device(run, device))
-    cfg, model = _load(run, dev)
-    model.eval()
-    if samples and not model.has_density:
-        raise ConfigError(f"the {cfg.model.model} model has one code per image and no posterior to sample; drop --samples")
-    ds = scoring_data(cfg, data, model, progress and dist.main, convert=convert,
-                      name=None if isinstance(data, Dataset) else data_names(cfg, [data])[0])
-    splits = _splits(ds, "all" if split == "auto" else split, False)
-    parts = []
-    bar = progress_bar(total=sum(len(getattr(ds, s)) for s in splits), desc="encoding", show=progress and dist.main,
-                       unit="img")
-    for s in splits:
-        inputs = model_inputs(model, cfg, getattr(ds, s).head(n), len(ds.classes), dev, STREAM)
-        line = ProgressLine(f"encoding {ds.name} {s}", len(inputs), show=progress and dist.main, bar=bar)
-        first, last = dist.shard(len(inputs))
-        keys = ["mean", "std", "samples"] if model.has_density else ["mean"]
-        keys = keys if samples else keys[:2]
-        width = {"mean": (model.latent_dim,), "std": (model.latent_dim,), "samples": (samples, model.latent_dim)}
-        got = {key: np.empty((last - first, *width[key]), dtype=np.float32) for key in keys}  # filled in place
-        for i in range(first, last, 1000):
-            x, c, _ = inputs.rows(i, min(last, i + 1000))
-            for key, v in _codes(model, x, c, inputs.index(i, min(last, i + 1000)), samples, seed).items():
-                got[key][i - first : i - first + len(x)] = v.float().cpu().numpy()
-            line.update(len(x) * dist.world)
-            rebalance_threads()  # follow this process's share of the CPUs
-        cols = {key: dist.gather_rows(torch.from_numpy(got[key]).to(dev), len(inputs)).cpu().numpy() for key in keys}
-        parts.append({**_key_columns(ds, s, len(inputs)), **cols})
-    bar.close()
-    return _joined(parts, ds, {"data": ds.source, "dataset": ds.name, "split": "+".join(splits),
-                               "model": cfg.model.model, "levels": list(getattr(model, "sizes", (model.latent_dim,))),
-                               "level_shapes": [list(s) for s in level_shapes(model)]})
-
-
-def level_shapes(model) -> tuple[tuple[int, ...], ...]:
-    """The shape of each latent level of `model`, z_1 first: (C, H, W) for a spatial level, (D,)
-    for a vector; one (D,) for a model of one code."""
-    return tuple(getattr(model, "level_shapes", None) or ((d,) for d in getattr(model, "sizes", (model.latent_dim,))))
-
-
-def split_levels(codes: Table, key: str = "mean") -> list[np.ndarray]:
-    """A code column of [encode][vaelab.scores.encode]'s table cut into its levels, each in its
-    own shape, z_1 (next to the data) first.
-
-    Args:
-        codes: the table of codes (its ``info["level_shapes"]`` gives the levels' shapes).
-        key: ``"mean"``, ``"std"`` or ``"samples"``.
-
-    Returns:
-        One array per level: (N, *shape) for ``mean`` and ``std``, (N, S, *shape) for
-        ``samples``; a spatial level's shape is (C, H, W), a vector's (D,).
-
-    Examples:
-        >>> from vaelab.scores import split_levels
-        >>> codes = vaelab.encode(run, split="test", n=5, progress=False)
-        >>> codes.info["level_shapes"], [v.shape for v in split_levels(codes)]
-        ([[2]], [(5, 2)])
-    """
-    shapes = [tuple(s) for s in codes.info["level_shapes"]]
-    values = codes[key]
-    cuts = np.cumsum([math.prod(s) for s in shapes])[:-1]
-    return [v.reshape(*v.shape[:-1], *s) for v, s in zip(np.split(values, cuts, axis=-1), shapes)]
-
-
-CODE_FORMATS = (".npz", ".parquet")
-
-
-def write_codes(table: Table, path: str | Path) -> Path:
-    """Write codes from [encode][vaelab.scores.encode] as .npz (arrays as they are, plus
-    ``levels``, the levels' sizes, and ``level_shapes``, their shapes written as ``--levels``
-    takes them: ``"8x14x14"``, ``"16"``) or .parquet (one column per dimension: ``mean_0``, ...,
-    ``std_0``, ...; the table's ``info``, levels and shapes included, in the file's metadata,
-    which pandas reads back as ``frame.attrs``).
-
-    Args:
-        table: the codes.
-        path: where, ending in .npz or .parquet.
-
-    Returns:
-        The path written.
-
-    Examples:
-        >>> import numpy as np
-        >>> from vaelab.scores import write_codes
-        >>> path = write_codes(vaelab.encode(run, split="test", n=5, progress=False), tmp + "/codes.npz")
-        >>> np.load(path)["mean"].shape, np.load(path)["levels"].tolist(), np.load(path)["level_shapes"].tolist()
-        ((5, 2), [2], ['2'])
-    """
-    path = Path(path)
-    if check_table_path(path, CODE_FORMATS) == ".npz":
-        shapes = np.asarray(["x".join(map(str, s)) for s in table.info.get("level_shapes", [])], dtype=str)
-        return write_table(Table({**table.columns, "levels": np.asarray(table.info["levels"]), "level_shapes": shapes},
-                                 table.info), path)
-    return write_table(Table(_flat(table.columns), table.info), path)
-
-
-# ----------------------------------------------------------------------------- out-of-distribution detection
-
-OOD_NOTE = ("No out-of-distribution data were used to train the model or to set any score: the model saw only "
-            "its own training images, each score's direction (which way is unusual) is fixed by its definition, "
-            "and the other data are only scored. (Whoever chose the model's settings should not have looked at "
-            "these results to do it.)")
-
-
-def detection(inside: np.ndarray, outside: np.ndarray) -> dict[str, float]:
-    """How well a score separates in-distribution from out-of-distribution images.
-
-    The out-of-distribution images are the positive class. NaN and +inf scores rank as most
-    unusual, -inf as least; all are counted in ``non_finite``. Needs scikit-learn.
-
-    Args:
-        inside: shape (N,), anomaly scores (larger = more unusual) of in-distribution images.
-        outside: shape (M,), the same score of out-of-distribution images.
-
-    Returns:
-        ``auroc``, ``auprc``, ``fpr80`` and ``fpr95`` (the share of in-distribution images flagged
-        at the threshold that catches 80% and 95% of the others), and ``non_finite``.
-
-    Examples:
-        >>> import numpy as np
-        >>> from vaelab.scores import detection
-        >>> d = detection(np.array([0.1, 0.2, 0.3, 0.9]), np.array([0.8, 1.0, 2.0]))
-        >>> round(d["auroc"], 3), d["fpr95"], d["non_finite"]
-        (0.917, 0.25, 0)
-    """
-    try:
-        from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
-    except ImportError:
-        raise ConfigError("out-of-distribution metrics need scikit-learn: pip install 'vaelab[scores]'") from None
-    y = np.r_[np.zeros(len(inside)), np.ones(len(outside))]
-    s = np.r_[inside, outside].astype(np.float64)
-    # an image can score infinitely unusual (an encoder's scale underflowing on an odd input):
-    # it ranks above every finite score; NaN (no score) ranks as most unusual too, and is counted
-    bad = int((~np.isfinite(s)).sum())
-    big = np.finfo(np.float64).max
-    s = np.clip(np.nan_to_num(s, nan=big, posinf=big, neginf=-big), -big, big)
-    fpr, tpr, _ = roc_curve(y, s)
-    at = {f"fpr{int(100 * t)}": float(fpr[np.searchsorted(tpr, t, side="left")]) for t in (0.8, 0.95)}
-    return {"auroc": float(roc_auc_score(y, s)), "auprc": float(average_precision_score(y, s)), **at,
-            "non_finite": bad}
-
-
-def typicality(train_nll: np.ndarray, inside: np.ndarray, outside: np.ndarray, sizes=(1, 2, 5, 10, 25),
-               alpha: float = 0.99, resamples: int = 1000, seed: int = 0) -> list[dict[str, float]]:
-    """The typicality test of Nalisnick et al. (2019) on batches of M images.
-
-    The statistic is |mean -log p(x) over the batch - H|, H the mean over training images; the
-    threshold is its `alpha` quantile over `resamples` batches drawn with replacement from the
-    training images. The test batches of each set are disjoint, in a seeded order.
-
-    Args:
-        train_nll: shape (T,), -log p(x) of training images.
-        inside: shape (N,), -log p(x) of in-distribution test images.
-        outside: shape (M,), -log p(x) of out-of-distribution images.
-        sizes: the batch sizes M to test.
-        alpha: the quantile that sets the threshold (the share of training batches let through).
-        resamples: bootstrap batches per M.
-        seed: the seed of the bootstrap and of the batch order.
-
-    Returns:
-        list: one dict per M, ``batch``, ``threshold``, ``flagged_in`` and ``flagged_out`` (shares of
-        batches flagged), and ``auroc`` of the statistic.
-
-    Examples:
-        >>> import numpy as np
-        >>> from vaelab.scores import typicality
-        >>> rng = np.random.default_rng(0)
-        >>> train, inside, outside = rng.normal(90, 5, 2000), rng.normal(90, 5, 500), rng.normal(80, 5, 500)
-        >>> rows = typicality(train, inside, outside, sizes=(1, 25))
-        >>> [r["batch"] for r in rows], rows[1]["flagged_out"] > 0.9, rows[1]["flagged_in"] < 0.1
-        ([1, 25], True, True)
-    """
-    rng = np.random.default_rng(seed)
-    train_nll = train_nll[np.isfinite(train_nll)]
-    h = float(train_nll.mean())
-    rows = []
-    for m in sizes:
-        if m > min(len(inside), len(outside)):
-            continue
-        boot = np.abs(rng.choice(train_nll, (resamples, m)).mean(1) - h)
-        eps = float(np.quantile(boot, alpha))
-        stat = [np.abs(rng.permutation(v)[: len(v) // m * m].reshape(-1, m).mean(1) - h) for v in (inside, outside)]
-        rows.append({"batch": m, "threshold": eps, "flagged_in": float((stat[0] > eps).mean()),
-                     "flagged_out": float((stat[1] > eps).mean()), **{"auroc": detection(*stat)["auroc"]}})
-    return rows
-
-
-def ood(run, inside=None, outside=(), options: OodOptions | None = None, *, progress: bool = True,
-        write: bool = True, **settings: Any) -> dict[str, Any]:
-    """Out-of-distribution detection: how well each of the model's scores tells its own kind of
-    image from others, and the batch typicality test.
-
-    Uses no out-of-distribution data to set anything: each score's direction is fixed by its
-    definition, and the other sets are only scored. Every data set is read, and every setting
-    checked, before the first image is scored.
-
-    Args:
-        run: a run folder or a [Run][vaelab.api.Run].
-        inside: the in-distribution data (None: the run's own), scored on its test split.
-        outside: one or more datasets (names, folders, array files) scored on `split`.
-        options: an [OodOptions][vaelab.options.OodOptions], or its fields as keywords:
-        split: the split of the outside sets, as in [score][vaelab.scores.score].
-        scores: names from [SCORES][vaelab.scores.SCORES]; None: every score the model has.
-        k: importance samples per image.
-        skip_levels: for a hierarchical model, the k of each LLR>k.
-        n: only the first n images of each set.
-        train_n: training images that set the typicality test's mean and threshold.
-        batch_sizes: the typicality test's batch sizes M.
-        seed: the noise and bootstrap seed.
-        device: ``"cpu"`` or ``"cuda"``.
-        progress: show progress bars.
-        write: write the report, the numbers and the score histograms: by default
-            ``RUN/ood-<in>-vs-<out>.md``, ``.json`` and ``.png``, named by the data sets compared
-            (and by k, n, seed, split and scores where they differ from the defaults), so that
-            another comparison never replaces them. The option ``out`` writes elsewhere: an
-            existing folder (or a path ending in ``/``) gets the default names; anything else is
-            a prefix, ``out.json``, ``out.md`` and ``out.png``. The option ``convert`` reads the
-            data at the model's size and channels, as in [score][vaelab.scores.score].
-
-    Returns:
-        A dict with ``results`` (outside set -> score -> [detection][vaelab.scores.detection]'s
-        metrics), ``typicality`` (outside set -> rows of [typicality][vaelab.scores.typicality]),
-        ``files`` (the paths written, by kind) and how it was made. Sets are named by the
-        shortest end of their path that tells them apart.
-
-    Examples:
-        >>> import numpy as np
-        >>> np.save(tmp + "/noise.npy", np.random.default_rng(0).random((50, 28, 28)).astype(np.float32))
-        >>> r = vaelab.ood(run, outside=[tmp + "/noise.npy"], k=5, n=50, train_n=100, progress=False, write=False)
-        >>> name = next(iter(r["results"]))
-        >>> name, r["results"][name]["log_px"]["auroc"] > 0.9
-        ('noise.npy', True)
-    """
-    o = options_of(OodOptions, options, **settings)
-    split, scores, k, skip_levels, n, seed, device = o.split, o.scores, o.k, o.skip_levels, o.n, o.seed, o.device
-    train_n, batch_sizes, out, convert = o.train_n, o.batch_sizes, o.out, o.convert
-    if isinstance(outside, (str, Dataset)):
-        outside = [outside]
-    if not outside:
-        raise ConfigError("give at least one out-of-distribution dataset (--out-of DATA)")
-    if k < 1:
-        raise ConfigError(f"k must be at least 1, got {k}")
-    _check_split(split)
-    need_sklearn()
-    device = _device(run, device)
-    dist, dev = distributed(device)
-    cfg, model = loaded = _load(run, dev)
-    model.eval()
-    chosen(model, scores, skip_levels)
-    names = _set_names(data_names(cfg, [inside, *outside]))
-    writes = (write or out is not None) and dist.main and (out is not None or not isinstance(run, tuple))
-    settings = {"split": split, "k": k, "n": n, "seed": seed, "scores": scores, "skip": skip_levels}
-    folder = Path(getattr(run, "path", run)) if out is None else None
-    if writes:  # where to write, checked before the data are read
-        ood_files(folder, names, out, settings)
-    # every data set read before the first is scored: a missing or misshapen one is refused at once
-    show = progress and dist.main
-    sets = [scoring_data(cfg, spec, model, show, convert=convert, name=name)
-            for spec, name in zip([inside, *outside], names)]
-    files = ood_files(folder, names, out, settings, [ds.source for ds in sets]) if writes else None
-    splits = ["test"] + ["test" if split == "auto" and _held_out_only(spec, cfg) else split for spec in outside]
-    for ds, spec_split in zip(sets, splits):
-        _splits(ds, "all" if spec_split == "auto" else spec_split, False)
-    common = {"scores": scores, "k": k, "skip_levels": skip_levels, "n": n, "seed": seed, "device": device,
-              "progress": progress}
-    tables = {"in": score(loaded, sets[0], split="test", **common)}
-    for ds, spec_split, name in zip(sets[1:], splits[1:], names[1:]):
-        tables[name] = score(loaded, ds, split=spec_split, **common)
-    result: dict[str, Any] = {"in": tables["in"].info, "out": {name: t.info for name, t in tables.items() if name != "in"},
-                              "k": k, "n": n, "note": OOD_NOTE, "positive": "out-of-distribution", "results": {}}
-    cols = ranked(tables["in"].scores)
-    for name, t in tables.items():
-        if name != "in":
-            result["results"][name] = {c: detection(anomaly(c, tables["in"][c]), anomaly(c, t[c])) for c in cols}
-    if "log_px" in cols:
-        train = score(loaded, sets[0], split="train", scores=["log_px"], k=k, n=train_n, seed=seed, device=device,
-                      progress=progress)
-        result["typicality"] = {name: typicality(-train["log_px"], -tables["in"]["log_px"], -t["log_px"],
-                                                 batch_sizes, seed=seed)
-                                for name, t in tables.items() if name != "in"}
-    result["best"] = {name: max(r, key=lambda c: r[c]["auroc"]) for name, r in result["results"].items()}
-    if files:
-        result["files"] = {kind: str(path) for kind, path in files.items()}
-        write_ood(result, tables, files)
-    return result
-
-
-def need_sklearn() -> None:
-    """Refuse at once, in one line, when scikit-learn (the out-of-distribution metrics) is missing."""
-    import importlib.util
-
-    if importlib.util.find_spec("sklearn") is None:
-        raise ConfigError("out-of-distribution metrics need scikit-learn: pip install 'vaelab[scores]'")
-
-
-def _set_names(names: list[str]) -> list[str]:
-    """`names` with repeats numbered (the same folder given twice), the first (in) kept."""
-    out: list[str] = []
-    for name in names:
-        base, i = name, 2
-        while name in out:
-            name, i = f"{base}-{i}", i + 1
-        out.append(name)
-    return out
-
-
 SCORE_DEFAULTS = {"split": "auto", "k": 100, "seed": 0}
 
 
@@ -1345,87 +969,3 @@ def table_path(run_dir: str | Path, table: Table, options: ScoreOptions) -> Path
     settings = {"split": options.split, "k": options.k, "n": options.n, "seed": options.seed,
                 "scores": options.scores, "skip": options.skip_levels}
     return Path(run_dir) / f"scores-{slug(table.info['dataset'])}{settings_tag(settings, SCORE_DEFAULTS)}.csv"
-
-
-def ood_files(folder: Path | None, names: list[str], out: str | Path | None, settings: dict[str, Any],
-              sources: list[str] | None = None) -> dict[str, Path]:
-    """The paths `ood` writes ({"json", "md", "png"}), checked writable before any work. By
-    default they are named by the data compared and the settings; when files of that name
-    hold a comparison of other data (folders whose paths end alike), a number is added,
-    so that they are kept. `sources`: the data's sources, in to out."""
-    from vaelab.files import writable
-
-    stem = f"ood-{slug(names[0])}-vs-{'+'.join(slug(x) for x in names[1:])}"
-    if len(stem) > 150:  # many sets: a short stable digest stands for the rest
-        import hashlib
-
-        stem = stem[:130] + "-" + hashlib.blake2b(stem.encode(), digest_size=6).hexdigest()
-    stem += settings_tag(settings, SCORE_DEFAULTS)
-    if out is not None:
-        text = str(out)
-        if Path(text).is_dir() or text.endswith(("/", os.sep)):
-            folder = Path(text)
-        else:
-            prefix = Path(text)
-            prefix = prefix.with_suffix("") if prefix.suffix.lower() in (".json", ".md", ".png") else prefix
-            folder, stem = prefix.parent, prefix.name
-    elif sources is not None:
-        base, i = stem, 2
-        while (other := _compared(folder / f"{stem}.json")) is not None and other != sources:
-            stem, i = f"{base}-{i}", i + 1
-    return {kind: writable(folder / f"{stem}.{kind}", "output file") for kind in ("json", "md", "png")}
-
-
-def _compared(path: Path) -> list[str] | None:
-    """The sources of the data an ood result file compared (in first), or None when there is
-    no such file; [] when it cannot be read (so it is not replaced)."""
-    import json
-
-    try:
-        r = json.loads(path.read_text())
-        return [r["in"]["data"], *(o["data"] for o in r["out"].values())]
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return []
-
-
-def name_of(result: dict[str, Any]) -> str:
-    """The first out-of-distribution set of an `ood` result."""
-    return next(iter(result["results"]))
-
-
-def ood_markdown(result: dict[str, Any]) -> str:
-    """The result of `ood` as a Markdown report."""
-    inside = result["in"]
-    lines = [f"# Out-of-distribution detection: {inside['dataset']} ({inside['split']}) as in-distribution", "",
-             f"Model: {inside['model']}; importance samples k = {result['k']}; binarisation: {inside['binarization']}.",
-             "The positive class is out-of-distribution; FPR80/FPR95: the share of in-distribution test images "
-             "flagged when 80%/95% of the others are.", "", result["note"], ""]
-    for name, rows in result["results"].items():
-        info = result["out"][name]
-        lines += [f"## {name} ({info['split']}, {info['data']})", "",
-                  "| score | AUROC | AUPRC | FPR80 | FPR95 |", "|---|---|---|---|---|"]
-        for col, m in sorted(rows.items(), key=lambda kv: -kv[1]["auroc"]):
-            lines.append(f"| {col} | {m['auroc']:.3f} | {m['auprc']:.3f} | {m['fpr80']:.3f} | {m['fpr95']:.3f} |")
-        if result.get("typicality"):
-            lines += ["", "Typicality test on batches of M images (-log p(x), threshold at the 99% bootstrap "
-                      "quantile over training images):", "", "| M | flagged in | flagged out | AUROC |", "|---|---|---|---|"]
-            lines += [f"| {r['batch']} | {r['flagged_in']:.3f} | {r['flagged_out']:.3f} | {r['auroc']:.3f} |"
-                      for r in result["typicality"][name]]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def write_ood(result: dict[str, Any], tables: dict[str, Table], files: dict[str, Path]) -> None:
-    """The report (.md), the numbers (.json) and the score histograms (.png) of an `ood`
-    result, each written atomically to the paths in `files`."""
-    from vaelab.files import atomic_write, write_json
-    from vaelab.plots import save_figure, score_histograms
-
-    write_json(files["json"], result)
-    atomic_write(files["md"], ood_markdown(result))
-    shown = {f"{result['in']['dataset']} (in)" if name == "in" else name: t for name, t in tables.items()}
-    fig = score_histograms({c: {name: t[c] for name, t in shown.items()} for c in result["results"][name_of(result)]},
-                           f"scores of {result['in']['dataset']} (in) and other data")
-    save_figure(fig, files["png"])
