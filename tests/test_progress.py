@@ -17,8 +17,8 @@ import torch
 
 import vaelab
 from vaelab.cli import main
+from vaelab.runlog import ProgressLog
 from vaelab.runtime import FIRST_LINE_S, LINE_S, ProgressLine
-from vaelab.training import ProgressLog
 
 LINE = re.compile(r"^(?P<what>.+): (?P<n>[\d,]+)/(?P<total>[\d,]+) (?P<unit>\w+)  (?P<rate>[\d.,]+) (?P=unit)/s  "
                   r"ETA (?P<eta>\d+:\d\d(:\d\d)?)$")

@@ -24,7 +24,8 @@ from vaelab.config import (
     unresolved,
 )
 from vaelab.models import build_model, check_config
-from vaelab.training import ProgressLog, kl_weight
+from vaelab.runlog import ProgressLog
+from vaelab.training import kl_weight
 
 ICONS = Path("/usr/share/icons/oxygen/base/32x32")
 requires_icons = pytest.mark.skipif(not ICONS.is_dir(), reason="apt-get install oxygen-icon-theme")

@@ -353,8 +353,10 @@ def test_the_scores_page_lists_the_registry(monkeypatch):
 
 
 def test_a_ladder_run_is_scored_per_level_and_at_every_skip_level(runs, tmp_path, capsys, monkeypatch):
+    from vaelab import detection as detection_module
     from vaelab import scores as scores_module
-    from vaelab.scores import default_rank, ood
+    from vaelab.detection import ood
+    from vaelab.scores import default_rank
 
     t = score(runs["ladder"], n=20, k=3, progress=False)
     assert {"kl", "kl_1", "kl_2", "kl_3", "llr_1", "llr_2", "log_px", "mse"} <= set(t.columns) and "kl_4" not in t
@@ -372,6 +374,7 @@ def test_a_ladder_run_is_scored_per_level_and_at_every_skip_level(runs, tmp_path
         raise AssertionError("data read before the refusal")
 
     monkeypatch.setattr(scores_module, "scoring_data", never)
+    monkeypatch.setattr(detection_module, "scoring_data", never)
     for argv in (["score", runs["ladder"], "--skip-levels", "1,3"], ["score", runs["ladder"], "--scores", "kl",
                                                                       "--skip-levels", "5"],
                  ["ood", runs["ladder"], "--out-of", tmp_path / "noise.npz", "--skip-levels", "3"]):

@@ -825,6 +825,113 @@ def eight_bit_epochs(facts: DataFacts) -> int:
     return max(1, min(EIGHT_BIT_MAX_EPOCHS, round(EIGHT_BIT_IMAGES / facts.n_train)))
 
 
+class _Picks:
+    """What a recipe fills in: the values by section ("model": {"hidden": ...}) and, in the
+    order chosen, each as text ("model.hidden": "32,64,128")."""
+
+    def __init__(self) -> None:
+        self.sections: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "train": {}}
+        self.chosen: dict[str, str] = {}
+
+    def __call__(self, where: str, value: Any) -> None:
+        section, name = where.split(".")
+        self.sections[section][name] = value
+        self.chosen[where] = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+    def get(self, where: str, default: Any) -> Any:
+        section, name = where.split(".")
+        return self.sections[section].get(name, default)
+
+
+def _recipe(model: str, facts: DataFacts) -> dict[str, dict[str, Any]]:
+    """The data's recipe, with the ladder's own fields over it for the ladder model."""
+    recipe = BINARY_RECIPE if facts.binary else EIGHT_BIT_RECIPE
+    if model == LADDER:
+        recipe = {k: {**v, **LADDER_RECIPE.get(k, {})} for k, v in recipe.items()}
+    return recipe
+
+
+def _pick_likelihood(cfg: Config, recipe: dict[str, dict[str, Any]], pick: _Picks) -> None:
+    """The binarisation and the likelihood, each following the other where one was set: an
+    explicit Bernoulli likelihood makes the binarisation dynamic, an explicit binarisation
+    picks the likelihood that models it."""
+    d, m = cfg.data, cfg.model
+    if d.binarization == AUTO:
+        if m.likelihood != AUTO:
+            pick("data.binarization", "dynamic" if m.likelihood == "bernoulli" else "none")
+        else:
+            pick("data.binarization", recipe["data"]["binarization"])
+    if m.likelihood == AUTO:
+        binary = pick.get("data.binarization", d.binarization) != "none"
+        pick("model.likelihood", "bernoulli" if binary else EIGHT_BIT_RECIPE["model"]["likelihood"])
+    if m.likelihood_scale == AUTO:
+        pick("model.likelihood_scale", recipe["model"]["likelihood_scale"])
+
+
+def _pick_net(m: ModelConfig, recipe: dict[str, dict[str, Any]], h: int, w: int, pick: _Picks) -> None:
+    """The net and its widths: the recipe's net where it fits h x w images (else the MLP),
+    and widths for it (the resnet's from the image size, the others' from NET_WIDTHS)."""
+    if m.net == AUTO:
+        net = recipe["model"]["net"]
+        if net == "resnet" and resnet_levels(h, w) < 2:
+            net = "mlp"  # too small, or sides not divisible by 4: no conv levels fit
+        pick("model.net", net)
+    net = pick.get("model.net", m.net)
+    if net == "resnet" and m.hidden is None and not resnet_levels(h, w):
+        raise ConfigError(f"the resnet net needs image sides divisible by 2 and at least 8 pixels, got {h}x{w}; "
+                          "pick an --image-size such as 32, or --net mlp")
+    if m.hidden is None and "hidden" in recipe["model"]:
+        pick("model.hidden", recipe["model"]["hidden"])
+    elif m.hidden is None:
+        if net == "resnet":
+            widths, mirror = resnet_widths(h, w), None
+        else:
+            widths, mirror = NET_WIDTHS.get(net, NET_WIDTHS["mlp"])
+        pick("model.hidden", widths)
+        if m.decoder_hidden is None and mirror is not None:
+            pick("model.decoder_hidden", mirror)
+
+
+def _pick_numbers(cfg: Config, recipe: dict[str, dict[str, Any]], pick: _Picks) -> None:
+    """The recipe's sizes and optimiser numbers left unset; the IWAE bound has no KL term to
+    warm up."""
+    m, t = cfg.model, cfg.train
+    for name in ("latent_dim", "res_blocks"):
+        if getattr(m, name) is None:
+            pick(f"model.{name}", recipe["model"][name])
+    for name in ("batch_size", "lr", "clip_grad", "kl_warmup"):
+        if getattr(t, name) is None:
+            pick(f"train.{name}", 0.0 if name == "kl_warmup" and t.objective == "iwae" else recipe["train"][name])
+
+
+def default_skip_grad(model: str, facts: DataFacts) -> float:
+    """--skip-grad left unset: off (0) but for the ladder, whose threshold grows with the
+    number of pixel values (LADDER_SKIP_PER_VALUE each); the other models' numbers do not move."""
+    return LADDER_SKIP_PER_VALUE * math.prod(facts.image_shape) if model == LADDER else 0.0
+
+
+def _pick_ladder(m: ModelConfig, facts: DataFacts, pick: _Picks) -> None:
+    """The ladder's levels, checked against the image size; the fields it does not read are
+    still resolved for a complete config.json, but not said."""
+    _, h, w = facts.image_shape
+    if m.levels == AUTO:
+        pick("model.levels", ladder_levels(facts))
+    check_levels(pick.get("model.levels", m.levels), h, w)
+    for unused in LADDER_IGNORES:
+        pick.chosen.pop(unused, None)
+
+
+def _pick_length(t: TrainConfig, recipe: dict[str, dict[str, Any]], facts: DataFacts, pick: _Picks) -> None:
+    """The epochs and the learning rate's decay: the binary recipe's own, or the 8-bit
+    recipe's from the number of images (`eight_bit_epochs`, EIGHT_BIT_LR_FALL over them)."""
+    if t.epochs is None:
+        pick("train.epochs", recipe["train"]["epochs"] if facts.binary else eight_bit_epochs(facts))
+    if t.lr_decay is None:
+        decay = recipe["train"]["lr_decay"] if facts.binary else \
+            round(EIGHT_BIT_LR_FALL ** (1 / eight_bit_epochs(facts)), 6)
+        pick("train.lr_decay", decay)
+
+
 def resolve(cfg: Config, facts: DataFacts) -> tuple[Config, dict[str, str]]:
     """Fill every field left to the recipe (AUTO names, None numbers) from the data.
 
@@ -833,73 +940,17 @@ def resolve(cfg: Config, facts: DataFacts) -> tuple[Config, dict[str, str]]:
     other choices follow them: an explicit Bernoulli likelihood makes the binarisation
     dynamic, an explicit binarisation picks the likelihood that models it.
     """
-    d, m, t = cfg.data, cfg.model, cfg.train
-    recipe = BINARY_RECIPE if facts.binary else EIGHT_BIT_RECIPE
+    m, (_, h, w) = cfg.model, facts.image_shape
+    recipe, pick = _recipe(m.model, facts), _Picks()
+    _pick_likelihood(cfg, recipe, pick)
+    _pick_net(m, recipe, h, w, pick)
+    _pick_numbers(cfg, recipe, pick)
+    if cfg.train.skip_grad is None:
+        pick("train.skip_grad", default_skip_grad(m.model, facts))
     if m.model == LADDER:
-        recipe = {k: {**v, **LADDER_RECIPE.get(k, {})} for k, v in recipe.items()}
-    chosen: dict[str, str] = {}
-    data, model, train = {}, {}, {}
-
-    def pick(section: dict[str, Any], name: str, value: Any, where: str) -> None:
-        section[name] = value
-        chosen[where] = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-    binary_likelihood = m.likelihood == "bernoulli"
-    if d.binarization == AUTO:
-        if m.likelihood != AUTO:
-            pick(data, "binarization", "dynamic" if binary_likelihood else "none", "data.binarization")
-        else:
-            pick(data, "binarization", recipe["data"]["binarization"], "data.binarization")
-    binarization = data.get("binarization", d.binarization)
-    if m.likelihood == AUTO:
-        pick(model, "likelihood", "bernoulli" if binarization != "none" else
-             EIGHT_BIT_RECIPE["model"]["likelihood"], "model.likelihood")
-    if m.likelihood_scale == AUTO:
-        pick(model, "likelihood_scale", recipe["model"]["likelihood_scale"], "model.likelihood_scale")
-    _, h, w = facts.image_shape
-    if m.net == AUTO:
-        net = recipe["model"]["net"]
-        if net == "resnet" and resnet_levels(h, w) < 2:
-            net = "mlp"  # too small, or sides not divisible by 4: no conv levels fit
-        pick(model, "net", net, "model.net")
-    net = model.get("net", m.net)
-    if net == "resnet" and m.hidden is None and not resnet_levels(h, w):
-        raise ConfigError(f"the resnet net needs image sides divisible by 2 and at least 8 pixels, got {h}x{w}; "
-                          "pick an --image-size such as 32, or --net mlp")
-    if m.hidden is None and "hidden" in recipe["model"]:
-        pick(model, "hidden", recipe["model"]["hidden"], "model.hidden")
-    elif m.hidden is None:
-        if net == "resnet":
-            widths, mirror = resnet_widths(h, w), None
-        else:
-            widths, mirror = NET_WIDTHS.get(net, NET_WIDTHS["mlp"])
-        pick(model, "hidden", widths, "model.hidden")
-        if m.decoder_hidden is None and mirror is not None:
-            pick(model, "decoder_hidden", mirror, "model.decoder_hidden")
-    for name in ("latent_dim", "res_blocks"):
-        if getattr(m, name) is None:
-            pick(model, name, recipe["model"][name], f"model.{name}")
-    for name in ("batch_size", "lr", "clip_grad", "kl_warmup"):
-        if getattr(t, name) is None:
-            # the IWAE bound has no KL term to warm up
-            pick(train, name, 0.0 if name == "kl_warmup" and t.objective == "iwae" else recipe["train"][name],
-                 f"train.{name}")
-    if t.skip_grad is None:  # off but for the ladder: the other models' numbers do not move
-        skip = LADDER_SKIP_PER_VALUE * math.prod(facts.image_shape) if m.model == LADDER else 0.0
-        pick(train, "skip_grad", skip, "train.skip_grad")
-    if m.model == LADDER:
-        if m.levels == AUTO:
-            pick(model, "levels", ladder_levels(facts), "model.levels")
-        check_levels(model.get("levels", m.levels), h, w)
-        for unused in LADDER_IGNORES:  # resolved for a complete config.json, but not said: the ladder reads none
-            chosen.pop(unused, None)
-    if t.epochs is None:
-        pick(train, "epochs", recipe["train"]["epochs"] if facts.binary else eight_bit_epochs(facts), "train.epochs")
-    if t.lr_decay is None:
-        decay = recipe["train"]["lr_decay"] if facts.binary else \
-            round(EIGHT_BIT_LR_FALL ** (1 / eight_bit_epochs(facts)), 6)
-        pick(train, "lr_decay", decay, "train.lr_decay")
-    return cfg.replace(data=data, model=model, train=train), chosen
+        _pick_ladder(m, facts, pick)
+    _pick_length(cfg.train, recipe, facts, pick)
+    return cfg.replace(**pick.sections), pick.chosen
 
 
 # the fields a recipe fills when they are left unset (AUTO names, None numbers)

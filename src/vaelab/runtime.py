@@ -1,5 +1,5 @@
 """Process-level settings: device choice, malloc tuning, threads, the torchrun process group, precision,
-progress bars and progress lines."""
+progress bars and progress lines, and stop signals taken at safe points."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -742,6 +744,44 @@ def leave_process_group() -> bool:
         return False
     torch.distributed.destroy_process_group()
     return True
+
+
+class StopSignals:
+    """While entered, SIGINT (Ctrl-C) and SIGTERM (what schedulers send) only set a flag that
+    a loop checks at its safe points (`requested`), so no file is left half written; a second
+    Ctrl-C interrupts at once. Only installed in the main thread."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def requested(self, dist: Dist, device: torch.device) -> bool:
+        """Whether any process got a signal (a collective under torchrun: every process calls
+        it at the same step, so all stop together); then `signum` is set in every process."""
+        if dist.any(self.signum is not None, device):
+            self.signum = self.signum or signal.SIGTERM
+            return True
+        return False
+
+    @property
+    def name(self) -> str:
+        """The signal's name, such as SIGTERM."""
+        return signal.Signals(self.signum).name
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -9,17 +9,10 @@ the default learning-rate schedule does not depend on the total number of epochs
 
 from __future__ import annotations
 
-import json
 import math
-import platform
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import threading
 import time
-import traceback
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,7 +21,6 @@ from typing import Any
 
 import torch
 
-from vaelab import __version__
 from vaelab.batches import TRAIN_KEY, Batches, SplitInputs, binarization_key, memory_budget, model_inputs
 from vaelab.checkpoint import RunError, checkpoint_epoch, load_checkpoint, load_config, read_metrics, save_checkpoint
 from vaelab.config import Config, ConfigError, TrainConfig, choose, parse_denoise, resolve
@@ -37,16 +29,22 @@ from vaelab.files import RunLock, atomic_write, ensure_dir, write_json
 from vaelab.models import active_units, bind_objective, build_model, check_config, check_data_fit
 from vaelab.noise import ExampleNoise, keep_noise_out_of_compile
 from vaelab.objectives import Schedule
-from vaelab.plots import image_grid, save_png
+from vaelab.runlog import (
+    Board,
+    ProgressLog,
+    print_choices,
+    print_epoch,
+    record_resume,
+    record_start,
+    write_metrics,
+    write_pictures,
+)
 from vaelab.runtime import (
     Dist,
-    ProgressLine,
+    StopSignals,
     ThreadPolicy,
-    active_threads,
     autocast_dtype,
-    clock_time,
     cpu_bf16,
-    cpu_name,
     distributed,
     progress_bar,
     progress_lines,
@@ -149,44 +147,15 @@ class TrainingStopped(RuntimeError):
         self.exit_code = 128 + signum
 
 
-class StopSignals:
-    """While training, SIGINT (Ctrl-C) and SIGTERM (what schedulers send) only set a flag
-    that the loop checks after each step and each checkpoint, so no file is left half
-    written; a second Ctrl-C interrupts at once. Only installed in the main thread."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-    def poll(self, dist: Dist, device: torch.device, run_dir: Path, epoch: int, step: int) -> None:
-        """Stop if any process got a signal (a collective under torchrun: every process
-        calls it at the same step, so all stop together)."""
-        if dist.any(self.signum is not None, device):
-            self.signum = self.signum or signal.SIGTERM
-            self.check(run_dir, epoch, step)
-
-    def check(self, run_dir: Path, epoch: int, step: int) -> None:
-        if self.signum is None:
-            return
-        name = signal.Signals(self.signum).name
-        kept = (f"the checkpoint of epoch {epoch} is kept; continue with: vaelab train --resume {run_dir}"
-                if epoch else "no epoch had finished, so there is no checkpoint yet; start the run again")
-        raise TrainingStopped(f"{name} received: stopped after step {step}; {kept}", self.signum)
+def _stop_if_asked(stop: StopSignals, dist: Dist, device: torch.device, run_dir: Path, epoch: int,
+                   step: int) -> None:
+    """Raise TrainingStopped if any process got SIGINT or SIGTERM (a collective: every process
+    calls it at the same step)."""
+    if not stop.requested(dist, device):
+        return
+    kept = (f"the checkpoint of epoch {epoch} is kept; continue with: vaelab train --resume {run_dir}"
+            if epoch else "no epoch had finished, so there is no checkpoint yet; start the run again")
+    raise TrainingStopped(f"{stop.name} received: stopped after step {step}; {kept}", stop.signum)
 
 
 PACE_EPOCHS = 5
@@ -214,31 +183,6 @@ def _kept(run_dir: Path, epoch: int) -> str:
     if epoch == 0:
         return "No epoch had finished, so no checkpoint was written"
     return f"The last good checkpoint (epoch {epoch}) is kept in {run_dir}/checkpoint"
-
-
-def provenance(device: torch.device, dist: Dist = Dist()) -> dict[str, Any]:
-    """What made this run: versions, the source's git commit, the machine and the command."""
-    here = Path(__file__).resolve().parent
-    commit = None
-    try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        if out.returncode == 0:
-            dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
-            commit = out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    choice = active_threads()
-    return {"vaelab_version": __version__, "git_commit": commit, "torch_version": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "host": socket.gethostname(),
-            "device": f"{device.type}: {name}", "threads": torch.get_num_threads(), "processes": dist.world,
-            "thread_choice": choice.record() if choice is not None else None, "command": sys.argv,
-            "started": datetime.now().isoformat(timespec="seconds")}
-
-
-def _write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
-    atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
 
 
 def learning_rate(t: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -340,47 +284,6 @@ class SkippedSteps:
         self.in_a_row = 0
 
 
-class ProgressLog(ProgressLine):
-    """When stdout goes to a log (a file, CI, nohup) or no bar can be drawn, print a line every
-    LINE_S seconds of a long epoch (the first FIRST_LINE_S seconds in): step, images/s, the mean
-    loss and KL so far, and the time left in the epoch and in the run. The timing and the
-    replaceable `clock` are ProgressLine's, so tests need no real waiting."""
-
-    def __init__(self, epochs: int, steps_per_epoch: int, batch_size: int, show: bool) -> None:
-        super().__init__("training", steps_per_epoch, "steps", show)
-        self.epochs, self.steps, self.batch = epochs, steps_per_epoch, batch_size
-        self.epoch, self.sums, self.count = 0, {}, 0
-        self.run_start = self.start
-        self.steps_done = 0
-
-    def start_epoch(self, epoch: int) -> None:
-        self.epoch, self.sums, self.count = epoch, {}, 0
-        self.restart()
-
-    def step(self, i: int, terms: dict[str, torch.Tensor]) -> None:
-        """After step i (1-based) of the epoch, with its per-example terms."""
-        self.steps_done += 1
-        if not self.show:
-            return
-        for k in ("loss", "kl"):
-            if k in terms:
-                self.sums[k] = self.sums.get(k, 0.0) + float(terms[k].detach().sum())
-        self.count += len(terms["loss"])
-        if i == self.steps:
-            return
-        now = self.due()
-        if now is None:
-            return
-        elapsed = max(now - self.start, 1e-9)
-        per_step = max(now - self.run_start, 1e-9) / self.steps_done
-        left_epoch = (self.steps - i) * elapsed / i
-        left_run = left_epoch + (self.epochs - self.epoch) * self.steps * per_step
-        kl = f"  KL {self.sums['kl'] / self.count:.2f}" if "kl" in self.sums else ""
-        print(f"epoch {self.epoch}/{self.epochs}  step {i}/{self.steps}  loss {self.sums['loss'] / self.count:.2f}"
-              f"{kl}  {i * self.batch / elapsed:.0f} images/s  epoch left {clock_time(left_epoch)}  "
-              f"run left ~{clock_time(left_run)}", flush=True)
-
-
 def default_run_dir(cfg: Config) -> Path:
     """The folder a run goes to when none is given: ``runs/<dataset>-<model>-<date-time>``."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -423,122 +326,6 @@ def test_elbo(model, inputs: SplitInputs, batch_size: int = 2000, seed: int = 0,
                                    for k in keys]))
     model.train(was_training)
     return {k: float(v) / len(inputs) for k, v in zip(keys, total)}
-
-
-@torch.no_grad()
-def write_pictures(model, run_dir: Path, x: torch.Tensor, sample_seed: int,
-                   c: torch.Tensor | None = None) -> dict[str, Any]:
-    """recon.png: up to 32 test images `x` (spread over the test split) in rows of 8, each
-    row above its reconstructed means; samples.png: decoded means of 64 draws from the model's prior, always drawn
-    with `sample_seed`, so epochs compare
-    (conditional models: row r drawn under the condition of test image r mod n).
-    Returns the two uint8 grids, {"recon": ..., "samples": ...}, (H, W) or (H, W, 3)."""
-    was_training = model.training
-    model.eval()
-    recon = model.decode(model.encode(x, c).mean, c).mean.clamp(0, 1)
-    width = min(8, len(x))
-    blank = torch.ones(width, *x.shape[1:], device=x.device)
-
-    def row(t: torch.Tensor) -> torch.Tensor:  # a row of `width` images, padded with white
-        return torch.cat([t, blank[len(t):]])
-
-    rows = torch.cat([torch.cat([row(x[i : i + 8]), row(recon[i : i + 8])]) for i in range(0, len(x), 8)])
-    # a learned prior (mog, vamp, hvae) moves during training: draw from the current one
-    cs = None if c is None else c[torch.arange(64, device=x.device) // 8 % len(c)]
-    samples = model.sample(64, generator=torch.Generator(x.device).manual_seed(sample_seed), c=cs)
-    grids = {"recon": image_grid(rows, nrow=width), "samples": image_grid(samples.mean.clamp(0, 1), nrow=8)}
-    for name, grid in grids.items():
-        save_png(grid, run_dir / f"{name}.png")
-    model.train(was_training)
-    return grids
-
-
-# ----------------------------------------------------------------------------- TensorBoard
-
-
-class Board:
-    """TensorBoard events in RUN/tensorboard (so `tensorboard --logdir runs` compares runs),
-    when tensorboard is installed (``pip install "vaelab[tensorboard]"``); otherwise nothing.
-
-    Events are stepped by epoch. purge_step = `first_epoch`: TensorBoard hides the events a
-    killed run wrote for epochs after its last checkpoint, which this run redoes. The events
-    only copy what metrics.jsonl and the pictures hold, so a write that fails (a full disk,
-    also inside tensorboard's writer thread) turns them off with one warning instead of
-    stopping the run."""
-
-    def __init__(self, run_dir: Path, first_epoch: int) -> None:
-        self.writer, self.failed = None, False
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return
-        self._hook, threading.excepthook = threading.excepthook, self._thread_failed
-        self._do(lambda: setattr(self, "writer", SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_epoch)))
-
-    def _thread_failed(self, args) -> None:
-        frames = traceback.extract_tb(args.exc_traceback)
-        if any("tensorboard" in f.filename for f in frames):
-            return  # its writer thread: the error comes back at the next flush, where _do says it
-        self._hook(args)
-
-    def _do(self, fn) -> None:
-        if self.failed:
-            return
-        try:
-            fn()
-        except Exception as e:  # noqa: BLE001 - any failure of an optional copy of the metrics
-            self.failed, self.writer = True, None
-            what = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-            print(f"warning: TensorBoard events are off for this run: writing them failed ({what}); "
-                  "metrics.jsonl and the pictures are unaffected", file=sys.stderr)
-
-    def epoch(self, record: dict[str, Any], pictures: dict[str, Any]) -> None:
-        if self.writer is not None:
-            self._do(lambda: log_epoch(self.writer, record, pictures))
-
-    def hparams(self, cfg: Config, record: dict[str, Any]) -> None:
-        if self.writer is not None:
-            self._do(lambda: log_hparams(self.writer, cfg, record))
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self._do(self.writer.close)
-        if hasattr(self, "_hook"):
-            threading.excepthook = self._hook
-
-
-def log_epoch(board, record: dict[str, Any], pictures: dict[str, Any]) -> None:
-    """An epoch's record at step = epoch: every loss term (train_kl -> train/kl, test_elbo ->
-    test/elbo), lr, images_per_s, and the picture grids written this epoch. Flushed, so
-    that an epoch's events are on disk before its checkpoint."""
-    epoch = record["epoch"]
-    for key, value in record.items():
-        split, _, term = key.partition("_")
-        if split in ("train", "test"):
-            board.add_scalar(f"{split}/{term}", value, epoch)
-    board.add_scalar("lr", record["lr"], epoch)
-    board.add_scalar("images_per_s", record["examples_per_s"], epoch)
-    if "active_units" in record:
-        board.add_scalar("active_units", record["active_units"], epoch)
-    for name, grid in pictures.items():
-        board.add_image(name, grid, epoch, dataformats="HW" if grid.ndim == 2 else "HWC")
-    board.flush()
-
-
-def log_hparams(board, cfg: Config, record: dict[str, Any]) -> None:
-    """The config (flattened: model.latent_dim, train.lr...) with the final test metrics
-    (hparam/test_elbo...), for TensorBoard's HPARAMS tab.
-
-    run_name "." writes them into the run's own tensorboard folder, so the tab has one row
-    per run folder, next to its curves (torch's default is a new timestamped subfolder per
-    call). TensorBoard keeps the first hyperparameters a folder records, so train.epochs,
-    which --resume may raise, is the metric hparam/epochs instead."""
-    hparams = {f"{section}.{name}": ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-               for section, values in cfg.to_dict().items() for name, value in values.items()
-               if (section, name) != ("train", "epochs")}
-    metrics = {f"hparam/{k}": v for k, v in record.items() if k.startswith("test_")}
-    metrics["hparam/epochs"] = record["epoch"]
-    board.add_hparams(hparams, metrics, run_name=".", global_step=record["epoch"])
 
 
 def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
@@ -668,16 +455,6 @@ def _load_data(cfg: Config, progress: bool, dist: Dist, device: torch.device):
     return data if dist.main else load_configured(cfg.data, progress=False)
 
 
-def _print_choices(chosen: dict[str, str], facts) -> None:
-    """One line naming every setting chosen from the data (config.json records them all)."""
-    if not chosen:
-        return
-    c, h, w = facts.image_shape
-    kind = "binary" if facts.binary else ("8-bit grey" if c == 1 else "8-bit colour")
-    parts = ", ".join(f"{name.split('.', 1)[1]} {value}" for name, value in chosen.items())
-    print(f"chosen from the data ({facts.n_train} {kind} training images of {c}x{h}x{w}): {parts}", flush=True)
-
-
 @dataclass
 class Session:
     """What one training call sets up once and its loop reads: the resolved config, the
@@ -726,16 +503,16 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
             # metrics first, then the checkpoint: a kill in between leaves a record for an epoch
             # the checkpoint does not have, which resuming drops and recomputes identically
             # (and TensorBoard hides, by the resumed writer's purge_step)
-            _write_metrics(run_dir, s.records)
+            write_metrics(run_dir, s.records)
             if board is not None:
                 board.epoch(record, pictures)
             # the data generators are all of a run's random state: model noise is tied to (step, image)
             save_checkpoint(run_dir, s.model, s.optimizer, {**s.info, "epoch": s.epoch, "step": s.step},
                             rng=s.batches.rng_state())
         if verbose:
-            _print_epoch(s, record)
+            print_epoch(record, s.model.latent_dim, dist)
         dist.barrier()  # nobody starts the next epoch before rank 0's checkpoint is on disk
-        stop.poll(dist, device, run_dir, s.epoch, s.step)
+        _stop_if_asked(stop, dist, device, run_dir, s.epoch, s.step)
     if s.epoch < t.epochs and verbose:  # the loop ended early: the time budget is spent
         print(_budget_note(t, s.records, s.epoch), flush=True)
     if board is not None and s.epoch >= first_epoch:  # this call trained: the final metrics are new
@@ -793,7 +570,7 @@ def _configure(cfg: Config, data, resume: bool, verbose: bool, dist: Dist) -> tu
     facts = data.facts()
     cfg, chosen = resolve(cfg, facts)
     if verbose and not resume:
-        _print_choices(chosen, facts)
+        print_choices(chosen, facts)
         if cfg.data.binarization != "none" and not facts.binary:
             print(f"note: binarising 8-bit images as asked ({cfg.data.binarization}): each pixel becomes 0 or 1 "
                   "with probability pixel/255; leave --binarization unset to model the 256 levels",
@@ -853,21 +630,15 @@ def _resume_state(s: Session) -> None:
     s.batches.set_rng_state(rng)
     s.records = read_metrics(s.run_dir, upto=s.epoch)
     if s.dist.main:
-        try:
-            prov = json.loads((s.run_dir / "run.json").read_text())
-        except (OSError, ValueError):
-            prov = {}
-        prov = prov if isinstance(prov, dict) else {}
-        prov.setdefault("resumed", []).append({**provenance(s.device, s.dist), "from_epoch": s.epoch})
-        write_json(s.run_dir / "run.json", prov)
+        record_resume(s.run_dir, s.device, s.dist, s.epoch)
         write_json(s.run_dir / "config.json", s.cfg.to_dict())  # resume() may have changed the epochs
 
 
 def _start_run_folder(s: Session, data, budget: int) -> None:
     if s.dist.main:
         write_json(s.run_dir / "config.json", s.cfg.to_dict())
-        write_json(s.run_dir / "run.json", provenance(s.device, s.dist))
-        _write_metrics(s.run_dir, s.records)
+        record_start(s.run_dir, s.device, s.dist)
+        write_metrics(s.run_dir, s.records)
         if data.skipped:
             atomic_write(s.run_dir / "skipped_images.txt", "\n".join(data.skipped) + "\n")
             print(f"skipped {len(data.skipped)} unreadable image(s); listed in "
@@ -899,7 +670,7 @@ def _run_epoch(s: Session, stop: StopSignals, log: ProgressLog, progress: bool):
         if periodic and terms is not None:
             bar.set_postfix(loss=f"{value:.2f}", lr=f"{lr:.2e}")
         if periodic or not dist.active:  # one process: after every step; several: all at the same steps
-            stop.poll(dist, s.device, s.run_dir, s.epoch, s.step)
+            _stop_if_asked(stop, dist, s.device, s.run_dir, s.epoch, s.step)
         if terms is not None:
             log.step(i + 1, terms)
         _follow_threads(s)
@@ -999,20 +770,6 @@ def end_of_epoch(s: Session, sums: dict[str, torch.Tensor], n_used: int, lr: flo
         s.skips.large_count = 0
     s.records.append(record)
     return record
-
-
-def _print_epoch(s: Session, record: dict[str, Any]) -> None:
-    """The one-line summary of an epoch on stdout."""
-    if "test_elbo" in record:
-        shown, label = record["test_elbo"], "test ELBO"
-    else:
-        shown, label = -record["test_loss"], "test log p(x|z)"
-    procs = f" ({s.dist.world} processes)" if s.dist.active else ""
-    latent = ""
-    if "test_kl" in record:
-        latent = f"  KL {record['test_kl']:7.2f}  active units {record['active_units']}/{s.model.latent_dim}"
-    print(f"epoch {s.epoch:3d}  train loss {record['train_loss']:8.2f}  {label} {shown:8.2f}{latent}  "
-          f"{record['examples_per_s']:8.0f} images/s{procs}", flush=True)
 
 
 def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = True, dataset=None,
