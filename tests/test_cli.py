@@ -201,23 +201,32 @@ def test_help_needs_no_torch():
 
 
 def test_registry_names_read_from_source_equal_the_live_registries():
-    import dataclasses
     import importlib
 
-    from vaelab.cli import registry_names
-    from vaelab.config import Config
+    from vaelab.catalogue import HOMES, registry_names
 
-    paths = {f.metadata["registry"] for s in ("data", "model", "train")
-             for f in dataclasses.fields(getattr(Config(), s)) if f.metadata.get("registry")}
-    assert len(paths) >= 8
-    for path in paths:
-        module, name = path.split(":")
+    assert len(HOMES) >= 10
+    for module, name in HOMES.values():
         live = list(getattr(importlib.import_module(module), name))
         saved = sys.modules.pop(module)
         try:
-            assert registry_names(path) == live, path
+            assert registry_names(module, name) == live, (module, name)
         finally:
             sys.modules[module] = saved
+
+
+def test_every_flag_the_catalogue_names_exists_and_offers_its_registry():
+    import importlib
+
+    from vaelab.catalogue import HOMES
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    dests = {a.dest: a for p in sub.choices.values() for a in p._actions}
+    for dest, (module, name) in HOMES.items():
+        live = list(getattr(importlib.import_module(module), name))
+        action = dests[dest]
+        offered = action.choices if action.choices is not None else action.help
+        assert all(n in offered for n in live), dest
 
 
 def _invalid_value(action) -> str | None:

@@ -32,11 +32,12 @@ from typing import Any
 
 import torch
 
+from vaelab.catalogue import train_config
 from vaelab.checkpoint import RunError, read_eval, read_metrics
 from vaelab.config import ConfigError
 from vaelab.evaluate import RESULT_KEYS
 from vaelab.files import atomic_write, ensure_dir, write_json
-from vaelab.options import CompareOptions, options_of, train_config
+from vaelab.options import CompareOptions, options_of
 from vaelab.runtime import ProgressLine, clock_time, progress_lines
 
 __all__ = ["compare", "Variant", "parse_variant"]

@@ -76,18 +76,18 @@ PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
 
 
 def setting(default: Any, help: str, *, flag: str | None = None, metavar: str | None = None,
-            choices: tuple | None = None, registry: str | None = None, low: float | None = None,
+            choices: tuple | None = None, low: float | None = None,
             high: float | None = None, open_low: bool = False, open_high: bool = False,
             parse: str | None = None, internal: str | None = None) -> Any:
     """A config field with what its flag and its checks need (dataclass field metadata).
 
     flag: the flag's name when it is not the field's (``--scale`` for likelihood_scale);
-    choices: the allowed values, checked here; registry: ``"module:NAME"`` of the registry
-    whose names are the choices, checked where it is looked up (with AUTO allowed when the
-    default is AUTO); low/high (open or closed): the range of a number, or of each entry of
+    choices: the allowed values, checked here (a field that takes a registry's names declares
+    none: the registry checks them where it is looked up, and ``vaelab.catalogue`` gives the
+    command line its names); low/high (open or closed): the range of a number, or of each entry of
     a tuple; parse: how the command line reads the value (one of PARSERS); internal: why a
     field has no flag."""
-    meta = {"help": help, "flag": flag, "metavar": metavar, "choices": choices, "registry": registry,
+    meta = {"help": help, "flag": flag, "metavar": metavar, "choices": choices,
             "range": None if low is None and high is None else (low, open_low, high, open_high),
             "parse": parse, "internal": internal}
     return field(default=default, metadata=meta)
@@ -205,11 +205,11 @@ class ModelConfig:
         ('vae', 2, (32,), 'normal')
     """
 
-    model: str = setting("vae", "the model", registry="vaelab.models:MODELS")
+    model: str = setting("vae", "the model")
     net: str = setting(
         AUTO, "mlp; conv (strided conv encoder, sub-pixel conv decoder); conv-transpose; resnet (residual conv "
         "net with a 1x1 output head, widths sized for the images); auto: mlp for the MNIST family, resnet for "
-        "other images", registry="vaelab.nets:NETS")
+        "other images")
     # The binary recipe pairs a 512-512 encoder with a 256-256 decoder: k=1000 importance
     # sampling decodes every test image 1000 times, so the decoder sets evaluation cost,
     # while the encoder runs once per image (docs/benchmarks.md).
@@ -222,25 +222,25 @@ class ModelConfig:
         "512,512 encoder with a 256,256 decoder)", metavar="H1,H2", parse="ints", low=1)
     latent_dim: int | None = setting(None, "latent size", metavar="D", low=1)
     # ELU beat ReLU by ~2.4 nats of test NLL in a 3-minute MNIST budget (docs/benchmarks.md)
-    activation: str = setting("elu", "the networks' activation", registry="vaelab.nets:ACTIVATIONS")
+    activation: str = setting("elu", "the networks' activation")
     likelihood: str = setting(
         AUTO, "p(x|z): bernoulli for binarised data; gaussian (a density), logistic (discretized over 256 "
         "levels) or logistic-mixture (Salimans et al. 2017) for grey levels; auto: bernoulli for binarised "
-        "data, logistic otherwise", registry="vaelab.distributions:LIKELIHOODS")
+        "data, logistic otherwise")
     likelihood_scale: str = setting(
         AUTO, "gaussian/logistic scale: fixed (--fixed-std), one learned global, learned per pixel, or "
         "predicted by the decoder per pixel and image; auto: pixel for the MNIST family, decoder for other "
-        "images", flag="--scale", registry="vaelab.distributions:SCALES")
+        "images", flag="--scale")
     likelihood_std: float = setting(0.1, "the fixed scale, and the initial value of learned ones (data in [0, 1])",
                                     flag="--fixed-std", metavar="S", low=0, open_low=True)
     flows: int = setting(0, "normalizing flows in the posterior", metavar="K", low=0)
     prior: str = setting(
         "normal", "p(z): normal = N(0, I); mog = a learned mixture of Gaussians; vamp = the VampPrior, the "
         "mixture of the posteriors of learned pseudo-inputs (Tomczak & Welling 2018); KL by Monte Carlo for "
-        "mog and vamp", registry="vaelab.models:PRIORS")
+        "mog and vamp")
     prior_components: int = setting(0, "mog: components; vamp: pseudo-inputs (0: 10 for mog, 500 for vamp, "
                                        "the paper's)", metavar="K", low=0)
-    flow_type: str = setting("planar", "the kind of flow", registry="vaelab.flows:FLOWS")
+    flow_type: str = setting("planar", "the kind of flow")
     # the hvae defaults give Burda et al. 2016's two-layer model x -> z1 (100) -> z2 (latent_dim 50)
     lower_latents: tuple[int, ...] = setting(
         (100,), "hvae: sizes of the stochastic layers below the top one (--latent-dim), from the data up",
@@ -313,18 +313,17 @@ class TrainConfig:
         "0: none", metavar="M", low=0)
     batch_size: int | None = setting(None, "images per step (the global batch under torchrun)", low=1)
     lr: float | None = setting(None, "peak learning rate", low=0, open_low=True)
-    optimizer: str = setting("adam", "the optimiser (fused where torch has it)", registry="vaelab.training:OPTIMIZERS")
+    optimizer: str = setting("adam", "the optimiser (fused where torch has it)")
     # exp's value at a step does not depend on the total number of epochs, so
     # `--resume --epochs N` continues the curve an uninterrupted N-epoch run follows
-    schedule: str = setting("exp", "exp: lr * decay^epoch, smooth per step; cosine: to 0 at --epochs; constant",
-                            registry="vaelab.training:SCHEDULES")
+    schedule: str = setting("exp", "exp: lr * decay^epoch, smooth per step; cosine: to 0 at --epochs; constant")
     lr_decay: float | None = setting(None, "per-epoch factor of the exp schedule (chosen: 0.92 for the MNIST "
                                            "family; for other images a tenfold fall over the run)",
                                      metavar="G", low=0, open_low=True, high=1)
     warmup_steps: int = setting(100, "linear learning-rate warm-up, at most one epoch", metavar="N", low=0)
     objective: str = setting(
         AUTO, "elbo; iwae (importance-weighted bound with --samples k); icvae; reconstruction; auto: the "
-        "model's own (elbo for VAEs, reconstruction for the AE)", registry="vaelab.objectives:OBJECTIVES")
+        "model's own (elbo for VAEs, reconstruction for the AE)")
     kl: str = setting("analytic", "KL term of the ELBO: closed form, or Monte Carlo (flows always use mc)",
                       choices=KL_KINDS)
     beta: float = setting(1.0, "KL weight (Higgins et al. 2017); the logged ELBO keeps weight 1", low=0)

@@ -15,14 +15,12 @@ imports only vaelab.config (and the version), so that ``--help`` never loads tor
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import importlib.util
 import shlex
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vaelab.config import (
     AUTO,
@@ -50,7 +48,7 @@ METRICS = ("nll", "fd", "fid", *DISENTANGLEMENT_METRICS)
 
 
 def option(default: Any, help: str | None, *, flag: str | None = None, aliases: tuple[str, ...] = (),
-           metavar: str | None = None, choices: tuple | None = None, registry: str | None = None,
+           metavar: str | None = None, choices: tuple | None = None,
            low: float | None = None, open_low: bool = False, parse: str | None = None,
            cli_default: Any = None, positional: bool = False, nargs: str | None = None, required: bool = False,
            exclusive: str | None = None, internal: str | None = None) -> Any:
@@ -60,7 +58,7 @@ def option(default: Any, help: str | None, *, flag: str | None = None, aliases: 
     `positional` argument, `nargs`, `required`, and `exclusive`, a group of which the
     command line needs exactly one. `parse` names how the command line reads the text
     (`PARSERS`); numbers with a range are read and checked as config fields are."""
-    f = setting(default, help, flag=flag, metavar=metavar, choices=choices, registry=registry, low=low,
+    f = setting(default, help, flag=flag, metavar=metavar, choices=choices, low=low,
                 open_low=open_low, parse=parse, internal=internal)
     extra = {"aliases": aliases, "cli_default": cli_default, "positional": positional, "nargs": nargs,
              "required": required, "exclusive": exclusive}
@@ -144,8 +142,7 @@ def _n(what: str) -> Any:
 
 
 def _scores() -> Any:
-    return option(None, "scores to compute, from {choices} (default every score the model has)", metavar="S[,S]",
-                  registry="vaelab.scores:SCORES", parse="names")
+    return option(None, "scores to compute, from {choices} (default every score the model has)", metavar="S[,S]", parse="names")
 
 
 def _k() -> Any:
@@ -324,9 +321,8 @@ class PlotCommand:
     """Write NAME.png, and NAME.json with the numbers behind it, for each figure."""
 
     run_dir: str | None = _run()
-    what: str = option("recon,samples,curves", "comma-separated: recon, samples, posterior, manifold, latents, "
-                       "interpolate, combine, denoise, curves, scale, transfer (default recon,samples,curves)",
-                       registry="vaelab.explore:FIGURES")  # read by names_in, so that a typo is a ConfigError
+    what: str = option("recon,samples,curves", "comma-separated figures from {choices} (default recon,samples,curves)",
+                       metavar="NAME[,NAME]", parse="names")  # a typo is refused before any loading
     out: str | None = option(None, "output folder (default RUN_DIR/plots)", metavar="DIR", parse="path")
     seed: int = _seed()
     kind: str | None = option(None, "denoise: noise kind", flag="--noise", choices=NOISE_KINDS)
@@ -460,20 +456,21 @@ def options_of(cls: type, options: Any = None, **settings: Any) -> Any:
 
 # ----------------------------------------------------------------------------- reading the command line
 
-def registry_names(path: str) -> list[str]:
-    """The names in registry "module:NAME": the live registry when its module is loaded (so
-    what a user registered counts), else the keys written in the module's source, read
-    without importing it (or torch), so that --help stays fast."""
-    module, name = path.split(":")
-    if module in sys.modules:
-        return list(getattr(sys.modules[module], name))
-    source = Path(importlib.util.find_spec(module).origin).read_text()
-    for node in ast.parse(source).body:
-        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
-        if isinstance(target, ast.Name) and target.id == name:
-            items = node.value.keys if isinstance(node.value, ast.Dict) else node.value.elts
-            return [ast.literal_eval(k) for k in items]
-    raise LookupError(f"{path}: no literal registry {name} in {module}")
+class Names(NamedTuple):
+    """The names a flag takes from a registry, and what one of them is called ("model")."""
+
+    noun: str
+    choices: tuple[str, ...]
+
+
+# which registry's names a flag takes (by its dest), None for none: vaelab.catalogue, above
+# every registry, answers for the command line; here nothing names a module above
+NameLookup = Callable[[str], "Names | None"]
+
+
+def no_names(dest: str) -> Names | None:
+    """A lookup that knows no registry: flags that take names accept any text."""
+    return None
 
 
 def read_run_dir(s: str) -> Path:
@@ -514,10 +511,10 @@ def _metrics(s: str) -> tuple[str, ...]:
     return names
 
 
-def names_in(s: str, registry: str) -> list[str]:
-    """Comma-separated names of a registry ("vaelab.scores:SCORES": scores), or a ConfigError
-    naming the unknown ones and the closest known name."""
-    choices, noun = registry_names(registry), registry.split(":")[1].lower().removesuffix("s")
+def names_in(s: str, names: Names) -> list[str]:
+    """Comma-separated names of a registry, or a ConfigError naming the unknown ones and the
+    closest known name."""
+    choices, noun = names.choices, names.noun
     got = [p.strip() for p in s.split(",") if p.strip()]
     bad = [g for g in got if g not in choices]
     if bad or not got:
@@ -553,12 +550,13 @@ PARSERS = {"run": read_run_dir, "runs": lambda s: tuple(read_run_dir(p.strip()) 
            "numbers": comma_list(float, "numbers", "0.1,0.3"), "seeds": _seeds, "dims": _dims, "port": _port, "words": _words}
 
 
-def read_option(f: dataclasses.Field, text: str) -> Any:
+def read_option(f: dataclasses.Field, text: str, names: NameLookup = no_names) -> Any:
     """The value of an option (or a config field) from its command-line text; a ConfigError
-    says what was expected."""
+    says what was expected. `names` gives the registry's names of a field that takes them."""
     parse = f.metadata.get("parse")
     if parse == "names":
-        return names_in(text, f.metadata["registry"])
+        known = names(f.name)
+        return names_in(text, known) if known else [p.strip() for p in text.split(",") if p.strip()]
     return PARSERS[parse](text) if parse in PARSERS else read_flag(f, text)
 
 
@@ -622,14 +620,16 @@ def _typed(read, name: str):
     return typed
 
 
-def _reader(f: dataclasses.Field):
-    return _typed(lambda text: read_option(f, text), f.name)
+def _reader(f: dataclasses.Field, names: NameLookup = no_names):
+    return _typed(lambda text: read_option(f, text, names), f.name)
 
 
-def _add_setting(group, section: str, f: dataclasses.Field, default) -> None:
-    """The flag of one config field: its name, type, choices and help come from the field."""
+def _add_setting(group, section: str, f: dataclasses.Field, default, names: NameLookup) -> None:
+    """The flag of one config field: its name, type, choices and help come from the field
+    (its choices from `names` when it takes a registry's)."""
     meta = f.metadata
     dest = f"{section}.{f.name}"
+    known = names(dest)
     if dest in RECIPE_FIELDS:
         shown = AUTO_HELP
     elif default is None:
@@ -641,22 +641,23 @@ def _add_setting(group, section: str, f: dataclasses.Field, default) -> None:
         group.add_argument(flag_name(f), dest=dest, action="store_const", const=not default, help=meta["help"])
         return
     # the metavar: the setting's own, else its name (argparse would show the dest, DATA.IMAGE_SIZE)
-    metavar = meta.get("metavar") or (None if meta.get("registry") or meta.get("choices") else f.name.upper())
+    metavar = meta.get("metavar") or (None if known or meta.get("choices") else f.name.upper())
     kwargs: dict = {"dest": dest, "metavar": metavar, "help": help_text}
-    if meta.get("registry"):
-        kwargs["choices"] = [AUTO] * (default == AUTO) + registry_names(meta["registry"])
+    if known:
+        kwargs["choices"] = [AUTO] * (default == AUTO) + list(known.choices)
     elif meta.get("choices") is not None:
         kinds = {type(c) for c in meta["choices"]}
         kwargs["choices"] = [c for c in meta["choices"] if not (c == 0 and kinds == {int})]  # 0 = auto: not typed
         kwargs["type"] = int if kinds == {int} else None
     else:
-        kwargs["type"] = _reader(f)
+        kwargs["type"] = _reader(f, names)
     group.add_argument(flag_name(f), **{k: v for k, v in kwargs.items() if v is not None})
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(names: NameLookup = no_names) -> argparse.ArgumentParser:
     """The `vaelab` argument parser: one subcommand per command, its flags read from its
-    options class, and train's also from the config."""
+    options class, and train's also from the config; `names` gives the choices of flags that
+    take a registry's names (``vaelab.catalogue.build_parser`` passes them)."""
     from vaelab import __version__
 
     p = _Parser(prog="vaelab", description="Train, evaluate and explore variational autoencoders.")
@@ -664,15 +665,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (options, summary) in COMMANDS.items():
         command = sub.add_parser(name, help=summary, description=" ".join(options.__doc__.split()))
-        _add_options(command, options)
+        _add_options(command, options, names)
         if name == "train":  # train's --threads is a config field
-            _train_args(command)
+            _train_args(command, names)
         else:
             _threads_arg(command, name)
     return p
 
 
-def _add_options(p: argparse.ArgumentParser, options: type) -> None:
+def _add_options(p: argparse.ArgumentParser, options: type, names: NameLookup) -> None:
     """The arguments of a command, one per field of its options class: name, type, choices,
     default and help come from the field's `option` declaration."""
     exclusive: dict[str, argparse._MutuallyExclusiveGroup] = {}
@@ -681,13 +682,14 @@ def _add_options(p: argparse.ArgumentParser, options: type) -> None:
         if meta.get("internal"):
             continue
         kwargs: dict = {"help": meta["help"]}
-        if meta.get("registry"):
-            kwargs["help"] = meta["help"].format(choices=", ".join(registry_names(meta["registry"])))
+        known = names(f.name)
+        if known:
+            kwargs["help"] = meta["help"].format(choices=", ".join(known.choices))
         if str(f.type) == "bool":
             kwargs["action"] = "store_true"
         else:
             kind = str(f.type).removesuffix(" | None")
-            kwargs["type"] = (_reader(f) if meta.get("parse") or meta.get("range")
+            kwargs["type"] = (_reader(f, names) if meta.get("parse") or meta.get("range")
                               else {"int": int, "float": float}.get(kind))
             kwargs["choices"] = list(meta["choices"]) if meta.get("choices") else None
             kwargs["metavar"] = meta.get("metavar") or (None if meta.get("choices") else
@@ -695,14 +697,14 @@ def _add_options(p: argparse.ArgumentParser, options: type) -> None:
             kwargs["default"] = f.default if meta.get("cli_default") is None else meta["cli_default"]
             kwargs["nargs"] = meta.get("nargs")
         if meta.get("positional"):
-            names = [f.name]
+            flags = [f.name]
         else:
-            names = [flag_name(f), *meta.get("aliases", ())]
+            flags = [flag_name(f), *meta.get("aliases", ())]
             kwargs["dest"], kwargs["required"] = f.name, meta.get("required") or None
         group = meta.get("exclusive")
         if group and group not in exclusive:
             exclusive[group] = p.add_mutually_exclusive_group(required=True)
-        (exclusive[group] if group else p).add_argument(*names, **{k: v for k, v in kwargs.items() if v is not None})
+        (exclusive[group] if group else p).add_argument(*flags, **{k: v for k, v in kwargs.items() if v is not None})
 
 
 def _threads_arg(p, name: str) -> None:
@@ -723,20 +725,19 @@ def _threads_arg(p, name: str) -> None:
                         "OMP_NUM_THREADS counts as asked (default 0)")
 
 
-def _train_args(p: argparse.ArgumentParser) -> None:
+def _train_args(p: argparse.ArgumentParser, names: NameLookup) -> None:
     """train's flags beyond its options: one per config field, grouped by section."""
     d = Config()
     for section, title in SECTIONS.items():
         group = p.add_argument_group(title)
         for f in dataclasses.fields(getattr(d, section)):
             if not f.metadata.get("internal"):
-                _add_setting(group, section, f, getattr(getattr(d, section), f.name))
+                _add_setting(group, section, f, getattr(getattr(d, section), f.name), names)
 
 
-def reference(parser: argparse.ArgumentParser | None = None) -> str:
+def reference(parser: argparse.ArgumentParser) -> str:
     """docs/cli.md: every command and flag with its help, written from the parser itself
-    (tests/test_cli.py checks the file against it)."""
-    parser = parser or build_parser()
+    (``vaelab.catalogue.reference``; tests/test_cli.py checks the file against it)."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {c.dest: c.help for c in sub._choices_actions}
     out = ["# Command-line reference", "",
@@ -782,9 +783,9 @@ def given(args: argparse.Namespace) -> dict[str, object]:
     return {k: v for k, v in vars(args).items() if "." in k and v is not None}
 
 
-def train_config(what: str, flags: list[str]) -> Config:
-    """The config `vaelab train FLAGS` would train, or a one-line ConfigError naming `what`."""
-    parser = build_parser()
+def train_config(what: str, flags: list[str], parser: argparse.ArgumentParser) -> Config:
+    """The config `vaelab train FLAGS` would train, or a one-line ConfigError naming `what`;
+    `parser` from ``vaelab.catalogue.build_parser`` (taken over: its errors raise)."""
     train = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
 
     def refuse(message: str) -> None:
