@@ -55,7 +55,7 @@ from vaelab.distributions import (
 from vaelab.flows import FLOWS, FlowPosterior
 from vaelab.ladder import Ladder
 from vaelab.nets import ACTIVATIONS, NETS, mlp
-from vaelab.objectives import OBJECTIVES, Objective, Schedule, bind
+from vaelab.objectives import Objective, Schedule, bind
 from vaelab.runtime import Dist
 
 __all__ = [
@@ -148,6 +148,8 @@ class _Base(nn.Module):
             raise ConfigError(f"the {name} model trains with {', '.join(accepted)}, not {objective}"
                               f"{cls._why_not('objective', objective)}")
         if objective != AUTO:
+            from vaelab.objectives import OBJECTIVES  # the registry as it is now
+
             fits = OBJECTIVES[objective].fits  # what the objective asks of the model's settings (flows, prior)
             if fits is not None:
                 fits(cls, m)
@@ -697,6 +699,8 @@ def bind_objective(model: _Base, t: TrainConfig) -> Objective:
         >>> list(model.objective_nets)  # trained beside the model, saved with it
         ['discriminator']
     """
+    from vaelab.objectives import OBJECTIVES  # the registry as it is now, with objectives added since
+
     type(model).check(model.cfg, t.objective)
     name = model.default_objective if t.objective == AUTO else t.objective
     model.objective = bind(name, t)

@@ -488,159 +488,6 @@ def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
     return {"loss": -bound, "iwae": bound, "elbo": lw.mean(0)}
 
 
-def reconstruction(model, x: torch.Tensor, c: torch.Tensor | None = None, *, generator=None,
-                   x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
-    """The plain autoencoder's objective: maximise log p(x | z = f(x)), with no prior and no KL.
-
-    The code is the posterior's mean (for ``vaelab.models.AE``, the encoder's output).
-    With a Bernoulli likelihood this is binary cross-entropy; with ``x_in`` it is the
-    denoising criterion of Vincent et al. 2008.
-
-    Args:
-        model: Any model with ``encode`` and ``decode``.
-        x: Images (B, C, H, W).
-        c: Conditions (B, C') for conditional models; None otherwise.
-        generator: Unused: the code is not sampled.
-        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
-        peers: Data-parallel batch gathering (see the module docstring); ignored here.
-
-    Returns:
-        dict: per-example terms in nats, each of shape (B,), ``loss`` = -recon and
-        ``recon`` = log p(x | z = f(x)).
-
-    Examples:
-        >>> from vaelab.config import ModelConfig
-        >>> from vaelab.models import build_model
-        >>> from vaelab.objectives import reconstruction
-        >>> _ = torch.manual_seed(0)
-        >>> ae = build_model(ModelConfig(model="ae", latent_dim=2, hidden=(16,)), (1, 28, 28))
-        >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()
-        >>> terms = reconstruction(ae, x)
-        >>> sorted(terms), terms["loss"].shape
-        (['loss', 'recon'], torch.Size([4]))
-    """
-    recon = model.decode(model.encode(x if x_in is None else x_in, c).mean, c).log_prob(x)
-    return {"loss": -recon, "recon": recon}
-
-
-def pairwise_gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor, mean_j: torch.Tensor | None = None,
-                         log_std_j: torch.Tensor | None = None) -> torch.Tensor:
-    """KL(q_i || q_j) between every pair of diagonal Gaussians, as a matrix.
-
-    0.5 * [tr(S_j^-1 S_i) + (m_i - m_j)^T S_j^-1 (m_i - m_j) + log|S_j| - log|S_i| - D],
-    with each term a (B, D) x (D, M) matrix product, so memory is O(BM), not O(BMD). The
-    ``icvae`` penalty averages its rows.
-
-    Args:
-        mean: Means m_i of the first set, shape (B, D).
-        log_std: Log standard deviations of the first set, shape (B, D).
-        mean_j: Means m_j of a second set, shape (M, D); None: the first set again.
-        log_std_j: Log standard deviations of the second set, shape (M, D).
-
-    Returns:
-        KL(q_i || q_j) in nats, shape (B, M) ((B, B) without a second set); the diagonal of
-        the (B, B) matrix is 0 up to rounding.
-
-    Examples:
-        >>> from vaelab.objectives import pairwise_gaussian_kl
-        >>> mean = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
-        >>> pairwise_gaussian_kl(mean, torch.zeros(3, 2))  # unit variances: 0.5 * |m_i - m_j|^2
-        tensor([[0.0000, 0.5000, 2.0000],
-                [0.5000, 0.0000, 2.5000],
-                [2.0000, 2.5000, 0.0000]])
-        >>> pairwise_gaussian_kl(mean, torch.zeros(3, 2), torch.zeros(1, 2), torch.zeros(1, 2)).shape
-        torch.Size([3, 1])
-    """
-    if mean_j is None:
-        mean_j, log_std_j = mean, log_std
-    var, inv = torch.exp(2 * log_std), torch.exp(-2 * log_std_j)
-    trace = var @ inv.T
-    # sum_d (m_id - m_jd)^2 / v_jd expanded; clamped: rounding can dip just below 0
-    maha = (mean.square() @ inv.T - 2 * mean @ (mean_j * inv).T
-            + (mean_j.square() * inv).sum(1)[None, :]).clamp_min(0)
-    return 0.5 * (trace + maha + 2 * log_std_j.sum(1)[None, :] - 2 * log_std.sum(1)[:, None] - mean.shape[1])
-
-
-def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
-          kl: str = "analytic", lam: float = 1.0, schedule: Schedule | None = None, generator=None,
-          x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
-    """The invariant conditional VAE loss, which pushes information about c out of z (Moyer et al. 2018).
-
-    Minimises (without the erroneous extra term of the paper's first version)::
-
-        (1 + lam) * E_q[-log p(x|z,c)] + beta * KL(q(z|x) || p(z)) + lam * KL(q(z|x) || q(z))
-
-    (beta scaled by the schedule's KL warm-up share during warm-up)
-    where q(z) is the batch's mixture of posteriors; by convexity of KL,
-    KL(q(z|x_i) || q(z)) <= mean_{j != i} KL(q(z|x_i) || q(z|x_j)), the pairwise Gaussian
-    KLs of ``pairwise_gaussian_kl`` (the corrected form keeps the log-determinant
-    terms). In a data-parallel job the batch is the global one (`peers`), so the penalty,
-    and the optimisation, do not depend on the number of processes.
-
-    Args:
-        model: A conditional model with a diagonal Gaussian posterior (no flows), e.g.
-            ``vaelab.models.ICVAE``.
-        x: Images (B, C, H, W).
-        c: Conditions (B, C').
-        samples: Draws of z per image (for the reconstruction term, and the KL when estimated).
-        beta: Weight of the KL to the prior, >= 0.
-        kl: ``"analytic"`` or ``"mc"``, for the KL to the prior.
-        lam: Weight lambda of the invariance penalty, >= 0; the reconstruction is weighted 1 + lambda.
-        schedule: This training step's ``Schedule``: the KL to the prior weighs
-            beta * ``kl_scale``; None: the full beta.
-        generator: Source of the reparameterisation noise (see ``elbo``).
-        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
-        peers: In a data-parallel job, gathers the global batch's posterior parameters; None:
-            this batch is the whole batch.
-
-    Returns:
-        dict: per-example terms in nats, each of shape (B,), ``loss``, ``recon`` = E_q[log p(x|z,c)],
-        ``kl`` = KL(q(z|x) || p(z)), ``kl_marginal`` (the bound on KL(q(z|x) || q(z))) and
-        ``elbo`` = recon - kl.
-
-    Raises:
-        ValueError: The posterior is not a diagonal Gaussian.
-
-    Examples:
-        >>> from vaelab.config import ModelConfig
-        >>> from vaelab.models import build_model
-        >>> from vaelab.objectives import icvae
-        >>> _ = torch.manual_seed(0)
-        >>> model = build_model(ModelConfig(model="icvae", latent_dim=2, hidden=(16,)), (1, 28, 28), cond_dim=10)
-        >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()
-        >>> c = torch.eye(10)[[3, 1, 4, 1]]  # one-hot labels, (4, 10)
-        >>> terms = icvae(model, x, c, lam=2.0)
-        >>> sorted(terms), terms["kl_marginal"].shape
-        (['elbo', 'kl', 'kl_marginal', 'loss', 'recon'], torch.Size([4]))
-        >>> bool((terms["kl_marginal"] >= 0).all())
-        True
-    """
-    q = model.encode(x if x_in is None else x_in, c)
-    if not hasattr(q, "log_std"):
-        raise ValueError("the invariance penalty needs a diagonal Gaussian posterior (no flows)")
-    z, log_q = q.rsample_with_log_prob(samples, generator=generator)
-    recon = model.decode(z, c).log_prob(x).mean(0)
-    kl_prior = kl_to_prior(model, q, z, log_q, kl)
-    (mean_j, offset), (log_std_j, _) = (peers(q.mean), peers(q.log_std)) if peers else ((q.mean, 0), (q.log_std, 0))
-    pair = pairwise_gaussian_kl(q.mean, q.log_std, mean_j, log_std_j)  # (B, whole batch)
-    rows = torch.arange(len(x), device=pair.device)
-    kl_marginal = (pair.sum(1) - pair[rows, offset + rows]) / max(1, len(mean_j) - 1)
-    loss = -(1 + lam) * recon + beta * (schedule or FULL).kl_scale * kl_prior + lam * kl_marginal
-    return {"loss": loss, "recon": recon, "kl": kl_prior, "kl_marginal": kl_marginal, "elbo": recon - kl_prior}
-
-
-OBJECTIVES: dict[str, ObjectiveSpec] = {
-    "elbo": ObjectiveSpec(elbo, ("loss", "recon", "kl", "elbo"), ("samples", "beta", "kl", "free_bits"),
-                          schedule=("kl_scale",)),
-    "iwae": ObjectiveSpec(iwae, ("loss", "iwae", "elbo"), ("samples", "beta"), _no_kl_weight),
-    "icvae": ObjectiveSpec(icvae, ("loss", "recon", "kl", "kl_marginal", "elbo"), ("samples", "beta", "kl", "lam"),
-                           needs=("density", "conditional"), schedule=("kl_scale",)),
-    "reconstruction": ObjectiveSpec(reconstruction, ("loss", "recon"), needs=("autoencoder",)),
-}
-"""The objective registry: name (``TrainConfig.objective``, ``--objective``) -> ``ObjectiveSpec``.
-The ``objective`` decorator registers more from outside the package."""
-
-
 # ----------------------------------------------------------------------------- disentanglement
 # beta-TCVAE, FactorVAE, annealed capacity and DIP-VAE: penalties on the code of a VAE with one
 # vector latent, added to its reconstruction term. `_one_code` refuses the models they do not fit.
@@ -724,6 +571,7 @@ def minibatch_log_qz(z: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
         tuple: (log q(z), sum_d log q(z_d)), each of z's shape without D: (B,) or (L, B).
 
     Examples:
+        >>> import math
         >>> from vaelab.objectives import minibatch_log_qz
         >>> from vaelab.distributions import DiagonalGaussian
         >>> mean, log_std = torch.zeros(8, 3), torch.zeros(8, 3)  # 8 identical posteriors N(0, I)
@@ -1047,7 +895,154 @@ def dipvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: in
     return {"loss": loss, "recon": recon, "kl": kl_term, "dip": penalty.expand(len(x)), "elbo": recon - kl_term}
 
 
-OBJECTIVES.update({
+def reconstruction(model, x: torch.Tensor, c: torch.Tensor | None = None, *, generator=None,
+                   x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+    """The plain autoencoder's objective: maximise log p(x | z = f(x)), with no prior and no KL.
+
+    The code is the posterior's mean (for ``vaelab.models.AE``, the encoder's output).
+    With a Bernoulli likelihood this is binary cross-entropy; with ``x_in`` it is the
+    denoising criterion of Vincent et al. 2008.
+
+    Args:
+        model: Any model with ``encode`` and ``decode``.
+        x: Images (B, C, H, W).
+        c: Conditions (B, C') for conditional models; None otherwise.
+        generator: Unused: the code is not sampled.
+        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
+        peers: Data-parallel batch gathering (see the module docstring); ignored here.
+
+    Returns:
+        dict: per-example terms in nats, each of shape (B,), ``loss`` = -recon and
+        ``recon`` = log p(x | z = f(x)).
+
+    Examples:
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> from vaelab.objectives import reconstruction
+        >>> _ = torch.manual_seed(0)
+        >>> ae = build_model(ModelConfig(model="ae", latent_dim=2, hidden=(16,)), (1, 28, 28))
+        >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()
+        >>> terms = reconstruction(ae, x)
+        >>> sorted(terms), terms["loss"].shape
+        (['loss', 'recon'], torch.Size([4]))
+    """
+    recon = model.decode(model.encode(x if x_in is None else x_in, c).mean, c).log_prob(x)
+    return {"loss": -recon, "recon": recon}
+
+
+def pairwise_gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor, mean_j: torch.Tensor | None = None,
+                         log_std_j: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(q_i || q_j) between every pair of diagonal Gaussians, as a matrix.
+
+    0.5 * [tr(S_j^-1 S_i) + (m_i - m_j)^T S_j^-1 (m_i - m_j) + log|S_j| - log|S_i| - D],
+    with each term a (B, D) x (D, M) matrix product, so memory is O(BM), not O(BMD). The
+    ``icvae`` penalty averages its rows.
+
+    Args:
+        mean: Means m_i of the first set, shape (B, D).
+        log_std: Log standard deviations of the first set, shape (B, D).
+        mean_j: Means m_j of a second set, shape (M, D); None: the first set again.
+        log_std_j: Log standard deviations of the second set, shape (M, D).
+
+    Returns:
+        KL(q_i || q_j) in nats, shape (B, M) ((B, B) without a second set); the diagonal of
+        the (B, B) matrix is 0 up to rounding.
+
+    Examples:
+        >>> from vaelab.objectives import pairwise_gaussian_kl
+        >>> mean = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+        >>> pairwise_gaussian_kl(mean, torch.zeros(3, 2))  # unit variances: 0.5 * |m_i - m_j|^2
+        tensor([[0.0000, 0.5000, 2.0000],
+                [0.5000, 0.0000, 2.5000],
+                [2.0000, 2.5000, 0.0000]])
+        >>> pairwise_gaussian_kl(mean, torch.zeros(3, 2), torch.zeros(1, 2), torch.zeros(1, 2)).shape
+        torch.Size([3, 1])
+    """
+    if mean_j is None:
+        mean_j, log_std_j = mean, log_std
+    var, inv = torch.exp(2 * log_std), torch.exp(-2 * log_std_j)
+    trace = var @ inv.T
+    # sum_d (m_id - m_jd)^2 / v_jd expanded; clamped: rounding can dip just below 0
+    maha = (mean.square() @ inv.T - 2 * mean @ (mean_j * inv).T
+            + (mean_j.square() * inv).sum(1)[None, :]).clamp_min(0)
+    return 0.5 * (trace + maha + 2 * log_std_j.sum(1)[None, :] - 2 * log_std.sum(1)[:, None] - mean.shape[1])
+
+
+def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
+          kl: str = "analytic", lam: float = 1.0, schedule: Schedule | None = None, generator=None,
+          x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+    """The invariant conditional VAE loss, which pushes information about c out of z (Moyer et al. 2018).
+
+    Minimises (without the erroneous extra term of the paper's first version)::
+
+        (1 + lam) * E_q[-log p(x|z,c)] + beta * KL(q(z|x) || p(z)) + lam * KL(q(z|x) || q(z))
+
+    (beta scaled by the schedule's KL warm-up share during warm-up)
+    where q(z) is the batch's mixture of posteriors; by convexity of KL,
+    KL(q(z|x_i) || q(z)) <= mean_{j != i} KL(q(z|x_i) || q(z|x_j)), the pairwise Gaussian
+    KLs of ``pairwise_gaussian_kl`` (the corrected form keeps the log-determinant
+    terms). In a data-parallel job the batch is the global one (`peers`), so the penalty,
+    and the optimisation, do not depend on the number of processes.
+
+    Args:
+        model: A conditional model with a diagonal Gaussian posterior (no flows), e.g.
+            ``vaelab.models.ICVAE``.
+        x: Images (B, C, H, W).
+        c: Conditions (B, C').
+        samples: Draws of z per image (for the reconstruction term, and the KL when estimated).
+        beta: Weight of the KL to the prior, >= 0.
+        kl: ``"analytic"`` or ``"mc"``, for the KL to the prior.
+        lam: Weight lambda of the invariance penalty, >= 0; the reconstruction is weighted 1 + lambda.
+        schedule: This training step's ``Schedule``: the KL to the prior weighs
+            beta * ``kl_scale``; None: the full beta.
+        generator: Source of the reparameterisation noise (see ``elbo``).
+        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
+        peers: In a data-parallel job, gathers the global batch's posterior parameters; None:
+            this batch is the whole batch.
+
+    Returns:
+        dict: per-example terms in nats, each of shape (B,), ``loss``, ``recon`` = E_q[log p(x|z,c)],
+        ``kl`` = KL(q(z|x) || p(z)), ``kl_marginal`` (the bound on KL(q(z|x) || q(z))) and
+        ``elbo`` = recon - kl.
+
+    Raises:
+        ValueError: The posterior is not a diagonal Gaussian.
+
+    Examples:
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> from vaelab.objectives import icvae
+        >>> _ = torch.manual_seed(0)
+        >>> model = build_model(ModelConfig(model="icvae", latent_dim=2, hidden=(16,)), (1, 28, 28), cond_dim=10)
+        >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()
+        >>> c = torch.eye(10)[[3, 1, 4, 1]]  # one-hot labels, (4, 10)
+        >>> terms = icvae(model, x, c, lam=2.0)
+        >>> sorted(terms), terms["kl_marginal"].shape
+        (['elbo', 'kl', 'kl_marginal', 'loss', 'recon'], torch.Size([4]))
+        >>> bool((terms["kl_marginal"] >= 0).all())
+        True
+    """
+    q = model.encode(x if x_in is None else x_in, c)
+    if not hasattr(q, "log_std"):
+        raise ValueError("the invariance penalty needs a diagonal Gaussian posterior (no flows)")
+    z, log_q = q.rsample_with_log_prob(samples, generator=generator)
+    recon = model.decode(z, c).log_prob(x).mean(0)
+    kl_prior = kl_to_prior(model, q, z, log_q, kl)
+    (mean_j, offset), (log_std_j, _) = (peers(q.mean), peers(q.log_std)) if peers else ((q.mean, 0), (q.log_std, 0))
+    pair = pairwise_gaussian_kl(q.mean, q.log_std, mean_j, log_std_j)  # (B, whole batch)
+    rows = torch.arange(len(x), device=pair.device)
+    kl_marginal = (pair.sum(1) - pair[rows, offset + rows]) / max(1, len(mean_j) - 1)
+    loss = -(1 + lam) * recon + beta * (schedule or FULL).kl_scale * kl_prior + lam * kl_marginal
+    return {"loss": loss, "recon": recon, "kl": kl_prior, "kl_marginal": kl_marginal, "elbo": recon - kl_prior}
+
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {
+    "elbo": ObjectiveSpec(elbo, ("loss", "recon", "kl", "elbo"), ("samples", "beta", "kl", "free_bits"),
+                          schedule=("kl_scale",)),
+    "iwae": ObjectiveSpec(iwae, ("loss", "iwae", "elbo"), ("samples", "beta"), _no_kl_weight),
+    "icvae": ObjectiveSpec(icvae, ("loss", "recon", "kl", "kl_marginal", "elbo"), ("samples", "beta", "kl", "lam"),
+                           needs=("density", "conditional"), schedule=("kl_scale",)),
+    "reconstruction": ObjectiveSpec(reconstruction, ("loss", "recon"), needs=("autoencoder",)),
     "tcvae": ObjectiveSpec(tcvae, ("loss", "recon", "kl", "mi", "tc", "dwkl", "elbo"),
                            ("samples", "beta", "mi_weight", "dwkl_weight", "tc_estimator", "dataset_size"),
                            schedule=("kl_scale",), fits=_one_code("tcvae")),
@@ -1060,4 +1055,7 @@ OBJECTIVES.update({
     "dipvae": ObjectiveSpec(dipvae, ("loss", "recon", "kl", "dip", "elbo"),
                             ("samples", "beta", "kl", "dip_type", "dip_offdiag", "dip_diag"),
                             schedule=("kl_scale",), fits=_one_code("dipvae")),
-})
+}
+"""The objective registry: name (``TrainConfig.objective``, ``--objective``) -> ``ObjectiveSpec``.
+The ``objective`` decorator registers more from outside the package."""
+
