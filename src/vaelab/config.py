@@ -352,7 +352,7 @@ class TrainConfig:
         "Kingma et al. 2016; per level of a hierarchy); the logged ELBO keeps the true KL; 0 = off",
         metavar="NATS", low=0)
     # the disentangling objectives' own settings (Chen et al. 2018; Kim & Mnih 2018; Burgess et al. 2018;
-    # Kulkarni et al. 2018)
+    # Kumar et al. 2018)
     tc_estimator: str = setting(
         "mss", "tcvae: the estimator of log q(z) from the batch (Chen et al. 2018): mss (minibatch stratified "
         "sampling) or mws (minibatch weighted sampling, biased low: log N below it when every posterior is "
@@ -377,7 +377,7 @@ class TrainConfig:
     capacity_weight: float = setting(1000.0, "capacity: weight gamma of |KL - C| (Burgess et al. 2018: 1000)",
                                      metavar="GAMMA", low=0)
     dip_type: str = setting("ii", "dipvae: i matches the covariance of the posterior means to I, ii that of q(z) "
-                                  "(Kulkarni et al. 2018)", choices=("i", "ii"))
+                                  "(Kumar et al. 2018)", choices=("i", "ii"))
     dip_offdiag: float = setting(10.0, "dipvae: weight lambda_od of the squared off-diagonal covariances",
                                  metavar="LAMBDA", low=0)
     dip_diag: float | None = setting(None, "dipvae: weight lambda_d of the diagonal's squared distance to 1; "

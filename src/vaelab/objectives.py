@@ -526,7 +526,7 @@ def _global(peers, *tensors: torch.Tensor) -> tuple[list[torch.Tensor], int]:
 
 def _log_weights(rows: torch.Tensor, m: int, dataset_size: int, estimator: str) -> torch.Tensor:
     """log w_ij, (S, M): the weight of posterior j of the batch in the estimate of q(z_i), for
-    codes drawn from the posteriors of batch rows `rows` (S,). Chen et al. 2018, appendix C."""
+    codes drawn from the posteriors of batch rows `rows` (S,). Chen et al. 2018, appendix."""
     n = max(dataset_size, m)  # a batch larger than N (a test chunk) counts as the whole data
     if estimator == "mws":  # minibatch weighted sampling: 1/(NM) each
         return torch.full((len(rows), m), -math.log(n * m), device=rows.device)
@@ -552,7 +552,7 @@ def minibatch_log_qz(z: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
 
     q(z) = (1/N) sum_n q(z|x_n), the average posterior over the N images of the data set, and
     q(z_d) its marginals, are estimated at codes drawn from the batch's own posteriors by a
-    weighted sum over the batch's M posteriors (Chen et al. 2018, section 4.1 and appendix C):
+    weighted sum over the batch's M posteriors (Chen et al. 2018, their section 4 and appendix):
     minibatch weighted sampling (``mws``, weights 1/(NM): biased low, by log N when every
     posterior is the same) or minibatch stratified sampling (``mss``, the code's own posterior
     weighted 1/N, the others so that the weights sum to 1). Each log q(z_i|x_j) is a
@@ -608,7 +608,7 @@ def tcvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
 
     E_p(x)[KL(q(z|x) || p(z))] = I_q(x; z) + KL(q(z) || prod_d q(z_d)) + sum_d KL(q(z_d) || p(z_d)):
     the index-code mutual information, the total correlation and the dimension-wise KL
-    (their eq. 2). Per code z_i ~ q(z|x_i), with log q(z) and log q(z_d) estimated from the
+    (their decomposition of the KL). Per code z_i ~ q(z|x_i), with log q(z) and log q(z_d) estimated from the
     batch (``minibatch_log_qz``)::
 
         mi = log q(z_i|x_i) - log q(z_i)      tc = log q(z_i) - sum_d log q(z_id)
@@ -692,7 +692,7 @@ def _side_noise(generator, shape: tuple[int, ...], like: torch.Tensor) -> torch.
 
 def _permute_dims(z: torch.Tensor, generator, peers) -> torch.Tensor:
     """Draws from prod_d q(z_d): each dimension of the codes z (B, D) shuffled across the (global)
-    batch on its own (Kim & Mnih 2018, algorithm 2); this process's rows, (B, D)."""
+    batch on its own (Kim & Mnih 2018); this process's rows, (B, D)."""
     (codes, keys), offset = _global(peers, z, _side_noise(generator, tuple(z.shape), z))
     order = keys.argsort(0)  # (M, D): a random permutation of the batch's rows per dimension
     return codes.gather(0, order)[offset : offset + len(z)]
@@ -706,13 +706,13 @@ def factorvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples:
     A discriminator D (``model.objective_nets["discriminator"]``, an MLP over codes) tells
     codes z ~ q(z) from codes whose dimensions were shuffled across the batch, draws from
     prod_d q(z_d). By the density-ratio trick, TC = KL(q(z) || prod_d q(z_d)) ~ E_q[log D(z) /
-    (1 - D(z))], D's logit at z (their eq. 3). Both are trained in one backward pass of one
+    (1 - D(z))], D's logit at z. Both are trained in one backward pass of one
     loss, each part reaching only its own parameters::
 
         loss = -recon + beta * kl + gamma * logit_D(z)       (the VAE: D's weights held fixed)
              + (softplus(-logit_D(z)) + softplus(logit_D(z_perm))) / 2   (D: on codes held fixed)
 
-    so the optimiser's one step is the VAE's step and the discriminator's (their algorithm 2);
+    so the optimiser's one step is the VAE's step and the discriminator's, as in the paper's algorithm;
     Adam's moments are per parameter, so this is two Adams with the same settings, and the
     discriminator's are in the optimiser's state that checkpoints keep. beta and gamma are
     scaled by the KL warm-up's share. In a data-parallel job the shuffle spans the global batch.
@@ -839,13 +839,12 @@ def dipvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: in
            kl: str = "analytic", dip_type: str = "ii", dip_offdiag: float = 10.0, dip_diag: float | None = None,
            schedule: Schedule | None = None, generator=None, x_in: torch.Tensor | None = None,
            peers=None) -> dict[str, torch.Tensor]:
-    """DIP-VAE (Kulkarni et al. 2018): the ELBO plus a penalty that moves a covariance of the code towards I.
+    """DIP-VAE (Kumar et al. 2018): the ELBO plus a penalty that moves a covariance of the code towards I.
 
     Type i takes the covariance of the posterior means, Cov_p(x)[mu(x)]; type ii that of the
-    average posterior q(z), E_p(x)[Sigma(x)] + Cov_p(x)[mu(x)] (their eqs. 7 and 8), both over
-    the (global) batch. The penalty is
-    lambda_od * sum_{i != j} Cov_ij^2 + lambda_d * sum_i (Cov_ii - 1)^2, added to each
-    image's loss, so their mean carries it once; beta is scaled by the KL warm-up's share.
+    average posterior q(z), E_p(x)[Sigma(x)] + Cov_p(x)[mu(x)], both over the (global) batch.
+    The penalty is lambda_od * sum_{i != j} Cov_ij^2 + lambda_d * sum_i (Cov_ii - 1)^2, added to
+    each image's loss, so their mean carries it once; beta is scaled by the KL warm-up's share.
 
     Args:
         model: A model with one vector code, a diagonal Gaussian posterior and the N(0, I) prior.
@@ -857,7 +856,7 @@ def dipvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: in
         dip_type: ``"i"`` or ``"ii"``.
         dip_offdiag: lambda_od, the weight of the off-diagonal entries.
         dip_diag: lambda_d, the weight of the diagonal's distance to 1; None: 10 * lambda_od for
-            type i, lambda_od for type ii (the paper's choices).
+            type i, lambda_od for type ii (as disentanglement_lib's study).
         schedule: This training step's ``Schedule`` (``kl_scale``); None: full weights.
         generator: Source of the reparameterisation noise (see ``elbo``).
         x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
