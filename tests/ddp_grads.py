@@ -3,7 +3,9 @@
 Writes, from rank 0, whether every rank ended with the same gradients and whether they
 equal the gradient of the whole batch in one process (the DDP forward trap: work done
 outside the wrapped module's forward would not be synchronised), for a VAE and for the
-icvae, whose batch-level penalty needs the other processes' rows and their gradients."""
+icvae, whose batch-level penalty needs the other processes' rows and their gradients, and for
+a VAE trained with tcvae (q(z) over the global batch) and factorvae (its discriminator, trained
+beside the model on codes shuffled across the global batch)."""
 
 import json
 import os
@@ -12,8 +14,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from vaelab.config import ModelConfig
-from vaelab.models import build_model
+from vaelab.config import ModelConfig, TrainConfig
+from vaelab.models import bind_objective, build_model
 from vaelab.noise import ExampleNoise
 from vaelab.runtime import distributed, leave_process_group
 
@@ -22,14 +24,22 @@ def grads(model) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
+# the disentangling objectives, on a VAE
+OBJECTIVE_KINDS = {"tcvae": TrainConfig(objective="tcvae", beta=4.0, dataset_size=100),
+                   "factorvae": TrainConfig(objective="factorvae", discriminator_hidden=(8,))}
+
+
 def step(d, kind: str) -> dict:
     """One DDP step of `kind` (vae, or icvae, whose pairwise penalty spans the global batch)."""
     torch.manual_seed(0)
-    cfg = ModelConfig(model=kind, hidden=(16,), decoder_hidden=None, latent_dim=3)
+    cfg = ModelConfig(model="vae" if kind in OBJECTIVE_KINDS else kind, hidden=(16,), decoder_hidden=None,
+                      latent_dim=3)
     cond_dim = 4 if kind == "icvae" else 0
     model = build_model(cfg, (1, 6, 6), cond_dim=cond_dim)
     if kind == "icvae":
         model.objective = model.objective.replace(lam=2.0)
+    if kind in OBJECTIVE_KINDS:
+        bind_objective(model, OBJECTIVE_KINDS[kind])
     x = (torch.rand(10, 1, 6, 6, generator=torch.Generator().manual_seed(1)) < 0.4).float()
     c = torch.eye(4)[torch.arange(10) % 4] if cond_dim else None
     idx = torch.arange(10)
@@ -43,6 +53,8 @@ def step(d, kind: str) -> dict:
     if not d.main:
         return {}
     reference = build_model(cfg, (1, 6, 6), cond_dim=cond_dim)
+    if kind in OBJECTIVE_KINDS:
+        bind_objective(reference, OBJECTIVE_KINDS[kind])
     reference.load_state_dict(model.state_dict())
     reference.zero_grad()
     reference.objective = model.objective
@@ -54,7 +66,7 @@ def step(d, kind: str) -> dict:
 
 def main(out: str) -> None:
     d, _ = distributed("cpu")
-    results = {kind: step(d, kind) for kind in ("vae", "icvae")}
+    results = {kind: step(d, kind) for kind in ("vae", "icvae", *OBJECTIVE_KINDS)}
     if d.main:
         with open(out, "w") as f:  # closed here: os._exit below flushes nothing
             json.dump(results, f)

@@ -283,6 +283,18 @@ class TrainConfig:
         clip_grad: The largest global gradient norm; 0 turns clipping off.
         kl_warmup: Epochs over which the KL weight rises from 0 to ``beta``; 0 turns it off.
         free_bits: Nats per image below which a latent level's KL stops counting in the loss; 0 turns it off.
+        tc_estimator: tcvae: how log q(z) is estimated from the batch, ``mss`` or ``mws``.
+        mi_weight: tcvae: the weight alpha of the index-code mutual information.
+        dwkl_weight: tcvae: the weight gamma of the dimension-wise KL.
+        dataset_size: tcvae: N, the number of images q(z) averages over; set from the training data.
+        tc_weight: factorvae: the weight gamma of the discriminator's total-correlation estimate.
+        discriminator_hidden: factorvae: the discriminator's layer widths.
+        capacity: capacity: C_max, the KL in nats the capacity C rises to; 0 turns it off.
+        capacity_steps: capacity: the steps over which C rises from 0 to ``capacity``.
+        capacity_weight: capacity: the weight gamma of |KL - C|.
+        dip_type: dipvae: ``i`` or ``ii``.
+        dip_offdiag: dipvae: the weight lambda_od of the off-diagonal covariances.
+        dip_diag: dipvae: the weight lambda_d of the diagonal's distance to 1; None: from ``dip_type``.
         skip_grad: A global gradient norm above which a step is skipped; 0 turns it off.
         samples: Samples of z per image (L for the ELBO, k for IWAE).
         seed: The seed of all randomness in training.
@@ -322,7 +334,8 @@ class TrainConfig:
                                      metavar="G", low=0, open_low=True, high=1)
     warmup_steps: int = setting(100, "linear learning-rate warm-up, at most one epoch", metavar="N", low=0)
     objective: str = setting(
-        AUTO, "elbo; iwae (importance-weighted bound with --samples k); icvae; reconstruction; auto: the "
+        AUTO, "elbo; iwae (importance-weighted bound with --samples k); icvae; reconstruction; the "
+        "disentangling tcvae (beta-TCVAE), factorvae, capacity (annealed capacity) and dipvae; auto: the "
         "model's own (elbo for VAEs, reconstruction for the AE)")
     kl: str = setting("analytic", "KL term of the ELBO: closed form, or Monte Carlo (flows always use mc)",
                       choices=KL_KINDS)
@@ -337,6 +350,38 @@ class TrainConfig:
         0.0, "ELBO: each latent level's KL counts at least this many nats per image in the loss (free bits, "
         "Kingma et al. 2016; per level of a hierarchy); the logged ELBO keeps the true KL; 0 = off",
         metavar="NATS", low=0)
+    # the disentangling objectives' own settings (Chen et al. 2018; Kim & Mnih 2018; Burgess et al. 2018;
+    # Kumar et al. 2018)
+    tc_estimator: str = setting(
+        "mss", "tcvae: the estimator of log q(z) from the batch (Chen et al. 2018): mss (minibatch stratified "
+        "sampling) or mws (minibatch weighted sampling, biased low: log N below it when every posterior is "
+        "the same)", choices=("mss", "mws"))
+    mi_weight: float = setting(1.0, "tcvae: weight alpha of the index-code mutual information (--beta weighs the "
+                                    "total correlation)", metavar="ALPHA", low=0)
+    dwkl_weight: float = setting(1.0, "tcvae: weight gamma of the dimension-wise KL", metavar="GAMMA", low=0)
+    dataset_size: int | None = setting(
+        None, "tcvae: N, the number of images q(z) is the average posterior over, in its estimators; unset: the "
+        "training images, recorded in config.json when training starts", metavar="N", low=1)
+    tc_weight: float = setting(
+        10.0, "factorvae: weight gamma of the discriminator's total-correlation estimate (Kim & Mnih 2018; "
+        "published sweeps on dSprites span 10-100)", metavar="GAMMA", low=0)
+    discriminator_hidden: tuple[int, ...] = setting(
+        (1000, 1000, 1000, 1000, 1000, 1000), "factorvae: layer widths of the discriminator, an MLP with leaky "
+        "ReLUs over codes (the paper's: six of 1000)", metavar="H1,H2", parse="ints", low=1)
+    capacity: float = setting(
+        0.0, "capacity: C_max, the KL in nats per image the code may carry at the end of --capacity-steps "
+        "(Burgess et al. 2018 use 25 on dSprites); 0 = off", metavar="NATS", low=0)
+    capacity_steps: int = setting(100_000, "capacity: optimiser steps over which the capacity C rises linearly "
+                                           "from 0 to --capacity", metavar="N", low=1)
+    capacity_weight: float = setting(1000.0, "capacity: weight gamma of |KL - C| (Burgess et al. 2018: 1000)",
+                                     metavar="GAMMA", low=0)
+    dip_type: str = setting("ii", "dipvae: i matches the covariance of the posterior means to I, ii that of q(z) "
+                                  "(Kumar et al. 2018)", choices=("i", "ii"))
+    dip_offdiag: float = setting(10.0, "dipvae: weight lambda_od of the squared off-diagonal covariances",
+                                 metavar="LAMBDA", low=0)
+    dip_diag: float | None = setting(None, "dipvae: weight lambda_d of the diagonal's squared distance to 1; "
+                                           "unset: 10 x --dip-offdiag for type i, --dip-offdiag for ii",
+                                     metavar="LAMBDA", low=0)
     skip_grad: float | None = setting(
         None, "skip a step whose global gradient norm (before clipping) is above NORM, counted in metrics.jsonl "
         "as skipped_large_grad (Child 2021); 0 = off (chosen: 0, and 4 per pixel value for the ladder model: 3136 "
@@ -949,6 +994,8 @@ def resolve(cfg: Config, facts: DataFacts) -> tuple[Config, dict[str, str]]:
     if m.model == LADDER:
         _pick_ladder(m, facts, pick)
     _pick_length(cfg.train, recipe, facts, pick)
+    if cfg.train.dataset_size is None:  # a fact of the data (tcvae's N): recorded in config.json, not announced
+        pick.sections["train"]["dataset_size"] = facts.n_train
     return cfg.replace(**pick.sections), pick.chosen
 
 

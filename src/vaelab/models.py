@@ -147,6 +147,12 @@ class _Base(nn.Module):
         if objective != AUTO and objective not in accepted:
             raise ConfigError(f"the {name} model trains with {', '.join(accepted)}, not {objective}"
                               f"{cls._why_not('objective', objective)}")
+        if objective != AUTO:
+            from vaelab.objectives import OBJECTIVES  # the registry as it is now
+
+            fits = OBJECTIVES[objective].fits  # what the objective asks of the model's settings (flows, prior)
+            if fits is not None:
+                fits(cls, m)
 
     @classmethod
     def _why_not(cls, what: str, value) -> str:
@@ -666,7 +672,9 @@ def bind_objective(model: _Base, t: TrainConfig) -> Objective:
 
     Binds the run's objective (``--objective``, or the model's own when auto) with its
     settings (--samples, --beta, --kl, --lambda) to the model; training and the test pass
-    both run it, so the options mean the same on both.
+    both run it, so the options mean the same on both. Networks the objective trains beside
+    the model (FactorVAE's discriminator) become its submodules, ``model.objective_nets``, on
+    the model's device: bind before building the optimiser or loading a checkpoint.
 
     Args:
         model: A model from ``build_model``.
@@ -687,9 +695,20 @@ def bind_objective(model: _Base, t: TrainConfig) -> Objective:
         Objective(name='iwae', options={'samples': 5, 'beta': 1.0})
         >>> sorted(model(torch.zeros(3, 1, 28, 28)))
         ['elbo', 'iwae', 'loss']
+        >>> _ = bind_objective(model, TrainConfig(objective="factorvae", discriminator_hidden=(8,)))
+        >>> list(model.objective_nets)  # trained beside the model, saved with it
+        ['discriminator']
     """
+    from vaelab.objectives import OBJECTIVES  # the registry as it is now, with objectives added since
+
     type(model).check(model.cfg, t.objective)
-    model.objective = bind(model.default_objective if t.objective == AUTO else t.objective, t)
+    name = model.default_objective if t.objective == AUTO else t.objective
+    model.objective = bind(name, t)
+    build = OBJECTIVES[name].nets
+    if build is not None:
+        model.objective_nets = nn.ModuleDict(build(model, t)).to(next(model.parameters()).device)
+    elif "objective_nets" in model._modules:  # a previous objective's
+        del model.objective_nets
     return model.objective
 
 

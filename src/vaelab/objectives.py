@@ -36,8 +36,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from vaelab.config import ConfigError, TrainConfig
+from vaelab.config import ConfigError, ModelConfig, TrainConfig
+from vaelab.distributions import LOG_2PI
+from vaelab.noise import ExampleNoise, normal_noise
 
 __all__ = [
     "OBJECTIVES",
@@ -52,6 +56,11 @@ __all__ = [
     "reconstruction",
     "kl_to_prior",
     "pairwise_gaussian_kl",
+    "minibatch_log_qz",
+    "tcvae",
+    "factorvae",
+    "capacity",
+    "dipvae",
 ]
 
 
@@ -69,6 +78,9 @@ class Schedule:
         kl_scale: The share of the KL weight beta the loss uses at this step, in [0, 1]:
             rises linearly from 0 to 1 over ``kl_warmup`` epochs (Bowman et al. 2016;
             Sønderby et al. 2016), then stays at 1.
+        capacity_scale: The share of C_max the capacity objective lets the KL reach at this
+            step, C(step) / C_max in [0, 1]: rises linearly from 0 to 1 over ``capacity_steps``
+            steps (Burgess et al. 2018), then stays at 1.
 
     Examples:
         >>> from vaelab.config import TrainConfig
@@ -77,16 +89,20 @@ class Schedule:
         >>> [Schedule.at(t, step, 100).kl_scale for step in (0, 50, 100, 200, 300)]
         [0.0, 0.25, 0.5, 1.0, 1.0]
         >>> Schedule.at(TrainConfig(kl_warmup=0), 0, 100)
-        Schedule(kl_scale=1.0)
+        Schedule(kl_scale=1.0, capacity_scale=1.0)
+        >>> t = TrainConfig(objective="capacity", capacity=25.0, capacity_steps=1000)
+        >>> [25.0 * Schedule.at(t, step, 100).capacity_scale for step in (0, 500, 1000, 5000)]  # C(step), nats
+        [0.0, 12.5, 25.0, 25.0]
     """
 
     kl_scale: float = field(default=1.0, metadata={"setting": "kl_warmup", "what": "no KL term to warm up"})
+    capacity_scale: float = field(default=1.0, metadata={"setting": "capacity", "what": "no capacity to anneal"})
 
     @classmethod
     def at(cls, t: TrainConfig, step: int, steps_per_epoch: int) -> Schedule:
         """The schedule of optimiser step `step` (0-based) of a run with `steps_per_epoch` steps an epoch."""
         warm = min(1.0, step / (t.kl_warmup * steps_per_epoch)) if t.kl_warmup else 1.0
-        return cls(kl_scale=warm)
+        return cls(kl_scale=warm, capacity_scale=min(1.0, step / t.capacity_steps) if t.capacity else 1.0)
 
 
 FULL = Schedule()  # every weight at its end value: the test pass, and calls without a schedule
@@ -110,6 +126,13 @@ class ObjectiveSpec:
             ``autoencoder``; see ``traits`` in ``vaelab.models``).
         schedule: The ``Schedule`` fields ``fn`` reads (it is then called with ``schedule=``);
             the settings that drive the others are refused. Empty: ``fn`` takes no schedule.
+        fits: Called with a model class and its ``vaelab.config.ModelConfig`` by the model's
+            ``check``; raises ``ConfigError`` for a model the objective cannot train (a
+            hierarchy, flows, a prior); None: every model whose traits meet ``needs``.
+        nets: Builds the networks the objective trains beside the model, ``nets(model, t)`` ->
+            {name: nn.Module} (FactorVAE's discriminator); ``vaelab.models.bind_objective`` makes
+            them submodules of the model (``model.objective_nets``), so that the optimiser,
+            checkpoints, resuming and DistributedDataParallel see them. None: none.
 
     Examples:
         >>> from vaelab.objectives import OBJECTIVES
@@ -127,11 +150,14 @@ class ObjectiveSpec:
     # what a model must be to train with it (vaelab.models' traits: density, conditional, autoencoder)
     needs: tuple[str, ...] = ("density",)
     schedule: tuple[str, ...] = ()  # the Schedule fields fn reads, passed as schedule=
+    fits: Callable[[type, ModelConfig], None] | None = None  # refuses models it cannot train
+    nets: Callable[[Any, TrainConfig], dict[str, nn.Module]] | None = None  # networks trained beside the model
 
 
 def objective(name: str, terms: tuple[str, ...], options: tuple[str, ...] = (),
               check: Callable[[TrainConfig], None] | None = None, needs: tuple[str, ...] = ("density",),
-              schedule: tuple[str, ...] = ()):
+              schedule: tuple[str, ...] = (), fits: Callable[[type, ModelConfig], None] | None = None,
+              nets: Callable[[Any, TrainConfig], dict[str, nn.Module]] | None = None):
     """Register a new training objective under a name (a decorator).
 
     The decorated function has the signature
@@ -153,6 +179,10 @@ def objective(name: str, terms: tuple[str, ...], options: tuple[str, ...] = (),
             that weighs a KL term by ``beta * schedule.kl_scale``; it is then called with a
             ``schedule=`` keyword (None in the test pass: full weights). Settings that drive
             the other fields (``kl_warmup``) are refused for it.
+        fits: Called with a model class and its ModelConfig; raises ``ConfigError`` for a model
+            the objective cannot train.
+        nets: ``nets(model, t)`` -> {name: nn.Module}: networks the objective trains beside the
+            model (see ``ObjectiveSpec``); the function finds them in ``model.objective_nets``.
 
     Returns:
         The decorator, which registers the function and returns it unchanged.
@@ -177,7 +207,8 @@ def objective(name: str, terms: tuple[str, ...], options: tuple[str, ...] = (),
                          f"Schedule fields (schedule), or 'loss' is not its first term")
 
     def register(fn):
-        OBJECTIVES[name] = ObjectiveSpec(fn, tuple(terms), tuple(options), check, tuple(needs), tuple(schedule))
+        OBJECTIVES[name] = ObjectiveSpec(fn, tuple(terms), tuple(options), check, tuple(needs), tuple(schedule),
+                                         fits, nets)
         return fn
 
     return register
@@ -457,6 +488,412 @@ def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
     return {"loss": -bound, "iwae": bound, "elbo": lw.mean(0)}
 
 
+# ----------------------------------------------------------------------------- disentanglement
+# beta-TCVAE, FactorVAE, annealed capacity and DIP-VAE: penalties on the code of a VAE with one
+# vector latent, added to its reconstruction term. `_one_code` refuses the models they do not fit.
+
+
+def _one_code(name: str, gaussian: bool = True):
+    """The `fits` of an objective that needs one vector code (no hierarchy) and, when `gaussian`,
+    a diagonal Gaussian posterior (no flows) and the N(0, I) prior."""
+
+    def fits(model_cls: type, m: ModelConfig) -> None:
+        if "hierarchical" in getattr(model_cls, "traits", ()):
+            raise ConfigError(f"the {name} objective works on one vector code, and the {m.model} model's code is "
+                              "a hierarchy of layers; use --model vae")
+        if gaussian and m.flows:
+            raise ConfigError(f"the {name} objective needs the posterior's Gaussian parameters, which flows "
+                              "replace; drop --flows")
+        if gaussian and m.prior != "normal":
+            raise ConfigError(f"the {name} objective measures the code against the N(0, I) prior dimension by "
+                              f"dimension; use --prior normal, not {m.prior}")
+
+    return fits
+
+
+def _gaussian(q, name: str) -> None:
+    if not hasattr(q, "log_std"):
+        raise ValueError(f"the {name} objective needs a diagonal Gaussian posterior (no flows)")
+
+
+def _global(peers, *tensors: torch.Tensor) -> tuple[list[torch.Tensor], int]:
+    """The whole batch's rows of each tensor and this process's offset among them (see ``peers``)."""
+    if peers is None:
+        return list(tensors), 0
+    gathered = [peers(t) for t in tensors]
+    return [g for g, _ in gathered], gathered[0][1]
+
+
+def _log_weights(rows: torch.Tensor, m: int, dataset_size: int, estimator: str) -> torch.Tensor:
+    """log w_ij, (S, M): the weight of posterior j of the batch in the estimate of q(z_i), for
+    codes drawn from the posteriors of batch rows `rows` (S,). Chen et al. 2018, appendix."""
+    n = max(dataset_size, m)  # a batch larger than N (a test chunk) counts as the whole data
+    if estimator == "mws":  # minibatch weighted sampling: 1/(NM) each
+        return torch.full((len(rows), m), -math.log(n * m), device=rows.device)
+    if estimator != "mss":
+        raise ValueError(f"unknown estimator {estimator!r}; choose mss or mws")
+    others = m - 1
+    if others == 0:  # a batch of one: its own posterior is all there is
+        return torch.zeros(len(rows), 1, device=rows.device)
+    # minibatch stratified sampling: the code's own posterior weighs 1/N, the next row's
+    # (N - M + 1) / (N (M - 1)) and the M - 2 others 1/(M - 1) each; a row's weights sum to 1.
+    # (The authors' code, rtqichen/beta-tcvae, fills a flat view with stride M, the row length, so
+    # its 1/N and next-row weights land in columns 0 and 1 of every row, not on each row's own.)
+    w = torch.full((len(rows), m), 1 / others, device=rows.device)
+    at = torch.arange(len(rows), device=rows.device)
+    w[at, (rows + 1) % m] = (n - others) / (n * others)
+    w[at, rows] = 1 / n
+    return w.log()
+
+
+def minibatch_log_qz(z: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor, dataset_size: int,
+                     estimator: str = "mss", offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Estimates of log q(z) and sum_d log q(z_d) from a batch of diagonal Gaussian posteriors.
+
+    q(z) = (1/N) sum_n q(z|x_n), the average posterior over the N images of the data set, and
+    q(z_d) its marginals, are estimated at codes drawn from the batch's own posteriors by a
+    weighted sum over the batch's M posteriors (Chen et al. 2018, their section 4 and appendix):
+    minibatch weighted sampling (``mws``, weights 1/(NM): biased low, by log N when every
+    posterior is the same) or minibatch stratified sampling (``mss``, the code's own posterior
+    weighted 1/N, the others so that the weights sum to 1). Each log q(z_i|x_j) is a
+    (codes x M) matrix, computed a few dimensions at a time to bound the memory.
+
+    Args:
+        z: Codes, (B, D) or (L, B, D) for L draws: z[..., b, :] was drawn from the posterior of
+            batch row ``offset + b``.
+        mean: The means of the whole batch's posteriors, (M, D).
+        log_std: Their log standard deviations, (M, D).
+        dataset_size: N, the number of images q(z) averages over (the training set).
+        estimator: ``"mss"`` or ``"mws"``.
+        offset: Where the codes' rows start in the batch (a process's share of a global batch).
+
+    Returns:
+        tuple: (log q(z), sum_d log q(z_d)), each of z's shape without D: (B,) or (L, B).
+
+    Examples:
+        >>> import math
+        >>> from vaelab.objectives import minibatch_log_qz
+        >>> from vaelab.distributions import DiagonalGaussian
+        >>> mean, log_std = torch.zeros(8, 3), torch.zeros(8, 3)  # 8 identical posteriors N(0, I)
+        >>> z = torch.randn(8, 3)
+        >>> exact = DiagonalGaussian(mean, log_std).log_prob(z)  # q(z) is that same Gaussian
+        >>> joint, marginals = minibatch_log_qz(z, mean, log_std, dataset_size=1000)
+        >>> torch.allclose(joint, exact, atol=1e-5), torch.allclose(marginals, exact, atol=1e-5)
+        (True, True)
+        >>> joint, _ = minibatch_log_qz(z, mean, log_std, dataset_size=1000, estimator="mws")
+        >>> torch.allclose(joint, exact - math.log(1000), atol=1e-5)  # MWS: log N too low
+        True
+    """
+    lead, d = z.shape[:-1], z.shape[-1]
+    codes = z.reshape(-1, d)  # (S, D), the draws of each row in turn
+    rows = offset + torch.arange(lead[-1], device=z.device).repeat(len(codes) // lead[-1])  # (S,)
+    log_w = _log_weights(rows, len(mean), dataset_size, estimator)  # (S, M)
+    joint = torch.zeros_like(log_w)  # sum over d of log q(z_id | x_j), (S, M)
+    marginals = torch.zeros(len(codes), device=z.device, dtype=z.dtype)  # sum_d log q(z_id), (S,)
+    chunk = max(1, (1 << 22) // max(1, log_w.numel()))  # dimensions at a time: (S, M, chunk) values
+    inv_std = torch.exp(-log_std)
+    for dims in torch.arange(d, device=z.device).split(chunk):
+        u = (codes[:, None, dims] - mean[None, :, dims]) * inv_std[None, :, dims]  # (S, M, chunk)
+        per_dim = -0.5 * (u.square() + LOG_2PI) - log_std[None, :, dims]
+        joint = joint + per_dim.sum(-1)
+        marginals = marginals + torch.logsumexp(per_dim + log_w[:, :, None], 1).sum(-1)
+    return torch.logsumexp(joint + log_w, 1).reshape(lead), marginals.reshape(lead)
+
+
+def tcvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
+          mi_weight: float = 1.0, dwkl_weight: float = 1.0, tc_estimator: str = "mss",
+          dataset_size: int | None = None, schedule: Schedule | None = None, generator=None,
+          x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+    """beta-TCVAE (Chen et al. 2018): the ELBO's KL split in three, with the total correlation weighted by beta.
+
+    E_p(x)[KL(q(z|x) || p(z))] = I_q(x; z) + KL(q(z) || prod_d q(z_d)) + sum_d KL(q(z_d) || p(z_d)):
+    the index-code mutual information, the total correlation and the dimension-wise KL
+    (their decomposition of the KL). Per code z_i ~ q(z|x_i), with log q(z) and log q(z_d) estimated from the
+    batch (``minibatch_log_qz``)::
+
+        mi = log q(z_i|x_i) - log q(z_i)      tc = log q(z_i) - sum_d log q(z_id)
+        dwkl = sum_d log q(z_id) - log p(z_i)
+
+    which sum to the one-sample estimate log q(z_i|x_i) - log p(z_i) of the KL. The loss is
+    -recon + alpha * mi + beta * tc + gamma * dwkl, the three weights scaled by the KL
+    warm-up's share. In a data-parallel job the batch is the global one (`peers`).
+
+    Args:
+        model: A model with one vector code, a diagonal Gaussian posterior and the N(0, I) prior.
+        x: Images (B, C, H, W).
+        c: Conditions (B, C') for conditional models; None otherwise.
+        samples: Draws of z per image.
+        beta: Weight of the total correlation, >= 0 (1: the ELBO when alpha = gamma = 1).
+        mi_weight: alpha, the weight of the index-code mutual information.
+        dwkl_weight: gamma, the weight of the dimension-wise KL.
+        tc_estimator: ``"mss"`` (minibatch stratified sampling) or ``"mws"`` (minibatch weighted).
+        dataset_size: N, the number of training images (training sets it from the data).
+        schedule: This training step's ``Schedule``: the weights are scaled by ``kl_scale``;
+            None: full weights.
+        generator: Source of the reparameterisation noise (see ``elbo``).
+        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
+        peers: In a data-parallel job, gathers the global batch's posteriors; None: this batch
+            is the whole batch.
+
+    Returns:
+        dict: per-example terms in nats, each of shape (B,), ``loss``, ``recon`` = E_q[log p(x|z)],
+        ``kl`` = KL(q(z|x) || p(z)) in closed form, ``mi``, ``tc``, ``dwkl`` (mi + tc + dwkl is
+        the one-sample estimate of kl) and ``elbo`` = recon - kl.
+
+    Raises:
+        ValueError: No dataset_size, or a posterior that is not a diagonal Gaussian.
+
+    Examples:
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> from vaelab.objectives import tcvae
+        >>> _ = torch.manual_seed(0)
+        >>> model = build_model(ModelConfig(latent_dim=3, hidden=(16,)), (1, 28, 28))
+        >>> x = (torch.rand(8, 1, 28, 28) < 0.3).float()
+        >>> terms = tcvae(model, x, beta=6.0, dataset_size=60000)
+        >>> sorted(terms), terms["tc"].shape
+        (['dwkl', 'elbo', 'kl', 'loss', 'mi', 'recon', 'tc'], torch.Size([8]))
+        >>> torch.allclose(terms["loss"], -terms["recon"] + terms["mi"] + 6.0 * terms["tc"] + terms["dwkl"])
+        True
+    """
+    if dataset_size is None:
+        raise ValueError("the tcvae objective needs dataset_size, the number of training images (training sets it)")
+    q = model.encode(x if x_in is None else x_in, c)
+    _gaussian(q, "tcvae")
+    z, log_qzx = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, D), (L, B)
+    recon = model.decode(z, c).log_prob(x).mean(0)
+    (mean, log_std), offset = _global(peers, q.mean, q.log_std)  # (M, D) each
+    log_qz, log_prod = minibatch_log_qz(z, mean, log_std, dataset_size, tc_estimator, offset)  # (L, B) each
+    log_pz = model.prior().log_prob(z)
+    mi, tc, dwkl = (log_qzx - log_qz).mean(0), (log_qz - log_prod).mean(0), (log_prod - log_pz).mean(0)
+    kl_term = kl_to_prior(model, q, z, log_qzx)
+    scale = (schedule or FULL).kl_scale
+    loss = -recon + scale * (mi_weight * mi + beta * tc + dwkl_weight * dwkl)
+    return {"loss": loss, "recon": recon, "kl": kl_term, "mi": mi, "tc": tc, "dwkl": dwkl, "elbo": recon - kl_term}
+
+
+def _discriminator(model, t: TrainConfig) -> dict[str, nn.Module]:
+    """FactorVAE's discriminator: an MLP from a code (..., D) to the logit (..., 1) that it was drawn
+    from q(z) rather than from prod_d q(z_d), with leaky ReLUs (slope 0.2) between the layers."""
+    sizes = [model.latent_dim, *t.discriminator_hidden, 1]
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.LeakyReLU(0.2)]
+    return {"discriminator": nn.Sequential(*layers[:-1])}
+
+
+def _side_noise(generator, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise (B, D) drawn apart from the reparameterisation noise: per example
+    (its last sample slot) for an ``ExampleNoise``, the generator's next numbers otherwise."""
+    if isinstance(generator, ExampleNoise):
+        generator = ExampleNoise(generator.idx, generator.key, first_sample=ExampleNoise.MAX_SAMPLES - 1)
+    return normal_noise(shape, like, generator)
+
+
+def _permute_dims(z: torch.Tensor, generator, peers) -> torch.Tensor:
+    """Draws from prod_d q(z_d): each dimension of the codes z (B, D) shuffled across the (global)
+    batch on its own (Kim & Mnih 2018); this process's rows, (B, D)."""
+    (codes, keys), offset = _global(peers, z, _side_noise(generator, tuple(z.shape), z))
+    order = keys.argsort(0)  # (M, D): a random permutation of the batch's rows per dimension
+    return codes.gather(0, order)[offset : offset + len(z)]
+
+
+def factorvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
+              kl: str = "analytic", tc_weight: float = 10.0, schedule: Schedule | None = None, generator=None,
+              x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+    """FactorVAE (Kim & Mnih 2018): the ELBO plus gamma times a discriminator's estimate of the total correlation.
+
+    A discriminator D (``model.objective_nets["discriminator"]``, an MLP over codes) tells
+    codes z ~ q(z) from codes whose dimensions were shuffled across the batch, draws from
+    prod_d q(z_d). By the density-ratio trick, TC = KL(q(z) || prod_d q(z_d)) ~ E_q[log D(z) /
+    (1 - D(z))], D's logit at z. Both are trained in one backward pass of one
+    loss, each part reaching only its own parameters::
+
+        loss = -recon + beta * kl + gamma * logit_D(z)       (the VAE: D's weights held fixed)
+             + (softplus(-logit_D(z)) + softplus(logit_D(z_perm))) / 2   (D: on codes held fixed)
+
+    so the optimiser's one step is the VAE's step and the discriminator's, as in the paper's algorithm;
+    Adam's moments are per parameter, so this is two Adams with the same settings, and the
+    discriminator's are in the optimiser's state that checkpoints keep. beta and gamma are
+    scaled by the KL warm-up's share. In a data-parallel job the shuffle spans the global batch.
+
+    Args:
+        model: A model with one vector code, bound with ``vaelab.models.bind_objective``
+            (which gives it the discriminator).
+        x: Images (B, C, H, W).
+        c: Conditions (B, C') for conditional models; None otherwise.
+        samples: Draws of z per image (the discriminator learns from the first).
+        beta: Weight of the KL to the prior (1 in the paper).
+        kl: ``"analytic"`` or ``"mc"``, for the KL to the prior.
+        tc_weight: gamma, the weight of the total-correlation estimate.
+        schedule: This training step's ``Schedule`` (``kl_scale``); None: full weights.
+        generator: Source of the reparameterisation noise, and of the shuffle (see ``elbo``).
+        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
+        peers: In a data-parallel job, gathers the global batch's codes for the shuffle.
+
+    Returns:
+        dict: per-example terms in nats, each of shape (B,), ``loss``, ``recon``, ``kl``, ``tc``
+        (the discriminator's estimate), ``discriminator`` (its cross-entropy, log 2 at chance)
+        and ``elbo`` = recon - kl.
+
+    Raises:
+        ValueError: The model has no discriminator (it was not bound to this objective).
+
+    Examples:
+        >>> from vaelab.config import ModelConfig, TrainConfig
+        >>> from vaelab.models import bind_objective, build_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = build_model(ModelConfig(latent_dim=3, hidden=(16,)), (1, 28, 28))
+        >>> _ = bind_objective(model, TrainConfig(objective="factorvae", discriminator_hidden=(32, 32)))
+        >>> model.objective_nets["discriminator"]
+        Sequential(
+          (0): Linear(in_features=3, out_features=32, bias=True)
+          (1): LeakyReLU(negative_slope=0.2)
+          (2): Linear(in_features=32, out_features=32, bias=True)
+          (3): LeakyReLU(negative_slope=0.2)
+          (4): Linear(in_features=32, out_features=1, bias=True)
+        )
+        >>> x = (torch.rand(8, 1, 28, 28) < 0.3).float()
+        >>> terms = model(x)
+        >>> sorted(terms), terms["tc"].shape
+        (['discriminator', 'elbo', 'kl', 'loss', 'recon', 'tc'], torch.Size([8]))
+    """
+    nets = getattr(model, "objective_nets", None)
+    if nets is None or "discriminator" not in nets:
+        raise ValueError("the factorvae objective needs its discriminator; bind the objective with "
+                         "vaelab.models.bind_objective")
+    disc = nets["discriminator"]
+    q = model.encode(x if x_in is None else x_in, c)
+    z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, D), (L, B)
+    recon = model.decode(z, c).log_prob(x).mean(0)
+    kl_term = kl_to_prior(model, q, z, log_q, kl)
+    held = {k: v.detach() for k, v in disc.named_parameters()}  # the VAE's term trains the encoder only
+    tc = torch.func.functional_call(disc, held, (z,)).squeeze(-1).mean(0)  # (B,)
+    real = z[0].detach()  # (B, D): the discriminator's term trains the discriminator only
+    fake = _permute_dims(real, generator, peers)
+    d_loss = 0.5 * (F.softplus(-disc(real)) + F.softplus(disc(fake))).squeeze(-1)
+    scale = (schedule or FULL).kl_scale
+    loss = -recon + scale * (beta * kl_term + tc_weight * tc) + d_loss
+    return {"loss": loss, "recon": recon, "kl": kl_term, "tc": tc, "discriminator": d_loss, "elbo": recon - kl_term}
+
+
+def _needs_capacity(t: TrainConfig) -> None:
+    if not t.capacity:
+        raise ConfigError("the capacity objective needs --capacity NATS, the KL per image the code may carry by "
+                          "the end of --capacity-steps (Burgess et al. 2018 use 25 on dSprites)")
+
+
+def capacity(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, kl: str = "analytic",
+             capacity: float = 25.0, capacity_weight: float = 1000.0, schedule: Schedule | None = None,
+             generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+    """Annealed capacity (Burgess et al. 2018): hold the KL near a capacity C that rises during training.
+
+    loss = -recon + gamma * |KL - C(step)|, with C rising linearly from 0 to C_max (the
+    schedule's ``capacity_scale`` times `capacity`; C_max in the test pass) and KL the batch's
+    mean KL(q(z|x) || p(z)), as the reference implementations compute it (so the code as a
+    whole, not each image, is held to C; in a data-parallel job the global batch's mean). Each
+    image's loss carries the batch's penalty, so their mean is the loss. gamma is scaled by the
+    KL warm-up's share, if one is set.
+
+    Args:
+        model: A model with a density.
+        x: Images (B, C, H, W).
+        c: Conditions (B, C') for conditional models; None otherwise.
+        samples: Draws of z per image.
+        kl: ``"analytic"`` or ``"mc"``, for the KL to the prior.
+        capacity: C_max in nats per image.
+        capacity_weight: gamma, the weight of |KL - C|.
+        schedule: This training step's ``Schedule`` (``capacity_scale``, ``kl_scale``); None: C = C_max.
+        generator: Source of the reparameterisation noise (see ``elbo``).
+        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
+        peers: In a data-parallel job, gathers the global batch's KLs.
+
+    Returns:
+        dict: per-example terms in nats, each of shape (B,), ``loss``, ``recon``, ``kl``,
+        ``capacity`` (C at this step, the same for every image) and ``elbo`` = recon - kl.
+
+    Examples:
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> from vaelab.objectives import Schedule, capacity
+        >>> _ = torch.manual_seed(0)
+        >>> model = build_model(ModelConfig(latent_dim=3, hidden=(16,)), (1, 28, 28))
+        >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()
+        >>> terms = capacity(model, x, capacity=25.0, capacity_weight=100.0, schedule=Schedule(capacity_scale=0.5))
+        >>> terms["capacity"]
+        tensor([12.5000, 12.5000, 12.5000, 12.5000])
+        >>> penalty = 100.0 * (terms["kl"].mean() - 12.5).abs()
+        >>> torch.allclose(terms["loss"], -terms["recon"] + penalty)
+        True
+    """
+    terms = elbo(model, x, c, samples=samples, kl=kl, generator=generator, x_in=x_in)
+    s = schedule or FULL
+    target = capacity * s.capacity_scale
+    (kls,), _ = _global(peers, terms["kl"][:, None])
+    penalty = capacity_weight * s.kl_scale * (kls.mean() - target).abs()
+    return {"loss": -terms["recon"] + penalty, "recon": terms["recon"], "kl": terms["kl"],
+            "capacity": torch.full_like(terms["kl"], target), "elbo": terms["elbo"]}
+
+
+def dipvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
+           kl: str = "analytic", dip_type: str = "ii", dip_offdiag: float = 10.0, dip_diag: float | None = None,
+           schedule: Schedule | None = None, generator=None, x_in: torch.Tensor | None = None,
+           peers=None) -> dict[str, torch.Tensor]:
+    """DIP-VAE (Kumar et al. 2018): the ELBO plus a penalty that moves a covariance of the code towards I.
+
+    Type i takes the covariance of the posterior means, Cov_p(x)[mu(x)]; type ii that of the
+    average posterior q(z), E_p(x)[Sigma(x)] + Cov_p(x)[mu(x)], both over the (global) batch.
+    The penalty is lambda_od * sum_{i != j} Cov_ij^2 + lambda_d * sum_i (Cov_ii - 1)^2, added to
+    each image's loss, so their mean carries it once; beta is scaled by the KL warm-up's share.
+
+    Args:
+        model: A model with one vector code, a diagonal Gaussian posterior and the N(0, I) prior.
+        x: Images (B, C, H, W).
+        c: Conditions (B, C') for conditional models; None otherwise.
+        samples: Draws of z per image.
+        beta: Weight of the KL to the prior.
+        kl: ``"analytic"`` or ``"mc"``, for the KL to the prior.
+        dip_type: ``"i"`` or ``"ii"``.
+        dip_offdiag: lambda_od, the weight of the off-diagonal entries.
+        dip_diag: lambda_d, the weight of the diagonal's distance to 1; None: 10 * lambda_od for
+            type i, lambda_od for type ii (as disentanglement_lib's study).
+        schedule: This training step's ``Schedule`` (``kl_scale``); None: full weights.
+        generator: Source of the reparameterisation noise (see ``elbo``).
+        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
+        peers: In a data-parallel job, gathers the global batch's posteriors.
+
+    Returns:
+        dict: per-example terms in nats, each of shape (B,), ``loss``, ``recon``, ``kl``, ``dip``
+        (the penalty, the same for every image) and ``elbo`` = recon - kl.
+
+    Examples:
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> from vaelab.objectives import dipvae
+        >>> _ = torch.manual_seed(0)
+        >>> model = build_model(ModelConfig(latent_dim=3, hidden=(16,)), (1, 28, 28))
+        >>> x = (torch.rand(16, 1, 28, 28) < 0.3).float()
+        >>> terms = dipvae(model, x, dip_type="i", dip_offdiag=5.0)
+        >>> sorted(terms), bool((terms["dip"] >= 0).all())
+        (['dip', 'elbo', 'kl', 'loss', 'recon'], True)
+    """
+    q = model.encode(x if x_in is None else x_in, c)
+    _gaussian(q, "dipvae")
+    z, log_q = q.rsample_with_log_prob(samples, generator=generator)
+    recon = model.decode(z, c).log_prob(x).mean(0)
+    kl_term = kl_to_prior(model, q, z, log_q, kl)
+    (mean, log_std), _ = _global(peers, q.mean, q.log_std)  # (M, D) each
+    centred = mean - mean.mean(0)
+    cov = centred.T @ centred / len(mean)  # Cov[mu(x)], (D, D)
+    if dip_type == "ii":
+        cov = cov + torch.diag(torch.exp(2 * log_std).mean(0))  # + E[Sigma(x)]
+    diag = torch.diagonal(cov)
+    lam_d = dip_diag if dip_diag is not None else (10 * dip_offdiag if dip_type == "i" else dip_offdiag)
+    penalty = dip_offdiag * (cov.square().sum() - diag.square().sum()) + lam_d * (diag - 1).square().sum()
+    loss = -recon + beta * (schedule or FULL).kl_scale * kl_term + penalty
+    return {"loss": loss, "recon": recon, "kl": kl_term, "dip": penalty.expand(len(x)), "elbo": recon - kl_term}
+
+
 def reconstruction(model, x: torch.Tensor, c: torch.Tensor | None = None, *, generator=None,
                    x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
     """The plain autoencoder's objective: maximise log p(x | z = f(x)), with no prior and no KL.
@@ -605,6 +1042,19 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
     "icvae": ObjectiveSpec(icvae, ("loss", "recon", "kl", "kl_marginal", "elbo"), ("samples", "beta", "kl", "lam"),
                            needs=("density", "conditional"), schedule=("kl_scale",)),
     "reconstruction": ObjectiveSpec(reconstruction, ("loss", "recon"), needs=("autoencoder",)),
+    "tcvae": ObjectiveSpec(tcvae, ("loss", "recon", "kl", "mi", "tc", "dwkl", "elbo"),
+                           ("samples", "beta", "mi_weight", "dwkl_weight", "tc_estimator", "dataset_size"),
+                           schedule=("kl_scale",), fits=_one_code("tcvae")),
+    "factorvae": ObjectiveSpec(factorvae, ("loss", "recon", "kl", "tc", "discriminator", "elbo"),
+                               ("samples", "beta", "kl", "tc_weight"), schedule=("kl_scale",),
+                               fits=_one_code("factorvae", gaussian=False), nets=_discriminator),
+    "capacity": ObjectiveSpec(capacity, ("loss", "recon", "kl", "capacity", "elbo"),
+                              ("samples", "kl", "capacity", "capacity_weight"), _needs_capacity,
+                              schedule=("kl_scale", "capacity_scale")),
+    "dipvae": ObjectiveSpec(dipvae, ("loss", "recon", "kl", "dip", "elbo"),
+                            ("samples", "beta", "kl", "dip_type", "dip_offdiag", "dip_diag"),
+                            schedule=("kl_scale",), fits=_one_code("dipvae")),
 }
 """The objective registry: name (``TrainConfig.objective``, ``--objective``) -> ``ObjectiveSpec``.
 The ``objective`` decorator registers more from outside the package."""
+

@@ -534,6 +534,9 @@ def _setup(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
     model = build_model(cfg.model, data.image_shape, cond_dim=data.cond_dim).to(device)
     cfg, amp = _precision(cfg, model, device, resume, verbose)
     t = cfg.train
+    # what forward runs, in training and in the test pass; before the optimiser, which also steps the
+    # networks an objective trains beside the model (FactorVAE's discriminator)
+    bind_objective(model, t)
     optimizer = make_optimizer(model.parameters(), t.lr)
     # a batch size replaced is said even under --quiet when it was asked for
     note = dist.main and not resume and (verbose or "train.batch_size" not in chosen)
@@ -541,7 +544,6 @@ def _setup(cfg: Config, run_dir: Path, resume: bool, progress: bool, verbose: bo
     if dist.main and not resume and t.warmup_steps > len(batches) and t.warmup_steps != TrainConfig().warmup_steps:
         print(f"note: --warmup-steps {t.warmup_steps} is longer than an epoch ({len(batches)} steps): the "
               "learning-rate warm-up lasts one epoch", file=sys.stderr)  # asked for: said under --quiet too
-    bind_objective(model, t)  # what forward runs, in training and in the test pass
     s = Session(cfg=cfg, run_dir=run_dir, dist=dist, device=device, model=model, step_model=model,
                 optimizer=optimizer, scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
                 batches=batches, test_inputs=model_inputs(model, cfg, data.test, len(data.classes), device, budget),
