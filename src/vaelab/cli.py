@@ -166,7 +166,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
     from vaelab.runtime import resolve_device
 
     what = options.names_in(args.what, "vaelab.explore:FIGURES")  # an unknown figure: refused before any loading
-    figure_options = {k: getattr(args, k) for k in ("kind", "levels", "span", "steps", "dims", "weights", "against")}
+    figure_options = {k: getattr(args, k) for k in ("kind", "levels", "span", "steps", "dims", "weights", "against",
+                                                    "temperature", "rows", "images")}
     try:
         written = plot(args.run_dir, what, args.out, seed=args.seed, device=str(resolve_device(args.device)),
                        **figure_options)
