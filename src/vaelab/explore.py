@@ -936,7 +936,7 @@ def figure_mi_matrix(ex: Explorer, bins: int | None = None):
     codes = _test_codes(ex, "mi-matrix figure").double().cpu().numpy()
     r = mutual_information_matrix(codes, ex.factors.cpu().numpy(), bins)
     names = [ex.factor_names[k] for k in r.pop("factors")]
-    norm = torch.tensor(r["normalized"])  # (D, F)
+    norm = torch.tensor(r["normalized"], dtype=torch.float64)  # (D, F)
     d = len(norm)
     dims = sorted(norm.max(1).values.argsort(descending=True, stable=True)[:MAX_MI_DIMS].tolist())
     top = norm.sort(0, descending=True).values
