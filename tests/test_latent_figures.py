@@ -230,3 +230,16 @@ def test_resample_figure_columns_and_numbers(runs, tmp_path, capsys):
     assert main(["plot", str(runs / "vae"), "--what", "resample"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--model ladder" in err and len(err.splitlines()) == 1
+
+
+def test_the_figures_through_run_plot(runs):
+    from vaelab.api import Run
+
+    vae, ladder = Run(runs / "vae"), Run(runs / "ladder")
+    fig = vae.plot("traversal", rows=2, images=1, steps=3)
+    assert [ax.get_ylabel().split("\n")[0] for ax in fig.axes if ax.get_subplotspec().colspan.start == 0][0] == "input"
+    assert len(fig.axes) == 3 * 3  # the input row and two dimensions, three values each
+    assert len(ladder.plot("samples", temperature=(0.5, 1.0)).axes) == 2 * 10
+    assert type(ladder.plot("resample", images=1, temperature=0.8)).__name__ == "Figure"
+    with pytest.raises(ConfigError, match="takes no rows"):
+        ladder.plot("resample", rows=2)
