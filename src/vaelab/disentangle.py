@@ -106,7 +106,8 @@ def _mi_matrix(codes: np.ndarray, factors: np.ndarray, bins: int) -> tuple[np.nd
     from sklearn.metrics import mutual_info_score
 
     binned = discretize(codes, bins)
-    mi = np.array([[mutual_info_score(f, b) for f in factors.T] for b in binned.T]).reshape(len(binned.T), -1)  # (D, F)
+    mi = np.array([[mutual_info_score(f, b) for f in factors.T] for b in binned.T])  # (D, F)
+    mi = mi.reshape(len(binned.T), -1)  # F = 0 (no factor varies): still (D, 0)
     entropy = np.array([mutual_info_score(f, f) for f in factors.T])  # (F,)
     return mi, entropy
 
