@@ -340,7 +340,7 @@ def test_a_lost_torchrun_peer_while_serving_exits_1_in_one_line(runs, monkeypatc
 # ----------------------------------------------------------------------------- hostile requests
 
 POST_ENDPOINTS = ["/api/decode", "/api/encode", "/api/interpolate", "/api/noise", "/api/classes", "/api/prior",
-                  "/api/score"]
+                  "/api/score", "/api/resample"]
 
 
 def test_hostile_json_is_a_400_never_a_500(client):
@@ -510,3 +510,49 @@ def test_score_of_a_conditional_models_upload_needs_its_class(sessions):
         label = int(c.ex.labels[0])
         r = client.post("/api/score", json={"image": image, "class": label, "score": "mse"})
         assert r.status_code == 200 and r.json()["value"] == pytest.approx(c.test_scores()["mse"][0], rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- a ladder model's levels
+
+
+@pytest.fixture(scope="module")
+def ladder(tmp_path_factory):
+    run = tmp_path_factory.mktemp("serve-ladder") / "ladder"
+    assert main(["train", "--dataset", "mnist-sample", "--epochs", "1", "--batch-size", "250", "--quiet", "--model",
+                 "ladder", "--levels", "2x7x7,3", "--hidden", "8", "--res-blocks", "0", "--out", str(run)]) == 0
+    return Session.from_run(run, n=100)
+
+
+def test_resample_redraws_the_chosen_levels_of_a_ladder_model(ladder):
+    from vaelab.explore import resample_levels
+
+    assert ladder.info()["levels"] == [[2, 7, 7], [3]]
+    with TestClient(make_app(ladder)) as client:
+        post = lambda body: client.post("/api/resample", json={"index": 4, **body}).json()  # noqa: E731
+        nothing = post({"k": 0, "n": 3})  # levels 1..0 redrawn: every draw is the reconstruction
+        assert nothing["kept"] == [1, 2] and nothing["redrawn"] == []
+        recon = pixels(nothing["recon"]).astype(int)
+        assert all(np.abs(pixels(im).astype(int) - recon).max() <= 1 for im in nothing["images"])
+        everything = post({"k": 2, "n": 3, "seed": 1})
+        assert everything["kept"] == [] and everything["redrawn"] == [1, 2]
+        assert not np.array_equal(pixels(everything["images"][0]), pixels(everything["images"][1]))
+        assert client.post("/api/resample", json={"index": 7, "k": 2, "n": 3, "seed": 1}).json()["images"] \
+            == everything["images"]  # nothing kept: the image plays no part
+        cold = post({"k": 2, "n": 3, "temperature": 0})
+        assert len(set(cold["images"])) == 1  # at temperature 0 every level is its prior mean
+        detail = post({"k": 1, "n": 2, "seed": 2})  # the default: redraw level 1, keep level 2
+        assert detail["kept"] == [2] and detail["redrawn"] == [1] and detail["redraw"] == "below"
+        expected = resample_levels(ladder.model, ladder.ex.x[4:5], (2,), 2, torch.Generator().manual_seed(2))
+        np.testing.assert_allclose(pixels(detail["images"][1]) / 255, expected[1, 0, 0].numpy(), atol=1 / 255)
+        above = post({"k": 1, "redraw": "above", "n": 2})
+        assert above["kept"] == [1] and above["redrawn"] == [2]
+        for body, message in [({"k": 3}, "k must be in [0, 2]"), ({"redraw": "middle"}, "redraw must be one of"),
+                              ({"temperature": 5}, "temperature must be in [0, 2]"), ({"n": 0}, "n must be in")]:
+            bad = client.post("/api/resample", json={"index": 4, **body})
+            assert bad.status_code == 400 and message in bad.json()["error"]
+
+
+def test_resample_needs_a_ladder_model(sessions, client):
+    assert sessions["vae5"].info()["levels"] is None
+    r = client.post("/api/resample", json={"index": 0, "k": 1})
+    assert r.status_code == 400 and "--model ladder" in r.json()["error"]

@@ -33,15 +33,28 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A trained run served by uvicorn in a thread on a free loopback port."""
-    import uvicorn
-
-    from vaelab.serve import Session, listen, make_app
-
     run = os.environ.get("VAELAB_SERVE_RUN")
     if not run:
         run = tmp_path_factory.mktemp("browser") / "cvae"
         assert main(["train", "--dataset", "mnist-sample", "--epochs", "2", "--batch-size", "250", "--hidden", "64",
                      "--latent-dim", "4", "--model", "cvae", "--quiet", "--out", str(run)]) == 0
+    yield from _served(run)
+
+
+@pytest.fixture(scope="module")
+def ladder_server(tmp_path_factory):
+    """A small ladder model's run, served as `server` serves its run."""
+    run = tmp_path_factory.mktemp("browser") / "ladder"
+    assert main(["train", "--dataset", "mnist-sample", "--epochs", "1", "--batch-size", "250", "--model", "ladder",
+                 "--levels", "2x7x7,3", "--hidden", "8", "--res-blocks", "0", "--quiet", "--out", str(run)]) == 0
+    yield from _served(run)
+
+
+def _served(run):
+    import uvicorn
+
+    from vaelab.serve import Session, listen, make_app
+
     sock = listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(make_app(Session.from_run(run, n=1000)), log_level="warning",
                                            lifespan="off"))
@@ -81,6 +94,7 @@ def test_the_page_in_a_browser(server, browser, tmp_path):
     assert n_test > 100 and int(d.find_element(By.ID, "map").get_attribute("data-points")) == n_test
     assert len(d.find_elements(By.CSS_SELECTOR, "#prior-grid img")) == 16
     assert len(d.find_elements(By.CSS_SELECTOR, "#sliders input")) == d.execute_script("return state.info.latent_dim")
+    assert not d.find_element(By.ID, "levels-panel").is_displayed()  # only a model with levels has the panel
 
     # click two points of the latent map: the decoded image follows
     decoded = d.find_element(By.ID, "decoded").get_attribute("src")
@@ -168,4 +182,25 @@ def test_typical_and_unusual_images_in_a_browser(server, browser):
     WebDriverWait(d, 15).until(lambda d: d.find_element(By.ID, "rank-current").text.startswith(f"test image {index}: "))
     assert "higher than" in d.find_element(By.ID, "rank-current").text
     assert "chosen" in thumb.get_attribute("class")
+    assert d.find_element(By.ID, "status").text == ""
+
+
+def test_resample_levels_in_a_browser(ladder_server, browser):
+    d = browser
+    d.get(ladder_server)
+    WebDriverWait(d, 60).until(lambda d: d.execute_script("return document.body.dataset.ready") == "1")
+    panel = d.find_element(By.ID, "levels-panel")
+    assert panel.is_displayed()
+    # the first test image is encoded at start: its level 1 redrawn six times, level 2 kept
+    WebDriverWait(d, 30).until(lambda d: panel.get_attribute("data-shown") == "1,below")
+    assert len(d.find_elements(By.CSS_SELECTOR, "#levels-strip img")) == 6
+    assert "redrawn from the prior: 1 (2x7x7)" in d.find_element(By.ID, "levels-text").text
+    k = d.find_element(By.ID, "levels-k")
+    k.send_keys("\ue014" * 3)  # arrow right, to k = 2: every level redrawn
+    WebDriverWait(d, 15).until(lambda d: panel.get_attribute("data-shown") == "2,below")
+    assert "kept: none" in d.find_element(By.ID, "levels-text").text
+    first = d.find_element(By.CSS_SELECTOR, "#levels-strip img").get_attribute("src")
+    d.find_element(By.ID, "levels-again").click()
+    WebDriverWait(d, 15).until(lambda d: d.find_element(By.CSS_SELECTOR, "#levels-strip img").get_attribute("src")
+                               != first)
     assert d.find_element(By.ID, "status").text == ""

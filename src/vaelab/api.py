@@ -404,12 +404,15 @@ class Run:
 
     def plot(self, what: str = "recon", seed: int = 0, **options: Any):
         """One of the figures of ``vaelab plot`` (recon, samples, posterior, manifold, latents,
-        interpolate, combine, denoise, curves, scale, transfer) as a matplotlib Figure, which
-        Jupyter shows inline; nothing is written and the global backend is untouched.
+        interpolate, combine, denoise, curves, scale, transfer, traversal, mi-matrix, resample) as a
+        matplotlib Figure, which Jupyter shows inline; nothing is written and the global backend
+        is untouched.
 
         ``options`` are the figure's own: manifold ``steps``, ``span``, ``dims``; interpolate
         ``steps``; combine ``weights``; denoise ``kind`` (``vaelab plot --noise``), ``levels``,
-        ``against``. For example ``run.plot("manifold", span=3.0, steps=15)``."""
+        ``against``; samples ``temperature`` (one, or several for a row each); traversal ``rows``,
+        ``images``, ``steps``, ``span``; resample ``images``, ``temperature``. For example
+        ``run.plot("manifold", span=3.0, steps=15)`` or ``run.plot("samples", temperature=(0.6, 0.8, 1.0))``."""
         from vaelab.explore import FIGURE_OPTIONS, FIGURES, Explorer
 
         if what not in FIGURES:

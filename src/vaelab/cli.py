@@ -170,7 +170,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
     from vaelab.runtime import resolve_device
 
     what = args.what  # names of FIGURES, checked by the parser before any loading
-    figure_options = {k: getattr(args, k) for k in ("kind", "levels", "span", "steps", "dims", "weights", "against")}
+    figure_options = {k: getattr(args, k) for k in ("kind", "levels", "span", "steps", "dims", "weights", "against",
+                                                    "temperature", "rows", "images")}
     try:
         written = plot(args.run_dir, what, args.out, seed=args.seed, device=str(resolve_device(args.device)),
                        **figure_options)

@@ -32,7 +32,8 @@ import numpy as np
 from vaelab.config import ConfigError
 from vaelab.options import DISENTANGLEMENT_METRICS
 
-__all__ = ["DISENTANGLEMENT_METRICS", "mig", "dci", "sap", "factorvae_score", "betavae_score", "require_sklearn"]
+__all__ = ["DISENTANGLEMENT_METRICS", "mig", "mutual_information_matrix", "dci", "sap", "factorvae_score",
+           "betavae_score", "require_sklearn"]
 
 MIG_BINS = 20
 FACTORVAE_BATCH, FACTORVAE_VOTES, FACTORVAE_EVAL_VOTES, FACTORVAE_VARIANCE_POINTS = 64, 800, 400, 10_000
@@ -100,6 +101,52 @@ def _entropy(p: np.ndarray, base: int, axis: int = 0) -> np.ndarray:
     return -(p * np.log(p)).sum(axis=axis) / np.log(base)
 
 
+def _mi_matrix(codes: np.ndarray, factors: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """I(binned z_d; v_k) (D, F) and H(v_k) (F,) in nats, of checked codes and factors."""
+    from sklearn.metrics import mutual_info_score
+
+    binned = discretize(codes, bins)
+    mi = np.array([[mutual_info_score(f, b) for f in factors.T] for b in binned.T])  # (D, F)
+    mi = mi.reshape(len(binned.T), -1)  # F = 0 (no factor varies): still (D, 0)
+    entropy = np.array([mutual_info_score(f, f) for f in factors.T])  # (F,)
+    return mi, entropy
+
+
+def mutual_information_matrix(codes: np.ndarray, factors: np.ndarray, bins: int = MIG_BINS) -> dict[str, Any]:
+    """The mutual information between every code dimension and every factor, as MIG computes it.
+
+    Codes are discretised into `bins` equal-width bins per dimension (as ``mig``); each
+    entry is I(z_d; v_k) in nats, and divided by the factor's entropy H(v_k) it is the share
+    of the factor that dimension holds (1: the dimension determines the factor). Factors
+    with a single value are left out, as by every metric here.
+
+    Args:
+        codes: Codes ``(N, D)``, e.g. posterior means.
+        factors: Integer factor codes ``(N, F)``.
+        bins: Bins per code dimension.
+
+    Returns:
+        ``mutual_information`` ``(D, F')`` in nats, ``normalized`` ``(D, F')`` (divided by
+        each factor's entropy), ``entropy`` ``(F',)``, ``factors``: the indices of the F'
+        factors that vary, ``bins``, ``points`` and ``sklearn_version``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from vaelab.disentangle import mutual_information_matrix
+        >>> f = np.stack(np.meshgrid(np.arange(5), np.arange(4), indexing="ij"), -1).reshape(-1, 2)
+        >>> r = mutual_information_matrix(f[:, ::-1].astype(float), f)  # z_0 is factor 1, z_1 factor 0
+        >>> np.round(r["normalized"], 3).tolist()
+        [[0.0, 1.0], [1.0, 0.0]]
+    """
+    record = _record(len(codes))
+    codes, kept = _check(codes, factors)
+    raw = np.asarray(factors)
+    varying = [k for k in range(raw.shape[1]) if len(np.unique(raw[:, k])) > 1]
+    mi, entropy = _mi_matrix(codes, kept, bins)
+    return {"mutual_information": mi.tolist(), "normalized": (mi / entropy).tolist(), "entropy": entropy.tolist(),
+            "factors": varying, "bins": bins, **record}
+
+
 def mig(codes: np.ndarray, factors: np.ndarray, bins: int = MIG_BINS) -> dict[str, Any]:
     """The mutual information gap (Chen et al. 2018).
 
@@ -123,13 +170,9 @@ def mig(codes: np.ndarray, factors: np.ndarray, bins: int = MIG_BINS) -> dict[st
         >>> round(mig(f.astype(float), f)["mig"], 3)
         1.0
     """
-    from sklearn.metrics import mutual_info_score
-
     record = _record(len(codes))
     codes, factors = _check(codes, factors, gap_of="MIG")
-    binned = discretize(codes, bins)
-    mi = np.array([[mutual_info_score(f, b) for f in factors.T] for b in binned.T])  # (D, F)
-    entropy = np.array([mutual_info_score(f, f) for f in factors.T])  # (F,)
+    mi, entropy = _mi_matrix(codes, factors, bins)
     top = np.sort(mi, axis=0)[::-1]
     per_factor = (top[0] - top[1]) / entropy
     return {"mig": float(per_factor.mean()), "mig_per_factor": per_factor.tolist(),

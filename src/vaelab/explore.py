@@ -27,6 +27,8 @@ from vaelab.batches import model_inputs
 from vaelab.checkpoint import load_run, loaded, read_metrics
 from vaelab.config import ConfigError, did_you_mean
 from vaelab.corruption import add_noise
+from vaelab.data import DataError
+from vaelab.distributions import DiagonalGaussian, StandardNormal
 from vaelab.evaluate import posterior_means
 from vaelab.files import FileError, ensure_dir, write_json
 from vaelab.runtime import ProgressLine
@@ -34,7 +36,8 @@ from vaelab.sources import load_configured
 
 __all__ = ["plot", "write_samples", "Explorer", "figure_recon", "figure_samples", "figure_posterior", "figure_manifold",
            "figure_latents", "figure_interpolate", "figure_combine", "figure_denoise", "figure_curves",
-           "figure_scale", "figure_transfer", "slerp", "psnr", "principal_axes"]
+           "figure_scale", "figure_transfer", "figure_traversal", "figure_mi_matrix", "figure_resample",
+           "kl_per_dimension", "prior_samples", "resample_levels", "slerp", "psnr", "principal_axes"]
 
 
 @dataclass
@@ -53,6 +56,9 @@ class Explorer:
         run_dir: The run folder, if there is one (``figure_curves`` reads its metrics).
         seed: The seed of every random draw a figure makes.
         c: The test images' conditions ``(N, C')`` for a conditional model; None otherwise.
+        factors: The test images' ground-truth factor codes ``(N, F)`` on a factor dataset
+            (dsprites, xyobject, an array file with factors); None otherwise.
+        factor_names: The F factors' names; ``()`` without factors.
 
     Examples:
         >>> from vaelab.explore import Explorer
@@ -71,6 +77,8 @@ class Explorer:
     run_dir: Path | None = None
     seed: int = 0
     c: torch.Tensor | None = None  # conditions of the test images (conditional models), (N, C')
+    factors: torch.Tensor | None = None  # ground-truth factor codes of the test images, (N, F)
+    factor_names: tuple[str, ...] = ()
 
     @classmethod
     def from_run(cls, run_dir: str | Path, n: int = 5000, seed: int = 0, device: str = "cpu") -> Explorer:
@@ -89,7 +97,9 @@ class Explorer:
         cfg, model = loaded(run_dir, device)  # a folder, or a vaelab.Run's own model
         data = load_configured(cfg.data)
         x, c, labels = model_inputs(model, cfg, data.test.head(n), len(data.classes), device).rows(0, n)
-        return cls(model, cfg, x, labels, data.classes, Path(getattr(run_dir, "path", run_dir)), seed, c)
+        factors = None if data.factors is None or data.test.factors is None else data.test.factors[: len(x)]
+        return cls(model, cfg, x, labels, data.classes, Path(getattr(run_dir, "path", run_dir)), seed, c, factors,
+                   tuple(data.factors.names) if factors is not None else ())
 
     def cond(self, n: int) -> torch.Tensor | None:
         """The conditions of the first `n` test images.
@@ -239,39 +249,113 @@ def figure_recon(ex: Explorer, n: int = 10):
     return fig, {"mse_per_image": mse.tolist(), "mse_mean": float(mse.mean())}
 
 
+def _temperatures(temperature: float | tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """One temperature or several as a tuple, each checked to be a finite number >= 0."""
+    if temperature is None:
+        return None
+    temps = (temperature,) if isinstance(temperature, (int, float)) else tuple(temperature)
+    if not temps or any(not math.isfinite(t) or t < 0 for t in temps):
+        raise ConfigError(f"--temperature must be numbers >= 0, e.g. 0.7 or 0.6,0.8,1; got {temps}")
+    return temps
+
+
+def prior_samples(model, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
+                  c: torch.Tensor | None = None):
+    """Decode n codes drawn from the prior with its standard deviation times `temperature`.
+
+    Temperature 1 is the prior itself; below 1 the draws come from nearer its centre (Kingma &
+    Dhariwal 2018; NVAE and VDVAE show samples at several), and 0 gives the prior's mean. It
+    applies to the N(0, I) prior (z = T * eps) and to the ladder model, whose every level's
+    conditional prior p(z_l | z_>l) has its scale multiplied (``Ladder.sample``). The same
+    generator state gives the same noise at every temperature.
+
+    Args:
+        model: A trained model, e.g. ``run.model``.
+        n: How many codes.
+        temperature: The factor T >= 0 of the prior's standard deviation.
+        generator: The noise of the draws.
+        c: Conditions ``(n, C')`` for a conditional model.
+
+    Returns:
+        The likelihood over ``(n, C, H, W)``: take its ``mean`` or ``sample()``.
+
+    Raises:
+        ConfigError: The model has no prior that takes a temperature (an AE, a mixture prior,
+            the hvae's layered prior).
+
+    Examples:
+        >>> from vaelab.explore import prior_samples
+        >>> at_zero = prior_samples(run.model, 3, temperature=0.0).mean  # every code is the prior's mean
+        >>> torch.equal(at_zero, run.model.decode(torch.zeros(3, 2)).mean)
+        True
+    """
+    if temperature == 1.0:
+        return model.sample(n, generator=generator, c=c)
+    if hasattr(model, "top_down"):  # the ladder: each level's conditional prior scaled
+        return model.sample(n, generator=generator, c=c, temperature=temperature)
+    if not model.has_density:
+        raise ConfigError("an AE has no prior to take a temperature: drop --temperature (or train a VAE)")
+    prior = model.prior()
+    if not isinstance(prior, StandardNormal):
+        what = "a layered prior (--model hvae)" if hasattr(prior, "steps") else "a mixture (--prior mog or vamp)"
+        raise ConfigError(f"--temperature scales the N(0, I) prior or the ladder model's levels; this run's prior is "
+                          f"{what}: drop --temperature")
+    return model.decode(temperature * prior.sample(n, generator=generator), c)
+
+
 @torch.no_grad()
-def figure_samples(ex: Explorer, n: int = 32, ncol: int = 8):
+def figure_samples(ex: Explorer, n: int = 32, ncol: int = 8, temperature: float | tuple[float, ...] | None = None,
+                   per_temperature: int = 10):
     """Show new images drawn from the model: codes z ~ p(z), each decoded two ways.
 
     Each of the n codes is decoded to its mean E[x|z] and to one draw x ~ p(x|z). A conditional
-    model samples under the conditions of the first n test images.
+    model samples under the conditions of the first n test images. With a `temperature` the
+    prior's standard deviation is multiplied by it (``prior_samples``); several temperatures
+    give one row of decoder means each, drawn with the same noise, as NVAE and VDVAE show them.
 
     Args:
         ex: The model and its test images.
-        n: How many codes to draw.
-        ncol: Images per row in each grid.
+        n: How many codes to draw (one temperature).
+        ncol: Images per row in each grid (one temperature).
+        temperature: None (the prior itself), one temperature, or several.
+        per_temperature: Images per row with several temperatures.
 
     Returns:
-        tuple: ``(figure, numbers)``, a matplotlib Figure and a JSON-able dict (``n``).
+        tuple: ``(figure, numbers)``, a matplotlib Figure and a JSON-able dict (``n``, and
+        ``temperature``: the temperatures when given).
 
     Examples:
         >>> from vaelab.explore import Explorer, figure_samples
         >>> fig, numbers = figure_samples(Explorer.from_run(run.path, n=200), n=16)
         >>> len(fig.axes), numbers
         (2, {'n': 16})
+        >>> fig, numbers = figure_samples(Explorer.from_run(run.path, n=200), temperature=(0.5, 1.0), per_temperature=4)
+        >>> len(fig.axes), numbers
+        (8, {'n': 4, 'temperature': [0.5, 1.0]})
     """
-    g = ex.gen()
-    prior = ex.model.sample(n, generator=g, c=ex.cond(n))
-    panels = [("decoder mean E[x|z]", prior.mean), ("one draw x ~ p(x|z)", prior.sample(generator=g))]
+    temps = _temperatures(temperature)
     m = ex.cfg.model
     law = {"mog": "a learned mixture of Gaussians", "vamp": "the VampPrior"}.get(m.prior, "N(0, I)")
     law = "top layer N(0, I), then p(z_j | z_j+1)" if m.model == "hvae" else law
+    law = "p(z_L), then p(z_l | z_>l) level by level" if hasattr(ex.model, "top_down") else law
+    if temps is not None and len(temps) > 1:
+        n = per_temperature
+        rows = [prior_samples(ex.model, n, t, ex.gen(), ex.cond(n)).mean for t in temps]  # the same noise per row
+        title = (f"Samples from the prior at several temperatures, z ~ {law} with its standard deviation times T "
+                 f"({m.model}); each column draws the same noise, decoder means E[x|z]")
+        fig = plots.image_rows(rows, [f"T = {t:g}" for t in temps], title)
+        return fig, {"n": n, "temperature": list(temps)}
+    g = ex.gen()
+    prior = prior_samples(ex.model, n, 1.0 if temps is None else temps[0], g, ex.cond(n))
+    panels = [("decoder mean E[x|z]", prior.mean), ("one draw x ~ p(x|z)", prior.sample(generator=g))]
     title = f"{n} samples from the prior, z ~ {law} ({m.model})"
+    if temps is not None:
+        title += f", its standard deviation times T = {temps[0]:g}"
     if not ex.model.has_density:
         title += "; an AE has no prior: its codes were never made to look like these"
     if ex.c is not None:
         title += f"; c: the conditions of test images 1-{n}"
-    return plots.image_panels(panels, ncol, title), {"n": n}
+    return plots.image_panels(panels, ncol, title), {"n": n, **({} if temps is None else {"temperature": list(temps)})}
 
 
 @torch.no_grad()
@@ -680,6 +764,315 @@ def figure_transfer(ex: Explorer, n: int = 8):
     return fig, {"classes": list(ex.classes), "rows": n}
 
 
+def _spread(ex: Explorer, n: int) -> torch.Tensor:
+    """Indices of n test images spread evenly over those held, the first and last included."""
+    return torch.linspace(0, len(ex.x) - 1, max(1, min(n, len(ex.x)))).round().long().to(ex.x.device)
+
+
+@torch.no_grad()
+def kl_per_dimension(model, x: torch.Tensor, c: torch.Tensor | None = None, chunk: int = 1000) -> torch.Tensor:
+    """The mean KL(q(z_d|x) || N(0, 1)) of each latent dimension d over images x, in nats.
+
+    The KL of a diagonal Gaussian posterior to the N(0, I) prior is a sum over dimensions
+    (Kingma & Welling 2014, appendix B); each term says how much that dimension carries about
+    the image. A dimension with mean KL near 0 is unused (collapsed).
+
+    Args:
+        model: A VAE with a diagonal Gaussian posterior and the N(0, I) prior (vae, cvae,
+            icvae, without flows or a mixture prior).
+        x: Images ``(N, C, H, W)`` as the model sees them.
+        c: Their conditions ``(N, C')`` for a conditional model.
+        chunk: Images per encoder call.
+
+    Returns:
+        The mean KL per dimension ``(D,)``.
+
+    Raises:
+        ConfigError: The model's KL does not split per dimension; the message says what to use.
+
+    Examples:
+        >>> from vaelab.explore import kl_per_dimension
+        >>> kl = kl_per_dimension(run.model, run.images("test", 100))
+        >>> kl.shape, bool((kl >= 0).all())
+        (torch.Size([2]), True)
+    """
+    if hasattr(model, "top_down"):
+        raise ConfigError("the ladder's latents are levels whose every dimension depends on the levels above, so "
+                          "they do not sort by KL one by one: use --what resample (keep levels of an image, redraw "
+                          "the rest)")
+    if not model.has_density:
+        raise ConfigError("an AE has no KL to sort its latent dimensions by: use --what manifold, or train a VAE")
+    parts = []
+    for i in range(0, len(x), chunk):
+        q = model.encode(x[i : i + chunk], None if c is None else c[i : i + chunk])
+        if not isinstance(q, DiagonalGaussian) or not isinstance(model.prior(), StandardNormal):
+            what = ("flows" if getattr(model, "flows", None) is not None else
+                    "a layered prior (--model hvae)" if hasattr(model.prior(), "steps") else
+                    "a mixture prior (--prior mog or vamp)")
+            raise ConfigError(f"the KL splits per latent dimension only for a Gaussian posterior under the N(0, I) "
+                              f"prior, and this run has {what}: train without it, or use --what manifold")
+        parts.append(q.kl_standard_normal_per_dim().double().sum(0))
+    return (torch.stack(parts).sum(0) / len(x)).float()
+
+
+@torch.no_grad()
+def figure_traversal(ex: Explorer, rows: int = 10, images: int = 3, steps: int = 7, span: float = 3.0):
+    """Traverse one latent dimension at a time: the classic disentanglement figure.
+
+    Each row sets one latent dimension to `steps` values in [-span, span] (the prior's
+    +-span standard deviations), the others held at a test image's posterior mean, and decodes
+    (Higgins et al. 2017; Burgess et al. 2018). Rows are the dimensions with the largest mean
+    KL(q(z_d|x) || N(0, 1)) over up to 1,000 test images, most informative first; a dimension
+    with KL near 0 is unused and changes nothing. Blocks of columns are the `images` test
+    images, spread over the test split; the top row shows each image in its block's middle.
+
+    Args:
+        ex: A VAE with a Gaussian posterior and the N(0, I) prior, and its test images.
+        rows: The most informative dimensions shown (at most D).
+        images: Test images, one block of columns each.
+        steps: Values per traversal.
+        span: The largest value, in prior standard deviations.
+
+    Returns:
+        tuple: ``(figure, numbers)``, a matplotlib Figure and a JSON-able dict: ``dims`` (the
+        dimensions shown, top row first), ``kl`` (their mean KL in nats), ``kl_per_dim`` (every
+        dimension's), ``values``, ``images`` (test image indices) and ``posterior_means``
+        (the images' means of the dimensions shown, ``(images, rows)``).
+
+    Raises:
+        ConfigError: The model's KL does not split per dimension (an AE, the ladder, flows,
+            a mixture prior, the hvae).
+
+    Examples:
+        >>> from vaelab.explore import Explorer, figure_traversal
+        >>> fig, numbers = figure_traversal(Explorer.from_run(run.path, n=200), images=2, steps=5)
+        >>> len(numbers["dims"]), numbers["values"]
+        (2, [-3.0, -1.5, 0.0, 1.5, 3.0])
+        >>> numbers["kl"] == sorted(numbers["kl"], reverse=True)
+        True
+    """
+    if rows < 1 or images < 1 or steps < 1 or not span > 0:
+        raise ConfigError("the traversal needs --rows, --images and --steps of at least 1 and a --span above 0")
+    kl = kl_per_dimension(ex.model, ex.x[:1000], ex.cond(1000))
+    d = len(kl)
+    order = kl.argsort(descending=True, stable=True)[: min(rows, d)]
+    idx = _spread(ex, images)
+    x, c = ex.x[idx], None if ex.c is None else ex.c[idx]
+    mu = ex.model.encode(x, c).mean  # (S, D)
+    values = torch.linspace(-span, span, steps, device=ex.x.device)
+    r, n_img = len(order), len(idx)
+    z = mu[None, :, None, :].repeat(r, 1, steps, 1)  # (R, S, T, D)
+    for i, dim in enumerate(order.tolist()):
+        z[i, :, :, dim] = values
+    cond = None if c is None else c[None, :, None, :].expand(r, -1, steps, -1).reshape(-1, c.shape[1])
+    imgs = ex.decode_mean(z.reshape(-1, d), cond).view(r, n_img, steps, *x.shape[1:])
+    blank = torch.full_like(x[:1], float("nan"))
+
+    def row(blocks: list[torch.Tensor]) -> torch.Tensor:  # image blocks with one empty cell between them
+        return torch.cat([part for j, b in enumerate(blocks) for part in ([blank, b] if j else [b])])
+
+    top = row([torch.cat([blank.expand(steps // 2, *x.shape[1:]), x[j : j + 1],
+                          blank.expand(steps - steps // 2 - 1, *x.shape[1:])]) for j in range(n_img)])
+    grid = [top] + [row(list(imgs[i])) for i in range(r)]
+    labels = ["input"] + [f"z{dim}\nKL {kl[dim]:.2f}" for dim in order.tolist()]
+    col_labels = [lab for j in range(n_img) for lab in ([""] if j else []) + [f"{v:+.1f}" for v in values.tolist()]]
+    title = (f"Latent traversals ({ex.cfg.model.model}): each row sets one dimension to {steps} values in "
+             f"[-{span:g}, {span:g}], the others at each input's posterior mean; the {r} of {d} dimensions with the "
+             "largest mean KL, largest first")
+    fig = plots.image_rows(grid, labels, title, col_labels, inch=0.6)
+    return fig, {"dims": order.tolist(), "kl": kl[order].tolist(), "kl_per_dim": kl.tolist(), "values": values.tolist(),
+                 "images": idx.tolist(), "posterior_means": mu[:, order].tolist()}
+
+
+MAX_MI_DIMS = 40  # dimensions the mutual-information matrix shows at most, those that share most with a factor
+
+
+@torch.no_grad()
+def figure_mi_matrix(ex: Explorer, bins: int | None = None):
+    """Draw how much each latent dimension tells about each ground-truth factor.
+
+    The matrix of mutual information I(z_d; v_k) between each dimension's posterior mean
+    (binned, as MIG does: ``vaelab.disentangle.mutual_information_matrix``) and each factor,
+    divided by the factor's entropy: 1 when the dimension determines the factor. A disentangled
+    code has one bright cell per factor row, in a column of its own; MIG is the mean over
+    factors of the gap between a row's two brightest cells. Computed on the test images held
+    (up to 5,000 by default); with more than 40 dimensions, the 40 that share most with a factor.
+
+    Args:
+        ex: A model trained on a factor dataset (dsprites, xyobject, or an array file with
+            factors), and its test images.
+        bins: Bins per dimension (default MIG's, 20).
+
+    Returns:
+        tuple: ``(figure, numbers)``, a matplotlib Figure and a JSON-able dict:
+        ``mutual_information`` and ``normalized`` ``(D, F)``, ``entropy`` ``(F,)``, ``factors``
+        (names), ``dims`` (those drawn), ``mig``, ``bins``, ``points``, ``sklearn_version``.
+
+    Raises:
+        vaelab.data.DataError: The data have no ground-truth factors.
+
+    Examples:
+        >>> import numpy as np
+        >>> from vaelab.config import Config
+        >>> from vaelab.explore import Explorer, figure_mi_matrix
+        >>> from vaelab.models import build_model
+        >>> cfg = Config().replace(model={"net": "mlp", "hidden": [16], "latent_dim": 3, "likelihood": "bernoulli"})
+        >>> model = build_model(cfg.model, (1, 28, 28))
+        >>> x = run.images("test", 300)
+        >>> factors = torch.stack([x.mean((1, 2, 3)) > x.mean(), x[:, 0, 14, 14] > 0.5], 1).long()
+        >>> ex = Explorer(model, cfg, x, torch.zeros(300, dtype=torch.long), (), factors=factors,
+        ...               factor_names=("ink", "centre"))
+        >>> fig, numbers = figure_mi_matrix(ex)
+        >>> numbers["factors"], np.asarray(numbers["normalized"]).shape
+        (['ink', 'centre'], (3, 2))
+    """
+    from vaelab.disentangle import MIG_BINS, mutual_information_matrix, require_sklearn
+
+    if ex.factors is None:
+        raise DataError(f"the mi-matrix figure needs ground-truth factors, but {ex.cfg.data.dataset} has none; train "
+                        "on a factor dataset (--dataset dsprites or xyobject) or an array file with factors")
+    require_sklearn("the mi-matrix figure")
+    bins = bins or MIG_BINS
+    codes = _test_codes(ex, "mi-matrix figure").double().cpu().numpy()
+    r = mutual_information_matrix(codes, ex.factors.cpu().numpy(), bins)
+    names = [ex.factor_names[k] for k in r.pop("factors")]
+    norm = torch.tensor(r["normalized"], dtype=torch.float64)  # (D, F)
+    d = len(norm)
+    dims = sorted(norm.max(1).values.argsort(descending=True, stable=True)[:MAX_MI_DIMS].tolist())
+    top = norm.sort(0, descending=True).values
+    mig = float((top[0] - top[1]).mean()) if d > 1 else None
+    title = (f"Mutual information between each latent dimension's posterior mean and each factor, divided by the "
+             f"factor's entropy ({bins} bins, {len(codes):,} test images); MIG "
+             + ("n/a (one dimension)" if mig is None else f"{mig:.3f}"))
+    if len(dims) < d:
+        title += f"; the {len(dims)} of {d} dimensions that share most with a factor"
+    fig = plots.matrix_figure(norm[dims].T.numpy(), names, [f"z{j}" for j in dims], title,
+                              "I(z_d; factor) / H(factor)")
+    return fig, {**r, "factors": names, "dims": dims, "mig": mig}
+
+
+def _ladder(model, what: str):
+    """`model` if it has levels of latents with a top-down posterior, else a ConfigError."""
+    if not hasattr(model, "top_down"):
+        raise ConfigError(f"{what} needs levels of latents with a top-down posterior: train with --model ladder")
+    return model
+
+
+@torch.no_grad()
+def resample_levels(model, x: torch.Tensor, keep: tuple[int, ...], draws: int = 1,
+                    generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+    """Keep some levels of images' codes and draw the others from the prior, with a ladder model.
+
+    The top-down pass runs from the top level down: a kept level is the posterior mean of
+    q(z_l | x, z_>l), which reads the image and whatever was drawn above it; any other level
+    is drawn from the conditional prior p(z_l | z_>l), its scale times `temperature`. Keeping
+    every level is the reconstruction (the posterior means all the way, ``decode(encode(x).mean)``);
+    keeping none is a prior sample. ``keep=(1, ..., k)`` keeps the detail next to the data and
+    redraws the global levels; ``keep=(k+1, ..., L)`` keeps the global ones and redraws the detail.
+
+    Args:
+        model: A ladder model (``--model ladder``).
+        x: Images ``(B, C, H, W)``.
+        keep: The levels kept, 1 = next to the data.
+        draws: Draws per image.
+        generator: The noise of the draws.
+        temperature: The prior's scale factor for the levels drawn.
+
+    Returns:
+        Decoder means ``(draws, B, C, H, W)``.
+
+    Raises:
+        ConfigError: The model has no levels, or a level is out of range.
+
+    Examples:
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.explore import resample_levels
+        >>> from vaelab.models import build_model
+        >>> model = build_model(ModelConfig(model="ladder", levels="2x4x4,3", hidden=(8,), res_blocks=0), (1, 8, 8))
+        >>> x = torch.rand(2, 1, 8, 8)
+        >>> resample_levels(model, x, keep=(1,), draws=3).shape
+        torch.Size([3, 2, 1, 8, 8])
+        >>> torch.allclose(resample_levels(model, x, keep=(1, 2))[0], model.decode(model.encode(x).mean).mean)
+        True
+    """
+    _ladder(model, "resampling levels")
+    levels = len(model.sizes)
+    bad = [k for k in keep if not 1 <= k <= levels]
+    if bad:
+        raise ConfigError(f"level {bad[0]} is out of range: this model has levels 1 to {levels}")
+    b = len(x)
+    feats = [f.repeat(draws, *([1] * (f.dim() - 1))) for f in model.bottom_up(x)]  # row s * B + i: draw s of image i
+    eps = torch.randn((draws * b, model.latent_dim), generator=generator, device=x.device)
+    for level, part in enumerate(eps.split(model.sizes, -1), 1):
+        if level in keep:
+            part.zero_()  # a kept level at its posterior mean
+    dist, _ = model.top_down(draws * b, feats, eps=eps, temperature=temperature, keep=tuple(keep))
+    return dist.mean.clamp(0, 1).view(draws, b, *x.shape[1:])
+
+
+@torch.no_grad()
+def figure_resample(ex: Explorer, images: int = 4, draws: int = 3, temperature: float | tuple[float, ...] | None = None):
+    """Keep levels 1..k of an image and redraw the rest, for k from every level down to none.
+
+    Each row is a test image, then blocks of columns for k = L (the reconstruction: every level
+    its posterior mean), L-1, ..., 0 (a prior sample): levels 1..k (next to the data) are the
+    image's posterior means given what was drawn above, levels k+1..L are drawn from the prior
+    (``resample_levels``), `draws` times. How much an image survives as k falls shows what
+    each level holds (Maaløe et al. 2019, BIVA; Havtorn et al. 2021).
+
+    Args:
+        ex: A ladder model and its test images.
+        images: Test images, one row each, spread over the test split.
+        draws: Draws per k below L.
+        temperature: The prior's scale factor for the levels drawn (one number; default 1).
+
+    Returns:
+        tuple: ``(figure, numbers)``, a matplotlib Figure and a JSON-able dict: ``keep`` (the k of
+        each block), ``levels``, ``draws``, ``temperature``, ``images`` (test image indices),
+        ``pixel_std`` (per k, the mean pixel standard deviation across draws) and ``mse`` (per
+        k, the mean squared error to the input).
+
+    Raises:
+        ConfigError: The model has no levels (use --model ladder), or several temperatures.
+
+    Examples:
+        >>> from vaelab.config import Config
+        >>> from vaelab.explore import Explorer, figure_resample
+        >>> from vaelab.models import build_model
+        >>> cfg = Config().replace(model={"model": "ladder", "levels": "2x7x7,3", "hidden": [8], "res_blocks": 0})
+        >>> model = build_model(cfg.model, (1, 28, 28))
+        >>> ex = Explorer(model, cfg, run.images("test", 10), torch.zeros(10, dtype=torch.long), ())
+        >>> fig, numbers = figure_resample(ex, images=2, draws=2)
+        >>> numbers["keep"], numbers["pixel_std"][0]
+        ([2, 1, 0], 0.0)
+    """
+    model = _ladder(ex.model, "the resample figure")
+    temps = _temperatures(temperature) or (1.0,)
+    if len(temps) > 1:
+        raise ConfigError("the resample figure takes one --temperature, e.g. 0.8")
+    levels = len(model.sizes)
+    idx = _spread(ex, images)
+    x = ex.x[idx]
+    blank = torch.full_like(x[:1], float("nan"))
+    blocks, stds, mses = [], [], []
+    for k in range(levels, -1, -1):
+        n = 1 if k == levels else draws  # every level kept: all draws are the reconstruction
+        out = resample_levels(model, x, tuple(range(1, k + 1)), n, ex.gen(k), temps[0])  # (n, B, C, H, W)
+        blocks.append(out)
+        stds.append(float(out.std(0, unbiased=False).mean()) if n > 1 else 0.0)
+        mses.append(float((out - x).square().mean()))
+    rows = [torch.cat([x[i : i + 1]] + [part for out in blocks for part in (blank, out[:, i])]) for i in range(len(x))]
+    col_labels = ["input"] + [lab for k, out in zip(range(levels, -1, -1), blocks)
+                              for lab in ["", *(["all kept"] if k == levels else [f"k = {k}"] * len(out))]]
+    t = f" at T = {temps[0]:g}" if temps[0] != 1 else ""
+    title = (f"Keep levels 1..k of each image (posterior means), redraw levels k+1..{levels} from the prior{t}: "
+             f"k = {levels} is the reconstruction, k = 0 a prior sample; {draws} draws per k (level 1 is next to "
+             "the data)")
+    fig = plots.image_rows(rows, [f"test image {int(i)}" for i in idx], title, col_labels, inch=0.6)
+    return fig, {"keep": list(range(levels, -1, -1)), "levels": levels, "draws": draws, "temperature": temps[0],
+                 "images": idx.tolist(), "pixel_std": stds, "mse": mses}
+
+
 FIGURES = {
     "recon": figure_recon,
     "samples": figure_samples,
@@ -692,6 +1085,9 @@ FIGURES = {
     "curves": figure_curves,
     "scale": figure_scale,
     "transfer": figure_transfer,
+    "traversal": figure_traversal,
+    "mi-matrix": figure_mi_matrix,
+    "resample": figure_resample,
 }
 
 # the options of `plot` (and `vaelab plot`) each figure takes, by the name of its parameter
@@ -700,6 +1096,9 @@ FIGURE_OPTIONS = {
     "interpolate": ("steps",),
     "combine": ("weights",),
     "denoise": ("kind", "levels", "against"),
+    "samples": ("temperature",),
+    "traversal": ("rows", "images", "steps", "span"),
+    "resample": ("images", "temperature"),
 }
 
 
@@ -746,8 +1145,8 @@ def plot(run_dir: str | Path, what: list[str], out: str | Path | None = None, se
     For each name in `what`, writes ``NAME.png`` and, where the figure has numbers,
     ``NAME.json`` with them. The names are those of the ``figure_*`` functions: ``recon``,
     ``samples``, ``posterior``, ``manifold``, ``latents``, ``interpolate``, ``combine``,
-    ``denoise``, ``curves``, ``scale``, ``transfer``. To get a figure without writing it, use
-    ``run.plot(name)`` or the ``figure_*`` function.
+    ``denoise``, ``curves``, ``scale``, ``transfer``, ``traversal``, ``mi-matrix``, ``resample``.
+    To get a figure without writing it, use ``run.plot(name)`` or the ``figure_*`` function.
 
     Args:
         run_dir: The run folder.
@@ -757,7 +1156,8 @@ def plot(run_dir: str | Path, what: list[str], out: str | Path | None = None, se
         device: Where the model runs, e.g. ``"cpu"``.
         **options: Options of the figures that take them: ``steps``, ``span``, ``dims``
             (manifold), ``steps`` (interpolate), ``weights`` (combine), ``kind``, ``levels``,
-            ``against`` (denoise).
+            ``against`` (denoise), ``temperature`` (samples, resample), ``rows``, ``images``,
+            ``steps``, ``span`` (traversal), ``images`` (resample).
 
     Returns:
         The paths written, in order.

@@ -332,12 +332,22 @@ class PlotCommand:
         None, "denoise: more runs on the same test images, drawn side by side with RUN_DIR (e.g. a model trained "
               "with --denoise next to a plain one); each gets a reconstruction row, a PSNR curve and a table in "
               "denoise.json", metavar="RUN[,RUN...]", parse="runs")
-    span: float | None = option(None, "manifold: grid half-width (default 3)", low=0, open_low=True, metavar="SPAN")
-    steps: int | None = option(None, "manifold/interpolate: points per axis or path", low=1, metavar="STEPS")
+    span: float | None = option(None, "manifold: grid half-width; traversal: the largest value (default 3)", low=0,
+                                open_low=True, metavar="SPAN")
+    steps: int | None = option(None, "manifold/interpolate/traversal: points per axis, path or row", low=1,
+                               metavar="STEPS")
     dims: tuple[int, int] | None = option(None, "manifold: two latent dims, e.g. 0,1 (default: top PCA directions)",
                                           parse="dims", metavar="DIMS")
     weights: tuple[float, ...] | None = option(None, "combine: weights of the codes, e.g. 0.5,0.5", parse="numbers",
                                                metavar="WEIGHTS")
+    temperature: tuple[float, ...] | None = option(
+        None, "samples, resample: the prior's standard deviation times T (the ladder model's every level, or the "
+              "N(0, I) prior); several for samples, e.g. 0.6,0.8,1, draw a row each with the same noise (default 1)",
+        parse="numbers", metavar="T[,T...]")
+    rows: int | None = option(None, "traversal: the most informative latent dimensions shown, one row each "
+                                    "(default 10)", low=1, metavar="ROWS")
+    images: int | None = option(None, "traversal, resample: test images shown (default 3 and 4)", low=1,
+                                metavar="N")
     device: str = _device(default="cpu")
 
 

@@ -19,8 +19,8 @@ import torch
 from vaelab.files import atomic_path
 
 __all__ = ["image_grid", "save_png", "new_figure", "image_rows", "image_panels", "manifold_figure",
-           "scatter_by_label", "denoise_figure", "curves_figure", "heatmap", "score_histograms", "kl_bars",
-           "save_figure"]
+           "scatter_by_label", "denoise_figure", "curves_figure", "heatmap", "matrix_figure", "score_histograms",
+           "kl_bars", "save_figure"]
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
@@ -487,6 +487,47 @@ def heatmap(values: torch.Tensor, title: str):
     ax.set_xlabel("pixel column")
     ax.set_ylabel("pixel row")
     ax.set_title(title, fontsize=10)
+    return fig
+
+
+def matrix_figure(values: np.ndarray, row_labels: list[str], col_labels: list[str], title: str, unit: str,
+                  vmax: float = 1.0):
+    """Draw a labelled matrix of values in [0, vmax] as coloured cells, each with its value
+    written in when there are at most 300 cells.
+
+    Args:
+        values: ``(R, K)`` values, e.g. the mutual information of R factors with K latent dimensions.
+        row_labels: R labels, left of the rows.
+        col_labels: K labels, under the columns.
+        title: The figure's title (wrapped to its width).
+        unit: The colour bar's label.
+        vmax: The value of the brightest colour.
+
+    Returns:
+        Figure: a matplotlib Figure, the matrix's axes and the colour bar's.
+
+    Examples:
+        >>> import numpy as np
+        >>> from vaelab.plots import matrix_figure
+        >>> fig = matrix_figure(np.eye(2, 3), ["shape", "scale"], ["z0", "z1", "z2"], "Factors x dims", "share")
+        >>> [t.get_text() for t in fig.axes[0].get_yticklabels()], len(fig.axes[0].texts)
+        (['shape', 'scale'], 6)
+    """
+    values = np.asarray(values, dtype=np.float64)
+    r, k = values.shape
+    width = max(5.0, _text_width(row_labels) + 0.42 * k + 1.8)
+    fig = new_figure(width, 0.42 * r + 2.2, layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(values, cmap="viridis", vmin=0, vmax=vmax, aspect="auto", interpolation="nearest")
+    ax.set_yticks(range(r), row_labels, fontsize=9)
+    ax.set_xticks(range(k), col_labels, fontsize=8, rotation=90 if k > 12 else 0)
+    if r * k <= 300:
+        for i in range(r):
+            for j in range(k):
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if values[i, j] > 0.6 * vmax else "white")
+    fig.colorbar(im, ax=ax, label=unit, shrink=0.9)
+    ax.set_title(textwrap.fill(title, max(20, int(width * 72 / (0.55 * 10)) - 4)), fontsize=10)
     return fig
 
 

@@ -34,7 +34,7 @@ import torch
 from vaelab.batches import TEST_KEY, as_input, binarization_key
 from vaelab.config import NOISE_KINDS, background_rgb
 from vaelab.evaluate import decode_rows
-from vaelab.explore import Explorer, add_noise, principal_axes, psnr, slerp
+from vaelab.explore import Explorer, add_noise, principal_axes, psnr, resample_levels, slerp
 from vaelab.images import from_pil
 from vaelab.runtime import rebalance_threads
 from vaelab.scores import (
@@ -263,7 +263,13 @@ class Session:
                 "has_prior": bool(self.model.has_density), "n_test": len(self.ex.x), "n_gallery": self.n_gallery,
                 "noise_kinds": list(NOISE_KINDS), "scores": self.score_columns,
                 "score_labels": {c: label(c) for c in self.score_columns}, "default_score": self.default_score,
-                "score_k": SCORE_K}
+                "score_k": SCORE_K, "levels": self.levels()}
+
+    def levels(self) -> list[list[int]] | None:
+        """The shapes of a ladder model's latent levels, bottom first ([C, H, W] or [D]); None
+        for a model without levels."""
+        shapes = getattr(self.model, "level_shapes", None) if hasattr(self.model, "top_down") else None
+        return None if shapes is None else [list(shape) for shape in shapes]
 
     def map(self, dims: Any = None) -> dict[str, Any]:
         """The latent map: test codes projected to 2-D, and the plane it spans in code space
@@ -442,6 +448,32 @@ class Session:
         with self.lock:  # a VampPrior runs the encoder on its pseudo-inputs
             z = self.model.prior().sample(n, generator=g)
         return {"images": self.decode_many([(z, self._conditions(body.get("class"), n))])[0], "z": z.tolist()}
+
+    @torch.no_grad()
+    def resample(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A ladder model's image with some levels redrawn from the prior: ``"k"`` in 0..L and
+        ``"redraw"``: ``"below"`` redraws levels 1..k (the detail next to the data, default) and
+        keeps the rest, ``"above"`` keeps levels 1..k and redraws k+1..L. Kept levels are the
+        image's posterior means given what was drawn above them (``explore.resample_levels``);
+        ``"n"`` draws (default 6), seeded by ``"seed"``, at ``"temperature"`` (default 1)."""
+        if self.levels() is None:
+            raise BadRequest("this model has one level of latents; resampling levels needs a run trained with "
+                             "--model ladder")
+        x, _, index = self._image(body)
+        depth = len(self.model.sizes)
+        k = _integer(body.get("k", 1), "k", 0, depth)
+        redraw = _choice(body.get("redraw", "below"), "redraw", ("below", "above"))
+        n = _integer(body.get("n", 6), "n", 1, 32)
+        seed = _integer(body.get("seed", 0), "seed", 0, 2**31 - 1)
+        temperature = _number(body.get("temperature", 1.0), "temperature", 0, 2)
+        keep = tuple(range(k + 1, depth + 1)) if redraw == "below" else tuple(range(1, k + 1))
+        g = torch.Generator(device=x.device).manual_seed(seed)
+        with self.lock:
+            recon = resample_levels(self.model, x, tuple(range(1, depth + 1)))[0, 0]
+            images = resample_levels(self.model, x, keep, n, g, temperature)[:, 0]
+        return {"index": index, "input": png_data_url(x[0]), "recon": png_data_url(recon),
+                "images": [png_data_url(im) for im in images], "kept": list(keep),
+                "redrawn": [level for level in range(1, depth + 1) if level not in keep], "k": k, "redraw": redraw}
 
     # -- typical and unusual images -------------------------------------------
 
@@ -664,7 +696,8 @@ def make_app(session: Session):
     the API answers JSON: ``GET /api/info``, ``/api/map?dims=``, ``/api/gallery``,
     ``/api/ranking?score=&n=``, and ``POST /api/decode``, ``/api/encode``,
     ``/api/interpolate``, ``/api/noise``, ``/api/classes``, ``/api/prior``, ``/api/score``,
-    each the [Session][vaelab.serve.Session] method of that name. A bad request is answered
+    ``/api/resample`` (a ladder model's levels redrawn), each the
+    [Session][vaelab.serve.Session] method of that name. A bad request is answered
     with status 400 (413 for a body over 8 MiB) and ``{"error": message}``. Decode requests
     that arrive together are decoded as one batch.
 
@@ -738,6 +771,7 @@ def make_app(session: Session):
         Route("/api/prior", endpoint(session.prior), methods=["POST"]),
         Route("/api/ranking", endpoint(session.ranking)),
         Route("/api/score", endpoint(session.score), methods=["POST"]),
+        Route("/api/resample", endpoint(session.resample), methods=["POST"]),
         Mount("/static", StaticFiles(directory=WEB), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={Exception: failed})

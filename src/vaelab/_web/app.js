@@ -13,7 +13,7 @@ const state = {
   hover: null,         // the code under the mouse
   encoded: null,       // the last encode response
   source: null,        // what the current image is: {index} or {image}
-  seed: 0, priorSeed: 0,
+  seed: 0, priorSeed: 0, levelsSeed: 0,
   rankScore: null,     // the score the test images are ranked by
   a: null, b: null,
 };
@@ -212,6 +212,7 @@ async function encode(source) {
   keep(r.mean, "posterior mean of the image");
   showNoise();
   showScore();
+  showLevels();
 }
 
 // a test image clicked in the gallery or among the ranked ones is marked; others are not
@@ -391,6 +392,33 @@ async function drawPrior() {
   r.images.forEach((src) => grid.append(figure(src, "")));
 }
 
+// ---------------------------------------------------------------- levels of a hierarchical model
+
+function levelNames(levels) {
+  return levels.length ? levels.map((l) => `${l} (${state.info.levels[l - 1].join("x")})`).join(", ") : "none";
+}
+
+const levelsRequest = latestOnly(async () => {
+  if (!state.source || !state.info.levels) return;
+  const body = {...sourceBody(state.source), k: Number($("levels-k").value), redraw: $("levels-redraw").value,
+                temperature: Number($("levels-t").value), n: 6, seed: state.levelsSeed};
+  const r = await api("/api/resample", body);
+  $("levels-input").src = r.input; $("levels-recon").src = r.recon;
+  const strip = $("levels-strip");
+  strip.innerHTML = "";
+  r.images.forEach((src, i) => strip.append(figure(src, `draw ${i + 1}`)));
+  $("levels-text").textContent = `kept: ${levelNames(r.kept)}; redrawn from the prior: ${levelNames(r.redrawn)}`;
+  $("levels-panel").dataset.shown = `${r.k},${r.redraw}`;
+});
+
+function showLevels() {
+  if (!state.info.levels) return;
+  $("levels-k-text").textContent = $("levels-k").value;
+  $("levels-t-text").textContent = Number($("levels-t").value).toFixed(2);
+  levelsRequest();
+}
+
+// ---------------------------------------------------------------- start
 // ---------------------------------------------------------------- start
 
 async function start() {
@@ -436,6 +464,13 @@ async function start() {
   document.querySelectorAll("input[name=interp-mode]").forEach((r) => r.addEventListener("change", showInterpolation));
   $("prior-button").addEventListener("click", () => drawPrior().catch((e) => setStatus(e.message)));
   if (!info.has_prior) $("prior-button").textContent = "decode 16 codes from N(0, I) (an AE has no prior)";
+  if (info.levels) {
+    $("levels-panel").hidden = false;
+    $("levels-k").max = String(info.levels.length);
+    ["levels-k", "levels-t"].forEach((id) => $(id).addEventListener("input", showLevels));
+    $("levels-redraw").addEventListener("change", showLevels);
+    $("levels-again").addEventListener("click", () => { state.levelsSeed++; showLevels(); });
+  }
   $("rank-k").textContent = String(info.score_k);
   info.scores.forEach((name) => $("rank-score").add(new Option(info.score_labels[name], name)));
   $("rank-score").value = info.default_score;
