@@ -54,6 +54,12 @@ def test_the_recipe_chooses_levels_from_the_data_and_only_for_the_ladder():
     assert vae.model.levels == "auto" and "model.levels" not in chosen and vae.train.skip_grad == 0
     iwae, _ = resolve(Config().replace(model={"model": "ladder"}, train={"objective": "iwae"}), binary28)
     assert iwae.train.kl_warmup == 0  # the IWAE bound has no KL to warm up
+    # free bits per level with a cool-down for the ladder; off for the other models and for IWAE
+    ladder, _ = resolve(Config().replace(model={"model": "ladder"}), binary28)
+    assert ladder.train.free_bits > 0 and ladder.train.free_bits_cooldown > 0
+    assert vae.train.free_bits == 0 and vae.train.free_bits_cooldown == 0
+    assert iwae.train.free_bits == 0 and iwae.train.free_bits_cooldown == 0
+    objectives.bind("iwae", iwae.train)  # so the recipe's IWAE run is not refused
     with pytest.raises(ConfigError, match="does not fit 28x28"):
         resolve(Config().replace(model={"model": "ladder", "levels": "8x10x10"}), binary28)
 
@@ -232,9 +238,28 @@ def test_free_bits_floor_each_level_in_the_loss_only():
     assert not torch.allclose(model.h_top.grad, plain.h_top.grad)
 
 
+def test_free_bits_cool_down_step_by_step_in_the_loss():
+    t = TrainConfig(free_bits=50.0, free_bits_cooldown=2.0)
+    model = tiny()
+    bind_objective(model, t)
+    x = binary()
+
+    def loss_at(step):  # 10 steps an epoch: held for 10 steps, then falling to 0 at step 20
+        return model(x, generator=ExampleNoise(torch.arange(4), 0), schedule=objectives.Schedule.at(t, step, 10))
+
+    held, half, gone = loss_at(5), loss_at(15), loss_at(40)
+    torch.testing.assert_close(held["loss"], -(held["recon"] - 3 * 50.0))  # every fresh level under 50 nats
+    floor = torch.stack([half[f"kl_{i}"] for i in (1, 2, 3)]).clamp_min(25.0).sum(0)
+    torch.testing.assert_close(half["loss"], -(half["recon"] - floor))
+    torch.testing.assert_close(gone["loss"], -(gone["recon"] - gone["kl"]))  # the true KL once cooled down
+    assert [objectives.Schedule.at(t, s, 10).free_bits_scale for s in (0, 10, 15, 20, 99)] == [1, 1, 0.5, 0, 0]
+
+
 def test_free_bits_are_refused_with_iwae():
     with pytest.raises(ConfigError, match="no KL term for free bits"):
         objectives.bind("iwae", TrainConfig(free_bits=1.0))
+    with pytest.raises(ConfigError, match="free-bits-cooldown"):
+        objectives.bind("iwae", TrainConfig(free_bits_cooldown=4.0))
 
 
 def test_iwae_trains_the_ladder_with_every_level():
@@ -310,7 +335,9 @@ def test_training_treats_the_ladder_as_a_conv_net_for_precision_and_memory_forma
     model = tiny()
     cfg = Config().replace(model={"model": "ladder", "net": "mlp"})
     training._precision(cfg, model, torch.device("cpu"), resume=False, verbose=False)
-    assert seen["conv"] and model.channels_last
+    assert seen["conv"]
+    # on a CPU the weight-normalised convolutions gain only conversions from channels-last
+    assert not model.channels_last and all(p.is_contiguous() for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------- scoring, codes, evaluation

@@ -295,6 +295,8 @@ class TrainConfig:
         dip_type: dipvae: ``i`` or ``ii``.
         dip_offdiag: dipvae: the weight lambda_od of the off-diagonal covariances.
         dip_diag: dipvae: the weight lambda_d of the diagonal's distance to 1; None: from ``dip_type``.
+        free_bits_cooldown: Epochs over which free bits hold (the first half) and then fall to 0
+            (the second half); 0: they hold for the whole run.
         skip_grad: A global gradient norm above which a step is skipped; 0 turns it off.
         samples: Samples of z per image (L for the ELBO, k for IWAE).
         seed: The seed of all randomness in training.
@@ -346,10 +348,14 @@ class TrainConfig:
                                             "with flows", metavar="NORM", low=0)
     kl_warmup: float | None = setting(None, "raise the KL weight linearly from 0 to --beta over this many epochs "
                                             "(Sønderby et al. 2016), 0 = off", metavar="EPOCHS", low=0)
-    free_bits: float = setting(
-        0.0, "ELBO: each latent level's KL counts at least this many nats per image in the loss (free bits, "
-        "Kingma et al. 2016; per level of a hierarchy); the logged ELBO keeps the true KL; 0 = off",
-        metavar="NATS", low=0)
+    free_bits: float | None = setting(
+        None, "ELBO: each latent level's KL counts at least this many nats per image in the loss (free bits, "
+        "Kingma et al. 2016; per level of a hierarchy); the logged ELBO keeps the true KL; 0 = off (chosen: 0, "
+        "and 2 per level for the ladder model, as Havtorn et al. 2021)", metavar="NATS", low=0)
+    free_bits_cooldown: float | None = setting(
+        None, "free bits hold at --free-bits for the first half of this many epochs, then fall linearly to 0 by "
+        "its end (Havtorn et al. 2021's cool-down); 0 = they hold for the whole run (chosen: 0, and 10 for the "
+        "ladder model)", metavar="EPOCHS", low=0)
     # the disentangling objectives' own settings (Chen et al. 2018; Kim & Mnih 2018; Burgess et al. 2018;
     # Kumar et al. 2018)
     tc_estimator: str = setting(
@@ -766,7 +772,7 @@ EIGHT_BIT_LR_FALL = 0.1
 LADDER = "ladder"
 LADDER_RECIPE: dict[str, dict[str, Any]] = {
     "model": {"hidden": (64,), "res_blocks": 1},
-    "train": {"lr": 1e-3, "clip_grad": 200.0, "kl_warmup": 5.0},
+    "train": {"lr": 1e-3, "clip_grad": 200.0, "kl_warmup": 5.0, "free_bits": 2.0, "free_bits_cooldown": 10.0},
 }
 # ... and skips a step whose gradient norm passes this many times the number of pixel values:
 # on binary 28x28 digits (3136) the norms of a fresh ladder start near 1,500 and fall to 50-300
@@ -993,6 +999,10 @@ def resolve(cfg: Config, facts: DataFacts) -> tuple[Config, dict[str, str]]:
         pick("train.skip_grad", default_skip_grad(m.model, facts))
     if m.model == LADDER:
         _pick_ladder(m, facts, pick)
+    for name in ("free_bits", "free_bits_cooldown"):  # off but for the ladder, and with IWAE (no KL term)
+        if getattr(cfg.train, name) is None:
+            on = m.model == LADDER and cfg.train.objective != "iwae"
+            pick(f"train.{name}", LADDER_RECIPE["train"][name] if on else 0.0)
     _pick_length(cfg.train, recipe, facts, pick)
     if cfg.train.dataset_size is None:  # a fact of the data (tcvae's N): recorded in config.json, not announced
         pick.sections["train"]["dataset_size"] = facts.n_train
@@ -1002,7 +1012,8 @@ def resolve(cfg: Config, facts: DataFacts) -> tuple[Config, dict[str, str]]:
 # the fields a recipe fills when they are left unset (AUTO names, None numbers)
 RECIPE_FIELDS = ("data.binarization", "model.net", "model.likelihood", "model.likelihood_scale", "model.hidden",
                  "model.latent_dim", "model.res_blocks", "model.levels", "train.epochs", "train.batch_size",
-                 "train.lr", "train.lr_decay", "train.clip_grad", "train.kl_warmup", "train.skip_grad")
+                 "train.lr", "train.lr_decay", "train.clip_grad", "train.kl_warmup", "train.free_bits",
+                 "train.free_bits_cooldown", "train.skip_grad")
 
 
 def unresolved(cfg: Config) -> list[str]:

@@ -81,6 +81,10 @@ class Schedule:
         capacity_scale: The share of C_max the capacity objective lets the KL reach at this
             step, C(step) / C_max in [0, 1]: rises linearly from 0 to 1 over ``capacity_steps``
             steps (Burgess et al. 2018), then stays at 1.
+        free_bits_scale: The share of ``free_bits`` in force at this step, in [0, 1]: with a
+            ``free_bits_cooldown`` of E epochs it holds at 1 for the first E / 2 epochs, falls
+            linearly to 0 by epoch E and stays there (Havtorn et al. 2021's free-nats
+            cool-down); without one it stays at 1.
 
     Examples:
         >>> from vaelab.config import TrainConfig
@@ -89,20 +93,30 @@ class Schedule:
         >>> [Schedule.at(t, step, 100).kl_scale for step in (0, 50, 100, 200, 300)]
         [0.0, 0.25, 0.5, 1.0, 1.0]
         >>> Schedule.at(TrainConfig(kl_warmup=0), 0, 100)
-        Schedule(kl_scale=1.0, capacity_scale=1.0)
+        Schedule(kl_scale=1.0, capacity_scale=1.0, free_bits_scale=1.0)
         >>> t = TrainConfig(objective="capacity", capacity=25.0, capacity_steps=1000)
         >>> [25.0 * Schedule.at(t, step, 100).capacity_scale for step in (0, 500, 1000, 5000)]  # C(step), nats
         [0.0, 12.5, 25.0, 25.0]
+        >>> t = TrainConfig(free_bits=2.0, free_bits_cooldown=4)
+        >>> [Schedule.at(t, step, 100).free_bits_scale for step in (0, 200, 300, 400, 500)]
+        [1.0, 1.0, 0.5, 0.0, 0.0]
     """
 
     kl_scale: float = field(default=1.0, metadata={"setting": "kl_warmup", "what": "no KL term to warm up"})
     capacity_scale: float = field(default=1.0, metadata={"setting": "capacity", "what": "no capacity to anneal"})
+    free_bits_scale: float = field(default=1.0, metadata={"setting": "free_bits_cooldown",
+                                                          "what": "no KL term for free bits"})
 
     @classmethod
     def at(cls, t: TrainConfig, step: int, steps_per_epoch: int) -> Schedule:
         """The schedule of optimiser step `step` (0-based) of a run with `steps_per_epoch` steps an epoch."""
         warm = min(1.0, step / (t.kl_warmup * steps_per_epoch)) if t.kl_warmup else 1.0
-        return cls(kl_scale=warm, capacity_scale=min(1.0, step / t.capacity_steps) if t.capacity else 1.0)
+        free = 1.0
+        if t.free_bits_cooldown:  # hold for the first half, then fall linearly to 0 (hvae-oodd)
+            half = t.free_bits_cooldown * steps_per_epoch / 2
+            free = min(1.0, max(0.0, 2.0 - step / half))
+        return cls(kl_scale=warm, capacity_scale=min(1.0, step / t.capacity_steps) if t.capacity else 1.0,
+                   free_bits_scale=free)
 
 
 FULL = Schedule()  # every weight at its end value: the test pass, and calls without a schedule
@@ -300,7 +314,7 @@ def bind(name: str, t: TrainConfig) -> Objective:
         >>> bind("iwae", TrainConfig(samples=5))
         Objective(name='iwae', options={'samples': 5, 'beta': 1.0})
         >>> bind("elbo", TrainConfig(beta=4.0)).options
-        {'samples': 1, 'beta': 4.0, 'kl': 'analytic', 'free_bits': 0.0}
+        {'samples': 1, 'beta': 4.0, 'kl': 'analytic', 'free_bits': None}
     """
     if name not in OBJECTIVES:
         raise ConfigError(f"unknown objective {name!r}; choose {', '.join(OBJECTIVES)}")
@@ -318,7 +332,7 @@ def bind(name: str, t: TrainConfig) -> Objective:
 
 
 def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
-         kl: str = "analytic", free_bits: float = 0.0, schedule: Schedule | None = None, generator=None,
+         kl: str = "analytic", free_bits: float | None = 0.0, schedule: Schedule | None = None, generator=None,
          x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
     """The evidence lower bound, ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) (Kingma & Welling 2014, eq. 10).
 
@@ -345,8 +359,8 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
         beta: Weight of the KL term in the loss, >= 0.
         kl: ``"analytic"`` (closed form where possible) or ``"mc"`` (Monte Carlo).
         free_bits: Nats per image (per level of a hierarchy) below which the KL stops counting; 0: off.
-        schedule: This training step's ``Schedule``; the KL weight is beta * ``kl_scale``.
-            None: the full beta.
+        schedule: This training step's ``Schedule``; the KL weight is beta * ``kl_scale``, the
+            free bits ``free_bits`` * ``free_bits_scale``. None: the full beta and free bits.
         generator: Source of the reparameterisation noise: a ``torch.Generator``, None (the
             global RNG) or a ``vaelab.noise.ExampleNoise``.
         x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
@@ -380,7 +394,8 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
     if hasattr(model, "elbo_levels"):  # q(z_l | x, z_>l) needs the levels drawn above: one top-down pass
         recon, levels = model.elbo_levels(x, samples, generator=generator, x_in=x_in, kl=kl)  # (B,), (L, B)
         kl_term = levels.sum(0)
-        counted = levels.clamp_min(free_bits).sum(0) if free_bits else kl_term
+        floor = (free_bits or 0.0) * (schedule or FULL).free_bits_scale  # None: not chosen yet, none
+        counted = levels.clamp_min(floor).sum(0) if floor else kl_term
         weight = beta * (schedule or FULL).kl_scale
         return {"loss": -(recon - weight * counted), "recon": recon, "kl": kl_term, "elbo": recon - kl_term,
                 **{f"kl_{i + 1}": v for i, v in enumerate(levels)}}
@@ -389,7 +404,8 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
     recon = model.decode(z, c).log_prob(x).mean(0)
     kl_term = kl_to_prior(model, q, z, log_q, kl)
     weight = beta * (schedule or FULL).kl_scale
-    counted = kl_term.clamp_min(free_bits) if free_bits else kl_term
+    floor = (free_bits or 0.0) * (schedule or FULL).free_bits_scale
+    counted = kl_term.clamp_min(floor) if floor else kl_term
     return {"loss": -(recon - weight * counted), "recon": recon, "kl": kl_term, "elbo": recon - kl_term}
 
 
@@ -1037,7 +1053,7 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
     "elbo": ObjectiveSpec(elbo, ("loss", "recon", "kl", "elbo"), ("samples", "beta", "kl", "free_bits"),
-                          schedule=("kl_scale",)),
+                          schedule=("kl_scale", "free_bits_scale")),
     "iwae": ObjectiveSpec(iwae, ("loss", "iwae", "elbo"), ("samples", "beta"), _no_kl_weight),
     "icvae": ObjectiveSpec(icvae, ("loss", "recon", "kl", "kl_marginal", "elbo"), ("samples", "beta", "kl", "lam"),
                            needs=("density", "conditional"), schedule=("kl_scale",)),

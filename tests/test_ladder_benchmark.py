@@ -1,0 +1,52 @@
+"""benchmarks/ladder.py in its tiny --quick form: every part runs and writes its result file
+(a check of the script; nothing here is timed or compared with a target)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("ladder_benchmark", ROOT / "benchmarks" / "ladder.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_an_unknown_part_is_refused(bench):
+    with pytest.raises(SystemExit):
+        bench.parse(["speed,nope"])
+
+
+def test_the_gpu_path_trains_in_bf16_with_compile_and_checks_on_a_cpu_in_fp32(bench):
+    assert bench.gpu_flags("cuda") == ["--device", "cuda", "--precision", "bf16", "--compile"]
+    assert bench.gpu_flags("cpu") == ["--device", "cpu", "--precision", "fp32"]
+
+
+def test_quick_mode_runs_every_part_and_records_its_command(bench, tmp_path):
+    # every part but ood, which scores the ladder with `vaelab ood` (per-level scores)
+    argv = ["speed,nll,colour,gpu", "--quick", "--threads", "1", "--work", str(tmp_path / "work"),
+            "--out", str(tmp_path / "out"), "--extra", "--hidden 4 --res-blocks 0"]
+    written = bench.main(argv)
+    parts = {p.name.split("-")[1]: json.loads(p.read_text()) for p in written}
+    assert set(parts) == {"speed", "nll", "colour", "gpu"}
+    assert all(r["command"].startswith("python benchmarks/ladder.py speed,nll,colour,gpu --quick")
+               and r["machine"]["cores"] for r in parts.values())
+    speed = parts["speed"]["rows"]
+    assert [r["recipe"] for r in speed] == ["binary-28x28", "colour-32x32"]
+    assert all(r["ratio_to_plain_epoch"] > 0 and r["plain"]["steps_images_per_s"] > 0 for r in speed)
+    nll = parts["nll"]["runs"][0]
+    assert math.isfinite(nll["nll"]) and nll["k"] == 5 and len(nll["active_units_levels"]) == 3
+    assert parts["colour"]["rows"]["ladder"]["bits_per_dim"] > 0 and parts["colour"]["bits_per_dim_lower_by"] is not None
+    assert parts["gpu"]["flags"] == ["--device", "cpu", "--precision", "fp32"] and parts["gpu"]["bits_per_dim"]["value"] > 0
