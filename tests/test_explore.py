@@ -57,8 +57,9 @@ def test_plot_options_and_errors(runs, tmp_path, capsys):
                  "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "manifold.json").read_text())["steps"] == 5
     assert main(["plot", str(runs / "vae2d"), "--what", "scale"]) == 2
-    assert main(["plot", str(runs / "vae2d"), "--what", "nonsense"]) == 2
-    assert "unknown figure" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # refused by the parser, before the run is read
+        main(["plot", str(runs / "vae2d"), "--what", "nonsense"])
+    assert stop.value.code == 2 and "unknown figure nonsense; choose from recon" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("run", ["vae2d", "ae"])
