@@ -21,7 +21,7 @@ of Im et al. 2017 (for the autoencoder, the denoising criterion of Vincent et al
 function from this process's rows (B, ...) to (all rows of the global batch in order,
 offset of this process's rows among them), with gradients flowing back to the process
 that owns each row (``vaelab.runtime.Dist.batch_peers``). None: the rows given are
-the whole batch. Only icvae's pairwise term uses it; per-example objectives ignore it.
+the whole batch. Only icvae's marginal term uses it; per-example objectives ignore it.
 
 `schedule`, for objectives that declare they read it, is a ``Schedule``: what changes with
 the training step (the KL warm-up's share of beta), a function of the step alone so that a
@@ -37,7 +37,8 @@ from typing import Any
 
 import torch
 
-from vaelab.config import ConfigError, TrainConfig
+from vaelab.config import MARGINALS, ConfigError, TrainConfig
+from vaelab.distributions import DiagonalGaussian
 
 __all__ = [
     "OBJECTIVES",
@@ -49,9 +50,11 @@ __all__ = [
     "elbo",
     "iwae",
     "icvae",
+    "censor",
     "reconstruction",
     "kl_to_prior",
     "pairwise_gaussian_kl",
+    "sampled_marginal_kl",
 ]
 
 
@@ -531,8 +534,8 @@ def pairwise_gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor, mean_j: torc
 
 
 def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
-          kl: str = "analytic", lam: float = 1.0, schedule: Schedule | None = None, generator=None,
-          x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+          kl: str = "analytic", lam: float = 1.0, marginal: str = "pairwise", schedule: Schedule | None = None,
+          generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
     """The invariant conditional VAE loss, which pushes information about c out of z (Moyer et al. 2018).
 
     Minimises (without the erroneous extra term of the paper's first version)::
@@ -540,11 +543,14 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
         (1 + lam) * E_q[-log p(x|z,c)] + beta * KL(q(z|x) || p(z)) + lam * KL(q(z|x) || q(z))
 
     (beta scaled by the schedule's KL warm-up share during warm-up)
-    where q(z) is the batch's mixture of posteriors; by convexity of KL,
-    KL(q(z|x_i) || q(z)) <= mean_{j != i} KL(q(z|x_i) || q(z|x_j)), the pairwise Gaussian
-    KLs of ``pairwise_gaussian_kl`` (the corrected form keeps the log-determinant
-    terms). In a data-parallel job the batch is the global one (`peers`), so the penalty,
-    and the optimisation, do not depend on the number of processes.
+    where q(z) is the batch's mixture of posteriors. `marginal` chooses the estimate of
+    KL(q(z|x_i) || q(z)) (``--marginal``): ``pairwise``, the bound from the convexity of KL,
+    mean_{j != i} KL(q(z|x_i) || q(z|x_j)), the pairwise Gaussian KLs of
+    ``pairwise_gaussian_kl`` (the corrected form keeps the log-determinant terms); or
+    ``sampled``, log q(z|x_i) - log q(z) at the draws z ~ q(z|x_i) with q(z) the batch's
+    mixture (``sampled_marginal_kl``; Alemi et al. 2017, Esmaeili et al. 2018). In a
+    data-parallel job the batch is the global one (`peers`), so the penalty, and the
+    optimisation, do not depend on the number of processes.
 
     Args:
         model: A conditional model with a diagonal Gaussian posterior (no flows), e.g.
@@ -555,6 +561,7 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
         beta: Weight of the KL to the prior, >= 0.
         kl: ``"analytic"`` or ``"mc"``, for the KL to the prior.
         lam: Weight lambda of the invariance penalty, >= 0; the reconstruction is weighted 1 + lambda.
+        marginal: The estimate of KL(q(z|x) || q(z)): ``"pairwise"`` or ``"sampled"``.
         schedule: This training step's ``Schedule``: the KL to the prior weighs
             beta * ``kl_scale``; None: the full beta.
         generator: Source of the reparameterisation noise (see ``elbo``).
@@ -564,11 +571,11 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
 
     Returns:
         dict: per-example terms in nats, each of shape (B,), ``loss``, ``recon`` = E_q[log p(x|z,c)],
-        ``kl`` = KL(q(z|x) || p(z)), ``kl_marginal`` (the bound on KL(q(z|x) || q(z))) and
+        ``kl`` = KL(q(z|x) || p(z)), ``kl_marginal`` (the estimate of KL(q(z|x) || q(z))) and
         ``elbo`` = recon - kl.
 
     Raises:
-        ValueError: The posterior is not a diagonal Gaussian.
+        ValueError: The posterior is not a diagonal Gaussian, or `marginal` is unknown.
 
     Examples:
         >>> from vaelab.config import ModelConfig
@@ -591,19 +598,147 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
     recon = model.decode(z, c).log_prob(x).mean(0)
     kl_prior = kl_to_prior(model, q, z, log_q, kl)
     (mean_j, offset), (log_std_j, _) = (peers(q.mean), peers(q.log_std)) if peers else ((q.mean, 0), (q.log_std, 0))
-    pair = pairwise_gaussian_kl(q.mean, q.log_std, mean_j, log_std_j)  # (B, whole batch)
-    rows = torch.arange(len(x), device=pair.device)
-    kl_marginal = (pair.sum(1) - pair[rows, offset + rows]) / max(1, len(mean_j) - 1)
+    if marginal == "sampled":
+        kl_marginal = sampled_marginal_kl(z, log_q, mean_j, log_std_j)
+    elif marginal == "pairwise":
+        pair = pairwise_gaussian_kl(q.mean, q.log_std, mean_j, log_std_j)  # (B, whole batch)
+        rows = torch.arange(len(x), device=pair.device)
+        kl_marginal = (pair.sum(1) - pair[rows, offset + rows]) / max(1, len(mean_j) - 1)
+    else:
+        raise ValueError(f"unknown marginal estimate {marginal!r}; choose {', '.join(MARGINALS)}")
     loss = -(1 + lam) * recon + beta * (schedule or FULL).kl_scale * kl_prior + lam * kl_marginal
     return {"loss": loss, "recon": recon, "kl": kl_prior, "kl_marginal": kl_marginal, "elbo": recon - kl_prior}
+
+
+def sampled_marginal_kl(z: torch.Tensor, log_q: torch.Tensor, mean_j: torch.Tensor,
+                        log_std_j: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x_i) || q(z)) estimated at draws from q(z|x_i), with q(z) the batch's mixture of posteriors.
+
+    log q(z|x_i) - log (1/M) sum_j q(z|x_j), averaged over the draws: the minibatch estimate
+    of the aggregate posterior of Alemi et al. 2017 and Esmaeili et al. 2018 (the mixture
+    includes q(z|x_i) itself). Unlike the pairwise bound it is not an upper bound, and it
+    never exceeds log M: its gradient falls as the codes of the batch separate, and is
+    largest on the information about x that is shared by many images of the batch.
+
+    Args:
+        z: Draws z ~ q(z|x_i), shape (L, B, D).
+        log_q: Their log-densities log q(z|x_i), shape (L, B).
+        mean_j: Means of the M posteriors of the mixture (the whole batch, this one's rows
+            included), shape (M, D).
+        log_std_j: Their log standard deviations, shape (M, D).
+
+    Returns:
+        The estimate in nats per example, shape (B,), between 0 - rounding and log M.
+
+    Examples:
+        >>> from vaelab.distributions import DiagonalGaussian
+        >>> from vaelab.objectives import sampled_marginal_kl
+        >>> _ = torch.manual_seed(0)
+        >>> far = DiagonalGaussian(torch.tensor([[-50.0], [50.0]]), torch.zeros(2, 1))  # two separate codes
+        >>> z, log_q = far.rsample_with_log_prob(10)
+        >>> sampled_marginal_kl(z, log_q, far.mean, far.log_std)  # log 2: each is half the mixture
+        tensor([0.6931, 0.6931])
+        >>> same = DiagonalGaussian(torch.zeros(2, 1), torch.zeros(2, 1))  # identical posteriors
+        >>> z, log_q = same.rsample_with_log_prob(10)
+        >>> sampled_marginal_kl(z, log_q, same.mean, same.log_std).abs().max() < 1e-6
+        tensor(True)
+    """
+    log_mix = DiagonalGaussian(mean_j, log_std_j).log_prob(z[..., None, :])  # (L, B, M)
+    return (log_q - (torch.logsumexp(log_mix, -1) - math.log(len(mean_j)))).mean(0)
+
+
+class _ReverseGradient(torch.autograd.Function):
+    """The identity forward; the gradient times -scale backward (Ganin & Lempitsky 2015)."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.scale * grad, None
+
+
+def _adversary_loss(logits: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """The adversary's loss per draw and example, (L, B): cross-entropy of the class when every
+    c is one-hot, else the squared error of the side-information vector (a unit-variance
+    Gaussian's negative log-density up to a constant). logits (L, B, C'), c (B, C')."""
+    one_hot = bool(((c == 0) | (c == 1)).all() and (c.sum(-1) == 1).all())
+    if one_hot:
+        target = c.argmax(-1).expand(logits.shape[:-1])  # (L, B)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, -2), target.flatten(),
+                                                 reduction="none").view(target.shape)
+    return 0.5 * (logits - c).square().sum(-1)
+
+
+def censor(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
+           kl: str = "analytic", lam: float = 1.0, schedule: Schedule | None = None, generator=None,
+           x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+    """Adversarial censoring (Edwards & Storkey 2016): the ELBO, with an adversary that reads c from z
+    and an encoder trained to defeat it.
+
+    The model's ``adversary`` network predicts c from each draw z ~ q(z|x): the class by
+    cross-entropy when c is one-hot, a side-information vector by squared error. Its loss is
+    added to the loss once, but its gradient reaches z reversed and scaled by lambda
+    (gradient reversal, Ganin & Lempitsky 2015): one optimiser step trains the adversary to
+    minimise its loss and the encoder to maximise lambda times it, the minimax of
+    ``-ELBO - lam * adversary_loss``. Its parameters live in the model, so checkpoints,
+    resume and data-parallel training carry them.
+
+    Args:
+        model: A conditional model with an ``adversary`` network (latent_dim -> C'), e.g.
+            ``vaelab.models.Censored``.
+        x: Images (B, C, H, W).
+        c: Conditions (B, C').
+        samples: Draws of z per image.
+        beta: Weight of the KL to the prior, >= 0.
+        kl: ``"analytic"`` or ``"mc"``, for the KL to the prior.
+        lam: How strongly the encoder works against the adversary, >= 0 (0: a CVAE with an
+            adversary watching).
+        schedule: This training step's ``Schedule``: the KL to the prior weighs
+            beta * ``kl_scale``; None: the full beta.
+        generator: Source of the reparameterisation noise (see ``elbo``).
+        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
+        peers: Data-parallel batch gathering; ignored (every term is per example).
+
+    Returns:
+        dict: per-example terms in nats, each of shape (B,), ``loss`` (-recon + beta * kl +
+        adversary), ``recon``, ``kl``, ``adversary`` (the adversary's loss: cross-entropy in
+        nats for a class) and ``elbo``.
+
+    Examples:
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> from vaelab.objectives import censor
+        >>> _ = torch.manual_seed(0)
+        >>> model = build_model(ModelConfig(model="censored", latent_dim=2, hidden=(16,)), (1, 28, 28), cond_dim=10)
+        >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()
+        >>> c = torch.eye(10)[[3, 1, 4, 1]]  # one-hot labels, (4, 10)
+        >>> terms = censor(model, x, c, lam=2.0)
+        >>> sorted(terms), terms["adversary"].shape
+        (['adversary', 'elbo', 'kl', 'loss', 'recon'], torch.Size([4]))
+        >>> torch.allclose(terms["loss"], -terms["recon"] + terms["kl"] + terms["adversary"])
+        True
+    """
+    q = model.encode(x if x_in is None else x_in, c)
+    z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, D), (L, B)
+    recon = model.decode(z, c).log_prob(x).mean(0)
+    kl_prior = kl_to_prior(model, q, z, log_q, kl)
+    adversary = _adversary_loss(model.adversary(_ReverseGradient.apply(z, lam)), c).mean(0)
+    loss = -recon + beta * (schedule or FULL).kl_scale * kl_prior + adversary
+    return {"loss": loss, "recon": recon, "kl": kl_prior, "adversary": adversary, "elbo": recon - kl_prior}
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
     "elbo": ObjectiveSpec(elbo, ("loss", "recon", "kl", "elbo"), ("samples", "beta", "kl", "free_bits"),
                           schedule=("kl_scale",)),
     "iwae": ObjectiveSpec(iwae, ("loss", "iwae", "elbo"), ("samples", "beta"), _no_kl_weight),
-    "icvae": ObjectiveSpec(icvae, ("loss", "recon", "kl", "kl_marginal", "elbo"), ("samples", "beta", "kl", "lam"),
-                           needs=("density", "conditional"), schedule=("kl_scale",)),
+    "icvae": ObjectiveSpec(icvae, ("loss", "recon", "kl", "kl_marginal", "elbo"),
+                           ("samples", "beta", "kl", "lam", "marginal"), needs=("density", "conditional"),
+                           schedule=("kl_scale",)),
+    "censor": ObjectiveSpec(censor, ("loss", "recon", "kl", "adversary", "elbo"), ("samples", "beta", "kl", "lam"),
+                            needs=("density", "conditional", "adversary"), schedule=("kl_scale",)),
     "reconstruction": ObjectiveSpec(reconstruction, ("loss", "recon"), needs=("autoencoder",)),
 }
 """The objective registry: name (``TrainConfig.objective``, ``--objective``) -> ``ObjectiveSpec``.
