@@ -678,8 +678,9 @@ def censor(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: in
     """Adversarial censoring (Edwards & Storkey 2016): the ELBO, with an adversary that reads c from z
     and an encoder trained to defeat it.
 
-    The model's ``adversary`` network predicts c from each draw z ~ q(z|x): the class by
-    cross-entropy when c is one-hot, a side-information vector by squared error. Its loss is
+    The model's ``adversary`` network predicts c from the code (the posterior mean) and from
+    each draw z ~ q(z|x): the class by cross-entropy when c is one-hot, a side-information
+    vector by squared error; its loss is the mean over the code and the draws. Its loss is
     added to the loss once, but its gradient reaches z reversed and scaled by lambda
     (gradient reversal, Ganin & Lempitsky 2015): one optimiser step trains the adversary to
     minimise its loss and the encoder to maximise lambda times it, the minimax of
@@ -725,7 +726,10 @@ def censor(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: in
     z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, D), (L, B)
     recon = model.decode(z, c).log_prob(x).mean(0)
     kl_prior = kl_to_prior(model, q, z, log_q, kl)
-    adversary = _adversary_loss(model.adversary(_ReverseGradient.apply(z, lam)), c).mean(0)
+    # the adversary reads the codes (the posterior means, what a probe or a user reads) and the
+    # draws (what the decoder reads): information below the noise of the draws is still in the means
+    seen = torch.cat([q.mean[None], z])  # (1 + L, B, D)
+    adversary = _adversary_loss(model.adversary(_ReverseGradient.apply(seen, lam)), c).mean(0)
     loss = -recon + beta * (schedule or FULL).kl_scale * kl_prior + adversary
     return {"loss": loss, "recon": recon, "kl": kl_prior, "adversary": adversary, "elbo": recon - kl_prior}
 
