@@ -16,7 +16,7 @@ from vaelab.data import DataError, load_dataset
 from vaelab.distributions import DiagonalGaussian
 from vaelab.images import Transform, load_array
 from vaelab.models import build_model
-from vaelab.objectives import bind, censor, icvae, sampled_marginal_kl
+from vaelab.objectives import bind, censor, dependence, icvae, sampled_marginal_kl
 
 
 def test_sampled_marginal_kl_is_log_q_minus_the_log_density_of_the_batch_mixture():
@@ -58,6 +58,35 @@ def test_icvae_takes_the_sampled_estimate_and_refuses_an_unknown_one():
     assert bind("icvae", TrainConfig(marginal="sampled")).options["marginal"] == "sampled"
     with pytest.raises(ConfigError, match="marginal"):
         validate(Config().replace(train={"marginal": "nope"}))
+
+
+def test_dependence_is_zero_for_independent_codes_one_for_a_copy_and_ignores_scale_and_order():
+    g = torch.Generator().manual_seed(0)
+    c = torch.eye(5)[torch.randint(0, 5, (400,), generator=g)]
+    free = torch.randn(400, 4, generator=g)
+    assert float(dependence(free, c)) < 0.03
+    assert float(dependence(c, c)) == pytest.approx(1.0, abs=1e-5)
+    leaky = torch.cat([free, 0.5 * c.argmax(1, keepdim=True).float()], 1)  # one dimension carries the class
+    assert float(dependence(leaky, c)) > 5 * float(dependence(free, c))
+    perm = torch.randperm(400, generator=g)
+    torch.testing.assert_close(dependence(leaky[perm], c[perm]), dependence(leaky, c))
+    torch.testing.assert_close(dependence(3 * leaky, c), dependence(leaky, c))  # the median bandwidth scales
+    vector = torch.randn(400, 2, generator=g)  # side information, not classes
+    assert float(dependence(torch.cat([free, vector], 1), vector)) > 5 * float(dependence(free, vector))
+
+
+def test_icvae_adds_the_weighted_dependence_of_the_codes_on_c():
+    m = _model()
+    plain = icvae(m, X, C, lam=1.0, generator=torch.Generator().manual_seed(3))
+    t = icvae(m, X, C, lam=1.0, hsic=50.0, generator=torch.Generator().manual_seed(3))
+    assert (plain["dependence"] == 0).all()
+    q = m.encode(X, C)
+    torch.testing.assert_close(t["dependence"], dependence(q.mean, C).expand(6))
+    torch.testing.assert_close(t["loss"], plain["loss"] + 50.0 * t["dependence"])
+    m.zero_grad()
+    t["dependence"][0].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.encoder.parameters())
+    assert bind("icvae", TrainConfig(hsic=2.0)).options["hsic"] == 2.0
 
 
 def _grads(m, lam):

@@ -282,6 +282,7 @@ class TrainConfig:
         beta: The weight of the KL term.
         lam: icvae: the weight of KL(q(z|x) || q(z)); censored: the scale of the adversary's reversed gradient.
         marginal: icvae: the estimate of KL(q(z|x) || q(z)), ``pairwise`` or ``sampled``.
+        hsic: icvae: the weight of the codes' dependence on c (normalised HSIC over the batch).
         clip_grad: The largest global gradient norm; 0 turns clipping off.
         kl_warmup: Epochs over which the KL weight rises from 0 to ``beta``; 0 turns it off.
         free_bits: Nats per image below which a latent level's KL stops counting in the loss; 0 turns it off.
@@ -337,6 +338,10 @@ class TrainConfig:
         "pairwise", "icvae: the estimate of KL(q(z|x) || q(z)), with q(z) the batch's mixture of posteriors: pairwise, "
         "the mean KL to the batch's other posteriors (an upper bound); sampled, log q(z|x) - log q(z) at a draw "
         "from q(z|x) (Esmaeili et al. 2018)", choices=MARGINALS)
+    hsic: float = setting(
+        0.0, "icvae: weight of the codes' dependence on c, the normalised HSIC between the batch's posterior means "
+        "and conditions, in [0, 1] (Lopez et al. 2018): it reaches what a probe on the codes reads; 0 = off",
+        low=0)
     clip_grad: float | None = setting(None, "clip the global gradient norm to NORM, 0 = off; steadies training "
                                             "with flows", metavar="NORM", low=0)
     kl_warmup: float | None = setting(None, "raise the KL weight linearly from 0 to --beta over this many epochs "
