@@ -65,12 +65,14 @@ def test_dependence_is_zero_for_independent_codes_one_for_a_copy_and_ignores_sca
     c = torch.eye(5)[torch.randint(0, 5, (400,), generator=g)]
     free = torch.randn(400, 4, generator=g)
     assert float(dependence(free, c)) < 0.03
-    assert float(dependence(c, c)) == pytest.approx(1.0, abs=1e-5)
+    assert float(dependence(c, c)) == pytest.approx(1.0, abs=0.01)
     leaky = torch.cat([free, 0.5 * c.argmax(1, keepdim=True).float()], 1)  # one dimension carries the class
     assert float(dependence(leaky, c)) > 5 * float(dependence(free, c))
     perm = torch.randperm(400, generator=g)
     torch.testing.assert_close(dependence(leaky[perm], c[perm]), dependence(leaky, c))
     torch.testing.assert_close(dependence(3 * leaky, c), dependence(leaky, c))  # the median bandwidth scales
+    tiny = torch.cat([free, 1e-3 * c.argmax(1, keepdim=True).float()], 1)  # a small dimension hides nothing
+    assert float(dependence(tiny, c)) > 5 * float(dependence(free, c))
     vector = torch.randn(400, 2, generator=g)  # side information, not classes
     assert float(dependence(torch.cat([free, vector], 1), vector)) > 5 * float(dependence(free, vector))
 
@@ -119,14 +121,15 @@ def test_censor_reads_a_class_by_cross_entropy_and_a_vector_by_squared_error():
     t = censor(m, X, C, generator=g)
     q = m.encode(X, C)
     z = q.rsample(1, generator=torch.Generator().manual_seed(2))[0]
-    ce = [torch.nn.functional.cross_entropy(m.adversary(code), C.argmax(1), reduction="none") for code in (q.mean, z)]
+    std = lambda a: (a - a.mean(0)) / a.std(0)  # noqa: E731  standardised over the batch, as a probe reads codes
+    ce = [torch.nn.functional.cross_entropy(m.adversary(code), C.argmax(1), reduction="none") for code in (std(q.mean), std(z))]
     torch.testing.assert_close(t["adversary"], (ce[0] + ce[1]) / 2)  # the code and the draw
     v = _model("censored", cond_dim=2)
     c = torch.randn(6, 2, generator=torch.Generator().manual_seed(4))
     t = censor(v, X, c, generator=torch.Generator().manual_seed(2))
     q = v.encode(X, c)
     z = q.rsample(1, generator=torch.Generator().manual_seed(2))[0]
-    se = [0.5 * (v.adversary(code) - c).square().sum(1) for code in (q.mean, z)]
+    se = [0.5 * (v.adversary(code) - c).square().sum(1) for code in (std(q.mean), std(z))]
     torch.testing.assert_close(t["adversary"], (se[0] + se[1]) / 2)
 
 

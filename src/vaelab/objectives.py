@@ -672,12 +672,19 @@ def _centred_gaussian_kernel(a: torch.Tensor) -> torch.Tensor:
     return k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
 
 
+def _standardised(z: torch.Tensor) -> torch.Tensor:
+    """Each column of z (..., N, D) at mean 0 and standard deviation 1 over the N rows, as a
+    probe standardises the codes it reads: a dimension cannot hide the label by being small."""
+    return (z - z.mean(-2, keepdim=True)) / z.std(-2, keepdim=True).clamp_min(1e-6)
+
+
 def dependence(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """How much the codes z depend on the conditions c over a batch: normalised HSIC, in [0, 1].
 
     HSIC(z, c) / sqrt(HSIC(z, z) HSIC(c, c)) with Gaussian kernels whose bandwidths are the
     median distances (Gretton et al. 2005; normalised as centred kernel alignment, Cortes et
-    al. 2012): 0 when z and c are independent (up to the batch's sampling noise), 1 when one
+    al. 2012), each dimension of z standardised over the batch first, as a probe reads
+    codes: 0 when z and c are independent (up to the batch's sampling noise), 1 when one
     is a function of the other that the kernels see whole. Any vector c works (one-hot
     labels, side information); the ``icvae`` objective penalises it with ``hsic``.
 
@@ -697,7 +704,7 @@ def dependence(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         >>> float(dependence(c[:, :3] * 5 + 0.1 * torch.randn(200, 3), c)) > 0.8  # codes that are the class
         True
     """
-    kz, kc = _centred_gaussian_kernel(z), _centred_gaussian_kernel(c)
+    kz, kc = _centred_gaussian_kernel(_standardised(z)), _centred_gaussian_kernel(c)
     return (kz * kc).sum() / ((kz * kz).sum() * (kc * kc).sum()).sqrt().clamp_min(1e-12)
 
 
@@ -733,9 +740,9 @@ def censor(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: in
     and an encoder trained to defeat it.
 
     The model's ``adversary`` network predicts c from the code (the posterior mean) and from
-    each draw z ~ q(z|x): the class by cross-entropy when c is one-hot, a side-information
-    vector by squared error; its loss is the mean over the code and the draws. Its loss is
-    added to the loss once, but its gradient reaches z reversed and scaled by lambda
+    each draw z ~ q(z|x), each dimension standardised over the batch: the class by
+    cross-entropy when c is one-hot, a side-information vector by squared error; its loss is
+    the mean over the code and the draws. It is added to the loss once, but its gradient reaches z reversed and scaled by lambda
     (gradient reversal, Ganin & Lempitsky 2015): one optimiser step trains the adversary to
     minimise its loss and the encoder to maximise lambda times it, the minimax of
     ``-ELBO - lam * adversary_loss``. Its parameters live in the model, so checkpoints,
@@ -782,7 +789,8 @@ def censor(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: in
     kl_prior = kl_to_prior(model, q, z, log_q, kl)
     # the adversary reads the codes (the posterior means, what a probe or a user reads) and the
     # draws (what the decoder reads): information below the noise of the draws is still in the means
-    seen = torch.cat([q.mean[None], z])  # (1 + L, B, D)
+    # each standardised over the batch, as the probe reads codes: a dimension cannot hide c by being small
+    seen = _standardised(torch.cat([q.mean[None], z]))  # (1 + L, B, D)
     adversary = _adversary_loss(model.adversary(_ReverseGradient.apply(seen, lam)), c).mean(0)
     loss = -recon + beta * (schedule or FULL).kl_scale * kl_prior + adversary
     return {"loss": loss, "recon": recon, "kl": kl_prior, "adversary": adversary, "elbo": recon - kl_prior}
