@@ -335,7 +335,7 @@ def tradeoff_figure(table: list[dict[str, Any]], rows: list[dict[str, Any]], tit
         ax.plot([r["recon_mse"] for r in mine], [r["probe_accuracy"] for r in mine], "o", ms=3, alpha=0.5,
                 color=colour)
         ax.errorbar(t["recon_mse"]["mean"], t["probe_accuracy"]["mean"], xerr=t["recon_mse"]["std"],
-                    yerr=t["probe_accuracy"]["std"], fmt="s", ms=7, capsize=4, color=colour, label=t["variant"])
+                    yerr=t["probe_accuracy"]["std"], fmt="s", ms=7, capsize=4, color=colour)
         ax.annotate(t["variant"], (t["recon_mse"]["mean"], t["probe_accuracy"]["mean"]), fontsize=8,
                     xytext=(5, 5), textcoords="offset points")
     majority = [r["majority"] for r in rows if "majority" in r]
@@ -476,7 +476,8 @@ def compare(variants: list[Variant], out: str | Path, options: CompareOptions | 
     atomic_write(out / "compare.csv", buf.getvalue())
     save_figure(figure(table, rows, header.lstrip("# ")), out / "compare.png")
     if o.probe is not None:
-        save_figure(tradeoff_figure(table, rows, header.lstrip("# ")), out / "tradeoff.png")
+        title = f"A probe with {o.probe} hidden layers against reconstruction ({budget}; seeds {', '.join(map(str, seeds))})"
+        save_figure(tradeoff_figure(table, rows, title), out / "tradeoff.png")
     samples = sample_figure(rows, variants, "Prior samples (first finished seed of each variant)")
     if samples is not None:
         save_figure(samples, out / "samples.png")
