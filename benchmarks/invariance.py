@@ -2,7 +2,7 @@
 Storkey 2016) on MNIST with c = digit label.
 
     python benchmarks/invariance.py [--seeds 0 1 2] [--epochs 10] [--lam 1] [--probe-layers 2]
-        [--models vae cvae icvae censored] [--censor-lam 10]
+        [--models vae cvae icvae censored] [--censor-lam 5]
 
 A sweep of lambda with the trade-off figure is `vaelab compare --probe-layers 2` (docs/benchmarks.md).
 
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--latent-dim", type=int, default=16)
     ap.add_argument("--lam", type=float, default=None, help="ICVAE lambda (default: the model's own)")
-    ap.add_argument("--censor-lam", type=float, default=10.0, help="the censored model's lambda")
+    ap.add_argument("--censor-lam", type=float, default=5.0, help="the censored model's lambda")
     ap.add_argument("--beta", type=float, default=1.0, help="KL weight, the same for all three")
     ap.add_argument("--probe-layers", type=int, default=2)
     ap.add_argument("--dataset", default="mnist")
