@@ -657,10 +657,10 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: i
     ``MODELS[cfg.model]`` is built. The model's ``cfg`` holds the resolved settings.
 
     Args:
-        cfg: The model settings; ``cfg.model`` names the model (vae, hvae, ae, cvae, icvae or
-            one added to ``MODELS``).
+        cfg: The model settings; ``cfg.model`` names the model (vae, hvae, ae, cvae, icvae,
+            censored or one added to ``MODELS``).
         image_shape: (C, H, W) of the images.
-        cond_dim: C', the features of the condition, for conditional models (cvae, icvae).
+        cond_dim: C', the features of the condition, for conditional models (cvae, icvae, censored).
 
     Returns:
         The model (an ``nn.Module``), in training mode, on the CPU, with its own objective bound.
