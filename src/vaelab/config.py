@@ -162,7 +162,7 @@ class DataConfig:
     download: bool = setting(True, "fetch a named dataset's official files (checksums verified) when they are "
                                    "not found; --no-download: only look for them")
     conditions: str | None = setting(
-        None, "cvae/icvae: an .npz with float arrays 'train' and 'test' of side information, used as the "
+        None, "cvae/icvae/censored: an .npz with float arrays 'train' and 'test' of side information, used as the "
         "condition c instead of the one-hot class label", metavar="FILE.npz")
     subset: int = setting(0, "factor datasets (dsprites, xyobject): train on this many of the images, drawn at "
                              "random (the same ones every run); 0: all of them", metavar="N", low=0)
@@ -249,7 +249,7 @@ class ModelConfig:
     latent_hidden: tuple[int, ...] = setting(
         (100, 100), "hvae: deterministic layer widths between two stochastic layers", metavar="H1,H2",
         parse="ints", low=1)
-    condition_encoder: bool = setting(False, "cvae/icvae: feed the condition to the encoder too (the decoder "
+    condition_encoder: bool = setting(False, "cvae/icvae/censored: feed the condition to the encoder too (the decoder "
                                              "always gets it)")
     res_blocks: int | None = setting(None, "conv nets: residual blocks per resolution level, after each "
                                            "downsampling and before each upsampling", metavar="R", low=0)
