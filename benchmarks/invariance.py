@@ -1,6 +1,10 @@
-"""VAE vs CVAE vs ICVAE (Moyer et al. 2018) on MNIST with c = digit label.
+"""VAE vs CVAE vs ICVAE (Moyer et al. 2018) vs the adversarially censored CVAE (Edwards &
+Storkey 2016) on MNIST with c = digit label.
 
     python benchmarks/invariance.py [--seeds 0 1 2] [--epochs 10] [--lam 1] [--probe-layers 2]
+        [--models vae cvae icvae censored] [--censor-lam 5]
+
+A sweep of lambda with the trade-off figure is `vaelab compare --probe-layers 2` (docs/benchmarks.md).
 
 Each model trains with the same networks, latent size and epochs (flags below are
 shared), then `vaelab probe` trains a fresh classifier to predict the digit from the
@@ -25,19 +29,22 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--latent-dim", type=int, default=16)
-    ap.add_argument("--lam", type=float, default=1.0, help="ICVAE lambda")
+    ap.add_argument("--lam", type=float, default=None, help="ICVAE lambda (default: the model's own)")
+    ap.add_argument("--censor-lam", type=float, default=5.0, help="the censored model's lambda")
     ap.add_argument("--beta", type=float, default=1.0, help="KL weight, the same for all three")
     ap.add_argument("--probe-layers", type=int, default=2)
     ap.add_argument("--dataset", default="mnist")
-    ap.add_argument("--models", nargs="+", default=["vae", "cvae", "icvae"], choices=["vae", "cvae", "icvae"])
+    ap.add_argument("--models", nargs="+", default=["vae", "cvae", "icvae"],
+                    choices=["vae", "cvae", "icvae", "censored"])
     ap.add_argument("--tag", default="invariance")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vaelab-invariance-"))
     shared = ["--dataset", args.dataset, "--epochs", str(args.epochs), "--latent-dim", str(args.latent_dim),
               "--beta", str(args.beta), "--quiet"]
-    models = {name: flags for name, flags in {"vae": [], "cvae": [], "icvae": ["--lambda", str(args.lam)]}.items()
-              if name in args.models}
+    icvae = [] if args.lam is None else ["--lambda", str(args.lam)]
+    every = {"vae": [], "cvae": [], "icvae": icvae, "censored": ["--lambda", str(args.censor_lam)]}
+    models = {name: flags for name, flags in every.items() if name in args.models}
     rows = []
     for seed in args.seeds:
         for name, extra in models.items():

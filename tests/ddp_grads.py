@@ -27,17 +27,20 @@ def grads(model) -> torch.Tensor:
 # the disentangling objectives, on a VAE
 OBJECTIVE_KINDS = {"tcvae": TrainConfig(objective="tcvae", beta=4.0, dataset_size=100),
                    "factorvae": TrainConfig(objective="factorvae", discriminator_hidden=(8,))}
+# icvae's batch-level terms beyond the pairwise penalty: the sampled estimate and the dependence term
+OPTIONS = {"icvae": {"lam": 2.0}, "icvae-sampled": {"lam": 2.0, "marginal": "sampled"},
+           "icvae-hsic": {"lam": 2.0, "hsic": 5.0}, "censored": {"lam": 3.0}}
 
 
 def step(d, kind: str) -> dict:
-    """One DDP step of `kind` (vae, or icvae, whose pairwise penalty spans the global batch)."""
+    """One DDP step of `kind` (vae; icvae, whose penalties span the global batch; censored)."""
     torch.manual_seed(0)
-    cfg = ModelConfig(model="vae" if kind in OBJECTIVE_KINDS else kind, hidden=(16,), decoder_hidden=None,
-                      latent_dim=3)
-    cond_dim = 4 if kind == "icvae" else 0
+    model_name = "vae" if kind in OBJECTIVE_KINDS else kind.split("-")[0]
+    cfg = ModelConfig(model=model_name, hidden=(16,), decoder_hidden=None, latent_dim=3)
+    cond_dim = 0 if model_name == "vae" else 4
     model = build_model(cfg, (1, 6, 6), cond_dim=cond_dim)
-    if kind == "icvae":
-        model.objective = model.objective.replace(lam=2.0)
+    if kind in OPTIONS:
+        model.objective = model.objective.replace(**OPTIONS[kind])
     if kind in OBJECTIVE_KINDS:
         bind_objective(model, OBJECTIVE_KINDS[kind])
     x = (torch.rand(10, 1, 6, 6, generator=torch.Generator().manual_seed(1)) < 0.4).float()
@@ -66,7 +69,7 @@ def step(d, kind: str) -> dict:
 
 def main(out: str) -> None:
     d, _ = distributed("cpu")
-    results = {kind: step(d, kind) for kind in ("vae", "icvae", *OBJECTIVE_KINDS)}
+    results = {kind: step(d, kind) for kind in ("vae", *OPTIONS, *OBJECTIVE_KINDS)}
     if d.main:
         with open(out, "w") as f:  # closed here: os._exit below flushes nothing
             json.dump(results, f)

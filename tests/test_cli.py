@@ -74,7 +74,7 @@ def test_train_on_full_mnist_and_ae(tmp_path):
         (["train", "--latent-dims", "3"], "unrecognized arguments: --latent-dims 3; did you mean --latent-dim?"),
         (["train", "--latent_dim=3"], "did you mean --latent-dim?"),
         (["train", "--dataset", "fashion_mnist"], "no such file or folder; did you mean fashion-mnist?"),
-        (["train", "--model", "vea"], "(choose from vae, hvae, ae, cvae, icvae, ladder); did you mean vae?"),
+        (["train", "--model", "vea"], "(choose from vae, hvae, ae, cvae, icvae, censored, ladder); did you mean vae?"),
         (["trian", "--epochs", "1"], "invalid choice: 'trian' (choose from train, "),
         (["trian"], "did you mean train?"),
         (["plot", "{run}", "--what", "recon,sampels"], "did you mean samples?"),

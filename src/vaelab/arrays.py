@@ -264,7 +264,10 @@ def _to_uint8(chunk: np.ndarray, name: str, path: Path) -> np.ndarray:
 def _check_labels(path: Path, v: np.ndarray, n: int, what: str) -> None:
     """Refuse labels (n,) that are not one integer >= 0 per image, naming the first bad row."""
     if v.ndim != 1 or len(v) != n:
-        raise DataError(f"{path}: {what} must hold one integer per image ({n}), got {v.dtype} of shape {v.shape}")
+        vector = "; a vector per image is side information: give it to cvae/icvae/censored with --conditions " \
+                 "FILE.npz (arrays 'train' and 'test')" if v.ndim == 2 and len(v) == n else ""
+        raise DataError(f"{path}: {what} must hold one integer per image ({n}), got {v.dtype} of shape {v.shape}"
+                        f"{vector}")
     if v.dtype.kind not in "iu":
         bad = np.flatnonzero(~np.isfinite(v) | (v != np.round(v))) if v.dtype.kind == "f" else ()
         shown = f"; row {bad[0]} is {v[bad[0]]}" if len(bad) else ""

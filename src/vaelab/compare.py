@@ -5,6 +5,8 @@ seed, one run after another, each as ``vaelab train`` in its own process (a cras
 divergence in one run is recorded and the others go on), evaluates each finished run, and
 writes a table of mean +- std over seeds per metric (DIR/compare.md, .csv, .json), a
 figure (DIR/compare.png) and the variants' prior samples side by side (DIR/samples.png).
+With ``--probe-layers``, a probe also reads the label from each run's codes, and
+DIR/tradeoff.png draws its accuracy against the reconstruction MSE, one point per variant.
 Runs live in DIR/NAME/seed-S; running the same command again resumes: finished and
 evaluated runs are kept, interrupted ones continue from their last checkpoint.
 
@@ -43,10 +45,11 @@ from vaelab.runtime import ProgressLine, clock_time, progress_lines
 __all__ = ["compare", "Variant", "parse_variant"]
 
 METRICS = ("test_elbo", "nll", "gap", "fd", "epochs", "train_seconds")  # compare.csv has these columns always
-# the other metrics an evaluation can hold (Inception FID, disentanglement): columns where measured
-MEASURED = tuple(key for keys in RESULT_KEYS.values() for key in keys if key not in METRICS)
+# the other metrics an evaluation can hold (Inception FID, disentanglement), and a probe's: columns where measured
+FINE = ("probe_accuracy", "recon_mse")  # shown with 4 decimals: they live in [0, 1]
+MEASURED = (*(key for keys in RESULT_KEYS.values() for key in keys if key not in METRICS), *FINE)
 COLUMNS = (*METRICS[:4], *MEASURED, *METRICS[4:])
-DISENTANGLEMENT = tuple(key for key in MEASURED if key != "fid")
+DISENTANGLEMENT = tuple(key for key in MEASURED if key not in ("fid", *FINE))
 LOWER_IS_BETTER = {"nll": True, "gap": True, "fd": True, "fid": True, "test_elbo": False}
 
 
@@ -295,6 +298,8 @@ def markdown(table: list[dict[str, Any]], header: str) -> str:
                 cells.append("")
             elif m in ("epochs", "train_seconds"):
                 cells.append(f"{t[m]['mean']:.0f}" + (f" +- {t[m]['std']:.0f}" if t[m]["std"] else ""))
+            elif m in FINE:
+                cells.append(f"{t[m]['mean']:.4f} +- {t[m]['std']:.4f}")
             else:
                 places = 3 if m in DISENTANGLEMENT else 2  # scores in [0, 1]
                 cells.append(f"{t[m]['mean']:.{places}f} +- {t[m]['std']:.{places}f}")
@@ -307,6 +312,9 @@ def markdown(table: list[dict[str, Any]], header: str) -> str:
         lines[-1] += " fid: Inception-v3 FID (lower is better)."
     if any(m in DISENTANGLEMENT for m in shown):
         lines[-1] += " mig, dci_*, sap, factorvae_score, betavae_score: disentanglement of the codes (higher is better)."
+    if any(m in shown for m in FINE):
+        lines[-1] += (" probe_accuracy: test accuracy of a fresh classifier reading the label from the codes "
+                      "(posterior means); recon_mse: the test images' reconstruction MSE, pixels in [0, 1].")
     return "\n".join(lines) + "\n"
 
 
@@ -334,6 +342,60 @@ def figure(table: list[dict[str, Any]], rows: list[dict[str, Any]], title: str):
         ax.set_title(f"{m} ({better})", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def probe_one(row: dict[str, Any], layers: int, log=print, echo=None) -> dict[str, Any]:
+    """A finished run's row with its probe's accuracy, majority-class rate and reconstruction MSE
+    added (``vaelab probe RUN --probe-layers LAYERS --seed S``, run unless the run's probe.json
+    already holds a probe of that depth and seed); with 'error' if the probe failed."""
+    path = Path(row["run"]) / "probe.json"
+
+    def measured() -> dict[str, Any] | None:
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return r if (r.get("probe_layers"), r.get("seed")) == (layers, row["seed"]) else None
+
+    r = measured()
+    if r is None:
+        log(f"{row['variant']} seed {row['seed']}: probing the codes ({layers} hidden layers)")
+        done = _vaelab(["probe", row["run"], "--probe-layers", str(layers), "--seed", str(row["seed"])], echo)
+        r = measured()
+        if done.returncode or r is None:
+            return {**row, "error": _last_line(done)}
+    return {**row, "probe_accuracy": r["accuracy"], "majority": r["majority"], "recon_mse": r["recon_mse"]}
+
+
+def tradeoff_figure(table: list[dict[str, Any]], rows: list[dict[str, Any]], title: str):
+    """What the codes know against how well they reconstruct: the probe's accuracy against the
+    reconstruction MSE, one point per variant (mean +- std over seeds both ways, each seed a small
+    dot), the majority-class rate as a dashed line. Down and left is better for invariance."""
+    from vaelab.plots import new_figure
+
+    fig = new_figure(6.0, 4.6)
+    ax = fig.subplots()
+    shown = [t for t in table if "probe_accuracy" in t and "recon_mse" in t]
+    for i, t in enumerate(shown):
+        colour = f"C{i % 10}"
+        mine = [r for r in rows if r["variant"] == t["variant"] and "probe_accuracy" in r]
+        ax.plot([r["recon_mse"] for r in mine], [r["probe_accuracy"] for r in mine], "o", ms=3, alpha=0.5,
+                color=colour)
+        ax.errorbar(t["recon_mse"]["mean"], t["probe_accuracy"]["mean"], xerr=t["recon_mse"]["std"],
+                    yerr=t["probe_accuracy"]["std"], fmt="s", ms=7, capsize=4, color=colour)
+        ax.annotate(t["variant"], (t["recon_mse"]["mean"], t["probe_accuracy"]["mean"]), fontsize=8,
+                    xytext=(5, 5), textcoords="offset points")
+    majority = [r["majority"] for r in rows if "majority" in r]
+    if majority:
+        ax.axhline(statistics.fmean(majority), ls="--", color="grey", lw=1, label="majority-class rate")
+    ax.set_xlabel("reconstruction MSE of the test images (lower is better)")
+    ax.set_ylabel("probe accuracy on the codes (lower: less about the label)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -367,7 +429,8 @@ def compare(variants: list[Variant], out: str | Path, options: CompareOptions | 
     arguments resumes: finished runs are kept and interrupted ones continue from their
     checkpoints. Into `out` go ``compare.md``, ``compare.csv`` and ``compare.json`` (the
     table), ``compare.png`` (each metric per variant) and ``samples.png`` (prior samples
-    side by side).
+    side by side); with `probe`, also ``tradeoff.png`` (probe accuracy against reconstruction
+    MSE, one point per variant: a sweep of an invariance weight draws its trade-off).
 
     Give exactly one budget: `epochs` (equal epochs) or `minutes` (equal training time: the
     first epochs of each run set how many epochs fit in the budget).
@@ -382,6 +445,8 @@ def compare(variants: list[Variant], out: str | Path, options: CompareOptions | 
         base: ``vaelab train`` flags every variant shares, e.g. ``("--dataset", "mnist")``.
         k: importance samples for the ``nll`` metric (None: evaluate's default).
         n: test images to evaluate on (None: all).
+        probe: hidden layers of a probe trained on each run's codes (``vaelab probe``), which adds
+            ``probe_accuracy`` and ``recon_mse`` to the table; None: no probe.
         metrics: what ``vaelab evaluate`` measures for each run (any of its metrics: ``"nll"``,
             ``"fd"``, ``"fid"``, ``"mig"``, ...); the table has each one's headline numbers. The
             test ELBO, epochs and training time come from training and are always in it.
@@ -424,7 +489,8 @@ def compare(variants: list[Variant], out: str | Path, options: CompareOptions | 
     header = (f"# vaelab compare: {', '.join(v.name for v in variants)} ({budget}; "
               f"seeds {', '.join(map(str, o.seeds))})")
     result = {"budget": {"epochs": o.epochs, "minutes": o.minutes}, "seeds": list(o.seeds), "base": list(o.base),
-              "k": o.k, "n": o.n, "rows": rows, "table": table}
+              "k": o.k, "n": o.n, "rows": rows, "table": table,
+              **({"probe_layers": o.probe} if o.probe is not None else {})}
     _write(out, result, variants, header)
     return result
 
@@ -454,6 +520,8 @@ def _run_all(variants: list[Variant], out: Path, o: CompareOptions, log) -> list
         tag, name = f"run {i}/{len(runs)} ", f"{v.name} seed {seed}"
         echo = (lambda line, name=name: log(f"  {name} | {line}")) if through else None
         rows.append(run_one(v, seed, out, o, lambda text, tag=tag: log(f"{tag} {text}"), echo))
+        if o.probe is not None and "error" not in rows[-1]:
+            rows[-1] = probe_one(rows[-1], o.probe, lambda text, tag=tag: log(f"{tag} {text}"), echo)
         elapsed = ProgressLine.clock() - start
         done = f"{i} of {len(runs)} runs done in {clock_time(elapsed)}, ETA {clock_time(elapsed / i * (len(runs) - i))}"
         failed = rows[-1].get("error")
@@ -477,6 +545,10 @@ def _write(out: Path, result: dict[str, Any], variants: list[Variant], header: s
                          *[f"{t[m][s]:.6g}" if m in t else "" for m in columns for s in ("mean", "std")]])
     atomic_write(out / "compare.csv", buf.getvalue())
     save_figure(figure(table, rows, header.lstrip("# ")), out / "compare.png")
+    if "probe_layers" in result:
+        title = header.lstrip("# ").split(" (", 1)[1].rstrip(")")  # the budget and the seeds
+        title = f"A probe with {result['probe_layers']} hidden layers against reconstruction ({title})"
+        save_figure(tradeoff_figure(table, rows, title), out / "tradeoff.png")
     samples = sample_figure(rows, variants, "Prior samples (first finished seed of each variant)")
     if samples is not None:
         save_figure(samples, out / "samples.png")

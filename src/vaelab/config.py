@@ -71,6 +71,7 @@ def choose(registry: Any, name: str, what: str) -> Any:
 
 BINARIZATIONS = (AUTO, "dynamic", "fixed", "none")
 KL_KINDS = ("analytic", "mc")
+MARGINALS = ("pairwise", "sampled")  # icvae's estimates of KL(q(z|x) || q(z)), vaelab.objectives.icvae
 DEVICES = (AUTO, "cpu", "cuda")
 PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
 
@@ -161,7 +162,7 @@ class DataConfig:
     download: bool = setting(True, "fetch a named dataset's official files (checksums verified) when they are "
                                    "not found; --no-download: only look for them")
     conditions: str | None = setting(
-        None, "cvae/icvae: an .npz with float arrays 'train' and 'test' of side information, used as the "
+        None, "cvae/icvae/censored: an .npz with float arrays 'train' and 'test' of side information, used as the "
         "condition c instead of the one-hot class label", metavar="FILE.npz")
     subset: int = setting(0, "factor datasets (dsprites, xyobject): train on this many of the images, drawn at "
                              "random (the same ones every run); 0: all of them", metavar="N", low=0)
@@ -248,7 +249,7 @@ class ModelConfig:
     latent_hidden: tuple[int, ...] = setting(
         (100, 100), "hvae: deterministic layer widths between two stochastic layers", metavar="H1,H2",
         parse="ints", low=1)
-    condition_encoder: bool = setting(False, "cvae/icvae: feed the condition to the encoder too (the decoder "
+    condition_encoder: bool = setting(False, "cvae/icvae/censored: feed the condition to the encoder too (the decoder "
                                              "always gets it)")
     res_blocks: int | None = setting(None, "conv nets: residual blocks per resolution level, after each "
                                            "downsampling and before each upsampling", metavar="R", low=0)
@@ -279,7 +280,9 @@ class TrainConfig:
         objective: ``elbo``, ``iwae``, ``icvae``, ``reconstruction`` or ``auto`` (the model's own).
         kl: The ELBO's KL term: ``analytic`` or ``mc`` (Monte Carlo).
         beta: The weight of the KL term.
-        lam: icvae: the weight of KL(q(z|x) || q(z)).
+        lam: icvae: the weight of KL(q(z|x) || q(z)); censored: the scale of the adversary's reversed gradient.
+        marginal: icvae: the estimate of KL(q(z|x) || q(z)), ``pairwise`` or ``sampled``.
+        hsic: icvae: the weight of the codes' dependence on c (normalised HSIC over the batch).
         clip_grad: The largest global gradient norm; 0 turns clipping off.
         kl_warmup: Epochs over which the KL weight rises from 0 to ``beta``; 0 turns it off.
         free_bits: Nats per image below which a latent level's KL stops counting in the loss; 0 turns it off.
@@ -342,8 +345,17 @@ class TrainConfig:
     kl: str = setting("analytic", "KL term of the ELBO: closed form, or Monte Carlo (flows always use mc)",
                       choices=KL_KINDS)
     beta: float = setting(1.0, "KL weight (Higgins et al. 2017); the logged ELBO keeps weight 1", low=0)
-    lam: float = setting(1.0, "icvae: weight of KL(q(z|x) || q(z)) (Moyer et al. 2018); the reconstruction is "
-                              "weighted 1 + lambda", flag="--lambda", low=0)
+    lam: float = setting(1.0, "icvae: weight of KL(q(z|x) || q(z)) (Moyer et al. 2018), the reconstruction "
+                              "weighted 1 + lambda; censored: how strongly the encoder works against the "
+                              "adversary (its reversed gradient's scale)", flag="--lambda", low=0)
+    marginal: str = setting(
+        "pairwise", "icvae: the estimate of KL(q(z|x) || q(z)), with q(z) the batch's mixture of posteriors: pairwise, "
+        "the mean KL to the batch's other posteriors (an upper bound); sampled, log q(z|x) - log q(z) at a draw "
+        "from q(z|x) (Esmaeili et al. 2018)", choices=MARGINALS)
+    hsic: float = setting(
+        0.0, "icvae: weight of the codes' dependence on c, the normalised HSIC between the batch's posterior means "
+        "and conditions, in [0, 1] (Lopez et al. 2018): it reaches what a probe on the codes reads; 0 = off",
+        low=0)
     clip_grad: float | None = setting(None, "clip the global gradient norm to NORM, 0 = off; steadies training "
                                             "with flows", metavar="NORM", low=0)
     kl_warmup: float | None = setting(None, "raise the KL weight linearly from 0 to --beta over this many epochs "

@@ -65,6 +65,7 @@ __all__ = [
     "AE",
     "CVAE",
     "ICVAE",
+    "Censored",
     "PointMass",
     "build_model",
     "bind_objective",
@@ -570,7 +571,7 @@ class ICVAE(CVAE):
         >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()
         >>> terms = icvae(x, torch.eye(10)[[3, 1, 4, 1]])
         >>> sorted(terms), terms["kl_marginal"].shape
-        (['elbo', 'kl', 'kl_marginal', 'loss', 'recon'], torch.Size([4]))
+        (['dependence', 'elbo', 'kl', 'kl_marginal', 'loss', 'recon'], torch.Size([4]))
     """
 
     default_objective = "icvae"
@@ -581,6 +582,37 @@ class ICVAE(CVAE):
         if what == "flows":
             return ": the ICVAE penalty needs a diagonal Gaussian posterior; drop --flows or use --model cvae"
         return super()._why_not(what, value)
+
+
+class Censored(CVAE):
+    """An adversarially censored CVAE (Edwards & Storkey 2016): a CVAE whose encoder learns to hide c from an adversary.
+
+    The ``adversary`` network, two hidden layers of 256 units reading a draw z ~ q(z|x),
+    learns to predict c (the class, or the side-information vector), while the encoder,
+    through the adversary's reversed gradient, learns to defeat it (the
+    ``vaelab.objectives.censor`` objective, weighted by lambda). The adversary's parameters
+    are the model's, so checkpoints, resume and data-parallel training carry them. Same
+    arguments and shapes as ``CVAE``.
+
+    Examples:
+        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.models import build_model
+        >>> _ = torch.manual_seed(0)
+        >>> model = build_model(ModelConfig(model="censored", latent_dim=2, hidden=(16,)), (1, 28, 28), cond_dim=10)
+        >>> model.objective.name, model.adversary(torch.zeros(5, 2)).shape  # codes (5, D) -> c (5, C')
+        ('censor', torch.Size([5, 10]))
+        >>> terms = model((torch.rand(4, 1, 28, 28) < 0.3).float(), torch.eye(10)[[3, 1, 4, 1]])
+        >>> sorted(terms), terms["adversary"].shape
+        (['adversary', 'elbo', 'kl', 'loss', 'recon'], torch.Size([4]))
+    """
+
+    default_objective = "censor"
+    traits = ("density", "conditional", "adversary")
+
+    def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: int = 0) -> None:
+        super().__init__(cfg, image_shape, cond_dim)
+        # as deep and wide as the 2-hidden-layer probe that measures what the codes still hold
+        self.adversary = mlp([cfg.latent_dim, 256, 256, self.cond_dim], "relu")
 
 
 # ----------------------------------------------------------------------------- priors
@@ -613,6 +645,7 @@ MODELS: dict[str, type[_Base] | type[Ladder]] = {
     "ae": AE,
     "cvae": CVAE,
     "icvae": ICVAE,
+    "censored": Censored,
     "ladder": Ladder,
 }
 """The model registry: name (``ModelConfig.model``, ``--model``) -> model class. A class added
@@ -630,10 +663,10 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], cond_dim: i
     ``MODELS[cfg.model]`` is built. The model's ``cfg`` holds the resolved settings.
 
     Args:
-        cfg: The model settings; ``cfg.model`` names the model (vae, hvae, ae, cvae, icvae or
-            one added to ``MODELS``).
+        cfg: The model settings; ``cfg.model`` names the model (vae, hvae, ae, cvae, icvae,
+            censored or one added to ``MODELS``).
         image_shape: (C, H, W) of the images.
-        cond_dim: C', the features of the condition, for conditional models (cvae, icvae).
+        cond_dim: C', the features of the condition, for conditional models (cvae, icvae, censored).
 
     Returns:
         The model (an ``nn.Module``), in training mode, on the CPU, with its own objective bound.

@@ -378,6 +378,11 @@ class CompareOptions:
     k: int | None = option(None, "importance samples for nll (default: as vaelab evaluate, 1000 for MNIST-sized "
                                  "images, 100 for larger ones)", low=1, metavar="K")
     n: int | None = option(None, "evaluate the first N test images (default all)", low=1, metavar="N")
+    probe: int | None = option(
+        None, "also train a probe with this many hidden layers on each run's codes (as vaelab probe "
+        "--probe-layers), add its accuracy and the reconstruction MSE to the table, and draw one against the "
+        "other (tradeoff.png): how much a model's codes know about the class, for what reconstruction",
+        flag="--probe-layers", choices=(0, 1, 2, 3), metavar="LAYERS")
 
 
 @dataclass(frozen=True)
