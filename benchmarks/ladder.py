@@ -132,9 +132,9 @@ def plain_loop(run: Path, epochs: int, device: str = "cpu", threads: int = 2) ->
 
 def _plain_loop(run: str, epochs: int, device: str, threads: int) -> dict[str, float]:
     from vaelab.checkpoint import load_config
-    from vaelab.images import load_configured
     from vaelab.models import bind_objective, build_model
     from vaelab.runtime import tune_malloc
+    from vaelab.sources import load_configured
 
     tune_malloc()
     torch.set_num_threads(threads)

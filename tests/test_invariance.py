@@ -9,12 +9,13 @@ import pytest
 import torch
 from torch import distributions as D
 
+from vaelab.arrays import load_array
 from vaelab.cli import main
 from vaelab.compare import Variant, compare
 from vaelab.config import Config, ConfigError, TrainConfig, validate
 from vaelab.data import DataError, load_dataset
 from vaelab.distributions import DiagonalGaussian
-from vaelab.images import Transform, load_array
+from vaelab.images import Transform
 from vaelab.models import build_model
 from vaelab.objectives import bind, censor, dependence, icvae, sampled_marginal_kl
 
