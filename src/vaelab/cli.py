@@ -123,8 +123,7 @@ def cmd_ood(args: argparse.Namespace) -> None:
         for col, m in sorted(rows.items(), key=lambda kv: -kv[1]["auroc"]):
             print(f"  {col:<22} AUROC {m['auroc']:.3f}  AUPRC {m['auprc']:.3f}  FPR80 {m['fpr80']:.3f}  "
                   f"FPR95 {m['fpr95']:.3f}")
-    files = r["files"]
-    print(f"written to {files['md']} (and {Path(files['json']).name}, {Path(files['png']).name})")
+    print(f"written to {r['files']['md']} (and {Path(r['files']['json']).name}, {Path(r['files']['png']).name})")
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
@@ -138,8 +137,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     table = encode(args.run_dir, args.data, _options(args, options.EncodeOptions), progress=not args.quiet)
     if _rank0():
         write_codes(table, args.out)
-        splits = {s: int((table["split"] == s).sum()) for s in ("train", "test") if (table["split"] == s).any()}
-        which = " and ".join(f"{v} {s}" for s, v in splits.items())
+        which = " and ".join(f"{int((table['split'] == s).sum())} {s}" for s in ("train", "test") if (table["split"] == s).any())
         shapes = ["x".join(map(str, s)) for s in table.info["level_shapes"]]
         levels = f" in levels {', '.join(shapes)} (z_1 first)" if len(shapes) > 1 else ""
         print(f"codes of {len(table)} images of {table.info['dataset']} ({which}; "
@@ -160,8 +158,8 @@ def cmd_probe(args: argparse.Namespace) -> None:
     """`vaelab probe`: how much of the class a linear or MLP probe reads from a run's codes."""
     from vaelab.evaluate import format_probe, probe
 
-    print(format_probe(probe(args.run_dir, _options(args, options.ProbeOptions))))
-    print(f"(written to {Path(args.run_dir) / 'probe.json'})")
+    result = probe(args.run_dir, _options(args, options.ProbeOptions))
+    print(format_probe(result), f"(written to {Path(args.run_dir) / 'probe.json'})", sep="\n")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -169,11 +167,10 @@ def cmd_plot(args: argparse.Namespace) -> None:
     from vaelab.explore import plot
     from vaelab.runtime import resolve_device
 
-    what = args.what  # names of FIGURES, checked by the parser before any loading
     figure_options = {k: getattr(args, k) for k in ("kind", "levels", "span", "steps", "dims", "weights", "against",
                                                     "temperature", "rows", "images")}
     try:
-        written = plot(args.run_dir, what, args.out, seed=args.seed, device=str(resolve_device(args.device)),
+        written = plot(args.run_dir, args.what, args.out, seed=args.seed, device=str(resolve_device(args.device)),
                        **figure_options)
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -228,8 +225,7 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score, "o
 
 def main(argv: list[str] | None = None) -> int:
     """The command line's entry point: parse, run one command, and turn known faults into one-line errors."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     code = _run(args)
     if "torch" in sys.modules:  # a command that never imported torch has no process group
         from vaelab.runtime import leave_process_group
