@@ -50,6 +50,7 @@ def test_the_recipe_chooses_levels_from_the_data_and_only_for_the_ladder():
     for size in (32, 64):
         cfg, _ = resolve(Config().replace(model={"model": "ladder"}), DataFacts((3, size, size), 5000, False))
         assert cfg.model.levels == "8x16x16,8x8x8,8x4x4" and cfg.model.likelihood == "logistic"
+        assert cfg.train.skip_grad == 50 * 3 * size * size  # 8-bit colour: larger gradients, a higher threshold
     vae, chosen = resolve(Config(), binary28)  # the other models: no levels, no skipping
     assert vae.model.levels == "auto" and "model.levels" not in chosen and vae.train.skip_grad == 0
     iwae, _ = resolve(Config().replace(model={"model": "ladder"}, train={"objective": "iwae"}), binary28)

@@ -402,8 +402,8 @@ class TrainConfig:
                                      metavar="LAMBDA", low=0)
     skip_grad: float | None = setting(
         None, "skip a step whose global gradient norm (before clipping) is above NORM, counted in metrics.jsonl "
-        "as skipped_large_grad (Child 2021); 0 = off (chosen: 0, and 4 per pixel value for the ladder model: 3136 "
-        "for 28x28 grey images)", metavar="NORM",
+        "as skipped_large_grad (Child 2021); 0 = off (chosen: 0, and for the ladder model 4 per pixel value of "
+        "binary images, 3136 at 28x28, and 50 per value of 8-bit images, 153600 at 32x32x3)", metavar="NORM",
         low=0)
     samples: int = setting(1, "samples of z per image: L for the ELBO, k for IWAE", metavar="N", low=1)
     seed: int = setting(0, "the seed of everything random: data order, pixel and reparameterisation noise", low=0)
@@ -788,8 +788,12 @@ LADDER_RECIPE: dict[str, dict[str, Any]] = {
 }
 # ... and skips a step whose gradient norm passes this many times the number of pixel values:
 # on binary 28x28 digits (3136) the norms of a fresh ladder start near 1,500 and fall to 50-300
-# within three epochs, so only an outlier several times the first steps' norm is skipped.
+# within three epochs, so only an outlier several times the first steps' norm is skipped. 8-bit
+# colour under the logistic mixture has far larger gradients: on 32x32x3 colour digits the norms
+# of a fresh ladder ran 10,000-70,000 (3-23 per value) over its first four epochs, rising with
+# the KL warm-up, so at 4 per value every step was skipped and the run stopped.
 LADDER_SKIP_PER_VALUE = 4.0
+LADDER_SKIP_PER_VALUE_8BIT = 50.0
 # ... and reads neither the encoder/decoder net nor a single code's size: its nets and codes are
 # its levels (`levels`, `hidden` as their width, `res_blocks` cells each)
 LADDER_IGNORES = ("model.net", "model.latent_dim", "model.decoder_hidden")
@@ -968,8 +972,10 @@ def _pick_numbers(cfg: Config, recipe: dict[str, dict[str, Any]], pick: _Picks) 
 
 def default_skip_grad(model: str, facts: DataFacts) -> float:
     """--skip-grad left unset: off (0) but for the ladder, whose threshold grows with the
-    number of pixel values (LADDER_SKIP_PER_VALUE each); the other models' numbers do not move."""
-    return LADDER_SKIP_PER_VALUE * math.prod(facts.image_shape) if model == LADDER else 0.0
+    number of pixel values (LADDER_SKIP_PER_VALUE each for binary images, ..._8BIT for grey
+    levels and colour); the other models' numbers do not move."""
+    per_value = LADDER_SKIP_PER_VALUE if facts.binary else LADDER_SKIP_PER_VALUE_8BIT
+    return per_value * math.prod(facts.image_shape) if model == LADDER else 0.0
 
 
 def _pick_ladder(m: ModelConfig, facts: DataFacts, pick: _Picks) -> None:
