@@ -402,14 +402,20 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
         weight = beta * (schedule or FULL).kl_scale
         return {"loss": -(recon - weight * counted), "recon": recon, "kl": kl_term, "elbo": recon - kl_term,
                 **{f"kl_{i + 1}": v for i, v in enumerate(levels)}}
-    q = model.encode(x if x_in is None else x_in, c)
-    z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, D), (L, B)
-    recon = model.decode(z, c).log_prob(x).mean(0)
-    kl_term = kl_to_prior(model, q, z, log_q, kl)
+    *_, recon, kl_term = _draw(model, x, c, samples, kl, generator, x_in)
     weight = beta * (schedule or FULL).kl_scale
     floor = (free_bits or 0.0) * (schedule or FULL).free_bits_scale
     counted = kl_term.clamp_min(floor) if floor else kl_term
     return {"loss": -(recon - weight * counted), "recon": recon, "kl": kl_term, "elbo": recon - kl_term}
+
+
+def _draw(model, x, c, samples: int, kl: str, generator, x_in):
+    """What every single-code objective starts from: q(z|x) (read from `x_in` when given),
+    `samples` reparameterised draws z (L, B, D) with their log q (L, B), the reconstruction
+    term E_q[log p(x|z)] (B,) and KL(q(z|x) || p(z)) (B,)."""
+    q = model.encode(x if x_in is None else x_in, c)
+    z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, D), (L, B)
+    return q, z, log_q, model.decode(z, c).log_prob(x).mean(0), kl_to_prior(model, q, z, log_q, kl)
 
 
 def kl_to_prior(model, q, z: torch.Tensor, log_q: torch.Tensor, kl: str = "analytic") -> torch.Tensor:
@@ -782,10 +788,7 @@ def factorvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples:
         raise ValueError("the factorvae objective needs its discriminator; bind the objective with "
                          "vaelab.models.bind_objective")
     disc = nets["discriminator"]
-    q = model.encode(x if x_in is None else x_in, c)
-    z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, D), (L, B)
-    recon = model.decode(z, c).log_prob(x).mean(0)
-    kl_term = kl_to_prior(model, q, z, log_q, kl)
+    _, z, _, recon, kl_term = _draw(model, x, c, samples, kl, generator, x_in)
     held = {k: v.detach() for k, v in disc.named_parameters()}  # the VAE's term trains the encoder only
     tc = torch.func.functional_call(disc, held, (z,)).squeeze(-1).mean(0)  # (B,)
     real = z[0].detach()  # (B, D): the discriminator's term trains the discriminator only
@@ -896,11 +899,8 @@ def dipvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: in
         >>> sorted(terms), bool((terms["dip"] >= 0).all())
         (['dip', 'elbo', 'kl', 'loss', 'recon'], True)
     """
-    q = model.encode(x if x_in is None else x_in, c)
+    q, _, _, recon, kl_term = _draw(model, x, c, samples, kl, generator, x_in)
     _gaussian(q, "dipvae")
-    z, log_q = q.rsample_with_log_prob(samples, generator=generator)
-    recon = model.decode(z, c).log_prob(x).mean(0)
-    kl_term = kl_to_prior(model, q, z, log_q, kl)
     (mean, log_std), _ = _global(peers, q.mean, q.log_std)  # (M, D) each
     centred = mean - mean.mean(0)
     cov = centred.T @ centred / len(mean)  # Cov[mu(x)], (D, D)
@@ -1053,12 +1053,9 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
         >>> bool((terms["kl_marginal"] >= 0).all())
         True
     """
-    q = model.encode(x if x_in is None else x_in, c)
+    q, z, log_q, recon, kl_prior = _draw(model, x, c, samples, kl, generator, x_in)
     if not hasattr(q, "log_std"):
         raise ValueError("the invariance penalty needs a diagonal Gaussian posterior (no flows)")
-    z, log_q = q.rsample_with_log_prob(samples, generator=generator)
-    recon = model.decode(z, c).log_prob(x).mean(0)
-    kl_prior = kl_to_prior(model, q, z, log_q, kl)
     (mean_j, offset), (log_std_j, _) = (peers(q.mean), peers(q.log_std)) if peers else ((q.mean, 0), (q.log_std, 0))
     if marginal == "sampled":
         kl_marginal = sampled_marginal_kl(z, log_q, mean_j, log_std_j)
@@ -1234,10 +1231,7 @@ def censor(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: in
         >>> torch.allclose(terms["loss"], -terms["recon"] + terms["kl"] + terms["adversary"])
         True
     """
-    q = model.encode(x if x_in is None else x_in, c)
-    z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, D), (L, B)
-    recon = model.decode(z, c).log_prob(x).mean(0)
-    kl_prior = kl_to_prior(model, q, z, log_q, kl)
+    q, z, _, recon, kl_prior = _draw(model, x, c, samples, kl, generator, x_in)
     # the adversary reads the codes (the posterior means, what a probe or a user reads) and the
     # draws (what the decoder reads): information below the noise of the draws is still in the means
     # (standardising them over the batch first, as the probe does, did worse in the invariance benchmark)
