@@ -18,7 +18,7 @@ from pathlib import Path
 from vaelab.api import Run
 from vaelab.runtime import cpu_name
 
-__all__ = ["Run", "machine", "pythae_epoch_clock", "vaelab", "VaelabFailed"]
+__all__ = ["Run", "machine", "pythae_epoch_clock", "vaelab", "VaelabFailed", "noise_and_constant"]
 
 
 class VaelabFailed(RuntimeError):
@@ -87,3 +87,23 @@ def pythae_epoch_clock():
             self.starts.append(time.perf_counter())
 
     return Clock()
+
+
+def noise_and_constant(folder: Path, n: int) -> dict[str, Path]:
+    """Uniform noise (every pixel uniform in 0..255) and constant images (each one grey level,
+    uniform in 0..255), 28x28, seed 0, as array files in `folder` (made once): n test images
+    and 16 training images, which nothing uses (an array file with both splits is scored on
+    its test split like a named dataset)."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    made = {"noise": rng.integers(0, 256, (n + 16, 28, 28), dtype=np.uint8),
+            "constant": np.broadcast_to(rng.integers(0, 256, n + 16, dtype=np.uint8)[:, None, None],
+                                        (n + 16, 28, 28)).copy()}
+    paths = {}
+    for name, images in made.items():
+        paths[name] = folder / f"{name}.npz"
+        if not paths[name].exists():
+            np.savez(paths[name], train=images[:16], test=images[16:])
+    return paths

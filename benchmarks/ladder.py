@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import Run, machine, vaelab  # noqa: E402
+from common import Run, machine, noise_and_constant, vaelab  # noqa: E402
 
 HERE = Path(__file__).parent
 LADDER = ["--model", "ladder"]
@@ -98,19 +98,6 @@ def colour_array(path: Path, n: int, seed: int = 0) -> Path:
     np.savez(path, train=img[cut:], test=img[:cut])
     return path
 
-
-def other_sets(work: Path, n: int) -> dict[str, Path]:
-    """Uniform noise and constant grey images, 28x28, n test images each (seed 0)."""
-    rng = np.random.default_rng(0)
-    made = {"noise": rng.integers(0, 256, (n + 16, 28, 28), dtype=np.uint8),
-            "constant": np.broadcast_to(rng.integers(0, 256, n + 16, dtype=np.uint8)[:, None, None],
-                                        (n + 16, 28, 28)).copy()}
-    paths = {}
-    for name, images in made.items():
-        paths[name] = work / f"{name}.npz"
-        if not paths[name].exists():
-            np.savez(paths[name], train=images[:16], test=images[16:])
-    return paths
 
 
 # ------------------------------------------------------------------ the plain loop
@@ -228,7 +215,7 @@ def nll(a, work: Path) -> dict:
 
 def ood(a, work: Path) -> dict:
     inside, outside = ("mnist-sample", "mnist-sample") if a.quick else ("fashion-mnist", "mnist")
-    sets = other_sets(work, 50 if a.quick else 2000)
+    sets = noise_and_constant(work, 50 if a.quick else 2000)
     table: dict[str, dict[str, list[float]]] = {}
     raw = []
     for seed in a.seeds:

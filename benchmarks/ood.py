@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import Run, machine, vaelab  # noqa: E402
+from common import Run, machine, noise_and_constant, vaelab  # noqa: E402
 
 HERE = Path(__file__).parent
 WORK = Path.home() / ".cache" / "vaelab" / "ood-benchmark"
@@ -78,20 +78,8 @@ def save(what: str, result: dict, merge: str | None = None) -> Path:
 
 
 def make_data(n: int = 2_000) -> dict[str, Path]:
-    """Uniform noise (every pixel uniform in 0..255) and constant images (each one grey level,
-    uniform in 0..255), 28x28, seed 0: n test images (and 16 training images, which nothing
-    uses: an array file with both splits is scored on its test split like a named dataset)."""
-    WORK.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    made = {"noise": rng.integers(0, 256, (n + 16, 28, 28), dtype=np.uint8),
-            "constant": np.broadcast_to(rng.integers(0, 256, n + 16, dtype=np.uint8)[:, None, None],
-                                        (n + 16, 28, 28)).copy()}
-    paths = {}
-    for name, images in made.items():
-        paths[name] = WORK / f"{name}.npz"
-        if not paths[name].exists():
-            np.savez(paths[name], train=images[:16], test=images[16:])
-    return paths
+    """The noise and constant sets of the table (common.noise_and_constant), n test images each."""
+    return noise_and_constant(WORK, n)
 
 
 def run_dir(dataset: str, seed: int) -> Path:
