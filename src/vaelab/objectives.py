@@ -84,10 +84,10 @@ class Schedule:
     """What an objective weighs at one training step: the settings that change with the step.
 
     Built by ``Schedule.at`` from the run's settings and the step alone (so a resumed run
-    continues exactly); the model's ``forward`` hands it to objectives that declare the
-    fields they read (``ObjectiveSpec.schedule``). Each field names the TrainConfig setting
-    that drives it in its metadata, and ``bind`` refuses that setting for an objective that
-    does not read the field.
+    continues exactly); the model's ``forward`` puts it in the ``Step`` its objective reads
+    (``step.schedule``), and objectives declare the fields they read (``ObjectiveSpec.schedule``).
+    Each field names the TrainConfig setting that drives it in its metadata, and ``bind``
+    refuses that setting for an objective that does not read the field.
 
     Attributes:
         kl_scale: The share of the KL weight beta the loss uses at this step, in [0, 1]:
