@@ -100,9 +100,9 @@ def vaelab_eval(run: str, n: int) -> dict:
 
 def vaelab_elbo_eval(batch: int) -> dict:
     """Forward-only test ELBO (one z per image) throughput at a batch size."""
-    from vaelab.config import ModelConfig
+    from vaelab.config import ModelConfig, TrainConfig
     from vaelab.models import build_model
-    from vaelab.objectives import elbo
+    from vaelab.objectives import Step, elbo
     from vaelab.runtime import tune_malloc
 
     tune_malloc()
@@ -110,10 +110,11 @@ def vaelab_elbo_eval(batch: int) -> dict:
                         (1, 28, 28)).eval()
     x = (torch.rand(10000, 1, 28, 28) < 0.13).float()
     with torch.inference_mode():
-        elbo(model, x[:batch])
+        defaults = TrainConfig()
+        elbo(model, Step(x[:batch]), defaults)
         t = time.perf_counter()
         for i in range(0, len(x), batch):
-            elbo(model, x[i : i + batch])
+            elbo(model, Step(x[i : i + batch]), defaults)
         sec = time.perf_counter() - t
     return {"batch": batch, "images_per_s": len(x) / sec, "gflops": len(x) * FWD / sec / 1e9}
 

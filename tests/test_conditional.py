@@ -8,10 +8,10 @@ import torch
 from torch import distributions as D
 
 from vaelab.cli import main
-from vaelab.config import Config
+from vaelab.config import Config, TrainConfig
 from vaelab.data import DataError, attach_conditions, load_dataset
 from vaelab.models import build_model
-from vaelab.objectives import icvae, pairwise_gaussian_kl
+from vaelab.objectives import Step, icvae, pairwise_gaussian_kl
 
 
 def test_pairwise_kl_matches_direct_computation():
@@ -51,7 +51,7 @@ def test_icvae_loss_is_the_weighted_sum_of_its_terms():
     x = (torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(1)) < 0.3).float()
     c = torch.eye(10)[:6]
     torch.manual_seed(3)
-    t = icvae(m, x, c, beta=0.5, lam=2.0)
+    t = icvae(m, Step(x, c), TrainConfig(beta=0.5, lam=2.0))
     torch.testing.assert_close(t["loss"], -3.0 * t["recon"] + 0.5 * t["kl"] + 2.0 * t["kl_marginal"])
     q = m.encode(x, c)
     pair = pairwise_gaussian_kl(q.mean, q.log_std)

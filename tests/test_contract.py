@@ -12,7 +12,7 @@ from vaelab.ladder import Ladder
 from vaelab.models import MODELS, build_model
 from vaelab.nets import ResBlock
 from vaelab.noise import ExampleNoise
-from vaelab.objectives import OBJECTIVES, bind
+from vaelab.objectives import OBJECTIVES, Step, bind
 
 SHAPE = (1, 28, 28)
 RGB = (3, 16, 24)  # colour and non-square: catches height/width and channel mix-ups
@@ -105,8 +105,8 @@ def test_encode_decode_sample_shapes(model):
 def test_loss_is_finite_and_gradients_reach_every_parameter(model):
     def without_gradient() -> list[str]:
         model.zero_grad()
-        terms = model.objective.replace(**{k: v for k, v in (("samples", 2), ("beta", 0.5))
-                                           if k in OBJECTIVES[model.objective.name].options})(model, _x(model), _c(model))
+        options = {k: v for k, v in (("samples", 2), ("beta", 0.5)) if k in OBJECTIVES[model.objective.name].options}
+        terms = model.objective.replace(**options)(model, Step(_x(model), _c(model)))
         assert all(v.shape == (6,) and torch.isfinite(v).all() for v in terms.values())
         terms["loss"].mean().backward()
         return [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]

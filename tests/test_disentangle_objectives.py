@@ -17,7 +17,7 @@ from vaelab.data import load_dataset
 from vaelab.distributions import DiagonalGaussian, StandardNormal
 from vaelab.models import bind_objective, build_model, check_config
 from vaelab.noise import ExampleNoise
-from vaelab.objectives import OBJECTIVES, Schedule, bind, capacity, dipvae, factorvae, minibatch_log_qz, tcvae
+from vaelab.objectives import OBJECTIVES, Schedule, Step, bind, capacity, dipvae, factorvae, minibatch_log_qz, tcvae
 from vaelab.training import resume, train
 
 from .conftest import metrics
@@ -63,7 +63,7 @@ def test_identical_posteriors_give_the_closed_forms_of_both_estimators():
 def test_tcvae_terms_of_a_batch_of_one_image_repeated(estimator):
     model = _model("tcvae")
     x = _binary(1).expand(12, -1, -1, -1)  # the same image 12 times: 12 identical posteriors
-    terms = tcvae(model, x, dataset_size=1000, tc_estimator=estimator, samples=2)
+    terms = tcvae(model, Step(x), TrainConfig(dataset_size=1000, tc_estimator=estimator, samples=2))
     mi, tc = (0.0, 0.0) if estimator == "mss" else (math.log(1000), 2 * math.log(1000))  # D = 3
     torch.testing.assert_close(terms["mi"], torch.full((12,), mi), atol=1e-4, rtol=0)
     torch.testing.assert_close(terms["tc"], torch.full((12,), tc), atol=1e-4, rtol=0)
@@ -115,13 +115,13 @@ def test_mi_tc_and_dwkl_add_up_to_the_kl():
     model = _model("tcvae")
     x = _binary(6)
     torch.manual_seed(0)
-    terms = tcvae(model, x, dataset_size=1000, samples=1)
+    terms = tcvae(model, Step(x), TrainConfig(dataset_size=1000, samples=1))
     torch.manual_seed(0)
     q = model.encode(x)
     z, log_q = q.rsample_with_log_prob(1)
     one_draw = (log_q - StandardNormal(3).log_prob(z)).mean(0)
     torch.testing.assert_close(terms["mi"] + terms["tc"] + terms["dwkl"], one_draw, atol=1e-4, rtol=0)
-    many = tcvae(model, x, dataset_size=1000, samples=4000)
+    many = tcvae(model, Step(x), TrainConfig(dataset_size=1000, samples=4000))
     torch.testing.assert_close(many["mi"] + many["tc"] + many["dwkl"], many["kl"], atol=0.1, rtol=0)
     assert (many["kl"] == q.kl_standard_normal()).all()
 
@@ -129,10 +129,10 @@ def test_mi_tc_and_dwkl_add_up_to_the_kl():
 def test_beta_weighs_only_the_total_correlation_and_warm_up_scales_all_three():
     model = _model("tcvae")
     x = _binary(6)
-    w = dict(beta=6.0, mi_weight=0.5, dwkl_weight=2.0, dataset_size=1000, generator=torch.Generator())
-    a = tcvae(model, x, **{**w, "generator": torch.Generator().manual_seed(3)})
+    w = TrainConfig(beta=6.0, mi_weight=0.5, dwkl_weight=2.0, dataset_size=1000)
+    a = tcvae(model, Step(x, generator=torch.Generator().manual_seed(3)), w)
     torch.testing.assert_close(a["loss"], -a["recon"] + 0.5 * a["mi"] + 6.0 * a["tc"] + 2.0 * a["dwkl"])
-    b = tcvae(model, x, **{**w, "generator": torch.Generator().manual_seed(3)}, schedule=Schedule(kl_scale=0.25))
+    b = tcvae(model, Step(x, generator=torch.Generator().manual_seed(3), schedule=Schedule(kl_scale=0.25)), w)
     torch.testing.assert_close(b["loss"], -b["recon"] + 0.25 * (0.5 * b["mi"] + 6.0 * b["tc"] + 2.0 * b["dwkl"]))
 
 
@@ -208,12 +208,12 @@ def test_the_discriminator_learns_the_total_correlation(rho):
     chol = torch.linalg.cholesky(torch.tensor([[1.0, rho], [rho, 1.0]]))
     for _ in range(100):
         codes = torch.randn(256, 2) @ chol.T
-        loss = factorvae(model, codes, tc_weight=1.0)["loss"].mean()
+        loss = factorvae(model, Step(codes), TrainConfig(tc_weight=1.0))["loss"].mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        tc = float(factorvae(model, torch.randn(4000, 2) @ chol.T)["tc"].mean())
+        tc = float(factorvae(model, Step(torch.randn(4000, 2) @ chol.T), TrainConfig())["tc"].mean())
     assert tc == pytest.approx(-0.5 * math.log(1 - rho**2), abs=0.3)
 
 
@@ -277,10 +277,10 @@ def test_capacity_rises_linearly_and_only_the_capacity_objective_takes_one():
 def test_capacity_holds_the_batch_mean_kl_to_c():
     model = _model("capacity")
     x = _binary(6)
-    g = dict(capacity=20.0, capacity_weight=10.0)
-    a = capacity(model, x, **g, schedule=Schedule(capacity_scale=0.1), generator=torch.Generator().manual_seed(0))
+    g = TrainConfig(capacity=20.0, capacity_weight=10.0)
+    a = capacity(model, Step(x, schedule=Schedule(capacity_scale=0.1), generator=torch.Generator().manual_seed(0)), g)
     torch.testing.assert_close(a["loss"], -a["recon"] + 10.0 * (a["kl"].mean() - 2.0).abs())
-    b = capacity(model, x, **g, generator=torch.Generator().manual_seed(0))  # the test pass: C = C_max
+    b = capacity(model, Step(x, generator=torch.Generator().manual_seed(0)), g)  # the test pass: C = C_max
     assert (b["capacity"] == 20.0).all()
 
 
@@ -288,14 +288,16 @@ def test_capacity_holds_the_batch_mean_kl_to_c():
 def test_dip_penalty_is_its_closed_form_and_zero_when_the_covariance_is_the_identity(kind):
     model = FixedCodes()
     means = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])  # covariance I
-    terms = dipvae(model, means, dip_type=kind, dip_offdiag=3.0, generator=torch.Generator().manual_seed(0))
+    terms = dipvae(model, Step(means, generator=torch.Generator().manual_seed(0)),
+                   TrainConfig(dip_type=kind, dip_offdiag=3.0))
     expected = 0.0 if kind == "i" else 3.0 * 2 * (math.exp(-12.0)) ** 2  # ii adds the posteriors' variance
     torch.testing.assert_close(terms["dip"], torch.full((4,), expected), atol=1e-6, rtol=0)
     skewed = means * torch.tensor([2.0, 1.0]) + torch.tensor([[0.0, 0.5]]) * means[:, :1]
     cov = torch.cov(skewed.T, correction=0) + (0.0 if kind == "i" else math.exp(-12.0)) * torch.eye(2)
     lam_d = 30.0 if kind == "i" else 3.0
     want = 3.0 * 2 * cov[0, 1] ** 2 + lam_d * ((torch.diagonal(cov) - 1) ** 2).sum()
-    terms = dipvae(model, skewed, dip_type=kind, dip_offdiag=3.0, generator=torch.Generator().manual_seed(0))
+    terms = dipvae(model, Step(skewed, generator=torch.Generator().manual_seed(0)),
+                   TrainConfig(dip_type=kind, dip_offdiag=3.0))
     torch.testing.assert_close(terms["dip"], want.expand(4), rtol=1e-5, atol=1e-5)
 
 

@@ -4,6 +4,8 @@ takes mean the same in training and in the test pass."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from vaelab import models, objectives
@@ -24,9 +26,9 @@ def registries(monkeypatch):
 
 def test_a_toy_objective_and_model_from_a_test_file(tmp_path, registries, capsys):
     @objectives.objective("half-kl", terms=("loss", "recon", "kl", "elbo"), options=("samples",))
-    def half_kl(model, x, c=None, *, samples=1, generator=None, x_in=None, peers=None):
+    def half_kl(model, step, t):
         """The ELBO with its KL weighed by one half."""
-        return objectives.elbo(model, x, c, samples=samples, beta=0.5, generator=generator, x_in=x_in)
+        return objectives.elbo(model, step, dataclasses.replace(t, beta=0.5))
 
     class HalfKLVAE(models.VAE):
         default_objective = "half-kl"
@@ -55,6 +57,8 @@ def test_an_objective_refuses_options_it_does_not_take(registries):
         objectives.objective("bad", terms=("loss",), options=("temperature",))(lambda *a, **k: {})
     with pytest.raises(ValueError, match="first term"):
         objectives.objective("bad", terms=("recon", "loss"))(lambda *a, **k: {})
+    with pytest.raises(ValueError, match="not TrainConfig fields"):  # an entry written directly is checked too
+        objectives.ObjectiveSpec(lambda model, step, t: {}, ("loss",), ("temperature",))
     from vaelab.config import ConfigError
 
     with pytest.raises(ConfigError, match="takes no lam"):
@@ -63,28 +67,28 @@ def test_an_objective_refuses_options_it_does_not_take(registries):
 
 def test_an_objective_reads_the_warm_up_schedule_of_each_step(tmp_path, registries):
     """Training hands the objective each step's schedule (the KL warm-up's share of beta, a
-    function of the step alone); the test pass hands none (the full beta)."""
+    function of the step alone); the test pass hands the full weights."""
     seen = []
 
     @objectives.objective("seen-elbo", terms=("loss", "recon", "kl", "elbo"), options=("beta",),
                           schedule=("kl_scale",))
-    def seen_elbo(model, x, c=None, *, beta=1.0, schedule=None, generator=None, x_in=None, peers=None):
-        seen.append(None if schedule is None else schedule.kl_scale)
-        return objectives.elbo(model, x, c, beta=beta, schedule=schedule, generator=generator, x_in=x_in)
+    def seen_elbo(model, step, t):
+        seen.append(step.schedule.kl_scale)
+        return objectives.elbo(model, step, t)
 
     run = tmp_path / "warm"
     assert main(["train", *TINY, "--objective", "seen-elbo", "--kl-warmup", "2", "--out", str(run)]) == 0
     r = Run(run).records()[0]
     steps = r["step"]  # the steps of the first epoch; the warm-up lasts two epochs
     assert seen[:steps] == [step / (2 * steps) for step in range(steps)]
-    assert set(seen[steps:]) == {None}  # the test pass
+    assert set(seen[steps:]) == {1.0}  # the test pass
     assert r["test_loss"] == pytest.approx(-r["test_recon"] + r["test_kl"], rel=1e-6)
 
 
 def test_warm_up_is_refused_in_one_line_where_there_is_no_kl(tmp_path, registries, capsys):
     @objectives.objective("recon-only", terms=("loss", "recon"), needs=("density",))
-    def recon_only(model, x, c=None, *, generator=None, x_in=None, peers=None):
-        return objectives.reconstruction(model, x, c, x_in=x_in)
+    def recon_only(model, step, t):
+        return objectives.reconstruction(model, step, t)
 
     for flags in (["--model", "ae"], ["--objective", "iwae"], ["--objective", "recon-only"]):
         capsys.readouterr()

@@ -7,11 +7,11 @@ import torch
 from torch.autograd.functional import jacobian
 
 from vaelab.batches import SplitInputs
-from vaelab.config import Config
+from vaelab.config import Config, TrainConfig
 from vaelab.data import load_dataset
 from vaelab.flows import FLOWS, PlanarFlows
 from vaelab.models import build_model
-from vaelab.objectives import elbo, iwae
+from vaelab.objectives import Step, elbo, iwae
 from vaelab.training import train
 
 
@@ -108,7 +108,7 @@ def test_iwae_gradient_uses_normalised_weights_not_detached():
     m = _model()
     x = (torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.3).float()
     torch.manual_seed(7)
-    iwae(m, x, samples=6)["loss"].mean().backward()
+    iwae(m, Step(x), TrainConfig(samples=6))["loss"].mean().backward()
     g_iwae = [p.grad.clone() for p in m.parameters()]
     m.zero_grad()
     torch.manual_seed(7)  # same z draws
@@ -122,15 +122,15 @@ def test_mc_kl_is_unbiased_for_the_analytic_one():
     m = _model()
     x = (torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1)) < 0.3).float()
     with torch.no_grad():
-        a = elbo(m, x, samples=1, kl="analytic")["kl"]
-        mc = elbo(m, x, samples=20000, kl="mc")["kl"]
+        a = elbo(m, Step(x), TrainConfig(samples=1, kl="analytic"))["kl"]
+        mc = elbo(m, Step(x), TrainConfig(samples=20000, kl="mc"))["kl"]
     assert torch.allclose(a, mc, atol=0.05)
 
 
 def test_flows_train_with_the_monte_carlo_elbo():
     m = _model(flows=3)
     x = (torch.rand(4, 1, 28, 28) < 0.3).float()
-    t = elbo(m, x, samples=3, kl="analytic")  # analytic is unavailable: falls back to MC
+    t = elbo(m, Step(x), TrainConfig(samples=3, kl="analytic"))  # analytic is unavailable: falls back to MC
     assert torch.isfinite(t["loss"]).all()
     t["loss"].mean().backward()
     assert all(p.grad is not None for p in m.parameters())
@@ -146,8 +146,8 @@ def test_iwae_bound_tightens_with_k_on_a_trained_model(tmp_path):
     x = SplitInputs(data.test, "dynamic", 0, False, "cpu").rows(0, 200)[0]
     torch.manual_seed(0)
     with torch.no_grad():
-        bounds = {k: torch.stack([iwae(model, x, samples=k)["iwae"].mean() for _ in range(4)]).mean()
+        bounds = {k: torch.stack([iwae(model, Step(x), TrainConfig(samples=k))["iwae"].mean() for _ in range(4)]).mean()
                   for k in (1, 5, 50)}
-        e = torch.stack([elbo(model, x)["elbo"].mean() for _ in range(4)]).mean()
+        e = torch.stack([elbo(model, Step(x), TrainConfig())["elbo"].mean() for _ in range(4)]).mean()
     assert bounds[1] < bounds[5] < bounds[50]
     assert abs(bounds[1] - e) < 1.0  # k = 1 is the ELBO (MC KL vs analytic KL)

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from vaelab.cli import main
-from vaelab.config import Config, ConfigError
+from vaelab.config import Config, ConfigError, TrainConfig
 from vaelab.distributions import DiagonalGaussian, GaussianChain, standard_normal_log_prob
 from vaelab.models import build_model, check_config
 from vaelab.noise import ExampleNoise
-from vaelab.objectives import elbo
+from vaelab.objectives import Step, elbo
 
 A, B, T = torch.tensor([2.0, -0.5]), torch.tensor([1.0, 0.3]), torch.tensor([0.5, 1.5])  # z2 = A z1 + B + T eps
 
@@ -92,7 +92,7 @@ def test_hvae_prior_and_bound_cover_both_layers():
     x = (torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1)) < 0.3).float()
     g = torch.Generator()
     with torch.no_grad():
-        t = elbo(m, x, samples=3, generator=g.manual_seed(4))
+        t = elbo(m, Step(x, generator=g.manual_seed(4)), TrainConfig(samples=3))
         q = m.encode(x)
         zq, log_q = q.rsample_with_log_prob(3, generator=g.manual_seed(4))
         torch.testing.assert_close(t["kl"], (log_q - m.prior().log_prob(zq)).mean(0))

@@ -17,7 +17,7 @@ from vaelab.data import DataError, load_dataset
 from vaelab.distributions import DiagonalGaussian
 from vaelab.images import Transform
 from vaelab.models import build_model
-from vaelab.objectives import bind, censor, dependence, icvae, sampled_marginal_kl
+from vaelab.objectives import Step, bind, censor, dependence, icvae, sampled_marginal_kl
 
 
 def test_sampled_marginal_kl_is_log_q_minus_the_log_density_of_the_batch_mixture():
@@ -47,15 +47,16 @@ C = torch.eye(10)[[3, 1, 4, 1, 5, 9]]
 
 def test_icvae_takes_the_sampled_estimate_and_refuses_an_unknown_one():
     m = _model()
-    t = icvae(m, X, C, beta=0.5, lam=2.0, marginal="sampled", generator=torch.Generator().manual_seed(3))
+    t = icvae(m, Step(X, C, generator=torch.Generator().manual_seed(3)),
+              TrainConfig(beta=0.5, lam=2.0, marginal="sampled"))
     torch.testing.assert_close(t["loss"], -3.0 * t["recon"] + 0.5 * t["kl"] + 2.0 * t["kl_marginal"])
     q = m.encode(X, C)
     z, log_q = q.rsample_with_log_prob(1, generator=torch.Generator().manual_seed(3))  # the same draws
     torch.testing.assert_close(t["kl_marginal"], sampled_marginal_kl(z, log_q, q.mean, q.log_std))
-    pairwise = icvae(m, X, C, lam=2.0, generator=torch.Generator().manual_seed(3))["kl_marginal"]
+    pairwise = icvae(m, Step(X, C, generator=torch.Generator().manual_seed(3)), TrainConfig(lam=2.0))["kl_marginal"]
     assert not torch.allclose(pairwise, t["kl_marginal"])
     with pytest.raises(ValueError, match="unknown marginal estimate 'nope'; choose pairwise, sampled"):
-        icvae(m, X, C, marginal="nope")
+        icvae(m, Step(X, C), TrainConfig(marginal="nope"))
     assert bind("icvae", TrainConfig(marginal="sampled")).options["marginal"] == "sampled"
     with pytest.raises(ConfigError, match="marginal"):
         validate(Config().replace(train={"marginal": "nope"}))
@@ -80,8 +81,8 @@ def test_dependence_is_zero_for_independent_codes_one_for_a_copy_and_ignores_sca
 
 def test_icvae_adds_the_weighted_dependence_of_the_codes_on_c():
     m = _model()
-    plain = icvae(m, X, C, lam=1.0, generator=torch.Generator().manual_seed(3))
-    t = icvae(m, X, C, lam=1.0, hsic=50.0, generator=torch.Generator().manual_seed(3))
+    plain = icvae(m, Step(X, C, generator=torch.Generator().manual_seed(3)), TrainConfig(lam=1.0))
+    t = icvae(m, Step(X, C, generator=torch.Generator().manual_seed(3)), TrainConfig(lam=1.0, hsic=50.0))
     assert (plain["dependence"] == 0).all()
     q = m.encode(X, C)
     torch.testing.assert_close(t["dependence"], dependence(q.mean, C).expand(6))
@@ -94,7 +95,7 @@ def test_icvae_adds_the_weighted_dependence_of_the_codes_on_c():
 
 def _grads(m, lam):
     m.zero_grad()
-    censor(m, X, C, lam=lam, generator=torch.Generator().manual_seed(5))["loss"].sum().backward()
+    censor(m, Step(X, C, generator=torch.Generator().manual_seed(5)), TrainConfig(lam=lam))["loss"].sum().backward()
     return ({n: p.grad.clone() for n, p in m.encoder.named_parameters()},
             {n: p.grad.clone() for n, p in m.adversary.named_parameters()})
 
@@ -106,7 +107,7 @@ def test_censor_trains_the_adversary_down_and_the_encoder_against_it_by_lambda()
     enc3, adv3 = _grads(m, 3.0)
     # the adversary minimises its own loss whatever lambda is
     m.zero_grad()
-    censor(m, X, C, generator=torch.Generator().manual_seed(5))["adversary"].sum().backward()
+    censor(m, Step(X, C, generator=torch.Generator().manual_seed(5)), TrainConfig())["adversary"].sum().backward()
     for n, p in m.adversary.named_parameters():
         for got in (adv0, adv1, adv3):
             torch.testing.assert_close(got[n], p.grad)
@@ -119,14 +120,14 @@ def test_censor_trains_the_adversary_down_and_the_encoder_against_it_by_lambda()
 def test_censor_reads_a_class_by_cross_entropy_and_a_vector_by_squared_error():
     m = _model("censored")
     g = torch.Generator().manual_seed(2)
-    t = censor(m, X, C, generator=g)
+    t = censor(m, Step(X, C, generator=g), TrainConfig())
     q = m.encode(X, C)
     z = q.rsample(1, generator=torch.Generator().manual_seed(2))[0]
     ce = [torch.nn.functional.cross_entropy(m.adversary(code), C.argmax(1), reduction="none") for code in (q.mean, z)]
     torch.testing.assert_close(t["adversary"], (ce[0] + ce[1]) / 2)  # the code and the draw
     v = _model("censored", cond_dim=2)
     c = torch.randn(6, 2, generator=torch.Generator().manual_seed(4))
-    t = censor(v, X, c, generator=torch.Generator().manual_seed(2))
+    t = censor(v, Step(X, c, generator=torch.Generator().manual_seed(2)), TrainConfig())
     q = v.encode(X, c)
     z = q.rsample(1, generator=torch.Generator().manual_seed(2))[0]
     se = [0.5 * (v.adversary(code) - c).square().sum(1) for code in (q.mean, z)]

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from vaelab.cli import main
-from vaelab.config import Config, ConfigError
+from vaelab.config import Config, ConfigError, TrainConfig
 from vaelab.distributions import DiagonalGaussian, GaussianMixture, StandardNormal
 from vaelab.models import build_model, check_config
-from vaelab.objectives import elbo, iwae
+from vaelab.objectives import Step, elbo, iwae
 
 
 def test_one_component_mixture_is_that_gaussian():
@@ -58,7 +58,7 @@ def test_vamp_prior_is_the_mean_of_the_pseudo_inputs_posteriors():
         torch.testing.assert_close(m.prior().log_prob(z), explicit)
     # the pseudo-inputs are trained: the ELBO's gradient reaches them
     x = (torch.rand(3, 1, 28, 28) < 0.3).float()
-    elbo(m, x)["loss"].mean().backward()
+    elbo(m, Step(x), TrainConfig())["loss"].mean().backward()
     assert m.pseudo_inputs.grad is not None and m.pseudo_inputs.grad.abs().sum() > 0
 
 
@@ -68,7 +68,7 @@ def test_kl_is_monte_carlo_to_the_prior(prior):
     x = (torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1)) < 0.3).float()
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
-        t = elbo(m, x, samples=4, generator=g)
+        t = elbo(m, Step(x, generator=g), TrainConfig(samples=4))
         g.manual_seed(2)
         q = m.encode(x)
         z, log_q = q.rsample_with_log_prob(4, generator=g)
@@ -77,7 +77,7 @@ def test_kl_is_monte_carlo_to_the_prior(prior):
         g.manual_seed(3)
         lw = m.log_weights(x, 1, generator=g)
         g.manual_seed(3)
-        torch.testing.assert_close(iwae(m, x, samples=1, generator=g)["iwae"], lw[0])
+        torch.testing.assert_close(iwae(m, Step(x, generator=g), TrainConfig(samples=1))["iwae"], lw[0])
     assert m.prior().closed_form_kl is False and isinstance(_model("normal").prior(), StandardNormal)
 
 

@@ -85,9 +85,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_cfg, monke
     calls = {"n": 0}
     real = objectives.OBJECTIVES["elbo"]
 
-    def poisoned(model, x, c=None, **kw):
+    def poisoned(model, step, t):
         calls["n"] += 1
-        terms = real.fn(model, x, c, **kw)
+        terms = real.fn(model, step, t)
         if calls["n"] > 18:  # epoch 1 has 16 steps of 125 (+ 1 test pass); NaN from epoch 2 on
             terms["loss"] = terms["loss"] * float("nan")
         return terms
@@ -104,9 +104,9 @@ def test_a_few_non_finite_steps_are_skipped_and_counted(tmp_path, tiny_cfg, monk
     calls = {"n": 0}
     real = objectives.OBJECTIVES["elbo"]
 
-    def poisoned(model, x, c=None, **kw):
+    def poisoned(model, step, t):
         calls["n"] += 1
-        terms = real.fn(model, x, c, **kw)
+        terms = real.fn(model, step, t)
         if calls["n"] in (3, 5):  # two training steps of epoch 1
             terms["loss"] = terms["loss"] * float("inf")
         return terms

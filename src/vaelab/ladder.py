@@ -33,7 +33,7 @@ from vaelab.config import AUTO, ConfigError, ModelConfig, check_levels, choose
 from vaelab.distributions import LIKELIHOODS, SCALES, DiagonalGaussian
 from vaelab.nets import ACTIVATIONS
 from vaelab.noise import normal_noise
-from vaelab.objectives import Objective
+from vaelab.objectives import Objective, Step
 
 __all__ = ["Ladder", "Level", "LadderPosterior", "LadderPrior", "soft_clamp"]
 
@@ -351,7 +351,7 @@ class Ladder(nn.Module):
         """Run the bound objective (``self.objective``) on images x (B, C, H, W): per-example
         terms, each (B,); with the ELBO also ``kl_1`` ... ``kl_L``, each level's KL. `schedule`:
         the training step's ``vaelab.objectives.Schedule`` (None: full weights)."""
-        return self.objective(self, x, c, schedule=schedule, generator=generator, x_in=x_in, peers=peers)
+        return self.objective(self, Step(x, c, generator=generator, x_in=x_in, schedule=schedule, peers=peers))
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> LadderPosterior:
         """The posterior q(z | x) = prod_l q(z_l | x, z_>l) of images x (B, C, H, W), over codes (B, D)."""

@@ -10,9 +10,10 @@ Shared interface (checked for every registered model by ``tests/test_contract.py
 - ``objective``: the bound ``vaelab.objectives.Objective`` that ``forward`` runs: the
   model's own (``default_objective``) with its defaults, until ``bind_objective``
   binds a run's choice and settings
-- ``forward(x, c, schedule=, generator=, x_in=, peers=)``: data only; runs the objective and
-  returns its per-example terms (``schedule``: the training step's ``vaelab.objectives.Schedule``,
-  e.g. the KL warm-up; ``x_in``: the encoder's input when it differs from x, for denoising),
+- ``forward(x, c, schedule=, generator=, x_in=, peers=)``: data only; runs the objective on
+  them (one ``vaelab.objectives.Step``) and returns its per-example terms (``schedule``: the
+  training step's ``vaelab.objectives.Schedule``, e.g. the KL warm-up; ``x_in``: the
+  encoder's input when it differs from x, for denoising),
   so that DistributedDataParallel, which synchronises gradients only for work done inside
   the wrapped module's forward, sees all of it
 
@@ -55,7 +56,7 @@ from vaelab.distributions import (
 from vaelab.flows import FLOWS, FlowPosterior
 from vaelab.ladder import Ladder
 from vaelab.nets import ACTIVATIONS, NETS, mlp
-from vaelab.objectives import Objective, Schedule, bind
+from vaelab.objectives import Objective, Schedule, Step, bind
 from vaelab.runtime import Dist
 
 __all__ = [
@@ -198,7 +199,7 @@ class _Base(nn.Module):
         Returns:
             The objective's terms, a dict of (B,) tensors with ``loss`` first.
         """
-        return self.objective(self, x, c, schedule=schedule, generator=generator, x_in=x_in, peers=peers)
+        return self.objective(self, Step(x, c, generator=generator, x_in=x_in, schedule=schedule, peers=peers))
 
     def _condition(self, c: torch.Tensor | None, lead: tuple[int, ...]) -> torch.Tensor | None:
         if not self.conditional:

@@ -3,36 +3,47 @@ the quantity minimised (averaged over the batch by the training loop) and the ot
 entries reported in the metrics. All terms are in nats per image; ``elbo`` is always the
 evidence lower bound itself (beta = 1), whatever the loss weighs.
 
-An objective is registered once, in ``OBJECTIVES`` (or from outside the package with
-``@objective(name, terms=..., options=...)``), with the names of its terms and of the
-TrainConfig fields it takes, and bound once to a run's settings (``bind``): the
-resulting ``Objective`` is called with data only, the same way in training and in
-the test pass.
+Every objective is a function ``fn(model, step, t)`` of three things:
 
-`generator` is where reparameterisation noise comes from: a torch.Generator, None (the
-global RNG), or a ``vaelab.noise.ExampleNoise`` tied to the examples, which
+- `model`, the model it trains;
+- `step`, a ``Step``: the batch and what comes with it from the training step or the test
+  pass (the images x, the conditions c, the encoder's input x_in, the noise `generator`, the
+  data-parallel `peers`, the `schedule`), built by the model's ``forward``;
+- `t`, a ``vaelab.config.TrainConfig`` holding its settings (samples, beta, kl, lam, ...):
+  the run's values of the TrainConfig fields the objective declares, the defaults elsewhere.
+
+An objective is registered once, in ``OBJECTIVES`` (an ``ObjectiveSpec``, or from outside
+the package with ``@objective(name, terms=..., options=...)``), with the names of its terms
+and of the TrainConfig fields it takes, and bound once to a run's settings (``bind``): the
+resulting ``Objective`` is called with the model and a ``Step`` only, the same way in
+training and in the test pass.
+
+``Step.generator`` is where reparameterisation noise comes from: a torch.Generator, None
+(the global RNG), or a ``vaelab.noise.ExampleNoise`` tied to the examples, which
 makes a data-parallel run draw what a single process draws.
 
-`x_in`, when given, is what the encoder sees instead of x (a corrupted copy, shape of
+``Step.x_in``, when given, is what the encoder sees instead of x (a corrupted copy, shape of
 x): the bound then scores the clean x under q(z|x_in), the denoising variational bound
 of Im et al. 2017 (for the autoencoder, the denoising criterion of Vincent et al. 2008).
 
-`peers`, in a data-parallel job, gives a batch-level term the whole global batch: a
+``Step.peers``, in a data-parallel job, gives a batch-level term the whole global batch: a
 function from this process's rows (B, ...) to (all rows of the global batch in order,
 offset of this process's rows among them), with gradients flowing back to the process
 that owns each row (``vaelab.runtime.Dist.batch_peers``). None: the rows given are
-the whole batch. Only icvae's marginal term uses it; per-example objectives ignore it.
+the whole batch. Only the batch-level terms use it (icvae, tcvae, factorvae, capacity,
+dipvae); per-example objectives ignore it.
 
-`schedule`, for objectives that declare they read it, is a ``Schedule``: what changes with
-the training step (the KL warm-up's share of beta), a function of the step alone so that a
-resumed run goes on exactly. None, as in the test pass: the full weights."""
+``Step.schedule``, for objectives that declare they read it, is a ``Schedule``: what changes
+with the training step (the KL warm-up's share of beta), a function of the step alone so that
+a resumed run goes on exactly. In the test pass it is ``Schedule()``: the full weights."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -48,6 +59,7 @@ __all__ = [
     "Objective",
     "ObjectiveSpec",
     "Schedule",
+    "Step",
     "objective",
     "bind",
     "elbo",
@@ -72,10 +84,10 @@ class Schedule:
     """What an objective weighs at one training step: the settings that change with the step.
 
     Built by ``Schedule.at`` from the run's settings and the step alone (so a resumed run
-    continues exactly); the model's ``forward`` hands it to objectives that declare the
-    fields they read (``ObjectiveSpec.schedule``). Each field names the TrainConfig setting
-    that drives it in its metadata, and ``bind`` refuses that setting for an objective that
-    does not read the field.
+    continues exactly); the model's ``forward`` puts it in the ``Step`` its objective reads
+    (``step.schedule``), and objectives declare the fields they read (``ObjectiveSpec.schedule``).
+    Each field names the TrainConfig setting that drives it in its metadata, and ``bind``
+    refuses that setting for an objective that does not read the field.
 
     Attributes:
         kl_scale: The share of the KL weight beta the loss uses at this step, in [0, 1]:
@@ -126,23 +138,72 @@ FULL = Schedule()  # every weight at its end value: the test pass, and calls wit
 
 
 @dataclass(frozen=True)
+class Step:
+    """What an objective scores: one batch, and what the training step or the test pass hands along with it.
+
+    The model's ``forward`` builds one from its arguments and runs its bound ``Objective``
+    on it, so the training loop and the test pass reach every objective the same way; a
+    direct call builds one by hand (``elbo(model, Step(x), TrainConfig())``).
+
+    Attributes:
+        x: Images (B, C, H, W), scored by the likelihood.
+        c: Conditions (B, C') for conditional models; None otherwise.
+        generator: Source of the reparameterisation noise: a ``torch.Generator``, None (the
+            global RNG) or a ``vaelab.noise.ExampleNoise``.
+        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
+        schedule: This training step's ``Schedule``, read by objectives that declare its fields;
+            None is read as ``Schedule()``, the full weights (the test pass).
+        peers: In a data-parallel job, gathers the global batch for batch-level terms (see
+            the module docstring); None: these rows are the whole batch.
+
+    Examples:
+        >>> from vaelab.objectives import Schedule, Step
+        >>> x = torch.zeros(4, 1, 28, 28)
+        >>> step = Step(x, generator=torch.Generator().manual_seed(0))
+        >>> step.x.shape, step.c, step.schedule
+        (torch.Size([4, 1, 28, 28]), None, Schedule(kl_scale=1.0, capacity_scale=1.0, free_bits_scale=1.0))
+        >>> Step(x, schedule=Schedule(kl_scale=0.5)).schedule.kl_scale
+        0.5
+    """
+
+    x: torch.Tensor
+    c: torch.Tensor | None = None
+    _: KW_ONLY
+    generator: Any = None
+    x_in: torch.Tensor | None = None
+    schedule: Schedule | None = None
+    peers: Callable[[torch.Tensor], tuple[torch.Tensor, int]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.schedule is None:
+            object.__setattr__(self, "schedule", FULL)
+
+    @property
+    def encoder_input(self) -> torch.Tensor:
+        """What the encoder reads, (B, C, H, W): ``x_in`` when given, else x."""
+        return self.x if self.x_in is None else self.x_in
+
+
+@dataclass(frozen=True)
 class ObjectiveSpec:
     """One entry of the objective registry ``OBJECTIVES``: a function and what it needs and returns.
 
-    Made by the ``objective`` decorator (or written into ``OBJECTIVES`` directly);
-    ``bind`` and ``Objective`` read it.
+    Made by the ``objective`` decorator, or written into ``OBJECTIVES`` directly for the
+    fields the decorator does not take (``check``, ``fits``, ``nets``); ``bind`` and
+    ``Objective`` read it.
 
     Attributes:
-        fn: ``fn(model, x, c, *, <options>, generator, x_in, peers) -> dict`` of per-example
-            terms, each of shape (B,).
+        fn: ``fn(model, step, t) -> dict`` of per-example terms, each of shape (B,): `step` a
+            ``Step``, `t` a ``vaelab.config.TrainConfig`` with the run's values of `options`.
         terms: Names of the returned terms, ``"loss"`` first; every process of a data-parallel
             job reduces these same keys.
-        options: The ``vaelab.config.TrainConfig`` fields passed to ``fn`` as keywords.
+        options: The ``vaelab.config.TrainConfig`` fields ``fn`` reads from `t`; the others hold
+            their defaults there.
         check: Raises ``ConfigError`` for training settings the objective cannot honour; None: none.
         needs: Model traits required to train with it (``density``, ``conditional``,
             ``autoencoder``; see ``traits`` in ``vaelab.models``).
-        schedule: The ``Schedule`` fields ``fn`` reads (it is then called with ``schedule=``);
-            the settings that drive the others are refused. Empty: ``fn`` takes no schedule.
+        schedule: The ``Schedule`` fields ``fn`` reads from ``step.schedule``; the settings
+            that drive the others are refused. Empty: ``fn`` reads no schedule.
         fits: Called with a model class and its ``vaelab.config.ModelConfig`` by the model's
             ``check``; raises ``ConfigError`` for a model the objective cannot train (a
             hierarchy, flows, a prior); None: every model whose traits meet ``needs``.
@@ -151,6 +212,10 @@ class ObjectiveSpec:
             them submodules of the model (``model.objective_nets``), so that the optimiser,
             checkpoints, resuming and DistributedDataParallel see them. None: none.
 
+    Raises:
+        ValueError: An option is not a TrainConfig field, a schedule field is not a
+            ``Schedule`` field, or ``"loss"`` is not the first term.
+
     Examples:
         >>> from vaelab.objectives import OBJECTIVES
         >>> spec = OBJECTIVES["iwae"]
@@ -158,6 +223,20 @@ class ObjectiveSpec:
         (('loss', 'iwae', 'elbo'), ('samples', 'beta'), ('density',), ())
         >>> OBJECTIVES["icvae"].needs, OBJECTIVES["icvae"].schedule
         (('density', 'conditional'), ('kl_scale',))
+
+        An objective that refuses some settings, entered directly:
+
+        >>> from vaelab.config import ConfigError, TrainConfig
+        >>> from vaelab.objectives import Objective, ObjectiveSpec, bind, elbo
+        >>> def refuse_mc(t):
+        ...     if t.kl != "analytic":
+        ...         raise ConfigError("the exact-kl objective computes the KL in closed form; use --kl analytic")
+        >>> OBJECTIVES["exact-kl"] = ObjectiveSpec(elbo, ("loss", "recon", "kl", "elbo"), ("samples", "kl"),
+        ...                                        check=refuse_mc)
+        >>> bind("exact-kl", TrainConfig(kl="mc"))
+        Traceback (most recent call last):
+        vaelab.config.ConfigError: the exact-kl objective computes the KL in closed form; use --kl analytic
+        >>> del OBJECTIVES["exact-kl"]  # the registry is global: tidy up after the example
     """
 
     fn: Callable[..., dict[str, torch.Tensor]]
@@ -166,40 +245,43 @@ class ObjectiveSpec:
     check: Callable[[TrainConfig], None] | None = None  # refuses settings it cannot honour
     # what a model must be to train with it (vaelab.models' traits: density, conditional, autoencoder)
     needs: tuple[str, ...] = ("density",)
-    schedule: tuple[str, ...] = ()  # the Schedule fields fn reads, passed as schedule=
+    schedule: tuple[str, ...] = ()  # the Schedule fields fn reads from step.schedule
     fits: Callable[[type, ModelConfig], None] | None = None  # refuses models it cannot train
     nets: Callable[[Any, TrainConfig], dict[str, nn.Module]] | None = None  # networks trained beside the model
 
+    def __post_init__(self) -> None:
+        unknown = set(self.options) - {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown |= set(self.schedule) - {f.name for f in dataclasses.fields(Schedule)}
+        if unknown or not self.terms or self.terms[0] != "loss":
+            raise ValueError(f"{sorted(unknown)} are not TrainConfig fields (options) or Schedule fields "
+                             f"(schedule), or 'loss' is not its first term")
+
 
 def objective(name: str, terms: tuple[str, ...], options: tuple[str, ...] = (),
-              check: Callable[[TrainConfig], None] | None = None, needs: tuple[str, ...] = ("density",),
-              schedule: tuple[str, ...] = (), fits: Callable[[type, ModelConfig], None] | None = None,
-              nets: Callable[[Any, TrainConfig], dict[str, nn.Module]] | None = None):
+              needs: tuple[str, ...] = ("density",), schedule: tuple[str, ...] = ()):
     """Register a new training objective under a name (a decorator).
 
-    The decorated function has the signature
-    ``fn(model, x, c=None, *, <options>, generator=None, x_in=None, peers=None)`` and returns
-    a dict of per-example terms, each of shape (B,), with the keys ``terms``. Once
-    registered, the name works everywhere a built-in objective does: ``--objective name``,
-    ``bind``, ``Objective``, and every model whose traits include ``needs``.
+    The decorated function has the signature ``fn(model, step, t)``: `step` a ``Step`` (the
+    batch x, its conditions c, the noise generator, x_in, peers and the schedule), `t` a
+    ``vaelab.config.TrainConfig`` whose `options` fields hold the run's values (the others
+    their defaults). It returns a dict of per-example terms, each of shape (B,), with the
+    keys ``terms``. Once registered, the name works everywhere a built-in objective does:
+    ``--objective name``, ``bind``, ``Objective``, and every model whose traits include
+    ``needs``. An objective that refuses settings (``check``), some models (``fits``) or
+    trains networks of its own (``nets``) is an ``ObjectiveSpec`` written into
+    ``OBJECTIVES`` directly.
 
     Args:
         name: The objective's name in ``OBJECTIVES`` (a name already there is replaced).
         terms: Names of the returned terms; ``"loss"`` (minimised, averaged over the batch by
             the training loop) must come first; the others are reported as metrics.
-        options: ``vaelab.config.TrainConfig`` fields passed to the function as keywords,
-            e.g. ``("samples", "beta")``.
-        check: Called with the run's TrainConfig; raises ``ConfigError`` for settings the
-            objective cannot honour.
+        options: ``vaelab.config.TrainConfig`` fields the function reads from `t`, e.g.
+            ``("samples", "beta")``.
         needs: Model traits the objective requires (``density``, ``conditional``, ``autoencoder``).
-        schedule: The ``Schedule`` fields the function reads, e.g. ``("kl_scale",)`` for one
-            that weighs a KL term by ``beta * schedule.kl_scale``; it is then called with a
-            ``schedule=`` keyword (None in the test pass: full weights). Settings that drive
-            the other fields (``kl_warmup``) are refused for it.
-        fits: Called with a model class and its ModelConfig; raises ``ConfigError`` for a model
-            the objective cannot train.
-        nets: ``nets(model, t)`` -> {name: nn.Module}: networks the objective trains beside the
-            model (see ``ObjectiveSpec``); the function finds them in ``model.objective_nets``.
+        schedule: The ``Schedule`` fields the function reads from ``step.schedule``, e.g.
+            ``("kl_scale",)`` for one that weighs a KL term by ``beta * step.schedule.kl_scale``
+            (``Schedule()``, the full weights, in the test pass). Settings that drive the other
+            fields (``kl_warmup``) are refused for it.
 
     Returns:
         The decorator, which registers the function and returns it unchanged.
@@ -209,23 +291,22 @@ def objective(name: str, terms: tuple[str, ...], options: tuple[str, ...] = (),
             ``Schedule`` field, or ``"loss"`` is not the first term.
 
     Examples:
-        >>> from vaelab.objectives import OBJECTIVES, Objective, elbo, objective
+        >>> import dataclasses
+        >>> from vaelab.objectives import OBJECTIVES, Objective, Step, elbo, objective
         >>> @objective("half-kl", terms=("loss", "recon", "kl", "elbo"), options=("samples",))
-        ... def half_kl(model, x, c=None, *, samples=1, generator=None, x_in=None, peers=None):
-        ...     return elbo(model, x, c, samples=samples, beta=0.5, generator=generator, x_in=x_in)
+        ... def half_kl(model, step, t):
+        ...     return elbo(model, step, dataclasses.replace(t, beta=0.5))
         >>> Objective("half-kl", {"samples": 2}).terms
         ('loss', 'recon', 'kl', 'elbo')
         >>> del OBJECTIVES["half-kl"]  # the registry is global: tidy up after the example
     """
-    unknown = set(options) - {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown |= set(schedule) - {f.name for f in dataclasses.fields(Schedule)}
-    if unknown or not terms or terms[0] != "loss":
-        raise ValueError(f"objective {name}: {sorted(unknown)} are not TrainConfig fields (options) or "
-                         f"Schedule fields (schedule), or 'loss' is not its first term")
 
     def register(fn):
-        OBJECTIVES[name] = ObjectiveSpec(fn, tuple(terms), tuple(options), check, tuple(needs), tuple(schedule),
-                                         fits, nets)
+        try:
+            spec = ObjectiveSpec(fn, tuple(terms), tuple(options), needs=tuple(needs), schedule=tuple(schedule))
+        except ValueError as e:
+            raise ValueError(f"objective {name}: {e}") from None
+        OBJECTIVES[name] = spec
         return fn
 
     return register
@@ -233,23 +314,24 @@ def objective(name: str, terms: tuple[str, ...], options: tuple[str, ...] = (),
 
 @dataclass(frozen=True)
 class Objective:
-    """A registered objective bound to its options, called with data only.
+    """A registered objective bound to its options, called with the model and a ``Step``.
 
-    ``Objective(name, options)(model, x, c)`` runs the registered function with those
-    options and returns its per-example terms, each of shape (B,). Options left out take the
-    function's defaults. A model's ``forward`` runs its ``objective`` attribute, an instance
-    of this class; ``bind`` builds one from a run's training settings.
+    ``Objective(name, options)(model, Step(x, c))`` runs the registered function with those
+    options and returns its per-example terms, each of shape (B,). Options left out take
+    their ``vaelab.config.TrainConfig`` defaults. A model's ``forward`` runs its
+    ``objective`` attribute, an instance of this class; ``bind`` builds one from a run's
+    training settings.
 
     Args:
         name: A name registered in ``OBJECTIVES``: elbo, iwae, icvae, reconstruction, or one
             added with ``objective``.
-        options: Keyword options the objective takes, e.g. ``{"samples": 5}``.
+        options: The TrainConfig fields the objective takes and their values, e.g. ``{"samples": 5}``.
 
     Raises:
         ConfigError: The name is not registered, or an option is not one the objective takes.
 
     Examples:
-        >>> from vaelab.objectives import Objective
+        >>> from vaelab.objectives import Objective, Step
         >>> from vaelab.config import ModelConfig
         >>> from vaelab.models import build_model
         >>> _ = torch.manual_seed(0)
@@ -258,9 +340,11 @@ class Objective:
         >>> obj = Objective("iwae", {"samples": 5})
         >>> obj.terms
         ('loss', 'iwae', 'elbo')
-        >>> terms = obj(model, x)
+        >>> terms = obj(model, Step(x))
         >>> terms["loss"].shape
         torch.Size([4])
+        >>> obj.settings.samples, obj.settings.beta  # what the function reads: beta at its default
+        (5, 1.0)
         >>> obj.replace(samples=50)
         Objective(name='iwae', options={'samples': 50})
     """
@@ -280,18 +364,23 @@ class Objective:
         """Names of the terms a call returns, ``"loss"`` first; each term has shape (B,)."""
         return OBJECTIVES[self.name].terms
 
+    @cached_property
+    def settings(self) -> TrainConfig:
+        """What the function reads: a TrainConfig with these options, the defaults elsewhere."""
+        return dataclasses.replace(_DEFAULTS, **self.options)
+
     def replace(self, **options: Any) -> Objective:
         """A copy with some options changed or added: ``obj.replace(samples=50)``."""
         return Objective(self.name, {**self.options, **options})
 
-    def __call__(self, model, x: torch.Tensor, c: torch.Tensor | None = None, *, schedule: Schedule | None = None,
-                 generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
-        """Per-example terms, each (B,), of the objective on images x (B, C, H, W) with
-        conditions c (B, C') for conditional models; `schedule`, `generator`, `x_in`
-        (B, C, H, W) and `peers` as in the module docstring."""
-        spec = OBJECTIVES[self.name]
-        extra = {"schedule": schedule} if spec.schedule else {}  # objectives without one take no keyword
-        return spec.fn(model, x, c, generator=generator, x_in=x_in, peers=peers, **extra, **self.options)
+    def __call__(self, model, step: Step) -> dict[str, torch.Tensor]:
+        """Per-example terms, each (B,), of the objective on `step` (a ``Step``: images x
+        (B, C, H, W), conditions c (B, C') for conditional models, and the rest as in the
+        module docstring)."""
+        return OBJECTIVES[self.name].fn(model, step, self.settings)
+
+
+_DEFAULTS = TrainConfig()  # the settings an objective reads where no option is given
 
 
 def bind(name: str, t: TrainConfig) -> Objective:
@@ -334,18 +423,16 @@ def bind(name: str, t: TrainConfig) -> Objective:
     return Objective(name, {k: getattr(t, k) for k in spec.options})
 
 
-def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
-         kl: str = "analytic", free_bits: float | None = 0.0, schedule: Schedule | None = None, generator=None,
-         x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+def elbo(model, step: Step, t: TrainConfig) -> dict[str, torch.Tensor]:
     """The evidence lower bound, ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) (Kingma & Welling 2014, eq. 10).
 
-    The reconstruction term averages `samples` reparameterised draws z ~ q(z|x). The KL to
+    The reconstruction term averages ``samples`` reparameterised draws z ~ q(z|x). The KL to
     N(0, I) is analytic (their appendix B) when ``kl="analytic"`` and q is a diagonal
     Gaussian; otherwise it is the Monte-Carlo estimate mean(log q(z) - log p(z)) over the
     same draws, which is what posteriors with flows need: the bound is then
-    log p(x, z_K) - log q_0(z_0) + sum log|det| (Rezende & Mohamed 2015, eq. 15). `beta`
+    log p(x, z_K) - log q_0(z_0) + sum log|det| (Rezende & Mohamed 2015, eq. 15). ``beta``
     weights the KL in the loss (Higgins et al. 2017), scaled by the schedule's warm-up share; the
-    reported ``elbo`` keeps beta = 1. With `free_bits` > 0 a KL below that many nats counts as
+    reported ``elbo`` keeps beta = 1. With ``free_bits`` > 0 a KL below that many nats counts as
     that many in the loss, so it is not pushed lower (Kingma et al. 2016, per image here); the
     reported ``kl`` and ``elbo`` are unchanged.
 
@@ -356,18 +443,14 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
 
     Args:
         model: A model with a density (``encode``, ``decode``, ``prior``).
-        x: Images (B, C, H, W), scored by the likelihood.
-        c: Conditions (B, C') for conditional models; None otherwise.
-        samples: Draws K of z per image.
-        beta: Weight of the KL term in the loss, >= 0.
-        kl: ``"analytic"`` (closed form where possible) or ``"mc"`` (Monte Carlo).
-        free_bits: Nats per image (per level of a hierarchy) below which the KL stops counting; 0: off.
-        schedule: This training step's ``Schedule``; the KL weight is beta * ``kl_scale``, the
-            free bits ``free_bits`` * ``free_bits_scale``. None: the full beta and free bits.
-        generator: Source of the reparameterisation noise: a ``torch.Generator``, None (the
-            global RNG) or a ``vaelab.noise.ExampleNoise``.
-        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
-        peers: Data-parallel batch gathering (see the module docstring); ignored here.
+        step: The batch (a ``Step``): images x (B, C, H, W), scored by the likelihood; conditions
+            c (B, C') for conditional models; the noise ``generator``; ``x_in``, what the encoder
+            sees instead of x (denoising); its ``schedule``: the KL weight is beta * ``kl_scale``,
+            the free bits ``free_bits`` * ``free_bits_scale``. ``peers`` is ignored.
+        t: The settings read (a ``vaelab.config.TrainConfig``): ``samples``, draws K of z per
+            image; ``beta``, the weight of the KL term in the loss, >= 0; ``kl``, ``"analytic"``
+            (closed form where possible) or ``"mc"`` (Monte Carlo); ``free_bits``, nats per image
+            (per level of a hierarchy) below which the KL stops counting, 0 or None: off.
 
     Returns:
         dict: per-example terms in nats, each of shape (B,), ``loss`` = -(recon - w * kl) with
@@ -376,13 +459,14 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
         for a top-down hierarchy ``kl_1`` ... ``kl_L``.
 
     Examples:
-        >>> from vaelab.objectives import Schedule, elbo
-        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.objectives import Schedule, Step, elbo
+        >>> from vaelab.config import ModelConfig, TrainConfig
         >>> from vaelab.models import build_model
         >>> _ = torch.manual_seed(0)
         >>> model = build_model(ModelConfig(latent_dim=2, hidden=(16,)), (1, 28, 28))
         >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()  # 4 binary images
-        >>> terms = elbo(model, x, samples=2, beta=4.0)
+        >>> t = TrainConfig(samples=2, beta=4.0)
+        >>> terms = elbo(model, Step(x), t)
         >>> sorted(terms), terms["elbo"].shape
         (['elbo', 'kl', 'loss', 'recon'], torch.Size([4]))
         >>> torch.allclose(terms["loss"], -(terms["recon"] - 4.0 * terms["kl"]))
@@ -390,32 +474,31 @@ def elbo(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
         >>> bool((terms["elbo"] < 0).all())  # a lower bound on log p(x) <= 0 for binary x
         True
         >>> _ = torch.manual_seed(0)
-        >>> warm = elbo(model, x, samples=2, beta=4.0, schedule=Schedule(kl_scale=0.25))  # same draws
+        >>> warm = elbo(model, Step(x, schedule=Schedule(kl_scale=0.25)), t)  # the same draws
         >>> torch.allclose(warm["loss"], -(warm["recon"] - 1.0 * warm["kl"]))
         True
     """
+    weight = t.beta * step.schedule.kl_scale
+    floor = (t.free_bits or 0.0) * step.schedule.free_bits_scale  # None: not chosen yet, none
     if hasattr(model, "elbo_levels"):  # q(z_l | x, z_>l) needs the levels drawn above: one top-down pass
-        recon, levels = model.elbo_levels(x, samples, generator=generator, x_in=x_in, kl=kl)  # (B,), (L, B)
+        recon, levels = model.elbo_levels(step.x, t.samples, generator=step.generator, x_in=step.x_in,
+                                          kl=t.kl)  # (B,), (L, B)
         kl_term = levels.sum(0)
-        floor = (free_bits or 0.0) * (schedule or FULL).free_bits_scale  # None: not chosen yet, none
         counted = levels.clamp_min(floor).sum(0) if floor else kl_term
-        weight = beta * (schedule or FULL).kl_scale
         return {"loss": -(recon - weight * counted), "recon": recon, "kl": kl_term, "elbo": recon - kl_term,
                 **{f"kl_{i + 1}": v for i, v in enumerate(levels)}}
-    *_, recon, kl_term = _draw(model, x, c, samples, kl, generator, x_in)
-    weight = beta * (schedule or FULL).kl_scale
-    floor = (free_bits or 0.0) * (schedule or FULL).free_bits_scale
+    *_, recon, kl_term = _draw(model, step, t)
     counted = kl_term.clamp_min(floor) if floor else kl_term
     return {"loss": -(recon - weight * counted), "recon": recon, "kl": kl_term, "elbo": recon - kl_term}
 
 
-def _draw(model, x, c, samples: int, kl: str, generator, x_in):
-    """What every single-code objective starts from: q(z|x) (read from `x_in` when given),
-    `samples` reparameterised draws z (L, B, D) with their log q (L, B), the reconstruction
-    term E_q[log p(x|z)] (B,) and KL(q(z|x) || p(z)) (B,)."""
-    q = model.encode(x if x_in is None else x_in, c)
-    z, log_q = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, D), (L, B)
-    return q, z, log_q, model.decode(z, c).log_prob(x).mean(0), kl_to_prior(model, q, z, log_q, kl)
+def _draw(model, step: Step, t: TrainConfig):
+    """What every single-code objective starts from: q(z|x) (read from ``step.x_in`` when given),
+    ``t.samples`` reparameterised draws z (L, B, D) with their log q (L, B), the reconstruction
+    term E_q[log p(x|z)] (B,) and KL(q(z|x) || p(z)) (B,), in closed form when ``t.kl`` allows."""
+    q = model.encode(step.encoder_input, step.c)
+    z, log_q = q.rsample_with_log_prob(t.samples, generator=step.generator)  # (L, B, D), (L, B)
+    return q, z, log_q, model.decode(z, step.c).log_prob(step.x).mean(0), kl_to_prior(model, q, z, log_q, t.kl)
 
 
 def kl_to_prior(model, q, z: torch.Tensor, log_q: torch.Tensor, kl: str = "analytic") -> torch.Tensor:
@@ -465,25 +548,21 @@ def _no_kl_weight(t: TrainConfig) -> None:
                           "or --free-bits 0")
 
 
-def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 5, beta: float = 1.0,
-         generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+def iwae(model, step: Step, t: TrainConfig) -> dict[str, torch.Tensor]:
     """The importance-weighted bound log (1/k) sum_k p(x, z_k) / q(z_k|x) (Burda et al. 2016, eq. 8).
 
     Built from the model's per-sample log-weights (no analytic KL inside), with the weights
     kept in the graph: the gradient is the self-normalised importance-weighted average of
     the per-sample gradients (their eq. 14). The bound tightens as k grows; k = 1 is the
-    ELBO. There is no KL to weigh, so `beta` must be 1.
+    ELBO. There is no KL to weigh, so ``beta`` must be 1.
 
     Args:
         model: A model with a density (``log_weights``).
-        x: Images (B, C, H, W).
-        c: Conditions (B, C') for conditional models; None otherwise.
-        samples: k, the importance samples per image.
-        beta: Must be 1; present so the option reads like the ELBO's.
-        generator: Source of the reparameterisation noise: a ``torch.Generator``, None (the
-            global RNG) or a ``vaelab.noise.ExampleNoise``.
-        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
-        peers: Data-parallel batch gathering (see the module docstring); ignored here.
+        step: The batch (a ``Step``): images x (B, C, H, W); conditions c (B, C') for
+            conditional models; the noise ``generator``; ``x_in``, what the encoder sees instead
+            of x (denoising). ``schedule`` and ``peers`` are ignored.
+        t: The settings read (a ``vaelab.config.TrainConfig``): ``samples``, k, the importance
+            samples per image; ``beta``, which must be 1 (read so the option means what the ELBO's does).
 
     Returns:
         dict: per-example terms in nats, each of shape (B,), ``loss`` = -iwae, ``iwae`` the bound,
@@ -493,23 +572,23 @@ def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int 
         ValueError: beta is not 1.
 
     Examples:
-        >>> from vaelab.objectives import iwae
-        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.objectives import Step, iwae
+        >>> from vaelab.config import ModelConfig, TrainConfig
         >>> from vaelab.models import build_model
         >>> _ = torch.manual_seed(0)
         >>> model = build_model(ModelConfig(latent_dim=2, hidden=(16,)), (1, 28, 28))
         >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()  # 4 binary images
-        >>> terms = iwae(model, x, samples=10)
+        >>> terms = iwae(model, Step(x), TrainConfig(samples=10))
         >>> sorted(terms), terms["iwae"].shape
         (['elbo', 'iwae', 'loss'], torch.Size([4]))
         >>> bool((terms["iwae"] >= terms["elbo"]).all())  # never below the ELBO of its draws
         True
     """
-    if beta != 1.0:
+    if t.beta != 1.0:
         raise ValueError("the IWAE bound has no KL weight; use --objective elbo with --beta")
-    q = None if x_in is None else model.encode(x_in, c)
-    lw = model.log_weights(x, samples, q=q, c=c, generator=generator)  # (k, B)
-    bound = torch.logsumexp(lw, 0) - math.log(samples)
+    q = None if step.x_in is None else model.encode(step.x_in, step.c)
+    lw = model.log_weights(step.x, t.samples, q=q, c=step.c, generator=step.generator)  # (k, B)
+    bound = torch.logsumexp(lw, 0) - math.log(t.samples)
     return {"loss": -bound, "iwae": bound, "elbo": lw.mean(0)}
 
 
@@ -625,10 +704,7 @@ def minibatch_log_qz(z: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
     return torch.logsumexp(joint + log_w, 1).reshape(lead), marginals.reshape(lead)
 
 
-def tcvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
-          mi_weight: float = 1.0, dwkl_weight: float = 1.0, tc_estimator: str = "mss",
-          dataset_size: int | None = None, schedule: Schedule | None = None, generator=None,
-          x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+def tcvae(model, step: Step, t: TrainConfig) -> dict[str, torch.Tensor]:
     """beta-TCVAE (Chen et al. 2018): the ELBO's KL split in three, with the total correlation weighted by beta.
 
     E_p(x)[KL(q(z|x) || p(z))] = I_q(x; z) + KL(q(z) || prod_d q(z_d)) + sum_d KL(q(z_d) || p(z_d)):
@@ -641,24 +717,21 @@ def tcvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
 
     which sum to the one-sample estimate log q(z_i|x_i) - log p(z_i) of the KL. The loss is
     -recon + alpha * mi + beta * tc + gamma * dwkl, the three weights scaled by the KL
-    warm-up's share. In a data-parallel job the batch is the global one (`peers`).
+    warm-up's share. In a data-parallel job the batch is the global one (``step.peers``).
 
     Args:
         model: A model with one vector code, a diagonal Gaussian posterior and the N(0, I) prior.
-        x: Images (B, C, H, W).
-        c: Conditions (B, C') for conditional models; None otherwise.
-        samples: Draws of z per image.
-        beta: Weight of the total correlation, >= 0 (1: the ELBO when alpha = gamma = 1).
-        mi_weight: alpha, the weight of the index-code mutual information.
-        dwkl_weight: gamma, the weight of the dimension-wise KL.
-        tc_estimator: ``"mss"`` (minibatch stratified sampling) or ``"mws"`` (minibatch weighted).
-        dataset_size: N, the number of training images (training sets it from the data).
-        schedule: This training step's ``Schedule``: the weights are scaled by ``kl_scale``;
-            None: full weights.
-        generator: Source of the reparameterisation noise (see ``elbo``).
-        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
-        peers: In a data-parallel job, gathers the global batch's posteriors; None: this batch
-            is the whole batch.
+        step: The batch (a ``Step``): images x (B, C, H, W); conditions c (B, C') for
+            conditional models; the noise ``generator``; ``x_in`` (denoising); its ``schedule``,
+            whose ``kl_scale`` scales the three weights; ``peers``, which in a data-parallel job
+            gathers the global batch's posteriors.
+        t: The settings read (a ``vaelab.config.TrainConfig``): ``samples``, draws of z per
+            image; ``beta``, the weight of the total correlation, >= 0 (1: the ELBO when
+            alpha = gamma = 1); ``mi_weight``, alpha, the weight of the index-code mutual
+            information; ``dwkl_weight``, gamma, the weight of the dimension-wise KL;
+            ``tc_estimator``, ``"mss"`` (minibatch stratified sampling) or ``"mws"`` (minibatch
+            weighted); ``dataset_size``, N, the number of training images (training sets it
+            from the data).
 
     Returns:
         dict: per-example terms in nats, each of shape (B,), ``loss``, ``recon`` = E_q[log p(x|z)],
@@ -669,31 +742,31 @@ def tcvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
         ValueError: No dataset_size, or a posterior that is not a diagonal Gaussian.
 
     Examples:
-        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.config import ModelConfig, TrainConfig
         >>> from vaelab.models import build_model
-        >>> from vaelab.objectives import tcvae
+        >>> from vaelab.objectives import Step, tcvae
         >>> _ = torch.manual_seed(0)
         >>> model = build_model(ModelConfig(latent_dim=3, hidden=(16,)), (1, 28, 28))
         >>> x = (torch.rand(8, 1, 28, 28) < 0.3).float()
-        >>> terms = tcvae(model, x, beta=6.0, dataset_size=60000)
+        >>> terms = tcvae(model, Step(x), TrainConfig(beta=6.0, dataset_size=60000))
         >>> sorted(terms), terms["tc"].shape
         (['dwkl', 'elbo', 'kl', 'loss', 'mi', 'recon', 'tc'], torch.Size([8]))
         >>> torch.allclose(terms["loss"], -terms["recon"] + terms["mi"] + 6.0 * terms["tc"] + terms["dwkl"])
         True
     """
-    if dataset_size is None:
+    if t.dataset_size is None:
         raise ValueError("the tcvae objective needs dataset_size, the number of training images (training sets it)")
-    q = model.encode(x if x_in is None else x_in, c)
+    q = model.encode(step.encoder_input, step.c)
     _gaussian(q, "tcvae")
-    z, log_qzx = q.rsample_with_log_prob(samples, generator=generator)  # (L, B, D), (L, B)
-    recon = model.decode(z, c).log_prob(x).mean(0)
-    (mean, log_std), offset = _global(peers, q.mean, q.log_std)  # (M, D) each
-    log_qz, log_prod = minibatch_log_qz(z, mean, log_std, dataset_size, tc_estimator, offset)  # (L, B) each
+    z, log_qzx = q.rsample_with_log_prob(t.samples, generator=step.generator)  # (L, B, D), (L, B)
+    recon = model.decode(z, step.c).log_prob(step.x).mean(0)
+    (mean, log_std), offset = _global(step.peers, q.mean, q.log_std)  # (M, D) each
+    log_qz, log_prod = minibatch_log_qz(z, mean, log_std, t.dataset_size, t.tc_estimator, offset)  # (L, B) each
     log_pz = model.prior().log_prob(z)
     mi, tc, dwkl = (log_qzx - log_qz).mean(0), (log_qz - log_prod).mean(0), (log_prod - log_pz).mean(0)
     kl_term = kl_to_prior(model, q, z, log_qzx)
-    scale = (schedule or FULL).kl_scale
-    loss = -recon + scale * (mi_weight * mi + beta * tc + dwkl_weight * dwkl)
+    scale = step.schedule.kl_scale
+    loss = -recon + scale * (t.mi_weight * mi + t.beta * tc + t.dwkl_weight * dwkl)
     return {"loss": loss, "recon": recon, "kl": kl_term, "mi": mi, "tc": tc, "dwkl": dwkl, "elbo": recon - kl_term}
 
 
@@ -723,9 +796,7 @@ def _permute_dims(z: torch.Tensor, generator, peers) -> torch.Tensor:
     return codes.gather(0, order)[offset : offset + len(z)]
 
 
-def factorvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
-              kl: str = "analytic", tc_weight: float = 10.0, schedule: Schedule | None = None, generator=None,
-              x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+def factorvae(model, step: Step, t: TrainConfig) -> dict[str, torch.Tensor]:
     """FactorVAE (Kim & Mnih 2018): the ELBO plus gamma times a discriminator's estimate of the total correlation.
 
     A discriminator D (``model.objective_nets["discriminator"]``, an MLP over codes) tells
@@ -745,16 +816,14 @@ def factorvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples:
     Args:
         model: A model with one vector code, bound with ``vaelab.models.bind_objective``
             (which gives it the discriminator).
-        x: Images (B, C, H, W).
-        c: Conditions (B, C') for conditional models; None otherwise.
-        samples: Draws of z per image (the discriminator learns from the first).
-        beta: Weight of the KL to the prior (1 in the paper).
-        kl: ``"analytic"`` or ``"mc"``, for the KL to the prior.
-        tc_weight: gamma, the weight of the total-correlation estimate.
-        schedule: This training step's ``Schedule`` (``kl_scale``); None: full weights.
-        generator: Source of the reparameterisation noise, and of the shuffle (see ``elbo``).
-        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
-        peers: In a data-parallel job, gathers the global batch's codes for the shuffle.
+        step: The batch (a ``Step``): images x (B, C, H, W); conditions c (B, C') for
+            conditional models; the ``generator`` of the reparameterisation noise and of the
+            shuffle; ``x_in`` (denoising); its ``schedule`` (``kl_scale``); ``peers``, which in a
+            data-parallel job gathers the global batch's codes for the shuffle.
+        t: The settings read (a ``vaelab.config.TrainConfig``): ``samples``, draws of z per image
+            (the discriminator learns from the first); ``beta``, the weight of the KL to the
+            prior (1 in the paper); ``kl``, ``"analytic"`` or ``"mc"``, for the KL to the prior;
+            ``tc_weight``, gamma, the weight of the total-correlation estimate.
 
     Returns:
         dict: per-example terms in nats, each of shape (B,), ``loss``, ``recon``, ``kl``, ``tc``
@@ -779,7 +848,7 @@ def factorvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples:
           (4): Linear(in_features=32, out_features=1, bias=True)
         )
         >>> x = (torch.rand(8, 1, 28, 28) < 0.3).float()
-        >>> terms = model(x)
+        >>> terms = model(x)  # runs factorvae(model, Step(x), TrainConfig(...)) with the bound settings
         >>> sorted(terms), terms["tc"].shape
         (['discriminator', 'elbo', 'kl', 'loss', 'recon', 'tc'], torch.Size([8]))
     """
@@ -788,14 +857,14 @@ def factorvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples:
         raise ValueError("the factorvae objective needs its discriminator; bind the objective with "
                          "vaelab.models.bind_objective")
     disc = nets["discriminator"]
-    _, z, _, recon, kl_term = _draw(model, x, c, samples, kl, generator, x_in)
+    _, z, _, recon, kl_term = _draw(model, step, t)
     held = {k: v.detach() for k, v in disc.named_parameters()}  # the VAE's term trains the encoder only
     tc = torch.func.functional_call(disc, held, (z,)).squeeze(-1).mean(0)  # (B,)
     real = z[0].detach()  # (B, D): the discriminator's term trains the discriminator only
-    fake = _permute_dims(real, generator, peers)
+    fake = _permute_dims(real, step.generator, step.peers)
     d_loss = 0.5 * (F.softplus(-disc(real)) + F.softplus(disc(fake))).squeeze(-1)
-    scale = (schedule or FULL).kl_scale
-    loss = -recon + scale * (beta * kl_term + tc_weight * tc) + d_loss
+    scale = step.schedule.kl_scale
+    loss = -recon + scale * (t.beta * kl_term + t.tc_weight * tc) + d_loss
     return {"loss": loss, "recon": recon, "kl": kl_term, "tc": tc, "discriminator": d_loss, "elbo": recon - kl_term}
 
 
@@ -805,13 +874,11 @@ def _needs_capacity(t: TrainConfig) -> None:
                           "the end of --capacity-steps (Burgess et al. 2018 use 25 on dSprites)")
 
 
-def capacity(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, kl: str = "analytic",
-             capacity: float = 25.0, capacity_weight: float = 1000.0, schedule: Schedule | None = None,
-             generator=None, x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+def capacity(model, step: Step, t: TrainConfig) -> dict[str, torch.Tensor]:
     """Annealed capacity (Burgess et al. 2018): hold the KL near a capacity C that rises during training.
 
     loss = -recon + gamma * |KL - C(step)|, with C rising linearly from 0 to C_max (the
-    schedule's ``capacity_scale`` times `capacity`; C_max in the test pass) and KL the batch's
+    schedule's ``capacity_scale`` times ``capacity``; C_max in the test pass) and KL the batch's
     mean KL(q(z|x) || p(z)), as the reference implementations compute it (so the code as a
     whole, not each image, is held to C; in a data-parallel job the global batch's mean). Each
     image's loss carries the batch's penalty, so their mean is the loss. gamma is scaled by the
@@ -819,48 +886,43 @@ def capacity(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: 
 
     Args:
         model: A model with a density.
-        x: Images (B, C, H, W).
-        c: Conditions (B, C') for conditional models; None otherwise.
-        samples: Draws of z per image.
-        kl: ``"analytic"`` or ``"mc"``, for the KL to the prior.
-        capacity: C_max in nats per image.
-        capacity_weight: gamma, the weight of |KL - C|.
-        schedule: This training step's ``Schedule`` (``capacity_scale``, ``kl_scale``); None: C = C_max.
-        generator: Source of the reparameterisation noise (see ``elbo``).
-        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
-        peers: In a data-parallel job, gathers the global batch's KLs.
+        step: The batch (a ``Step``): images x (B, C, H, W); conditions c (B, C') for
+            conditional models; the noise ``generator``; ``x_in`` (denoising); its ``schedule``
+            (``capacity_scale``, ``kl_scale``; ``Schedule()``: C = C_max); ``peers``, which in a
+            data-parallel job gathers the global batch's KLs.
+        t: The settings read (a ``vaelab.config.TrainConfig``): ``samples``, draws of z per
+            image; ``kl``, ``"analytic"`` or ``"mc"``, for the KL to the prior; ``capacity``,
+            C_max in nats per image; ``capacity_weight``, gamma, the weight of |KL - C|.
 
     Returns:
         dict: per-example terms in nats, each of shape (B,), ``loss``, ``recon``, ``kl``,
         ``capacity`` (C at this step, the same for every image) and ``elbo`` = recon - kl.
 
     Examples:
-        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.config import ModelConfig, TrainConfig
         >>> from vaelab.models import build_model
-        >>> from vaelab.objectives import Schedule, capacity
+        >>> from vaelab.objectives import Schedule, Step, capacity
         >>> _ = torch.manual_seed(0)
         >>> model = build_model(ModelConfig(latent_dim=3, hidden=(16,)), (1, 28, 28))
         >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()
-        >>> terms = capacity(model, x, capacity=25.0, capacity_weight=100.0, schedule=Schedule(capacity_scale=0.5))
+        >>> step = Step(x, schedule=Schedule(capacity_scale=0.5))
+        >>> terms = capacity(model, step, TrainConfig(capacity=25.0, capacity_weight=100.0))
         >>> terms["capacity"]
         tensor([12.5000, 12.5000, 12.5000, 12.5000])
         >>> penalty = 100.0 * (terms["kl"].mean() - 12.5).abs()
         >>> torch.allclose(terms["loss"], -terms["recon"] + penalty)
         True
     """
-    terms = elbo(model, x, c, samples=samples, kl=kl, generator=generator, x_in=x_in)
-    s = schedule or FULL
-    target = capacity * s.capacity_scale
-    (kls,), _ = _global(peers, terms["kl"][:, None])
-    penalty = capacity_weight * s.kl_scale * (kls.mean() - target).abs()
+    terms = elbo(model, step, t)  # its recon and kl (its loss, which beta and the schedule weigh, is not used)
+    s = step.schedule
+    target = t.capacity * s.capacity_scale
+    (kls,), _ = _global(step.peers, terms["kl"][:, None])
+    penalty = t.capacity_weight * s.kl_scale * (kls.mean() - target).abs()
     return {"loss": -terms["recon"] + penalty, "recon": terms["recon"], "kl": terms["kl"],
             "capacity": torch.full_like(terms["kl"], target), "elbo": terms["elbo"]}
 
 
-def dipvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
-           kl: str = "analytic", dip_type: str = "ii", dip_offdiag: float = 10.0, dip_diag: float | None = None,
-           schedule: Schedule | None = None, generator=None, x_in: torch.Tensor | None = None,
-           peers=None) -> dict[str, torch.Tensor]:
+def dipvae(model, step: Step, t: TrainConfig) -> dict[str, torch.Tensor]:
     """DIP-VAE (Kumar et al. 2018): the ELBO plus a penalty that moves a covariance of the code towards I.
 
     Type i takes the covariance of the posterior means, Cov_p(x)[mu(x)]; type ii that of the
@@ -870,51 +932,49 @@ def dipvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: in
 
     Args:
         model: A model with one vector code, a diagonal Gaussian posterior and the N(0, I) prior.
-        x: Images (B, C, H, W).
-        c: Conditions (B, C') for conditional models; None otherwise.
-        samples: Draws of z per image.
-        beta: Weight of the KL to the prior.
-        kl: ``"analytic"`` or ``"mc"``, for the KL to the prior.
-        dip_type: ``"i"`` or ``"ii"``.
-        dip_offdiag: lambda_od, the weight of the off-diagonal entries.
-        dip_diag: lambda_d, the weight of the diagonal's distance to 1; None: 10 * lambda_od for
-            type i, lambda_od for type ii (as disentanglement_lib's study).
-        schedule: This training step's ``Schedule`` (``kl_scale``); None: full weights.
-        generator: Source of the reparameterisation noise (see ``elbo``).
-        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
-        peers: In a data-parallel job, gathers the global batch's posteriors.
+        step: The batch (a ``Step``): images x (B, C, H, W); conditions c (B, C') for
+            conditional models; the noise ``generator``; ``x_in`` (denoising); its ``schedule``
+            (``kl_scale``); ``peers``, which in a data-parallel job gathers the global batch's
+            posteriors.
+        t: The settings read (a ``vaelab.config.TrainConfig``): ``samples``, draws of z per
+            image; ``beta``, the weight of the KL to the prior; ``kl``, ``"analytic"`` or
+            ``"mc"``, for the KL to the prior; ``dip_type``, ``"i"`` or ``"ii"``;
+            ``dip_offdiag``, lambda_od, the weight of the off-diagonal entries; ``dip_diag``,
+            lambda_d, the weight of the diagonal's distance to 1 (None: 10 * lambda_od for type
+            i, lambda_od for type ii, as disentanglement_lib's study).
 
     Returns:
         dict: per-example terms in nats, each of shape (B,), ``loss``, ``recon``, ``kl``, ``dip``
         (the penalty, the same for every image) and ``elbo`` = recon - kl.
 
     Examples:
-        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.config import ModelConfig, TrainConfig
         >>> from vaelab.models import build_model
-        >>> from vaelab.objectives import dipvae
+        >>> from vaelab.objectives import Step, dipvae
         >>> _ = torch.manual_seed(0)
         >>> model = build_model(ModelConfig(latent_dim=3, hidden=(16,)), (1, 28, 28))
         >>> x = (torch.rand(16, 1, 28, 28) < 0.3).float()
-        >>> terms = dipvae(model, x, dip_type="i", dip_offdiag=5.0)
+        >>> terms = dipvae(model, Step(x), TrainConfig(dip_type="i", dip_offdiag=5.0))
         >>> sorted(terms), bool((terms["dip"] >= 0).all())
         (['dip', 'elbo', 'kl', 'loss', 'recon'], True)
     """
-    q, _, _, recon, kl_term = _draw(model, x, c, samples, kl, generator, x_in)
+    q, _, _, recon, kl_term = _draw(model, step, t)
     _gaussian(q, "dipvae")
-    (mean, log_std), _ = _global(peers, q.mean, q.log_std)  # (M, D) each
+    (mean, log_std), _ = _global(step.peers, q.mean, q.log_std)  # (M, D) each
     centred = mean - mean.mean(0)
     cov = centred.T @ centred / len(mean)  # Cov[mu(x)], (D, D)
-    if dip_type == "ii":
+    if t.dip_type == "ii":
         cov = cov + torch.diag(torch.exp(2 * log_std).mean(0))  # + E[Sigma(x)]
     diag = torch.diagonal(cov)
-    lam_d = dip_diag if dip_diag is not None else (10 * dip_offdiag if dip_type == "i" else dip_offdiag)
-    penalty = dip_offdiag * (cov.square().sum() - diag.square().sum()) + lam_d * (diag - 1).square().sum()
-    loss = -recon + beta * (schedule or FULL).kl_scale * kl_term + penalty
-    return {"loss": loss, "recon": recon, "kl": kl_term, "dip": penalty.expand(len(x)), "elbo": recon - kl_term}
+    offdiag = t.dip_offdiag
+    lam_d = t.dip_diag if t.dip_diag is not None else (10 * offdiag if t.dip_type == "i" else offdiag)
+    penalty = offdiag * (cov.square().sum() - diag.square().sum()) + lam_d * (diag - 1).square().sum()
+    loss = -recon + t.beta * step.schedule.kl_scale * kl_term + penalty
+    return {"loss": loss, "recon": recon, "kl": kl_term, "dip": penalty.expand(len(step.x)),
+            "elbo": recon - kl_term}
 
 
-def reconstruction(model, x: torch.Tensor, c: torch.Tensor | None = None, *, generator=None,
-                   x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+def reconstruction(model, step: Step, t: TrainConfig) -> dict[str, torch.Tensor]:
     """The plain autoencoder's objective: maximise log p(x | z = f(x)), with no prior and no KL.
 
     The code is the posterior's mean (for ``vaelab.models.AE``, the encoder's output).
@@ -923,28 +983,27 @@ def reconstruction(model, x: torch.Tensor, c: torch.Tensor | None = None, *, gen
 
     Args:
         model: Any model with ``encode`` and ``decode``.
-        x: Images (B, C, H, W).
-        c: Conditions (B, C') for conditional models; None otherwise.
-        generator: Unused: the code is not sampled.
-        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
-        peers: Data-parallel batch gathering (see the module docstring); ignored here.
+        step: The batch (a ``Step``): images x (B, C, H, W); conditions c (B, C') for
+            conditional models; ``x_in``, what the encoder sees instead of x (denoising). The
+            code is not sampled: ``generator``, ``schedule`` and ``peers`` are ignored.
+        t: The settings (a ``vaelab.config.TrainConfig``); none is read.
 
     Returns:
         dict: per-example terms in nats, each of shape (B,), ``loss`` = -recon and
         ``recon`` = log p(x | z = f(x)).
 
     Examples:
-        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.config import ModelConfig, TrainConfig
         >>> from vaelab.models import build_model
-        >>> from vaelab.objectives import reconstruction
+        >>> from vaelab.objectives import Step, reconstruction
         >>> _ = torch.manual_seed(0)
         >>> ae = build_model(ModelConfig(model="ae", latent_dim=2, hidden=(16,)), (1, 28, 28))
         >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()
-        >>> terms = reconstruction(ae, x)
+        >>> terms = reconstruction(ae, Step(x), TrainConfig())
         >>> sorted(terms), terms["loss"].shape
         (['loss', 'recon'], torch.Size([4]))
     """
-    recon = model.decode(model.encode(x if x_in is None else x_in, c).mean, c).log_prob(x)
+    recon = model.decode(model.encode(step.encoder_input, step.c).mean, step.c).log_prob(step.x)
     return {"loss": -recon, "recon": recon}
 
 
@@ -986,10 +1045,7 @@ def pairwise_gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor, mean_j: torc
     return 0.5 * (trace + maha + 2 * log_std_j.sum(1)[None, :] - 2 * log_std.sum(1)[:, None] - mean.shape[1])
 
 
-def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
-          kl: str = "analytic", lam: float = 1.0, marginal: str = "pairwise", hsic: float = 0.0,
-          schedule: Schedule | None = None, generator=None, x_in: torch.Tensor | None = None,
-          peers=None) -> dict[str, torch.Tensor]:
+def icvae(model, step: Step, t: TrainConfig) -> dict[str, torch.Tensor]:
     """The invariant conditional VAE loss, which pushes information about c out of z (Moyer et al. 2018).
 
     Minimises (without the erroneous extra term of the paper's first version)::
@@ -1014,21 +1070,18 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
     Args:
         model: A conditional model with a diagonal Gaussian posterior (no flows), e.g.
             ``vaelab.models.ICVAE``.
-        x: Images (B, C, H, W).
-        c: Conditions (B, C').
-        samples: Draws of z per image (for the reconstruction term, and the KL when estimated).
-        beta: Weight of the KL to the prior, >= 0.
-        kl: ``"analytic"`` or ``"mc"``, for the KL to the prior.
-        lam: Weight lambda of the invariance penalty, >= 0; the reconstruction is weighted 1 + lambda.
-        marginal: The estimate of KL(q(z|x) || q(z)): ``"pairwise"`` or ``"sampled"``.
-        hsic: Weight of the dependence of the codes on c over the batch (``dependence``), in
+        step: The batch (a ``Step``): images x (B, C, H, W); conditions c (B, C'); the noise
+            ``generator``; ``x_in`` (denoising); its ``schedule``: the KL to the prior weighs
+            beta * ``kl_scale``; ``peers``, which in a data-parallel job gathers the global
+            batch's posterior parameters (None: this batch is the whole batch).
+        t: The settings read (a ``vaelab.config.TrainConfig``):
+            ``samples``, draws of z per image (for the reconstruction term, and the KL when estimated);
+            ``beta``, the weight of the KL to the prior, >= 0;
+            ``kl``, ``"analytic"`` or ``"mc"``, for the KL to the prior;
+            ``lam``, the weight lambda of the invariance penalty, >= 0; the reconstruction is weighted 1 + lambda;
+            ``marginal``, the estimate of KL(q(z|x) || q(z)): ``"pairwise"`` or ``"sampled"``;
+            ``hsic``, the weight of the dependence of the codes on c over the batch (``dependence``), in
             nats per image per unit of dependence; 0: none.
-        schedule: This training step's ``Schedule``: the KL to the prior weighs
-            beta * ``kl_scale``; None: the full beta.
-        generator: Source of the reparameterisation noise (see ``elbo``).
-        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
-        peers: In a data-parallel job, gathers the global batch's posterior parameters; None:
-            this batch is the whole batch.
 
     Returns:
         dict: per-example terms in nats, each of shape (B,), ``loss``, ``recon`` = E_q[log p(x|z,c)],
@@ -1040,20 +1093,22 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
         ValueError: The posterior is not a diagonal Gaussian, or `marginal` is unknown.
 
     Examples:
-        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.config import ModelConfig, TrainConfig
         >>> from vaelab.models import build_model
-        >>> from vaelab.objectives import icvae
+        >>> from vaelab.objectives import Step, icvae
         >>> _ = torch.manual_seed(0)
         >>> model = build_model(ModelConfig(model="icvae", latent_dim=2, hidden=(16,)), (1, 28, 28), cond_dim=10)
         >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()
         >>> c = torch.eye(10)[[3, 1, 4, 1]]  # one-hot labels, (4, 10)
-        >>> terms = icvae(model, x, c, lam=2.0)
+        >>> terms = icvae(model, Step(x, c), TrainConfig(lam=2.0))
         >>> sorted(terms), terms["kl_marginal"].shape
         (['dependence', 'elbo', 'kl', 'kl_marginal', 'loss', 'recon'], torch.Size([4]))
         >>> bool((terms["kl_marginal"] >= 0).all())
         True
     """
-    q, z, log_q, recon, kl_prior = _draw(model, x, c, samples, kl, generator, x_in)
+    x, c, peers, schedule = step.x, step.c, step.peers, step.schedule
+    beta, lam, marginal, hsic = t.beta, t.lam, t.marginal, t.hsic
+    q, z, log_q, recon, kl_prior = _draw(model, step, t)
     if not hasattr(q, "log_std"):
         raise ValueError("the invariance penalty needs a diagonal Gaussian posterior (no flows)")
     (mean_j, offset), (log_std_j, _) = (peers(q.mean), peers(q.log_std)) if peers else ((q.mean, 0), (q.log_std, 0))
@@ -1182,9 +1237,7 @@ def _adversary_loss(logits: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return 0.5 * (logits - c).square().sum(-1)
 
 
-def censor(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
-           kl: str = "analytic", lam: float = 1.0, schedule: Schedule | None = None, generator=None,
-           x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
+def censor(model, step: Step, t: TrainConfig) -> dict[str, torch.Tensor]:
     """Adversarial censoring (Edwards & Storkey 2016): the ELBO, with an adversary that reads c from z
     and an encoder trained to defeat it.
 
@@ -1199,18 +1252,15 @@ def censor(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: in
     Args:
         model: A conditional model with an ``adversary`` network (latent_dim -> C'), e.g.
             ``vaelab.models.Censored``.
-        x: Images (B, C, H, W).
-        c: Conditions (B, C').
-        samples: Draws of z per image.
-        beta: Weight of the KL to the prior, >= 0.
-        kl: ``"analytic"`` or ``"mc"``, for the KL to the prior.
-        lam: How strongly the encoder works against the adversary, >= 0 (0: a CVAE with an
+        step: The batch (a ``Step``): images x (B, C, H, W); conditions c (B, C'); the noise
+            ``generator``; ``x_in`` (denoising); its ``schedule``: the KL to the prior weighs
+            beta * ``kl_scale``. ``peers`` is ignored (every term is per example).
+        t: The settings read (a ``vaelab.config.TrainConfig``):
+            ``samples``, draws of z per image;
+            ``beta``, the weight of the KL to the prior, >= 0;
+            ``kl``, ``"analytic"`` or ``"mc"``, for the KL to the prior;
+            ``lam``, how strongly the encoder works against the adversary, >= 0 (0: a CVAE with an
             adversary watching).
-        schedule: This training step's ``Schedule``: the KL to the prior weighs
-            beta * ``kl_scale``; None: the full beta.
-        generator: Source of the reparameterisation noise (see ``elbo``).
-        x_in: What the encoder sees instead of x, same shape as x (denoising); None: x.
-        peers: Data-parallel batch gathering; ignored (every term is per example).
 
     Returns:
         dict: per-example terms in nats, each of shape (B,), ``loss`` (-recon + beta * kl +
@@ -1218,20 +1268,21 @@ def censor(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: in
         nats for a class) and ``elbo``.
 
     Examples:
-        >>> from vaelab.config import ModelConfig
+        >>> from vaelab.config import ModelConfig, TrainConfig
         >>> from vaelab.models import build_model
-        >>> from vaelab.objectives import censor
+        >>> from vaelab.objectives import Step, censor
         >>> _ = torch.manual_seed(0)
         >>> model = build_model(ModelConfig(model="censored", latent_dim=2, hidden=(16,)), (1, 28, 28), cond_dim=10)
         >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()
         >>> c = torch.eye(10)[[3, 1, 4, 1]]  # one-hot labels, (4, 10)
-        >>> terms = censor(model, x, c, lam=2.0)
+        >>> terms = censor(model, Step(x, c), TrainConfig(lam=2.0))
         >>> sorted(terms), terms["adversary"].shape
         (['adversary', 'elbo', 'kl', 'loss', 'recon'], torch.Size([4]))
         >>> torch.allclose(terms["loss"], -terms["recon"] + terms["kl"] + terms["adversary"])
         True
     """
-    q, z, _, recon, kl_prior = _draw(model, x, c, samples, kl, generator, x_in)
+    c, schedule, beta, lam = step.c, step.schedule, t.beta, t.lam
+    q, z, _, recon, kl_prior = _draw(model, step, t)
     # the adversary reads the codes (the posterior means, what a probe or a user reads) and the
     # draws (what the decoder reads): information below the noise of the draws is still in the means
     # (standardising them over the batch first, as the probe does, did worse in the invariance benchmark)
