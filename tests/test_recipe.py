@@ -223,13 +223,13 @@ def test_training_prints_progress_lines_when_no_bar_is_drawn(tiny_cfg, tmp_path,
 
 
 def test_active_units_count_the_dimensions_the_encoder_uses():
-    from vaelab.batches import SplitInputs
+    from vaelab.batches import Feed, SplitInputs
     from vaelab.data import Split
     from vaelab.models import active_units
 
     model = build_model(Config().replace(model={"hidden": (16,), "latent_dim": 6}).model, (1, 4, 4))
     images = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8)
-    inputs = SplitInputs(Split(images, torch.zeros(50, dtype=torch.long)), "none", 0, False, "cpu")
+    inputs = SplitInputs(Split(images, torch.zeros(50, dtype=torch.long)), Feed("none"), 0, "cpu")
     with torch.no_grad():  # the last layer: dimensions 0-2 read the image, 3-5 are constant
         head = model.encoder.net[-1]
         head.weight[3:6] = 0

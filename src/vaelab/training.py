@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from vaelab.batches import TRAIN_KEY, Batches, SplitInputs, binarization_key, memory_budget, model_inputs
+from vaelab.batches import TRAIN_KEY, Batches, Feed, Loading, SplitInputs, binarization_key, memory_budget, model_inputs
 from vaelab.checkpoint import RunError, checkpoint_epoch, load_checkpoint, load_config, read_metrics, save_checkpoint
 from vaelab.config import Config, ConfigError, TrainConfig, choose, parse_denoise, resolve
 from vaelab.corruption import corrupt
@@ -618,10 +618,10 @@ def _batches(cfg: Config, data, model, device: torch.device, dist: Dist, note: b
     if batch_size < dist.world:
         raise ConfigError(f"a global batch of {batch_size} cannot be split over {dist.world} processes; "
                           "raise --batch-size or use fewer processes")
-    batches = Batches(data.train, batch_size, cfg.data.binarization, device, seed=t.seed,
-                      dequantize=not model.likelihood.discrete, cond=cond, budget=budget,
-                      fixed_key=binarization_key(cfg.data.binarization_seed, TRAIN_KEY), rank=dist.rank,
-                      world=dist.world)
+    feed = Feed(cfg.data.binarization, dequantize=not model.likelihood.discrete)
+    loading = Loading(seed=t.seed, budget=budget, fixed_key=binarization_key(cfg.data.binarization_seed, TRAIN_KEY),
+                      rank=dist.rank, world=dist.world)
+    batches = Batches(data.train, batch_size, feed, device, cond=cond, loading=loading)
     return batches, budget
 
 
