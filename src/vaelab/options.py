@@ -226,6 +226,8 @@ class OodOptions:
                           internal="the typicality test's size is fixed on the command line")
     batch_sizes: tuple[int, ...] = option((1, 2, 5, 10, 25), "the typicality test's batch sizes M",
                                           internal="the typicality test's sizes are fixed on the command line")
+    write: bool = option(True, "write the report, the numbers and the score histograms",
+                         internal="the command line always writes them")
 
 
 @dataclass(frozen=True)
