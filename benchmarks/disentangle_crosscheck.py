@@ -117,7 +117,7 @@ def main() -> None:
         r = dci(z, f, importance="gbt")
         ours.update({k: r[f"dci_{k}"] for k in ("disentanglement", "completeness", "informativeness")})
         ours["sap"] = sap(z, f)["sap"]
-        ours["factorvae"] = factorvae_score(enc, SIZES, votes=args.votes, eval_votes=args.votes)["factorvae_score"]
+        ours["factorvae"] = factorvae_score(enc, SIZES, votes=(args.votes, args.votes))["factorvae_score"]
 
         theirs = {"mig": float(d["_mig"]._compute_mig(z.T, f.T)["mig.discrete_score"])}
         r = d["_dci"]._compute_dci(z[train].T, f[train].T, z[test].T, f[test].T)

@@ -130,7 +130,7 @@ def pythae_train(batch: int, epochs: int, workdir: Path) -> dict | None:
         return None
     from torch import nn
 
-    from vaelab.batches import as_input
+    from vaelab.batches import Feed, as_input
     from vaelab.data import load_dataset
 
     class Encoder(BaseEncoder):
@@ -154,8 +154,8 @@ def pythae_train(batch: int, epochs: int, workdir: Path) -> dict | None:
 
     data = load_dataset("mnist")
     g = torch.Generator().manual_seed(0)
-    train_x = as_input(data.train.images, "fixed", False, generator=g).numpy()
-    test_x = as_input(data.test.images, "fixed", False, generator=g).numpy()
+    train_x = as_input(data.train.images, Feed("fixed"), generator=g).numpy()
+    test_x = as_input(data.test.images, Feed("fixed"), generator=g).numpy()
     model = VAE(VAEConfig(input_dim=(1, 28, 28), latent_dim=50, reconstruction_loss="bce"),
                 encoder=Encoder(), decoder=Decoder())
     cfg = BaseTrainerConfig(output_dir=str(workdir / "pythae"), num_epochs=epochs, learning_rate=1e-3,

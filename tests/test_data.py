@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vaelab import data as vd
-from vaelab.batches import Batches, SplitInputs, as_input
+from vaelab.batches import Batches, Feed, Loading, SplitInputs, as_input
 from vaelab.data import DataError, load_dataset, read_idx
 
 
@@ -163,24 +163,24 @@ def test_embedded_sample_is_real_mnist():
 def test_binarization_modes():
     images = torch.full((2000, 1, 2, 2), 64, dtype=torch.uint8)
     g = torch.Generator().manual_seed(0)
-    grey = as_input(images, "none", False)
+    grey = as_input(images, Feed("none"))
     assert torch.allclose(grey, torch.full_like(grey, 64 / 255))
-    b = as_input(images, "dynamic", False, generator=g)
+    b = as_input(images, Feed("dynamic"), generator=g)
     assert set(b.unique().tolist()) <= {0.0, 1.0}
     assert abs(b.mean().item() - 64 / 255) < 0.02
     split = vd.Split(images, torch.zeros(2000, dtype=torch.int64))
-    dyn = Batches(split, 2000, "dynamic", "cpu", seed=0, shuffle=False)
+    dyn = Batches(split, 2000, Feed("dynamic"), "cpu", loading=Loading(shuffle=False))
     first, second = next(iter(dyn))[0], next(iter(dyn))[0]
     assert not torch.equal(first, second)  # fresh sample every time an image is used
-    fixed = Batches(split, 2000, "fixed", "cpu", seed=0, shuffle=False)
+    fixed = Batches(split, 2000, Feed("fixed"), "cpu", loading=Loading(shuffle=False))
     assert torch.equal(next(iter(fixed))[0], next(iter(fixed))[0])
-    once = SplitInputs(split, "dynamic", 5, False, "cpu")
-    assert torch.equal(once.rows(0, 2000)[0], SplitInputs(split, "dynamic", 5, False, "cpu").rows(0, 2000)[0])
+    once = SplitInputs(split, Feed("dynamic"), 5, "cpu")
+    assert torch.equal(once.rows(0, 2000)[0], SplitInputs(split, Feed("dynamic"), 5, "cpu").rows(0, 2000)[0])
 
 
 def test_batches_cover_split_without_repeats():
     split = vd.Split(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1), torch.arange(10))
-    batches = Batches(split, 3, "none", "cpu", seed=1)
+    batches = Batches(split, 3, Feed("none"), "cpu", loading=Loading(seed=1))
     labels = torch.cat([b.labels for b in batches])
     assert sorted(labels.tolist()) == list(range(10)) and len(batches) == 4
 
@@ -188,8 +188,9 @@ def test_batches_cover_split_without_repeats():
 def test_process_slices_make_up_the_single_process_batch():
     """Each of 3 data-parallel processes keeps its slice of the same global batch, noise included."""
     split = vd.Split(torch.randint(0, 256, (50, 1, 3, 3), dtype=torch.uint8), torch.arange(50))
-    one = list(Batches(split, 16, "dynamic", "cpu", seed=3))
-    parts = [list(Batches(split, 16, "dynamic", "cpu", seed=3, rank=r, world=3)) for r in range(3)]
+    one = list(Batches(split, 16, Feed("dynamic"), "cpu", loading=Loading(seed=3)))
+    parts = [list(Batches(split, 16, Feed("dynamic"), "cpu", loading=Loading(seed=3, rank=r, world=3)))
+             for r in range(3)]
     for i, whole in enumerate(one):
         assert torch.equal(torch.cat([p[i].x for p in parts]), whole.x)
         assert torch.equal(torch.cat([p[i].idx for p in parts]), whole.idx)

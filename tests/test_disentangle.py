@@ -43,7 +43,7 @@ def test_perfect_code_scores_the_maximum():
         assert r["dci_disentanglement"] == pytest.approx(1.0, abs=1e-6)
         assert r["dci_completeness"] == pytest.approx(1.0, abs=1e-6)
         assert r["dci_informativeness"] == pytest.approx(1.0)
-    assert factorvae_score(lambda x: x ** 3.0, SIZES, votes=60, eval_votes=60)["factorvae_score"] == 1.0
+    assert factorvae_score(lambda x: x ** 3.0, SIZES, votes=(60, 60))["factorvae_score"] == 1.0
     assert betavae_score(lambda x: x.astype(float), SIZES, n_train=150, n_eval=60)["betavae_score"] == 1.0
 
 
@@ -57,8 +57,7 @@ def test_a_rotated_code_scores_low():
     # the FactorVAE score only asks that each dimension's least-variance factor be one
     # factor: a rotation lowers it, but a majority vote still maps most dimensions right
     q = rotation(3)
-    assert factorvae_score(lambda x: standard(x.astype(float)) @ q, SIZES, votes=60,
-                           eval_votes=60)["factorvae_score"] < 0.97
+    assert factorvae_score(lambda x: standard(x.astype(float)) @ q, SIZES, votes=(60, 60))["factorvae_score"] < 0.97
 
 
 def test_permuting_the_dimensions_changes_nothing():
@@ -73,8 +72,8 @@ def test_permuting_the_dimensions_changes_nothing():
         assert b[key] == pytest.approx(a[key], abs=0.01)
     assert np.allclose(np.array(b["dci_importance"]), np.array(a["dci_importance"])[perm], atol=0.02)
     enc = lambda x, p=slice(None): (x.astype(float) + 0.1 * np.sin(7.0 * x))[:, p]  # noqa: E731
-    assert (factorvae_score(lambda x: enc(x, perm), SIZES, votes=40, eval_votes=40)["factorvae_score"]
-            == factorvae_score(enc, SIZES, votes=40, eval_votes=40)["factorvae_score"])
+    assert (factorvae_score(lambda x: enc(x, perm), SIZES, votes=(40, 40))["factorvae_score"]
+            == factorvae_score(enc, SIZES, votes=(40, 40))["factorvae_score"])
 
 
 def test_mig_by_hand():

@@ -18,7 +18,7 @@ from vaelab.distributions import DiagonalGaussian, StandardNormal
 from vaelab.models import bind_objective, build_model, check_config
 from vaelab.noise import ExampleNoise
 from vaelab.objectives import OBJECTIVES, Schedule, Step, bind, capacity, dipvae, factorvae, minibatch_log_qz, tcvae
-from vaelab.training import resume, train
+from vaelab.training import Limits, resume, train
 
 from .conftest import metrics
 
@@ -247,7 +247,7 @@ def test_factorvae_trains_saves_and_resumes_exactly_with_its_discriminator(tmp_p
                                   "batch_size": 100, "warmup_steps": 3, "tc_weight": 5.0})
     full = train(cfg, tmp_path / "full", progress=False, quiet=True, dataset=data)
     part = train(cfg.replace(train={"epochs": 1}), tmp_path / "part", progress=False, quiet=True, dataset=data)
-    resume(part, epochs=2, progress=False, quiet=True, dataset=data)
+    resume(part, Limits(epochs=2), progress=False, quiet=True, dataset=data)
     assert metrics(part, timing=False) == metrics(full, timing=False)
     assert {"train_tc", "train_discriminator", "test_tc"} <= set(metrics(full)[-1])
     _, a = load_run(full)

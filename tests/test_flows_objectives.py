@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from vaelab.batches import SplitInputs
+from vaelab.batches import Feed, SplitInputs
 from vaelab.config import Config, TrainConfig
 from vaelab.data import load_dataset
 from vaelab.flows import FLOWS, PlanarFlows
@@ -143,7 +143,7 @@ def test_iwae_bound_tightens_with_k_on_a_trained_model(tmp_path):
     from vaelab.checkpoint import load_run
 
     _, model = load_run(train(cfg, tmp_path / "run", progress=False, dataset=data))
-    x = SplitInputs(data.test, "dynamic", 0, False, "cpu").rows(0, 200)[0]
+    x = SplitInputs(data.test, Feed("dynamic"), 0, "cpu").rows(0, 200)[0]
     torch.manual_seed(0)
     with torch.no_grad():
         bounds = {k: torch.stack([iwae(model, Step(x), TrainConfig(samples=k))["iwae"].mean() for _ in range(4)]).mean()

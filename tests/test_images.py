@@ -17,7 +17,7 @@ from vaelab import cache as vc
 from vaelab import data as vd
 from vaelab import images as vi
 from vaelab.arrays import load_array
-from vaelab.batches import Batches, SplitInputs
+from vaelab.batches import Batches, Feed, Loading, SplitInputs
 from vaelab.config import DataConfig
 from vaelab.data import DataError, ImageFile, Split
 from vaelab.images import Transform, load_folder
@@ -327,22 +327,22 @@ def test_streamed_and_resident_give_the_same_batches(tmp_path, binarization, deq
     path.write_bytes(x.numpy().tobytes())
     labels = torch.arange(103)
     on_disk = Split(ImageFile(path, (103, 3, 4, 6)), labels)
-    kw = dict(seed=7, dequantize=dequantize)
-    resident = Batches(Split(x, labels), 16, binarization, "cpu", resident=True, **kw)
-    streamed = Batches(on_disk, 16, binarization, "cpu", resident=False, **kw)
+    feed = Feed(binarization, dequantize)
+    resident = Batches(Split(x, labels), 16, feed, "cpu", loading=Loading(seed=7, resident=True))
+    streamed = Batches(on_disk, 16, feed, "cpu", loading=Loading(seed=7, resident=False))
     assert resident.resident and not streamed.resident and len(resident) == 7
     for _ in range(2):  # two epochs: the generators advance alike
         for (a, ya, *_), (b, yb, *_) in zip(resident, streamed, strict=True):
             assert torch.equal(ya, yb) and torch.equal(a, b)
-    assert Batches(on_disk, 16, "none", "cpu", budget=10).resident is False
-    assert Batches(on_disk, 16, "none", "cpu", budget=10**6).resident is True
+    assert Batches(on_disk, 16, Feed("none"), "cpu", loading=Loading(budget=10)).resident is False
+    assert Batches(on_disk, 16, Feed("none"), "cpu", loading=Loading(budget=10**6)).resident is True
 
 
 def test_streaming_stops_cleanly_when_the_loop_breaks(tmp_path):
     x = np.random.default_rng(0).integers(0, 255, (500, 1, 2, 2), dtype=np.uint8)
     (tmp_path / "x.u8").write_bytes(x.tobytes())
-    b = Batches(Split(ImageFile(tmp_path / "x.u8", (500, 1, 2, 2)), np.zeros(500, np.int64)), 10, "none", "cpu",
-                resident=False, prefetch=2)
+    b = Batches(Split(ImageFile(tmp_path / "x.u8", (500, 1, 2, 2)), np.zeros(500, np.int64)), 10, Feed("none"), "cpu",
+                loading=Loading(resident=False, prefetch=2))
     for i, _ in enumerate(b):
         if i == 3:
             break  # the prefetch thread must not hang the process
@@ -364,7 +364,7 @@ def test_image_file_reads_any_order():
 
 def test_test_inputs_do_not_depend_on_chunking():
     x = torch.randint(0, 256, (50, 1, 3, 3), dtype=torch.uint8)
-    s = SplitInputs(Split(x, torch.zeros(50, dtype=torch.int64)), "dynamic", 0, False, "cpu")
+    s = SplitInputs(Split(x, torch.zeros(50, dtype=torch.int64)), Feed("dynamic"), 0, "cpu")
     whole = s.rows(0, 50)[0]
     assert torch.equal(torch.cat([c for c, _, _ in s.chunks(7)]), whole)
     assert set(whole.unique().tolist()) <= {0.0, 1.0}

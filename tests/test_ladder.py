@@ -407,11 +407,11 @@ def test_the_ladder_has_every_per_level_score_by_its_trait():
 
 
 def test_is_nll_weighs_every_level():
-    from vaelab.evaluate import log_likelihood
+    from vaelab.evaluate import Sampling, log_likelihood
 
     model = tiny().eval()
     x, idx, k = binary(), torch.arange(4), 6
-    log_px, elbo = log_likelihood(model, x, k=k, seed=3, index=idx)
+    log_px, elbo = log_likelihood(model, x, k=k, index=idx, sampling=Sampling(seed=3))
     with torch.no_grad():
         q, prior = model.encode(x), model.prior()
         z = q.rsample(k, generator=ExampleNoise(idx, 3))

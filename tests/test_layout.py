@@ -1,6 +1,7 @@
 """The layout rules of docs/architecture.md, checked on the source: imports only run
 downward in the written module order (lazy imports inside functions too), no module is
-missing from the order, and the code passes the linter."""
+missing from the order, no public function takes more than six parameters, and the code
+passes the linter."""
 
 from __future__ import annotations
 
@@ -166,6 +167,61 @@ def test_the_registry_checker_sees_names_written_as_strings(tmp_path):
     (tmp_path / "m.py").write_text(code)
     assert sorted(registry_names_by_string(tmp_path / "m.py", {"training", "scores", "nets"})) == [
         ("nets", 3), ("scores", 2), ("training", 1)]
+
+
+MAX_PARAMETERS = 6  # more settings than that travel together as one options object
+PARAMETERS_ALLOWED: dict[str, set[str]] = {}
+
+
+def too_many_parameters(source: str) -> list[str]:
+    """'name count' for each public function or method (of a public class; ``__init__``
+    included) with more than MAX_PARAMETERS parameters: self and cls not counted, *args and
+    **kwargs one each."""
+    found = []
+
+    def walk(node: ast.AST, prefix: str) -> None:
+        for n in ast.iter_child_nodes(node):
+            if isinstance(n, ast.ClassDef) and not n.name.startswith("_"):
+                walk(n, f"{prefix}{n.name}.")
+            elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if n.name.startswith("_") and n.name != "__init__":
+                    continue
+                a = n.args
+                names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
+                count = len(names) + (a.vararg is not None) + (a.kwarg is not None)
+                if count > MAX_PARAMETERS:
+                    found.append(f"{prefix}{n.name} {count}")
+
+    walk(ast.parse(source), "")
+    return found
+
+
+def test_no_public_function_takes_more_than_six_parameters():
+    found = [f"{path.name}: {where}" for path in sorted(PACKAGE.glob("*.py"))
+             for where in too_many_parameters(path.read_text())
+             if where.split()[0] not in PARAMETERS_ALLOWED.get(path.name, set())]
+    assert found == [], "group settings that travel together into an options object (a frozen dataclass)"
+
+
+def test_the_parameter_checker_counts_as_written():
+    source = """
+def seven(a, b, c, d, e, f, g): ...
+def _private(a, b, c, d, e, f, g): ...
+def six(a, b, c, *args, d, **kwargs): ...
+def stars(a, b, c, d, *args, e, **kwargs): ...
+def only(a, /, b, *, c, d, e, f, g): ...
+class Thing:
+    def __init__(self, a, b, c, d, e, f, g): ...
+    def method(self, a, b, c, d, e, f): ...
+    @classmethod
+    def make(cls, a, b, c, d, e, f, g): ...
+    class Inner:
+        def deep(self, a, b, c, d, e, f, g): ...
+class _Hidden:
+    def method(self, a, b, c, d, e, f, g): ...
+"""
+    assert too_many_parameters(source) == ["seven 7", "stars 7", "only 7", "Thing.__init__ 7", "Thing.make 7",
+                                           "Thing.Inner.deep 7"]
 
 
 def test_the_code_passes_the_linter():

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import metrics
 from vaelab.data import load_dataset
 from vaelab.runtime import bar_redraws, progress_bar
-from vaelab.training import resume, train
+from vaelab.training import Limits, resume, train
 
 # CI installs the test extra, which includes tensorboard: there these tests must run
 needs_tensorboard = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None and not os.environ.get("CI"),
@@ -63,12 +63,12 @@ def test_epochs_redone_after_a_kill_appear_once(tmp_path, tiny_cfg):
     data = load_dataset("mnist-sample")
     run = train(tiny_cfg.replace(train={"epochs": 1}), tmp_path / "run", progress=False, quiet=True, dataset=data)
     shutil.copytree(run / "checkpoint", tmp_path / "epoch1")
-    resume(run, epochs=2, progress=False, quiet=True, dataset=data)
+    resume(run, Limits(epochs=2), progress=False, quiet=True, dataset=data)
     # killed after epoch 2's events and metrics, before its checkpoint: resuming redoes epoch 2
     shutil.rmtree(run / "checkpoint")
     shutil.copytree(tmp_path / "epoch1", run / "checkpoint")
     time.sleep(1.1)  # event files are read in name order, which begins with their creation second
-    resume(run, epochs=3, progress=False, quiet=True, dataset=data)
+    resume(run, Limits(epochs=3), progress=False, quiet=True, dataset=data)
 
     acc = events(run)
     for tag in [*term_tags(metrics(run)[-1]).values(), "lr", "images_per_s"]:

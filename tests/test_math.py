@@ -7,7 +7,7 @@ import torch
 from torch import distributions as D
 
 from vaelab.distributions import Bernoulli, DiagonalGaussian
-from vaelab.evaluate import log_likelihood
+from vaelab.evaluate import Sampling, log_likelihood
 
 
 def test_gaussian_log_prob_matches_torch():
@@ -90,7 +90,7 @@ class LinearGaussian(torch.nn.Module):
 def test_importance_sampling_is_exact_with_true_posterior():
     m = LinearGaussian(inflate=1.0)
     x = m.marginal.sample((37,))
-    est, elbo = log_likelihood(m, x, k=10, rows=8)  # chunked: 1 image x 8, then 2 samples
+    est, elbo = log_likelihood(m, x, k=10, sampling=Sampling(rows=8))  # chunked: 1 image x 8, then 2 samples
     exact = m.marginal.log_prob(x)
     torch.testing.assert_close(est, exact.to(est.dtype), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(elbo, exact.to(elbo.dtype), rtol=1e-5, atol=1e-5)
@@ -102,7 +102,7 @@ def test_importance_sampling_converges_and_tightens_with_k():
     exact = m.marginal.log_prob(x).mean()
     means = {}
     for k in (1, 10, 100, 3000):
-        est, _ = log_likelihood(m, x, k=k, rows=4096, seed=k)
+        est, _ = log_likelihood(m, x, k=k, sampling=Sampling(seed=k, rows=4096))
         means[k] = est.mean()
     assert means[1] < means[10] < means[100] <= exact + 0.02
     assert abs(means[3000] - exact) < 0.05

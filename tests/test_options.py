@@ -37,7 +37,7 @@ def test_a_new_option_is_one_declaration(monkeypatch, run_dir):
     class Score(options.ScoreCommand):
         """Score every image."""
 
-        temperature: float = option(1.0, "divides the scores (default 1.0)", low=0, open_low=True)
+        temperature: float = option(1.0, "divides the scores (default 1.0)", within="> 0")
 
     monkeypatch.setitem(options.COMMANDS, "score", (Score, "per-image scores"))
     parser = build_parser()
@@ -85,3 +85,17 @@ def test_the_metrics_the_command_line_takes_are_the_ones_evaluate_measures():
 
     assert options.METRICS is METRICS and options.DISENTANGLEMENT_METRICS is DISENTANGLEMENT_METRICS  # one list
     assert set(RESULT_KEYS) == set(METRICS)  # compare tabulates every metric evaluate measures
+
+
+def test_a_range_is_written_as_a_comparison_or_an_interval():
+    from vaelab.config import Flag, interval, setting
+
+    assert interval(">= 1") == (1, False, None, False)
+    assert interval("> 0") == (0, True, None, False)
+    assert interval("[0, 1)") == (0, False, 1, True)
+    assert interval("(0, 0.5]") == (0, True, 0.5, False)
+    with pytest.raises(ValueError, match="interval"):
+        interval("0..1")
+    # a config field's flag is built by train's parser, which has no aliases, nargs...: refused, not dropped
+    with pytest.raises(TypeError, match="name, metavar and parse only"):
+        setting(0, "a config field", Flag(aliases=("--x",)))

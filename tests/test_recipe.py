@@ -223,13 +223,13 @@ def test_training_prints_progress_lines_when_no_bar_is_drawn(tiny_cfg, tmp_path,
 
 
 def test_active_units_count_the_dimensions_the_encoder_uses():
-    from vaelab.batches import SplitInputs
+    from vaelab.batches import Feed, SplitInputs
     from vaelab.data import Split
     from vaelab.models import active_units
 
     model = build_model(Config().replace(model={"hidden": (16,), "latent_dim": 6}).model, (1, 4, 4))
     images = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8)
-    inputs = SplitInputs(Split(images, torch.zeros(50, dtype=torch.long)), "none", 0, False, "cpu")
+    inputs = SplitInputs(Split(images, torch.zeros(50, dtype=torch.long)), Feed("none"), 0, "cpu")
     with torch.no_grad():  # the last layer: dimensions 0-2 read the image, 3-5 are constant
         head = model.encoder.net[-1]
         head.weight[3:6] = 0
@@ -239,20 +239,20 @@ def test_active_units_count_the_dimensions_the_encoder_uses():
 
 @requires_icons
 def test_the_eight_bit_recipe_resumes_exactly(colour_folder, tmp_path):
-    from vaelab.training import resume
+    from vaelab.training import Limits, resume
 
     cfg = Config().replace(data={"dataset": str(colour_folder), "image_size": (16, 16)},
                            train={"epochs": 4, "kl_warmup": 1.5})
     full = train_module.train(cfg, tmp_path / "full", progress=False)
     part = train_module.train(cfg.replace(train={"epochs": 2}), tmp_path / "part", progress=False)
-    resume(part, epochs=4, progress=False)
+    resume(part, Limits(epochs=4), progress=False)
     assert metrics(part, timing=False) == metrics(full, timing=False)
 
 
 @requires_icons
 def test_a_run_folder_from_before_the_recipes_resumes_and_evaluates(colour_folder, tmp_path):
     """config.json of an older vaelab: no kl_warmup field, precision "auto" (then fp32 on CPUs)."""
-    from vaelab.training import resume
+    from vaelab.training import Limits, resume
 
     cfg = Config().replace(data={"dataset": str(colour_folder), "image_size": (16, 16)},
                            model={"net": "conv", "hidden": (8, 16), "latent_dim": 4}, train={"epochs": 1})
@@ -261,6 +261,6 @@ def test_a_run_folder_from_before_the_recipes_resumes_and_evaluates(colour_folde
     del saved["train"]["kl_warmup"]
     saved["train"]["precision"] = "auto"
     (run / "config.json").write_text(json.dumps(saved))
-    resume(run, epochs=2, progress=False)
+    resume(run, Limits(epochs=2), progress=False)
     assert [r["epoch"] for r in metrics(run)] == [1, 2]
     assert main(["evaluate", str(run), "--n", "4", "--k", "2", "--quiet"]) == 0

@@ -13,7 +13,7 @@ from vaelab import objectives
 from vaelab.checkpoint import load_checkpoint, load_run
 from vaelab.config import Config, resolve
 from vaelab.data import load_dataset
-from vaelab.training import TrainingDiverged, learning_rate, resume, train
+from vaelab.training import Limits, TrainingDiverged, learning_rate, resume, train
 
 
 def test_run_folder_is_self_describing(tmp_path, tiny_cfg):
@@ -39,7 +39,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, tiny_cfg):
     cfg = tiny_cfg.replace(train={"epochs": 4, "batch_size": 100, "warmup_steps": 7})
     full = train(cfg, tmp_path / "full", progress=False, dataset=data)
     part = train(cfg.replace(train={"epochs": 2}), tmp_path / "part", progress=False, dataset=data)
-    resume(part, epochs=4, progress=False, dataset=data)
+    resume(part, Limits(epochs=4), progress=False, dataset=data)
     assert metrics(part, timing=False) == metrics(full, timing=False)
     _, a = load_run(full)
     _, b = load_run(part)
@@ -71,7 +71,7 @@ def test_time_budget_stops_before_an_epoch_that_would_overrun_and_resume_extends
     assert (run / "samples.png").exists()  # the last epoch's pictures, though neither epoch 5 nor 10
     # the budget counts the earlier session's epochs: 45 s allow 2 more, and the result is
     # the uninterrupted run's
-    resume(run, minutes=0.75, progress=False, dataset=data)
+    resume(run, Limits(minutes=0.75), progress=False, dataset=data)
     assert [r["epoch"] for r in metrics(run)] == [1, 2, 3, 4]
     assert json.loads((run / "config.json").read_text())["train"]["minutes"] == 0.75
     full = train(cfg.replace(train={"epochs": 4}), tmp_path / "full", progress=False, dataset=data)

@@ -397,10 +397,10 @@ class Run:
         """Continue training this run up to `epochs` epochs in total (default: as configured),
         exactly as ``vaelab train --resume`` does; the stop button keeps the last checkpoint.
         Returns the run read afresh (a new model), on the same device and precision."""
-        from vaelab.training import resume
+        from vaelab.training import Limits, resume
 
-        return _interruptible(self.path, lambda: resume(self.path, epochs=epochs, minutes=minutes,
-                                                        progress=progress, quiet=quiet), self.device, self.precision)
+        return _interruptible(self.path, lambda: resume(self.path, Limits(epochs, minutes), progress=progress,
+                                                        quiet=quiet), self.device, self.precision)
 
     def plot(self, what: str = "recon", seed: int = 0, **options: Any):
         """One of the figures of ``vaelab plot`` (recon, samples, posterior, manifold, latents,

@@ -22,6 +22,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -32,7 +33,7 @@ from vaelab.data import Split, read_rows
 from vaelab.noise import pixel_uniform
 from vaelab.runtime import Dist
 
-__all__ = ["as_input", "Batches", "Batch", "SplitInputs", "model_inputs"]
+__all__ = ["Feed", "as_input", "Batches", "Loading", "Batch", "SplitInputs", "model_inputs"]
 
 # ----------------------------------------------------------------------------- sources
 
@@ -60,19 +61,41 @@ def binarization_key(seed: int, split_key: int) -> int:
     return seed * 4 + split_key
 
 
-def as_input(u8: torch.Tensor, binarization: str, dequantize: bool, *, generator: torch.Generator | None = None,
+@dataclass(frozen=True)
+class Feed:
+    """How uint8 images become what a model reads (``as_input``, ``Batches``, ``SplitInputs``).
+
+    Attributes:
+        binarization: ``"dynamic"`` or ``"fixed"`` (x ~ Bernoulli(pixel / 255)), or ``"none"``
+            (grey levels).
+        dequantize: With ``"none"``: add uniform noise, (pixel + u) / 256, for density
+            likelihoods; ignored when binarising.
+
+    Examples:
+        >>> from vaelab.batches import Feed
+        >>> Feed("none", dequantize=True).dequantize, Feed("dynamic", dequantize=True).dequantize
+        (True, False)
+    """
+
+    binarization: str = "dynamic"
+    dequantize: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dequantize", self.dequantize and self.binarization == "none")
+
+
+def as_input(u8: torch.Tensor, feed: Feed, *, generator: torch.Generator | None = None,
              idx: torch.Tensor | None = None, key: int = 0, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """Turn uint8 images into what a model reads: binarised, grey levels or dequantised floats.
 
     ``dynamic``/``fixed``: x ~ Bernoulli(pixel / 255); grey levels (``none``): pixel / 255,
-    or with `dequantize` (density likelihoods) (pixel + u) / 256, u ~ U(0, 1). The noise
+    or dequantised (density likelihoods) (pixel + u) / 256, u ~ U(0, 1). The noise
     comes from `generator`, or, when `idx` is given, from ``vaelab.noise.pixel_uniform`` keyed
     by `key` (the same every time an image is used).
 
     Args:
         u8: uint8 images (B, C, H, W), pixels 0..255.
-        binarization: ``"dynamic"``, ``"fixed"`` or ``"none"`` (grey levels).
-        dequantize: With ``"none"``: add uniform noise, for density likelihoods.
+        feed: The binarisation, and whether grey levels are dequantised (a ``Feed``).
         generator: The torch.Generator of the noise (None: torch's global random state).
         idx: The images' indices in their split (B,): noise tied to each image instead.
         key: The stream of the tied noise.
@@ -87,20 +110,21 @@ def as_input(u8: torch.Tensor, binarization: str, dequantize: bool, *, generator
         ValueError: An unknown `binarization`.
 
     Examples:
-        >>> from vaelab.batches import as_input
+        >>> from vaelab.batches import Feed, as_input
         >>> u8 = torch.tensor([[[[0, 128, 255]]]], dtype=torch.uint8)     # (1, 1, 1, 3)
-        >>> as_input(u8, "none", False)
+        >>> as_input(u8, Feed("none"))
         tensor([[[[0.0000, 0.5020, 1.0000]]]])
-        >>> sorted(as_input(u8, "dynamic", False).unique().tolist())   # binary: 0 or 1
+        >>> sorted(as_input(u8, Feed("dynamic")).unique().tolist())   # binary: 0 or 1
         [0.0, 1.0]
-        >>> a = as_input(u8, "fixed", False, idx=torch.tensor([4]), key=0)
-        >>> torch.equal(a, as_input(u8, "fixed", False, idx=torch.tensor([4]), key=0))   # image 4: always alike
+        >>> a = as_input(u8, Feed("fixed"), idx=torch.tensor([4]), key=0)
+        >>> torch.equal(a, as_input(u8, Feed("fixed"), idx=torch.tensor([4]), key=0))   # image 4: always alike
         True
-        >>> x = as_input(u8, "none", True, idx=torch.tensor([0]), key=1)   # dequantised: (pixel + u) / 256
+        >>> x = as_input(u8, Feed("none", dequantize=True), idx=torch.tensor([0]), key=1)   # (pixel + u) / 256
         >>> bool(((x * 256).floor() == u8).all())
         True
     """
-    if binarization == "none" and not dequantize:
+    binarization = feed.binarization
+    if binarization == "none" and not feed.dequantize:
         return u8.float().div_(255.0)
     shape = u8.shape
     if idx is not None:
@@ -142,27 +166,17 @@ class Batch(NamedTuple):
     size: int  # images in the global batch (all processes)
 
 
-class Batches:
-    """Mini-batches of one split for training: iterate once per epoch to get ``Batch`` es.
+@dataclass(frozen=True)
+class Loading:
+    """How ``Batches`` draws a split's batches and where it keeps the images.
 
-    Every image is used once per epoch (the last batch may be smaller). ``dynamic``
-    binarisation and dequantisation draw fresh noise per batch; ``fixed`` uses each
-    image's own counter-based noise, the same every epoch. The order and noise come from
-    `seed`, so a split held in memory and one streamed from disk give the same batches.
-
-    Args:
-        split: The split (``vaelab.data.Split``); images (N, C, H, W) uint8.
-        batch_size: Images per global batch.
-        binarization: ``"dynamic"``, ``"fixed"`` or ``"none"`` (grey levels).
-        device: Where the batches go.
+    Attributes:
         seed: The seed of the order and of the dynamic binarisation or dequantisation noise
             (fixed binarisation uses `fixed_key`).
-        dequantize: With ``"none"``: add uniform noise (density likelihoods).
-        cond: Conditions (N, C') to hand out with the images, or None.
-        resident: Hold the uint8 images on `device` (True) or stream them from disk (False);
-            None decides by the split's size against `budget` bytes.
-        budget: Bytes of uint8 images that may be held on `device`.
         shuffle: A new random order each epoch (False: the split's order).
+        resident: Hold the uint8 images on the device (True) or stream them from disk (False);
+            None decides by the split's size against `budget` bytes.
+        budget: Bytes of uint8 images that may be held on the device.
         prefetch: Batches read ahead when streaming.
         fixed_key: The noise key of ``fixed`` binarisation.
         rank: This process's number in a data-parallel job of `world` processes: every
@@ -170,10 +184,44 @@ class Batches:
         world: The number of processes.
 
     Examples:
-        >>> from vaelab.batches import Batches
+        >>> from vaelab.batches import Loading
+        >>> Loading(seed=3).shuffle, Loading(seed=3, rank=1, world=2).world
+        (True, 2)
+    """
+
+    seed: int = 0
+    shuffle: bool = True
+    resident: bool | None = None
+    budget: int = 4 << 30
+    prefetch: int = 3
+    fixed_key: int = 0
+    rank: int = 0
+    world: int = 1
+
+
+class Batches:
+    """Mini-batches of one split for training: iterate once per epoch to get ``Batch`` es.
+
+    Every image is used once per epoch (the last batch may be smaller). ``dynamic``
+    binarisation and dequantisation draw fresh noise per batch; ``fixed`` uses each
+    image's own counter-based noise, the same every epoch. The order and noise come from
+    the seed of `loading`, so a split held in memory and one streamed from disk give the
+    same batches.
+
+    Args:
+        split: The split (``vaelab.data.Split``); images (N, C, H, W) uint8.
+        batch_size: Images per global batch.
+        feed: The binarisation, and whether grey levels are dequantised (a ``Feed``).
+        device: Where the batches go.
+        cond: Conditions (N, C') to hand out with the images, or None.
+        loading: The seed, order, memory budget, streaming and this process's share (a
+            ``Loading``; None: its defaults).
+
+    Examples:
+        >>> from vaelab.batches import Batches, Feed, Loading
         >>> from vaelab.data import Split
         >>> split = Split(torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8), torch.arange(10) % 3)
-        >>> batches = Batches(split, batch_size=4, binarization="dynamic", device="cpu", seed=0)
+        >>> batches = Batches(split, 4, Feed("dynamic"), "cpu", loading=Loading(seed=0))
         >>> len(batches), [b.x.shape[0] for b in batches]          # one epoch
         (3, [4, 4, 2])
         >>> b = next(iter(batches))
@@ -181,26 +229,23 @@ class Batches:
         (torch.Size([4, 1, 28, 28]), torch.float32, torch.Size([4]), 4)
     """
 
-    def __init__(self, split: Split, batch_size: int, binarization: str, device: torch.device | str,
-                 seed: int = 0, dequantize: bool = False, cond: torch.Tensor | None = None,
-                 resident: bool | None = None, budget: int = 4 << 30, shuffle: bool = True,
-                 prefetch: int = 3, fixed_key: int = 0, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, split: Split, batch_size: int, feed: Feed, device: torch.device | str,
+                 cond: torch.Tensor | None = None, loading: Loading | None = None) -> None:
+        o = loading or Loading()
         self.device = torch.device(device)
-        self.dist = Dist(rank, world)
-        self.batch_size, self.binarization, self.shuffle = batch_size, binarization, shuffle
-        self.dequantize = dequantize and binarization == "none"
-        self.fixed_key, self.prefetch = fixed_key, prefetch
+        self.dist = Dist(o.rank, o.world)
+        self.batch_size, self.feed, self.shuffle = batch_size, feed, o.shuffle
+        self.fixed_key, self.prefetch = o.fixed_key, o.prefetch
         self.n = len(split)
-        if resident is None:
-            resident = split.nbytes <= budget
+        resident = split.nbytes <= o.budget if o.resident is None else o.resident
         self.resident = resident
         self.images = split.to(self.device).images if resident else split.images
         if not resident and split.in_memory:
             self.images = split.images.cpu()
         self.labels = split.labels.to(self.device)
         self.cond = None if cond is None else cond.to(self.device)
-        self.order_generator = torch.Generator().manual_seed(seed)  # CPU: the same order on any device
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.order_generator = torch.Generator().manual_seed(o.seed)  # CPU: the same order on any device
+        self.generator = torch.Generator(device=self.device).manual_seed(o.seed)
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
@@ -259,8 +304,8 @@ class Batches:
             a, b = self.dist.shard(len(gidx))
             idx = gidx[a:b].to(self.device, non_blocking=True)
             u8 = self.images.index_select(0, idx) if rows is None else rows.to(self.device, non_blocking=True)
-            fixed = self.binarization == "fixed"
-            x = as_input(u8, self.binarization, self.dequantize, generator=self.generator,
+            fixed = self.feed.binarization == "fixed"
+            x = as_input(u8, self.feed, generator=self.generator,
                          idx=idx if fixed else None, key=self.fixed_key, rows=(len(gidx), a))
             c = None if self.cond is None else self.cond.index_select(0, idx)
             yield Batch(x, self.labels.index_select(0, idx), c, idx, len(gidx))
@@ -299,19 +344,19 @@ class SplitInputs:
 
     Args:
         split: The split (``vaelab.data.Split``); images (N, C, H, W) uint8.
-        binarization: ``"dynamic"`` or ``"fixed"`` (both binarise once), or ``"none"``.
+        feed: The binarisation (``"dynamic"`` and ``"fixed"`` both binarise once, ``"none"``
+            keeps grey levels), and whether grey levels are dequantised (a ``Feed``).
         seed: The seed of the binarisation or dequantisation noise.
-        dequantize: With ``"none"``: add uniform noise (density likelihoods).
         device: Where the inputs go.
         cond: Conditions (N, C') of the images, or None.
         budget: Bytes of uint8 images that may be held on `device`; a larger split stays where
             it is (CPU memory or the disk cache) and is moved to `device` chunk by chunk.
 
     Examples:
-        >>> from vaelab.batches import SplitInputs
+        >>> from vaelab.batches import Feed, SplitInputs
         >>> from vaelab.data import Split
         >>> split = Split(torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8), torch.arange(10) % 3)
-        >>> inputs = SplitInputs(split, "dynamic", seed=0, dequantize=False, device="cpu")
+        >>> inputs = SplitInputs(split, Feed("dynamic"), seed=0, device="cpu")
         >>> x, cond, labels = inputs.rows(0, 4)
         >>> len(inputs), x.shape, cond, labels
         (10, torch.Size([4, 1, 28, 28]), None, tensor([0, 1, 2, 0]))
@@ -324,10 +369,10 @@ class SplitInputs:
         [4, 4, 2]
     """
 
-    def __init__(self, split: Split, binarization: str, seed: int, dequantize: bool,
-                 device: torch.device | str, cond: torch.Tensor | None = None, budget: int = 4 << 30) -> None:
-        self.split, self.binarization, self.seed = split, binarization, seed
-        self.dequantize = dequantize and binarization == "none"
+    def __init__(self, split: Split, feed: Feed, seed: int, device: torch.device | str,
+                 cond: torch.Tensor | None = None, budget: int = 4 << 30) -> None:
+        self.split, self.feed, self.seed = split, feed, seed
+        self.binarization = feed.binarization
         self.device = torch.device(device)
         self.images = split.to(self.device).images if split.nbytes <= budget else split.images
         self.labels = split.labels.to(self.device)
@@ -363,8 +408,8 @@ class SplitInputs:
 
     def _at(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         u8 = read_rows(self.images, idx).to(self.device)
-        x = as_input(u8, "fixed" if self.binarization == "dynamic" else self.binarization, self.dequantize,
-                     idx=idx, key=binarization_key(self.seed, TEST_KEY))
+        once = Feed("fixed") if self.binarization == "dynamic" else self.feed  # binarised once
+        x = as_input(u8, once, idx=idx, key=binarization_key(self.seed, TEST_KEY))
         return x, None if self.cond is None else self.cond[idx], self.labels[idx]
 
     def chunks(self, size: int = 2000) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
@@ -405,5 +450,5 @@ def model_inputs(model, cfg, split: Split, n_classes: int, device: torch.device 
     """
     cond = split.conditions(n_classes) if model.conditional else None
     dev = device if device is not None else next(model.parameters()).device
-    return SplitInputs(split, cfg.data.binarization, cfg.data.binarization_seed,
-                       not model.likelihood.discrete, dev, cond, budget)
+    feed = Feed(cfg.data.binarization, dequantize=not model.likelihood.discrete)
+    return SplitInputs(split, feed, cfg.data.binarization_seed, dev, cond, budget)

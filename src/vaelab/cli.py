@@ -38,7 +38,7 @@ def _rank0() -> bool:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """`vaelab train`: a new run from flags or --config, or --resume of one; prints the run folder."""
-    from vaelab.training import resume, train
+    from vaelab.training import Limits, resume, train
 
     if args.resume is not None:
         flags = {f"{s}.{f.name}": flag_name(f) for s in SECTIONS for f in dataclasses.fields(getattr(Config(), s))}
@@ -46,8 +46,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         if changed or args.config or args.out or args.overwrite:
             raise ConfigError(f"--resume continues a run with its saved config; only --epochs, --minutes and --threads "
                               f"may change (got {', '.join(changed) or '--config/--out'})")
-        run = resume(args.resume, epochs=getattr(args, "train.epochs"), minutes=getattr(args, "train.minutes"),
-                     threads=getattr(args, "train.threads"), progress=not args.no_progress, quiet=args.quiet)
+        limits = Limits(*(getattr(args, f"train.{name}") for name in ("epochs", "minutes", "threads")))
+        run = resume(args.resume, limits, progress=not args.no_progress, quiet=args.quiet)
     else:
         run = train(_config_from_args(args), args.out, progress=not args.no_progress, quiet=args.quiet,
                     overwrite=args.overwrite)

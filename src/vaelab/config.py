@@ -76,22 +76,62 @@ DEVICES = (AUTO, "cpu", "cuda")
 PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
 
 
-def setting(default: Any, help: str, *, flag: str | None = None, metavar: str | None = None,
-            choices: tuple | None = None, low: float | None = None,
-            high: float | None = None, open_low: bool = False, open_high: bool = False,
-            parse: str | None = None, internal: str | None = None) -> Any:
+@dataclass(frozen=True)
+class Flag:
+    """How the command line names, shows and reads a setting or option.
+
+    name: the flag when it is not the field's name with dashes (``--scale`` for
+    likelihood_scale); metavar: the value's placeholder in --help; parse: how the text is
+    read (one of PARSERS, or of vaelab.options.PARSERS for options), which also checks a
+    value from a config file. A command's options (``vaelab.options.option``) also take:
+    aliases (more names of the flag), default (the command line's default where it differs
+    from the Python function's: ``auto`` devices), positional, nargs, required, and
+    exclusive (a group of which the command line needs exactly one)."""
+
+    name: str | None = None
+    metavar: str | None = None
+    parse: str | None = None
+    aliases: tuple[str, ...] = ()
+    default: Any = None
+    positional: bool = False
+    nargs: str | None = None
+    required: bool = False
+    exclusive: str | None = None
+
+
+def setting(default: Any, help: str, flag: Flag | None = None, *, choices: tuple | None = None,
+            within: str | None = None, internal: str | None = None) -> Any:
     """A config field with what its flag and its checks need (dataclass field metadata).
 
-    flag: the flag's name when it is not the field's (``--scale`` for likelihood_scale);
-    choices: the allowed values, checked here (a field that takes a registry's names declares
-    none: the registry checks them where it is looked up, and ``vaelab.catalogue`` gives the
-    command line its names); low/high (open or closed): the range of a number, or of each entry of
-    a tuple; parse: how the command line reads the value (one of PARSERS); internal: why a
-    field has no flag."""
-    meta = {"help": help, "flag": flag, "metavar": metavar, "choices": choices,
-            "range": None if low is None and high is None else (low, open_low, high, open_high),
-            "parse": parse, "internal": internal}
+    flag: its name, placeholder and reader on the command line (a `Flag`); choices: the
+    allowed values, checked here (a field that takes a registry's names declares none: the
+    registry checks them where it is looked up, and ``vaelab.catalogue`` gives the command line
+    its names); within: the range of a number, or of each entry of a tuple, as ``">= 1"``,
+    ``"> 0"`` or an interval such as ``"[0, 1)"``; internal: why a field has no flag."""
+    f = flag or Flag()
+    if f != Flag(f.name, f.metavar, f.parse):
+        raise TypeError(f"a config setting's flag takes a name, metavar and parse only, got {f}")
+    meta = {"help": help, "flag": f.name, "metavar": f.metavar, "choices": choices, "range": interval(within),
+            "parse": f.parse, "internal": internal}
     return field(default=default, metadata=meta)
+
+
+def interval(text: str | None) -> tuple[float | None, bool, float | None, bool] | None:
+    """(low, open_low, high, open_high) of a range written ``">= 1"``, ``"> 0"``, ``"[0, 1)"``
+    or ``"(0, 1]"`` (None: no range); an end that is None is unbounded."""
+    if text is None:
+        return None
+    t = text.replace(" ", "")
+
+    def number(s: str) -> float:
+        return int(s) if s.lstrip("-").isdigit() else float(s)
+
+    if t.startswith((">=", ">")):
+        return number(t.lstrip(">=")), not t.startswith(">="), None, False
+    if len(t) > 4 and t[0] in "[(" and t[-1] in "])" and t.count(",") == 1:
+        low, high = t[1:-1].split(",")
+        return number(low), t[0] == "(", number(high), t[-1] == ")"
+    raise ValueError(f"a range is written >= A, > A or as an interval [A, B), got {text!r}")
 
 
 @dataclass(frozen=True)
@@ -133,24 +173,24 @@ class DataConfig:
         "mnist", "a named dataset (mnist, fashion-mnist, mnist-sample, cifar10; the factor datasets dsprites, "
         "xyobject, drawn on first use), a folder of images (class "
         "subfolders give labels; train/ and test/ give splits) or an .npy/.npz array file (stored absolute "
-        "once a run starts)", metavar="NAME|PATH")
-    data_dir: str | None = setting(None, "directory holding a named dataset's files", metavar="DIR")
+        "once a run starts)", Flag(metavar="NAME|PATH"))
+    data_dir: str | None = setting(None, "directory holding a named dataset's files", Flag(metavar="DIR"))
     image_size: tuple[int, ...] | None = setting(
         None, "folders/arrays: resize the shorter side to fit (H, W), then centre-crop; unset: the images' "
-        "own size, which must then be the same for all", metavar="S|HxW", parse="size", low=1)
+        "own size, which must then be the same for all", Flag(metavar="S|HxW", parse="size"), within=">= 1")
     channels: int = setting(0, "1 (grey) or 3 (RGB); 0: grey when every image is grey, else RGB",
                             choices=(0, 1, 3))
     background: str = setting("white", "transparent pixels are composited on white, black, grey or #rrggbb",
-                              metavar="COLOUR", parse="colour")
+                              Flag(metavar="COLOUR", parse="colour"))
     test_fraction: float = setting(
         0.1, "folders without train/ and test/: the share of images held out for test, chosen by a stable "
-        "hash of each file's relative path", metavar="F", low=0, high=1, open_high=True)
+        "hash of each file's relative path", Flag(metavar="F"), within="[0, 1)")
     skip_bad_images: bool = setting(
         False, "skip images that cannot be decoded (listed in RUN/skipped_images.txt) instead of stopping")
     memory_budget_mb: int = setting(
         0, "training images up to this size (e.g. 500MB or 2GB; binary units: MiB, GiB) are held on the "
         "device; a larger split is streamed from the disk cache; 0: a quarter of RAM, half the free GPU "
-        "memory", flag="--memory-budget", metavar="SIZE", parse="megabytes", low=0)
+        "memory", Flag("--memory-budget", metavar="SIZE", parse="megabytes"), within=">= 0")
     fingerprint: str | None = setting(None, "the data's identity (file names, sizes, times or content hash)",
                                       internal="set by training")
     binarization: str = setting(
@@ -158,14 +198,14 @@ class DataConfig:
         "drawn with --binarization-seed; none: the 256 grey levels; auto: dynamic for the MNIST family and "
         "images whose pixels are all 0 or 255, none for other data", choices=BINARIZATIONS)
     binarization_seed: int = setting(0, "the seed of the fixed binarisation (and of the test set's, binarised "
-                                        "once for evaluation)", low=0)
+                                        "once for evaluation)", within=">= 0")
     download: bool = setting(True, "fetch a named dataset's official files (checksums verified) when they are "
                                    "not found; --no-download: only look for them")
     conditions: str | None = setting(
         None, "cvae/icvae/censored: an .npz with float arrays 'train' and 'test' of side information, used as the "
-        "condition c instead of the one-hot class label", metavar="FILE.npz")
+        "condition c instead of the one-hot class label", Flag(metavar="FILE.npz"))
     subset: int = setting(0, "factor datasets (dsprites, xyobject): train on this many of the images, drawn at "
-                             "random (the same ones every run); 0: all of them", metavar="N", low=0)
+                             "random (the same ones every run); 0: all of them", Flag(metavar="N"), within=">= 0")
 
 
 @dataclass(frozen=True)
@@ -217,11 +257,11 @@ class ModelConfig:
     hidden: tuple[int, ...] | None = setting(
         None, "encoder layer widths (mlp) or channels per 2x downsampling level (conv nets); given alone, the "
         "decoder mirrors it (chosen: 512,512 for the MLP, 32,64 for conv, resnet by image size)",
-        metavar="H1,H2", parse="ints", low=1)
+        Flag(metavar="H1,H2", parse="ints"), within=">= 1")
     decoder_hidden: tuple[int, ...] | None = setting(
         None, "decoder widths listed from z outwards (unset: the mirror of --hidden; the MLP's recipe pairs a "
-        "512,512 encoder with a 256,256 decoder)", metavar="H1,H2", parse="ints", low=1)
-    latent_dim: int | None = setting(None, "latent size", metavar="D", low=1)
+        "512,512 encoder with a 256,256 decoder)", Flag(metavar="H1,H2", parse="ints"), within=">= 1")
+    latent_dim: int | None = setting(None, "latent size", Flag(metavar="D"), within=">= 1")
     # ELU beat ReLU by ~2.4 nats of test NLL in a 3-minute MNIST budget (docs/benchmarks.md)
     activation: str = setting("elu", "the networks' activation")
     likelihood: str = setting(
@@ -231,34 +271,35 @@ class ModelConfig:
     likelihood_scale: str = setting(
         AUTO, "gaussian/logistic scale: fixed (--fixed-std), one learned global, learned per pixel, or "
         "predicted by the decoder per pixel and image; auto: pixel for the MNIST family, decoder for other "
-        "images", flag="--scale")
+        "images", Flag("--scale"))
     likelihood_std: float = setting(0.1, "the fixed scale, and the initial value of learned ones (data in [0, 1])",
-                                    flag="--fixed-std", metavar="S", low=0, open_low=True)
-    flows: int = setting(0, "normalizing flows in the posterior", metavar="K", low=0)
+                                    Flag("--fixed-std", metavar="S"), within="> 0")
+    flows: int = setting(0, "normalizing flows in the posterior", Flag(metavar="K"), within=">= 0")
     prior: str = setting(
         "normal", "p(z): normal = N(0, I); mog = a learned mixture of Gaussians; vamp = the VampPrior, the "
         "mixture of the posteriors of learned pseudo-inputs (Tomczak & Welling 2018); KL by Monte Carlo for "
         "mog and vamp")
     prior_components: int = setting(0, "mog: components; vamp: pseudo-inputs (0: 10 for mog, 500 for vamp, "
-                                       "the paper's)", metavar="K", low=0)
+                                       "the paper's)", Flag(metavar="K"), within=">= 0")
     flow_type: str = setting("planar", "the kind of flow")
     # the hvae defaults give Burda et al. 2016's two-layer model x -> z1 (100) -> z2 (latent_dim 50)
     lower_latents: tuple[int, ...] = setting(
         (100,), "hvae: sizes of the stochastic layers below the top one (--latent-dim), from the data up",
-        metavar="D1,..", parse="ints", low=1)
+        Flag(metavar="D1,..", parse="ints"), within=">= 1")
     latent_hidden: tuple[int, ...] = setting(
-        (100, 100), "hvae: deterministic layer widths between two stochastic layers", metavar="H1,H2",
-        parse="ints", low=1)
+        (100, 100), "hvae: deterministic layer widths between two stochastic layers",
+        Flag(metavar="H1,H2", parse="ints"), within=">= 1")
     condition_encoder: bool = setting(False, "cvae/icvae/censored: feed the condition to the encoder too (the decoder "
                                              "always gets it)")
     res_blocks: int | None = setting(None, "conv nets: residual blocks per resolution level, after each "
-                                           "downsampling and before each upsampling", metavar="R", low=0)
-    mixture: int = setting(10, "logistic-mixture: number of components (Salimans et al. 2017)", metavar="K", low=1)
+                                           "downsampling and before each upsampling", Flag(metavar="R"), within=">= 0")
+    mixture: int = setting(10, "logistic-mixture: number of components (Salimans et al. 2017)", Flag(metavar="K"),
+                           within=">= 1")
     levels: str = setting(
         AUTO, "ladder: the latent levels, the one next to the data first: CxHxW for a spatial level (its sides the "
         "image's divided by a power of 2), D for a vector (above every spatial level); auto: chosen from the "
         "images (8x14x14,16,8 for binary 28x28, as Havtorn et al. 2021; 8-channel levels at 16x16, 8x8 and 4x4 "
-        "for 8-bit 32x32 and 64x64)", metavar="CxHxW,..,D", parse="levels")
+        "for 8-bit 32x32 and 64x64)", Flag(metavar="CxHxW,..,D", parse="levels"))
 
 
 @dataclass(frozen=True)
@@ -323,31 +364,32 @@ class TrainConfig:
     # IS-NLL 90.15-90.22 (docs/benchmarks.md); the 8-bit recipe sets epochs from the number
     # of training images (`eight_bit_epochs`)
     epochs: int | None = setting(None, "total epochs (chosen: 40 for the MNIST family; for other images "
-                                       "200,000 images seen in all, at most 100 epochs)", low=1)
+                                       "200,000 images seen in all, at most 100 epochs)", within=">= 1")
     minutes: float = setting(
         0.0, "a budget of training time: stop before an epoch that would go past M minutes of summed epoch "
         "time (at --epochs at the latest; every session of a resumed run counts); not with --schedule cosine; "
-        "0: none", metavar="M", low=0)
-    batch_size: int | None = setting(None, "images per step (the global batch under torchrun)", low=1)
-    lr: float | None = setting(None, "peak learning rate", low=0, open_low=True)
+        "0: none", Flag(metavar="M"), within=">= 0")
+    batch_size: int | None = setting(None, "images per step (the global batch under torchrun)", within=">= 1")
+    lr: float | None = setting(None, "peak learning rate", within="> 0")
     optimizer: str = setting("adam", "the optimiser (fused where torch has it)")
     # exp's value at a step does not depend on the total number of epochs, so
     # `--resume --epochs N` continues the curve an uninterrupted N-epoch run follows
     schedule: str = setting("exp", "exp: lr * decay^epoch, smooth per step; cosine: to 0 at --epochs; constant")
     lr_decay: float | None = setting(None, "per-epoch factor of the exp schedule (chosen: 0.92 for the MNIST "
                                            "family; for other images a tenfold fall over the run)",
-                                     metavar="G", low=0, open_low=True, high=1)
-    warmup_steps: int = setting(100, "linear learning-rate warm-up, at most one epoch", metavar="N", low=0)
+                                     Flag(metavar="G"), within="(0, 1]")
+    warmup_steps: int = setting(100, "linear learning-rate warm-up, at most one epoch", Flag(metavar="N"),
+                                within=">= 0")
     objective: str = setting(
         AUTO, "elbo; iwae (importance-weighted bound with --samples k); icvae; reconstruction; the "
         "disentangling tcvae (beta-TCVAE), factorvae, capacity (annealed capacity) and dipvae; auto: the "
         "model's own (elbo for VAEs, reconstruction for the AE)")
     kl: str = setting("analytic", "KL term of the ELBO: closed form, or Monte Carlo (flows always use mc)",
                       choices=KL_KINDS)
-    beta: float = setting(1.0, "KL weight (Higgins et al. 2017); the logged ELBO keeps weight 1", low=0)
+    beta: float = setting(1.0, "KL weight (Higgins et al. 2017); the logged ELBO keeps weight 1", within=">= 0")
     lam: float = setting(1.0, "icvae: weight of KL(q(z|x) || q(z)) (Moyer et al. 2018), the reconstruction "
                               "weighted 1 + lambda; censored: how strongly the encoder works against the "
-                              "adversary (its reversed gradient's scale)", flag="--lambda", low=0)
+                              "adversary (its reversed gradient's scale)", Flag("--lambda"), within=">= 0")
     marginal: str = setting(
         "pairwise", "icvae: the estimate of KL(q(z|x) || q(z)), with q(z) the batch's mixture of posteriors: pairwise, "
         "the mean KL to the batch's other posteriors (an upper bound); sampled, log q(z|x) - log q(z) at a draw "
@@ -355,19 +397,19 @@ class TrainConfig:
     hsic: float = setting(
         0.0, "icvae: weight of the codes' dependence on c, the normalised HSIC between the batch's posterior means "
         "and conditions, in [0, 1] (Lopez et al. 2018): it reaches what a probe on the codes reads; 0 = off",
-        low=0)
+        within=">= 0")
     clip_grad: float | None = setting(None, "clip the global gradient norm to NORM, 0 = off; steadies training "
-                                            "with flows", metavar="NORM", low=0)
+                                            "with flows", Flag(metavar="NORM"), within=">= 0")
     kl_warmup: float | None = setting(None, "raise the KL weight linearly from 0 to --beta over this many epochs "
-                                            "(Sønderby et al. 2016), 0 = off", metavar="EPOCHS", low=0)
+                                            "(Sønderby et al. 2016), 0 = off", Flag(metavar="EPOCHS"), within=">= 0")
     free_bits: float | None = setting(
         None, "ELBO: each latent level's KL counts at least this many nats per image in the loss (free bits, "
         "Kingma et al. 2016; per level of a hierarchy); the logged ELBO keeps the true KL; 0 = off (chosen: 0, "
-        "and 2 per level for the ladder model, as Havtorn et al. 2021)", metavar="NATS", low=0)
+        "and 2 per level for the ladder model, as Havtorn et al. 2021)", Flag(metavar="NATS"), within=">= 0")
     free_bits_cooldown: float | None = setting(
         None, "free bits hold at --free-bits for the first half of this many epochs, then fall linearly to 0 by "
         "its end (Havtorn et al. 2021's cool-down); 0 = they hold for the whole run (chosen: 0, and 10 for the "
-        "ladder model)", metavar="EPOCHS", low=0)
+        "ladder model)", Flag(metavar="EPOCHS"), within=">= 0")
     # the disentangling objectives' own settings (Chen et al. 2018; Kim & Mnih 2018; Burgess et al. 2018;
     # Kumar et al. 2018)
     tc_estimator: str = setting(
@@ -375,38 +417,40 @@ class TrainConfig:
         "sampling) or mws (minibatch weighted sampling, biased low: log N below it when every posterior is "
         "the same)", choices=("mss", "mws"))
     mi_weight: float = setting(1.0, "tcvae: weight alpha of the index-code mutual information (--beta weighs the "
-                                    "total correlation)", metavar="ALPHA", low=0)
-    dwkl_weight: float = setting(1.0, "tcvae: weight gamma of the dimension-wise KL", metavar="GAMMA", low=0)
+                                    "total correlation)", Flag(metavar="ALPHA"), within=">= 0")
+    dwkl_weight: float = setting(1.0, "tcvae: weight gamma of the dimension-wise KL", Flag(metavar="GAMMA"),
+                                 within=">= 0")
     dataset_size: int | None = setting(
         None, "tcvae: N, the number of images q(z) is the average posterior over, in its estimators; unset: the "
-        "training images, recorded in config.json when training starts", metavar="N", low=1)
+        "training images, recorded in config.json when training starts", Flag(metavar="N"), within=">= 1")
     tc_weight: float = setting(
         10.0, "factorvae: weight gamma of the discriminator's total-correlation estimate (Kim & Mnih 2018; "
-        "published sweeps on dSprites span 10-100)", metavar="GAMMA", low=0)
+        "published sweeps on dSprites span 10-100)", Flag(metavar="GAMMA"), within=">= 0")
     discriminator_hidden: tuple[int, ...] = setting(
         (1000, 1000, 1000, 1000, 1000, 1000), "factorvae: layer widths of the discriminator, an MLP with leaky "
-        "ReLUs over codes (the paper's: six of 1000)", metavar="H1,H2", parse="ints", low=1)
+        "ReLUs over codes (the paper's: six of 1000)", Flag(metavar="H1,H2", parse="ints"), within=">= 1")
     capacity: float = setting(
         0.0, "capacity: C_max, the KL in nats per image the code may carry at the end of --capacity-steps "
-        "(Burgess et al. 2018 use 25 on dSprites); 0 = off", metavar="NATS", low=0)
+        "(Burgess et al. 2018 use 25 on dSprites); 0 = off", Flag(metavar="NATS"), within=">= 0")
     capacity_steps: int = setting(100_000, "capacity: optimiser steps over which the capacity C rises linearly "
-                                           "from 0 to --capacity", metavar="N", low=1)
+                                           "from 0 to --capacity", Flag(metavar="N"), within=">= 1")
     capacity_weight: float = setting(1000.0, "capacity: weight gamma of |KL - C| (Burgess et al. 2018: 1000)",
-                                     metavar="GAMMA", low=0)
+                                     Flag(metavar="GAMMA"), within=">= 0")
     dip_type: str = setting("ii", "dipvae: i matches the covariance of the posterior means to I, ii that of q(z) "
                                   "(Kumar et al. 2018)", choices=("i", "ii"))
     dip_offdiag: float = setting(10.0, "dipvae: weight lambda_od of the squared off-diagonal covariances",
-                                 metavar="LAMBDA", low=0)
+                                 Flag(metavar="LAMBDA"), within=">= 0")
     dip_diag: float | None = setting(None, "dipvae: weight lambda_d of the diagonal's squared distance to 1; "
                                            "unset: 10 x --dip-offdiag for type i, --dip-offdiag for ii",
-                                     metavar="LAMBDA", low=0)
+                                     Flag(metavar="LAMBDA"), within=">= 0")
     skip_grad: float | None = setting(
         None, "skip a step whose global gradient norm (before clipping) is above NORM, counted in metrics.jsonl "
         "as skipped_large_grad (Child 2021); 0 = off (chosen: 0, and for the ladder model 4 per pixel value of "
-        "binary images, 3136 at 28x28, and 50 per value of 8-bit images, 153600 at 32x32x3)", metavar="NORM",
-        low=0)
-    samples: int = setting(1, "samples of z per image: L for the ELBO, k for IWAE", metavar="N", low=1)
-    seed: int = setting(0, "the seed of everything random: data order, pixel and reparameterisation noise", low=0)
+        "binary images, 3136 at 28x28, and 50 per value of 8-bit images, 153600 at 32x32x3)", Flag(metavar="NORM"),
+        within=">= 0")
+    samples: int = setting(1, "samples of z per image: L for the ELBO, k for IWAE", Flag(metavar="N"), within=">= 1")
+    seed: int = setting(0, "the seed of everything random: data order, pixel and reparameterisation noise",
+                        within=">= 0")
     device: str = setting(AUTO, "where to train (auto: cuda when available)", choices=DEVICES)
     precision: str = setting(
         AUTO, "autocast dtype of the networks; log-densities, logsumexp and KL stay fp32; auto = bf16 on GPUs "
@@ -415,18 +459,18 @@ class TrainConfig:
     threads: int = setting(
         0, "CPU threads of this process (a machine setting: --resume may change it); 0: its share of the CPUs "
         "it may use (affinity, cgroup quota) beside the other vaelab processes running, followed as they start "
-        "and end; an exported OMP_NUM_THREADS counts as asked", metavar="N", low=0)
+        "and end; an exported OMP_NUM_THREADS counts as asked", Flag(metavar="N"), within=">= 0")
     compile: bool = setting(False, "run the training step's forward through torch.compile (a one-off compile "
                                    "time)")
-    image_every: int = setting(1, "refresh RUN/recon.png and samples.png every this many epochs", metavar="N",
-                               low=1)
+    image_every: int = setting(1, "refresh RUN/recon.png and samples.png every this many epochs", Flag(metavar="N"),
+                               within=">= 1")
     denoise: str | None = setting(
         None, "denoising training, KIND:LEVEL or KIND:LOW-HIGH: the encoder sees each batch corrupted with "
         "fresh KIND noise (uniform: U(0,1) added to a fraction LEVEL of the pixels; salt-pepper: a fraction "
         "LEVEL set to 0 or 1; gaussian: N(0, LEVEL^2) added) and the likelihood scores the clean image "
         "(Vincent et al. 2008; Im et al. 2017); LOW-HIGH draws a level per image uniformly in that range, "
         "e.g. uniform:0-0.4, which beat the noisy input's PSNR at every level 0.1-0.4 (docs/benchmarks.md)",
-        metavar="KIND:LEVEL", parse="denoise")
+        Flag(metavar="KIND:LEVEL", parse="denoise"))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ fixed by its definition in the SCORES registry, and the other data are only scor
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from vaelab.scores import (
     splits_of,
 )
 
-__all__ = ["ood", "detection", "typicality"]
+__all__ = ["ood", "detection", "typicality", "Threshold"]
 
 OOD_NOTE = ("No out-of-distribution data were used to train the model or to set any score: the model saw only "
             "its own training images, each score's direction (which way is unusual) is fixed by its definition, "
@@ -81,22 +82,41 @@ def detection(inside: np.ndarray, outside: np.ndarray) -> dict[str, float]:
             "non_finite": bad}
 
 
+@dataclass(frozen=True)
+class Threshold:
+    """How the typicality test sets its threshold: the `alpha` quantile of the statistic over
+    `resamples` batches drawn with replacement from the training images.
+
+    Attributes:
+        alpha: the quantile (the share of training batches let through).
+        resamples: bootstrap batches per batch size M.
+
+    Examples:
+        >>> from vaelab.detection import Threshold
+        >>> Threshold(alpha=0.95).resamples
+        1000
+    """
+
+    alpha: float = 0.99
+    resamples: int = 1000
+
+
 def typicality(train_nll: np.ndarray, inside: np.ndarray, outside: np.ndarray, sizes=(1, 2, 5, 10, 25),
-               alpha: float = 0.99, resamples: int = 1000, seed: int = 0) -> list[dict[str, float]]:
+               seed: int = 0, threshold: Threshold | None = None) -> list[dict[str, float]]:
     """The typicality test of Nalisnick et al. (2019) on batches of M images.
 
     The statistic is |mean -log p(x) over the batch - H|, H the mean over training images; the
-    threshold is its `alpha` quantile over `resamples` batches drawn with replacement from the
-    training images. The test batches of each set are disjoint, in a seeded order.
+    threshold is its alpha quantile over bootstrap batches drawn with replacement from the
+    training images (`threshold`). The test batches of each set are disjoint, in a seeded order.
 
     Args:
         train_nll: shape (T,), -log p(x) of training images.
         inside: shape (N,), -log p(x) of in-distribution test images.
         outside: shape (M,), -log p(x) of out-of-distribution images.
         sizes: the batch sizes M to test.
-        alpha: the quantile that sets the threshold (the share of training batches let through).
-        resamples: bootstrap batches per M.
         seed: the seed of the bootstrap and of the batch order.
+        threshold: the quantile and the number of bootstrap batches (a ``Threshold``; None:
+            the 0.99 quantile of 1000).
 
     Returns:
         list: one dict per M, ``batch``, ``threshold``, ``flagged_in`` and ``flagged_out`` (shares of
@@ -111,6 +131,7 @@ def typicality(train_nll: np.ndarray, inside: np.ndarray, outside: np.ndarray, s
         >>> [r["batch"] for r in rows], rows[1]["flagged_out"] > 0.9, rows[1]["flagged_in"] < 0.1
         ([1, 25], True, True)
     """
+    t = threshold or Threshold()
     rng = np.random.default_rng(seed)
     train_nll = train_nll[np.isfinite(train_nll)]
     h = float(train_nll.mean())
@@ -118,8 +139,8 @@ def typicality(train_nll: np.ndarray, inside: np.ndarray, outside: np.ndarray, s
     for m in sizes:
         if m > min(len(inside), len(outside)):
             continue
-        boot = np.abs(rng.choice(train_nll, (resamples, m)).mean(1) - h)
-        eps = float(np.quantile(boot, alpha))
+        boot = np.abs(rng.choice(train_nll, (t.resamples, m)).mean(1) - h)
+        eps = float(np.quantile(boot, t.alpha))
         stat = [np.abs(rng.permutation(v)[: len(v) // m * m].reshape(-1, m).mean(1) - h) for v in (inside, outside)]
         rows.append({"batch": m, "threshold": eps, "flagged_in": float((stat[0] > eps).mean()),
                      "flagged_out": float((stat[1] > eps).mean()), **{"auroc": detection(*stat)["auroc"]}})
@@ -127,7 +148,7 @@ def typicality(train_nll: np.ndarray, inside: np.ndarray, outside: np.ndarray, s
 
 
 def ood(run, inside=None, outside=(), options: OodOptions | None = None, *, progress: bool = True,
-        write: bool = True, **settings: Any) -> dict[str, Any]:
+        **settings: Any) -> dict[str, Any]:
     """Out-of-distribution detection: how well each of the model's scores tells its own kind of
     image from others, and the batch typicality test.
 
@@ -150,7 +171,6 @@ def ood(run, inside=None, outside=(), options: OodOptions | None = None, *, prog
         seed: the noise and bootstrap seed.
         device: ``"cpu"`` or ``"cuda"``; None: a loaded [Run][vaelab.api.Run]'s own device,
             else the CPU.
-        progress: show progress bars.
         write: write the report, the numbers and the score histograms: by default
             ``RUN/ood-<in>-vs-<out>.md``, ``.json`` and ``.png``, named by the data sets compared
             (and by k, n, seed, split and scores where they differ from the defaults), so that
@@ -158,6 +178,7 @@ def ood(run, inside=None, outside=(), options: OodOptions | None = None, *, prog
             existing folder (or a path ending in ``/``) gets the default names; anything else is
             a prefix, ``out.json``, ``out.md`` and ``out.png``. The option ``convert`` reads the
             data at the model's size and channels, as in [score][vaelab.scores.score].
+        progress: show progress bars.
 
     Returns:
         A dict with ``results`` (outside set -> score -> [detection][vaelab.detection.detection]'s
@@ -181,7 +202,7 @@ def ood(run, inside=None, outside=(), options: OodOptions | None = None, *, prog
     model.eval()
     chosen(model, o.scores, o.skip_levels)
     names = _set_names(data_names(cfg, [inside, *outside]))
-    writes = (write or o.out is not None) and dist.main and (o.out is not None or not isinstance(run, tuple))
+    writes = (o.write or o.out is not None) and dist.main and (o.out is not None or not isinstance(run, tuple))
     tag = {"split": o.split, "k": o.k, "n": o.n, "seed": o.seed, "scores": o.scores, "skip": o.skip_levels}
     folder = Path(getattr(run, "path", run)) if o.out is None else None
     if writes:  # where to write, checked before the data are read

@@ -290,9 +290,9 @@ def _random_factors(rng: np.random.Generator, sizes: tuple[int, ...], n: int) ->
     return np.stack([rng.integers(0, s, n) for s in sizes], axis=1)  # (n, F)
 
 
-def factorvae_votes(encode: Callable[[np.ndarray], np.ndarray], sizes: tuple[int, ...], votes: int,
-                    scale: np.ndarray, active: np.ndarray, rng: np.random.Generator,
-                    batch: int = FACTORVAE_BATCH) -> np.ndarray:
+def _factorvae_votes(encode: Callable[[np.ndarray], np.ndarray], sizes: tuple[int, ...], votes: int,
+                     scale: np.ndarray, active: np.ndarray, rng: np.random.Generator,
+                     batch: int = FACTORVAE_BATCH) -> np.ndarray:
     """Votes ``(F, D)``: how often fixing factor k made dimension d the least variable
     (variance over `batch` points divided by its global variance `scale`)."""
     varying = [k for k, s in enumerate(sizes) if s > 1]
@@ -307,7 +307,7 @@ def factorvae_votes(encode: Callable[[np.ndarray], np.ndarray], sizes: tuple[int
 
 
 def factorvae_score(encode: Callable[[np.ndarray], np.ndarray], sizes: tuple[int, ...],
-                    votes: int = FACTORVAE_VOTES, eval_votes: int = FACTORVAE_EVAL_VOTES,
+                    votes: tuple[int, int] = (FACTORVAE_VOTES, FACTORVAE_EVAL_VOTES),
                     batch: int = FACTORVAE_BATCH, variance_points: int = FACTORVAE_VARIANCE_POINTS,
                     seed: int = 0) -> dict[str, Any]:
     """The FactorVAE disentanglement score (Kim & Mnih 2018).
@@ -316,15 +316,13 @@ def factorvae_score(encode: Callable[[np.ndarray], np.ndarray], sizes: tuple[int
     them and finds the dimension with the least variance relative to its variance over
     `variance_points` random points (dimensions varying with a standard deviation below
     0.05 left out as collapsed). A majority-vote classifier maps each dimension to the
-    factor that most often made it least variable; the score is its accuracy on
-    `eval_votes` fresh votes.
+    factor that most often made it least variable; the score is its accuracy on fresh votes.
 
     Args:
         encode: Factor codes ``(K, F)`` int -> latent codes ``(K, D)``, e.g. the dataset's
             images for those factors through the encoder.
         sizes: The number of values of each factor, ``(F,)``.
-        votes: Votes the classifier is fitted on.
-        eval_votes: Votes it is scored on.
+        votes: (fit, eval): votes the classifier is fitted on, and fresh votes it is scored on.
         batch: Points per vote.
         variance_points: Points of the global variance.
         seed: Seed of the draws.
@@ -337,11 +335,12 @@ def factorvae_score(encode: Callable[[np.ndarray], np.ndarray], sizes: tuple[int
     Examples:
         >>> import numpy as np
         >>> from vaelab.disentangle import factorvae_score
-        >>> r = factorvae_score(lambda f: f.astype(float), (3, 5, 4), votes=50, eval_votes=50)
+        >>> r = factorvae_score(lambda f: f.astype(float), (3, 5, 4), votes=(50, 50))
         >>> r["factorvae_score"], r["factorvae_active_dims"]
         (1.0, 3)
     """
     version = require_sklearn()
+    votes, eval_votes = votes
     rng = np.random.default_rng(seed)
     z = np.asarray(encode(_random_factors(rng, sizes, variance_points)), dtype=np.float64)
     scale = z.var(axis=0, ddof=1)
@@ -351,8 +350,8 @@ def factorvae_score(encode: Callable[[np.ndarray], np.ndarray], sizes: tuple[int
             "factorvae_active_dims": int(active.sum()), "points": points, "sklearn_version": version}
     if not active.any():
         return {"factorvae_score": 0.0, "factorvae_train_accuracy": 0.0, **base}
-    train = factorvae_votes(encode, sizes, votes, scale, active, rng, batch)
-    test = factorvae_votes(encode, sizes, eval_votes, scale, active, rng, batch)
+    train = _factorvae_votes(encode, sizes, votes, scale, active, rng, batch)
+    test = _factorvae_votes(encode, sizes, eval_votes, scale, active, rng, batch)
     vote_for = train.argmax(axis=0)  # (D,) each dimension's factor
     cols = np.arange(train.shape[1])
     return {"factorvae_score": float(test[vote_for, cols].sum() / test.sum()),

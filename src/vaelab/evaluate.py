@@ -43,8 +43,8 @@ from vaelab.runtime import (
 )
 from vaelab.sources import load_configured
 
-__all__ = ["evaluate", "format_result", "format_probe", "log_likelihood", "posterior_means", "reconstruction_psnr", "probe",
-           "kl_summary", "kl_figure", "mutual_information", "active_mask"]
+__all__ = ["evaluate", "format_result", "format_probe", "log_likelihood", "Sampling", "posterior_means",
+           "reconstruction_psnr", "probe", "kl_summary", "kl_figure", "mutual_information", "active_mask"]
 
 BINARIZATION_NOTE = {
     "dynamic": "stochastic: test images binarised once, x ~ Bernoulli(pixel/255), seed {seed}",
@@ -85,11 +85,34 @@ def posterior_means(model, x: torch.Tensor | SplitInputs, c: torch.Tensor | None
                       for i in range(0, len(x), batch)])
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How ``log_likelihood`` draws its k importance samples and paces the work; what it
+    estimates is set by k alone.
+
+    Attributes:
+        seed: The seed of the samples; unused when `generator` is given.
+        generator: Continue this random stream instead of seeding a new one (ignored when
+            the samples are tied to the images by an index).
+        rows: Decoder rows (images x samples) per call; None picks from the image size.
+        progress: Show a progress bar.
+
+    Examples:
+        >>> from vaelab.evaluate import Sampling
+        >>> Sampling(seed=3).rows is None, Sampling(rows=64).seed
+        (True, 0)
+    """
+
+    seed: int = 0
+    generator: torch.Generator | None = None
+    rows: int | None = None
+    progress: bool = False
+
+
 @torch.inference_mode()
-def log_likelihood(model, x: torch.Tensor, k: int = 1000, rows: int | None = None, seed: int = 0,
-                   progress: bool = False, c: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None,
-                   index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def log_likelihood(model, x: torch.Tensor, k: int = 1000, c: torch.Tensor | None = None, *,
+                   index: torch.Tensor | None = None,
+                   sampling: Sampling | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Estimate log p(x) of each image with k importance samples, and its ELBO.
 
     log p(x) ~= log (1/k) sum_i p(x, z_i) / q(z_i|x) with z_i ~ q(z|x) (Burda et al. 2016);
@@ -101,13 +124,11 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, rows: int | None = Non
         x: Images ``(N, C, H, W)`` in [0, 1] as the model sees them (binarised for a
             Bernoulli likelihood).
         k: Importance samples per image; more gives a tighter estimate.
-        rows: Decoder rows (images x samples) per call; None picks from the image size.
-        seed: The seed of the samples; unused when `generator` is given.
-        progress: Show a progress bar.
         c: Conditions ``(N, C')`` for a conditional model: log p(x|c) is estimated.
-        generator: Continue this random stream instead of seeding a new one (ignored with `index`).
         index: The images' indices ``(N,)`` in their dataset: ties each image's samples to
-            the image and `seed`, so any split of a test set into chunks gives the same numbers.
+            the image and the seed, so any split of a test set into chunks gives the same numbers.
+        sampling: The seed (or generator) of the samples, the decoder rows per call and the
+            progress bar (a ``Sampling``; None: its defaults).
 
     Returns:
         ``(log_px, elbo)``, each ``(N,)``, in nats.
@@ -117,10 +138,15 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, rows: int | None = Non
         ValueError: k is below 1.
 
     Examples:
-        >>> from vaelab.evaluate import log_likelihood
+        >>> from vaelab.evaluate import Sampling, log_likelihood
         >>> log_px, elbo = log_likelihood(run.model, run.images("test", 8), k=100)
         >>> log_px.shape, bool((log_px >= elbo).all())
         (torch.Size([8]), True)
+        >>> x, idx = run.images("test", 8), torch.arange(8)        # samples tied to each image:
+        >>> a, _ = log_likelihood(run.model, x, k=100, index=idx, sampling=Sampling(seed=1))
+        >>> b, _ = log_likelihood(run.model, x, k=100, index=idx, sampling=Sampling(seed=1, rows=64))
+        >>> torch.allclose(a, b, atol=1e-4)                       # the same in any chunking
+        True
     """
     if not getattr(model, "has_density", False):
         raise TypeError(f"{type(model).__name__} does not declare a density p(x): log_likelihood needs a model with "
@@ -128,13 +154,15 @@ def log_likelihood(model, x: torch.Tensor, k: int = 1000, rows: int | None = Non
                         "log-weights (a subclass of vaelab.models.VAE has both; a plain autoencoder has no density)")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    s = sampling or Sampling()
+    seed = s.seed
     model.eval()
-    gen = generator if generator is not None else torch.Generator(device=x.device).manual_seed(seed)
-    rows = rows or decode_rows(math.prod(x.shape[1:]))
+    gen = s.generator if s.generator is not None else torch.Generator(device=x.device).manual_seed(seed)
+    rows = s.rows or decode_rows(math.prod(x.shape[1:]))
     per_batch = max(1, rows // k)  # images per step
     chunk = min(k, max(1, rows // per_batch))  # samples per step
     log_px, elbo = torch.empty(len(x), device=x.device), torch.empty(len(x), device=x.device)
-    bar = progress_bar(total=len(x), desc=f"IS k={k}", show=progress, leave=False)
+    bar = progress_bar(total=len(x), desc=f"IS k={k}", show=s.progress, leave=False)
     for i in range(0, len(x), per_batch):
         xb = x[i : i + per_batch]
         cb = None if c is None else c[i : i + per_batch]
@@ -323,7 +351,7 @@ def _metrics(t: _TestPass, o: EvaluateOptions, wanted: list[str], fid_metric, fi
     if not t.dist.main:
         return result
     if "fd" in o.metrics:
-        result.update(sample_quality(t.model, t.cfg, t.data, t.inputs, t.device, t.progress, o.fd_classifier_steps))
+        result.update(sample_quality(t, o.fd_classifier_steps))
     if "fid" in o.metrics:
         result.update(inception_quality(t.model, t.inputs, t.device, t.progress, metric=fid_metric))
     if wanted:
@@ -646,12 +674,12 @@ def _reconstruction_only(model, inputs: SplitInputs, chunks: list[tuple[int, int
             "note": "a plain autoencoder has no density: only -log p(x | z = f(x)) is reported"}
 
 
-def sample_quality(model, cfg, data, inputs: SplitInputs, device: torch.device, progress: bool,
-                   classifier_steps: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Fréchet distances (vaelab.quality) of as many prior samples as `inputs` has test
-    images; conditional models sample under the test images' own conditions."""
+def sample_quality(t: _TestPass, classifier_steps: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Fréchet distances (vaelab.quality) of as many prior samples as the evaluation `t` has
+    test images; conditional models sample under the test images' own conditions."""
     from vaelab.quality import classifier, features, frechet_distance
 
+    model, cfg, data, inputs, device, progress = t.model, t.cfg, t.data, t.inputs, t.device, t.progress
     net, info = classifier(data, cfg.data.binarization, device, steps=classifier_steps, progress=progress)
     g = torch.Generator(device=device).manual_seed(seed)
     real, draws, means = [], [], []

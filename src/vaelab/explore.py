@@ -627,7 +627,7 @@ def figure_denoise(ex: Explorer, kind: str = "salt-pepper", levels: tuple[float,
                  "images only (no --denoise): clean | noisy | reconstructed, each row's PSNR against the clean "
                  "images. The grey line is the noisy input: a reconstruction below it made the image worse. A "
                  "model trained with --denoise learns to remove noise")
-    fig = plots.denoise_figure(shown[1], shown[2], shown[3], labels, shown[0], kind, tables, title=title)
+    fig = plots.denoise_figure(shown[1], shown[2], shown[3], labels, tables, plots.DenoiseView(kind, shown[0], title))
     # the reconstruction of the clean image: about the best a model can do from a noisy one
     clean_psnr = []
     for m in models:

@@ -826,15 +826,15 @@ def active_units(model: _Base, inputs: SplitInputs, dist: Dist = Dist(), thresho
         list of the counts per level.
 
     Examples:
-        >>> from vaelab.batches import SplitInputs
+        >>> from vaelab.batches import Feed, SplitInputs
         >>> from vaelab.config import ModelConfig
         >>> from vaelab.data import Split
         >>> from vaelab.models import active_units, build_model
         >>> _ = torch.manual_seed(0)
         >>> model = build_model(ModelConfig(latent_dim=2, hidden=(16,)), (1, 28, 28))
         >>> images = torch.randint(0, 256, (100, 1, 28, 28), dtype=torch.uint8)
-        >>> inputs = SplitInputs(Split(images, torch.zeros(100, dtype=torch.long)), "fixed", seed=0,
-        ...                      dequantize=False, device="cpu")
+        >>> inputs = SplitInputs(Split(images, torch.zeros(100, dtype=torch.long)), Feed("fixed"), seed=0,
+        ...                      device="cpu")
         >>> 0 <= active_units(model, inputs) <= model.latent_dim
         True
         >>> active_units(model, inputs, threshold=1e6)

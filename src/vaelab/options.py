@@ -29,6 +29,7 @@ from vaelab.config import (
     RECIPE_FIELDS,
     Config,
     ConfigError,
+    Flag,
     comma_list,
     did_you_mean,
     field_problem,
@@ -47,28 +48,25 @@ DISENTANGLEMENT_METRICS = ("mig", "dci", "sap", "factorvae", "betavae")
 METRICS = ("nll", "fd", "fid", *DISENTANGLEMENT_METRICS)
 
 
-def option(default: Any, help: str | None, *, flag: str | None = None, aliases: tuple[str, ...] = (),
-           metavar: str | None = None, choices: tuple | None = None,
-           low: float | None = None, open_low: bool = False, parse: str | None = None,
-           cli_default: Any = None, positional: bool = False, nargs: str | None = None, required: bool = False,
-           exclusive: str | None = None, internal: str | None = None) -> Any:
-    """A command's option: a `setting` (help written whole, as --help shows it), and what
-    its flag needs besides: `aliases` (more names of the flag), `cli_default` (where the
-    command line's default differs from the Python function's: ``auto`` devices), a
-    `positional` argument, `nargs`, `required`, and `exclusive`, a group of which the
-    command line needs exactly one. `parse` names how the command line reads the text
+def option(default: Any, help: str | None, flag: Flag | None = None, *, choices: tuple | None = None,
+           within: str | None = None, internal: str | None = None) -> Any:
+    """A command's option: a `setting` (help written whole, as --help shows it) whose `Flag`
+    may also give what argparse needs besides: aliases (more names of the flag), default
+    (where the command line's default differs from the Python function's: ``auto`` devices),
+    a positional argument, nargs, required, and exclusive, a group of which the command line
+    needs exactly one. The flag's parse names how the command line reads the text
     (`PARSERS`); numbers with a range are read and checked as config fields are."""
-    f = setting(default, help, flag=flag, metavar=metavar, choices=choices, low=low,
-                open_low=open_low, parse=parse, internal=internal)
-    extra = {"aliases": aliases, "cli_default": cli_default, "positional": positional, "nargs": nargs,
-             "required": required, "exclusive": exclusive}
+    g = flag or Flag()
+    f = setting(default, help, Flag(g.name, g.metavar, g.parse), choices=choices, within=within, internal=internal)
+    extra = {"aliases": g.aliases, "cli_default": g.default, "positional": g.positional, "nargs": g.nargs,
+             "required": g.required, "exclusive": g.exclusive}
     return dataclasses.field(default=default, metadata={**f.metadata, **extra})
 
 
 def _device(cli: str = AUTO, default: str | None = None) -> Any:
     """A device option: on the command line `cli`; in Python `default`, where None is a loaded
     vaelab.Run's own device (the CPU for a run folder)."""
-    return option(default, f"(default {cli})", choices=DEVICES, cli_default=cli)
+    return option(default, f"(default {cli})", Flag(default=cli), choices=DEVICES)
 
 
 def _seed(help: str = "(default 0)") -> Any:
@@ -76,7 +74,7 @@ def _seed(help: str = "(default 0)") -> Any:
 
 
 def _run() -> Any:
-    return option(None, None, metavar="RUN_DIR", parse="run", positional=True)  # no help: RUN_DIR says it
+    return option(None, None, Flag(metavar="RUN_DIR", parse="run", positional=True))  # no help: RUN_DIR says it
 
 
 def _quiet(help: str) -> Any:
@@ -105,19 +103,20 @@ class EvaluateOptions:
 
     n: int | None = option(None, "evaluate the first N test images (default all); under torchrun write --n-images, "
                                  "since torchrun takes --n as an abbreviation of its own options",
-                           aliases=("--n-images",), low=1, metavar="N")
+                           Flag(aliases=("--n-images",), metavar="N"), within=">= 1")
     k: int | None = option(None, "importance samples per image (default 1000 for images of up to 1,024 values, such "
-                                 "as MNIST; 100 for larger ones)", low=1, metavar="K")
+                                 "as MNIST; 100 for larger ones)", Flag(metavar="K"), within=">= 1")
     metrics: tuple[str, ...] = option(
         ("nll",), "nll: ELBO and IS estimate of -log p(x); fd: Frechet distance of prior samples to the test images in "
                   "the features of a classifier vaelab trains on the dataset's labels (cached; not comparable to "
                   "Inception FID); fid: Inception-v3 FID through torchmetrics, needs the vaelab[inception] extra and "
                   "its weights; mig, dci, sap, factorvae, betavae: disentanglement of the codes on a factor dataset "
-                  "(dsprites, xyobject), needs the vaelab[scores] extra (default nll)", metavar="M[,M]", parse="metrics")
+                  "(dsprites, xyobject), needs the vaelab[scores] extra (default nll)",
+        Flag(metavar="M[,M]", parse="metrics"))
     out: str | None = option(None, "write the results here instead (default RUN_DIR/eval.json, or eval-SETTINGS.json)",
-                             metavar="FILE.json", parse="path")
+                             Flag(metavar="FILE.json", parse="path"))
     device: str | None = _device()
-    fd_classifier_steps: int = option(2000, "training steps of the fd metric's classifier", low=1,
+    fd_classifier_steps: int = option(2000, "training steps of the fd metric's classifier", within=">= 1",
                                       internal="the command line always trains it fully")
     figures: bool = option(True, "write kl_per_dim.png in the run folder", internal="the command line draws it")
 
@@ -137,22 +136,23 @@ class EvaluateCommand(EvaluateOptions):
 # ----------------------------------------------------------------------------- score, ood, encode
 
 def _n(what: str) -> Any:
-    return option(None, f"{what} the first N images of each split (default all)", aliases=("--n-images",), low=1,
-                  metavar="N")
+    return option(None, f"{what} the first N images of each split (default all)",
+                  Flag(aliases=("--n-images",), metavar="N"), within=">= 1")
 
 
 def _scores() -> Any:
-    return option(None, "scores to compute, from {choices} (default every score the model has)", metavar="S[,S]", parse="names")
+    return option(None, "scores to compute, from {choices} (default every score the model has)",
+                  Flag(metavar="S[,S]", parse="names"))
 
 
 def _k() -> Any:
     return option(100, "importance samples per image: log p(x), LLR and the ELBO average over them (default 100; "
-                       "--k 1 for a fast single-sample ELBO)", low=1, metavar="K")
+                       "--k 1 for a fast single-sample ELBO)", Flag(metavar="K"), within=">= 1")
 
 
 def _skip_levels() -> Any:
     return option(None, "hierarchical models: the k of LLR>k, the number of lowest layers drawn from the prior "
-                        "(default every level, 1 to layers-1)", metavar="K[,K]", parse="integers")
+                        "(default every level, 1 to layers-1)", Flag(metavar="K[,K]", parse="integers"))
 
 
 SEED_HELP = "the noise of the samples, tied to each image (default 0)"
@@ -189,14 +189,14 @@ class ScoreCommand(ScoreOptions):
     .parquet). Same seed, same numbers, for any number of processes."""
 
     run_dir: str | None = _run()
-    data: str | None = option(None, DATA_HELP, metavar="DATA", positional=True, nargs="?")
+    data: str | None = option(None, DATA_HELP, Flag(metavar="DATA", nargs="?", positional=True))
     out: str | None = option(None, "table to write: .csv, .npz or .parquet (default RUN_DIR/scores-DATA.csv, with the settings "
                                    "that differ from the defaults in the name, e.g. scores-mnist-k10.csv)",
-                             metavar="FILE", parse="path")
+                             Flag(metavar="FILE", parse="path"))
     top: int | None = option(None, "also write the N most typical and N most unusual images as a PNG grid beside "
-                                   "--out", low=1, metavar="N")
+                                   "--out", Flag(metavar="N"), within=">= 1")
     rank_by: str | None = option(None, "the score --top ranks by (default LLR at level 1 for hierarchical models, "
-                                       "else log p(x), else the reconstruction error)", metavar="SCORE")
+                                       "else log p(x), else the reconstruction error)", Flag(metavar="SCORE"))
     quiet: bool = _quiet(SCORING_QUIET)
 
 
@@ -220,12 +220,14 @@ class OodOptions:
     convert: bool = _convert()
     device: str | None = _device()
     out: str | None = option(None, "where to write: an existing folder (or a path ending in /) gets the default names; "
-                                   "else PREFIX.md, PREFIX.json and PREFIX.png (default RUN_DIR)", metavar="PREFIX",
-                             parse="path")
-    train_n: int = option(2000, "training images that set the typicality test's mean and threshold", low=1,
+                                   "else PREFIX.md, PREFIX.json and PREFIX.png (default RUN_DIR)",
+                             Flag(metavar="PREFIX", parse="path"))
+    train_n: int = option(2000, "training images that set the typicality test's mean and threshold", within=">= 1",
                           internal="the typicality test's size is fixed on the command line")
     batch_sizes: tuple[int, ...] = option((1, 2, 5, 10, 25), "the typicality test's batch sizes M",
                                           internal="the typicality test's sizes are fixed on the command line")
+    write: bool = option(True, "write the report, the numbers and the score histograms",
+                         internal="the command line always writes them")
 
 
 @dataclass(frozen=True)
@@ -237,9 +239,9 @@ class OodCommand(OodOptions):
 
     run_dir: str | None = _run()
     inside: str | None = option(None, "in-distribution data, scored on its test split (default the run's own data)",
-                                flag="--in", metavar="DATA")
+                                Flag("--in", metavar="DATA"))
     outside: tuple[str, ...] = option((), "one or more other datasets (named, folder or array file)",
-                                      flag="--out-of", metavar="DATA", nargs="+", required=True)
+                                      Flag("--out-of", metavar="DATA", nargs="+", required=True))
     quiet: bool = _quiet(SCORING_QUIET)
 
 
@@ -255,7 +257,7 @@ class EncodeOptions:
 
     split: str = option(AUTO, "auto and all: every image, training and test (the split column says which); test or "
                               "train: that split only (default auto)", choices=SPLITS)
-    samples: int = option(0, "also write S codes per image drawn from q(z|x) (default 0)", metavar="S")
+    samples: int = option(0, "also write S codes per image drawn from q(z|x) (default 0)", Flag(metavar="S"))
     n: int | None = _n("encode")
     seed: int = _seed(SEED_HELP)
     convert: bool = _convert()
@@ -269,9 +271,9 @@ class EncodeCommand(EncodeOptions):
     alone: np.load(FILE)['mean']."""
 
     run_dir: str | None = _run()
-    data: str | None = option(None, "as for score (default: the run's own data)", metavar="DATA", positional=True,
-                              nargs="?")
-    out: str | None = option(None, "codes.npz or codes.parquet", metavar="FILE", parse="path", required=True)
+    data: str | None = option(None, "as for score (default: the run's own data)",
+                              Flag(metavar="DATA", nargs="?", positional=True))
+    out: str | None = option(None, "codes.npz or codes.parquet", Flag(metavar="FILE", parse="path", required=True))
     quiet: bool = _quiet(SCORING_QUIET)
 
 
@@ -282,8 +284,8 @@ class SampleCommand:
     """Decode z ~ N(0, I) and write the images as a PNG grid."""
 
     run_dir: str | None = _run()
-    n: int = option(64, "number of samples (default 64)", low=1, metavar="N")
-    out: str | None = option(None, "output file (default RUN_DIR/prior_samples.png)", metavar="FILE.png")
+    n: int = option(64, "number of samples (default 64)", Flag(metavar="N"), within=">= 1")
+    out: str | None = option(None, "output file (default RUN_DIR/prior_samples.png)", Flag(metavar="FILE.png"))
     mode: str = option("mean", "mean: decoder means (pixel probabilities); sample: draws x ~ p(x|z) (default mean)",
                        choices=("mean", "sample"))
     seed: int = _seed()
@@ -301,9 +303,10 @@ class ProbeOptions:
     """
 
     layers: int = option(1, "hidden layers of the probe classifier, 0 = logistic regression (default 1)",
-                         flag="--probe-layers", choices=(0, 1, 2, 3))
-    hidden: int = option(256, "probe layer width (default 256)", flag="--probe-hidden", low=1, metavar="PROBE_HIDDEN")
-    epochs: int = option(30, "(default 30)", flag="--probe-epochs", low=1, metavar="PROBE_EPOCHS")
+                         Flag("--probe-layers"), choices=(0, 1, 2, 3))
+    hidden: int = option(256, "probe layer width (default 256)", Flag("--probe-hidden", metavar="PROBE_HIDDEN"),
+                         within=">= 1")
+    epochs: int = option(30, "(default 30)", Flag("--probe-epochs", metavar="PROBE_EPOCHS"), within=">= 1")
     seed: int = _seed()
     device: str | None = _device()
 
@@ -322,32 +325,32 @@ class PlotCommand:
 
     run_dir: str | None = _run()
     what: str = option("recon,samples,curves", "comma-separated figures from {choices} (default recon,samples,curves)",
-                       metavar="NAME[,NAME]", parse="names")  # a typo is refused before any loading
-    out: str | None = option(None, "output folder (default RUN_DIR/plots)", metavar="DIR", parse="path")
+                       Flag(metavar="NAME[,NAME]", parse="names"))  # a typo is refused before any loading
+    out: str | None = option(None, "output folder (default RUN_DIR/plots)", Flag(metavar="DIR", parse="path"))
     seed: int = _seed()
-    kind: str | None = option(None, "denoise: noise kind", flag="--noise", choices=NOISE_KINDS)
+    kind: str | None = option(None, "denoise: noise kind", Flag("--noise"), choices=NOISE_KINDS)
     levels: tuple[float, ...] | None = option(None, "denoise: comma-separated noise levels, e.g. 0.1,0.3,0.5",
-                                              parse="numbers", metavar="LEVELS")
+                                              Flag(metavar="LEVELS", parse="numbers"))
     against: tuple[str, ...] | None = option(
         None, "denoise: more runs on the same test images, drawn side by side with RUN_DIR (e.g. a model trained "
               "with --denoise next to a plain one); each gets a reconstruction row, a PSNR curve and a table in "
-              "denoise.json", metavar="RUN[,RUN...]", parse="runs")
-    span: float | None = option(None, "manifold: grid half-width; traversal: the largest value (default 3)", low=0,
-                                open_low=True, metavar="SPAN")
-    steps: int | None = option(None, "manifold/interpolate/traversal: points per axis, path or row", low=1,
-                               metavar="STEPS")
+              "denoise.json", Flag(metavar="RUN[,RUN...]", parse="runs"))
+    span: float | None = option(None, "manifold: grid half-width; traversal: the largest value (default 3)",
+                                Flag(metavar="SPAN"), within="> 0")
+    steps: int | None = option(None, "manifold/interpolate/traversal: points per axis, path or row",
+                               Flag(metavar="STEPS"), within=">= 1")
     dims: tuple[int, int] | None = option(None, "manifold: two latent dims, e.g. 0,1 (default: top PCA directions)",
-                                          parse="dims", metavar="DIMS")
-    weights: tuple[float, ...] | None = option(None, "combine: weights of the codes, e.g. 0.5,0.5", parse="numbers",
-                                               metavar="WEIGHTS")
+                                          Flag(metavar="DIMS", parse="dims"))
+    weights: tuple[float, ...] | None = option(None, "combine: weights of the codes, e.g. 0.5,0.5",
+                                               Flag(metavar="WEIGHTS", parse="numbers"))
     temperature: tuple[float, ...] | None = option(
         None, "samples, resample: the prior's standard deviation times T (the ladder model's every level, or the "
               "N(0, I) prior); several for samples, e.g. 0.6,0.8,1, draw a row each with the same noise (default 1)",
-        parse="numbers", metavar="T[,T...]")
+        Flag(metavar="T[,T...]", parse="numbers"))
     rows: int | None = option(None, "traversal: the most informative latent dimensions shown, one row each "
-                                    "(default 10)", low=1, metavar="ROWS")
-    images: int | None = option(None, "traversal, resample: test images shown (default 3 and 4)", low=1,
-                                metavar="N")
+                                    "(default 10)", Flag(metavar="ROWS"), within=">= 1")
+    images: int | None = option(None, "traversal, resample: test images shown (default 3 and 4)", Flag(metavar="N"),
+                                within=">= 1")
     device: str = _device(default="cpu")
 
 
@@ -363,26 +366,25 @@ class CompareOptions:
         (0, 1, 2)
     """
 
-    epochs: int | None = option(None, "equal epochs: every run trains this many", low=1, metavar="EPOCHS",
-                                exclusive="budget")
+    epochs: int | None = option(None, "equal epochs: every run trains this many",
+                                Flag(metavar="EPOCHS", exclusive="budget"), within=">= 1")
     minutes: float | None = option(None, "equal training time: each run's first epoch sets how many epochs fit in "
-                                         "this many minutes", low=0, open_low=True, metavar="MINUTES",
-                                   exclusive="budget")
-    seeds: tuple[int, ...] = option((0, 1, 2), "comma-separated seeds (default 0,1,2)", parse="seeds",
-                                    metavar="SEEDS")
-    base: tuple[str, ...] = option((), 'flags every variant shares, e.g. "--dataset mnist"', metavar="FLAGS",
-                                   parse="words")
+                                         "this many minutes", Flag(metavar="MINUTES", exclusive="budget"), within="> 0")
+    seeds: tuple[int, ...] = option((0, 1, 2), "comma-separated seeds (default 0,1,2)",
+                                    Flag(metavar="SEEDS", parse="seeds"))
+    base: tuple[str, ...] = option((), 'flags every variant shares, e.g. "--dataset mnist"',
+                                   Flag(metavar="FLAGS", parse="words"))
     metrics: tuple[str, ...] = option(("nll",), "what evaluate measures per run, as vaelab evaluate --metrics takes "
                                                 "them: nll, fd, fid, mig, dci, sap, factorvae, betavae (default nll)",
-                                      metavar="M[,M]", parse="metrics")
+                                      Flag(metavar="M[,M]", parse="metrics"))
     k: int | None = option(None, "importance samples for nll (default: as vaelab evaluate, 1000 for MNIST-sized "
-                                 "images, 100 for larger ones)", low=1, metavar="K")
-    n: int | None = option(None, "evaluate the first N test images (default all)", low=1, metavar="N")
+                                 "images, 100 for larger ones)", Flag(metavar="K"), within=">= 1")
+    n: int | None = option(None, "evaluate the first N test images (default all)", Flag(metavar="N"), within=">= 1")
     probe: int | None = option(
         None, "also train a probe with this many hidden layers on each run's codes (as vaelab probe "
         "--probe-layers), add its accuracy and the reconstruction MSE to the table, and draw one against the "
         "other (tradeoff.png): how much a model's codes know about the class, for what reconstruction",
-        flag="--probe-layers", choices=(0, 1, 2, 3), metavar="LAYERS")
+        Flag("--probe-layers", metavar="LAYERS"), choices=(0, 1, 2, 3))
 
 
 @dataclass(frozen=True)
@@ -392,9 +394,10 @@ class CompareCommand(CompareOptions):
     train checks them before the first run. Running the same command again resumes. Example: vaelab compare --out
     runs/hidden --epochs 10 --base "--dataset mnist" h256="--hidden 256,256" h512="--hidden 512,512\""""
 
-    variants: tuple[str, ...] = option((), 'e.g. iwae="--objective iwae --samples 5"', metavar="NAME=FLAGS",
-                                       positional=True, nargs="+")
-    out: str | None = option(None, "folder for the runs (DIR/NAME/seed-S) and tables", metavar="DIR", required=True)
+    variants: tuple[str, ...] = option((), 'e.g. iwae="--objective iwae --samples 5"',
+                                       Flag(metavar="NAME=FLAGS", nargs="+", positional=True))
+    out: str | None = option(None, "folder for the runs (DIR/NAME/seed-S) and tables",
+                             Flag(metavar="DIR", required=True))
 
 
 @dataclass(frozen=True)
@@ -405,9 +408,10 @@ class ServeCommand:
 
     run_dir: str | None = _run()
     host: str = option("127.0.0.1", "address to listen on (default 127.0.0.1: this machine only; another address "
-                                    "warns, since the page has no login)", metavar="HOST")
-    port: int = option(8000, "(default 8000; 0 picks a free port)", parse="port", metavar="PORT")
-    n: int = option(2000, "test images shown on the latent map (default 2000)", flag="--n-map", low=1, metavar="N")
+                                    "warns, since the page has no login)", Flag(metavar="HOST"))
+    port: int = option(8000, "(default 8000; 0 picks a free port)", Flag(metavar="PORT", parse="port"))
+    n: int = option(2000, "test images shown on the latent map (default 2000)", Flag("--n-map", metavar="N"),
+                    within=">= 1")
     device: str = _device("cpu", "cpu")
 
 
@@ -415,11 +419,11 @@ class ServeCommand:
 class TrainCommand:
     """Train a model. Flags override --config, which overrides the defaults."""
 
-    config: str | None = option(None, "JSON or TOML config (sections data/model/train)", metavar="FILE")
+    config: str | None = option(None, "JSON or TOML config (sections data/model/train)", Flag(metavar="FILE"))
     resume: str | None = option(None, "continue this run from its last checkpoint (up to --epochs in total)",
-                                metavar="RUN_DIR", parse="run")
-    out: str | None = option(None, "run folder to create (default runs/<dataset>-<model>-<time>)", metavar="DIR",
-                             parse="path")
+                                Flag(metavar="RUN_DIR", parse="run"))
+    out: str | None = option(None, "run folder to create (default runs/<dataset>-<model>-<time>)",
+                             Flag(metavar="DIR", parse="path"))
     overwrite: bool = option(False, "replace the run already in --out (its checkpoint, metrics and pictures) instead "
                                     "of refusing")
     no_progress: bool = option(False, "no progress bar; the one-line epoch summaries still print (the bar is drawn "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import textwrap
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 from vaelab.files import atomic_path
 
 __all__ = ["image_grid", "save_png", "new_figure", "image_rows", "image_panels", "manifold_figure",
-           "scatter_by_label", "denoise_figure", "curves_figure", "heatmap", "matrix_figure", "score_histograms",
+           "scatter_by_label", "DenoiseView", "denoise_figure", "curves_figure", "heatmap", "matrix_figure", "score_histograms",
            "kl_bars", "save_figure"]
 
 
@@ -327,8 +328,30 @@ def scatter_by_label(xy: torch.Tensor, labels: torch.Tensor, classes: tuple[str,
     return fig
 
 
+@dataclass(frozen=True)
+class DenoiseView:
+    """What a denoising figure says about its images, and how it draws them (``denoise_figure``).
+
+    Attributes:
+        kind: The kind of noise, e.g. ``"salt-pepper"``.
+        level: The noise level of the images shown.
+        title: The figure's title; None names the models compared.
+        inch: The size of each image in inches.
+
+    Examples:
+        >>> from vaelab.plots import DenoiseView
+        >>> DenoiseView("gaussian", 0.2).inch
+        0.8
+    """
+
+    kind: str
+    level: float
+    title: str | None = None
+    inch: float = 0.8
+
+
 def denoise_figure(clean: torch.Tensor, noisy: torch.Tensor, recons: list[torch.Tensor], labels: list[str],
-                   level: float, kind: str, tables: list[list[dict]], inch: float = 0.8, title: str | None = None):
+                   tables: list[list[dict]], view: DenoiseView):
     """Draw a denoising comparison: clean, noisy and reconstructed images above PSNR curves.
 
     Each row of images is labelled with its mean PSNR against the clean images at the level
@@ -339,27 +362,26 @@ def denoise_figure(clean: torch.Tensor, noisy: torch.Tensor, recons: list[torch.
         noisy: Their corrupted copies ``(N, C, H, W)``.
         recons: One tensor of reconstructions ``(N, C, H, W)`` per model.
         labels: One name per model.
-        level: The noise level of the images shown.
-        kind: The kind of noise, e.g. ``"salt-pepper"``.
         tables: One list per model of rows ``{"level", "psnr_noisy", "psnr_recon"}``, one row
             per noise level, for the plot of PSNR against noise level.
-        inch: The size of each image in inches.
-        title: The figure's title; None names the models compared.
+        view: The noise kind and the level of the images shown, the title and the image size
+            (a ``DenoiseView``).
 
     Returns:
         Figure: a matplotlib Figure, an axes per image, then the plot.
 
     Examples:
         >>> import torch
-        >>> from vaelab.plots import denoise_figure
+        >>> from vaelab.plots import DenoiseView, denoise_figure
         >>> clean = torch.rand(4, 1, 8, 8)
         >>> noisy = (clean + 0.2 * torch.randn_like(clean)).clamp(0, 1)
         >>> table = [{"level": 0.1, "psnr_noisy": 20.0, "psnr_recon": 22.0},
         ...          {"level": 0.3, "psnr_noisy": 12.0, "psnr_recon": 18.0}]
-        >>> fig = denoise_figure(clean, noisy, [clean], ["model"], 0.2, "gaussian", [table])
+        >>> fig = denoise_figure(clean, noisy, [clean], ["model"], [table], DenoiseView("gaussian", 0.2))
         >>> len(fig.axes)
         13
     """
+    kind, level, inch = view.kind, view.level, view.inch
     rows = [clean, noisy, *recons]
     at = [next((t for t in table if t["level"] == level), None) for table in tables]
 
@@ -371,8 +393,8 @@ def denoise_figure(clean: torch.Tensor, noisy: torch.Tensor, recons: list[torch.
     n = len(clean)
     left = _text_width(names) + 2 * _PAD
     width = max(7.0, left + n * (inch + _PAD) + _PAD)
-    title = title or ("Denoising: clean | noisy | each model's reconstruction" if len(recons) > 1 else
-                      f"Denoising: clean | noisy | reconstructed ({labels[0].splitlines()[0]})")
+    title = view.title or ("Denoising: clean | noisy | each model's reconstruction" if len(recons) > 1 else
+                           f"Denoising: clean | noisy | reconstructed ({labels[0].splitlines()[0]})")
     text, top = _heading(title, width)
     plot_top = top + len(rows) * (inch + _PAD) + 0.35  # inches from the top to the plot's frame
     height = plot_top + 2.4 + 0.6

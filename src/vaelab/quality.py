@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vaelab.batches import as_input
+from vaelab.batches import Feed, as_input
 from vaelab.config import ConfigError
 from vaelab.data import Dataset, cache_dir, read_rows
 from vaelab.files import atomic_path, ensure_dir, write_json
@@ -178,7 +178,7 @@ def classifier(data: Dataset, binarization: str, device: torch.device, steps: in
         while done < steps:
             for idx in torch.randperm(n, generator=order).split(128)[: steps - done]:
                 u8 = read_rows(train_u8, idx).to(device)
-                x = as_input(u8, binarization, False, generator=g)
+                x = as_input(u8, Feed(binarization), generator=g)
                 loss = nn.functional.cross_entropy(net(x), labels[idx].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -191,7 +191,7 @@ def classifier(data: Dataset, binarization: str, device: torch.device, steps: in
         correct = 0
         for i in range(0, len(data.test), 1000):
             u8 = read_rows(data.test.images, torch.arange(i, min(i + 1000, len(data.test)))).to(device)
-            x = as_input(u8, binarization, False, generator=g)
+            x = as_input(u8, Feed(binarization), generator=g)
             correct += int((net(x).argmax(1).cpu() == data.test.labels[i : i + 1000]).sum())
     info = {"test_accuracy": correct / len(data.test), "steps": steps, "seed": seed, "dataset": data.name,
             "binarization": binarization, "features": FEATURES, "version": CLASSIFIER_VERSION}

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vaelab.batches import TEST_KEY, as_input, binarization_key
+from vaelab.batches import TEST_KEY, Feed, as_input, binarization_key
 from vaelab.config import NOISE_KINDS, background_rgb
 from vaelab.evaluate import decode_rows
 from vaelab.explore import Explorer, add_noise, principal_axes, psnr, resample_levels, slerp
@@ -550,8 +550,8 @@ class Session:
         cfg = self.ex.cfg.data
         binarization = "fixed" if cfg.binarization == "dynamic" else cfg.binarization
         u8 = (x * 255).round().to(torch.uint8)
-        return as_input(u8, binarization, self.dequantized, idx=torch.zeros(1, dtype=torch.long, device=x.device),
-                        key=binarization_key(cfg.binarization_seed, TEST_KEY))
+        first = torch.zeros(1, dtype=torch.long, device=x.device)
+        return as_input(u8, Feed(binarization, self.dequantized), idx=first, key=binarization_key(cfg.binarization_seed, TEST_KEY))
 
     def score(self, body: dict[str, Any]) -> dict[str, Any]:
         """An image's score ('score', default as for the ranking) and where it lies among the

@@ -1,6 +1,6 @@
 """Training: one explicit loop, a run folder, checkpoints every epoch, exact resume.
 
-``train(cfg, out)`` trains from scratch into folder `out`; ``resume(run_dir, epochs)``
+``train(cfg, out)`` trains from scratch into folder `out`; ``resume(run_dir, Limits(epochs=N))``
 continues a run from its last checkpoint. With the same seed on CPU a resumed run
 logs the same losses as an uninterrupted one: the data order, dynamic binarisation
 and reparameterisation noise all come from RNG states saved in the checkpoint, and
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from vaelab.batches import TRAIN_KEY, Batches, SplitInputs, binarization_key, memory_budget, model_inputs
+from vaelab.batches import TRAIN_KEY, Batches, Feed, Loading, SplitInputs, binarization_key, memory_budget, model_inputs
 from vaelab.checkpoint import RunError, checkpoint_epoch, load_checkpoint, load_config, read_metrics, save_checkpoint
 from vaelab.config import Config, ConfigError, TrainConfig, choose, parse_denoise, resolve
 from vaelab.corruption import corrupt
@@ -53,7 +53,7 @@ from vaelab.runtime import (
 )
 from vaelab.sources import is_path, load_configured
 
-__all__ = ["train", "resume", "learning_rate", "kl_weight", "TrainingDiverged", "TrainingStopped", "RunExists"]
+__all__ = ["train", "resume", "Limits", "learning_rate", "kl_weight", "TrainingDiverged", "TrainingStopped", "RunExists"]
 
 
 def _fused(cls):
@@ -328,8 +328,8 @@ def test_elbo(model, inputs: SplitInputs, batch_size: int = 2000, seed: int = 0,
     return {k: float(v) / len(inputs) for k, v in zip(keys, total)}
 
 
-def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
-          progress: bool = True, quiet: bool = False, dataset=None, overwrite: bool = False) -> Path:
+def train(cfg: Config, out: str | Path | None = None, *, progress: bool = True, quiet: bool = False, dataset=None,
+          overwrite: bool = False) -> Path:
     """Train a model described by a config into a run folder; what ``vaelab train`` runs.
 
     Settings the config leaves unset are chosen from the data and recorded in the folder's
@@ -347,9 +347,8 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
 
     Args:
         cfg: the run's settings (a [Config][vaelab.config.Config]).
-        out: the run folder; None makes ``runs/<dataset>-<model>-<date-time>``.
-        resume: continue the run already in `out` from its checkpoint (see also
-            [resume][vaelab.training.resume], which reads the config from the folder).
+        out: the run folder; None makes ``runs/<dataset>-<model>-<date-time>``. A run already
+            there is continued by [resume][vaelab.training.resume], which reads its config.
         progress: show progress bars (drawn only on a terminal or in Jupyter).
         quiet: also hide the one-line epoch summaries and notes (warnings still print).
         dataset: an already loaded [Dataset][vaelab.data.Dataset] to train on instead of
@@ -361,7 +360,7 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
 
     Raises:
         ConfigError: an invalid setting, or one that does not fit the data.
-        RunExists: `out` already holds a run and neither `resume` nor `overwrite` was given.
+        RunExists: `out` already holds a run and `overwrite` was not given.
         TrainingDiverged: the loss stopped being finite; the last good checkpoint is kept.
         TrainingStopped: Ctrl-C or SIGTERM; the last finished epoch's checkpoint is kept.
 
@@ -375,6 +374,12 @@ def train(cfg: Config, out: str | Path | None = None, *, resume: bool = False,
         >>> folder.name, checkpoint_epoch(folder), (folder / "config.json").is_file()
         ('small', 1, True)
     """
+    return _session(cfg, out, False, progress, quiet, dataset, overwrite)
+
+
+def _session(cfg: Config, out: str | Path | None, resume: bool, progress: bool, quiet: bool, dataset,
+             overwrite: bool) -> Path:
+    """`train`'s work, and `resume`'s: a new run in `out`, or the run there continued."""
     check_config(cfg)  # before a folder is made or a process group joined
     dist, device = distributed(cfg.train.device)
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
@@ -618,10 +623,10 @@ def _batches(cfg: Config, data, model, device: torch.device, dist: Dist, note: b
     if batch_size < dist.world:
         raise ConfigError(f"a global batch of {batch_size} cannot be split over {dist.world} processes; "
                           "raise --batch-size or use fewer processes")
-    batches = Batches(data.train, batch_size, cfg.data.binarization, device, seed=t.seed,
-                      dequantize=not model.likelihood.discrete, cond=cond, budget=budget,
-                      fixed_key=binarization_key(cfg.data.binarization_seed, TRAIN_KEY), rank=dist.rank,
-                      world=dist.world)
+    feed = Feed(cfg.data.binarization, dequantize=not model.likelihood.discrete)
+    loading = Loading(seed=t.seed, budget=budget, fixed_key=binarization_key(cfg.data.binarization_seed, TRAIN_KEY),
+                      rank=dist.rank, world=dist.world)
+    batches = Batches(data.train, batch_size, feed, device, cond=cond, loading=loading)
     return batches, budget
 
 
@@ -774,26 +779,43 @@ def end_of_epoch(s: Session, sums: dict[str, torch.Tensor], n_used: int, lr: flo
     return record
 
 
-def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = True, dataset=None,
-           quiet: bool = False, minutes: float | None = None, threads: int | None = None) -> Path:
+@dataclass(frozen=True)
+class Limits:
+    """What a resumed run may change ([resume][vaelab.training.resume]); None keeps the
+    run's configured value, and the new values are written back to its ``config.json``.
+
+    Attributes:
+        epochs: train up to this many epochs in total (not this many more).
+        minutes: the time budget for all sessions of the run together (0: none).
+        threads: the CPU threads (0: this process's share, see [TrainConfig][vaelab.config.TrainConfig]).
+
+    Examples:
+        >>> from vaelab.training import Limits
+        >>> Limits(epochs=20).minutes is None
+        True
+    """
+
+    epochs: int | None = None
+    minutes: float | None = None
+    threads: int | None = None
+
+
+def resume(run_dir: str | Path, limits: Limits | None = None, *, progress: bool = True, quiet: bool = False,
+           dataset=None) -> Path:
     """Continue a run from its last checkpoint, exactly as ``vaelab train --resume`` does.
 
-    The settings come from the run's ``config.json``; only the number of epochs and the
-    time budget can change (the new values are written back). On CPU with the same seed a
-    resumed run logs the same losses as one that was never interrupted.
+    The settings come from the run's ``config.json``; only the number of epochs, the time
+    budget and the threads can change (`limits`). On CPU with the same seed a resumed run
+    logs the same losses as one that was never interrupted.
 
     Args:
         run_dir: the run folder.
-        epochs: train up to this many epochs in total (not this many more); None keeps the
-            configured number.
+        limits: the epochs in total, the time budget and the threads (a ``Limits``); None, or
+            a field left None, keeps the configured value.
         progress: show progress bars, as for [train][vaelab.training.train].
+        quiet: hide the epoch summaries and notes, as for [train][vaelab.training.train].
         dataset: an already loaded [Dataset][vaelab.data.Dataset] to train on instead of
             loading the run's data from disk.
-        quiet: hide the epoch summaries and notes, as for [train][vaelab.training.train].
-        minutes: the time budget for all sessions of the run together (0: none); None keeps
-            the configured one.
-        threads: the CPU threads (0: this process's share, see [TrainConfig][vaelab.config.TrainConfig]);
-            None keeps the configured setting.
 
     Returns:
         The run folder.
@@ -805,22 +827,23 @@ def resume(run_dir: str | Path, epochs: int | None = None, progress: bool = True
     Examples:
         >>> from vaelab.checkpoint import checkpoint_epoch, read_metrics
         >>> from vaelab.config import Config
-        >>> from vaelab.training import resume, train
+        >>> from vaelab.training import Limits, resume, train
         >>> cfg = Config().replace(data={"dataset": "mnist-sample"}, model={"latent_dim": 2, "hidden": [16]},
         ...                        train={"epochs": 1})
         >>> folder = train(cfg, tmp + "/longer", progress=False, quiet=True)
-        >>> folder = resume(folder, epochs=2, progress=False, quiet=True)
+        >>> folder = resume(folder, Limits(epochs=2), progress=False, quiet=True)
         >>> checkpoint_epoch(folder), [r["epoch"] for r in read_metrics(folder)]
         (2, [1, 2])
     """
+    limits = limits or Limits()
+    epochs = limits.epochs
     cfg = load_config(run_dir)
     done = checkpoint_epoch(run_dir)
     if epochs is not None and done is not None and epochs < done:
         raise ConfigError(f"{run_dir} has already trained {done} epochs; the epochs asked for are the total "
                           f"(--epochs, or epochs=), so give more than {done} to continue it (nothing was changed)")
-    changed = {k: v for k, v in (("epochs", epochs), ("minutes", minutes), ("threads", threads))
-               if v is not None and v != getattr(cfg.train, k)}
+    changed = {k: v for k, v in vars(limits).items() if v is not None and v != getattr(cfg.train, k)}
     if changed:
         cfg = cfg.replace(train=changed)  # rank 0 writes it, under the run lock
-    return train(cfg, run_dir, resume=True, progress=progress, quiet=quiet, dataset=dataset)
+    return _session(cfg, run_dir, True, progress, quiet, dataset, False)
 
