@@ -17,6 +17,7 @@ from vaelab.explore import (
     figure_samples,
     figure_traversal,
     kl_per_dimension,
+    prior_codes,
     prior_samples,
     resample_levels,
 )
@@ -193,6 +194,41 @@ def test_temperature_on_the_command_line_and_where_it_does_not_apply(runs, tmp_p
         assert message in err and len(err.splitlines()) == 1
     with pytest.raises(ConfigError, match="a mixture"):
         prior_samples(_untrained(prior="mog").model, 2, 0.5)
+
+
+def test_sample_takes_a_temperature_on_the_command_line_and_in_python(runs, tmp_path, capsys):
+    from PIL import Image
+
+    from vaelab import plots
+    from vaelab.api import Run
+
+    ladder, vae = Run(runs / "ladder"), Run(runs / "vae")
+    cold = ladder.sample(4, temperature=0)
+    assert all(torch.equal(cold[0], im) for im in cold)  # every level at its conditional prior mean
+    assert not torch.equal(ladder.sample(4)[0], ladder.sample(4)[1])
+    expected = prior_samples(vae.model, 4, 0.5, torch.Generator().manual_seed(3)).mean.clamp(0, 1)
+    torch.testing.assert_close(vae.sample(4, seed=3, temperature=0.5), expected)
+    for run in ("ladder", "vae"):
+        out = tmp_path / f"{run}.png"
+        assert main(["sample", str(runs / run), "--n", "4", "--temperature", "0.5", "--seed", "2", "--out",
+                     str(out)]) == 0
+        model = Run(runs / run).model
+        grid = plots.image_grid(prior_samples(model, 4, 0.5, torch.Generator().manual_seed(2)).mean)
+        assert np.array_equal(np.asarray(Image.open(out))[::2, ::2], grid)
+    capsys.readouterr()
+    assert main(["sample", str(runs / "ae"), "--n", "4", "--out", str(tmp_path / "ae.png")]) == 0  # T = 1: as before
+    for run, flag, message in [("ae", "0.5", "an AE has no prior to take a temperature: drop --temperature"),
+                               ("vae", "-1", "expected a number >= 0"), ("vae", "inf", "numbers >= 0")]:
+        try:
+            rc = main(["sample", str(runs / run), "--temperature", flag, "--out", str(tmp_path / "x.png")])
+        except SystemExit as e:  # refused by the parser
+            rc = e.code
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and message in err and len(err.splitlines()) == 1
+    with pytest.raises(ConfigError, match="an AE has no prior"):
+        Run(runs / "ae").sample(2, temperature=0.5)
+    with pytest.raises(ConfigError, match="a mixture"):
+        prior_codes(_untrained(prior="mog").model, 2, 0.5)
 
 
 # ----------------------------------------------------------------------------- keep levels, redraw the rest

@@ -170,6 +170,27 @@ def test_prior_samples_are_seeded(client):
     assert a == b and a["images"] != c["images"] and len(a["images"]) == 4
 
 
+def test_prior_samples_at_a_temperature(sessions, client):
+    post = lambda body: client.post("/api/prior", json={"n": 4, "seed": 3, **body}).json()  # noqa: E731
+    warm, cool, cold = post({}), post({"temperature": 0.5}), post({"temperature": 0})
+    torch.testing.assert_close(torch.tensor(cool["z"]), 0.5 * torch.tensor(warm["z"]))  # the same noise, scaled
+    assert not torch.tensor(cold["z"]).any() and len(set(cold["images"])) == 1  # T = 0: the prior's mean
+    assert post({"temperature": 1}) == warm  # the default
+    takes = {name: s.info()["prior_temperature"] for name, s in sessions.items()}
+    assert takes == {"vae5": True, "vae2": True, "vae1": True, "ae": False, "cvae": True, "flows": True,
+                     "hvae": False}
+    for name, message in [("ae", "an AE has no prior to take a temperature: leave out temperature"),
+                          ("hvae", "this run's prior is a layered prior (--model hvae): leave out temperature")]:
+        with TestClient(make_app(sessions[name])) as other:
+            assert other.post("/api/prior", json={"n": 2, "temperature": 1}).status_code == 200
+            bad = other.post("/api/prior", json={"n": 2, "temperature": 0.5})
+            assert bad.status_code == 400 and bad.json()["error"].endswith(message)
+    for value, message in [(5, "temperature must be in [0, 2], got 5"), (-0.1, "temperature must be in [0, 2]"),
+                           ("hot", "temperature must be a finite number"), (True, "must be a finite number")]:
+        bad = client.post("/api/prior", json={"n": 2, "temperature": value})
+        assert bad.status_code == 400 and message in bad.json()["error"]
+
+
 def test_one_dimensional_latent_has_a_line_map(sessions):
     s = sessions["vae1"]
     m = s.map()
@@ -550,6 +571,21 @@ def test_resample_redraws_the_chosen_levels_of_a_ladder_model(ladder):
                               ({"temperature": 5}, "temperature must be in [0, 2]"), ({"n": 0}, "n must be in")]:
             bad = client.post("/api/resample", json={"index": 4, **body})
             assert bad.status_code == 400 and message in bad.json()["error"]
+
+
+def test_prior_samples_of_a_ladder_model_at_a_temperature(ladder):
+    from vaelab.explore import prior_codes
+
+    assert ladder.info()["prior_temperature"]
+    with TestClient(make_app(ladder)) as client:
+        post = lambda body: client.post("/api/prior", json={"n": 3, "seed": 4, **body}).json()  # noqa: E731
+        assert len(set(post({"temperature": 0})["images"])) == 1  # every level at its conditional prior mean
+        cool = post({"temperature": 0.6})
+        expected = prior_codes(ladder.model, 3, 0.6, torch.Generator().manual_seed(4))
+        torch.testing.assert_close(torch.tensor(cool["z"]), expected)
+        assert cool["images"] != post({})["images"]
+        decoded = ladder.model.decode(expected).mean[1, 0].detach()
+        np.testing.assert_allclose(pixels(cool["images"][1]) / 255, decoded.numpy(), atol=1 / 255)
 
 
 def test_resample_needs_a_ladder_model(sessions, client):

@@ -204,3 +204,20 @@ def test_resample_levels_in_a_browser(ladder_server, browser):
     WebDriverWait(d, 15).until(lambda d: d.find_element(By.CSS_SELECTOR, "#levels-strip img").get_attribute("src")
                                != first)
     assert d.find_element(By.ID, "status").text == ""
+
+
+def test_prior_samples_at_a_temperature_in_a_browser(ladder_server, browser):
+    d = browser
+    d.get(ladder_server)
+    WebDriverWait(d, 60).until(lambda d: d.execute_script("return document.body.dataset.ready") == "1")
+    panel, slider = d.find_element(By.ID, "prior-panel"), d.find_element(By.ID, "prior-t")
+    assert slider.is_displayed() and panel.get_attribute("data-shown") == "0,1"
+    srcs = lambda: [im.get_attribute("src") for im in d.find_elements(By.CSS_SELECTOR, "#prior-grid img")]  # noqa: E731
+    assert len(srcs()) == 16 and len(set(srcs())) > 1
+    slider.send_keys("\ue011")  # Home: temperature 0, the same draws at the prior's mean
+    WebDriverWait(d, 15).until(lambda d: panel.get_attribute("data-shown") == "0,0")
+    assert len(srcs()) == 16 and len(set(srcs())) == 1
+    assert d.find_element(By.ID, "prior-t-text").text == "0.00" and "times 0.00" in d.find_element(By.ID, "prior-text").text
+    d.find_element(By.ID, "prior-button").click()  # new draws keep the temperature
+    WebDriverWait(d, 15).until(lambda d: panel.get_attribute("data-shown") == "1,0")
+    assert d.find_element(By.ID, "status").text == ""

@@ -364,16 +364,21 @@ class Run:
         return self.model.decode(self.codes(x)).mean.clamp(0, 1)
 
     @torch.no_grad()
-    def sample(self, n: int = 16, seed: int = 0, label: int | str | None = None) -> torch.Tensor:
+    def sample(self, n: int = 16, seed: int = 0, label: int | str | None = None,
+               temperature: float = 1.0) -> torch.Tensor:
         """Decoder means of `n` codes drawn from the prior with `seed`: images of shape
         (n, C, H, W), in [0, 1] (``run.model.sample(n)`` is the likelihood they are the means
         of). A conditional model draws every image of class `label` (an index or a class name
-        such as ``7`` or ``"7"``), or, without one, the classes in turn."""
+        such as ``7`` or ``"7"``), or, without one, the classes in turn. `temperature` T >= 0
+        multiplies the prior's standard deviation, as ``vaelab sample --temperature`` does: the
+        ladder model's every level, or the N(0, I) prior (``explore.prior_samples``)."""
+        from vaelab.explore import prior_samples
+
         g = torch.Generator(device=self.device).manual_seed(seed)
         c = self._conditions(n, label) if self.model.conditional else None
         if label is not None and c is None:
             raise ConfigError(f"{self.path} is not a conditional model: sample(n) draws without a label")
-        return self.model.sample(n, generator=g, c=c).mean.clamp(0, 1)
+        return prior_samples(self.model, n, temperature, g, c).mean.clamp(0, 1)
 
     def _conditions(self, n: int, label: int | str | None) -> torch.Tensor:
         """One-hot conditions (n, K) of class `label`, or of the classes in turn."""

@@ -150,7 +150,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from vaelab.runtime import resolve_device
 
     out = write_samples(args.run_dir, args.out, n=args.n, mode=args.mode, seed=args.seed,
-                        device=resolve_device(args.device))
+                        device=resolve_device(args.device), temperature=args.temperature)
     print(f"wrote {out}")
 
 

@@ -37,7 +37,8 @@ from vaelab.sources import load_configured
 __all__ = ["plot", "write_samples", "Explorer", "figure_recon", "figure_samples", "figure_posterior", "figure_manifold",
            "figure_latents", "figure_interpolate", "figure_combine", "figure_denoise", "figure_curves",
            "figure_scale", "figure_transfer", "figure_traversal", "figure_mi_matrix", "figure_resample",
-           "kl_per_dimension", "prior_samples", "resample_levels", "slerp", "psnr", "principal_axes"]
+           "kl_per_dimension", "prior_codes", "prior_samples", "temperature_refusal", "resample_levels", "slerp",
+           "psnr", "principal_axes"]
 
 
 @dataclass
@@ -259,6 +260,77 @@ def _temperatures(temperature: float | tuple[float, ...] | None) -> tuple[float,
     return temps
 
 
+def temperature_refusal(model) -> str | None:
+    """Why `model`'s prior cannot be sampled at a temperature, or None where it can.
+
+    The N(0, I) prior and the ladder model's levels take one; an AE has no prior, and a
+    mixture or the hvae's layered prior has no one standard deviation to scale.
+
+    Args:
+        model: A trained model, e.g. ``run.model``.
+
+    Returns:
+        A phrase naming the reason (the caller adds the fix), or None.
+
+    Examples:
+        >>> from vaelab.explore import temperature_refusal
+        >>> temperature_refusal(run.model) is None
+        True
+    """
+    if hasattr(model, "top_down"):  # the ladder: each level's conditional prior scaled
+        return None
+    if not model.has_density:
+        return "an AE has no prior to take a temperature"
+    prior = model.prior()
+    if isinstance(prior, StandardNormal):
+        return None
+    what = "a layered prior (--model hvae)" if hasattr(prior, "steps") else "a mixture (--prior mog or vamp)"
+    return f"a temperature scales the N(0, I) prior or the ladder model's levels; this run's prior is {what}"
+
+
+def _temperature_checked(model, temperature: float) -> None:
+    """Refuse, in one line, a temperature that is not a number >= 0, or one other than 1 that the
+    model's prior cannot take."""
+    _temperatures(temperature)
+    refusal = None if temperature == 1.0 else temperature_refusal(model)
+    if refusal:
+        raise ConfigError(f"{refusal}: drop --temperature")
+
+
+def prior_codes(model, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw n codes from the prior with its standard deviation times `temperature`.
+
+    The N(0, I) prior gives z = T * eps; the ladder model draws level by level, top first,
+    each conditional prior p(z_l | z_>l) with its scale times T (``Ladder.prior``).
+    ``model.decode`` of these codes is ``prior_samples``.
+
+    Args:
+        model: A trained model, e.g. ``run.model``.
+        n: How many codes.
+        temperature: The factor T >= 0 of the prior's standard deviation.
+        generator: The noise of the draws.
+
+    Returns:
+        Codes of shape ``(n, D)``, D the latent size (every level side by side for a ladder).
+
+    Raises:
+        ConfigError: The model's prior takes no temperature (``temperature_refusal``).
+
+    Examples:
+        >>> from vaelab.explore import prior_codes
+        >>> g = lambda: torch.Generator().manual_seed(0)
+        >>> cold = prior_codes(run.model, 3, temperature=0.5, generator=g())
+        >>> cold.shape, torch.equal(cold, 0.5 * prior_codes(run.model, 3, generator=g()))
+        (torch.Size([3, 2]), True)
+    """
+    _temperature_checked(model, temperature)
+    if temperature == 1.0:
+        return model.prior().sample(n, generator=generator)
+    if hasattr(model, "top_down"):
+        return model.prior(temperature).sample(n, generator=generator)
+    return temperature * model.prior().sample(n, generator=generator)
+
+
 def prior_samples(model, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
                   c: torch.Tensor | None = None):
     """Decode n codes drawn from the prior with its standard deviation times `temperature`.
@@ -289,18 +361,12 @@ def prior_samples(model, n: int, temperature: float = 1.0, generator: torch.Gene
         >>> torch.equal(at_zero, run.model.decode(torch.zeros(3, 2)).mean)
         True
     """
+    _temperature_checked(model, temperature)
     if temperature == 1.0:
         return model.sample(n, generator=generator, c=c)
-    if hasattr(model, "top_down"):  # the ladder: each level's conditional prior scaled
+    if hasattr(model, "top_down"):  # one top-down pass: the codes and the image together
         return model.sample(n, generator=generator, c=c, temperature=temperature)
-    if not model.has_density:
-        raise ConfigError("an AE has no prior to take a temperature: drop --temperature (or train a VAE)")
-    prior = model.prior()
-    if not isinstance(prior, StandardNormal):
-        what = "a layered prior (--model hvae)" if hasattr(prior, "steps") else "a mixture (--prior mog or vamp)"
-        raise ConfigError(f"--temperature scales the N(0, I) prior or the ladder model's levels; this run's prior is "
-                          f"{what}: drop --temperature")
-    return model.decode(temperature * prior.sample(n, generator=generator), c)
+    return model.decode(prior_codes(model, n, temperature, generator), c)
 
 
 @torch.no_grad()
@@ -1103,7 +1169,7 @@ FIGURE_OPTIONS = {
 
 
 def write_samples(run_dir: str | Path, out: str | Path | None = None, *, n: int = 64, mode: str = "mean",
-                  seed: int = 0, device: str | torch.device = "cpu") -> Path:
+                  seed: int = 0, device: str | torch.device = "cpu", temperature: float = 1.0) -> Path:
     """Decode `n` draws z ~ p(z) of a run and write them as a PNG grid, as ``vaelab sample`` does.
 
     Args:
@@ -1113,12 +1179,14 @@ def write_samples(run_dir: str | Path, out: str | Path | None = None, *, n: int 
         mode: ``"mean"``: the decoder's means (pixel probabilities); ``"sample"``: draws x ~ p(x|z).
         seed: The seed of the draws.
         device: Where the model runs.
+        temperature: The prior's standard deviation times T >= 0 (``prior_samples``): the
+            ladder model's every level, or the N(0, I) prior.
 
     Returns:
         The path written.
 
     Raises:
-        ConfigError: `out` does not name a .png file.
+        ConfigError: `out` does not name a .png file, or the model's prior takes no temperature.
 
     Examples:
         >>> from vaelab.explore import write_samples
@@ -1131,7 +1199,7 @@ def write_samples(run_dir: str | Path, out: str | Path | None = None, *, n: int 
     _, model = load_run(run_dir, torch.device(device))
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     with torch.no_grad():
-        dist = model.sample(n, generator=gen)
+        dist = prior_samples(model, n, temperature, gen)
         images = dist.mean if mode == "mean" else dist.sample(generator=gen)
     ensure_dir(out.parent, "output folder")
     plots.save_png(plots.image_grid(images), out)

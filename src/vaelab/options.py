@@ -281,13 +281,16 @@ class EncodeCommand(EncodeOptions):
 
 @dataclass(frozen=True)
 class SampleCommand:
-    """Decode z ~ N(0, I) and write the images as a PNG grid."""
+    """Decode codes drawn from the prior and write the images as a PNG grid."""
 
     run_dir: str | None = _run()
     n: int = option(64, "number of samples (default 64)", Flag(metavar="N"), within=">= 1")
     out: str | None = option(None, "output file (default RUN_DIR/prior_samples.png)", Flag(metavar="FILE.png"))
     mode: str = option("mean", "mean: decoder means (pixel probabilities); sample: draws x ~ p(x|z) (default mean)",
                        choices=("mean", "sample"))
+    temperature: float = option(1.0, "the prior's standard deviation times T: the ladder model's every level, or the "
+                                     "N(0, I) prior; below 1 draws nearer the prior's centre, 0 its mean (default 1)",
+                                low=0, metavar="T")
     seed: int = _seed()
     device: str = _device(default="cpu")
 

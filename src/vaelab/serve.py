@@ -34,7 +34,16 @@ import torch
 from vaelab.batches import TEST_KEY, Feed, as_input, binarization_key
 from vaelab.config import NOISE_KINDS, background_rgb
 from vaelab.evaluate import decode_rows
-from vaelab.explore import Explorer, add_noise, principal_axes, psnr, resample_levels, slerp
+from vaelab.explore import (
+    Explorer,
+    add_noise,
+    principal_axes,
+    prior_codes,
+    psnr,
+    resample_levels,
+    slerp,
+    temperature_refusal,
+)
 from vaelab.images import from_pil
 from vaelab.runtime import rebalance_threads
 from vaelab.scores import (
@@ -230,6 +239,7 @@ class Session:
         self.dequantized = ex.cfg.data.binarization == "none" and not model.likelihood.discrete
         self.score_lock = threading.Lock()  # one computation of the test scores, however many ask
         self._scores: dict[str, np.ndarray] = {}
+        self.no_temperature = temperature_refusal(model)  # None: prior samples take a temperature
 
     @classmethod
     def from_run(cls, run_dir: str | Path, n: int = 2000, device: str = "cpu") -> Session:
@@ -254,7 +264,8 @@ class Session:
 
     def info(self) -> dict[str, Any]:
         """What the page needs to know first: the run, model, image shape, latent size, classes,
-        whether it is conditional, the noise kinds and the scores it can rank by."""
+        whether it is conditional, the noise kinds, the scores it can rank by, and whether its
+        prior samples take a temperature."""
         cfg = self.ex.cfg
         return {"run": self.ex.run_dir.name if self.ex.run_dir else "", "model": cfg.model.model,
                 "net": cfg.model.net, "likelihood": cfg.model.likelihood, "dataset": Path(cfg.data.dataset).name,
@@ -263,7 +274,7 @@ class Session:
                 "has_prior": bool(self.model.has_density), "n_test": len(self.ex.x), "n_gallery": self.n_gallery,
                 "noise_kinds": list(NOISE_KINDS), "scores": self.score_columns,
                 "score_labels": {c: label(c) for c in self.score_columns}, "default_score": self.default_score,
-                "score_k": SCORE_K, "levels": self.levels()}
+                "score_k": SCORE_K, "levels": self.levels(), "prior_temperature": self.no_temperature is None}
 
     def levels(self) -> list[list[int]] | None:
         """The shapes of a ladder model's latent levels, bottom first ([C, H, W] or [D]); None
@@ -441,12 +452,17 @@ class Session:
 
     @torch.no_grad()
     def prior(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Decoder means of n codes drawn from the prior (seeded)."""
+        """Decoder means of n codes drawn from the prior (seeded), its standard deviation times
+        ``"temperature"`` (0 to 2, default 1: the N(0, I) prior, or every level of a ladder
+        model; ``explore.prior_codes``). The same seed draws the same noise at every temperature."""
         n = _integer(body.get("n", 16), "n", 1, 256)
         seed = _integer(body.get("seed", 0), "seed", 0, 2**31 - 1)
+        temperature = _number(body.get("temperature", 1.0), "temperature", 0, 2)
+        if temperature != 1.0 and self.no_temperature:
+            raise BadRequest(f"{self.no_temperature}: leave out temperature")
         g = torch.Generator(device=self.ex.x.device).manual_seed(seed)
         with self.lock:  # a VampPrior runs the encoder on its pseudo-inputs
-            z = self.model.prior().sample(n, generator=g)
+            z = prior_codes(self.model, n, temperature, g)
         return {"images": self.decode_many([(z, self._conditions(body.get("class"), n))])[0], "z": z.tolist()}
 
     @torch.no_grad()

@@ -385,11 +385,25 @@ const classesRequest = latestOnly(async (z) => {
 
 function showClasses() { if (state.info.class_selector && state.kept) classesRequest(state.kept.slice()); }
 
-async function drawPrior() {
-  const r = await api("/api/prior", {n: 16, seed: state.priorSeed++, ...classBody()});
+async function showPrior(seed) {
+  const temperature = state.info.prior_temperature ? Number($("prior-t").value) : 1;
+  const r = await api("/api/prior", {n: 16, seed: seed, temperature: temperature, ...classBody()});
   const grid = $("prior-grid");
   grid.innerHTML = "";
   r.images.forEach((src) => grid.append(figure(src, "")));
+  $("prior-text").textContent = state.info.prior_temperature ? `the prior's standard deviation times ` +
+    `${temperature.toFixed(2)}; the slider cools or warms these same draws` : "";
+  $("prior-panel").dataset.shown = `${seed},${temperature}`;
+}
+
+// the same seed at another temperature: the same noise, nearer the prior's centre or further out
+const coolRequest = latestOnly(showPrior);
+
+async function drawPrior() { state.priorShown = state.priorSeed++; await showPrior(state.priorShown); }
+
+function coolPrior() {
+  $("prior-t-text").textContent = Number($("prior-t").value).toFixed(2);
+  if (state.priorShown !== undefined) coolRequest(state.priorShown);
 }
 
 // ---------------------------------------------------------------- levels of a hierarchical model
@@ -464,6 +478,8 @@ async function start() {
   document.querySelectorAll("input[name=interp-mode]").forEach((r) => r.addEventListener("change", showInterpolation));
   $("prior-button").addEventListener("click", () => drawPrior().catch((e) => setStatus(e.message)));
   if (!info.has_prior) $("prior-button").textContent = "decode 16 codes from N(0, I) (an AE has no prior)";
+  $("prior-t-row").hidden = !info.prior_temperature;  // an AE, a mixture or a layered prior takes none
+  $("prior-t").addEventListener("input", coolPrior);
   if (info.levels) {
     $("levels-panel").hidden = false;
     $("levels-k").max = String(info.levels.length);
