@@ -147,10 +147,9 @@ def cmd_encode(args: argparse.Namespace) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     """`vaelab sample`: a grid of decoded prior samples written as a PNG."""
     from vaelab.explore import write_samples
-    from vaelab.runtime import resolve_device
 
-    out = write_samples(args.run_dir, args.out, n=args.n, mode=args.mode, seed=args.seed,
-                        device=resolve_device(args.device), temperature=args.temperature)
+    out = write_samples(args.run_dir, args.out, n=args.n, mode=args.mode, seed=args.seed, device=args.device,
+                        temperature=args.temperature)
     print(f"wrote {out}")
 
 

@@ -31,7 +31,8 @@ from vaelab.data import DataError
 from vaelab.distributions import DiagonalGaussian, StandardNormal
 from vaelab.evaluate import posterior_means
 from vaelab.files import FileError, ensure_dir, write_json
-from vaelab.runtime import ProgressLine
+from vaelab.options import SampleCommand, options_of
+from vaelab.runtime import ProgressLine, resolve_device
 from vaelab.sources import load_configured
 
 __all__ = ["plot", "write_samples", "Explorer", "figure_recon", "figure_samples", "figure_posterior", "figure_manifold",
@@ -1168,19 +1169,18 @@ FIGURE_OPTIONS = {
 }
 
 
-def write_samples(run_dir: str | Path, out: str | Path | None = None, *, n: int = 64, mode: str = "mean",
-                  seed: int = 0, device: str | torch.device = "cpu", temperature: float = 1.0) -> Path:
+def write_samples(run_dir: str | Path, out: str | Path | None = None, options: SampleCommand | None = None,
+                  **settings: Any) -> Path:
     """Decode `n` draws z ~ p(z) of a run and write them as a PNG grid, as ``vaelab sample`` does.
 
     Args:
         run_dir: The run folder.
         out: The .png file to write (default ``RUN_DIR/prior_samples.png``).
-        n: How many samples.
-        mode: ``"mean"``: the decoder's means (pixel probabilities); ``"sample"``: draws x ~ p(x|z).
-        seed: The seed of the draws.
-        device: Where the model runs.
-        temperature: The prior's standard deviation times T >= 0 (``prior_samples``): the
-            ladder model's every level, or the N(0, I) prior.
+        options: a [SampleCommand][vaelab.options.SampleCommand] (``vaelab sample``'s flags),
+            or its fields as keywords: ``n`` (how many samples), ``mode`` (``"mean"``: the
+            decoder's means; ``"sample"``: draws x ~ p(x|z)), ``seed``, ``device`` and
+            ``temperature`` (the prior's standard deviation times T >= 0, ``prior_samples``:
+            the ladder model's every level, or the N(0, I) prior).
 
     Returns:
         The path written.
@@ -1193,14 +1193,15 @@ def write_samples(run_dir: str | Path, out: str | Path | None = None, *, n: int 
         >>> write_samples(run.path, tmp + "/grid.png", n=4).name
         'grid.png'
     """
+    o = options_of(SampleCommand, options, **settings)
     out = Path(out) if out else Path(run_dir) / "prior_samples.png"
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out must name a .png file, got {out}")
-    _, model = load_run(run_dir, torch.device(device))
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    _, model = load_run(run_dir, resolve_device(o.device))
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(o.seed)
     with torch.no_grad():
-        dist = prior_samples(model, n, temperature, gen)
-        images = dist.mean if mode == "mean" else dist.sample(generator=gen)
+        dist = prior_samples(model, o.n, o.temperature, gen)
+        images = dist.mean if o.mode == "mean" else dist.sample(generator=gen)
     ensure_dir(out.parent, "output folder")
     plots.save_png(plots.image_grid(images), out)
     return out

@@ -290,7 +290,7 @@ class SampleCommand:
                        choices=("mean", "sample"))
     temperature: float = option(1.0, "the prior's standard deviation times T: the ladder model's every level, or the "
                                      "N(0, I) prior; below 1 draws nearer the prior's centre, 0 its mean (default 1)",
-                                low=0, metavar="T")
+                                Flag(metavar="T"), within=">= 0")
     seed: int = _seed()
     device: str = _device(default="cpu")
 
