@@ -28,7 +28,7 @@ The recipe (flags in RECIPE and MODELS below), after the published beta-TCVAE se
   from the whole grid.
 
 Published budgets, for comparison: Locatello et al. trained 300,000 steps of batch 64 (19.2
-million images); Chen et al.'s code runs 50 epochs of dSprites at batch 2048 (36.9 million).
+million images); Chen et al.'s code defaults to 50 epochs of dSprites at batch 2048 (36.9 million).
 The result file records the images each run saw (epochs x subset).
 
 `speed`: (1) dSprites generated into a fresh folder (all 737,280 images, bit-packed), then
@@ -75,7 +75,7 @@ HEADLINES = ["mig", "dci_disentanglement", "dci_completeness", "dci_informativen
 PUBLISHED = {
     "Locatello et al. 2019": "MIG mostly below 0.4 across methods, hyperparameters and seeds on dSprites "
                              "(300,000 steps of batch 64, 19.2 million images per model)",
-    "Chen et al. 2018": "beta-TCVAE's MIG on dSprites above beta-VAE's at the same beta; their code trains 50 "
+    "Chen et al. 2018": "beta-TCVAE's MIG on dSprites above beta-VAE's at the same beta; their code's defaults train 50 "
                         "epochs at batch 2048 (36.9 million images per model)",
 }
 PUBLISHED_IMAGES = {"Locatello et al. 2019": 300_000 * 64, "Chen et al. 2018": 50 * 737_280}
@@ -102,7 +102,10 @@ def data_flags(a) -> list[str]:
 # ------------------------------------------------------------------ the parts
 def models(a, work: Path) -> dict:
     """Train each model for each seed within the budget, evaluate its metrics, draw its figures."""
-    metrics = ["mig", "dci"] if a.quick else METRICS
+    from vaelab.factors import FACTOR_DATASETS
+
+    metrics = ["mig", "dci"] if a.quick else a.metrics
+    n_train = a.subset or FACTOR_DATASETS[a.dataset].n
     rows, commands, figures = {}, [], {}
     for name in a.models:
         flags, runs = MODELS[name], []
@@ -117,7 +120,7 @@ def models(a, work: Path) -> dict:
                 commands.append(command(flags_))
             ev = json.loads((run / "disentangle.json").read_text())
             records = Run(run).records()
-            runs.append({"seed": seed, "epochs": records[-1]["epoch"], "images_trained": records[-1]["epoch"] * a.subset,
+            runs.append({"seed": seed, "epochs": records[-1]["epoch"], "images_trained": records[-1]["epoch"] * n_train,
                          "train_seconds": round(sum(r["seconds"] for r in records), 1),
                          "test_elbo": records[-1].get("test_elbo"), "active_units": records[-1].get("active_units"),
                          **{k: ev[k] for k in HEADLINES if k in ev},
@@ -204,11 +207,12 @@ def speed(a, work: Path) -> dict:
         encode = _timed_encoder(model, data.factors, counter)
         start = time.perf_counter()
         if m in ("factorvae", "betavae"):
-            getattr(dis, f"{m}_score")(encode, data.factors.sizes, **(QUICK_COUNTS[m] if a.quick else {}))
+            r = getattr(dis, f"{m}_score")(encode, data.factors.sizes, **(QUICK_COUNTS[m] if a.quick else {}))
         else:
-            getattr(dis, m)(codes, truth)
+            r = getattr(dis, m)(codes, truth)
         total = time.perf_counter() - start
-        rows[m] = {"seconds": round(total, 2), "metric_seconds": round(total - counter["seconds"], 2),
+        rows[m] = {"points": r["points"], **({"active_dims": r["factorvae_active_dims"]} if m == "factorvae" else {}),
+                   "seconds": round(total, 2), "metric_seconds": round(total - counter["seconds"], 2),
                    "encoder_seconds": round(counter["seconds"], 2), "images_encoded": counter["images"]}
         print(m, rows[m], flush=True)
     return {"threads": a.threads, "generation": generation,
@@ -231,6 +235,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=60, help="training budget per model and seed (vaelab's --minutes)")
     p.add_argument("--max-epochs", type=int, default=10_000, help="epochs at most within --minutes")
     p.add_argument("--subset", type=int, default=20_000, help="training images, a fixed random subset")
+    p.add_argument("--metrics", default=",".join(METRICS), help="models: the metrics evaluated")
     p.add_argument("--n", type=int, default=0, help="test codes for MIG, DCI and SAP (0: the whole test split)")
     p.add_argument("--codes", type=int, default=10_000, help="speed: the number of codes the metrics are timed on")
     p.add_argument("--run", type=Path, help="speed: a trained run whose encoder gives the codes")
@@ -246,7 +251,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     a.parts = list(PARTS) if a.what == "all" else a.what.split(",")
     if set(a.parts) - set(PARTS):
         p.error(f"unknown part {sorted(set(a.parts) - set(PARTS))[0]}; choose from {', '.join(PARTS)} or all")
-    a.models = a.models.split(",")
+    a.models, a.metrics = a.models.split(","), a.metrics.split(",")
+    if set(a.metrics) - set(METRICS) or "mig" not in a.metrics:
+        p.error(f"--metrics takes mig and any of {', '.join(METRICS[1:])}")
     if set(a.models) - set(MODELS):
         p.error(f"unknown model {sorted(set(a.models) - set(MODELS))[0]}; choose from {', '.join(MODELS)}")
     a.seeds = [int(s) for s in a.seeds.split(",")]

@@ -29,6 +29,8 @@ def test_unknown_parts_and_models_are_refused(bench):
         bench.parse(["models,nope"])
     with pytest.raises(SystemExit):
         bench.parse(["models", "--models", "beta-vae,vae"])
+    with pytest.raises(SystemExit):
+        bench.parse(["models", "--metrics", "mig,nll"])
 
 
 def test_the_recipe_trains_the_two_models_it_names(bench):
@@ -66,4 +68,4 @@ def test_quick_mode_runs_both_parts_and_records_its_commands(bench, tmp_path, mo
     assert speed["generation"]["images"] == 6144 and speed["generation"]["bytes"] > 6144 * 3 * 64 * 64
     per = speed["metrics"]["per_metric"]
     assert set(per) == {"mig", "dci", "sap", "factorvae", "betavae"} and speed["metrics"]["codes"] == 300
-    assert per["betavae"]["images_encoded"] > 0 and per["mig"]["images_encoded"] == 0
+    assert per["betavae"]["images_encoded"] > 0 and per["mig"]["images_encoded"] == 0 and per["mig"]["points"] == 300
