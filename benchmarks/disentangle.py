@@ -208,8 +208,8 @@ def speed(a, work: Path) -> dict:
         start = time.perf_counter()
         if m in ("factorvae", "betavae"):
             r = getattr(dis, f"{m}_score")(encode, data.factors.sizes, **(QUICK_COUNTS[m] if a.quick else {}))
-        else:
-            r = getattr(dis, m)(codes, truth)
+        else:  # DCI's trees grow on the threads given, as `vaelab evaluate` grows them
+            r = getattr(dis, m)(codes, truth, **({"n_jobs": a.threads} if m == "dci" else {}))
         total = time.perf_counter() - start
         rows[m] = {"points": r["points"], **({"active_dims": r["factorvae_active_dims"]} if m == "factorvae" else {}),
                    "seconds": round(total, 2), "metric_seconds": round(total - counter["seconds"], 2),
