@@ -1,8 +1,8 @@
 """beta-VAE (beta = 1) against beta-TCVAE on dSprites, each trained for a stated budget, and
 the speed of the disentanglement metrics and of dSprites' generation:
 
-    python benchmarks/disentangle.py models [--minutes 60] [--seeds 0,1,2] [--threads 2]
-    python benchmarks/disentangle.py speed [--run RUN]     # metrics on 10,000 codes; generation
+    python benchmarks/disentangle.py models [--minutes 60] [--seeds 0,1,2] [--threads 2] [--metrics mig,dci,...]
+    python benchmarks/disentangle.py speed [--run RUN] [--threads 2]  # metrics on 10,000 codes; generation
     python benchmarks/disentangle.py all --quick            # every part, tiny: checks the script
 
 `models`: each model is trained with `vaelab train --minutes M` (vaelab's budget of summed
@@ -202,7 +202,7 @@ def speed(a, work: Path) -> dict:
     encode_seconds = time.perf_counter() - start
     truth = test.factors.numpy()
     rows = {}
-    for m in METRICS:
+    for m in a.metrics:
         counter = {"seconds": 0.0, "images": 0}
         encode = _timed_encoder(model, data.factors, counter)
         start = time.perf_counter()
@@ -235,7 +235,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=60, help="training budget per model and seed (vaelab's --minutes)")
     p.add_argument("--max-epochs", type=int, default=10_000, help="epochs at most within --minutes")
     p.add_argument("--subset", type=int, default=20_000, help="training images, a fixed random subset")
-    p.add_argument("--metrics", default=",".join(METRICS), help="models: the metrics evaluated")
+    p.add_argument("--metrics", default=",".join(METRICS), help="the metrics evaluated (models) or timed (speed)")
     p.add_argument("--n", type=int, default=0, help="test codes for MIG, DCI and SAP (0: the whole test split)")
     p.add_argument("--codes", type=int, default=10_000, help="speed: the number of codes the metrics are timed on")
     p.add_argument("--run", type=Path, help="speed: a trained run whose encoder gives the codes")
