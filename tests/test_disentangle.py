@@ -106,3 +106,21 @@ def test_missing_sklearn_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn", None)
     with pytest.raises(ConfigError, match=r"vaelab\[scores\]"):
         require_sklearn()
+
+
+def test_dci_gives_the_same_numbers_on_any_number_of_threads():
+    f = grid()
+    codes = standard(f.astype(float)) @ rotation(3) + np.random.default_rng(0).normal(0, 0.3, (len(f), 3))
+    one, two = dci(codes, f, n_jobs=1), dci(codes, f, n_jobs=2)
+    assert one["dci_importance"] == two["dci_importance"] and one["dci_disentanglement"] == two["dci_disentanglement"]
+
+
+def test_the_factorvae_score_counts_only_the_codes_it_encoded():
+    encoded = []
+
+    def collapsed(x):  # every dimension still: nothing to vote with
+        encoded.append(len(x))
+        return np.zeros((len(x), 2))
+
+    r = factorvae_score(collapsed, SIZES, votes=10, eval_votes=10, variance_points=500)
+    assert r["factorvae_active_dims"] == 0 and r["points"] == sum(encoded) == 500

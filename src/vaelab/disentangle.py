@@ -186,7 +186,7 @@ def _split(n: int, seed: int, test_share: float) -> tuple[np.ndarray, np.ndarray
 
 
 def dci(codes: np.ndarray, factors: np.ndarray, importance: str = "forest", test_share: float = 1 / 3,
-        seed: int = 0) -> dict[str, Any]:
+        seed: int = 0, n_jobs: int = 1) -> dict[str, Any]:
     """Disentanglement, completeness and informativeness (Eastwood & Williams 2018).
 
     One classifier per factor predicts it from all D code dimensions; its feature
@@ -205,6 +205,8 @@ def dci(codes: np.ndarray, factors: np.ndarray, importance: str = "forest", test
             with it, slower by about the number of classes.
         test_share: The share of the points held out for informativeness.
         seed: Seed of the split and of the classifiers.
+        n_jobs: Threads that grow the forest's trees (``forest`` only; the trees and so
+            the result are the same for any number).
 
     Returns:
         ``dci_disentanglement``, ``dci_completeness``, ``dci_informativeness`` (test accuracy),
@@ -231,7 +233,8 @@ def dci(codes: np.ndarray, factors: np.ndarray, importance: str = "forest", test
     acc_train, acc_test = [], []
     for j in range(f):
         model = (GradientBoostingClassifier(random_state=seed) if importance == "gbt"
-                 else RandomForestClassifier(50, max_features=None, min_samples_leaf=2, random_state=seed))
+                 else RandomForestClassifier(50, max_features=None, min_samples_leaf=2, random_state=seed,
+                                             n_jobs=n_jobs))
         model.fit(codes[train], factors[train, j])
         r[:, j] = np.abs(model.feature_importances_)
         acc_train.append(float(np.mean(model.predict(codes[train]) == factors[train, j])))
@@ -345,7 +348,7 @@ def factorvae_score(encode: Callable[[np.ndarray], np.ndarray], sizes: tuple[int
     z = np.asarray(encode(_random_factors(rng, sizes, variance_points)), dtype=np.float64)
     scale = z.var(axis=0, ddof=1)
     active = np.sqrt(scale) >= COLLAPSED_STD
-    points = variance_points + (votes + eval_votes) * batch
+    points = variance_points + (votes + eval_votes) * batch * bool(active.any())  # no votes when all collapsed
     base = {"factorvae_votes": votes, "factorvae_eval_votes": eval_votes, "factorvae_batch": batch,
             "factorvae_active_dims": int(active.sum()), "points": points, "sklearn_version": version}
     if not active.any():

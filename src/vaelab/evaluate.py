@@ -490,7 +490,8 @@ def disentanglement(model, data, inputs: SplitInputs, metrics: list[str], progre
             out.append(posterior_means(model, x).double().cpu())
         return torch.cat(out).numpy()
 
-    run = {"mig": lambda: mig(codes, truth), "dci": lambda: dci(codes, truth), "sap": lambda: sap(codes, truth),
+    run = {"mig": lambda: mig(codes, truth), "dci": lambda: dci(codes, truth, n_jobs=torch.get_num_threads()),
+           "sap": lambda: sap(codes, truth),
            "factorvae": lambda: factorvae_score(encode, factors.sizes),
            "betavae": lambda: betavae_score(encode, factors.sizes)}
     out: dict[str, Any] = {"disentanglement": {}}
