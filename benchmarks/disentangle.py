@@ -67,7 +67,7 @@ RECIPE = ["--net", "conv", "--hidden", "16,32,32,64", "--latent-dim", "10", "--b
           "--schedule", "constant"]
 MODELS = {"beta-vae": ["--beta", "1"], "beta-tcvae": ["--objective", "tcvae", "--beta", "6"]}
 QUICK_NET = ["--hidden", "4", "--latent-dim", "4"]  # one 2x level of 4 channels: checks the script
-QUICK_COUNTS = {"factorvae": {"votes": 20, "eval_votes": 10, "batch": 8, "variance_points": 300},
+QUICK_COUNTS = {"factorvae": {"votes": (20, 10), "batch": 8, "variance_points": 300},
                 "betavae": {"n_train": 20, "n_eval": 10, "batch": 8}}  # --quick: the intervention scores' draws, tiny
 METRICS = ["mig", "dci", "sap", "factorvae", "betavae"]
 HEADLINES = ["mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap", "factorvae_score",

@@ -122,5 +122,5 @@ def test_the_factorvae_score_counts_only_the_codes_it_encoded():
         encoded.append(len(x))
         return np.zeros((len(x), 2))
 
-    r = factorvae_score(collapsed, SIZES, votes=10, eval_votes=10, variance_points=500)
+    r = factorvae_score(collapsed, SIZES, votes=(10, 10), variance_points=500)
     assert r["factorvae_active_dims"] == 0 and r["points"] == sum(encoded) == 500
