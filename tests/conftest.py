@@ -1,4 +1,8 @@
+import contextlib
+import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +56,30 @@ def tiny_cfg():
     return Config().replace(data={"dataset": "mnist-sample"},
                             model={"hidden": [32], "decoder_hidden": None, "latent_dim": 4},
                             train={"epochs": 2, "batch_size": 250, "warmup_steps": 0})
+
+
+@pytest.fixture
+def compare_in_process(monkeypatch):
+    """compare's `vaelab ...` commands run in this process, through the same command line
+    (``vaelab.cli.main``), their output and exit code handed back as a finished process's
+    are: for the tests of planning, resuming, probing and tabulating, which are not about the
+    process boundary (a process each costs seconds of start-up). Tests that keep real processes
+    (tests/test_compare.py, tests/test_progress.py): a failure's error line read from a child's
+    stderr, the environment a child inherits, a child's progress lines passed on as they come."""
+    from vaelab import compare
+    from vaelab.cli import main
+
+    def run(args, echo=None):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse's refusals, as a process's exit status
+                code = e.code if isinstance(e.code, int) else 2
+        for line in out.getvalue().splitlines() if echo else ():
+            if line.strip() and not line.startswith("run folder:"):
+                echo(line)
+        return subprocess.CompletedProcess([sys.executable, "-m", "vaelab", *args], code, out.getvalue(),
+                                           err.getvalue())
+
+    monkeypatch.setattr(compare, "_vaelab", run)

@@ -29,7 +29,7 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert "| a |" in text and "91.00 +- 1.41" in text and "1 failed: seeds 2" in text
 
 
-def test_compare_runs_resumes_and_records_failures(tmp_path, capsys):
+def test_compare_runs_resumes_and_records_failures(compare_in_process, tmp_path, capsys):
     out = tmp_path / "cmp"
     args = ["compare", "--out", str(out), "--epochs", "1", "--seeds", "0,1", f"--base={BASE}", "--k", "5",
             "--n", "40", "h16=--hidden 16", "h32=--hidden 32", "broken=--lr 1e9"]
@@ -49,7 +49,7 @@ def test_compare_runs_resumes_and_records_failures(tmp_path, capsys):
     assert "training" not in capsys.readouterr().out
 
 
-def test_equal_time_budget_sets_epochs_from_the_first(tmp_path):
+def test_equal_time_budget_sets_epochs_from_the_first(compare_in_process, tmp_path):
     out = tmp_path / "t"
     assert main(["compare", "--out", str(out), "--minutes", "0.001", "--seeds", "0", f"--base={BASE}",
                  "--metrics", "nll", "--k", "2", "--n", "20", "tiny=--hidden 8"]) == 0
@@ -57,18 +57,18 @@ def test_equal_time_budget_sets_epochs_from_the_first(tmp_path):
     assert plan["epochs"] == 1 and len(plan["probe_epoch_seconds"]) == 1  # no room for a second probe epoch
     # a budget of several epochs: two probe epochs, the second one's pace plans the rest
     out2 = tmp_path / "t2"
-    assert main(["compare", "--out", str(out2), "--minutes", "0.15", "--seeds", "0", f"--base={BASE}",
+    assert main(["compare", "--out", str(out2), "--minutes", "0.03", "--seeds", "0", f"--base={BASE}",
                  "--metrics", "nll", "--k", "2", "--n", "20", "tiny=--hidden 8"]) == 0
     plan = json.loads((out2 / "tiny" / "seed-0" / "compare_epochs.json").read_text())
     # how many probes ran depends on this machine's speed; the plan follows from them either way
-    probes = plan["probe_epoch_seconds"]
-    assert len(probes) == 1 + second_probe(9, probes[0])
-    assert plan["epochs"] == planned_epochs(9, probes)
+    probes, budget = plan["probe_epoch_seconds"], 0.03 * 60
+    assert len(probes) == 1 + second_probe(budget, probes[0])
+    assert plan["epochs"] == planned_epochs(budget, probes)
     with pytest.raises(SystemExit):  # exactly one budget
         main(["compare", "--out", str(out), "--seeds", "0", "x=--hidden 8"])
 
 
-def test_a_variant_with_its_own_time_budget_stops_early_and_stays_stopped(tmp_path, capsys):
+def test_a_variant_with_its_own_time_budget_stops_early_and_stays_stopped(compare_in_process, tmp_path, capsys):
     out = tmp_path / "m"
     args = ["compare", "--out", str(out), "--epochs", "3", "--seeds", "0", f"--base={BASE}", "--metrics", "nll",
             "--k", "2", "--n", "20", "capped=--hidden 8 --minutes 0.0001"]

@@ -22,7 +22,7 @@ UNSCALED = ("bernoulli", "logistic-mixture")  # families that ignore likelihood_
 
 # (config, image shape (C, H, W)) pairs
 CASES = [
-    (ModelConfig(model=name, hidden=(64, 32), likelihood=lik, likelihood_scale=scale, **SMALL), SHAPE)
+    (ModelConfig(model=name, hidden=(16, 8), likelihood=lik, likelihood_scale=scale, **SMALL), SHAPE)
     for name in MODELS
     # the censored model is the CVAE's networks plus an adversary on its codes: two likelihoods
     for lik in (LIKELIHOODS if name != "censored" else ("bernoulli", "logistic"))
@@ -31,7 +31,7 @@ CASES = [
 ] + [
     # flows shape a posterior: every model that has one (the ICVAE penalty needs a plain
     # Gaussian, so it is excluded) x every flow type x every likelihood
-    (ModelConfig(model=name, hidden=(64, 32), likelihood=lik, flows=2, flow_type=flow, **SMALL), SHAPE)
+    (ModelConfig(model=name, hidden=(16, 8), likelihood=lik, flows=2, flow_type=flow, **SMALL), SHAPE)
     for name in ("vae", "cvae")
     for flow in FLOWS
     for lik in LIKELIHOODS

@@ -46,9 +46,18 @@ def elbos(run: Path) -> list[float]:
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory) -> Path:
+    """Three epochs on one process: what every run on two processes is compared with."""
     run = tmp_path_factory.mktemp("one") / "run"
-    assert main(["train", *TINY, "--epochs", "2", "--out", str(run)]) == 0
+    assert main(["train", *TINY, "--epochs", "3", "--out", str(run)]) == 0
     return run
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """Two epochs on two processes (one torchrun job, shared by the tests that read it) and
+    what the job printed."""
+    run = tmp_path_factory.mktemp("two") / "ddp"
+    return run, vaelab_ddp("train", *TINY, "--epochs", "2", "--out", run)
 
 
 def test_gradients_are_identical_across_ranks_and_match_one_process(tmp_path):
@@ -59,11 +68,10 @@ def test_gradients_are_identical_across_ranks_and_match_one_process(tmp_path):
         assert g["max_diff_vs_one_process"] < 1e-5 * g["grad_norm"], kind
 
 
-def test_two_processes_log_the_test_elbo_of_one(one_process, tmp_path):
-    run = tmp_path / "ddp"
-    r = vaelab_ddp("train", *TINY, "--epochs", "2", "--out", run)
+def test_two_processes_log_the_test_elbo_of_one(one_process, two_processes):
+    run, r = two_processes
     assert r.stdout.count("run folder:") == 1  # only rank 0 speaks
-    a, b = elbos(one_process), elbos(run)
+    a, b = elbos(one_process)[:2], elbos(run)
     assert len(a) == len(b) == 2 and max(abs(x - y) for x, y in zip(a, b)) < 1e-3
     assert json.loads((run / "run.json").read_text())["processes"] == 2
 
@@ -90,13 +98,14 @@ def test_icvae_penalty_spans_the_global_batch_on_two_processes(tmp_path):
         assert two[key] == pytest.approx(one[key], abs=1e-3), key
 
 
-def test_checkpoints_resume_on_another_number_of_processes(one_process, tmp_path):
-    two_then_one = tmp_path / "a"
-    vaelab_ddp("train", *TINY, "--epochs", "1", "--out", two_then_one)
-    assert main(["train", "--resume", str(two_then_one), "--epochs", "2", "--quiet"]) == 0
+def test_checkpoints_resume_on_another_number_of_processes(one_process, two_processes, tmp_path):
+    two_then_one = tmp_path / "a"  # a copy of the two-process run: the other test reads the original
+    shutil.copytree(two_processes[0], two_then_one)
+    assert main(["train", "--resume", str(two_then_one), "--epochs", "3", "--quiet"]) == 0
     one_then_two = tmp_path / "b"
     assert main(["train", *TINY, "--epochs", "1", "--out", str(one_then_two)]) == 0
     vaelab_ddp("train", "--resume", one_then_two, "--epochs", "2", "--quiet")
+    assert [len(elbos(run)) for run in (two_then_one, one_then_two)] == [3, 2]
     for run in (two_then_one, one_then_two):
         assert max(abs(x - y) for x, y in zip(elbos(run), elbos(one_process))) < 1e-3
 

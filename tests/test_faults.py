@@ -41,10 +41,19 @@ def reference(tmp_path_factory) -> Path:
     return run
 
 
-@pytest.fixture
-def trained(tmp_path) -> Path:
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("trained") / "run"
     assert main(["train", *TINY, "--epochs", "1", "--out", str(run), "--quiet"]) == 0
+    return run
+
+
+@pytest.fixture
+def trained(trained_once, tmp_path) -> Path:
+    """A one-epoch run of the test's own to damage: a copy of one trained once (files, their
+    permission bits and times as training left them)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_once, run)
     return run
 
 

@@ -161,7 +161,7 @@ def test_vector_labels_in_an_array_file_point_to_conditions(tmp_path):
         load_array(path, Transform(None, 0, "white", 0.3), progress=False)
 
 
-def test_compare_probes_each_run_and_draws_the_tradeoff(tmp_path, capsys):
+def test_compare_probes_each_run_and_draws_the_tradeoff(compare_in_process, tmp_path, capsys):
     out = tmp_path / "sweep"
     base = ("--dataset", "mnist-sample", "--model", "icvae", "--hidden", "16", "--latent-dim", "2")
     variants = [Variant("lam0", ("--lambda", "0")), Variant("lam4", ("--lambda", "4"))]

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +38,53 @@ def test_the_gpu_path_trains_in_bf16_with_compile_and_checks_on_a_cpu_in_fp32(be
     assert bench.gpu_flags("cpu") == ["--device", "cpu", "--precision", "fp32"]
 
 
-def test_quick_mode_runs_every_part_and_records_its_command(bench, tmp_path):
+def first_call_real(real, here):
+    """`real` for the first call, `here` (the same work in this process) for every later one:
+    the script's process wrappers run once each, and the other runs skip the seconds of
+    start-up a process of their own costs."""
+    calls = []
+
+    def call(*args, **kwargs):
+        calls.append(args)
+        return (real if len(calls) == 1 else here)(*args, **kwargs)
+
+    return call
+
+
+@pytest.fixture
+def mostly_in_process(bench, monkeypatch):
+    """benchmarks/common.vaelab and ladder.plain_loop: the first call of each in a process of
+    its own, as the script makes them; the later ones in this process (`vaelab.cli.main`,
+    `ladder._plain_loop`), with the same arguments and the same failure."""
+    import torch
+
+    from common import VaelabFailed  # benchmarks/common.py, on the path the bench fixture set
+    from vaelab.cli import main
+
+    def vaelab_here(*args, quiet=True, env=None, threads=None, check=True, capture=False):
+        argv = [str(a) for a in args]
+        if quiet and argv[0] in ("train", "evaluate") and "--quiet" not in argv:
+            argv.append("--quiet")
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+        if check and code:
+            raise VaelabFailed(f"{' '.join(argv)} exited with {code}:\n{err.getvalue()[-2000:]}")
+        return subprocess.CompletedProcess([sys.executable, "-m", "vaelab", *argv], code, out.getvalue(),
+                                           err.getvalue())
+
+    def plain_loop_here(run, epochs, device="cpu", threads=2):
+        before = torch.get_num_threads()
+        try:
+            return bench._plain_loop(str(run), int(epochs), device, int(threads))
+        finally:
+            torch.set_num_threads(before)
+
+    monkeypatch.setattr(bench, "vaelab", first_call_real(bench.vaelab, vaelab_here))
+    monkeypatch.setattr(bench, "plain_loop", first_call_real(bench.plain_loop, plain_loop_here))
+
+
+def test_quick_mode_runs_every_part_and_records_its_command(bench, mostly_in_process, tmp_path):
     # every part but ood, which scores the ladder with `vaelab ood` (per-level scores)
     argv = ["speed,nll,colour,gpu", "--quick", "--threads", "1", "--work", str(tmp_path / "work"),
             "--out", str(tmp_path / "out"), "--extra", "--hidden 4 --res-blocks 0"]
