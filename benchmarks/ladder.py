@@ -224,7 +224,7 @@ def ood(a, work: Path) -> dict:
                seed, "--device", a.device, "--out", run, "--overwrite", *a.extra, threads=a.threads)
         extra = ["--n", 50] if a.quick else []
         vaelab("ood", run, "--out-of", outside, sets["noise"], sets["constant"], "--split", "test", "--k", a.ood_k,
-               "--device", a.device, "--quiet", *extra, threads=a.threads)
+               "--device", a.device, "--out", run / "ood", "--quiet", *extra, threads=a.threads)
         result = json.loads((run / "ood.json").read_text())
         for name, scores in result["results"].items():
             pair = f"{inside} vs {Path(name).stem}"

@@ -112,7 +112,7 @@ def detect(seeds: list[int], k: int, datasets: list[str], n: int | None) -> None
             start = time.perf_counter()
             if not _done(run, k, n):  # a finished result of the same measurement is read, not redone
                 vaelab("ood", run, "--out-of", PAIRS[dataset], other["noise"], other["constant"], "--split", "test",
-                       "--k", k, "--quiet", *extra)
+                       "--k", k, "--out", run / "ood", "--quiet", *extra)
             r = json.loads((run / "ood.json").read_text())
             for name, res in r["results"].items():
                 pair = f"{dataset} vs {name.removesuffix('.npz')}"
@@ -217,7 +217,7 @@ def example(root: Path, k: int) -> None:
     vaelab("score", run, "--k", k, "--top", "12", "--out", run / "scores.csv", "--quiet")
     score_seconds = time.perf_counter() - start
     vaelab("ood", run, "--out-of", root / "textures", "/usr/share/tuxpaint/stamps", "--split", "all", "--k", k,
-           "--quiet")
+           "--out", run / "ood", "--quiet")
     r = json.loads((run / "ood.json").read_text())
     pictures = HERE.parent / "docs" / "images" / "scores"
     pictures.mkdir(parents=True, exist_ok=True)

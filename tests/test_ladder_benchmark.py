@@ -85,17 +85,19 @@ def mostly_in_process(bench, monkeypatch):
 
 
 def test_quick_mode_runs_every_part_and_records_its_command(bench, mostly_in_process, tmp_path):
-    # every part but ood, which scores the ladder with `vaelab ood` (per-level scores)
-    argv = ["speed,nll,colour,gpu", "--quick", "--threads", "1", "--work", str(tmp_path / "work"),
+    argv = ["speed,nll,ood,colour,gpu", "--quick", "--threads", "1", "--work", str(tmp_path / "work"),
             "--out", str(tmp_path / "out"), "--extra", "--hidden 4 --res-blocks 0"]
     written = bench.main(argv)
     parts = {p.name.split("-")[1]: json.loads(p.read_text()) for p in written}
-    assert set(parts) == {"speed", "nll", "colour", "gpu"}
-    assert all(r["command"].startswith("python benchmarks/ladder.py speed,nll,colour,gpu --quick")
+    assert set(parts) == {"speed", "nll", "ood", "colour", "gpu"}
+    assert all(r["command"].startswith("python benchmarks/ladder.py speed,nll,ood,colour,gpu --quick")
                and r["machine"]["cores"] for r in parts.values())
     speed = parts["speed"]["rows"]
     assert [r["recipe"] for r in speed] == ["binary-28x28", "colour-32x32"]
     assert all(r["ratio_to_plain_epoch"] > 0 and r["plain"]["steps_images_per_s"] > 0 for r in speed)
+    best = parts["ood"]["best"]  # the report `vaelab ood` wrote is the one read back
+    assert set(best) == {"mnist-sample vs mnist-sample-2", "mnist-sample vs noise", "mnist-sample vs constant"}
+    assert all(0 <= b["mean"] <= 1 for b in best.values())
     nll = parts["nll"]["runs"][0]
     assert math.isfinite(nll["nll"]) and nll["k"] == 5 and len(nll["active_units_levels"]) == 3
     assert parts["colour"]["rows"]["ladder"]["bits_per_dim"] > 0 and parts["colour"]["bits_per_dim_lower_by"] is not None
