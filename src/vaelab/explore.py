@@ -1176,7 +1176,7 @@ def write_samples(run_dir: str | Path, out: str | Path | None = None, options: S
     Args:
         run_dir: The run folder.
         out: The .png file to write (default ``RUN_DIR/prior_samples.png``).
-        options: a [SampleCommand][vaelab.options.SampleCommand] (``vaelab sample``'s flags),
+        options: a ``vaelab.options.SampleCommand`` (``vaelab sample``'s flags),
             or its fields as keywords: ``n`` (how many samples), ``mode`` (``"mean"``: the
             decoder's means; ``"sample"``: draws x ~ p(x|z)), ``seed``, ``device`` and
             ``temperature`` (the prior's standard deviation times T >= 0, ``prior_samples``:
