@@ -98,9 +98,9 @@ def _adversarial_icvae(weight, cond_dim=10):
     return m
 
 
-def _icvae_grads(m, c, weight, term="loss"):
+def _icvae_grads(m, c, weight, term="loss", how="confusion"):
     m.zero_grad()
-    icvae(m, X, c, adversary=weight, generator=torch.Generator().manual_seed(5))[term].sum().backward()
+    icvae(m, X, c, adversary=weight, adversary_loss=how, generator=torch.Generator().manual_seed(5))[term].sum().backward()
     def grads(net):
         return {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in net.named_parameters()}
     return grads(m.encoder), grads(m.objective_nets["adversary"])
@@ -109,7 +109,7 @@ def _icvae_grads(m, c, weight, term="loss"):
 def test_icvae_adversary_learns_c_while_the_encoder_pulls_its_predictions_to_chance():
     m = _adversarial_icvae(2.0)
     assert m.objective_nets["adversary"][-1].out_features == 10
-    t = icvae(m, X, C, adversary=2.0, generator=torch.Generator().manual_seed(5))
+    t = icvae(m, X, C, adversary=2.0, adversary_loss="confusion", generator=torch.Generator().manual_seed(5))
     plain = icvae(m, X, C, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(t["loss"], plain["loss"] + t["adversary"] + 2.0 * t["confusion"])
     assert (plain["adversary"] == 0).all() and (plain["confusion"] == 0).all()
@@ -147,8 +147,27 @@ def test_icvae_confusion_is_zero_at_chance_for_classes_and_vectors():
     torch.testing.assert_close(_confusion(v.mean(0).expand(1, 5, 2), v), torch.zeros(1, 5))
     torch.testing.assert_close(_confusion(v[None], v), 0.5 * (v - v.mean(0)).square().sum(-1)[None])
     m = _adversarial_icvae(1.0, cond_dim=2)  # side information: the adversary regresses it
-    t = icvae(m, X, v[:1].expand(6, 2) + torch.arange(6.0)[:, None], adversary=1.0)
+    t = icvae(m, X, v[:1].expand(6, 2) + torch.arange(6.0)[:, None], adversary=1.0, adversary_loss="confusion")
     assert t["adversary"].shape == (6,) and m.objective_nets["adversary"][-1].out_features == 2
+
+
+def test_icvae_reversed_adversary_adds_the_censored_models_term_to_the_icvae_loss():
+    m = _adversarial_icvae(3.0)
+    t = icvae(m, X, C, adversary=3.0, generator=torch.Generator().manual_seed(5))  # reverse: the default
+    plain = icvae(m, X, C, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(t["loss"], plain["loss"] + t["adversary"])
+    assert (t["confusion"] == 0).all()
+    enc0, _ = _icvae_grads(m, C, 0.0, how="reverse")
+    enc1, adv1 = _icvae_grads(m, C, 1.0, how="reverse")
+    enc3, adv3 = _icvae_grads(m, C, 3.0, how="reverse")
+    for n in adv1:  # the adversary minimises its loss whatever the weight ...
+        torch.testing.assert_close(adv3[n], adv1[n])
+    for n in enc0:  # ... and the encoder maximises it, scaled by the weight
+        torch.testing.assert_close(enc3[n], enc0[n] - 3 * (enc0[n] - enc1[n]), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown adversary loss 'nope'; choose reverse, confusion"):
+        icvae(m, X, C, adversary=1.0, adversary_loss="nope")
+    with pytest.raises(ConfigError, match="adversary_loss"):
+        validate(Config().replace(train={"adversary_loss": "nope"}))
 
 
 def test_icvae_adversary_is_built_only_when_weighted_and_refused_unbound_or_negative():

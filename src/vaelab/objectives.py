@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaelab.config import MARGINALS, ConfigError, ModelConfig, TrainConfig
+from vaelab.config import ADVERSARY_LOSSES, MARGINALS, ConfigError, ModelConfig, TrainConfig
 from vaelab.distributions import LOG_2PI, DiagonalGaussian
 from vaelab.noise import ExampleNoise, normal_noise
 
@@ -988,7 +988,7 @@ def pairwise_gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor, mean_j: torc
 
 def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int = 1, beta: float = 1.0,
           kl: str = "analytic", lam: float = 1.0, marginal: str = "pairwise", hsic: float = 0.0,
-          adversary: float = 0.0, schedule: Schedule | None = None, generator=None,
+          adversary: float = 0.0, adversary_loss: str = "reverse", schedule: Schedule | None = None, generator=None,
           x_in: torch.Tensor | None = None, peers=None) -> dict[str, torch.Tensor]:
     """The invariant conditional VAE loss, which pushes information about c out of z (Moyer et al. 2018).
 
@@ -1013,12 +1013,14 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
 
     With `adversary` > 0 an adversary (``model.objective_nets["adversary"]``, an MLP as deep
     and wide as the 2-hidden-layer probe) learns to read c from the codes (the posterior
-    means and the draws, held fixed for it), and the loss adds adversary times ``confusion``:
-    the divergence of its predictions, its weights held fixed, from chance, the batch's class
-    shares (``_confusion``). The encoder is pulled to leave the adversary guessing rather than
-    pushed to maximise its loss, as gradient reversal does (the ``censor`` objective), which a
-    fresh probe defeats: codes that make the adversary confidently wrong still tell the
-    classes apart (the confusion loss of Tzeng et al. 2015 and Alvi et al. 2018).
+    means and the draws), and the encoder learns to defeat it (Edwards & Storkey 2016; Moyer
+    et al. compare the two approaches, this combines them). `adversary_loss` says how:
+    ``reverse``, the adversary's loss reaches the encoder with its gradient reversed and
+    scaled by `adversary`, as in the ``censor`` objective; ``confusion``, the adversary
+    learns on codes held fixed, and the loss adds `adversary` times ``confusion``, the
+    divergence from chance (the batch's class shares) of its predictions with its weights
+    held fixed (``_confusion``; Tzeng et al. 2015): the encoder is pulled to leave it
+    guessing rather than pushed to make it wrong.
 
     Args:
         model: A conditional model with a diagonal Gaussian posterior (no flows), e.g.
@@ -1032,8 +1034,9 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
         marginal: The estimate of KL(q(z|x) || q(z)): ``"pairwise"`` or ``"sampled"``.
         hsic: Weight of the dependence of the codes on c over the batch (``dependence``), in
             nats per image per unit of dependence; 0: none.
-        adversary: Weight of the adversary's confusion, >= 0; 0: no adversary. The model must
-            be bound with ``vaelab.models.bind_objective``, which gives it the adversary.
+        adversary: Weight of the adversary, >= 0; 0: no adversary. The model must be bound
+            with ``vaelab.models.bind_objective``, which gives it the adversary.
+        adversary_loss: ``"reverse"`` or ``"confusion"``.
         schedule: This training step's ``Schedule``: the KL to the prior weighs
             beta * ``kl_scale``; None: the full beta.
         generator: Source of the reparameterisation noise (see ``elbo``).
@@ -1046,11 +1049,11 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
         ``kl`` = KL(q(z|x) || p(z)), ``kl_marginal`` (the estimate of KL(q(z|x) || q(z))),
         ``dependence`` (of the batch's codes on c, the same for every example; 0 without `hsic`),
         ``adversary`` (the adversary's loss: its cross-entropy in nats for a class; 0 without
-        `adversary`), ``confusion`` (0 without `adversary`) and ``elbo`` = recon - kl.
+        `adversary`), ``confusion`` (0 but with the confusion loss) and ``elbo`` = recon - kl.
 
     Raises:
-        ValueError: The posterior is not a diagonal Gaussian, `marginal` is unknown, or
-            `adversary` > 0 and the model has no adversary.
+        ValueError: The posterior is not a diagonal Gaussian, `marginal` or `adversary_loss`
+            is unknown, or `adversary` > 0 and the model has no adversary.
 
     Examples:
         >>> from vaelab.config import ModelConfig
@@ -1091,9 +1094,14 @@ def icvae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, samples: int
             raise ValueError("icvae with adversary > 0 needs its adversary; bind the objective with "
                              "vaelab.models.bind_objective")
         net, seen = nets["adversary"], torch.cat([q.mean[None], z])  # codes and draws, (1 + L, B, D)
-        adv = _adversary_loss(net(seen.detach()), c).mean(0)  # trains the adversary only
-        held = {k: v.detach() for k, v in net.named_parameters()}  # the confusion trains the encoder only
-        confusion = _confusion(torch.func.functional_call(net, held, (seen,)), c).mean(0)
+        if adversary_loss == "reverse":
+            adv = _adversary_loss(net(_ReverseGradient.apply(seen, adversary)), c).mean(0)
+        elif adversary_loss == "confusion":
+            adv = _adversary_loss(net(seen.detach()), c).mean(0)  # trains the adversary only
+            held = {k: v.detach() for k, v in net.named_parameters()}  # the confusion trains the encoder only
+            confusion = _confusion(torch.func.functional_call(net, held, (seen,)), c).mean(0)
+        else:
+            raise ValueError(f"unknown adversary loss {adversary_loss!r}; choose {', '.join(ADVERSARY_LOSSES)}")
         loss = loss + adv + adversary * confusion
     return {"loss": loss, "recon": recon, "kl": kl_prior, "kl_marginal": kl_marginal, "dependence": dep,
             "adversary": adv, "confusion": confusion, "elbo": recon - kl_prior}
@@ -1295,7 +1303,7 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
     "iwae": ObjectiveSpec(iwae, ("loss", "iwae", "elbo"), ("samples", "beta"), _no_kl_weight),
     "icvae": ObjectiveSpec(icvae, ("loss", "recon", "kl", "kl_marginal", "dependence", "adversary", "confusion",
                                    "elbo"),
-                           ("samples", "beta", "kl", "lam", "marginal", "hsic", "adversary"),
+                           ("samples", "beta", "kl", "lam", "marginal", "hsic", "adversary", "adversary_loss"),
                            needs=("density", "conditional"), schedule=("kl_scale",), nets=_icvae_adversary),
     "censor": ObjectiveSpec(censor, ("loss", "recon", "kl", "adversary", "elbo"), ("samples", "beta", "kl", "lam"),
                             needs=("density", "conditional", "adversary"), schedule=("kl_scale",)),
