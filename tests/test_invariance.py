@@ -16,7 +16,7 @@ from vaelab.config import Config, ConfigError, TrainConfig, validate
 from vaelab.data import DataError, load_dataset
 from vaelab.distributions import DiagonalGaussian
 from vaelab.images import Transform
-from vaelab.models import build_model
+from vaelab.models import bind_objective, build_model
 from vaelab.objectives import Step, bind, censor, dependence, icvae, sampled_marginal_kl
 
 
@@ -91,6 +91,96 @@ def test_icvae_adds_the_weighted_dependence_of_the_codes_on_c():
     t["dependence"][0].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.encoder.parameters())
     assert bind("icvae", TrainConfig(hsic=2.0)).options["hsic"] == 2.0
+
+
+def _adversarial_icvae(weight, cond_dim=10):
+    m = _model(cond_dim=cond_dim)
+    bind_objective(m, TrainConfig(adversary=weight))
+    return m
+
+
+def _icvae_grads(m, c, weight, term="loss", how="confusion"):
+    m.zero_grad()
+    step = Step(X, c, generator=torch.Generator().manual_seed(5))
+    icvae(m, step, TrainConfig(adversary=weight, adversary_loss=how))[term].sum().backward()
+    def grads(net):
+        return {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in net.named_parameters()}
+    return grads(m.encoder), grads(m.objective_nets["adversary"])
+
+
+def test_icvae_adversary_learns_c_while_the_encoder_pulls_its_predictions_to_chance():
+    m = _adversarial_icvae(2.0)
+    assert m.objective_nets["adversary"][-1].out_features == 10
+    t = icvae(m, Step(X, C, generator=torch.Generator().manual_seed(5)), TrainConfig(adversary=2.0, adversary_loss="confusion"))
+    plain = icvae(m, Step(X, C, generator=torch.Generator().manual_seed(5)), TrainConfig())
+    torch.testing.assert_close(t["loss"], plain["loss"] + t["adversary"] + 2.0 * t["confusion"])
+    assert (plain["adversary"] == 0).all() and (plain["confusion"] == 0).all()
+    q = m.encode(X, C)
+    z = q.rsample(1, generator=torch.Generator().manual_seed(5))[0]
+    net = m.objective_nets["adversary"]
+    ce = [torch.nn.functional.cross_entropy(net(code), C.argmax(1), reduction="none") for code in (q.mean, z)]
+    torch.testing.assert_close(t["adversary"], (ce[0] + ce[1]) / 2)  # the code and the draw
+    prior = C.mean(0)
+    kl = [(prior * (prior.clamp_min(1e-12).log() - net(code).log_softmax(-1))).sum(-1) for code in (q.mean, z)]
+    torch.testing.assert_close(t["confusion"], (kl[0] + kl[1]) / 2)  # KL(class shares || prediction)
+    enc0, adv0 = _icvae_grads(m, C, 0.0)
+    enc1, adv1 = _icvae_grads(m, C, 1.0)
+    enc3, adv3 = _icvae_grads(m, C, 3.0)
+    # the adversary learns from its own loss only, on codes held fixed, whatever the weight
+    nothing, own = _icvae_grads(m, C, 1.0, "adversary")
+    assert all((g == 0).all() for g in nothing.values())  # the adversary's loss never reaches the encoder
+    for n in own:
+        for got in (adv1, adv3):
+            torch.testing.assert_close(got[n], own[n])
+    # the encoder gets the ICVAE's gradient plus the weight times the confusion's, nothing of the adversary's loss
+    assert any(not torch.allclose(enc0[n], enc1[n]) for n in enc0)
+    for n in enc0:
+        torch.testing.assert_close(enc3[n], enc0[n] + 3 * (enc1[n] - enc0[n]), rtol=1e-4, atol=1e-5)
+
+
+def test_icvae_confusion_is_zero_at_chance_for_classes_and_vectors():
+    from vaelab.objectives import _confusion
+
+    c = torch.eye(4)[[0, 0, 1, 3]]
+    chance = c.mean(0).clamp_min(1e-12).log().expand(2, 4, 4)  # (L, B, C') logits at the class shares
+    torch.testing.assert_close(_confusion(chance, c), torch.zeros(2, 4), atol=1e-6, rtol=0)
+    assert (_confusion(torch.zeros(2, 4, 4), c) > 0).all()  # a uniform guess is not chance here
+    v = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(_confusion(v.mean(0).expand(1, 5, 2), v), torch.zeros(1, 5))
+    torch.testing.assert_close(_confusion(v[None], v), 0.5 * (v - v.mean(0)).square().sum(-1)[None])
+    m = _adversarial_icvae(1.0, cond_dim=2)  # side information: the adversary regresses it
+    t = icvae(m, Step(X, v[:1].expand(6, 2) + torch.arange(6.0)[:, None]), TrainConfig(adversary=1.0, adversary_loss="confusion"))
+    assert t["adversary"].shape == (6,) and m.objective_nets["adversary"][-1].out_features == 2
+
+
+def test_icvae_reversed_adversary_adds_the_censored_models_term_to_the_icvae_loss():
+    m = _adversarial_icvae(3.0)
+    t = icvae(m, Step(X, C, generator=torch.Generator().manual_seed(5)), TrainConfig(adversary=3.0))  # reverse: the default
+    plain = icvae(m, Step(X, C, generator=torch.Generator().manual_seed(5)), TrainConfig())
+    torch.testing.assert_close(t["loss"], plain["loss"] + t["adversary"])
+    assert (t["confusion"] == 0).all()
+    enc0, _ = _icvae_grads(m, C, 0.0, how="reverse")
+    enc1, adv1 = _icvae_grads(m, C, 1.0, how="reverse")
+    enc3, adv3 = _icvae_grads(m, C, 3.0, how="reverse")
+    for n in adv1:  # the adversary minimises its loss whatever the weight ...
+        torch.testing.assert_close(adv3[n], adv1[n])
+    for n in enc0:  # ... and the encoder maximises it, scaled by the weight
+        torch.testing.assert_close(enc3[n], enc0[n] - 3 * (enc0[n] - enc1[n]), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown adversary loss 'nope'; choose reverse, confusion"):
+        icvae(m, Step(X, C), TrainConfig(adversary=1.0, adversary_loss="nope"))
+    with pytest.raises(ConfigError, match="adversary_loss"):
+        validate(Config().replace(train={"adversary_loss": "nope"}))
+
+
+def test_icvae_adversary_is_built_only_when_weighted_and_refused_unbound_or_negative():
+    m = _model()
+    bind_objective(m, TrainConfig())
+    assert not list(getattr(m, "objective_nets", {}))  # no adversary without a weight
+    with pytest.raises(ValueError, match="needs its adversary; bind the objective"):
+        icvae(m, Step(X, C), TrainConfig(adversary=1.0))
+    assert bind("icvae", TrainConfig(adversary=2.0)).options["adversary"] == 2.0
+    with pytest.raises(ConfigError, match="adversary"):
+        validate(Config().replace(train={"adversary": -1.0}))
 
 
 def _grads(m, lam):

@@ -72,6 +72,7 @@ def choose(registry: Any, name: str, what: str) -> Any:
 BINARIZATIONS = (AUTO, "dynamic", "fixed", "none")
 KL_KINDS = ("analytic", "mc")
 MARGINALS = ("pairwise", "sampled")  # icvae's estimates of KL(q(z|x) || q(z)), vaelab.objectives.icvae
+ADVERSARY_LOSSES = ("reverse", "confusion")  # how icvae's encoder works against its adversary
 DEVICES = (AUTO, "cpu", "cuda")
 PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
 
@@ -324,6 +325,9 @@ class TrainConfig:
         lam: icvae: the weight of KL(q(z|x) || q(z)); censored: the scale of the adversary's reversed gradient.
         marginal: icvae: the estimate of KL(q(z|x) || q(z)), ``pairwise`` or ``sampled``.
         hsic: icvae: the weight of the codes' dependence on c (normalised HSIC over the batch).
+        adversary: icvae: the weight of an adversary that reads c from the codes, 0 for none.
+        adversary_loss: icvae: how the encoder works against the adversary, ``reverse`` (its
+            loss's gradient reversed) or ``confusion`` (its predictions pulled to chance).
         clip_grad: The largest global gradient norm; 0 turns clipping off.
         kl_warmup: Epochs over which the KL weight rises from 0 to ``beta``; 0 turns it off.
         free_bits: Nats per image below which a latent level's KL stops counting in the loss; 0 turns it off.
@@ -398,6 +402,14 @@ class TrainConfig:
         0.0, "icvae: weight of the codes' dependence on c, the normalised HSIC between the batch's posterior means "
         "and conditions, in [0, 1] (Lopez et al. 2018): it reaches what a probe on the codes reads; 0 = off",
         within=">= 0")
+    adversary: float = setting(
+        0.0, "icvae: weight of an adversary (2 hidden layers of 256, like the probe) that learns to read c from the "
+        "codes while the encoder learns to defeat it (Edwards & Storkey 2016), as --model censored's --lambda; "
+        "0 = no adversary", within=">= 0")
+    adversary_loss: str = setting(
+        "reverse", "icvae: how the encoder works against the adversary: reverse, the adversary's loss with its "
+        "gradient reversed (Ganin & Lempitsky 2015); confusion, its predictions pulled to chance (Tzeng et al. 2015)",
+        choices=ADVERSARY_LOSSES)
     clip_grad: float | None = setting(None, "clip the global gradient norm to NORM, 0 = off; steadies training "
                                             "with flows", Flag(metavar="NORM"), within=">= 0")
     kl_warmup: float | None = setting(None, "raise the KL weight linearly from 0 to --beta over this many epochs "

@@ -572,7 +572,7 @@ class ICVAE(CVAE):
         >>> x = (torch.rand(4, 1, 28, 28) < 0.3).float()
         >>> terms = icvae(x, torch.eye(10)[[3, 1, 4, 1]])
         >>> sorted(terms), terms["kl_marginal"].shape
-        (['dependence', 'elbo', 'kl', 'kl_marginal', 'loss', 'recon'], torch.Size([4]))
+        (['adversary', 'confusion', 'dependence', 'elbo', 'kl', 'kl_marginal', 'loss', 'recon'], torch.Size([4]))
     """
 
     default_objective = "icvae"

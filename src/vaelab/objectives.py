@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaelab.config import MARGINALS, ConfigError, ModelConfig, TrainConfig
+from vaelab.config import ADVERSARY_LOSSES, MARGINALS, ConfigError, ModelConfig, TrainConfig
 from vaelab.distributions import LOG_2PI, DiagonalGaussian
 from vaelab.noise import ExampleNoise, normal_noise
 
@@ -1067,6 +1067,17 @@ def icvae(model, step: Step, t: TrainConfig) -> dict[str, torch.Tensor]:
     al. 2018 penalise HSIC in a VAE to the same end): it reaches what a probe on the codes
     reads, which the KL terms, blind to differences below the posterior's noise, do not.
 
+    With `adversary` > 0 an adversary (``model.objective_nets["adversary"]``, an MLP as deep
+    and wide as the 2-hidden-layer probe) learns to read c from the codes (the posterior
+    means and the draws), and the encoder learns to defeat it (Edwards & Storkey 2016; Moyer
+    et al. compare the two approaches, this combines them). `adversary_loss` says how:
+    ``reverse``, the adversary's loss reaches the encoder with its gradient reversed and
+    scaled by `adversary`, as in the ``censor`` objective; ``confusion``, the adversary
+    learns on codes held fixed, and the loss adds `adversary` times ``confusion``, the
+    divergence from chance (the batch's class shares) of its predictions with its weights
+    held fixed (``_confusion``; Tzeng et al. 2015): the encoder is pulled to leave it
+    guessing rather than pushed to make it wrong.
+
     Args:
         model: A conditional model with a diagonal Gaussian posterior (no flows), e.g.
             ``vaelab.models.ICVAE``.
@@ -1082,15 +1093,20 @@ def icvae(model, step: Step, t: TrainConfig) -> dict[str, torch.Tensor]:
             ``marginal``, the estimate of KL(q(z|x) || q(z)): ``"pairwise"`` or ``"sampled"``;
             ``hsic``, the weight of the dependence of the codes on c over the batch (``dependence``), in
             nats per image per unit of dependence; 0: none.
+            ``adversary``, the weight of the adversary, >= 0; 0: no adversary (the model must be bound
+            with ``vaelab.models.bind_objective``, which gives it the adversary);
+            ``adversary_loss``, ``"reverse"`` or ``"confusion"``.
 
     Returns:
         dict: per-example terms in nats, each of shape (B,), ``loss``, ``recon`` = E_q[log p(x|z,c)],
         ``kl`` = KL(q(z|x) || p(z)), ``kl_marginal`` (the estimate of KL(q(z|x) || q(z))),
-        ``dependence`` (of the batch's codes on c, the same for every example; 0 without `hsic`)
-        and ``elbo`` = recon - kl.
+        ``dependence`` (of the batch's codes on c, the same for every example; 0 without `hsic`),
+        ``adversary`` (the adversary's loss: its cross-entropy in nats for a class; 0 without
+        `adversary`), ``confusion`` (0 but with the confusion loss) and ``elbo`` = recon - kl.
 
     Raises:
-        ValueError: The posterior is not a diagonal Gaussian, or `marginal` is unknown.
+        ValueError: The posterior is not a diagonal Gaussian, `marginal` or `adversary_loss`
+            is unknown, or `adversary` > 0 and the model has no adversary.
 
     Examples:
         >>> from vaelab.config import ModelConfig, TrainConfig
@@ -1102,12 +1118,13 @@ def icvae(model, step: Step, t: TrainConfig) -> dict[str, torch.Tensor]:
         >>> c = torch.eye(10)[[3, 1, 4, 1]]  # one-hot labels, (4, 10)
         >>> terms = icvae(model, Step(x, c), TrainConfig(lam=2.0))
         >>> sorted(terms), terms["kl_marginal"].shape
-        (['dependence', 'elbo', 'kl', 'kl_marginal', 'loss', 'recon'], torch.Size([4]))
+        (['adversary', 'confusion', 'dependence', 'elbo', 'kl', 'kl_marginal', 'loss', 'recon'], torch.Size([4]))
         >>> bool((terms["kl_marginal"] >= 0).all())
         True
     """
     x, c, peers, schedule = step.x, step.c, step.peers, step.schedule
     beta, lam, marginal, hsic = t.beta, t.lam, t.marginal, t.hsic
+    adversary, adversary_loss = t.adversary, t.adversary_loss
     q, z, log_q, recon, kl_prior = _draw(model, step, t)
     if not hasattr(q, "log_std"):
         raise ValueError("the invariance penalty needs a diagonal Gaussian posterior (no flows)")
@@ -1126,8 +1143,36 @@ def icvae(model, step: Step, t: TrainConfig) -> dict[str, torch.Tensor]:
         (codes, _), (conds, _) = (peers(q.mean), peers(c)) if peers else ((q.mean, 0), (c, 0))
         dep = dependence(codes, conds).expand(len(x))  # one number for the whole batch
         loss = loss + hsic * dep
+    adv, confusion = torch.zeros_like(loss), torch.zeros_like(loss)
+    if adversary:
+        nets = getattr(model, "objective_nets", None)
+        if nets is None or "adversary" not in nets:
+            raise ValueError("icvae with adversary > 0 needs its adversary; bind the objective with "
+                             "vaelab.models.bind_objective")
+        net, seen = nets["adversary"], torch.cat([q.mean[None], z])  # codes and draws, (1 + L, B, D)
+        if adversary_loss == "reverse":
+            adv = _adversary_loss(net(_ReverseGradient.apply(seen, adversary)), c).mean(0)
+        elif adversary_loss == "confusion":
+            adv = _adversary_loss(net(seen.detach()), c).mean(0)  # trains the adversary only
+            held = {k: v.detach() for k, v in net.named_parameters()}  # the confusion trains the encoder only
+            confusion = _confusion(torch.func.functional_call(net, held, (seen,)), c).mean(0)
+        else:
+            raise ValueError(f"unknown adversary loss {adversary_loss!r}; choose {', '.join(ADVERSARY_LOSSES)}")
+        loss = loss + adv + adversary * confusion
     return {"loss": loss, "recon": recon, "kl": kl_prior, "kl_marginal": kl_marginal, "dependence": dep,
-            "elbo": recon - kl_prior}
+            "adversary": adv, "confusion": confusion, "elbo": recon - kl_prior}
+
+
+def _icvae_adversary(model, t: TrainConfig) -> dict[str, nn.Module]:
+    """The icvae objective's adversary when --adversary > 0: an MLP from a code (..., D) to the
+    logits of c (..., C'), two hidden layers of 256 with ReLUs, as deep and wide as the probe."""
+    if not t.adversary:
+        return {}
+    sizes = [model.latent_dim, 256, 256, model.cond_dim]
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return {"adversary": nn.Sequential(*layers[:-1])}
 
 
 def sampled_marginal_kl(z: torch.Tensor, log_q: torch.Tensor, mean_j: torch.Tensor,
@@ -1237,6 +1282,18 @@ def _adversary_loss(logits: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return 0.5 * (logits - c).square().sum(-1)
 
 
+def _confusion(logits: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """How far an adversary's predictions are from chance, per draw and example, (L, B): for
+    one-hot c, KL(pi || softmax(logits)) with pi the batch's class shares; for a vector c, half
+    the squared distance of the prediction from the batch's mean of c (the best constant
+    guess). 0 when the adversary can only guess. logits (L, B, C'), c (B, C')."""
+    prior = c.mean(0)  # (C',)
+    if bool(((c == 0) | (c == 1)).all() and (c.sum(-1) == 1).all()):
+        log_prior = prior.clamp_min(1e-12).log()
+        return (prior * (log_prior - torch.log_softmax(logits, -1))).sum(-1)
+    return 0.5 * (logits - prior).square().sum(-1)
+
+
 def censor(model, step: Step, t: TrainConfig) -> dict[str, torch.Tensor]:
     """Adversarial censoring (Edwards & Storkey 2016): the ELBO, with an adversary that reads c from z
     and an encoder trained to defeat it.
@@ -1296,9 +1353,10 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
     "elbo": ObjectiveSpec(elbo, ("loss", "recon", "kl", "elbo"), ("samples", "beta", "kl", "free_bits"),
                           schedule=("kl_scale", "free_bits_scale")),
     "iwae": ObjectiveSpec(iwae, ("loss", "iwae", "elbo"), ("samples", "beta"), _no_kl_weight),
-    "icvae": ObjectiveSpec(icvae, ("loss", "recon", "kl", "kl_marginal", "dependence", "elbo"),
-                           ("samples", "beta", "kl", "lam", "marginal", "hsic"), needs=("density", "conditional"),
-                           schedule=("kl_scale",)),
+    "icvae": ObjectiveSpec(icvae, ("loss", "recon", "kl", "kl_marginal", "dependence", "adversary", "confusion",
+                                   "elbo"),
+                           ("samples", "beta", "kl", "lam", "marginal", "hsic", "adversary", "adversary_loss"),
+                           needs=("density", "conditional"), schedule=("kl_scale",), nets=_icvae_adversary),
     "censor": ObjectiveSpec(censor, ("loss", "recon", "kl", "adversary", "elbo"), ("samples", "beta", "kl", "lam"),
                             needs=("density", "conditional", "adversary"), schedule=("kl_scale",)),
     "reconstruction": ObjectiveSpec(reconstruction, ("loss", "recon"), needs=("autoencoder",)),
