@@ -199,10 +199,12 @@ def test_resample_levels_in_a_browser(ladder_server, browser):
     k.send_keys("\ue014" * 3)  # arrow right, to k = 2: every level redrawn
     WebDriverWait(d, 15).until(lambda d: panel.get_attribute("data-shown") == "2,below")
     assert "kept: none" in d.find_element(By.ID, "levels-text").text
-    first = d.find_element(By.CSS_SELECTOR, "#levels-strip img").get_attribute("src")
+    # read in one script call: the strip is rebuilt when new draws arrive, which can come
+    # between finding an element and reading it
+    src = lambda d: d.execute_script("const im = document.querySelector('#levels-strip img'); return im && im.src")  # noqa: E731
+    first = src(d)
     d.find_element(By.ID, "levels-again").click()
-    WebDriverWait(d, 15).until(lambda d: d.find_element(By.CSS_SELECTOR, "#levels-strip img").get_attribute("src")
-                               != first)
+    WebDriverWait(d, 15).until(lambda d: src(d) not in (None, first))
     assert d.find_element(By.ID, "status").text == ""
 
 
@@ -212,7 +214,8 @@ def test_prior_samples_at_a_temperature_in_a_browser(ladder_server, browser):
     WebDriverWait(d, 60).until(lambda d: d.execute_script("return document.body.dataset.ready") == "1")
     panel, slider = d.find_element(By.ID, "prior-panel"), d.find_element(By.ID, "prior-t")
     assert slider.is_displayed() and panel.get_attribute("data-shown") == "0,1"
-    srcs = lambda: [im.get_attribute("src") for im in d.find_elements(By.CSS_SELECTOR, "#prior-grid img")]  # noqa: E731
+    srcs = lambda: d.execute_script(  # noqa: E731 (one script call: the grid is rebuilt as draws arrive)
+        "return Array.from(document.querySelectorAll('#prior-grid img'), im => im.src)")
     assert len(srcs()) == 16 and len(set(srcs())) > 1
     slider.send_keys("\ue011")  # Home: temperature 0, the same draws at the prior's mean
     WebDriverWait(d, 15).until(lambda d: panel.get_attribute("data-shown") == "0,0")
