@@ -46,6 +46,15 @@ def vaelab(*args: object, quiet: bool = True, env: dict[str, str] | None = None,
     return p
 
 
+def chosen_parts(p, what: str, parts) -> list[str]:
+    """The parts a benchmark's first argument names (comma-separated, or "all"); an unknown one
+    ends the command with argparse's error, naming the choices."""
+    chosen = list(parts) if what == "all" else what.split(",")
+    if set(chosen) - set(parts):
+        p.error(f"unknown part {sorted(set(chosen) - set(parts))[0]}; choose from {', '.join(parts)} or all")
+    return chosen
+
+
 def machine() -> dict[str, object]:
     """The host a figure was measured on: CPU and its bf16 units, cores, threads, load, versions."""
     import torch

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import Run, machine, vaelab  # noqa: E402
+from common import Run, chosen_parts, machine, vaelab  # noqa: E402
 
 HERE = Path(__file__).parent
 RECIPE = ["--net", "conv", "--hidden", "16,32,32,64", "--latent-dim", "10", "--batch-size", "64", "--lr", "1e-3",
@@ -248,9 +248,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--work", type=Path, help="where runs go (default: a temporary folder)")
     p.add_argument("--out", type=Path, default=HERE / "results")
     a = p.parse_args(argv)
-    a.parts = list(PARTS) if a.what == "all" else a.what.split(",")
-    if set(a.parts) - set(PARTS):
-        p.error(f"unknown part {sorted(set(a.parts) - set(PARTS))[0]}; choose from {', '.join(PARTS)} or all")
+    a.parts = chosen_parts(p, a.what, PARTS)
     a.models, a.metrics = a.models.split(","), a.metrics.split(",")
     if set(a.metrics) - set(METRICS) or "mig" not in a.metrics:
         p.error(f"--metrics takes mig and any of {', '.join(METRICS[1:])}")

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import Run, machine, noise_and_constant, vaelab  # noqa: E402
+from common import Run, chosen_parts, machine, noise_and_constant, vaelab  # noqa: E402
 
 HERE = Path(__file__).parent
 LADDER = ["--model", "ladder"]
@@ -312,9 +312,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--work", type=Path, help="where runs go (default: a temporary folder)")
     p.add_argument("--out", type=Path, default=HERE / "results")
     a = p.parse_args(argv)
-    a.parts = list(PARTS) if a.what == "all" else a.what.split(",")
-    if set(a.parts) - set(PARTS):
-        p.error(f"unknown part {sorted(set(a.parts) - set(PARTS))[0]}; choose from {', '.join(PARTS)} or all")
+    a.parts = chosen_parts(p, a.what, PARTS)
     a.seeds = [int(s) for s in a.seeds.split(",")]
     a.extra = shlex.split(a.extra)
     if a.quick:  # checks the script: one epoch, small k, few images

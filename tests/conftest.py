@@ -1,4 +1,5 @@
 import contextlib
+import importlib.util
 import io
 import os
 import subprocess
@@ -22,6 +23,17 @@ def pytest_configure(config):
     # follows the other vaelab processes on the machine, and a count that changed between a
     # run and its resumed twin would change their rounding (tests/test_threads.py unsets it)
     os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ imported as a module (its folder on sys.path, for its `common`)."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def have_mnist() -> bool:

@@ -5,23 +5,16 @@ vaelab commands run in this process rather than in fresh ones, to keep the test 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("disentangle_benchmark", ROOT / "benchmarks" / "disentangle.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("disentangle")
 
 
 def test_unknown_parts_and_models_are_refused(bench):

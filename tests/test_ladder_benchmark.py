@@ -4,28 +4,20 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("ladder_benchmark", ROOT / "benchmarks" / "ladder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("ladder")
 
 
 def test_an_unknown_part_is_refused(bench):
