@@ -52,6 +52,7 @@ from torch import nn
 
 from vaelab.config import ADVERSARY_LOSSES, MARGINALS, ConfigError, ModelConfig, TrainConfig
 from vaelab.distributions import LOG_2PI, DiagonalGaussian
+from vaelab.nets import mlp
 from vaelab.noise import ExampleNoise, normal_noise
 
 __all__ = [
@@ -1168,11 +1169,7 @@ def _icvae_adversary(model, t: TrainConfig) -> dict[str, nn.Module]:
     logits of c (..., C'), two hidden layers of 256 with ReLUs, as deep and wide as the probe."""
     if not t.adversary:
         return {}
-    sizes = [model.latent_dim, 256, 256, model.cond_dim]
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return {"adversary": nn.Sequential(*layers[:-1])}
+    return {"adversary": mlp([model.latent_dim, 256, 256, model.cond_dim], "relu")}  # as the censored model's
 
 
 def sampled_marginal_kl(z: torch.Tensor, log_q: torch.Tensor, mean_j: torch.Tensor,
